@@ -1,0 +1,1 @@
+//! smtpguard edge agent.

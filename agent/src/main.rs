@@ -1,0 +1,2 @@
+//! `smtpguard-agent`: the edge agent binary.
+fn main() {}

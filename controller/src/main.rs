@@ -1,0 +1,2 @@
+//! `smtpguard-controller`: the controller binary.
+fn main() {}

@@ -1,0 +1,2 @@
+//! smtpguard router support.
+#![cfg_attr(not(feature = "std"), no_std)]
