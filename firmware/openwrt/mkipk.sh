@@ -12,7 +12,8 @@
 # outer archive would need binutils' ar and is not what OpenWrt's feeds ship). The archive is
 # reproducible: fixed owner (root), mtime (SOURCE_DATE_EPOCH, default 0) and member order.
 #
-# Environment: SMTPGUARD_VERSION (default: the agent's Cargo version), SMTPGUARD_RELEASE
+# Environment: SMTPGUARD_OPENWRT_ARCH (another OpenWrt architecture of the same CPU family),
+# SMTPGUARD_VERSION (default: the agent's Cargo version), SMTPGUARD_RELEASE
 # (package release, default 1), SOURCE_DATE_EPOCH.
 set -euo pipefail
 umask 022
@@ -32,6 +33,8 @@ BINARY="$2"
 OUT_DIR="$3"
 
 ARCH="$(sg_openwrt_arch "$TARGET")" || sg_die "unknown target $TARGET (known: ${SG_TARGETS[*]})"
+ARCH="${SMTPGUARD_OPENWRT_ARCH:-$ARCH}"
+[[ "$ARCH" =~ ^[a-z0-9_.+-]+$ ]] || sg_die "invalid OpenWrt architecture: $ARCH"
 [[ -f "$BINARY" ]] || sg_die "no such binary: $BINARY"
 
 cargo_version() {

@@ -119,6 +119,9 @@ first="$("$MKIPK" mipsel-unknown-linux-musl "$dummy" "$work/again1")"
 second="$("$MKIPK" mipsel-unknown-linux-musl "$dummy" "$work/again2")"
 check "reproducible package" cmp -s "$first" "$second"
 
+other="$(SMTPGUARD_OPENWRT_ARCH=arm_cortex-a9_vfpv3-d16 "$MKIPK" armv7-unknown-linux-musleabihf "$dummy" "$work/other")"
+check_ipk "$other" "$dummy" arm_cortex-a9_vfpv3-d16 "arch-override"
+
 check "unknown target is refused" bash -c '! "$1" x86_64-unknown-linux-gnu "$2" "$3" 2>/dev/null' _ \
     "$MKIPK" "$dummy" "$work/bad"
 check "missing binary is refused" bash -c '! "$1" mipsel-unknown-linux-musl "$2" "$3" 2>/dev/null' _ \
