@@ -1,0 +1,1 @@
+//! Replay (being written).

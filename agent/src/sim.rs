@@ -1,0 +1,1 @@
+//! Household traffic simulator (being written).
