@@ -75,10 +75,25 @@ pub(crate) struct Device {
     /// Bits of [`action_bit`]: every action taken for the device.
     pub actions_taken: u8,
     pub dirty: bool,
+    /// The highest score reached, with its verdict, evidence and time.
+    pub peak: Option<Peak>,
 
     pub obs_ehlo: Vec<String>,
     pub obs_domains: Vec<String>,
     pub obs_servers: Vec<IpAddr>,
+}
+
+/// The strongest moment of a device so far.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Peak {
+    /// Verdict then.
+    pub verdict: Verdict,
+    /// Score then, in hundredths.
+    pub score_h: u32,
+    /// Evidence then.
+    pub evidence: Vec<String>,
+    /// When (Unix ms).
+    pub at_ms: u64,
 }
 
 /// Bit for an action in [`Device::actions_taken`].
@@ -127,6 +142,7 @@ impl Device {
             awaiting_resume: false,
             actions_taken: 0,
             dirty: false,
+            peak: None,
             obs_ehlo: Vec::new(),
             obs_domains: Vec::new(),
             obs_servers: Vec::new(),

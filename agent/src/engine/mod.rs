@@ -49,6 +49,7 @@ use smtpguard_protocol::{
 
 use crate::oui::OuiTable;
 use crate::packet::{self, Packet, TcpSegment, Transport, UdpDatagram};
+pub use device::Peak;
 use device::{action_bit, Device, DeviceTable, Slot};
 use smtp::{Events, Limits, Smtp, Stream, Tell};
 use window::ip_key;
@@ -469,6 +470,15 @@ impl Engine {
             .and_then(|s| self.devices.device(s))
             .map(observed_of)
             .unwrap_or_default()
+    }
+
+    /// The highest score a device reached while in the table, with the verdict and evidence
+    /// of that moment (`None` if it never scored).
+    pub fn peak(&self, mac: &MacAddr) -> Option<Peak> {
+        self.devices
+            .get(mac)
+            .and_then(|s| self.devices.device(s))
+            .and_then(|d| d.peak.clone())
     }
 
     /// Every action taken for a device since it entered the table, in the order monitor,
@@ -1043,6 +1053,7 @@ impl Engine {
             d.mx_names.expire(long_ago);
             d.mx_addrs.expire(now.saturating_sub(window));
             let active = d.verdict != Verdict::Clean
+                || d.score_h > 0
                 || d.action != Action::Monitor
                 || d.last_signal_ms + LONG_MS + window > now;
             if active {
@@ -1123,6 +1134,14 @@ impl Engine {
         let previous = d.verdict;
         d.score_h = assessed.score_h;
         d.verdict = assessed.verdict;
+        if d.peak.as_ref().is_none_or(|p| assessed.score_h > p.score_h) && assessed.score_h > 0 {
+            d.peak = Some(Peak {
+                verdict: assessed.verdict,
+                score_h: assessed.score_h,
+                evidence: score::evidence(d, &m, &params),
+                at_ms: now,
+            });
+        }
         let allowed = self.policy.is_allowed_device(&d.mac);
         let desired = if allowed {
             Action::Monitor
