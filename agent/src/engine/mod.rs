@@ -118,6 +118,9 @@ impl Default for EngineConfig {
 }
 
 /// Something the shell must do.
+// Actions are rare (verdict changes), so the unboxed alert costs nothing that matters and
+// keeps the interface the other modules code against.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum EngineAction {
     /// Verdict changed: the alert to send (with evidence).
