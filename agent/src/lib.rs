@@ -1,1 +1,5 @@
 //! smtpguard edge agent.
+//!
+//! # Layout
+//! - [`config`]: [`config::AgentConfig`], read from TOML or OpenWrt UCI and validated once.
+pub mod config;
