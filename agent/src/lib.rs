@@ -10,6 +10,9 @@
 //!   tests, benchmarks, demos and the big-capture generator.
 //! - [`replay`]: `smtpguard-agent replay`: a capture through the engine with the capture's
 //!   timestamps as the clock, printed as one JSON (or text) report.
+//! - [`capture`]: live capture on the LAN interface (`AF_PACKET` + a kernel BPF filter that
+//!   passes only mail, DNS and DHCP frames), frames stamped in Unix milliseconds.
+//! - [`config`]: [`config::AgentConfig`], read from TOML or OpenWrt UCI and validated once.
 //!
 //! # Data flow
 //! Live: capture → [`engine::Engine::handle_frame`] → [`engine::Engine::poll_action`] →
@@ -17,6 +20,8 @@
 //! [`engine::Engine::poll_timeout`]. Offline: [`pcap::CaptureReader`] → the same engine →
 //! [`replay::Report`].
 
+pub mod capture;
+pub mod config;
 pub mod engine;
 pub mod oui;
 pub mod packet;
