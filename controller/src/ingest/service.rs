@@ -86,6 +86,7 @@ pub async fn run(
         .spawn(move || worker.run(in_rx, ack_tx))
         .map_err(IngestError::Spawn)?;
 
+    let embedded = config.broker.is_embedded();
     let mut generation = 0u64;
     let mut backoff = Backoff::new();
     tokio::pin!(shutdown);
@@ -106,9 +107,13 @@ pub async fn run(
                     tracing::info!(session_present = ack.session_present, "ingest connected");
                     // Subscriptions are not restored by the client after a reconnect;
                     // subscribe on every connection.
-                    let filters = topic::controller_filters()
-                        .into_iter()
-                        .map(|f| rumqttc::SubscribeFilter::new(f, QoS::AtLeastOnce));
+                    let filters = topic::controller_filters().into_iter().map(|f| {
+                        // rumqttd 0.20 keeps one delivery cursor per share group, so a
+                        // group over several filters loses messages; the embedded broker
+                        // only ever has this one ingest, which subscribes plainly.
+                        let f = if embedded { topic::strip_share(&f).to_string() } else { f };
+                        rumqttc::SubscribeFilter::new(f, QoS::AtLeastOnce)
+                    });
                     if let Err(e) = client.try_subscribe_many(filters) {
                         tracing::warn!(error = %e, "could not subscribe");
                     }
