@@ -20,6 +20,7 @@
 //! batch_linger_ms = 10
 //! max_age_secs = 604800
 //! max_future_secs = 300
+//! shared_subscription = true
 //! ```
 
 use std::net::SocketAddr;
@@ -208,6 +209,13 @@ pub struct IngestConfig {
     pub max_age_secs: u64,
     /// How far ahead of the controller's clock an agent's clock may run.
     pub max_future_secs: u64,
+    /// Subscribe through the shared group `$share/controllers/` so several controller
+    /// instances split the fleet. mosquitto 2.0 does not restore shared subscriptions from
+    /// its persistence file after a restart, so messages published between a broker
+    /// restart and the controller's reconnect would be dropped; a single controller on
+    /// mosquitto sets this to `false` (a plain subscription in its persistent session is
+    /// restored and loses nothing). The embedded broker always uses a plain subscription.
+    pub shared_subscription: bool,
 }
 
 impl Default for IngestConfig {
@@ -217,6 +225,7 @@ impl Default for IngestConfig {
             batch_linger_ms: 10,
             max_age_secs: 7 * 24 * 3600,
             max_future_secs: 300,
+            shared_subscription: true,
         }
     }
 }

@@ -109,6 +109,11 @@ impl Mosquitto {
              max_inflight_messages 200\n\
              max_packet_size 300000\n\
              log_dest file {dir}/mosquitto.log\n\
+             log_type error\n\
+             log_type warning\n\
+             log_type notice\n\
+             log_type information\n\
+             log_type subscribe\n\
              user root\n",
             dir = dir.display()
         )?;
@@ -154,6 +159,16 @@ impl Mosquitto {
     pub fn restart(&mut self) -> anyhow::Result<()> {
         self.stop()?;
         self.spawn()
+    }
+
+    /// Waits until some client subscribed to `filter` (the broker logs subscriptions).
+    ///
+    /// # Errors
+    /// When nobody subscribes within `timeout`.
+    pub fn wait_for_subscription(&self, filter: &str, timeout: Duration) -> anyhow::Result<()> {
+        wait_until(timeout, &format!("a subscription to {filter}"), || {
+            self.log().contains(filter)
+        })
     }
 
     /// The broker's log so far (for failure messages).

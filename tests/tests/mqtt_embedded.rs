@@ -93,9 +93,11 @@ async fn every_bad_message_is_rejected_with_its_reason_even_when_the_broker_lets
         .try_init();
     let dir = tempfile::tempdir().unwrap();
     let port = free_port().unwrap();
-    let mut config = Config::default();
-    config.db_path = dir.path().join("controller.db");
-    config.policy_key_path = dir.path().join("policy.key");
+    let mut config = Config {
+        db_path: dir.path().join("controller.db"),
+        policy_key_path: dir.path().join("policy.key"),
+        ..Config::default()
+    };
     config.broker.embedded_listen = ([127, 0, 0, 1], port).into();
     config.broker.password = "controller-secret".into();
     config.broker.client_id = "controller-test".into();

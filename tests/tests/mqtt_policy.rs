@@ -50,9 +50,11 @@ async fn wait_rollout(
 async fn policy_reaches_every_agent_and_bad_policy_is_refused_and_reported() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port().unwrap();
-    let mut config = Config::default();
-    config.db_path = dir.path().join("controller.db");
-    config.policy_key_path = dir.path().join("policy.key");
+    let mut config = Config {
+        db_path: dir.path().join("controller.db"),
+        policy_key_path: dir.path().join("policy.key"),
+        ..Config::default()
+    };
     config.broker.embedded_listen = ([127, 0, 0, 1], port).into();
     config.broker.password = "controller-secret".into();
     config.broker.client_id = "controller-policy-test".into();

@@ -86,7 +86,7 @@ pub async fn run(
         .spawn(move || worker.run(in_rx, ack_tx))
         .map_err(IngestError::Spawn)?;
 
-    let embedded = config.broker.is_embedded();
+    let plain = config.broker.is_embedded() || !config.ingest.shared_subscription;
     let mut generation = 0u64;
     let mut backoff = Backoff::new();
     tokio::pin!(shutdown);
@@ -110,8 +110,9 @@ pub async fn run(
                     let filters = topic::controller_filters().into_iter().map(|f| {
                         // rumqttd 0.20 keeps one delivery cursor per share group, so a
                         // group over several filters loses messages; the embedded broker
-                        // only ever has this one ingest, which subscribes plainly.
-                        let f = if embedded { topic::strip_share(&f).to_string() } else { f };
+                        // only ever has this one ingest, which subscribes plainly. See
+                        // `IngestConfig::shared_subscription` for mosquitto.
+                        let f = if plain { topic::strip_share(&f).to_string() } else { f };
                         rumqttc::SubscribeFilter::new(f, QoS::AtLeastOnce)
                     });
                     if let Err(e) = client.try_subscribe_many(filters) {
