@@ -13,6 +13,8 @@
 //! - [`capture`]: live capture on the LAN interface (`AF_PACKET` + a kernel BPF filter that
 //!   passes only mail, DNS and DHCP frames), frames stamped in Unix milliseconds.
 //! - [`config`]: [`config::AgentConfig`], read from TOML or OpenWrt UCI and validated once.
+//! - [`uplink`]: signed telemetry and alerts to the controller over MQTT (bounded offline
+//!   queue, alerts persisted until the broker acknowledges them), verified policy back.
 //!
 //! # Data flow
 //! Live: capture → [`engine::Engine::handle_frame`] → [`engine::Engine::poll_action`] →
@@ -28,3 +30,4 @@ pub mod packet;
 pub mod pcap;
 pub mod replay;
 pub mod sim;
+pub mod uplink;
