@@ -11,7 +11,7 @@ use clap::{Parser, Subcommand};
 
 use smtpguard_agent::config::{self, AgentConfig};
 
-/// Edge defence against spam bots on home routers.
+/// smtpguard edge agent for home routers.
 #[derive(Debug, Parser)]
 #[command(name = "smtpguard-agent", version, about, long_about = None)]
 struct Cli {
@@ -34,6 +34,8 @@ enum Command {
         #[arg(long, short, default_value = config::DEFAULT_PATH)]
         config: PathBuf,
     },
+    /// Analyse a capture offline with the detection engine and print one report.
+    Replay(smtpguard_agent::replay::ReplayArgs),
 }
 
 /// A failure, classified for the exit code.
@@ -48,7 +50,7 @@ fn load_config(path: &std::path::Path) -> Result<AgentConfig, Failure> {
     AgentConfig::load(path).map_err(|e| Failure::Config(e.into()))
 }
 
-fn dispatch(command: Command) -> Result<(), Failure> {
+fn dispatch(command: Command) -> Result<ExitCode, Failure> {
     match command {
         Command::Run { config } => {
             let _config = load_config(&config)?;
@@ -59,8 +61,9 @@ fn dispatch(command: Command) -> Result<(), Failure> {
         Command::Status { config } => {
             let config = load_config(&config)?;
             config::print_summary(&config);
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
+        Command::Replay(args) => Ok(smtpguard_agent::replay::main(args)),
     }
 }
 
@@ -77,7 +80,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
     match dispatch(cli.command) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(Failure::Config(e)) => {
             eprintln!("smtpguard-agent: configuration error: {e:#}");
             ExitCode::from(2)

@@ -126,7 +126,7 @@ pub struct DeviceReport {
     /// The device's Ethernet address.
     pub mac: MacAddr,
     /// Its current LAN addresses.
-    #[serde(default)]
+    #[serde(default, with = "crate::types::ip_text::list")]
     pub ips: Vec<IpAddr>,
     /// DHCP host name, if seen.
     #[serde(default)]
@@ -162,6 +162,7 @@ pub struct ConnRecord {
     /// The device's source port on the LAN side.
     pub src_port: u16,
     /// Destination address.
+    #[serde(with = "crate::types::ip_text")]
     pub dst: IpAddr,
     /// Destination port.
     pub dst_port: u16,
@@ -194,7 +195,7 @@ pub struct Telemetry {
     /// Length of the window.
     pub window_secs: u32,
     /// The household's public (WAN) address during the window, if known.
-    #[serde(default)]
+    #[serde(default, with = "crate::types::ip_text::option")]
     pub public_ip: Option<IpAddr>,
     /// Agent health.
     #[serde(default)]
@@ -216,6 +217,7 @@ pub struct Observed {
     /// Domains of MAIL FROM addresses.
     pub mail_from_domains: Vec<String>,
     /// Mail servers it connected to.
+    #[serde(with = "crate::types::ip_text::list")]
     pub mail_servers: Vec<IpAddr>,
 }
 
@@ -258,7 +260,7 @@ pub struct State {
     #[serde(default)]
     pub cpe_policy_version: Option<u64>,
     /// The household's public address, if known.
-    #[serde(default)]
+    #[serde(default, with = "crate::types::ip_text::option")]
     pub public_ip: Option<IpAddr>,
 }
 

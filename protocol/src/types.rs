@@ -204,3 +204,69 @@ mod tests {
         assert_eq!(Mode::Enforce.action_for(Verdict::Clean), Action::Monitor);
     }
 }
+
+/// Serde helpers that write IP addresses as text (`192.0.2.1`, `2001:db8::1`) in every
+/// encoding, so the CBOR wire is readable by any implementation (serde's default for
+/// binary formats is an enum of byte arrays).
+pub(crate) mod ip_text {
+    use std::net::IpAddr;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    fn parse<'de, D: Deserializer<'de>>(s: &str) -> Result<IpAddr, D::Error> {
+        s.parse().map_err(serde::de::Error::custom)
+    }
+
+    /// One address.
+    pub fn serialize<S: Serializer>(ip: &IpAddr, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(ip)
+    }
+
+    /// One address.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<IpAddr, D::Error> {
+        parse::<D>(&<std::borrow::Cow<'de, str>>::deserialize(d)?)
+    }
+
+    /// An optional address.
+    pub mod option {
+        use super::*;
+
+        /// Serializes `None` as null.
+        pub fn serialize<S: Serializer>(ip: &Option<IpAddr>, s: S) -> Result<S::Ok, S::Error> {
+            match ip {
+                Some(ip) => s.collect_str(ip),
+                None => s.serialize_none(),
+            }
+        }
+
+        /// Accepts null or an address.
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<IpAddr>, D::Error> {
+            Option::<std::borrow::Cow<'de, str>>::deserialize(d)?
+                .map(|s| parse::<D>(&s))
+                .transpose()
+        }
+    }
+
+    /// A list of addresses.
+    pub mod list {
+        use super::*;
+        use serde::ser::SerializeSeq;
+
+        /// Serializes as an array of strings.
+        pub fn serialize<S: Serializer>(ips: &[IpAddr], s: S) -> Result<S::Ok, S::Error> {
+            let mut seq = s.serialize_seq(Some(ips.len()))?;
+            for ip in ips {
+                seq.serialize_element(&ip.to_string())?;
+            }
+            seq.end()
+        }
+
+        /// Accepts an array of strings.
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<IpAddr>, D::Error> {
+            Vec::<std::borrow::Cow<'de, str>>::deserialize(d)?
+                .iter()
+                .map(|s| parse::<D>(s))
+                .collect()
+        }
+    }
+}
