@@ -18,4 +18,9 @@
 //! version is signed with the controller key, stored and published retained; agents answer
 //! with acks that the ingest stores and [`policy::status`] reports.
 
+pub mod abuse;
+pub mod campaigns;
+pub mod households;
 pub mod store;
+pub mod verdicts;
+pub mod web;
