@@ -20,6 +20,7 @@
 
 pub mod abuse;
 pub mod campaigns;
+pub mod demo;
 pub mod households;
 pub mod store;
 pub mod verdicts;
