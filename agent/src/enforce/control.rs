@@ -158,12 +158,16 @@ pub fn status_text(
                 out.push_str("  (none)\n");
             }
             for e in &s.enforcement {
+                let left = if e.open_ended {
+                    "until released".to_string()
+                } else {
+                    format!("{} s left", secs_left(e.until_ms, now_ms))
+                };
                 let _ = writeln!(
                     out,
-                    "  {}  {:<10}  {} s left  {}",
+                    "  {}  {:<10}  {left}  {}",
                     e.mac,
                     e.action.as_str(),
-                    secs_left(e.until_ms, now_ms),
                     e.reason
                 );
             }
@@ -281,6 +285,7 @@ mod tests {
                 action: Action::Block,
                 since_ms: 100_000,
                 until_ms: 130_000,
+                open_ended: false,
                 reason: "infected".into(),
             }],
             ..StatusFile::default()

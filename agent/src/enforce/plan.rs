@@ -46,8 +46,14 @@ pub struct Entry {
     pub action: Action,
     /// When it started (Unix ms).
     pub since_ms: u64,
-    /// When it ends by itself (Unix ms).
+    /// When it ends by itself (Unix ms). For an open-ended entry, when the kernel element's
+    /// current timeout runs out; the planner renews it before then.
     pub until_ms: u64,
+    /// Held until the engine releases it (the engine's rate limits have no end): the kernel
+    /// element still gets a timeout, renewed while the agent runs, so a dead agent's limits
+    /// lapse by themselves.
+    #[serde(default)]
+    pub open_ended: bool,
     /// The engine's reason, for `status` and logs.
     pub reason: String,
 }
@@ -80,6 +86,11 @@ pub struct Planner {
     block_ttl_ms: u64,
     entries: BTreeMap<MacAddr, Entry>,
     grace: BTreeMap<MacAddr, u64>,
+}
+
+/// How long before an open-ended entry's kernel timeout the planner renews it.
+fn renew_margin_ms(horizon_ms: u64) -> u64 {
+    (horizon_ms / 4).min(10_000)
 }
 
 fn ttl_secs(now_ms: u64, until_ms: u64) -> u64 {
@@ -157,12 +168,16 @@ impl Planner {
             tracing::info!(%mac, %action, "released by hand recently: not enforcing");
             return Vec::new();
         }
+        // Blocks always end (the policy's time to live); the engine's rate limits may not.
+        let open_ended = until_ms.is_none() && action == Action::RateLimit;
         let until_ms = until_ms
             .unwrap_or(now_ms.saturating_add(self.block_ttl_ms))
             .max(now_ms + 1);
         if let Some(e) = current {
             let milder = e.action == Action::Block && action == Action::RateLimit;
-            let same_and_not_longer = e.action == action && e.until_ms >= until_ms;
+            let same_and_not_longer = e.action == action
+                && ((e.open_ended && open_ended)
+                    || (!open_ended && !e.open_ended && e.until_ms >= until_ms));
             if milder || same_and_not_longer {
                 return Vec::new();
             }
@@ -175,6 +190,7 @@ impl Planner {
             action,
             since_ms,
             until_ms,
+            open_ended,
             reason: reason.to_string(),
         };
         tracing::info!(%mac, %action, ttl_secs = ttl_secs(now_ms, until_ms), reason, "enforcing");
@@ -204,16 +220,24 @@ impl Planner {
         vec![Op::Unblock { mac }, Op::Unlimit { mac }]
     }
 
-    /// Expires entries and grace periods due at `now_ms`.
+    /// Expires entries and grace periods due at `now_ms`, and renews the kernel timeouts of
+    /// open-ended entries.
     pub fn handle_timeout(&mut self, now_ms: u64) -> Vec<Op> {
         self.grace.retain(|_, until| *until > now_ms);
+        let mut ops = Vec::new();
+        let horizon = self.block_ttl_ms;
+        for e in self.entries.values_mut() {
+            if e.open_ended && e.until_ms <= now_ms + renew_margin_ms(horizon) {
+                e.until_ms = now_ms + horizon;
+                ops.push(op_for(e, now_ms));
+            }
+        }
         let due: Vec<MacAddr> = self
             .entries
             .values()
             .filter(|e| e.until_ms <= now_ms)
             .map(|e| e.mac)
             .collect();
-        let mut ops = Vec::new();
         for mac in due {
             if let Some(e) = self.entries.remove(&mac) {
                 tracing::info!(%mac, action = %e.action, "expired: device free again");
@@ -227,9 +251,16 @@ impl Planner {
 
     /// When [`Planner::handle_timeout`] next has work (Unix ms).
     pub fn poll_timeout(&self) -> Option<u64> {
+        let margin = renew_margin_ms(self.block_ttl_ms);
         self.entries
             .values()
-            .map(|e| e.until_ms)
+            .map(|e| {
+                if e.open_ended {
+                    e.until_ms.saturating_sub(margin)
+                } else {
+                    e.until_ms
+                }
+            })
             .chain(self.grace.values().copied())
             .min()
     }
@@ -282,12 +313,13 @@ impl Planner {
         }
         let mut ops = Vec::new();
         for e in &snapshot.entries {
-            if e.until_ms <= now_ms {
+            if e.until_ms <= now_ms && !e.open_ended {
                 ops.push(lift(e));
                 continue;
             }
             let before = self.entries.len();
-            let applied = self.enforce(now_ms, e.mac, e.action, Some(e.until_ms), &e.reason);
+            let until = (!e.open_ended).then_some(e.until_ms);
+            let applied = self.enforce(now_ms, e.mac, e.action, until, &e.reason);
             if self.entries.len() > before {
                 if let Some(entry) = self.entries.get_mut(&e.mac) {
                     entry.since_ms = e.since_ms;
@@ -404,6 +436,50 @@ mod tests {
                 ttl_secs: 30
             }]
         );
+    }
+
+    #[test]
+    fn open_ended_rate_limits_are_renewed_until_released() {
+        let mut p = planner(Mode::Enforce);
+        let bot = mac(BOT);
+        // The engine's rate limits have no end: the kernel gets the block TTL (30 s) ...
+        assert_eq!(
+            p.enforce(0, bot, Action::RateLimit, None, "suspicious"),
+            vec![Op::Limit {
+                mac: bot,
+                ttl_secs: 30
+            }]
+        );
+        assert!(p.entry(&bot, 0).unwrap().open_ended);
+        // ... renewed shortly before it runs out (7.5 s margin: a quarter of 30 s) ...
+        assert_eq!(p.poll_timeout(), Some(22_500));
+        assert!(p.handle_timeout(22_499).is_empty());
+        assert_eq!(
+            p.handle_timeout(22_500),
+            vec![Op::Limit {
+                mac: bot,
+                ttl_secs: 30
+            }]
+        );
+        assert_eq!(p.poll_timeout(), Some(45_000));
+        // ... and repeating the directive changes nothing.
+        assert!(p
+            .enforce(23_000, bot, Action::RateLimit, None, "suspicious")
+            .is_empty());
+        // Renewed through a restart as well.
+        let mut after = planner(Mode::Enforce);
+        let ops = after.restore(100_000, &p.snapshot());
+        assert_eq!(
+            ops,
+            vec![Op::Limit {
+                mac: bot,
+                ttl_secs: 30
+            }]
+        );
+        assert!(after.entry(&bot, 100_000).unwrap().open_ended);
+        // Until the engine releases it.
+        assert_eq!(p.release(30_000, bot), vec![Op::Unlimit { mac: bot }]);
+        assert_eq!(p.poll_timeout(), None);
     }
 
     #[test]

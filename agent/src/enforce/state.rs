@@ -177,6 +177,7 @@ mod tests {
                 action: Action::Block,
                 since_ms: 1,
                 until_ms: 2,
+                open_ended: false,
                 reason: "fan-out".into(),
             }],
             manual_releases: vec![ManualRelease { mac, until_ms: 3 }],
