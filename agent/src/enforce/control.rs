@@ -33,6 +33,8 @@ pub struct StatusFile {
     pub updated_ms: u64,
     /// The agent's process id.
     pub pid: u32,
+    /// Written by an agent that stopped cleanly (its blocks stay in force until they expire).
+    pub stopped: bool,
     /// The interface it captures on.
     pub interface: String,
     /// The policy mode in force.
@@ -96,7 +98,9 @@ pub fn status_text(
         None => out.push_str("agent: no status file (the agent has not run here)\n"),
         Some(s) => {
             let age = now_ms.saturating_sub(s.updated_ms) / 1000;
-            let state = if age > STATUS_EVERY_SECS * STALE_AFTER_INTERVALS {
+            let state = if s.stopped {
+                "STOPPED"
+            } else if age > STATUS_EVERY_SECS * STALE_AFTER_INTERVALS {
                 "NOT RUNNING (status is stale)"
             } else {
                 "running"
