@@ -22,18 +22,18 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use smtpguard_protocol::{AgentStats, MacAddr, Policy};
 
 use crate::capture::{Capture, CaptureError, CaptureOptions};
 use crate::config::{AgentConfig, EnforceBackend};
-use crate::engine::{Engine, EngineAction, EngineConfig};
-use crate::enforce::control::{write_status, StatusFile, STATUS_EVERY_SECS};
+use crate::enforce::control::{self, write_status, StatusFile, STATUS_EVERY_SECS};
 use crate::enforce::{
     state, EnforceError, Enforcer, LoggingEnforcer, NftEnforcer, Op, Planner, PlannerConfig,
     TableSpec,
 };
+use crate::engine::{Engine, EngineAction, EngineConfig};
 use crate::oui::OuiTable;
 
 /// How often manual-release requests are looked for.
@@ -99,13 +99,40 @@ pub fn table_spec(config: &AgentConfig, policy: &Policy) -> TableSpec {
     }
 }
 
-fn enforcer_for(config: &AgentConfig) -> Box<dyn Enforcer + Send> {
+/// The enforcement backend `config` asks for.
+pub fn enforcer_for(config: &AgentConfig) -> Box<dyn Enforcer + Send> {
     match config.enforce.backend {
         EnforceBackend::Nftables => Box::new(NftEnforcer::new(
             config.enforce.nft.to_string_lossy().into_owned(),
         )),
         EnforceBackend::None => Box::new(LoggingEnforcer::default()),
     }
+}
+
+/// `smtpguard-agent status`: prints the running agent's status and the kernel's live
+/// blocks for the agent configured by `config`.
+///
+/// # Errors
+/// As [`control::status`].
+pub fn print_status(config: &AgentConfig) -> Result<(), EnforceError> {
+    let text = control::status(&config.state_dir, enforcer_for(config).as_mut(), now_ms())?;
+    print!("{text}");
+    Ok(())
+}
+
+/// `smtpguard-agent release MAC`: lifts the block on `mac` now and tells the running agent.
+///
+/// # Errors
+/// As [`control::release`].
+pub fn release_command(config: &AgentConfig, mac: MacAddr) -> Result<(), EnforceError> {
+    let text = control::release(
+        &config.state_dir,
+        enforcer_for(config).as_mut(),
+        mac,
+        now_ms(),
+    )?;
+    println!("{text}");
+    Ok(())
 }
 
 /// The router's own MAC and addresses on `interface`, so the engine never takes the router
@@ -130,10 +157,7 @@ fn router_identity(interface: &str) -> (Vec<MacAddr>, Vec<IpAddr>) {
 ///
 /// # Errors
 /// [`RunError`] when the policy, capture or table cannot be set up, or the capture fails.
-pub async fn run(
-    config: AgentConfig,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), RunError> {
+pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
     let stop = Arc::new(AtomicBool::new(false));
     let worker_stop = Arc::clone(&stop);
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();

@@ -146,7 +146,9 @@ wait_for() { # wait_for SECONDS COMMAND...: poll until the command succeeds
         sleep 0.2
     done
 }
-listening() { in_ns "$1" ss -Hltn "sport = :$2" | grep -q .; }
+# (Under pipefail, `producer | grep -q` fails when grep exits early and the producer gets
+# SIGPIPE; these helpers let grep read everything.)
+listening() { in_ns "$1" ss -Hltn "sport = :$2" | grep . >/dev/null; }
 
 # ---------------------------------------------------------------------------------------------
 step "setup: namespaces, bridge, NAT, DNS, mail and web servers"
@@ -257,7 +259,7 @@ release_grace_secs = 60
 EOF
 
 start_agent() {
-    ip netns exec "$NS_RTR" env RUST_LOG=info "$AGENT" run --config "$WORK/agent.toml" \
+    ip netns exec "$NS_RTR" env RUST_LOG=info NO_COLOR=1 "$AGENT" run --config "$WORK/agent.toml" \
         >>"$WORK/agent.log" 2>&1 &
     AGENT_PID=$!
 }
@@ -267,7 +269,7 @@ agent_ready() { # the table is installed and the running agent wrote its status
         grep -q "\"pid\": $AGENT_PID" "$WORK/state/status.json"
 }
 nft_set_has() { # nft_set_has SET MAC
-    in_ns "$NS_RTR" nft list set inet smtpguard "$1" 2>/dev/null | grep -q "$2"
+    in_ns "$NS_RTR" nft list set inet smtpguard "$1" 2>/dev/null | grep -F "$2" >/dev/null
 }
 rule_count() { # rules in the agent's table (lines with a handle that are not table/set/chain)
     in_ns "$NS_RTR" nft -a list table inet smtpguard |
