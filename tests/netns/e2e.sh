@@ -15,7 +15,9 @@
 #      rate-limited, then blocked; prints `detection-to-block: N s` (must be <= 60 s);
 #   3. while blocked, the bot's web traffic and the laptop's mail still work;
 #   4. kill -9 the agent: the block stays in force; restart it: state restored, no duplicate rules;
-#   5. the block expires after its time to live and the bot's mail flows again.
+#   5. the block expires after its time to live and the bot's mail flows again;
+#   6. `smtpguard-agent release MAC` lifts enforcement by hand and the agent leaves the device
+#      alone for its grace period.
 # Everything lives in namespaces this script creates and removes on exit (also on failure);
 # nothing is sent outside them.
 #
@@ -226,10 +228,10 @@ bg_in_ns "$NS_WAN" "$WORK/submission.log" $PY "$HERE/smtp_server.py" submission 
 mkdir -p "$WORK/www" && echo "hello from the web" >"$WORK/www/index.html"
 bg_in_ns "$NS_WAN" "$WORK/http.log" $PY -m http.server 80 --bind $WEB --directory "$WORK/www"
 
-wait_for 10 listening "$NS_WAN" 25 || die "MX server did not start: $(cat "$WORK/mx.log")"
-wait_for 10 listening "$NS_WAN" 587 || die "submission server did not start: $(cat "$WORK/submission.log")"
-wait_for 10 listening "$NS_WAN" 80 || die "web server did not start"
-wait_for 10 listening "$NS_WAN" 53 || die "dnsmasq did not start: $(cat "$WORK/dnsmasq.log")"
+wait_for 30 listening "$NS_WAN" 25 || die "MX server did not start: $(cat "$WORK/mx.log")"
+wait_for 30 listening "$NS_WAN" 587 || die "submission server did not start: $(cat "$WORK/submission.log")"
+wait_for 30 listening "$NS_WAN" 80 || die "web server did not start: $(cat "$WORK/http.log")"
+wait_for 30 listening "$NS_WAN" 53 || die "dnsmasq did not start: $(cat "$WORK/dnsmasq.log")"
 check "laptop resolves MX records through the router" \
     bash -c "ip netns exec $NS_LAP dig +short +time=2 +tries=2 @$DNS MX d3.test | grep -q mx.d3.test"
 
@@ -271,6 +273,9 @@ agent_ready() { # the table is installed and the running agent wrote its status
 nft_set_has() { # nft_set_has SET MAC
     in_ns "$NS_RTR" nft list set inet smtpguard "$1" 2>/dev/null | grep -F "$2" >/dev/null
 }
+not_enforced() { # not_enforced MAC: in neither the blocked nor the limited set
+    ! nft_set_has blocked "$1" && ! nft_set_has limited "$1"
+}
 rule_count() { # rules in the agent's table (lines with a handle that are not table/set/chain)
     in_ns "$NS_RTR" nft -a list table inet smtpguard |
         grep '# handle' | grep -cvE '^\s*(table|set|chain) '
@@ -311,8 +316,7 @@ step "1. laptop submits mail through the allowlisted ISP relay"
 
 check "laptop's message accepted by the relay (587, STARTTLS, AUTH)" laptop_submit e2e-laptop-1
 check "relay received the laptop's message" grep -q "subject=e2e-laptop-1" "$WORK/mail.log"
-check "laptop is neither limited nor blocked" \
-    bash -c "! ip netns exec $NS_RTR nft list table inet smtpguard | grep -q $LAP_MAC"
+check "laptop is neither limited nor blocked" not_enforced $LAP_MAC
 
 # ---------------------------------------------------------------------------------------------
 step "2. bot sends a burst of direct-to-MX mail"
@@ -382,8 +386,7 @@ check "bot's DNS still works" \
     bash -c "ip netns exec $NS_BOT dig +short +time=2 +tries=1 @$DNS A www.test | grep -q $WEB"
 check "laptop still delivers through the relay" laptop_submit e2e-laptop-2
 check "relay received the laptop's second message" grep -q "subject=e2e-laptop-2" "$WORK/mail.log"
-check "laptop is still neither limited nor blocked" \
-    bash -c "! ip netns exec $NS_RTR nft list table inet smtpguard | grep -q $LAP_MAC"
+check "laptop is still neither limited nor blocked" not_enforced $LAP_MAC
 
 # ---------------------------------------------------------------------------------------------
 step "4. the agent dies (kill -9): the block stays; restart restores it without duplicate rules"
@@ -421,6 +424,24 @@ check "bot's mail is delivered again" bot_send 12 e2e-bot-after-expiry
 check "MX received the bot's message after the block expired" \
     grep -q "subject=e2e-bot-after-expiry" "$WORK/mail.log"
 check "agent still running" kill -0 "$AGENT_PID"
+
+# ---------------------------------------------------------------------------------------------
+step "6. a person releases the bot by hand: lifted at once, not re-enforced during the grace period"
+
+# The bot's message above may already have put it under a rate limit again (it resumed).
+RELEASE_OUT=$(in_ns "$NS_RTR" "$AGENT" release $BOT_MAC --config "$WORK/agent.toml" 2>&1)
+echo "  | $RELEASE_OUT"
+check "\`smtpguard-agent release\` succeeds" grep -q "$BOT_MAC" <<<"$RELEASE_OUT"
+check "bot is in neither set after the release" not_enforced $BOT_MAC
+for n in $(seq 13 22); do bot_send $n "e2e-bot-after-release-$n"; done
+check "bot's mail after the release is delivered (10 messages)" \
+    test "$(mail_count "subject=e2e-bot-after-release-")" -eq 10
+sleep $((2 + 1)) # two status intervals' worth: the agent has seen the new traffic
+check "the running agent does not re-enforce during the grace period" not_enforced $BOT_MAC
+check "the engine did ask again and the agent held off (agent log)" \
+    grep -q "released by hand recently: not enforcing" "$WORK/agent.log"
+check "\`smtpguard-agent status\` shows the manual release" \
+    bash -c "ip netns exec $NS_RTR $AGENT status --config $WORK/agent.toml | grep -q 'released by hand'"
 
 # ---------------------------------------------------------------------------------------------
 step "shutdown"
