@@ -393,6 +393,9 @@ step "4. the agent dies (kill -9): the block stays; restart restores it without 
 
 RULES_BEFORE=$(rule_count)
 in_ns "$NS_RTR" nft -a list table inet smtpguard >"$WORK/table-before.txt"
+echo "  the agent's table while the bot is blocked:"
+in_ns "$NS_RTR" nft list table inet smtpguard | sed 's/^/  | /'
+
 kill -9 "$AGENT_PID"
 wait "$AGENT_PID" 2>/dev/null
 OLD_PID=$AGENT_PID
