@@ -10,9 +10,14 @@
 //!   tests, benchmarks, demos and the big-capture generator.
 //! - [`replay`]: `smtpguard-agent replay`: a capture through the engine with the capture's
 //!   timestamps as the clock, printed as one JSON (or text) report.
+//! - [`capture`]: live capture on the LAN interface (`AF_PACKET` + a kernel BPF filter that
+//!   passes only mail, DNS and DHCP frames), frames stamped in Unix milliseconds.
+//! - [`config`]: [`config::AgentConfig`], read from TOML or OpenWrt UCI and validated once.
 //! - [`enforce`]: turns verdicts into device-scoped action: the pure [`enforce::Planner`],
 //!   the nftables backend (table `inet smtpguard`), the block state file, and the `status` /
 //!   `release` subcommands' logic.
+//! - [`run`]: `smtpguard-agent run`, the live loop: capture → engine → planner → nftables,
+//!   state and status files, clean shutdown on SIGTERM/SIGINT.
 //!
 //! # Data flow
 //! Live: capture → [`engine::Engine::handle_frame`] → [`engine::Engine::poll_action`] →
@@ -20,10 +25,13 @@
 //! [`engine::Engine::handle_timeout`] at [`engine::Engine::poll_timeout`]. Offline:
 //! [`pcap::CaptureReader`] → the same engine → [`replay::Report`].
 
+pub mod capture;
+pub mod config;
 pub mod enforce;
 pub mod engine;
 pub mod oui;
 pub mod packet;
 pub mod pcap;
 pub mod replay;
+pub mod run;
 pub mod sim;

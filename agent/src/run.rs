@@ -462,6 +462,29 @@ mod tests {
     }
 
     #[test]
+    fn enforce_section_defaults_and_validation() {
+        let c = AgentConfig::from_toml_str("").unwrap();
+        assert_eq!(c.enforce.mail_ports, vec![25, 465, 587, 2525]);
+        assert_eq!(c.enforce.release_grace_secs, 3600);
+        let c = AgentConfig::from_toml_str(
+            "[enforce]\nbackend = \"none\"\nmail_ports = [25]\nrelease_grace_secs = 60\n",
+        )
+        .unwrap();
+        assert_eq!(c.enforce.backend, EnforceBackend::None);
+        assert_eq!(table_spec(&c, &Policy::default()).mail_ports, vec![25]);
+        for bad in [
+            "mail_ports = []",
+            "mail_ports = [0]",
+            "release_grace_secs = 99999999",
+        ] {
+            let err = AgentConfig::from_toml_str(&format!("[enforce]\n{bad}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("enforce."), "{bad}: {err}");
+        }
+    }
+
+    #[test]
     fn shutdown_before_start_failure_reports_the_failure() {
         // A capture on an interface that does not exist fails at start; `run` returns that
         // error rather than hanging on the shutdown future.
