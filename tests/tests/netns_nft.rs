@@ -201,3 +201,164 @@ fn nft_backend_in_a_fresh_namespace() {
         "fw4's rule was touched: {ruleset}"
     );
 }
+
+/// A listener in a namespace, killed on drop.
+struct Listener(std::process::Child);
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Whether a TCP connection from namespace `ns` to `addr` `port` opens within 2 s.
+fn connects(ns: &Netns, addr: &str, port: u16) -> bool {
+    Command::new("ip")
+        .args(["netns", "exec", &ns.0, "nc", "-z", "-w", "2", addr])
+        .arg(port.to_string())
+        .status()
+        .unwrap()
+        .success()
+}
+
+#[test]
+fn rules_act_on_forwarded_traffic() {
+    // client (bot MAC) ── router (the agent's table) ── server with listeners on 25, 587, 80
+    let client = Netns::new("cl");
+    let router = Netns::new("rt");
+    let server = Netns::new("sv");
+    let ip = |args: &[&str]| {
+        let st = Command::new("ip").args(args).status().unwrap();
+        assert!(st.success(), "ip {args:?}");
+    };
+    ip(&[
+        "link",
+        "add",
+        "name",
+        "eth0",
+        "netns",
+        &client.0,
+        "address",
+        "02:5b:00:00:00:0b",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "lan0",
+        "netns",
+        &router.0,
+    ]);
+    ip(&[
+        "link", "add", "name", "wan0", "netns", &router.0, "type", "veth", "peer", "name", "eth0",
+        "netns", &server.0,
+    ]);
+    for (ns, cmds) in [
+        (
+            &client,
+            vec![
+                "ip link set lo up",
+                "ip addr add 10.9.0.2/24 dev eth0",
+                "ip link set eth0 up",
+                "ip route add default via 10.9.0.1",
+            ],
+        ),
+        (
+            &router,
+            vec![
+                "ip addr add 10.9.0.1/24 dev lan0",
+                "ip link set lan0 up",
+                "ip addr add 10.9.1.1/24 dev wan0",
+                "ip link set wan0 up",
+                "sysctl -qw net.ipv4.ip_forward=1",
+            ],
+        ),
+        (
+            &server,
+            vec![
+                "ip link set lo up",
+                "ip addr add 10.9.1.2/24 dev eth0",
+                "ip addr add 10.9.1.25/32 dev lo",
+                "ip link set eth0 up",
+                "ip route add default via 10.9.1.1",
+            ],
+        ),
+    ] {
+        for cmd in cmds {
+            ns.sh(&cmd.split(' ').collect::<Vec<_>>());
+        }
+    }
+    let _listeners: Vec<Listener> = [25u16, 587, 80]
+        .iter()
+        .map(|port| {
+            Listener(
+                Command::new("ip")
+                    .args(["netns", "exec", &server.0, "nc", "-lk", "0.0.0.0"])
+                    .arg(port.to_string())
+                    .spawn()
+                    .unwrap(),
+            )
+        })
+        .collect();
+    // Bounded wait for the listeners.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !(connects(&client, "10.9.1.2", 25)
+        && connects(&client, "10.9.1.2", 587)
+        && connects(&client, "10.9.1.2", 80))
+    {
+        assert!(Instant::now() < deadline, "listeners did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let mut nft = router.nft();
+    nft.install(&TableSpec {
+        mail_ports: vec![25, 465, 587, 2525],
+        rate_per_minute: 2,
+        relays: vec!["10.9.1.25:587".parse().unwrap()],
+    })
+    .unwrap();
+    let bot = mac("02:5b:00:00:00:0b");
+    assert!(connects(&client, "10.9.1.2", 25), "no element: mail flows");
+
+    nft.apply(&[Op::Block {
+        mac: bot,
+        ttl_secs: 600,
+    }])
+    .unwrap();
+    assert!(
+        !connects(&client, "10.9.1.2", 25),
+        "blocked: port 25 dropped"
+    );
+    assert!(
+        !connects(&client, "10.9.1.2", 587),
+        "blocked: port 587 dropped"
+    );
+    assert!(
+        connects(&client, "10.9.1.2", 80),
+        "blocked: web still works"
+    );
+    assert!(
+        connects(&client, "10.9.1.25", 587),
+        "blocked: the allowlisted relay still works"
+    );
+
+    nft.apply(&[
+        Op::Unblock { mac: bot },
+        Op::Limit {
+            mac: bot,
+            ttl_secs: 600,
+        },
+    ])
+    .unwrap();
+    // 2 per minute with a burst of 2: of six quick connections, the later ones are dropped.
+    let opened = (0..6).filter(|_| connects(&client, "10.9.1.2", 25)).count();
+    assert!((1..=3).contains(&opened), "{opened} of 6 opened");
+    let check = router.sh(&["nft", "list", "chain", "inet", "smtpguard", "mail_check"]);
+    let rl_line = check.lines().find(|l| l.contains("@rl")).unwrap();
+    assert!(!rl_line.contains("packets 0 "), "{rl_line}");
+    assert!(connects(&client, "10.9.1.2", 80), "limited: web unaffected");
+
+    nft.apply(&[Op::Unlimit { mac: bot }]).unwrap();
+    router.sh(&["nft", "flush", "set", "inet", "smtpguard", "rl"]);
+    assert!(connects(&client, "10.9.1.2", 25), "released: mail flows");
+}
