@@ -38,6 +38,8 @@ use crate::oui::OuiTable;
 
 /// How often manual-release requests are looked for.
 const RELEASE_POLL_MS: u64 = 1_000;
+/// How often the local policy file is checked for changes.
+const POLICY_POLL_MS: u64 = 2_000;
 /// How long to wait before trying again after a failed nft batch.
 const RESYNC_AFTER_MS: u64 = 5_000;
 
@@ -90,10 +92,10 @@ pub fn load_policy(path: Option<&Path>) -> Result<Policy, RunError> {
     Ok(policy)
 }
 
-/// The table settings for `policy` under `config`.
-pub fn table_spec(config: &AgentConfig, policy: &Policy) -> TableSpec {
+/// The table settings for `policy` with the configured mail ports.
+pub fn table_spec(mail_ports: &[u16], policy: &Policy) -> TableSpec {
     TableSpec {
-        mail_ports: config.enforce.mail_ports.clone(),
+        mail_ports: mail_ports.to_vec(),
         rate_per_minute: policy.rate_limit_per_minute,
         relays: policy.allow_relays.clone(),
     }
@@ -218,6 +220,10 @@ struct Worker {
     resync_at_ms: Option<u64>,
     next_status_ms: u64,
     next_release_poll_ms: u64,
+    /// The local policy file and the modification time of the version in force.
+    policy_file: Option<(PathBuf, Option<SystemTime>)>,
+    next_policy_poll_ms: u64,
+    mail_ports: Vec<u16>,
 }
 
 impl Worker {
@@ -254,7 +260,7 @@ impl Worker {
         };
         ops.extend(take_releases(&state_dir, &mut planner, now));
 
-        let spec = table_spec(config, &policy);
+        let spec = table_spec(&config.enforce.mail_ports, &policy);
         enforcer.install(&spec)?;
         let mut resync_at_ms = None;
         if let Err(err) = enforcer.apply(&ops) {
@@ -302,6 +308,12 @@ impl Worker {
             resync_at_ms,
             next_status_ms: now,
             next_release_poll_ms: now + RELEASE_POLL_MS,
+            policy_file: config
+                .policy_file
+                .as_ref()
+                .map(|p| (p.clone(), modified(p))),
+            next_policy_poll_ms: now + POLICY_POLL_MS,
+            mail_ports: config.enforce.mail_ports.clone(),
         })
     }
 
@@ -357,6 +369,10 @@ impl Worker {
             self.next_release_poll_ms = now + RELEASE_POLL_MS;
             ops.extend(take_releases(&self.state_dir, &mut self.planner, now));
         }
+        if now >= self.next_policy_poll_ms {
+            self.next_policy_poll_ms = now + POLICY_POLL_MS;
+            ops.extend(self.reload_policy(now));
+        }
         if !ops.is_empty() {
             for op in &ops {
                 tracing::info!(%op, "enforce");
@@ -374,6 +390,39 @@ impl Worker {
             self.next_status_ms = now + STATUS_EVERY_SECS * 1000;
             self.write_status(now, false);
         }
+    }
+
+    /// Applies the local policy file again when it changed: engine, planner (allowlists,
+    /// mode) and the table (relays, rate). A file that no longer reads or validates is
+    /// logged and the policy in force stays.
+    fn reload_policy(&mut self, now: u64) -> Vec<Op> {
+        let Some((path, seen)) = &mut self.policy_file else {
+            return Vec::new();
+        };
+        let current = modified(path);
+        if current == *seen {
+            return Vec::new();
+        }
+        *seen = current;
+        let policy = match load_policy(Some(path)) {
+            Ok(p) => p,
+            Err(err) => {
+                tracing::error!(%err, "keeping the policy in force");
+                return Vec::new();
+            }
+        };
+        tracing::info!(version = policy.policy_version, mode = ?policy.mode, "policy reloaded");
+        let spec = table_spec(&self.mail_ports, &policy);
+        if spec != self.spec {
+            self.spec = spec;
+            if let Err(err) = self.enforcer.install(&self.spec) {
+                tracing::error!(%err, "cannot update the table; retrying");
+                self.resync_at_ms.get_or_insert(now + RESYNC_AFTER_MS);
+            }
+        }
+        let ops = self.planner.set_policy(now, &policy);
+        self.engine.set_policy(policy);
+        ops
     }
 
     /// Reinstalls the table and re-applies every entry the planner holds.
@@ -424,6 +473,10 @@ impl Worker {
     }
 }
 
+fn modified(path: &Path) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
 fn take_releases(state_dir: &Path, planner: &mut Planner, now: u64) -> Vec<Op> {
     let (macs, errors) = state::take_release_requests(state_dir);
     for err in errors {
@@ -471,7 +524,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.enforce.backend, EnforceBackend::None);
-        assert_eq!(table_spec(&c, &Policy::default()).mail_ports, vec![25]);
+        assert_eq!(
+            table_spec(&c.enforce.mail_ports, &Policy::default()).mail_ports,
+            vec![25]
+        );
         for bad in [
             "mail_ports = []",
             "mail_ports = [0]",

@@ -17,7 +17,8 @@
 #   4. kill -9 the agent: the block stays in force; restart it: state restored, no duplicate rules;
 #   5. the block expires after its time to live and the bot's mail flows again;
 #   6. `smtpguard-agent release MAC` lifts enforcement by hand and the agent leaves the device
-#      alone for its grace period.
+#      alone for its grace period;
+#   7. a change of the local policy file (a new allowlisted relay) reaches the table.
 # Everything lives in namespaces this script creates and removes on exit (also on failure);
 # nothing is sent outside them.
 #
@@ -445,6 +446,21 @@ check "the engine did ask again and the agent held off (agent log)" \
     grep -q "released by hand recently: not enforcing" "$WORK/agent.log"
 check "\`smtpguard-agent status\` shows the manual release" \
     bash -c "ip netns exec $NS_RTR $AGENT status --config $WORK/agent.toml | grep -q 'released by hand'"
+
+# ---------------------------------------------------------------------------------------------
+step "7. a change of the local policy file reaches the table (no duplicate rules)"
+
+RULES_BEFORE=$(rule_count)
+sed -i "s|^allow_relays = .*|allow_relays = [\"$RELAY:587\", \"198.51.100.0/24:465\"]|" "$WORK/policy.toml"
+if wait_for 15 bash -c "ip netns exec $NS_RTR nft list set inet smtpguard relays4 | grep -q '198.51.100.0/24 . 465'"; then
+    pass "new allowlisted relay is in the table"
+else
+    fail "new allowlisted relay is in the table within 15 s"
+fi
+check "the first relay is still there" \
+    bash -c "ip netns exec $NS_RTR nft list set inet smtpguard relays4 | grep -q '$RELAY . 587'"
+check "no duplicate rules after the policy change ($(rule_count) rules)" test "$(rule_count)" -eq "$RULES_BEFORE"
+check "laptop still delivers through the relay" laptop_submit e2e-laptop-3
 
 # ---------------------------------------------------------------------------------------------
 step "shutdown"
