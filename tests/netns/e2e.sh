@@ -183,7 +183,7 @@ ip link add name wan0 netns "$NS_RTR" type veth peer name eth0 netns "$NS_WAN" |
 in_ns "$NS_RTR" ip addr add $RTR_WAN/30 dev wan0
 in_ns "$NS_RTR" ip link set wan0 up
 in_ns "$NS_RTR" ip route add default via $WAN_GW
-in_ns "$NS_RTR" sysctl -qw net.ipv4.ip_forward=1
+in_ns "$NS_RTR" sh -c "echo 1 >/proc/sys/net/ipv4/ip_forward" || die "ip_forward"
 # A stand-in for OpenWrt's fw4 (its own table, forward chain at priority filter, NAT), so the
 # test also shows the agent's table coexists with it and never touches it.
 in_ns "$NS_RTR" nft -f - <<'EOF' || die "router firewall"

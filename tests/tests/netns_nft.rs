@@ -1,8 +1,8 @@
 //! The nftables backend against the real `nft` in a network namespace this test creates:
 //! install (twice, no duplicate rules), element add / replace / delete / expiry, a failed
-//! batch that changes nothing, and other tables left alone. Needs root and nftables (the
-//! README's test command runs as root and installs nftables); it fails, never skips,
-//! without them.
+//! batch that changes nothing, and other tables left alone; then the rules on real forwarded
+//! traffic. Needs root, nftables and netcat-openbsd (the README's test command runs as root
+//! and installs them); it fails, never skips, without them.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::process::Command;
@@ -270,7 +270,6 @@ fn rules_act_on_forwarded_traffic() {
                 "ip link set lan0 up",
                 "ip addr add 10.9.1.1/24 dev wan0",
                 "ip link set wan0 up",
-                "sysctl -qw net.ipv4.ip_forward=1",
             ],
         ),
         (
@@ -288,6 +287,8 @@ fn rules_act_on_forwarded_traffic() {
             ns.sh(&cmd.split(' ').collect::<Vec<_>>());
         }
     }
+    // Per-namespace, and without needing procps' sysctl.
+    router.sh(&["sh", "-c", "echo 1 >/proc/sys/net/ipv4/ip_forward"]);
     let _listeners: Vec<Listener> = [25u16, 587, 80]
         .iter()
         .map(|port| {
