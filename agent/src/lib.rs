@@ -18,6 +18,8 @@
 //!   `release` subcommands' logic.
 //! - [`run`]: `smtpguard-agent run`, the live loop: capture → engine → planner → nftables,
 //!   state and status files, clean shutdown on SIGTERM/SIGINT.
+//! - [`uplink`]: signed telemetry and alerts to the controller over MQTT (bounded offline
+//!   queue, alerts persisted until the broker acknowledges them), verified policy back.
 //!
 //! # Data flow
 //! Live: capture → [`engine::Engine::handle_frame`] → [`engine::Engine::poll_action`] →
@@ -35,3 +37,4 @@ pub mod pcap;
 pub mod replay;
 pub mod run;
 pub mod sim;
+pub mod uplink;

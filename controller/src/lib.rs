@@ -10,6 +10,7 @@
 //! - [`ingest`]: MQTT shared subscription → verify (protocol) → replay window → batched
 //!   store → manual ack.
 //! - [`policy`]: policy signing, versioning, publishing (retained) and the rollout view.
+//! - [`serve`]: `run(config, shutdown)`: broker + policy republish + ingest.
 //!
 //! # Data flow
 //! Agents publish signed envelopes → broker → [`ingest`] verifies each against the key in
@@ -18,4 +19,10 @@
 //! version is signed with the controller key, stored and published retained; agents answer
 //! with acks that the ingest stores and [`policy::status`] reports.
 
+pub mod broker;
+pub mod config;
+pub mod ingest;
+pub mod policy;
+pub mod registry;
+pub mod serve;
 pub mod store;
