@@ -412,6 +412,13 @@ impl Worker {
             }
         };
         tracing::info!(version = policy.policy_version, mode = ?policy.mode, "policy reloaded");
+        self.apply_policy(now, policy)
+    }
+
+    /// Puts `policy` in force everywhere: the table (relays, rate; elements kept), the
+    /// planner (mode, allowlisted devices, time to live) and the engine. Returns the planner's
+    /// ops. The hook for policy from the uplink as well as from the local file.
+    fn apply_policy(&mut self, now: u64, policy: Policy) -> Vec<Op> {
         let spec = table_spec(&self.mail_ports, &policy);
         if spec != self.spec {
             self.spec = spec;
