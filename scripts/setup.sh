@@ -33,11 +33,15 @@ apt_packages=(
     "/usr/share/ieee-data/oui.csv:ieee-data"  # device vendors
     "/usr/bin/time:time"                 # peak RSS in benchmark scripts
     "curl:curl"
+    "nc:netcat-openbsd"                  # nft forwarding tests
+    "dig:bind9-dnsutils"                 # MX lookups in the end-to-end test
+    "perl=Net%SSLeay:libnet-ssleay-perl"  # swaks STARTTLS
 )
 
 have() {
     case "$1" in
         /*) [ -e "$1" ] ;;
+        perl=*) local m="${1#perl=}"; perl -M"${m//%/::}" -e1 2>/dev/null ;;
         *) command -v "$1" >/dev/null 2>&1 ;;
     esac
 }

@@ -129,7 +129,8 @@ pub struct UplinkConfig {
     pub tls_ca_file: Option<PathBuf>,
 }
 
-/// `[enforce]`: how verdicts are carried out on the router.
+/// `[enforce]`: how verdicts are carried out on the router (the table is described in
+/// `enforce::nft`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct EnforceConfig {
@@ -137,6 +138,10 @@ pub struct EnforceConfig {
     pub backend: EnforceBackend,
     /// The `nft` program.
     pub nft: PathBuf,
+    /// Destination TCP ports that are throttled or blocked; nothing else is ever touched.
+    pub mail_ports: Vec<u16>,
+    /// After `smtpguard-agent release MAC`, how long the agent leaves that device alone.
+    pub release_grace_secs: u64,
 }
 
 impl Default for EnforceConfig {
@@ -144,6 +149,8 @@ impl Default for EnforceConfig {
         EnforceConfig {
             backend: EnforceBackend::Nftables,
             nft: PathBuf::from("nft"),
+            mail_ports: crate::enforce::DEFAULT_MAIL_PORTS.to_vec(),
+            release_grace_secs: 3600,
         }
     }
 }
@@ -304,6 +311,21 @@ impl AgentConfig {
         }
         if self.capture.device_capacity == 0 {
             return bad("capture.device_capacity", "must be at least 1");
+        }
+        if self.enforce.nft.as_os_str().is_empty() {
+            return bad("enforce.nft", "must not be empty");
+        }
+        if self.enforce.mail_ports.is_empty() || self.enforce.mail_ports.contains(&0) {
+            return bad(
+                "enforce.mail_ports",
+                "must list one or more ports between 1 and 65535",
+            );
+        }
+        if self.enforce.release_grace_secs > 30 * 86_400 {
+            return bad(
+                "enforce.release_grace_secs",
+                "must be at most 2592000 (30 days)",
+            );
         }
         if self.uplink.enabled && self.uplink.broker_url.is_empty() {
             return bad(
@@ -631,6 +653,16 @@ config led 'led'
                 let text = match v {
                     toml::Value::String(s) => s.clone(),
                     toml::Value::Table(_) => continue,
+                    toml::Value::Array(items) => {
+                        for item in items {
+                            let item = match item {
+                                toml::Value::String(s) => s.clone(),
+                                other => other.to_string(),
+                            };
+                            uci_text.push_str(&format!("\tlist {key} '{item}'\n"));
+                        }
+                        continue;
+                    }
                     other => other.to_string(),
                 };
                 uci_text.push_str(&format!("\toption {key} '{text}'\n"));

@@ -14,22 +14,29 @@
 //!   tests, benchmarks, demos and the big-capture generator.
 //! - [`replay`]: `smtpguard-agent replay`: a capture through the engine with the capture's
 //!   timestamps as the clock, printed as one JSON (or text) report.
+//! - [`enforce`]: turns verdicts into device-scoped action: the pure [`enforce::Planner`],
+//!   the nftables backend (table `inet smtpguard`), the block state file, and the `status` /
+//!   `release` subcommands' logic.
+//! - [`run`]: `smtpguard-agent run`, the live loop: capture → engine → planner → nftables,
+//!   state and status files, clean shutdown on SIGTERM/SIGINT.
 //! - [`uplink`]: signed telemetry and alerts to the controller over MQTT (bounded offline
 //!   queue, alerts persisted until the broker acknowledges them), verified policy back.
 //!
 //! # Data flow
 //! Live: capture → [`engine::Engine::handle_frame`] → [`engine::Engine::poll_action`] →
-//! enforcement and uplink; the shell calls [`engine::Engine::handle_timeout`] at
-//! [`engine::Engine::poll_timeout`]. Offline: [`pcap::CaptureReader`] → the same engine →
-//! [`replay::Report`].
+//! enforcement ([`enforce::Planner`] → [`enforce::Enforcer`]) and uplink; the shell calls
+//! [`engine::Engine::handle_timeout`] at [`engine::Engine::poll_timeout`]. Offline:
+//! [`pcap::CaptureReader`] → the same engine → [`replay::Report`].
 
 pub mod capture;
 pub mod config;
+pub mod enforce;
 pub mod engine;
 pub mod leases;
 pub mod oui;
 pub mod packet;
 pub mod pcap;
 pub mod replay;
+pub mod run;
 pub mod sim;
 pub mod uplink;

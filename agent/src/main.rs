@@ -28,7 +28,7 @@ enum Command {
         #[arg(long, short, default_value = config::DEFAULT_PATH)]
         config: PathBuf,
     },
-    /// Show the agent's configuration and local state.
+    /// Show the running agent's devices, verdicts and the blocks in force in the kernel.
     Status {
         /// Agent configuration: TOML, or OpenWrt UCI (`/etc/config/smtpguard`).
         #[arg(long, short, default_value = config::DEFAULT_PATH)]
@@ -36,6 +36,15 @@ enum Command {
     },
     /// Analyse a capture offline with the detection engine and print one report.
     Replay(smtpguard_agent::replay::ReplayArgs),
+    /// Lift the block or rate limit on one device by hand; the agent then leaves it alone
+    /// for its release grace period (`enforce.release_grace_secs`).
+    Release {
+        /// The device's MAC address, e.g. 02:11:22:33:44:05.
+        mac: smtpguard_protocol::MacAddr,
+        /// Agent configuration: TOML, or OpenWrt UCI (`/etc/config/smtpguard`).
+        #[arg(long, short, default_value = config::DEFAULT_PATH)]
+        config: PathBuf,
+    },
 }
 
 /// A failure, classified for the exit code.
@@ -50,20 +59,27 @@ fn load_config(path: &std::path::Path) -> Result<AgentConfig, Failure> {
     AgentConfig::load(path).map_err(|e| Failure::Config(e.into()))
 }
 
+fn runtime<E: std::error::Error + Send + Sync + 'static>(
+    result: Result<(), E>,
+) -> Result<ExitCode, Failure> {
+    result
+        .map(|()| ExitCode::SUCCESS)
+        .map_err(|e| Failure::Runtime(e.into()))
+}
+
 fn dispatch(command: Command) -> Result<ExitCode, Failure> {
     match command {
-        Command::Run { config } => {
-            let _config = load_config(&config)?;
-            Err(Failure::Runtime(anyhow::anyhow!(
-                "the live run loop is not part of this build yet"
-            )))
-        }
-        Command::Status { config } => {
-            let config = load_config(&config)?;
-            config::print_summary(&config);
-            Ok(ExitCode::SUCCESS)
-        }
         Command::Replay(args) => Ok(smtpguard_agent::replay::main(args)),
+        Command::Run { config } => runtime(smtpguard_agent::run::run_until_signal(load_config(
+            &config,
+        )?)),
+        Command::Status { config } => {
+            runtime(smtpguard_agent::run::print_status(&load_config(&config)?))
+        }
+        Command::Release { mac, config } => runtime(smtpguard_agent::run::release_command(
+            &load_config(&config)?,
+            mac,
+        )),
     }
 }
 
