@@ -1,0 +1,2 @@
+//! Ingest benchmark (placeholder until the ingest exists).
+fn main() {}

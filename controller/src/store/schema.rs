@@ -1,0 +1,138 @@
+//! The SQLite schema and its migrations, versioned with `PRAGMA user_version`.
+//!
+//! Each entry of [`MIGRATIONS`] moves the database from version `i` to `i + 1`; they run in
+//! one transaction each, so a database is never left half-migrated. Never edit a released
+//! migration: append a new one.
+//!
+//! Conventions other modules rely on: times are Unix milliseconds in `*_ms` columns; verdict
+//! and action names are the protocol's (`clean`, `rate-limit`, ...); MACs are `aa:bb:..`;
+//! lists are JSON arrays in `*_json` columns.
+
+/// The migrations, in order. The database's `user_version` is the number applied.
+pub const MIGRATIONS: &[&str] = &[
+    // 1: the initial schema.
+    r#"
+CREATE TABLE cpes (
+    cpe_id TEXT PRIMARY KEY,
+    public_key TEXT NOT NULL,
+    label TEXT,
+    enrolled_at_ms INTEGER,
+    revoked_at_ms INTEGER
+);
+
+CREATE TABLE messages (
+    cpe_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    sent_at_ms INTEGER NOT NULL,
+    received_at_ms INTEGER NOT NULL,
+    wire BLOB NOT NULL,
+    PRIMARY KEY (cpe_id, seq)
+);
+
+CREATE TABLE alerts (
+    id INTEGER PRIMARY KEY,
+    cpe_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    mac TEXT NOT NULL,
+    at_ms INTEGER NOT NULL,
+    previous TEXT NOT NULL,
+    verdict TEXT NOT NULL,
+    score REAL NOT NULL,
+    action TEXT NOT NULL,
+    action_until_ms INTEGER,
+    hostname TEXT,
+    vendor TEXT,
+    ips_json TEXT NOT NULL,
+    evidence_json TEXT NOT NULL,
+    observed_json TEXT NOT NULL,
+    UNIQUE (cpe_id, seq)
+);
+CREATE INDEX alerts_by_device ON alerts (cpe_id, mac, at_ms);
+CREATE INDEX alerts_by_time ON alerts (at_ms);
+
+CREATE TABLE telemetry (
+    cpe_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    window_start_ms INTEGER NOT NULL,
+    window_secs INTEGER NOT NULL,
+    public_ip TEXT,
+    stats_json TEXT NOT NULL,
+    PRIMARY KEY (cpe_id, seq)
+);
+CREATE INDEX telemetry_by_time ON telemetry (cpe_id, window_start_ms);
+
+CREATE TABLE device_reports (
+    cpe_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    mac TEXT NOT NULL,
+    verdict TEXT NOT NULL,
+    score REAL NOT NULL,
+    action TEXT NOT NULL,
+    action_until_ms INTEGER,
+    hostname TEXT,
+    vendor TEXT,
+    ips_json TEXT NOT NULL,
+    counters_json TEXT NOT NULL,
+    evidence_json TEXT NOT NULL
+);
+CREATE INDEX device_reports_by_device ON device_reports (cpe_id, mac, seq);
+
+CREATE TABLE connections (
+    cpe_id TEXT NOT NULL,
+    mac TEXT NOT NULL,
+    at_ms INTEGER NOT NULL,
+    src_port INTEGER NOT NULL,
+    dst TEXT NOT NULL,
+    dst_port INTEGER NOT NULL,
+    nat_port INTEGER
+);
+CREATE INDEX connections_by_time ON connections (cpe_id, at_ms);
+
+CREATE TABLE public_ips (
+    cpe_id TEXT NOT NULL,
+    ip TEXT NOT NULL,
+    first_seen_ms INTEGER NOT NULL,
+    last_seen_ms INTEGER NOT NULL,
+    PRIMARY KEY (cpe_id, ip, first_seen_ms)
+);
+CREATE INDEX public_ips_by_ip ON public_ips (ip, first_seen_ms);
+
+CREATE TABLE cpe_state (
+    cpe_id TEXT PRIMARY KEY,
+    status TEXT NOT NULL,
+    agent_version TEXT,
+    fleet_policy_version INTEGER,
+    cpe_policy_version INTEGER,
+    public_ip TEXT,
+    updated_ms INTEGER NOT NULL
+);
+
+CREATE TABLE policies (
+    version INTEGER PRIMARY KEY,
+    scope TEXT NOT NULL,
+    cpe_id TEXT,
+    policy_json TEXT NOT NULL,
+    wire BLOB NOT NULL,
+    created_ms INTEGER NOT NULL
+);
+
+CREATE TABLE policy_acks (
+    cpe_id TEXT NOT NULL,
+    scope TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    outcome TEXT NOT NULL,
+    reason TEXT,
+    at_ms INTEGER NOT NULL,
+    PRIMARY KEY (cpe_id, scope, version)
+);
+
+CREATE TABLE rejections (
+    reason TEXT PRIMARY KEY,
+    count INTEGER NOT NULL
+);
+"#,
+];
+
+/// The schema version this build writes: the number of [`MIGRATIONS`].
+pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
