@@ -418,3 +418,50 @@ fn mac_flood_keeps_the_table_bounded_and_the_bot_in_it() {
     assert_eq!(b.action, Action::Block);
     assert!(first_alert(&actions, bot.mac, Verdict::Infected).is_some());
 }
+
+#[test]
+fn flood_capture_replays_in_bounded_memory() {
+    // 30,000 spoofed MACs as a capture file, through the real binary: peak RSS ≤ 16 MiB.
+    let dir = tempfile::tempdir().unwrap();
+    let pcap = dir.path().join("flood.pcap");
+    let mut flood = Household::new(17);
+    for i in 0..30_000u32 {
+        let b = i.to_be_bytes();
+        let host = flood.device_with_mac([0x06, 0xbb, b[0], b[1], b[2], b[3]]);
+        let ip = flood.rng().public_ip();
+        flood.syn_unanswered(EPOCH_MS + u64::from(i) * 10, &host, ip, 25);
+    }
+    let frames = flood.into_frames();
+    let file = std::io::BufWriter::new(std::fs::File::create(&pcap).unwrap());
+    smtpguard_agent::sim::write_pcap(file, &frames).unwrap();
+    drop(frames);
+    let time = std::path::Path::new("/usr/bin/time");
+    assert!(
+        time.exists(),
+        "/usr/bin/time (Debian package `time`) is needed to measure RSS"
+    );
+    let out = std::process::Command::new(time)
+        .args(["-f", "maxrss_kib=%M"])
+        .arg(env!("CARGO_BIN_EXE_smtpguard-agent"))
+        .args(["replay", "--pcap"])
+        .arg(&pcap)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let kib: u64 = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("maxrss_kib="))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no RSS in {stderr}"));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["packets"], 90_000);
+    assert_eq!(v["devices"].as_array().unwrap().len(), 1024);
+    assert_eq!(v["stats"]["devices_evicted"], 30_000 - 1024);
+    eprintln!("flood replay peak RSS: {kib} KiB");
+    assert!(kib <= 16 * 1024, "peak RSS {kib} KiB over 16 MiB");
+}

@@ -31,6 +31,8 @@ pub(crate) const TELLS: usize = 9;
 /// What the engine tracks about one device.
 #[derive(Debug, Clone)]
 pub(crate) struct Device {
+    /// Unique for the engine's lifetime (slots are reused).
+    pub id: u64,
     pub mac: MacAddr,
     pub ips: Vec<IpAddr>,
     pub hostname: Option<String>,
@@ -108,6 +110,7 @@ pub(crate) fn action_bit(a: Action) -> u8 {
 impl Device {
     pub fn new(mac: MacAddr, now_ms: u64, window_ms: u64, vendor: Option<String>) -> Self {
         Device {
+            id: 0,
             mac,
             ips: Vec::new(),
             hostname: None,

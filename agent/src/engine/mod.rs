@@ -207,6 +207,10 @@ enum SessionKind {
 struct Session {
     key: FlowKey,
     device: usize,
+    /// The device's identity, to notice when its slot was reused.
+    device_id: u64,
+    /// The slot holds a tracked session (not on the free list).
+    in_use: bool,
     kind: SessionKind,
     saw_syn: bool,
     answered: bool,
@@ -307,6 +311,7 @@ pub struct Engine {
     dirty: Vec<usize>,
     /// The device the current frame was about.
     touched: Option<usize>,
+    next_device_id: u64,
 }
 
 impl Engine {
@@ -333,6 +338,7 @@ impl Engine {
             next_expiry_ms: None,
             dirty: Vec::new(),
             touched: None,
+            next_device_id: 0,
         }
     }
 
@@ -526,8 +532,12 @@ impl Engine {
             Slot::Known(s) => s,
             Slot::Added { slot, evicted } => {
                 if evicted {
+                    // Its sessions go stale: `live_session` drops them when next seen.
                     self.stats.devices_evicted += 1;
-                    self.drop_sessions_of(slot);
+                }
+                self.next_device_id += 1;
+                if let Some(d) = self.devices.device_mut(slot) {
+                    d.id = self.next_device_id;
                 }
                 slot
             }
@@ -543,14 +553,18 @@ impl Engine {
         Some(slot)
     }
 
-    fn drop_sessions_of(&mut self, slot: usize) {
-        for i in 0..self.sessions.len() {
-            if self.sessions[i].device == slot
-                && self.session_index.get(&self.sessions[i].key) == Some(&i)
-            {
-                self.free_session(i);
-            }
+    /// Whether session `s` still belongs to the device it was made for (the device may
+    /// have been evicted and its slot reused); frees it if not.
+    fn live_session(&mut self, s: usize) -> bool {
+        let sess = &self.sessions[s];
+        let live = self
+            .devices
+            .device(sess.device)
+            .is_some_and(|d| d.id == sess.device_id);
+        if !live {
+            self.free_session(s);
         }
+        live
     }
 
     fn client_segment(&mut self, now: u64, pkt: &Packet<'_>, t: &TcpSegment<'_>) {
@@ -563,7 +577,11 @@ impl Engine {
             server: pkt.dst_ip,
             server_port: t.dst_port,
         };
-        let existing = self.session_index.get(&key).copied();
+        let existing = self
+            .session_index
+            .get(&key)
+            .copied()
+            .filter(|&s| self.live_session(s));
         if t.syn && !t.ack {
             if let Some(s) = existing {
                 // A retransmitted SYN.
@@ -635,6 +653,9 @@ impl Engine {
         let Some(s) = self.session_index.get(&key).copied() else {
             return;
         };
+        if !self.live_session(s) {
+            return;
+        }
         self.touched = Some(self.sessions[s].device);
         let sess = &mut self.sessions[s];
         sess.last_ms = now;
@@ -747,6 +768,7 @@ impl Engine {
     // ---- sessions -----------------------------------------------------------------
 
     fn new_session(&mut self, now: u64, key: FlowKey, dev: usize, saw_syn: bool) -> usize {
+        let dev_id = self.devices.device(dev).map_or(0, |d| d.id);
         self.stats.smtp_sessions += 1;
         let relay = self.policy.is_relay(key.server, key.server_port);
         let kind = if key.server_port == SMTP_PORT && !relay {
@@ -759,7 +781,7 @@ impl Engine {
                 .sessions
                 .iter()
                 .enumerate()
-                .filter(|(i, s)| self.session_index.get(&s.key) == Some(i))
+                .filter(|(_, s)| s.in_use)
                 .min_by_key(|(i, s)| (s.last_ms, *i))
                 .map(|(i, _)| i);
             if let Some(v) = victim {
@@ -770,6 +792,8 @@ impl Engine {
         let fresh = |sess: &mut Session| {
             sess.key = key;
             sess.device = dev;
+            sess.device_id = dev_id;
+            sess.in_use = true;
             sess.kind = kind;
             sess.saw_syn = saw_syn;
             sess.answered = false;
@@ -792,6 +816,8 @@ impl Engine {
                 let mut sess = Session {
                     key,
                     device: dev,
+                    device_id: dev_id,
+                    in_use: true,
                     kind,
                     saw_syn,
                     answered: false,
@@ -815,9 +841,10 @@ impl Engine {
     }
 
     fn free_session(&mut self, s: usize) {
-        let key = self.sessions[s].key;
-        if self.session_index.get(&key) == Some(&s) {
-            self.session_index.remove(&key);
+        let sess = &mut self.sessions[s];
+        if sess.in_use {
+            sess.in_use = false;
+            self.session_index.remove(&sess.key);
             self.free_sessions.push(s);
         }
     }
@@ -1030,9 +1057,10 @@ impl Engine {
     fn sweep(&mut self, now: u64) {
         for i in 0..self.sessions.len() {
             let sess = &self.sessions[i];
-            if self.session_index.get(&sess.key) != Some(&i) {
+            if !sess.in_use || !self.live_session(i) {
                 continue;
             }
+            let sess = &self.sessions[i];
             if sess.saw_syn && !sess.answered && now.saturating_sub(sess.syn_ms) >= SYN_TIMEOUT_MS {
                 let dev = sess.device;
                 self.free_session(i);
