@@ -161,12 +161,21 @@ pub fn http(
     s.write_all(req.as_bytes())?;
     // A server may answer (413) before reading a large body; ignore a reset while sending.
     let _ = s.write_all(body);
+    // Read by Content-Length: some servers (chromedriver) keep the connection open despite
+    // `Connection: close`.
     let mut raw = Vec::new();
-    let _ = s.read_to_end(&mut raw);
-    let text = String::from_utf8_lossy(&raw).to_string();
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| anyhow!("no HTTP response: {text:?}"))?;
+    let mut buf = [0u8; 16 * 1024];
+    let head_end = loop {
+        if let Some(i) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i;
+        }
+        let n = s.read(&mut buf)?;
+        if n == 0 {
+            bail!("connection closed before the response headers: {:?}", String::from_utf8_lossy(&raw));
+        }
+        raw.extend_from_slice(&buf[..n]);
+    };
+    let head = String::from_utf8_lossy(&raw[..head_end]).to_string();
     let mut lines = head.split("\r\n");
     let status: u16 = lines
         .next()
@@ -177,14 +186,31 @@ pub fn http(
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
         .collect::<Vec<_>>();
-    let chunked = headers
-        .iter()
-        .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
-    let body = if chunked {
-        dechunk(body)
+    let find = |name: &str| headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.clone());
+    let mut rest = raw[head_end + 4..].to_vec();
+    let chunked = find("transfer-encoding").is_some_and(|v| v.contains("chunked"));
+    if let Some(len) = find("content-length").and_then(|v| v.parse::<usize>().ok()) {
+        while rest.len() < len {
+            let n = s.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            rest.extend_from_slice(&buf[..n]);
+        }
+        rest.truncate(len);
+    } else if chunked {
+        while !rest.windows(5).any(|w| w == b"0\r\n\r\n") {
+            let n = s.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            rest.extend_from_slice(&buf[..n]);
+        }
     } else {
-        body.to_string()
-    };
+        let _ = s.read_to_end(&mut rest);
+    }
+    let text = String::from_utf8_lossy(&rest).to_string();
+    let body = if chunked { dechunk(&text) } else { text };
     Ok(Resp {
         status,
         headers,
