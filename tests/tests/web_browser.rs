@@ -23,10 +23,16 @@ fn a_subscriber_sees_the_infected_device_explained_and_requests_release() {
     // A phone-sized window: the portal is for subscribers on their phones.
     let b = Browser::start(412, 1800).unwrap();
     b.goto(&s.url("/my")).unwrap();
-    assert!(b.url().unwrap().ends_with("/login"), "not sent to the login form");
+    assert!(
+        b.url().unwrap().ends_with("/login"),
+        "not sent to the login form"
+    );
     b.type_into("#token", "hh_wrong").unwrap();
     b.click("#signin").unwrap();
-    assert!(b.page_text().unwrap().contains("That access code is not valid."));
+    assert!(b
+        .page_text()
+        .unwrap()
+        .contains("That access code is not valid."));
     b.type_into("#token", &a.token).unwrap();
     b.click("#signin").unwrap();
     assert!(b.url().unwrap().ends_with("/my"));
@@ -35,12 +41,15 @@ fn a_subscriber_sees_the_infected_device_explained_and_requests_release() {
     assert!(text.contains("Your devices"));
     assert!(text.contains("1 of your devices needs attention"), "{text}");
     // The infected device is the marked card, with what it did in plain language.
-    let card = b.find(&format!("section.card.infected[data-mac='{bot_mac}']")).unwrap();
+    let card = b
+        .find(&format!("section.card.infected[data-mac='{bot_mac}']"))
+        .unwrap();
     let card_text = b.text(&card).unwrap();
     assert!(card_text.contains(&bot_name));
     assert!(card_text.contains("Infected"));
     assert!(
-        card_text.contains("tried to send mail directly to 287 different mail servers in 10 minutes"),
+        card_text
+            .contains("tried to send mail directly to 287 different mail servers in 10 minutes"),
         "{card_text}"
     );
     assert!(card_text.contains("Sending mail from this device is blocked until"));
@@ -52,7 +61,11 @@ fn a_subscriber_sees_the_infected_device_explained_and_requests_release() {
     assert!(!text.contains(&other.cpe_id));
     b.screenshot("portal-infected-device").unwrap();
 
-    b.type_into("textarea[name=note]", "Ran a full Defender offline scan; it removed a trojan.").unwrap();
+    b.type_into(
+        "textarea[name=note]",
+        "Ran a full Defender offline scan; it removed a trojan.",
+    )
+    .unwrap();
     b.click("button[name=request_release]").unwrap();
     let text = b.page_text().unwrap();
     assert!(text.contains("your release request was recorded"), "{text}");
@@ -62,8 +75,12 @@ fn a_subscriber_sees_the_infected_device_explained_and_requests_release() {
     assert!(is_png(&png));
 
     // Another household's device by URL: not found.
-    b.goto(&s.url(&format!("/my/devices/{}/{}", other.cpe_id, other.flagged.clone().unwrap().0)))
-        .unwrap();
+    b.goto(&s.url(&format!(
+        "/my/devices/{}/{}",
+        other.cpe_id,
+        other.flagged.clone().unwrap().0
+    )))
+    .unwrap();
     let text = b.page_text().unwrap();
     assert!(text.contains("Not found"));
     assert!(!text.contains(&other_name));
@@ -74,7 +91,10 @@ fn a_subscriber_sees_the_infected_device_explained_and_requests_release() {
     b.type_into("#token", &other.token).unwrap();
     b.click("#signin").unwrap();
     let text = b.page_text().unwrap();
-    assert!(text.contains("sent 412 messages through a mail account in 10 minutes"), "{text}");
+    assert!(
+        text.contains("sent 412 messages through a mail account in 10 minutes"),
+        "{text}"
+    );
     assert!(text.contains("Change the password of your e-mail account now"));
     assert!(text.contains("Mail from this device is slowed down until"));
     b.screenshot("portal-stolen-credentials").unwrap();
@@ -95,18 +115,27 @@ fn the_noc_sees_the_fleet_the_evidence_the_campaign_and_an_abuse_answer() {
     assert_eq!(b.text(&infected).unwrap(), "3");
     let online = b.find("#stat-online b").unwrap();
     assert_eq!(b.text(&online).unwrap(), "3");
-    let row = b.find(&format!("tr.dev.infected[data-mac='{bot_mac}']")).unwrap();
+    let row = b
+        .find(&format!("tr.dev.infected[data-mac='{bot_mac}']"))
+        .unwrap();
     let row_text = b.text(&row).unwrap();
     assert!(row_text.contains(&bot_name));
     assert!(row_text.contains("The Müller family"));
-    assert!(row_text.contains("312 connections to 287 distinct mail servers"), "{row_text}");
+    assert!(
+        row_text.contains("312 connections to 287 distinct mail servers"),
+        "{row_text}"
+    );
     assert!(row_text.contains("Mail blocked until"));
     b.screenshot("noc-fleet").unwrap();
 
-    b.click(&format!("a[href='/noc/cpe/{}']", a.cpe_id)).unwrap();
+    b.click(&format!("a[href='/noc/cpe/{}']", a.cpe_id))
+        .unwrap();
     let text = b.page_text().unwrap();
     assert!(text.contains("Evidence timeline"));
-    assert!(text.contains("suspicious → Infected") || text.contains("suspicious →"), "{text}");
+    assert!(
+        text.contains("suspicious → Infected") || text.contains("suspicious →"),
+        "{text}"
+    );
     b.screenshot("noc-cpe").unwrap();
 
     b.goto(&s.url("/noc/campaigns")).unwrap();
@@ -115,7 +144,10 @@ fn the_noc_sees_the_fleet_the_evidence_the_campaign_and_an_abuse_answer() {
     assert!(text.contains("EHLO cozoxory.club"));
     b.screenshot("noc-campaigns").unwrap();
     b.click("form[action$='/push'] button").unwrap();
-    assert!(b.page_text().unwrap().contains("Indicators pushed to the fleet in policy version 2"));
+    assert!(b
+        .page_text()
+        .unwrap()
+        .contains("Indicators pushed to the fleet in policy version 2"));
 
     b.goto(&s.url("/noc/policy")).unwrap();
     let text = b.page_text().unwrap();
@@ -126,7 +158,11 @@ fn the_noc_sees_the_fleet_the_evidence_the_campaign_and_an_abuse_answer() {
     // Paste an abuse complaint as JSON and get the device.
     let (at, _, _) = s.seeded.abuse_example;
     b.goto(&s.url("/noc/abuse")).unwrap();
-    b.type_into("#report", &format!(r#"{{"public_ip":"{}","time":{}}}"#, a.public_ip, at)).unwrap();
+    b.type_into(
+        "#report",
+        &format!(r#"{{"public_ip":"{}","time":{}}}"#, a.public_ip, at),
+    )
+    .unwrap();
     b.click("form[action='/noc/abuse'] button").unwrap();
     let answer = b.find("#answer").unwrap();
     let answer_text = b.text(&answer).unwrap();

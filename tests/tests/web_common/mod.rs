@@ -171,7 +171,10 @@ pub fn http(
         }
         let n = s.read(&mut buf)?;
         if n == 0 {
-            bail!("connection closed before the response headers: {:?}", String::from_utf8_lossy(&raw));
+            bail!(
+                "connection closed before the response headers: {:?}",
+                String::from_utf8_lossy(&raw)
+            );
         }
         raw.extend_from_slice(&buf[..n]);
     };
@@ -186,7 +189,12 @@ pub fn http(
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
         .collect::<Vec<_>>();
-    let find = |name: &str| headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.clone());
+    let find = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
+    };
     let mut rest = raw[head_end + 4..].to_vec();
     let chunked = find("transfer-encoding").is_some_and(|v| v.contains("chunked"));
     if let Some(len) = find("content-length").and_then(|v| v.parse::<usize>().ok()) {
