@@ -1,6 +1,10 @@
 //! smtpguard edge agent.
 //!
 //! # Layout
+//! - [`config`]: [`config::AgentConfig`], read from TOML or OpenWrt UCI and validated once.
+//! - [`capture`]: live capture on the LAN interface (`AF_PACKET` + a kernel BPF filter that
+//!   passes only mail, DNS and DHCP frames), frames stamped in Unix milliseconds.
+//! - [`leases`]: host names from the dnsmasq lease file (`/tmp/dhcp.leases`).
 //! - [`packet`]: one raw Ethernet frame (802.1Q ok) → addresses, ports, flags, payload.
 //! - [`engine`]: the pure detection engine: devices by MAC, signals over sliding windows,
 //!   scores, verdicts with evidence, and the actions policy calls for. Time is passed in.
@@ -10,9 +14,8 @@
 //!   tests, benchmarks, demos and the big-capture generator.
 //! - [`replay`]: `smtpguard-agent replay`: a capture through the engine with the capture's
 //!   timestamps as the clock, printed as one JSON (or text) report.
-//! - [`capture`]: live capture on the LAN interface (`AF_PACKET` + a kernel BPF filter that
-//!   passes only mail, DNS and DHCP frames), frames stamped in Unix milliseconds.
-//! - [`config`]: [`config::AgentConfig`], read from TOML or OpenWrt UCI and validated once.
+//! - [`uplink`]: signed telemetry and alerts to the controller over MQTT (bounded offline
+//!   queue, alerts persisted until the broker acknowledges them), verified policy back.
 //!
 //! # Data flow
 //! Live: capture → [`engine::Engine::handle_frame`] → [`engine::Engine::poll_action`] →
@@ -23,8 +26,10 @@
 pub mod capture;
 pub mod config;
 pub mod engine;
+pub mod leases;
 pub mod oui;
 pub mod packet;
 pub mod pcap;
 pub mod replay;
 pub mod sim;
+pub mod uplink;

@@ -11,7 +11,7 @@ use clap::{Parser, Subcommand};
 
 use smtpguard_agent::config::{self, AgentConfig};
 
-/// Edge defence against spam bots on home routers.
+/// smtpguard edge agent for home routers.
 #[derive(Debug, Parser)]
 #[command(name = "smtpguard-agent", version, about, long_about = None)]
 struct Cli {
@@ -22,8 +22,6 @@ struct Cli {
 /// One variant per subcommand; each dispatches to one library function.
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Analyse a capture offline with the detection engine and print one report.
-    Replay(smtpguard_agent::replay::ReplayArgs),
     /// Run the agent: live capture on the LAN, detection, enforcement, uplink.
     Run {
         /// Agent configuration: TOML, or OpenWrt UCI (`/etc/config/smtpguard`).
@@ -36,6 +34,8 @@ enum Command {
         #[arg(long, short, default_value = config::DEFAULT_PATH)]
         config: PathBuf,
     },
+    /// Analyse a capture offline with the detection engine and print one report.
+    Replay(smtpguard_agent::replay::ReplayArgs),
 }
 
 /// A failure, classified for the exit code.
@@ -52,7 +52,6 @@ fn load_config(path: &std::path::Path) -> Result<AgentConfig, Failure> {
 
 fn dispatch(command: Command) -> Result<ExitCode, Failure> {
     match command {
-        Command::Replay(args) => Ok(smtpguard_agent::replay::main(args)),
         Command::Run { config } => {
             let _config = load_config(&config)?;
             Err(Failure::Runtime(anyhow::anyhow!(
@@ -64,6 +63,7 @@ fn dispatch(command: Command) -> Result<ExitCode, Failure> {
             config::print_summary(&config);
             Ok(ExitCode::SUCCESS)
         }
+        Command::Replay(args) => Ok(smtpguard_agent::replay::main(args)),
     }
 }
 

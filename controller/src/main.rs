@@ -1,2 +1,215 @@
-//! `smtpguard-controller`: the controller binary.
-fn main() {}
+//! `smtpguard-controller`: the controller binary. Parses the command line, sets up tracing
+//! and calls into the library; no logic lives here.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use smtpguard_controller::config::Config;
+use smtpguard_controller::policy::{self, Target};
+use smtpguard_controller::store::Store;
+use smtpguard_controller::{registry, serve};
+use smtpguard_protocol::{keys, PolicyScope};
+
+#[derive(Parser)]
+#[command(
+    name = "smtpguard-controller",
+    version,
+    about = "smtpguard fleet controller"
+)]
+struct Cli {
+    /// Controller configuration (TOML).
+    #[arg(long, global = true, default_value = "/etc/smtpguard/controller.toml")]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the broker (embedded unless configured otherwise) and the ingest.
+    Serve,
+    /// Create the policy-signing key (mode 0600) and print its public key for the agents.
+    Keygen {
+        /// Where to write it (default: policy_key_path from the configuration).
+        #[arg(long)]
+        key: Option<PathBuf>,
+    },
+    /// Enroll, list and revoke routers.
+    Cpe {
+        #[command(subcommand)]
+        command: CpeCommand,
+    },
+    /// Sign and publish policy; show the rollout.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CpeCommand {
+    /// Enroll a router with the public key its agent printed.
+    Add {
+        /// The CPE id.
+        id: String,
+        /// Its public key (`ed25519:...`).
+        public_key: String,
+        /// A label for operators.
+        #[arg(long)]
+        label: Option<String>,
+    },
+    /// List enrolled routers.
+    List,
+    /// Revoke a router: its messages are rejected from now on.
+    Revoke {
+        /// The CPE id.
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Sign a policy file (TOML) with the next version and publish it retained.
+    Set {
+        /// The policy file.
+        file: PathBuf,
+        /// Make it an override for one router instead of the fleet policy.
+        #[arg(long)]
+        cpe: Option<String>,
+    },
+    /// Show each router's applied versions and refusals.
+    Status,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let load = || Config::load(&cli.config).context("loading the configuration");
+    match cli.command {
+        Command::Serve => {
+            let config = load()?;
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(serve::run(config, shutdown_signal()))?;
+        }
+        Command::Keygen { key } => {
+            let path = match key {
+                Some(p) => p,
+                None => load()?.policy_key_path,
+            };
+            let secret = keys::generate();
+            keys::write_secret(&path, &secret)?;
+            println!("{}", keys::public_key_text(&secret.verifying_key()));
+            eprintln!(
+                "policy key written to {}; install the public key above as the agents' uplink.controller_public_key",
+                path.display()
+            );
+        }
+        Command::Cpe { command } => {
+            let config = load()?;
+            let mut store = Store::open(&config.db_path)?;
+            match command {
+                CpeCommand::Add {
+                    id,
+                    public_key,
+                    label,
+                } => {
+                    registry::add(&mut store, &id, &public_key, label.as_deref(), now_ms())?;
+                    println!("enrolled {id}");
+                }
+                CpeCommand::List => {
+                    for c in store.cpes()? {
+                        let state = if c.revoked_at_ms.is_some() {
+                            "revoked"
+                        } else {
+                            "active"
+                        };
+                        println!(
+                            "{}\t{}\t{}\t{}",
+                            c.cpe_id,
+                            state,
+                            c.public_key,
+                            c.label.unwrap_or_default()
+                        );
+                    }
+                }
+                CpeCommand::Revoke { id } => {
+                    registry::revoke(&mut store, &id, now_ms())?;
+                    println!("revoked {id}");
+                }
+            }
+        }
+        Command::Policy { command } => {
+            let config = load()?;
+            let mut store = Store::open(&config.db_path)?;
+            match command {
+                PolicyCommand::Set { file, cpe } => {
+                    let key = keys::read_secret(&config.policy_key_path)?;
+                    let policy_doc = policy::load_file(&file)?;
+                    let target = cpe.map_or(Target::Fleet, Target::Cpe);
+                    let stored = policy::sign(&mut store, &key, policy_doc, &target, now_ms())?;
+                    let runtime = tokio::runtime::Runtime::new()?;
+                    runtime.block_on(policy::publish(
+                        &config.broker,
+                        &format!("{}-cli-{}", config.broker.client_id, std::process::id()),
+                        std::slice::from_ref(&stored),
+                        Duration::from_secs(10),
+                    ))?;
+                    println!(
+                        "published policy version {} to {}",
+                        stored.version,
+                        policy::topic_of(&stored)
+                    );
+                }
+                PolicyCommand::Status => {
+                    let latest = store
+                        .latest_policy(PolicyScope::Fleet, None)?
+                        .map(|p| p.version);
+                    print!(
+                        "{}",
+                        policy::format_status(latest, &policy::status(&store)?)
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,62 @@
+//! `smtpguard-agent keygen [--key PATH]`: makes the router's signing key (mode 0600, never
+//! overwriting one) and prints what the NOC needs to enroll the router.
+
+use std::path::Path;
+
+use smtpguard_protocol::keys::{self, KeyError};
+
+/// Where the key goes when no path is given.
+pub const DEFAULT_KEY_PATH: &str = "/var/lib/smtpguard/agent.key";
+
+/// What enrollment needs: the id and the public key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Enrollment {
+    /// The CPE id derived from the key.
+    pub cpe_id: String,
+    /// The public key as text.
+    pub public_key: String,
+}
+
+impl std::fmt::Display for Enrollment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "cpe_id: {}", self.cpe_id)?;
+        writeln!(f, "public_key: {}", self.public_key)?;
+        write!(
+            f,
+            "enroll with: smtpguard-controller cpe add {} {}",
+            self.cpe_id, self.public_key
+        )
+    }
+}
+
+/// Creates the key at `path`.
+///
+/// # Errors
+/// [`KeyError::Exists`] when a key is already there (that would change the router's
+/// identity), or [`KeyError::Io`].
+pub fn keygen(path: &Path) -> Result<Enrollment, KeyError> {
+    let key = keys::generate();
+    keys::write_secret(path, &key)?;
+    let public = key.verifying_key();
+    Ok(Enrollment {
+        cpe_id: keys::cpe_id_for(&public),
+        public_key: keys::public_key_text(&public),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn makes_a_key_once_and_prints_enrollment() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.key");
+        let e = keygen(&path).unwrap();
+        assert!(e.cpe_id.starts_with("cpe-"));
+        let key = keys::read_secret(&path).unwrap();
+        assert_eq!(e.public_key, keys::public_key_text(&key.verifying_key()));
+        assert!(e.to_string().contains("cpe add"));
+        assert!(matches!(keygen(&path), Err(KeyError::Exists(_))));
+    }
+}

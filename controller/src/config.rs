@@ -1,0 +1,326 @@
+//! The controller's configuration: a TOML file read into typed structs, every field with a
+//! default, validated once by [`Config::load`] with an error naming the field.
+//!
+//! ```toml
+//! db_path = "/var/lib/smtpguard/controller.db"
+//! policy_key_path = "/etc/smtpguard/policy.key"
+//! http_listen = "127.0.0.1:8080"
+//!
+//! [broker]
+//! # Embedded broker (the default): where it listens.
+//! embedded_listen = "0.0.0.0:1883"
+//! # Or an external broker; when set, nothing is embedded.
+//! # url = "mqtt://mosquitto.example:1883"   (mqtts:// for TLS)
+//! username = "controller"
+//! password = "secret"
+//! client_id = "smtpguard-controller-1"
+//!
+//! [ingest]
+//! batch_max = 512
+//! batch_linger_ms = 10
+//! max_age_secs = 604800
+//! max_future_secs = 300
+//! shared_subscription = true
+//! ```
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema.
+    #[error("{path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What the TOML parser said.
+        source: Box<toml::de::Error>,
+    },
+    /// A field has a value that cannot work.
+    #[error("config field `{field}`: {problem}")]
+    Invalid {
+        /// Dotted field name.
+        field: &'static str,
+        /// What is wrong.
+        problem: String,
+    },
+}
+
+/// The whole controller configuration.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// SQLite database file.
+    pub db_path: PathBuf,
+    /// The policy-signing key (made by `smtpguard-controller keygen`).
+    pub policy_key_path: PathBuf,
+    /// Where the web server listens.
+    pub http_listen: SocketAddr,
+    /// MQTT broker.
+    pub broker: BrokerConfig,
+    /// Ingest tuning.
+    pub ingest: IngestConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            db_path: PathBuf::from("/var/lib/smtpguard/controller.db"),
+            policy_key_path: PathBuf::from("/etc/smtpguard/policy.key"),
+            http_listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            broker: BrokerConfig::default(),
+            ingest: IngestConfig::default(),
+        }
+    }
+}
+
+/// The MQTT broker: embedded, or an external one by URL.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BrokerConfig {
+    /// Listen address of the embedded broker; used when `url` is not set.
+    pub embedded_listen: SocketAddr,
+    /// External broker, `mqtt://host:port` or `mqtts://host:port`. Nothing is embedded then.
+    pub url: Option<String>,
+    /// The controller's MQTT user name.
+    pub username: String,
+    /// The controller's MQTT password.
+    pub password: String,
+    /// MQTT client id; stable, because the ingest uses a persistent session so the broker
+    /// keeps unacknowledged messages across a controller restart.
+    pub client_id: String,
+    /// CA certificate (PEM) for `mqtts://`.
+    pub tls_ca_file: Option<PathBuf>,
+    /// Largest MQTT payload the embedded broker accepts, in bytes. Above the protocol's
+    /// 64 KiB so that oversize messages reach the ingest and are counted.
+    pub max_payload_bytes: usize,
+    /// Most simultaneous connections the embedded broker accepts.
+    pub max_connections: usize,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            embedded_listen: SocketAddr::from(([0, 0, 0, 0], 1883)),
+            url: None,
+            username: "controller".into(),
+            password: String::new(),
+            client_id: "smtpguard-controller".into(),
+            tls_ca_file: None,
+            max_payload_bytes: 256 * 1024,
+            max_connections: 20_000,
+        }
+    }
+}
+
+/// Where to reach the broker, parsed from [`BrokerConfig`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerAddr {
+    /// Host name or address.
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+    /// Whether to use TLS.
+    pub tls: bool,
+}
+
+impl BrokerConfig {
+    /// Whether the controller runs its own broker.
+    pub fn is_embedded(&self) -> bool {
+        self.url.is_none()
+    }
+
+    /// The address clients of this controller (ingest, policy publisher) connect to.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] for a URL that is not `mqtt[s]://host:port`.
+    pub fn addr(&self) -> Result<BrokerAddr, ConfigError> {
+        match &self.url {
+            None => {
+                let ip = self.embedded_listen.ip();
+                let host = if ip.is_unspecified() {
+                    "127.0.0.1".to_string()
+                } else {
+                    ip.to_string()
+                };
+                Ok(BrokerAddr {
+                    host,
+                    port: self.embedded_listen.port(),
+                    tls: false,
+                })
+            }
+            Some(url) => parse_url(url),
+        }
+    }
+}
+
+/// Parses `mqtt://host:port` or `mqtts://host:port`.
+///
+/// # Errors
+/// [`ConfigError::Invalid`] naming `broker.url`.
+pub fn parse_url(url: &str) -> Result<BrokerAddr, ConfigError> {
+    let invalid = |problem: &str| ConfigError::Invalid {
+        field: "broker.url",
+        problem: format!("{url:?}: {problem}"),
+    };
+    let (tls, rest) = if let Some(r) = url.strip_prefix("mqtts://") {
+        (true, r)
+    } else if let Some(r) = url.strip_prefix("mqtt://") {
+        (false, r)
+    } else {
+        return Err(invalid("expected mqtt://host:port or mqtts://host:port"));
+    };
+    let rest = rest.trim_end_matches('/');
+    let (host, port) = rest
+        .rsplit_once(':')
+        .ok_or_else(|| invalid("missing :port"))?;
+    let port: u16 = port.parse().map_err(|_| invalid("bad port"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err(invalid("missing host"));
+    }
+    Ok(BrokerAddr {
+        host: host.to_string(),
+        port,
+        tls,
+    })
+}
+
+/// Ingest tuning.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IngestConfig {
+    /// Most messages verified and stored in one transaction.
+    pub batch_max: usize,
+    /// How long a batch waits for more messages before it is processed.
+    pub batch_linger_ms: u64,
+    /// Oldest `sent_at` accepted. Agents hold alerts through outages.
+    pub max_age_secs: u64,
+    /// How far ahead of the controller's clock an agent's clock may run.
+    pub max_future_secs: u64,
+    /// Subscribe through the shared group `$share/controllers/` so several controller
+    /// instances split the fleet. mosquitto 2.0 does not restore shared subscriptions from
+    /// its persistence file after a restart, so messages published between a broker
+    /// restart and the controller's reconnect would be dropped; a single controller on
+    /// mosquitto sets this to `false` (a plain subscription in its persistent session is
+    /// restored and loses nothing). The embedded broker always uses a plain subscription.
+    pub shared_subscription: bool,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig {
+            batch_max: 512,
+            batch_linger_ms: 10,
+            max_age_secs: 7 * 24 * 3600,
+            max_future_secs: 300,
+            shared_subscription: true,
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates a configuration file.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the file or the field.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        let config: Config = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            source: Box::new(e),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every field once.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming the first bad field.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |field, problem: &str| {
+            Err(ConfigError::Invalid {
+                field,
+                problem: problem.to_string(),
+            })
+        };
+        if self.db_path.as_os_str().is_empty() {
+            return invalid("db_path", "must not be empty");
+        }
+        if self.policy_key_path.as_os_str().is_empty() {
+            return invalid("policy_key_path", "must not be empty");
+        }
+        if self.broker.client_id.is_empty() || self.broker.client_id.len() > 128 {
+            return invalid("broker.client_id", "must be 1-128 characters");
+        }
+        if self.broker.url.is_some() {
+            self.broker.addr()?;
+        }
+        if self.broker.max_payload_bytes < smtpguard_protocol::MAX_MESSAGE_BYTES {
+            return invalid(
+                "broker.max_payload_bytes",
+                "must be at least the protocol's 65536-byte message limit",
+            );
+        }
+        if self.broker.max_connections == 0 {
+            return invalid("broker.max_connections", "must be above 0");
+        }
+        if !(1..=10_000).contains(&self.ingest.batch_max) {
+            return invalid("ingest.batch_max", "must be 1-10000");
+        }
+        if self.ingest.batch_linger_ms > 10_000 {
+            return invalid("ingest.batch_linger_ms", "must be at most 10000");
+        }
+        if self.ingest.max_age_secs == 0 {
+            return invalid("ingest.max_age_secs", "must be above 0");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_minimal_file_gets_defaults_and_bad_fields_are_named() {
+        let c: Config = toml::from_str("db_path = \"/tmp/x.db\"").unwrap();
+        c.validate().unwrap();
+        assert!(c.broker.is_embedded());
+        assert_eq!(c.broker.addr().unwrap().host, "127.0.0.1");
+
+        let mut c = Config::default();
+        c.broker.url = Some("http://x:1".into());
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("broker.url"), "{err}");
+
+        let mut c = Config::default();
+        c.ingest.batch_max = 0;
+        assert!(c.validate().unwrap_err().to_string().contains("batch_max"));
+
+        assert!(toml::from_str::<Config>("db_pth = \"x\"").is_err());
+        assert_eq!(
+            parse_url("mqtts://[::1]:8883").unwrap(),
+            BrokerAddr {
+                host: "::1".into(),
+                port: 8883,
+                tls: true
+            }
+        );
+    }
+}

@@ -1,0 +1,259 @@
+//! The ingest's async shell: one persistent MQTT session (fixed client id, clean session
+//! off, manual acks) subscribed through the controllers' shared group, feeding a worker
+//! thread that verifies and stores batches. Acks flow back only after the commit, tagged
+//! with the connection they came on, so an ack never reaches a later connection where the
+//! packet id may mean another message.
+
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use rumqttc::{AsyncClient, Event, Packet, Publish, QoS};
+use smtpguard_protocol::{topic, Freshness};
+use tokio::sync::mpsc;
+
+use super::{Inbound, Verifier};
+use crate::broker::{self, BrokerError};
+use crate::config::Config;
+use crate::registry::KeyCache;
+use crate::store::{Store, StoreError};
+
+/// The ingest could not start or stopped on an error.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// The database could not be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The MQTT client could not be configured.
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    /// The worker thread could not be spawned.
+    #[error("spawning the ingest worker: {0}")]
+    Spawn(std::io::Error),
+}
+
+/// Requests queued towards the MQTT client. Larger than any broker's in-flight window, so
+/// an ack never waits for room.
+const REQUEST_CAPACITY: usize = 10_000;
+
+/// Publishes buffered between the MQTT task and the worker.
+const INBOUND_CAPACITY: usize = 10_000;
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// Runs the ingest until `shutdown` resolves. `keys` is shared with the embedded broker's
+/// login check and refreshed whenever another process changes the database.
+///
+/// # Errors
+/// [`IngestError`] when it cannot start.
+pub async fn run(
+    config: &Config,
+    keys: Arc<RwLock<KeyCache>>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), IngestError> {
+    let store = Store::open(&config.db_path)?;
+    let key_cache = KeyCache::load(&store)?;
+    if let Ok(mut shared) = keys.write() {
+        *shared = key_cache.clone();
+    }
+    let freshness = Freshness {
+        max_age_ms: config.ingest.max_age_secs.saturating_mul(1000),
+        max_future_ms: config.ingest.max_future_secs.saturating_mul(1000),
+    };
+    let verifier = Verifier::new(key_cache, store.highest_seqs()?, freshness);
+
+    let mut options = broker::client_options(&config.broker, &config.broker.client_id)?;
+    options.set_clean_session(false).set_manual_acks(true);
+    let (client, mut eventloop) = AsyncClient::new(options, REQUEST_CAPACITY);
+
+    let (in_tx, in_rx) = mpsc::channel::<(u64, Publish)>(INBOUND_CAPACITY);
+    let (ack_tx, mut ack_rx) = mpsc::unbounded_channel::<(u64, Publish)>();
+    let worker = Worker {
+        store,
+        verifier,
+        keys,
+        batch_max: config.ingest.batch_max,
+        linger: Duration::from_millis(config.ingest.batch_linger_ms),
+        db_path: config.db_path.clone(),
+    };
+    let worker = std::thread::Builder::new()
+        .name("ingest-worker".into())
+        .spawn(move || worker.run(in_rx, ack_tx))
+        .map_err(IngestError::Spawn)?;
+
+    let plain = config.broker.is_embedded() || !config.ingest.shared_subscription;
+    let mut generation = 0u64;
+    let mut backoff = Backoff::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            Some((gen, publish)) = ack_rx.recv() => {
+                if gen == generation {
+                    if let Err(e) = client.try_ack(&publish) {
+                        tracing::warn!(error = %e, "could not queue an ack");
+                    }
+                }
+            }
+            event = eventloop.poll() => match event {
+                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                    generation += 1;
+                    backoff.reset();
+                    tracing::info!(session_present = ack.session_present, "ingest connected");
+                    // Subscriptions are not restored by the client after a reconnect;
+                    // subscribe on every connection.
+                    let filters = topic::controller_filters().into_iter().map(|f| {
+                        // rumqttd 0.20 keeps one delivery cursor per share group, so a
+                        // group over several filters loses messages; the embedded broker
+                        // only ever has this one ingest, which subscribes plainly. See
+                        // `IngestConfig::shared_subscription` for mosquitto.
+                        let f = if plain { topic::strip_share(&f).to_string() } else { f };
+                        rumqttc::SubscribeFilter::new(f, QoS::AtLeastOnce)
+                    });
+                    if let Err(e) = client.try_subscribe_many(filters) {
+                        tracing::warn!(error = %e, "could not subscribe");
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(publish))) => {
+                    if in_tx.send((generation, publish)).await.is_err() {
+                        tracing::error!("ingest worker stopped");
+                        break;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    let delay = backoff.next();
+                    tracing::warn!(error = %e, retry_ms = delay.as_millis() as u64, "ingest connection lost");
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+    drop(in_tx);
+    // Unacked messages come again on the next start and are refused as replays if they
+    // were stored, so stopping here loses nothing.
+    let _ = client.try_disconnect();
+    let _ = tokio::time::timeout(Duration::from_millis(500), async {
+        while eventloop.poll().await.is_ok() {}
+    })
+    .await;
+    let _ = tokio::task::spawn_blocking(move || worker.join()).await;
+    Ok(())
+}
+
+/// Reconnect delays: exponential from 100 ms to 10 s with full jitter.
+struct Backoff {
+    attempt: u32,
+}
+
+impl Backoff {
+    fn new() -> Self {
+        Backoff { attempt: 0 }
+    }
+    fn reset(&mut self) {
+        self.attempt = 0;
+    }
+    fn next(&mut self) -> Duration {
+        let cap = 100u64.saturating_mul(1 << self.attempt.min(7)).min(10_000);
+        self.attempt = self.attempt.saturating_add(1);
+        Duration::from_millis(rand::random::<u64>() % cap + 1)
+    }
+}
+
+struct Worker {
+    store: Store,
+    verifier: Verifier,
+    keys: Arc<RwLock<KeyCache>>,
+    batch_max: usize,
+    linger: Duration,
+    db_path: PathBuf,
+}
+
+impl Worker {
+    fn run(
+        mut self,
+        mut rx: mpsc::Receiver<(u64, Publish)>,
+        acks: mpsc::UnboundedSender<(u64, Publish)>,
+    ) {
+        let mut data_version = self.data_version();
+        while let Some(first) = rx.blocking_recv() {
+            let mut batch = vec![first];
+            let deadline = Instant::now() + self.linger;
+            while batch.len() < self.batch_max {
+                match rx.try_recv() {
+                    Ok(p) => batch.push(p),
+                    Err(mpsc::error::TryRecvError::Empty) => {
+                        if Instant::now() >= deadline {
+                            break;
+                        }
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    Err(mpsc::error::TryRecvError::Disconnected) => break,
+                }
+            }
+            let version = self.data_version();
+            if version != data_version {
+                data_version = version;
+                self.reload_keys();
+            }
+            let inbound = batch
+                .iter()
+                .map(|(_, p)| Inbound {
+                    topic: p.topic.clone(),
+                    payload: p.payload.to_vec(),
+                })
+                .collect();
+            let checked = self.verifier.check(inbound, now_ms());
+            loop {
+                match self
+                    .store
+                    .write_batch(&checked.accepted, &checked.rejections)
+                {
+                    Ok(fresh) => {
+                        let dups = fresh.iter().filter(|f| !**f).count() as u64;
+                        if dups > 0 {
+                            let _ = self.store.count_rejections(&[(
+                                smtpguard_protocol::RejectionReason::Replay,
+                                dups,
+                            )]);
+                        }
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, db = %self.db_path.display(), "storing a batch failed; retrying");
+                        std::thread::sleep(Duration::from_secs(1));
+                    }
+                }
+            }
+            for item in batch {
+                if acks.send(item).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+
+    fn data_version(&self) -> i64 {
+        self.store
+            .conn()
+            .pragma_query_value(None, "data_version", |r| r.get(0))
+            .unwrap_or(0)
+    }
+
+    fn reload_keys(&mut self) {
+        match KeyCache::load(&self.store) {
+            Ok(cache) => {
+                if let Ok(mut shared) = self.keys.write() {
+                    *shared = cache.clone();
+                }
+                self.verifier.set_keys(cache);
+            }
+            Err(e) => tracing::warn!(error = %e, "reloading enrolled keys failed"),
+        }
+    }
+}

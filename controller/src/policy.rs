@@ -1,0 +1,329 @@
+//! Policy for the NOC: sign, version, publish (retained) and follow the rollout.
+//!
+//! One controller-wide counter numbers every policy, fleet-wide or per-CPE, so a version
+//! names one document. [`sign`] validates a [`Policy`], takes the next version, seals it with
+//! the controller's key (envelope `cpe_id` = the target CPE or the fleet id, `seq` = the
+//! version, so an agent can name the version even in the ack for a policy it could not
+//! verify) and records it. [`publish`] puts it on its retained topic; [`status`] is the
+//! rollout view built from the agents' acks. The CLI (`policy set|status`) and the web UI's
+//! policy editor call these same functions.
+
+use std::path::Path;
+use std::time::Duration;
+
+use ed25519_dalek::SigningKey;
+use rumqttc::{AsyncClient, Event, Outgoing, Packet, QoS};
+use smtpguard_protocol::envelope::FLEET_ID;
+use smtpguard_protocol::{seal, Body, Policy, PolicyError, PolicyScope, SealError, Topic};
+
+use crate::broker::{self, BrokerError};
+use crate::config::BrokerConfig;
+use crate::store::{RolloutRow, Store, StoreError, StoredPolicy};
+
+/// A policy could not be signed, stored or published.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyServiceError {
+    /// The policy file could not be read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The policy file is not a valid policy.
+    #[error("{path}: {detail}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// What the TOML parser said.
+        detail: String,
+    },
+    /// A field is out of range.
+    #[error(transparent)]
+    Invalid(#[from] PolicyError),
+    /// The target CPE is not enrolled.
+    #[error("no enrolled CPE {0:?}")]
+    UnknownCpe(String),
+    /// Sealing failed.
+    #[error(transparent)]
+    Seal(#[from] SealError),
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// JSON encoding of the stored copy failed.
+    #[error("policy JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    /// The broker could not be reached or did not acknowledge in time.
+    #[error("publishing: {0}")]
+    Publish(String),
+    /// The MQTT client could not be configured.
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+}
+
+/// Who a policy is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// Every router.
+    Fleet,
+    /// One router's override.
+    Cpe(String),
+}
+
+impl Target {
+    /// The policy's retained topic.
+    pub fn topic(&self) -> Topic {
+        match self {
+            Target::Fleet => Topic::FleetPolicy,
+            Target::Cpe(id) => Topic::CpePolicy(id.clone()),
+        }
+    }
+}
+
+/// Reads a policy file (TOML, the protocol's schema) and validates it.
+///
+/// # Errors
+/// [`PolicyServiceError::Io`], [`PolicyServiceError::Parse`] or
+/// [`PolicyServiceError::Invalid`].
+pub fn load_file(path: &Path) -> Result<Policy, PolicyServiceError> {
+    let text = std::fs::read_to_string(path).map_err(|source| PolicyServiceError::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let policy: Policy = toml::from_str(&text).map_err(|e| PolicyServiceError::Parse {
+        path: path.display().to_string(),
+        detail: e.to_string(),
+    })?;
+    policy.validate()?;
+    Ok(policy)
+}
+
+/// Validates `policy`, gives it the next version, signs it with `key` and stores it.
+/// The returned record holds the bytes to [`publish`].
+///
+/// # Errors
+/// [`PolicyServiceError`]: invalid policy, unknown target CPE, sealing or storage failure.
+pub fn sign(
+    store: &mut Store,
+    key: &SigningKey,
+    mut policy: Policy,
+    target: &Target,
+    now_ms: u64,
+) -> Result<StoredPolicy, PolicyServiceError> {
+    policy.validate()?;
+    if let Target::Cpe(id) = target {
+        if store.cpe(id)?.is_none() {
+            return Err(PolicyServiceError::UnknownCpe(id.clone()));
+        }
+    }
+    let version = store.highest_policy_version()? + 1;
+    policy.policy_version = version;
+    let (scope, envelope_id, cpe_id) = match target {
+        Target::Fleet => (PolicyScope::Fleet, FLEET_ID, None),
+        Target::Cpe(id) => (PolicyScope::Cpe, id.as_str(), Some(id.clone())),
+    };
+    let policy_json = serde_json::to_string(&policy)?;
+    let wire = seal(&Body::Policy(policy), envelope_id, version, now_ms, key)?;
+    let stored = StoredPolicy {
+        version,
+        scope,
+        cpe_id,
+        policy_json,
+        wire,
+        created_ms: now_ms,
+    };
+    store.insert_policy(&stored)?;
+    Ok(stored)
+}
+
+/// The retained topic of a stored policy.
+pub fn topic_of(stored: &StoredPolicy) -> Topic {
+    match &stored.cpe_id {
+        None => Topic::FleetPolicy,
+        Some(id) => Topic::CpePolicy(id.clone()),
+    }
+}
+
+/// The newest fleet policy and the newest override of every CPE: what `serve` republishes
+/// on start (the embedded broker keeps no retained messages across restarts).
+///
+/// # Errors
+/// A store error.
+pub fn latest_all(store: &Store) -> Result<Vec<StoredPolicy>, StoreError> {
+    let mut out = Vec::new();
+    if let Some(p) = store.latest_policy(PolicyScope::Fleet, None)? {
+        out.push(p);
+    }
+    for cpe in store.cpes()? {
+        if let Some(p) = store.latest_policy(PolicyScope::Cpe, Some(&cpe.cpe_id))? {
+            out.push(p);
+        }
+    }
+    Ok(out)
+}
+
+/// Publishes each policy retained at QoS 1 through a short-lived connection as
+/// `client_id`, and waits until the broker acknowledged every one.
+///
+/// # Errors
+/// [`PolicyServiceError::Publish`] when the broker is unreachable or too slow.
+pub async fn publish(
+    broker_config: &BrokerConfig,
+    client_id: &str,
+    policies: &[StoredPolicy],
+    timeout: Duration,
+) -> Result<(), PolicyServiceError> {
+    publish_raw(
+        broker_config,
+        client_id,
+        policies
+            .iter()
+            .map(|p| (topic_of(p).to_string(), p.wire.clone()))
+            .collect(),
+        timeout,
+    )
+    .await
+}
+
+/// Publishes `(topic, bytes)` pairs retained at QoS 1 and waits for every PubAck. Also used
+/// by tests to put a forged or rolled-back policy in front of agents.
+///
+/// # Errors
+/// [`PolicyServiceError::Publish`].
+pub async fn publish_raw(
+    broker_config: &BrokerConfig,
+    client_id: &str,
+    messages: Vec<(String, Vec<u8>)>,
+    timeout: Duration,
+) -> Result<(), PolicyServiceError> {
+    if messages.is_empty() {
+        return Ok(());
+    }
+    let options = broker::client_options(broker_config, client_id)?;
+    let (client, mut eventloop) = AsyncClient::new(options, messages.len() + 10);
+    let total = messages.len();
+    let run = async {
+        let mut sent = false;
+        let mut acked = 0usize;
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) if !sent => {
+                    sent = true;
+                    for (topic, bytes) in &messages {
+                        client
+                            .try_publish(topic.clone(), QoS::AtLeastOnce, true, bytes.clone())
+                            .map_err(|e| PolicyServiceError::Publish(e.to_string()))?;
+                    }
+                }
+                Ok(Event::Incoming(Packet::PubAck(_))) => {
+                    acked += 1;
+                    if acked == total {
+                        let _ = client.try_disconnect();
+                    }
+                }
+                Ok(Event::Outgoing(Outgoing::Disconnect)) => return Ok(()),
+                Ok(_) => {}
+                Err(e) => {
+                    if acked == total {
+                        return Ok(());
+                    }
+                    return Err(PolicyServiceError::Publish(e.to_string()));
+                }
+            }
+        }
+    };
+    tokio::time::timeout(timeout, run)
+        .await
+        .map_err(|_| PolicyServiceError::Publish("timed out waiting for the broker".into()))?
+}
+
+/// The rollout view: every CPE with its applied versions and refusals.
+///
+/// # Errors
+/// A store error.
+pub fn status(store: &Store) -> Result<Vec<RolloutRow>, StoreError> {
+    store.rollout()
+}
+
+/// The rollout view as the text table `policy status` prints.
+pub fn format_status(latest_fleet: Option<u64>, rows: &[RolloutRow]) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "latest fleet policy: {}",
+        latest_fleet.map_or("none".to_string(), |v| v.to_string())
+    );
+    let _ = writeln!(
+        out,
+        "{:<24} {:<8} {:>6} {:>6}  refusals",
+        "cpe", "status", "fleet", "cpe"
+    );
+    let opt = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
+    for r in rows {
+        let refusals: Vec<String> = r
+            .refusals
+            .iter()
+            .map(|(scope, v, why)| format!("{scope} v{v}: {why}"))
+            .collect();
+        let _ = writeln!(
+            out,
+            "{:<24} {:<8} {:>6} {:>6}  {}",
+            r.cpe_id,
+            r.status.as_deref().unwrap_or("-"),
+            opt(r.fleet_policy_version),
+            opt(r.cpe_policy_version),
+            refusals.join("; ")
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use smtpguard_protocol::{keys, open};
+
+    #[test]
+    fn versions_increase_across_scopes_and_the_envelope_names_the_target() {
+        let mut store = Store::open_in_memory().unwrap();
+        let key = keys::generate();
+        let cpe_key = keys::generate().verifying_key();
+        crate::registry::add(
+            &mut store,
+            "cpe-1",
+            &keys::public_key_text(&cpe_key),
+            None,
+            0,
+        )
+        .unwrap();
+        let a = sign(&mut store, &key, Policy::default(), &Target::Fleet, 1).unwrap();
+        let b = sign(
+            &mut store,
+            &key,
+            Policy::default(),
+            &Target::Cpe("cpe-1".into()),
+            2,
+        )
+        .unwrap();
+        assert_eq!((a.version, b.version), (1, 2));
+        let opened = open(&b.wire).unwrap();
+        assert_eq!(opened.header().cpe_id, "cpe-1");
+        assert_eq!(opened.header().seq, 2);
+        let env = opened.verify(&key.verifying_key()).unwrap();
+        let Body::Policy(p) = env.body else { panic!() };
+        assert_eq!(p.policy_version, 2);
+        assert!(matches!(
+            sign(
+                &mut store,
+                &key,
+                Policy::default(),
+                &Target::Cpe("nope".into()),
+                3
+            ),
+            Err(PolicyServiceError::UnknownCpe(_))
+        ));
+        assert_eq!(latest_all(&store).unwrap().len(), 2);
+    }
+}

@@ -1,0 +1,47 @@
+//! `smtpguard-controller serve`: the embedded broker (unless an external one is
+//! configured), the retained policies republished, and the ingest, until `shutdown`.
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use crate::config::Config;
+use crate::ingest::service::{self, IngestError};
+use crate::registry::KeyCache;
+use crate::store::Store;
+use crate::{broker, policy};
+
+/// Runs the controller until `shutdown` resolves.
+///
+/// # Errors
+/// [`IngestError`] when the database, the broker or the ingest cannot start.
+pub async fn run(
+    config: Config,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), IngestError> {
+    let store = Store::open(&config.db_path)?;
+    let keys = Arc::new(RwLock::new(KeyCache::load(&store)?));
+    let latest = policy::latest_all(&store)?;
+    drop(store);
+    if config.broker.is_embedded() {
+        broker::start_embedded(&config.broker, keys.clone())?;
+        tracing::info!(listen = %config.broker.embedded_listen, "embedded broker started");
+    }
+    // Put the newest policies back on their retained topics (the embedded broker forgets
+    // them when it stops). Retried in the background until the broker takes them.
+    let broker_config = config.broker.clone();
+    let client_id = format!("{}-policy", config.broker.client_id);
+    tokio::spawn(async move {
+        for attempt in 0u32..30 {
+            match policy::publish(&broker_config, &client_id, &latest, Duration::from_secs(5)).await
+            {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::debug!(error = %e, attempt, "republishing policy");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+        tracing::warn!("could not republish the retained policies");
+    });
+    service::run(&config, keys, shutdown).await
+}
