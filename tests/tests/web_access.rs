@@ -173,7 +173,7 @@ fn a_subscriber_sees_and_acts_on_their_own_household_only() {
     let noc = login(s.addr, OPERATOR_TOKEN).unwrap();
     let rel = http(s.addr, "GET", "/noc/releases", &[("Cookie", &noc)], b"").unwrap();
     assert!(rel.body.contains("scanned it"));
-    assert!(rel.body.contains(&a.name.replace('ü', "ü")));
+    assert!(rel.body.contains(&a.name));
 
     // Logging out ends the session.
     let body = format!("csrf={csrf}");
