@@ -1,12 +1,13 @@
 //! What a person sees, in a real browser: headless Chromium (Debian's `chromium` and
-//! `chromium-driver`) driven over WebDriver against the web server on a loopback port with
-//! a seeded database. Screenshots land in `target/screenshots/`, and in `docs/screenshots/`
+//! `chromium-driver`) driven over WebDriver against a real `smtpguard-controller demo`
+//! process (embedded broker, ingest, web UI) on loopback ephemeral ports with its seeded
+//! database. Screenshots land in `target/screenshots/`, and in `docs/screenshots/`
 //! when `SMTPGUARD_DOC_SCREENSHOTS=1`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod web_common;
 
-use web_common::{Browser, Server, OPERATOR_TOKEN};
+use web_common::{Browser, Server};
 
 fn is_png(bytes: &[u8]) -> bool {
     bytes.len() > 1000 && bytes.starts_with(b"\x89PNG\r\n\x1a\n")
@@ -14,7 +15,7 @@ fn is_png(bytes: &[u8]) -> bool {
 
 #[test]
 fn a_subscriber_sees_the_infected_device_explained_and_requests_release() {
-    let s = Server::start().unwrap();
+    let s = Server::start_demo_process().unwrap();
     let a = &s.seeded.households[0];
     let (bot_mac, bot_name) = a.flagged.clone().unwrap();
     let other = &s.seeded.households[1];
@@ -102,12 +103,12 @@ fn a_subscriber_sees_the_infected_device_explained_and_requests_release() {
 
 #[test]
 fn the_noc_sees_the_fleet_the_evidence_the_campaign_and_an_abuse_answer() {
-    let s = Server::start().unwrap();
+    let s = Server::start_demo_process().unwrap();
     let a = &s.seeded.households[0];
     let (bot_mac, bot_name) = a.flagged.clone().unwrap();
     let b = Browser::start(1366, 1000).unwrap();
     b.goto(&s.url("/login")).unwrap();
-    b.type_into("#token", OPERATOR_TOKEN).unwrap();
+    b.type_into("#token", &s.operator).unwrap();
     b.click("#signin").unwrap();
     assert!(b.url().unwrap().ends_with("/noc"));
 
