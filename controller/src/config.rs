@@ -71,6 +71,8 @@ pub struct Config {
     pub broker: BrokerConfig,
     /// Ingest tuning.
     pub ingest: IngestConfig,
+    /// Web UI, API and `/metrics` on `http_listen`.
+    pub web: crate::web::live::WebConfig,
 }
 
 impl Default for Config {
@@ -81,6 +83,7 @@ impl Default for Config {
             http_listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             broker: BrokerConfig::default(),
             ingest: IngestConfig::default(),
+            web: crate::web::live::WebConfig::default(),
         }
     }
 }

@@ -441,3 +441,101 @@ pub fn seed(path: &Path, now_ms: u64) -> Result<Seeded, DemoError> {
         abuse_example,
     })
 }
+
+/// `smtpguard-controller demo` options.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DemoArgs {
+    /// Web UI address.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub http: std::net::SocketAddr,
+    /// Embedded MQTT broker address.
+    #[arg(long, default_value = "127.0.0.1:1883")]
+    pub mqtt: std::net::SocketAddr,
+    /// Keep the database, keys and tokens here (default: a temporary directory removed on
+    /// exit).
+    #[arg(long)]
+    pub dir: Option<std::path::PathBuf>,
+}
+
+/// Runs the demo: a controller (embedded broker, ingest, SQLite, web UI) on loopback with
+/// the seeded fleet, until `shutdown` resolves. Prints the URLs and login tokens.
+///
+/// # Errors
+/// [`DemoError`] when the directory, keys, database or controller cannot start.
+pub async fn run(
+    args: DemoArgs,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), DemoError> {
+    let temp;
+    let dir = match &args.dir {
+        Some(d) => {
+            std::fs::create_dir_all(d)
+                .map_err(|e| DemoError::Web(format!("{}: {e}", d.display())))?;
+            d.clone()
+        }
+        None => {
+            temp = tempfile_dir()?;
+            temp.0.clone()
+        }
+    };
+    let db = dir.join("controller.db");
+    let key_path = dir.join("policy.key");
+    let token_path = dir.join("operator.token");
+    let (_, _) = smtpguard_protocol::keys::load_or_create(&key_path)
+        .map_err(|e| DemoError::Web(format!("policy key: {e}")))?;
+    let operator = households::new_secret("noc_");
+    std::fs::write(&token_path, &operator)
+        .map_err(|e| DemoError::Web(format!("operator token: {e}")))?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let seeded = seed(&db, now)?;
+    let mut config = crate::config::Config {
+        db_path: db,
+        policy_key_path: key_path,
+        http_listen: args.http,
+        ..Default::default()
+    };
+    config.broker.embedded_listen = args.mqtt;
+    config.web.operator_token_file = token_path;
+    config
+        .validate()
+        .map_err(|e| DemoError::Web(e.to_string()))?;
+    let base = format!("http://{}", args.http);
+    println!("smtpguard demo");
+    println!("  data directory: {}", dir.display());
+    println!("  MQTT broker:    mqtt://{}", args.mqtt);
+    println!("  NOC:            {base}/login   operator token: {operator}");
+    for h in &seeded.households {
+        println!(
+            "  portal:         {base}/login   {:<20} token: {}",
+            h.name, h.token
+        );
+    }
+    println!("  metrics:        {base}/metrics");
+    println!("  abuse API:      curl -H 'Authorization: Bearer {operator}' -H 'Content-Type: application/json' \\");
+    println!(
+        "                    -d '{{\"public_ip\":\"{}\",\"time\":{}}}' {base}/api/abuse",
+        seeded.households[0].public_ip, seeded.abuse_example.0
+    );
+    println!("Ctrl-C stops the demo.");
+    crate::serve::run(config, shutdown)
+        .await
+        .map_err(|e| DemoError::Web(e.to_string()))
+}
+
+/// A temporary directory removed when dropped (no extra crate for one use).
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn tempfile_dir() -> Result<TempDir, DemoError> {
+    let path = std::env::temp_dir().join(format!("smtpguard-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&path)
+        .map_err(|e| DemoError::Web(format!("{}: {e}", path.display())))?;
+    Ok(TempDir(path))
+}

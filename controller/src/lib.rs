@@ -11,6 +11,15 @@
 //!   store → manual ack.
 //! - [`policy`]: policy signing, versioning, publishing (retained) and the rollout view.
 //! - [`serve`]: `run(config, shutdown)`: broker + policy republish + ingest.
+//! - [`verdicts`]: pure fold of alerts and telemetry into each device's current verdict,
+//!   history, evidence and action in force; plain-language summaries.
+//! - [`campaigns`]: fleet correlation — alike infected devices across households grouped
+//!   into campaigns whose indicators the NOC pushes as fleet policy.
+//! - [`abuse`]: ARF abuse reports → public IP at time → CPE → device, with the router's
+//!   connection log as evidence.
+//! - [`households`]: subscriber accounts, hashed login tokens, release requests.
+//! - [`web`]: axum server — NOC pages, subscriber portal, JSON API, `/metrics`.
+//! - [`demo`]: the seeded demo fleet and `smtpguard-controller demo`.
 //!
 //! # Data flow
 //! Agents publish signed envelopes → broker → [`ingest`] verifies each against the key in

@@ -46,6 +46,8 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// Run a demo controller with a seeded fleet on loopback; prints URLs and tokens.
+    Demo(smtpguard_controller::demo::DemoArgs),
 }
 
 #[derive(Subcommand)]
@@ -101,6 +103,8 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let load = || Config::load(&cli.config).context("loading the configuration");
     match cli.command {
+        Command::Demo(args) => tokio::runtime::Runtime::new()?
+            .block_on(smtpguard_controller::demo::run(args, shutdown_signal()))?,
         Command::Serve => {
             let config = load()?;
             let runtime = tokio::runtime::Runtime::new()?;

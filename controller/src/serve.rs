@@ -43,5 +43,29 @@ pub async fn run(
         }
         tracing::warn!("could not republish the retained policies");
     });
-    service::run(&config, keys, shutdown).await
+    // The web UI stops with the ingest.
+    let (stop_web, web_stopped) = tokio::sync::watch::channel(false);
+    let web = if config.web.enabled {
+        let web_config = config.clone();
+        let mut rx = web_stopped.clone();
+        Some(tokio::spawn(async move {
+            let stop = async move {
+                let _ = rx.changed().await;
+            };
+            if let Err(e) = crate::web::live::run(&web_config, stop).await {
+                tracing::error!(error = %e, "web server stopped");
+            }
+        }))
+    } else {
+        None
+    };
+    let result = service::run(&config, keys, async move {
+        shutdown.await;
+        let _ = stop_web.send(true);
+    })
+    .await;
+    if let Some(web) = web {
+        let _ = web.await;
+    }
+    result
 }

@@ -360,7 +360,7 @@ pub fn plain_summary(counters: &DeviceCounters, window_secs: u32) -> Option<Stri
             plural(counters.smtp_connections, "connection", "connections")
         ));
     }
-    if counters.submission_connections >= 10 || counters.messages >= 20 {
+    if counters.submission_connections >= 10 {
         parts.push(format!(
             "sent {} through a mail account in {within}",
             plural(counters.messages, "message", "messages")

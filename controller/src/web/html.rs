@@ -106,7 +106,7 @@ h1{font-size:24px;margin:4px 0 16px}
 h2{font-size:18px;margin:26px 0 10px}
 h3{font-size:16px;margin:0 0 6px}
 .sub{color:var(--muted);margin:-10px 0 18px}
-.grid{display:grid;grid-template-columns:repeat(auto-fit,minmax(170px,1fr));gap:12px}
+.grid{display:grid;grid-template-columns:repeat(auto-fit,minmax(140px,1fr));gap:12px}
 .stat{background:var(--card);border:1px solid var(--line);border-radius:10px;padding:14px 16px}
 .stat b{display:block;font-size:28px;line-height:1.2}
 .stat span{color:var(--muted);font-size:13px}
@@ -126,6 +126,7 @@ code,.mono{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font
 .badge.ok{background:var(--ok-bg);color:var(--ok)} .badge.muted{background:#eef1f5;color:var(--muted)}
 .badge.bad-soft{background:var(--bad-bg);color:var(--bad)} .badge.warn-soft{background:var(--warn-bg);color:var(--warn)}
 .muted{color:var(--muted)}
+td.t{white-space:nowrap}
 ul.ev{margin:6px 0 0;padding-left:20px} ul.ev li{margin:2px 0}
 .what{font-size:16px;margin:8px 0}
 .doing{background:var(--bad-bg);border-radius:8px;padding:10px 12px;margin:10px 0}

@@ -11,6 +11,7 @@
 //! - [`portal`]: the subscriber's "your devices" pages.
 //! - [`api`]: JSON endpoints, including `POST /api/abuse`.
 //! - [`metrics`]: Prometheus text exposition.
+//! - [`live`]: the `[web]` configuration section and policy publishing for `serve`.
 //!
 //! # Data flow
 //! Requests are routed by axum; handlers resolve the caller with [`auth`], then run their
@@ -23,6 +24,7 @@
 pub mod api;
 pub mod auth;
 pub mod html;
+pub mod live;
 pub mod metrics;
 pub mod noc;
 pub mod portal;

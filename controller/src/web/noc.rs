@@ -182,7 +182,7 @@ fn device_rows(devs: &[&DeviceView], cpes: &[CpeRow], with_cpe: bool) -> String 
         }
         let _ = write!(
             s,
-            "<td>{} <div class=\"muted\">score {:.2}</div></td><td>{}</td><td><ul class=\"ev\">",
+            "<td>{} <div class=\"muted\">score {:.2}</div></td><td class=\"t\">{}</td><td><ul class=\"ev\">",
             html::verdict_badge(d.verdict),
             d.score,
             esc(&html::time(d.since_ms))

@@ -146,7 +146,7 @@ fn device_card(d: &DeviceView, releases: &[ReleaseRequest], caller: &Caller) -> 
         esc(&verdicts::plain_action(d.action, until.as_deref()))
     );
     if !d.evidence.is_empty() {
-        s.push_str(r#"<details><summary>How we know</summary><ul class="ev">"#);
+        s.push_str(r#"<details open><summary>How we know</summary><ul class="ev">"#);
         for e in &d.evidence {
             let _ = write!(s, "<li>{}</li>", esc(e));
         }

@@ -57,6 +57,9 @@ pub struct Server {
     _dir: tempfile::TempDir,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
+    child: Option<Child>,
+    /// The operator (NOC) token.
+    pub operator: String,
 }
 
 pub fn now_ms() -> u64 {
@@ -104,6 +107,88 @@ impl Server {
             _dir: dir,
             stop: Some(tx),
             thread: Some(thread),
+            child: None,
+            operator: OPERATOR_TOKEN.to_string(),
+        })
+    }
+
+    /// The real `smtpguard-controller demo` process (embedded broker, ingest, web UI) on
+    /// loopback ephemeral ports; tokens and facts are read from what it prints.
+    pub fn start_demo_process() -> Result<Server> {
+        use std::io::BufRead;
+        let dir = tempfile::tempdir()?;
+        // The seeded fleet is deterministic except for tokens and times: learn its shape
+        // from a throwaway copy, then take tokens and the abuse time from the output.
+        let mut seeded = demo::seed(&dir.path().join("shape.db"), now_ms())?;
+        let bin = smtpguard_tests::mqtt::controller_binary()?;
+        let http_port = smtpguard_tests::mqtt::free_port()?;
+        let mqtt_port = smtpguard_tests::mqtt::free_port()?;
+        let data = dir.path().join("demo");
+        let mut child = Command::new(bin)
+            .args([
+                "demo",
+                "--http",
+                &format!("127.0.0.1:{http_port}"),
+                "--mqtt",
+                &format!("127.0.0.1:{mqtt_port}"),
+                "--dir",
+            ])
+            .arg(&data)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let stdout = child.stdout.take().context("stdout")?;
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        let mut printed = Vec::new();
+        for line in lines.by_ref() {
+            let line = line?;
+            let done = line.starts_with("Ctrl-C stops the demo.");
+            printed.push(line);
+            if done {
+                break;
+            }
+        }
+        std::thread::spawn(move || for _ in lines {});
+        for h in &mut seeded.households {
+            let line = printed
+                .iter()
+                .find(|l| l.contains("portal:") && l.contains(&h.name))
+                .with_context(|| format!("no token for {} in {printed:?}", h.name))?;
+            h.token = line.rsplit(' ').next().unwrap_or("").to_string();
+        }
+        let op = printed
+            .iter()
+            .find_map(|l| l.split("operator token: ").nth(1))
+            .context("no operator token")?;
+        let operator = op.trim().to_string();
+        let time = printed
+            .iter()
+            .find_map(|l| l.split("\"time\":").nth(1))
+            .and_then(|t| t.split('}').next())
+            .and_then(|t| t.parse().ok())
+            .context("no abuse example time")?;
+        seeded.abuse_example.0 = time;
+        let addr: SocketAddr = format!("127.0.0.1:{http_port}").parse()?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while http(addr, "GET", "/healthz", &[], b"")
+            .map(|r| r.status)
+            .ok()
+            != Some(200)
+        {
+            if Instant::now() > deadline {
+                bail!("demo web server did not come up");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(Server {
+            addr,
+            seeded,
+            db: data.join("controller.db"),
+            _dir: dir,
+            stop: None,
+            thread: None,
+            child: Some(child),
+            operator,
         })
     }
 
@@ -114,6 +199,10 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SIGTERM: the demo shuts down cleanly (as on Ctrl-C).
+            let _ = smtpguard_tests::mqtt::terminate(&mut child);
+        }
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
         }
@@ -161,12 +250,24 @@ pub fn http(
     s.write_all(req.as_bytes())?;
     // A server may answer (413) before reading a large body; ignore a reset while sending.
     let _ = s.write_all(body);
+    // Read by Content-Length: some servers (chromedriver) keep the connection open despite
+    // `Connection: close`.
     let mut raw = Vec::new();
-    let _ = s.read_to_end(&mut raw);
-    let text = String::from_utf8_lossy(&raw).to_string();
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| anyhow!("no HTTP response: {text:?}"))?;
+    let mut buf = [0u8; 16 * 1024];
+    let head_end = loop {
+        if let Some(i) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i;
+        }
+        let n = s.read(&mut buf)?;
+        if n == 0 {
+            bail!(
+                "connection closed before the response headers: {:?}",
+                String::from_utf8_lossy(&raw)
+            );
+        }
+        raw.extend_from_slice(&buf[..n]);
+    };
+    let head = String::from_utf8_lossy(&raw[..head_end]).to_string();
     let mut lines = head.split("\r\n");
     let status: u16 = lines
         .next()
@@ -177,14 +278,36 @@ pub fn http(
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
         .collect::<Vec<_>>();
-    let chunked = headers
-        .iter()
-        .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
-    let body = if chunked {
-        dechunk(body)
-    } else {
-        body.to_string()
+    let find = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
     };
+    let mut rest = raw[head_end + 4..].to_vec();
+    let chunked = find("transfer-encoding").is_some_and(|v| v.contains("chunked"));
+    if let Some(len) = find("content-length").and_then(|v| v.parse::<usize>().ok()) {
+        while rest.len() < len {
+            let n = s.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            rest.extend_from_slice(&buf[..n]);
+        }
+        rest.truncate(len);
+    } else if chunked {
+        while !rest.windows(5).any(|w| w == b"0\r\n\r\n") {
+            let n = s.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            rest.extend_from_slice(&buf[..n]);
+        }
+    } else {
+        let _ = s.read_to_end(&mut rest);
+    }
+    let text = String::from_utf8_lossy(&rest).to_string();
+    let body = if chunked { dechunk(&text) } else { text };
     Ok(Resp {
         status,
         headers,
@@ -368,9 +491,16 @@ impl Browser {
     }
 
     /// The visible text of the whole page.
+    /// Retries while a navigation replaces the page (stale element), bounded to 5 s.
     pub fn page_text(&self) -> Result<String> {
-        let body = self.find("body")?;
-        self.text(&body)
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match self.find("body").and_then(|body| self.text(&body)) {
+                Ok(t) => return Ok(t),
+                Err(e) if Instant::now() > deadline => return Err(e),
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
     }
 
     pub fn type_into(&self, css: &str, text: &str) -> Result<()> {

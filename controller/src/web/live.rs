@@ -1,0 +1,186 @@
+//! The web server inside `smtpguard-controller serve`: its configuration section (`[web]`),
+//! the operator token, and policy publishing backed by [`crate::policy`] (sign with the
+//! controller key, store, publish retained on the broker).
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+use smtpguard_protocol::Policy;
+
+use super::{open_db, system_clock, AppState, PolicyPublisher, WebError, WebSettings};
+use crate::config::{BrokerConfig, Config};
+use crate::policy::{self, Target};
+use crate::store::Store;
+
+/// The `[web]` section of the controller configuration.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebConfig {
+    /// Serve the NOC, the portal, the API and `/metrics` on `http_listen`.
+    pub enabled: bool,
+    /// File holding the operator (NOC) token, one line. The environment variable
+    /// `SMTPGUARD_OPERATOR_TOKEN`, when set, wins.
+    pub operator_token_file: PathBuf,
+    /// Mark cookies `Secure` (set when a TLS proxy fronts the server).
+    pub secure_cookies: bool,
+    /// Login lifetime.
+    pub session_secs: u64,
+    /// Fleet correlation: destination-server Jaccard index that links two devices.
+    pub campaign_min_jaccard: f64,
+}
+
+impl Default for WebConfig {
+    fn default() -> Self {
+        WebConfig {
+            enabled: true,
+            operator_token_file: PathBuf::from("/etc/smtpguard/operator.token"),
+            secure_cookies: false,
+            session_secs: 12 * 3600,
+            campaign_min_jaccard: 0.3,
+        }
+    }
+}
+
+impl WebConfig {
+    /// Checks ranges.
+    ///
+    /// # Errors
+    /// [`WebError::BadRequest`] naming the field.
+    pub fn validate(&self) -> Result<(), WebError> {
+        if !(60..=30 * 86_400).contains(&self.session_secs) {
+            return Err(WebError::BadRequest(
+                "config field `web.session_secs`: must be 60-2592000".into(),
+            ));
+        }
+        if !(self.campaign_min_jaccard > 0.0 && self.campaign_min_jaccard <= 1.0) {
+            return Err(WebError::BadRequest(
+                "config field `web.campaign_min_jaccard`: must be in (0, 1]".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The operator token from the environment or the token file.
+    ///
+    /// # Errors
+    /// [`WebError::BadRequest`] when neither gives a token of at least 16 characters.
+    pub fn operator_token(&self) -> Result<String, WebError> {
+        let token = match std::env::var("SMTPGUARD_OPERATOR_TOKEN") {
+            Ok(t) => t,
+            Err(_) => std::fs::read_to_string(&self.operator_token_file).map_err(|e| {
+                WebError::BadRequest(format!(
+                    "config field `web.operator_token_file`: {}: {e}",
+                    self.operator_token_file.display()
+                ))
+            })?,
+        };
+        let token = token.trim().to_string();
+        if token.len() < 16 {
+            return Err(WebError::BadRequest(
+                "the operator token must be at least 16 characters".into(),
+            ));
+        }
+        Ok(token)
+    }
+
+    /// Settings for [`AppState`].
+    ///
+    /// # Errors
+    /// As [`WebConfig::operator_token`].
+    pub fn settings(&self) -> Result<WebSettings, WebError> {
+        let mut s = WebSettings::new(&self.operator_token()?);
+        s.secure_cookies = self.secure_cookies;
+        s.session_secs = self.session_secs;
+        s.campaigns.min_jaccard = self.campaign_min_jaccard;
+        Ok(s)
+    }
+}
+
+/// Signs with the controller key, stores, and publishes retained through the broker.
+pub struct BrokerPolicy {
+    db_path: PathBuf,
+    key_path: PathBuf,
+    broker: BrokerConfig,
+    client_id: String,
+    clock: super::Clock,
+}
+
+impl BrokerPolicy {
+    /// From the controller configuration.
+    pub fn new(config: &Config) -> BrokerPolicy {
+        BrokerPolicy {
+            db_path: config.db_path.clone(),
+            key_path: config.policy_key_path.clone(),
+            broker: config.broker.clone(),
+            client_id: format!("{}-web", config.broker.client_id),
+            clock: system_clock(),
+        }
+    }
+}
+
+impl PolicyPublisher for BrokerPolicy {
+    fn publish(
+        &self,
+        policy: Policy,
+        cpe_id: Option<String>,
+    ) -> Pin<Box<dyn Future<Output = Result<u64, String>> + Send + '_>> {
+        Box::pin(async move {
+            let db = self.db_path.clone();
+            let key_path = self.key_path.clone();
+            let now = (self.clock)();
+            let target = cpe_id.map_or(Target::Fleet, Target::Cpe);
+            let stored = tokio::task::spawn_blocking(move || {
+                let key =
+                    smtpguard_protocol::keys::read_secret(&key_path).map_err(|e| e.to_string())?;
+                let mut store = Store::open(&db).map_err(|e| e.to_string())?;
+                policy::sign(&mut store, &key, policy, &target, now).map_err(|e| e.to_string())
+            })
+            .await
+            .map_err(|e| e.to_string())??;
+            policy::publish(
+                &self.broker,
+                &self.client_id,
+                std::slice::from_ref(&stored),
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|e| {
+                format!(
+                    "signed as version {} but not published: {e}",
+                    stored.version
+                )
+            })?;
+            Ok(stored.version)
+        })
+    }
+}
+
+/// Binds `config.http_listen` and serves until `shutdown` resolves.
+///
+/// # Errors
+/// [`WebError`] when the configuration, the database or the listener fails.
+pub async fn run(
+    config: &Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), WebError> {
+    let web = &config.web;
+    web.validate()?;
+    let settings = web.settings()?;
+    let conn = open_db(&config.db_path)?;
+    let state = AppState::new(
+        conn,
+        settings,
+        Arc::new(BrokerPolicy::new(config)),
+        system_clock(),
+    );
+    let listener = tokio::net::TcpListener::bind(config.http_listen)
+        .await
+        .map_err(|e| WebError::Internal(format!("binding {}: {e}", config.http_listen)))?;
+    super::serve(listener, state, shutdown)
+        .await
+        .map_err(|e| WebError::Internal(e.to_string()))
+}
