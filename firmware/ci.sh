@@ -145,11 +145,11 @@ for target in "${TARGETS[@]}"; do
         fi
     fi
 
-    ipk_dir="$OUT/ipk"
-    if ipk="$(firmware/openwrt/mkipk.sh "$target" "$bin" "$ipk_dir")"; then
-        ok "$target: package $(basename "$ipk")"
+    if firmware/openwrt/test-mkipk.sh "$bin" "$target" >"$OUT/$target-ipk.log" 2>&1; then
+        ok "$target: OpenWrt package of the built agent"
     else
-        fail "$target: mkipk"
+        cat "$OUT/$target-ipk.log" >&2
+        fail "$target: OpenWrt package of the built agent"
     fi
 done
 

@@ -642,6 +642,19 @@ config led 'led'
 
     /// Every field of a fully set configuration, written as UCI by a generic printer, reads
     /// back equal: the UCI mapping covers every field TOML has.
+    /// The UCI file the OpenWrt package installs loads as it is.
+    #[test]
+    fn the_openwrt_package_config_loads() {
+        let text = include_str!("../../firmware/openwrt/smtpguard/files/smtpguard.config");
+        let config = AgentConfig::from_uci_str(text).unwrap();
+        assert_eq!(config.capture.interface, "br-lan");
+        assert!(config.uplink.enabled);
+        assert_eq!(
+            config.uplink.broker_url,
+            "mqtts://controller.isp.example:8883"
+        );
+    }
+
     #[test]
     fn every_toml_field_round_trips_through_uci() {
         let full = expected();

@@ -819,13 +819,13 @@ config relay
     fn the_shipped_openwrt_config_parses() {
         let text = include_str!("../openwrt/smtpguard/files/smtpguard.config");
         let pkg = parse(text).unwrap();
-        let agent = pkg.section("agent").unwrap();
-        assert_eq!(agent.option("interface"), Some("br-lan"));
-        assert!(agent.option("mode").is_some());
-        let controller = pkg.section("controller").unwrap();
-        for field in ["url", "username", "password", "public_key"] {
-            assert!(controller.option(field).is_some(), "controller.{field}");
+        let capture = pkg.section("capture").unwrap();
+        assert_eq!(capture.option("interface"), Some("br-lan"));
+        assert!(pkg.section("agent").unwrap().option("state_dir").is_some());
+        let uplink = pkg.section("uplink").unwrap();
+        for field in ["broker_url", "username", "password", "controller_public_key"] {
+            assert!(uplink.option(field).is_some(), "uplink.{field}");
         }
-        assert!(pkg.section("thresholds").is_some());
+        assert_eq!(pkg.section("enforce").unwrap().option("backend"), Some("nftables"));
     }
 }

@@ -502,6 +502,7 @@ impl Opened {
     }
 }
 
+#[cfg(feature = "batch")]
 /// Verifies many messages at once with ed25519 batch verification, which is several times
 /// faster than one by one. When the batch fails, each message is checked alone so only the
 /// bad ones are rejected. Keys must have been checked not to be weak at enrollment

@@ -37,9 +37,11 @@ pub mod topic;
 pub mod types;
 mod wire;
 
+#[cfg(feature = "batch")]
+pub use envelope::verify_batch;
 pub use envelope::{
-    open, seal, verify, verify_batch, Envelope, Freshness, Header, KeyStatus, Opened, Rejection,
-    RejectionReason, SealError, FLEET_ID,
+    open, seal, verify, Envelope, Freshness, Header, KeyStatus, Opened, Rejection, RejectionReason,
+    SealError, FLEET_ID,
 };
 pub use messages::{
     AckOutcome, AgentStats, Alert, Body, ConnRecord, DeviceCounters, DeviceReport, Kind, Observed,

@@ -320,6 +320,7 @@ fn every_reason_has_a_distinct_label() {
     assert_eq!(labels.len(), RejectionReason::ALL.len());
 }
 
+#[cfg(feature = "batch")]
 #[test]
 fn batch_verification_rejects_only_the_bad_ones() {
     use smtpguard_protocol::verify_batch;
