@@ -1,11 +1,9 @@
 #!/usr/bin/env bash
-# The main job. Installs what it needs, builds, and runs smtpguard on this machine.
+# The main job: builds smtpguard and starts the controller demo on loopback (embedded MQTT
+# broker, SQLite, web UI, simulated households). Prints the URLs and login tokens; Ctrl-C stops.
+# Extra arguments go to `smtpguard-controller demo` (see `--help`).
 set -euo pipefail
 cd "$(dirname "$0")"
 ./scripts/setup.sh --demo
-cargo build --release --locked -p smtpguard-agent
-corpus=${SMTPGUARD_CORPUS:-../shared/corpus/pcap}
-for pcap in "$corpus"/*.pcap; do
-    printf '\n== %s\n' "$(basename "$pcap")"
-    ./target/release/smtpguard-agent replay --pcap "$pcap" --format text
-done
+cargo build --release --locked -p smtpguard-controller -p smtpguard-agent
+exec ./target/release/smtpguard-controller demo "$@"

@@ -823,9 +823,17 @@ config relay
         assert_eq!(capture.option("interface"), Some("br-lan"));
         assert!(pkg.section("agent").unwrap().option("state_dir").is_some());
         let uplink = pkg.section("uplink").unwrap();
-        for field in ["broker_url", "username", "password", "controller_public_key"] {
+        for field in [
+            "broker_url",
+            "username",
+            "password",
+            "controller_public_key",
+        ] {
             assert!(uplink.option(field).is_some(), "uplink.{field}");
         }
-        assert_eq!(pkg.section("enforce").unwrap().option("backend"), Some("nftables"));
+        assert_eq!(
+            pkg.section("enforce").unwrap().option("backend"),
+            Some("nftables")
+        );
     }
 }
