@@ -42,6 +42,11 @@ struct Args {
     /// New connections per second while the fleet connects.
     #[arg(long, default_value_t = 2000)]
     connect_rate: u64,
+    /// Use a mosquitto the load generator starts itself (anonymous, loopback only) instead
+    /// of the embedded broker. mosquitto runs in its own process, so the agents' and the
+    /// broker's sockets do not share one open-file limit.
+    #[arg(long)]
+    mosquitto: bool,
 }
 
 fn now_ms() -> u64 {
@@ -59,6 +64,14 @@ fn raise_nofile() -> u64 {
             rlim_max: 0,
         };
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+            // Root may raise the hard limit too; everyone else gets the hard limit.
+            let wanted = libc::rlimit {
+                rlim_cur: lim.rlim_max.max(65_536),
+                rlim_max: lim.rlim_max.max(65_536),
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) == 0 {
+                return wanted.rlim_cur;
+            }
             lim.rlim_cur = lim.rlim_max;
             let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
             return lim.rlim_cur;
@@ -98,6 +111,29 @@ async fn run(args: &Args) -> anyhow::Result<()> {
     config.broker.password = "loadgen".into();
     config.broker.client_id = "loadgen-controller".into();
     config.broker.max_connections = args.agents + 100;
+    let _mosquitto = if args.mosquitto {
+        let conf = dir.path().join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous true\nmax_connections -1\n\
+                 max_inflight_messages 500\nmax_queued_messages 0\nuser root\n"
+            ),
+        )?;
+        config.broker.url = Some(format!("mqtt://127.0.0.1:{port}"));
+        config.ingest.shared_subscription = false;
+        Some(Child(
+            std::process::Command::new("mosquitto")
+                .arg("-c")
+                .arg(&conf)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .context("starting mosquitto")?,
+        ))
+    } else {
+        None
+    };
     let policy_key = keys::generate();
     let controller_pub = policy_key.verifying_key();
 
@@ -141,8 +177,17 @@ async fn run(args: &Args) -> anyhow::Result<()> {
         tokio::spawn(agent(id, key, port, controller_pub, connected.clone()));
         tokio::time::sleep(pause).await;
     }
+    let mut last_report = Instant::now();
     while connected.load(Ordering::Relaxed) < args.agents {
         tokio::time::sleep(Duration::from_millis(50)).await;
+        if last_report.elapsed() > Duration::from_secs(5) {
+            last_report = Instant::now();
+            println!(
+                "  {} connected after {:.0} s",
+                connected.load(Ordering::Relaxed),
+                started.elapsed().as_secs_f64()
+            );
+        }
     }
     let connect_time = started.elapsed();
     println!(
@@ -195,6 +240,16 @@ async fn run(args: &Args) -> anyhow::Result<()> {
     println!("rejections: {rejected}");
     let _ = stop_tx.send(());
     Ok(())
+}
+
+/// Kills the broker child when the run ends.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// One simulated agent: connect, subscribe to policy, announce itself online, and answer
