@@ -2,7 +2,7 @@
 # The main job. Installs what it needs, builds, and runs smtpguard on this machine.
 set -euo pipefail
 cd "$(dirname "$0")"
-./scripts/setup.sh
+./scripts/setup.sh --demo
 cargo build --release --locked -p smtpguard-agent
 corpus=${SMTPGUARD_CORPUS:-../shared/corpus/pcap}
 for pcap in "$corpus"/*.pcap; do

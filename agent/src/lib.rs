@@ -1,6 +1,42 @@
 //! smtpguard edge agent.
 //!
 //! # Layout
+//! - [`config`]: [`config::AgentConfig`], read from TOML or OpenWrt UCI and validated once.
+//! - [`capture`]: live capture on the LAN interface (`AF_PACKET` + a kernel BPF filter that
+//!   passes only mail, DNS and DHCP frames), frames stamped in Unix milliseconds.
+//! - [`leases`]: host names from the dnsmasq lease file (`/tmp/dhcp.leases`).
+//! - [`packet`]: one raw Ethernet frame (802.1Q ok) → addresses, ports, flags, payload.
+//! - [`engine`]: the pure detection engine: devices by MAC, signals over sliding windows,
+//!   scores, verdicts with evidence, and the actions policy calls for. Time is passed in.
+//! - [`pcap`]: streaming pcap/pcapng reader and a pcap writer.
+//! - [`oui`]: vendor names from the IEEE registry file (`oui.csv`), loaded at start.
+//! - [`sim`]: deterministic household traffic simulator (Ethernet frames on a timeline) for
+//!   tests, benchmarks, demos and the big-capture generator.
+//! - [`replay`]: `smtpguard-agent replay`: a capture through the engine with the capture's
+//!   timestamps as the clock, printed as one JSON (or text) report.
+//! - [`enforce`]: turns verdicts into device-scoped action: the pure [`enforce::Planner`],
+//!   the nftables backend (table `inet smtpguard`), the block state file, and the `status` /
+//!   `release` subcommands' logic.
+//! - [`run`]: `smtpguard-agent run`, the live loop: capture → engine → planner → nftables,
+//!   state and status files, clean shutdown on SIGTERM/SIGINT.
 //! - [`uplink`]: signed telemetry and alerts to the controller over MQTT (bounded offline
 //!   queue, alerts persisted until the broker acknowledges them), verified policy back.
+//!
+//! # Data flow
+//! Live: capture → [`engine::Engine::handle_frame`] → [`engine::Engine::poll_action`] →
+//! enforcement ([`enforce::Planner`] → [`enforce::Enforcer`]) and uplink; the shell calls
+//! [`engine::Engine::handle_timeout`] at [`engine::Engine::poll_timeout`]. Offline:
+//! [`pcap::CaptureReader`] → the same engine → [`replay::Report`].
+
+pub mod capture;
+pub mod config;
+pub mod enforce;
+pub mod engine;
+pub mod leases;
+pub mod oui;
+pub mod packet;
+pub mod pcap;
+pub mod replay;
+pub mod run;
+pub mod sim;
 pub mod uplink;

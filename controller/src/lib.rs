@@ -19,10 +19,16 @@
 //! version is signed with the controller key, stored and published retained; agents answer
 //! with acks that the ingest stores and [`policy::status`] reports.
 
+pub mod abuse;
 pub mod broker;
+pub mod campaigns;
 pub mod config;
+pub mod demo;
+pub mod households;
 pub mod ingest;
 pub mod policy;
 pub mod registry;
 pub mod serve;
 pub mod store;
+pub mod verdicts;
+pub mod web;

@@ -11,7 +11,7 @@
 //! - [`keygen`]: `smtpguard-agent keygen`.
 //!
 //! # Use from the run loop
-//! ```ignore
+//! ```text
 //! let uplink = Uplink::start(settings, key, shutdown)?;
 //! uplink.handle.send_alert(alert)?;            // durable before it returns
 //! uplink.handle.send_telemetry(telemetry)?;    // may be dropped oldest-first offline

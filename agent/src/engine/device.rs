@@ -1,0 +1,380 @@
+//! One household device's state, and the fixed-capacity table that holds them.
+//!
+//! # Eviction rule
+//! The table holds at most `capacity` devices. When a new MAC arrives at a full table, the
+//! least recently seen device whose verdict is `clean` and that has no action in force is
+//! evicted (ties: the lowest slot). If every device is suspicious, infected or under an
+//! action, the newcomer is refused and counted instead — a flood of spoofed MACs can
+//! neither grow memory nor push a convicted bot out of the table.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+use smtpguard_protocol::{Action, MacAddr, Verdict};
+
+use super::smtp::Tell;
+use super::window::{Buckets, KeySet};
+
+/// Addresses remembered per device (most recent first).
+pub const MAX_IPS: usize = 4;
+/// EHLO names and MAIL FROM domains remembered per device for fleet correlation.
+pub const MAX_NAMES: usize = 8;
+/// Mail servers remembered per device for fleet correlation.
+pub const MAX_SERVERS_OBSERVED: usize = 32;
+/// Longest DHCP host name kept.
+pub const MAX_HOSTNAME: usize = 63;
+/// Days of submission history kept for the baseline (policy's `baseline_days` is capped).
+pub const BASELINE_DAYS_MAX: usize = 31;
+
+pub(crate) const TELLS: usize = 9;
+
+/// What the engine tracks about one device.
+#[derive(Debug, Clone)]
+pub(crate) struct Device {
+    /// Unique for the engine's lifetime (slots are reused).
+    pub id: u64,
+    pub mac: MacAddr,
+    pub ips: Vec<IpAddr>,
+    pub hostname: Option<String>,
+    pub vendor: Option<String>,
+    pub first_seen_ms: u64,
+    pub last_seen_ms: u64,
+    /// Last time anything scored changed (connections, tells, rejections).
+    pub last_signal_ms: u64,
+
+    pub direct: Buckets<20>,
+    pub submissions: Buckets<20>,
+    pub messages: Buckets<20>,
+    pub rcpts: Buckets<20>,
+    pub mx_lookups: Buckets<20>,
+    pub mx_followed: Buckets<20>,
+    pub unanswered: Buckets<20>,
+    /// Reputation rejections over 24 h (1 h buckets).
+    pub rejections: Buckets<24>,
+    /// Submitted messages over the last hour (5 min buckets).
+    pub hourly: Buckets<12>,
+    /// Submitted messages per day, ring indexed by day number.
+    pub daily: [u32; BASELINE_DAYS_MAX + 1],
+    pub daily_newest: u64,
+
+    pub servers: KeySet,
+    pub mx_names: KeySet,
+    pub mx_addrs: KeySet,
+
+    pub tell_last_ms: [Option<u64>; TELLS],
+    pub tell_detail: [String; TELLS],
+    pub max_rcpts: u32,
+    pub rejection_text: String,
+    pub indicator_last_ms: Option<u64>,
+    pub indicator_detail: String,
+
+    pub verdict: Verdict,
+    pub score_h: u32,
+    pub action: Action,
+    pub action_until_ms: Option<u64>,
+    /// A block ran out; the device is re-blocked only when it sends mail again.
+    pub awaiting_resume: bool,
+    /// Bits of [`action_bit`]: every action taken for the device.
+    pub actions_taken: u8,
+    pub dirty: bool,
+    /// The highest score reached, with its verdict, evidence and time.
+    pub peak: Option<Peak>,
+
+    pub obs_ehlo: Vec<String>,
+    pub obs_domains: Vec<String>,
+    pub obs_servers: Vec<IpAddr>,
+}
+
+/// The strongest moment of a device so far.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Peak {
+    /// Verdict then.
+    pub verdict: Verdict,
+    /// Score then, in hundredths.
+    pub score_h: u32,
+    /// Evidence then.
+    pub evidence: Vec<String>,
+    /// When (Unix ms).
+    pub at_ms: u64,
+}
+
+/// Bit for an action in [`Device::actions_taken`].
+pub(crate) fn action_bit(a: Action) -> u8 {
+    match a {
+        Action::Monitor => 1,
+        Action::RateLimit => 2,
+        Action::Block => 4,
+    }
+}
+
+impl Device {
+    pub fn new(mac: MacAddr, now_ms: u64, window_ms: u64, vendor: Option<String>) -> Self {
+        Device {
+            id: 0,
+            mac,
+            ips: Vec::new(),
+            hostname: None,
+            vendor,
+            first_seen_ms: now_ms,
+            last_seen_ms: now_ms,
+            last_signal_ms: 0,
+            direct: Buckets::new(window_ms),
+            submissions: Buckets::new(window_ms),
+            messages: Buckets::new(window_ms),
+            rcpts: Buckets::new(window_ms),
+            mx_lookups: Buckets::new(window_ms),
+            mx_followed: Buckets::new(window_ms),
+            unanswered: Buckets::new(window_ms),
+            rejections: Buckets::new(super::LONG_MS),
+            hourly: Buckets::new(super::HOUR_MS),
+            daily: [0; BASELINE_DAYS_MAX + 1],
+            daily_newest: now_ms / super::DAY_MS,
+            servers: KeySet::default(),
+            mx_names: KeySet::default(),
+            mx_addrs: KeySet::default(),
+            tell_last_ms: [None; TELLS],
+            tell_detail: Default::default(),
+            max_rcpts: 0,
+            rejection_text: String::new(),
+            indicator_last_ms: None,
+            indicator_detail: String::new(),
+            verdict: Verdict::Clean,
+            score_h: 0,
+            action: Action::Monitor,
+            action_until_ms: None,
+            awaiting_resume: false,
+            actions_taken: 0,
+            dirty: false,
+            peak: None,
+            obs_ehlo: Vec::new(),
+            obs_domains: Vec::new(),
+            obs_servers: Vec::new(),
+        }
+    }
+
+    /// Restarts the windowed counters for a new window length.
+    pub fn reset_windows(&mut self, window_ms: u64) {
+        self.direct = Buckets::new(window_ms);
+        self.submissions = Buckets::new(window_ms);
+        self.messages = Buckets::new(window_ms);
+        self.rcpts = Buckets::new(window_ms);
+        self.mx_lookups = Buckets::new(window_ms);
+        self.mx_followed = Buckets::new(window_ms);
+        self.unanswered = Buckets::new(window_ms);
+    }
+
+    pub fn learn_ip(&mut self, ip: IpAddr) {
+        if self.ips.first() == Some(&ip) {
+            return;
+        }
+        self.ips.retain(|a| *a != ip);
+        self.ips.insert(0, ip);
+        self.ips.truncate(MAX_IPS);
+    }
+
+    pub fn set_hostname(&mut self, raw: &[u8]) {
+        let clean: String = raw
+            .iter()
+            .take(MAX_HOSTNAME)
+            .map(|&b| {
+                if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.') {
+                    char::from(b)
+                } else {
+                    '?'
+                }
+            })
+            .collect();
+        if clean.is_empty() || self.hostname.as_deref() == Some(clean.as_str()) {
+            return;
+        }
+        self.hostname = Some(clean);
+    }
+
+    pub fn tell(&mut self, t: Tell, now_ms: u64, detail: std::fmt::Arguments<'_>) {
+        use std::fmt::Write;
+        let i = t.index();
+        self.tell_last_ms[i] = Some(now_ms);
+        let d = &mut self.tell_detail[i];
+        d.clear();
+        let _ = d.write_fmt(detail);
+        self.last_signal_ms = now_ms;
+        self.dirty = true;
+    }
+
+    pub fn indicator(&mut self, now_ms: u64, detail: std::fmt::Arguments<'_>) {
+        use std::fmt::Write;
+        self.indicator_last_ms = Some(now_ms);
+        self.indicator_detail.clear();
+        let _ = self.indicator_detail.write_fmt(detail);
+        self.last_signal_ms = now_ms;
+        self.dirty = true;
+    }
+
+    /// Counts one submitted message for the hourly volume and the daily baseline.
+    pub fn count_submission(&mut self, now_ms: u64, n: u32) {
+        self.hourly.add(now_ms, n);
+        let day = now_ms / super::DAY_MS;
+        if day > self.daily_newest {
+            let gap = day - self.daily_newest;
+            let len = self.daily.len() as u64;
+            for i in 1..=gap.min(len) {
+                self.daily[((self.daily_newest + i) % len) as usize] = 0;
+            }
+            self.daily_newest = day;
+        }
+        let slot = (day % self.daily.len() as u64) as usize;
+        self.daily[slot] = self.daily[slot].saturating_add(n);
+        self.last_signal_ms = now_ms;
+        self.dirty = true;
+    }
+
+    /// Submitted messages per hour before today (thousandths), over up to `days` whole
+    /// days; for a device first seen today, over the hours before the current one.
+    /// `None` when there is no history at all.
+    pub fn baseline_milli_per_hour(&self, now_ms: u64, days: u32) -> Option<u64> {
+        let today = now_ms / super::DAY_MS;
+        let first_day = self.first_seen_ms / super::DAY_MS;
+        let len = self.daily.len() as u64;
+        let whole = (today.saturating_sub(first_day))
+            .min(u64::from(days))
+            .min(len - 1);
+        if whole >= 1 {
+            let mut sum = 0u64;
+            for d in today - whole..today {
+                if d <= self.daily_newest && d + len > self.daily_newest {
+                    sum += u64::from(self.daily[(d % len) as usize]);
+                }
+            }
+            return Some(sum * 1000 / (whole * 24));
+        }
+        let hours = now_ms.saturating_sub(self.first_seen_ms) / super::HOUR_MS;
+        if hours == 0 {
+            return None;
+        }
+        let today_count = if self.daily_newest == today {
+            u64::from(self.daily[(today % len) as usize])
+        } else {
+            0
+        };
+        let before = today_count.saturating_sub(u64::from(self.hourly.total(now_ms)));
+        Some(before * 1000 / hours)
+    }
+
+    pub fn observe_name(list: &mut Vec<String>, name: &str) {
+        if name.is_empty() || list.iter().any(|n| n.eq_ignore_ascii_case(name)) {
+            return;
+        }
+        if list.len() >= MAX_NAMES {
+            list.remove(0);
+        }
+        list.push(name.to_string());
+    }
+
+    pub fn observe_server(&mut self, ip: IpAddr) {
+        if self.obs_servers.contains(&ip) {
+            return;
+        }
+        if self.obs_servers.len() >= MAX_SERVERS_OBSERVED {
+            self.obs_servers.remove(0);
+        }
+        self.obs_servers.push(ip);
+    }
+
+    /// Whether the eviction rule allows dropping this device.
+    pub fn evictable(&self) -> bool {
+        self.verdict == Verdict::Clean && self.action == Action::Monitor
+    }
+}
+
+/// The fixed-capacity device table.
+#[derive(Debug)]
+pub(crate) struct DeviceTable {
+    pub slots: Vec<Option<Device>>,
+    index: HashMap<MacAddr, usize>,
+    free: Vec<usize>,
+    capacity: usize,
+}
+
+/// What happened when a device was looked up for a frame.
+pub(crate) enum Slot {
+    /// Already known.
+    Known(usize),
+    /// Newly added; `evicted` names the slot's previous occupant.
+    Added { slot: usize, evicted: bool },
+    /// Table full of devices that must not be evicted.
+    Refused,
+}
+
+impl DeviceTable {
+    pub fn new(capacity: usize) -> Self {
+        DeviceTable {
+            slots: Vec::new(),
+            index: HashMap::new(),
+            free: Vec::new(),
+            capacity: capacity.max(1),
+        }
+    }
+
+    pub fn get(&self, mac: &MacAddr) -> Option<usize> {
+        self.index.get(mac).copied()
+    }
+
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    pub fn device(&self, slot: usize) -> Option<&Device> {
+        self.slots.get(slot).and_then(Option::as_ref)
+    }
+
+    pub fn device_mut(&mut self, slot: usize) -> Option<&mut Device> {
+        self.slots.get_mut(slot).and_then(Option::as_mut)
+    }
+
+    /// Finds or adds `mac`, evicting by the module's rule when full.
+    pub fn lookup_or_add(&mut self, mac: MacAddr, make: impl FnOnce() -> Device) -> Slot {
+        if let Some(&slot) = self.index.get(&mac) {
+            return Slot::Known(slot);
+        }
+        let mut evicted = false;
+        if self.index.len() >= self.capacity {
+            let victim = self
+                .slots
+                .iter()
+                .enumerate()
+                .filter_map(|(i, d)| d.as_ref().map(|d| (i, d)))
+                .filter(|(_, d)| d.evictable())
+                .min_by_key(|(i, d)| (d.last_seen_ms, *i))
+                .map(|(i, _)| i);
+            let Some(victim) = victim else {
+                return Slot::Refused;
+            };
+            if let Some(old) = self.slots[victim].take() {
+                self.index.remove(&old.mac);
+            }
+            self.free.push(victim);
+            evicted = true;
+        }
+        let device = make();
+        let slot = match self.free.pop() {
+            Some(s) => {
+                self.slots[s] = Some(device);
+                s
+            }
+            None => {
+                self.slots.push(Some(device));
+                self.slots.len() - 1
+            }
+        };
+        self.index.insert(mac, slot);
+        Slot::Added { slot, evicted }
+    }
+
+    /// Occupied slots in slot order (deterministic).
+    pub fn occupied(&self) -> impl Iterator<Item = usize> + '_ {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, d)| d.as_ref().map(|_| i))
+    }
+}

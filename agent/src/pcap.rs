@@ -1,0 +1,795 @@
+//! Capture files: a streaming reader for pcap and pcapng, and a pcap writer.
+//!
+//! The reader ([`CaptureReader`]) holds one reusable record buffer (records larger than
+//! [`MAX_RECORD_BYTES`] are refused as corrupt), so a capture of any length streams through
+//! in bounded memory. It understands:
+//! - pcap in both byte orders, with microsecond or nanosecond timestamps;
+//! - pcapng in both byte orders: Section Header, Interface Description (with `if_tsresol`
+//!   and `if_tsoffset`), Enhanced Packet, Simple Packet and the obsolete Packet block; other
+//!   blocks are skipped. Several sections in one file are fine.
+//!
+//! Only Ethernet link types are analysed; packets of other interfaces in a pcapng file are
+//! skipped and counted. A file cut off in the middle of a record ends with
+//! [`CaptureError::Truncated`], after every complete record has been returned.
+//!
+//! [`PcapWriter`] writes little-endian microsecond pcap, which every tool reads; the traffic
+//! simulator and the big-capture generator use it.
+
+use std::io::{self, ErrorKind, Read, Write};
+
+/// Largest record (pcap packet or pcapng block) accepted; anything larger means the file is
+/// corrupt. Ethernet frames with jumbo payloads stay far below this.
+pub const MAX_RECORD_BYTES: usize = 256 * 1024;
+
+/// `LINKTYPE_ETHERNET`.
+pub const LINKTYPE_ETHERNET: u32 = 1;
+
+const PCAPNG_SHB: u32 = 0x0A0D_0D0A;
+const PCAPNG_BOM: u32 = 0x1A2B_3C4D;
+const PCAPNG_IDB: u32 = 1;
+const PCAPNG_OPB: u32 = 2;
+const PCAPNG_SPB: u32 = 3;
+const PCAPNG_EPB: u32 = 6;
+/// Most interfaces remembered per pcapng section.
+const MAX_INTERFACES: usize = 64;
+
+/// Reading a capture failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    /// The file does not start with a pcap or pcapng magic number.
+    #[error("not a pcap or pcapng capture (magic {0:02x?})")]
+    NotACapture([u8; 4]),
+    /// A pcap file whose link type is not Ethernet.
+    #[error("unsupported link type {0}: only Ethernet (1) captures can be analysed")]
+    UnsupportedLinkType(u32),
+    /// A header or block is inconsistent (bad length, bad byte-order mark, oversize record).
+    #[error("corrupt capture at byte {offset}: {problem}")]
+    Corrupt {
+        /// Byte offset of the record.
+        offset: u64,
+        /// What is wrong.
+        problem: String,
+    },
+    /// The file ends in the middle of a record.
+    #[error("capture cut off at byte {offset} in the middle of a record")]
+    Truncated {
+        /// Byte offset where the incomplete record starts.
+        offset: u64,
+    },
+    /// The underlying reader failed.
+    #[error("reading the capture: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// One packet from a capture, borrowing the reader's buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Record<'a> {
+    /// Capture timestamp, nanoseconds since the Unix epoch.
+    pub ts_ns: u64,
+    /// Length of the packet on the wire (may exceed `data.len()` when the capture was
+    /// limited by a snap length).
+    pub orig_len: u32,
+    /// The captured bytes (an Ethernet frame).
+    pub data: &'a [u8],
+}
+
+impl Record<'_> {
+    /// Capture timestamp in Unix milliseconds, the engine's clock.
+    pub fn ts_ms(&self) -> u64 {
+        self.ts_ns / 1_000_000
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Endian {
+    Little,
+    Big,
+}
+
+impl Endian {
+    fn u16(self, b: &[u8]) -> u16 {
+        let a = [b[0], b[1]];
+        match self {
+            Endian::Little => u16::from_le_bytes(a),
+            Endian::Big => u16::from_be_bytes(a),
+        }
+    }
+    fn u32(self, b: &[u8]) -> u32 {
+        let a = [b[0], b[1], b[2], b[3]];
+        match self {
+            Endian::Little => u32::from_le_bytes(a),
+            Endian::Big => u32::from_be_bytes(a),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Interface {
+    ethernet: bool,
+    /// Timestamp units per second.
+    units_per_sec: u64,
+    /// Seconds added to every timestamp (`if_tsoffset`).
+    offset_secs: i64,
+}
+
+#[derive(Debug)]
+enum Format {
+    Pcap {
+        endian: Endian,
+        nanos: bool,
+    },
+    Pcapng {
+        endian: Endian,
+        interfaces: Vec<Interface>,
+    },
+}
+
+/// Streaming reader of pcap and pcapng files.
+pub struct CaptureReader<R: Read> {
+    input: R,
+    format: Format,
+    buf: Vec<u8>,
+    offset: u64,
+    done: bool,
+    last_ts_ns: u64,
+    skipped: u64,
+}
+
+/// Reads as many bytes as are available up to `buf.len()`; returns how many were read.
+fn read_full<R: Read>(r: &mut R, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match r.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+impl<R: Read> CaptureReader<R> {
+    /// Reads the file header and prepares to stream records.
+    ///
+    /// # Errors
+    /// [`CaptureError::NotACapture`] for an unknown magic (including an empty file),
+    /// [`CaptureError::UnsupportedLinkType`] for a non-Ethernet pcap, and
+    /// [`CaptureError::Truncated`]/[`CaptureError::Corrupt`] for a broken header.
+    pub fn new(mut input: R) -> Result<Self, CaptureError> {
+        let mut magic = [0u8; 4];
+        let n = read_full(&mut input, &mut magic)?;
+        if n < 4 {
+            return Err(CaptureError::NotACapture(magic));
+        }
+        let mut reader = CaptureReader {
+            input,
+            format: Format::Pcap {
+                endian: Endian::Little,
+                nanos: false,
+            },
+            buf: Vec::with_capacity(2048),
+            offset: 4,
+            done: false,
+            last_ts_ns: 0,
+            skipped: 0,
+        };
+        let pcap = match magic {
+            [0xd4, 0xc3, 0xb2, 0xa1] => Some((Endian::Little, false)),
+            [0x4d, 0x3c, 0xb2, 0xa1] => Some((Endian::Little, true)),
+            [0xa1, 0xb2, 0xc3, 0xd4] => Some((Endian::Big, false)),
+            [0xa1, 0xb2, 0x3c, 0x4d] => Some((Endian::Big, true)),
+            _ => None,
+        };
+        if let Some((endian, nanos)) = pcap {
+            let mut rest = [0u8; 20];
+            if read_full(&mut reader.input, &mut rest)? < 20 {
+                return Err(CaptureError::Truncated { offset: 0 });
+            }
+            reader.offset = 24;
+            let linktype = endian.u32(&rest[16..20]) & 0x0FFF_FFFF;
+            if linktype != LINKTYPE_ETHERNET {
+                return Err(CaptureError::UnsupportedLinkType(linktype));
+            }
+            reader.format = Format::Pcap { endian, nanos };
+            return Ok(reader);
+        }
+        if u32::from_le_bytes(magic) == PCAPNG_SHB {
+            reader.format = Format::Pcapng {
+                endian: Endian::Little,
+                interfaces: Vec::new(),
+            };
+            let mut raw_len = [0u8; 4];
+            let n = read_full(&mut reader.input, &mut raw_len)?;
+            reader.offset += n as u64;
+            if n < 4 {
+                return Err(CaptureError::Truncated { offset: 0 });
+            }
+            reader.read_section_header(0, raw_len)?;
+            return Ok(reader);
+        }
+        Err(CaptureError::NotACapture(magic))
+    }
+
+    /// Packets skipped because their interface is not Ethernet.
+    pub fn skipped(&self) -> u64 {
+        self.skipped
+    }
+
+    /// Bytes consumed so far.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// Fills `self.buf` with exactly `len` bytes, or reports truncation at `start`.
+    fn fill(&mut self, len: usize, start: u64) -> Result<(), CaptureError> {
+        if len > MAX_RECORD_BYTES {
+            return Err(CaptureError::Corrupt {
+                offset: start,
+                problem: format!("record of {len} bytes exceeds {MAX_RECORD_BYTES}"),
+            });
+        }
+        self.buf.resize(len, 0);
+        let n = read_full(&mut self.input, &mut self.buf)?;
+        self.offset += n as u64;
+        if n < len {
+            self.done = true;
+            return Err(CaptureError::Truncated { offset: start });
+        }
+        Ok(())
+    }
+
+    /// Reads the rest of a section header block whose type and raw length were already
+    /// consumed: the byte-order mark decides how to read the length and every later block.
+    fn read_section_header(&mut self, start: u64, raw_len: [u8; 4]) -> Result<(), CaptureError> {
+        let mut bom = [0u8; 4];
+        let n = read_full(&mut self.input, &mut bom)?;
+        self.offset += n as u64;
+        if n < 4 {
+            self.done = true;
+            return Err(CaptureError::Truncated { offset: start });
+        }
+        let endian = match u32::from_le_bytes(bom) {
+            PCAPNG_BOM => Endian::Little,
+            x if x.swap_bytes() == PCAPNG_BOM => Endian::Big,
+            _ => {
+                return Err(CaptureError::Corrupt {
+                    offset: start,
+                    problem: "bad pcapng byte-order mark".into(),
+                })
+            }
+        };
+        let total = endian.u32(&raw_len) as usize;
+        if total < 28 || total % 4 != 0 {
+            return Err(CaptureError::Corrupt {
+                offset: start,
+                problem: format!("section header length {total}"),
+            });
+        }
+        // Rest of the block after type, length and byte-order mark.
+        self.fill(total - 12, start)?;
+        self.format = Format::Pcapng {
+            endian,
+            interfaces: Vec::new(),
+        };
+        Ok(())
+    }
+
+    /// The next packet, `Ok(None)` at the end of the file.
+    ///
+    /// # Errors
+    /// [`CaptureError::Truncated`] once, when the file ends inside a record (every complete
+    /// record before it has been returned; later calls return `Ok(None)`),
+    /// [`CaptureError::Corrupt`] for inconsistent records, [`CaptureError::Io`].
+    pub fn next_packet(&mut self) -> Result<Option<Record<'_>>, CaptureError> {
+        if self.done {
+            return Ok(None);
+        }
+        match self.format {
+            Format::Pcap { endian, nanos } => self.next_pcap(endian, nanos),
+            Format::Pcapng { .. } => self.next_pcapng(),
+        }
+    }
+
+    fn next_pcap(
+        &mut self,
+        endian: Endian,
+        nanos: bool,
+    ) -> Result<Option<Record<'_>>, CaptureError> {
+        let start = self.offset;
+        let mut head = [0u8; 16];
+        let n = read_full(&mut self.input, &mut head)?;
+        self.offset += n as u64;
+        if n == 0 {
+            self.done = true;
+            return Ok(None);
+        }
+        if n < 16 {
+            self.done = true;
+            return Err(CaptureError::Truncated { offset: start });
+        }
+        let secs = u64::from(endian.u32(&head[0..4]));
+        let frac = u64::from(endian.u32(&head[4..8]));
+        let incl = endian.u32(&head[8..12]) as usize;
+        let orig_len = endian.u32(&head[12..16]);
+        self.fill(incl, start)?;
+        let ts_ns = secs * 1_000_000_000 + if nanos { frac } else { frac * 1000 };
+        self.last_ts_ns = ts_ns;
+        Ok(Some(Record {
+            ts_ns,
+            orig_len,
+            data: &self.buf,
+        }))
+    }
+
+    fn next_pcapng(&mut self) -> Result<Option<Record<'_>>, CaptureError> {
+        loop {
+            let start = self.offset;
+            let mut head = [0u8; 8];
+            let n = read_full(&mut self.input, &mut head)?;
+            self.offset += n as u64;
+            if n == 0 {
+                self.done = true;
+                return Ok(None);
+            }
+            if n < 8 {
+                self.done = true;
+                return Err(CaptureError::Truncated { offset: start });
+            }
+            let endian = match &self.format {
+                Format::Pcapng { endian, .. } => *endian,
+                Format::Pcap { .. } => return Ok(None),
+            };
+            let block_type = endian.u32(&head[0..4]);
+            if block_type == PCAPNG_SHB {
+                // A new section, possibly in the other byte order.
+                self.read_section_header(start, [head[4], head[5], head[6], head[7]])?;
+                continue;
+            }
+            let total = endian.u32(&head[4..8]) as usize;
+            if total < 12 || total % 4 != 0 {
+                return Err(CaptureError::Corrupt {
+                    offset: start,
+                    problem: format!("block length {total}"),
+                });
+            }
+            // Body plus the trailing copy of the length.
+            self.fill(total - 8, start)?;
+            let body_len = total - 12;
+            match block_type {
+                PCAPNG_IDB => self.add_interface(endian, body_len, start)?,
+                PCAPNG_EPB | PCAPNG_OPB => {
+                    if body_len < 20 {
+                        return Err(CaptureError::Corrupt {
+                            offset: start,
+                            problem: "packet block too short".into(),
+                        });
+                    }
+                    let b = &self.buf;
+                    let iface = if block_type == PCAPNG_EPB {
+                        endian.u32(&b[0..4]) as usize
+                    } else {
+                        usize::from(endian.u16(&b[0..2]))
+                    };
+                    let ts =
+                        (u64::from(endian.u32(&b[4..8])) << 32) | u64::from(endian.u32(&b[8..12]));
+                    let cap = endian.u32(&b[12..16]) as usize;
+                    let orig_len = endian.u32(&b[16..20]);
+                    if cap > body_len - 20 {
+                        return Err(CaptureError::Corrupt {
+                            offset: start,
+                            problem: format!("captured length {cap} exceeds its block"),
+                        });
+                    }
+                    let Some(ifc) = self.interface(iface) else {
+                        return Err(CaptureError::Corrupt {
+                            offset: start,
+                            problem: format!("packet on undeclared interface {iface}"),
+                        });
+                    };
+                    if !ifc.ethernet {
+                        self.skipped += 1;
+                        continue;
+                    }
+                    let ts_ns = scale_ts(ts, ifc);
+                    self.last_ts_ns = ts_ns;
+                    return Ok(Some(Record {
+                        ts_ns,
+                        orig_len,
+                        data: &self.buf[20..20 + cap],
+                    }));
+                }
+                PCAPNG_SPB => {
+                    if body_len < 4 {
+                        return Err(CaptureError::Corrupt {
+                            offset: start,
+                            problem: "simple packet block too short".into(),
+                        });
+                    }
+                    let orig_len = endian.u32(&self.buf[0..4]);
+                    let cap = (orig_len as usize).min(body_len - 4);
+                    let Some(ifc) = self.interface(0) else {
+                        return Err(CaptureError::Corrupt {
+                            offset: start,
+                            problem: "simple packet block before any interface".into(),
+                        });
+                    };
+                    if !ifc.ethernet {
+                        self.skipped += 1;
+                        continue;
+                    }
+                    // No timestamp of its own: it happened no earlier than the last one.
+                    return Ok(Some(Record {
+                        ts_ns: self.last_ts_ns,
+                        orig_len,
+                        data: &self.buf[4..4 + cap],
+                    }));
+                }
+                _ => continue,
+            }
+        }
+    }
+
+    fn interface(&self, index: usize) -> Option<Interface> {
+        match &self.format {
+            Format::Pcapng { interfaces, .. } => interfaces.get(index).copied(),
+            Format::Pcap { .. } => None,
+        }
+    }
+
+    fn add_interface(
+        &mut self,
+        endian: Endian,
+        body_len: usize,
+        start: u64,
+    ) -> Result<(), CaptureError> {
+        if body_len < 8 {
+            return Err(CaptureError::Corrupt {
+                offset: start,
+                problem: "interface description too short".into(),
+            });
+        }
+        let b = &self.buf[..body_len];
+        let linktype = u32::from(endian.u16(&b[0..2]));
+        let mut ifc = Interface {
+            ethernet: linktype == LINKTYPE_ETHERNET,
+            units_per_sec: 1_000_000,
+            offset_secs: 0,
+        };
+        let mut opts = &b[8..];
+        while opts.len() >= 4 {
+            let code = endian.u16(&opts[0..2]);
+            let len = usize::from(endian.u16(&opts[2..4]));
+            let padded = (len + 3) & !3;
+            if opts.len() < 4 + len {
+                break;
+            }
+            let value = &opts[4..4 + len];
+            match (code, len) {
+                (0, _) => break,
+                (9, 1) => {
+                    let v = value[0];
+                    let exp = u32::from(v & 0x7f);
+                    let units = if v & 0x80 == 0 {
+                        10u64.checked_pow(exp)
+                    } else {
+                        2u64.checked_pow(exp)
+                    };
+                    ifc.units_per_sec =
+                        units
+                            .filter(|u| *u > 0)
+                            .ok_or_else(|| CaptureError::Corrupt {
+                                offset: start,
+                                problem: format!("if_tsresol {v:#04x} out of range"),
+                            })?;
+                }
+                (14, 8) => {
+                    let hi = endian.u32(&value[0..4]);
+                    let lo = endian.u32(&value[4..8]);
+                    let raw = match endian {
+                        Endian::Little => (u64::from(lo) << 32) | u64::from(hi),
+                        Endian::Big => (u64::from(hi) << 32) | u64::from(lo),
+                    };
+                    ifc.offset_secs = raw as i64;
+                }
+                _ => {}
+            }
+            opts = opts.get(4 + padded..).unwrap_or(&[]);
+        }
+        if let Format::Pcapng { interfaces, .. } = &mut self.format {
+            if interfaces.len() >= MAX_INTERFACES {
+                return Err(CaptureError::Corrupt {
+                    offset: start,
+                    problem: format!("more than {MAX_INTERFACES} interfaces"),
+                });
+            }
+            interfaces.push(ifc);
+        }
+        Ok(())
+    }
+}
+
+/// Converts a pcapng timestamp in interface units to Unix nanoseconds.
+fn scale_ts(ts: u64, ifc: Interface) -> u64 {
+    let ns = u128::from(ts) * 1_000_000_000 / u128::from(ifc.units_per_sec);
+    let ns = i128::try_from(ns).unwrap_or(i128::MAX) + i128::from(ifc.offset_secs) * 1_000_000_000;
+    u64::try_from(ns.max(0)).unwrap_or(u64::MAX)
+}
+
+/// Writes little-endian, microsecond-resolution pcap files of Ethernet frames.
+pub struct PcapWriter<W: Write> {
+    out: W,
+}
+
+impl<W: Write> PcapWriter<W> {
+    /// Writes the file header.
+    ///
+    /// # Errors
+    /// Any error of the underlying writer.
+    pub fn new(mut out: W) -> io::Result<Self> {
+        let mut h = [0u8; 24];
+        h[0..4].copy_from_slice(&0xa1b2_c3d4u32.to_le_bytes());
+        h[4..6].copy_from_slice(&2u16.to_le_bytes());
+        h[6..8].copy_from_slice(&4u16.to_le_bytes());
+        h[16..20].copy_from_slice(&(MAX_RECORD_BYTES as u32).to_le_bytes());
+        h[20..24].copy_from_slice(&LINKTYPE_ETHERNET.to_le_bytes());
+        out.write_all(&h)?;
+        Ok(PcapWriter { out })
+    }
+
+    /// Appends one frame captured at `ts_us` (Unix microseconds).
+    ///
+    /// # Errors
+    /// `InvalidInput` for frames over [`MAX_RECORD_BYTES`] or timestamps past 2106; any
+    /// error of the underlying writer.
+    pub fn write_frame(&mut self, ts_us: u64, frame: &[u8]) -> io::Result<()> {
+        let len = u32::try_from(frame.len())
+            .ok()
+            .filter(|l| (*l as usize) <= MAX_RECORD_BYTES)
+            .ok_or_else(|| io::Error::new(ErrorKind::InvalidInput, "frame too large"))?;
+        let secs = u32::try_from(ts_us / 1_000_000)
+            .map_err(|_| io::Error::new(ErrorKind::InvalidInput, "timestamp out of range"))?;
+        let mut h = [0u8; 16];
+        h[0..4].copy_from_slice(&secs.to_le_bytes());
+        h[4..8].copy_from_slice(&((ts_us % 1_000_000) as u32).to_le_bytes());
+        h[8..12].copy_from_slice(&len.to_le_bytes());
+        h[12..16].copy_from_slice(&len.to_le_bytes());
+        self.out.write_all(&h)?;
+        self.out.write_all(frame)
+    }
+
+    /// Flushes and returns the underlying writer.
+    ///
+    /// # Errors
+    /// Any error of the underlying writer's flush.
+    pub fn finish(mut self) -> io::Result<W> {
+        self.out.flush()?;
+        Ok(self.out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read_all(bytes: &[u8]) -> (Vec<(u64, Vec<u8>)>, Option<CaptureError>) {
+        let mut r = match CaptureReader::new(bytes) {
+            Ok(r) => r,
+            Err(e) => return (vec![], Some(e)),
+        };
+        let mut out = vec![];
+        loop {
+            match r.next_packet() {
+                Ok(Some(rec)) => out.push((rec.ts_ns, rec.data.to_vec())),
+                Ok(None) => return (out, None),
+                Err(e) => return (out, Some(e)),
+            }
+        }
+    }
+
+    fn pcap_le_micro() -> Vec<u8> {
+        let mut w = PcapWriter::new(Vec::new()).unwrap();
+        w.write_frame(1_564_419_705_390_017, &[1, 2, 3]).unwrap();
+        w.write_frame(1_564_419_705_598_430, &[4; 60]).unwrap();
+        w.finish().unwrap()
+    }
+
+    #[test]
+    fn writer_output_reads_back() {
+        let bytes = pcap_le_micro();
+        assert_eq!(&bytes[..4], &[0xd4, 0xc3, 0xb2, 0xa1]);
+        let (recs, err) = read_all(&bytes);
+        assert!(err.is_none());
+        assert_eq!(recs.len(), 2);
+        assert_eq!(recs[0], (1_564_419_705_390_017_000, vec![1, 2, 3]));
+        assert_eq!(recs[1].1.len(), 60);
+    }
+
+    #[test]
+    fn big_endian_nanosecond_pcap() {
+        let mut b = vec![0xa1, 0xb2, 0x3c, 0x4d, 0, 2, 0, 4];
+        b.extend_from_slice(&[0; 8]);
+        b.extend_from_slice(&65535u32.to_be_bytes());
+        b.extend_from_slice(&1u32.to_be_bytes());
+        b.extend_from_slice(&10u32.to_be_bytes());
+        b.extend_from_slice(&123_456_789u32.to_be_bytes());
+        b.extend_from_slice(&2u32.to_be_bytes());
+        b.extend_from_slice(&2u32.to_be_bytes());
+        b.extend_from_slice(&[0xaa, 0xbb]);
+        let (recs, err) = read_all(&b);
+        assert!(err.is_none(), "{err:?}");
+        assert_eq!(recs, vec![(10_123_456_789, vec![0xaa, 0xbb])]);
+    }
+
+    #[test]
+    fn truncated_pcap_returns_complete_records_then_truncated() {
+        let bytes = pcap_le_micro();
+        let cut = &bytes[..bytes.len() - 10];
+        let (recs, err) = read_all(cut);
+        assert_eq!(recs.len(), 1);
+        assert!(
+            matches!(err, Some(CaptureError::Truncated { offset: 43 })),
+            "{err:?}"
+        );
+        // Cut inside the second record's header.
+        let (recs, err) = read_all(&bytes[..24 + 16 + 3 + 5]);
+        assert_eq!(recs.len(), 1);
+        assert!(matches!(err, Some(CaptureError::Truncated { .. })));
+    }
+
+    #[test]
+    fn non_captures_are_refused() {
+        assert!(matches!(
+            read_all(b"").1,
+            Some(CaptureError::NotACapture(_))
+        ));
+        assert!(matches!(
+            read_all(b"hello, this is text").1,
+            Some(CaptureError::NotACapture(_))
+        ));
+        let mut linux_sll = pcap_le_micro();
+        linux_sll[20] = 113;
+        assert!(matches!(
+            read_all(&linux_sll).1,
+            Some(CaptureError::UnsupportedLinkType(113))
+        ));
+    }
+
+    #[test]
+    fn oversize_records_are_corrupt() {
+        let mut b = pcap_le_micro();
+        b[24 + 8..24 + 12].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(read_all(&b).1, Some(CaptureError::Corrupt { .. })));
+    }
+
+    /// Builds a pcapng block in the given byte order.
+    fn block(big: bool, ty: u32, body: &[u8]) -> Vec<u8> {
+        let u32b = |v: u32| {
+            if big {
+                v.to_be_bytes()
+            } else {
+                v.to_le_bytes()
+            }
+        };
+        let mut body = body.to_vec();
+        while body.len() % 4 != 0 {
+            body.push(0);
+        }
+        let total = (body.len() + 12) as u32;
+        let mut b = u32b(ty).to_vec();
+        b.extend_from_slice(&u32b(total));
+        b.extend_from_slice(&body);
+        b.extend_from_slice(&u32b(total));
+        b
+    }
+
+    fn pcapng(big: bool, tsresol: Option<u8>, ts: u64) -> Vec<u8> {
+        let u16b = |v: u16| {
+            if big {
+                v.to_be_bytes()
+            } else {
+                v.to_le_bytes()
+            }
+        };
+        let u32b = |v: u32| {
+            if big {
+                v.to_be_bytes()
+            } else {
+                v.to_le_bytes()
+            }
+        };
+        let mut shb = u32b(PCAPNG_BOM).to_vec();
+        shb.extend_from_slice(&u16b(1));
+        shb.extend_from_slice(&u16b(0));
+        shb.extend_from_slice(&[0xff; 8]);
+        let mut out = block(big, PCAPNG_SHB, &shb);
+        let mut idb = u16b(1).to_vec();
+        idb.extend_from_slice(&u16b(0));
+        idb.extend_from_slice(&u32b(65535));
+        if let Some(r) = tsresol {
+            idb.extend_from_slice(&u16b(9));
+            idb.extend_from_slice(&u16b(1));
+            idb.extend_from_slice(&[r, 0, 0, 0]);
+        }
+        idb.extend_from_slice(&[0; 4]); // opt_endofopt
+        out.extend(block(big, PCAPNG_IDB, &idb));
+        // A non-Ethernet interface (raw IP) whose packets are skipped.
+        let mut idb2 = u16b(101).to_vec();
+        idb2.extend_from_slice(&[0, 0]);
+        idb2.extend_from_slice(&u32b(65535));
+        out.extend(block(big, PCAPNG_IDB, &idb2));
+        // A name resolution block, skipped.
+        out.extend(block(big, 4, &[0; 4]));
+        let epb = |iface: u32, ts: u64, data: &[u8]| {
+            let mut e = u32b(iface).to_vec();
+            e.extend_from_slice(&u32b((ts >> 32) as u32));
+            e.extend_from_slice(&u32b(ts as u32));
+            e.extend_from_slice(&u32b(data.len() as u32));
+            e.extend_from_slice(&u32b(data.len() as u32));
+            e.extend_from_slice(data);
+            e
+        };
+        out.extend(block(big, PCAPNG_EPB, &epb(0, ts, &[7, 7, 7])));
+        out.extend(block(big, PCAPNG_EPB, &epb(1, 1, &[9])));
+        let mut spb = u32b(5).to_vec();
+        spb.extend_from_slice(&[1, 2, 3, 4, 5]);
+        out.extend(block(big, PCAPNG_SPB, &spb));
+        out
+    }
+
+    #[test]
+    fn pcapng_both_byte_orders() {
+        for big in [false, true] {
+            let bytes = pcapng(big, None, 1_500_000_000_123_456);
+            let mut r = CaptureReader::new(&bytes[..]).unwrap();
+            let a = r.next_packet().unwrap().unwrap();
+            assert_eq!(a.ts_ns, 1_500_000_000_123_456_000);
+            assert_eq!(a.ts_ms(), 1_500_000_000_123);
+            assert_eq!(a.data, &[7, 7, 7]);
+            let b = r.next_packet().unwrap().unwrap();
+            assert_eq!(b.data, &[1, 2, 3, 4, 5]);
+            assert_eq!(b.ts_ns, 1_500_000_000_123_456_000);
+            assert!(r.next_packet().unwrap().is_none());
+            assert_eq!(r.skipped(), 1);
+        }
+    }
+
+    #[test]
+    fn pcapng_tsresol_decimal_and_binary() {
+        // 10^-9: the timestamp is already in nanoseconds.
+        let bytes = pcapng(false, Some(9), 1_500_000_000_123_456);
+        let mut r = CaptureReader::new(&bytes[..]).unwrap();
+        assert_eq!(
+            r.next_packet().unwrap().unwrap().ts_ns,
+            1_500_000_000_123_456
+        );
+        // 2^-10: 1024 units per second.
+        let bytes = pcapng(true, Some(0x80 | 10), 1_500_000_000 * 1024 + 512);
+        let mut r = CaptureReader::new(&bytes[..]).unwrap();
+        let ts = r.next_packet().unwrap().unwrap().ts_ns;
+        assert_eq!(ts, 1_500_000_000_500_000_000);
+    }
+
+    #[test]
+    fn truncated_pcapng() {
+        let bytes = pcapng(false, None, 1_500_000_000_123_456);
+        let (recs, err) = read_all(&bytes[..bytes.len() - 6]);
+        assert_eq!(recs.len(), 1);
+        assert!(
+            matches!(err, Some(CaptureError::Truncated { .. })),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn arbitrary_prefixes_never_panic() {
+        let mut all = pcap_le_micro();
+        all.extend(pcapng(true, Some(6), 1));
+        let ng = pcapng(false, Some(3), 1_500_000_000_123);
+        for data in [&all[..], &ng[..]] {
+            for len in 0..data.len() {
+                let _ = read_all(&data[..len]);
+            }
+        }
+    }
+}

@@ -1,0 +1,576 @@
+//! `smtpguard-agent run`: the live agent on the router.
+//!
+//! # Shape
+//! A thin shell around pure cores. One blocking worker thread owns the capture socket, the
+//! [`Engine`], the [`Planner`] and the [`Enforcer`], and loops:
+//! capture ([`Capture::next_frame`], which waits at most its poll interval) →
+//! [`Engine::handle_frame`] → [`Engine::handle_timeout`] when [`Engine::poll_timeout`] is due
+//! → [`Engine::poll_action`] → the planner → one nft batch for all ops of the round → the state
+//! file. Every second it takes manual-release requests; every [`STATUS_EVERY_SECS`] it rewrites
+//! the status file that `smtpguard-agent status` reads. The async [`run`] starts the worker and
+//! stops it when the injected `shutdown` future resolves (SIGTERM/SIGINT in the binary, see
+//! [`run_until_signal`]).
+//!
+//! # Start and stop
+//! At start the block state file is loaded and restored with each block's remaining time to
+//! live, pending manual releases are applied, and the table is installed idempotently. At
+//! a clean stop the state and a final status are written and the table is left in place: the
+//! blocks stay in force and expire by their own timeouts, as they do if the agent dies.
+
+use std::future::Future;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use smtpguard_protocol::{AgentStats, MacAddr, Policy};
+
+use crate::capture::{Capture, CaptureError, CaptureOptions};
+use crate::config::{AgentConfig, EnforceBackend};
+use crate::enforce::control::{self, write_status, StatusFile, STATUS_EVERY_SECS};
+use crate::enforce::{
+    state, EnforceError, Enforcer, LoggingEnforcer, NftEnforcer, Op, Planner, PlannerConfig,
+    TableSpec,
+};
+use crate::engine::{Engine, EngineAction, EngineConfig};
+use crate::oui::OuiTable;
+
+/// How often manual-release requests are looked for.
+const RELEASE_POLL_MS: u64 = 1_000;
+/// How often the local policy file is checked for changes.
+const POLICY_POLL_MS: u64 = 2_000;
+/// How long to wait before trying again after a failed nft batch.
+const RESYNC_AFTER_MS: u64 = 5_000;
+
+/// The run loop could not start or stopped on an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The local policy file could not be read or is invalid.
+    #[error("policy file {path}: {problem}")]
+    Policy {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        problem: String,
+    },
+    /// The capture could not be opened or failed.
+    #[error(transparent)]
+    Capture(#[from] CaptureError),
+    /// The enforcement table could not be installed.
+    #[error("cannot install the enforcement table: {0}")]
+    Enforce(#[from] EnforceError),
+    /// The worker thread panicked or could not be started.
+    #[error("agent worker stopped abnormally: {0}")]
+    Worker(String),
+    /// The async runtime or signal handlers could not be set up.
+    #[error("cannot set up the runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Reads and validates the local policy; the default policy when no file is configured.
+///
+/// # Errors
+/// [`RunError::Policy`] naming the file.
+pub fn load_policy(path: Option<&Path>) -> Result<Policy, RunError> {
+    let Some(path) = path else {
+        return Ok(Policy::default());
+    };
+    let bad = |problem: String| RunError::Policy {
+        path: path.to_owned(),
+        problem,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+    let policy: Policy = toml::from_str(&text).map_err(|e| bad(e.to_string()))?;
+    policy.validate().map_err(|e| bad(e.to_string()))?;
+    Ok(policy)
+}
+
+/// The table settings for `policy` with the configured mail ports.
+pub fn table_spec(mail_ports: &[u16], policy: &Policy) -> TableSpec {
+    TableSpec {
+        mail_ports: mail_ports.to_vec(),
+        rate_per_minute: policy.rate_limit_per_minute,
+        relays: policy.allow_relays.clone(),
+    }
+}
+
+/// The enforcement backend `config` asks for.
+pub fn enforcer_for(config: &AgentConfig) -> Box<dyn Enforcer + Send> {
+    match config.enforce.backend {
+        EnforceBackend::Nftables => Box::new(NftEnforcer::new(
+            config.enforce.nft.to_string_lossy().into_owned(),
+        )),
+        EnforceBackend::None => Box::new(LoggingEnforcer::default()),
+    }
+}
+
+/// `smtpguard-agent status`: prints the running agent's status and the kernel's live
+/// blocks for the agent configured by `config`.
+///
+/// # Errors
+/// As [`control::status`].
+pub fn print_status(config: &AgentConfig) -> Result<(), EnforceError> {
+    let text = control::status(&config.state_dir, enforcer_for(config).as_mut(), now_ms())?;
+    print!("{text}");
+    Ok(())
+}
+
+/// `smtpguard-agent release MAC`: lifts the block on `mac` now and tells the running agent.
+///
+/// # Errors
+/// As [`control::release`].
+pub fn release_command(config: &AgentConfig, mac: MacAddr) -> Result<(), EnforceError> {
+    let text = control::release(
+        &config.state_dir,
+        enforcer_for(config).as_mut(),
+        mac,
+        now_ms(),
+    )?;
+    println!("{text}");
+    Ok(())
+}
+
+/// The router's own MAC and addresses on `interface`, so the engine never takes the router
+/// for a device.
+fn router_identity(interface: &str) -> (Vec<MacAddr>, Vec<IpAddr>) {
+    let Some(iface) = pnet_datalink::interfaces()
+        .into_iter()
+        .find(|i| i.name == interface)
+    else {
+        return (Vec::new(), Vec::new());
+    };
+    let macs = iface
+        .mac
+        .map(|m| MacAddr([m.0, m.1, m.2, m.3, m.4, m.5]))
+        .into_iter()
+        .collect();
+    let ips = iface.ips.iter().map(|n| n.ip()).collect();
+    (macs, ips)
+}
+
+/// Runs the agent until `shutdown` resolves or the worker fails.
+///
+/// # Errors
+/// [`RunError`] when the policy, capture or table cannot be set up, or the capture fails.
+pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let worker_stop = Arc::clone(&stop);
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let worker = std::thread::Builder::new()
+        .name("smtpguard-worker".into())
+        .spawn(move || {
+            let result = Worker::start(&config).and_then(|mut w| w.run(&worker_stop));
+            let _ = done_tx.send(());
+            result
+        })
+        .map_err(RunError::Runtime)?;
+    tokio::select! {
+        () = shutdown => {
+            tracing::info!("shutting down");
+            stop.store(true, Ordering::Relaxed);
+        }
+        _ = done_rx => {}
+    }
+    let joined = tokio::task::spawn_blocking(move || worker.join())
+        .await
+        .map_err(|e| RunError::Worker(e.to_string()))?;
+    joined.map_err(|_| RunError::Worker("the worker thread panicked".into()))?
+}
+
+/// Runs the agent until SIGTERM or SIGINT: what `smtpguard-agent run` calls.
+///
+/// # Errors
+/// As [`run`], and [`RunError::Runtime`] when the runtime or signal handlers fail.
+pub fn run_until_signal(config: AgentConfig) -> Result<(), RunError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(RunError::Runtime)?;
+    rt.block_on(async {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).map_err(RunError::Runtime)?;
+        let mut int = signal(SignalKind::interrupt()).map_err(RunError::Runtime)?;
+        let shutdown = async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        };
+        run(config, shutdown).await
+    })
+}
+
+/// Everything the worker thread owns.
+struct Worker {
+    state_dir: PathBuf,
+    interface: String,
+    capture: Capture,
+    engine: Engine,
+    planner: Planner,
+    enforcer: Box<dyn Enforcer + Send>,
+    spec: TableSpec,
+    /// A batch failed: reinstall and re-apply the planner's view at this time.
+    resync_at_ms: Option<u64>,
+    next_status_ms: u64,
+    next_release_poll_ms: u64,
+    /// The local policy file and the modification time of the version in force.
+    policy_file: Option<(PathBuf, Option<SystemTime>)>,
+    next_policy_poll_ms: u64,
+    mail_ports: Vec<u16>,
+}
+
+impl Worker {
+    fn start(config: &AgentConfig) -> Result<Worker, RunError> {
+        let policy = load_policy(config.policy_file.as_deref())?;
+        let now = now_ms();
+        let state_dir = config.state_dir.clone();
+        let mut enforcer = enforcer_for(config);
+        let mut planner = Planner::new(
+            PlannerConfig {
+                release_grace_secs: config.enforce.release_grace_secs,
+            },
+            &policy,
+        );
+
+        let mut ops = match state::load(&state_dir) {
+            Ok(Some(snapshot)) => {
+                let ops = planner.restore(now, &snapshot);
+                tracing::info!(
+                    restored = planner.entries().count(),
+                    "enforcement restored from the state file"
+                );
+                ops
+            }
+            Ok(None) => Vec::new(),
+            Err(err) => {
+                // A damaged file must not keep the router unprotected: start empty, keep
+                // the file aside for a person to look at.
+                tracing::error!(%err, "ignoring unreadable enforcement state");
+                let path = state::state_path(&state_dir);
+                let _ = std::fs::rename(&path, path.with_extension("json.unreadable"));
+                Vec::new()
+            }
+        };
+        ops.extend(take_releases(&state_dir, &mut planner, now));
+
+        let spec = table_spec(&config.enforce.mail_ports, &policy);
+        enforcer.install(&spec)?;
+        let mut resync_at_ms = None;
+        if let Err(err) = enforcer.apply(&ops) {
+            tracing::error!(%err, "restoring enforcement failed; retrying shortly");
+            resync_at_ms = Some(now + RESYNC_AFTER_MS);
+        }
+        save_state(&state_dir, &planner);
+
+        let (router_macs, router_ips) = router_identity(&config.capture.interface);
+        let oui = config
+            .capture
+            .oui_file
+            .as_deref()
+            .and_then(|p| match OuiTable::load(p) {
+                Ok(t) => Some(Arc::new(t)),
+                Err(err) => {
+                    tracing::warn!(%err, "no vendor names");
+                    None
+                }
+            });
+        let engine = Engine::new(
+            EngineConfig {
+                device_capacity: config.capture.device_capacity,
+                router_macs,
+                router_ips,
+                oui,
+                ..EngineConfig::default()
+            },
+            policy,
+        );
+        let capture = Capture::open(&config.capture.interface, &CaptureOptions::default())?;
+        tracing::info!(
+            interface = %config.capture.interface,
+            backend = ?config.enforce.backend,
+            "agent running"
+        );
+        Ok(Worker {
+            state_dir,
+            interface: config.capture.interface.clone(),
+            capture,
+            engine,
+            planner,
+            enforcer,
+            spec,
+            resync_at_ms,
+            next_status_ms: now,
+            next_release_poll_ms: now + RELEASE_POLL_MS,
+            policy_file: config
+                .policy_file
+                .as_ref()
+                .map(|p| (p.clone(), modified(p))),
+            next_policy_poll_ms: now + POLICY_POLL_MS,
+            mail_ports: config.enforce.mail_ports.clone(),
+        })
+    }
+
+    fn run(&mut self, stop: &AtomicBool) -> Result<(), RunError> {
+        let result = loop {
+            if stop.load(Ordering::Relaxed) {
+                break Ok(());
+            }
+            match self.capture.next_frame() {
+                Ok(Some(frame)) => self.engine.handle_frame(frame.ts_ms, frame.data),
+                Ok(None) => {}
+                Err(err) => break Err(RunError::Capture(err)),
+            }
+            self.tick(now_ms());
+        };
+        save_state(&self.state_dir, &self.planner);
+        self.write_status(now_ms(), true);
+        result
+    }
+
+    /// Timers, actions and files for one round of the loop.
+    fn tick(&mut self, now: u64) {
+        if self.engine.poll_timeout().is_some_and(|t| t <= now) {
+            self.engine.handle_timeout(now);
+        }
+        let mut ops: Vec<Op> = Vec::new();
+        while let Some(action) = self.engine.poll_action() {
+            match action {
+                EngineAction::Alert(alert) => {
+                    let d = &alert.device;
+                    tracing::warn!(
+                        mac = %d.mac,
+                        verdict = %d.verdict,
+                        previous = %alert.previous,
+                        score = d.score,
+                        evidence = %d.evidence.join("; "),
+                        "verdict changed"
+                    );
+                }
+                EngineAction::Enforce {
+                    mac,
+                    action,
+                    until_ms,
+                    reason,
+                } => ops.extend(self.planner.enforce(now, mac, action, until_ms, &reason)),
+                EngineAction::Release { mac } => ops.extend(self.planner.release(now, mac)),
+            }
+        }
+        if self.planner.poll_timeout().is_some_and(|t| t <= now) {
+            ops.extend(self.planner.handle_timeout(now));
+        }
+        if now >= self.next_release_poll_ms {
+            self.next_release_poll_ms = now + RELEASE_POLL_MS;
+            ops.extend(take_releases(&self.state_dir, &mut self.planner, now));
+        }
+        if now >= self.next_policy_poll_ms {
+            self.next_policy_poll_ms = now + POLICY_POLL_MS;
+            ops.extend(self.reload_policy(now));
+        }
+        if !ops.is_empty() {
+            for op in &ops {
+                tracing::info!(%op, "enforce");
+            }
+            if let Err(err) = self.enforcer.apply(&ops) {
+                tracing::error!(%err, "enforcement batch failed; nothing in it was applied");
+                self.resync_at_ms.get_or_insert(now + RESYNC_AFTER_MS);
+            }
+            save_state(&self.state_dir, &self.planner);
+        }
+        if self.resync_at_ms.is_some_and(|t| t <= now) {
+            self.resync(now);
+        }
+        if now >= self.next_status_ms {
+            self.next_status_ms = now + STATUS_EVERY_SECS * 1000;
+            self.write_status(now, false);
+        }
+    }
+
+    /// Applies the local policy file again when it changed: engine, planner (allowlists,
+    /// mode) and the table (relays, rate). A file that no longer reads or validates is
+    /// logged and the policy in force stays.
+    fn reload_policy(&mut self, now: u64) -> Vec<Op> {
+        let Some((path, seen)) = &mut self.policy_file else {
+            return Vec::new();
+        };
+        let current = modified(path);
+        if current == *seen {
+            return Vec::new();
+        }
+        *seen = current;
+        let policy = match load_policy(Some(path)) {
+            Ok(p) => p,
+            Err(err) => {
+                tracing::error!(%err, "keeping the policy in force");
+                return Vec::new();
+            }
+        };
+        tracing::info!(version = policy.policy_version, mode = ?policy.mode, "policy reloaded");
+        self.apply_policy(now, policy)
+    }
+
+    /// Puts `policy` in force everywhere: the table (relays, rate; elements kept), the
+    /// planner (mode, allowlisted devices, time to live) and the engine. Returns the planner's
+    /// ops. The hook for policy from the uplink as well as from the local file.
+    fn apply_policy(&mut self, now: u64, policy: Policy) -> Vec<Op> {
+        let spec = table_spec(&self.mail_ports, &policy);
+        if spec != self.spec {
+            self.spec = spec;
+            if let Err(err) = self.enforcer.install(&self.spec) {
+                tracing::error!(%err, "cannot update the table; retrying");
+                self.resync_at_ms.get_or_insert(now + RESYNC_AFTER_MS);
+            }
+        }
+        let ops = self.planner.set_policy(now, &policy);
+        self.engine.set_policy(policy);
+        ops
+    }
+
+    /// Reinstalls the table and re-applies every entry the planner holds.
+    fn resync(&mut self, now: u64) {
+        let result = self
+            .enforcer
+            .install(&self.spec)
+            .and_then(|()| self.enforcer.apply(&self.planner.sync_ops(now)));
+        match result {
+            Ok(()) => {
+                tracing::info!("enforcement back in step with the planner");
+                self.resync_at_ms = None;
+            }
+            Err(err) => {
+                tracing::error!(%err, "enforcement still failing; retrying");
+                self.resync_at_ms = Some(now + RESYNC_AFTER_MS);
+            }
+        }
+    }
+
+    fn write_status(&mut self, now: u64, stopped: bool) {
+        let policy = self.engine.policy();
+        let es = self.engine.stats();
+        let cs = self.capture.stats().unwrap_or_default();
+        let snapshot = self.planner.snapshot();
+        let status = StatusFile {
+            updated_ms: now,
+            pid: std::process::id(),
+            stopped,
+            interface: self.interface.clone(),
+            mode: policy.mode,
+            policy_version: policy.policy_version,
+            devices: self.engine.report(now).devices,
+            enforcement: snapshot.entries,
+            manual_releases: snapshot.manual_releases,
+            enforcer: self.enforcer.stats(),
+            stats: AgentStats {
+                packets: es.packets,
+                kernel_drops: cs.drops,
+                malformed_packets: es.malformed,
+                devices_evicted: es.devices_evicted,
+                telemetry_dropped: 0,
+            },
+        };
+        if let Err(err) = write_status(&self.state_dir, &status) {
+            tracing::warn!(%err, "cannot write the status file");
+        }
+    }
+}
+
+fn modified(path: &Path) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+fn take_releases(state_dir: &Path, planner: &mut Planner, now: u64) -> Vec<Op> {
+    let (macs, errors) = state::take_release_requests(state_dir);
+    for err in errors {
+        tracing::warn!(%err, "ignored a bad release request");
+    }
+    macs.into_iter()
+        .flat_map(|mac| planner.release_manually(now, mac))
+        .collect()
+}
+
+fn save_state(state_dir: &Path, planner: &Planner) {
+    if let Err(err) = state::save(state_dir, &planner.snapshot()) {
+        tracing::error!(%err, "cannot save the enforcement state");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policy_files_are_read_and_validated() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(load_policy(None).unwrap(), Policy::default());
+        let path = dir.path().join("policy.toml");
+        std::fs::write(&path, "mode = \"enforce\"\nblock_ttl_secs = 30\n").unwrap();
+        let p = load_policy(Some(&path)).unwrap();
+        assert_eq!(p.block_ttl_secs, 30);
+        std::fs::write(&path, "block_ttl_secs = 0\n").unwrap();
+        let err = load_policy(Some(&path)).unwrap_err().to_string();
+        assert!(err.contains("block_ttl_secs"), "{err}");
+        let err = load_policy(Some(&dir.path().join("missing.toml")))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("missing.toml"), "{err}");
+    }
+
+    #[test]
+    fn enforce_section_defaults_and_validation() {
+        let c = AgentConfig::from_toml_str("").unwrap();
+        assert_eq!(c.enforce.mail_ports, vec![25, 465, 587, 2525]);
+        assert_eq!(c.enforce.release_grace_secs, 3600);
+        let c = AgentConfig::from_toml_str(
+            "[enforce]\nbackend = \"none\"\nmail_ports = [25]\nrelease_grace_secs = 60\n",
+        )
+        .unwrap();
+        assert_eq!(c.enforce.backend, EnforceBackend::None);
+        assert_eq!(
+            table_spec(&c.enforce.mail_ports, &Policy::default()).mail_ports,
+            vec![25]
+        );
+        for bad in [
+            "mail_ports = []",
+            "mail_ports = [0]",
+            "release_grace_secs = 99999999",
+        ] {
+            let err = AgentConfig::from_toml_str(&format!("[enforce]\n{bad}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("enforce."), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn shutdown_before_start_failure_reports_the_failure() {
+        // A capture on an interface that does not exist fails at start; `run` returns that
+        // error rather than hanging on the shutdown future.
+        let dir = tempfile::tempdir().unwrap();
+        let config = AgentConfig {
+            state_dir: dir.path().to_owned(),
+            capture: crate::config::CaptureConfig {
+                interface: "sg-nonexistent0".into(),
+                ..crate::config::CaptureConfig::default()
+            },
+            enforce: crate::config::EnforceConfig {
+                backend: EnforceBackend::None,
+                ..crate::config::EnforceConfig::default()
+            },
+            ..AgentConfig::default()
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let err = rt
+            .block_on(run(config, std::future::pending()))
+            .unwrap_err();
+        assert!(err.to_string().contains("sg-nonexistent0"), "{err}");
+    }
+}

@@ -1,0 +1,398 @@
+//! Abuse reports: an outside complaint ("spam from 203.0.113.7 at 14:05") turned into the
+//! household and the device responsible, with the router's own connection log as evidence.
+//!
+//! - [`arf`]: reads RFC 5965 ARF reports (bounded, hostile input).
+//! - [`date`]: the date forms reports use.
+//! - [`mapping`]: the pure mapping from an [`AbuseQuery`] to a [`mapping::Match`].
+//! - this module: the JSON form of a query, and [`submit`], the shell that loads the rows
+//!   the mapping needs, runs it, and stores every report (matched or not) in
+//!   `abuse_reports` (see [`crate::web::schema`]).
+
+pub mod arf;
+pub mod date;
+pub mod mapping;
+
+use std::net::IpAddr;
+
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::{Deserialize, Serialize};
+use smtpguard_protocol::MacAddr;
+
+use crate::verdicts::{self, VerdictError};
+use mapping::{AddressPeriod, Confidence, DeviceAtTime, Match};
+
+/// The question an abuse report asks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AbuseQuery {
+    /// The household's public address the mail came from.
+    pub public_ip: IpAddr,
+    /// When the mail arrived (Unix ms).
+    pub at_ms: u64,
+    /// The receiving server, if known.
+    pub dest_ip: Option<IpAddr>,
+    /// The receiving port, if known.
+    pub dest_port: Option<u16>,
+    /// The source port the reporter saw (the NAT'd port), if known.
+    pub source_port: Option<u16>,
+}
+
+/// A report could not be handled.
+#[derive(Debug, thiserror::Error)]
+pub enum AbuseError {
+    /// The ARF report is unreadable.
+    #[error("ARF report: {0}")]
+    Arf(#[from] arf::ArfError),
+    /// The JSON report is unreadable.
+    #[error("JSON report: {0}")]
+    Json(String),
+    /// Reading rows for the mapping failed.
+    #[error(transparent)]
+    Verdicts(#[from] VerdictError),
+    /// SQLite reported an error.
+    #[error("database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+}
+
+impl AbuseError {
+    /// Whether the reporter's input is at fault (4xx) rather than the server (5xx).
+    pub fn is_client_error(&self) -> bool {
+        matches!(self, AbuseError::Arf(_) | AbuseError::Json(_))
+    }
+
+    /// Short label for metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            AbuseError::Arf(e) => e.label(),
+            AbuseError::Json(_) => "bad_json",
+            AbuseError::Verdicts(_) | AbuseError::Sqlite(_) => "internal",
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum TimeField {
+    Ms(u64),
+    Text(String),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JsonQuery {
+    public_ip: String,
+    time: TimeField,
+    #[serde(default)]
+    dest_ip: Option<String>,
+    #[serde(default)]
+    dest_port: Option<u16>,
+    #[serde(default)]
+    source_port: Option<u16>,
+}
+
+/// Reads `{"public_ip": "203.0.113.7", "time": "2025-03-04T13:05:09Z" | 1741093509000,
+/// "dest_ip"?: "...", "dest_port"?: 25, "source_port"?: 40123}`.
+///
+/// # Errors
+/// [`AbuseError::Json`] naming the problem.
+pub fn parse_json(raw: &[u8]) -> Result<AbuseQuery, AbuseError> {
+    if raw.len() > arf::MAX_REPORT_BYTES {
+        return Err(AbuseError::Arf(arf::ArfError::TooLarge(raw.len())));
+    }
+    let j: JsonQuery = serde_json::from_slice(raw).map_err(|e| AbuseError::Json(e.to_string()))?;
+    let ip = |s: &str, field: &str| {
+        s.parse::<IpAddr>().map_err(|_| {
+            AbuseError::Json(format!(
+                "{field} {:?} is not an IP address",
+                s.chars().take(60).collect::<String>()
+            ))
+        })
+    };
+    let at_ms = match j.time {
+        TimeField::Ms(ms) => ms,
+        TimeField::Text(t) => {
+            date::parse_any(&t).map_err(|e| AbuseError::Json(format!("time: {e}")))?
+        }
+    };
+    Ok(AbuseQuery {
+        public_ip: ip(&j.public_ip, "public_ip")?,
+        at_ms,
+        dest_ip: j.dest_ip.as_deref().map(|d| ip(d, "dest_ip")).transpose()?,
+        dest_port: j.dest_port,
+        source_port: j.source_port,
+    })
+}
+
+/// A stored report with its answer.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StoredReport {
+    /// Its id.
+    pub id: i64,
+    /// When it was received (Unix ms).
+    pub received_ms: u64,
+    /// `arf` or `json`.
+    pub source: String,
+    /// The question.
+    pub query: AbuseQuery,
+    /// The ARF `Feedback-Type`.
+    pub feedback_type: Option<String>,
+    /// The reported message's `Message-ID`.
+    pub message_id: Option<String>,
+    /// The answer.
+    pub answer: Match,
+}
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn from_i64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+/// Loads what the mapping needs for `q` and answers it.
+///
+/// # Errors
+/// [`AbuseError`] on database errors.
+pub fn answer(conn: &Connection, q: &AbuseQuery) -> Result<Match, AbuseError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT cpe_id, first_seen_ms, last_seen_ms FROM public_ips WHERE ip = ?1
+         ORDER BY first_seen_ms LIMIT 1000",
+    )?;
+    let periods: Vec<AddressPeriod> = stmt
+        .query_map([q.public_ip.to_string()], |r| {
+            Ok(AddressPeriod {
+                cpe_id: r.get(0)?,
+                ip: q.public_ip,
+                first_ms: from_i64(r.get(1)?),
+                last_ms: from_i64(r.get(2)?),
+            })
+        })?
+        .collect::<Result<_, _>>()?;
+    let Some(cpe) = mapping::holder(&periods, q.public_ip, q.at_ms).map(str::to_string) else {
+        return Ok(mapping::map(q, &periods, &[], &[]));
+    };
+    let lo = q.at_ms.saturating_sub(mapping::BEFORE_MS);
+    let hi = q.at_ms.saturating_add(mapping::AFTER_MS);
+    let mut stmt = conn.prepare_cached(
+        "SELECT mac, at_ms, src_port, dst, dst_port, nat_port FROM connections
+         WHERE cpe_id = ?1 AND at_ms BETWEEN ?2 AND ?3 ORDER BY at_ms LIMIT 20000",
+    )?;
+    let rows = stmt.query_map(params![cpe, to_i64(lo), to_i64(hi)], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, i64>(1)?,
+            r.get::<_, i64>(2)?,
+            r.get::<_, String>(3)?,
+            r.get::<_, i64>(4)?,
+            r.get::<_, Option<i64>>(5)?,
+        ))
+    })?;
+    let mut conns = Vec::new();
+    for row in rows {
+        let (mac, at, sp, dst, dp, nat) = row?;
+        // A row the ingest stored is well-formed; skip rather than fail on a bad one.
+        let (Ok(mac), Ok(dst)) = (mac.parse::<MacAddr>(), dst.parse::<IpAddr>()) else {
+            continue;
+        };
+        conns.push(mapping::Connection {
+            cpe_id: cpe.clone(),
+            mac,
+            at_ms: from_i64(at),
+            src_port: u16::try_from(sp).unwrap_or(0),
+            dst,
+            dst_port: u16::try_from(dp).unwrap_or(0),
+            nat_port: nat.and_then(|n| u16::try_from(n).ok()),
+        });
+    }
+    let alerts: Vec<_> = verdicts::load_alerts(
+        conn,
+        Some(&cpe),
+        q.at_ms.saturating_sub(verdicts::LOOKBACK_MS),
+        verdicts::MAX_ALERT_ROWS,
+    )?
+    .into_iter()
+    .filter(|a| a.at_ms <= hi)
+    .collect();
+    let reports: Vec<_> = verdicts::load_reports(
+        conn,
+        Some(&cpe),
+        q.at_ms.saturating_sub(3_600_000),
+        verdicts::MAX_REPORT_ROWS,
+    )?
+    .into_iter()
+    .filter(|r| r.window_start_ms <= q.at_ms)
+    .collect();
+    let devices: Vec<DeviceAtTime> = verdicts::devices(&alerts, &reports, q.at_ms)
+        .into_iter()
+        .map(|d| DeviceAtTime {
+            name: d.display_name(),
+            cpe_id: d.cpe_id,
+            mac: d.mac,
+            verdict: d.verdict,
+            score: d.score,
+        })
+        .collect();
+    Ok(mapping::map(q, &periods, &conns, &devices))
+}
+
+/// Handles one report body: ARF when `content_type` says `multipart/report` or the body
+/// looks like a MIME message, JSON otherwise. Stores it (matched or not) and returns it.
+///
+/// # Errors
+/// [`AbuseError`]; client errors are not stored.
+pub fn submit(
+    conn: &Connection,
+    content_type: &str,
+    body: &[u8],
+    now_ms: u64,
+) -> Result<StoredReport, AbuseError> {
+    let ct = content_type.to_ascii_lowercase();
+    let looks_json = ct.contains("json")
+        || body
+            .iter()
+            .find(|b| !b.is_ascii_whitespace())
+            .is_some_and(|b| *b == b'{');
+    let (source, query, feedback_type, message_id) = if looks_json {
+        ("json", parse_json(body)?, None, None)
+    } else if ct.starts_with("multipart/report") {
+        // The HTTP Content-Type carries the boundary; put it in front as the MIME header.
+        let mut full = format!("Content-Type: {content_type}\r\n\r\n").into_bytes();
+        full.extend_from_slice(body);
+        let (q, r) = arf::parse(&full)?;
+        ("arf", q, Some(r.feedback_type), r.message_id)
+    } else {
+        let (q, r) = arf::parse(body)?;
+        ("arf", q, Some(r.feedback_type), r.message_id)
+    };
+    let answer = answer(conn, &query)?;
+    let result_json =
+        serde_json::to_string(&answer).map_err(|e| AbuseError::Json(e.to_string()))?;
+    conn.execute(
+        "INSERT INTO abuse_reports (received_ms, source, public_ip, at_ms, dest_ip, dest_port,
+            source_port, feedback_type, message_id, confidence, cpe_id, mac, result_json)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+        params![
+            to_i64(now_ms),
+            source,
+            query.public_ip.to_string(),
+            to_i64(query.at_ms),
+            query.dest_ip.map(|i| i.to_string()),
+            query.dest_port,
+            query.source_port,
+            feedback_type,
+            message_id,
+            answer.confidence.as_str(),
+            answer.cpe_id,
+            answer.mac.map(|m| m.to_string()),
+            result_json,
+        ],
+    )?;
+    Ok(StoredReport {
+        id: conn.last_insert_rowid(),
+        received_ms: now_ms,
+        source: source.to_string(),
+        query,
+        feedback_type,
+        message_id,
+        answer,
+    })
+}
+
+/// Stored reports, newest first; `unmatched_only` lists those no device was named for.
+///
+/// # Errors
+/// [`AbuseError::Sqlite`].
+pub fn list(
+    conn: &Connection,
+    unmatched_only: bool,
+    limit: u32,
+) -> Result<Vec<ReportSummary>, AbuseError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, received_ms, source, public_ip, at_ms, confidence, cpe_id, mac, message_id
+         FROM abuse_reports WHERE (?1 = 0 OR mac IS NULL) ORDER BY id DESC LIMIT ?2",
+    )?;
+    let rows = stmt.query_map(params![i64::from(unmatched_only), limit], |r| {
+        Ok(ReportSummary {
+            id: r.get(0)?,
+            received_ms: from_i64(r.get(1)?),
+            source: r.get(2)?,
+            public_ip: r.get(3)?,
+            at_ms: from_i64(r.get(4)?),
+            confidence: r.get(5)?,
+            cpe_id: r.get(6)?,
+            mac: r.get(7)?,
+            message_id: r.get(8)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// One row of the report list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReportSummary {
+    /// Its id.
+    pub id: i64,
+    /// When it was received.
+    pub received_ms: u64,
+    /// `arf` or `json`.
+    pub source: String,
+    /// The reported address.
+    pub public_ip: String,
+    /// The reported time.
+    pub at_ms: u64,
+    /// The answer's confidence label.
+    pub confidence: String,
+    /// The CPE, if matched.
+    pub cpe_id: Option<String>,
+    /// The device, if named.
+    pub mac: Option<String>,
+    /// The reported message's id.
+    pub message_id: Option<String>,
+}
+
+/// One stored report's full answer.
+///
+/// # Errors
+/// [`AbuseError::Sqlite`]; a corrupt answer is [`AbuseError::Json`].
+pub fn answer_of(conn: &Connection, id: i64) -> Result<Option<serde_json::Value>, AbuseError> {
+    let text: Option<String> = conn
+        .query_row(
+            "SELECT result_json FROM abuse_reports WHERE id = ?1",
+            [id],
+            |r| r.get(0),
+        )
+        .optional()?;
+    text.map(|t| serde_json::from_str(&t).map_err(|e| AbuseError::Json(e.to_string())))
+        .transpose()
+}
+
+/// Whether a confidence names a device.
+pub fn names_device(c: Confidence) -> bool {
+    c <= Confidence::Verdict
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_queries_accept_text_or_ms_times_and_refuse_junk() {
+        let q = parse_json(
+            br#"{"public_ip":"203.0.113.7","time":"2025-03-04T13:05:09Z","dest_port":25}"#,
+        )
+        .unwrap();
+        assert_eq!(q.at_ms, 1_741_093_509_000);
+        assert_eq!(q.dest_port, Some(25));
+        let q = parse_json(br#"{"public_ip":"203.0.113.7","time":1741093509000}"#).unwrap();
+        assert_eq!(q.at_ms, 1_741_093_509_000);
+        for bad in [
+            &br#"{"public_ip":"nope","time":1}"#[..],
+            br#"{"public_ip":"203.0.113.7","time":"soon"}"#,
+            br#"{"public_ip":"203.0.113.7"}"#,
+            br#"{"public_ip":"203.0.113.7","time":1,"extra":1}"#,
+            b"{",
+        ] {
+            assert!(matches!(parse_json(bad), Err(AbuseError::Json(_))));
+        }
+    }
+}

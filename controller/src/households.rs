@@ -1,0 +1,372 @@
+//! Subscriber accounts: households, the routers (CPEs) they own, their login tokens (stored
+//! only as SHA-256 hashes) and their requests to release a blocked device.
+//!
+//! Every function that acts for a subscriber takes the household id from the
+//! authenticated session and checks ownership itself, so a handler cannot forget to:
+//! asking about another household's CPE is [`HouseholdError::NotFound`], exactly like asking
+//! about one that does not exist.
+
+use rand::RngCore;
+use rusqlite::{params, Connection, OptionalExtension};
+use sha2::{Digest, Sha256};
+use smtpguard_protocol::MacAddr;
+
+/// An account operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HouseholdError {
+    /// SQLite reported an error.
+    #[error("database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// No such household, CPE or device — or not this household's.
+    #[error("not found")]
+    NotFound,
+    /// A field is out of range.
+    #[error("{0}")]
+    Invalid(&'static str),
+}
+
+/// One household.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Household {
+    /// Its id.
+    pub id: i64,
+    /// Its display name ("The Müller family").
+    pub name: String,
+    /// Its routers.
+    pub cpes: Vec<String>,
+}
+
+/// A subscriber's request to lift a block on a device they cleaned.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ReleaseRequest {
+    /// Its id.
+    pub id: i64,
+    /// The household.
+    pub household_id: i64,
+    /// The router.
+    pub cpe_id: String,
+    /// The device.
+    pub mac: String,
+    /// When asked (Unix ms).
+    pub requested_ms: u64,
+    /// The subscriber's note (hostile text).
+    pub note: String,
+    /// `pending`, `approved` or `denied`.
+    pub status: String,
+}
+
+/// Longest note a subscriber can attach to a release request.
+pub const MAX_NOTE_CHARS: usize = 500;
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// The SHA-256 of a secret, hex: what is stored instead of the secret.
+pub fn hash_secret(secret: &str) -> String {
+    hex::encode(Sha256::digest(secret.as_bytes()))
+}
+
+/// A fresh random secret: 32 bytes from the OS generator, hex, with a readable prefix.
+pub fn new_secret(prefix: &str) -> String {
+    let mut bytes = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    format!("{prefix}{}", hex::encode(bytes))
+}
+
+/// Creates a household owning `cpes` and returns its id and a login token (shown once).
+///
+/// # Errors
+/// [`HouseholdError::Sqlite`], e.g. when a CPE already belongs to a household.
+pub fn create(
+    conn: &Connection,
+    name: &str,
+    cpes: &[&str],
+    now_ms: u64,
+) -> Result<(i64, String), HouseholdError> {
+    if name.trim().is_empty() || name.chars().count() > 100 {
+        return Err(HouseholdError::Invalid(
+            "household name must be 1 to 100 characters",
+        ));
+    }
+    conn.execute(
+        "INSERT INTO households (name, created_ms) VALUES (?1, ?2)",
+        params![name, to_i64(now_ms)],
+    )?;
+    let id = conn.last_insert_rowid();
+    for cpe in cpes {
+        conn.execute(
+            "INSERT INTO household_cpes (cpe_id, household_id) VALUES (?1, ?2)",
+            params![cpe, id],
+        )?;
+    }
+    let token = add_token(conn, id, now_ms)?;
+    Ok((id, token))
+}
+
+/// Issues another login token for a household.
+///
+/// # Errors
+/// [`HouseholdError::Sqlite`].
+pub fn add_token(
+    conn: &Connection,
+    household_id: i64,
+    now_ms: u64,
+) -> Result<String, HouseholdError> {
+    let token = new_secret("hh_");
+    conn.execute(
+        "INSERT INTO subscriber_tokens (token_hash, household_id, created_ms) VALUES (?1, ?2, ?3)",
+        params![hash_secret(&token), household_id, to_i64(now_ms)],
+    )?;
+    Ok(token)
+}
+
+/// The household a token belongs to.
+///
+/// # Errors
+/// [`HouseholdError::Sqlite`].
+pub fn authenticate(conn: &Connection, token: &str) -> Result<Option<i64>, HouseholdError> {
+    if token.is_empty() || token.len() > 200 {
+        return Ok(None);
+    }
+    Ok(conn
+        .query_row(
+            "SELECT household_id FROM subscriber_tokens WHERE token_hash = ?1",
+            [hash_secret(token)],
+            |r| r.get(0),
+        )
+        .optional()?)
+}
+
+/// One household with its CPEs.
+///
+/// # Errors
+/// [`HouseholdError::NotFound`] for an unknown id.
+pub fn household(conn: &Connection, id: i64) -> Result<Household, HouseholdError> {
+    let name: String = conn
+        .query_row("SELECT name FROM households WHERE id = ?1", [id], |r| {
+            r.get(0)
+        })
+        .optional()?
+        .ok_or(HouseholdError::NotFound)?;
+    let mut stmt = conn.prepare_cached(
+        "SELECT cpe_id FROM household_cpes WHERE household_id = ?1 ORDER BY cpe_id",
+    )?;
+    let cpes = stmt
+        .query_map([id], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    Ok(Household { id, name, cpes })
+}
+
+/// Every household, by id.
+///
+/// # Errors
+/// [`HouseholdError::Sqlite`].
+pub fn all(conn: &Connection) -> Result<Vec<Household>, HouseholdError> {
+    let mut stmt = conn.prepare_cached("SELECT id FROM households ORDER BY id")?;
+    let ids: Vec<i64> = stmt
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    ids.into_iter().map(|id| household(conn, id)).collect()
+}
+
+/// The household owning a CPE, by name.
+///
+/// # Errors
+/// [`HouseholdError::Sqlite`].
+pub fn owner_of(conn: &Connection, cpe_id: &str) -> Result<Option<(i64, String)>, HouseholdError> {
+    Ok(conn
+        .query_row(
+            "SELECT h.id, h.name FROM household_cpes c JOIN households h ON h.id = c.household_id
+             WHERE c.cpe_id = ?1",
+            [cpe_id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?)
+}
+
+/// Records a release request for a device of this household's router. The device must be
+/// known on that router.
+///
+/// # Errors
+/// [`HouseholdError::NotFound`] when the CPE is not this household's or the device is
+/// unknown on it; [`HouseholdError::Invalid`] for an over-long note.
+pub fn request_release(
+    conn: &Connection,
+    household_id: i64,
+    cpe_id: &str,
+    mac: &MacAddr,
+    note: &str,
+    now_ms: u64,
+) -> Result<i64, HouseholdError> {
+    if note.chars().count() > MAX_NOTE_CHARS {
+        return Err(HouseholdError::Invalid(
+            "note is longer than 500 characters",
+        ));
+    }
+    let owned = owner_of(conn, cpe_id)?.is_some_and(|(id, _)| id == household_id);
+    if !owned {
+        return Err(HouseholdError::NotFound);
+    }
+    let mac_text = mac.to_string();
+    let known: bool = conn.query_row(
+        "SELECT EXISTS(SELECT 1 FROM alerts WHERE cpe_id = ?1 AND mac = ?2)
+                 OR EXISTS(SELECT 1 FROM device_reports WHERE cpe_id = ?1 AND mac = ?2)",
+        params![cpe_id, mac_text],
+        |r| r.get(0),
+    )?;
+    if !known {
+        return Err(HouseholdError::NotFound);
+    }
+    // One open request per device is enough.
+    let open: Option<i64> = conn
+        .query_row(
+            "SELECT id FROM release_requests WHERE cpe_id = ?1 AND mac = ?2 AND status = 'pending'",
+            params![cpe_id, mac_text],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if let Some(id) = open {
+        return Ok(id);
+    }
+    conn.execute(
+        "INSERT INTO release_requests (household_id, cpe_id, mac, requested_ms, note, status)
+         VALUES (?1, ?2, ?3, ?4, ?5, 'pending')",
+        params![household_id, cpe_id, mac_text, to_i64(now_ms), note],
+    )?;
+    Ok(conn.last_insert_rowid())
+}
+
+/// Release requests, newest first: one household's, or all (for the NOC).
+///
+/// # Errors
+/// [`HouseholdError::Sqlite`].
+pub fn release_requests(
+    conn: &Connection,
+    household_id: Option<i64>,
+) -> Result<Vec<ReleaseRequest>, HouseholdError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, household_id, cpe_id, mac, requested_ms, note, status FROM release_requests
+         WHERE ?1 IS NULL OR household_id = ?1 ORDER BY id DESC LIMIT 500",
+    )?;
+    let rows = stmt.query_map([household_id], |r| {
+        Ok(ReleaseRequest {
+            id: r.get(0)?,
+            household_id: r.get(1)?,
+            cpe_id: r.get(2)?,
+            mac: r.get(3)?,
+            requested_ms: u64::try_from(r.get::<_, i64>(4)?).unwrap_or(0),
+            note: r.get(5)?,
+            status: r.get(6)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// The NOC decides a pending request.
+///
+/// # Errors
+/// [`HouseholdError::NotFound`] when there is no pending request with that id.
+pub fn decide_release(
+    conn: &Connection,
+    id: i64,
+    approve: bool,
+    now_ms: u64,
+) -> Result<ReleaseRequest, HouseholdError> {
+    let n = conn.execute(
+        "UPDATE release_requests SET status = ?2, decided_ms = ?3 WHERE id = ?1 AND status = 'pending'",
+        params![id, if approve { "approved" } else { "denied" }, to_i64(now_ms)],
+    )?;
+    if n == 0 {
+        return Err(HouseholdError::NotFound);
+    }
+    release_requests(conn, None)?
+        .into_iter()
+        .find(|r| r.id == id)
+        .ok_or(HouseholdError::NotFound)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn db() -> (tempfile::TempDir, Connection) {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = crate::web::open_db(&dir.path().join("db.sqlite")).unwrap();
+        (dir, conn)
+    }
+
+    #[test]
+    fn secrets_are_hashed_and_random() {
+        let a = new_secret("hh_");
+        let b = new_secret("hh_");
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 3 + 64);
+        assert_eq!(hash_secret("x").len(), 64);
+    }
+
+    #[test]
+    fn tokens_log_into_their_own_household_only() {
+        let (_d, conn) = db();
+        let (a, ta) = create(&conn, "A", &["cpe-a"], 1).unwrap();
+        let (b, tb) = create(&conn, "B", &["cpe-b"], 1).unwrap();
+        assert_eq!(authenticate(&conn, &ta).unwrap(), Some(a));
+        assert_eq!(authenticate(&conn, &tb).unwrap(), Some(b));
+        assert_eq!(authenticate(&conn, "hh_guess").unwrap(), None);
+        assert_eq!(authenticate(&conn, "").unwrap(), None);
+        // Only the hash is stored.
+        let stored: i64 = conn
+            .query_row(
+                "SELECT COUNT(*) FROM subscriber_tokens WHERE token_hash = ?1",
+                [&ta],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(stored, 0);
+        assert_eq!(household(&conn, a).unwrap().cpes, vec!["cpe-a".to_string()]);
+        assert!(matches!(
+            household(&conn, 999),
+            Err(HouseholdError::NotFound)
+        ));
+        // A CPE belongs to one household.
+        assert!(create(&conn, "C", &["cpe-a"], 1).is_err());
+    }
+
+    #[test]
+    fn release_requests_need_ownership_and_a_known_device() {
+        let (_d, conn) = db();
+        let (a, _) = create(&conn, "A", &["cpe-a"], 1).unwrap();
+        let (b, _) = create(&conn, "B", &["cpe-b"], 1).unwrap();
+        conn.execute(
+            "INSERT INTO alerts (cpe_id, seq, mac, at_ms, previous, verdict, score, action,
+                ips_json, evidence_json, observed_json)
+             VALUES ('cpe-a', 1, '02:00:00:00:00:66', 5, 'clean', 'infected', 0.9, 'block',
+                '[]', '[]', '{}')",
+            [],
+        )
+        .unwrap();
+        let mac: MacAddr = "02:00:00:00:00:66".parse().unwrap();
+        let other: MacAddr = "02:00:00:00:00:67".parse().unwrap();
+        assert!(matches!(
+            request_release(&conn, b, "cpe-a", &mac, "", 10),
+            Err(HouseholdError::NotFound)
+        ));
+        assert!(matches!(
+            request_release(&conn, a, "cpe-a", &other, "", 10),
+            Err(HouseholdError::NotFound)
+        ));
+        let id = request_release(&conn, a, "cpe-a", &mac, "ran the virus scanner", 10).unwrap();
+        assert_eq!(
+            request_release(&conn, a, "cpe-a", &mac, "again", 11).unwrap(),
+            id
+        );
+        assert_eq!(release_requests(&conn, Some(a)).unwrap().len(), 1);
+        assert!(release_requests(&conn, Some(b)).unwrap().is_empty());
+        let r = decide_release(&conn, id, true, 20).unwrap();
+        assert_eq!(r.status, "approved");
+        assert!(matches!(
+            decide_release(&conn, id, false, 21),
+            Err(HouseholdError::NotFound)
+        ));
+    }
+}

@@ -1,0 +1,787 @@
+//! Device verdicts: which household device is in which state, since when, why, and what the
+//! router is doing about it.
+//!
+//! The core is pure: [`devices`] folds stored alerts ([`AlertRow`]) and telemetry device
+//! reports ([`ReportRow`]) into one [`DeviceView`] per (CPE, MAC), with its verdict history
+//! and the action in force at `now_ms`. [`plain_summary`] turns counters into the sentence a
+//! subscriber reads. The `load_*` functions are the thin shell that reads the rows from
+//! SQLite (schema in [`crate::store::schema`]).
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use rusqlite::{params, Connection};
+use smtpguard_protocol::{Action, DeviceCounters, MacAddr, Observed, Verdict};
+
+/// Reading verdict rows failed.
+#[derive(Debug, thiserror::Error)]
+pub enum VerdictError {
+    /// SQLite reported an error.
+    #[error("database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// A stored value is not what the schema promises.
+    #[error("corrupt value in {column}: {detail}")]
+    Corrupt {
+        /// Table and column.
+        column: &'static str,
+        /// What is wrong.
+        detail: String,
+    },
+}
+
+/// One stored alert: a verdict change of one device.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AlertRow {
+    /// The router that sent it.
+    pub cpe_id: String,
+    /// The device.
+    pub mac: MacAddr,
+    /// When the change happened (Unix ms).
+    pub at_ms: u64,
+    /// The verdict before.
+    pub previous: Verdict,
+    /// The new verdict.
+    pub verdict: Verdict,
+    /// Score behind it.
+    pub score: f32,
+    /// The action taken.
+    pub action: Action,
+    /// When that action ends (Unix ms), if it does.
+    pub action_until_ms: Option<u64>,
+    /// DHCP host name (LAN input: hostile text).
+    pub hostname: Option<String>,
+    /// OUI vendor.
+    pub vendor: Option<String>,
+    /// LAN addresses.
+    pub ips: Vec<IpAddr>,
+    /// The agent's evidence sentences.
+    pub evidence: Vec<String>,
+    /// Indicator values seen on the device.
+    pub observed: Observed,
+}
+
+/// One device's entry in one telemetry window.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReportRow {
+    /// The router that sent it.
+    pub cpe_id: String,
+    /// The device.
+    pub mac: MacAddr,
+    /// Window start (Unix ms).
+    pub window_start_ms: u64,
+    /// Window length.
+    pub window_secs: u32,
+    /// Verdict at the end of the window.
+    pub verdict: Verdict,
+    /// Score behind it.
+    pub score: f32,
+    /// Action in force.
+    pub action: Action,
+    /// When that action ends (Unix ms).
+    pub action_until_ms: Option<u64>,
+    /// DHCP host name.
+    pub hostname: Option<String>,
+    /// OUI vendor.
+    pub vendor: Option<String>,
+    /// LAN addresses.
+    pub ips: Vec<IpAddr>,
+    /// Counters over the window.
+    pub counters: DeviceCounters,
+    /// The agent's evidence sentences.
+    pub evidence: Vec<String>,
+}
+
+impl ReportRow {
+    fn end_ms(&self) -> u64 {
+        self.window_start_ms
+            .saturating_add(u64::from(self.window_secs).saturating_mul(1000))
+    }
+}
+
+/// One verdict change in a device's history.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VerdictChange {
+    /// When (Unix ms).
+    pub at_ms: u64,
+    /// From.
+    pub previous: Verdict,
+    /// To.
+    pub verdict: Verdict,
+    /// Score.
+    pub score: f32,
+    /// Action taken.
+    pub action: Action,
+    /// Until when.
+    pub action_until_ms: Option<u64>,
+    /// Evidence sentences at the time.
+    pub evidence: Vec<String>,
+}
+
+/// Everything the controller knows about one household device now.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeviceView {
+    /// Its router.
+    pub cpe_id: String,
+    /// Its address.
+    pub mac: MacAddr,
+    /// DHCP host name, if any (hostile text: escape it).
+    pub hostname: Option<String>,
+    /// OUI vendor.
+    pub vendor: Option<String>,
+    /// LAN addresses.
+    pub ips: Vec<IpAddr>,
+    /// Current verdict.
+    pub verdict: Verdict,
+    /// Current score.
+    pub score: f32,
+    /// Since when the device has had this verdict (Unix ms).
+    pub since_ms: u64,
+    /// Newest information about it (Unix ms).
+    pub last_seen_ms: u64,
+    /// The action in force at `now` (a block whose time ran out is `Monitor`).
+    pub action: Action,
+    /// When the action in force ends.
+    pub action_until_ms: Option<u64>,
+    /// Current evidence sentences.
+    pub evidence: Vec<String>,
+    /// Counters of the newest telemetry window, and its length in seconds.
+    pub counters: Option<(DeviceCounters, u32)>,
+    /// Verdict changes, oldest first.
+    pub history: Vec<VerdictChange>,
+    /// Indicator values from the newest alert.
+    pub observed: Observed,
+}
+
+impl DeviceView {
+    /// The name a person recognises: host name, else vendor, else the MAC.
+    pub fn display_name(&self) -> String {
+        match (&self.hostname, &self.vendor) {
+            (Some(h), _) if !h.trim().is_empty() => h.clone(),
+            (_, Some(v)) if !v.trim().is_empty() => format!("{v} device"),
+            _ => self.mac.to_string(),
+        }
+    }
+}
+
+/// How bad a verdict is, for sorting (worst first).
+pub fn severity(v: Verdict) -> u8 {
+    match v {
+        Verdict::Infected => 2,
+        Verdict::Suspicious => 1,
+        Verdict::Clean => 0,
+    }
+}
+
+/// The action in force at `now_ms`: a rate limit or block whose end has passed is over.
+pub fn action_in_force(
+    action: Action,
+    until_ms: Option<u64>,
+    now_ms: u64,
+) -> (Action, Option<u64>) {
+    match (action, until_ms) {
+        (Action::Monitor, _) => (Action::Monitor, None),
+        (a, Some(until)) if until > now_ms => (a, Some(until)),
+        (_, Some(_)) => (Action::Monitor, None),
+        (a, None) => (a, None),
+    }
+}
+
+enum Event<'a> {
+    Alert(&'a AlertRow),
+    Report(&'a ReportRow),
+}
+
+impl Event<'_> {
+    fn at_ms(&self) -> u64 {
+        match self {
+            Event::Alert(a) => a.at_ms,
+            Event::Report(r) => r.end_ms(),
+        }
+    }
+}
+
+/// Folds alerts and reports into one view per device, worst verdict first, then by CPE and
+/// MAC. Deterministic: the order of the input rows does not matter.
+pub fn devices(alerts: &[AlertRow], reports: &[ReportRow], now_ms: u64) -> Vec<DeviceView> {
+    let mut by_device: BTreeMap<(&str, MacAddr), Vec<Event<'_>>> = BTreeMap::new();
+    for a in alerts {
+        by_device
+            .entry((a.cpe_id.as_str(), a.mac))
+            .or_default()
+            .push(Event::Alert(a));
+    }
+    for r in reports {
+        by_device
+            .entry((r.cpe_id.as_str(), r.mac))
+            .or_default()
+            .push(Event::Report(r));
+    }
+    let mut out: Vec<DeviceView> = by_device
+        .into_iter()
+        .filter_map(|((cpe, mac), mut events)| {
+            // Alerts sort after a report ending at the same instant: they are the finer fact.
+            events.sort_by_key(|e| (e.at_ms(), matches!(e, Event::Alert(_))));
+            fold_device(cpe, mac, &events, now_ms)
+        })
+        .collect();
+    out.sort_by(|a, b| {
+        severity(b.verdict)
+            .cmp(&severity(a.verdict))
+            .then_with(|| a.cpe_id.cmp(&b.cpe_id))
+            .then_with(|| a.mac.cmp(&b.mac))
+    });
+    out
+}
+
+fn fold_device(cpe: &str, mac: MacAddr, events: &[Event<'_>], now_ms: u64) -> Option<DeviceView> {
+    let first = events.first()?;
+    let mut v = DeviceView {
+        cpe_id: cpe.to_string(),
+        mac,
+        hostname: None,
+        vendor: None,
+        ips: Vec::new(),
+        verdict: Verdict::Clean,
+        score: 0.0,
+        since_ms: first.at_ms(),
+        last_seen_ms: 0,
+        action: Action::Monitor,
+        action_until_ms: None,
+        evidence: Vec::new(),
+        counters: None,
+        history: Vec::new(),
+        observed: Observed::default(),
+    };
+    let mut started = false;
+    for e in events {
+        let (verdict, score, action, until, host, vendor, ips, evidence) = match e {
+            Event::Alert(a) => {
+                v.history.push(VerdictChange {
+                    at_ms: a.at_ms,
+                    previous: a.previous,
+                    verdict: a.verdict,
+                    score: a.score,
+                    action: a.action,
+                    action_until_ms: a.action_until_ms,
+                    evidence: a.evidence.clone(),
+                });
+                v.observed = a.observed.clone();
+                (
+                    a.verdict,
+                    a.score,
+                    a.action,
+                    a.action_until_ms,
+                    &a.hostname,
+                    &a.vendor,
+                    &a.ips,
+                    &a.evidence,
+                )
+            }
+            Event::Report(r) => {
+                v.counters = Some((r.counters.clone(), r.window_secs));
+                (
+                    r.verdict,
+                    r.score,
+                    r.action,
+                    r.action_until_ms,
+                    &r.hostname,
+                    &r.vendor,
+                    &r.ips,
+                    &r.evidence,
+                )
+            }
+        };
+        if !started || verdict != v.verdict {
+            // A change: from an alert it happened at `at_ms`; a report only shows the new
+            // verdict by the end of its window, so the window start is the earliest bound.
+            v.since_ms = match e {
+                Event::Alert(a) => a.at_ms,
+                Event::Report(r) => r.window_start_ms,
+            };
+            started = true;
+        }
+        v.verdict = verdict;
+        v.score = score;
+        v.action = action;
+        v.action_until_ms = until;
+        if host.is_some() {
+            v.hostname.clone_from(host);
+        }
+        if vendor.is_some() {
+            v.vendor.clone_from(vendor);
+        }
+        if !ips.is_empty() {
+            v.ips.clone_from(ips);
+        }
+        if !evidence.is_empty() || verdict == Verdict::Clean {
+            v.evidence.clone_from(evidence);
+        }
+        v.last_seen_ms = v.last_seen_ms.max(e.at_ms());
+    }
+    let (action, until) = action_in_force(v.action, v.action_until_ms, now_ms);
+    v.action = action;
+    v.action_until_ms = until;
+    Some(v)
+}
+
+fn duration_words(secs: u32) -> String {
+    match secs {
+        0..=119 => format!("{secs} seconds"),
+        120..=7199 => format!("{} minutes", secs / 60),
+        _ => format!("{} hours", secs / 3600),
+    }
+}
+
+fn plural(n: u32, one: &str, many: &str) -> String {
+    if n == 1 {
+        format!("1 {one}")
+    } else {
+        format!("{n} {many}")
+    }
+}
+
+/// What the device did, in words a subscriber understands, from its newest counters; `None`
+/// when nothing stands out.
+pub fn plain_summary(counters: &DeviceCounters, window_secs: u32) -> Option<String> {
+    let within = duration_words(window_secs);
+    let mut parts = Vec::new();
+    if counters.distinct_mail_servers >= 2 {
+        parts.push(format!(
+            "tried to send mail directly to {} in {within}",
+            plural(
+                counters.distinct_mail_servers,
+                "mail server",
+                "different mail servers"
+            )
+        ));
+    } else if counters.smtp_connections >= 5 {
+        parts.push(format!(
+            "opened {} to mail servers in {within}",
+            plural(counters.smtp_connections, "connection", "connections")
+        ));
+    }
+    if counters.submission_connections >= 10 || counters.messages >= 20 {
+        parts.push(format!(
+            "sent {} through a mail account in {within}",
+            plural(counters.messages, "message", "messages")
+        ));
+    }
+    if counters.remote_rejections > 0 {
+        parts.push(format!(
+            "was refused {} by mail servers as spam",
+            plural(counters.remote_rejections, "time", "times")
+        ));
+    }
+    if counters.unanswered_syns >= 20 {
+        parts.push(format!(
+            "made {} unanswered attempts to reach mail servers",
+            counters.unanswered_syns
+        ));
+    }
+    if parts.is_empty() {
+        return None;
+    }
+    let mut text = String::from("This device ");
+    let last = parts.len() - 1;
+    for (i, p) in parts.iter().enumerate() {
+        if i > 0 {
+            text.push_str(if i == last { " and " } else { ", " });
+        }
+        text.push_str(p);
+    }
+    text.push('.');
+    Some(text)
+}
+
+/// What the router is doing, in words a subscriber understands. `until` is already
+/// formatted by the caller (time zones are a presentation concern).
+pub fn plain_action(action: Action, until: Option<&str>) -> String {
+    match (action, until) {
+        (Action::Block, Some(u)) => format!("Sending mail from this device is blocked until {u}. Everything else (web, video, games) works as usual."),
+        (Action::Block, None) => "Sending mail from this device is blocked. Everything else works as usual.".to_string(),
+        (Action::RateLimit, Some(u)) => format!("Mail from this device is slowed down until {u}. Everything else works as usual."),
+        (Action::RateLimit, None) => "Mail from this device is slowed down. Everything else works as usual.".to_string(),
+        (Action::Monitor, _) => "Your router is watching this device but not restricting it.".to_string(),
+    }
+}
+
+// ---- shell: reading rows ----
+
+fn parse_mac(s: &str) -> Result<MacAddr, VerdictError> {
+    s.parse().map_err(
+        |e: smtpguard_protocol::types::MacParseError| VerdictError::Corrupt {
+            column: "mac",
+            detail: e.to_string(),
+        },
+    )
+}
+
+fn parse_verdict(s: &str) -> Result<Verdict, VerdictError> {
+    match s {
+        "clean" => Ok(Verdict::Clean),
+        "suspicious" => Ok(Verdict::Suspicious),
+        "infected" => Ok(Verdict::Infected),
+        other => Err(VerdictError::Corrupt {
+            column: "verdict",
+            detail: other.chars().take(40).collect(),
+        }),
+    }
+}
+
+/// Parses an action name as stored (`monitor`, `rate-limit`, `block`).
+///
+/// # Errors
+/// [`VerdictError::Corrupt`] for anything else.
+pub fn parse_action(s: &str) -> Result<Action, VerdictError> {
+    match s {
+        "monitor" => Ok(Action::Monitor),
+        "rate-limit" => Ok(Action::RateLimit),
+        "block" => Ok(Action::Block),
+        other => Err(VerdictError::Corrupt {
+            column: "action",
+            detail: other.chars().take(40).collect(),
+        }),
+    }
+}
+
+fn json<T: serde::de::DeserializeOwned + Default>(
+    column: &'static str,
+    s: Option<String>,
+) -> Result<T, VerdictError> {
+    match s {
+        None => Ok(T::default()),
+        Some(s) => serde_json::from_str(&s).map_err(|e| VerdictError::Corrupt {
+            column,
+            detail: e.to_string(),
+        }),
+    }
+}
+
+fn ms(v: Option<i64>) -> Option<u64> {
+    v.and_then(|v| u64::try_from(v).ok())
+}
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+type RawAlert = (
+    String,
+    String,
+    i64,
+    String,
+    String,
+    f64,
+    String,
+    Option<i64>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+);
+
+/// Alerts of one CPE (or all when `None`) at or after `since_ms`, oldest first, at most
+/// `limit` (the newest kept).
+///
+/// # Errors
+/// [`VerdictError`] on SQLite errors or corrupt rows.
+pub fn load_alerts(
+    conn: &Connection,
+    cpe_id: Option<&str>,
+    since_ms: u64,
+    limit: u32,
+) -> Result<Vec<AlertRow>, VerdictError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT * FROM (SELECT cpe_id, mac, at_ms, previous, verdict, score, action, action_until_ms,
+                hostname, vendor, ips_json, evidence_json, observed_json
+         FROM alerts WHERE (?1 IS NULL OR cpe_id = ?1) AND at_ms >= ?2
+         ORDER BY at_ms DESC, id DESC LIMIT ?3) ORDER BY at_ms",
+    )?;
+    let rows = stmt.query_map(params![cpe_id, to_i64(since_ms), limit], |r| {
+        Ok((
+            r.get(0)?,
+            r.get(1)?,
+            r.get(2)?,
+            r.get(3)?,
+            r.get(4)?,
+            r.get(5)?,
+            r.get(6)?,
+            r.get(7)?,
+            r.get(8)?,
+            r.get(9)?,
+            r.get(10)?,
+            r.get(11)?,
+            r.get(12)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let raw: RawAlert = row?;
+        let (cpe, mac, at, prev, verdict, score, action, until, host, vendor, ips, ev, obs) = raw;
+        out.push(AlertRow {
+            cpe_id: cpe,
+            mac: parse_mac(&mac)?,
+            at_ms: ms(Some(at)).unwrap_or(0),
+            previous: parse_verdict(&prev)?,
+            verdict: parse_verdict(&verdict)?,
+            score: score as f32,
+            action: parse_action(&action)?,
+            action_until_ms: ms(until),
+            hostname: host,
+            vendor,
+            ips: json("alerts.ips_json", ips)?,
+            evidence: json("alerts.evidence_json", ev)?,
+            observed: json("alerts.observed_json", obs)?,
+        });
+    }
+    Ok(out)
+}
+
+/// Device reports of one CPE (or all) from telemetry windows starting at or after
+/// `since_ms`, at most `limit` (the newest kept).
+///
+/// # Errors
+/// [`VerdictError`] on SQLite errors or corrupt rows.
+pub fn load_reports(
+    conn: &Connection,
+    cpe_id: Option<&str>,
+    since_ms: u64,
+    limit: u32,
+) -> Result<Vec<ReportRow>, VerdictError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT d.cpe_id, d.mac, t.window_start_ms, t.window_secs, d.verdict, d.score, d.action,
+                d.action_until_ms, d.hostname, d.vendor, d.ips_json, d.counters_json, d.evidence_json
+         FROM device_reports d JOIN telemetry t ON t.cpe_id = d.cpe_id AND t.seq = d.seq
+         WHERE (?1 IS NULL OR d.cpe_id = ?1) AND t.window_start_ms >= ?2
+         ORDER BY t.window_start_ms DESC LIMIT ?3",
+    )?;
+    let rows = stmt.query_map(params![cpe_id, to_i64(since_ms), limit], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, i64>(2)?,
+            r.get::<_, i64>(3)?,
+            r.get::<_, String>(4)?,
+            r.get::<_, f64>(5)?,
+            r.get::<_, String>(6)?,
+            r.get::<_, Option<i64>>(7)?,
+            r.get::<_, Option<String>>(8)?,
+            r.get::<_, Option<String>>(9)?,
+            r.get::<_, Option<String>>(10)?,
+            r.get::<_, Option<String>>(11)?,
+            r.get::<_, Option<String>>(12)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (cpe, mac, start, secs, verdict, score, action, until, host, vendor, ips, ctr, ev) =
+            row?;
+        out.push(ReportRow {
+            cpe_id: cpe,
+            mac: parse_mac(&mac)?,
+            window_start_ms: ms(Some(start)).unwrap_or(0),
+            window_secs: u32::try_from(secs).unwrap_or(0),
+            verdict: parse_verdict(&verdict)?,
+            score: score as f32,
+            action: parse_action(&action)?,
+            action_until_ms: ms(until),
+            hostname: host,
+            vendor,
+            ips: json("device_reports.ips_json", ips)?,
+            counters: json("device_reports.counters_json", ctr)?,
+            evidence: json("device_reports.evidence_json", ev)?,
+        });
+    }
+    out.reverse();
+    Ok(out)
+}
+
+/// How far back the views look: verdicts older than this without news are history.
+pub const LOOKBACK_MS: u64 = 7 * 24 * 3600 * 1000;
+/// Most alert rows one view reads.
+pub const MAX_ALERT_ROWS: u32 = 5000;
+/// Most report rows one view reads.
+pub const MAX_REPORT_ROWS: u32 = 20_000;
+
+/// The current devices of one CPE, or of the whole fleet.
+///
+/// # Errors
+/// [`VerdictError`].
+pub fn load_devices(
+    conn: &Connection,
+    cpe_id: Option<&str>,
+    now_ms: u64,
+) -> Result<Vec<DeviceView>, VerdictError> {
+    let since = now_ms.saturating_sub(LOOKBACK_MS);
+    let alerts = load_alerts(conn, cpe_id, since, MAX_ALERT_ROWS)?;
+    // Telemetry is frequent: for the current state the last day is plenty.
+    let report_since = now_ms.saturating_sub(24 * 3600 * 1000);
+    let reports = load_reports(conn, cpe_id, report_since, MAX_REPORT_ROWS)?;
+    Ok(devices(&alerts, &reports, now_ms))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAC: MacAddr = MacAddr([2, 0x11, 0x22, 0x33, 0x44, 5]);
+
+    fn alert(at: u64, prev: Verdict, v: Verdict, action: Action, until: Option<u64>) -> AlertRow {
+        AlertRow {
+            cpe_id: "cpe-a".into(),
+            mac: MAC,
+            at_ms: at,
+            previous: prev,
+            verdict: v,
+            score: 0.9,
+            action,
+            action_until_ms: until,
+            hostname: Some("DESKTOP-7".into()),
+            vendor: None,
+            ips: vec!["192.168.1.14".parse().unwrap()],
+            evidence: vec![format!("evidence at {at}")],
+            observed: Observed::default(),
+        }
+    }
+
+    fn report(start: u64, v: Verdict, servers: u32) -> ReportRow {
+        ReportRow {
+            cpe_id: "cpe-a".into(),
+            mac: MAC,
+            window_start_ms: start,
+            window_secs: 600,
+            verdict: v,
+            score: 0.5,
+            action: Action::Monitor,
+            action_until_ms: None,
+            hostname: None,
+            vendor: Some("Acme".into()),
+            ips: vec![],
+            counters: DeviceCounters {
+                distinct_mail_servers: servers,
+                ..Default::default()
+            },
+            evidence: vec![],
+        }
+    }
+
+    #[test]
+    fn the_newest_alert_sets_verdict_since_and_the_block_in_force() {
+        let alerts = vec![
+            alert(
+                5_000,
+                Verdict::Suspicious,
+                Verdict::Infected,
+                Action::Block,
+                Some(90_000),
+            ),
+            alert(
+                1_000,
+                Verdict::Clean,
+                Verdict::Suspicious,
+                Action::RateLimit,
+                Some(50_000),
+            ),
+        ];
+        let v = devices(&alerts, &[], 10_000);
+        assert_eq!(v.len(), 1);
+        let d = &v[0];
+        assert_eq!(d.verdict, Verdict::Infected);
+        assert_eq!(d.since_ms, 5_000);
+        assert_eq!(d.action, Action::Block);
+        assert_eq!(d.action_until_ms, Some(90_000));
+        assert_eq!(d.history.len(), 2);
+        assert_eq!(d.history[0].verdict, Verdict::Suspicious);
+        assert_eq!(d.evidence, vec!["evidence at 5000".to_string()]);
+        assert_eq!(d.display_name(), "DESKTOP-7");
+    }
+
+    #[test]
+    fn an_expired_block_is_no_longer_in_force() {
+        let alerts = vec![alert(
+            1_000,
+            Verdict::Clean,
+            Verdict::Infected,
+            Action::Block,
+            Some(2_000),
+        )];
+        let d = &devices(&alerts, &[], 3_000)[0];
+        assert_eq!(d.verdict, Verdict::Infected);
+        assert_eq!(d.action, Action::Monitor);
+        assert_eq!(d.action_until_ms, None);
+    }
+
+    #[test]
+    fn telemetry_keeps_the_verdict_and_adds_counters_without_moving_since() {
+        let alerts = vec![alert(
+            1_000,
+            Verdict::Clean,
+            Verdict::Infected,
+            Action::Block,
+            Some(900_000),
+        )];
+        let mut r = report(600_000, Verdict::Infected, 287);
+        r.action = Action::Block;
+        r.action_until_ms = Some(900_000);
+        let d = &devices(&alerts, &[r], 700_000)[0];
+        assert_eq!(d.since_ms, 1_000);
+        assert_eq!(d.counters.as_ref().unwrap().0.distinct_mail_servers, 287);
+        // Reports with no evidence keep the alert's.
+        assert_eq!(d.evidence, vec!["evidence at 1000".to_string()]);
+        assert_eq!(d.hostname.as_deref(), Some("DESKTOP-7"));
+        assert_eq!(d.vendor.as_deref(), Some("Acme"));
+        assert_eq!(d.last_seen_ms, 1_200_000);
+    }
+
+    #[test]
+    fn a_later_clean_report_clears_the_device() {
+        let alerts = vec![alert(
+            1_000,
+            Verdict::Clean,
+            Verdict::Infected,
+            Action::Block,
+            Some(5_000),
+        )];
+        let d = &devices(&alerts, &[report(10_000, Verdict::Clean, 0)], 700_000)[0];
+        assert_eq!(d.verdict, Verdict::Clean);
+        assert_eq!(d.since_ms, 10_000);
+        assert!(d.evidence.is_empty());
+    }
+
+    #[test]
+    fn worst_devices_come_first_and_input_order_does_not_matter() {
+        let mut clean = report(0, Verdict::Clean, 0);
+        clean.mac = MacAddr([2, 0, 0, 0, 0, 1]);
+        let bad = alert(5, Verdict::Clean, Verdict::Infected, Action::Monitor, None);
+        let a = devices(std::slice::from_ref(&bad), std::slice::from_ref(&clean), 10);
+        let b = devices(&[bad], &[clean], 10);
+        assert_eq!(a, b);
+        assert_eq!(a[0].verdict, Verdict::Infected);
+        assert_eq!(a[1].verdict, Verdict::Clean);
+    }
+
+    #[test]
+    fn summaries_speak_plainly_with_numbers() {
+        let c = DeviceCounters {
+            distinct_mail_servers: 287,
+            remote_rejections: 3,
+            ..Default::default()
+        };
+        assert_eq!(
+            plain_summary(&c, 600).unwrap(),
+            "This device tried to send mail directly to 287 different mail servers in 10 minutes and was refused 3 times by mail servers as spam."
+        );
+        let c = DeviceCounters {
+            submission_connections: 40,
+            messages: 412,
+            ..Default::default()
+        };
+        assert_eq!(
+            plain_summary(&c, 3600).unwrap(),
+            "This device sent 412 messages through a mail account in 60 minutes."
+        );
+        assert_eq!(plain_summary(&DeviceCounters::default(), 600), None);
+        assert!(plain_action(Action::Block, Some("14:05")).contains("blocked until 14:05"));
+    }
+}

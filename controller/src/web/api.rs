@@ -1,0 +1,261 @@
+//! JSON API: `Authorization: Bearer <token>` (or a session cookie for GETs).
+//!
+//! Operator: `GET /api/fleet`, `GET /api/cpes/{id}`, `GET /api/campaigns`, `GET/POST
+//! /api/abuse`. Subscriber: `GET /api/my/devices` (own household only).
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use super::auth;
+use super::noc::{cpe_rows, current_campaigns};
+use super::portal::household_devices;
+use super::{AppState, WebError};
+use crate::abuse;
+use crate::verdicts::{self, DeviceView};
+
+/// A device as the API shows it.
+#[derive(Debug, Serialize)]
+pub struct DeviceJson {
+    cpe_id: String,
+    mac: String,
+    name: String,
+    hostname: Option<String>,
+    vendor: Option<String>,
+    ips: Vec<String>,
+    verdict: &'static str,
+    score: f32,
+    since_ms: u64,
+    last_seen_ms: u64,
+    action: &'static str,
+    action_until_ms: Option<u64>,
+    evidence: Vec<String>,
+    summary: Option<String>,
+}
+
+impl From<&DeviceView> for DeviceJson {
+    fn from(d: &DeviceView) -> Self {
+        DeviceJson {
+            cpe_id: d.cpe_id.clone(),
+            mac: d.mac.to_string(),
+            name: d.display_name(),
+            hostname: d.hostname.clone(),
+            vendor: d.vendor.clone(),
+            ips: d.ips.iter().map(ToString::to_string).collect(),
+            verdict: d.verdict.as_str(),
+            score: d.score,
+            since_ms: d.since_ms,
+            last_seen_ms: d.last_seen_ms,
+            action: d.action.as_str(),
+            action_until_ms: d.action_until_ms,
+            evidence: d.evidence.clone(),
+            summary: d
+                .counters
+                .as_ref()
+                .and_then(|(c, w)| verdicts::plain_summary(c, *w)),
+        }
+    }
+}
+
+fn ok(v: Value) -> Response {
+    Json(v).into_response()
+}
+
+/// `GET /api/fleet`: CPEs and flagged devices.
+pub async fn fleet(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if let Err(e) = auth::noc(&state, &headers).await {
+        return e.api();
+    }
+    let now = state.now_ms();
+    let r = state
+        .db(move |conn| {
+            let cpes = cpe_rows(conn, None)?;
+            let devices = verdicts::load_devices(conn, None, now)?;
+            Ok((cpes, devices))
+        })
+        .await;
+    match r {
+        Ok((cpes, devices)) => ok(json!({
+            "cpes": cpes,
+            "devices": devices.iter().filter(|d| d.verdict != smtpguard_protocol::Verdict::Clean).map(DeviceJson::from).collect::<Vec<_>>(),
+        })),
+        Err(e) => e.api(),
+    }
+}
+
+/// `GET /api/cpes/{id}`: one CPE and all its devices.
+pub async fn cpe(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    if let Err(e) = auth::noc(&state, &headers).await {
+        return e.api();
+    }
+    let now = state.now_ms();
+    let r = state
+        .db(move |conn| {
+            let row = cpe_rows(conn, Some(&id))?
+                .into_iter()
+                .next()
+                .ok_or(WebError::NotFound)?;
+            let devices = verdicts::load_devices(conn, Some(&id), now)?;
+            Ok((row, devices))
+        })
+        .await;
+    match r {
+        Ok((row, devices)) => ok(json!({
+            "cpe": row,
+            "devices": devices.iter().map(DeviceJson::from).collect::<Vec<_>>(),
+        })),
+        Err(e) => e.api(),
+    }
+}
+
+/// `GET /api/campaigns`.
+pub async fn campaigns(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if let Err(e) = auth::noc(&state, &headers).await {
+        return e.api();
+    }
+    let now = state.now_ms();
+    let settings = state.settings.campaigns;
+    let r = state
+        .db(move |conn| {
+            let devices = verdicts::load_devices(conn, None, now)?;
+            current_campaigns(conn, &devices, &settings)
+        })
+        .await;
+    match r {
+        Ok(list) => ok(Value::Array(
+            list.iter()
+                .map(|(c, pushed)| {
+                    json!({
+                        "id": c.id,
+                        "households": c.households,
+                        "members": c.members.iter().map(|m| json!({"cpe_id": m.cpe_id, "mac": m.mac.to_string()})).collect::<Vec<_>>(),
+                        "ehlo_names": c.ehlo_names,
+                        "sender_domains": c.sender_domains,
+                        "mail_servers": c.mail_servers.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                        "first_ms": c.first_ms,
+                        "last_ms": c.last_ms,
+                        "pushed_version": pushed,
+                    })
+                })
+                .collect(),
+        )),
+        Err(e) => e.api(),
+    }
+}
+
+/// List filter.
+#[derive(Debug, Deserialize)]
+pub struct AbuseListQuery {
+    #[serde(default)]
+    unmatched: bool,
+}
+
+/// `GET /api/abuse[?unmatched=true]`.
+pub async fn abuse_list(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<AbuseListQuery>,
+) -> Response {
+    if let Err(e) = auth::noc(&state, &headers).await {
+        return e.api();
+    }
+    match state
+        .db(move |conn| Ok(abuse::list(conn, q.unmatched, 1000)?))
+        .await
+    {
+        Ok(l) => ok(json!(l)),
+        Err(e) => e.api(),
+    }
+}
+
+/// `POST /api/abuse`: an ARF report (`multipart/report` or `message/rfc822`) or JSON.
+/// Answers 201 with the mapping (also for unmatched reports, which are stored), 4xx for bad
+/// input (counted in `/metrics`).
+pub async fn abuse_submit(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Response {
+    if let Err(e) = auth::noc(&state, &headers).await {
+        return e.api();
+    }
+    let body = match body {
+        Ok(b) => b,
+        Err(rej) => {
+            let label = if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                "too_large"
+            } else {
+                "unreadable_body"
+            };
+            state.counters.bump_abuse(label);
+            return if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                WebError::TooLarge.api()
+            } else {
+                WebError::BadRequest(rej.body_text()).api()
+            };
+        }
+    };
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let now = state.now_ms();
+    let result = state
+        .db(move |conn| match abuse::submit(conn, &ct, &body, now) {
+            Ok(r) => Ok(Ok(r)),
+            Err(e) if e.is_client_error() => Ok(Err(e)),
+            Err(e) => Err(WebError::from(e)),
+        })
+        .await;
+    match result {
+        Ok(Ok(r)) => (StatusCode::CREATED, Json(r)).into_response(),
+        Ok(Err(e)) => {
+            state.counters.bump_abuse(e.label());
+            WebError::from(e).api()
+        }
+        Err(e) => e.api(),
+    }
+}
+
+/// Every label an abuse rejection can have (also exported as zeros by `/metrics`).
+pub const ABUSE_LABELS: [&str; 13] = [
+    "too_large",
+    "not_text",
+    "not_report",
+    "broken_mime",
+    "too_many",
+    "no_feedback_part",
+    "missing_field",
+    "bad_source_ip",
+    "bad_port",
+    "bad_date",
+    "bad_json",
+    "unreadable_body",
+    "bad_request",
+];
+
+/// `GET /api/my/devices`: the caller's household's devices.
+pub async fn my_devices(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let hh = match auth::subscriber(&state, &headers).await {
+        Ok((id, _)) => id,
+        Err(e) => return e.api(),
+    };
+    let now = state.now_ms();
+    match state.db(move |conn| household_devices(conn, hh, now)).await {
+        Ok((h, devices, releases)) => ok(json!({
+            "household": h.name,
+            "devices": devices.iter().map(DeviceJson::from).collect::<Vec<_>>(),
+            "release_requests": releases,
+        })),
+        Err(e) => e.api(),
+    }
+}

@@ -1,0 +1,232 @@
+//! HTML building blocks: escaping, the page frame with its inline style sheet, badges.
+//!
+//! Everything that reaches a page goes through [`esc`] (text and attribute values): host
+//! names, vendors, notes and report fields come from LANs and strangers.
+
+use std::fmt::Write as _;
+
+use smtpguard_protocol::{Action, Verdict};
+
+use crate::abuse::date::format_utc;
+
+/// Escapes text for HTML element content and double- or single-quoted attributes.
+pub fn esc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            // Control characters from hostile host names are dropped, not rendered.
+            c if c.is_control() && c != '\n' && c != '\t' => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Percent-encodes one path segment (CPE ids and MACs in links).
+pub fn path_seg(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~:".contains(&b) {
+            out.push(b as char);
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}
+
+/// A time as the UI writes it.
+pub fn time(ms: u64) -> String {
+    format_utc(ms)
+}
+
+/// "5 minutes ago" style, relative to `now_ms`.
+pub fn ago(ms: u64, now_ms: u64) -> String {
+    let secs = now_ms.saturating_sub(ms) / 1000;
+    match secs {
+        0..=59 => "just now".to_string(),
+        60..=3599 => format!("{} min ago", secs / 60),
+        3600..=86_399 => format!("{} h ago", secs / 3600),
+        _ => format!("{} days ago", secs / 86_400),
+    }
+}
+
+/// A coloured verdict badge.
+pub fn verdict_badge(v: Verdict) -> String {
+    let (class, text) = match v {
+        Verdict::Infected => ("bad", "Infected"),
+        Verdict::Suspicious => ("warn", "Suspicious"),
+        Verdict::Clean => ("ok", "Clean"),
+    };
+    format!(
+        r#"<span class="badge {class}" data-verdict="{}">{text}</span>"#,
+        v.as_str()
+    )
+}
+
+/// An action badge with its end time.
+pub fn action_badge(a: Action, until: Option<u64>) -> String {
+    let until = until
+        .map(|u| format!(" until {}", time(u)))
+        .unwrap_or_default();
+    match a {
+        Action::Block => format!(
+            r#"<span class="badge bad-soft">Mail blocked{}</span>"#,
+            esc(&until)
+        ),
+        Action::RateLimit => format!(
+            r#"<span class="badge warn-soft">Rate-limited{}</span>"#,
+            esc(&until)
+        ),
+        Action::Monitor => r#"<span class="badge muted">Monitoring</span>"#.to_string(),
+    }
+}
+
+const CSS: &str = r#"
+:root{--bg:#f4f6f9;--card:#fff;--ink:#1b2430;--muted:#5b6675;--line:#e1e6ee;--brand:#1f5fbf;
+--bad:#c62828;--bad-bg:#fdecec;--warn:#b26a00;--warn-bg:#fff4e0;--ok:#2e7d32;--ok-bg:#e8f5e9}
+*{box-sizing:border-box}
+body{margin:0;font:15px/1.5 system-ui,-apple-system,"Segoe UI",Roboto,Ubuntu,sans-serif;background:var(--bg);color:var(--ink)}
+header.top{background:#12263f;color:#fff;padding:0 20px;display:flex;align-items:center;gap:24px;min-height:54px;flex-wrap:wrap}
+header.top .logo{font-weight:700;letter-spacing:.3px;font-size:17px}
+header.top .logo span{color:#7fb2ff}
+header.top nav{display:flex;gap:4px;flex-wrap:wrap}
+header.top nav a{color:#cfe0ff;text-decoration:none;padding:6px 10px;border-radius:6px}
+header.top nav a.on,header.top nav a:hover{background:#213b5e;color:#fff}
+header.top form{margin-left:auto}
+header.top button{background:transparent;border:1px solid #4a6384;color:#dfe9f7;padding:5px 12px;border-radius:6px;cursor:pointer}
+main{max-width:1180px;margin:0 auto;padding:22px 20px 60px}
+main.narrow{max-width:720px}
+h1{font-size:24px;margin:4px 0 16px}
+h2{font-size:18px;margin:26px 0 10px}
+h3{font-size:16px;margin:0 0 6px}
+.sub{color:var(--muted);margin:-10px 0 18px}
+.grid{display:grid;grid-template-columns:repeat(auto-fit,minmax(170px,1fr));gap:12px}
+.stat{background:var(--card);border:1px solid var(--line);border-radius:10px;padding:14px 16px}
+.stat b{display:block;font-size:28px;line-height:1.2}
+.stat span{color:var(--muted);font-size:13px}
+.stat.bad b{color:var(--bad)} .stat.warn b{color:var(--warn)} .stat.ok b{color:var(--ok)}
+.card{background:var(--card);border:1px solid var(--line);border-radius:12px;padding:16px 18px;margin:12px 0}
+.card.infected{border-left:6px solid var(--bad)}
+.card.suspicious{border-left:6px solid var(--warn)}
+.card.clean{border-left:6px solid var(--ok)}
+table{width:100%;border-collapse:collapse;background:var(--card);border:1px solid var(--line);border-radius:10px;overflow:hidden}
+th,td{text-align:left;padding:8px 10px;border-bottom:1px solid var(--line);vertical-align:top}
+th{background:#f0f3f8;font-size:13px;color:var(--muted);font-weight:600}
+tr:last-child td{border-bottom:0}
+td.num{text-align:right;font-variant-numeric:tabular-nums}
+code,.mono{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:13px}
+.badge{display:inline-block;padding:2px 9px;border-radius:999px;font-size:12.5px;font-weight:600;white-space:nowrap}
+.badge.bad{background:var(--bad);color:#fff} .badge.warn{background:#f0a020;color:#231600}
+.badge.ok{background:var(--ok-bg);color:var(--ok)} .badge.muted{background:#eef1f5;color:var(--muted)}
+.badge.bad-soft{background:var(--bad-bg);color:var(--bad)} .badge.warn-soft{background:var(--warn-bg);color:var(--warn)}
+.muted{color:var(--muted)}
+ul.ev{margin:6px 0 0;padding-left:20px} ul.ev li{margin:2px 0}
+.what{font-size:16px;margin:8px 0}
+.doing{background:var(--bad-bg);border-radius:8px;padding:10px 12px;margin:10px 0}
+.doing.rl{background:var(--warn-bg)}
+.steps{margin:8px 0;padding-left:22px} .steps li{margin:4px 0}
+.btn{display:inline-block;background:var(--brand);color:#fff;border:0;border-radius:8px;padding:9px 16px;font-size:15px;cursor:pointer;text-decoration:none}
+.btn.secondary{background:#e9eef6;color:var(--ink)}
+.btn.danger{background:var(--bad)}
+input[type=text],input[type=password],textarea,select{width:100%;padding:9px 10px;border:1px solid #c5cfdc;border-radius:8px;font:inherit;background:#fff}
+textarea{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:13px}
+label{display:block;font-weight:600;margin:10px 0 4px}
+.flash{padding:10px 14px;border-radius:8px;margin:10px 0;background:var(--ok-bg);color:var(--ok)}
+.flash.err{background:var(--bad-bg);color:var(--bad)}
+.login{max-width:400px;margin:8vh auto;background:#fff;border:1px solid var(--line);border-radius:14px;padding:26px}
+.login h1{margin-top:0}
+.row{display:flex;gap:12px;align-items:center;flex-wrap:wrap}
+.timeline{border-left:3px solid var(--line);margin:8px 0 0 6px;padding-left:16px}
+.timeline div{margin:0 0 12px}
+a{color:var(--brand)}
+@media (max-width:600px){main{padding:14px 12px 40px}h1{font-size:21px}th,td{padding:7px 6px}.hide-sm{display:none}}
+"#;
+
+/// Which navigation a page shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Nav {
+    /// No navigation (login).
+    None,
+    /// NOC navigation, with the current section.
+    Noc(&'static str),
+    /// Subscriber portal.
+    Portal,
+}
+
+/// A whole page. `body` is already-escaped HTML; `csrf` is needed for the logout button.
+pub fn page(title: &str, nav: Nav, csrf: Option<&str>, body: &str) -> String {
+    let mut out = String::with_capacity(body.len() + CSS.len() + 1024);
+    let _ = write!(
+        out,
+        r#"<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1"><title>{} · smtpguard</title><style>{CSS}</style></head><body>"#,
+        esc(title)
+    );
+    let logout = csrf
+        .map(|c| {
+            format!(
+                r#"<form method="post" action="/logout"><input type="hidden" name="csrf" value="{}"><button type="submit">Sign out</button></form>"#,
+                esc(c)
+            )
+        })
+        .unwrap_or_default();
+    match nav {
+        Nav::None => {}
+        Nav::Noc(on) => {
+            out.push_str(
+                r#"<header class="top"><div class="logo">smtp<span>guard</span> NOC</div><nav>"#,
+            );
+            for (href, key, text) in [
+                ("/noc", "fleet", "Fleet"),
+                ("/noc/campaigns", "campaigns", "Campaigns"),
+                ("/noc/policy", "policy", "Policy"),
+                ("/noc/abuse", "abuse", "Abuse reports"),
+                ("/noc/releases", "releases", "Release requests"),
+            ] {
+                let class = if key == on { " class=\"on\"" } else { "" };
+                let _ = write!(out, r#"<a href="{href}"{class}>{text}</a>"#);
+            }
+            let _ = write!(out, "</nav>{logout}</header><main>");
+        }
+        Nav::Portal => {
+            let _ = write!(
+                out,
+                r#"<header class="top"><div class="logo">My<span>Internet</span> · Security</div>{logout}</header><main class="narrow">"#
+            );
+        }
+    }
+    if nav == Nav::None {
+        out.push_str("<main>");
+    }
+    out.push_str(body);
+    out.push_str("</main></body></html>");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escaping_neutralises_markup_and_controls() {
+        assert_eq!(
+            esc(r#"<script>alert("x")</script>&'"#),
+            "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;&amp;&#39;"
+        );
+        assert_eq!(esc("a\u{0}b\u{1b}[31m"), "ab[31m");
+        assert_eq!(path_seg("cpe a/../x"), "cpe%20a%2F..%2Fx");
+        assert_eq!(path_seg("02:00:00:00:00:66"), "02:00:00:00:00:66");
+    }
+
+    #[test]
+    fn page_titles_are_escaped() {
+        let p = page("<b>", Nav::Portal, Some("t\"k"), "");
+        assert!(p.contains("&lt;b&gt; · smtpguard"));
+        assert!(p.contains(r#"value="t&quot;k""#));
+    }
+}

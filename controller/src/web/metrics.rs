@@ -1,0 +1,246 @@
+//! `GET /metrics`: Prometheus text exposition (version 0.0.4).
+//!
+//! Counters from the database (messages stored by kind, rejections by reason — every
+//! [`RejectionReason`], zeros included), gauges computed from the current views (devices
+//! by verdict, CPEs by status, CPEs per applied fleet policy version) and the web layer's
+//! own counters.
+
+use std::fmt::Write as _;
+use std::sync::atomic::Ordering;
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use smtpguard_protocol::{Kind, RejectionReason, Verdict};
+
+use super::api::ABUSE_LABELS;
+use super::{AppState, WebError};
+use crate::verdicts;
+
+struct Snapshot {
+    by_kind: Vec<(String, i64)>,
+    rejections: Vec<(String, i64)>,
+    devices: [usize; 3],
+    cpes: Vec<(String, i64)>,
+    rollout: Vec<(Option<i64>, i64)>,
+    abuse: Vec<(bool, i64)>,
+    releases: Vec<(String, i64)>,
+}
+
+fn pairs<T: rusqlite::types::FromSql>(
+    conn: &rusqlite::Connection,
+    sql: &str,
+) -> Result<Vec<(T, i64)>, WebError> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+fn snapshot(conn: &rusqlite::Connection, now_ms: u64) -> Result<Snapshot, WebError> {
+    let devs = verdicts::load_devices(conn, None, now_ms)?;
+    let mut devices = [0usize; 3];
+    for d in &devs {
+        devices[usize::from(verdicts::severity(d.verdict))] += 1;
+    }
+    Ok(Snapshot {
+        by_kind: pairs(conn, "SELECT kind, COUNT(*) FROM messages GROUP BY kind")?,
+        rejections: pairs(conn, "SELECT reason, count FROM rejections")?,
+        devices,
+        cpes: pairs(
+            conn,
+            "SELECT COALESCE(s.status, 'unknown'), COUNT(*) FROM cpes c
+             LEFT JOIN cpe_state s ON s.cpe_id = c.cpe_id WHERE c.revoked_at_ms IS NULL
+             GROUP BY 1",
+        )?,
+        rollout: pairs(
+            conn,
+            "SELECT s.fleet_policy_version, COUNT(*) FROM cpes c
+             LEFT JOIN cpe_state s ON s.cpe_id = c.cpe_id WHERE c.revoked_at_ms IS NULL
+             GROUP BY 1",
+        )?,
+        abuse: pairs(
+            conn,
+            "SELECT mac IS NOT NULL, COUNT(*) FROM abuse_reports GROUP BY 1",
+        )?,
+        releases: pairs(
+            conn,
+            "SELECT status, COUNT(*) FROM release_requests GROUP BY status",
+        )?,
+    })
+}
+
+fn get(rows: &[(String, i64)], key: &str) -> i64 {
+    rows.iter().find(|(k, _)| k == key).map_or(0, |(_, v)| *v)
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// Renders the exposition text.
+fn render(s: &Snapshot, state: &AppState) -> String {
+    let mut o = String::with_capacity(4096);
+    header(
+        &mut o,
+        "smtpguard_messages_stored_total",
+        "counter",
+        "Verified messages stored, by kind.",
+    );
+    for k in Kind::ALL {
+        if k == Kind::Policy {
+            continue;
+        }
+        let _ = writeln!(
+            o,
+            "smtpguard_messages_stored_total{{kind=\"{}\"}} {}",
+            k.as_str(),
+            get(&s.by_kind, k.as_str())
+        );
+    }
+    header(
+        &mut o,
+        "smtpguard_rejections_total",
+        "counter",
+        "Inbound messages rejected, by reason.",
+    );
+    for r in RejectionReason::ALL {
+        let _ = writeln!(
+            o,
+            "smtpguard_rejections_total{{reason=\"{}\"}} {}",
+            r.as_str(),
+            get(&s.rejections, r.as_str())
+        );
+    }
+    header(
+        &mut o,
+        "smtpguard_devices",
+        "gauge",
+        "Household devices by current verdict.",
+    );
+    for v in [Verdict::Clean, Verdict::Suspicious, Verdict::Infected] {
+        let _ = writeln!(
+            o,
+            "smtpguard_devices{{verdict=\"{}\"}} {}",
+            v.as_str(),
+            s.devices[usize::from(verdicts::severity(v))]
+        );
+    }
+    header(
+        &mut o,
+        "smtpguard_infected_devices",
+        "gauge",
+        "Devices whose current verdict is infected.",
+    );
+    let _ = writeln!(o, "smtpguard_infected_devices {}", s.devices[2]);
+    header(
+        &mut o,
+        "smtpguard_cpes",
+        "gauge",
+        "Enrolled CPEs by last reported status.",
+    );
+    for st in ["online", "offline", "unknown"] {
+        let _ = writeln!(o, "smtpguard_cpes{{status=\"{st}\"}} {}", get(&s.cpes, st));
+    }
+    header(
+        &mut o,
+        "smtpguard_cpes_online",
+        "gauge",
+        "Enrolled CPEs currently online.",
+    );
+    let _ = writeln!(o, "smtpguard_cpes_online {}", get(&s.cpes, "online"));
+    header(
+        &mut o,
+        "smtpguard_policy_applied_cpes",
+        "gauge",
+        "Enrolled CPEs by applied fleet policy version (none: never applied one).",
+    );
+    for (v, n) in &s.rollout {
+        let v = v.map_or("none".to_string(), |v| v.to_string());
+        let _ = writeln!(o, "smtpguard_policy_applied_cpes{{version=\"{v}\"}} {n}");
+    }
+    header(
+        &mut o,
+        "smtpguard_abuse_reports_total",
+        "counter",
+        "Abuse reports stored, by whether a device was named.",
+    );
+    for (matched, label) in [(true, "device"), (false, "no_device")] {
+        let n = s
+            .abuse
+            .iter()
+            .find(|(m, _)| *m == matched)
+            .map_or(0, |(_, n)| *n);
+        let _ = writeln!(o, "smtpguard_abuse_reports_total{{result=\"{label}\"}} {n}");
+    }
+    header(
+        &mut o,
+        "smtpguard_abuse_rejected_total",
+        "counter",
+        "Abuse reports refused as malformed, by reason (since start).",
+    );
+    let rejected = state
+        .counters
+        .abuse_rejected
+        .lock()
+        .map(|m| m.clone())
+        .unwrap_or_default();
+    for l in ABUSE_LABELS.iter().chain(std::iter::once(&"form")) {
+        let _ = writeln!(
+            o,
+            "smtpguard_abuse_rejected_total{{reason=\"{l}\"}} {}",
+            rejected.get(l).copied().unwrap_or(0)
+        );
+    }
+    header(
+        &mut o,
+        "smtpguard_release_requests",
+        "gauge",
+        "Subscriber release requests by status.",
+    );
+    for st in ["pending", "approved", "denied"] {
+        let _ = writeln!(
+            o,
+            "smtpguard_release_requests{{status=\"{st}\"}} {}",
+            get(&s.releases, st)
+        );
+    }
+    header(
+        &mut o,
+        "smtpguard_web_auth_failures_total",
+        "counter",
+        "Failed logins and bad bearer tokens (since start).",
+    );
+    let _ = writeln!(
+        o,
+        "smtpguard_web_auth_failures_total {}",
+        state.counters.auth_failures.load(Ordering::Relaxed)
+    );
+    header(
+        &mut o,
+        "smtpguard_web_csrf_failures_total",
+        "counter",
+        "Form posts refused for CSRF (since start).",
+    );
+    let _ = writeln!(
+        o,
+        "smtpguard_web_csrf_failures_total {}",
+        state.counters.csrf_failures.load(Ordering::Relaxed)
+    );
+    o
+}
+
+/// `GET /metrics`.
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    let now = state.now_ms();
+    match state.db(move |conn| snapshot(conn, now)).await {
+        Ok(s) => (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            render(&s, &state),
+        )
+            .into_response(),
+        Err(e) => e.api(),
+    }
+}

@@ -1,0 +1,404 @@
+//! The HTTP side of the controller: NOC dashboard, subscriber portal, JSON API, `/metrics`.
+//!
+//! # Layout
+//! - [`schema`]: the product tables (households, sessions, release requests, abuse reports,
+//!   campaigns) and their migrations.
+//! - [`auth`]: operator and subscriber identities from bearer tokens or session cookies,
+//!   sessions, CSRF tokens.
+//! - [`html`]: escaping and the page frame.
+//! - [`noc`]: operator pages (fleet, CPE, campaigns, policy editor, abuse reports, release
+//!   requests).
+//! - [`portal`]: the subscriber's "your devices" pages.
+//! - [`api`]: JSON endpoints, including `POST /api/abuse`.
+//! - [`metrics`]: Prometheus text exposition.
+//!
+//! # Data flow
+//! Requests are routed by axum; handlers resolve the caller with [`auth`], then run their
+//! SQLite work on a blocking thread through [`AppState::db`] (one connection, WAL: the
+//! ingest writes concurrently through its own), calling the pure logic in
+//! [`crate::verdicts`], [`crate::campaigns`], [`crate::abuse`] and [`crate::households`],
+//! and render HTML or JSON. Policy changes go through the injected [`PolicyPublisher`], which
+//! `serve` backs with the signing and publishing in `crate::policy`.
+
+pub mod api;
+pub mod auth;
+pub mod html;
+pub mod metrics;
+pub mod noc;
+pub mod portal;
+pub mod schema;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use rusqlite::Connection;
+use smtpguard_protocol::Policy;
+
+use crate::abuse::AbuseError;
+use crate::households::HouseholdError;
+use crate::verdicts::VerdictError;
+
+/// Largest request body accepted (abuse reports are the largest legitimate bodies).
+pub const MAX_BODY_BYTES: usize = crate::abuse::arf::MAX_REPORT_BYTES;
+
+/// Publishes a new policy for the fleet (`cpe_id` `None`) or one CPE: signs it with the next
+/// version, stores it and puts it on its retained topic. Returns the version.
+pub trait PolicyPublisher: Send + Sync + 'static {
+    /// See the trait.
+    fn publish(
+        &self,
+        policy: Policy,
+        cpe_id: Option<String>,
+    ) -> Pin<Box<dyn Future<Output = Result<u64, String>> + Send + '_>>;
+}
+
+/// A source of the current time (Unix ms); tests pin it.
+pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+/// The wall clock.
+pub fn system_clock() -> Clock {
+    Arc::new(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    })
+}
+
+/// Counters the web layer keeps itself (the rest of `/metrics` comes from the database).
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Abuse reports refused, by reason label.
+    pub abuse_rejected: Mutex<BTreeMap<&'static str, u64>>,
+    /// Failed logins and bad bearer tokens.
+    pub auth_failures: std::sync::atomic::AtomicU64,
+    /// Form posts refused for a bad CSRF token or a foreign origin.
+    pub csrf_failures: std::sync::atomic::AtomicU64,
+}
+
+impl Counters {
+    fn bump_abuse(&self, label: &'static str) {
+        if let Ok(mut m) = self.abuse_rejected.lock() {
+            *m.entry(label).or_default() += 1;
+        }
+    }
+}
+
+/// Web server settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WebSettings {
+    /// SHA-256 (hex) of the operator token; the token itself is never kept.
+    pub operator_token_hash: String,
+    /// Mark cookies `Secure` (behind TLS).
+    pub secure_cookies: bool,
+    /// How long a login lasts.
+    pub session_secs: u64,
+    /// Fleet correlation knobs.
+    pub campaigns: crate::campaigns::Settings,
+}
+
+impl WebSettings {
+    /// Settings for an operator token, with defaults for the rest.
+    pub fn new(operator_token: &str) -> WebSettings {
+        WebSettings {
+            operator_token_hash: crate::households::hash_secret(operator_token),
+            secure_cookies: false,
+            session_secs: 12 * 3600,
+            campaigns: crate::campaigns::Settings::default(),
+        }
+    }
+}
+
+/// Shared state of all handlers.
+#[derive(Clone)]
+pub struct AppState {
+    db: Arc<Mutex<Connection>>,
+    /// Settings.
+    pub settings: Arc<WebSettings>,
+    /// Policy publishing.
+    pub policy: Arc<dyn PolicyPublisher>,
+    /// Web-layer counters.
+    pub counters: Arc<Counters>,
+    /// The clock.
+    pub clock: Clock,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState").finish_non_exhaustive()
+    }
+}
+
+/// Opens the database for the web server: the ingest's schema (via [`crate::store::Store`])
+/// and then the product tables.
+///
+/// # Errors
+/// [`WebError::Internal`] when the file cannot be opened or migrated.
+pub fn open_db(path: &Path) -> Result<Connection, WebError> {
+    drop(crate::store::Store::open(path).map_err(|e| WebError::Internal(e.to_string()))?);
+    let mut conn = Connection::open(path)?;
+    conn.busy_timeout(Duration::from_secs(10))?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    schema::migrate(&mut conn)?;
+    Ok(conn)
+}
+
+impl AppState {
+    /// State over an open connection (from [`open_db`]).
+    pub fn new(
+        conn: Connection,
+        settings: WebSettings,
+        policy: Arc<dyn PolicyPublisher>,
+        clock: Clock,
+    ) -> AppState {
+        AppState {
+            db: Arc::new(Mutex::new(conn)),
+            settings: Arc::new(settings),
+            policy,
+            counters: Arc::new(Counters::default()),
+            clock,
+        }
+    }
+
+    /// Now, in Unix ms.
+    pub fn now_ms(&self) -> u64 {
+        (self.clock)()
+    }
+
+    /// Runs `f` with the connection on a blocking thread.
+    ///
+    /// # Errors
+    /// `f`'s error, or [`WebError::Internal`] when the thread or the lock failed.
+    pub async fn db<T, F>(&self, f: F) -> Result<T, WebError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, WebError> + Send + 'static,
+    {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = db
+                .lock()
+                .map_err(|_| WebError::Internal("database lock poisoned".into()))?;
+            f(&conn)
+        })
+        .await
+        .map_err(|e| WebError::Internal(e.to_string()))?
+    }
+}
+
+/// A request failed; each variant maps to one status code.
+#[derive(Debug, thiserror::Error)]
+pub enum WebError {
+    /// No valid credentials (401; pages redirect to the login form).
+    #[error("sign in required")]
+    Unauthorized,
+    /// Valid credentials for the wrong role (403).
+    #[error("not allowed")]
+    Forbidden,
+    /// Bad or missing CSRF token, or a cross-site form post (403).
+    #[error("form expired or sent from another site; reload the page and try again")]
+    Csrf,
+    /// No such thing, or not yours (404).
+    #[error("not found")]
+    NotFound,
+    /// The request is malformed (400), with a message for the caller.
+    #[error("{0}")]
+    BadRequest(String),
+    /// The body is over [`MAX_BODY_BYTES`] (413).
+    #[error("request body too large (limit {MAX_BODY_BYTES} bytes)")]
+    TooLarge,
+    /// Server-side failure (500); details go to the log, not the client.
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl From<rusqlite::Error> for WebError {
+    fn from(e: rusqlite::Error) -> Self {
+        WebError::Internal(e.to_string())
+    }
+}
+
+impl From<VerdictError> for WebError {
+    fn from(e: VerdictError) -> Self {
+        WebError::Internal(e.to_string())
+    }
+}
+
+impl From<HouseholdError> for WebError {
+    fn from(e: HouseholdError) -> Self {
+        match e {
+            HouseholdError::NotFound => WebError::NotFound,
+            HouseholdError::Invalid(m) => WebError::BadRequest(m.to_string()),
+            HouseholdError::Sqlite(e) => WebError::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<AbuseError> for WebError {
+    fn from(e: AbuseError) -> Self {
+        if e.is_client_error() {
+            if matches!(e, AbuseError::Arf(crate::abuse::arf::ArfError::TooLarge(_))) {
+                WebError::TooLarge
+            } else {
+                WebError::BadRequest(e.to_string())
+            }
+        } else {
+            WebError::Internal(e.to_string())
+        }
+    }
+}
+
+impl WebError {
+    /// The status code.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            WebError::Unauthorized => StatusCode::UNAUTHORIZED,
+            WebError::Forbidden | WebError::Csrf => StatusCode::FORBIDDEN,
+            WebError::NotFound => StatusCode::NOT_FOUND,
+            WebError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            WebError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            WebError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn log(&self) {
+        if let WebError::Internal(detail) = self {
+            tracing::error!(%detail, "web request failed");
+        }
+    }
+
+    /// As a JSON API response: `{"error": "..."}`.
+    pub fn api(self) -> Response {
+        self.log();
+        let mut r = (
+            self.status(),
+            axum::Json(serde_json::json!({ "error": self.to_string() })),
+        )
+            .into_response();
+        if matches!(self, WebError::Unauthorized) {
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"smtpguard\""),
+            );
+        }
+        r
+    }
+
+    /// As an HTML page response; 401 sends people to the login form.
+    pub fn page(self) -> Response {
+        self.log();
+        if matches!(self, WebError::Unauthorized) {
+            return Redirect::to("/login").into_response();
+        }
+        let (title, text) = match &self {
+            WebError::NotFound => (
+                "Not found",
+                "There is nothing here, or it is not yours to see.".to_string(),
+            ),
+            WebError::Forbidden => (
+                "Not allowed",
+                "This page is not available to your account.".to_string(),
+            ),
+            other => ("Something went wrong", other.to_string()),
+        };
+        let body = format!(
+            r#"<div class="login"><h1>{}</h1><p>{}</p><p><a class="btn secondary" href="/login">Back</a></p></div>"#,
+            html::esc(title),
+            html::esc(&text)
+        );
+        (
+            self.status(),
+            [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+            html::page(title, html::Nav::None, None, &body),
+        )
+            .into_response()
+    }
+}
+
+/// An HTML response.
+pub fn html_response(body: String) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// All routes.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/", get(|| async { Redirect::to("/login") }))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/login", get(auth::login_form).post(auth::login))
+        .route("/logout", post(auth::logout))
+        .route("/noc", get(noc::fleet))
+        .route("/noc/cpe/{cpe_id}", get(noc::cpe))
+        .route("/noc/campaigns", get(noc::campaigns))
+        .route("/noc/campaigns/{id}/push", post(noc::push_campaign))
+        .route("/noc/policy", get(noc::policy_page).post(noc::policy_save))
+        .route("/noc/abuse", get(noc::abuse_page).post(noc::abuse_paste))
+        .route("/noc/abuse/{id}", get(noc::abuse_one))
+        .route("/noc/releases", get(noc::releases))
+        .route("/noc/releases/{id}", post(noc::decide_release))
+        .route("/my", get(portal::devices))
+        .route("/my/devices/{cpe_id}/{mac}", get(portal::device))
+        .route("/my/release", post(portal::release))
+        .route("/api/fleet", get(api::fleet))
+        .route("/api/cpes/{cpe_id}", get(api::cpe))
+        .route("/api/campaigns", get(api::campaigns))
+        .route("/api/abuse", get(api::abuse_list).post(api::abuse_submit))
+        .route("/api/my/devices", get(api::my_devices))
+        .route("/metrics", get(metrics::metrics))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(security_headers))
+        .with_state(state)
+}
+
+async fn security_headers(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let mut resp = next.run(req).await;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+        ),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("same-origin"),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    resp
+}
+
+/// Serves `router(state)` on `listener` until `shutdown` resolves.
+///
+/// # Errors
+/// I/O errors of the listener.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let addr: Option<SocketAddr> = listener.local_addr().ok();
+    tracing::info!(?addr, "web server listening");
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}

@@ -1,0 +1,1145 @@
+//! NOC pages: fleet overview, one CPE, campaigns, the policy editor with rollout status,
+//! abuse reports and release requests. Operator only.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::Form;
+use rusqlite::{Connection, OptionalExtension};
+use serde::Deserialize;
+use smtpguard_protocol::{Policy, PolicyScope, Verdict};
+
+use super::auth::{self, csrf_field, Caller};
+use super::html::{self, esc, page, path_seg, Nav};
+use super::{html_response, AppState, WebError};
+use crate::abuse::{self, mapping::Confidence};
+use crate::campaigns::{self, Campaign, Member};
+use crate::households;
+use crate::verdicts::{self, DeviceView};
+
+/// One CPE as the NOC sees it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct CpeRow {
+    /// Its id.
+    pub cpe_id: String,
+    /// Operator label.
+    pub label: Option<String>,
+    /// `online`/`offline`, if it ever reported state.
+    pub status: Option<String>,
+    /// Agent version.
+    pub agent_version: Option<String>,
+    /// Applied fleet policy.
+    pub fleet_policy_version: Option<i64>,
+    /// Public address.
+    pub public_ip: Option<String>,
+    /// Last state update.
+    pub updated_ms: Option<i64>,
+    /// Revoked?
+    pub revoked: bool,
+    /// Owning household name.
+    pub household: Option<String>,
+}
+
+/// Every CPE with its state and household.
+///
+/// # Errors
+/// SQLite errors.
+pub fn cpe_rows(conn: &Connection, only: Option<&str>) -> Result<Vec<CpeRow>, WebError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT c.cpe_id, c.label, s.status, s.agent_version, s.fleet_policy_version, s.public_ip,
+                s.updated_ms, c.revoked_at_ms IS NOT NULL, h.name
+         FROM cpes c LEFT JOIN cpe_state s ON s.cpe_id = c.cpe_id
+              LEFT JOIN household_cpes hc ON hc.cpe_id = c.cpe_id
+              LEFT JOIN households h ON h.id = hc.household_id
+         WHERE ?1 IS NULL OR c.cpe_id = ?1 ORDER BY c.cpe_id",
+    )?;
+    let rows = stmt.query_map([only], |r| {
+        Ok(CpeRow {
+            cpe_id: r.get(0)?,
+            label: r.get(1)?,
+            status: r.get(2)?,
+            agent_version: r.get(3)?,
+            fleet_policy_version: r.get(4)?,
+            public_ip: r.get(5)?,
+            updated_ms: r.get(6)?,
+            revoked: r.get(7)?,
+            household: r.get(8)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// The campaigns among the fleet's infected devices.
+///
+/// # Errors
+/// SQLite errors.
+pub fn current_campaigns(
+    conn: &Connection,
+    devices: &[DeviceView],
+    settings: &campaigns::Settings,
+) -> Result<Vec<(Campaign, Option<i64>)>, WebError> {
+    let members: Vec<Member> = devices
+        .iter()
+        .filter(|d| d.verdict == Verdict::Infected)
+        .map(|d| Member {
+            cpe_id: d.cpe_id.clone(),
+            mac: d.mac,
+            at_ms: d.since_ms,
+            observed: d.observed.clone(),
+        })
+        .collect();
+    let found = campaigns::cluster(&members, settings);
+    let mut out = Vec::new();
+    for c in found {
+        conn.execute(
+            "INSERT OR IGNORE INTO campaigns (id, first_seen_ms) VALUES (?1, ?2)",
+            rusqlite::params![c.id, i64::try_from(c.first_ms).unwrap_or(i64::MAX)],
+        )?;
+        let pushed: Option<i64> = conn
+            .query_row(
+                "SELECT pushed_version FROM campaigns WHERE id = ?1",
+                [&c.id],
+                |r| r.get(0),
+            )
+            .optional()?
+            .flatten();
+        out.push((c, pushed));
+    }
+    Ok(out)
+}
+
+struct Fleet {
+    cpes: Vec<CpeRow>,
+    devices: Vec<DeviceView>,
+    campaigns: Vec<(Campaign, Option<i64>)>,
+    unmatched_abuse: usize,
+    pending_releases: usize,
+}
+
+fn load_fleet(
+    conn: &Connection,
+    now: u64,
+    settings: &campaigns::Settings,
+) -> Result<Fleet, WebError> {
+    let cpes = cpe_rows(conn, None)?;
+    let devices = verdicts::load_devices(conn, None, now)?;
+    let campaigns = current_campaigns(conn, &devices, settings)?;
+    let unmatched_abuse = abuse::list(conn, true, 1000)?.len();
+    let pending_releases = households::release_requests(conn, None)?
+        .iter()
+        .filter(|r| r.status == "pending")
+        .count();
+    Ok(Fleet {
+        cpes,
+        devices,
+        campaigns,
+        unmatched_abuse,
+        pending_releases,
+    })
+}
+
+fn stat(class: &str, n: usize, label: &str, id: &str) -> String {
+    format!(
+        r#"<div class="stat {class}" id="{id}"><b>{n}</b><span>{}</span></div>"#,
+        esc(label)
+    )
+}
+
+fn household_of(cpes: &[CpeRow], cpe: &str) -> String {
+    cpes.iter()
+        .find(|c| c.cpe_id == cpe)
+        .and_then(|c| c.household.clone().or(c.label.clone()))
+        .unwrap_or_default()
+}
+
+fn device_rows(devs: &[&DeviceView], cpes: &[CpeRow], with_cpe: bool) -> String {
+    let mut s = String::from("<table><tr><th>Device</th>");
+    if with_cpe {
+        s.push_str("<th>Household / CPE</th>");
+    }
+    s.push_str("<th>Verdict</th><th>Since</th><th>Evidence</th><th>Action</th></tr>");
+    for d in devs {
+        let _ = write!(
+            s,
+            r#"<tr class="dev {}" data-mac="{}"><td><b>{}</b><div class="muted mono">{}</div><div class="muted">{}</div></td>"#,
+            d.verdict.as_str(),
+            esc(&d.mac.to_string()),
+            esc(&d.display_name()),
+            esc(&d.mac.to_string()),
+            esc(d.vendor.as_deref().unwrap_or("")),
+        );
+        if with_cpe {
+            let _ = write!(
+                s,
+                r#"<td>{}<div><a class="mono" href="/noc/cpe/{}">{}</a></div></td>"#,
+                esc(&household_of(cpes, &d.cpe_id)),
+                path_seg(&d.cpe_id),
+                esc(&d.cpe_id)
+            );
+        }
+        let _ = write!(
+            s,
+            "<td>{} <div class=\"muted\">score {:.2}</div></td><td>{}</td><td><ul class=\"ev\">",
+            html::verdict_badge(d.verdict),
+            d.score,
+            esc(&html::time(d.since_ms))
+        );
+        for e in d.evidence.iter().take(4) {
+            let _ = write!(s, "<li>{}</li>", esc(e));
+        }
+        let _ = write!(
+            s,
+            "</ul></td><td>{}</td></tr>",
+            html::action_badge(d.action, d.action_until_ms)
+        );
+    }
+    s.push_str("</table>");
+    s
+}
+
+fn noc_page(title: &str, section: &'static str, caller: &Caller, body: &str) -> Response {
+    html_response(page(title, Nav::Noc(section), caller.csrf.as_deref(), body))
+}
+
+/// `GET /noc`: the fleet overview.
+pub async fn fleet(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let caller = match auth::noc(&state, &headers).await {
+        Ok(c) => c,
+        Err(e) => return e.page(),
+    };
+    let now = state.now_ms();
+    let settings = state.settings.campaigns;
+    let f = match state.db(move |conn| load_fleet(conn, now, &settings)).await {
+        Ok(f) => f,
+        Err(e) => return e.page(),
+    };
+    let online = f
+        .cpes
+        .iter()
+        .filter(|c| c.status.as_deref() == Some("online"))
+        .count();
+    let infected: Vec<&DeviceView> = f
+        .devices
+        .iter()
+        .filter(|d| d.verdict == Verdict::Infected)
+        .collect();
+    let suspicious: Vec<&DeviceView> = f
+        .devices
+        .iter()
+        .filter(|d| d.verdict == Verdict::Suspicious)
+        .collect();
+    let mut b = String::new();
+    let _ = write!(
+        b,
+        r#"<h1>Fleet overview</h1><p class="sub">As of {}</p><div class="grid">"#,
+        esc(&html::time(now))
+    );
+    b.push_str(&stat("ok", online, "CPEs online", "stat-online"));
+    b.push_str(&stat(
+        "",
+        f.cpes.len() - online,
+        "CPEs offline or never seen",
+        "stat-offline",
+    ));
+    b.push_str(&stat(
+        if infected.is_empty() { "ok" } else { "bad" },
+        infected.len(),
+        "infected devices",
+        "stat-infected",
+    ));
+    b.push_str(&stat(
+        if suspicious.is_empty() { "ok" } else { "warn" },
+        suspicious.len(),
+        "suspicious devices",
+        "stat-suspicious",
+    ));
+    b.push_str(&stat("", f.campaigns.len(), "campaigns", "stat-campaigns"));
+    b.push_str(&stat(
+        "",
+        f.unmatched_abuse,
+        "unmatched abuse reports",
+        "stat-abuse",
+    ));
+    b.push_str(&stat(
+        "",
+        f.pending_releases,
+        "pending release requests",
+        "stat-releases",
+    ));
+    b.push_str("</div>");
+    b.push_str("<h2>Infected and suspicious devices</h2>");
+    let flagged: Vec<&DeviceView> = infected.iter().chain(suspicious.iter()).copied().collect();
+    if flagged.is_empty() {
+        b.push_str(r#"<p class="muted">No device in the fleet is flagged.</p>"#);
+    } else {
+        b.push_str(&device_rows(&flagged, &f.cpes, true));
+    }
+    if !f.campaigns.is_empty() {
+        b.push_str("<h2>Campaigns</h2><table><tr><th>Campaign</th><th>Households</th><th>Indicators</th><th>Fleet policy</th></tr>");
+        for (c, pushed) in &f.campaigns {
+            let _ = write!(
+                b,
+                r#"<tr><td><a class="mono" href="/noc/campaigns#{}">{}</a></td><td class="num">{}</td><td class="mono">{}</td><td>{}</td></tr>"#,
+                esc(&c.id),
+                esc(&c.id),
+                c.households,
+                esc(&c
+                    .ehlo_names
+                    .iter()
+                    .chain(c.sender_domains.iter())
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")),
+                pushed.map_or("not pushed".to_string(), |v| format!("pushed in v{v}")),
+            );
+        }
+        b.push_str("</table>");
+    }
+    b.push_str("<h2>CPEs</h2><table><tr><th>CPE</th><th>Household</th><th>Status</th><th class=\"hide-sm\">Public IP</th><th class=\"hide-sm\">Agent</th><th>Fleet policy</th><th>Flagged</th></tr>");
+    for c in &f.cpes {
+        let flagged = f
+            .devices
+            .iter()
+            .filter(|d| d.cpe_id == c.cpe_id && d.verdict != Verdict::Clean)
+            .count();
+        let status = match (c.revoked, c.status.as_deref()) {
+            (true, _) => r#"<span class="badge bad-soft">revoked</span>"#.to_string(),
+            (_, Some("online")) => r#"<span class="badge ok">online</span>"#.to_string(),
+            (_, Some(s)) => format!(r#"<span class="badge muted">{}</span>"#, esc(s)),
+            (_, None) => r#"<span class="badge muted">never seen</span>"#.to_string(),
+        };
+        let _ = write!(
+            b,
+            r#"<tr><td><a class="mono" href="/noc/cpe/{}">{}</a></td><td>{}</td><td>{status}</td><td class="hide-sm mono">{}</td><td class="hide-sm">{}</td><td>{}</td><td class="num">{}</td></tr>"#,
+            path_seg(&c.cpe_id),
+            esc(&c.cpe_id),
+            esc(c.household.as_deref().or(c.label.as_deref()).unwrap_or("")),
+            esc(c.public_ip.as_deref().unwrap_or("")),
+            esc(c.agent_version.as_deref().unwrap_or("")),
+            c.fleet_policy_version
+                .map(|v| format!("v{v}"))
+                .unwrap_or_default(),
+            if flagged > 0 {
+                format!(r#"<span class="badge bad">{flagged}</span>"#)
+            } else {
+                "0".into()
+            },
+        );
+    }
+    b.push_str("</table>");
+    noc_page("Fleet", "fleet", &caller, &b)
+}
+
+/// `GET /noc/cpe/{cpe_id}`: one router, its devices and their evidence timeline.
+pub async fn cpe(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(cpe_id): Path<String>,
+) -> Response {
+    let caller = match auth::noc(&state, &headers).await {
+        Ok(c) => c,
+        Err(e) => return e.page(),
+    };
+    let now = state.now_ms();
+    let id = cpe_id.clone();
+    let data = state
+        .db(move |conn| {
+            let row = cpe_rows(conn, Some(&id))?
+                .into_iter()
+                .next()
+                .ok_or(WebError::NotFound)?;
+            let devices = verdicts::load_devices(conn, Some(&id), now)?;
+            let releases: Vec<_> = households::release_requests(conn, None)?
+                .into_iter()
+                .filter(|r| r.cpe_id == id)
+                .collect();
+            Ok((row, devices, releases))
+        })
+        .await;
+    let (row, devices, releases) = match data {
+        Ok(d) => d,
+        Err(e) => return e.page(),
+    };
+    let mut b = String::new();
+    let _ = write!(
+        b,
+        r#"<p><a href="/noc">← Fleet</a></p><h1 class="mono">{}</h1><p class="sub">{} · {} · public IP {} · agent {} · fleet policy {}</p>"#,
+        esc(&row.cpe_id),
+        esc(row.household.as_deref().unwrap_or("no household")),
+        esc(row.status.as_deref().unwrap_or("never seen")),
+        esc(row.public_ip.as_deref().unwrap_or("unknown")),
+        esc(row.agent_version.as_deref().unwrap_or("?")),
+        row.fleet_policy_version
+            .map(|v| format!("v{v}"))
+            .unwrap_or("none".into()),
+    );
+    b.push_str("<h2>Devices</h2>");
+    let all: Vec<&DeviceView> = devices.iter().collect();
+    if all.is_empty() {
+        b.push_str(r#"<p class="muted">No devices reported yet.</p>"#);
+    } else {
+        b.push_str(&device_rows(&all, &[], false));
+    }
+    let blocks: Vec<&DeviceView> = devices
+        .iter()
+        .filter(|d| d.action != smtpguard_protocol::Action::Monitor)
+        .collect();
+    b.push_str("<h2>Restrictions in force</h2>");
+    if blocks.is_empty() {
+        b.push_str(r#"<p class="muted">None.</p>"#);
+    } else {
+        b.push_str("<table><tr><th>Device</th><th>Action</th><th>Release request</th></tr>");
+        for d in blocks {
+            let rr = releases
+                .iter()
+                .find(|r| r.mac == d.mac.to_string())
+                .map(|r| format!("{} ({})", r.status, html::time(r.requested_ms)))
+                .unwrap_or_else(|| "—".into());
+            let _ = write!(
+                b,
+                "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
+                esc(&d.display_name()),
+                html::action_badge(d.action, d.action_until_ms),
+                esc(&rr)
+            );
+        }
+        b.push_str("</table>");
+    }
+    b.push_str("<h2>Evidence timeline</h2>");
+    let mut events: Vec<(&DeviceView, &verdicts::VerdictChange)> = devices
+        .iter()
+        .flat_map(|d| d.history.iter().map(move |h| (d, h)))
+        .collect();
+    events.sort_by_key(|e| std::cmp::Reverse(e.1.at_ms));
+    if events.is_empty() {
+        b.push_str(r#"<p class="muted">No verdict changes.</p>"#);
+    } else {
+        b.push_str(r#"<div class="timeline">"#);
+        for (d, h) in events.iter().take(200) {
+            let _ = write!(
+                b,
+                "<div><b>{}</b> · {} <span class=\"mono muted\">{}</span> · {} → {} {}<ul class=\"ev\">",
+                esc(&html::time(h.at_ms)),
+                esc(&d.display_name()),
+                esc(&d.mac.to_string()),
+                esc(h.previous.as_str()),
+                html::verdict_badge(h.verdict),
+                html::action_badge(h.action, h.action_until_ms),
+            );
+            for e in &h.evidence {
+                let _ = write!(b, "<li>{}</li>", esc(e));
+            }
+            b.push_str("</ul></div>");
+        }
+        b.push_str("</div>");
+    }
+    noc_page(&row.cpe_id, "fleet", &caller, &b)
+}
+
+/// `GET /noc/campaigns`.
+pub async fn campaigns(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(flash): Query<FlashQuery>,
+) -> Response {
+    let caller = match auth::noc(&state, &headers).await {
+        Ok(c) => c,
+        Err(e) => return e.page(),
+    };
+    let now = state.now_ms();
+    let settings = state.settings.campaigns;
+    let f = match state.db(move |conn| load_fleet(conn, now, &settings)).await {
+        Ok(f) => f,
+        Err(e) => return e.page(),
+    };
+    let mut b = String::from("<h1>Campaigns</h1><p class=\"sub\">Infected devices in different households that behave alike: same EHLO name, same sender domains, or overlapping sets of destination mail servers.</p>");
+    if let Some(v) = flash.pushed {
+        let _ = write!(
+            b,
+            r#"<div class="flash" role="status">Indicators pushed to the fleet in policy version {v}.</div>"#
+        );
+    }
+    if f.campaigns.is_empty() {
+        b.push_str(r#"<p class="muted">No campaign spans more than one household right now.</p>"#);
+    }
+    for (c, pushed) in &f.campaigns {
+        let _ = write!(
+            b,
+            r#"<section class="card infected" id="{}"><div class="row"><h3 class="mono">{}</h3><span class="badge bad">{} households</span><span class="muted">{} devices · first {} · latest {}</span></div>"#,
+            esc(&c.id),
+            esc(&c.id),
+            c.households,
+            c.members.len(),
+            esc(&html::time(c.first_ms)),
+            esc(&html::time(c.last_ms)),
+        );
+        b.push_str("<p><b>Linked by:</b> ");
+        let links: Vec<String> = c
+            .links
+            .iter()
+            .map(|l| match l {
+                campaigns::Link::Ehlo(e) => format!("EHLO {}", esc(e)),
+                campaigns::Link::SenderDomain(d) => format!("sender domain {}", esc(d)),
+                campaigns::Link::Servers(p) => format!("{p}% shared mail servers"),
+            })
+            .collect();
+        b.push_str(&links.join(" · "));
+        b.push_str("</p><table><tr><th>Household / CPE</th><th>Device</th></tr>");
+        for m in &c.members {
+            let name = f
+                .devices
+                .iter()
+                .find(|d| d.cpe_id == m.cpe_id && d.mac == m.mac)
+                .map(DeviceView::display_name)
+                .unwrap_or_default();
+            let _ = write!(
+                b,
+                r#"<tr><td>{} <a class="mono" href="/noc/cpe/{}">{}</a></td><td>{} <span class="mono muted">{}</span></td></tr>"#,
+                esc(&household_of(&f.cpes, &m.cpe_id)),
+                path_seg(&m.cpe_id),
+                esc(&m.cpe_id),
+                esc(&name),
+                esc(&m.mac.to_string())
+            );
+        }
+        b.push_str("</table>");
+        let _ = write!(
+            b,
+            r#"<form method="post" action="/noc/campaigns/{}/push">{}<p><b>Indicators:</b> EHLO <span class="mono">{}</span> · sender domains <span class="mono">{}</span></p>
+<label style="font-weight:400"><input type="checkbox" name="with_servers" value="1"> also block the {} shared mail servers (only if they are not big providers)</label>
+<p><button class="btn danger" type="submit">{}</button></p></form></section>"#,
+            path_seg(&c.id),
+            csrf_field(&caller),
+            esc(&if c.ehlo_names.is_empty() {
+                "—".into()
+            } else {
+                c.ehlo_names.join(", ")
+            }),
+            esc(&if c.sender_domains.is_empty() {
+                "—".into()
+            } else {
+                c.sender_domains.join(", ")
+            }),
+            c.mail_servers.len(),
+            match pushed {
+                Some(v) => format!("Pushed in v{v} — push again"),
+                None => "Push indicators to the whole fleet".into(),
+            }
+        );
+    }
+    noc_page("Campaigns", "campaigns", &caller, &b)
+}
+
+/// After-redirect flash values.
+#[derive(Debug, Deserialize)]
+pub struct FlashQuery {
+    #[serde(default)]
+    pushed: Option<u64>,
+    #[serde(default)]
+    saved: Option<u64>,
+}
+
+/// The campaign push form.
+#[derive(Debug, Deserialize)]
+pub struct PushForm {
+    csrf: String,
+    #[serde(default)]
+    with_servers: Option<String>,
+}
+
+fn current_fleet_policy(conn: &Connection) -> Result<Policy, WebError> {
+    let json: Option<String> = conn
+        .query_row(
+            "SELECT policy_json FROM policies WHERE scope = ?1 ORDER BY version DESC LIMIT 1",
+            [crate::store::scope_name(PolicyScope::Fleet)],
+            |r| r.get(0),
+        )
+        .optional()?;
+    match json {
+        Some(j) => {
+            serde_json::from_str(&j).map_err(|e| WebError::Internal(format!("stored policy: {e}")))
+        }
+        None => Ok(Policy::default()),
+    }
+}
+
+/// `POST /noc/campaigns/{id}/push`: adds the campaign's indicators to the fleet policy.
+pub async fn push_campaign(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(form): Form<PushForm>,
+) -> Response {
+    let caller = match auth::noc(&state, &headers).await {
+        Ok(c) => c,
+        Err(e) => return e.page(),
+    };
+    if let Err(e) = auth::check_form(&state, &headers, &caller, &form.csrf) {
+        return e.page();
+    }
+    match push_campaign_indicators(&state, &id, form.with_servers.is_some()).await {
+        Ok(v) => Redirect::to(&format!("/noc/campaigns?pushed={v}")).into_response(),
+        Err(e) => e.page(),
+    }
+}
+
+/// Merges a campaign's indicators into the newest fleet policy and publishes it; returns the
+/// new version.
+///
+/// # Errors
+/// [`WebError::NotFound`] for an unknown campaign; publishing errors.
+pub async fn push_campaign_indicators(
+    state: &AppState,
+    id: &str,
+    with_servers: bool,
+) -> Result<u64, WebError> {
+    let now = state.now_ms();
+    let settings = state.settings.campaigns;
+    let wanted = id.to_string();
+    let (campaign, mut policy) = state
+        .db(move |conn| {
+            let devices = verdicts::load_devices(conn, None, now)?;
+            let c = current_campaigns(conn, &devices, &settings)?
+                .into_iter()
+                .map(|(c, _)| c)
+                .find(|c| c.id == wanted)
+                .ok_or(WebError::NotFound)?;
+            Ok((c, current_fleet_policy(conn)?))
+        })
+        .await?;
+    let extra = campaigns::indicators_of(&campaign, with_servers);
+    if extra.is_empty() {
+        return Err(WebError::BadRequest(
+            "this campaign has no shared EHLO names or sender domains; tick the mail-server box to push its servers".into(),
+        ));
+    }
+    campaigns::merge_indicators(&mut policy.indicators, &extra);
+    let version = state
+        .policy
+        .publish(policy, None)
+        .await
+        .map_err(WebError::BadRequest)?;
+    let id = campaign.id.clone();
+    state
+        .db(move |conn| {
+            conn.execute(
+                "UPDATE campaigns SET pushed_version = ?2, pushed_ms = ?3 WHERE id = ?1",
+                rusqlite::params![
+                    id,
+                    i64::try_from(version).unwrap_or(i64::MAX),
+                    i64::try_from(now).unwrap_or(i64::MAX)
+                ],
+            )?;
+            Ok(())
+        })
+        .await?;
+    tracing::info!(campaign = %campaign.id, version, "campaign indicators pushed");
+    Ok(version)
+}
+
+fn policy_body(
+    caller: &Caller,
+    text: &str,
+    error: Option<&str>,
+    saved: Option<u64>,
+    rollout: &[crate::store::RolloutRow],
+    latest: Option<u64>,
+) -> String {
+    let mut b = String::from("<h1>Fleet policy</h1><p class=\"sub\">Edit the policy (TOML, the agent's schema). Saving signs it with the next version and publishes it to every router; routers answer whether they applied it.</p>");
+    if let Some(v) = saved {
+        let _ = write!(
+            b,
+            r#"<div class="flash" role="status">Policy version {v} signed and published.</div>"#
+        );
+    }
+    if let Some(e) = error {
+        let _ = write!(b, r#"<div class="flash err" role="alert">{}</div>"#, esc(e));
+    }
+    let _ = write!(
+        b,
+        r#"<form method="post" action="/noc/policy">{}<textarea name="policy" rows="18" spellcheck="false">{}</textarea><p><button class="btn" type="submit">Sign and publish</button></p></form>"#,
+        csrf_field(caller),
+        esc(text)
+    );
+    let applied = rollout
+        .iter()
+        .filter(|r| latest.is_some() && r.fleet_policy_version == latest)
+        .count();
+    let _ = write!(
+        b,
+        "<h2>Rollout</h2><p>{} of {} routers run the latest version{}.</p>",
+        applied,
+        rollout.len(),
+        latest.map(|v| format!(" (v{v})")).unwrap_or_default()
+    );
+    b.push_str("<table><tr><th>CPE</th><th>Status</th><th>Applied fleet policy</th><th>Override</th><th>Refused</th></tr>");
+    for r in rollout {
+        let refused: Vec<String> = r
+            .refusals
+            .iter()
+            .take(3)
+            .map(|(scope, v, reason)| format!("{scope} v{v}: {reason}"))
+            .collect();
+        let current = latest.is_some() && r.fleet_policy_version == latest;
+        let _ = write!(
+            b,
+            r#"<tr><td><a class="mono" href="/noc/cpe/{}">{}</a></td><td>{}</td><td>{} {}</td><td>{}</td><td>{}</td></tr>"#,
+            path_seg(&r.cpe_id),
+            esc(&r.cpe_id),
+            esc(r.status.as_deref().unwrap_or("never seen")),
+            r.fleet_policy_version
+                .map(|v| format!("v{v}"))
+                .unwrap_or("—".into()),
+            if current {
+                r#"<span class="badge ok">current</span>"#
+            } else if latest.is_some() {
+                r#"<span class="badge warn-soft">behind</span>"#
+            } else {
+                ""
+            },
+            r.cpe_policy_version
+                .map(|v| format!("v{v}"))
+                .unwrap_or("—".into()),
+            esc(&refused.join("; ")),
+        );
+    }
+    b.push_str("</table>");
+    b
+}
+
+fn rollout(conn: &Connection) -> Result<(Vec<crate::store::RolloutRow>, Option<u64>), WebError> {
+    // Same view as the store's rollout, over this connection.
+    let latest: Option<i64> = conn.query_row(
+        "SELECT MAX(version) FROM policies WHERE scope = 'fleet'",
+        [],
+        |r| r.get(0),
+    )?;
+    let mut stmt = conn.prepare_cached(
+        "SELECT c.cpe_id, s.status,
+            MAX(COALESCE(s.fleet_policy_version, 0), COALESCE((SELECT MAX(version) FROM policy_acks a
+              WHERE a.cpe_id = c.cpe_id AND a.scope = 'fleet' AND a.outcome = 'applied'), 0)),
+            MAX(COALESCE(s.cpe_policy_version, 0), COALESCE((SELECT MAX(version) FROM policy_acks a
+              WHERE a.cpe_id = c.cpe_id AND a.scope = 'cpe' AND a.outcome = 'applied'), 0))
+         FROM cpes c LEFT JOIN cpe_state s ON s.cpe_id = c.cpe_id ORDER BY c.cpe_id",
+    )?;
+    let version = |v: i64| u64::try_from(v).ok().filter(|v| *v > 0);
+    let mut rows: Vec<crate::store::RolloutRow> = stmt
+        .query_map([], |r| {
+            Ok(crate::store::RolloutRow {
+                cpe_id: r.get(0)?,
+                status: r.get(1)?,
+                fleet_policy_version: version(r.get(2)?),
+                cpe_policy_version: version(r.get(3)?),
+                refusals: Vec::new(),
+            })
+        })?
+        .collect::<Result<_, _>>()?;
+    let mut stmt = conn.prepare_cached(
+        "SELECT cpe_id, scope, version, COALESCE(reason, '') FROM policy_acks
+         WHERE outcome = 'refused' ORDER BY version DESC LIMIT 5000",
+    )?;
+    let refusals = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, i64>(2)?,
+            r.get::<_, String>(3)?,
+        ))
+    })?;
+    for refusal in refusals {
+        let (cpe, scope, v, reason) = refusal?;
+        if let Some(row) = rows.iter_mut().find(|r| r.cpe_id == cpe) {
+            row.refusals
+                .push((scope, u64::try_from(v).unwrap_or(0), reason));
+        }
+    }
+    Ok((rows, latest.and_then(|v| u64::try_from(v).ok())))
+}
+
+/// `GET /noc/policy`: the editor and the rollout.
+pub async fn policy_page(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(flash): Query<FlashQuery>,
+) -> Response {
+    let caller = match auth::noc(&state, &headers).await {
+        Ok(c) => c,
+        Err(e) => return e.page(),
+    };
+    let data = state
+        .db(|conn| {
+            let p = current_fleet_policy(conn)?;
+            let (rows, latest) = rollout(conn)?;
+            Ok((p, rows, latest))
+        })
+        .await;
+    let (mut policy, rows, latest) = match data {
+        Ok(d) => d,
+        Err(e) => return e.page(),
+    };
+    // The version is assigned when signing; showing it invites editing it.
+    policy.policy_version = 0;
+    let text = toml::to_string(&policy).unwrap_or_default();
+    let body = policy_body(&caller, &text, None, flash.saved, &rows, latest);
+    noc_page("Policy", "policy", &caller, &body)
+}
+
+/// The policy editor form.
+#[derive(Debug, Deserialize)]
+pub struct PolicyForm {
+    csrf: String,
+    policy: String,
+}
+
+/// `POST /noc/policy`: validates, signs and publishes.
+pub async fn policy_save(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Form(form): Form<PolicyForm>,
+) -> Response {
+    let caller = match auth::noc(&state, &headers).await {
+        Ok(c) => c,
+        Err(e) => return e.page(),
+    };
+    if let Err(e) = auth::check_form(&state, &headers, &caller, &form.csrf) {
+        return e.page();
+    }
+    let parsed = toml::from_str::<Policy>(&form.policy)
+        .map_err(|e| e.to_string())
+        .and_then(|p| p.validate().map(|()| p).map_err(|e| e.to_string()));
+    let result = match parsed {
+        Ok(p) => state.policy.publish(p, None).await,
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(v) => Redirect::to(&format!("/noc/policy?saved={v}")).into_response(),
+        Err(e) => {
+            let data = state.db(rollout).await;
+            let (rows, latest) = data.unwrap_or_default();
+            let body = policy_body(
+                &caller,
+                &form.policy,
+                Some(&format!("Not published: {e}")),
+                None,
+                &rows,
+                latest,
+            );
+            (
+                axum::http::StatusCode::BAD_REQUEST,
+                noc_page("Policy", "policy", &caller, &body),
+            )
+                .into_response()
+        }
+    }
+}
+
+fn abuse_form(caller: &Caller) -> String {
+    format!(
+        r#"<h2>Map a report</h2><form method="post" action="/noc/abuse">{}<label for="report">Paste an ARF report (the whole message) or JSON <span class="mono">{{"public_ip": "...", "time": "2025-03-04T13:05:09Z"}}</span></label><textarea id="report" name="report" rows="8" spellcheck="false"></textarea><p><button class="btn" type="submit">Find the device</button></p></form>"#,
+        csrf_field(caller)
+    )
+}
+
+/// `GET /noc/abuse`: stored reports, matched and unmatched.
+pub async fn abuse_page(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let caller = match auth::noc(&state, &headers).await {
+        Ok(c) => c,
+        Err(e) => return e.page(),
+    };
+    let list = match state.db(|conn| Ok(abuse::list(conn, false, 200)?)).await {
+        Ok(l) => l,
+        Err(e) => return e.page(),
+    };
+    let mut b = String::from("<h1>Abuse reports</h1><p class=\"sub\">Complaints about our customers' public addresses, mapped to the household device that sent the mail.</p>");
+    if list.is_empty() {
+        b.push_str(r#"<p class="muted">No reports yet. Reporters and feedback loops POST them to <span class="mono">/api/abuse</span>.</p>"#);
+    } else {
+        b.push_str("<table><tr><th>#</th><th>Received</th><th>Public IP at time</th><th>Answer</th><th>Device</th></tr>");
+        for r in &list {
+            let badge = if r.mac.is_some() {
+                format!(r#"<span class="badge ok">{}</span>"#, esc(&r.confidence))
+            } else {
+                format!(
+                    r#"<span class="badge warn-soft">{}</span>"#,
+                    esc(&r.confidence)
+                )
+            };
+            let _ = write!(
+                b,
+                r#"<tr><td><a href="/noc/abuse/{}">{}</a></td><td>{}<div class="muted">{}</div></td><td class="mono">{} <div class="muted">{}</div></td><td>{badge}</td><td>{}</td></tr>"#,
+                r.id,
+                r.id,
+                esc(&html::time(r.received_ms)),
+                esc(&r.source),
+                esc(&r.public_ip),
+                esc(&html::time(r.at_ms)),
+                match (&r.cpe_id, &r.mac) {
+                    (Some(c), Some(m)) => format!(
+                        r#"<a class="mono" href="/noc/cpe/{}">{}</a> <span class="mono">{}</span>"#,
+                        path_seg(c),
+                        esc(c),
+                        esc(m)
+                    ),
+                    (Some(c), None) => format!(
+                        r#"<a class="mono" href="/noc/cpe/{}">{}</a>"#,
+                        path_seg(c),
+                        esc(c)
+                    ),
+                    _ => "unmatched".into(),
+                }
+            );
+        }
+        b.push_str("</table>");
+    }
+    b.push_str(&abuse_form(&caller));
+    noc_page("Abuse reports", "abuse", &caller, &b)
+}
+
+/// The paste form.
+#[derive(Debug, Deserialize)]
+pub struct AbuseForm {
+    csrf: String,
+    report: String,
+}
+
+/// `POST /noc/abuse`: maps a pasted report and shows the answer.
+pub async fn abuse_paste(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Form(form): Form<AbuseForm>,
+) -> Response {
+    let caller = match auth::noc(&state, &headers).await {
+        Ok(c) => c,
+        Err(e) => return e.page(),
+    };
+    if let Err(e) = auth::check_form(&state, &headers, &caller, &form.csrf) {
+        return e.page();
+    }
+    let now = state.now_ms();
+    let body = form.report.into_bytes();
+    let result = state
+        .db(move |conn| Ok(abuse::submit(conn, "", &body, now)?))
+        .await;
+    match result {
+        Ok(r) => Redirect::to(&format!("/noc/abuse/{}", r.id)).into_response(),
+        Err(e) => {
+            if let WebError::BadRequest(_) | WebError::TooLarge = e {
+                state.counters.bump_abuse("form");
+            }
+            let msg = e.to_string();
+            let mut b = format!(
+                r#"<h1>Abuse reports</h1><div class="flash err" role="alert">{}</div>"#,
+                esc(&msg)
+            );
+            b.push_str(&abuse_form(&caller));
+            (e.status(), noc_page("Abuse reports", "abuse", &caller, &b)).into_response()
+        }
+    }
+}
+
+/// `GET /noc/abuse/{id}`: one report's answer with its evidence.
+pub async fn abuse_one(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<i64>,
+) -> Response {
+    let caller = match auth::noc(&state, &headers).await {
+        Ok(c) => c,
+        Err(e) => return e.page(),
+    };
+    let data = state
+        .db(move |conn| {
+            let row = abuse::list(conn, false, 100_000)?
+                .into_iter()
+                .find(|r| r.id == id)
+                .ok_or(WebError::NotFound)?;
+            let answer = abuse::answer_of(conn, id)?.ok_or(WebError::NotFound)?;
+            let household = match &row.cpe_id {
+                Some(c) => households::owner_of(conn, c)?.map(|(_, n)| n),
+                None => None,
+            };
+            Ok((row, answer, household))
+        })
+        .await;
+    let (row, answer, household) = match data {
+        Ok(d) => d,
+        Err(e) => return e.page(),
+    };
+    let m: Result<crate::abuse::mapping::Match, _> =
+        serde_json::from_value(answer.clone()).map_err(|e| e.to_string());
+    let mut b = format!(
+        r#"<p><a href="/noc/abuse">← Abuse reports</a></p><h1>Report #{}</h1><p class="sub">{} report · received {} · mail from <span class="mono">{}</span> at {}{}</p>"#,
+        row.id,
+        esc(&row.source),
+        esc(&html::time(row.received_ms)),
+        esc(&row.public_ip),
+        esc(&html::time(row.at_ms)),
+        row.message_id
+            .as_deref()
+            .map(|m| format!(" · Message-ID <span class=\"mono\">{}</span>", esc(m)))
+            .unwrap_or_default()
+    );
+    let conf = answer
+        .get("confidence")
+        .and_then(|v| v.as_str())
+        .unwrap_or("");
+    let confidence = [
+        Confidence::ExactPort,
+        Confidence::DestinationAndTime,
+        Confidence::TimeWindow,
+        Confidence::Verdict,
+        Confidence::HouseholdOnly,
+        Confidence::Unmatched,
+    ]
+    .into_iter()
+    .find(|c| c.as_str() == conf);
+    let class = if row.mac.is_some() {
+        "card infected"
+    } else {
+        "card"
+    };
+    let _ = write!(b, r#"<section class="{class}"><h3>Answer</h3>"#);
+    match (&row.cpe_id, &row.mac) {
+        (Some(c), Some(mac)) => {
+            let name = answer
+                .get("device_name")
+                .and_then(|v| v.as_str())
+                .unwrap_or("");
+            let _ = write!(
+                b,
+                r#"<p class="what" id="answer">Device <b>{}</b> <span class="mono">{}</span> in household <b>{}</b> (CPE <a class="mono" href="/noc/cpe/{}">{}</a>).</p>"#,
+                esc(name),
+                esc(mac),
+                esc(household.as_deref().unwrap_or("unassigned")),
+                path_seg(c),
+                esc(c)
+            );
+        }
+        (Some(c), None) => {
+            let _ = write!(
+                b,
+                r#"<p class="what" id="answer">Household CPE <a class="mono" href="/noc/cpe/{}">{}</a>; no single device identified.</p>"#,
+                path_seg(c),
+                esc(c)
+            );
+        }
+        _ => b.push_str(r#"<p class="what" id="answer">Unmatched: stored for follow-up.</p>"#),
+    }
+    if let Some(c) = confidence {
+        let _ = write!(b, "<p><b>Confidence:</b> {}</p>", esc(c.describe()));
+    }
+    if let Ok(m) = &m {
+        if !m.evidence.is_empty() {
+            let _ = write!(
+                b,
+                "<p>{} mail connections from this device in the window ({} from the household).</p>",
+                m.device_connections, m.household_connections
+            );
+            b.push_str("<table><tr><th>Time</th><th>Destination</th><th>LAN source port</th><th>NAT port</th></tr>");
+            for c in &m.evidence {
+                let _ = write!(
+                    b,
+                    r#"<tr><td>{}</td><td class="mono">{}:{}</td><td class="num">{}</td><td class="num">{}</td></tr>"#,
+                    esc(&crate::abuse::date::format_utc_secs(c.at_ms)),
+                    esc(&c.dst.to_string()),
+                    c.dst_port,
+                    c.src_port,
+                    c.nat_port.map(|p| p.to_string()).unwrap_or("—".into())
+                );
+            }
+            b.push_str("</table>");
+        }
+    }
+    b.push_str("</section>");
+    noc_page("Abuse report", "abuse", &caller, &b)
+}
+
+/// `GET /noc/releases`: subscribers' release requests.
+pub async fn releases(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let caller = match auth::noc(&state, &headers).await {
+        Ok(c) => c,
+        Err(e) => return e.page(),
+    };
+    let data = state
+        .db(|conn| {
+            let list = households::release_requests(conn, None)?;
+            let names: BTreeMap<i64, String> = households::all(conn)?
+                .into_iter()
+                .map(|h| (h.id, h.name))
+                .collect();
+            Ok((list, names))
+        })
+        .await;
+    let (list, names) = match data {
+        Ok(d) => d,
+        Err(e) => return e.page(),
+    };
+    let mut b = String::from("<h1>Release requests</h1><p class=\"sub\">Subscribers who cleaned a device and ask for its restriction to be lifted. Approve once its telemetry looks clean.</p>");
+    if list.is_empty() {
+        b.push_str(r#"<p class="muted">None.</p>"#);
+    } else {
+        b.push_str("<table><tr><th>Requested</th><th>Household</th><th>Device</th><th>Note</th><th>Status</th></tr>");
+        for r in &list {
+            let decide = if r.status == "pending" {
+                format!(
+                    r#"<form method="post" action="/noc/releases/{}" class="row">{}<button class="btn" name="decision" value="approve">Approve</button><button class="btn secondary" name="decision" value="deny">Deny</button></form>"#,
+                    r.id,
+                    csrf_field(&caller)
+                )
+            } else {
+                esc(&r.status)
+            };
+            let _ = write!(
+                b,
+                r#"<tr><td>{}</td><td>{}</td><td><a class="mono" href="/noc/cpe/{}">{}</a> <span class="mono">{}</span></td><td>{}</td><td>{decide}</td></tr>"#,
+                esc(&html::time(r.requested_ms)),
+                esc(names.get(&r.household_id).map_or("", String::as_str)),
+                path_seg(&r.cpe_id),
+                esc(&r.cpe_id),
+                esc(&r.mac),
+                esc(&r.note),
+            );
+        }
+        b.push_str("</table>");
+    }
+    noc_page("Release requests", "releases", &caller, &b)
+}
+
+/// The decision form.
+#[derive(Debug, Deserialize)]
+pub struct DecisionForm {
+    csrf: String,
+    decision: String,
+}
+
+/// `POST /noc/releases/{id}`.
+pub async fn decide_release(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<i64>,
+    Form(form): Form<DecisionForm>,
+) -> Response {
+    let caller = match auth::noc(&state, &headers).await {
+        Ok(c) => c,
+        Err(e) => return e.page(),
+    };
+    if let Err(e) = auth::check_form(&state, &headers, &caller, &form.csrf) {
+        return e.page();
+    }
+    let approve = match form.decision.as_str() {
+        "approve" => true,
+        "deny" => false,
+        _ => return WebError::BadRequest("decision must be approve or deny".into()).page(),
+    };
+    let now = state.now_ms();
+    match state
+        .db(move |conn| Ok(households::decide_release(conn, id, approve, now)?))
+        .await
+    {
+        Ok(_) => Redirect::to("/noc/releases").into_response(),
+        Err(e) => e.page(),
+    }
+}

@@ -1,0 +1,86 @@
+//! The product tables the web UI owns (households, subscriber tokens, sessions, release
+//! requests, abuse reports, campaigns), migrated after the ingest's schema.
+//!
+//! The ingest's migrations use `PRAGMA user_version`; these keep their own version in
+//! `product_schema`, so the two sets evolve independently. Append, never edit.
+
+use rusqlite::{Connection, OptionalExtension};
+
+/// The migrations, in order.
+pub const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE households (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL,
+    created_ms INTEGER NOT NULL
+);
+CREATE TABLE household_cpes (
+    cpe_id TEXT PRIMARY KEY,
+    household_id INTEGER NOT NULL REFERENCES households(id)
+);
+CREATE INDEX household_cpes_by_household ON household_cpes (household_id);
+CREATE TABLE subscriber_tokens (
+    token_hash TEXT PRIMARY KEY,
+    household_id INTEGER NOT NULL REFERENCES households(id),
+    created_ms INTEGER NOT NULL
+);
+CREATE TABLE web_sessions (
+    session_hash TEXT PRIMARY KEY,
+    role TEXT NOT NULL,
+    household_id INTEGER,
+    csrf TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    expires_ms INTEGER NOT NULL
+);
+CREATE TABLE release_requests (
+    id INTEGER PRIMARY KEY,
+    household_id INTEGER NOT NULL REFERENCES households(id),
+    cpe_id TEXT NOT NULL,
+    mac TEXT NOT NULL,
+    requested_ms INTEGER NOT NULL,
+    note TEXT NOT NULL,
+    status TEXT NOT NULL,
+    decided_ms INTEGER
+);
+CREATE TABLE abuse_reports (
+    id INTEGER PRIMARY KEY,
+    received_ms INTEGER NOT NULL,
+    source TEXT NOT NULL,
+    public_ip TEXT NOT NULL,
+    at_ms INTEGER NOT NULL,
+    dest_ip TEXT,
+    dest_port INTEGER,
+    source_port INTEGER,
+    feedback_type TEXT,
+    message_id TEXT,
+    confidence TEXT NOT NULL,
+    cpe_id TEXT,
+    mac TEXT,
+    result_json TEXT NOT NULL
+);
+CREATE TABLE campaigns (
+    id TEXT PRIMARY KEY,
+    first_seen_ms INTEGER NOT NULL,
+    pushed_version INTEGER,
+    pushed_ms INTEGER
+);
+"#];
+
+/// Brings the product tables up to date. Call after the store has migrated its schema.
+///
+/// # Errors
+/// SQLite errors; a half-applied migration is rolled back.
+pub fn migrate(conn: &mut Connection) -> Result<(), rusqlite::Error> {
+    conn.execute_batch("CREATE TABLE IF NOT EXISTS product_schema (version INTEGER NOT NULL)")?;
+    let current: u32 = conn
+        .query_row("SELECT version FROM product_schema", [], |r| r.get(0))
+        .optional()?
+        .unwrap_or(0);
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.execute("DELETE FROM product_schema", [])?;
+        tx.execute("INSERT INTO product_schema (version) VALUES (?1)", [i + 1])?;
+        tx.commit()?;
+    }
+    Ok(())
+}

@@ -1,0 +1,139 @@
+#!/usr/bin/env bash
+# Tests mkipk.sh: builds packages from a dummy binary, unpacks them with tar and gzip as opkg
+# would, and checks what a person installing them would check: layout, control fields,
+# conffiles, file modes and owners, the maintainer scripts and the procd init script.
+#
+#   firmware/openwrt/test-mkipk.sh [BINARY TARGET]
+#
+# With BINARY and TARGET, the real cross-built agent is packaged and checked too.
+# Prints "mkipk: N passed, M failed" and exits non-zero on any failure.
+# Single-quoted $ strings below are literal text expected in the package, not expansions.
+# shellcheck disable=SC2016
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+MKIPK="$HERE/mkipk.sh"
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+
+passed=0
+failed=0
+check() {
+    local what="$1"
+    shift
+    if "$@"; then
+        passed=$((passed + 1))
+    else
+        failed=$((failed + 1))
+        printf 'FAIL: %s\n' "$what" >&2
+    fi
+}
+same() { [[ "$1" == "$2" ]] || { printf '  expected: %q\n  got:      %q\n' "$2" "$1" >&2 && false; }; }
+has_line() { grep -qxF -- "$2" "$1" || { printf '  %s lacks line %q\n' "$1" "$2" >&2 && false; }; }
+has_text() { grep -qF -- "$2" "$1" || { printf '  %s lacks %q\n' "$1" "$2" >&2 && false; }; }
+
+# unpack IPK DIR: outer, control and data archives into DIR/{outer,control,data}.
+unpack() {
+    local ipk="$1" dir="$2"
+    mkdir -p "$dir/outer" "$dir/control" "$dir/data"
+    tar -xzf "$ipk" -C "$dir/outer"
+    tar -xzpf "$dir/outer/control.tar.gz" -C "$dir/control"
+    tar -xzpf "$dir/outer/data.tar.gz" -C "$dir/data"
+}
+
+# check_ipk IPK BINARY ARCH NAME: every property of one package.
+check_ipk() {
+    local ipk="$1" binary="$2" arch="$3" name="$4" dir
+    dir="$work/unpacked-$name"
+    unpack "$ipk" "$dir"
+
+    check "$name: file name" same "$(basename "$ipk")" "smtpguard_${VERSION}-1_${arch}.ipk"
+    check "$name: outer members in ipkg-build order" \
+        same "$(tar -tzf "$ipk" | tr '\n' ' ')" "./debian-binary ./data.tar.gz ./control.tar.gz "
+    check "$name: debian-binary" same "$(cat "$dir/outer/debian-binary")" "2.0"
+
+    local c="$dir/control/control"
+    check "$name: Package" has_line "$c" "Package: smtpguard"
+    check "$name: Version" has_line "$c" "Version: ${VERSION}-1"
+    check "$name: Architecture" has_line "$c" "Architecture: $arch"
+    check "$name: Depends" has_line "$c" "Depends: nftables"
+    check "$name: Description" has_text "$c" "Description: "
+    check "$name: no blank line inside control (opkg stops there)" \
+        same "$(grep -c '^$' "$c" || true)" "0"
+    local size
+    size="$(du -sb --apparent-size "$dir/data" | cut -f1)"
+    check "$name: Installed-Size" has_line "$c" "Installed-Size: $size"
+    check "$name: conffiles" same "$(cat "$dir/control/conffiles")" "/etc/config/smtpguard"
+    check "$name: control members" \
+        same "$(tar -tzf "$dir/outer/control.tar.gz" | sort | tr '\n' ' ')" \
+        "./ ./conffiles ./control ./postinst ./prerm "
+
+    check "$name: data layout" \
+        same "$(tar -tzf "$dir/outer/data.tar.gz" | sort | tr '\n' ' ')" \
+        "./ ./etc/ ./etc/config/ ./etc/config/smtpguard ./etc/init.d/ ./etc/init.d/smtpguard ./usr/ ./usr/sbin/ ./usr/sbin/smtpguard-agent "
+    check "$name: all files owned by root" \
+        same "$(tar -tvzf "$dir/outer/data.tar.gz" | awk '$2 != "0/0"' | wc -l)" "0"
+    check "$name: agent mode 0755" same "$(stat -c %a "$dir/data/usr/sbin/smtpguard-agent")" "755"
+    check "$name: init script mode 0755" same "$(stat -c %a "$dir/data/etc/init.d/smtpguard")" "755"
+    check "$name: config mode 0600 (holds the broker password)" \
+        same "$(stat -c %a "$dir/data/etc/config/smtpguard")" "600"
+    check "$name: postinst executable" same "$(stat -c %a "$dir/control/postinst")" "755"
+    check "$name: prerm executable" same "$(stat -c %a "$dir/control/prerm")" "755"
+    check "$name: binary packaged unchanged" cmp -s "$binary" "$dir/data/usr/sbin/smtpguard-agent"
+
+    local init="$dir/data/etc/init.d/smtpguard"
+    check "$name: init script uses rc.common" same "$(head -n 1 "$init")" "#!/bin/sh /etc/rc.common"
+    check "$name: init script is procd" has_line "$init" "USE_PROCD=1"
+    check "$name: init starts the agent" has_text "$init" 'procd_set_param command "$PROG" run --config'
+    check "$name: init restarts on config change" has_text "$init" 'procd_set_param file "$CONFIG_FILE"'
+    check "$name: init respawns" has_text "$init" "procd_set_param respawn"
+    check "$name: init has service_triggers" has_text "$init" "service_triggers()"
+    check "$name: init reload trigger" has_text "$init" "procd_add_reload_trigger smtpguard"
+    check "$name: init script parses" sh -n "$init"
+    check "$name: postinst parses" sh -n "$dir/control/postinst"
+    check "$name: prerm parses" sh -n "$dir/control/prerm"
+    check "$name: postinst enables the service" has_text "$dir/control/postinst" 'default_postinst "$0" "$@"'
+    check "$name: prerm stops the service" has_text "$dir/control/prerm" 'default_prerm "$0" "$@"'
+    check "$name: config names the LAN bridge" has_line "$dir/data/etc/config/smtpguard" $'\toption interface \'br-lan\''
+}
+
+VERSION="$(sed -n '/^\[workspace.package\]/,/^\[/ s/^version *= *"\(.*\)"/\1/p' "$HERE/../../Cargo.toml" | head -n 1)"
+
+# A dummy binary: any bytes will do, the packaging must not care.
+dummy="$work/smtpguard-agent"
+head -c 4096 /dev/urandom >"$dummy"
+
+declare -A ARCHES=(
+    [mipsel-unknown-linux-musl]=mipsel_24kc
+    [mips-unknown-linux-musl]=mips_24kc
+    [armv7-unknown-linux-musleabihf]=arm_cortex-a7_neon-vfpv4
+    [aarch64-unknown-linux-musl]=aarch64_cortex-a53
+)
+for target in "${!ARCHES[@]}"; do
+    ipk="$("$MKIPK" "$target" "$dummy" "$work/out")"
+    check_ipk "$ipk" "$dummy" "${ARCHES[$target]}" "$target"
+done
+
+# The same input gives the same bytes (a rebuilt package does not look like an upgrade).
+first="$("$MKIPK" mipsel-unknown-linux-musl "$dummy" "$work/again1")"
+second="$("$MKIPK" mipsel-unknown-linux-musl "$dummy" "$work/again2")"
+check "reproducible package" cmp -s "$first" "$second"
+
+other="$(SMTPGUARD_OPENWRT_ARCH=arm_cortex-a9_vfpv3-d16 "$MKIPK" armv7-unknown-linux-musleabihf "$dummy" "$work/other")"
+check_ipk "$other" "$dummy" arm_cortex-a9_vfpv3-d16 "arch-override"
+
+check "unknown target is refused" bash -c '! "$1" x86_64-unknown-linux-gnu "$2" "$3" 2>/dev/null' _ \
+    "$MKIPK" "$dummy" "$work/bad"
+check "missing binary is refused" bash -c '! "$1" mipsel-unknown-linux-musl "$2" "$3" 2>/dev/null' _ \
+    "$MKIPK" "$work/nope" "$work/bad"
+check "nothing written for refused builds" same "$(find "$work/bad" -type f 2>/dev/null | wc -l)" "0"
+
+if [[ $# -eq 2 ]]; then
+    real="$1"
+    target="$2"
+    ipk="$("$MKIPK" "$target" "$real" "$work/real")"
+    check_ipk "$ipk" "$real" "${ARCHES[$target]}" "real-$target"
+fi
+
+printf 'mkipk: %d passed, %d failed\n' "$passed" "$failed"
+[[ "$failed" == 0 ]]

@@ -1,0 +1,476 @@
+#!/usr/bin/env bash
+# End-to-end test of smtpguard's edge path with real components, in network namespaces:
+#
+#   lan-bot (02:5b:00:00:00:0b) ─┐
+#                                ├─ br-lan ─ rtr ─ wan0 ═══ eth0 ─ wan
+#   lan-laptop (02:5b:..:1a) ────┘   smtpguard-agent run        dnsmasq (MX records for 40 domains)
+#                                    capture on br-lan          MX servers on 40 addresses (40 /24s)
+#                                    nft table inet smtpguard   ISP relay 587 (STARTTLS + AUTH)
+#                                    NAT masquerade, fw4-like   HTTP server
+#
+# Steps (each prints PASS or FAIL; the script exits non-zero on any FAIL and never skips):
+#   1. the laptop submits mail through the allowlisted ISP relay (587, STARTTLS, AUTH): delivered,
+#      not limited;
+#   2. the bot looks up MX records and sends a bounded burst of direct-to-MX mail: it is
+#      rate-limited, then blocked; prints `detection-to-block: N s` (must be <= 60 s);
+#   3. while blocked, the bot's web traffic and the laptop's mail still work;
+#   4. kill -9 the agent: the block stays in force; restart it: state restored, no duplicate rules;
+#   5. the block expires after its time to live and the bot's mail flows again;
+#   6. `smtpguard-agent release MAC` lifts enforcement by hand and the agent leaves the device
+#      alone for its grace period;
+#   7. a change of the local policy file (a new allowlisted relay) reaches the table.
+# Everything lives in namespaces this script creates and removes on exit (also on failure);
+# nothing is sent outside them.
+#
+# Usage (as root): tests/netns/e2e.sh
+#   SMTPGUARD_AGENT=path   use this agent binary instead of building target/debug's
+#   E2E_KEEP=1             keep the work directory (logs) after the run
+set -uo pipefail
+
+HERE="$(cd "$(dirname "$0")" && pwd)"
+ROOT="$(cd "$HERE/../.." && pwd)"
+T_START=$(date +%s)
+
+# ---------------------------------------------------------------------------------------------
+# Results
+
+PASSED=0
+FAILED=0
+pass() { PASSED=$((PASSED + 1)); printf '  PASS  %s\n' "$*"; }
+fail() { FAILED=$((FAILED + 1)); printf '  FAIL  %s\n' "$*"; }
+check() { # check DESCRIPTION COMMAND...: PASS when the command succeeds
+    local what=$1; shift
+    if "$@"; then pass "$what"; else fail "$what"; fi
+}
+step() { printf '\n== %s\n' "$*"; }
+die() { printf '  FAIL  %s\n' "$*"; FAILED=$((FAILED + 1)); exit 1; }
+now() { date +%s.%N; }
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "e2e: FAIL: must run as root (network namespaces, nftables)" >&2
+    exit 1
+fi
+
+# ---------------------------------------------------------------------------------------------
+# Debian packages, installed when missing (without starting their daemons).
+
+need=()
+for entry in nft:nftables dnsmasq:dnsmasq-base swaks:swaks openssl:openssl ip:iproute2 \
+    curl:curl dig:bind9-dnsutils nc:netcat-openbsd \
+    /usr/lib/python3/dist-packages/aiosmtpd:python3-aiosmtpd; do
+    probe=${entry%%:*}
+    case "$probe" in
+        /*) [ -e "$probe" ] ;;
+        *) command -v "$probe" >/dev/null 2>&1 ;;
+    esac || need+=("${entry#*:}")
+done
+# swaks speaks STARTTLS through Net::SSLeay (only a recommendation of the swaks package).
+perl -MNet::SSLeay -e1 2>/dev/null || need+=(libnet-ssleay-perl)
+if [ ${#need[@]} -gt 0 ]; then
+    echo "e2e: installing ${need[*]}"
+    guard=/usr/sbin/policy-rc.d
+    made_guard=0
+    if [ ! -e "$guard" ]; then printf '#!/bin/sh\nexit 101\n' >"$guard" && chmod +x "$guard" && made_guard=1; fi
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq &&
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+    rc=$?
+    [ "$made_guard" -eq 1 ] && rm -f "$guard"
+    [ $rc -eq 0 ] || { echo "e2e: FAIL: cannot install ${need[*]}" >&2; exit 1; }
+fi
+PY=/usr/bin/python3 # Debian's, which has python3-aiosmtpd (not a pyenv shim)
+
+if [ -n "${SMTPGUARD_AGENT:-}" ]; then
+    AGENT=$SMTPGUARD_AGENT
+else
+    echo "e2e: building smtpguard-agent"
+    (cd "$ROOT" && cargo build -q -p smtpguard-agent) || { echo "e2e: FAIL: build" >&2; exit 1; }
+    AGENT=$ROOT/target/debug/smtpguard-agent
+fi
+[ -x "$AGENT" ] || { echo "e2e: FAIL: no agent binary at $AGENT" >&2; exit 1; }
+
+# ---------------------------------------------------------------------------------------------
+# Names, addresses, cleanup
+
+P="sge$$"
+NS_BOT=$P-bot NS_LAP=$P-laptop NS_RTR=$P-rtr NS_WAN=$P-wan
+NAMESPACES=("$NS_BOT" "$NS_LAP" "$NS_RTR" "$NS_WAN")
+BOT_MAC=02:5b:00:00:00:0b LAP_MAC=02:5b:00:00:00:1a RTR_MAC=02:5b:00:00:00:01
+BOT_IP=192.168.50.11 LAP_IP=192.168.50.12 RTR_LAN=192.168.50.1
+RTR_WAN=198.18.0.2 WAN_GW=198.18.0.1
+RELAY=203.0.113.25 DNS=203.0.113.53 WEB=203.0.113.80
+DOMAINS=40 # d1.test .. d40.test, MX mx.dN.test at 198.19.N.25 (one /24 each)
+BLOCK_TTL=30
+WORK=$(mktemp -d /tmp/smtpguard-e2e.XXXXXX)
+PIDS=()
+AGENT_PID=
+
+cleanup() {
+    local rc=$?
+    for pid in $AGENT_PID "${PIDS[@]}"; do
+        kill "$pid" 2>/dev/null
+    done
+    sleep 0.3
+    for pid in $AGENT_PID "${PIDS[@]}"; do
+        kill -9 "$pid" 2>/dev/null
+    done
+    for ns in "${NAMESPACES[@]}"; do
+        ip netns pids "$ns" 2>/dev/null | while read -r pid; do kill -9 "$pid" 2>/dev/null; done
+        ip netns del "$ns" 2>/dev/null
+    done
+    if [ "$FAILED" -gt 0 ] || [ $rc -ne 0 ]; then
+        echo
+        echo "---- agent log (last 60 lines) ----"
+        tail -n 60 "$WORK/agent.log" 2>/dev/null
+        echo "---- end of agent log; work directory: $WORK ----"
+    elif [ -z "${E2E_KEEP:-}" ]; then
+        rm -rf "$WORK"
+    fi
+    echo
+    echo "e2e: $PASSED passed, $FAILED failed, $(($(date +%s) - T_START)) s"
+    if [ "$FAILED" -gt 0 ] || [ $rc -ne 0 ]; then
+        echo "e2e: FAIL"
+        exit 1
+    fi
+    echo "e2e: PASS"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+in_ns() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
+bg_in_ns() { # bg_in_ns NS LOG CMD...: start in the background, remember the pid
+    local ns=$1 log=$2; shift 2
+    ip netns exec "$ns" "$@" >"$log" 2>&1 &
+    PIDS+=($!)
+}
+wait_for() { # wait_for SECONDS COMMAND...: poll until the command succeeds
+    local deadline=$(($(date +%s) + $1)); shift
+    until "$@" 2>/dev/null; do
+        [ "$(date +%s)" -ge "$deadline" ] && return 1
+        sleep 0.2
+    done
+}
+# (Under pipefail, `producer | grep -q` fails when grep exits early and the producer gets
+# SIGPIPE; these helpers let grep read everything.)
+listening() { in_ns "$1" ss -Hltn "sport = :$2" | grep . >/dev/null; }
+
+# ---------------------------------------------------------------------------------------------
+step "setup: namespaces, bridge, NAT, DNS, mail and web servers"
+
+for ns in "${NAMESPACES[@]}"; do
+    ip netns add "$ns" || die "create namespace $ns"
+    in_ns "$ns" ip link set lo up
+done
+
+# LAN hosts, each on a veth port of the router's bridge.
+ip link add name eth0 netns "$NS_BOT" address $BOT_MAC type veth peer name lan-bot netns "$NS_RTR" || die "veth bot"
+ip link add name eth0 netns "$NS_LAP" address $LAP_MAC type veth peer name lan-laptop netns "$NS_RTR" || die "veth laptop"
+for pair in "$NS_BOT:$BOT_IP" "$NS_LAP:$LAP_IP"; do
+    ns=${pair%%:*} ip=${pair#*:}
+    in_ns "$ns" ip addr add "$ip/24" dev eth0
+    in_ns "$ns" ip link set eth0 up
+    in_ns "$ns" ip route add default via $RTR_LAN
+done
+
+# Router: br-lan with both ports, wan0 upstream, forwarding, NAT.
+in_ns "$NS_RTR" ip link add br-lan address $RTR_MAC type bridge
+for port in lan-bot lan-laptop; do
+    in_ns "$NS_RTR" ip link set "$port" master br-lan
+    in_ns "$NS_RTR" ip link set "$port" up
+done
+in_ns "$NS_RTR" ip addr add $RTR_LAN/24 dev br-lan
+in_ns "$NS_RTR" ip link set br-lan up
+ip link add name wan0 netns "$NS_RTR" type veth peer name eth0 netns "$NS_WAN" || die "veth wan"
+in_ns "$NS_RTR" ip addr add $RTR_WAN/30 dev wan0
+in_ns "$NS_RTR" ip link set wan0 up
+in_ns "$NS_RTR" ip route add default via $WAN_GW
+in_ns "$NS_RTR" sh -c "echo 1 >/proc/sys/net/ipv4/ip_forward" || die "ip_forward"
+# A stand-in for OpenWrt's fw4 (its own table, forward chain at priority filter, NAT), so the
+# test also shows the agent's table coexists with it and never touches it.
+in_ns "$NS_RTR" nft -f - <<'EOF' || die "router firewall"
+table inet fw4 {
+    chain forward {
+        type filter hook forward priority filter; policy drop;
+        ct state established,related accept
+        iifname "br-lan" oifname "wan0" counter accept
+    }
+    chain srcnat {
+        type nat hook postrouting priority srcnat; policy accept;
+        oifname "wan0" masquerade
+    }
+}
+EOF
+FW4_BEFORE=$(in_ns "$NS_RTR" nft list chain inet fw4 forward | grep -v counter)
+
+# Internet side: many mail servers on distinct networks, a relay, DNS, web (addresses on lo;
+# the kernel of this machine may lack the dummy interface type).
+in_ns "$NS_WAN" ip addr add $WAN_GW/30 dev eth0
+in_ns "$NS_WAN" ip link set eth0 up
+for i in $(seq 1 $DOMAINS); do
+    in_ns "$NS_WAN" ip addr add "198.19.$i.25/32" dev lo || die "address 198.19.$i.25"
+done
+for a in $RELAY $DNS $WEB; do in_ns "$NS_WAN" ip addr add "$a/32" dev lo || die "address $a"; done
+in_ns "$NS_WAN" ip route add default via $RTR_WAN # replies to the router's public address
+
+dns_args=(--keep-in-foreground --conf-file=/dev/null --no-resolv --no-hosts --bind-interfaces
+    --listen-address=$DNS --port=53 --user=root --pid-file="$WORK/dnsmasq.pid"
+    --log-facility="$WORK/dnsmasq-queries.log" --log-queries
+    --host-record=smtp.isp.test,$RELAY --host-record=www.test,$WEB)
+for i in $(seq 1 $DOMAINS); do
+    dns_args+=(--mx-host="d$i.test,mx.d$i.test,10" --host-record="mx.d$i.test,198.19.$i.25")
+done
+bg_in_ns "$NS_WAN" "$WORK/dnsmasq.log" dnsmasq "${dns_args[@]}"
+
+openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=smtp.isp.test \
+    -keyout "$WORK/relay.key" -out "$WORK/relay.crt" >/dev/null 2>&1 || die "make certificate"
+: >"$WORK/mail.log"
+bg_in_ns "$NS_WAN" "$WORK/mx.log" $PY "$HERE/smtp_server.py" mx "$WORK/mail.log" 25
+bg_in_ns "$NS_WAN" "$WORK/submission.log" $PY "$HERE/smtp_server.py" submission "$WORK/mail.log" \
+    "$WORK/relay.crt" "$WORK/relay.key" laptop-user correct-horse 587
+mkdir -p "$WORK/www" && echo "hello from the web" >"$WORK/www/index.html"
+bg_in_ns "$NS_WAN" "$WORK/http.log" $PY -m http.server 80 --bind $WEB --directory "$WORK/www"
+
+wait_for 30 listening "$NS_WAN" 25 || die "MX server did not start: $(cat "$WORK/mx.log")"
+wait_for 30 listening "$NS_WAN" 587 || die "submission server did not start: $(cat "$WORK/submission.log")"
+wait_for 30 listening "$NS_WAN" 80 || die "web server did not start: $(cat "$WORK/http.log")"
+wait_for 30 listening "$NS_WAN" 53 || die "dnsmasq did not start: $(cat "$WORK/dnsmasq.log")"
+check "laptop resolves MX records through the router" \
+    bash -c "ip netns exec $NS_LAP dig +short +time=2 +tries=2 @$DNS MX d3.test | grep -q mx.d3.test"
+
+# ---------------------------------------------------------------------------------------------
+# The agent on the router.
+
+mkdir -p "$WORK/state"
+cat >"$WORK/policy.toml" <<EOF
+# Test policy: enforce, short block, the ISP relay allowlisted.
+mode = "enforce"
+block_ttl_secs = $BLOCK_TTL
+rate_limit_per_minute = 6
+allow_relays = ["$RELAY:587"]
+EOF
+cat >"$WORK/agent.toml" <<EOF
+state_dir = "$WORK/state"
+policy_file = "$WORK/policy.toml"
+
+[capture]
+interface = "br-lan"
+leases_file = "$WORK/dhcp.leases"
+
+[enforce]
+backend = "nftables"
+nft = "nft"
+release_grace_secs = 60
+EOF
+
+start_agent() {
+    ip netns exec "$NS_RTR" env RUST_LOG=info NO_COLOR=1 "$AGENT" run --config "$WORK/agent.toml" \
+        >>"$WORK/agent.log" 2>&1 &
+    AGENT_PID=$!
+}
+agent_ready() { # the table is installed and the running agent wrote its status
+    kill -0 "$AGENT_PID" &&
+        in_ns "$NS_RTR" nft list chain inet smtpguard mail_check >/dev/null &&
+        grep -q "\"pid\": $AGENT_PID" "$WORK/state/status.json"
+}
+nft_set_has() { # nft_set_has SET MAC
+    in_ns "$NS_RTR" nft list set inet smtpguard "$1" 2>/dev/null | grep -F "$2" >/dev/null
+}
+not_enforced() { # not_enforced MAC: in neither the blocked nor the limited set
+    ! nft_set_has blocked "$1" && ! nft_set_has limited "$1"
+}
+rule_count() { # rules in the agent's table (lines with a handle that are not table/set/chain)
+    in_ns "$NS_RTR" nft -a list table inet smtpguard |
+        grep '# handle' | grep -cvE '^\s*(table|set|chain) '
+}
+rule_counter() { # rule_counter SET: packets dropped by the rule matching @SET
+    in_ns "$NS_RTR" nft list chain inet smtpguard mail_check |
+        grep "@$1" | grep -o 'packets [0-9]*' | head -n1 | awk '{print $2}'
+}
+mail_count() { grep -c "$1" "$WORK/mail.log"; }
+laptop_submit() { # laptop_submit SUBJECT
+    in_ns "$NS_LAP" swaks --server $RELAY --port 587 --tls --auth PLAIN \
+        --auth-user laptop-user --auth-password correct-horse --timeout 10 \
+        --from alice@home.test --to bob@example.test --header "Subject: $1" \
+        --body "from the laptop" >>"$WORK/laptop-swaks.log" 2>&1
+}
+bot_can_connect() { # bot_can_connect IP: a TCP connection to IP:25 opens within 3 s
+    in_ns "$NS_BOT" nc -z -w 3 "$1" 25
+}
+bot_cannot_connect() { ! bot_can_connect "$1"; }
+bot_send() { # bot_send N SUBJECT: one direct-to-MX message to dN.test, looked up as a bot does
+    local d="d$1.test" mx ip
+    mx=$(in_ns "$NS_BOT" dig +short +time=2 +tries=1 @$DNS MX "$d" | awk '{print $2}' | head -n1)
+    ip=$(in_ns "$NS_BOT" dig +short +time=2 +tries=1 @$DNS A "$mx" | head -n1)
+    [ -n "$ip" ] || return 2
+    in_ns "$NS_BOT" swaks --server "$ip" --port 25 --timeout 3 --ehlo "QZXWPLKR.club" \
+        --from "invoice@$RANDOM.example" --to "user$RANDOM@$d" --header "Subject: $2" \
+        --body "cheap pills" >>"$WORK/bot-swaks.log" 2>&1
+}
+
+start_agent
+wait_for 20 agent_ready || die "agent did not start (table and status file)"
+pass "agent runs on the router, table inet smtpguard installed"
+check "fw4's own table untouched by the agent" \
+    test "$(in_ns "$NS_RTR" nft list chain inet fw4 forward | grep -v counter)" = "$FW4_BEFORE"
+
+# ---------------------------------------------------------------------------------------------
+step "1. laptop submits mail through the allowlisted ISP relay"
+
+check "laptop's message accepted by the relay (587, STARTTLS, AUTH)" laptop_submit e2e-laptop-1
+check "relay received the laptop's message" grep -q "subject=e2e-laptop-1" "$WORK/mail.log"
+check "laptop is neither limited nor blocked" not_enforced $LAP_MAC
+
+# ---------------------------------------------------------------------------------------------
+step "2. bot sends a burst of direct-to-MX mail"
+
+BURST=150
+(
+    # The watcher: when the bot first shows up in each set (polled every 0.1 s, bounded).
+    end=$(($(date +%s) + 120))
+    while [ "$(date +%s)" -lt "$end" ]; do
+        if [ ! -e "$WORK/t-limited" ] && nft_set_has limited $BOT_MAC; then now >"$WORK/t-limited"; fi
+        if nft_set_has blocked $BOT_MAC; then now >"$WORK/t-blocked"; break; fi
+        sleep 0.1
+    done
+) &
+WATCHER=$!
+PIDS+=("$WATCHER")
+(
+    # The bot: at most $BURST messages and 90 s, round-robin over the domains.
+    end=$(($(date +%s) + 90))
+    now >"$WORK/t-first-syn"
+    for n in $(seq 1 $BURST); do
+        [ "$(date +%s)" -ge "$end" ] && break
+        bot_send $(((n - 1) % DOMAINS + 1)) "e2e-bot-$n"
+        echo "$n" >"$WORK/bot-sent"
+    done
+) &
+BOT=$!
+PIDS+=("$BOT")
+wait_for 100 test -e "$WORK/t-blocked"
+kill "$BOT" 2>/dev/null
+wait "$BOT" 2>/dev/null
+wait "$WATCHER" 2>/dev/null
+
+BOT_DELIVERED=$(mail_count "subject=e2e-bot-")
+echo "  bot attempted $(cat "$WORK/bot-sent" 2>/dev/null || echo 0) messages, $BOT_DELIVERED delivered before the block"
+check "bot delivered direct-to-MX mail before it was stopped (the path works)" test "$BOT_DELIVERED" -gt 0
+if [ -e "$WORK/t-limited" ]; then
+    pass "bot was rate-limited ($(awk -v a="$(cat "$WORK/t-first-syn")" -v b="$(cat "$WORK/t-limited")" 'BEGIN{printf "%.1f", b-a}') s after its first SYN)"
+else
+    fail "bot was rate-limited before the block"
+fi
+if [ -e "$WORK/t-blocked" ]; then
+    SECS=$(awk -v a="$(cat "$WORK/t-first-syn")" -v b="$(cat "$WORK/t-blocked")" 'BEGIN{printf "%.1f", b-a}')
+    echo "detection-to-block: $SECS s"
+    check "bot blocked within 60 s of its first SYN" awk -v s="$SECS" 'BEGIN{exit !(s <= 60)}'
+    if [ -e "$WORK/t-limited" ]; then
+        check "rate limit came before the block" \
+            awk -v a="$(cat "$WORK/t-limited")" -v b="$(cat "$WORK/t-blocked")" 'BEGIN{exit !(a <= b)}'
+    fi
+else
+    fail "bot blocked (never appeared in the blocked set within 100 s)"
+fi
+DROPS_BEFORE=$(rule_counter blocked)
+check "bot cannot connect to a mail server while blocked" bot_cannot_connect 198.19.7.25
+check "the block's drop rule counted the bot's SYNs" test "$(rule_counter blocked)" -gt "${DROPS_BEFORE:-0}"
+STATUS=$(in_ns "$NS_RTR" "$AGENT" status --config "$WORK/agent.toml" 2>&1)
+echo "$STATUS" | sed 's/^/  | /'
+check "\`smtpguard-agent status\` shows the bot blocked in the kernel" \
+    bash -c "grep -qE '$BOT_MAC +blocked' <<<\"\$0\"" "$STATUS"
+
+# ---------------------------------------------------------------------------------------------
+step "3. while the bot is blocked, the rest still works"
+
+check "bot's web traffic (HTTP to the wan side) still works" \
+    bash -c "ip netns exec $NS_BOT curl -sf --max-time 5 http://$WEB/ | grep -q 'hello from the web'"
+check "bot's DNS still works" \
+    bash -c "ip netns exec $NS_BOT dig +short +time=2 +tries=1 @$DNS A www.test | grep -q $WEB"
+check "laptop still delivers through the relay" laptop_submit e2e-laptop-2
+check "relay received the laptop's second message" grep -q "subject=e2e-laptop-2" "$WORK/mail.log"
+check "laptop is still neither limited nor blocked" not_enforced $LAP_MAC
+
+# ---------------------------------------------------------------------------------------------
+step "4. the agent dies (kill -9): the block stays; restart restores it without duplicate rules"
+
+RULES_BEFORE=$(rule_count)
+in_ns "$NS_RTR" nft -a list table inet smtpguard >"$WORK/table-before.txt"
+echo "  the agent's table while the bot is blocked:"
+in_ns "$NS_RTR" nft list table inet smtpguard | sed 's/^/  | /'
+
+kill -9 "$AGENT_PID"
+wait "$AGENT_PID" 2>/dev/null
+OLD_PID=$AGENT_PID
+AGENT_PID=
+check "agent process is gone" bash -c "! kill -0 $OLD_PID 2>/dev/null"
+check "block still in the kernel's set with the agent dead" nft_set_has blocked $BOT_MAC
+check "bot still cannot connect to a mail server" bot_cannot_connect 198.19.9.25
+check "block recorded in the state file" grep -q "$BOT_MAC" "$WORK/state/enforce-state.json"
+start_agent
+if wait_for 20 agent_ready; then pass "agent restarted"; else fail "agent restarted"; fi
+in_ns "$NS_RTR" nft -a list table inet smtpguard >"$WORK/table-after.txt"
+RULES_AFTER=$(rule_count)
+check "no duplicate rules after restart ($RULES_BEFORE rules before, $RULES_AFTER after)" \
+    test "$RULES_BEFORE" -eq "$RULES_AFTER"
+check "block restored and still in force after restart" nft_set_has blocked $BOT_MAC
+check "agent reports the restored block" \
+    bash -c "grep -q '\"mac\": \"$BOT_MAC\"' $WORK/state/status.json"
+
+# ---------------------------------------------------------------------------------------------
+step "5. the block expires after its time to live and mail flows again"
+
+if wait_for $((BLOCK_TTL + 20)) bash -c "! ip netns exec $NS_RTR nft list set inet smtpguard blocked | grep -q $BOT_MAC"; then
+    pass "block expired (time to live $BLOCK_TTL s)"
+else
+    fail "block expired within $((BLOCK_TTL + 20)) s"
+fi
+check "bot connects to a mail server again" bot_can_connect 198.19.11.25
+check "bot's mail is delivered again" bot_send 12 e2e-bot-after-expiry
+check "MX received the bot's message after the block expired" \
+    grep -q "subject=e2e-bot-after-expiry" "$WORK/mail.log"
+check "agent still running" kill -0 "$AGENT_PID"
+
+# ---------------------------------------------------------------------------------------------
+step "6. a person releases the bot by hand: lifted at once, not re-enforced during the grace period"
+
+# The bot's message above may already have put it under a rate limit again (it resumed).
+RELEASE_OUT=$(in_ns "$NS_RTR" "$AGENT" release $BOT_MAC --config "$WORK/agent.toml" 2>&1)
+echo "  | $RELEASE_OUT"
+check "\`smtpguard-agent release\` succeeds" grep -q "$BOT_MAC" <<<"$RELEASE_OUT"
+check "bot is in neither set after the release" not_enforced $BOT_MAC
+for n in $(seq 13 22); do bot_send $n "e2e-bot-after-release-$n"; done
+check "bot's mail after the release is delivered (10 messages)" \
+    test "$(mail_count "subject=e2e-bot-after-release-")" -eq 10
+sleep $((2 + 1)) # two status intervals' worth: the agent has seen the new traffic
+check "the running agent does not re-enforce during the grace period" not_enforced $BOT_MAC
+check "the engine did ask again and the agent held off (agent log)" \
+    grep -q "released by hand recently: not enforcing" "$WORK/agent.log"
+check "\`smtpguard-agent status\` shows the manual release" \
+    bash -c "ip netns exec $NS_RTR $AGENT status --config $WORK/agent.toml | grep -q 'released by hand'"
+
+# ---------------------------------------------------------------------------------------------
+step "7. a change of the local policy file reaches the table (no duplicate rules)"
+
+RULES_BEFORE=$(rule_count)
+sed -i "s|^allow_relays = .*|allow_relays = [\"$RELAY:587\", \"198.51.100.0/24:465\"]|" "$WORK/policy.toml"
+if wait_for 15 bash -c "ip netns exec $NS_RTR nft list set inet smtpguard relays4 | grep -q '198.51.100.0/24 . 465'"; then
+    pass "new allowlisted relay is in the table"
+else
+    fail "new allowlisted relay is in the table within 15 s"
+fi
+check "the first relay is still there" \
+    bash -c "ip netns exec $NS_RTR nft list set inet smtpguard relays4 | grep -q '$RELAY . 587'"
+check "no duplicate rules after the policy change ($(rule_count) rules)" test "$(rule_count)" -eq "$RULES_BEFORE"
+check "laptop still delivers through the relay" laptop_submit e2e-laptop-3
+
+# ---------------------------------------------------------------------------------------------
+step "shutdown"
+kill -TERM "$AGENT_PID"
+if wait_for 10 bash -c "! kill -0 $AGENT_PID 2>/dev/null"; then
+    pass "agent exits on SIGTERM"
+else
+    fail "agent exits on SIGTERM within 10 s"
+fi
+wait "$AGENT_PID" 2>/dev/null
+AGENT_RC=$?
+AGENT_PID=
+check "agent's exit status after SIGTERM is 0 (was $AGENT_RC)" test "$AGENT_RC" -eq 0

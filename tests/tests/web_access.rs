@@ -1,0 +1,486 @@
+//! The controller's web server over real HTTP on loopback with a seeded database: who can
+//! see and do what, abuse-report mapping, hostile input and `/metrics`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod web_common;
+
+use web_common::{csrf_of, http, login, Server, OPERATOR_TOKEN};
+
+fn form(cookie: &str) -> Vec<(&'static str, String)> {
+    vec![
+        (
+            "Content-Type",
+            "application/x-www-form-urlencoded".to_string(),
+        ),
+        ("Cookie", cookie.to_string()),
+    ]
+}
+
+fn hdrs<'a>(v: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    v.iter().map(|(k, s)| (*k, s.as_str())).collect()
+}
+
+#[test]
+fn a_subscriber_sees_and_acts_on_their_own_household_only() {
+    let s = Server::start().unwrap();
+    let a = &s.seeded.households[0];
+    let b = &s.seeded.households[1];
+    let (a_mac, a_name) = a.flagged.clone().unwrap();
+    let (b_mac, b_name) = b.flagged.clone().unwrap();
+
+    // No or wrong credentials.
+    assert_eq!(
+        http(s.addr, "GET", "/api/my/devices", &[], b"")
+            .unwrap()
+            .status,
+        401
+    );
+    let wrong = http(
+        s.addr,
+        "GET",
+        "/api/my/devices",
+        &[("Authorization", "Bearer hh_0000")],
+        b"",
+    )
+    .unwrap();
+    assert_eq!(wrong.status, 401);
+    let r = http(
+        s.addr,
+        "POST",
+        "/login",
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        b"token=hh_guess",
+    )
+    .unwrap();
+    assert_eq!(r.status, 401);
+    assert!(r.body.contains("not valid"));
+    assert!(r.header("set-cookie").is_none());
+    // Pages without a session go to the login form.
+    let r = http(s.addr, "GET", "/my", &[], b"").unwrap();
+    assert_eq!(r.status, 303);
+    assert_eq!(r.header("location"), Some("/login"));
+
+    // Household A's API token shows A's devices and nothing of B's.
+    let bearer = format!("Bearer {}", a.token);
+    let r = http(
+        s.addr,
+        "GET",
+        "/api/my/devices",
+        &[("Authorization", &bearer)],
+        b"",
+    )
+    .unwrap();
+    assert_eq!(r.status, 200);
+    let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    let devices = v["devices"].as_array().unwrap();
+    assert!(devices.iter().all(|d| d["cpe_id"] == a.cpe_id.as_str()));
+    assert!(devices
+        .iter()
+        .any(|d| d["mac"] == a_mac.to_string().as_str() && d["verdict"] == "infected"));
+    assert!(!r.body.contains(&b_name));
+    // Operator endpoints are not for subscribers.
+    assert_eq!(
+        http(
+            s.addr,
+            "GET",
+            "/api/fleet",
+            &[("Authorization", &bearer)],
+            b""
+        )
+        .unwrap()
+        .status,
+        403
+    );
+
+    // The same through the login form and pages.
+    let cookie = login(s.addr, &a.token).unwrap();
+    assert!(cookie.starts_with("sg_session="));
+    let page = http(s.addr, "GET", "/my", &[("Cookie", &cookie)], b"").unwrap();
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains(&a_name));
+    assert!(!page.body.contains(&b_name));
+    assert!(!page.body.contains(&b.cpe_id));
+    assert_eq!(
+        http(s.addr, "GET", "/noc", &[("Cookie", &cookie)], b"")
+            .unwrap()
+            .status,
+        403
+    );
+    // Another household's device, a guessed device, a malformed id: all 404.
+    for path in [
+        format!("/my/devices/{}/{}", b.cpe_id, b_mac),
+        format!("/my/devices/{}/02:5e:10:01:00:99", a.cpe_id),
+        format!("/my/devices/{}/not-a-mac", a.cpe_id),
+        "/my/devices/cpe-guess/02:5e:10:01:00:66".to_string(),
+    ] {
+        let r = http(s.addr, "GET", &path, &[("Cookie", &cookie)], b"").unwrap();
+        assert_eq!(r.status, 404, "{path}");
+        assert!(!r.body.contains(&b_name));
+    }
+    let own = http(
+        s.addr,
+        "GET",
+        &format!("/my/devices/{}/{}", a.cpe_id, a_mac),
+        &[("Cookie", &cookie)],
+        b"",
+    )
+    .unwrap();
+    assert_eq!(own.status, 200);
+    assert!(own.body.contains("History"));
+
+    // Release requests: CSRF token required, other household's device refused.
+    let csrf = csrf_of(&page.body).unwrap();
+    let h = form(&cookie);
+    let body = format!("csrf=wrong&cpe_id={}&mac={}&note=", a.cpe_id, a_mac);
+    assert_eq!(
+        http(s.addr, "POST", "/my/release", &hdrs(&h), body.as_bytes())
+            .unwrap()
+            .status,
+        403
+    );
+    let mut cross = h.clone();
+    cross.push(("Origin", "http://evil.example".to_string()));
+    let body = format!("csrf={csrf}&cpe_id={}&mac={}&note=", a.cpe_id, a_mac);
+    assert_eq!(
+        http(
+            s.addr,
+            "POST",
+            "/my/release",
+            &hdrs(&cross),
+            body.as_bytes()
+        )
+        .unwrap()
+        .status,
+        403
+    );
+    let body = format!("csrf={csrf}&cpe_id={}&mac={}&note=", b.cpe_id, b_mac);
+    assert_eq!(
+        http(s.addr, "POST", "/my/release", &hdrs(&h), body.as_bytes())
+            .unwrap()
+            .status,
+        404
+    );
+    let body = format!(
+        "csrf={csrf}&cpe_id={}&mac={}&note=scanned+it",
+        a.cpe_id, a_mac
+    );
+    let r = http(s.addr, "POST", "/my/release", &hdrs(&h), body.as_bytes()).unwrap();
+    assert_eq!(r.status, 303);
+    // B's portal shows no request; the NOC sees A's.
+    let b_cookie = login(s.addr, &b.token).unwrap();
+    let b_page = http(s.addr, "GET", "/my", &[("Cookie", &b_cookie)], b"").unwrap();
+    assert!(!b_page.body.contains("Release requested"));
+    let noc = login(s.addr, OPERATOR_TOKEN).unwrap();
+    let rel = http(s.addr, "GET", "/noc/releases", &[("Cookie", &noc)], b"").unwrap();
+    assert!(rel.body.contains("scanned it"));
+    assert!(rel.body.contains(&a.name));
+
+    // Logging out ends the session.
+    let body = format!("csrf={csrf}");
+    assert_eq!(
+        http(s.addr, "POST", "/logout", &hdrs(&h), body.as_bytes())
+            .unwrap()
+            .status,
+        303
+    );
+    assert_eq!(
+        http(s.addr, "GET", "/my", &[("Cookie", &cookie)], b"")
+            .unwrap()
+            .status,
+        303
+    );
+}
+
+#[test]
+fn hostile_host_names_are_escaped() {
+    let s = Server::start().unwrap();
+    let c = &s.seeded.households[2];
+    let cookie = login(s.addr, &c.token).unwrap();
+    let page = http(s.addr, "GET", "/my", &[("Cookie", &cookie)], b"").unwrap();
+    assert!(page
+        .body
+        .contains("&lt;script&gt;alert(&#39;owned&#39;)&lt;/script&gt;"));
+    assert!(!page.body.contains("<script>"));
+    let csp = page.header("content-security-policy").unwrap();
+    assert!(csp.contains("default-src 'none'"));
+    let noc = login(s.addr, OPERATOR_TOKEN).unwrap();
+    let cpe = http(
+        s.addr,
+        "GET",
+        &format!("/noc/cpe/{}", c.cpe_id),
+        &[("Cookie", &noc)],
+        b"",
+    )
+    .unwrap();
+    assert_eq!(cpe.status, 200);
+    assert!(!cpe.body.contains("<script>"));
+}
+
+fn arf(source_ip: &str, arrival: &str, port: u16, dest: &str) -> String {
+    format!(
+        "Content-Type: multipart/report; report-type=feedback-report; boundary=\"b1\"\r\n\r\n--b1\r\nContent-Type: text/plain\r\n\r\nSpam report\r\n--b1\r\nContent-Type: message/feedback-report\r\n\r\nFeedback-Type: abuse\r\nVersion: 1\r\nArrival-Date: {arrival}\r\nSource-IP: {source_ip}\r\nSource-Port: {port}\r\n\r\n--b1\r\nContent-Type: text/rfc822-headers\r\n\r\nReceived: from COZOXORY.club ([{source_ip}]:{port}) by mx.mailbox.example ([{dest}]) with ESMTP id 1; {arrival}\r\nMessage-ID: <spam-1@shop-deals.example>\r\nDate: {arrival}\r\n\r\n--b1--\r\n"
+    )
+}
+
+fn rfc5322(ms: u64) -> String {
+    // The UI's formatter gives "YYYY-MM-DD HH:MM:SS UTC"; rebuild the RFC 5322 form.
+    let t = smtpguard_controller::abuse::date::format_utc_secs(ms);
+    let (date, time) = t.split_once(' ').unwrap();
+    let time = time.trim_end_matches(" UTC");
+    let mut p = date.split('-');
+    let (y, m, d) = (p.next().unwrap(), p.next().unwrap(), p.next().unwrap());
+    let mon = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ][m.parse::<usize>().unwrap() - 1];
+    format!("{} {mon} {y} {time} +0000", d.trim_start_matches('0'))
+}
+
+#[test]
+fn abuse_reports_map_to_the_device_and_bad_ones_are_refused_and_counted() {
+    let s = Server::start().unwrap();
+    let a = &s.seeded.households[0];
+    let (a_mac, _) = a.flagged.clone().unwrap();
+    let (at, nat_port, dest) = s.seeded.abuse_example;
+    let auth = format!("Bearer {OPERATOR_TOKEN}");
+
+    // An ARF report as a mailbox provider sends it.
+    let report = arf(
+        &a.public_ip.to_string(),
+        &rfc5322(at + 3000),
+        nat_port,
+        &dest.to_string(),
+    );
+    let r = http(
+        s.addr,
+        "POST",
+        "/api/abuse",
+        &[("Authorization", &auth), ("Content-Type", "message/rfc822")],
+        report.as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(r.status, 201, "{}", r.body);
+    let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(v["answer"]["cpe_id"], a.cpe_id.as_str());
+    assert_eq!(v["answer"]["mac"], a_mac.to_string().as_str());
+    assert_eq!(v["answer"]["confidence"], "exact-port");
+    assert_eq!(v["answer"]["evidence"][0]["nat_port"], nat_port);
+    assert_eq!(v["message_id"], "<spam-1@shop-deals.example>");
+
+    // The plain JSON form, without a port: the busiest sender around that time.
+    let json = format!(r#"{{"public_ip":"{}","time":{}}}"#, a.public_ip, at);
+    let r = http(
+        s.addr,
+        "POST",
+        "/api/abuse",
+        &[
+            ("Authorization", &auth),
+            ("Content-Type", "application/json"),
+        ],
+        json.as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(r.status, 201);
+    let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(v["answer"]["mac"], a_mac.to_string().as_str());
+
+    // An address no router had: stored and listed, not dropped.
+    let json = r#"{"public_ip":"192.0.2.200","time":"2025-03-04T13:05:09Z"}"#;
+    let r = http(
+        s.addr,
+        "POST",
+        "/api/abuse",
+        &[
+            ("Authorization", &auth),
+            ("Content-Type", "application/json"),
+        ],
+        json.as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(r.status, 201);
+    let list = http(
+        s.addr,
+        "GET",
+        "/api/abuse?unmatched=true",
+        &[("Authorization", &auth)],
+        b"",
+    )
+    .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&list.body).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 1);
+    assert_eq!(v[0]["public_ip"], "192.0.2.200");
+
+    // Hostile input: clear 4xx, counted.
+    let bad_date = arf(
+        &a.public_ip.to_string(),
+        "yesterday at noon",
+        1,
+        "198.51.100.1",
+    );
+    for (ct, body, status) in [
+        ("message/rfc822", bad_date.into_bytes(), 400),
+        (
+            "message/rfc822",
+            b"Content-Type: multipart/report; boundary=x\r\n\r\n--x\r\nno end".to_vec(),
+            400,
+        ),
+        (
+            "application/json",
+            br#"{"public_ip":"1.2.3.4"}"#.to_vec(),
+            400,
+        ),
+        ("message/rfc822", vec![b'A'; 300 * 1024], 413),
+    ] {
+        let r = http(
+            s.addr,
+            "POST",
+            "/api/abuse",
+            &[("Authorization", &auth), ("Content-Type", ct)],
+            &body,
+        )
+        .unwrap();
+        assert_eq!(r.status, status, "{}", r.body);
+    }
+    // Only the operator may submit.
+    let sub = format!("Bearer {}", a.token);
+    assert_eq!(
+        http(
+            s.addr,
+            "POST",
+            "/api/abuse",
+            &[("Authorization", &sub)],
+            json.as_bytes()
+        )
+        .unwrap()
+        .status,
+        403
+    );
+    assert_eq!(
+        http(s.addr, "POST", "/api/abuse", &[], json.as_bytes())
+            .unwrap()
+            .status,
+        401
+    );
+    let forged = http(
+        s.addr,
+        "POST",
+        "/api/abuse",
+        &[("Authorization", "Bearer noc-guess")],
+        json.as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(forged.status, 401);
+
+    let m = http(s.addr, "GET", "/metrics", &[], b"").unwrap();
+    assert_eq!(m.status, 200);
+    let metric = |line: &str| -> u64 {
+        m.body
+            .lines()
+            .find(|l| l.starts_with(line))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {line} in\n{}", m.body))
+    };
+    assert_eq!(
+        metric("smtpguard_abuse_rejected_total{reason=\"bad_date\"}"),
+        1
+    );
+    assert_eq!(
+        metric("smtpguard_abuse_rejected_total{reason=\"broken_mime\"}"),
+        1
+    );
+    assert_eq!(
+        metric("smtpguard_abuse_rejected_total{reason=\"bad_json\"}"),
+        1
+    );
+    assert_eq!(
+        metric("smtpguard_abuse_rejected_total{reason=\"too_large\"}"),
+        1
+    );
+    assert_eq!(
+        metric("smtpguard_abuse_reports_total{result=\"device\"}"),
+        2
+    );
+    assert_eq!(
+        metric("smtpguard_abuse_reports_total{result=\"no_device\"}"),
+        1
+    );
+    // Every rejection reason is exported, zero or not.
+    for r in smtpguard_protocol::RejectionReason::ALL {
+        assert_eq!(
+            metric(&format!(
+                "smtpguard_rejections_total{{reason=\"{}\"}}",
+                r.as_str()
+            )),
+            0
+        );
+    }
+    assert_eq!(metric("smtpguard_infected_devices "), 3);
+    assert_eq!(metric("smtpguard_cpes_online "), 3);
+    assert_eq!(metric("smtpguard_cpes{status=\"offline\"}"), 1);
+    assert_eq!(metric("smtpguard_policy_applied_cpes{version=\"1\"}"), 2);
+    assert!(metric("smtpguard_messages_stored_total{kind=\"telemetry\"}") >= 16);
+    assert_eq!(metric("smtpguard_web_auth_failures_total"), 1);
+}
+
+#[test]
+fn the_noc_groups_the_campaign_and_pushes_its_indicators_to_fleet_policy() {
+    let s = Server::start().unwrap();
+    let auth = format!("Bearer {OPERATOR_TOKEN}");
+    let r = http(
+        s.addr,
+        "GET",
+        "/api/campaigns",
+        &[("Authorization", &auth)],
+        b"",
+    )
+    .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    let list = v.as_array().unwrap();
+    assert_eq!(list.len(), 1, "{}", r.body);
+    assert_eq!(list[0]["households"], 2);
+    assert_eq!(list[0]["ehlo_names"][0], "cozoxory.club");
+    let id = list[0]["id"].as_str().unwrap().to_string();
+
+    let noc = login(s.addr, OPERATOR_TOKEN).unwrap();
+    let page = http(s.addr, "GET", "/noc/campaigns", &[("Cookie", &noc)], b"").unwrap();
+    let csrf = csrf_of(&page.body).unwrap();
+    let h = form(&noc);
+    let r = http(
+        s.addr,
+        "POST",
+        &format!("/noc/campaigns/{id}/push"),
+        &hdrs(&h),
+        format!("csrf={csrf}").as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(r.status, 303, "{}", r.body);
+    assert_eq!(r.header("location"), Some("/noc/campaigns?pushed=2"));
+    let policy = http(s.addr, "GET", "/noc/policy", &[("Cookie", &noc)], b"").unwrap();
+    assert!(policy.body.contains("cozoxory.club"), "{}", policy.body);
+    assert!(policy.body.contains("shop-deals.example"));
+    // The refusal of one router is shown with its reason.
+    assert!(policy
+        .body
+        .contains("does not verify against the installed key"));
+
+    // A broken policy is refused with the field named, and nothing is published.
+    let r = http(
+        s.addr,
+        "POST",
+        "/noc/policy",
+        &hdrs(&h),
+        format!("csrf={csrf}&policy=%5Bthresholds%5D%0Ainfected+%3D+7").as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(r.status, 400);
+    assert!(r.body.contains("thresholds.infected"));
+    let r = http(
+        s.addr,
+        "POST",
+        &format!("/noc/campaigns/{id}/push"),
+        &hdrs(&h),
+        b"csrf=nope",
+    )
+    .unwrap();
+    assert_eq!(r.status, 403);
+}

@@ -1,0 +1,459 @@
+//! Shared by the web tests: a seeded controller web server on a loopback ephemeral port, a
+//! minimal HTTP/1.1 client, and a minimal WebDriver client for headless Chromium.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde_json::{json, Value};
+use smtpguard_controller::demo::{self, Seeded};
+use smtpguard_controller::web::{self, AppState, PolicyPublisher, WebSettings};
+use smtpguard_protocol::Policy;
+
+/// The operator token of the test server.
+pub const OPERATOR_TOKEN: &str = "noc-test-token-0123456789";
+
+/// Stores published policies in the database (signing and MQTT are the policy module's job
+/// and tested there).
+struct StorePolicies(PathBuf);
+
+impl PolicyPublisher for StorePolicies {
+    fn publish(
+        &self,
+        mut policy: Policy,
+        _cpe_id: Option<String>,
+    ) -> Pin<Box<dyn std::future::Future<Output = Result<u64, String>> + Send + '_>> {
+        Box::pin(async move {
+            let mut store =
+                smtpguard_controller::store::Store::open(&self.0).map_err(|e| e.to_string())?;
+            let version = store.highest_policy_version().map_err(|e| e.to_string())? + 1;
+            policy.policy_version = version;
+            store
+                .insert_policy(&smtpguard_controller::store::StoredPolicy {
+                    version,
+                    scope: smtpguard_protocol::PolicyScope::Fleet,
+                    cpe_id: None,
+                    policy_json: serde_json::to_string(&policy).map_err(|e| e.to_string())?,
+                    wire: Vec::new(),
+                    created_ms: 0,
+                })
+                .map_err(|e| e.to_string())?;
+            Ok(version)
+        })
+    }
+}
+
+/// A running web server over a seeded database.
+pub struct Server {
+    pub addr: SocketAddr,
+    pub seeded: Seeded,
+    pub db: PathBuf,
+    _dir: tempfile::TempDir,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+impl Server {
+    pub fn start() -> Result<Server> {
+        let dir = tempfile::tempdir()?;
+        let db = dir.path().join("controller.db");
+        let seeded = demo::seed(&db, now_ms())?;
+        let conn = web::open_db(&db)?;
+        let state = AppState::new(
+            conn,
+            WebSettings::new(OPERATOR_TOKEN),
+            Arc::new(StorePolicies(db.clone())),
+            web::system_clock(),
+        );
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                web::serve(listener, state, async {
+                    let _ = rx.await;
+                })
+                .await
+                .unwrap();
+            });
+        });
+        Ok(Server {
+            addr,
+            seeded,
+            db,
+            _dir: dir,
+            stop: Some(tx),
+            thread: Some(thread),
+        })
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// An HTTP response.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Resp {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// One HTTP/1.1 request with `Connection: close`.
+pub fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<Resp> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes())?;
+    // A server may answer (413) before reading a large body; ignore a reset while sending.
+    let _ = s.write_all(body);
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| anyhow!("no HTTP response: {text:?}"))?;
+    let mut lines = head.split("\r\n");
+    let status: u16 = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .context("status line")?;
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect::<Vec<_>>();
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
+    let body = if chunked {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    Ok(Resp {
+        status,
+        headers,
+        body,
+    })
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// Logs in through the form and returns the session cookie (`sg_session=...`).
+pub fn login(addr: SocketAddr, token: &str) -> Result<String> {
+    let body = format!("token={token}");
+    let r = http(
+        addr,
+        "POST",
+        "/login",
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        body.as_bytes(),
+    )?;
+    if r.status != 303 {
+        bail!("login answered {}", r.status);
+    }
+    let cookie = r.header("set-cookie").context("no cookie")?;
+    Ok(cookie.split(';').next().unwrap_or("").to_string())
+}
+
+/// The CSRF token in a page's forms.
+pub fn csrf_of(page: &str) -> Option<String> {
+    let i = page.find(r#"name="csrf" value=""#)? + r#"name="csrf" value=""#.len();
+    Some(page[i..].split('"').next()?.to_string())
+}
+
+// ---- WebDriver ----
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A chromedriver process with one headless Chromium session.
+pub struct Browser {
+    driver: Child,
+    addr: SocketAddr,
+    session: String,
+    _profile: tempfile::TempDir,
+}
+
+impl Browser {
+    pub fn start(width: u32, height: u32) -> Result<Browser> {
+        let port = free_port();
+        let driver = Command::new("/usr/bin/chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting /usr/bin/chromedriver (apt-get install chromium chromium-driver)")?;
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+        let mut b = Browser {
+            driver,
+            addr,
+            session: String::new(),
+            _profile: tempfile::tempdir()?,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(r) = http(addr, "GET", "/status", &[], b"") {
+                if r.status == 200 {
+                    break;
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("chromedriver did not start");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let profile = b._profile.path().display().to_string();
+        let caps = json!({"capabilities": {"alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": {
+                "binary": "/usr/bin/chromium",
+                "args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                         "--no-first-run", "--disable-background-networking",
+                         "--disable-component-update", "--disable-sync",
+                         "--disable-dev-shm-usage", "--hide-scrollbars",
+                         format!("--window-size={width},{height}"),
+                         format!("--user-data-dir={profile}")]
+            }
+        }}});
+        let v = b.call("POST", "/session", Some(caps))?;
+        b.session = v["sessionId"]
+            .as_str()
+            .context("no session id")?
+            .to_string();
+        Ok(b)
+    }
+
+    fn call(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value> {
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        let r = http(
+            self.addr,
+            method,
+            path,
+            &[("Content-Type", "application/json")],
+            body.as_bytes(),
+        )?;
+        let v: Value = serde_json::from_str(&r.body)
+            .with_context(|| format!("webdriver said {:?}", r.body))?;
+        if r.status != 200 {
+            bail!("webdriver {method} {path}: {} {}", r.status, v["value"]);
+        }
+        Ok(v["value"].clone())
+    }
+
+    fn s(&self, rest: &str) -> String {
+        format!("/session/{}{rest}", self.session)
+    }
+
+    pub fn goto(&self, url: &str) -> Result<()> {
+        self.call("POST", &self.s("/url"), Some(json!({ "url": url })))?;
+        Ok(())
+    }
+
+    pub fn url(&self) -> Result<String> {
+        Ok(self
+            .call("GET", &self.s("/url"), None)?
+            .as_str()
+            .unwrap_or("")
+            .to_string())
+    }
+
+    pub fn find(&self, css: &str) -> Result<String> {
+        let v = self.call(
+            "POST",
+            &self.s("/element"),
+            Some(json!({"using": "css selector", "value": css})),
+        )?;
+        v.as_object()
+            .and_then(|o| o.values().next())
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .ok_or_else(|| anyhow!("no element {css}"))
+    }
+
+    pub fn find_all(&self, css: &str) -> Result<Vec<String>> {
+        let v = self.call(
+            "POST",
+            &self.s("/elements"),
+            Some(json!({"using": "css selector", "value": css})),
+        )?;
+        Ok(v.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|e| e.as_object()?.values().next()?.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    pub fn text(&self, element: &str) -> Result<String> {
+        Ok(self
+            .call("GET", &self.s(&format!("/element/{element}/text")), None)?
+            .as_str()
+            .unwrap_or("")
+            .to_string())
+    }
+
+    /// The visible text of the whole page.
+    pub fn page_text(&self) -> Result<String> {
+        let body = self.find("body")?;
+        self.text(&body)
+    }
+
+    pub fn type_into(&self, css: &str, text: &str) -> Result<()> {
+        let e = self.find(css)?;
+        self.call(
+            "POST",
+            &self.s(&format!("/element/{e}/value")),
+            Some(json!({ "text": text })),
+        )?;
+        Ok(())
+    }
+
+    pub fn click(&self, css: &str) -> Result<()> {
+        let e = self.find(css)?;
+        self.call(
+            "POST",
+            &self.s(&format!("/element/{e}/click")),
+            Some(json!({})),
+        )?;
+        Ok(())
+    }
+
+    /// Saves a full-window PNG to `target/screenshots/NAME.png` and, when asked, to
+    /// `docs/screenshots/NAME.png`; returns the bytes.
+    pub fn screenshot(&self, name: &str) -> Result<Vec<u8>> {
+        let v = self.call("GET", &self.s("/screenshot"), None)?;
+        let png = base64_decode(v.as_str().context("screenshot")?)?;
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+        for dir in [
+            root.join("target/screenshots"),
+            root.join("docs/screenshots"),
+        ] {
+            if dir.ends_with("docs/screenshots")
+                && std::env::var_os("SMTPGUARD_DOC_SCREENSHOTS").is_none()
+            {
+                continue;
+            }
+            std::fs::create_dir_all(&dir)?;
+            std::fs::write(dir.join(format!("{name}.png")), &png)?;
+        }
+        Ok(png)
+    }
+
+    pub fn resize(&self, width: u32, height: u32) -> Result<()> {
+        self.call(
+            "POST",
+            &self.s("/window/rect"),
+            Some(json!({"width": width, "height": height})),
+        )?;
+        Ok(())
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        if !self.session.is_empty() {
+            let _ = self.call("DELETE", &self.s(""), None);
+        }
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+fn base64_decode(s: &str) -> Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(s.len() * 3 / 4);
+    let mut acc = 0u32;
+    let mut bits = 0;
+    for c in s.bytes() {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            b'=' | b'\n' | b'\r' => continue,
+            _ => bail!("bad base64"),
+        };
+        acc = (acc << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+        }
+    }
+    Ok(out)
+}
