@@ -45,6 +45,13 @@ enum Command {
         #[arg(long, short, default_value = config::DEFAULT_PATH)]
         config: PathBuf,
     },
+    /// Create this router's signing key (mode 0600, never overwriting one) and print its
+    /// CPE id and public key for enrollment on the controller.
+    Keygen {
+        /// Where to write the key.
+        #[arg(long, default_value = smtpguard_agent::uplink::keygen::DEFAULT_KEY_PATH)]
+        key: PathBuf,
+    },
 }
 
 /// A failure, classified for the exit code.
@@ -80,6 +87,7 @@ fn dispatch(command: Command) -> Result<ExitCode, Failure> {
             &load_config(&config)?,
             mac,
         )),
+        Command::Keygen { key } => runtime(smtpguard_agent::uplink::keygen::command(&key)),
     }
 }
 

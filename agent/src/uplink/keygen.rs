@@ -44,6 +44,17 @@ pub fn keygen(path: &Path) -> Result<Enrollment, KeyError> {
     })
 }
 
+/// The `keygen` subcommand: creates the key and prints the enrollment details.
+///
+/// # Errors
+/// As [`keygen`].
+pub fn command(path: &Path) -> Result<(), KeyError> {
+    let enrollment = keygen(path)?;
+    println!("{enrollment}");
+    eprintln!("key written to {}", path.display());
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

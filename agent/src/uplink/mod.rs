@@ -128,6 +128,46 @@ impl Settings {
     }
 }
 
+impl Settings {
+    /// Settings from the agent's configuration (`[uplink]`, `cpe_id`, `state_dir`) for the
+    /// router whose key is `key`; the CPE id defaults to the one derived from the key.
+    ///
+    /// # Errors
+    /// [`UplinkError::Config`] when `uplink.controller_public_key` is missing or invalid.
+    pub fn from_agent_config(
+        config: &crate::config::AgentConfig,
+        key: &SigningKey,
+    ) -> Result<Settings, UplinkError> {
+        let text = config
+            .uplink
+            .controller_public_key
+            .as_deref()
+            .ok_or(UplinkError::Config {
+                field: "uplink.controller_public_key",
+                problem: "required when the uplink is enabled".into(),
+            })?;
+        let controller =
+            smtpguard_protocol::keys::parse_public_key(text).map_err(|e| UplinkError::Config {
+                field: "uplink.controller_public_key",
+                problem: e.to_string(),
+            })?;
+        let cpe_id = config
+            .cpe_id
+            .clone()
+            .unwrap_or_else(|| smtpguard_protocol::keys::cpe_id_for(&key.verifying_key()));
+        let mut s = Settings::new(
+            cpe_id,
+            config.state_dir.join("uplink"),
+            config.uplink.broker_url.clone(),
+            controller,
+        );
+        s.username = config.uplink.username.clone();
+        s.password = config.uplink.password.clone();
+        s.tls_ca_file = config.uplink.tls_ca_file.clone();
+        Ok(s)
+    }
+}
+
 /// Counters of the uplink.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct UplinkStats {

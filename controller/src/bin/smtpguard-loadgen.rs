@@ -1,0 +1,331 @@
+//! `smtpguard-loadgen`: N simulated agents — real MQTT connections on loopback, real
+//! signatures — against one in-process controller with its embedded broker. Measures how
+//! long the fleet takes to connect and how long a fleet policy takes to be acknowledged by
+//! every agent (acks verified and stored by the ingest).
+//!
+//! Bounded: at most `--agents` connections (≤ 20,000), everything on 127.0.0.1, and the
+//! whole run ends after `--timeout-secs`. Raises its own open-file limit to the hard limit
+//! (each agent costs two descriptors: its socket and the broker's).
+//!
+//! ```sh
+//! cargo run --release -p smtpguard-controller --bin smtpguard-loadgen -- --agents 10000
+//! ```
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use smtpguard_controller::config::Config;
+use smtpguard_controller::policy::{self, Target};
+use smtpguard_controller::serve;
+use smtpguard_controller::store::Store;
+use smtpguard_protocol::{
+    keys, seal, topic, verify, AckOutcome, Body, Freshness, KeyStatus, Policy, PolicyAck,
+    PolicyScope, State, Status, Topic,
+};
+
+#[derive(Parser)]
+#[command(
+    name = "smtpguard-loadgen",
+    about = "simulated agents against one controller"
+)]
+struct Args {
+    /// Number of simulated agents (1-20000).
+    #[arg(long, default_value_t = 1000)]
+    agents: usize,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 120)]
+    timeout_secs: u64,
+    /// New connections per second while the fleet connects.
+    #[arg(long, default_value_t = 2000)]
+    connect_rate: u64,
+    /// Use a mosquitto the load generator starts itself (anonymous, loopback only) instead
+    /// of the embedded broker. mosquitto runs in its own process, so the agents' and the
+    /// broker's sockets do not share one open-file limit.
+    #[arg(long)]
+    mosquitto: bool,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn raise_nofile() -> u64 {
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+            // Root may raise the hard limit too; everyone else gets the hard limit.
+            let wanted = libc::rlimit {
+                rlim_cur: lim.rlim_max.max(65_536),
+                rlim_max: lim.rlim_max.max(65_536),
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) == 0 {
+                return wanted.rlim_cur;
+            }
+            lim.rlim_cur = lim.rlim_max;
+            let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+            return lim.rlim_cur;
+        }
+    }
+    0
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if !(1..=20_000).contains(&args.agents) {
+        bail!("--agents must be 1-20000");
+    }
+    let nofile = raise_nofile();
+    println!("open-file limit: {nofile}");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        tokio::time::timeout(Duration::from_secs(args.timeout_secs), run(&args))
+            .await
+            .context("timed out")?
+    })
+}
+
+async fn run(args: &Args) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let mut config = Config {
+        db_path: dir.path().join("loadgen.db"),
+        policy_key_path: dir.path().join("policy.key"),
+        ..Config::default()
+    };
+    config.broker.embedded_listen = ([127, 0, 0, 1], port).into();
+    config.broker.password = "loadgen".into();
+    config.broker.client_id = "loadgen-controller".into();
+    config.broker.max_connections = args.agents + 100;
+    let _mosquitto = if args.mosquitto {
+        let conf = dir.path().join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous true\nmax_connections -1\n\
+                 max_inflight_messages 500\nmax_queued_messages 0\nuser root\n"
+            ),
+        )?;
+        config.broker.url = Some(format!("mqtt://127.0.0.1:{port}"));
+        config.ingest.shared_subscription = false;
+        Some(Child(
+            std::process::Command::new("mosquitto")
+                .arg("-c")
+                .arg(&conf)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .context("starting mosquitto")?,
+        ))
+    } else {
+        None
+    };
+    let policy_key = keys::generate();
+    let controller_pub = policy_key.verifying_key();
+
+    // Enrol the fleet in one transaction.
+    let agent_keys: Vec<(String, ed25519_dalek::SigningKey)> = (0..args.agents)
+        .map(|i| (format!("lg-{i:05}"), keys::generate()))
+        .collect();
+    {
+        let store = Store::open(&config.db_path)?;
+        let tx = store.conn().unchecked_transaction()?;
+        for (id, k) in &agent_keys {
+            tx.execute(
+                "INSERT INTO cpes (cpe_id, public_key, enrolled_at_ms) VALUES (?1, ?2, 0)",
+                (id, keys::public_key_text(&k.verifying_key())),
+            )?;
+        }
+        tx.commit()?;
+    }
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let serve_config = config.clone();
+    tokio::spawn(async move {
+        if let Err(e) = serve::run(serve_config, async move {
+            let _ = stop_rx.await;
+        })
+        .await
+        {
+            eprintln!("controller: {e}");
+        }
+    });
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let connected = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let pause = Duration::from_micros(1_000_000 / args.connect_rate.max(1));
+    for (id, key) in agent_keys {
+        tokio::spawn(agent(id, key, port, controller_pub, connected.clone()));
+        tokio::time::sleep(pause).await;
+    }
+    let mut last_report = Instant::now();
+    while connected.load(Ordering::Relaxed) < args.agents {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if last_report.elapsed() > Duration::from_secs(5) {
+            last_report = Instant::now();
+            println!(
+                "  {} connected after {:.0} s",
+                connected.load(Ordering::Relaxed),
+                started.elapsed().as_secs_f64()
+            );
+        }
+    }
+    let connect_time = started.elapsed();
+    println!(
+        "{} agents connected and subscribed in {:.1} s",
+        args.agents,
+        connect_time.as_secs_f64()
+    );
+
+    // One fleet policy; wait until every agent's ack is stored.
+    let stored = {
+        let mut store = Store::open(&config.db_path)?;
+        policy::sign(
+            &mut store,
+            &policy_key,
+            Policy {
+                rate_limit_per_minute: 5,
+                ..Policy::default()
+            },
+            &Target::Fleet,
+            now_ms(),
+        )?
+    };
+    let t = Instant::now();
+    policy::publish(
+        &config.broker,
+        "loadgen-noc",
+        std::slice::from_ref(&stored),
+        Duration::from_secs(30),
+    )
+    .await?;
+    let store = Store::open(&config.db_path)?;
+    let acked = loop {
+        let n: i64 = store.conn().query_row(
+            "SELECT COUNT(*) FROM policy_acks WHERE version = ?1 AND outcome = 'applied'",
+            [stored.version as i64],
+            |r| r.get(0),
+        )?;
+        if n as usize >= args.agents {
+            break n;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    println!(
+        "policy v{} acknowledged by {acked}/{} agents in {:.2} s (acks verified and stored)",
+        stored.version,
+        args.agents,
+        t.elapsed().as_secs_f64()
+    );
+    let rejected: u64 = store.rejection_counts()?.iter().map(|(_, n)| n).sum();
+    println!("rejections: {rejected}");
+    let _ = stop_tx.send(());
+    Ok(())
+}
+
+/// Kills the broker child when the run ends.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// One simulated agent: connect, subscribe to policy, announce itself online, and answer
+/// every verified policy with a signed ack.
+async fn agent(
+    id: String,
+    key: ed25519_dalek::SigningKey,
+    port: u16,
+    controller: ed25519_dalek::VerifyingKey,
+    connected: Arc<AtomicUsize>,
+) {
+    let mut o = MqttOptions::new(id.clone(), "127.0.0.1", port);
+    o.set_credentials(id.clone(), "")
+        .set_keep_alive(Duration::from_secs(60))
+        .set_max_packet_size(70_000, 70_000);
+    let (client, mut eventloop) = AsyncClient::new(o, 16);
+    let mut seq = 1u64;
+    let mut counted = false;
+    loop {
+        match eventloop.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                let filters = topic::agent_filters(&id)
+                    .into_iter()
+                    .map(|f| rumqttc::SubscribeFilter::new(f, QoS::AtLeastOnce));
+                let _ = client.try_subscribe_many(filters);
+                let state = Body::State(State {
+                    status: Status::Online,
+                    agent_version: "loadgen".into(),
+                    fleet_policy_version: None,
+                    cpe_policy_version: None,
+                    public_ip: None,
+                });
+                if let Ok(bytes) = seal(&state, &id, seq, now_ms(), &key) {
+                    seq += 1;
+                    let topic = Topic::State(id.clone()).to_string();
+                    let _ = client.try_publish(topic, QoS::AtLeastOnce, true, bytes);
+                }
+            }
+            Ok(Event::Incoming(Packet::SubAck(_))) => {
+                if !counted {
+                    counted = true;
+                    connected.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                let any_age = Freshness {
+                    max_age_ms: u64::MAX,
+                    max_future_ms: u64::MAX,
+                };
+                let Ok(env) = verify(
+                    &p.topic,
+                    &p.payload,
+                    |_| KeyStatus::Active(controller),
+                    None,
+                    None,
+                    now_ms(),
+                    &any_age,
+                ) else {
+                    continue;
+                };
+                let Body::Policy(policy) = env.body else {
+                    continue;
+                };
+                let ack = Body::PolicyAck(PolicyAck {
+                    scope: PolicyScope::Fleet,
+                    policy_version: policy.policy_version,
+                    outcome: AckOutcome::Applied,
+                });
+                if let Ok(bytes) = seal(&ack, &id, seq, now_ms(), &key) {
+                    seq += 1;
+                    let topic = Topic::PolicyAck(id.clone()).to_string();
+                    let _ = client.try_publish(topic, QoS::AtLeastOnce, false, bytes);
+                }
+            }
+            Ok(_) => {}
+            Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+        }
+    }
+}
