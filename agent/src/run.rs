@@ -11,6 +11,14 @@
 //! stops it when the injected `shutdown` future resolves (SIGTERM/SIGINT in the binary, see
 //! [`run_until_signal`]).
 //!
+//! # Uplink
+//! With `[uplink] enabled`, [`run`] loads (or on first boot makes) the router's key and starts
+//! the [`crate::uplink`] session on the async side. The worker hands it every verdict change
+//! as an alert (persisted until the broker acknowledges it) and, every
+//! `policy.telemetry_interval_secs`, a telemetry report; verified policies come back over a
+//! channel and are applied between frames: the per-CPE override if there is one, else the
+//! fleet policy, else the local policy file. Each is acknowledged as applied.
+//!
 //! # Start and stop
 //! At start the block state file is loaded and restored with each block's remaining time to
 //! live, pending manual releases are applied, and the table is installed idempotently. At
@@ -35,6 +43,9 @@ use crate::enforce::{
 };
 use crate::engine::{Engine, EngineAction, EngineConfig};
 use crate::oui::OuiTable;
+use crate::uplink::{PolicyUpdate, Settings, Uplink, UplinkError, UplinkHandle};
+use smtpguard_protocol::messages::{MAX_CONN_RECORDS, MAX_DEVICES_PER_TELEMETRY};
+use smtpguard_protocol::{PolicyScope, Telemetry};
 
 /// How often manual-release requests are looked for.
 const RELEASE_POLL_MS: u64 = 1_000;
@@ -66,6 +77,23 @@ pub enum RunError {
     /// The async runtime or signal handlers could not be set up.
     #[error("cannot set up the runtime: {0}")]
     Runtime(#[source] std::io::Error),
+    /// The router's key could not be loaded or made.
+    #[error("router key: {0}")]
+    Key(#[from] smtpguard_protocol::keys::KeyError),
+    /// The uplink could not start (bad `[uplink]` settings, state directory).
+    #[error("uplink: {0}")]
+    Uplink(#[from] UplinkError),
+}
+
+/// Where the router's ed25519 key lives: made on first start, mode 0600.
+pub fn key_path(config: &AgentConfig) -> PathBuf {
+    config.state_dir.join("agent.key")
+}
+
+/// The worker's side of the uplink: a handle to send on, and the policies to apply.
+struct Link {
+    handle: UplinkHandle,
+    policies: std::sync::mpsc::Receiver<PolicyUpdate>,
 }
 
 fn now_ms() -> u64 {
@@ -160,13 +188,47 @@ fn router_identity(interface: &str) -> (Vec<MacAddr>, Vec<IpAddr>) {
 /// # Errors
 /// [`RunError`] when the policy, capture or table cannot be set up, or the capture fails.
 pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
+    let (uplink_stop_tx, uplink_stop_rx) = tokio::sync::watch::channel(false);
+    let mut link = None;
+    let mut uplink_tasks = Vec::new();
+    if config.uplink.enabled {
+        let (key, created) = smtpguard_protocol::keys::load_or_create(&key_path(&config))?;
+        if created {
+            tracing::info!(path = %key_path(&config).display(), "made this router's key");
+        }
+        let settings = Settings::from_agent_config(&config, &key)?;
+        tracing::info!(cpe_id = %settings.cpe_id, broker = %settings.broker_url, "uplink starting");
+        let mut stop_rx = uplink_stop_rx.clone();
+        let uplink = Uplink::start(settings, key, async move {
+            let _ = stop_rx.changed().await;
+        })
+        .await?;
+        let Uplink {
+            handle,
+            mut policies,
+            task,
+        } = uplink;
+        let (policy_tx, policy_rx) = std::sync::mpsc::channel();
+        uplink_tasks.push(tokio::spawn(async move {
+            while let Some(update) = policies.recv().await {
+                if policy_tx.send(update).is_err() {
+                    break;
+                }
+            }
+        }));
+        uplink_tasks.push(task);
+        link = Some(Link {
+            handle,
+            policies: policy_rx,
+        });
+    }
     let stop = Arc::new(AtomicBool::new(false));
     let worker_stop = Arc::clone(&stop);
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     let worker = std::thread::Builder::new()
         .name("smtpguard-worker".into())
         .spawn(move || {
-            let result = Worker::start(&config).and_then(|mut w| w.run(&worker_stop));
+            let result = Worker::start(&config, link).and_then(|mut w| w.run(&worker_stop));
             let _ = done_tx.send(());
             result
         })
@@ -181,6 +243,12 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
     let joined = tokio::task::spawn_blocking(move || worker.join())
         .await
         .map_err(|e| RunError::Worker(e.to_string()))?;
+    // The worker has handed over its last alerts; the uplink publishes the offline state
+    // and ends. Alerts not yet acknowledged stay on disk for the next start.
+    let _ = uplink_stop_tx.send(true);
+    for task in uplink_tasks {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), task).await;
+    }
     joined.map_err(|_| RunError::Worker("the worker thread panicked".into()))?
 }
 
@@ -224,10 +292,20 @@ struct Worker {
     policy_file: Option<(PathBuf, Option<SystemTime>)>,
     next_policy_poll_ms: u64,
     mail_ports: Vec<u16>,
+    /// The uplink, when enabled.
+    link: Option<Link>,
+    /// The policy from the local file (or defaults), and the newest verified policy of each
+    /// scope from the controller; the per-CPE override wins, then the fleet policy.
+    local_policy: Policy,
+    fleet_policy: Option<Policy>,
+    cpe_policy: Option<Policy>,
+    /// When the current telemetry window started, and the counters at that time.
+    window_start_ms: u64,
+    window_base: (u64, u64, u64, u64),
 }
 
 impl Worker {
-    fn start(config: &AgentConfig) -> Result<Worker, RunError> {
+    fn start(config: &AgentConfig, link: Option<Link>) -> Result<Worker, RunError> {
         let policy = load_policy(config.policy_file.as_deref())?;
         let now = now_ms();
         let state_dir = config.state_dir.clone();
@@ -289,7 +367,7 @@ impl Worker {
                 oui,
                 ..EngineConfig::default()
             },
-            policy,
+            policy.clone(),
         );
         let capture = Capture::open(&config.capture.interface, &CaptureOptions::default())?;
         tracing::info!(
@@ -314,6 +392,12 @@ impl Worker {
                 .map(|p| (p.clone(), modified(p))),
             next_policy_poll_ms: now + POLICY_POLL_MS,
             mail_ports: config.enforce.mail_ports.clone(),
+            link,
+            local_policy: policy,
+            fleet_policy: None,
+            cpe_policy: None,
+            window_start_ms: now,
+            window_base: (0, 0, 0, 0),
         })
     }
 
@@ -352,6 +436,11 @@ impl Worker {
                         evidence = %d.evidence.join("; "),
                         "verdict changed"
                     );
+                    if let Some(link) = &self.link {
+                        if let Err(err) = link.handle.send_alert(alert) {
+                            tracing::error!(%err, "alert not queued for the controller");
+                        }
+                    }
                 }
                 EngineAction::Enforce {
                     mac,
@@ -372,6 +461,11 @@ impl Worker {
         if now >= self.next_policy_poll_ms {
             self.next_policy_poll_ms = now + POLICY_POLL_MS;
             ops.extend(self.reload_policy(now));
+        }
+        ops.extend(self.take_controller_policies(now));
+        let interval_ms = u64::from(self.engine.policy().telemetry_interval_secs) * 1000;
+        if self.link.is_some() && now >= self.window_start_ms + interval_ms {
+            self.send_telemetry(now);
         }
         if !ops.is_empty() {
             for op in &ops {
@@ -412,7 +506,77 @@ impl Worker {
             }
         };
         tracing::info!(version = policy.policy_version, mode = ?policy.mode, "policy reloaded");
+        self.local_policy = policy;
+        if self.cpe_policy.is_some() || self.fleet_policy.is_some() {
+            // The controller's policy stays in force over the local file.
+            return Vec::new();
+        }
+        let policy = self.local_policy.clone();
         self.apply_policy(now, policy)
+    }
+
+    /// Applies the verified policies the uplink delivered and acknowledges each.
+    fn take_controller_policies(&mut self, now: u64) -> Vec<Op> {
+        let Some(link) = &self.link else {
+            return Vec::new();
+        };
+        let updates: Vec<PolicyUpdate> = link.policies.try_iter().collect();
+        let mut ops = Vec::new();
+        for update in updates {
+            tracing::info!(scope = ?update.scope, version = update.version, "controller policy");
+            match update.scope {
+                PolicyScope::Fleet => self.fleet_policy = Some(update.policy.clone()),
+                PolicyScope::Cpe => self.cpe_policy = Some(update.policy.clone()),
+            }
+            let effective = self
+                .cpe_policy
+                .clone()
+                .or_else(|| self.fleet_policy.clone())
+                .unwrap_or_else(|| self.local_policy.clone());
+            ops.extend(self.apply_policy(now, effective));
+            if let Some(link) = &self.link {
+                if let Err(err) = link.handle.ack(update.applied()) {
+                    tracing::error!(%err, "policy ack not queued");
+                }
+            }
+        }
+        ops
+    }
+
+    /// Sends one telemetry report for the window that ends now.
+    fn send_telemetry(&mut self, now: u64) {
+        let Some(link) = &self.link else {
+            return;
+        };
+        let es = self.engine.stats();
+        let cs = self.capture.stats().unwrap_or_default();
+        let (packets, drops, malformed, evicted) = self.window_base;
+        let mut devices = self.engine.report(now).devices;
+        devices.truncate(MAX_DEVICES_PER_TELEMETRY);
+        let mut connections = self.engine.drain_connections();
+        // Keep the newest records when there are more than one message may carry.
+        let excess = connections.len().saturating_sub(MAX_CONN_RECORDS);
+        connections.drain(..excess);
+        let telemetry = Telemetry {
+            window_start_ms: self.window_start_ms,
+            window_secs: u32::try_from(now.saturating_sub(self.window_start_ms) / 1000)
+                .unwrap_or(u32::MAX),
+            public_ip: None,
+            stats: AgentStats {
+                packets: es.packets.saturating_sub(packets),
+                kernel_drops: cs.drops.saturating_sub(drops),
+                malformed_packets: es.malformed.saturating_sub(malformed),
+                devices_evicted: es.devices_evicted.saturating_sub(evicted),
+                telemetry_dropped: 0,
+            },
+            devices,
+            connections,
+        };
+        if let Err(err) = link.handle.send_telemetry(telemetry) {
+            tracing::warn!(%err, "telemetry not queued");
+        }
+        self.window_start_ms = now;
+        self.window_base = (es.packets, cs.drops, es.malformed, es.devices_evicted);
     }
 
     /// Puts `policy` in force everywhere: the table (relays, rate; elements kept), the
