@@ -44,8 +44,13 @@ use crate::enforce::{
 use crate::engine::{Engine, EngineAction, EngineConfig};
 use crate::oui::OuiTable;
 use crate::uplink::{PolicyUpdate, Settings, Uplink, UplinkError, UplinkHandle};
+use smtpguard_firmware::led::sysfs::SysfsLed;
+use smtpguard_firmware::led::{Status as LedStatus, StatusLed};
 use smtpguard_protocol::messages::{MAX_CONN_RECORDS, MAX_DEVICES_PER_TELEMETRY};
-use smtpguard_protocol::{PolicyScope, Telemetry};
+use smtpguard_protocol::{PolicyScope, Telemetry, Verdict};
+
+/// How often the status LED's state (devices, uplink) is re-evaluated.
+const LED_EVAL_MS: u64 = 1_000;
 
 /// How often manual-release requests are looked for.
 const RELEASE_POLL_MS: u64 = 1_000;
@@ -302,6 +307,10 @@ struct Worker {
     /// When the current telemetry window started, and the counters at that time.
     window_start_ms: u64,
     window_base: (u64, u64, u64, u64),
+    /// The router's status LED (`[led] name`), its next pattern step and next evaluation.
+    led: Option<StatusLed<SysfsLed>>,
+    led_deadline_ms: Option<u64>,
+    next_led_eval_ms: u64,
 }
 
 impl Worker {
@@ -398,6 +407,9 @@ impl Worker {
             cpe_policy: None,
             window_start_ms: now,
             window_base: (0, 0, 0, 0),
+            led: open_led(config.led.name.as_deref()),
+            led_deadline_ms: None,
+            next_led_eval_ms: now,
         })
     }
 
@@ -483,6 +495,45 @@ impl Worker {
         if now >= self.next_status_ms {
             self.next_status_ms = now + STATUS_EVERY_SECS * 1000;
             self.write_status(now, false);
+        }
+        self.drive_led(now);
+    }
+
+    /// Shows the most urgent state on the LED: an infected device, the controller out of
+    /// reach, a suspicious device, or all clean (off).
+    fn drive_led(&mut self, now: u64) {
+        let Some(led) = &mut self.led else {
+            return;
+        };
+        let result = if now >= self.next_led_eval_ms {
+            self.next_led_eval_ms = now + LED_EVAL_MS;
+            let devices = self.engine.report(now).devices;
+            let offline = self
+                .link
+                .as_ref()
+                .is_some_and(|link| !link.handle.stats().connected);
+            let status = LedStatus::most_urgent(
+                devices
+                    .iter()
+                    .map(|d| match d.verdict {
+                        Verdict::Infected => LedStatus::Infected,
+                        Verdict::Suspicious => LedStatus::Suspicious,
+                        Verdict::Clean => LedStatus::Clean,
+                    })
+                    .chain(offline.then_some(LedStatus::Offline)),
+            );
+            led.show(status, now)
+        } else if self.led_deadline_ms.is_some_and(|t| t <= now) {
+            led.poll(now)
+        } else {
+            return;
+        };
+        match result {
+            Ok(deadline) => self.led_deadline_ms = deadline,
+            Err(err) => {
+                tracing::warn!(%err, "status LED cannot be written; giving it up");
+                self.led = None;
+            }
         }
     }
 
@@ -640,6 +691,18 @@ impl Worker {
         };
         if let Err(err) = write_status(&self.state_dir, &status) {
             tracing::warn!(%err, "cannot write the status file");
+        }
+    }
+}
+
+/// Opens the LED named in `[led] name`; an absent or unusable LED is logged, never fatal.
+fn open_led(name: Option<&str>) -> Option<StatusLed<SysfsLed>> {
+    let name = name.filter(|n| !n.is_empty())?;
+    match SysfsLed::open(name) {
+        Ok(pin) => Some(StatusLed::new(pin)),
+        Err(err) => {
+            tracing::warn!(%err, led = name, "no status LED");
+            None
         }
     }
 }
