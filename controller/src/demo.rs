@@ -572,6 +572,16 @@ pub async fn run(
         for a in agents {
             let _ = tokio::time::timeout(std::time::Duration::from_secs(8), a).await;
         }
+        // Let the ingest store the offline states before it stops (bounded).
+        for _ in 0..30 {
+            let all_offline = Store::open(&db)
+                .and_then(|s| s.rollout())
+                .is_ok_and(|rows| rows.iter().all(|r| r.status.as_deref() != Some("online")));
+            if all_offline {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
     };
     crate::serve::run(config, controller_shutdown)
         .await
