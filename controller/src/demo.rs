@@ -455,10 +455,15 @@ pub struct DemoArgs {
     /// exit).
     #[arg(long)]
     pub dir: Option<std::path::PathBuf>,
+    /// Serve a fixed, seeded data set instead of live simulated households (what the
+    /// browser tests and screenshots use).
+    #[arg(long)]
+    pub seeded: bool,
 }
 
-/// Runs the demo: a controller (embedded broker, ingest, SQLite, web UI) on loopback with
-/// the seeded fleet, until `shutdown` resolves. Prints the URLs and login tokens.
+/// Runs the demo until `shutdown` resolves: a controller (embedded broker, ingest, SQLite,
+/// web UI) on loopback, and either live simulated households (see [`crate::demo_live`]) or,
+/// with `--seeded`, the seeded fleet. Prints the URLs and login tokens.
 ///
 /// # Errors
 /// [`DemoError`] when the directory, keys, database or controller cannot start.
@@ -481,7 +486,7 @@ pub async fn run(
     let db = dir.join("controller.db");
     let key_path = dir.join("policy.key");
     let token_path = dir.join("operator.token");
-    let (_, _) = smtpguard_protocol::keys::load_or_create(&key_path)
+    let (policy_key, _) = smtpguard_protocol::keys::load_or_create(&key_path)
         .map_err(|e| DemoError::Web(format!("policy key: {e}")))?;
     let operator = households::new_secret("noc_");
     std::fs::write(&token_path, &operator)
@@ -489,9 +494,8 @@ pub async fn run(
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-    let seeded = seed(&db, now)?;
     let mut config = crate::config::Config {
-        db_path: db,
+        db_path: db.clone(),
         policy_key_path: key_path,
         http_listen: args.http,
         ..Default::default()
@@ -502,26 +506,95 @@ pub async fn run(
         .validate()
         .map_err(|e| DemoError::Web(e.to_string()))?;
     let base = format!("http://{}", args.http);
-    println!("smtpguard demo");
+    if args.seeded {
+        let seeded = seed(&db, now)?;
+        println!("smtpguard demo (seeded data)");
+        println!("  data directory: {}", dir.display());
+        println!("  MQTT broker:    mqtt://{}", args.mqtt);
+        println!("  NOC:            {base}/login   operator token: {operator}");
+        for h in &seeded.households {
+            println!(
+                "  portal:         {base}/login   {:<20} token: {}",
+                h.name, h.token
+            );
+        }
+        print_tail(
+            &base,
+            &operator,
+            seeded.households[0].public_ip,
+            seeded.abuse_example.0,
+        );
+        return crate::serve::run(config, shutdown)
+            .await
+            .map_err(|e| DemoError::Web(e.to_string()));
+    }
+
+    let live = crate::demo_live::enroll(&db, &policy_key, now)?;
+    println!("smtpguard demo (live simulated households)");
     println!("  data directory: {}", dir.display());
     println!("  MQTT broker:    mqtt://{}", args.mqtt);
     println!("  NOC:            {base}/login   operator token: {operator}");
-    for h in &seeded.households {
+    for h in &live {
         println!(
-            "  portal:         {base}/login   {:<20} token: {}",
-            h.name, h.token
+            "  portal:         {base}/login   {:<20} {:<18} token: {}",
+            h.name, h.cpe_id, h.token
         );
     }
+    println!("  households:");
+    for h in &live {
+        println!(
+            "    {:<18} {:<15} {}",
+            h.cpe_id,
+            h.public_ip,
+            h.scenario.describe()
+        );
+    }
+    let abuse_ip = live
+        .iter()
+        .find(|h| h.scenario == crate::demo_live::Scenario::DirectToMx)
+        .map_or(IpAddr::from([203, 0, 113, 10]), |h| h.public_ip);
+    println!("  Infected devices appear on the NOC page within a minute.");
+    print_tail(&base, &operator, abuse_ip, now);
+
+    // Agents stop first (publishing their offline state through the still running broker),
+    // then the controller.
+    let (stop_agents, agents_stop) = tokio::sync::watch::channel(false);
+    let agents = crate::demo_live::spawn(
+        &live,
+        args.mqtt,
+        policy_key.verifying_key(),
+        &crate::demo_live::state_dir(&dir),
+        &agents_stop,
+    );
+    let controller_shutdown = async move {
+        shutdown.await;
+        let _ = stop_agents.send(true);
+        for a in agents {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(8), a).await;
+        }
+        // Let the ingest store the offline states before it stops (bounded).
+        for _ in 0..30 {
+            let all_offline = Store::open(&db)
+                .and_then(|s| s.rollout())
+                .is_ok_and(|rows| rows.iter().all(|r| r.status.as_deref() != Some("online")));
+            if all_offline {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    };
+    crate::serve::run(config, controller_shutdown)
+        .await
+        .map_err(|e| DemoError::Web(e.to_string()))
+}
+
+fn print_tail(base: &str, operator: &str, abuse_ip: IpAddr, abuse_time: u64) {
     println!("  metrics:        {base}/metrics");
     println!("  abuse API:      curl -H 'Authorization: Bearer {operator}' -H 'Content-Type: application/json' \\");
     println!(
-        "                    -d '{{\"public_ip\":\"{}\",\"time\":{}}}' {base}/api/abuse",
-        seeded.households[0].public_ip, seeded.abuse_example.0
+        "                    -d '{{\"public_ip\":\"{abuse_ip}\",\"time\":{abuse_time}}}' {base}/api/abuse"
     );
     println!("Ctrl-C stops the demo.");
-    crate::serve::run(config, shutdown)
-        .await
-        .map_err(|e| DemoError::Web(e.to_string()))
 }
 
 /// A temporary directory removed when dropped (no extra crate for one use).

@@ -19,7 +19,9 @@
 //!   connection log as evidence.
 //! - [`households`]: subscriber accounts, hashed login tokens, release requests.
 //! - [`web`]: axum server — NOC pages, subscriber portal, JSON API, `/metrics`.
-//! - [`demo`]: the seeded demo fleet and `smtpguard-controller demo`.
+//! - [`demo`]: `smtpguard-controller demo` and the seeded demo fleet.
+//! - [`demo_live`]: the live demo fleet — simulated households whose agents run the real
+//!   engine and uplink.
 //!
 //! # Data flow
 //! Agents publish signed envelopes → broker → [`ingest`] verifies each against the key in
@@ -33,6 +35,7 @@ pub mod broker;
 pub mod campaigns;
 pub mod config;
 pub mod demo;
+pub mod demo_live;
 pub mod households;
 pub mod ingest;
 pub mod policy;

@@ -46,7 +46,8 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
-    /// Run a demo controller with a seeded fleet on loopback; prints URLs and tokens.
+    /// Run a demo on loopback: controller and live simulated households (or `--seeded`
+    /// data); prints URLs and tokens.
     Demo(smtpguard_controller::demo::DemoArgs),
 }
 

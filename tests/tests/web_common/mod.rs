@@ -127,6 +127,7 @@ impl Server {
         let mut child = Command::new(bin)
             .args([
                 "demo",
+                "--seeded",
                 "--http",
                 &format!("127.0.0.1:{http_port}"),
                 "--mqtt",
