@@ -7,6 +7,7 @@
 //!   use `CARGO_BIN_EXE_*` for another package's binary, so it runs
 //!   `cargo build -p smtpguard-controller --bin smtpguard-controller` (a no-op when up to
 //!   date) and takes the file from the same target directory as the running test.
+//! - [`agent_binary`]: the `smtpguard-agent` executable, found and built the same way.
 //! - [`wait_until`]: bounded polling.
 
 use std::io::Write;
@@ -212,6 +213,20 @@ pub fn terminate(child: &mut Child) -> anyhow::Result<()> {
 /// # Errors
 /// When the build fails or the file is not where cargo puts it.
 pub fn controller_binary() -> anyhow::Result<PathBuf> {
+    workspace_binary("smtpguard-controller", "smtpguard-controller")
+}
+
+/// The `smtpguard-agent` binary, built if needed, the same way as [`controller_binary`].
+///
+/// # Errors
+/// When the build fails or the file is not where cargo puts it.
+pub fn agent_binary() -> anyhow::Result<PathBuf> {
+    workspace_binary("smtpguard-agent", "smtpguard-agent")
+}
+
+/// Builds `bin` of workspace package `package` into the running test's target directory
+/// and profile (a no-op when up to date) and returns its path.
+fn workspace_binary(package: &str, bin: &str) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
     // target/<profile>/deps/<test> → target/<profile>
     let profile_dir = exe
@@ -225,13 +240,7 @@ pub fn controller_binary() -> anyhow::Result<PathBuf> {
         .to_owned();
     let mut build = Command::new(env!("CARGO"));
     build
-        .args([
-            "build",
-            "-p",
-            "smtpguard-controller",
-            "--bin",
-            "smtpguard-controller",
-        ])
+        .args(["build", "-p", package, "--bin", bin])
         .arg("--target-dir")
         .arg(&target_dir)
         .current_dir(env!("CARGO_MANIFEST_DIR"));
@@ -240,11 +249,11 @@ pub fn controller_binary() -> anyhow::Result<PathBuf> {
     }
     let status = build.status().context("running cargo build")?;
     if !status.success() {
-        bail!("building smtpguard-controller failed");
+        bail!("building {package} failed");
     }
-    let bin = profile_dir.join("smtpguard-controller");
-    if !bin.exists() {
-        bail!("{} not found after the build", bin.display());
+    let path = profile_dir.join(bin);
+    if !path.exists() {
+        bail!("{} not found after the build", path.display());
     }
-    Ok(bin)
+    Ok(path)
 }
