@@ -413,7 +413,7 @@ mod tests {
             now += next() % 20_000;
             let r = next();
             // Few networks, so networks are shared and counted more than once.
-            let key = ((r >> 8) % 6) << 8 | (r >> 16) % 12;
+            let key = (((r >> 8) % 6) << 8) | ((r >> 16) % 12);
             match r % 16 {
                 0 => s.flag(key),
                 1 if step % 7 == 0 => s.expire(now.saturating_sub(300_000)),
