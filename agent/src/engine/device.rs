@@ -12,6 +12,7 @@ use std::net::IpAddr;
 
 use smtpguard_protocol::{Action, MacAddr, Verdict};
 
+use super::keyed_hash::KeyedState;
 use super::smtp::Tell;
 use super::window::{Buckets, KeySet};
 
@@ -290,7 +291,8 @@ impl Device {
 #[derive(Debug)]
 pub(crate) struct DeviceTable {
     pub slots: Vec<Option<Device>>,
-    index: HashMap<MacAddr, usize>,
+    /// Keyed per table: see `keyed_hash`.
+    index: HashMap<MacAddr, usize, KeyedState>,
     free: Vec<usize>,
     capacity: usize,
 }
@@ -309,7 +311,7 @@ impl DeviceTable {
     pub fn new(capacity: usize) -> Self {
         DeviceTable {
             slots: Vec::new(),
-            index: HashMap::new(),
+            index: HashMap::with_hasher(KeyedState::new()),
             free: Vec::new(),
             capacity: capacity.max(1),
         }

@@ -11,6 +11,8 @@
 //! # Layout
 //! - [`device`] (private): per-device state and the fixed-capacity table with its eviction
 //!   rule.
+//! - `keyed_hash` (private): the cheap per-engine keyed hash of the device and session
+//!   tables (why keyed: a MAC flood must not be able to aim at one bucket).
 //! - [`smtp`]: TCP streams into lines, and the SMTP dialogue state machine with its tells.
 //! - [`dns`]: DNS (MX/CNAME/A/AAAA) and DHCP parsing into fixed-size summaries.
 //! - [`names`]: EHLO heuristics (address literals, random-looking names, rDNS-like names).
@@ -33,6 +35,7 @@
 
 mod device;
 pub mod dns;
+mod keyed_hash;
 pub mod names;
 mod score;
 pub mod smtp;
@@ -51,6 +54,7 @@ use crate::oui::OuiTable;
 use crate::packet::{self, Packet, TcpSegment, Transport, UdpDatagram};
 pub use device::Peak;
 use device::{action_bit, Device, DeviceTable, Slot};
+use keyed_hash::KeyedState;
 use smtp::{Events, Limits, Smtp, Stream, Tell};
 use window::ip_key;
 
@@ -300,7 +304,7 @@ pub struct Engine {
     params: Params,
     devices: DeviceTable,
     sessions: Vec<Session>,
-    session_index: HashMap<FlowKey, usize>,
+    session_index: HashMap<FlowKey, usize, KeyedState>,
     free_sessions: Vec<usize>,
     actions: VecDeque<EngineAction>,
     connections: VecDeque<ConnRecord>,
@@ -328,7 +332,7 @@ impl Engine {
             policy,
             params,
             sessions: Vec::new(),
-            session_index: HashMap::new(),
+            session_index: HashMap::with_hasher(KeyedState::new()),
             free_sessions: Vec::new(),
             actions: VecDeque::new(),
             connections: VecDeque::new(),

@@ -5,8 +5,10 @@
 //! - [`KeySet`]: distinct keys (mail servers, MX-answered addresses, MX names) with the time
 //!   each was last seen, sorted by key, at most a fixed number of entries (the least
 //!   recently seen is dropped when full). Counting distinct keys and distinct networks in a
-//!   window is a linear pass.
+//!   window is a linear pass, done only when the cached count for that window edge no
+//!   longer applies (see [`KeySet::count_since`]).
 
+use std::cell::Cell;
 use std::net::IpAddr;
 
 /// Event counts over a sliding window of `N` buckets.
@@ -96,10 +98,45 @@ struct Entry {
     flag: bool,
 }
 
+/// The answer of [`KeySet::count_since`] for every window edge `since` (seconds) in
+/// `lo..=hi`.
+///
+/// Invariant while `valid`: every unflagged entry has `last_s >= hi` (it is counted) or
+/// `last_s < lo` (it is not). Each change to the set either keeps that true by adjusting
+/// the counts in place or clears `valid`.
+#[derive(Debug, Clone, Copy, Default)]
+struct Counted {
+    valid: bool,
+    lo: u32,
+    hi: u32,
+    keys: u32,
+    nets: u32,
+}
+
+impl Counted {
+    fn covers(&self, since: u32) -> bool {
+        self.valid && self.lo <= since && since <= self.hi
+    }
+
+    fn counts(&self, e: &Entry) -> bool {
+        !e.flag && e.last_s >= self.hi
+    }
+}
+
 /// Distinct keys with their last-seen time (seconds), bounded.
+///
+/// Counting is cached: the engine asks for the same two window edges (the detection window
+/// and 24 h) every time it scores a device, and the answer stays the same until the edge
+/// passes the oldest counted entry or the set changes. Each cached answer is kept exact
+/// through inserts, updates, evictions and flags (a change costs at most a look at the
+/// entries of the same network), so a rescan happens only when the window edge moves past
+/// an entry or `expire` removes a counted one. The cache is invisible in results.
 #[derive(Debug, Clone, Default)]
 pub struct KeySet {
     entries: Vec<Entry>,
+    /// Two cached answers (window and day edges), and which one answered last.
+    cache: Cell<[Counted; 2]>,
+    last_used: Cell<u8>,
 }
 
 fn secs(ms: u64) -> u32 {
@@ -114,7 +151,11 @@ impl KeySet {
         match self.entries.binary_search_by_key(&key, |e| e.key) {
             Ok(i) => {
                 let e = &mut self.entries[i];
-                e.last_s = e.last_s.max(now);
+                let old = e.last_s;
+                e.last_s = old.max(now);
+                if !e.flag {
+                    self.cache_raised(i, old);
+                }
                 false
             }
             Err(mut i) => {
@@ -125,6 +166,7 @@ impl KeySet {
                         .enumerate()
                         .min_by_key(|(_, e)| e.last_s)
                         .map_or(0, |(j, _)| j);
+                    self.cache_uncount(oldest);
                     self.entries.remove(oldest);
                     if oldest < i {
                         i -= 1;
@@ -138,6 +180,7 @@ impl KeySet {
                         flag: false,
                     },
                 );
+                self.cache_inserted(i);
                 true
             }
         }
@@ -155,33 +198,138 @@ impl KeySet {
     /// someone's MX).
     pub fn flag(&mut self, key: u64) {
         if let Ok(i) = self.entries.binary_search_by_key(&key, |e| e.key) {
-            self.entries[i].flag = true;
+            if !self.entries[i].flag {
+                self.cache_uncount(i);
+                self.entries[i].flag = true;
+            }
         }
     }
 
     /// Distinct unflagged keys and distinct networks among them seen at or after `since_ms`.
     pub fn count_since(&self, since_ms: u64) -> (u32, u32) {
         let since = secs(since_ms);
-        let mut keys = 0u32;
-        let mut nets = 0u32;
+        let mut cache = self.cache.get();
+        if let Some(j) = (0..cache.len()).find(|&j| cache[j].covers(since)) {
+            let c = cache[j];
+            debug_assert_eq!((c.keys, c.nets), {
+                let f = self.scan(since);
+                (f.keys, f.nets)
+            });
+            self.last_used.set(j as u8);
+            return (c.keys, c.nets);
+        }
+        let fresh = self.scan(since);
+        // Replace the answer not used last: the engine alternates between two edges.
+        let j = usize::from(self.last_used.get() == 0);
+        cache[j] = fresh;
+        self.cache.set(cache);
+        self.last_used.set(j as u8);
+        (fresh.keys, fresh.nets)
+    }
+
+    /// Counts by a linear pass, with the range of edges the answer holds for.
+    fn scan(&self, since: u32) -> Counted {
+        let mut c = Counted {
+            valid: true,
+            lo: 0,
+            hi: u32::MAX,
+            keys: 0,
+            nets: 0,
+        };
         let mut last_net = None;
         for e in &self.entries {
-            if e.flag || e.last_s < since {
+            if e.flag {
                 continue;
             }
-            keys += 1;
+            if e.last_s < since {
+                // Counted again only for edges at or before it (no overflow: < since).
+                c.lo = c.lo.max(e.last_s + 1);
+                continue;
+            }
+            c.hi = c.hi.min(e.last_s);
+            c.keys += 1;
             let n = net_of(e.key);
             if last_net != Some(n) {
-                nets += 1;
+                c.nets += 1;
                 last_net = Some(n);
             }
         }
-        (keys, nets)
+        c
+    }
+
+    /// Whether an entry other than `i` in the same network counts for `c`. Entries are
+    /// sorted by key and a network is a run of keys, so this looks at that run only.
+    fn net_counted_elsewhere(&self, c: &Counted, i: usize) -> bool {
+        let net = net_of(self.entries[i].key);
+        let before = self.entries[..i].iter().rev();
+        let after = self.entries[i + 1..].iter();
+        before
+            .take_while(|e| net_of(e.key) == net)
+            .chain(after.take_while(|e| net_of(e.key) == net))
+            .any(|e| c.counts(e))
+    }
+
+    /// Entry `i` (unflagged, counted or not) is about to stop counting: flagged or removed.
+    fn cache_uncount(&mut self, i: usize) {
+        let mut cache = self.cache.get();
+        for c in cache.iter_mut().filter(|c| c.valid) {
+            if c.counts(&self.entries[i]) {
+                c.keys = c.keys.saturating_sub(1);
+                if !self.net_counted_elsewhere(c, i) {
+                    c.nets = c.nets.saturating_sub(1);
+                }
+            }
+        }
+        self.cache.set(cache);
+    }
+
+    /// Unflagged entry `i` was seen again: its time went from `old` to its current value.
+    fn cache_raised(&mut self, i: usize, old: u32) {
+        let now = self.entries[i].last_s;
+        let mut cache = self.cache.get();
+        for c in cache.iter_mut().filter(|c| c.valid) {
+            // Already counted (old >= hi), or still too old for every covered edge.
+            if old >= c.hi || now < c.lo {
+                continue;
+            }
+            self.count_in(c, i);
+        }
+        self.cache.set(cache);
+    }
+
+    /// Entry `i` was just inserted (unflagged).
+    fn cache_inserted(&mut self, i: usize) {
+        let now = self.entries[i].last_s;
+        let mut cache = self.cache.get();
+        for c in cache.iter_mut().filter(|c| c.valid && now >= c.lo) {
+            self.count_in(c, i);
+        }
+        self.cache.set(cache);
+    }
+
+    /// Unflagged entry `i`, seen at or after `c.lo`, starts counting in `c`; the edges `c`
+    /// covers shrink so that it counts for all of them.
+    fn count_in(&self, c: &mut Counted, i: usize) {
+        let at = self.entries[i].last_s;
+        // Others are all >= hi or < lo <= at, so lowering hi to `at` changes none of them.
+        c.hi = c.hi.min(at);
+        c.keys += 1;
+        if !self.net_counted_elsewhere(c, i) {
+            c.nets += 1;
+        }
     }
 
     /// Drops entries last seen before `before_ms`; frees the memory when empty.
     pub fn expire(&mut self, before_ms: u64) {
         let before = secs(before_ms);
+        let mut cache = self.cache.get();
+        for c in &mut cache {
+            // Counted entries are >= hi: untouched unless the cut passes hi.
+            if before > c.hi {
+                c.valid = false;
+            }
+        }
+        self.cache.set(cache);
         self.entries.retain(|e| e.last_s >= before);
         if self.entries.is_empty() {
             self.entries = Vec::new();
@@ -246,5 +394,41 @@ mod tests {
         // The newest survive.
         assert!(s.contains_since(99 * 7919, 0));
         assert!(!s.contains_since(0, 0));
+    }
+
+    #[test]
+    fn cached_counts_match_a_fresh_count() {
+        // A fixed pseudo-random mix of inserts, repeats, evictions, flags and expiries,
+        // with both edges asked after every change, as the engine does.
+        let mut s = KeySet::default();
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut now = 1_000_000u64;
+        for step in 0..20_000u32 {
+            now += next() % 20_000;
+            let r = next();
+            // Few networks, so networks are shared and counted more than once.
+            let key = (((r >> 8) % 6) << 8) | ((r >> 16) % 12);
+            match r % 16 {
+                0 => s.flag(key),
+                1 if step % 7 == 0 => s.expire(now.saturating_sub(300_000)),
+                _ => {
+                    s.touch(key, now, 40);
+                }
+            }
+            for since in [now.saturating_sub(120_000), now.saturating_sub(900_000)] {
+                let fresh = s.scan(secs(since));
+                assert_eq!(
+                    s.count_since(since),
+                    (fresh.keys, fresh.nets),
+                    "step {step}"
+                );
+            }
+        }
     }
 }
