@@ -32,6 +32,27 @@ same() { [[ "$1" == "$2" ]] || { printf '  expected: %q\n  got:      %q\n' "$2" 
 has_line() { grep -qxF -- "$2" "$1" || { printf '  %s lacks line %q\n' "$1" "$2" >&2 && false; }; }
 has_text() { grep -qF -- "$2" "$1" || { printf '  %s lacks %q\n' "$1" "$2" >&2 && false; }; }
 
+# uci_names CONFIG: "section.option" for every option and list of a UCI file, one a line.
+uci_names() {
+    awk '$1 == "config" { s = $3; gsub(/\047|"/, "", s) }
+         ($1 == "option" || $1 == "list") && s != "" { print s "." $2 }' "$1"
+}
+
+# init_reads_are_set INIT CONFIG: every `config_get VAR SECTION OPTION` of the init script
+# names an option the packaged config sets (a renamed option would silently fall back to the
+# init script's default).
+init_reads_are_set() {
+    local init="$1" config="$2" reads names missing=0 read
+    reads="$(sed -n 's/^[[:space:]]*config_get [A-Za-z_]* \([A-Za-z_]*\) \([A-Za-z_]*\).*/\1.\2/p' "$init")"
+    [[ -n "$reads" ]] || { printf '  %s reads no option\n' "$init" >&2 && return 1; }
+    names="$(uci_names "$config")"
+    for read in $reads; do
+        grep -qxF -- "$read" <<<"$names" || { printf '  %s reads %s, which %s does not set\n' \
+            "$init" "$read" "$config" >&2 && missing=1; }
+    done
+    [[ "$missing" == 0 ]]
+}
+
 # unpack IPK DIR: outer, control and data archives into DIR/{outer,control,data}.
 unpack() {
     local ipk="$1" dir="$2"
@@ -95,6 +116,8 @@ check_ipk() {
     check "$name: postinst enables the service" has_text "$dir/control/postinst" 'default_postinst "$0" "$@"'
     check "$name: prerm stops the service" has_text "$dir/control/prerm" 'default_prerm "$0" "$@"'
     check "$name: config names the LAN bridge" has_line "$dir/data/etc/config/smtpguard" $'\toption interface \'br-lan\''
+    check "$name: init reads only options the config sets" \
+        init_reads_are_set "$init" "$dir/data/etc/config/smtpguard"
 }
 
 VERSION="$(sed -n '/^\[workspace.package\]/,/^\[/ s/^version *= *"\(.*\)"/\1/p' "$HERE/../../Cargo.toml" | head -n 1)"

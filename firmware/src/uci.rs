@@ -7,12 +7,13 @@
 //! ```text
 //! package smtpguard                  # optional, first statement only
 //!
-//! config agent 'main'                # section of type `agent` named `main`
+//! config capture 'lan'               # section of type `capture` named `lan`
 //!     option interface 'br-lan'      # option: one value
-//!     list allow_mac '00:11:22:33:44:55'   # list: one value per line, in order
+//!     list mail_ports '25'           # list: one value per line, in order
+//!     list mail_ports '587'
 //!
-//! config relay                       # anonymous section
-//!     option host "smtp.isp.example"
+//! config led                         # anonymous section
+//!     option name "green:wps"
 //! ```
 //!
 //! Quoting follows UCI (and the shell): `'single'` quotes take everything literally up to the
