@@ -3,13 +3,11 @@
 # installs what the tests need, then formatting, lints, the whole workspace's tests (unit,
 # property, corpus, scenarios, MQTT with real brokers, nftables and capture in network
 # namespaces, the web UI over HTTP and in headless Chromium), the end-to-end router test in
-# network namespaces, and the router builds under qemu.
-#
-#   SMTPGUARD_CI_TARGETS  router targets for firmware/ci.sh (default below)
+# network namespaces. The router cross builds under qemu are `firmware/ci.sh` (not yet part
+# of this run: see firmware/README.md).
 set -euo pipefail
 cd "$(dirname "$0")"
 export CARGO_TERM_COLOR=never
-export SMTPGUARD_CI_TARGETS="${SMTPGUARD_CI_TARGETS:-mipsel-unknown-linux-musl armv7-unknown-linux-musleabihf}"
 
 t0=$SECONDS
 step() { printf '\n==> [%5d s] %s\n' "$((SECONDS - t0))" "$*"; }
@@ -28,8 +26,5 @@ cargo test --workspace --locked
 
 step "end-to-end: bot, laptop, router and internet in network namespaces"
 tests/netns/e2e.sh
-
-step "router builds for ${SMTPGUARD_CI_TARGETS} under qemu"
-firmware/ci.sh
 
 step "all checks passed in $((SECONDS - t0)) s"
