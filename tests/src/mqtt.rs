@@ -17,6 +17,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use smtpguard_protocol::{Action, Alert, DeviceReport, MacAddr, Observed, Verdict};
 
 /// An unused loopback TCP port.
 ///
@@ -256,4 +257,33 @@ fn workspace_binary(package: &str, bin: &str) -> anyhow::Result<PathBuf> {
         bail!("{} not found after the build", path.display());
     }
     Ok(path)
+}
+
+/// The wall clock in Unix milliseconds.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Alert number `n` of a test run: an infected device whose MAC and evidence carry `n`,
+/// so stored alerts can be counted and told apart.
+pub fn alert(n: u32) -> Alert {
+    Alert {
+        device: DeviceReport {
+            mac: MacAddr([2, 0, 0, 0, (n >> 8) as u8, n as u8]),
+            ips: vec![],
+            hostname: None,
+            vendor: None,
+            verdict: Verdict::Infected,
+            score: 0.9,
+            action: Action::Block,
+            action_until_ms: None,
+            counters: Default::default(),
+            evidence: vec![format!("alert #{n}")],
+        },
+        previous: Verdict::Clean,
+        at_ms: now_ms(),
+        observed: Observed::default(),
+    }
 }

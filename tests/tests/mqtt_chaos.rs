@@ -14,38 +14,13 @@ use std::time::Duration;
 
 use smtpguard_agent::uplink::{Settings, Uplink, UplinkHandle};
 use smtpguard_controller::store::Store;
-use smtpguard_protocol::{keys, Action, Alert, DeviceReport, MacAddr, Observed, Verdict};
-use smtpguard_tests::mqtt::{controller_binary, free_port, terminate, wait_until, Mosquitto};
+use smtpguard_protocol::keys;
+use smtpguard_tests::mqtt::{
+    alert, controller_binary, free_port, terminate, wait_until, Mosquitto,
+};
 
 const AGENTS: usize = 3;
 const ALERTS_PER_AGENT: u32 = 200;
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
-
-fn alert(n: u32) -> Alert {
-    Alert {
-        device: DeviceReport {
-            mac: MacAddr([2, 0, 0, 0, (n >> 8) as u8, n as u8]),
-            ips: vec![],
-            hostname: None,
-            vendor: None,
-            verdict: Verdict::Infected,
-            score: 0.9,
-            action: Action::Block,
-            action_until_ms: None,
-            counters: Default::default(),
-            evidence: vec![format!("alert #{n}")],
-        },
-        previous: Verdict::Clean,
-        at_ms: now_ms(),
-        observed: Observed::default(),
-    }
-}
 
 fn spawn_controller(bin: &Path, config: &Path, log: &Path) -> Child {
     let log = std::fs::OpenOptions::new()

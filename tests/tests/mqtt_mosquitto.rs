@@ -13,38 +13,8 @@ use smtpguard_agent::uplink::{Settings, Uplink};
 use smtpguard_controller::config::Config;
 use smtpguard_controller::store::Store;
 use smtpguard_controller::{registry, serve};
-use smtpguard_protocol::{
-    keys, seal, Action, AgentStats, Alert, Body, DeviceReport, MacAddr, Observed, Telemetry,
-    Verdict,
-};
-use smtpguard_tests::mqtt::{free_port, wait_until, Mosquitto};
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
-
-fn alert(n: u32) -> Alert {
-    Alert {
-        device: DeviceReport {
-            mac: MacAddr([2, 0, 0, 0, (n >> 8) as u8, n as u8]),
-            ips: vec![],
-            hostname: None,
-            vendor: None,
-            verdict: Verdict::Infected,
-            score: 0.9,
-            action: Action::Block,
-            action_until_ms: None,
-            counters: Default::default(),
-            evidence: vec![format!("alert #{n}")],
-        },
-        previous: Verdict::Clean,
-        at_ms: now_ms(),
-        observed: Observed::default(),
-    }
-}
+use smtpguard_protocol::{keys, seal, AgentStats, Body, Telemetry};
+use smtpguard_tests::mqtt::{alert, free_port, now_ms, wait_until, Mosquitto};
 
 fn telemetry() -> Telemetry {
     Telemetry {
