@@ -648,7 +648,8 @@ config led 'led'
         let text = include_str!("../../firmware/openwrt/smtpguard/files/smtpguard.config");
         let config = AgentConfig::from_uci_str(text).unwrap();
         assert_eq!(config.capture.interface, "br-lan");
-        assert!(config.uplink.enabled);
+        // Shipped off: an unenrolled router starts and works on its local policy.
+        assert!(!config.uplink.enabled);
         assert_eq!(
             config.uplink.broker_url,
             "mqtts://controller.isp.example:8883"

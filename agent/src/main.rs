@@ -51,6 +51,9 @@ enum Command {
         /// Where to write the key.
         #[arg(long, default_value = smtpguard_agent::uplink::keygen::DEFAULT_KEY_PATH)]
         key: PathBuf,
+        /// Print the CPE id and public key of the key already there instead of making one.
+        #[arg(long)]
+        show: bool,
     },
 }
 
@@ -87,7 +90,9 @@ fn dispatch(command: Command) -> Result<ExitCode, Failure> {
             &load_config(&config)?,
             mac,
         )),
-        Command::Keygen { key } => runtime(smtpguard_agent::uplink::keygen::command(&key)),
+        Command::Keygen { key, show } => {
+            runtime(smtpguard_agent::uplink::keygen::command(&key, show))
+        }
     }
 }
 

@@ -279,6 +279,11 @@ fn live_agent_alerts_and_telemetry_reach_the_controller_and_it_goes_offline_on_s
     let printed = String::from_utf8(out.stdout).unwrap();
     let cpe_id = field(&printed, "cpe_id:");
     let agent_public_key = field(&printed, "public_key:");
+    // An operator who lost that output reads the same identity back from the key.
+    let shown = run(Command::new(&agent_bin)
+        .args(["keygen", "--show", "--key"])
+        .arg(state_dir.join("agent.key")));
+    assert_eq!(String::from_utf8(shown.stdout).unwrap(), printed);
     controller(&["cpe", "add", &cpe_id, &agent_public_key]);
 
     let mut controller_proc = Proc::spawn(

@@ -1,5 +1,6 @@
-//! `smtpguard-agent keygen [--key PATH]`: makes the router's signing key (mode 0600, never
-//! overwriting one) and prints what the NOC needs to enroll the router.
+//! `smtpguard-agent keygen [--key PATH] [--show]`: makes the router's signing key (mode 0600,
+//! never overwriting one) and prints what the NOC needs to enroll the router; `--show` prints
+//! the same for the key that is already there.
 
 use std::path::Path;
 
@@ -37,21 +38,38 @@ impl std::fmt::Display for Enrollment {
 pub fn keygen(path: &Path) -> Result<Enrollment, KeyError> {
     let key = keys::generate();
     keys::write_secret(path, &key)?;
-    let public = key.verifying_key();
-    Ok(Enrollment {
-        cpe_id: keys::cpe_id_for(&public),
-        public_key: keys::public_key_text(&public),
-    })
+    Ok(enrollment_of(&key))
 }
 
-/// The `keygen` subcommand: creates the key and prints the enrollment details.
+/// The enrollment details of the key already at `path` (the agent made it on its first
+/// start with the uplink enabled, or `keygen` did).
 ///
 /// # Errors
-/// As [`keygen`].
-pub fn command(path: &Path) -> Result<(), KeyError> {
-    let enrollment = keygen(path)?;
-    println!("{enrollment}");
-    eprintln!("key written to {}", path.display());
+/// [`KeyError`] when there is no key or it cannot be read.
+pub fn show(path: &Path) -> Result<Enrollment, KeyError> {
+    Ok(enrollment_of(&keys::read_secret(path)?))
+}
+
+fn enrollment_of(key: &ed25519_dalek::SigningKey) -> Enrollment {
+    let public = key.verifying_key();
+    Enrollment {
+        cpe_id: keys::cpe_id_for(&public),
+        public_key: keys::public_key_text(&public),
+    }
+}
+
+/// The `keygen` subcommand: creates the key (or with `show`, reads the existing one) and
+/// prints the enrollment details.
+///
+/// # Errors
+/// As [`keygen`] or [`show`].
+pub fn command(path: &Path, show_existing: bool) -> Result<(), KeyError> {
+    if show_existing {
+        println!("{}", show(path)?);
+    } else {
+        println!("{}", keygen(path)?);
+        eprintln!("key written to {}", path.display());
+    }
     Ok(())
 }
 
@@ -69,5 +87,9 @@ mod tests {
         assert_eq!(e.public_key, keys::public_key_text(&key.verifying_key()));
         assert!(e.to_string().contains("cpe add"));
         assert!(matches!(keygen(&path), Err(KeyError::Exists(_))));
+        // --show reads the same identity back and leaves the key alone.
+        assert_eq!(show(&path).unwrap(), e);
+        assert_eq!(keys::read_secret(&path).unwrap().to_bytes(), key.to_bytes());
+        assert!(show(&dir.path().join("none.key")).is_err());
     }
 }
