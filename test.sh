@@ -3,8 +3,9 @@
 # installs what the tests need, then formatting, lints, the whole workspace's tests (unit,
 # property, corpus, scenarios, MQTT with real brokers, nftables and capture in network
 # namespaces, the web UI over HTTP and in headless Chromium), the end-to-end router test in
-# network namespaces. The router cross builds under qemu are `firmware/ci.sh` (not yet part
-# of this run: see firmware/README.md).
+# network namespaces; then the router builds (mipsel and armv7 by default, static, within the
+# size budget) run under qemu-user against the host's replay output, and the protocol and
+# engine tests run on big-endian MIPS (firmware/ci.sh).
 set -euo pipefail
 cd "$(dirname "$0")"
 export CARGO_TERM_COLOR=never
@@ -26,5 +27,10 @@ cargo test --workspace --locked
 
 step "end-to-end: bot, laptop, router and internet in network namespaces"
 tests/netns/e2e.sh
+
+step "router builds under qemu-user (firmware/ci.sh)"
+SMTPGUARD_HOST_AGENT="$PWD/target/debug/smtpguard-agent" \
+    SMTPGUARD_CI_TARGETS="${SMTPGUARD_CI_TARGETS:-mipsel-unknown-linux-musl armv7-unknown-linux-musleabihf}" \
+    firmware/ci.sh
 
 step "all checks passed in $((SECONDS - t0)) s"

@@ -100,6 +100,7 @@ build_target() {
     out="$OUT_ROOT/$target"
     mkdir -p "$out"
     cp "$CARGO_TARGET_DIR/$target/router/$BIN" "$out/$BIN"
+    sg_slim "$out/$BIN"
     sg_check_elf "$target" "$out/$BIN"
     bytes="$(stat -c %s "$out/$BIN")"
     record_size "$target" "$bytes"

@@ -11,6 +11,7 @@
 # Environment:
 #   SMTPGUARD_CI_TARGETS  router targets to build and run (default: all four)
 #   SMTPGUARD_CORPUS      corpus directory (default: ../shared/corpus next to the repository)
+#   SMTPGUARD_HOST_AGENT  host agent binary to compare against (default: built here)
 #
 # Any mismatch is a failure; the run ends with "firmware: N passed, M failed, K skipped" and a
 # non-zero exit status if anything failed. The only skip: while agent/ is still the stub binary
@@ -83,7 +84,14 @@ else
 fi
 
 step "host agent"
-host_bin="$(firmware/build.sh host)"
+# The reference output: any host build prints the same report (test.sh passes the one its
+# `cargo test` built); by default a router-profile build for the host.
+if [[ -n "${SMTPGUARD_HOST_AGENT:-}" ]]; then
+    host_bin="$SMTPGUARD_HOST_AGENT"
+    [[ -x "$host_bin" ]] || sg_die "SMTPGUARD_HOST_AGENT=$host_bin is not an executable"
+else
+    host_bin="$(firmware/build.sh host)"
+fi
 
 # The stub agent (`fn main() {}`) exits 0 with no output whatever it is given; a real agent
 # (clap) rejects an unknown option.
@@ -170,7 +178,11 @@ if sg_cargo "$be" test --locked -p smtpguard-protocol -p smtpguard-firmware; the
 else
     fail "$be: smtpguard-protocol and smtpguard-firmware tests"
 fi
-if sg_cargo "$be" test --locked -p smtpguard-agent --lib; then
+# The two library tests that open a live capture socket are left to the native run:
+# under qemu-user, pnet's interface lookup hangs on big-endian MIPS (qemu's netlink).
+if sg_cargo "$be" test --locked -p smtpguard-agent --lib -- \
+    --skip capture::tests::a_missing_interface_is_named_in_the_error \
+    --skip run::tests::shutdown_before_start_failure_reports_the_failure; then
     ok "$be: smtpguard-agent library (engine) tests"
 else
     fail "$be: smtpguard-agent library (engine) tests"

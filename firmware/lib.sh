@@ -157,22 +157,45 @@ sg_ensure_toolchain() {
 sg_cargo() {
     local target="$1" sub="$2"
     shift 2
-    local prefix
+    local prefix flags
     prefix="$(sg_cargo_env_prefix "$target")"
-    local -a env_args=(
-        "PATH=$SG_CACHE/bin:$PATH"
-        "${prefix}RUSTFLAGS=$(sg_rustflags "$target") ${SMTPGUARD_EXTRA_RUSTFLAGS:-}"
-        "${prefix}RUNNER=$(sg_qemu "$target")"
-    )
+    flags="$(sg_rustflags "$target")"
     local -a std_args=()
     if sg_needs_build_std "$target"; then
-        env_args+=("RUSTC_BOOTSTRAP=1")
         std_args=('-Zbuild-std=std,panic_abort')
+        if [[ "$sub" == build ]]; then
+            # The router binary, which never unwinds (panic=abort): std without the
+            # backtrace symbolizer (gimli, addr2line, miniz) and with its size-optimised
+            # algorithms, no unwind tables, no file/line in panic messages, and derived
+            # `Debug` printing type names only (hand-written ones, e.g. quoted strings in
+            # error messages, are kept). Tests keep std's defaults: the harness unwinds.
+            std_args+=('-Zbuild-std-features=optimize_for_size')
+            flags+=" -C force-unwind-tables=no -Z location-detail=none -Z fmt-debug=shallow"
+        fi
+    fi
+    local -a env_args=(
+        "PATH=$SG_CACHE/bin:$PATH"
+        "${prefix}RUSTFLAGS=$flags ${SMTPGUARD_EXTRA_RUSTFLAGS:-}"
+        "${prefix}RUNNER=$(sg_qemu "$target")"
+    )
+    if sg_needs_build_std "$target"; then
+        env_args+=("RUSTC_BOOTSTRAP=1")
     fi
     [[ "$sub" == build ]] && sub=zigbuild
     # RUSTFLAGS would override the per-target flags above (and reach build scripts).
     env -u RUSTFLAGS -u CARGO_ENCODED_RUSTFLAGS "${env_args[@]}" \
         cargo-zigbuild "$sub" --target "$target" "${std_args[@]}" "$@"
+}
+
+# sg_slim FILE: removes sections a router never reads that `strip` keeps: MIPS procedure
+# descriptors (.pdr, about 8% of a MIPS binary) and the linker's .comment. rust-objcopy
+# (LLVM's objcopy, shipped with rustc) handles every target.
+sg_slim() {
+    local sysroot host
+    sysroot="$(rustc --print sysroot)"
+    host="$(rustc -vV | sed -n 's/^host: //p')"
+    LD_LIBRARY_PATH="$sysroot/lib" "$sysroot/lib/rustlib/$host/bin/rust-objcopy" \
+        --remove-section=.pdr --remove-section=.comment "$1"
 }
 
 # sg_check_elf TARGET FILE: a static, stripped executable for TARGET's CPU.

@@ -40,8 +40,8 @@ mod wire;
 #[cfg(feature = "batch")]
 pub use envelope::verify_batch;
 pub use envelope::{
-    open, seal, verify, Envelope, Freshness, Header, KeyStatus, Opened, Rejection, RejectionReason,
-    SealError, FLEET_ID,
+    open, seal, verify, verify_policy, Envelope, Freshness, Header, KeyStatus, Opened, Rejection,
+    RejectionReason, SealError, FLEET_ID,
 };
 pub use messages::{
     AckOutcome, AgentStats, Alert, Body, ConnRecord, DeviceCounters, DeviceReport, Kind, Observed,

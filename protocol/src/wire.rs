@@ -10,6 +10,13 @@ use serde::{de::DeserializeOwned, Serialize};
 #[error("{0}")]
 pub struct WireError(String);
 
+impl WireError {
+    /// An error with its own message.
+    pub(crate) fn new(message: String) -> Self {
+        WireError(message)
+    }
+}
+
 /// Encodes `value` as CBOR (maps with field names, definite lengths, shortest integers).
 pub(crate) fn to_vec<T: Serialize>(value: &T) -> Result<Vec<u8>, WireError> {
     serde_cbor::to_vec(value).map_err(|e| WireError(e.to_string()))

@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use ed25519_dalek::SigningKey;
-use smtpguard_protocol::envelope::{verify, KeyStatus};
+use smtpguard_protocol::envelope::{verify, verify_policy, KeyStatus};
 use smtpguard_protocol::{
     open, seal, Body, Freshness, Rejection, RejectionReason, ReplayWindow, Topic, FLEET_ID,
     MAX_MESSAGE_BYTES,
@@ -310,6 +310,49 @@ fn policy_rollback_is_rejected() {
             applied: 8
         }
     );
+}
+
+/// The agent's policy-only check gives the same answers as the full one, for a policy and
+/// for each way a policy can be refused.
+#[test]
+fn the_policy_only_check_agrees_with_the_full_one() {
+    let controller = rfc8032_key();
+    let fleet = Topic::FleetPolicy.to_string();
+    let good = seal(&Body::Policy(policy()), FLEET_ID, 3, T0_MS, &controller).unwrap();
+    let forged = seal(&Body::Policy(policy()), FLEET_ID, 3, T0_MS, &other_key()).unwrap();
+    let alert = alert_bytes(1, T0_MS);
+    let key = |_: &str| KeyStatus::Active(controller.verifying_key());
+    for (topic, bytes, applied) in [
+        (fleet.as_str(), &good, None),
+        (fleet.as_str(), &good, Some(8)),
+        (fleet.as_str(), &forged, None),
+        (fleet.as_str(), &alert, None),
+    ] {
+        let full = verify(
+            topic,
+            bytes,
+            key,
+            None,
+            applied,
+            T0_MS,
+            &Freshness::default(),
+        );
+        let lean = verify_policy(topic, bytes, key, applied, T0_MS, &Freshness::default());
+        assert_eq!(full, lean, "{topic}");
+    }
+    let lean = verify_policy(&fleet, &good, key, None, T0_MS, &Freshness::default());
+    assert!(matches!(lean.unwrap().body, Body::Policy(p) if p == policy()));
+    // An alert on its own topic passes every check but the body: only policy is decoded.
+    let err = verify_policy(
+        &alert_topic(),
+        &alert,
+        key,
+        None,
+        T0_MS,
+        &Freshness::default(),
+    )
+    .unwrap_err();
+    assert_eq!(err.reason(), RejectionReason::Malformed);
 }
 
 #[test]

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use ed25519_dalek::VerifyingKey;
 use serde::{Deserialize, Serialize};
 use smtpguard_protocol::{
-    open, verify, AckOutcome, Body, Freshness, KeyStatus, Policy, PolicyAck, PolicyScope,
+    open, verify_policy, AckOutcome, Body, Freshness, KeyStatus, Policy, PolicyAck, PolicyScope,
     Rejection, Topic,
 };
 
@@ -173,11 +173,10 @@ impl PolicyGuard {
             max_future_ms: u64::MAX,
         };
         let key = self.controller_key;
-        let envelope = match verify(
+        let envelope = match verify_policy(
             topic,
             payload,
             |_| KeyStatus::Active(key),
-            None,
             floor,
             now_ms,
             &any_time,
