@@ -29,6 +29,7 @@
 //! [`pcap::CaptureReader`] → the same engine → [`replay::Report`].
 
 pub mod capture;
+pub mod cli;
 pub mod config;
 pub mod enforce;
 pub mod engine;

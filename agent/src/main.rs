@@ -4,60 +4,13 @@
 //! functions; each subcommand's logic lives in its own module of `smtpguard_agent`.
 //! Exit codes: 0 success, 1 runtime failure, 2 usage or configuration error.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
-use smtpguard_agent::config::{self, AgentConfig};
-
-/// smtpguard edge agent for home routers.
-#[derive(Debug, Parser)]
-#[command(name = "smtpguard-agent", version, about, long_about = None)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-/// One variant per subcommand; each dispatches to one library function.
-#[derive(Debug, Subcommand)]
-enum Command {
-    /// Run the agent: live capture on the LAN, detection, enforcement, uplink.
-    Run {
-        /// Agent configuration: TOML, or OpenWrt UCI (`/etc/config/smtpguard`).
-        #[arg(long, short, default_value = config::DEFAULT_PATH)]
-        config: PathBuf,
-    },
-    /// Show the running agent's devices, verdicts and the blocks in force in the kernel.
-    Status {
-        /// Agent configuration: TOML, or OpenWrt UCI (`/etc/config/smtpguard`).
-        #[arg(long, short, default_value = config::DEFAULT_PATH)]
-        config: PathBuf,
-    },
-    /// Analyse a capture offline with the detection engine and print one report.
-    Replay(smtpguard_agent::replay::ReplayArgs),
-    /// Lift the block or rate limit on one device by hand; the agent then leaves it alone
-    /// for its release grace period (`enforce.release_grace_secs`).
-    Release {
-        /// The device's MAC address, e.g. 02:11:22:33:44:05.
-        mac: smtpguard_protocol::MacAddr,
-        /// Agent configuration: TOML, or OpenWrt UCI (`/etc/config/smtpguard`).
-        #[arg(long, short, default_value = config::DEFAULT_PATH)]
-        config: PathBuf,
-    },
-    /// Create this router's signing key (mode 0600, never overwriting one) and print its
-    /// CPE id and public key for enrollment on the controller.
-    Keygen {
-        /// Where to write the key.
-        #[arg(long, default_value = smtpguard_agent::uplink::keygen::DEFAULT_KEY_PATH)]
-        key: PathBuf,
-        /// Print the CPE id and public key of the key already there instead of making one.
-        #[arg(long)]
-        show: bool,
-    },
-}
+use smtpguard_agent::cli::{self, Command, Invocation};
+use smtpguard_agent::config::AgentConfig;
 
 /// A failure, classified for the exit code.
 enum Failure {
@@ -117,9 +70,23 @@ fn init_tracing() {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let command = match cli::parse(std::env::args_os().skip(1)) {
+        Ok(Invocation::Command(c)) => c,
+        Ok(Invocation::Help(text)) => {
+            println!("{text}");
+            return ExitCode::SUCCESS;
+        }
+        Ok(Invocation::Version) => {
+            println!("{}", cli::version());
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
     init_tracing();
-    match dispatch(cli.command) {
+    match dispatch(command) {
         Ok(code) => code,
         Err(Failure::Config(e)) => {
             eprintln!("smtpguard-agent: configuration error: {e:#}");

@@ -32,25 +32,21 @@ use crate::pcap::{CaptureError, CaptureReader};
 /// Entries kept in [`Report::timeline`].
 pub const TIMELINE_MAX: usize = 1000;
 
-/// `replay` command-line arguments.
-#[derive(Debug, Clone, clap::Args)]
+/// `replay` command-line arguments (parsed in [`crate::cli`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReplayArgs {
     /// Capture file (pcap or pcapng, Ethernet).
-    #[arg(long, value_name = "FILE")]
     pub pcap: PathBuf,
     /// Policy as TOML (every field optional; defaults otherwise).
-    #[arg(long, value_name = "FILE")]
     pub policy: Option<PathBuf>,
     /// Output format.
-    #[arg(long, value_enum, default_value_t = OutputFormat::Json)]
     pub format: OutputFormat,
     /// IEEE OUI registry (e.g. /usr/share/ieee-data/oui.csv) for device vendors.
-    #[arg(long, value_name = "FILE")]
     pub oui: Option<PathBuf>,
 }
 
 /// How the report is printed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OutputFormat {
     /// One JSON document (the contract).
     Json,
