@@ -12,6 +12,9 @@
 #   SMTPGUARD_CI_TARGETS  router targets to build and run (default: all four)
 #   SMTPGUARD_CORPUS      corpus directory (default: ../shared/corpus next to the repository)
 #   SMTPGUARD_HOST_AGENT  host agent binary to compare against (default: built here)
+#   SMTPGUARD_SIZE_CHECK  enforce (default): a binary over the budget of firmware/build.sh
+#                         fails; report: each size is printed against the budget and an
+#                         overrun is counted in the summary, but does not fail the run
 #
 # Any mismatch is a failure; the run ends with "firmware: N passed, M failed, K skipped" and a
 # non-zero exit status if anything failed. The only skip: while agent/ is still the stub binary
@@ -32,6 +35,15 @@ PCAP_NAME=bot-malspam-direct-to-mx.pcap
 BIN=smtpguard-agent
 OUT="$CARGO_TARGET_DIR/router/ci"
 mkdir -p "$OUT"
+
+budget="${SMTPGUARD_SIZE_BUDGET:-2097152}"
+size_args=(--check-size)
+case "${SMTPGUARD_SIZE_CHECK:-enforce}" in
+    enforce) ;;
+    report) size_args=() ;;
+    *) sg_die "SMTPGUARD_SIZE_CHECK must be enforce or report" ;;
+esac
+over=()
 
 passed=0
 failed=0
@@ -122,11 +134,19 @@ for target in "${TARGETS[@]}"; do
     sg_known_target "$target" || sg_die "unknown target in SMTPGUARD_CI_TARGETS: $target"
     step "$target: build"
     started=$SECONDS
-    if ! bin="$(firmware/build.sh "$target" --check-size)"; then
+    if ! bin="$(firmware/build.sh "$target" "${size_args[@]}")"; then
         fail "$target: build (or size budget)"
         continue
     fi
-    ok "$target: static stripped build within budget, $(stat -c %s "$bin") bytes, $((SECONDS - started)) s"
+    bytes="$(stat -c %s "$bin")"
+    if ((bytes > budget)); then
+        over+=("$target: $bytes bytes, budget $budget")
+        printf '!!! %s: %d bytes, OVER the size budget of %d bytes (not enforced: SMTPGUARD_SIZE_CHECK=report) !!!\n' \
+            "$target" "$bytes" "$budget" >&2
+        ok "$target: static stripped build, $bytes bytes, $((SECONDS - started)) s"
+    else
+        ok "$target: static stripped build within budget, $bytes bytes, $((SECONDS - started)) s"
+    fi
     qemu="$(sg_qemu "$target")"
 
     step "$target: run under $qemu"
@@ -192,5 +212,9 @@ step "done in $((SECONDS - t0)) s"
 for f in "${failures[@]}"; do
     printf 'FAILED: %s\n' "$f" >&2
 done
-printf 'firmware: %d passed, %d failed, %d skipped\n' "$passed" "$failed" "$skipped"
+for o in "${over[@]}"; do
+    printf 'OVER BUDGET: %s\n' "$o" >&2
+done
+printf 'firmware: %d passed, %d failed, %d skipped, %d over the size budget\n' \
+    "$passed" "$failed" "$skipped" "${#over[@]}"
 [[ "$failed" == 0 ]]
