@@ -143,9 +143,9 @@ sg_ensure_zigbuild() {
 # Everything needed to build (and, with qemu, run) for TARGET.
 sg_ensure_toolchain() {
     local target="$1"
-    if sg_needs_build_std "$target"; then
-        rustup component list --installed | grep -q '^rust-src' || rustup component add rust-src
-    else
+    # std sources for every router build; the prebuilt std where rustup has one (tests).
+    rustup component list --installed | grep -q '^rust-src' || rustup component add rust-src
+    if ! sg_needs_build_std "$target"; then
         rustup target list --installed | grep -qx "$target" || rustup target add "$target"
     fi
     sg_ensure_zig
@@ -161,24 +161,24 @@ sg_cargo() {
     prefix="$(sg_cargo_env_prefix "$target")"
     flags="$(sg_rustflags "$target")"
     local -a std_args=()
-    if sg_needs_build_std "$target"; then
+    if [[ "$sub" == build ]]; then
+        # The router binary, which never unwinds (panic=abort), on every target with std
+        # built here (even aarch64, whose prebuilt std rustup has): std without the
+        # backtrace symbolizer (gimli, addr2line, miniz) and with its size-optimised
+        # algorithms, no unwind tables, no file/line in panic messages, and derived
+        # `Debug` printing type names only (hand-written ones, e.g. quoted strings in
+        # error messages, are kept). Tests keep std's defaults: the harness unwinds.
+        std_args=('-Zbuild-std=std,panic_abort' '-Zbuild-std-features=optimize_for_size')
+        flags+=" -C force-unwind-tables=no -Z location-detail=none -Z fmt-debug=shallow"
+    elif sg_needs_build_std "$target"; then
         std_args=('-Zbuild-std=std,panic_abort')
-        if [[ "$sub" == build ]]; then
-            # The router binary, which never unwinds (panic=abort): std without the
-            # backtrace symbolizer (gimli, addr2line, miniz) and with its size-optimised
-            # algorithms, no unwind tables, no file/line in panic messages, and derived
-            # `Debug` printing type names only (hand-written ones, e.g. quoted strings in
-            # error messages, are kept). Tests keep std's defaults: the harness unwinds.
-            std_args+=('-Zbuild-std-features=optimize_for_size')
-            flags+=" -C force-unwind-tables=no -Z location-detail=none -Z fmt-debug=shallow"
-        fi
     fi
     local -a env_args=(
         "PATH=$SG_CACHE/bin:$PATH"
         "${prefix}RUSTFLAGS=$flags ${SMTPGUARD_EXTRA_RUSTFLAGS:-}"
         "${prefix}RUNNER=$(sg_qemu "$target")"
     )
-    if sg_needs_build_std "$target"; then
+    if [[ "${#std_args[@]}" -gt 0 ]]; then
         env_args+=("RUSTC_BOOTSTRAP=1")
     fi
     [[ "$sub" == build ]] && sub=zigbuild

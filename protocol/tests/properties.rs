@@ -8,7 +8,7 @@ use std::net::IpAddr;
 
 use common::*;
 use proptest::prelude::*;
-use smtpguard_protocol::envelope::{verify, KeyStatus};
+use smtpguard_protocol::envelope::{verify, verify_policy, KeyStatus};
 use smtpguard_protocol::messages::*;
 use smtpguard_protocol::policy::{Indicators, Policy, RelayRule};
 use smtpguard_protocol::{
@@ -278,6 +278,26 @@ proptest! {
         prop_assert_eq!(opened.header().seq, seq);
         prop_assert_eq!(opened.header().kind, body.kind());
         prop_assert_eq!(check(&body, &bytes).unwrap(), body);
+    }
+
+    /// The agent's policy-only check (policy decoded through a generic tree) accepts every
+    /// policy the full check accepts, with the same result.
+    #[test]
+    fn policy_only_check_decodes_every_policy_alike(body in body(), seq in any::<u64>()) {
+        if let Body::Policy(_) = &body {
+            let bytes = seal_any(&body, seq);
+            let public = rfc8032_key().verifying_key();
+            let lean = verify_policy(
+                &topic_for(&body),
+                &bytes,
+                |_| KeyStatus::Active(public),
+                None,
+                T0_MS,
+                &Freshness::default(),
+            )
+            .map(|e| e.body);
+            prop_assert_eq!(lean.unwrap(), check(&body, &bytes).unwrap());
+        }
     }
 
     #[test]
