@@ -10,36 +10,12 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use smtpguard_controller::config::Config;
 use smtpguard_controller::store::Store;
 use smtpguard_controller::{registry, serve};
-use smtpguard_protocol::{
-    keys, seal, Action, Alert, Body, DeviceReport, MacAddr, Observed, RejectionReason, Verdict,
-};
-use smtpguard_tests::mqtt::{free_port, port_open, wait_until};
+use smtpguard_protocol::{keys, seal, Body, RejectionReason};
+use smtpguard_tests::mqtt::{self, free_port, now_ms, port_open, wait_until};
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
-
-fn alert(n: u8) -> Body {
-    Body::Alert(Alert {
-        device: DeviceReport {
-            mac: MacAddr([2, 0, 0, 0, 0, n]),
-            ips: vec![],
-            hostname: None,
-            vendor: None,
-            verdict: Verdict::Infected,
-            score: 0.9,
-            action: Action::Block,
-            action_until_ms: None,
-            counters: Default::default(),
-            evidence: vec!["312 connections to 287 distinct mail servers".into()],
-        },
-        previous: Verdict::Clean,
-        at_ms: now_ms(),
-        observed: Observed::default(),
-    })
+/// The shared fixture alert `n`, as a message body.
+fn alert(n: u32) -> Body {
+    Body::Alert(mqtt::alert(n))
 }
 
 struct Harness {
