@@ -438,11 +438,11 @@ pub fn open(payload: &[u8]) -> Result<Opened, Rejection> {
         ));
     }
     let kind_text = fields.text("kind").map_err(malformed)?;
-    let env = EnvelopeWire {
+    let header = Header {
         version: PROTOCOL_VERSION,
         cpe_id: fields.text("cpe_id").map_err(malformed)?,
         seq: fields.uint("seq").map_err(malformed)?,
-        sent_at: fields.uint("sent_at").map_err(malformed)?,
+        sent_at_ms: fields.uint("sent_at").map_err(malformed)?,
         kind: Kind::ALL
             .into_iter()
             .find(|k| k.as_str() == kind_text)
@@ -452,29 +452,19 @@ pub fn open(payload: &[u8]) -> Result<Opened, Rejection> {
                     kind_text.chars().take(40).collect::<String>()
                 ))
             })?,
-        body: Bytes(fields.bytes("body").map_err(malformed)?),
     };
-    let outer = SignedWire {
-        envelope: Bytes(signed),
-        signature: Bytes(sig),
-    };
-    let fleet_policy = env.kind == Kind::Policy && env.cpe_id == FLEET_ID;
-    if !fleet_policy && !is_valid_cpe_id(&env.cpe_id) {
+    let body = fields.bytes("body").map_err(malformed)?;
+    let fleet_policy = header.kind == Kind::Policy && header.cpe_id == FLEET_ID;
+    if !fleet_policy && !is_valid_cpe_id(&header.cpe_id) {
         return Err(Rejection::Malformed(format!(
             "invalid cpe_id {:?}",
-            env.cpe_id.chars().take(80).collect::<String>()
+            header.cpe_id.chars().take(80).collect::<String>()
         )));
     }
     Ok(Opened {
-        header: Header {
-            version: env.version,
-            cpe_id: env.cpe_id,
-            seq: env.seq,
-            sent_at_ms: env.sent_at,
-            kind: env.kind,
-        },
-        body: env.body.0,
-        signed: outer.envelope.0,
+        header,
+        body,
+        signed,
         signature: Signature::from_bytes(&signature),
     })
 }
