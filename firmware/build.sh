@@ -21,7 +21,7 @@ source "$ROOT/firmware/lib.sh"
 
 PACKAGE=smtpguard-agent
 BIN=smtpguard-agent
-BUDGET="${SMTPGUARD_SIZE_BUDGET:-2097152}"
+BUDGET="$SG_SIZE_BUDGET"
 SIZES="$ROOT/firmware/SIZES.md"
 
 usage() {

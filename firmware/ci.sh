@@ -36,7 +36,7 @@ BIN=smtpguard-agent
 OUT="$CARGO_TARGET_DIR/router/ci"
 mkdir -p "$OUT"
 
-budget="${SMTPGUARD_SIZE_BUDGET:-2097152}"
+budget="$SG_SIZE_BUDGET"
 size_args=(--check-size)
 case "${SMTPGUARD_SIZE_CHECK:-enforce}" in
     enforce) ;;

@@ -12,6 +12,10 @@
 # - ARM: -C link-self-contained=no, so zig's musl start files are used (else crt1.o is missing).
 # - MIPS: -C relocation-model=static; static-PIE MIPS binaries crash at start.
 
+# Size budget of a stripped router agent in bytes: 2 MiB, the mipsel agent with TLS.
+# shellcheck disable=SC2034 # read by build.sh and ci.sh
+SG_SIZE_BUDGET="${SMTPGUARD_SIZE_BUDGET:-2097152}"
+
 SG_TARGETS=(
     mipsel-unknown-linux-musl
     mips-unknown-linux-musl
