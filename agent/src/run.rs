@@ -54,6 +54,8 @@ const LED_EVAL_MS: u64 = 1_000;
 
 /// How often manual-release requests are looked for.
 const RELEASE_POLL_MS: u64 = 1_000;
+/// How long `release` waits for the running agent to take its request.
+const RELEASE_TAKEN_WAIT_MS: u64 = 5 * RELEASE_POLL_MS;
 /// How often the local policy file is checked for changes.
 const POLICY_POLL_MS: u64 = 2_000;
 /// How long to wait before trying again after a failed nft batch.
@@ -160,13 +162,31 @@ pub fn print_status(config: &AgentConfig) -> Result<(), EnforceError> {
 /// # Errors
 /// As [`control::release`].
 pub fn release_command(config: &AgentConfig, mac: MacAddr) -> Result<(), EnforceError> {
-    let text = control::release(
-        &config.state_dir,
-        enforcer_for(config).as_mut(),
-        mac,
-        now_ms(),
-    )?;
+    let dir = &config.state_dir;
+    let text = control::release(dir, enforcer_for(config).as_mut(), mac, now_ms())?;
     println!("{text}");
+    // A running agent takes the request within a second; until it has, its engine could
+    // still enforce again. Say which it is, so the person knows the release holds.
+    let running = control::read_status(dir)
+        .ok()
+        .flatten()
+        .is_some_and(|s| s.running_at(now_ms()));
+    if !running {
+        println!("{mac}: the agent is not running; it takes the release when it starts");
+        return Ok(());
+    }
+    let deadline = now_ms() + RELEASE_TAKEN_WAIT_MS;
+    while state::release_pending(dir, mac) {
+        if now_ms() >= deadline {
+            println!(
+                "{mac}: the running agent has not taken the release yet (it reads requests every {} s)",
+                RELEASE_POLL_MS / 1000
+            );
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    println!("{mac}: the running agent took the release");
     Ok(())
 }
 
@@ -326,6 +346,29 @@ impl Worker {
             &policy,
         );
 
+        let (router_macs, router_ips) = router_identity(&config.capture.interface);
+        let oui = config
+            .capture
+            .oui_file
+            .as_deref()
+            .and_then(|p| match OuiTable::load(p) {
+                Ok(t) => Some(Arc::new(t)),
+                Err(err) => {
+                    tracing::warn!(%err, "no vendor names");
+                    None
+                }
+            });
+        let mut engine = Engine::new(
+            EngineConfig {
+                device_capacity: config.capture.device_capacity,
+                router_macs,
+                router_ips,
+                oui,
+                ..EngineConfig::default()
+            },
+            policy.clone(),
+        );
+
         let mut ops = match state::load(&state_dir) {
             Ok(Some(snapshot)) => {
                 let ops = planner.restore(now, &snapshot);
@@ -345,7 +388,11 @@ impl Worker {
                 Vec::new()
             }
         };
-        ops.extend(take_releases(&state_dir, &mut planner, now));
+        // Releases restored from the state file hold the engine off too.
+        for (mac, until) in planner.manual_releases(now) {
+            engine.hold(now, mac, until);
+        }
+        ops.extend(take_releases(&state_dir, &mut planner, &mut engine, now));
 
         let spec = table_spec(&config.enforce.mail_ports, &policy);
         enforcer.install(&spec)?;
@@ -356,28 +403,6 @@ impl Worker {
         }
         save_state(&state_dir, &planner);
 
-        let (router_macs, router_ips) = router_identity(&config.capture.interface);
-        let oui = config
-            .capture
-            .oui_file
-            .as_deref()
-            .and_then(|p| match OuiTable::load(p) {
-                Ok(t) => Some(Arc::new(t)),
-                Err(err) => {
-                    tracing::warn!(%err, "no vendor names");
-                    None
-                }
-            });
-        let engine = Engine::new(
-            EngineConfig {
-                device_capacity: config.capture.device_capacity,
-                router_macs,
-                router_ips,
-                oui,
-                ..EngineConfig::default()
-            },
-            policy.clone(),
-        );
         let capture = Capture::open(&config.capture.interface, &CaptureOptions::default())?;
         tracing::info!(
             interface = %config.capture.interface,
@@ -468,7 +493,12 @@ impl Worker {
         }
         if now >= self.next_release_poll_ms {
             self.next_release_poll_ms = now + RELEASE_POLL_MS;
-            ops.extend(take_releases(&self.state_dir, &mut self.planner, now));
+            ops.extend(take_releases(
+                &self.state_dir,
+                &mut self.planner,
+                &mut self.engine,
+                now,
+            ));
         }
         if now >= self.next_policy_poll_ms {
             self.next_policy_poll_ms = now + POLICY_POLL_MS;
@@ -711,14 +741,26 @@ fn modified(path: &Path) -> Option<SystemTime> {
     std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 
-fn take_releases(state_dir: &Path, planner: &mut Planner, now: u64) -> Vec<Op> {
+/// Takes the manual releases `smtpguard-agent release` left: the planner lifts what is in
+/// force and keeps the grace period (persisted), the engine holds off for the same period.
+fn take_releases(
+    state_dir: &Path,
+    planner: &mut Planner,
+    engine: &mut Engine,
+    now: u64,
+) -> Vec<Op> {
     let (macs, errors) = state::take_release_requests(state_dir);
     for err in errors {
         tracing::warn!(%err, "ignored a bad release request");
     }
-    macs.into_iter()
-        .flat_map(|mac| planner.release_manually(now, mac))
-        .collect()
+    let mut ops = Vec::new();
+    for mac in macs {
+        ops.extend(planner.release_manually(now, mac));
+        if let Some(until) = planner.grace_until(&mac, now) {
+            engine.hold(now, mac, until);
+        }
+    }
+    ops
 }
 
 fn save_state(state_dir: &Path, planner: &Planner) {

@@ -259,6 +259,59 @@ fn bursting_bot_among_clean_devices_is_blocked_released_and_reblocked() {
         .any(|c| c.mac == laptop.mac && c.dst_port == 587));
 }
 
+/// A person releases a blocked bot by hand while it is still infected: during the grace
+/// period the engine asks for nothing however the bot behaves; after it, the bot that keeps
+/// spamming is blocked again (no verdict change is needed for that).
+#[test]
+fn bot_released_by_hand_is_left_alone_for_the_grace_period_then_blocked_again() {
+    let mut h = Household::new(12);
+    let bot = h.device(5, Some("old-pc"));
+    h.dhcp(EPOCH_MS, &bot);
+    // Loud enough to be blocked within minutes, then carrying on for an hour.
+    let start = EPOCH_MS + MIN;
+    bot_burst(&mut h, &bot, start, 6_000, 600);
+    let frames = h.into_frames();
+
+    let mut e = engine(enforce_policy());
+    let split = frames
+        .iter()
+        .position(|f| f.ts_ms >= start + 10 * MIN)
+        .unwrap();
+    let before = feed(&mut e, &frames[..split]);
+    let labels: Vec<String> = enforcement(&before, bot.mac)
+        .into_iter()
+        .map(|(_, l)| l)
+        .collect();
+    assert_eq!(labels, ["rate-limit", "block"], "{before:?}");
+
+    // Released by hand at the split, with a 20-minute grace period.
+    let released_at = frames[split].ts_ms;
+    let grace_end = released_at + 20 * MIN;
+    e.hold(released_at, bot.mac, grace_end);
+    let after = feed(&mut e, &frames[split..]);
+    let enf = enforcement(&after, bot.mac);
+    assert!(!enf.is_empty(), "the bot was never enforced again");
+    assert!(
+        enf.iter().all(|(t, _)| *t >= grace_end),
+        "enforced during the grace period: {enf:?}"
+    );
+    // The bot still mails every 6 s: blocked again within a minute of the grace period's end.
+    let (t, label) = &enf[0];
+    assert!(*t < grace_end + MIN, "{enf:?}");
+    assert!(
+        enf.iter().any(|(_, l)| l == "block"),
+        "not blocked again: {enf:?} (first {label})"
+    );
+    // The verdict never stopped being infected: enforcement came back without a verdict
+    // change.
+    assert!(
+        !after
+            .iter()
+            .any(|(_, a)| matches!(a, EngineAction::Alert(_))),
+        "{after:?}"
+    );
+}
+
 #[test]
 fn slow_bot_is_caught_over_hours_not_minutes() {
     let mut h = Household::new(12);

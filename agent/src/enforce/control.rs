@@ -53,6 +53,16 @@ pub struct StatusFile {
     pub stats: AgentStats,
 }
 
+impl StatusFile {
+    /// Whether the agent that wrote this file was still running at `now_ms`: it did not
+    /// stop, and it wrote the file within the last few intervals.
+    pub fn running_at(&self, now_ms: u64) -> bool {
+        !self.stopped
+            && now_ms.saturating_sub(self.updated_ms) / 1000
+                <= STATUS_EVERY_SECS * STALE_AFTER_INTERVALS
+    }
+}
+
 /// Writes the status file atomically.
 ///
 /// # Errors
@@ -100,7 +110,7 @@ pub fn status_text(
             let age = now_ms.saturating_sub(s.updated_ms) / 1000;
             let state = if s.stopped {
                 "STOPPED"
-            } else if age > STATUS_EVERY_SECS * STALE_AFTER_INTERVALS {
+            } else if !s.running_at(now_ms) {
                 "NOT RUNNING (status is stale)"
             } else {
                 "running"

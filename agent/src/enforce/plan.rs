@@ -220,6 +220,20 @@ impl Planner {
         vec![Op::Unblock { mac }, Op::Unlimit { mac }]
     }
 
+    /// The manual releases in their grace period at `now_ms`: device and end (Unix ms).
+    pub fn manual_releases(&self, now_ms: u64) -> impl Iterator<Item = (MacAddr, u64)> + '_ {
+        self.grace
+            .iter()
+            .filter(move |(_, &until)| until > now_ms)
+            .map(|(&mac, &until)| (mac, until))
+    }
+
+    /// When the grace period of a manual release of `mac` ends, if one is running at
+    /// `now_ms`.
+    pub fn grace_until(&self, mac: &MacAddr, now_ms: u64) -> Option<u64> {
+        self.grace.get(mac).copied().filter(|&t| t > now_ms)
+    }
+
     /// Expires entries and grace periods due at `now_ms`, and renews the kernel timeouts of
     /// open-ended entries.
     pub fn handle_timeout(&mut self, now_ms: u64) -> Vec<Op> {

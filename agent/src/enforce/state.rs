@@ -118,9 +118,21 @@ pub fn save(state_dir: &Path, snapshot: &Snapshot) -> Result<(), EnforceError> {
 /// # Errors
 /// [`EnforceError::Io`] naming the file.
 pub fn request_release(state_dir: &Path, mac: MacAddr, now_ms: u64) -> Result<(), EnforceError> {
-    let name = mac.to_string().replace(':', "-");
-    let path = state_dir.join(RELEASE_DIR).join(name);
-    write_atomically(&path, format!("{now_ms}\n").as_bytes())
+    write_atomically(
+        &release_path(state_dir, mac),
+        format!("{now_ms}\n").as_bytes(),
+    )
+}
+
+/// Whether a release request for `mac` is still waiting for the running agent.
+pub fn release_pending(state_dir: &Path, mac: MacAddr) -> bool {
+    release_path(state_dir, mac).exists()
+}
+
+fn release_path(state_dir: &Path, mac: MacAddr) -> std::path::PathBuf {
+    state_dir
+        .join(RELEASE_DIR)
+        .join(mac.to_string().replace(':', "-"))
 }
 
 /// Takes every pending release request: returns their MACs and removes the files. Files

@@ -41,7 +41,7 @@ mod score;
 pub mod smtp;
 pub mod window;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -66,6 +66,9 @@ pub const DEFAULT_SESSION_CAPACITY: usize = 1024;
 pub const DEFAULT_CONN_LOG_CAPACITY: usize = 1024;
 /// Pending actions kept when the shell does not drain them.
 pub const ACTION_QUEUE_MAX: usize = 4096;
+/// Manual releases held at once (people release devices by hand; a few are ever in force).
+/// When full, the hold that ends soonest makes room.
+pub const HOLDS_MAX: usize = 256;
 /// Distinct mail servers remembered per device.
 pub const SERVERS_MAX: usize = 1024;
 /// MX names remembered per device.
@@ -191,6 +194,15 @@ pub struct Report {
     pub devices: Vec<DeviceReport>,
 }
 
+/// A manual release in its grace period.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Hold {
+    /// When the grace period ends (Unix ms).
+    until_ms: u64,
+    /// The device was found to deserve enforcement during the grace period (logged once).
+    asked: bool,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct FlowKey {
     client: IpAddr,
@@ -312,6 +324,9 @@ pub struct Engine {
     now_ms: u64,
     next_sweep_ms: Option<u64>,
     next_expiry_ms: Option<u64>,
+    /// Devices a person released by hand: no enforcement until the end of their grace
+    /// period. See [`Engine::hold`].
+    holds: BTreeMap<MacAddr, Hold>,
     dirty: Vec<usize>,
     /// The device the current frame was about.
     touched: Option<usize>,
@@ -340,6 +355,7 @@ impl Engine {
             now_ms: 0,
             next_sweep_ms: None,
             next_expiry_ms: None,
+            holds: BTreeMap::new(),
             dirty: Vec::new(),
             touched: None,
             next_device_id: 0,
@@ -417,8 +433,48 @@ impl Engine {
         }
     }
 
-    /// Advances time: expires blocks, times out unanswered SYNs and idle sessions, slides
-    /// windows and re-evaluates devices.
+    /// A person released `mac` by hand (`smtpguard-agent release`, or the controller's
+    /// release command): whatever the engine had in force is forgotten, and the device is
+    /// neither rate-limited nor blocked until `until_ms` however it behaves. When the grace
+    /// period ends, a device that still deserves it is enforced again as soon as it sends
+    /// mail (the same rule as after a block runs out), so a bot that was released too early
+    /// cannot keep spamming.
+    pub fn hold(&mut self, now_ms: u64, mac: MacAddr, until_ms: u64) {
+        let now = self.clock(now_ms);
+        if until_ms <= now {
+            return;
+        }
+        if self.holds.len() >= HOLDS_MAX && !self.holds.contains_key(&mac) {
+            let soonest = self
+                .holds
+                .iter()
+                .min_by_key(|(_, h)| h.until_ms)
+                .map(|(m, _)| *m);
+            if let Some(m) = soonest {
+                self.holds.remove(&m);
+            }
+        }
+        self.holds.insert(
+            mac,
+            Hold {
+                until_ms,
+                asked: false,
+            },
+        );
+        if let Some(d) = self
+            .devices
+            .get(&mac)
+            .and_then(|s| self.devices.device_mut(s))
+        {
+            d.action = Action::Monitor;
+            d.action_until_ms = None;
+            d.awaiting_resume = false;
+        }
+        self.recompute_expiry();
+    }
+
+    /// Advances time: expires blocks and manual releases' grace periods, times out
+    /// unanswered SYNs and idle sessions, slides windows and re-evaluates devices.
     pub fn handle_timeout(&mut self, now_ms: u64) {
         let now = self.clock(now_ms);
         if self.next_expiry_ms.is_some_and(|t| t <= now) {
@@ -1116,17 +1172,36 @@ impl Engine {
                 self.dirty.push(s);
             }
         }
+        let ended: Vec<MacAddr> = self
+            .holds
+            .iter()
+            .filter(|(_, h)| h.until_ms <= now)
+            .map(|(m, _)| *m)
+            .collect();
+        for mac in ended {
+            self.holds.remove(&mac);
+            tracing::info!(%mac, "grace period of the manual release over");
+            // Like a block that ran out: enforced again when it sends mail again.
+            if let Some(s) = self.devices.get(&mac) {
+                if let Some(d) = self.devices.device_mut(s) {
+                    d.awaiting_resume = true;
+                    d.dirty = true;
+                    self.dirty.push(s);
+                }
+            }
+        }
         self.recompute_expiry();
     }
 
     fn recompute_expiry(&mut self) {
-        self.next_expiry_ms = self
+        let blocks = self
             .devices
             .occupied()
             .filter_map(|s| self.devices.device(s))
             .filter(|d| d.action == Action::Block)
-            .filter_map(|d| d.action_until_ms)
-            .min();
+            .filter_map(|d| d.action_until_ms);
+        let holds = self.holds.values().map(|h| h.until_ms);
+        self.next_expiry_ms = blocks.chain(holds).min();
     }
 
     fn flush_dirty(&mut self, now: u64) {
@@ -1178,11 +1253,25 @@ impl Engine {
             });
         }
         let allowed = self.policy.is_allowed_device(&d.mac);
-        let desired = if allowed {
+        let mut desired = if allowed {
             Action::Monitor
         } else {
             self.policy.mode.action_for(d.verdict)
         };
+        if desired != Action::Monitor {
+            if let Some(hold) = self.holds.get_mut(&d.mac).filter(|h| h.until_ms > now) {
+                if !hold.asked {
+                    hold.asked = true;
+                    tracing::info!(
+                        mac = %d.mac,
+                        action = %desired,
+                        grace_left_secs = (hold.until_ms - now).div_ceil(1000),
+                        "released by hand recently: not enforcing"
+                    );
+                }
+                desired = Action::Monitor;
+            }
+        }
         if d.verdict != Verdict::Clean && desired == Action::Monitor {
             d.actions_taken |= action_bit(Action::Monitor);
         }
