@@ -31,6 +31,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use smtpguard_firmware::uci;
 
+use crate::ports::MailPorts;
+
 /// Where `run` and `status` look for the configuration when none is given.
 pub const DEFAULT_PATH: &str = "/etc/smtpguard/agent.toml";
 
@@ -138,7 +140,8 @@ pub struct EnforceConfig {
     pub backend: EnforceBackend,
     /// The `nft` program.
     pub nft: PathBuf,
-    /// Destination TCP ports that are throttled or blocked; nothing else is ever touched.
+    /// The mail ports: the capture filter passes them, the engine reads them as mail (25 is
+    /// direct-to-MX, the others submission), and only they are throttled or blocked.
     pub mail_ports: Vec<u16>,
     /// After `smtpguard-agent release MAC`, how long the agent leaves that device alone.
     pub release_grace_secs: u64,
@@ -149,9 +152,16 @@ impl Default for EnforceConfig {
         EnforceConfig {
             backend: EnforceBackend::Nftables,
             nft: PathBuf::from("nft"),
-            mail_ports: crate::enforce::DEFAULT_MAIL_PORTS.to_vec(),
+            mail_ports: crate::ports::DEFAULT_MAIL_PORTS.to_vec(),
             release_grace_secs: 3600,
         }
+    }
+}
+
+impl EnforceConfig {
+    /// The mail port set (validated when the config was loaded; the default set if not).
+    pub fn mail_ports(&self) -> MailPorts {
+        MailPorts::new(&self.mail_ports).unwrap_or_default()
     }
 }
 
@@ -315,11 +325,8 @@ impl AgentConfig {
         if self.enforce.nft.as_os_str().is_empty() {
             return bad("enforce.nft", "must not be empty");
         }
-        if self.enforce.mail_ports.is_empty() || self.enforce.mail_ports.contains(&0) {
-            return bad(
-                "enforce.mail_ports",
-                "must list one or more ports between 1 and 65535",
-            );
+        if let Err(e) = MailPorts::new(&self.enforce.mail_ports) {
+            return bad("enforce.mail_ports", &e.to_string());
         }
         if self.enforce.release_grace_secs > 30 * 86_400 {
             return bad(

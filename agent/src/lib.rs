@@ -9,6 +9,8 @@
 //! - [`engine`]: the pure detection engine: devices by MAC, signals over sliding windows,
 //!   scores, verdicts with evidence, and the actions policy calls for. Time is passed in.
 //! - [`pcap`]: streaming pcap/pcapng reader and a pcap writer.
+//! - [`ports`]: [`ports::MailPorts`], the one set of mail ports that the capture filter,
+//!   the engine and the nftables table all use (`enforce.mail_ports`).
 //! - [`oui`]: vendor names from the IEEE registry file (`oui.csv`), loaded at start.
 //! - [`sim`]: deterministic household traffic simulator (Ethernet frames on a timeline) for
 //!   tests, benchmarks, demos and the big-capture generator.
@@ -37,6 +39,7 @@ pub mod leases;
 pub mod oui;
 pub mod packet;
 pub mod pcap;
+pub mod ports;
 pub mod replay;
 pub mod run;
 pub mod sim;

@@ -42,7 +42,9 @@ use crate::enforce::{
     TableSpec,
 };
 use crate::engine::{Engine, EngineAction, EngineConfig};
+use crate::leases;
 use crate::oui::OuiTable;
+use crate::ports::MailPorts;
 use crate::uplink::{PolicyUpdate, Settings, Uplink, UplinkError, UplinkHandle};
 use smtpguard_firmware::led::sysfs::SysfsLed;
 use smtpguard_firmware::led::{Status as LedStatus, StatusLed};
@@ -58,6 +60,8 @@ const RELEASE_POLL_MS: u64 = 1_000;
 const RELEASE_TAKEN_WAIT_MS: u64 = 5 * RELEASE_POLL_MS;
 /// How often the local policy file is checked for changes.
 const POLICY_POLL_MS: u64 = 2_000;
+/// How often the DHCP lease file is checked for changes (dnsmasq rewrites it on each lease).
+const LEASES_POLL_MS: u64 = 5_000;
 /// How long to wait before trying again after a failed nft batch.
 const RESYNC_AFTER_MS: u64 = 5_000;
 
@@ -128,9 +132,9 @@ pub fn load_policy(path: Option<&Path>) -> Result<Policy, RunError> {
 }
 
 /// The table settings for `policy` with the configured mail ports.
-pub fn table_spec(mail_ports: &[u16], policy: &Policy) -> TableSpec {
+pub fn table_spec(mail_ports: &MailPorts, policy: &Policy) -> TableSpec {
     TableSpec {
-        mail_ports: mail_ports.to_vec(),
+        mail_ports: mail_ports.as_slice().to_vec(),
         rate_per_minute: policy.rate_limit_per_minute,
         relays: policy.allow_relays.clone(),
     }
@@ -316,7 +320,10 @@ struct Worker {
     /// The local policy file and the modification time of the version in force.
     policy_file: Option<(PathBuf, Option<SystemTime>)>,
     next_policy_poll_ms: u64,
-    mail_ports: Vec<u16>,
+    /// The DHCP lease file (host names) and the modification time last read.
+    leases_file: (PathBuf, Option<SystemTime>),
+    next_leases_poll_ms: u64,
+    mail_ports: MailPorts,
     /// The uplink, when enabled.
     link: Option<Link>,
     /// The policy from the local file (or defaults), and the newest verified policy of each
@@ -349,9 +356,8 @@ impl Worker {
         let (router_macs, router_ips) = router_identity(&config.capture.interface);
         let oui = config
             .capture
-            .oui_file
-            .as_deref()
-            .and_then(|p| match OuiTable::load(p) {
+            .oui_file()
+            .and_then(|p| match OuiTable::load(&p) {
                 Ok(t) => Some(Arc::new(t)),
                 Err(err) => {
                     tracing::warn!(%err, "no vendor names");
@@ -364,6 +370,7 @@ impl Worker {
                 router_macs,
                 router_ips,
                 oui,
+                mail_ports: config.enforce.mail_ports(),
                 ..EngineConfig::default()
             },
             policy.clone(),
@@ -394,7 +401,8 @@ impl Worker {
         }
         ops.extend(take_releases(&state_dir, &mut planner, &mut engine, now));
 
-        let spec = table_spec(&config.enforce.mail_ports, &policy);
+        let mail_ports = config.enforce.mail_ports();
+        let spec = table_spec(&mail_ports, &policy);
         enforcer.install(&spec)?;
         let mut resync_at_ms = None;
         if let Err(err) = enforcer.apply(&ops) {
@@ -403,7 +411,13 @@ impl Worker {
         }
         save_state(&state_dir, &planner);
 
-        let capture = Capture::open(&config.capture.interface, &CaptureOptions::default())?;
+        let capture = Capture::open(
+            &config.capture.interface,
+            &CaptureOptions {
+                mail_ports: config.enforce.mail_ports(),
+                ..CaptureOptions::default()
+            },
+        )?;
         tracing::info!(
             interface = %config.capture.interface,
             backend = ?config.enforce.backend,
@@ -425,7 +439,9 @@ impl Worker {
                 .as_ref()
                 .map(|p| (p.clone(), modified(p))),
             next_policy_poll_ms: now + POLICY_POLL_MS,
-            mail_ports: config.enforce.mail_ports.clone(),
+            leases_file: (config.capture.leases_file.clone(), None),
+            next_leases_poll_ms: now,
+            mail_ports,
             link,
             local_policy: policy,
             fleet_policy: None,
@@ -500,6 +516,10 @@ impl Worker {
                 now,
             ));
         }
+        if now >= self.next_leases_poll_ms {
+            self.next_leases_poll_ms = now + LEASES_POLL_MS;
+            self.read_leases();
+        }
         if now >= self.next_policy_poll_ms {
             self.next_policy_poll_ms = now + POLICY_POLL_MS;
             ops.extend(self.reload_policy(now));
@@ -518,6 +538,8 @@ impl Worker {
                 self.resync_at_ms.get_or_insert(now + RESYNC_AFTER_MS);
             }
             save_state(&self.state_dir, &self.planner);
+            // `status` shows a change of enforcement at once, not at the next interval.
+            self.next_status_ms = now;
         }
         if self.resync_at_ms.is_some_and(|t| t <= now) {
             self.resync(now);
@@ -564,6 +586,32 @@ impl Worker {
                 tracing::warn!(%err, "status LED cannot be written; giving it up");
                 self.led = None;
             }
+        }
+    }
+
+    /// Gives the engine the host names of the DHCP lease file when it changed. A missing
+    /// or unreadable file only means no names (logged once per change).
+    fn read_leases(&mut self) {
+        let (path, seen) = &mut self.leases_file;
+        let current = modified(path);
+        if current.is_none() || current == *seen {
+            return;
+        }
+        *seen = current;
+        match leases::read(path) {
+            Ok(l) => {
+                let mut named = 0;
+                for (mac, name) in l.hostnames() {
+                    self.engine.set_hostname(mac, name);
+                    named += 1;
+                }
+                tracing::debug!(
+                    named,
+                    skipped = l.skipped_lines,
+                    "host names from the lease file"
+                );
+            }
+            Err(err) => tracing::warn!(%err, "no host names from the lease file"),
         }
     }
 
@@ -801,7 +849,7 @@ mod tests {
         .unwrap();
         assert_eq!(c.enforce.backend, EnforceBackend::None);
         assert_eq!(
-            table_spec(&c.enforce.mail_ports, &Policy::default()).mail_ports,
+            table_spec(&c.enforce.mail_ports(), &Policy::default()).mail_ports,
             vec![25]
         );
         for bad in [

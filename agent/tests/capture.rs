@@ -22,7 +22,7 @@ const A_V4: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
 const B_V4: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
 const A_V6: Ipv6Addr = Ipv6Addr::new(0xfd77, 0, 0, 0, 0, 0, 0, 1);
 const B_V6: Ipv6Addr = Ipv6Addr::new(0xfd77, 0, 0, 0, 0, 0, 0, 2);
-const MAIL_PORTS: [u16; 4] = [25, 465, 587, 2525];
+use smtpguard_agent::ports::DEFAULT_MAIL_PORTS as MAIL_PORTS;
 /// Bounds on the capture loop: it normally ends at the sentinel query.
 const MAX_FRAMES: usize = 10_000;
 const MAX_WAIT: Duration = Duration::from_secs(30);

@@ -312,6 +312,45 @@ fn bot_released_by_hand_is_left_alone_for_the_grace_period_then_blocked_again() 
     );
 }
 
+/// The mail-port set is one: a device whose only mail goes to port 2525 is a mail device
+/// with the default set (the same set the capture filter and nftables use), and a port
+/// left out of the configured set is not mail to the engine either.
+#[test]
+fn mail_on_the_alternate_port_counts_as_mail_by_the_configured_set() {
+    let mut h = Household::new(13);
+    let nas = h.device(6, Some("nas"));
+    for k in 0..3u64 {
+        h.smtp_session(
+            EPOCH_MS + k * MIN,
+            &nas,
+            Ipv4Addr::new(203, 0, 113, 40),
+            2525,
+            &Dialogue::mail_client("nas.lan"),
+        );
+    }
+    let frames = h.into_frames();
+    let sessions_with = |ports: &[u16]| {
+        let mut e = Engine::new(
+            EngineConfig {
+                router_macs: vec![Household::router_mac()],
+                router_ips: vec![Household::router_ip().into()],
+                mail_ports: smtpguard_agent::ports::MailPorts::new(ports).unwrap(),
+                ..EngineConfig::default()
+            },
+            enforce_policy(),
+        );
+        feed(&mut e, &frames);
+        let end = frames.last().unwrap().ts_ms;
+        let seen = e.report(end).devices.iter().any(|d| d.mac == nas.mac);
+        (e.stats().smtp_sessions, seen)
+    };
+    assert_eq!(
+        sessions_with(&smtpguard_agent::ports::DEFAULT_MAIL_PORTS),
+        (3, true)
+    );
+    assert_eq!(sessions_with(&[25, 465, 587]), (0, false));
+}
+
 #[test]
 fn slow_bot_is_caught_over_hours_not_minutes() {
     let mut h = Household::new(12);

@@ -262,6 +262,9 @@ nft = "nft"
 release_grace_secs = $GRACE_SECS
 EOF
 
+# The router's DHCP server names the devices (dnsmasq lease format); the agent reads it.
+printf '%s\n' "0 $BOT_MAC $BOT_IP old-pc *" "0 $LAP_MAC $LAP_IP laptop *" >"$WORK/dhcp.leases"
+
 start_agent() {
     ip netns exec "$NS_RTR" env RUST_LOG=info NO_COLOR=1 "$AGENT" run --config "$WORK/agent.toml" \
         >>"$WORK/agent.log" 2>&1 &
@@ -380,6 +383,8 @@ STATUS=$(in_ns "$NS_RTR" "$AGENT" status --config "$WORK/agent.toml" 2>&1)
 echo "$STATUS" | sed 's/^/  | /'
 check "\`smtpguard-agent status\` shows the bot blocked in the kernel" \
     bash -c "grep -qE '$BOT_MAC +blocked' <<<\"\$0\"" "$STATUS"
+check "\`smtpguard-agent status\` names the bot by its DHCP host name (capture.leases_file)" \
+    bash -c "grep -q 'old-pc' <<<\"\$0\"" "$STATUS"
 
 # ---------------------------------------------------------------------------------------------
 step "3. while the bot is blocked, the rest still works"
@@ -458,8 +463,10 @@ check "the engine did ask again and the agent held off (agent log)" wait_for 10 
 check "bot's mail after the release is delivered ($SENT messages)" \
     test "$(mail_count "subject=e2e-bot-after-release-")" -eq "$SENT"
 check "the running agent does not re-enforce during the grace period" not_enforced $BOT_MAC
-check "\`smtpguard-agent status\` shows the manual release" \
-    bash -c "ip netns exec $NS_RTR $AGENT status --config $WORK/agent.toml | grep -q 'released by hand'"
+status_shows_release() {
+    in_ns "$NS_RTR" "$AGENT" status --config "$WORK/agent.toml" | grep 'released by hand' >/dev/null
+}
+check "\`smtpguard-agent status\` shows the manual release" wait_for 10 status_shows_release
 check "the checks above ran within the grace period (${GRACE_SECS} s, agent log)" in_grace
 if wait_for $((GRACE_SECS + 20)) grace_over; then
     pass "the grace period ended (agent log)"

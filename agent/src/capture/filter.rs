@@ -8,7 +8,7 @@
 //!
 //! | traffic | passes when |
 //! |---|---|
-//! | TCP to a mail port (25, 465, 587, 2525) | SYN, FIN or RST set, or the segment carries payload (the client's dialogue) |
+//! | TCP to a mail port (the configured set, [`crate::ports`]; by default 25, 465, 587, 2525) | SYN, FIN or RST set, or the segment carries payload (the client's dialogue) |
 //! | TCP from a mail port | SYN, FIN or RST set (SYN-ACKs and resets, so the engine can tell answered from unanswered SYNs) |
 //! | TCP from port 25 | additionally any segment with payload (the server's replies; the engine keeps what it needs, the first replies of each session) |
 //! | UDP from or to port 53 | always (DNS queries and answers) |
@@ -16,7 +16,7 @@
 //!
 //! Everything else is dropped in the kernel: pure ACKs, other ports, ICMP, ARP, non-first IPv4
 //! fragments (they carry no ports), IPv6 with extension headers before TCP/UDP, and server
-//! payload on 465/587/2525 (encrypted or authenticated submission, nothing the engine reads).
+//! payload on the other mail ports (encrypted or authenticated submission, nothing the engine reads).
 //!
 //! # How it is written
 //! A tiny assembler with named labels ([`Asm`]) builds the instruction array once; all jumps
@@ -32,8 +32,7 @@
 //! | `M[4]` | IPv4 header length, then TCP header length |
 //! | `M[5]` | TCP payload length |
 
-/// Mail ports the engine watches.
-pub const MAIL_PORTS: [u16; 4] = [25, 465, 587, 2525];
+use crate::ports::MailPorts;
 
 /// Bytes of each accepted frame handed to user space (the whole frame in practice).
 pub const SNAP_LEN: u32 = 0x0004_0000;
@@ -227,7 +226,7 @@ const TCP_FIN_SYN_RST: u32 = 0x07;
 ///
 /// # Errors
 /// [`FilterError`] only if this file's program is malformed (covered by unit tests).
-pub fn program() -> Result<Vec<Instruction>, FilterError> {
+pub fn program(mail_ports: &MailPorts) -> Result<Vec<Instruction>, FilterError> {
     let mut a = Asm::default();
     // Layer 2: X = length of an in-band 802.1Q tag (0 or 4), A = the inner ethertype.
     a.op(LD | H | ABS, 12)
@@ -300,12 +299,12 @@ pub fn program() -> Result<Vec<Instruction>, FilterError> {
         .op(ST, 5)
         .op(LDX | W | MEM, 2)
         .op(LD | H | IND, ETH + 2); // destination port
-    for port in MAIL_PORTS {
+    for &port in mail_ports.as_slice() {
         a.jump_if(JEQ, u32::from(port), "to_mail");
     }
     a.op(LD | H | IND, ETH); // source port
     a.jump_if(JEQ, 25, "from_25");
-    for port in MAIL_PORTS {
+    for &port in mail_ports.as_slice() {
         a.jump_if(JEQ, u32::from(port), "from_mail");
     }
     a.goto("drop");
@@ -428,6 +427,7 @@ pub(crate) mod interpreter {
 mod tests {
     use super::interpreter::run;
     use super::*;
+    use crate::ports::DEFAULT_MAIL_PORTS;
     use etherparse::PacketBuilder;
 
     const CLIENT: [u8; 6] = [0x02, 0, 0, 0, 0, 0x10];
@@ -480,7 +480,7 @@ mod tests {
     }
 
     fn passes(frame: &[u8]) -> bool {
-        let prog = program().unwrap();
+        let prog = program(&MailPorts::default()).unwrap();
         let kept = run(&prog, frame);
         assert!(kept == 0 || kept == SNAP_LEN, "unexpected return {kept}");
         kept != 0
@@ -488,15 +488,30 @@ mod tests {
 
     #[test]
     fn assembles_within_kernel_limits() {
-        let prog = program().unwrap();
+        let prog = program(&MailPorts::default()).unwrap();
         assert!(prog.len() < 256, "{} instructions", prog.len());
         assert_eq!(prog.last().unwrap().code, RET | K);
+        let most: Vec<u16> = (1..=crate::ports::MAIL_PORTS_MAX as u16).collect();
+        let prog = program(&MailPorts::new(&most).unwrap()).unwrap();
+        assert!(prog.len() < 256, "{} instructions", prog.len());
+    }
+
+    #[test]
+    fn the_configured_port_set_is_what_passes() {
+        let ports = MailPorts::new(&[25, 10025]).unwrap();
+        let prog = program(&ports).unwrap();
+        let kept = |f: &[u8]| run(&prog, f) != 0;
+        assert!(kept(&tcp(&Ip::V4, 50000, 10025, "S", b"")));
+        assert!(kept(&tcp(&Ip::V4, 10025, 50000, "SA", b"")));
+        assert!(kept(&tcp(&Ip::V4, 50000, 25, "S", b"")));
+        assert!(!kept(&tcp(&Ip::V4, 50000, 2525, "S", b"")));
+        assert!(!kept(&tcp(&Ip::V4, 50000, 587, "S", b"")));
     }
 
     #[test]
     fn client_mail_traffic_passes_on_every_framing() {
         for ip in [Ip::V4, Ip::V6, Ip::V4Vlan] {
-            for port in MAIL_PORTS {
+            for port in DEFAULT_MAIL_PORTS {
                 assert!(passes(&tcp(&ip, 50000, port, "S", b"")), "SYN to {port}");
                 assert!(
                     passes(&tcp(&ip, 50000, port, "A", b"EHLO x\r\n")),
@@ -515,7 +530,7 @@ mod tests {
     #[test]
     fn server_side_passes_handshake_answers_and_port_25_replies() {
         for ip in [Ip::V4, Ip::V6, Ip::V4Vlan] {
-            for port in MAIL_PORTS {
+            for port in DEFAULT_MAIL_PORTS {
                 assert!(
                     passes(&tcp(&ip, port, 50000, "SA", b"")),
                     "SYN-ACK from {port}"

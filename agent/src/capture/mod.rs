@@ -21,6 +21,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use pnet_datalink::{Channel, DataLinkReceiver};
 
+use crate::ports::MailPorts;
+
 /// One captured frame.
 #[derive(Debug, Clone, Copy)]
 pub struct Frame<'a> {
@@ -51,6 +53,8 @@ pub struct CaptureOptions {
     /// Whether to put the interface into promiscuous mode. Not needed on a router, which
     /// sees every frame it forwards; useful on a mirror port.
     pub promiscuous: bool,
+    /// The mail ports the kernel filter passes (the agent's one set, `enforce.mail_ports`).
+    pub mail_ports: MailPorts,
 }
 
 impl Default for CaptureOptions {
@@ -59,6 +63,7 @@ impl Default for CaptureOptions {
             poll_interval: Duration::from_millis(250),
             receive_buffer_bytes: 1 << 20,
             promiscuous: false,
+            mail_ports: MailPorts::default(),
         }
     }
 }
@@ -134,7 +139,7 @@ impl Capture {
             .into_iter()
             .find(|i| i.name == interface)
             .ok_or_else(|| CaptureError::NoInterface(interface.to_owned()))?;
-        let socket = filtered_socket(options.receive_buffer_bytes)?;
+        let socket = filtered_socket(options.receive_buffer_bytes, &options.mail_ports)?;
         let fd = socket.as_raw_fd();
         let config = pnet_datalink::Config {
             read_buffer_size: READ_BUFFER_BYTES,
@@ -231,7 +236,10 @@ fn socklen_of<T>() -> libc::socklen_t {
 }
 
 /// A packet socket that receives nothing until bound, with the filter already attached.
-fn filtered_socket(receive_buffer_bytes: usize) -> Result<OwnedFd, CaptureError> {
+fn filtered_socket(
+    receive_buffer_bytes: usize,
+    mail_ports: &MailPorts,
+) -> Result<OwnedFd, CaptureError> {
     // SAFETY: plain system call with constant arguments; the result is checked below.
     let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
     if raw < 0 {
@@ -240,7 +248,7 @@ fn filtered_socket(receive_buffer_bytes: usize) -> Result<OwnedFd, CaptureError>
     // SAFETY: `raw` is a freshly created descriptor that nothing else owns.
     let socket = unsafe { OwnedFd::from_raw_fd(raw) };
 
-    let mut insns: Vec<libc::sock_filter> = filter::program()?
+    let mut insns: Vec<libc::sock_filter> = filter::program(mail_ports)?
         .into_iter()
         .map(|i| libc::sock_filter {
             code: i.code,

@@ -39,9 +39,6 @@ pub use plan::{Entry, Planner, PlannerConfig};
 /// The name of the nftables table the agent owns (family `inet`). Nothing else is touched.
 pub const TABLE: &str = "smtpguard";
 
-/// Mail ports affected by default: SMTP, SMTPS, submission and the common alternate port.
-pub const DEFAULT_MAIL_PORTS: [u16; 4] = [25, 465, 587, 2525];
-
 /// One change to the kernel's view of a device.
 ///
 /// Each op is idempotent: setting an element replaces any element already there (so a

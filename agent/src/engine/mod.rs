@@ -21,7 +21,7 @@
 //!
 //! # Which frames make devices
 //! A device is the LAN side of an outbound conversation: the sender of a TCP segment to a
-//! mail port (25, 465, 587), of a DNS query, or the client of a DHCP exchange. Multicast
+//! mail port ([`EngineConfig::mail_ports`]), of a DNS query, or the client of a DHCP exchange. Multicast
 //! sources, the router's own MACs and addresses, and connections arriving from a public
 //! IPv4 address to a private one (port forwarding to a home server) never make devices.
 //!
@@ -52,6 +52,7 @@ use smtpguard_protocol::{
 
 use crate::oui::OuiTable;
 use crate::packet::{self, Packet, TcpSegment, Transport, UdpDatagram};
+use crate::ports::MailPorts;
 pub use device::Peak;
 use device::{action_bit, Device, DeviceTable, Slot};
 use keyed_hash::KeyedState;
@@ -87,12 +88,7 @@ pub(crate) const DAY_MS: u64 = 86_400_000;
 pub(crate) const LONG_MS: u64 = DAY_MS;
 
 const SMTP_PORT: u16 = 25;
-const SUBMISSION_PORT: u16 = 587;
 const SMTPS_PORT: u16 = 465;
-
-fn is_mail_port(p: u16) -> bool {
-    matches!(p, SMTP_PORT | SUBMISSION_PORT | SMTPS_PORT)
-}
 
 /// Engine construction parameters (not policy: these do not change at run time).
 #[derive(Debug, Clone)]
@@ -109,6 +105,9 @@ pub struct EngineConfig {
     pub router_ips: Vec<IpAddr>,
     /// Vendor lookup for new devices.
     pub oui: Option<Arc<OuiTable>>,
+    /// The mail ports (the agent's one set, `enforce.mail_ports`): 25 is direct-to-MX,
+    /// every other one submission.
+    pub mail_ports: MailPorts,
 }
 
 impl Default for EngineConfig {
@@ -120,6 +119,7 @@ impl Default for EngineConfig {
             router_macs: Vec::new(),
             router_ips: Vec::new(),
             oui: None,
+            mail_ports: MailPorts::default(),
         }
     }
 }
@@ -414,8 +414,12 @@ impl Engine {
             }
         };
         match pkt.transport {
-            Transport::Tcp(t) if is_mail_port(t.dst_port) => self.client_segment(now, &pkt, &t),
-            Transport::Tcp(t) if is_mail_port(t.src_port) => self.server_segment(now, &pkt, &t),
+            Transport::Tcp(t) if self.config.mail_ports.contains(t.dst_port) => {
+                self.client_segment(now, &pkt, &t)
+            }
+            Transport::Tcp(t) if self.config.mail_ports.contains(t.src_port) => {
+                self.server_segment(now, &pkt, &t)
+            }
             Transport::Udp(u) => self.datagram(now, &pkt, &u),
             _ => {}
         }
