@@ -15,6 +15,14 @@
 //! password = "secret"
 //! client_id = "smtpguard-controller-1"
 //!
+//! [policy]
+//! # The ISP's mail relays, as the routers have them in `isp_relays`: no policy the NOC signs
+//! # may carry an indicator covering one (nor one of its own `allow_relays`).
+//! isp_relays = ["198.51.100.25:587"]
+//! # The addresses routers reach the broker at (what their broker_url resolves to), besides
+//! # `broker.embedded_listen` and `broker.url` when those are IP addresses.
+//! agent_broker_addresses = ["192.0.2.10"]
+//!
 //! [ingest]
 //! batch_max = 512
 //! batch_linger_ms = 10
@@ -23,10 +31,12 @@
 //! shared_subscription = true
 //! ```
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+use smtpguard_protocol::policy::RelayRule;
+use smtpguard_protocol::SafetyContext;
 
 /// The configuration could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +79,8 @@ pub struct Config {
     pub http_listen: SocketAddr,
     /// MQTT broker.
     pub broker: BrokerConfig,
+    /// What no signed policy may cut off.
+    pub policy: PolicyConfig,
     /// Ingest tuning.
     pub ingest: IngestConfig,
     /// Web UI, API and `/metrics` on `http_listen`.
@@ -82,6 +94,7 @@ impl Default for Config {
             policy_key_path: PathBuf::from("/etc/smtpguard/policy.key"),
             http_listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             broker: BrokerConfig::default(),
+            policy: PolicyConfig::default(),
             ingest: IngestConfig::default(),
             web: crate::web::live::WebConfig::default(),
         }
@@ -125,6 +138,19 @@ impl Default for BrokerConfig {
             max_connections: 20_000,
         }
     }
+}
+
+/// `[policy]`: what the policy safety check protects when the NOC signs
+/// (`smtpguard_protocol::policy::safety`), besides each policy's own `allow_relays`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// The ISP's mail relays, the same the routers have in their local `isp_relays`.
+    pub isp_relays: Vec<RelayRule>,
+    /// Addresses the routers reach the broker at (what their `uplink.broker_url` resolves
+    /// to), besides `broker.embedded_listen` and the host of `broker.url` when those are IP
+    /// addresses.
+    pub agent_broker_addresses: Vec<IpAddr>,
 }
 
 /// Where to reach the broker, parsed from [`BrokerConfig`].
@@ -234,6 +260,31 @@ impl Default for IngestConfig {
 }
 
 impl Config {
+    /// The context of the policy safety check at the controller: the configured ISP relays,
+    /// and as broker addresses the configured ones plus the embedded broker's listen
+    /// address (unless it is the unspecified address) and the host of `broker.url` when it
+    /// is an IP address.
+    pub fn safety_context(&self) -> SafetyContext {
+        let mut brokers = self.policy.agent_broker_addresses.clone();
+        let own = match &self.broker.url {
+            None => Some(self.broker.embedded_listen.ip()).filter(|ip| !ip.is_unspecified()),
+            Some(_) => self
+                .broker
+                .addr()
+                .ok()
+                .and_then(|a| a.host.parse::<IpAddr>().ok()),
+        };
+        if let Some(ip) = own {
+            if !brokers.contains(&ip) {
+                brokers.push(ip);
+            }
+        }
+        SafetyContext {
+            local_relays: self.policy.isp_relays.clone(),
+            brokers,
+        }
+    }
+
     /// Reads and validates a configuration file.
     ///
     /// # Errors
@@ -317,6 +368,24 @@ mod tests {
         assert!(c.validate().unwrap_err().to_string().contains("batch_max"));
 
         assert!(toml::from_str::<Config>("db_pth = \"x\"").is_err());
+        let c: Config = toml::from_str(
+            "[policy]\nisp_relays = [\"198.51.100.25:587\"]\nagent_broker_addresses = [\"192.0.2.10\"]\n\n[broker]\nurl = \"mqtt://192.0.2.11:1883\"\n",
+        )
+        .unwrap();
+        let ctx = c.safety_context();
+        assert_eq!(ctx.local_relays, vec!["198.51.100.25:587".parse().unwrap()]);
+        assert_eq!(
+            ctx.brokers,
+            vec![
+                "192.0.2.10".parse::<IpAddr>().unwrap(),
+                "192.0.2.11".parse().unwrap()
+            ]
+        );
+        let err = toml::from_str::<Config>("[policy]\nisp_relays = [\"mail.isp.example\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("isp_relays"), "{err}");
+
         assert_eq!(
             parse_url("mqtts://[::1]:8883").unwrap(),
             BrokerAddr {

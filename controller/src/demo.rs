@@ -501,6 +501,7 @@ pub async fn run(
         ..Default::default()
     };
     config.broker.embedded_listen = args.mqtt;
+    config.policy.isp_relays = vec![crate::demo_live::isp_relay()];
     config.web.operator_token_file = token_path;
     config
         .validate()
@@ -529,7 +530,7 @@ pub async fn run(
             .map_err(|e| DemoError::Web(e.to_string()));
     }
 
-    let live = crate::demo_live::enroll(&db, &policy_key, now)?;
+    let live = crate::demo_live::enroll(&db, &policy_key, &config.safety_context(), now)?;
     println!("smtpguard demo (live simulated households)");
     println!("  data directory: {}", dir.display());
     println!("  MQTT broker:    mqtt://{}", args.mqtt);

@@ -4,7 +4,7 @@
 
 mod web_common;
 
-use web_common::{csrf_of, http, login, Server, OPERATOR_TOKEN};
+use web_common::{csrf_of, http, login, Server, AGENT_BROKER, OPERATOR_TOKEN};
 
 fn form(cookie: &str) -> Vec<(&'static str, String)> {
     vec![
@@ -18,6 +18,23 @@ fn form(cookie: &str) -> Vec<(&'static str, String)> {
 
 fn hdrs<'a>(v: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
     v.iter().map(|(k, s)| (*k, s.as_str())).collect()
+}
+
+/// `application/x-www-form-urlencoded` encoding of one value.
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn highest_policy_version(s: &Server) -> u64 {
+    smtpguard_controller::store::Store::open(&s.db)
+        .unwrap()
+        .highest_policy_version()
+        .unwrap()
 }
 
 #[test]
@@ -483,4 +500,128 @@ fn the_noc_groups_the_campaign_and_pushes_its_indicators_to_fleet_policy() {
     )
     .unwrap();
     assert_eq!(r.status, 403);
+}
+
+/// Finding rows 5 and 6 of issue 17 at the NOC: a catch-all indicator, an indicator covering
+/// the ISP relay of the controller's configuration in a policy that empties `allow_relays`,
+/// and one covering the broker are refused before signing, with the reason in the editor,
+/// and nothing is signed or published; a safe policy of the same shape is.
+#[test]
+fn the_noc_refuses_to_sign_a_policy_that_would_convict_everyone_or_the_isp_relay() {
+    let s = Server::start().unwrap();
+    let noc = login(s.addr, OPERATOR_TOKEN).unwrap();
+    let page = http(s.addr, "GET", "/noc/policy", &[("Cookie", &noc)], b"").unwrap();
+    let csrf = csrf_of(&page.body).unwrap();
+    let h = form(&noc);
+    let before = highest_policy_version(&s);
+    let post = |text: &str| {
+        http(
+            s.addr,
+            "POST",
+            "/noc/policy",
+            &hdrs(&h),
+            format!("csrf={csrf}&policy={}", urlencode(text)).as_bytes(),
+        )
+        .unwrap()
+    };
+    let broker_net = format!("{AGENT_BROKER}/32");
+    for (text, reason) in [
+        (
+            "mode = \"enforce\"\n[indicators]\nmail_servers = [\"0.0.0.0/0\"]\n".to_string(),
+            "entry 0.0.0.0/0 is a catch-all".to_string(),
+        ),
+        (
+            "mode = \"enforce\"\nallow_relays = []\n[indicators]\nmail_servers = [\"198.51.100.7/32\"]\n"
+                .to_string(),
+            "entry 198.51.100.7/32 covers the local ISP relay 198.51.100.7/32:587".to_string(),
+        ),
+        (
+            format!("[indicators]\nmail_servers = [\"{broker_net}\"]\n"),
+            format!("covers the broker address {AGENT_BROKER}"),
+        ),
+    ] {
+        let r = post(&text);
+        assert_eq!(r.status, 400, "{text}: {}", r.body);
+        assert!(
+            r.body.contains("Not published")
+                && r.body.contains("indicators.mail_servers")
+                && r.body.contains(&reason),
+            "{text}: {}",
+            r.body
+        );
+        // The editor keeps the operator's text to fix.
+        assert!(r.body.contains("mail_servers"), "{}", r.body);
+        assert_eq!(highest_policy_version(&s), before, "nothing signed for {text}");
+    }
+
+    let r = post("mode = \"enforce\"\nallow_relays = []\n[indicators]\nmail_servers = [\"203.0.113.0/24\"]\n");
+    assert_eq!(r.status, 303, "{}", r.body);
+    assert_eq!(highest_policy_version(&s), before + 1);
+}
+
+/// A campaign push with its mail servers never convicts an allowlisted relay: a server the
+/// fleet policy allowlists is left out of the pushed indicators, the others go in.
+#[test]
+fn campaign_pushes_leave_out_allowlisted_relays() {
+    let s = Server::start().unwrap();
+    let noc = login(s.addr, OPERATOR_TOKEN).unwrap();
+    let page = http(s.addr, "GET", "/noc/policy", &[("Cookie", &noc)], b"").unwrap();
+    let csrf = csrf_of(&page.body).unwrap();
+    let h = form(&noc);
+    // The seeded campaign's two bots share mail servers 198.51.100.11-30; allowlist one.
+    let r = http(
+        s.addr,
+        "POST",
+        "/noc/policy",
+        &hdrs(&h),
+        format!(
+            "csrf={csrf}&policy={}",
+            urlencode("allow_relays = [\"198.51.100.20:25\"]\n")
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(r.status, 303, "{}", r.body);
+    let auth = format!("Bearer {OPERATOR_TOKEN}");
+    let r = http(
+        s.addr,
+        "GET",
+        "/api/campaigns",
+        &[("Authorization", &auth)],
+        b"",
+    )
+    .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    let id = v[0]["id"].as_str().unwrap().to_string();
+    let r = http(
+        s.addr,
+        "POST",
+        &format!("/noc/campaigns/{id}/push"),
+        &hdrs(&h),
+        format!("csrf={csrf}&with_servers=on").as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(r.status, 303, "{}", r.body);
+    let store = smtpguard_controller::store::Store::open(&s.db).unwrap();
+    let pushed = store
+        .latest_policy(smtpguard_protocol::PolicyScope::Fleet, None)
+        .unwrap()
+        .unwrap();
+    let policy: smtpguard_protocol::Policy = serde_json::from_str(&pushed.policy_json).unwrap();
+    let servers: Vec<String> = policy
+        .indicators
+        .mail_servers
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert!(
+        servers.contains(&"198.51.100.21/32".to_string()),
+        "{servers:?}"
+    );
+    assert!(
+        !servers.contains(&"198.51.100.20/32".to_string()),
+        "{servers:?}"
+    );
+    smtpguard_protocol::check_policy_safety(&policy, &web_common::test_settings().policy_safety)
+        .unwrap();
 }

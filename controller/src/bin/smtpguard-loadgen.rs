@@ -207,6 +207,7 @@ async fn run(args: &Args) -> anyhow::Result<()> {
                 ..Policy::default()
             },
             &Target::Fleet,
+            &config.safety_context(),
             now_ms(),
         )?
     };

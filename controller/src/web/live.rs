@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
-use smtpguard_protocol::Policy;
+use smtpguard_protocol::{Policy, SafetyContext};
 
 use super::{open_db, system_clock, AppState, PolicyPublisher, WebError, WebSettings};
 use crate::config::{BrokerConfig, Config};
@@ -106,6 +106,7 @@ pub struct BrokerPolicy {
     key_path: PathBuf,
     broker: BrokerConfig,
     client_id: String,
+    safety: SafetyContext,
     clock: super::Clock,
 }
 
@@ -117,6 +118,7 @@ impl BrokerPolicy {
             key_path: config.policy_key_path.clone(),
             broker: config.broker.clone(),
             client_id: format!("{}-web", config.broker.client_id),
+            safety: config.safety_context(),
             clock: system_clock(),
         }
     }
@@ -133,11 +135,13 @@ impl PolicyPublisher for BrokerPolicy {
             let key_path = self.key_path.clone();
             let now = (self.clock)();
             let target = cpe_id.map_or(Target::Fleet, Target::Cpe);
+            let safety = self.safety.clone();
             let stored = tokio::task::spawn_blocking(move || {
                 let key =
                     smtpguard_protocol::keys::read_secret(&key_path).map_err(|e| e.to_string())?;
                 let mut store = Store::open(&db).map_err(|e| e.to_string())?;
-                policy::sign(&mut store, &key, policy, &target, now).map_err(|e| e.to_string())
+                policy::sign(&mut store, &key, policy, &target, &safety, now)
+                    .map_err(|e| e.to_string())
             })
             .await
             .map_err(|e| e.to_string())??;
@@ -169,7 +173,8 @@ pub async fn run(
 ) -> Result<(), WebError> {
     let web = &config.web;
     web.validate()?;
-    let settings = web.settings()?;
+    let mut settings = web.settings()?;
+    settings.policy_safety = config.safety_context();
     let conn = open_db(&config.db_path)?;
     let state = AppState::new(
         conn,

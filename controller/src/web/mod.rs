@@ -106,6 +106,9 @@ pub struct WebSettings {
     pub session_secs: u64,
     /// Fleet correlation knobs.
     pub campaigns: crate::campaigns::Settings,
+    /// What no policy the NOC signs may cut off (the controller's `[policy]` section and
+    /// broker addresses); checked before anything is handed to the publisher.
+    pub policy_safety: smtpguard_protocol::SafetyContext,
 }
 
 impl WebSettings {
@@ -116,6 +119,7 @@ impl WebSettings {
             secure_cookies: false,
             session_secs: 12 * 3600,
             campaigns: crate::campaigns::Settings::default(),
+            policy_safety: smtpguard_protocol::SafetyContext::default(),
         }
     }
 }

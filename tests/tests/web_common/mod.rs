@@ -19,6 +19,22 @@ use smtpguard_protocol::Policy;
 /// The operator token of the test server.
 pub const OPERATOR_TOKEN: &str = "noc-test-token-0123456789";
 
+/// The ISP relay the test server's `[policy] isp_relays` names (the seeded fleet's relay).
+pub const ISP_RELAY: &str = "198.51.100.7:587";
+
+/// The address the test server's routers reach the broker at.
+pub const AGENT_BROKER: &str = "192.0.2.10";
+
+/// The web settings of the test server: its operator token and its policy safety context.
+pub fn test_settings() -> WebSettings {
+    let mut settings = WebSettings::new(OPERATOR_TOKEN);
+    settings.policy_safety = smtpguard_protocol::SafetyContext {
+        local_relays: vec![ISP_RELAY.parse().unwrap()],
+        brokers: vec![AGENT_BROKER.parse().unwrap()],
+    };
+    settings
+}
+
 /// Stores published policies in the database (signing and MQTT are the policy module's job
 /// and tested there).
 struct StorePolicies(PathBuf);
@@ -77,7 +93,7 @@ impl Server {
         let conn = web::open_db(&db)?;
         let state = AppState::new(
             conn,
-            WebSettings::new(OPERATOR_TOKEN),
+            test_settings(),
             Arc::new(StorePolicies(db.clone())),
             web::system_clock(),
         );
