@@ -23,6 +23,13 @@
 //! # `broker.embedded_listen` and `broker.url` when those are IP addresses.
 //! agent_broker_addresses = ["192.0.2.10"]
 //!
+//! [web]
+//! operator_token_file = "/etc/smtpguard/operator.token"
+//! # Cookies are `Secure` when this is https:// (or set secure_cookies = true | false).
+//! public_url = "https://noc.isp.example"
+//! # A TLS proxy in front: its X-Forwarded-For names the client for the login back-off.
+//! trusted_proxies = ["127.0.0.1"]
+//!
 //! [ingest]
 //! batch_max = 512
 //! batch_linger_ms = 10

@@ -4,7 +4,13 @@
 
 mod web_common;
 
-use web_common::{csrf_of, http, login, Server, AGENT_BROKER, OPERATOR_TOKEN};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use web_common::{
+    csrf_of, http, http_from, login, now_ms, test_settings, Server, AGENT_BROKER, OPERATOR_TOKEN,
+};
 
 fn form(cookie: &str) -> Vec<(&'static str, String)> {
     vec![
@@ -624,4 +630,152 @@ fn campaign_pushes_leave_out_allowlisted_relays() {
     );
     smtpguard_protocol::check_policy_safety(&policy, &web_common::test_settings().policy_safety)
         .unwrap();
+}
+
+fn metric_of(s: &Server, name: &str) -> u64 {
+    let m = http(s.addr, "GET", "/metrics", &[], b"").unwrap();
+    m.body
+        .lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no metric {name}"))
+}
+
+/// Finding row 7 of issue 17: a client hammering wrong tokens is answered 429 with
+/// `Retry-After` after a few failures, for a wait that doubles, without its tries being
+/// looked at (not even the right token); every refusal is counted; another address still
+/// signs in with the right token. The server's clock is the test's.
+#[test]
+fn a_client_hammering_wrong_tokens_is_made_to_wait_and_counted() {
+    let now = Arc::new(AtomicU64::new(now_ms()));
+    let clock_now = now.clone();
+    let s = Server::start_with(
+        test_settings(),
+        Arc::new(move || clock_now.load(Ordering::SeqCst)),
+    )
+    .unwrap();
+    let hostile: IpAddr = "127.0.0.2".parse().unwrap();
+    let try_token = |from: IpAddr, token: &str| {
+        http_from(
+            from,
+            s.addr,
+            "POST",
+            "/login",
+            &[("Content-Type", "application/x-www-form-urlencoded")],
+            format!("token={token}").as_bytes(),
+        )
+        .unwrap()
+    };
+    let mut statuses = Vec::new();
+    for i in 0..40 {
+        let r = try_token(hostile, &format!("guess-{i:04}-0123456789abcdef"));
+        if r.status == 429 {
+            assert_eq!(r.header("retry-after"), Some("1"), "{}", r.body);
+        }
+        statuses.push(r.status);
+    }
+    assert_eq!(&statuses[..5], &[401; 5], "{statuses:?}");
+    assert!(statuses[5..].iter().all(|s| *s == 429), "{statuses:?}");
+    // The right token from the hostile address waits too, and so does the API.
+    assert_eq!(try_token(hostile, OPERATOR_TOKEN).status, 429);
+    let bearer = format!("Bearer {OPERATOR_TOKEN}");
+    let r = http_from(
+        hostile,
+        s.addr,
+        "GET",
+        "/api/fleet",
+        &[("Authorization", &bearer)],
+        b"",
+    )
+    .unwrap();
+    assert_eq!(r.status, 429);
+    assert_eq!(metric_of(&s, "smtpguard_web_auth_failures_total"), 5);
+    assert_eq!(metric_of(&s, "smtpguard_web_login_throttled_total"), 37);
+    assert_eq!(metric_of(&s, "smtpguard_web_login_backoff_addresses"), 1);
+
+    // Another address signs in with the right token.
+    let r = try_token("127.0.0.3".parse().unwrap(), OPERATOR_TOKEN);
+    assert_eq!(r.status, 303, "{}", r.body);
+    assert!(r.header("set-cookie").unwrap().starts_with("sg_session="));
+
+    // After the wait, one more wrong try is looked at, and the next wait is twice as long;
+    // a wrong bearer token counts like a wrong access code.
+    now.fetch_add(1_000, Ordering::SeqCst);
+    let r = http_from(
+        hostile,
+        s.addr,
+        "GET",
+        "/api/fleet",
+        &[("Authorization", "Bearer wrong-wrong-wrong-wrong")],
+        b"",
+    )
+    .unwrap();
+    assert_eq!(r.status, 401);
+    let r = try_token(hostile, "guess-again-0123456789abcdef");
+    assert_eq!(r.status, 429);
+    assert_eq!(r.header("retry-after"), Some("2"));
+    now.fetch_add(2_000, Ordering::SeqCst);
+    let r = try_token(hostile, OPERATOR_TOKEN);
+    assert_eq!(r.status, 303, "the right token works once the wait is over");
+    // ...and that success clears the address.
+    assert_eq!(metric_of(&s, "smtpguard_web_login_backoff_addresses"), 0);
+}
+
+/// The session cookie is `Secure` when the site is configured as public over https, or a
+/// trusted proxy says the request came over https; not otherwise. A trusted proxy's
+/// `X-Forwarded-For` names the client for the back-off.
+#[test]
+fn cookies_are_secure_when_configured_or_behind_an_https_proxy() {
+    let cookie_of = |s: &Server, headers: &[(&str, &str)]| {
+        let mut h = vec![("Content-Type", "application/x-www-form-urlencoded")];
+        h.extend_from_slice(headers);
+        let r = http(
+            s.addr,
+            "POST",
+            "/login",
+            &h,
+            format!("token={OPERATOR_TOKEN}").as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(r.status, 303);
+        r.header("set-cookie").unwrap().to_string()
+    };
+    let plain = Server::start().unwrap();
+    let c = cookie_of(&plain, &[("X-Forwarded-Proto", "https")]);
+    assert!(!c.contains("Secure"), "untrusted peer: {c}");
+
+    let mut settings = test_settings();
+    settings.secure_cookies = true;
+    let secure = Server::start_with(settings, smtpguard_controller::web::system_clock()).unwrap();
+    let c = cookie_of(&secure, &[]);
+    assert!(c.contains("; Secure") && c.contains("HttpOnly"), "{c}");
+
+    let mut settings = test_settings();
+    settings.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+    let proxied = Server::start_with(settings, smtpguard_controller::web::system_clock()).unwrap();
+    let c = cookie_of(&proxied, &[("X-Forwarded-Proto", "https")]);
+    assert!(c.contains("; Secure"), "{c}");
+    let c = cookie_of(&proxied, &[]);
+    assert!(!c.contains("Secure"), "{c}");
+    // Behind the proxy, clients are told apart by X-Forwarded-For.
+    let wrong = |client: &str| {
+        http(
+            proxied.addr,
+            "POST",
+            "/login",
+            &[
+                ("Content-Type", "application/x-www-form-urlencoded"),
+                ("X-Forwarded-For", client),
+            ],
+            b"token=wrong-wrong-wrong-wrong",
+        )
+        .unwrap()
+        .status
+    };
+    let statuses: Vec<u16> = (0..6).map(|_| wrong("198.51.100.66")).collect();
+    assert_eq!(statuses, vec![401, 401, 401, 401, 401, 429]);
+    assert_eq!(wrong("10.1.2.3, 198.51.100.67"), 401);
+    let c = cookie_of(&proxied, &[("X-Forwarded-For", "198.51.100.68")]);
+    assert!(c.starts_with("sg_session="));
 }
