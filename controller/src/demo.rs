@@ -504,6 +504,9 @@ pub async fn run(
     config.policy.isp_relays = vec![crate::demo_live::isp_relay()];
     config.web.operator_token_file = token_path;
     config
+        .resolve_broker_password()
+        .map_err(|e| DemoError::Web(e.to_string()))?;
+    config
         .validate()
         .map_err(|e| DemoError::Web(e.to_string()))?;
     let base = format!("http://{}", args.http);
