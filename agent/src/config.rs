@@ -17,6 +17,7 @@
 //! ```text
 //! config agent 'agent'
 //!     option state_dir '/etc/smtpguard'
+//!     list isp_relays '198.51.100.25:587'
 //! config capture 'capture'
 //!     option interface 'br-lan'
 //!     option device_capacity '512'
@@ -30,6 +31,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use smtpguard_firmware::uci;
+use smtpguard_protocol::policy::RelayRule;
 
 use crate::ports::MailPorts;
 
@@ -49,6 +51,12 @@ pub struct AgentConfig {
     pub state_dir: PathBuf,
     /// Local policy (TOML, the protocol's `Policy`) applied until the controller sends one.
     pub policy_file: Option<PathBuf>,
+    /// The ISP's mail relays (`198.51.100.25:587`, `198.51.100.0/24`, `[2001:db8::/32]:587`)
+    /// that no policy pushed by the controller can remove: they join the `allow_relays` of
+    /// every controller policy, and a controller policy whose indicators cover one of them
+    /// is refused (see `smtpguard_protocol::policy::safety`). The `allow_relays` of the
+    /// local `policy_file` count the same way.
+    pub isp_relays: Vec<RelayRule>,
     /// Live capture on the LAN.
     pub capture: CaptureConfig,
     /// MQTT uplink to the controller.
@@ -65,6 +73,7 @@ impl Default for AgentConfig {
             cpe_id: None,
             state_dir: PathBuf::from("/var/lib/smtpguard"),
             policy_file: None,
+            isp_relays: Vec::new(),
             capture: CaptureConfig::default(),
             uplink: UplinkConfig::default(),
             enforce: EnforceConfig::default(),
@@ -552,6 +561,7 @@ mod tests {
 cpe_id = "cpe-0042"
 state_dir = "/etc/smtpguard"
 policy_file = "/etc/smtpguard/policy.toml"
+isp_relays = ["198.51.100.25:587", "[2001:db8::/32]:465"]
 
 [capture]
 interface = "br-lan"
@@ -577,6 +587,8 @@ config agent 'agent'
 \toption cpe_id 'cpe-0042'
 \toption state_dir '/etc/smtpguard'
 \toption policy_file '/etc/smtpguard/policy.toml'
+\tlist isp_relays '198.51.100.25:587'
+\tlist isp_relays '[2001:db8::/32]:465'
 
 config capture 'lan'
 \toption interface 'br-lan'
@@ -603,6 +615,10 @@ config led 'led'
             cpe_id: Some("cpe-0042".to_owned()),
             state_dir: "/etc/smtpguard".into(),
             policy_file: Some("/etc/smtpguard/policy.toml".into()),
+            isp_relays: vec![
+                "198.51.100.25:587".parse().unwrap(),
+                "[2001:db8::/32]:465".parse().unwrap(),
+            ],
             capture: CaptureConfig {
                 device_capacity: 512,
                 ..CaptureConfig::default()
@@ -784,6 +800,12 @@ config led 'led'
         let e = uci_err("config capture\n\toption device_capacity '0'\n");
         assert!(
             e.contains(":2:") && e.contains("capture.device_capacity") && e.contains("at least 1"),
+            "{e}"
+        );
+
+        let e = uci_err("config agent\n\tlist isp_relays 'mail.isp.example'\n");
+        assert!(
+            e.contains(":2:") && e.contains("isp_relays") && e.contains("mail.isp.example"),
             "{e}"
         );
 

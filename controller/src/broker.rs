@@ -2,8 +2,10 @@
 //! of the controller uses.
 //!
 //! rumqttd has no ACLs and no persistence. Its login hook admits the controller's own
-//! credentials and any enrolled, unrevoked CPE whose client id equals its user name; the
-//! password of a CPE is not checked there (there is no per-CPE secret besides its key).
+//! credentials (never with an empty password: [`start_embedded`] refuses to start without
+//! one, and the configuration refuses well-known ones) and any enrolled, unrevoked CPE whose
+//! client id equals its user name; the password of a CPE is not checked there (there is no
+//! per-CPE secret besides its key). It listens on loopback unless configured otherwise.
 //! Integrity does not rest on the broker: every message is signed and the ingest checks the
 //! envelope's `cpe_id` against the topic. Because it keeps nothing on disk, messages the
 //! broker acknowledged but had not yet delivered are lost when the controller process dies,
@@ -45,11 +47,17 @@ pub enum BrokerError {
 /// connections at once.
 ///
 /// # Errors
-/// [`BrokerError::Spawn`].
+/// [`BrokerError::Config`] when the controller's password is empty; [`BrokerError::Spawn`].
 pub fn start_embedded(
     config: &BrokerConfig,
     keys: Arc<RwLock<KeyCache>>,
 ) -> Result<(), BrokerError> {
+    if config.password.is_empty() {
+        return Err(BrokerError::Config(ConfigError::Invalid {
+            field: "broker.password",
+            problem: "the embedded broker does not start without the controller's password".into(),
+        }));
+    }
     let controller_user = config.username.clone();
     let controller_pass = config.password.clone();
     let mut connections = ConnectionSettings {
@@ -62,7 +70,7 @@ pub fn start_embedded(
     };
     connections.set_auth_handler(move |client_id: String, user: String, pass: String| {
         let admitted = if user == controller_user {
-            pass == controller_pass
+            !pass.is_empty() && pass == controller_pass
         } else {
             client_id == user && keys.read().map(|k| k.is_active(&user)).unwrap_or(false)
         };

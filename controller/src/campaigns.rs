@@ -5,13 +5,16 @@
 //! destination mail-server sets overlap (Jaccard index at or above
 //! [`Settings::min_jaccard`]), when they used the same distinctive EHLO name, or the same
 //! MAIL FROM domain; the connected groups that span at least two households are campaigns.
-//! [`indicators_of`] turns a campaign into protocol [`Indicators`] for a fleet policy.
+//! [`indicators_of`] turns a campaign into protocol [`Indicators`] for a fleet policy;
+//! [`drop_unsafe_servers`] takes out every mail server the policy safety check protects
+//! (the ISP relays, the policy's `allow_relays`, the broker), so a push never convicts them.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
+use smtpguard_protocol::policy::safety::{check_indicator, MAIL_SERVERS_FIELD};
 use smtpguard_protocol::policy::{Cidr, Indicators};
-use smtpguard_protocol::{MacAddr, Observed};
+use smtpguard_protocol::{MacAddr, Observed, Policy, SafetyContext, UnsafePolicy};
 
 /// Clustering knobs.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -286,14 +289,32 @@ pub fn indicators_of(c: &Campaign, with_servers: bool) -> Indicators {
         ehlo_names: c.ehlo_names.clone(),
         mail_from_domains: c.sender_domains.clone(),
         mail_servers: if with_servers {
-            c.mail_servers
-                .iter()
-                .filter_map(|ip| Cidr::new(*ip, if ip.is_ipv4() { 32 } else { 128 }).ok())
-                .collect()
+            c.mail_servers.iter().map(|ip| Cidr::host(*ip)).collect()
         } else {
             Vec::new()
         },
     }
+}
+
+/// Removes from `extra` every mail server the safety check refuses for `policy` (the policy
+/// the indicators are about to join) under `safety`: the effective relay set (the ISP relays
+/// and the policy's `allow_relays`), the broker, catch-alls. Returns why each was removed.
+pub fn drop_unsafe_servers(
+    extra: &mut Indicators,
+    policy: &Policy,
+    safety: &SafetyContext,
+) -> Vec<UnsafePolicy> {
+    let mut dropped = Vec::new();
+    extra.mail_servers.retain(|net| {
+        match check_indicator(MAIL_SERVERS_FIELD, net, policy, safety) {
+            Ok(()) => true,
+            Err(why) => {
+                dropped.push(why);
+                false
+            }
+        }
+    });
+    dropped
 }
 
 /// Adds `extra` to `base` without duplicates (case-insensitive for names), keeping order.
@@ -418,6 +439,42 @@ mod tests {
         assert_eq!(a, b);
         assert_eq!(a.len(), 2);
         assert_ne!(a[0].id, a[1].id);
+    }
+
+    /// A campaign whose bots also mailed through the ISP relay and an allowlisted relay:
+    /// neither is pushed as an indicator, the other servers are.
+    #[test]
+    fn campaign_pushes_never_include_the_effective_relay_set() {
+        let ms = vec![
+            member("cpe-a", 1, &["bot.club"], &[], &[5, 7, 9, 25]),
+            member("cpe-b", 2, &["bot.club"], &[], &[5, 7, 9, 25]),
+        ];
+        let cs = cluster(&ms, &Settings::default());
+        let mut ind = indicators_of(&cs[0], true);
+        assert_eq!(ind.mail_servers.len(), 4);
+        let policy = Policy {
+            allow_relays: vec!["198.51.100.9:587".parse().unwrap()],
+            ..Policy::default()
+        };
+        let safety = SafetyContext {
+            local_relays: vec!["198.51.100.25:587".parse().unwrap()],
+            brokers: vec!["198.51.100.5".parse().unwrap()],
+        };
+        let dropped = drop_unsafe_servers(&mut ind, &policy, &safety);
+        assert_eq!(
+            ind.mail_servers,
+            vec!["198.51.100.7/32".parse::<Cidr>().unwrap()]
+        );
+        let mut nets: Vec<String> = dropped.iter().map(|d| d.net().to_string()).collect();
+        nets.sort();
+        assert_eq!(
+            nets,
+            vec!["198.51.100.25/32", "198.51.100.5/32", "198.51.100.9/32"]
+        );
+        // What is left passes the check the signer runs.
+        let mut merged = policy.clone();
+        merge_indicators(&mut merged.indicators, &ind);
+        smtpguard_protocol::check_policy_safety(&merged, &safety).unwrap();
     }
 
     #[test]

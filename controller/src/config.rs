@@ -7,13 +7,32 @@
 //! http_listen = "127.0.0.1:8080"
 //!
 //! [broker]
-//! # Embedded broker (the default): where it listens.
-//! embedded_listen = "0.0.0.0:1883"
+//! # Embedded broker (the default): where it listens. Loopback unless set; routers need an
+//! # address they can reach, e.g. "0.0.0.0:1883" (behind a TLS terminator for mqtts://).
+//! embedded_listen = "127.0.0.1:1883"
 //! # Or an external broker; when set, nothing is embedded.
 //! # url = "mqtt://mosquitto.example:1883"   (mqtts:// for TLS)
 //! username = "controller"
-//! password = "secret"
+//! # At least 12 characters and not a well-known default. With the embedded broker it may be
+//! # left out: a random one is made at first start and kept (mode 0600) in
+//! # `broker-password` next to db_path. An external broker needs it set.
+//! # password = "..."
 //! client_id = "smtpguard-controller-1"
+//!
+//! [policy]
+//! # The ISP's mail relays, as the routers have them in `isp_relays`: no policy the NOC signs
+//! # may carry an indicator covering one (nor one of its own `allow_relays`).
+//! isp_relays = ["198.51.100.25:587"]
+//! # The addresses routers reach the broker at (what their broker_url resolves to), besides
+//! # `broker.embedded_listen` and `broker.url` when those are IP addresses.
+//! agent_broker_addresses = ["192.0.2.10"]
+//!
+//! [web]
+//! operator_token_file = "/etc/smtpguard/operator.token"
+//! # Cookies are `Secure` when this is https:// (or set secure_cookies = true | false).
+//! public_url = "https://noc.isp.example"
+//! # A TLS proxy in front: its X-Forwarded-For names the client for the login back-off.
+//! trusted_proxies = ["127.0.0.1"]
 //!
 //! [ingest]
 //! batch_max = 512
@@ -23,10 +42,12 @@
 //! shared_subscription = true
 //! ```
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+use smtpguard_protocol::policy::RelayRule;
+use smtpguard_protocol::SafetyContext;
 
 /// The configuration could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +90,8 @@ pub struct Config {
     pub http_listen: SocketAddr,
     /// MQTT broker.
     pub broker: BrokerConfig,
+    /// What no signed policy may cut off.
+    pub policy: PolicyConfig,
     /// Ingest tuning.
     pub ingest: IngestConfig,
     /// Web UI, API and `/metrics` on `http_listen`.
@@ -82,6 +105,7 @@ impl Default for Config {
             policy_key_path: PathBuf::from("/etc/smtpguard/policy.key"),
             http_listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             broker: BrokerConfig::default(),
+            policy: PolicyConfig::default(),
             ingest: IngestConfig::default(),
             web: crate::web::live::WebConfig::default(),
         }
@@ -92,13 +116,17 @@ impl Default for Config {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BrokerConfig {
-    /// Listen address of the embedded broker; used when `url` is not set.
+    /// Listen address of the embedded broker; used when `url` is not set. Loopback by
+    /// default: exposing the broker to the routers is a decision.
     pub embedded_listen: SocketAddr,
     /// External broker, `mqtt://host:port` or `mqtts://host:port`. Nothing is embedded then.
     pub url: Option<String>,
     /// The controller's MQTT user name.
     pub username: String,
-    /// The controller's MQTT password.
+    /// The controller's MQTT password: at least [`MIN_BROKER_PASSWORD_CHARS`] characters
+    /// and none of [`WELL_KNOWN_PASSWORDS`]. Empty means "not configured": for the embedded
+    /// broker, [`Config::resolve_broker_password`] then reads or makes the one in the data
+    /// directory; an external broker refuses to start without one.
     pub password: String,
     /// MQTT client id; stable, because the ingest uses a persistent session so the broker
     /// keeps unacknowledged messages across a controller restart.
@@ -115,7 +143,7 @@ pub struct BrokerConfig {
 impl Default for BrokerConfig {
     fn default() -> Self {
         BrokerConfig {
-            embedded_listen: SocketAddr::from(([0, 0, 0, 0], 1883)),
+            embedded_listen: SocketAddr::from(([127, 0, 0, 1], 1883)),
             url: None,
             username: "controller".into(),
             password: String::new(),
@@ -125,6 +153,41 @@ impl Default for BrokerConfig {
             max_connections: 20_000,
         }
     }
+}
+
+/// The shortest controller broker password accepted.
+pub const MIN_BROKER_PASSWORD_CHARS: usize = 12;
+
+/// Passwords refused whatever their length (compared without regard to case): defaults of
+/// this project's documentation and of common brokers.
+pub const WELL_KNOWN_PASSWORDS: &[&str] = &[
+    "secret",
+    "password",
+    "controller",
+    "smtpguard",
+    "changeme",
+    "smtpguard-controller",
+    "controller-password",
+    "password1234",
+    "123456789012",
+    "changemechangeme",
+];
+
+/// The file in the data directory (beside `db_path`) that holds the generated password of
+/// the controller's embedded-broker login.
+pub const BROKER_PASSWORD_FILE: &str = "broker-password";
+
+/// `[policy]`: what the policy safety check protects when the NOC signs
+/// (`smtpguard_protocol::policy::safety`), besides each policy's own `allow_relays`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// The ISP's mail relays, the same the routers have in their local `isp_relays`.
+    pub isp_relays: Vec<RelayRule>,
+    /// Addresses the routers reach the broker at (what their `uplink.broker_url` resolves
+    /// to), besides `broker.embedded_listen` and the host of `broker.url` when those are IP
+    /// addresses.
+    pub agent_broker_addresses: Vec<IpAddr>,
 }
 
 /// Where to reach the broker, parsed from [`BrokerConfig`].
@@ -234,7 +297,33 @@ impl Default for IngestConfig {
 }
 
 impl Config {
-    /// Reads and validates a configuration file.
+    /// The context of the policy safety check at the controller: the configured ISP relays,
+    /// and as broker addresses the configured ones plus the embedded broker's listen
+    /// address (unless it is the unspecified address) and the host of `broker.url` when it
+    /// is an IP address.
+    pub fn safety_context(&self) -> SafetyContext {
+        let mut brokers = self.policy.agent_broker_addresses.clone();
+        let own = match &self.broker.url {
+            None => Some(self.broker.embedded_listen.ip()).filter(|ip| !ip.is_unspecified()),
+            Some(_) => self
+                .broker
+                .addr()
+                .ok()
+                .and_then(|a| a.host.parse::<IpAddr>().ok()),
+        };
+        if let Some(ip) = own {
+            if !brokers.contains(&ip) {
+                brokers.push(ip);
+            }
+        }
+        SafetyContext {
+            local_relays: self.policy.isp_relays.clone(),
+            brokers,
+        }
+    }
+
+    /// Reads a configuration file, resolves the embedded broker's password
+    /// ([`Config::resolve_broker_password`]) and validates it.
     ///
     /// # Errors
     /// [`ConfigError`] naming the file or the field.
@@ -243,12 +332,66 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
-        let config: Config = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        let mut config: Config = toml::from_str(&text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
             source: Box::new(e),
         })?;
+        config.resolve_broker_password()?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// The data directory: where `db_path` lives.
+    pub fn data_dir(&self) -> PathBuf {
+        match self.db_path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+            _ => PathBuf::from("."),
+        }
+    }
+
+    /// With the embedded broker and no `broker.password`, takes the password from
+    /// [`BROKER_PASSWORD_FILE`] in the data directory, making a random one there (mode 0600)
+    /// at first start. Every process of this controller that reads the same configuration
+    /// (serve, `policy set`, the web UI) gets the same one. Does nothing otherwise.
+    ///
+    /// # Errors
+    /// [`ConfigError::Io`] when the file cannot be read or written.
+    pub fn resolve_broker_password(&mut self) -> Result<(), ConfigError> {
+        if !self.broker.password.is_empty() || !self.broker.is_embedded() {
+            return Ok(());
+        }
+        let path = self.data_dir().join(BROKER_PASSWORD_FILE);
+        let io = |source| ConfigError::Io {
+            path: path.clone(),
+            source,
+        };
+        std::fs::create_dir_all(self.data_dir()).map_err(io)?;
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        match options.open(&path) {
+            Ok(mut file) => {
+                use std::io::Write;
+                let secret = crate::households::new_secret("mqtt_");
+                file.write_all(format!("{secret}\n").as_bytes())
+                    .and_then(|()| file.sync_all())
+                    .map_err(io)?;
+                tracing::info!(path = %path.display(), "made the controller's broker password");
+                self.broker.password = secret;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                self.broker.password = std::fs::read_to_string(&path)
+                    .map_err(io)?
+                    .trim()
+                    .to_string();
+            }
+            Err(e) => return Err(io(e)),
+        }
+        Ok(())
     }
 
     /// Checks every field once.
@@ -267,6 +410,22 @@ impl Config {
         }
         if self.policy_key_path.as_os_str().is_empty() {
             return invalid("policy_key_path", "must not be empty");
+        }
+        if self.broker.password.is_empty() {
+            return invalid(
+                "broker.password",
+                "must be set (an external broker needs the controller's password; for the embedded broker, leave it out of the file and one is generated)",
+            );
+        }
+        if self.broker.password.chars().count() < MIN_BROKER_PASSWORD_CHARS
+            || WELL_KNOWN_PASSWORDS
+                .iter()
+                .any(|w| w.eq_ignore_ascii_case(&self.broker.password))
+        {
+            return invalid(
+                "broker.password",
+                "is a well-known default or shorter than 12 characters; use a random secret",
+            );
         }
         if self.broker.client_id.is_empty() || self.broker.client_id.len() > 128 {
             return invalid("broker.client_id", "must be 1-128 characters");
@@ -302,21 +461,42 @@ mod tests {
 
     #[test]
     fn a_minimal_file_gets_defaults_and_bad_fields_are_named() {
-        let c: Config = toml::from_str("db_path = \"/tmp/x.db\"").unwrap();
+        let mut c: Config = toml::from_str("db_path = \"/tmp/x.db\"").unwrap();
+        c.broker.password = "a-random-secret-0123".into();
         c.validate().unwrap();
         assert!(c.broker.is_embedded());
         assert_eq!(c.broker.addr().unwrap().host, "127.0.0.1");
 
         let mut c = Config::default();
+        c.broker.password = "a-random-secret-0123".into();
         c.broker.url = Some("http://x:1".into());
         let err = c.validate().unwrap_err().to_string();
         assert!(err.contains("broker.url"), "{err}");
 
         let mut c = Config::default();
+        c.broker.password = "a-random-secret-0123".into();
         c.ingest.batch_max = 0;
         assert!(c.validate().unwrap_err().to_string().contains("batch_max"));
 
         assert!(toml::from_str::<Config>("db_pth = \"x\"").is_err());
+        let c: Config = toml::from_str(
+            "[policy]\nisp_relays = [\"198.51.100.25:587\"]\nagent_broker_addresses = [\"192.0.2.10\"]\n\n[broker]\nurl = \"mqtt://192.0.2.11:1883\"\n",
+        )
+        .unwrap();
+        let ctx = c.safety_context();
+        assert_eq!(ctx.local_relays, vec!["198.51.100.25:587".parse().unwrap()]);
+        assert_eq!(
+            ctx.brokers,
+            vec![
+                "192.0.2.10".parse::<IpAddr>().unwrap(),
+                "192.0.2.11".parse().unwrap()
+            ]
+        );
+        let err = toml::from_str::<Config>("[policy]\nisp_relays = [\"mail.isp.example\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("isp_relays"), "{err}");
+
         assert_eq!(
             parse_url("mqtts://[::1]:8883").unwrap(),
             BrokerAddr {
@@ -325,5 +505,88 @@ mod tests {
                 tls: true
             }
         );
+    }
+
+    /// Finding row 1 of issue 17: no empty or well-known controller password, and the
+    /// embedded broker on loopback unless configured otherwise.
+    #[test]
+    fn empty_and_well_known_broker_passwords_are_refused_and_loopback_is_the_default() {
+        assert!(Config::default().broker.embedded_listen.ip().is_loopback());
+        for bad in [
+            "",
+            "secret",
+            "ChangeMeChangeMe",
+            "short-pw",
+            "smtpguard-controller",
+        ] {
+            let mut c = Config::default();
+            c.broker.password = bad.into();
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains("broker.password"), "{bad:?}: {err}");
+        }
+        // An external broker with no password: refused, naming the field.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("controller.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "db_path = \"{}\"\n[broker]\nurl = \"mqtt://192.0.2.11:1883\"\n",
+                dir.path().join("c.db").display()
+            ),
+        )
+        .unwrap();
+        let err = Config::load(&path).unwrap_err().to_string();
+        assert!(err.contains("broker.password"), "{err}");
+        assert!(!dir.path().join(BROKER_PASSWORD_FILE).exists());
+    }
+
+    #[test]
+    fn the_embedded_broker_password_is_made_once_and_kept_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("controller.toml");
+        let data = dir.path().join("data");
+        std::fs::write(
+            &path,
+            format!("db_path = \"{}\"\n", data.join("controller.db").display()),
+        )
+        .unwrap();
+        let first = Config::load(&path).unwrap();
+        assert!(
+            first.broker.password.len() >= 64,
+            "{}",
+            first.broker.password
+        );
+        let file = data.join(BROKER_PASSWORD_FILE);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        // Every later load (serve, policy set, ...) gets the same one.
+        let again = Config::load(&path).unwrap();
+        assert_eq!(again.broker.password, first.broker.password);
+        // One set in the file wins and nothing is read.
+        std::fs::write(
+            &path,
+            format!(
+                "db_path = \"{}\"\n[broker]\npassword = \"another-random-secret\"\n",
+                data.join("controller.db").display()
+            ),
+        )
+        .unwrap();
+        assert_eq!(
+            Config::load(&path).unwrap().broker.password,
+            "another-random-secret"
+        );
+        // A password file someone emptied is refused, not used.
+        std::fs::write(&file, "\n").unwrap();
+        std::fs::write(
+            &path,
+            format!("db_path = \"{}\"\n", data.join("controller.db").display()),
+        )
+        .unwrap();
+        let err = Config::load(&path).unwrap_err().to_string();
+        assert!(err.contains("broker.password"), "{err}");
     }
 }

@@ -501,7 +501,11 @@ pub async fn run(
         ..Default::default()
     };
     config.broker.embedded_listen = args.mqtt;
+    config.policy.isp_relays = vec![crate::demo_live::isp_relay()];
     config.web.operator_token_file = token_path;
+    config
+        .resolve_broker_password()
+        .map_err(|e| DemoError::Web(e.to_string()))?;
     config
         .validate()
         .map_err(|e| DemoError::Web(e.to_string()))?;
@@ -529,7 +533,7 @@ pub async fn run(
             .map_err(|e| DemoError::Web(e.to_string()));
     }
 
-    let live = crate::demo_live::enroll(&db, &policy_key, now)?;
+    let live = crate::demo_live::enroll(&db, &policy_key, &config.safety_context(), now)?;
     println!("smtpguard demo (live simulated households)");
     println!("  data directory: {}", dir.display());
     println!("  MQTT broker:    mqtt://{}", args.mqtt);

@@ -18,7 +18,8 @@ use smtpguard_agent::engine::{Engine, EngineAction, EngineConfig};
 use smtpguard_agent::sim::{Dialogue, Frame, Host, Household};
 use smtpguard_agent::uplink::{Settings, Uplink, UplinkError, UplinkHandle};
 use smtpguard_protocol::messages::{MAX_CONN_RECORDS, MAX_DEVICES_PER_TELEMETRY};
-use smtpguard_protocol::{keys, Action, AgentStats, Mode, Policy, Telemetry};
+use smtpguard_protocol::policy::{Cidr, RelayRule};
+use smtpguard_protocol::{keys, Action, AgentStats, Mode, Policy, SafetyContext, Telemetry};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -90,14 +91,24 @@ pub fn demo_policy() -> Policy {
     }
 }
 
+/// The ISP relay as the controller's `[policy] isp_relays` and the routers' `isp_relays`
+/// name it.
+pub fn isp_relay() -> RelayRule {
+    RelayRule {
+        net: Cidr::host(IpAddr::V4(relay())),
+        port: None,
+    }
+}
+
 /// Enrolls the live households in the database at `db` and signs the fleet policy with
-/// `policy_key`.
+/// `policy_key`, checked against `safety`.
 ///
 /// # Errors
 /// [`DemoError`] when the database cannot be written.
 pub fn enroll(
     db: &Path,
     policy_key: &SigningKey,
+    safety: &SafetyContext,
     now_ms: u64,
 ) -> Result<Vec<LiveHousehold>, DemoError> {
     let plan: [(&str, &str, Scenario, Option<&str>); 4] = [
@@ -146,6 +157,7 @@ pub fn enroll(
         policy_key,
         demo_policy(),
         &Target::Fleet,
+        safety,
         now_ms,
     )
     .map_err(|e| DemoError::Web(format!("signing the demo policy: {e}")))?;
@@ -171,6 +183,7 @@ pub fn spawn(
                 format!("mqtt://{mqtt}"),
                 controller_key,
             );
+            settings.local_relays = vec![isp_relay()];
             settings.reconnect_min_ms = 200;
             settings.reconnect_max_ms = 2_000;
             let agent = Agent {

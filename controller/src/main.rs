@@ -166,7 +166,14 @@ fn main() -> anyhow::Result<()> {
                     let key = keys::read_secret(&config.policy_key_path)?;
                     let policy_doc = policy::load_file(&file)?;
                     let target = cpe.map_or(Target::Fleet, Target::Cpe);
-                    let stored = policy::sign(&mut store, &key, policy_doc, &target, now_ms())?;
+                    let stored = policy::sign(
+                        &mut store,
+                        &key,
+                        policy_doc,
+                        &target,
+                        &config.safety_context(),
+                        now_ms(),
+                    )?;
                     let runtime = tokio::runtime::Runtime::new()?;
                     runtime.block_on(policy::publish(
                         &config.broker,

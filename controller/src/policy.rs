@@ -4,7 +4,10 @@
 //! names one document. [`sign`] validates a [`Policy`], takes the next version, seals it with
 //! the controller's key (envelope `cpe_id` = the target CPE or the fleet id, `seq` = the
 //! version, so an agent can name the version even in the ack for a policy it could not
-//! verify) and records it. [`publish`] puts it on its retained topic; [`status`] is the
+//! verify) and records it. It refuses a policy that fails the protocol's safety check
+//! ([`check_policy_safety`]) against the controller's [`SafetyContext`]
+//! ([`crate::config::Config::safety_context`]), the same check every agent runs: a version
+//! every router would refuse is never signed. [`publish`] puts it on its retained topic; [`status`] is the
 //! rollout view built from the agents' acks. The CLI (`policy set|status`) and the web UI's
 //! policy editor call these same functions.
 
@@ -14,7 +17,10 @@ use std::time::Duration;
 use ed25519_dalek::SigningKey;
 use rumqttc::{AsyncClient, Event, Outgoing, Packet, QoS};
 use smtpguard_protocol::envelope::FLEET_ID;
-use smtpguard_protocol::{seal, Body, Policy, PolicyError, PolicyScope, SealError, Topic};
+use smtpguard_protocol::{
+    check_policy_safety, seal, Body, Policy, PolicyError, PolicyScope, SafetyContext, SealError,
+    Topic, UnsafePolicy,
+};
 
 use crate::broker::{self, BrokerError};
 use crate::config::BrokerConfig;
@@ -42,6 +48,9 @@ pub enum PolicyServiceError {
     /// A field is out of range.
     #[error(transparent)]
     Invalid(#[from] PolicyError),
+    /// The policy could convict the ISP relays or cut the routers' uplink.
+    #[error(transparent)]
+    Unsafe(#[from] UnsafePolicy),
     /// The target CPE is not enrolled.
     #[error("no enrolled CPE {0:?}")]
     UnknownCpe(String),
@@ -99,19 +108,22 @@ pub fn load_file(path: &Path) -> Result<Policy, PolicyServiceError> {
     Ok(policy)
 }
 
-/// Validates `policy`, gives it the next version, signs it with `key` and stores it.
-/// The returned record holds the bytes to [`publish`].
+/// Validates `policy`, checks it is safe under `safety`, gives it the next version, signs it
+/// with `key` and stores it. The returned record holds the bytes to [`publish`].
 ///
 /// # Errors
-/// [`PolicyServiceError`]: invalid policy, unknown target CPE, sealing or storage failure.
+/// [`PolicyServiceError`]: invalid or unsafe policy, unknown target CPE, sealing or storage
+/// failure. Nothing is stored then.
 pub fn sign(
     store: &mut Store,
     key: &SigningKey,
     mut policy: Policy,
     target: &Target,
+    safety: &SafetyContext,
     now_ms: u64,
 ) -> Result<StoredPolicy, PolicyServiceError> {
     policy.validate()?;
+    check_policy_safety(&policy, safety)?;
     if let Target::Cpe(id) = target {
         if store.cpe(id)?.is_none() {
             return Err(PolicyServiceError::UnknownCpe(id.clone()));
@@ -298,12 +310,22 @@ mod tests {
             0,
         )
         .unwrap();
-        let a = sign(&mut store, &key, Policy::default(), &Target::Fleet, 1).unwrap();
+        let safe = SafetyContext::default();
+        let a = sign(
+            &mut store,
+            &key,
+            Policy::default(),
+            &Target::Fleet,
+            &safe,
+            1,
+        )
+        .unwrap();
         let b = sign(
             &mut store,
             &key,
             Policy::default(),
             &Target::Cpe("cpe-1".into()),
+            &safe,
             2,
         )
         .unwrap();
@@ -320,10 +342,41 @@ mod tests {
                 &key,
                 Policy::default(),
                 &Target::Cpe("nope".into()),
+                &safe,
                 3
             ),
             Err(PolicyServiceError::UnknownCpe(_))
         ));
         assert_eq!(latest_all(&store).unwrap().len(), 2);
+    }
+
+    /// Finding rows 5 and 6 of issue 17 at the signer: neither a catch-all indicator nor
+    /// one covering the configured ISP relay (with `allow_relays` emptied) is signed, and no
+    /// version is used up.
+    #[test]
+    fn unsafe_policies_are_not_signed() {
+        let mut store = Store::open_in_memory().unwrap();
+        let key = keys::generate();
+        let ctx = SafetyContext {
+            local_relays: vec!["198.51.100.25:587".parse().unwrap()],
+            brokers: vec!["192.0.2.10".parse().unwrap()],
+        };
+        for server in ["0.0.0.0/0", "198.51.100.25/32", "192.0.2.0/24"] {
+            let mut p = Policy::default();
+            p.allow_relays.clear();
+            p.indicators.mail_servers = vec![server.parse().unwrap()];
+            let err = sign(&mut store, &key, p, &Target::Fleet, &ctx, 1).unwrap_err();
+            assert!(matches!(err, PolicyServiceError::Unsafe(_)), "{err:?}");
+            assert!(
+                err.to_string().contains("indicators.mail_servers")
+                    && err.to_string().contains(server),
+                "{err}"
+            );
+        }
+        assert_eq!(store.highest_policy_version().unwrap(), 0);
+        assert!(store
+            .latest_policy(PolicyScope::Fleet, None)
+            .unwrap()
+            .is_none());
     }
 }

@@ -10,14 +10,21 @@ use crate::registry::KeyCache;
 use crate::store::Store;
 use crate::{broker, policy};
 
-/// Runs the controller until `shutdown` resolves.
+/// Runs the controller until `shutdown` resolves. Refuses to start with a configuration
+/// that does not validate, e.g. an empty or well-known broker password (the embedded
+/// broker's is made first when none is set, see [`Config::resolve_broker_password`]).
 ///
 /// # Errors
-/// [`IngestError`] when the database, the broker or the ingest cannot start.
+/// [`IngestError`] when the configuration is unusable or the database, the broker or the
+/// ingest cannot start.
 pub async fn run(
-    config: Config,
+    mut config: Config,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), IngestError> {
+    config
+        .resolve_broker_password()
+        .map_err(broker::BrokerError::from)?;
+    config.validate().map_err(broker::BrokerError::from)?;
     let store = Store::open(&config.db_path)?;
     let keys = Arc::new(RwLock::new(KeyCache::load(&store)?));
     let latest = policy::latest_all(&store)?;

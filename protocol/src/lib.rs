@@ -7,7 +7,8 @@
 //! - [`messages`]: the bodies — [`Telemetry`], [`Alert`], [`State`], [`PolicyAck`] — and the
 //!   [`Body`]/[`Kind`] pair that names them.
 //! - [`policy`]: the [`Policy`] schema the NOC pushes (and the agent reads from TOML for
-//!   replay), with defaults for every field and validation.
+//!   replay), with defaults for every field and validation; [`policy::safety`], the one
+//!   safety check the NOC runs before signing and every agent before applying.
 //! - [`envelope`]: the signed envelope `{version, cpe_id, seq, sent_at, kind, body}`,
 //!   [`seal`] to sign and encode, [`open`] → [`Opened::verify`] to decode and verify, and
 //!   [`Rejection`], one variant for each way an inbound message can be bad.
@@ -22,7 +23,8 @@
 //! the topic from [`topic`]. Receiving: [`topic::Topic::parse`] → [`open`] (size limit,
 //! CBOR, version) → [`Opened::check_topic`] → look up the sender's key →
 //! [`Opened::verify`] (signature, then body) → [`Envelope::check_freshness`] →
-//! [`ReplayWindow::check`] → for policy, [`Policy::check_newer_than`]. Only after the
+//! [`ReplayWindow::check`] → for policy, [`Policy::check_newer_than`], [`Policy::validate`]
+//! and [`check_policy_safety`] (which the NOC also runs before signing). Only after the
 //! receiver has acted on the message does it call [`ReplayWindow::accept`].
 //!
 //! This crate does no network I/O, reads no clock and spawns nothing: time comes in as
@@ -47,6 +49,7 @@ pub use messages::{
     AckOutcome, AgentStats, Alert, Body, ConnRecord, DeviceCounters, DeviceReport, Kind, Observed,
     PolicyAck, PolicyScope, State, Status, Telemetry,
 };
+pub use policy::safety::{check_policy_safety, SafetyContext, UnsafePolicy};
 pub use policy::{Policy, PolicyError};
 pub use replay::ReplayWindow;
 pub use topic::Topic;

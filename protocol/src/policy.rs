@@ -2,7 +2,11 @@
 //!
 //! Every field has a default, so a TOML file holding only `allow_macs = ["02:11:22:33:44:50"]`
 //! is a complete policy. Unknown fields are errors (a typo must not silently fall back to a
-//! default). [`Policy::validate`] checks ranges once, naming the offending field.
+//! default). [`Policy::validate`] checks ranges once, naming the offending field;
+//! [`safety::check_policy_safety`] checks that the policy cannot convict the relays or cut
+//! the uplink a router depends on.
+
+pub mod safety;
 
 use std::fmt;
 use std::net::IpAddr;
@@ -193,6 +197,14 @@ impl Cidr {
             )));
         }
         Ok(Cidr { addr, prefix })
+    }
+
+    /// The network of the one address `ip` (a /32 or /128).
+    pub fn host(ip: IpAddr) -> Cidr {
+        Cidr {
+            addr: ip,
+            prefix: if ip.is_ipv4() { 32 } else { 128 },
+        }
     }
 
     /// The network's address as written.

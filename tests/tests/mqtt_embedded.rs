@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, ConnectReturnCode, Event, MqttOptions, Packet, QoS};
 use smtpguard_controller::config::Config;
 use smtpguard_controller::store::Store;
 use smtpguard_controller::{registry, serve};
@@ -241,6 +241,76 @@ async fn every_bad_message_is_rejected_with_its_reason_even_when_the_broker_lets
         )
         .unwrap();
     assert_eq!(wire, good);
+
+    let _ = stop_tx.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(5), controller).await;
+}
+
+/// How a login as `user`/`pass` to the broker on `port` ends: `Ok(())` for an accepted
+/// ConnAck, `Err(why)` for a refusal or a dropped connection.
+async fn try_login(port: u16, client_id: &str, user: &str, pass: &str) -> Result<(), String> {
+    let mut options = MqttOptions::new(client_id, "127.0.0.1", port);
+    options.set_credentials(user, pass);
+    let (_client, mut eventloop) = AsyncClient::new(options, 10);
+    let outcome = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                    return if ack.code == ConnectReturnCode::Success {
+                        Ok(())
+                    } else {
+                        Err(format!("{:?}", ack.code))
+                    };
+                }
+                Ok(_) => {}
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+    })
+    .await;
+    outcome.unwrap_or_else(|_| Err("no answer".into()))
+}
+
+/// Finding row 1 of issue 17: with no password configured, the controller makes a random
+/// one for its embedded broker (kept with mode 0600 in its data directory); user
+/// `controller` with an empty or a wrong password is refused, the generated one works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_controller_login_needs_its_generated_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port().unwrap();
+    let mut config = Config {
+        db_path: dir.path().join("controller.db"),
+        policy_key_path: dir.path().join("policy.key"),
+        ..Config::default()
+    };
+    config.broker.embedded_listen = ([127, 0, 0, 1], port).into();
+    config.web.enabled = false;
+    assert!(config.broker.password.is_empty());
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let controller = tokio::spawn(serve::run(config.clone(), async move {
+        let _ = stop_rx.await;
+    }));
+    tokio::task::spawn_blocking(move || {
+        wait_until(Duration::from_secs(10), "embedded broker", || {
+            port_open(port)
+        })
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let file = dir
+        .path()
+        .join(smtpguard_controller::config::BROKER_PASSWORD_FILE);
+    let password = std::fs::read_to_string(&file).unwrap().trim().to_string();
+    assert!(password.len() >= 32, "{password}");
+
+    let empty = try_login(port, "attacker-1", "controller", "").await;
+    assert!(empty.is_err(), "an empty password was accepted");
+    let wrong = try_login(port, "attacker-2", "controller", "controller-secret").await;
+    assert!(wrong.is_err(), "a wrong password was accepted");
+    try_login(port, "noc-test", "controller", &password)
+        .await
+        .unwrap();
 
     let _ = stop_tx.send(());
     let _ = tokio::time::timeout(Duration::from_secs(5), controller).await;

@@ -13,7 +13,7 @@ use smtpguard_controller::policy::{self, Target};
 use smtpguard_controller::store::{RolloutRow, Store};
 use smtpguard_controller::{registry, serve};
 use smtpguard_protocol::envelope::FLEET_ID;
-use smtpguard_protocol::{keys, seal, Body, Policy, PolicyScope};
+use smtpguard_protocol::{keys, seal, Body, Policy, PolicyScope, SafetyContext};
 use smtpguard_tests::mqtt::{free_port, port_open, wait_until};
 
 fn now_ms() -> u64 {
@@ -129,7 +129,15 @@ async fn policy_reaches_every_agent_and_bad_policy_is_refused_and_reported() {
     };
     let v1 = {
         let mut store = Store::open(&db).unwrap();
-        policy::sign(&mut store, &policy_key, p.clone(), &Target::Fleet, now_ms()).unwrap()
+        policy::sign(
+            &mut store,
+            &policy_key,
+            p.clone(),
+            &Target::Fleet,
+            &config.safety_context(),
+            now_ms(),
+        )
+        .unwrap()
     };
     policy::publish(
         &config.broker,
@@ -152,6 +160,7 @@ async fn policy_reaches_every_agent_and_bad_policy_is_refused_and_reported() {
             &policy_key,
             p.clone(),
             &Target::Cpe("cpe-0".into()),
+            &config.safety_context(),
             now_ms(),
         )
         .unwrap()
@@ -198,7 +207,15 @@ async fn policy_reaches_every_agent_and_bad_policy_is_refused_and_reported() {
     p.rate_limit_per_minute = 7;
     let v3 = {
         let mut store = Store::open(&db).unwrap();
-        policy::sign(&mut store, &policy_key, p.clone(), &Target::Fleet, now_ms()).unwrap()
+        policy::sign(
+            &mut store,
+            &policy_key,
+            p.clone(),
+            &Target::Fleet,
+            &config.safety_context(),
+            now_ms(),
+        )
+        .unwrap()
     };
     assert_eq!(v3.version, 3);
     policy::publish(&config.broker, "noc-3", &[v3], Duration::from_secs(5))
@@ -226,10 +243,38 @@ async fn policy_reaches_every_agent_and_bad_policy_is_refused_and_reported() {
     .await;
 
     // 5. Genuine but dangerous: an indicator network covering the broker.
+    // The controller's own safety check refuses to sign it (the broker listens there)...
     p.indicators.mail_servers = vec!["127.0.0.0/8".parse().unwrap()];
+    {
+        let mut store = Store::open(&db).unwrap();
+        let err = policy::sign(
+            &mut store,
+            &policy_key,
+            p.clone(),
+            &Target::Fleet,
+            &config.safety_context(),
+            now_ms(),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("covers the broker address 127.0.0.1"),
+            "{err}"
+        );
+    }
+    // ...and a controller that does not know the broker's address signs it, but every
+    // agent refuses it.
     let v4 = {
         let mut store = Store::open(&db).unwrap();
-        policy::sign(&mut store, &policy_key, p.clone(), &Target::Fleet, now_ms()).unwrap()
+        policy::sign(
+            &mut store,
+            &policy_key,
+            p.clone(),
+            &Target::Fleet,
+            &SafetyContext::default(),
+            now_ms(),
+        )
+        .unwrap()
     };
     policy::publish(&config.broker, "noc-4", &[v4], Duration::from_secs(5))
         .await
@@ -254,7 +299,10 @@ async fn policy_reaches_every_agent_and_bad_policy_is_refused_and_reported() {
     for id in ["cpe-0", "cpe-1", "cpe-2"] {
         let line = text.lines().find(|l| l.starts_with(id)).unwrap();
         assert!(line.contains("fleet v100: bad signature"), "{line}");
-        assert!(line.contains("fleet v4: indicators.mail_servers"), "{line}");
+        assert!(
+            line.contains("fleet v4: policy field `indicators.mail_servers`: entry 127.0.0.0/8"),
+            "{line}"
+        );
     }
     for h in &handles {
         assert!(h.stats().connected);

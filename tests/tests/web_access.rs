@@ -4,7 +4,13 @@
 
 mod web_common;
 
-use web_common::{csrf_of, http, login, Server, OPERATOR_TOKEN};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use web_common::{
+    csrf_of, http, http_from, login, now_ms, test_settings, Server, AGENT_BROKER, OPERATOR_TOKEN,
+};
 
 fn form(cookie: &str) -> Vec<(&'static str, String)> {
     vec![
@@ -18,6 +24,23 @@ fn form(cookie: &str) -> Vec<(&'static str, String)> {
 
 fn hdrs<'a>(v: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
     v.iter().map(|(k, s)| (*k, s.as_str())).collect()
+}
+
+/// `application/x-www-form-urlencoded` encoding of one value.
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn highest_policy_version(s: &Server) -> u64 {
+    smtpguard_controller::store::Store::open(&s.db)
+        .unwrap()
+        .highest_policy_version()
+        .unwrap()
 }
 
 #[test]
@@ -483,4 +506,276 @@ fn the_noc_groups_the_campaign_and_pushes_its_indicators_to_fleet_policy() {
     )
     .unwrap();
     assert_eq!(r.status, 403);
+}
+
+/// Finding rows 5 and 6 of issue 17 at the NOC: a catch-all indicator, an indicator covering
+/// the ISP relay of the controller's configuration in a policy that empties `allow_relays`,
+/// and one covering the broker are refused before signing, with the reason in the editor,
+/// and nothing is signed or published; a safe policy of the same shape is.
+#[test]
+fn the_noc_refuses_to_sign_a_policy_that_would_convict_everyone_or_the_isp_relay() {
+    let s = Server::start().unwrap();
+    let noc = login(s.addr, OPERATOR_TOKEN).unwrap();
+    let page = http(s.addr, "GET", "/noc/policy", &[("Cookie", &noc)], b"").unwrap();
+    let csrf = csrf_of(&page.body).unwrap();
+    let h = form(&noc);
+    let before = highest_policy_version(&s);
+    let post = |text: &str| {
+        http(
+            s.addr,
+            "POST",
+            "/noc/policy",
+            &hdrs(&h),
+            format!("csrf={csrf}&policy={}", urlencode(text)).as_bytes(),
+        )
+        .unwrap()
+    };
+    let broker_net = format!("{AGENT_BROKER}/32");
+    for (text, reason) in [
+        (
+            "mode = \"enforce\"\n[indicators]\nmail_servers = [\"0.0.0.0/0\"]\n".to_string(),
+            "entry 0.0.0.0/0 is a catch-all".to_string(),
+        ),
+        (
+            "mode = \"enforce\"\nallow_relays = []\n[indicators]\nmail_servers = [\"198.51.100.7/32\"]\n"
+                .to_string(),
+            "entry 198.51.100.7/32 covers the local ISP relay 198.51.100.7/32:587".to_string(),
+        ),
+        (
+            format!("[indicators]\nmail_servers = [\"{broker_net}\"]\n"),
+            format!("covers the broker address {AGENT_BROKER}"),
+        ),
+    ] {
+        let r = post(&text);
+        assert_eq!(r.status, 400, "{text}: {}", r.body);
+        assert!(
+            r.body.contains("Not published")
+                && r.body.contains("indicators.mail_servers")
+                && r.body.contains(&reason),
+            "{text}: {}",
+            r.body
+        );
+        // The editor keeps the operator's text to fix.
+        assert!(r.body.contains("mail_servers"), "{}", r.body);
+        assert_eq!(highest_policy_version(&s), before, "nothing signed for {text}");
+    }
+
+    let r = post("mode = \"enforce\"\nallow_relays = []\n[indicators]\nmail_servers = [\"203.0.113.0/24\"]\n");
+    assert_eq!(r.status, 303, "{}", r.body);
+    assert_eq!(highest_policy_version(&s), before + 1);
+}
+
+/// A campaign push with its mail servers never convicts an allowlisted relay: a server the
+/// fleet policy allowlists is left out of the pushed indicators, the others go in.
+#[test]
+fn campaign_pushes_leave_out_allowlisted_relays() {
+    let s = Server::start().unwrap();
+    let noc = login(s.addr, OPERATOR_TOKEN).unwrap();
+    let page = http(s.addr, "GET", "/noc/policy", &[("Cookie", &noc)], b"").unwrap();
+    let csrf = csrf_of(&page.body).unwrap();
+    let h = form(&noc);
+    // The seeded campaign's two bots share mail servers 198.51.100.11-30; allowlist one.
+    let r = http(
+        s.addr,
+        "POST",
+        "/noc/policy",
+        &hdrs(&h),
+        format!(
+            "csrf={csrf}&policy={}",
+            urlencode("allow_relays = [\"198.51.100.20:25\"]\n")
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(r.status, 303, "{}", r.body);
+    let auth = format!("Bearer {OPERATOR_TOKEN}");
+    let r = http(
+        s.addr,
+        "GET",
+        "/api/campaigns",
+        &[("Authorization", &auth)],
+        b"",
+    )
+    .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    let id = v[0]["id"].as_str().unwrap().to_string();
+    let r = http(
+        s.addr,
+        "POST",
+        &format!("/noc/campaigns/{id}/push"),
+        &hdrs(&h),
+        format!("csrf={csrf}&with_servers=on").as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(r.status, 303, "{}", r.body);
+    let store = smtpguard_controller::store::Store::open(&s.db).unwrap();
+    let pushed = store
+        .latest_policy(smtpguard_protocol::PolicyScope::Fleet, None)
+        .unwrap()
+        .unwrap();
+    let policy: smtpguard_protocol::Policy = serde_json::from_str(&pushed.policy_json).unwrap();
+    let servers: Vec<String> = policy
+        .indicators
+        .mail_servers
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert!(
+        servers.contains(&"198.51.100.21/32".to_string()),
+        "{servers:?}"
+    );
+    assert!(
+        !servers.contains(&"198.51.100.20/32".to_string()),
+        "{servers:?}"
+    );
+    smtpguard_protocol::check_policy_safety(&policy, &web_common::test_settings().policy_safety)
+        .unwrap();
+}
+
+fn metric_of(s: &Server, name: &str) -> u64 {
+    let m = http(s.addr, "GET", "/metrics", &[], b"").unwrap();
+    m.body
+        .lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no metric {name}"))
+}
+
+/// Finding row 7 of issue 17: a client hammering wrong tokens is answered 429 with
+/// `Retry-After` after a few failures, for a wait that doubles, without its tries being
+/// looked at (not even the right token); every refusal is counted; another address still
+/// signs in with the right token. The server's clock is the test's.
+#[test]
+fn a_client_hammering_wrong_tokens_is_made_to_wait_and_counted() {
+    let now = Arc::new(AtomicU64::new(now_ms()));
+    let clock_now = now.clone();
+    let s = Server::start_with(
+        test_settings(),
+        Arc::new(move || clock_now.load(Ordering::SeqCst)),
+    )
+    .unwrap();
+    let hostile: IpAddr = "127.0.0.2".parse().unwrap();
+    let try_token = |from: IpAddr, token: &str| {
+        http_from(
+            from,
+            s.addr,
+            "POST",
+            "/login",
+            &[("Content-Type", "application/x-www-form-urlencoded")],
+            format!("token={token}").as_bytes(),
+        )
+        .unwrap()
+    };
+    let mut statuses = Vec::new();
+    for i in 0..40 {
+        let r = try_token(hostile, &format!("guess-{i:04}-0123456789abcdef"));
+        if r.status == 429 {
+            assert_eq!(r.header("retry-after"), Some("1"), "{}", r.body);
+        }
+        statuses.push(r.status);
+    }
+    assert_eq!(&statuses[..5], &[401; 5], "{statuses:?}");
+    assert!(statuses[5..].iter().all(|s| *s == 429), "{statuses:?}");
+    // The right token from the hostile address waits too, and so does the API.
+    assert_eq!(try_token(hostile, OPERATOR_TOKEN).status, 429);
+    let bearer = format!("Bearer {OPERATOR_TOKEN}");
+    let r = http_from(
+        hostile,
+        s.addr,
+        "GET",
+        "/api/fleet",
+        &[("Authorization", &bearer)],
+        b"",
+    )
+    .unwrap();
+    assert_eq!(r.status, 429);
+    assert_eq!(metric_of(&s, "smtpguard_web_auth_failures_total"), 5);
+    assert_eq!(metric_of(&s, "smtpguard_web_login_throttled_total"), 37);
+    assert_eq!(metric_of(&s, "smtpguard_web_login_backoff_addresses"), 1);
+
+    // Another address signs in with the right token.
+    let r = try_token("127.0.0.3".parse().unwrap(), OPERATOR_TOKEN);
+    assert_eq!(r.status, 303, "{}", r.body);
+    assert!(r.header("set-cookie").unwrap().starts_with("sg_session="));
+
+    // After the wait, one more wrong try is looked at, and the next wait is twice as long;
+    // a wrong bearer token counts like a wrong access code.
+    now.fetch_add(1_000, Ordering::SeqCst);
+    let r = http_from(
+        hostile,
+        s.addr,
+        "GET",
+        "/api/fleet",
+        &[("Authorization", "Bearer wrong-wrong-wrong-wrong")],
+        b"",
+    )
+    .unwrap();
+    assert_eq!(r.status, 401);
+    let r = try_token(hostile, "guess-again-0123456789abcdef");
+    assert_eq!(r.status, 429);
+    assert_eq!(r.header("retry-after"), Some("2"));
+    now.fetch_add(2_000, Ordering::SeqCst);
+    let r = try_token(hostile, OPERATOR_TOKEN);
+    assert_eq!(r.status, 303, "the right token works once the wait is over");
+    // ...and that success clears the address.
+    assert_eq!(metric_of(&s, "smtpguard_web_login_backoff_addresses"), 0);
+}
+
+/// The session cookie is `Secure` when the site is configured as public over https, or a
+/// trusted proxy says the request came over https; not otherwise. A trusted proxy's
+/// `X-Forwarded-For` names the client for the back-off.
+#[test]
+fn cookies_are_secure_when_configured_or_behind_an_https_proxy() {
+    let cookie_of = |s: &Server, headers: &[(&str, &str)]| {
+        let mut h = vec![("Content-Type", "application/x-www-form-urlencoded")];
+        h.extend_from_slice(headers);
+        let r = http(
+            s.addr,
+            "POST",
+            "/login",
+            &h,
+            format!("token={OPERATOR_TOKEN}").as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(r.status, 303);
+        r.header("set-cookie").unwrap().to_string()
+    };
+    let plain = Server::start().unwrap();
+    let c = cookie_of(&plain, &[("X-Forwarded-Proto", "https")]);
+    assert!(!c.contains("Secure"), "untrusted peer: {c}");
+
+    let mut settings = test_settings();
+    settings.secure_cookies = true;
+    let secure = Server::start_with(settings, smtpguard_controller::web::system_clock()).unwrap();
+    let c = cookie_of(&secure, &[]);
+    assert!(c.contains("; Secure") && c.contains("HttpOnly"), "{c}");
+
+    let mut settings = test_settings();
+    settings.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+    let proxied = Server::start_with(settings, smtpguard_controller::web::system_clock()).unwrap();
+    let c = cookie_of(&proxied, &[("X-Forwarded-Proto", "https")]);
+    assert!(c.contains("; Secure"), "{c}");
+    let c = cookie_of(&proxied, &[]);
+    assert!(!c.contains("Secure"), "{c}");
+    // Behind the proxy, clients are told apart by X-Forwarded-For.
+    let wrong = |client: &str| {
+        http(
+            proxied.addr,
+            "POST",
+            "/login",
+            &[
+                ("Content-Type", "application/x-www-form-urlencoded"),
+                ("X-Forwarded-For", client),
+            ],
+            b"token=wrong-wrong-wrong-wrong",
+        )
+        .unwrap()
+        .status
+    };
+    let statuses: Vec<u16> = (0..6).map(|_| wrong("198.51.100.66")).collect();
+    assert_eq!(statuses, vec![401, 401, 401, 401, 401, 429]);
+    assert_eq!(wrong("10.1.2.3, 198.51.100.67"), 401);
+    let c = cookie_of(&proxied, &[("X-Forwarded-For", "198.51.100.68")]);
+    assert!(c.starts_with("sg_session="));
 }

@@ -2,22 +2,25 @@
 //!
 //! A policy is handed to the run loop only if it verifies against the controller's key,
 //! its version is above the one applied for its scope, it passes the protocol's validation,
-//! and it cannot cut the router off: no indicator network may cover an allowlisted relay
-//! or the broker the uplink talks to, and none may cover every address. Anything else is
-//! refused with a reason the NOC can act on; the same version seen again (a retained
-//! policy redelivered on reconnect) is ignored silently.
+//! and it passes the protocol's safety check ([`check_policy_safety`]) against this
+//! router's [`SafetyContext`]: the ISP relays of its local configuration and the addresses
+//! of the broker the uplink talks to. Anything else is refused with the check's reason, for
+//! the NOC to act on; the same version seen again (a retained policy redelivered on
+//! reconnect) is ignored silently.
+//!
+//! The local relays are added to the `allow_relays` of every policy handed on, so no pushed
+//! policy can remove them: the effective relay set is always local relays plus the policy's.
 //!
 //! Per-CPE policy overrides the fleet policy as a whole while present; the run loop gets
 //! each scope's newest policy and decides which is in force.
 
-use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use ed25519_dalek::VerifyingKey;
 use serde::{Deserialize, Serialize};
 use smtpguard_protocol::{
-    open, verify_policy, AckOutcome, Body, Freshness, KeyStatus, Policy, PolicyAck, PolicyScope,
-    Rejection, Topic,
+    check_policy_safety, open, verify_policy, AckOutcome, Body, Freshness, KeyStatus, Policy,
+    PolicyAck, PolicyScope, Rejection, SafetyContext, Topic,
 };
 
 use super::seq::{write_durably, SeqError};
@@ -97,20 +100,21 @@ impl Versions {
 pub struct PolicyGuard {
     controller_key: VerifyingKey,
     cpe_id: String,
-    /// Addresses the uplink depends on (the broker's).
-    protected: Vec<IpAddr>,
+    /// What no policy may cut off: the local relays and the broker's addresses.
+    safety: SafetyContext,
     applied: Versions,
     offered: Versions,
     path: PathBuf,
 }
 
 impl PolicyGuard {
-    /// A gate for `cpe_id`, with applied versions read from `state_dir/policy-versions.json`.
+    /// A gate for `cpe_id` that refuses policies unsafe under `safety`, with applied
+    /// versions read from `state_dir/policy-versions.json`.
     pub fn open(
         state_dir: &Path,
         controller_key: VerifyingKey,
         cpe_id: String,
-        protected: Vec<IpAddr>,
+        safety: SafetyContext,
     ) -> PolicyGuard {
         let path = state_dir.join("policy-versions.json");
         let applied = std::fs::read(&path)
@@ -120,7 +124,7 @@ impl PolicyGuard {
         PolicyGuard {
             controller_key,
             cpe_id,
-            protected,
+            safety,
             applied,
             offered: applied,
             path,
@@ -187,15 +191,20 @@ impl PolicyGuard {
             }
             Err(r) => return refuse(claimed, format!("{} ({})", r, r.reason().as_str())),
         };
-        let Body::Policy(policy) = envelope.body else {
+        let Body::Policy(mut policy) = envelope.body else {
             return refuse(claimed, "not a policy message".into());
         };
         let version = policy.policy_version;
         if let Err(e) = policy.validate() {
             return refuse(version, format!("invalid policy: {e}"));
         }
-        if let Some(why) = unsafe_reason(&policy, &self.protected) {
-            return refuse(version, why);
+        if let Err(e) = check_policy_safety(&policy, &self.safety) {
+            return refuse(version, e.to_string());
+        }
+        for relay in &self.safety.local_relays {
+            if !policy.allow_relays.contains(relay) {
+                policy.allow_relays.push(*relay);
+            }
         }
         self.offered.raise(scope, version);
         Decision::Apply(PolicyUpdate {
@@ -204,32 +213,6 @@ impl PolicyGuard {
             policy,
         })
     }
-}
-
-/// Why applying `policy` could cut the router off, if it could.
-pub fn unsafe_reason(policy: &Policy, protected: &[IpAddr]) -> Option<String> {
-    for net in &policy.indicators.mail_servers {
-        if net.prefix() == 0 {
-            return Some(format!(
-                "indicators.mail_servers entry {net} covers every address"
-            ));
-        }
-        if let Some(ip) = protected.iter().find(|ip| net.contains(**ip)) {
-            return Some(format!(
-                "indicators.mail_servers entry {net} covers the broker address {ip}; applying it would cut this router's uplink"
-            ));
-        }
-        if let Some(relay) = policy
-            .allow_relays
-            .iter()
-            .find(|r| net.contains(r.net.addr()))
-        {
-            return Some(format!(
-                "indicators.mail_servers entry {net} covers the allowlisted relay {relay}"
-            ));
-        }
-    }
-    None
 }
 
 #[cfg(test)]
@@ -247,12 +230,7 @@ mod tests {
     fn versions_must_increase_and_signatures_must_verify() {
         let dir = tempfile::tempdir().unwrap();
         let key = keys::generate();
-        let mut g = PolicyGuard::open(
-            dir.path(),
-            key.verifying_key(),
-            "cpe-1".into(),
-            vec!["192.0.2.1".parse().unwrap()],
-        );
+        let mut g = PolicyGuard::open(dir.path(), key.verifying_key(), "cpe-1".into(), router());
         let fleet = "smtpguard/v1/policy/fleet";
         let d = g.decide(fleet, &signed(&key, 3, Policy::default(), FLEET_ID), 5);
         let Decision::Apply(u) = d else {
@@ -292,25 +270,106 @@ mod tests {
             Decision::Ignore
         );
         // Applied versions survive a restart.
-        let g2 = PolicyGuard::open(dir.path(), key.verifying_key(), "cpe-1".into(), vec![]);
+        let g2 = PolicyGuard::open(
+            dir.path(),
+            key.verifying_key(),
+            "cpe-1".into(),
+            SafetyContext::default(),
+        );
         assert_eq!(g2.applied().fleet, Some(3));
     }
 
+    fn refusal(d: Decision) -> String {
+        match d {
+            Decision::Refuse(PolicyAck {
+                outcome: AckOutcome::Refused { reason },
+                ..
+            }) => reason,
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    /// Finding rows 5 and 6 of issue 17, as a router sees them: a signed, valid policy that
+    /// would convict everyone, or the ISP relay of the local configuration after dropping
+    /// every allowlisted relay, or the broker, is refused with the reason in the ack.
     #[test]
     fn policies_that_would_block_the_uplink_or_a_relay_are_refused() {
-        let mut p = Policy::default();
-        p.indicators.mail_servers = vec!["192.0.2.0/24".parse().unwrap()];
-        let broker: IpAddr = "192.0.2.1".parse().unwrap();
-        let why = unsafe_reason(&p, &[broker]).unwrap();
-        assert!(why.contains("broker address 192.0.2.1"), "{why}");
-        p.allow_relays = vec!["198.51.100.7:587".parse().unwrap()];
-        p.indicators.mail_servers = vec!["198.51.100.0/24".parse().unwrap()];
-        let why = unsafe_reason(&p, &[broker]).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let key = keys::generate();
+        let mut g = PolicyGuard::open(dir.path(), key.verifying_key(), "cpe-1".into(), router());
+        let fleet = "smtpguard/v1/policy/fleet";
+        let with = |servers: &[&str]| {
+            let mut p = Policy::default();
+            p.indicators.mail_servers = servers.iter().map(|s| s.parse().unwrap()).collect();
+            p
+        };
+
+        let why = refusal(g.decide(fleet, &signed(&key, 1, with(&["0.0.0.0/0"]), FLEET_ID), 5));
         assert!(
-            why.contains("allowlisted relay 198.51.100.7/32:587"),
+            why.contains("indicators.mail_servers") && why.contains("0.0.0.0/0"),
             "{why}"
         );
-        p.indicators.mail_servers = vec!["203.0.113.0/24".parse().unwrap()];
-        assert_eq!(unsafe_reason(&p, &[broker]), None);
+
+        let p = with(&["198.51.100.25/32"]);
+        assert!(p.allow_relays.is_empty());
+        let why = refusal(g.decide(fleet, &signed(&key, 2, p, FLEET_ID), 5));
+        assert!(
+            why.contains("local ISP relay 198.51.100.25/32:587"),
+            "{why}"
+        );
+
+        let why = refusal(g.decide(
+            fleet,
+            &signed(&key, 3, with(&["192.0.2.0/24"]), FLEET_ID),
+            5,
+        ));
+        assert!(why.contains("covers the broker address 192.0.2.1"), "{why}");
+
+        let mut p = with(&["203.0.113.0/24"]);
+        p.allow_relays = vec!["203.0.113.7:587".parse().unwrap()];
+        let why = refusal(g.decide(fleet, &signed(&key, 4, p, FLEET_ID), 5));
+        assert!(
+            why.contains("allowlisted relay 203.0.113.7/32:587"),
+            "{why}"
+        );
+
+        // Nothing refused was recorded as applied.
+        assert_eq!(g.applied().fleet, None);
+    }
+
+    #[test]
+    fn local_relays_join_every_applied_policy() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = keys::generate();
+        let mut g = PolicyGuard::open(dir.path(), key.verifying_key(), "cpe-1".into(), router());
+        let mut p = Policy {
+            allow_relays: vec!["203.0.113.7:587".parse().unwrap()],
+            ..Policy::default()
+        };
+        p.indicators.mail_servers = vec!["178.63.41.0/24".parse().unwrap()];
+        let d = g.decide(
+            "smtpguard/v1/policy/fleet",
+            &signed(&key, 7, p, FLEET_ID),
+            5,
+        );
+        let Decision::Apply(u) = d else {
+            panic!("{d:?}")
+        };
+        assert_eq!(
+            u.policy.allow_relays,
+            vec![
+                "203.0.113.7:587".parse().unwrap(),
+                "198.51.100.25:587".parse().unwrap()
+            ]
+        );
+        assert!(u.policy.is_relay("198.51.100.25".parse().unwrap(), 587));
+    }
+
+    /// The router of these tests: the ISP relay in its local configuration, and its broker.
+    fn router() -> SafetyContext {
+        SafetyContext {
+            local_relays: vec!["198.51.100.25:587".parse().unwrap()],
+            brokers: vec!["192.0.2.1".parse().unwrap()],
+        }
     }
 }

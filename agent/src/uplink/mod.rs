@@ -4,7 +4,8 @@
 //! - [`seq`]: sequence numbers reserved in fsynced blocks, never reused after a crash.
 //! - [`queue`]: the offline queue — alerts on disk until the broker acknowledges them,
 //!   telemetry in a fixed ring that drops the oldest (counted), control messages in memory.
-//! - [`guard`]: which policy messages are applied (signature, version, safety) — pure.
+//! - [`guard`]: which policy messages are applied (signature, version, the protocol's safety
+//!   check against the local ISP relays and the broker's addresses) — pure.
 //! - [`session`]: the MQTT task (rumqttc): connect with backoff and jitter, last will,
 //!   retained online state, resubscribe on every ConnAck, send in sequence order, map
 //!   PubAcks to queued alerts.
@@ -32,8 +33,10 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use ed25519_dalek::{SigningKey, VerifyingKey};
+use smtpguard_protocol::policy::RelayRule;
 use smtpguard_protocol::{
-    seal, AckOutcome, Alert, Body, Kind, PolicyAck, SealError, State, Status, Telemetry, Topic,
+    seal, AckOutcome, Alert, Body, Kind, PolicyAck, SafetyContext, SealError, State, Status,
+    Telemetry, Topic,
 };
 use tokio::sync::{mpsc, Notify};
 
@@ -81,6 +84,9 @@ pub struct Settings {
     pub username: Option<String>,
     /// MQTT password.
     pub password: Option<String>,
+    /// Relays no pushed policy can remove (the ISP's): checked by the policy guard and
+    /// added to every applied policy's `allow_relays`.
+    pub local_relays: Vec<RelayRule>,
     /// The controller's policy-signing key.
     pub controller_public_key: VerifyingKey,
     /// CA certificate (PEM) for `mqtts://`.
@@ -115,6 +121,7 @@ impl Settings {
             broker_url: broker_url.into(),
             username: None,
             password: None,
+            local_relays: Vec::new(),
             controller_public_key,
             tls_ca_file: None,
             telemetry_queue_len: 32,
@@ -130,10 +137,12 @@ impl Settings {
 
 impl Settings {
     /// Settings from the agent's configuration (`[uplink]`, `cpe_id`, `state_dir`) for the
-    /// router whose key is `key`; the CPE id defaults to the one derived from the key.
+    /// router whose key is `key`; the CPE id defaults to the one derived from the key. The
+    /// local relays are `isp_relays` and the `allow_relays` of the local `policy_file`.
     ///
     /// # Errors
-    /// [`UplinkError::Config`] when `uplink.controller_public_key` is missing or invalid.
+    /// [`UplinkError::Config`] when `uplink.controller_public_key` is missing or invalid, or
+    /// the local policy file cannot be read.
     pub fn from_agent_config(
         config: &crate::config::AgentConfig,
         key: &SigningKey,
@@ -164,6 +173,18 @@ impl Settings {
         s.username = config.uplink.username.clone();
         s.password = config.uplink.password.clone();
         s.tls_ca_file = config.uplink.tls_ca_file.clone();
+        s.local_relays = config.isp_relays.clone();
+        let local_policy = crate::run::load_policy(config.policy_file.as_deref()).map_err(|e| {
+            UplinkError::Config {
+                field: "policy_file",
+                problem: e.to_string(),
+            }
+        })?;
+        for relay in local_policy.allow_relays {
+            if !s.local_relays.contains(&relay) {
+                s.local_relays.push(relay);
+            }
+        }
         Ok(s)
     }
 }
@@ -365,7 +386,10 @@ impl Uplink {
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<Uplink, UplinkError> {
         let addr = session::parse_url(&settings.broker_url)?;
-        let protected = session::resolve(&addr.host, addr.port).await;
+        let safety = SafetyContext {
+            local_relays: settings.local_relays.clone(),
+            brokers: session::resolve(&addr.host, addr.port).await,
+        };
         std::fs::create_dir_all(&settings.state_dir).map_err(|source| SeqError::Io {
             path: settings.state_dir.clone(),
             source,
@@ -380,7 +404,7 @@ impl Uplink {
             &settings.state_dir,
             settings.controller_public_key,
             settings.cpe_id.clone(),
-            protected,
+            safety,
         );
         let shared = Arc::new(Mutex::new(Shared {
             cpe_id: settings.cpe_id.clone(),
@@ -410,5 +434,42 @@ impl Uplink {
             policies: PolicyUpdates { rx },
             task,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use smtpguard_protocol::keys;
+
+    /// The local relays are the configured ISP relays and the local policy file's
+    /// `allow_relays`, each once.
+    #[test]
+    fn local_relays_come_from_the_config_and_the_local_policy_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let policy = dir.path().join("policy.toml");
+        std::fs::write(
+            &policy,
+            "allow_relays = [\"198.51.100.25:587\", \"203.0.113.0/24:465\"]\n",
+        )
+        .unwrap();
+        let controller = keys::generate();
+        let mut config = crate::config::AgentConfig::default();
+        config.uplink.controller_public_key =
+            Some(keys::public_key_text(&controller.verifying_key()));
+        config.isp_relays = vec!["198.51.100.25:587".parse().unwrap()];
+        config.policy_file = Some(policy.clone());
+        let s = Settings::from_agent_config(&config, &keys::generate()).unwrap();
+        assert_eq!(
+            s.local_relays,
+            vec![
+                "198.51.100.25:587".parse().unwrap(),
+                "203.0.113.0/24:465".parse().unwrap()
+            ]
+        );
+
+        std::fs::write(&policy, "allow_relays = [\"mail.isp.example\"]\n").unwrap();
+        let err = Settings::from_agent_config(&config, &keys::generate()).unwrap_err();
+        assert!(err.to_string().contains("policy_file"), "{err}");
     }
 }

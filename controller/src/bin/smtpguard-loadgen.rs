@@ -108,7 +108,7 @@ async fn run(args: &Args) -> anyhow::Result<()> {
         ..Config::default()
     };
     config.broker.embedded_listen = ([127, 0, 0, 1], port).into();
-    config.broker.password = "loadgen".into();
+    config.broker.password = smtpguard_controller::households::new_secret("loadgen_");
     config.broker.client_id = "loadgen-controller".into();
     config.broker.max_connections = args.agents + 100;
     let _mosquitto = if args.mosquitto {
@@ -207,6 +207,7 @@ async fn run(args: &Args) -> anyhow::Result<()> {
                 ..Policy::default()
             },
             &Target::Fleet,
+            &config.safety_context(),
             now_ms(),
         )?
     };

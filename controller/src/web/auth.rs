@@ -2,15 +2,30 @@
 //! token (API) or a session cookie (pages), plus sessions and CSRF.
 //!
 //! Tokens and session ids are stored only as SHA-256 hashes. The session cookie is
-//! `HttpOnly; SameSite=Strict`; every form carries the session's CSRF token, and a form post
-//! whose `Origin` names another site is refused even before that.
+//! `HttpOnly; SameSite=Strict`, and `Secure` when the site is public over https
+//! ([`super::WebSettings::secure_cookies`]) or a trusted proxy says the request came over
+//! https; every form carries the session's CSRF token, and a form post whose `Origin` names
+//! another site is refused even before that.
+//!
+//! # Login back-off
+//! Every request that presents a credential (`POST /login`, or any `Authorization` header)
+//! passes [`throttle`] first. A source address (an IPv6 client by its /64) that failed
+//! [`BackoffSettings::free_failures`] times must wait before its next try, twice as long
+//! after each further failure, up to [`BackoffSettings::max_delay_ms`]; meanwhile it is
+//! answered `429 Too Many Requests` with `Retry-After`, without its credential being looked
+//! at, and the refusal is counted (`smtpguard_web_login_throttled_total`). A successful login
+//! clears its address. [`LoginThrottle`] is the pure table behind it, bounded by
+//! [`BackoffSettings::capacity`]. The source address is the TCP peer, or, when the peer is one
+//! of [`super::WebSettings::trusted_proxies`], the last `X-Forwarded-For` entry.
 
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::Ordering;
 
-use axum::extract::State;
-use axum::http::{header, HeaderMap};
+use axum::extract::{ConnectInfo, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
-use axum::Form;
+use axum::{Extension, Form};
 use rusqlite::{params, OptionalExtension};
 use serde::Deserialize;
 
@@ -70,7 +85,8 @@ fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 /// Resolves the caller from a bearer token or the session cookie.
 ///
 /// # Errors
-/// [`WebError::Unauthorized`] when neither is valid.
+/// [`WebError::BadCredentials`] for a wrong bearer token, [`WebError::Unauthorized`] when
+/// there is no valid session.
 pub async fn caller(state: &AppState, headers: &HeaderMap) -> Result<Caller, WebError> {
     if let Some(token) = bearer(headers) {
         let token = token.to_string();
@@ -87,7 +103,7 @@ pub async fn caller(state: &AppState, headers: &HeaderMap) -> Result<Caller, Web
             Some(role) => Ok(Caller { role, csrf: None }),
             None => {
                 state.counters.auth_failures.fetch_add(1, Ordering::Relaxed);
-                Err(WebError::Unauthorized)
+                Err(WebError::BadCredentials)
             }
         };
     }
@@ -220,9 +236,11 @@ pub struct LoginForm {
 /// `POST /login`: starts a session for the operator or a household.
 pub async fn login(
     State(state): State<AppState>,
+    client: Option<Extension<Client>>,
     headers: HeaderMap,
     Form(form): Form<LoginForm>,
 ) -> Response {
+    let https = client.is_some_and(|Extension(c)| c.https);
     if !same_origin(&headers) {
         state.counters.csrf_failures.fetch_add(1, Ordering::Relaxed);
         return WebError::Csrf.page();
@@ -268,24 +286,24 @@ pub async fn login(
                 Role::Noc => "/noc",
                 Role::Household(_) => "/my",
             };
-            let secure = if state.settings.secure_cookies {
-                "; Secure"
-            } else {
-                ""
-            };
             let cookie = format!(
-                "{COOKIE}={sid}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{secure}",
-                state.settings.session_secs
+                "{COOKIE}={sid}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{}",
+                state.settings.session_secs,
+                secure_attr(&state, https)
             );
-            ([(header::SET_COOKIE, cookie)], Redirect::to(target)).into_response()
+            let mut r = ([(header::SET_COOKIE, cookie)], Redirect::to(target)).into_response();
+            r.extensions_mut().insert(AuthOutcome::Succeeded);
+            r
         }
         Ok(None) => {
             state.counters.auth_failures.fetch_add(1, Ordering::Relaxed);
-            (
-                axum::http::StatusCode::UNAUTHORIZED,
+            let mut r = (
+                StatusCode::UNAUTHORIZED,
                 html_response(login_page(Some("That access code is not valid."))),
             )
-                .into_response()
+                .into_response();
+            r.extensions_mut().insert(AuthOutcome::Failed);
+            r
         }
         Err(e) => e.page(),
     }
@@ -301,9 +319,11 @@ pub struct CsrfForm {
 /// `POST /logout`: ends the session.
 pub async fn logout(
     State(state): State<AppState>,
+    client: Option<Extension<Client>>,
     headers: HeaderMap,
     Form(form): Form<CsrfForm>,
 ) -> Response {
+    let https = client.is_some_and(|Extension(c)| c.https);
     let c = match caller(&state, &headers).await {
         Ok(c) => c,
         Err(_) => return Redirect::to("/login").into_response(),
@@ -322,8 +342,269 @@ pub async fn logout(
             })
             .await;
     }
-    let clear = format!("{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0");
+    let clear = format!(
+        "{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0{}",
+        secure_attr(&state, https)
+    );
     ([(header::SET_COOKIE, clear)], Redirect::to("/login")).into_response()
+}
+
+/// `; Secure` when cookies must be: the site is configured as public over https, or this
+/// request came through a trusted proxy over https.
+fn secure_attr(state: &AppState, https: bool) -> &'static str {
+    if state.settings.secure_cookies || https {
+        "; Secure"
+    } else {
+        ""
+    }
+}
+
+/// How a request's credential fared; put on the response by the handler, read by
+/// [`throttle`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthOutcome {
+    /// A wrong token or access code.
+    Failed,
+    /// A login that started a session.
+    Succeeded,
+}
+
+/// Where a request came from, as [`throttle`] resolved it (a request extension).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Client {
+    /// The source address.
+    pub ip: IpAddr,
+    /// Whether a trusted proxy says the client used https.
+    pub https: bool,
+}
+
+/// Login back-off knobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackoffSettings {
+    /// Failures an address may make before it has to wait.
+    pub free_failures: u32,
+    /// The wait after the failure that uses up the free ones; doubles with each further one.
+    pub first_delay_ms: u64,
+    /// The longest wait.
+    pub max_delay_ms: u64,
+    /// Most addresses tracked at once. Beyond it, the entry with the fewest failures (the
+    /// oldest of those) is forgotten, so a spray of addresses evicts its own kind before a
+    /// persistent guesser, and memory stays bounded.
+    pub capacity: usize,
+    /// An address with no failure for this long (and no wait pending) is forgotten.
+    pub forget_after_ms: u64,
+}
+
+impl Default for BackoffSettings {
+    fn default() -> Self {
+        BackoffSettings {
+            free_failures: 5,
+            first_delay_ms: 1_000,
+            max_delay_ms: 15 * 60_000,
+            capacity: 4_096,
+            forget_after_ms: 3_600_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Attempts {
+    failures: u32,
+    last_failure_ms: u64,
+    wait_until_ms: u64,
+}
+
+/// Failed credentials per source address and the wait each must sit out: pure, time passed
+/// in. See the module docs.
+#[derive(Debug)]
+pub struct LoginThrottle {
+    settings: BackoffSettings,
+    table: HashMap<IpAddr, Attempts>,
+}
+
+/// The table key of an address: IPv6 clients by their /64 (one household or host gets a
+/// whole /64, so one address each would give an attacker 2^64 fresh starts).
+fn throttle_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !u128::from(u64::MAX))),
+        },
+        v4 => v4,
+    }
+}
+
+impl LoginThrottle {
+    /// An empty table.
+    pub fn new(settings: BackoffSettings) -> LoginThrottle {
+        LoginThrottle {
+            settings,
+            table: HashMap::new(),
+        }
+    }
+
+    /// Addresses tracked.
+    pub fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    /// Whether no address is tracked.
+    pub fn is_empty(&self) -> bool {
+        self.table.is_empty()
+    }
+
+    /// Whether `ip` may try a credential at `now_ms`.
+    ///
+    /// # Errors
+    /// The milliseconds it still has to wait.
+    pub fn check(&self, ip: IpAddr, now_ms: u64) -> Result<(), u64> {
+        match self.table.get(&throttle_key(ip)) {
+            Some(a) if a.wait_until_ms > now_ms => Err(a.wait_until_ms - now_ms),
+            _ => Ok(()),
+        }
+    }
+
+    /// Records a failed credential from `ip`; returns the wait it now has to sit out (0 while
+    /// it has free failures left).
+    pub fn failure(&mut self, ip: IpAddr, now_ms: u64) -> u64 {
+        let key = throttle_key(ip);
+        if !self.table.contains_key(&key) {
+            self.make_room(now_ms);
+        }
+        let s = self.settings;
+        let a = self.table.entry(key).or_insert(Attempts {
+            failures: 0,
+            last_failure_ms: now_ms,
+            wait_until_ms: 0,
+        });
+        a.failures = a.failures.saturating_add(1);
+        a.last_failure_ms = now_ms;
+        let wait = match a.failures.checked_sub(s.free_failures) {
+            None => 0,
+            Some(over) => s
+                .first_delay_ms
+                .saturating_mul(1u64.checked_shl(over).unwrap_or(u64::MAX))
+                .min(s.max_delay_ms),
+        };
+        a.wait_until_ms = now_ms.saturating_add(wait);
+        wait
+    }
+
+    /// Forgets `ip` after a successful login.
+    pub fn success(&mut self, ip: IpAddr) {
+        self.table.remove(&throttle_key(ip));
+    }
+
+    /// Makes room for one more entry: drops the stale ones, and when still full the one with
+    /// the fewest failures (the oldest of those).
+    fn make_room(&mut self, now_ms: u64) {
+        if self.table.len() < self.settings.capacity {
+            return;
+        }
+        let forget = self.settings.forget_after_ms;
+        self.table.retain(|_, a| {
+            a.wait_until_ms > now_ms || now_ms.saturating_sub(a.last_failure_ms) < forget
+        });
+        while self.table.len() >= self.settings.capacity.max(1) {
+            let victim = self
+                .table
+                .iter()
+                .min_by_key(|(_, a)| (a.failures, a.last_failure_ms))
+                .map(|(k, _)| *k);
+            match victim {
+                Some(k) => {
+                    self.table.remove(&k);
+                }
+                None => break,
+            }
+        }
+    }
+}
+
+/// The source address of `req`: the TCP peer, or the last `X-Forwarded-For` entry when the
+/// peer is a trusted proxy (which also tells, by `X-Forwarded-Proto`, whether the client used
+/// https). Without connection information every request shares the unspecified address, so
+/// the back-off still holds.
+fn client_of(req: &axum::extract::Request, trusted_proxies: &[IpAddr]) -> Client {
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or(IpAddr::from([0, 0, 0, 0]), |c| c.0.ip());
+    if !trusted_proxies.contains(&peer) {
+        return Client {
+            ip: peer,
+            https: false,
+        };
+    }
+    let h = req.headers();
+    let forwarded = h
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .last()
+        .and_then(|v| v.trim().parse::<IpAddr>().ok());
+    let https = h
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("https"));
+    Client {
+        ip: forwarded.unwrap_or(peer),
+        https,
+    }
+}
+
+/// Middleware: resolves the [`Client`], makes an address in back-off wait (429 with
+/// `Retry-After`) before any credential of it is looked at, and records the outcome the
+/// handler put on the response.
+pub async fn throttle(
+    State(state): State<AppState>,
+    mut req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let client = client_of(&req, &state.settings.trusted_proxies);
+    req.extensions_mut().insert(client);
+    let presents_credential = req.headers().contains_key(header::AUTHORIZATION)
+        || (req.method() == Method::POST && req.uri().path() == "/login");
+    if presents_credential {
+        let now = state.now_ms();
+        let wait = match state.login_throttle.lock() {
+            Ok(t) => t.check(client.ip, now).err(),
+            Err(_) => Some(1_000),
+        };
+        if let Some(wait_ms) = wait {
+            state
+                .counters
+                .login_throttled
+                .fetch_add(1, Ordering::Relaxed);
+            let secs = wait_ms.div_ceil(1000).max(1);
+            let mut r = (
+                StatusCode::TOO_MANY_REQUESTS,
+                format!("too many failed sign-ins from your address; try again in {secs} s\n"),
+            )
+                .into_response();
+            if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+                r.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+            return r;
+        }
+    }
+    let resp = next.run(req).await;
+    if let Some(outcome) = resp.extensions().get::<AuthOutcome>().copied() {
+        let now = state.now_ms();
+        if let Ok(mut t) = state.login_throttle.lock() {
+            match outcome {
+                AuthOutcome::Failed => {
+                    let wait = t.failure(client.ip, now);
+                    if wait > 0 {
+                        tracing::info!(client = %client.ip, wait_ms = wait, "sign-in back-off");
+                    }
+                }
+                AuthOutcome::Succeeded => t.success(client.ip),
+            }
+        }
+    }
+    resp
 }
 
 #[cfg(test)]
@@ -361,6 +642,73 @@ mod tests {
             HeaderValue::from_static("http://evil.example"),
         );
         assert!(!same_origin(&h));
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn the_wait_starts_after_the_free_failures_and_doubles_up_to_the_cap() {
+        let mut t = LoginThrottle::new(BackoffSettings::default());
+        let a = ip("198.51.100.9");
+        let waits: Vec<u64> = (0..17).map(|_| t.failure(a, 10_000)).collect();
+        assert_eq!(&waits[..4], &[0, 0, 0, 0]);
+        assert_eq!(
+            &waits[4..],
+            &[
+                1_000, 2_000, 4_000, 8_000, 16_000, 32_000, 64_000, 128_000, 256_000, 512_000,
+                900_000, 900_000, 900_000
+            ]
+        );
+        assert_eq!(t.check(a, 10_000), Err(900_000));
+        assert_eq!(t.check(a, 909_999), Err(1));
+        assert_eq!(t.check(a, 910_000), Ok(()));
+        // Other addresses are not affected; a success clears the address.
+        assert_eq!(t.check(ip("198.51.100.10"), 10_000), Ok(()));
+        t.success(a);
+        assert_eq!(t.check(a, 10_000), Ok(()));
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn ipv6_clients_share_their_64() {
+        let settings = BackoffSettings {
+            free_failures: 1,
+            ..BackoffSettings::default()
+        };
+        let mut t = LoginThrottle::new(settings);
+        t.failure(ip("2001:db8:1:2::1"), 0);
+        assert!(t.check(ip("2001:db8:1:2:ffff::9"), 0).is_err());
+        assert!(t.check(ip("2001:db8:1:3::1"), 0).is_ok());
+        t.failure(ip("::ffff:198.51.100.9"), 0);
+        assert!(t.check(ip("198.51.100.9"), 0).is_err());
+    }
+
+    #[test]
+    fn a_spray_of_addresses_stays_bounded_and_keeps_the_persistent_guesser() {
+        let settings = BackoffSettings {
+            capacity: 64,
+            ..BackoffSettings::default()
+        };
+        let mut t = LoginThrottle::new(settings);
+        let guesser = ip("203.0.113.66");
+        for _ in 0..8 {
+            t.failure(guesser, 1_000);
+        }
+        for i in 0..100_000u32 {
+            t.failure(IpAddr::from(i.to_be_bytes()), 2_000 + u64::from(i));
+            assert!(t.len() <= 64);
+        }
+        assert_eq!(t.len(), 64);
+        assert!(
+            t.check(guesser, 2_000).is_err(),
+            "the guesser must still wait"
+        );
+        // Stale entries are dropped first once the table is full again.
+        let later = 10_000_000;
+        t.failure(ip("192.0.2.1"), later);
+        assert_eq!(t.len(), 1);
     }
 
     #[test]

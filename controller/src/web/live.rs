@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
-use smtpguard_protocol::Policy;
+use smtpguard_protocol::{Policy, SafetyContext};
 
 use super::{open_db, system_clock, AppState, PolicyPublisher, WebError, WebSettings};
 use crate::config::{BrokerConfig, Config};
@@ -25,8 +25,15 @@ pub struct WebConfig {
     /// File holding the operator (NOC) token, one line. The environment variable
     /// `SMTPGUARD_OPERATOR_TOKEN`, when set, wins.
     pub operator_token_file: PathBuf,
-    /// Mark cookies `Secure` (set when a TLS proxy fronts the server).
-    pub secure_cookies: bool,
+    /// The URL people reach the site at, e.g. `https://noc.isp.example` (for cookies; the
+    /// server itself speaks plain HTTP behind the TLS proxy).
+    pub public_url: Option<String>,
+    /// Mark cookies `Secure`. Not set: on when `public_url` is `https://`. Cookies are also
+    /// `Secure` on a request a trusted proxy says came over https.
+    pub secure_cookies: Option<bool>,
+    /// Reverse proxies (their addresses) whose `X-Forwarded-For` names the client for the
+    /// login back-off and whose `X-Forwarded-Proto: https` makes cookies `Secure`.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
     /// Login lifetime.
     pub session_secs: u64,
     /// Fleet correlation: destination-server Jaccard index that links two devices.
@@ -38,7 +45,9 @@ impl Default for WebConfig {
         WebConfig {
             enabled: true,
             operator_token_file: PathBuf::from("/etc/smtpguard/operator.token"),
-            secure_cookies: false,
+            public_url: None,
+            secure_cookies: None,
+            trusted_proxies: Vec::new(),
             session_secs: 12 * 3600,
             campaign_min_jaccard: 0.3,
         }
@@ -55,6 +64,13 @@ impl WebConfig {
             return Err(WebError::BadRequest(
                 "config field `web.session_secs`: must be 60-2592000".into(),
             ));
+        }
+        if let Some(url) = &self.public_url {
+            if !(url.starts_with("https://") || url.starts_with("http://")) {
+                return Err(WebError::BadRequest(
+                    "config field `web.public_url`: must start with https:// or http://".into(),
+                ));
+            }
         }
         if !(self.campaign_min_jaccard > 0.0 && self.campaign_min_jaccard <= 1.0) {
             return Err(WebError::BadRequest(
@@ -87,13 +103,24 @@ impl WebConfig {
         Ok(token)
     }
 
+    /// Whether cookies are always `Secure`: as configured, else when the public URL is
+    /// https.
+    pub fn secure_cookies(&self) -> bool {
+        self.secure_cookies.unwrap_or_else(|| {
+            self.public_url
+                .as_deref()
+                .is_some_and(|u| u.starts_with("https://"))
+        })
+    }
+
     /// Settings for [`AppState`].
     ///
     /// # Errors
     /// As [`WebConfig::operator_token`].
     pub fn settings(&self) -> Result<WebSettings, WebError> {
         let mut s = WebSettings::new(&self.operator_token()?);
-        s.secure_cookies = self.secure_cookies;
+        s.secure_cookies = self.secure_cookies();
+        s.trusted_proxies = self.trusted_proxies.clone();
         s.session_secs = self.session_secs;
         s.campaigns.min_jaccard = self.campaign_min_jaccard;
         Ok(s)
@@ -106,6 +133,7 @@ pub struct BrokerPolicy {
     key_path: PathBuf,
     broker: BrokerConfig,
     client_id: String,
+    safety: SafetyContext,
     clock: super::Clock,
 }
 
@@ -117,6 +145,7 @@ impl BrokerPolicy {
             key_path: config.policy_key_path.clone(),
             broker: config.broker.clone(),
             client_id: format!("{}-web", config.broker.client_id),
+            safety: config.safety_context(),
             clock: system_clock(),
         }
     }
@@ -133,11 +162,13 @@ impl PolicyPublisher for BrokerPolicy {
             let key_path = self.key_path.clone();
             let now = (self.clock)();
             let target = cpe_id.map_or(Target::Fleet, Target::Cpe);
+            let safety = self.safety.clone();
             let stored = tokio::task::spawn_blocking(move || {
                 let key =
                     smtpguard_protocol::keys::read_secret(&key_path).map_err(|e| e.to_string())?;
                 let mut store = Store::open(&db).map_err(|e| e.to_string())?;
-                policy::sign(&mut store, &key, policy, &target, now).map_err(|e| e.to_string())
+                policy::sign(&mut store, &key, policy, &target, &safety, now)
+                    .map_err(|e| e.to_string())
             })
             .await
             .map_err(|e| e.to_string())??;
@@ -169,7 +200,8 @@ pub async fn run(
 ) -> Result<(), WebError> {
     let web = &config.web;
     web.validate()?;
-    let settings = web.settings()?;
+    let mut settings = web.settings()?;
+    settings.policy_safety = config.safety_context();
     let conn = open_db(&config.db_path)?;
     let state = AppState::new(
         conn,
@@ -183,4 +215,28 @@ pub async fn run(
     super::serve(listener, state, shutdown)
         .await
         .map_err(|e| WebError::Internal(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cookies_are_secure_when_the_public_url_is_https_unless_configured_otherwise() {
+        let parse = |text: &str| {
+            let c: WebConfig = toml::from_str(text).unwrap();
+            c.validate().unwrap();
+            c.secure_cookies()
+        };
+        assert!(!parse(""));
+        assert!(!parse("public_url = \"http://127.0.0.1:8080\""));
+        assert!(parse("public_url = \"https://noc.isp.example\""));
+        assert!(!parse(
+            "public_url = \"https://noc.isp.example\"\nsecure_cookies = false"
+        ));
+        assert!(parse("secure_cookies = true"));
+        let c: WebConfig = toml::from_str("public_url = \"noc.isp.example\"").unwrap();
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("web.public_url"), "{err}");
+    }
 }

@@ -217,6 +217,28 @@ fn render(s: &Snapshot, state: &AppState) -> String {
     );
     header(
         &mut o,
+        "smtpguard_web_login_throttled_total",
+        "counter",
+        "Requests with a credential refused with 429 because their source address is in login back-off (since start).",
+    );
+    let _ = writeln!(
+        o,
+        "smtpguard_web_login_throttled_total {}",
+        state.counters.login_throttled.load(Ordering::Relaxed)
+    );
+    header(
+        &mut o,
+        "smtpguard_web_login_backoff_addresses",
+        "gauge",
+        "Source addresses with failed credentials being tracked for back-off (bounded).",
+    );
+    let _ = writeln!(
+        o,
+        "smtpguard_web_login_backoff_addresses {}",
+        state.login_throttle.lock().map_or(0, |t| t.len())
+    );
+    header(
+        &mut o,
         "smtpguard_web_csrf_failures_total",
         "counter",
         "Form posts refused for CSRF (since start).",

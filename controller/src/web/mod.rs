@@ -85,6 +85,8 @@ pub struct Counters {
     pub auth_failures: std::sync::atomic::AtomicU64,
     /// Form posts refused for a bad CSRF token or a foreign origin.
     pub csrf_failures: std::sync::atomic::AtomicU64,
+    /// Requests with a credential answered 429 because their address is in back-off.
+    pub login_throttled: std::sync::atomic::AtomicU64,
 }
 
 impl Counters {
@@ -100,12 +102,19 @@ impl Counters {
 pub struct WebSettings {
     /// SHA-256 (hex) of the operator token; the token itself is never kept.
     pub operator_token_hash: String,
-    /// Mark cookies `Secure` (behind TLS).
+    /// Mark cookies `Secure` (the site is public over https).
     pub secure_cookies: bool,
+    /// Reverse proxies whose `X-Forwarded-For` / `X-Forwarded-Proto` are believed.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// Back-off for failed credentials per source address.
+    pub login_backoff: auth::BackoffSettings,
     /// How long a login lasts.
     pub session_secs: u64,
     /// Fleet correlation knobs.
     pub campaigns: crate::campaigns::Settings,
+    /// What no policy the NOC signs may cut off (the controller's `[policy]` section and
+    /// broker addresses); checked before anything is handed to the publisher.
+    pub policy_safety: smtpguard_protocol::SafetyContext,
 }
 
 impl WebSettings {
@@ -114,8 +123,11 @@ impl WebSettings {
         WebSettings {
             operator_token_hash: crate::households::hash_secret(operator_token),
             secure_cookies: false,
+            trusted_proxies: Vec::new(),
+            login_backoff: auth::BackoffSettings::default(),
             session_secs: 12 * 3600,
             campaigns: crate::campaigns::Settings::default(),
+            policy_safety: smtpguard_protocol::SafetyContext::default(),
         }
     }
 }
@@ -130,6 +142,8 @@ pub struct AppState {
     pub policy: Arc<dyn PolicyPublisher>,
     /// Web-layer counters.
     pub counters: Arc<Counters>,
+    /// Failed credentials per source address.
+    pub login_throttle: Arc<Mutex<auth::LoginThrottle>>,
     /// The clock.
     pub clock: Clock,
 }
@@ -164,6 +178,7 @@ impl AppState {
     ) -> AppState {
         AppState {
             db: Arc::new(Mutex::new(conn)),
+            login_throttle: Arc::new(Mutex::new(auth::LoginThrottle::new(settings.login_backoff))),
             settings: Arc::new(settings),
             policy,
             counters: Arc::new(Counters::default()),
@@ -203,6 +218,10 @@ pub enum WebError {
     /// No valid credentials (401; pages redirect to the login form).
     #[error("sign in required")]
     Unauthorized,
+    /// A wrong bearer token (401 like [`WebError::Unauthorized`]; the response is marked
+    /// for the login back-off).
+    #[error("sign in required")]
+    BadCredentials,
     /// Valid credentials for the wrong role (403).
     #[error("not allowed")]
     Forbidden,
@@ -263,7 +282,7 @@ impl WebError {
     /// The status code.
     pub fn status(&self) -> StatusCode {
         match self {
-            WebError::Unauthorized => StatusCode::UNAUTHORIZED,
+            WebError::Unauthorized | WebError::BadCredentials => StatusCode::UNAUTHORIZED,
             WebError::Forbidden | WebError::Csrf => StatusCode::FORBIDDEN,
             WebError::NotFound => StatusCode::NOT_FOUND,
             WebError::BadRequest(_) => StatusCode::BAD_REQUEST,
@@ -286,11 +305,14 @@ impl WebError {
             axum::Json(serde_json::json!({ "error": self.to_string() })),
         )
             .into_response();
-        if matches!(self, WebError::Unauthorized) {
+        if matches!(self, WebError::Unauthorized | WebError::BadCredentials) {
             r.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Bearer realm=\"smtpguard\""),
             );
+        }
+        if matches!(self, WebError::BadCredentials) {
+            r.extensions_mut().insert(auth::AuthOutcome::Failed);
         }
         r
     }
@@ -298,8 +320,14 @@ impl WebError {
     /// As an HTML page response; 401 sends people to the login form.
     pub fn page(self) -> Response {
         self.log();
-        if matches!(self, WebError::Unauthorized) {
-            return Redirect::to("/login").into_response();
+        match self {
+            WebError::Unauthorized => return Redirect::to("/login").into_response(),
+            WebError::BadCredentials => {
+                let mut r = Redirect::to("/login").into_response();
+                r.extensions_mut().insert(auth::AuthOutcome::Failed);
+                return r;
+            }
+            _ => {}
         }
         let (title, text) = match &self {
             WebError::NotFound => (
@@ -364,6 +392,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/my/devices", get(api::my_devices))
         .route("/metrics", get(metrics::metrics))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::throttle,
+        ))
         .layer(axum::middleware::from_fn(security_headers))
         .with_state(state)
 }
@@ -400,7 +432,10 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let addr: Option<SocketAddr> = listener.local_addr().ok();
     tracing::info!(?addr, "web server listening");
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    axum::serve(
+        listener,
+        router(state).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
 }

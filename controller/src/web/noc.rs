@@ -610,16 +610,29 @@ pub async fn push_campaign_indicators(
             Ok((c, current_fleet_policy(conn)?))
         })
         .await?;
-    let extra = campaigns::indicators_of(&campaign, with_servers);
+    let mut extra = campaigns::indicators_of(&campaign, with_servers);
     if extra.is_empty() {
         return Err(WebError::BadRequest(
             "this campaign has no shared EHLO names or sender domains; tick the mail-server box to push its servers".into(),
         ));
     }
+    let dropped =
+        campaigns::drop_unsafe_servers(&mut extra, &policy, &state.settings.policy_safety);
+    for why in &dropped {
+        tracing::info!(campaign = %campaign.id, %why, "mail server left out of the campaign push");
+    }
+    if extra.is_empty() {
+        return Err(WebError::BadRequest(format!(
+            "nothing to push: every shared mail server of this campaign is protected ({})",
+            dropped
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ")
+        )));
+    }
     campaigns::merge_indicators(&mut policy.indicators, &extra);
-    let version = state
-        .policy
-        .publish(policy, None)
+    let version = publish_checked(state, policy)
         .await
         .map_err(WebError::BadRequest)?;
     let id = campaign.id.clone();
@@ -638,6 +651,16 @@ pub async fn push_campaign_indicators(
         .await?;
     tracing::info!(campaign = %campaign.id, version, "campaign indicators pushed");
     Ok(version)
+}
+
+/// Validates `policy`, runs the policy safety check against the controller's context and
+/// only then hands it to the publisher (which signs it): a version every router would refuse
+/// is never signed. Returns the version, or the reason it was refused.
+async fn publish_checked(state: &AppState, policy: Policy) -> Result<u64, String> {
+    policy.validate().map_err(|e| e.to_string())?;
+    smtpguard_protocol::check_policy_safety(&policy, &state.settings.policy_safety)
+        .map_err(|e| e.to_string())?;
+    state.policy.publish(policy, None).await
 }
 
 fn policy_body(
@@ -794,7 +817,8 @@ pub struct PolicyForm {
     policy: String,
 }
 
-/// `POST /noc/policy`: validates, signs and publishes.
+/// `POST /noc/policy`: validates, checks safety, signs and publishes; a refused policy is
+/// shown again in the editor with the reason, and nothing is signed.
 pub async fn policy_save(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -807,12 +831,9 @@ pub async fn policy_save(
     if let Err(e) = auth::check_form(&state, &headers, &caller, &form.csrf) {
         return e.page();
     }
-    let parsed = toml::from_str::<Policy>(&form.policy)
-        .map_err(|e| e.to_string())
-        .and_then(|p| p.validate().map(|()| p).map_err(|e| e.to_string()));
-    let result = match parsed {
-        Ok(p) => state.policy.publish(p, None).await,
-        Err(e) => Err(e),
+    let result = match toml::from_str::<Policy>(&form.policy) {
+        Ok(p) => publish_checked(&state, p).await,
+        Err(e) => Err(e.to_string()),
     };
     match result {
         Ok(v) => Redirect::to(&format!("/noc/policy?saved={v}")).into_response(),

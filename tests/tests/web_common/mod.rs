@@ -19,6 +19,22 @@ use smtpguard_protocol::Policy;
 /// The operator token of the test server.
 pub const OPERATOR_TOKEN: &str = "noc-test-token-0123456789";
 
+/// The ISP relay the test server's `[policy] isp_relays` names (the seeded fleet's relay).
+pub const ISP_RELAY: &str = "198.51.100.7:587";
+
+/// The address the test server's routers reach the broker at.
+pub const AGENT_BROKER: &str = "192.0.2.10";
+
+/// The web settings of the test server: its operator token and its policy safety context.
+pub fn test_settings() -> WebSettings {
+    let mut settings = WebSettings::new(OPERATOR_TOKEN);
+    settings.policy_safety = smtpguard_protocol::SafetyContext {
+        local_relays: vec![ISP_RELAY.parse().unwrap()],
+        brokers: vec![AGENT_BROKER.parse().unwrap()],
+    };
+    settings
+}
+
 /// Stores published policies in the database (signing and MQTT are the policy module's job
 /// and tested there).
 struct StorePolicies(PathBuf);
@@ -71,16 +87,16 @@ pub fn now_ms() -> u64 {
 
 impl Server {
     pub fn start() -> Result<Server> {
+        Server::start_with(test_settings(), web::system_clock())
+    }
+
+    /// [`Server::start`] with other web settings and clock.
+    pub fn start_with(settings: WebSettings, clock: web::Clock) -> Result<Server> {
         let dir = tempfile::tempdir()?;
         let db = dir.path().join("controller.db");
         let seeded = demo::seed(&db, now_ms())?;
         let conn = web::open_db(&db)?;
-        let state = AppState::new(
-            conn,
-            WebSettings::new(OPERATOR_TOKEN),
-            Arc::new(StorePolicies(db.clone())),
-            web::system_clock(),
-        );
+        let state = AppState::new(conn, settings, Arc::new(StorePolicies(db.clone())), clock);
         let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
@@ -238,7 +254,40 @@ pub fn http(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> Result<Resp> {
-    let mut s = TcpStream::connect(addr)?;
+    request(TcpStream::connect(addr)?, addr, method, path, headers, body)
+}
+
+/// [`http`] from the loopback source address `src` (any of 127.0.0.0/8), so a test can be
+/// several clients.
+pub fn http_from(
+    src: std::net::IpAddr,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<Resp> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()?;
+    let stream = rt.block_on(async {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind(SocketAddr::new(src, 0))?;
+        socket.connect(addr).await
+    })?;
+    let stream = stream.into_std()?;
+    stream.set_nonblocking(false)?;
+    request(stream, addr, method, path, headers, body)
+}
+
+fn request(
+    mut s: TcpStream,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<Resp> {
     s.set_read_timeout(Some(Duration::from_secs(60)))?;
     let mut req = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
