@@ -32,6 +32,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use smtpguard_protocol::policy::RelayRule;
 use smtpguard_protocol::{AgentStats, MacAddr, Policy};
 
 use crate::capture::{Capture, CaptureError, CaptureOptions};
@@ -329,6 +330,8 @@ struct Worker {
     /// The policy from the local file (or defaults), and the newest verified policy of each
     /// scope from the controller; the per-CPE override wins, then the fleet policy.
     local_policy: Policy,
+    /// The ISP relays of the local config (`isp_relays`): allowlisted under every policy.
+    isp_relays: Vec<RelayRule>,
     fleet_policy: Option<Policy>,
     cpe_policy: Option<Policy>,
     /// When the current telemetry window started, and the counters at that time.
@@ -342,7 +345,8 @@ struct Worker {
 
 impl Worker {
     fn start(config: &AgentConfig, link: Option<Link>) -> Result<Worker, RunError> {
-        let policy = load_policy(config.policy_file.as_deref())?;
+        let mut policy = load_policy(config.policy_file.as_deref())?;
+        policy.allow_relays_too(&config.isp_relays);
         let now = now_ms();
         let state_dir = config.state_dir.clone();
         let mut enforcer = enforcer_for(config);
@@ -444,6 +448,7 @@ impl Worker {
             mail_ports,
             link,
             local_policy: policy,
+            isp_relays: config.isp_relays.clone(),
             fleet_policy: None,
             cpe_policy: None,
             window_start_ms: now,
@@ -627,7 +632,7 @@ impl Worker {
             return Vec::new();
         }
         *seen = current;
-        let policy = match load_policy(Some(path)) {
+        let mut policy = match load_policy(Some(path)) {
             Ok(p) => p,
             Err(err) => {
                 tracing::error!(%err, "keeping the policy in force");
@@ -635,6 +640,7 @@ impl Worker {
             }
         };
         tracing::info!(version = policy.policy_version, mode = ?policy.mode, "policy reloaded");
+        policy.allow_relays_too(&self.isp_relays);
         self.local_policy = policy;
         if self.cpe_policy.is_some() || self.fleet_policy.is_some() {
             // The controller's policy stays in force over the local file.

@@ -441,6 +441,16 @@ impl Policy {
         self.allow_relays.iter().any(|r| r.matches(ip, port))
     }
 
+    /// Adds `relays` to the allowlisted relays (those not already there). The router's own
+    /// ISP relays join every policy it applies this way, so no policy can take them out.
+    pub fn allow_relays_too(&mut self, relays: &[RelayRule]) {
+        for relay in relays {
+            if !self.allow_relays.contains(relay) {
+                self.allow_relays.push(*relay);
+            }
+        }
+    }
+
     /// Whether `mac` is an allowlisted device.
     pub fn is_allowed_device(&self, mac: &MacAddr) -> bool {
         self.allow_macs.contains(mac)
@@ -567,5 +577,19 @@ mod tests {
                 applied: 4
             })
         );
+    }
+
+    #[test]
+    fn local_relays_join_a_policy_once() {
+        let isp: RelayRule = "198.51.100.25:587".parse().unwrap();
+        let other: RelayRule = "203.0.113.0/24:465".parse().unwrap();
+        let mut p = Policy {
+            allow_relays: vec![other],
+            ..Policy::default()
+        };
+        p.allow_relays_too(&[isp, other]);
+        p.allow_relays_too(&[isp]);
+        assert_eq!(p.allow_relays, vec![other, isp]);
+        assert!(p.is_relay("198.51.100.25".parse().unwrap(), 587));
     }
 }

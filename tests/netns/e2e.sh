@@ -242,15 +242,17 @@ check "laptop resolves MX records through the router" \
 
 mkdir -p "$WORK/state"
 cat >"$WORK/policy.toml" <<EOF
-# Test policy: enforce, short block, the ISP relay allowlisted.
+# Test policy: enforce, short block. The ISP relay is in the router's own config below,
+# where no policy can take it out.
 mode = "enforce"
 block_ttl_secs = $BLOCK_TTL
 rate_limit_per_minute = 6
-allow_relays = ["$RELAY:587"]
+allow_relays = []
 EOF
 cat >"$WORK/agent.toml" <<EOF
 state_dir = "$WORK/state"
 policy_file = "$WORK/policy.toml"
+isp_relays = ["$RELAY:587"]
 
 [capture]
 interface = "br-lan"
@@ -496,13 +498,13 @@ wait "$BOT" 2>/dev/null
 step "7. a change of the local policy file reaches the table (no duplicate rules)"
 
 RULES_BEFORE=$(rule_count)
-sed -i "s|^allow_relays = .*|allow_relays = [\"$RELAY:587\", \"198.51.100.0/24:465\"]|" "$WORK/policy.toml"
+sed -i "s|^allow_relays = .*|allow_relays = [\"198.51.100.0/24:465\"]|" "$WORK/policy.toml"
 if wait_for 15 bash -c "ip netns exec $NS_RTR nft list set inet smtpguard relays4 | grep -q '198.51.100.0/24 . 465'"; then
     pass "new allowlisted relay is in the table"
 else
     fail "new allowlisted relay is in the table within 15 s"
 fi
-check "the first relay is still there" \
+check "the ISP relay of the router's config is still there (no policy removes it)" \
     bash -c "ip netns exec $NS_RTR nft list set inet smtpguard relays4 | grep -q '$RELAY . 587'"
 check "no duplicate rules after the policy change ($(rule_count) rules)" test "$(rule_count)" -eq "$RULES_BEFORE"
 check "laptop still delivers through the relay" laptop_submit e2e-laptop-3

@@ -201,11 +201,7 @@ impl PolicyGuard {
         if let Err(e) = check_policy_safety(&policy, &self.safety) {
             return refuse(version, e.to_string());
         }
-        for relay in &self.safety.local_relays {
-            if !policy.allow_relays.contains(relay) {
-                policy.allow_relays.push(*relay);
-            }
-        }
+        policy.allow_relays_too(&self.safety.local_relays);
         self.offered.raise(scope, version);
         Decision::Apply(PolicyUpdate {
             scope,
