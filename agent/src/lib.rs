@@ -1,6 +1,9 @@
 //! smtpguard edge agent.
 //!
 //! # Layout
+//! - [`core`]: [`core::Agent`], the sans-IO agent core that `run`, `replay`, the demo and the
+//!   tests all drive the same way: engine, planner, policy precedence, one timer table and
+//!   the telemetry window in, kernel operations, alerts, telemetry and acks out.
 //! - [`config`]: [`config::AgentConfig`], read from TOML or OpenWrt UCI and validated once.
 //! - [`capture`]: live capture on the LAN interface (`AF_PACKET` + a kernel BPF filter that
 //!   passes only mail, DNS and DHCP frames), frames stamped in Unix milliseconds.
@@ -33,6 +36,7 @@
 pub mod capture;
 pub mod cli;
 pub mod config;
+pub mod core;
 pub mod enforce;
 pub mod engine;
 pub mod leases;

@@ -25,7 +25,9 @@ use std::sync::Arc;
 use serde::Serialize;
 use smtpguard_protocol::{Action, DeviceCounters, MacAddr, Policy, Verdict};
 
-use crate::engine::{Engine, EngineAction, EngineConfig, EngineStats};
+use crate::core::{Agent, Output, Settings};
+use crate::enforce::Op;
+use crate::engine::{EngineConfig, EngineStats};
 use crate::oui::{OuiError, OuiTable};
 use crate::pcap::{CaptureError, CaptureReader};
 
@@ -204,7 +206,15 @@ pub fn replay_reader<R: Read>(
         path: name.to_string(),
         source,
     })?;
-    let mut engine = Engine::new(config, policy);
+    let mut agent = Agent::new(
+        Settings {
+            mail_ports: config.mail_ports,
+            engine: config,
+            ..Settings::default()
+        },
+        policy,
+        0,
+    );
     let mut timeline = Vec::new();
     let mut packets = 0u64;
     let mut first_ms = None;
@@ -227,13 +237,11 @@ pub fn replay_reader<R: Read>(
         packets += 1;
         first_ms.get_or_insert(now);
         last_ms = Some(last_ms.map_or(now, |l: u64| l.max(now)));
-        if engine.poll_timeout().is_some_and(|t| t <= now) {
-            engine.handle_timeout(now);
-        }
-        engine.handle_frame(now, rec.data);
-        drain(&mut engine, now, &mut timeline);
+        agent.handle_frame(now, rec.data);
+        drain(&mut agent, now, &mut timeline);
     }
     let end = last_ms.unwrap_or(0);
+    let engine = agent.engine();
     let snapshot = engine.report(end);
     let mut devices: Vec<ReplayDevice> = snapshot
         .devices
@@ -287,13 +295,12 @@ pub fn replay_reader<R: Read>(
     })
 }
 
-fn drain(engine: &mut Engine, now: u64, timeline: &mut Vec<TimelineEntry>) {
-    while let Some(action) = engine.poll_action() {
-        if timeline.len() >= TIMELINE_MAX {
-            continue;
-        }
-        timeline.push(match action {
-            EngineAction::Alert(a) => TimelineEntry {
+/// Records the core's alerts and enforcement in the timeline (the rest of its outputs is
+/// for a live router).
+fn drain(agent: &mut Agent, now: u64, timeline: &mut Vec<TimelineEntry>) {
+    while let Some(output) = agent.poll_output() {
+        let entries: Vec<TimelineEntry> = match output {
+            Output::Alert(a) => vec![TimelineEntry {
                 at_ms: a.at_ms,
                 mac: a.device.mac,
                 event: "alert",
@@ -301,20 +308,30 @@ fn drain(engine: &mut Engine, now: u64, timeline: &mut Vec<TimelineEntry>) {
                     "{} -> {} (score {:.2})",
                     a.previous, a.device.verdict, a.device.score
                 ),
-            },
-            EngineAction::Enforce { mac, action, .. } => TimelineEntry {
-                at_ms: now,
-                mac,
-                event: "enforce",
-                detail: action.to_string(),
-            },
-            EngineAction::Release { mac } => TimelineEntry {
-                at_ms: now,
-                mac,
-                event: "release",
-                detail: String::new(),
-            },
-        });
+            }],
+            Output::Apply(ops) => ops
+                .into_iter()
+                .map(|op| {
+                    let (event, detail) = match op {
+                        Op::Limit { .. } => ("enforce", Action::RateLimit.to_string()),
+                        Op::Block { .. } => ("enforce", Action::Block.to_string()),
+                        Op::Unlimit { .. } | Op::Unblock { .. } => ("release", String::new()),
+                    };
+                    TimelineEntry {
+                        at_ms: now,
+                        mac: op.mac(),
+                        event,
+                        detail,
+                    }
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        for e in entries {
+            if timeline.len() < TIMELINE_MAX {
+                timeline.push(e);
+            }
+        }
     }
 }
 

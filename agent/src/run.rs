@@ -32,25 +32,19 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use smtpguard_protocol::policy::RelayRule;
-use smtpguard_protocol::{AgentStats, MacAddr, Policy};
+use smtpguard_protocol::{MacAddr, Policy, Verdict};
 
 use crate::capture::{Capture, CaptureError, CaptureOptions};
 use crate::config::{AgentConfig, EnforceBackend};
+use crate::core::{Agent, Output, Settings as CoreSettings};
 use crate::enforce::control::{self, write_status, StatusFile, STATUS_EVERY_SECS};
-use crate::enforce::{
-    state, EnforceError, Enforcer, LoggingEnforcer, NftEnforcer, Op, Planner, PlannerConfig,
-    TableSpec,
-};
-use crate::engine::{Engine, EngineAction, EngineConfig};
+use crate::enforce::{state, EnforceError, Enforcer, LoggingEnforcer, NftEnforcer, PlannerConfig};
+use crate::engine::EngineConfig;
 use crate::leases;
 use crate::oui::OuiTable;
-use crate::ports::MailPorts;
 use crate::uplink::{PolicyUpdate, Settings, Uplink, UplinkError, UplinkHandle};
 use smtpguard_firmware::led::sysfs::SysfsLed;
 use smtpguard_firmware::led::{Status as LedStatus, StatusLed};
-use smtpguard_protocol::messages::{MAX_CONN_RECORDS, MAX_DEVICES_PER_TELEMETRY};
-use smtpguard_protocol::{PolicyScope, Telemetry, Verdict};
 
 /// How often the status LED's state (devices, uplink) is re-evaluated.
 const LED_EVAL_MS: u64 = 1_000;
@@ -132,14 +126,7 @@ pub fn load_policy(path: Option<&Path>) -> Result<Policy, RunError> {
     Ok(policy)
 }
 
-/// The table settings for `policy` with the configured mail ports.
-pub fn table_spec(mail_ports: &MailPorts, policy: &Policy) -> TableSpec {
-    TableSpec {
-        mail_ports: mail_ports.as_slice().to_vec(),
-        rate_per_minute: policy.rate_limit_per_minute,
-        relays: policy.allow_relays.clone(),
-    }
-}
+pub use crate::core::table_spec;
 
 /// The enforcement backend `config` asks for.
 pub fn enforcer_for(config: &AgentConfig) -> Box<dyn Enforcer + Send> {
@@ -305,15 +292,13 @@ pub fn run_until_signal(config: AgentConfig) -> Result<(), RunError> {
     })
 }
 
-/// Everything the worker thread owns.
+/// Everything the worker thread owns: the core, and the I/O it carries out for it.
 struct Worker {
     state_dir: PathBuf,
     interface: String,
     capture: Capture,
-    engine: Engine,
-    planner: Planner,
+    agent: Agent,
     enforcer: Box<dyn Enforcer + Send>,
-    spec: TableSpec,
     /// A batch failed: reinstall and re-apply the planner's view at this time.
     resync_at_ms: Option<u64>,
     next_status_ms: u64,
@@ -324,19 +309,8 @@ struct Worker {
     /// The DHCP lease file (host names) and the modification time last read.
     leases_file: (PathBuf, Option<SystemTime>),
     next_leases_poll_ms: u64,
-    mail_ports: MailPorts,
     /// The uplink, when enabled.
     link: Option<Link>,
-    /// The policy from the local file (or defaults), and the newest verified policy of each
-    /// scope from the controller; the per-CPE override wins, then the fleet policy.
-    local_policy: Policy,
-    /// The ISP relays of the local config (`isp_relays`): allowlisted under every policy.
-    isp_relays: Vec<RelayRule>,
-    fleet_policy: Option<Policy>,
-    cpe_policy: Option<Policy>,
-    /// When the current telemetry window started, and the counters at that time.
-    window_start_ms: u64,
-    window_base: (u64, u64, u64, u64),
     /// The router's status LED (`[led] name`), its next pattern step and next evaluation.
     led: Option<StatusLed<SysfsLed>>,
     led_deadline_ms: Option<u64>,
@@ -345,18 +319,9 @@ struct Worker {
 
 impl Worker {
     fn start(config: &AgentConfig, link: Option<Link>) -> Result<Worker, RunError> {
-        let mut policy = load_policy(config.policy_file.as_deref())?;
-        policy.allow_relays_too(&config.isp_relays);
+        let policy = load_policy(config.policy_file.as_deref())?;
         let now = now_ms();
         let state_dir = config.state_dir.clone();
-        let mut enforcer = enforcer_for(config);
-        let mut planner = Planner::new(
-            PlannerConfig {
-                release_grace_secs: config.enforce.release_grace_secs,
-            },
-            &policy,
-        );
-
         let (router_macs, router_ips) = router_identity(&config.capture.interface);
         let oui = config
             .capture
@@ -368,74 +333,53 @@ impl Worker {
                     None
                 }
             });
-        let mut engine = Engine::new(
-            EngineConfig {
-                device_capacity: config.capture.device_capacity,
-                router_macs,
-                router_ips,
-                oui,
-                mail_ports: config.enforce.mail_ports(),
-                ..EngineConfig::default()
+        let mail_ports = config.enforce.mail_ports();
+        let mut agent = Agent::new(
+            CoreSettings {
+                engine: EngineConfig {
+                    device_capacity: config.capture.device_capacity,
+                    router_macs,
+                    router_ips,
+                    oui,
+                    ..EngineConfig::default()
+                },
+                planner: PlannerConfig {
+                    release_grace_secs: config.enforce.release_grace_secs,
+                },
+                mail_ports,
+                isp_relays: config.isp_relays.clone(),
+                telemetry: link.is_some(),
             },
-            policy.clone(),
+            policy,
+            now,
         );
-
-        let mut ops = match state::load(&state_dir) {
-            Ok(Some(snapshot)) => {
-                let ops = planner.restore(now, &snapshot);
-                tracing::info!(
-                    restored = planner.entries().count(),
-                    "enforcement restored from the state file"
-                );
-                ops
-            }
-            Ok(None) => Vec::new(),
+        match state::load(&state_dir) {
+            Ok(Some(snapshot)) => agent.restore(now, &snapshot),
+            Ok(None) => {}
             Err(err) => {
                 // A damaged file must not keep the router unprotected: start empty, keep
                 // the file aside for a person to look at.
                 tracing::error!(%err, "ignoring unreadable enforcement state");
                 let path = state::state_path(&state_dir);
                 let _ = std::fs::rename(&path, path.with_extension("json.unreadable"));
-                Vec::new()
             }
-        };
-        // Releases restored from the state file hold the engine off too.
-        for (mac, until) in planner.manual_releases(now) {
-            engine.hold(now, mac, until);
         }
-        ops.extend(take_releases(&state_dir, &mut planner, &mut engine, now));
-
-        let mail_ports = config.enforce.mail_ports();
-        let spec = table_spec(&mail_ports, &policy);
-        enforcer.install(&spec)?;
-        let mut resync_at_ms = None;
-        if let Err(err) = enforcer.apply(&ops) {
-            tracing::error!(%err, "restoring enforcement failed; retrying shortly");
-            resync_at_ms = Some(now + RESYNC_AFTER_MS);
-        }
-        save_state(&state_dir, &planner);
+        take_releases(&state_dir, &mut agent, now);
 
         let capture = Capture::open(
             &config.capture.interface,
             &CaptureOptions {
-                mail_ports: config.enforce.mail_ports(),
+                mail_ports,
                 ..CaptureOptions::default()
             },
         )?;
-        tracing::info!(
-            interface = %config.capture.interface,
-            backend = ?config.enforce.backend,
-            "agent running"
-        );
-        Ok(Worker {
+        let mut worker = Worker {
             state_dir,
             interface: config.capture.interface.clone(),
             capture,
-            engine,
-            planner,
-            enforcer,
-            spec,
-            resync_at_ms,
+            agent,
+            enforcer: enforcer_for(config),
+            resync_at_ms: None,
             next_status_ms: now,
             next_release_poll_ms: now + RELEASE_POLL_MS,
             policy_file: config
@@ -445,18 +389,20 @@ impl Worker {
             next_policy_poll_ms: now + POLICY_POLL_MS,
             leases_file: (config.capture.leases_file.clone(), None),
             next_leases_poll_ms: now,
-            mail_ports,
             link,
-            local_policy: policy,
-            isp_relays: config.isp_relays.clone(),
-            fleet_policy: None,
-            cpe_policy: None,
-            window_start_ms: now,
-            window_base: (0, 0, 0, 0),
             led: open_led(config.led.name.as_deref()),
             led_deadline_ms: None,
             next_led_eval_ms: now,
-        })
+        };
+        // The table must be there before the agent runs: a router that cannot install it
+        // does not start (procd restarts it).
+        worker.carry_out(now, true)?;
+        tracing::info!(
+            interface = %config.capture.interface,
+            backend = ?config.enforce.backend,
+            "agent running"
+        );
+        Ok(worker)
     }
 
     fn run(&mut self, stop: &AtomicBool) -> Result<(), RunError> {
@@ -465,61 +411,25 @@ impl Worker {
                 break Ok(());
             }
             match self.capture.next_frame() {
-                Ok(Some(frame)) => self.engine.handle_frame(frame.ts_ms, frame.data),
+                Ok(Some(frame)) => self.agent.handle_frame(frame.ts_ms, frame.data),
                 Ok(None) => {}
                 Err(err) => break Err(RunError::Capture(err)),
             }
             self.tick(now_ms());
         };
-        save_state(&self.state_dir, &self.planner);
+        self.save_state();
         self.write_status(now_ms(), true);
         result
     }
 
-    /// Timers, actions and files for one round of the loop.
+    /// Timers, inputs from files and the uplink, and the core's outputs for one round.
     fn tick(&mut self, now: u64) {
-        if self.engine.poll_timeout().is_some_and(|t| t <= now) {
-            self.engine.handle_timeout(now);
-        }
-        let mut ops: Vec<Op> = Vec::new();
-        while let Some(action) = self.engine.poll_action() {
-            match action {
-                EngineAction::Alert(alert) => {
-                    let d = &alert.device;
-                    tracing::warn!(
-                        mac = %d.mac,
-                        verdict = %d.verdict,
-                        previous = %alert.previous,
-                        score = d.score,
-                        evidence = %d.evidence.join("; "),
-                        "verdict changed"
-                    );
-                    if let Some(link) = &self.link {
-                        if let Err(err) = link.handle.send_alert(alert) {
-                            tracing::error!(%err, "alert not queued for the controller");
-                        }
-                    }
-                }
-                EngineAction::Enforce {
-                    mac,
-                    action,
-                    until_ms,
-                    reason,
-                } => ops.extend(self.planner.enforce(now, mac, action, until_ms, &reason)),
-                EngineAction::Release { mac } => ops.extend(self.planner.release(now, mac)),
-            }
-        }
-        if self.planner.poll_timeout().is_some_and(|t| t <= now) {
-            ops.extend(self.planner.handle_timeout(now));
+        if self.agent.poll_timeout().is_some_and(|t| t <= now) {
+            self.agent.handle_timeout(now);
         }
         if now >= self.next_release_poll_ms {
             self.next_release_poll_ms = now + RELEASE_POLL_MS;
-            ops.extend(take_releases(
-                &self.state_dir,
-                &mut self.planner,
-                &mut self.engine,
-                now,
-            ));
+            take_releases(&self.state_dir, &mut self.agent, now);
         }
         if now >= self.next_leases_poll_ms {
             self.next_leases_poll_ms = now + LEASES_POLL_MS;
@@ -527,25 +437,20 @@ impl Worker {
         }
         if now >= self.next_policy_poll_ms {
             self.next_policy_poll_ms = now + POLICY_POLL_MS;
-            ops.extend(self.reload_policy(now));
+            self.reload_policy(now);
         }
-        ops.extend(self.take_controller_policies(now));
-        let interval_ms = u64::from(self.engine.policy().telemetry_interval_secs) * 1000;
-        if self.link.is_some() && now >= self.window_start_ms + interval_ms {
-            self.send_telemetry(now);
-        }
-        if !ops.is_empty() {
-            for op in &ops {
-                tracing::info!(%op, "enforce");
+        if let Some(link) = &self.link {
+            let updates: Vec<PolicyUpdate> = link.policies.try_iter().collect();
+            for update in updates {
+                tracing::info!(scope = ?update.scope, version = update.version, "controller policy");
+                self.agent.apply_controller_policy(now, &update);
             }
-            if let Err(err) = self.enforcer.apply(&ops) {
-                tracing::error!(%err, "enforcement batch failed; nothing in it was applied");
-                self.resync_at_ms.get_or_insert(now + RESYNC_AFTER_MS);
-            }
-            save_state(&self.state_dir, &self.planner);
-            // `status` shows a change of enforcement at once, not at the next interval.
-            self.next_status_ms = now;
         }
+        if let Ok(cs) = self.capture.stats() {
+            self.agent.note_kernel_drops(cs.drops);
+        }
+        // Only the start may fail on the table; later failures are retried.
+        let _ = self.carry_out(now, false);
         if self.resync_at_ms.is_some_and(|t| t <= now) {
             self.resync(now);
         }
@@ -556,6 +461,69 @@ impl Worker {
         self.drive_led(now);
     }
 
+    /// Carries out the core's outputs in order: the table, one nft batch per set of ops,
+    /// the state file, alerts, telemetry and acks to the uplink.
+    ///
+    /// # Errors
+    /// Only when `strict` (at start): the table could not be installed.
+    fn carry_out(&mut self, now: u64, strict: bool) -> Result<(), RunError> {
+        let mut changed = false;
+        while let Some(output) = self.agent.poll_output() {
+            match output {
+                Output::Table(spec) => {
+                    if let Err(err) = self.enforcer.install(&spec) {
+                        if strict {
+                            return Err(err.into());
+                        }
+                        tracing::error!(%err, "cannot update the table; retrying");
+                        self.resync_at_ms.get_or_insert(now + RESYNC_AFTER_MS);
+                    }
+                }
+                Output::Apply(ops) => {
+                    for op in &ops {
+                        tracing::info!(%op, "enforce");
+                    }
+                    if let Err(err) = self.enforcer.apply(&ops) {
+                        tracing::error!(%err, "enforcement batch failed; nothing in it was applied");
+                        self.resync_at_ms.get_or_insert(now + RESYNC_AFTER_MS);
+                    }
+                    changed = true;
+                }
+                Output::Save(snapshot) => {
+                    if let Err(err) = state::save(&self.state_dir, &snapshot) {
+                        tracing::error!(%err, "cannot save the enforcement state");
+                    }
+                }
+                Output::Alert(alert) => {
+                    if let Some(link) = &self.link {
+                        if let Err(err) = link.handle.send_alert(alert) {
+                            tracing::error!(%err, "alert not queued for the controller");
+                        }
+                    }
+                }
+                Output::Telemetry(telemetry) => {
+                    if let Some(link) = &self.link {
+                        if let Err(err) = link.handle.send_telemetry(telemetry) {
+                            tracing::warn!(%err, "telemetry not queued");
+                        }
+                    }
+                }
+                Output::PolicyAck(ack) => {
+                    if let Some(link) = &self.link {
+                        if let Err(err) = link.handle.ack(ack) {
+                            tracing::error!(%err, "policy ack not queued");
+                        }
+                    }
+                }
+            }
+        }
+        if changed {
+            // `status` shows a change of enforcement at once, not at the next interval.
+            self.next_status_ms = now;
+        }
+        Ok(())
+    }
+
     /// Shows the most urgent state on the LED: an infected device, the controller out of
     /// reach, a suspicious device, or all clean (off).
     fn drive_led(&mut self, now: u64) {
@@ -564,7 +532,7 @@ impl Worker {
         };
         let result = if now >= self.next_led_eval_ms {
             self.next_led_eval_ms = now + LED_EVAL_MS;
-            let devices = self.engine.report(now).devices;
+            let devices = self.agent.engine().report(now).devices;
             let offline = self
                 .link
                 .as_ref()
@@ -594,8 +562,8 @@ impl Worker {
         }
     }
 
-    /// Gives the engine the host names of the DHCP lease file when it changed. A missing
-    /// or unreadable file only means no names (logged once per change).
+    /// Gives the core the host names of the DHCP lease file when it changed. A missing or
+    /// unreadable file only means no names.
     fn read_leases(&mut self) {
         let (path, seen) = &mut self.leases_file;
         let current = modified(path);
@@ -607,7 +575,7 @@ impl Worker {
             Ok(l) => {
                 let mut named = 0;
                 for (mac, name) in l.hostnames() {
-                    self.engine.set_hostname(mac, name);
+                    self.agent.set_hostname(mac, name);
                     named += 1;
                 }
                 tracing::debug!(
@@ -620,123 +588,32 @@ impl Worker {
         }
     }
 
-    /// Applies the local policy file again when it changed: engine, planner (allowlists,
-    /// mode) and the table (relays, rate). A file that no longer reads or validates is
-    /// logged and the policy in force stays.
-    fn reload_policy(&mut self, now: u64) -> Vec<Op> {
+    /// Hands the core the local policy file again when it changed. A file that no longer
+    /// reads or validates is logged and the policy in force stays.
+    fn reload_policy(&mut self, now: u64) {
         let Some((path, seen)) = &mut self.policy_file else {
-            return Vec::new();
+            return;
         };
         let current = modified(path);
         if current == *seen {
-            return Vec::new();
+            return;
         }
         *seen = current;
-        let mut policy = match load_policy(Some(path)) {
-            Ok(p) => p,
-            Err(err) => {
-                tracing::error!(%err, "keeping the policy in force");
-                return Vec::new();
+        match load_policy(Some(path)) {
+            Ok(policy) => {
+                tracing::info!(version = policy.policy_version, mode = ?policy.mode, "policy file reloaded");
+                self.agent.set_local_policy(now, policy);
             }
-        };
-        tracing::info!(version = policy.policy_version, mode = ?policy.mode, "policy reloaded");
-        policy.allow_relays_too(&self.isp_relays);
-        self.local_policy = policy;
-        if self.cpe_policy.is_some() || self.fleet_policy.is_some() {
-            // The controller's policy stays in force over the local file.
-            return Vec::new();
+            Err(err) => tracing::error!(%err, "keeping the policy in force"),
         }
-        let policy = self.local_policy.clone();
-        self.apply_policy(now, policy)
-    }
-
-    /// Applies the verified policies the uplink delivered and acknowledges each.
-    fn take_controller_policies(&mut self, now: u64) -> Vec<Op> {
-        let Some(link) = &self.link else {
-            return Vec::new();
-        };
-        let updates: Vec<PolicyUpdate> = link.policies.try_iter().collect();
-        let mut ops = Vec::new();
-        for update in updates {
-            tracing::info!(scope = ?update.scope, version = update.version, "controller policy");
-            match update.scope {
-                PolicyScope::Fleet => self.fleet_policy = Some(update.policy.clone()),
-                PolicyScope::Cpe => self.cpe_policy = Some(update.policy.clone()),
-            }
-            let effective = self
-                .cpe_policy
-                .clone()
-                .or_else(|| self.fleet_policy.clone())
-                .unwrap_or_else(|| self.local_policy.clone());
-            ops.extend(self.apply_policy(now, effective));
-            if let Some(link) = &self.link {
-                if let Err(err) = link.handle.ack(update.applied()) {
-                    tracing::error!(%err, "policy ack not queued");
-                }
-            }
-        }
-        ops
-    }
-
-    /// Sends one telemetry report for the window that ends now.
-    fn send_telemetry(&mut self, now: u64) {
-        let Some(link) = &self.link else {
-            return;
-        };
-        let es = self.engine.stats();
-        let cs = self.capture.stats().unwrap_or_default();
-        let (packets, drops, malformed, evicted) = self.window_base;
-        let mut devices = self.engine.report(now).devices;
-        devices.truncate(MAX_DEVICES_PER_TELEMETRY);
-        let mut connections = self.engine.drain_connections();
-        // Keep the newest records when there are more than one message may carry.
-        let excess = connections.len().saturating_sub(MAX_CONN_RECORDS);
-        connections.drain(..excess);
-        let telemetry = Telemetry {
-            window_start_ms: self.window_start_ms,
-            window_secs: u32::try_from(now.saturating_sub(self.window_start_ms) / 1000)
-                .unwrap_or(u32::MAX),
-            public_ip: None,
-            stats: AgentStats {
-                packets: es.packets.saturating_sub(packets),
-                kernel_drops: cs.drops.saturating_sub(drops),
-                malformed_packets: es.malformed.saturating_sub(malformed),
-                devices_evicted: es.devices_evicted.saturating_sub(evicted),
-                telemetry_dropped: 0,
-            },
-            devices,
-            connections,
-        };
-        if let Err(err) = link.handle.send_telemetry(telemetry) {
-            tracing::warn!(%err, "telemetry not queued");
-        }
-        self.window_start_ms = now;
-        self.window_base = (es.packets, cs.drops, es.malformed, es.devices_evicted);
-    }
-
-    /// Puts `policy` in force everywhere: the table (relays, rate; elements kept), the
-    /// planner (mode, allowlisted devices, time to live) and the engine. Returns the planner's
-    /// ops. The hook for policy from the uplink as well as from the local file.
-    fn apply_policy(&mut self, now: u64, policy: Policy) -> Vec<Op> {
-        let spec = table_spec(&self.mail_ports, &policy);
-        if spec != self.spec {
-            self.spec = spec;
-            if let Err(err) = self.enforcer.install(&self.spec) {
-                tracing::error!(%err, "cannot update the table; retrying");
-                self.resync_at_ms.get_or_insert(now + RESYNC_AFTER_MS);
-            }
-        }
-        let ops = self.planner.set_policy(now, &policy);
-        self.engine.set_policy(policy);
-        ops
     }
 
     /// Reinstalls the table and re-applies every entry the planner holds.
     fn resync(&mut self, now: u64) {
         let result = self
             .enforcer
-            .install(&self.spec)
-            .and_then(|()| self.enforcer.apply(&self.planner.sync_ops(now)));
+            .install(self.agent.table())
+            .and_then(|()| self.enforcer.apply(&self.agent.sync_ops(now)));
         match result {
             Ok(()) => {
                 tracing::info!("enforcement back in step with the planner");
@@ -749,11 +626,15 @@ impl Worker {
         }
     }
 
+    fn save_state(&self) {
+        if let Err(err) = state::save(&self.state_dir, &self.agent.planner().snapshot()) {
+            tracing::error!(%err, "cannot save the enforcement state");
+        }
+    }
+
     fn write_status(&mut self, now: u64, stopped: bool) {
-        let policy = self.engine.policy();
-        let es = self.engine.stats();
-        let cs = self.capture.stats().unwrap_or_default();
-        let snapshot = self.planner.snapshot();
+        let policy = self.agent.policy();
+        let snapshot = self.agent.planner().snapshot();
         let status = StatusFile {
             updated_ms: now,
             pid: std::process::id(),
@@ -761,17 +642,11 @@ impl Worker {
             interface: self.interface.clone(),
             mode: policy.mode,
             policy_version: policy.policy_version,
-            devices: self.engine.report(now).devices,
+            devices: self.agent.engine().report(now).devices,
             enforcement: snapshot.entries,
             manual_releases: snapshot.manual_releases,
             enforcer: self.enforcer.stats(),
-            stats: AgentStats {
-                packets: es.packets,
-                kernel_drops: cs.drops,
-                malformed_packets: es.malformed,
-                devices_evicted: es.devices_evicted,
-                telemetry_dropped: 0,
-            },
+            stats: self.agent.stats(),
         };
         if let Err(err) = write_status(&self.state_dir, &status) {
             tracing::warn!(%err, "cannot write the status file");
@@ -795,31 +670,14 @@ fn modified(path: &Path) -> Option<SystemTime> {
     std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 
-/// Takes the manual releases `smtpguard-agent release` left: the planner lifts what is in
-/// force and keeps the grace period (persisted), the engine holds off for the same period.
-fn take_releases(
-    state_dir: &Path,
-    planner: &mut Planner,
-    engine: &mut Engine,
-    now: u64,
-) -> Vec<Op> {
+/// Hands the core the manual releases `smtpguard-agent release` left.
+fn take_releases(state_dir: &Path, agent: &mut Agent, now: u64) {
     let (macs, errors) = state::take_release_requests(state_dir);
     for err in errors {
         tracing::warn!(%err, "ignored a bad release request");
     }
-    let mut ops = Vec::new();
     for mac in macs {
-        ops.extend(planner.release_manually(now, mac));
-        if let Some(until) = planner.grace_until(&mac, now) {
-            engine.hold(now, mac, until);
-        }
-    }
-    ops
-}
-
-fn save_state(state_dir: &Path, planner: &Planner) {
-    if let Err(err) = state::save(state_dir, &planner.snapshot()) {
-        tracing::error!(%err, "cannot save the enforcement state");
+        agent.release_by_hand(now, mac);
     }
 }
 

@@ -1,0 +1,436 @@
+//! The agent core: one sans-IO state machine that every driver runs the same way.
+//!
+//! [`Agent`] owns the detection [`Engine`], the enforcement [`Planner`], the policy in force
+//! and its precedence, one timer table and the telemetry window. It reads no socket, file or
+//! clock: time comes in with every input, and what the router must do comes out of
+//! [`Agent::poll_output`] as [`Output`]s. The live loop (`run`), `replay`, the demo's simulated
+//! households and the tests all drive it through the same calls, so what a replay shows is
+//! what a router does.
+//!
+//! # Call order
+//! 1. [`Agent::new`] with the router's settings, its local policy and the start time; then,
+//!    on a router, [`Agent::restore`] with the saved enforcement state.
+//! 2. For every captured frame, [`Agent::handle_frame`]`(t, frame)`. It first fires every
+//!    timer due up to `t` at its own deadline (engine sweeps and block expiry, planner expiry
+//!    and renewals, the telemetry window), then hands the frame to the engine. Without
+//!    frames, [`Agent::handle_timeout`]`(now)` fires the due timers the same way; the driver
+//!    calls it when [`Agent::poll_timeout`] has passed.
+//! 3. Policy ([`Agent::set_local_policy`], [`Agent::apply_controller_policy`]), manual
+//!    releases ([`Agent::release_by_hand`]) and host names ([`Agent::set_hostname`]) come in
+//!    whenever the driver learns of them.
+//! 4. After each input the driver drains [`Agent::poll_output`] until `None` and carries the
+//!    outputs out in order.
+//!
+//! # Who decides what
+//! The engine decides what a device deserves under the policy in force (mode, allowlisted
+//! devices, block time to live, manual-release grace periods); the planner turns that into
+//! kernel operations and keeps their timers; the core decides which policy is in force:
+//! the per-CPE override, else the fleet policy, else the local file, always with the
+//! router's own ISP relays allowlisted.
+
+use std::collections::VecDeque;
+use std::net::IpAddr;
+
+use smtpguard_protocol::messages::{MAX_CONN_RECORDS, MAX_DEVICES_PER_TELEMETRY};
+use smtpguard_protocol::policy::RelayRule;
+use smtpguard_protocol::{AgentStats, Alert, MacAddr, Policy, PolicyAck, PolicyScope, Telemetry};
+
+use crate::enforce::plan::Snapshot;
+use crate::enforce::{Op, Planner, PlannerConfig, TableSpec};
+use crate::engine::{Engine, EngineAction, EngineConfig};
+use crate::ports::MailPorts;
+use crate::uplink::PolicyUpdate;
+
+/// Timers fired by one call at most (a bound against a timer that would not move on).
+const TIMERS_PER_CALL_MAX: usize = 1_000_000;
+
+/// What the router must do, in the order the core asks for it.
+#[derive(Debug, Clone, PartialEq)]
+// Alerts and telemetry are rare next to frames; boxing them would buy nothing.
+#[allow(clippy::large_enum_variant)]
+pub enum Output {
+    /// Install the table with these settings (idempotent; set elements are kept).
+    Table(TableSpec),
+    /// Apply these operations as one batch.
+    Apply(Vec<Op>),
+    /// Enforcement changed: save this state (blocks to restore after a restart).
+    Save(Snapshot),
+    /// A device's verdict changed: tell the controller (must not be lost).
+    Alert(Alert),
+    /// The telemetry window closed: send this report.
+    Telemetry(Telemetry),
+    /// A controller policy was put in force: acknowledge it.
+    PolicyAck(PolicyAck),
+}
+
+/// The router's own settings for the core (not policy: they do not change at run time).
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    /// Engine construction parameters; its `mail_ports` is replaced by [`Settings::mail_ports`].
+    pub engine: EngineConfig,
+    /// Manual-release grace period.
+    pub planner: PlannerConfig,
+    /// The one mail-port set: engine, table (and the capture filter, which the shell opens).
+    pub mail_ports: MailPorts,
+    /// The ISP relays of the router's config: allowlisted under every policy.
+    pub isp_relays: Vec<RelayRule>,
+    /// Close a telemetry window every `policy.telemetry_interval_secs` (a router with an
+    /// uplink); off for replay.
+    pub telemetry: bool,
+}
+
+/// Counters at the start of the telemetry window.
+#[derive(Debug, Clone, Copy, Default)]
+struct WindowBase {
+    packets: u64,
+    kernel_drops: u64,
+    malformed: u64,
+    evicted: u64,
+}
+
+/// The agent core. See the module documentation.
+pub struct Agent {
+    engine: Engine,
+    planner: Planner,
+    mail_ports: MailPorts,
+    isp_relays: Vec<RelayRule>,
+    local: Policy,
+    fleet: Option<Policy>,
+    cpe: Option<Policy>,
+    spec: TableSpec,
+    telemetry: bool,
+    window_start_ms: u64,
+    window_base: WindowBase,
+    kernel_drops: u64,
+    public_ip: Option<IpAddr>,
+    outputs: VecDeque<Output>,
+    timers_stuck: u64,
+}
+
+/// The table settings for `policy` with the mail-port set.
+pub fn table_spec(mail_ports: &MailPorts, policy: &Policy) -> TableSpec {
+    TableSpec {
+        mail_ports: mail_ports.as_slice().to_vec(),
+        rate_per_minute: policy.rate_limit_per_minute,
+        relays: policy.allow_relays.clone(),
+    }
+}
+
+impl Agent {
+    /// A core under `local_policy` (validated by the caller) at `now_ms`. Its first output
+    /// installs the table.
+    pub fn new(settings: Settings, local_policy: Policy, now_ms: u64) -> Agent {
+        let Settings {
+            engine,
+            planner,
+            mail_ports,
+            isp_relays,
+            telemetry,
+        } = settings;
+        let mut local = local_policy;
+        local.allow_relays_too(&isp_relays);
+        let spec = table_spec(&mail_ports, &local);
+        let engine = Engine::new(
+            EngineConfig {
+                mail_ports,
+                ..engine
+            },
+            local.clone(),
+        );
+        let mut agent = Agent {
+            engine,
+            planner: Planner::new(planner, &local),
+            mail_ports,
+            isp_relays,
+            local,
+            fleet: None,
+            cpe: None,
+            spec: spec.clone(),
+            telemetry,
+            window_start_ms: now_ms,
+            window_base: WindowBase::default(),
+            kernel_drops: 0,
+            public_ip: None,
+            outputs: VecDeque::new(),
+            timers_stuck: 0,
+        };
+        agent.outputs.push_back(Output::Table(spec));
+        agent
+    }
+
+    /// Takes back the enforcement state saved before a restart: blocks and rate limits come
+    /// back with their remaining time (re-checked against the policy in force), manual
+    /// releases keep their grace period in the engine too.
+    pub fn restore(&mut self, now_ms: u64, snapshot: &Snapshot) {
+        let ops = self.planner.restore(now_ms, snapshot);
+        for (mac, until) in self.planner.manual_releases(now_ms) {
+            self.engine.hold(now_ms, mac, until);
+        }
+        tracing::info!(
+            restored = self.planner.entries().count(),
+            "enforcement restored from the state file"
+        );
+        self.push_ops(ops);
+    }
+
+    /// One captured frame at `now_ms`: the due timers first, then the frame.
+    pub fn handle_frame(&mut self, now_ms: u64, frame: &[u8]) {
+        self.advance(now_ms);
+        self.engine.handle_frame(now_ms, frame);
+        self.take_engine_actions(now_ms);
+    }
+
+    /// Time passed without frames: fires every timer due up to `now_ms`, each at its own
+    /// deadline.
+    pub fn handle_timeout(&mut self, now_ms: u64) {
+        self.advance(now_ms);
+    }
+
+    /// When the next timer is due (Unix ms): engine, planner or telemetry window.
+    pub fn poll_timeout(&self) -> Option<u64> {
+        [
+            self.engine.poll_timeout(),
+            self.planner.poll_timeout(),
+            self.next_telemetry_ms(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// The next thing to do, oldest first.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// A new local policy file (validated by the caller). In force unless the controller's
+    /// policy is.
+    pub fn set_local_policy(&mut self, now_ms: u64, policy: Policy) {
+        let mut policy = policy;
+        policy.allow_relays_too(&self.isp_relays);
+        self.local = policy;
+        if self.cpe.is_none() && self.fleet.is_none() {
+            self.put_in_force(now_ms);
+        }
+    }
+
+    /// A verified policy from the controller: the per-CPE override wins over the fleet
+    /// policy, which wins over the local file. Acknowledged as applied.
+    pub fn apply_controller_policy(&mut self, now_ms: u64, update: &PolicyUpdate) {
+        let mut policy = update.policy.clone();
+        policy.allow_relays_too(&self.isp_relays);
+        match update.scope {
+            PolicyScope::Fleet => self.fleet = Some(policy),
+            PolicyScope::Cpe => self.cpe = Some(policy),
+        }
+        self.put_in_force(now_ms);
+        self.outputs.push_back(Output::PolicyAck(update.applied()));
+    }
+
+    /// A person released `mac` by hand: everything in force is lifted and the device is left
+    /// alone for the grace period, after which it is enforced again if it keeps sending.
+    pub fn release_by_hand(&mut self, now_ms: u64, mac: MacAddr) {
+        let ops = self.planner.release_manually(now_ms, mac);
+        if let Some(until) = self.planner.grace_until(&mac, now_ms) {
+            self.engine.hold(now_ms, mac, until);
+        }
+        self.push_ops(ops);
+    }
+
+    /// A device's host name (from the router's DHCP lease file).
+    pub fn set_hostname(&mut self, mac: MacAddr, name: &str) {
+        self.engine.set_hostname(mac, name);
+    }
+
+    /// The kernel's capture drop counter (total since the capture opened), for telemetry.
+    pub fn note_kernel_drops(&mut self, total: u64) {
+        self.kernel_drops = total;
+    }
+
+    /// The router's public address, for telemetry (abuse reports name it).
+    pub fn set_public_ip(&mut self, ip: Option<IpAddr>) {
+        self.public_ip = ip;
+    }
+
+    /// The detection engine (reports, status, evidence).
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The enforcement planner (what is in force).
+    pub fn planner(&self) -> &Planner {
+        &self.planner
+    }
+
+    /// The policy in force.
+    pub fn policy(&self) -> &Policy {
+        self.engine.policy()
+    }
+
+    /// The table settings in force.
+    pub fn table(&self) -> &TableSpec {
+        &self.spec
+    }
+
+    /// The operations that rebuild the kernel's sets from the planner's view (after a failed
+    /// batch, or after the table disappeared).
+    pub fn sync_ops(&self, now_ms: u64) -> Vec<Op> {
+        self.planner.sync_ops(now_ms)
+    }
+
+    /// Capture, engine and uplink counters for the status file.
+    pub fn stats(&self) -> AgentStats {
+        let es = self.engine.stats();
+        AgentStats {
+            packets: es.packets,
+            kernel_drops: self.kernel_drops,
+            malformed_packets: es.malformed,
+            devices_evicted: es.devices_evicted,
+            telemetry_dropped: 0,
+        }
+    }
+
+    /// Times a timer failed to move on (a defect; never expected).
+    pub fn timers_stuck(&self) -> u64 {
+        self.timers_stuck
+    }
+
+    // ---- inside -------------------------------------------------------------------------
+
+    fn next_telemetry_ms(&self) -> Option<u64> {
+        self.telemetry.then(|| {
+            let interval = u64::from(self.engine.policy().telemetry_interval_secs.max(1)) * 1000;
+            self.window_start_ms.saturating_add(interval)
+        })
+    }
+
+    /// Fires the due timers in deadline order, each at its own time.
+    fn advance(&mut self, now_ms: u64) {
+        for _ in 0..TIMERS_PER_CALL_MAX {
+            let Some(t) = self.poll_timeout().filter(|&t| t <= now_ms) else {
+                return;
+            };
+            let fired = self.fire(t);
+            if !fired || self.poll_timeout().is_some_and(|next| next <= t) {
+                // A timer that does not move on past its deadline would spin here forever.
+                self.timers_stuck += 1;
+                tracing::error!(deadline_ms = t, "a timer did not move on; skipped");
+                return;
+            }
+        }
+        self.timers_stuck += 1;
+    }
+
+    /// Fires every timer due at `t`; whether anything was due.
+    fn fire(&mut self, t: u64) -> bool {
+        let mut fired = false;
+        if self.engine.poll_timeout().is_some_and(|e| e <= t) {
+            self.engine.handle_timeout(t);
+            self.take_engine_actions(t);
+            fired = true;
+        }
+        if self.planner.poll_timeout().is_some_and(|p| p <= t) {
+            let ops = self.planner.handle_timeout(t);
+            self.push_ops(ops);
+            fired = true;
+        }
+        if self.next_telemetry_ms().is_some_and(|w| w <= t) {
+            self.close_window(t);
+            fired = true;
+        }
+        fired
+    }
+
+    fn take_engine_actions(&mut self, now_ms: u64) {
+        let mut ops = Vec::new();
+        while let Some(action) = self.engine.poll_action() {
+            match action {
+                EngineAction::Alert(alert) => {
+                    let d = &alert.device;
+                    tracing::warn!(
+                        mac = %d.mac,
+                        verdict = %d.verdict,
+                        previous = %alert.previous,
+                        score = d.score,
+                        evidence = %d.evidence.join("; "),
+                        "verdict changed"
+                    );
+                    self.push_ops(std::mem::take(&mut ops));
+                    self.outputs.push_back(Output::Alert(alert));
+                }
+                EngineAction::Enforce {
+                    mac,
+                    action,
+                    until_ms,
+                    reason,
+                } => ops.extend(self.planner.enforce(now_ms, mac, action, until_ms, &reason)),
+                EngineAction::Release { mac } => ops.extend(self.planner.release(now_ms, mac)),
+            }
+        }
+        self.push_ops(ops);
+    }
+
+    fn push_ops(&mut self, ops: Vec<Op>) {
+        if ops.is_empty() {
+            return;
+        }
+        self.outputs.push_back(Output::Apply(ops));
+        self.outputs
+            .push_back(Output::Save(self.planner.snapshot()));
+    }
+
+    /// Puts the policy of highest precedence in force: table, planner, engine.
+    fn put_in_force(&mut self, now_ms: u64) {
+        let policy = self
+            .cpe
+            .clone()
+            .or_else(|| self.fleet.clone())
+            .unwrap_or_else(|| self.local.clone());
+        tracing::info!(version = policy.policy_version, mode = ?policy.mode, "policy in force");
+        let spec = table_spec(&self.mail_ports, &policy);
+        if spec != self.spec {
+            self.spec = spec.clone();
+            self.outputs.push_back(Output::Table(spec));
+        }
+        let ops = self.planner.set_policy(now_ms, &policy);
+        self.push_ops(ops);
+        self.engine.set_policy(policy);
+        self.take_engine_actions(now_ms);
+    }
+
+    /// Closes the telemetry window at `now_ms`: devices, the connection log and the counters
+    /// of the window.
+    fn close_window(&mut self, now_ms: u64) {
+        let es = self.engine.stats();
+        let base = self.window_base;
+        let mut devices = self.engine.report(now_ms).devices;
+        devices.truncate(MAX_DEVICES_PER_TELEMETRY);
+        let mut connections = self.engine.drain_connections();
+        // Keep the newest records when there are more than one message may carry.
+        let excess = connections.len().saturating_sub(MAX_CONN_RECORDS);
+        connections.drain(..excess);
+        let telemetry = Telemetry {
+            window_start_ms: self.window_start_ms,
+            window_secs: u32::try_from(now_ms.saturating_sub(self.window_start_ms) / 1000)
+                .unwrap_or(u32::MAX),
+            public_ip: self.public_ip,
+            stats: AgentStats {
+                packets: es.packets.saturating_sub(base.packets),
+                kernel_drops: self.kernel_drops.saturating_sub(base.kernel_drops),
+                malformed_packets: es.malformed.saturating_sub(base.malformed),
+                devices_evicted: es.devices_evicted.saturating_sub(base.evicted),
+                telemetry_dropped: 0,
+            },
+            devices,
+            connections,
+        };
+        self.outputs.push_back(Output::Telemetry(telemetry));
+        self.window_start_ms = now_ms;
+        self.window_base = WindowBase {
+            packets: es.packets,
+            kernel_drops: self.kernel_drops,
+            malformed: es.malformed,
+            evicted: es.devices_evicted,
+        };
+    }
+}
