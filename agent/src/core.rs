@@ -237,6 +237,15 @@ impl Agent {
         self.push_ops(ops);
     }
 
+    /// Closes the telemetry window now instead of at its end (a driver that has just fed a
+    /// backlog, or wants the controller to see the state at once). Nothing without telemetry.
+    pub fn close_telemetry_window(&mut self, now_ms: u64) {
+        if self.telemetry {
+            self.advance(now_ms);
+            self.close_window(now_ms);
+        }
+    }
+
     /// A device's host name (from the router's DHCP lease file).
     pub fn set_hostname(&mut self, mac: MacAddr, name: &str) {
         self.engine.set_hostname(mac, name);

@@ -1,11 +1,12 @@
-//! The live demo fleet: simulated households whose agents run the real engine and uplink.
+//! The live demo fleet: simulated households whose agents run the real agent core and uplink.
 //!
 //! [`enroll`] creates, for each household, a CPE key (enrolled through [`registry::add`],
 //! as `cpe add` does), the household account with its login token, and signs the demo's
 //! fleet policy (enforce, the ISP relay allowlisted). [`spawn`] then starts one task per
-//! household: a [`sim::Household`] timeline fed into a real [`Engine`], whose alerts and
-//! telemetry go through a real [`Uplink`] to the embedded broker and from there through the
-//! normal ingest. Two days of history are replayed at once (so baselines exist and the
+//! household: a [`sim::Household`] timeline fed into the router's own agent core
+//! ([`smtpguard_agent::core::Agent`], driven as the router's run loop drives it), whose alerts,
+//! telemetry and policy acks go through a real [`Uplink`] to the embedded broker and from there
+//! through the normal ingest: what the demo shows is what a router sends. Two days of history are replayed at once (so baselines exist and the
 //! infections are minutes old when the demo starts); after that the households keep sending
 //! a trickle of live traffic on the wall clock.
 
@@ -14,12 +15,13 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ed25519_dalek::{SigningKey, VerifyingKey};
-use smtpguard_agent::engine::{Engine, EngineAction, EngineConfig};
+use smtpguard_agent::core::{Agent as Core, Output, Settings as CoreSettings};
+use smtpguard_agent::enforce::Op;
+use smtpguard_agent::engine::EngineConfig;
 use smtpguard_agent::sim::{Dialogue, Frame, Host, Household};
 use smtpguard_agent::uplink::{Settings, Uplink, UplinkError, UplinkHandle};
-use smtpguard_protocol::messages::{MAX_CONN_RECORDS, MAX_DEVICES_PER_TELEMETRY};
 use smtpguard_protocol::policy::{Cidr, RelayRule};
-use smtpguard_protocol::{keys, Action, AgentStats, Mode, Policy, SafetyContext, Telemetry};
+use smtpguard_protocol::{keys, Mode, Policy, SafetyContext};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -31,8 +33,8 @@ use crate::{households, registry};
 const MIN: u64 = 60_000;
 const HOUR: u64 = 3_600_000;
 const DAY: u64 = 86_400_000;
-/// Telemetry cadence of the simulated agents.
-const TELEMETRY_EVERY_MS: u64 = 5_000;
+/// Telemetry cadence of the simulated agents (the demo policy's, the shortest allowed).
+const TELEMETRY_EVERY_SECS: u32 = 5;
 
 /// What goes on in a simulated household.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,6 +89,7 @@ pub fn demo_policy() -> Policy {
     Policy {
         mode: Mode::Enforce,
         allow_relays: "198.51.100.7".parse().map(|r| vec![r]).unwrap_or_default(),
+        telemetry_interval_secs: TELEMETRY_EVERY_SECS,
         ..Policy::default()
     }
 }
@@ -223,39 +226,49 @@ async fn stopped(mut stop: watch::Receiver<bool>) {
 }
 
 impl Agent {
+    /// Runs the household's router: the real agent core fed with the simulated frames, its
+    /// outputs carried out as a router would (alerts, telemetry and acks through the real
+    /// uplink; blocks stop the simulated bot).
     async fn run(self, stop: watch::Receiver<bool>) -> Result<(), UplinkError> {
         let Agent {
             household,
             seed,
             settings,
         } = self;
-        let public_ip = household.public_ip;
         let mut uplink =
             Uplink::start(settings, household.key.clone(), stopped(stop.clone())).await?;
         let handle = uplink.handle.clone();
         let now = now_ms();
         let mut sim = Sim::new(seed, &household, now);
-        let mut engine = Engine::new(
-            EngineConfig {
-                router_macs: vec![Household::router_mac()],
-                router_ips: vec![Household::router_ip().into()],
-                ..EngineConfig::default()
+        // The first telemetry window starts now: the history before it sends none.
+        let mut core = Core::new(
+            CoreSettings {
+                engine: EngineConfig {
+                    router_macs: vec![Household::router_mac()],
+                    router_ips: vec![Household::router_ip().into()],
+                    ..EngineConfig::default()
+                },
+                isp_relays: vec![isp_relay()],
+                telemetry: true,
+                ..CoreSettings::default()
             },
             demo_policy(),
+            now,
         );
+        core.set_public_ip(Some(household.public_ip));
         // Two days of history, fed at once off the runtime's threads.
         let history = sim.take_before(now);
-        let (engine_back, actions) = tokio::task::spawn_blocking(move || {
-            let actions = feed(&mut engine, &history, now);
-            (engine, actions)
+        let (core_back, outputs) = tokio::task::spawn_blocking(move || {
+            let outputs = feed(&mut core, &history, now);
+            (core, outputs)
         })
         .await
         .map_err(|_| UplinkError::Stopped)?;
-        engine = engine_back;
-        sim.note(&actions);
-        forward(&handle, actions)?;
-        send_telemetry(&handle, &mut engine, now, public_ip)?;
-        let mut last_telemetry = now;
+        core = core_back;
+        carry_out(&handle, &mut sim, outputs)?;
+        // The NOC shows the households' state at once, not one window later.
+        core.close_telemetry_window(now);
+        carry_out(&handle, &mut sim, drain(&mut core))?;
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let mut stop_rx = stop;
         loop {
@@ -267,8 +280,9 @@ impl Agent {
                 }
                 update = uplink.policies.recv() => match update {
                     Some(update) => {
-                        engine.set_policy(update.policy.clone());
-                        handle.ack(update.applied())?;
+                        core.apply_controller_policy(now_ms(), &update);
+                        let outputs = drain(&mut core);
+                        carry_out(&handle, &mut sim, outputs)?;
                     }
                     None => break,
                 },
@@ -276,13 +290,8 @@ impl Agent {
                     let now = now_ms();
                     sim.schedule_until(now + 2_000);
                     let frames = sim.take_before(now);
-                    let actions = feed(&mut engine, &frames, now);
-                    sim.note(&actions);
-                    forward(&handle, actions)?;
-                    if now >= last_telemetry + TELEMETRY_EVERY_MS {
-                        send_telemetry(&handle, &mut engine, now, public_ip)?;
-                        last_telemetry = now;
-                    }
+                    let outputs = feed(&mut core, &frames, now);
+                    carry_out(&handle, &mut sim, outputs)?;
                 }
             }
         }
@@ -292,77 +301,39 @@ impl Agent {
     }
 }
 
-/// Feeds frames like the agent's run loop does (timers first), then lets time run to `until`.
-fn feed(e: &mut Engine, frames: &[Frame], until: u64) -> Vec<EngineAction> {
+/// Feeds frames to the core as the router's run loop does, then lets time run to `until`.
+fn feed(core: &mut Core, frames: &[Frame], until: u64) -> Vec<Output> {
     let mut out = Vec::new();
-    let timers = |e: &mut Engine, to: u64, out: &mut Vec<EngineAction>| {
-        while let Some(t) = e.poll_timeout() {
-            if t > to {
-                break;
-            }
-            e.handle_timeout(t);
-            while let Some(a) = e.poll_action() {
-                out.push(a);
-            }
-        }
-    };
     for f in frames {
-        timers(e, f.ts_ms, &mut out);
-        e.handle_frame(f.ts_ms, &f.data);
-        while let Some(a) = e.poll_action() {
-            out.push(a);
-        }
+        core.handle_frame(f.ts_ms, &f.data);
+        out.extend(drain(core));
     }
-    timers(e, until, &mut out);
+    core.handle_timeout(until);
+    out.extend(drain(core));
     out
 }
 
-fn forward(handle: &UplinkHandle, actions: Vec<EngineAction>) -> Result<(), UplinkError> {
-    for a in actions {
-        if let EngineAction::Alert(alert) = a {
-            handle.send_alert(alert)?;
+fn drain(core: &mut Core) -> Vec<Output> {
+    std::iter::from_fn(|| core.poll_output()).collect()
+}
+
+/// What a router does with the core's outputs, minus the kernel: the simulated bot stops
+/// while blocked.
+fn carry_out(
+    handle: &UplinkHandle,
+    sim: &mut Sim,
+    outputs: Vec<Output>,
+) -> Result<(), UplinkError> {
+    for output in outputs {
+        match output {
+            Output::Alert(alert) => handle.send_alert(alert)?,
+            Output::Telemetry(t) => handle.send_telemetry(t)?,
+            Output::PolicyAck(ack) => handle.ack(ack)?,
+            Output::Apply(ops) => sim.note(&ops),
+            Output::Table(_) | Output::Save(_) => {}
         }
     }
     Ok(())
-}
-
-/// Sends the current report and the connection log (in as many messages as the log needs).
-fn send_telemetry(
-    handle: &UplinkHandle,
-    engine: &mut Engine,
-    now: u64,
-    public_ip: IpAddr,
-) -> Result<(), UplinkError> {
-    let window_secs = engine.policy().detection.window_secs;
-    let mut devices = engine.report(now).devices;
-    devices.truncate(MAX_DEVICES_PER_TELEMETRY);
-    let s = engine.stats();
-    let stats = AgentStats {
-        packets: s.packets,
-        malformed_packets: s.malformed,
-        devices_evicted: s.devices_evicted,
-        ..AgentStats::default()
-    };
-    let mut connections = engine.drain_connections();
-    loop {
-        let rest = if connections.len() > MAX_CONN_RECORDS {
-            connections.split_off(MAX_CONN_RECORDS)
-        } else {
-            Vec::new()
-        };
-        handle.send_telemetry(Telemetry {
-            window_start_ms: now.saturating_sub(u64::from(window_secs) * 1000),
-            window_secs,
-            public_ip: Some(public_ip),
-            stats: stats.clone(),
-            devices: std::mem::take(&mut devices),
-            connections,
-        })?;
-        if rest.is_empty() {
-            return Ok(());
-        }
-        connections = rest;
-    }
 }
 
 /// A household's traffic: history up to the start, then events on the wall clock.
@@ -471,15 +442,13 @@ impl Sim {
     }
 
     /// Follows the router's enforcement of the infected device.
-    fn note(&mut self, actions: &[EngineAction]) {
+    fn note(&mut self, ops: &[Op]) {
         if let Some((host, _, blocked)) = &mut self.bot {
-            for a in actions {
-                match a {
-                    EngineAction::Enforce { mac, action, .. } if *mac == host.mac => {
-                        *blocked = *action == Action::Block;
-                    }
-                    EngineAction::Release { mac } if *mac == host.mac => *blocked = false,
-                    _ => {}
+            for op in ops.iter().filter(|op| op.mac() == host.mac) {
+                match op {
+                    Op::Block { .. } => *blocked = true,
+                    Op::Unblock { .. } => *blocked = false,
+                    Op::Limit { .. } | Op::Unlimit { .. } => {}
                 }
             }
         }
