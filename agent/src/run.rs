@@ -59,6 +59,8 @@ const POLICY_POLL_MS: u64 = 2_000;
 const LEASES_POLL_MS: u64 = 5_000;
 /// How long to wait before trying again after a failed nft batch.
 const RESYNC_AFTER_MS: u64 = 5_000;
+/// How often the table is checked to be still there (a firewall restart deletes it).
+const TABLE_CHECK_MS: u64 = 3_000;
 
 /// The run loop could not start or stopped on an error.
 #[derive(Debug, thiserror::Error)]
@@ -309,6 +311,7 @@ struct Worker {
     /// The DHCP lease file (host names) and the modification time last read.
     leases_file: (PathBuf, Option<SystemTime>),
     next_leases_poll_ms: u64,
+    next_table_check_ms: u64,
     /// The uplink, when enabled.
     link: Option<Link>,
     /// The router's status LED (`[led] name`), its next pattern step and next evaluation.
@@ -389,6 +392,7 @@ impl Worker {
             next_policy_poll_ms: now + POLICY_POLL_MS,
             leases_file: (config.capture.leases_file.clone(), None),
             next_leases_poll_ms: now,
+            next_table_check_ms: now + TABLE_CHECK_MS,
             link,
             led: open_led(config.led.name.as_deref()),
             led_deadline_ms: None,
@@ -451,6 +455,10 @@ impl Worker {
         }
         // Only the start may fail on the table; later failures are retried.
         let _ = self.carry_out(now, false);
+        if now >= self.next_table_check_ms {
+            self.next_table_check_ms = now + TABLE_CHECK_MS;
+            self.check_table(now);
+        }
         if self.resync_at_ms.is_some_and(|t| t <= now) {
             self.resync(now);
         }
@@ -605,6 +613,22 @@ impl Worker {
                 self.agent.set_local_policy(now, policy);
             }
             Err(err) => tracing::error!(%err, "keeping the policy in force"),
+        }
+    }
+
+    /// Puts the table back at once when it is gone: `fw4 flush` (every firewall restart)
+    /// and `nft flush ruleset` delete every table, and the blocks with it.
+    fn check_table(&mut self, now: u64) {
+        match self.enforcer.table_present() {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!(
+                    "the enforcement table is gone (firewall restart?): putting it back with the blocks in force"
+                );
+                self.enforcer.note_reinstall();
+                self.resync(now);
+            }
+            Err(err) => tracing::warn!(%err, "cannot check the enforcement table"),
         }
     }
 

@@ -15,6 +15,7 @@
 #      rate-limited, then blocked; prints `detection-to-block: N s` (must be <= 60 s);
 #   3. while blocked, the bot's web traffic and the laptop's mail still work;
 #   4. kill -9 the agent: the block stays in force; restart it: state restored, no duplicate rules;
+#      then a firewall restart (every table flushed): the agent puts its table back with the block;
 #   5. the block expires after its time to live and the bot's mail flows again;
 #   6. `smtpguard-agent release MAC` lifts enforcement by hand and the agent leaves the device
 #      alone for its grace period; after it, a bot that keeps spamming is blocked again;
@@ -99,7 +100,7 @@ BOT_IP=192.168.50.11 LAP_IP=192.168.50.12 RTR_LAN=192.168.50.1
 RTR_WAN=198.18.0.2 WAN_GW=198.18.0.1
 RELAY=203.0.113.25 DNS=203.0.113.53 WEB=203.0.113.80
 DOMAINS=40 # d1.test .. d40.test, MX mx.dN.test at 198.19.N.25 (one /24 each)
-BLOCK_TTL=30
+BLOCK_TTL=45 # long enough that the block is still in force through steps 3 and 4
 GRACE_SECS=40 # the agent's release grace period
 WORK=$(mktemp -d /tmp/smtpguard-e2e.XXXXXX)
 PIDS=()
@@ -187,7 +188,7 @@ in_ns "$NS_RTR" ip route add default via $WAN_GW
 in_ns "$NS_RTR" sh -c "echo 1 >/proc/sys/net/ipv4/ip_forward" || die "ip_forward"
 # A stand-in for OpenWrt's fw4 (its own table, forward chain at priority filter, NAT), so the
 # test also shows the agent's table coexists with it and never touches it.
-in_ns "$NS_RTR" nft -f - <<'EOF' || die "router firewall"
+cat >"$WORK/fw4.nft" <<'EOF'
 table inet fw4 {
     chain forward {
         type filter hook forward priority filter; policy drop;
@@ -200,6 +201,7 @@ table inet fw4 {
     }
 }
 EOF
+in_ns "$NS_RTR" nft -f "$WORK/fw4.nft" || die "router firewall"
 FW4_BEFORE=$(in_ns "$NS_RTR" nft list chain inet fw4 forward | grep -v counter)
 
 # Internet side: many mail servers on distinct networks, a relay, DNS, web (addresses on lo;
@@ -424,6 +426,25 @@ check "no duplicate rules after restart ($RULES_BEFORE rules before, $RULES_AFTE
 check "block restored and still in force after restart" nft_set_has blocked $BOT_MAC
 check "agent reports the restored block" \
     bash -c "grep -q '\"mac\": \"$BOT_MAC\"' $WORK/state/status.json"
+
+# ---------------------------------------------------------------------------------------------
+step "4b. a firewall restart flushes every table: the agent puts its own back with the block"
+
+RULES_BEFORE=$(rule_count)
+# What `/etc/init.d/firewall restart` does on OpenWrt: `fw4 flush` deletes every table, then
+# fw4 loads its own again.
+in_ns "$NS_RTR" nft flush ruleset
+in_ns "$NS_RTR" nft -f "$WORK/fw4.nft"
+if wait_for 20 nft_set_has blocked $BOT_MAC; then
+    pass "the agent put its table back with the block in force (within seconds)"
+else
+    fail "the agent put its table back with the block in force within 20 s"
+fi
+check "no duplicate rules after the reinstall ($RULES_BEFORE rules before, $(rule_count) after)" \
+    test "$(rule_count)" -eq "$RULES_BEFORE"
+check "bot still cannot connect to a mail server" bot_cannot_connect 198.19.10.25
+check "the agent found its table gone and said so (agent log)" \
+    grep -q "enforcement table is gone" "$WORK/agent.log"
 
 # ---------------------------------------------------------------------------------------------
 step "5. the block expires after its time to live and mail flows again"

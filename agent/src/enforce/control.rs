@@ -380,6 +380,10 @@ mod tests {
                     expires_secs: Some(3),
                 }])
             }
+            fn table_present(&mut self) -> Result<bool, EnforceError> {
+                Ok(true)
+            }
+            fn note_reinstall(&mut self) {}
             fn stats(&self) -> EnforcerStats {
                 EnforcerStats::default()
             }

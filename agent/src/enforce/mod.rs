@@ -185,6 +185,9 @@ pub struct EnforcerStats {
     pub batches_applied: u64,
     /// Batches refused (each changed nothing).
     pub batches_failed: u64,
+    /// Times the table was found gone (a firewall restart flushes every table) and put back.
+    #[serde(default)]
+    pub table_reinstalls: u64,
 }
 
 /// A backend that carries out [`Op`]s on the router.
@@ -207,6 +210,17 @@ pub trait Enforcer {
     /// # Errors
     /// The backend's failure to read its state.
     fn list(&mut self) -> Result<Vec<LiveElement>, EnforceError>;
+
+    /// Whether the table is still in the kernel. A firewall restart (`fw4 flush`, `nft flush
+    /// ruleset`) deletes every table, the agent's too; the run loop checks this every few
+    /// seconds and reinstalls the table with the blocks in force.
+    ///
+    /// # Errors
+    /// The backend's failure to read the kernel's tables.
+    fn table_present(&mut self) -> Result<bool, EnforceError>;
+
+    /// Counts a reinstall after the table was found gone.
+    fn note_reinstall(&mut self);
 
     /// Counters about this backend.
     fn stats(&self) -> EnforcerStats;
@@ -239,6 +253,14 @@ impl Enforcer for LoggingEnforcer {
 
     fn list(&mut self) -> Result<Vec<LiveElement>, EnforceError> {
         Ok(Vec::new())
+    }
+
+    fn table_present(&mut self) -> Result<bool, EnforceError> {
+        Ok(true)
+    }
+
+    fn note_reinstall(&mut self) {
+        self.stats.table_reinstalls += 1;
     }
 
     fn stats(&self) -> EnforcerStats {

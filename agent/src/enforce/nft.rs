@@ -368,14 +368,40 @@ impl Enforcer for NftEnforcer {
         parse_live(&out)
     }
 
+    fn table_present(&mut self) -> Result<bool, EnforceError> {
+        // Names only: cheap, and the same text with or without JSON support in nft.
+        let out = self.run(&["list", "tables", "inet"], None)?;
+        Ok(lists_our_table(&out))
+    }
+
+    fn note_reinstall(&mut self) {
+        self.stats.table_reinstalls += 1;
+    }
+
     fn stats(&self) -> EnforcerStats {
         self.stats
     }
 }
 
+/// Whether `nft list tables` output names the agent's table.
+fn lists_our_table(out: &str) -> bool {
+    out.lines()
+        .any(|l| l.split_whitespace().eq(["table", "inet", TABLE]))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn our_table_is_found_among_the_tables_by_exact_name() {
+        assert!(lists_our_table("table inet fw4\ntable inet smtpguard\n"));
+        assert!(!lists_our_table("table inet fw4\n"));
+        assert!(!lists_our_table(
+            "table inet smtpguard2\ntable ip smtpguard\n"
+        ));
+        assert!(!lists_our_table(""));
+    }
 
     fn mac(s: &str) -> MacAddr {
         s.parse().unwrap()
