@@ -12,7 +12,6 @@ use smtpguard_protocol::MacAddr;
 
 use crate::config;
 use crate::replay::{OutputFormat, ReplayArgs};
-use crate::uplink::keygen::DEFAULT_KEY_PATH;
 
 /// One subcommand with its arguments.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,8 +37,11 @@ pub enum Command {
     },
     /// Make (or with `show`, read) the router's signing key.
     Keygen {
-        /// Key file.
-        key: PathBuf,
+        /// Key file; `None` for `agent.key` in the configured state directory, the file
+        /// `run` uses (persistent storage, `/etc/smtpguard` on OpenWrt).
+        key: Option<PathBuf>,
+        /// Agent configuration file (for the default key path).
+        config: PathBuf,
         /// Print the existing key's enrollment instead of making one.
         show: bool,
     },
@@ -137,9 +139,11 @@ const SUBS: [Sub; 5] = [
         about: "Create this router's signing key (mode 0600, never overwriting one) and print\n\
                 its CPE id and public key for enrollment on the controller.",
         options:
-            "      --key <FILE>  Where to write the key [default: /var/lib/smtpguard/agent.key]
-      --show        Print the CPE id and public key of the key already there instead of
-                    making one",
+            "      --key <FILE>     Where to write the key [default: agent.key in the configured
+                       state_dir, the file `run` uses]
+      --show           Print the CPE id and public key of the key already there instead of
+                       making one
+  -c, --config <FILE>  Agent configuration file [default: /etc/config/smtpguard]",
     },
 ];
 
@@ -302,9 +306,8 @@ pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Invocation, Cl
             Command::Release { mac, config }
         }
         _ => Command::Keygen {
-            key: take("key")
-                .flatten()
-                .map_or_else(|| PathBuf::from(DEFAULT_KEY_PATH), PathBuf::from),
+            key: take("key").flatten().map(PathBuf::from),
+            config: config_path(take("config")),
             show: take("show").is_some(),
         },
     };
@@ -397,14 +400,16 @@ mod tests {
         assert_eq!(
             command("keygen --show --key k"),
             Command::Keygen {
-                key: "k".into(),
+                key: Some("k".into()),
+                config: crate::config::DEFAULT_PATH.into(),
                 show: true
             }
         );
         assert_eq!(
             command("keygen"),
             Command::Keygen {
-                key: DEFAULT_KEY_PATH.into(),
+                key: None,
+                config: crate::config::DEFAULT_PATH.into(),
                 show: false
             }
         );

@@ -45,16 +45,23 @@ fn dispatch(command: Command) -> Result<ExitCode, Failure> {
             &load_config(&config)?,
             mac,
         )),
-        Command::Keygen { key, show } => {
+        Command::Keygen { key, config, show } => {
+            let key = match key {
+                Some(k) => k,
+                None => smtpguard_agent::run::key_path(&load_config(&config)?),
+            };
             runtime(smtpguard_agent::uplink::keygen::command(&key, show))
         }
     }
 }
 
-/// Logs to stderr at `info`, or as `RUST_LOG` says: a default level and per-module levels,
-/// e.g. `debug` or `info,smtpguard_agent::uplink=debug` (no regular expressions).
+/// Logs at `info`, or as `RUST_LOG` says: a default level and per-module levels, e.g. `debug`
+/// or `info,smtpguard_agent::uplink=debug` (no regular expressions). Warnings and errors go to
+/// stderr, the rest to stdout, so procd's logread shows them as `daemon.err` and
+/// `daemon.info` (the init script asks procd to log both).
 fn init_tracing() {
     use tracing_subscriber::filter::{LevelFilter, Targets};
+    use tracing_subscriber::fmt::writer::MakeWriterExt;
     let default = || Targets::new().with_default(LevelFilter::INFO);
     let filter = match std::env::var("RUST_LOG") {
         Ok(spec) => spec.parse::<Targets>().unwrap_or_else(|e| {
@@ -64,7 +71,13 @@ fn init_tracing() {
         Err(_) => default(),
     };
     tracing_subscriber::registry()
-        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(
+            tracing_subscriber::fmt::layer().with_writer(
+                std::io::stderr
+                    .with_max_level(tracing::Level::WARN)
+                    .or_else(std::io::stdout),
+            ),
+        )
         .with(filter)
         .init();
 }

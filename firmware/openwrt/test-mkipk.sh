@@ -108,6 +108,7 @@ check_ipk() {
     check "$name: init starts the agent" has_text "$init" 'procd_set_param command "$PROG" run --config'
     check "$name: init restarts on config change" has_text "$init" 'procd_set_param file "$CONFIG_FILE"'
     check "$name: init respawns" has_text "$init" "procd_set_param respawn"
+    check "$name: init gives a clean stop time (term_timeout)" has_text "$init" "procd_set_param term_timeout"
     check "$name: init has service_triggers" has_text "$init" "service_triggers()"
     check "$name: init reload trigger" has_text "$init" "procd_add_reload_trigger smtpguard"
     check "$name: init script parses" sh -n "$init"

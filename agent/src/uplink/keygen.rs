@@ -1,13 +1,11 @@
-//! `smtpguard-agent keygen [--key PATH] [--show]`: makes the router's signing key (mode 0600,
+//! `smtpguard-agent keygen [--key PATH] [--show] [-c CONFIG]`: makes the router's signing key
+//! (by default `agent.key` in the configured persistent `state_dir`, where `run` reads it; mode 0600,
 //! never overwriting one) and prints what the NOC needs to enroll the router; `--show` prints
 //! the same for the key that is already there.
 
 use std::path::Path;
 
 use smtpguard_protocol::keys::{self, KeyError};
-
-/// Where the key goes when no path is given.
-pub const DEFAULT_KEY_PATH: &str = "/var/lib/smtpguard/agent.key";
 
 /// What enrollment needs: the id and the public key.
 #[derive(Debug, Clone, PartialEq, Eq)]
