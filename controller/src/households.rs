@@ -9,7 +9,7 @@
 use rand::RngCore;
 use rusqlite::{params, Connection, OptionalExtension};
 use sha2::{Digest, Sha256};
-use smtpguard_protocol::MacAddr;
+use smtpguard_protocol::{Action, MacAddr};
 
 /// An account operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +53,137 @@ pub struct ReleaseRequest {
     pub note: String,
     /// `pending`, `approved` or `denied`.
     pub status: String,
+    /// When the NOC decided (Unix ms).
+    pub decided_ms: Option<u64>,
+}
+
+/// What became of a release command sent to the router for an approved request. The
+/// controller has no command channel to the router yet; when it has, it reports here what
+/// the command did, and [`release_progress`] words it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommandDelivery {
+    /// Published to the router at this time (Unix ms), not confirmed yet.
+    Sent {
+        /// When.
+        at_ms: u64,
+    },
+    /// The router confirmed it lifted the restriction at this time (Unix ms).
+    Acknowledged {
+        /// When.
+        at_ms: u64,
+    },
+}
+
+/// Where a release request stands, judged from the request, the release command (if any)
+/// and what the router says it does to the device now — so the portal never tells a
+/// subscriber a restriction is lifted while the router still enforces it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReleaseProgress {
+    /// The NOC has not decided.
+    Pending,
+    /// The NOC declined.
+    Denied,
+    /// Approved, but nothing has told the router: the restriction stays until it ends by
+    /// itself (`until_ms`, when it has an end).
+    ApprovedNotSent {
+        /// When the restriction ends on its own.
+        until_ms: Option<u64>,
+    },
+    /// Approved; the release command is on its way and not confirmed.
+    Sent {
+        /// When it was sent.
+        at_ms: u64,
+        /// When the restriction ends on its own anyway.
+        until_ms: Option<u64>,
+    },
+    /// The router confirmed the release; its reports do not show it yet.
+    Acknowledged {
+        /// When the router confirmed.
+        at_ms: u64,
+    },
+    /// Approved, and the router no longer restricts the device.
+    Lifted,
+}
+
+/// Judges a request: `in_force` and `until_ms` are the action the router reports in force
+/// for the device now (an expired one already counted as over), `delivery` what became of
+/// a release command for it.
+pub fn release_progress(
+    request: &ReleaseRequest,
+    in_force: Action,
+    until_ms: Option<u64>,
+    delivery: Option<CommandDelivery>,
+) -> ReleaseProgress {
+    match request.status.as_str() {
+        "pending" => ReleaseProgress::Pending,
+        "approved" if in_force == Action::Monitor => ReleaseProgress::Lifted,
+        "approved" => match delivery {
+            None => ReleaseProgress::ApprovedNotSent { until_ms },
+            Some(CommandDelivery::Sent { at_ms }) => ReleaseProgress::Sent { at_ms, until_ms },
+            Some(CommandDelivery::Acknowledged { at_ms }) => {
+                ReleaseProgress::Acknowledged { at_ms }
+            }
+        },
+        _ => ReleaseProgress::Denied,
+    }
+}
+
+impl ReleaseProgress {
+    /// A stable name for pages and tests (`data-progress`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReleaseProgress::Pending => "pending",
+            ReleaseProgress::Denied => "denied",
+            ReleaseProgress::ApprovedNotSent { .. } => "approved-not-sent",
+            ReleaseProgress::Sent { .. } => "release-sent",
+            ReleaseProgress::Acknowledged { .. } => "release-acknowledged",
+            ReleaseProgress::Lifted => "lifted",
+        }
+    }
+
+    /// What it means for the subscriber, with times formatted by `time`.
+    pub fn subscriber_text(self, time: impl Fn(u64) -> String) -> String {
+        let stays = |until: Option<u64>| match until {
+            Some(u) => format!(" It ends by itself at {} at the latest.", time(u)),
+            None => String::new(),
+        };
+        match self {
+            ReleaseProgress::Pending => "We have your request and are checking the device's traffic. You do not need to do anything else.".into(),
+            ReleaseProgress::Denied => "Your request was declined because the device is still sending spam. Please repeat the clean-up steps.".into(),
+            ReleaseProgress::ApprovedNotSent { until_ms } => format!(
+                "Your request was approved, but your router has not lifted the restriction yet: it still applies as shown above.{}",
+                stays(until_ms)
+            ),
+            ReleaseProgress::Sent { at_ms, until_ms } => format!(
+                "Your request was approved and the release was sent to your router at {}; it still applies until the router confirms.{}",
+                time(at_ms),
+                stays(until_ms)
+            ),
+            ReleaseProgress::Acknowledged { at_ms } => format!(
+                "Your request was approved and your router confirmed at {} that it lifted the restriction.",
+                time(at_ms)
+            ),
+            ReleaseProgress::Lifted => "Your request was approved and the restriction has been lifted.".into(),
+        }
+    }
+
+    /// The operator's short form.
+    pub fn noc_text(self, time: impl Fn(u64) -> String) -> String {
+        match self {
+            ReleaseProgress::Pending => "pending".into(),
+            ReleaseProgress::Denied => "denied".into(),
+            ReleaseProgress::ApprovedNotSent { .. } => {
+                "approved — not sent to the router; still enforced".into()
+            }
+            ReleaseProgress::Sent { at_ms, .. } => {
+                format!("approved — release sent {}, not confirmed", time(at_ms))
+            }
+            ReleaseProgress::Acknowledged { at_ms } => {
+                format!("approved — router confirmed {}", time(at_ms))
+            }
+            ReleaseProgress::Lifted => "approved — lifted".into(),
+        }
+    }
 }
 
 /// Longest note a subscriber can attach to a release request.
@@ -246,7 +377,7 @@ pub fn release_requests(
     household_id: Option<i64>,
 ) -> Result<Vec<ReleaseRequest>, HouseholdError> {
     let mut stmt = conn.prepare_cached(
-        "SELECT id, household_id, cpe_id, mac, requested_ms, note, status FROM release_requests
+        "SELECT id, household_id, cpe_id, mac, requested_ms, note, status, decided_ms FROM release_requests
          WHERE ?1 IS NULL OR household_id = ?1 ORDER BY id DESC LIMIT 500",
     )?;
     let rows = stmt.query_map([household_id], |r| {
@@ -258,6 +389,9 @@ pub fn release_requests(
             requested_ms: u64::try_from(r.get::<_, i64>(4)?).unwrap_or(0),
             note: r.get(5)?,
             status: r.get(6)?,
+            decided_ms: r
+                .get::<_, Option<i64>>(7)?
+                .and_then(|v| u64::try_from(v).ok()),
         })
     })?;
     Ok(rows.collect::<Result<_, _>>()?)
@@ -294,6 +428,59 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let conn = crate::web::open_db(&dir.path().join("db.sqlite")).unwrap();
         (dir, conn)
+    }
+
+    /// Issue 11: "the restriction is being lifted" while the card above says "blocked until
+    /// 10:07". The words follow the request, the release command and what the router says.
+    #[test]
+    fn release_progress_follows_what_the_router_does() {
+        let mut r = ReleaseRequest {
+            id: 1,
+            household_id: 1,
+            cpe_id: "cpe-1".into(),
+            mac: "02:00:00:00:00:01".into(),
+            requested_ms: 1_000,
+            note: String::new(),
+            status: "pending".into(),
+            decided_ms: None,
+        };
+        let t = |ms: u64| format!("t{ms}");
+        let until = Some(9_000);
+        assert_eq!(
+            release_progress(&r, Action::Block, until, None),
+            ReleaseProgress::Pending
+        );
+        r.status = "approved".into();
+        r.decided_ms = Some(2_000);
+        let p = release_progress(&r, Action::Block, until, None);
+        assert_eq!(p, ReleaseProgress::ApprovedNotSent { until_ms: until });
+        let text = p.subscriber_text(t);
+        assert!(
+            text.contains("has not lifted the restriction yet"),
+            "{text}"
+        );
+        assert!(text.contains("t9000"), "{text}");
+        assert!(!text.contains("being lifted"), "{text}");
+        let sent = Some(CommandDelivery::Sent { at_ms: 3_000 });
+        let p = release_progress(&r, Action::Block, until, sent);
+        assert_eq!(p.as_str(), "release-sent");
+        assert!(p
+            .subscriber_text(t)
+            .contains("still applies until the router confirms"));
+        let acked = Some(CommandDelivery::Acknowledged { at_ms: 4_000 });
+        let p = release_progress(&r, Action::RateLimit, until, acked);
+        assert_eq!(p, ReleaseProgress::Acknowledged { at_ms: 4_000 });
+        // The router reports the device unrestricted: lifted, whatever the command did.
+        for delivery in [None, sent, acked] {
+            let p = release_progress(&r, Action::Monitor, None, delivery);
+            assert_eq!(p, ReleaseProgress::Lifted);
+            assert!(p.subscriber_text(t).contains("has been lifted"));
+        }
+        r.status = "denied".into();
+        assert_eq!(
+            release_progress(&r, Action::Block, until, None),
+            ReleaseProgress::Denied
+        );
     }
 
     #[test]

@@ -26,7 +26,10 @@ pub async fn run(
         .map_err(broker::BrokerError::from)?;
     config.validate().map_err(broker::BrokerError::from)?;
     let store = Store::open(&config.db_path)?;
-    let keys = Arc::new(RwLock::new(KeyCache::load(&store)?));
+    // Empty: the embedded broker admits no router until the ingest has subscribed and
+    // fills it (`ingest::service::Admission`), so nothing a router publishes is dropped
+    // for want of a subscriber.
+    let keys = Arc::new(RwLock::new(KeyCache::default()));
     let latest = policy::latest_all(&store)?;
     drop(store);
     if config.broker.is_embedded() {

@@ -98,9 +98,20 @@ impl ReportRow {
     }
 }
 
+/// How the controller learned of a verdict change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeSource {
+    /// The router's alert.
+    Alert,
+    /// Rebuilt from telemetry: the router reported a new verdict whose alert never arrived.
+    Telemetry,
+}
+
 /// One verdict change in a device's history.
 #[derive(Debug, Clone, PartialEq)]
 pub struct VerdictChange {
+    /// How it was learned.
+    pub source: ChangeSource,
     /// When (Unix ms).
     pub at_ms: u64,
     /// From.
@@ -146,7 +157,8 @@ pub struct DeviceView {
     pub evidence: Vec<String>,
     /// Counters of the newest telemetry window, and its length in seconds.
     pub counters: Option<(DeviceCounters, u32)>,
-    /// Verdict changes, oldest first.
+    /// Verdict changes, oldest first, as stored at ingest ([`crate::store::history`]);
+    /// filled by [`load_devices`] ([`attach_history`]), empty from [`devices`] alone.
     pub history: Vec<VerdictChange>,
     /// Indicator values from the newest alert.
     pub observed: Observed,
@@ -201,7 +213,8 @@ impl Event<'_> {
 }
 
 /// Folds alerts and reports into one view per device, worst verdict first, then by CPE and
-/// MAC. Deterministic: the order of the input rows does not matter.
+/// MAC. Deterministic: the order of the input rows does not matter. The history is left
+/// empty: it is stored at ingest and read with [`load_history`].
 pub fn devices(alerts: &[AlertRow], reports: &[ReportRow], now_ms: u64) -> Vec<DeviceView> {
     let mut by_device: BTreeMap<(&str, MacAddr), Vec<Event<'_>>> = BTreeMap::new();
     for a in alerts {
@@ -256,15 +269,6 @@ fn fold_device(cpe: &str, mac: MacAddr, events: &[Event<'_>], now_ms: u64) -> Op
     for e in events {
         let (verdict, score, action, until, host, vendor, ips, evidence) = match e {
             Event::Alert(a) => {
-                v.history.push(VerdictChange {
-                    at_ms: a.at_ms,
-                    previous: a.previous,
-                    verdict: a.verdict,
-                    score: a.score,
-                    action: a.action,
-                    action_until_ms: a.action_until_ms,
-                    evidence: a.evidence.clone(),
-                });
                 v.observed = a.observed.clone();
                 (
                     a.verdict,
@@ -378,19 +382,55 @@ pub fn plain_summary(counters: &DeviceCounters, window_secs: u32) -> Option<Stri
             counters.unanswered_syns
         ));
     }
-    if parts.is_empty() {
-        return None;
+    sentence(&parts)
+}
+
+/// Which signals of `counters` stand out, in words without numbers.
+fn plain_lead(counters: &DeviceCounters) -> Option<String> {
+    let mut parts = Vec::new();
+    if counters.distinct_mail_servers >= 2 {
+        parts.push("tried to send mail directly to many different mail servers");
+    } else if counters.smtp_connections >= 5 {
+        parts.push("opened many connections to mail servers");
     }
+    if counters.submission_connections >= 10 {
+        parts.push("sent many messages through a mail account");
+    }
+    if counters.remote_rejections > 0 {
+        parts.push("was refused by mail servers as spam");
+    }
+    if counters.unanswered_syns >= 20 {
+        parts.push("made many unanswered attempts to reach mail servers");
+    }
+    sentence(&parts)
+}
+
+fn sentence<S: AsRef<str>>(parts: &[S]) -> Option<String> {
+    let last = parts.len().checked_sub(1)?;
     let mut text = String::from("This device ");
-    let last = parts.len() - 1;
     for (i, p) in parts.iter().enumerate() {
         if i > 0 {
             text.push_str(if i == last { " and " } else { ", " });
         }
-        text.push_str(p);
+        text.push_str(p.as_ref());
     }
     text.push('.');
     Some(text)
+}
+
+/// The one-sentence summary shown beside a device's evidence. The router's evidence
+/// sentences carry the numbers, each over its own time span ("… in the last hour", "… in
+/// 10 min"); the counters of a telemetry report cover another span and may be from another
+/// moment than the evidence shown. So when there is evidence the summary names what stands
+/// out without numbers, and it gives numbers from the counters only when no evidence sits
+/// beside it to disagree with.
+pub fn device_summary(d: &DeviceView) -> Option<String> {
+    let (counters, window_secs) = d.counters.as_ref()?;
+    if d.evidence.is_empty() {
+        plain_summary(counters, *window_secs)
+    } else {
+        plain_lead(counters)
+    }
 }
 
 /// What the router is doing, in words a subscriber understands. `until` is already
@@ -597,6 +637,85 @@ pub fn load_reports(
     Ok(out)
 }
 
+/// One device's stored verdict change: (CPE, MAC, change).
+pub type HistoryRow = (String, MacAddr, VerdictChange);
+
+/// Stored verdict changes of one CPE (or all) at or after `since_ms`, oldest first, at most
+/// `limit` (the newest kept).
+///
+/// # Errors
+/// [`VerdictError`] on SQLite errors or corrupt rows.
+pub fn load_history(
+    conn: &Connection,
+    cpe_id: Option<&str>,
+    since_ms: u64,
+    limit: u32,
+) -> Result<Vec<HistoryRow>, VerdictError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT * FROM (SELECT cpe_id, mac, at_ms, previous, verdict, score, action,
+                action_until_ms, evidence_json, source, id
+         FROM verdict_changes WHERE (?1 IS NULL OR cpe_id = ?1) AND at_ms >= ?2
+         ORDER BY at_ms DESC, id DESC LIMIT ?3) ORDER BY at_ms, id",
+    )?;
+    let rows = stmt.query_map(params![cpe_id, to_i64(since_ms), limit], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, i64>(2)?,
+            r.get::<_, String>(3)?,
+            r.get::<_, String>(4)?,
+            r.get::<_, f64>(5)?,
+            r.get::<_, String>(6)?,
+            r.get::<_, Option<i64>>(7)?,
+            r.get::<_, Option<String>>(8)?,
+            r.get::<_, String>(9)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (cpe, mac, at, prev, verdict, score, action, until, ev, source) = row?;
+        let source = match source.as_str() {
+            crate::store::history::SOURCE_ALERT => ChangeSource::Alert,
+            crate::store::history::SOURCE_TELEMETRY => ChangeSource::Telemetry,
+            other => {
+                return Err(VerdictError::Corrupt {
+                    column: "verdict_changes.source",
+                    detail: other.chars().take(40).collect(),
+                })
+            }
+        };
+        out.push((
+            cpe,
+            parse_mac(&mac)?,
+            VerdictChange {
+                source,
+                at_ms: ms(Some(at)).unwrap_or(0),
+                previous: parse_verdict(&prev)?,
+                verdict: parse_verdict(&verdict)?,
+                score: score as f32,
+                action: parse_action(&action)?,
+                action_until_ms: ms(until),
+                evidence: json("verdict_changes.evidence_json", ev)?,
+            },
+        ));
+    }
+    Ok(out)
+}
+
+/// Gives each device its stored changes (oldest first); changes of devices not in `devices`
+/// are left out.
+pub fn attach_history(devices: &mut [DeviceView], history: Vec<HistoryRow>) {
+    let mut by_device: BTreeMap<(String, MacAddr), Vec<VerdictChange>> = BTreeMap::new();
+    for (cpe, mac, change) in history {
+        by_device.entry((cpe, mac)).or_default().push(change);
+    }
+    for d in devices {
+        if let Some(changes) = by_device.remove(&(d.cpe_id.clone(), d.mac)) {
+            d.history = changes;
+        }
+    }
+}
+
 /// How far back the views look: verdicts older than this without news are history.
 pub const LOOKBACK_MS: u64 = 7 * 24 * 3600 * 1000;
 /// Most alert rows one view reads.
@@ -618,7 +737,9 @@ pub fn load_devices(
     // Telemetry is frequent: for the current state the last day is plenty.
     let report_since = now_ms.saturating_sub(24 * 3600 * 1000);
     let reports = load_reports(conn, cpe_id, report_since, MAX_REPORT_ROWS)?;
-    Ok(devices(&alerts, &reports, now_ms))
+    let mut out = devices(&alerts, &reports, now_ms);
+    attach_history(&mut out, load_history(conn, cpe_id, since, MAX_ALERT_ROWS)?);
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -691,8 +812,6 @@ mod tests {
         assert_eq!(d.since_ms, 5_000);
         assert_eq!(d.action, Action::Block);
         assert_eq!(d.action_until_ms, Some(90_000));
-        assert_eq!(d.history.len(), 2);
-        assert_eq!(d.history[0].verdict, Verdict::Suspicious);
         assert_eq!(d.evidence, vec!["evidence at 5000".to_string()]);
         assert_eq!(d.display_name(), "DESKTOP-7");
     }
@@ -761,6 +880,54 @@ mod tests {
         assert_eq!(a[1].verdict, Verdict::Clean);
     }
 
+    /// Issue 11: "43 messages in 10 minutes" in the summary beside "125 messages submitted
+    /// in the last hour" in the evidence. The summary beside evidence carries no number of
+    /// its own; without evidence it keeps its numbers.
+    #[test]
+    fn a_summary_beside_evidence_has_no_numbers_to_disagree_with_it() {
+        let mut r = report(600_000, Verdict::Infected, 0);
+        r.counters = DeviceCounters {
+            submission_connections: 43,
+            messages: 43,
+            ..Default::default()
+        };
+        r.evidence = vec![
+            "125 messages submitted in the last hour; this device's baseline is 0.5 per hour (12.0 a day)".into(),
+        ];
+        let d = &devices(&[], &[r.clone()], 700_000)[0];
+        let summary = device_summary(d).unwrap();
+        assert_eq!(
+            summary,
+            "This device sent many messages through a mail account."
+        );
+        assert!(!summary.chars().any(|c| c.is_ascii_digit()), "{summary}");
+        // Evidence of an older alert, counters of a newer report: still no number.
+        let mut newer = r.clone();
+        newer.evidence.clear();
+        let a = alert(
+            1_000,
+            Verdict::Clean,
+            Verdict::Infected,
+            Action::Block,
+            None,
+        );
+        let d = &devices(&[a], &[newer], 700_000)[0];
+        assert_eq!(d.evidence, vec!["evidence at 1000".to_string()]);
+        assert!(!device_summary(d)
+            .unwrap()
+            .chars()
+            .any(|c| c.is_ascii_digit()));
+        // Nothing beside it: the numbers and their span.
+        let mut bare = r;
+        bare.evidence.clear();
+        bare.verdict = Verdict::Clean;
+        let d = &devices(&[], &[bare], 700_000)[0];
+        assert_eq!(
+            device_summary(d).unwrap(),
+            "This device sent 43 messages through a mail account in 10 minutes."
+        );
+    }
+
     #[test]
     fn summaries_speak_plainly_with_numbers() {
         let c = DeviceCounters {
@@ -782,6 +949,10 @@ mod tests {
             "This device sent 412 messages through a mail account in 60 minutes."
         );
         assert_eq!(plain_summary(&DeviceCounters::default(), 600), None);
+        assert_eq!(
+            plain_summary(&c, 60).unwrap(),
+            "This device sent 412 messages through a mail account in 60 seconds."
+        );
         assert!(plain_action(Action::Block, Some("14:05")).contains("blocked until 14:05"));
     }
 }

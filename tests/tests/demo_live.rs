@@ -178,6 +178,39 @@ fn demo_shows_live_infections_to_the_noc_and_the_subscriber_and_stops_on_ctrl_c(
     );
     assert!(page.body.contains("different mail servers"));
     assert!(!page.body.contains(stolen["name"].as_str().unwrap()));
+    // Its history holds the change the live agent alerted (issue 11: it used to read "No
+    // changes recorded"), on the portal and on the NOC's page of the router.
+    let history = http(
+        addr,
+        "GET",
+        &format!("/my/devices/{bot_cpe}/{}", bot["mac"].as_str().unwrap()),
+        &[("Cookie", &cookie)],
+        b"",
+    )
+    .unwrap();
+    assert_eq!(history.status, 200);
+    assert!(
+        !history.body.contains("No changes recorded"),
+        "{}",
+        history.body
+    );
+    assert!(history
+        .body
+        .contains(r#"class="change" data-verdict="infected""#));
+    let noc_cookie = login(addr, &operator).unwrap();
+    let cpe_page = http(
+        addr,
+        "GET",
+        &format!("/noc/cpe/{bot_cpe}"),
+        &[("Cookie", &noc_cookie)],
+        b"",
+    )
+    .unwrap();
+    assert!(
+        !cpe_page.body.contains("No verdict changes"),
+        "{}",
+        cpe_page.body
+    );
     let cookie = login(addr, stolen_token).unwrap();
     let page = http(addr, "GET", "/my", &[("Cookie", &cookie)], b"").unwrap();
     assert!(

@@ -17,6 +17,9 @@
 //! `(cpe_id, seq)` primary key would refuse it anyway. So every alert the broker accepted is
 //! stored exactly once, provided the broker itself keeps the session (mosquitto with
 //! persistence does across its restarts; the embedded broker does not survive the process).
+//! Before the session first exists nothing is kept for it: the embedded broker therefore
+//! lets no router in until the ingest's subscriptions are acknowledged, and with an external
+//! broker the session is made at the controller's first start (see [`service`]).
 
 pub mod service;
 

@@ -3,12 +3,24 @@
 //! thread that verifies and stores batches. Acks flow back only after the commit, tagged
 //! with the connection they came on, so an ack never reaches a later connection where the
 //! packet id may mean another message.
+//!
+//! # No alert lost to a late subscription
+//! A broker drops what nobody is subscribed to. The session is persistent (its
+//! subscriptions and queued messages outlive a disconnect), so once it exists nothing is
+//! lost; what remains is the moment before it first exists:
+//! - With the embedded broker, routers cannot log in before the ingest's subscriptions are
+//!   acknowledged: `keys`, the enrolled keys the broker's login check reads, stays empty
+//!   (see [`Admission`]) until the broker has answered the ingest's SUBSCRIBE with success
+//!   for every filter. A router refused meanwhile keeps its alerts in its disk queue and
+//!   retries.
+//! - With an external broker, the session is created at the controller's first start and
+//!   kept by the broker across controller restarts (mosquitto: `persistence true`).
 
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use rumqttc::{AsyncClient, Event, Packet, Publish, QoS};
+use rumqttc::{AsyncClient, Event, Packet, Publish, QoS, SubscribeReasonCode};
 use smtpguard_protocol::{topic, Freshness};
 use tokio::sync::mpsc;
 
@@ -47,7 +59,9 @@ fn now_ms() -> u64 {
 }
 
 /// Runs the ingest until `shutdown` resolves. `keys` is shared with the embedded broker's
-/// login check and refreshed whenever another process changes the database.
+/// login check: it is emptied at once, filled with the enrolled keys when the broker has
+/// acknowledged the ingest's subscriptions, and refreshed whenever another process changes
+/// the database (see the module docs).
 ///
 /// # Errors
 /// [`IngestError`] when it cannot start.
@@ -58,9 +72,7 @@ pub async fn run(
 ) -> Result<(), IngestError> {
     let store = Store::open(&config.db_path)?;
     let key_cache = KeyCache::load(&store)?;
-    if let Ok(mut shared) = keys.write() {
-        *shared = key_cache.clone();
-    }
+    let admission = Arc::new(Admission::new(keys, key_cache.clone()));
     let freshness = Freshness {
         max_age_ms: config.ingest.max_age_secs.saturating_mul(1000),
         max_future_ms: config.ingest.max_future_secs.saturating_mul(1000),
@@ -76,7 +88,7 @@ pub async fn run(
     let worker = Worker {
         store,
         verifier,
-        keys,
+        admission: admission.clone(),
         batch_max: config.ingest.batch_max,
         linger: Duration::from_millis(config.ingest.batch_linger_ms),
         db_path: config.db_path.clone(),
@@ -117,6 +129,20 @@ pub async fn run(
                     });
                     if let Err(e) = client.try_subscribe_many(filters) {
                         tracing::warn!(error = %e, "could not subscribe");
+                    }
+                }
+                Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                    let refused = ack
+                        .return_codes
+                        .iter()
+                        .filter(|c| matches!(c, SubscribeReasonCode::Failure))
+                        .count();
+                    if refused == 0 {
+                        if admission.open() {
+                            tracing::info!("ingest subscribed; routers may log in");
+                        }
+                    } else {
+                        tracing::error!(refused, "the broker refused ingest subscriptions; routers stay out of the embedded broker");
                     }
                 }
                 Ok(Event::Incoming(Packet::Publish(publish))) => {
@@ -165,10 +191,60 @@ impl Backoff {
     }
 }
 
+/// The enrolled keys as the embedded broker's login check sees them: none until the
+/// ingest's subscriptions exist ([`Admission::open`]), then every change the worker loads.
+/// An external broker does not read them.
+#[derive(Debug)]
+pub struct Admission {
+    shared: Arc<RwLock<KeyCache>>,
+    /// Whether the subscriptions exist, and the newest keys loaded from the store.
+    state: Mutex<(bool, KeyCache)>,
+}
+
+impl Admission {
+    /// Holds `shared` empty (nobody but the controller's own clients may log in) and
+    /// remembers `latest` for when it opens.
+    pub fn new(shared: Arc<RwLock<KeyCache>>, latest: KeyCache) -> Admission {
+        if let Ok(mut s) = shared.write() {
+            *s = KeyCache::default();
+        }
+        Admission {
+            shared,
+            state: Mutex::new((false, latest)),
+        }
+    }
+
+    /// Publishes the newest keys to the broker; returns true the first time.
+    pub fn open(&self) -> bool {
+        let Ok(mut state) = self.state.lock() else {
+            return false;
+        };
+        let first = !state.0;
+        state.0 = true;
+        if let Ok(mut shared) = self.shared.write() {
+            *shared = state.1.clone();
+        }
+        first
+    }
+
+    /// Takes newly loaded keys; the broker sees them once open.
+    pub fn update(&self, keys: KeyCache) {
+        let Ok(mut state) = self.state.lock() else {
+            return;
+        };
+        state.1 = keys;
+        if state.0 {
+            if let Ok(mut shared) = self.shared.write() {
+                *shared = state.1.clone();
+            }
+        }
+    }
+}
+
 struct Worker {
     store: Store,
     verifier: Verifier,
-    keys: Arc<RwLock<KeyCache>>,
+    admission: Arc<Admission>,
     batch_max: usize,
     linger: Duration,
     db_path: PathBuf,
@@ -248,9 +324,7 @@ impl Worker {
     fn reload_keys(&mut self) {
         match KeyCache::load(&self.store) {
             Ok(cache) => {
-                if let Ok(mut shared) = self.keys.write() {
-                    *shared = cache.clone();
-                }
+                self.admission.update(cache.clone());
                 self.verifier.set_keys(cache);
             }
             Err(e) => tracing::warn!(error = %e, "reloading enrolled keys failed"),

@@ -8,6 +8,7 @@
 //! of verified messages and the rejection counts seen with them, so either all of a batch
 //! is durable or none is (the ingest acknowledges to the broker only after the commit).
 
+pub mod history;
 pub mod schema;
 
 use std::collections::HashMap;
@@ -589,7 +590,7 @@ fn store_alert(tx: &Transaction<'_>, cpe_id: &str, seq: i64, a: &Alert) -> Resul
         serde_json::to_string(&d.evidence)?,
         serde_json::to_string(&a.observed)?,
     ])?;
-    Ok(())
+    history::note_alert(tx, cpe_id, seq, a)
 }
 
 fn store_telemetry(
@@ -616,7 +617,11 @@ fn store_telemetry(
                 hostname, vendor, ips_json, counters_json, evidence_json)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
         )?;
+        let observed_at = t
+            .window_start_ms
+            .saturating_add(u64::from(t.window_secs).saturating_mul(1000));
         for d in &t.devices {
+            history::note_report(tx, cpe_id, seq, observed_at, d)?;
             stmt.execute(params![
                 cpe_id,
                 seq,

@@ -132,6 +132,50 @@ CREATE TABLE rejections (
     count INTEGER NOT NULL
 );
 "#,
+    // 2: verdict history kept at ingest (`store::history`), filled from the alerts stored
+    // so far; the newest known verdict per device from alerts and telemetry.
+    r#"
+CREATE TABLE verdict_changes (
+    id INTEGER PRIMARY KEY,
+    cpe_id TEXT NOT NULL,
+    mac TEXT NOT NULL,
+    at_ms INTEGER NOT NULL,
+    previous TEXT NOT NULL,
+    verdict TEXT NOT NULL,
+    score REAL NOT NULL,
+    action TEXT NOT NULL,
+    action_until_ms INTEGER,
+    evidence_json TEXT NOT NULL,
+    source TEXT NOT NULL,
+    seq INTEGER NOT NULL
+);
+CREATE INDEX verdict_changes_by_device ON verdict_changes (cpe_id, mac, at_ms);
+
+CREATE TABLE device_verdicts (
+    cpe_id TEXT NOT NULL,
+    mac TEXT NOT NULL,
+    verdict TEXT NOT NULL,
+    at_ms INTEGER NOT NULL,
+    PRIMARY KEY (cpe_id, mac)
+);
+
+INSERT INTO verdict_changes (cpe_id, mac, at_ms, previous, verdict, score, action,
+    action_until_ms, evidence_json, source, seq)
+SELECT cpe_id, mac, at_ms, previous, verdict, score, action, action_until_ms, evidence_json,
+    'alert', seq
+FROM alerts ORDER BY at_ms, id;
+
+INSERT INTO device_verdicts (cpe_id, mac, verdict, at_ms)
+SELECT cpe_id, mac, verdict, at_ms FROM (
+    SELECT d.cpe_id, d.mac, d.verdict, t.window_start_ms + t.window_secs * 1000 AS at_ms
+    FROM device_reports d JOIN telemetry t ON t.cpe_id = d.cpe_id AND t.seq = d.seq
+    UNION ALL
+    SELECT cpe_id, mac, verdict, at_ms FROM alerts
+) WHERE true
+ORDER BY at_ms
+ON CONFLICT (cpe_id, mac) DO UPDATE SET verdict = excluded.verdict, at_ms = excluded.at_ms
+WHERE excluded.at_ms >= device_verdicts.at_ms;
+"#,
 ];
 
 /// The schema version this build writes: the number of [`MIGRATIONS`].

@@ -53,10 +53,7 @@ impl From<&DeviceView> for DeviceJson {
             action: d.action.as_str(),
             action_until_ms: d.action_until_ms,
             evidence: d.evidence.clone(),
-            summary: d
-                .counters
-                .as_ref()
-                .and_then(|(c, w)| verdicts::plain_summary(c, *w)),
+            summary: verdicts::device_summary(d),
         }
     }
 }

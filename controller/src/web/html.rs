@@ -69,6 +69,17 @@ pub fn verdict_badge(v: Verdict) -> String {
     )
 }
 
+/// After a history entry: how the controller learned of the change, when it was not the
+/// router's alert.
+pub fn change_source_note(source: crate::verdicts::ChangeSource) -> &'static str {
+    match source {
+        crate::verdicts::ChangeSource::Alert => "",
+        crate::verdicts::ChangeSource::Telemetry => {
+            r#" <span class="muted source" data-source="telemetry">(from the router's regular report; its alert did not arrive)</span>"#
+        }
+    }
+}
+
 /// An action badge with its end time.
 pub fn action_badge(a: Action, until: Option<u64>) -> String {
     let until = until

@@ -396,7 +396,15 @@ pub async fn cpe(
             let rr = releases
                 .iter()
                 .find(|r| r.mac == d.mac.to_string())
-                .map(|r| format!("{} ({})", r.status, html::time(r.requested_ms)))
+                .map(|r| {
+                    let progress =
+                        households::release_progress(r, d.action, d.action_until_ms, None);
+                    format!(
+                        "{} (requested {})",
+                        progress.noc_text(html::time),
+                        html::time(r.requested_ms)
+                    )
+                })
                 .unwrap_or_else(|| "—".into());
             let _ = write!(
                 b,
@@ -421,13 +429,16 @@ pub async fn cpe(
         for (d, h) in events.iter().take(200) {
             let _ = write!(
                 b,
-                "<div><b>{}</b> · {} <span class=\"mono muted\">{}</span> · {} → {} {}<ul class=\"ev\">",
+                "<div class=\"change\" data-mac=\"{}\" data-verdict=\"{}\"><b>{}</b> · {} <span class=\"mono muted\">{}</span> · {} → {} {}{}<ul class=\"ev\">",
+                esc(&d.mac.to_string()),
+                h.verdict.as_str(),
                 esc(&html::time(h.at_ms)),
                 esc(&d.display_name()),
                 esc(&d.mac.to_string()),
                 esc(h.previous.as_str()),
                 html::verdict_badge(h.verdict),
                 html::action_badge(h.action, h.action_until_ms),
+                html::change_source_note(h.source),
             );
             for e in &h.evidence {
                 let _ = write!(b, "<li>{}</li>", esc(e));

@@ -15,7 +15,7 @@ use smtpguard_protocol::{Action, MacAddr, Verdict};
 use super::auth::{self, csrf_field, Caller};
 use super::html::{self, esc, page, path_seg, Nav};
 use super::{html_response, AppState, WebError};
-use crate::households::{self, Household, ReleaseRequest};
+use crate::households::{self, Household, ReleaseProgress, ReleaseRequest};
 use crate::verdicts::{self, DeviceView};
 
 /// The household's devices and release requests.
@@ -70,17 +70,15 @@ fn release_block(d: &DeviceView, releases: &[ReleaseRequest], caller: &Caller) -
         .iter()
         .find(|r| r.cpe_id == d.cpe_id && r.mac == mac)
     {
-        let status = match r.status.as_str() {
-            "pending" => "We have your request and are checking the device's traffic. You do not need to do anything else.",
-            "approved" => "Your request was approved: the restriction is being lifted.",
-            _ => "Your request was declined because the device is still sending spam. Please repeat the clean-up steps.",
-        };
-        if r.status != "denied" {
+        // No release command reaches the router yet: nothing to report about one.
+        let progress = households::release_progress(r, d.action, d.action_until_ms, None);
+        if progress != ReleaseProgress::Denied {
             return format!(
-                r#"<div class="flash release-status" data-status="{}">Release requested on {}. {}</div>"#,
+                r#"<div class="flash release-status" data-status="{}" data-progress="{}">Release requested on {}. {}</div>"#,
                 esc(&r.status),
+                progress.as_str(),
                 esc(&html::time(r.requested_ms)),
-                esc(status)
+                esc(&progress.subscriber_text(html::time))
             );
         }
     }
@@ -116,10 +114,7 @@ fn device_card(d: &DeviceView, releases: &[ReleaseRequest], caller: &Caller) -> 
             .join(", ")),
         esc(&d.mac.to_string()),
     );
-    let what = d
-        .counters
-        .as_ref()
-        .and_then(|(c, w)| verdicts::plain_summary(c, *w))
+    let what = verdicts::device_summary(d)
         .or_else(|| d.evidence.first().map(|e| format!("This device: {e}.")));
     let heading = if d.verdict == Verdict::Infected {
         "This device appears to be infected with a program that sends spam"
@@ -201,7 +196,7 @@ pub async fn devices(
         esc(&html::time(now))
     );
     if flash.requested.is_some() {
-        body.push_str(r#"<div class="flash" role="status">Thank you — your release request was recorded. We will check the device's traffic and lift the restriction when it is clean.</div>"#);
+        body.push_str(r#"<div class="flash" role="status">Thank you — your release request was recorded. We will check the device's traffic; this page shows when the restriction is lifted.</div>"#);
     }
     if bad.is_empty() {
         body.push_str(r#"<div class="card clean"><h3>All good</h3><p>None of your devices is sending spam. Your router keeps watching and will tell you here if that changes.</p></div>"#);
@@ -296,11 +291,13 @@ pub async fn device(
         for h in d.history.iter().rev() {
             let _ = write!(
                 body,
-                "<div><b>{}</b> — {} → {} {}<ul class=\"ev\">",
+                "<div class=\"change\" data-verdict=\"{}\"><b>{}</b> — {} → {} {}{}<ul class=\"ev\">",
+                h.verdict.as_str(),
                 esc(&html::time(h.at_ms)),
                 esc(h.previous.as_str()),
                 html::verdict_badge(h.verdict),
                 html::action_badge(h.action, h.action_until_ms),
+                html::change_source_note(h.source),
             );
             for e in &h.evidence {
                 let _ = write!(body, "<li>{}</li>", esc(e));

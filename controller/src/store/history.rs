@@ -1,0 +1,366 @@
+//! Verdict history, kept at ingest in the transaction of the message that tells it.
+//!
+//! Two tables (migration 2 in [`super::schema`]):
+//! - `verdict_changes`: one row per change of a device's verdict, from an alert (`source =
+//!   'alert'`) or, when the alert never arrived, rebuilt from telemetry (`'telemetry'`).
+//! - `device_verdicts`: the newest verdict the controller knows per device and as of when,
+//!   the reference telemetry is compared with.
+//!
+//! Rules, all order-tolerant (alerts and telemetry of one router may arrive out of order, and
+//! replicas sharing the ingest store them in any order):
+//! - An alert is a change: stored as such. A change rebuilt from telemetry that it explains
+//!   (same device and new verdict, seen no earlier than the alert, up to the next alert of
+//!   the device) is removed: the alert was late, not lost.
+//! - A device report in telemetry, observed at the end of its window, whose verdict differs
+//!   from the newest known one (a device never seen before counts as clean) records a
+//!   change from the known verdict to the reported one, with the report's evidence: the
+//!   router changed its mind and its alert was lost. A report older than what is known
+//!   changes nothing.
+
+use rusqlite::{params, OptionalExtension, Transaction};
+use smtpguard_protocol::{Alert, DeviceReport, Verdict};
+
+use super::{to_i64, StoreError};
+
+/// Where a stored verdict change came from.
+pub const SOURCE_ALERT: &str = "alert";
+/// A change rebuilt from telemetry because its alert did not arrive.
+pub const SOURCE_TELEMETRY: &str = "telemetry";
+
+/// How much later than an alert's own time a telemetry report may place the same change
+/// and still be explained by it: telemetry windows end on whole seconds.
+const SLACK_MS: u64 = 1_000;
+
+fn parse_verdict(s: &str) -> Result<Verdict, StoreError> {
+    match s {
+        "clean" => Ok(Verdict::Clean),
+        "suspicious" => Ok(Verdict::Suspicious),
+        "infected" => Ok(Verdict::Infected),
+        other => Err(StoreError::Corrupt {
+            column: "device_verdicts.verdict",
+            detail: other.chars().take(40).collect(),
+        }),
+    }
+}
+
+/// The newest known verdict of a device and as of when.
+fn known(
+    tx: &Transaction<'_>,
+    cpe_id: &str,
+    mac: &str,
+) -> Result<Option<(Verdict, u64)>, StoreError> {
+    let row: Option<(String, i64)> = tx
+        .prepare_cached(
+            "SELECT verdict, at_ms FROM device_verdicts WHERE cpe_id = ?1 AND mac = ?2",
+        )?
+        .query_row(params![cpe_id, mac], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    match row {
+        None => Ok(None),
+        Some((v, at)) => Ok(Some((parse_verdict(&v)?, u64::try_from(at).unwrap_or(0)))),
+    }
+}
+
+/// Moves the known verdict forward (never back in time).
+fn note_known(
+    tx: &Transaction<'_>,
+    cpe_id: &str,
+    mac: &str,
+    verdict: Verdict,
+    at_ms: u64,
+) -> Result<(), StoreError> {
+    tx.prepare_cached(
+        "INSERT INTO device_verdicts (cpe_id, mac, verdict, at_ms) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (cpe_id, mac) DO UPDATE SET verdict = excluded.verdict, at_ms = excluded.at_ms
+         WHERE excluded.at_ms >= device_verdicts.at_ms",
+    )?
+    .execute(params![cpe_id, mac, verdict.as_str(), to_i64(at_ms)])?;
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn insert_change(
+    tx: &Transaction<'_>,
+    cpe_id: &str,
+    seq: i64,
+    mac: &str,
+    at_ms: u64,
+    previous: Verdict,
+    d: &DeviceReport,
+    source: &str,
+) -> Result<(), StoreError> {
+    tx.prepare_cached(
+        "INSERT INTO verdict_changes (cpe_id, mac, at_ms, previous, verdict, score, action,
+            action_until_ms, evidence_json, source, seq)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+    )?
+    .execute(params![
+        cpe_id,
+        mac,
+        to_i64(at_ms),
+        previous.as_str(),
+        d.verdict.as_str(),
+        f64::from(d.score),
+        d.action.as_str(),
+        d.action_until_ms.map(to_i64),
+        serde_json::to_string(&d.evidence)?,
+        source,
+        seq,
+    ])?;
+    Ok(())
+}
+
+/// Records the change an alert tells (see the module docs).
+///
+/// # Errors
+/// [`StoreError`].
+pub(super) fn note_alert(
+    tx: &Transaction<'_>,
+    cpe_id: &str,
+    seq: i64,
+    a: &Alert,
+) -> Result<(), StoreError> {
+    let d = &a.device;
+    let mac = d.mac.to_string();
+    // The next alert of this device after this one bounds what this one explains.
+    let next: Option<i64> = tx
+        .prepare_cached(
+            "SELECT MIN(at_ms) FROM verdict_changes
+             WHERE cpe_id = ?1 AND mac = ?2 AND source = 'alert' AND at_ms > ?3",
+        )?
+        .query_row(params![cpe_id, mac, to_i64(a.at_ms)], |r| r.get(0))?;
+    // Telemetry windows end on whole seconds: a rebuilt change up to [`SLACK_MS`] before
+    // the alert is the same change.
+    tx.prepare_cached(
+        "DELETE FROM verdict_changes
+         WHERE cpe_id = ?1 AND mac = ?2 AND source = 'telemetry' AND verdict = ?3
+           AND at_ms >= ?4 AND at_ms < ?5",
+    )?
+    .execute(params![
+        cpe_id,
+        mac,
+        d.verdict.as_str(),
+        to_i64(a.at_ms.saturating_sub(SLACK_MS)),
+        next.unwrap_or(i64::MAX),
+    ])?;
+    insert_change(tx, cpe_id, seq, &mac, a.at_ms, a.previous, d, SOURCE_ALERT)?;
+    note_known(tx, cpe_id, &mac, d.verdict, a.at_ms)
+}
+
+/// Compares one device report of a telemetry window observed at `at_ms` (the window's
+/// end) with the known verdict and records a change when they differ (see the module docs).
+///
+/// # Errors
+/// [`StoreError`].
+pub(super) fn note_report(
+    tx: &Transaction<'_>,
+    cpe_id: &str,
+    seq: i64,
+    at_ms: u64,
+    d: &DeviceReport,
+) -> Result<(), StoreError> {
+    let mac = d.mac.to_string();
+    let previous = match known(tx, cpe_id, &mac)? {
+        Some((_, known_at)) if known_at > at_ms => return Ok(()),
+        Some((v, _)) => v,
+        None => Verdict::Clean,
+    };
+    if previous != d.verdict {
+        insert_change(tx, cpe_id, seq, &mac, at_ms, previous, d, SOURCE_TELEMETRY)?;
+    }
+    note_known(tx, cpe_id, &mac, d.verdict, at_ms)
+}
+
+#[cfg(test)]
+mod tests {
+    use smtpguard_protocol::{
+        Action, AgentStats, Body, DeviceCounters, Envelope, MacAddr, Observed, Telemetry,
+    };
+
+    use super::*;
+    use crate::store::{Received, Store};
+
+    const MAC: MacAddr = MacAddr([2, 0, 0, 0, 0, 9]);
+
+    fn report(verdict: Verdict, evidence: &str) -> DeviceReport {
+        DeviceReport {
+            mac: MAC,
+            ips: vec![],
+            hostname: None,
+            vendor: None,
+            verdict,
+            score: 0.9,
+            action: Action::Monitor,
+            action_until_ms: None,
+            counters: DeviceCounters::default(),
+            evidence: vec![evidence.to_string()],
+        }
+    }
+
+    fn msg(seq: u64, body: Body) -> Received {
+        Received {
+            envelope: Envelope {
+                version: smtpguard_protocol::PROTOCOL_VERSION,
+                cpe_id: "cpe-h".into(),
+                seq,
+                sent_at_ms: 0,
+                body,
+            },
+            wire: vec![],
+            received_at_ms: 0,
+        }
+    }
+
+    fn alert(seq: u64, at_ms: u64, previous: Verdict, verdict: Verdict) -> Received {
+        msg(
+            seq,
+            Body::Alert(Alert {
+                device: report(verdict, &format!("alert {seq}")),
+                previous,
+                at_ms,
+                observed: Observed::default(),
+            }),
+        )
+    }
+
+    /// Telemetry whose window ends at `end_ms`.
+    fn telemetry(seq: u64, end_ms: u64, verdict: Verdict) -> Received {
+        msg(
+            seq,
+            Body::Telemetry(Telemetry {
+                window_start_ms: end_ms - 60_000,
+                window_secs: 60,
+                public_ip: None,
+                stats: AgentStats::default(),
+                devices: vec![report(verdict, &format!("report {seq}"))],
+                connections: vec![],
+            }),
+        )
+    }
+
+    fn history(store: &Store) -> Vec<(u64, String, String, String, String)> {
+        let mut stmt = store
+            .conn()
+            .prepare(
+                "SELECT at_ms, previous, verdict, source, evidence_json FROM verdict_changes
+                 ORDER BY at_ms, id",
+            )
+            .unwrap();
+        stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, i64>(0)? as u64,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+            ))
+        })
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+    }
+
+    #[test]
+    fn alerts_are_changes_and_agreeing_telemetry_adds_none() {
+        let mut store = Store::open_in_memory().unwrap();
+        store
+            .write_batch(
+                &[
+                    telemetry(1, 60_000, Verdict::Clean),
+                    alert(2, 70_000, Verdict::Clean, Verdict::Infected),
+                    telemetry(3, 120_000, Verdict::Infected),
+                    // Older than the alert: changes nothing.
+                    telemetry(0, 65_000, Verdict::Clean),
+                ],
+                &[],
+            )
+            .unwrap();
+        let h = history(&store);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h[0].0, 70_000);
+        assert_eq!(h[0].3, "alert");
+    }
+
+    #[test]
+    fn a_lost_alert_is_rebuilt_from_telemetry_and_a_late_one_replaces_it() {
+        let mut store = Store::open_in_memory().unwrap();
+        store
+            .write_batch(
+                &[
+                    telemetry(1, 60_000, Verdict::Clean),
+                    telemetry(3, 120_000, Verdict::Infected),
+                    telemetry(4, 180_000, Verdict::Infected),
+                ],
+                &[],
+            )
+            .unwrap();
+        let h = history(&store);
+        assert_eq!(
+            h,
+            vec![(
+                120_000,
+                "clean".into(),
+                "infected".into(),
+                "telemetry".into(),
+                "[\"report 3\"]".into()
+            )]
+        );
+        // The alert was late, not lost: it takes the rebuilt entry's place.
+        store
+            .write_batch(&[alert(2, 100_000, Verdict::Clean, Verdict::Infected)], &[])
+            .unwrap();
+        let h = history(&store);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!((h[0].0, h[0].3.as_str()), (100_000, "alert"));
+        // The device is released and cleans up; that alert is lost too.
+        store
+            .write_batch(&[telemetry(6, 300_000, Verdict::Clean)], &[])
+            .unwrap();
+        let h = history(&store);
+        assert_eq!(h.len(), 2, "{h:?}");
+        assert_eq!(
+            (h[1].1.as_str(), h[1].2.as_str(), h[1].3.as_str()),
+            ("infected", "clean", "telemetry")
+        );
+    }
+
+    #[test]
+    fn a_device_first_seen_infected_starts_its_history_from_clean() {
+        let mut store = Store::open_in_memory().unwrap();
+        store
+            .write_batch(&[telemetry(1, 60_000, Verdict::Suspicious)], &[])
+            .unwrap();
+        let h = history(&store);
+        assert_eq!(h.len(), 1);
+        assert_eq!((h[0].1.as_str(), h[0].2.as_str()), ("clean", "suspicious"));
+    }
+
+    #[test]
+    fn the_migration_turns_stored_alerts_into_history() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v1.db");
+        {
+            let conn = rusqlite::Connection::open(&path).unwrap();
+            conn.execute_batch(crate::store::schema::MIGRATIONS[0])
+                .unwrap();
+            conn.pragma_update(None, "user_version", 1).unwrap();
+            conn.execute(
+                "INSERT INTO alerts (cpe_id, seq, mac, at_ms, previous, verdict, score, action,
+                    ips_json, evidence_json, observed_json)
+                 VALUES ('cpe-h', 5, ?1, 1000, 'clean', 'infected', 0.9, 'block', '[]',
+                    '[\"old alert\"]', '{}')",
+                [MAC.to_string()],
+            )
+            .unwrap();
+        }
+        let mut store = Store::open(&path).unwrap();
+        let h = history(&store);
+        assert_eq!(h.len(), 1);
+        assert_eq!(h[0].4, "[\"old alert\"]");
+        // The known verdict came along: telemetry that agrees adds nothing.
+        store
+            .write_batch(&[telemetry(6, 120_000, Verdict::Infected)], &[])
+            .unwrap();
+        assert_eq!(history(&store).len(), 1);
+    }
+}
