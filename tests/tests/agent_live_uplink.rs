@@ -149,9 +149,10 @@ struct Proc {
 impl Proc {
     fn spawn(name: &'static str, cmd: &mut Command, log: PathBuf) -> Proc {
         let file = std::fs::File::create(&log).unwrap();
+        // The agent logs info on stdout and warnings on stderr (procd's two streams).
         let child = cmd
             .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
+            .stdout(file.try_clone().unwrap())
             .stderr(file)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
@@ -335,6 +336,22 @@ fn live_agent_alerts_and_telemetry_reach_the_controller_and_it_goes_offline_on_s
         || query_one::<String>(&db, online, [&cpe_id]).as_deref() == Some("online"),
     );
 
+    // Online means the uplink is up; the capture opens a moment later. The agent writes its
+    // status file once it captures: wait for that before the bot sends anything.
+    let status_file = state_dir.join("status.json");
+    let agent_pid = agent_proc
+        .child
+        .as_ref()
+        .map(std::process::Child::id)
+        .unwrap();
+    wait_for(
+        "the agent to capture (its status file)",
+        &mut [&mut agent_proc, &mut controller_proc],
+        || {
+            std::fs::read_to_string(&status_file)
+                .is_ok_and(|s| s.contains(&format!("\"pid\": {agent_pid}")))
+        },
+    );
     household.spam_burst();
 
     let mac = household.device_mac.to_string();
