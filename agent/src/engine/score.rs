@@ -87,7 +87,10 @@ pub(crate) fn measure(d: &Device, p: &Params, now: u64) -> Measures {
         }
     }
     Measures {
-        direct_conns: d.direct.total(now),
+        // The connection counter slides a bucket at a time and the server set to the
+        // millisecond: every distinct server in the window had a connection in it, so the
+        // count is at least that many (evidence never reads "38 connections to 40 servers").
+        direct_conns: d.direct.total(now).max(servers_w),
         servers_w,
         nets_w,
         servers_day,
@@ -275,7 +278,7 @@ pub(crate) fn evidence(d: &Device, m: &Measures, p: &Params) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use smtpguard_protocol::Policy;
+    use smtpguard_protocol::{MacAddr, Policy};
 
     #[test]
     fn levels_and_verdicts_from_default_policy() {
@@ -326,5 +329,36 @@ mod tests {
         assert_eq!(duration(90_000), "90 s");
         assert_eq!(one_decimal(583), "0.6");
         assert_eq!(one_decimal(14_000), "14.0");
+    }
+
+    #[test]
+    fn evidence_never_counts_fewer_connections_than_distinct_servers() {
+        let p = Params::from_policy(&Policy::default());
+        let mut d = Device::new(MacAddr([2, 0, 0, 0, 0, 1]), 0, p.window_ms, None);
+        // 40 servers, one connection each, spread over the 10-minute window; measured when
+        // the oldest bucket of the connection counter has slid out but the oldest servers
+        // are still inside the window.
+        for i in 0..40u32 {
+            let at = u64::from(i) * 14_000;
+            d.direct.add(at, 1);
+            let ip = std::net::IpAddr::from([198, 51, (i / 250) as u8, (i % 250) as u8]);
+            d.servers.touch(crate::engine::window::ip_key(ip), at, 1024);
+        }
+        let now = p.window_ms + 20_000;
+        let m = measure(&d, &p, now);
+        assert!(
+            m.direct_conns >= m.servers_w,
+            "{} < {}",
+            m.direct_conns,
+            m.servers_w
+        );
+        let ev = evidence(&d, &m, &p).join("; ");
+        assert!(
+            ev.contains(&format!(
+                "{} connections to {} distinct",
+                m.direct_conns, m.servers_w
+            )),
+            "{ev}"
+        );
     }
 }
