@@ -64,7 +64,8 @@ need_apt
 mkdir -p "$BENCH_DIR"
 
 step "building smtpguard-agent and the capture generator (release)"
-cargo build --release --locked -p smtpguard-agent --bin smtpguard-agent --example gen-captures
+cargo build --release --locked -p smtpguard-agent --bin smtpguard-agent
+cargo build --release --locked -p smtpguard-tools --example gen-captures
 AGENT=target/release/smtpguard-agent
 GEN=target/release/examples/gen-captures
 

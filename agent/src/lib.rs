@@ -11,12 +11,10 @@
 //! - [`packet`]: one raw Ethernet frame (802.1Q ok) → addresses, ports, flags, payload.
 //! - [`engine`]: the pure detection engine: devices by MAC, signals over sliding windows,
 //!   scores, verdicts with evidence, and the actions policy calls for. Time is passed in.
-//! - [`pcap`]: streaming pcap/pcapng reader and a pcap writer.
+//! - [`pcap`]: streaming pcap/pcapng reader.
 //! - [`ports`]: [`ports::MailPorts`], the one set of mail ports that the capture filter,
 //!   the engine and the nftables table all use (`enforce.mail_ports`).
 //! - [`oui`]: vendor names from the IEEE registry file (`oui.csv`), loaded at start.
-//! - [`sim`]: deterministic household traffic simulator (Ethernet frames on a timeline) for
-//!   tests, benchmarks, demos and the big-capture generator.
 //! - [`replay`]: `smtpguard-agent replay`: a capture through the engine with the capture's
 //!   timestamps as the clock, printed as one JSON (or text) report.
 //! - [`enforce`]: turns verdicts into device-scoped action: the pure [`enforce::Planner`],
@@ -46,5 +44,4 @@ pub mod pcap;
 pub mod ports;
 pub mod replay;
 pub mod run;
-pub mod sim;
 pub mod uplink;

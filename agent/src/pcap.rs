@@ -1,4 +1,4 @@
-//! Capture files: a streaming reader for pcap and pcapng, and a pcap writer.
+//! Capture files: a streaming reader for pcap and pcapng.
 //!
 //! The reader ([`CaptureReader`]) holds one reusable record buffer (records larger than
 //! [`MAX_RECORD_BYTES`] are refused as corrupt), so a capture of any length streams through
@@ -12,10 +12,10 @@
 //! skipped and counted. A file cut off in the middle of a record ends with
 //! [`CaptureError::Truncated`], after every complete record has been returned.
 //!
-//! [`PcapWriter`] writes little-endian microsecond pcap, which every tool reads; the traffic
-//! simulator and the big-capture generator use it.
+//! The writer the traffic simulator uses lives with it in the tools crate: the router only
+//! reads captures.
 
-use std::io::{self, ErrorKind, Read, Write};
+use std::io::{self, ErrorKind, Read};
 
 /// Largest record (pcap packet or pcapng block) accepted; anything larger means the file is
 /// corrupt. Ethernet frames with jumbo payloads stay far below this.
@@ -516,58 +516,6 @@ fn scale_ts(ts: u64, ifc: Interface) -> u64 {
     u64::try_from(ns.max(0)).unwrap_or(u64::MAX)
 }
 
-/// Writes little-endian, microsecond-resolution pcap files of Ethernet frames.
-pub struct PcapWriter<W: Write> {
-    out: W,
-}
-
-impl<W: Write> PcapWriter<W> {
-    /// Writes the file header.
-    ///
-    /// # Errors
-    /// Any error of the underlying writer.
-    pub fn new(mut out: W) -> io::Result<Self> {
-        let mut h = [0u8; 24];
-        h[0..4].copy_from_slice(&0xa1b2_c3d4u32.to_le_bytes());
-        h[4..6].copy_from_slice(&2u16.to_le_bytes());
-        h[6..8].copy_from_slice(&4u16.to_le_bytes());
-        h[16..20].copy_from_slice(&(MAX_RECORD_BYTES as u32).to_le_bytes());
-        h[20..24].copy_from_slice(&LINKTYPE_ETHERNET.to_le_bytes());
-        out.write_all(&h)?;
-        Ok(PcapWriter { out })
-    }
-
-    /// Appends one frame captured at `ts_us` (Unix microseconds).
-    ///
-    /// # Errors
-    /// `InvalidInput` for frames over [`MAX_RECORD_BYTES`] or timestamps past 2106; any
-    /// error of the underlying writer.
-    pub fn write_frame(&mut self, ts_us: u64, frame: &[u8]) -> io::Result<()> {
-        let len = u32::try_from(frame.len())
-            .ok()
-            .filter(|l| (*l as usize) <= MAX_RECORD_BYTES)
-            .ok_or_else(|| io::Error::new(ErrorKind::InvalidInput, "frame too large"))?;
-        let secs = u32::try_from(ts_us / 1_000_000)
-            .map_err(|_| io::Error::new(ErrorKind::InvalidInput, "timestamp out of range"))?;
-        let mut h = [0u8; 16];
-        h[0..4].copy_from_slice(&secs.to_le_bytes());
-        h[4..8].copy_from_slice(&((ts_us % 1_000_000) as u32).to_le_bytes());
-        h[8..12].copy_from_slice(&len.to_le_bytes());
-        h[12..16].copy_from_slice(&len.to_le_bytes());
-        self.out.write_all(&h)?;
-        self.out.write_all(frame)
-    }
-
-    /// Flushes and returns the underlying writer.
-    ///
-    /// # Errors
-    /// Any error of the underlying writer's flush.
-    pub fn finish(mut self) -> io::Result<W> {
-        self.out.flush()?;
-        Ok(self.out)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -587,15 +535,28 @@ mod tests {
         }
     }
 
+    /// Little-endian microsecond pcap with two Ethernet records: 3 bytes at
+    /// 1564419705.390017 and 60 bytes at 1564419705.598430.
     fn pcap_le_micro() -> Vec<u8> {
-        let mut w = PcapWriter::new(Vec::new()).unwrap();
-        w.write_frame(1_564_419_705_390_017, &[1, 2, 3]).unwrap();
-        w.write_frame(1_564_419_705_598_430, &[4; 60]).unwrap();
-        w.finish().unwrap()
+        let mut b = Vec::new();
+        for word in [0xa1b2_c3d4u32, 0x0004_0002, 0, 0, 0x0004_0000, 1] {
+            b.extend_from_slice(&word.to_le_bytes());
+        }
+        for (secs, micros, data) in [
+            (1_564_419_705u32, 390_017u32, vec![1u8, 2, 3]),
+            (1_564_419_705, 598_430, vec![4; 60]),
+        ] {
+            let len = data.len() as u32;
+            for word in [secs, micros, len, len] {
+                b.extend_from_slice(&word.to_le_bytes());
+            }
+            b.extend_from_slice(&data);
+        }
+        b
     }
 
     #[test]
-    fn writer_output_reads_back() {
+    fn little_endian_microsecond_pcap() {
         let bytes = pcap_le_micro();
         assert_eq!(&bytes[..4], &[0xd4, 0xc3, 0xb2, 0xa1]);
         let (recs, err) = read_all(&bytes);

@@ -19,9 +19,9 @@
 //!   connection log as evidence.
 //! - [`households`]: subscriber accounts, hashed login tokens, release requests.
 //! - [`web`]: axum server — NOC pages, subscriber portal, JSON API, `/metrics`.
-//! - [`demo`]: `smtpguard-controller demo` and the seeded demo fleet.
-//! - [`demo_live`]: the live demo fleet — simulated households whose agents run the real
-//!   engine and uplink.
+//! - [`demo`]: the seeded demo fleet (web tests, screenshots, `smtpguard-demo --seeded`). The
+//!   demo itself, the live simulated routers and the load generator are in the tools crate:
+//!   the controller never links the router agent.
 //!
 //! # Data flow
 //! Agents publish signed envelopes → broker → [`ingest`] verifies each against the key in
@@ -35,7 +35,6 @@ pub mod broker;
 pub mod campaigns;
 pub mod config;
 pub mod demo;
-pub mod demo_live;
 pub mod households;
 pub mod ingest;
 pub mod policy;

@@ -46,9 +46,6 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
-    /// Run a demo on loopback: controller and live simulated households (or `--seeded`
-    /// data); prints URLs and tokens.
-    Demo(smtpguard_controller::demo::DemoArgs),
 }
 
 #[derive(Subcommand)]
@@ -104,12 +101,10 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let load = || Config::load(&cli.config).context("loading the configuration");
     match cli.command {
-        Command::Demo(args) => tokio::runtime::Runtime::new()?
-            .block_on(smtpguard_controller::demo::run(args, shutdown_signal()))?,
         Command::Serve => {
             let config = load()?;
             let runtime = tokio::runtime::Runtime::new()?;
-            runtime.block_on(serve::run(config, shutdown_signal()))?;
+            runtime.block_on(serve::run(config, serve::shutdown_signal()))?;
         }
         Command::Keygen { key } => {
             let path = match key {
@@ -200,28 +195,4 @@ fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-/// Resolves on SIGTERM or Ctrl-C.
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
-    tracing::info!("shutting down");
 }

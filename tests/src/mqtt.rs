@@ -225,6 +225,14 @@ pub fn agent_binary() -> anyhow::Result<PathBuf> {
     workspace_binary("smtpguard-agent", "smtpguard-agent")
 }
 
+/// The `smtpguard-demo` binary (tools crate), built if needed, the same way.
+///
+/// # Errors
+/// When the build fails or the file is not where cargo puts it.
+pub fn demo_binary() -> anyhow::Result<PathBuf> {
+    workspace_binary("smtpguard-tools", "smtpguard-demo")
+}
+
 /// Builds `bin` of workspace package `package` into the running test's target directory
 /// and profile (a no-op when up to date) and returns its path.
 fn workspace_binary(package: &str, bin: &str) -> anyhow::Result<PathBuf> {

@@ -1,4 +1,4 @@
-//! The README's main command as a user meets it: `smtpguard-controller demo` starts the
+//! The README's main command as a user meets it: `smtpguard-demo` starts the
 //! controller (embedded broker, ingest, SQLite, web UI) and live simulated households whose
 //! agents run the real engine and uplink, on loopback ephemeral ports. Within a bounded
 //! time the NOC API lists the two infected devices with evidence, the bot household's
@@ -47,12 +47,11 @@ fn household_line<'a>(printed: &'a [String], name: &str) -> (&'a str, &'a str) {
 #[test]
 fn demo_shows_live_infections_to_the_noc_and_the_subscriber_and_stops_on_ctrl_c() {
     let tmp = tempfile::tempdir().unwrap();
-    let bin = smtpguard_tests::mqtt::controller_binary().unwrap();
+    let bin = smtpguard_tests::mqtt::demo_binary().unwrap();
     let http_port = smtpguard_tests::mqtt::free_port().unwrap();
     let mqtt_port = smtpguard_tests::mqtt::free_port().unwrap();
     let mut child = Command::new(bin)
         .args([
-            "demo",
             "--http",
             &format!("127.0.0.1:{http_port}"),
             "--mqtt",

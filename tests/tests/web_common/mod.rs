@@ -128,7 +128,7 @@ impl Server {
         })
     }
 
-    /// The real `smtpguard-controller demo` process (embedded broker, ingest, web UI) on
+    /// The real `smtpguard-demo --seeded` process (embedded broker, ingest, web UI) on
     /// loopback ephemeral ports; tokens and facts are read from what it prints.
     pub fn start_demo_process() -> Result<Server> {
         use std::io::BufRead;
@@ -136,13 +136,12 @@ impl Server {
         // The seeded fleet is deterministic except for tokens and times: learn its shape
         // from a throwaway copy, then take tokens and the abuse time from the output.
         let mut seeded = demo::seed(&dir.path().join("shape.db"), now_ms())?;
-        let bin = smtpguard_tests::mqtt::controller_binary()?;
+        let bin = smtpguard_tests::mqtt::demo_binary()?;
         let http_port = smtpguard_tests::mqtt::free_port()?;
         let mqtt_port = smtpguard_tests::mqtt::free_port()?;
         let data = dir.path().join("demo");
         let mut child = Command::new(bin)
             .args([
-                "demo",
                 "--seeded",
                 "--http",
                 &format!("127.0.0.1:{http_port}"),
@@ -467,6 +466,13 @@ impl Browser {
             .as_str()
             .context("no session id")?
             .to_string();
+        // Element look-ups wait (bounded) for the element, e.g. for the page a submitted
+        // form leads to, instead of racing its load.
+        b.call(
+            "POST",
+            &b.s("/timeouts"),
+            Some(json!({ "implicit": 10_000, "pageLoad": 30_000 })),
+        )?;
         Ok(b)
     }
 

@@ -5,8 +5,8 @@
 use std::net::Ipv4Addr;
 
 use smtpguard_agent::engine::{Engine, EngineAction, EngineConfig};
-use smtpguard_agent::sim::{Dialogue, Frame, Household, EPOCH_MS};
 use smtpguard_protocol::{Action, MacAddr, Mode, Policy, Verdict};
+use smtpguard_tools::sim::{Dialogue, Frame, Household, EPOCH_MS};
 
 const MIN: u64 = 60_000;
 const HOUR: u64 = 3_600_000;
@@ -104,7 +104,7 @@ fn first_alert(actions: &[(u64, EngineAction)], mac: MacAddr, verdict: Verdict) 
 /// Bot sessions: an MX lookup, then a direct-to-MX session with a random EHLO.
 fn bot_burst(
     h: &mut Household,
-    bot: &smtpguard_agent::sim::Host,
+    bot: &smtpguard_tools::sim::Host,
     start: u64,
     every_ms: u64,
     count: u32,
@@ -522,7 +522,7 @@ fn write_flood(path: &std::path::Path, macs: u32) {
     }
     let frames = flood.into_frames();
     let file = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
-    smtpguard_agent::sim::write_pcap(file, &frames).unwrap();
+    smtpguard_tools::sim::write_pcap(file, &frames).unwrap();
 }
 
 /// Replays `pcap` with the real binary under `/usr/bin/time`: the JSON report and the peak
@@ -535,7 +535,7 @@ fn replay_with_rss(pcap: &std::path::Path) -> (serde_json::Value, u64) {
     );
     let out = std::process::Command::new(time)
         .args(["-f", "maxrss_kib=%M"])
-        .arg(env!("CARGO_BIN_EXE_smtpguard-agent"))
+        .arg(smtpguard_tests::mqtt::agent_binary().unwrap())
         .args(["replay", "--pcap"])
         .arg(pcap)
         .output()

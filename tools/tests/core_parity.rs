@@ -12,8 +12,8 @@ use smtpguard_agent::core::{Agent, Output, Settings};
 use smtpguard_agent::enforce::Op;
 use smtpguard_agent::engine::EngineConfig;
 use smtpguard_agent::replay;
-use smtpguard_agent::sim::{Dialogue, Frame, Household, EPOCH_MS};
 use smtpguard_protocol::{Mode, Policy, Verdict};
+use smtpguard_tools::sim::{Dialogue, Frame, Household, EPOCH_MS};
 
 const MIN: u64 = 60_000;
 
@@ -109,7 +109,7 @@ fn drive_demo(frames: &[Frame]) -> (Vec<String>, Agent) {
 
 /// Replay: the frames as a capture file through `smtpguard-agent replay`'s code.
 fn drive_replay(frames: &[Frame]) -> replay::Report {
-    let bytes = smtpguard_agent::sim::write_pcap(Vec::new(), frames).unwrap();
+    let bytes = smtpguard_tools::sim::write_pcap(Vec::new(), frames).unwrap();
     replay::replay_reader(
         &bytes[..],
         "parity.pcap",
@@ -122,7 +122,7 @@ fn drive_replay(frames: &[Frame]) -> replay::Report {
 
 /// A household with a bot that is rate-limited, blocked, let out when the block runs out,
 /// and blocked again (40 minutes of spam, 10-minute blocks); a laptop mailing through the relay; a quiet phone.
-fn household() -> (Vec<Frame>, [smtpguard_agent::sim::Host; 3]) {
+fn household() -> (Vec<Frame>, [smtpguard_tools::sim::Host; 3]) {
     let mut h = Household::new(21);
     let bot = h.device(5, Some("old-pc"));
     let laptop = h.device(2, Some("laptop"));

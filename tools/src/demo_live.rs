@@ -14,21 +14,21 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::sim::{Dialogue, Frame, Host, Household};
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use smtpguard_agent::core::{Agent as Core, Output, Settings as CoreSettings};
 use smtpguard_agent::enforce::Op;
 use smtpguard_agent::engine::EngineConfig;
-use smtpguard_agent::sim::{Dialogue, Frame, Host, Household};
 use smtpguard_agent::uplink::{Settings, Uplink, UplinkError, UplinkHandle};
 use smtpguard_protocol::policy::{Cidr, RelayRule};
 use smtpguard_protocol::{keys, Mode, Policy, SafetyContext};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::demo::DemoError;
-use crate::policy::{self, Target};
-use crate::store::Store;
-use crate::{households, registry};
+use smtpguard_controller::demo::DemoError;
+use smtpguard_controller::policy::{self, Target};
+use smtpguard_controller::store::Store;
+use smtpguard_controller::{households, registry};
 
 const MIN: u64 = 60_000;
 const HOUR: u64 = 3_600_000;
@@ -131,7 +131,7 @@ pub fn enroll(
         ("Wagner household", "cpe-demo-wagner", Scenario::Clean, None),
     ];
     let mut store = Store::open(db)?;
-    let conn = crate::web::open_db(db).map_err(|e| DemoError::Web(e.to_string()))?;
+    let conn = smtpguard_controller::web::open_db(db).map_err(|e| DemoError::Web(e.to_string()))?;
     let mut out = Vec::new();
     for (i, (name, cpe, scenario, infected)) in plan.into_iter().enumerate() {
         let key = keys::generate();

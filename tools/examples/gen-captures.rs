@@ -1,4 +1,4 @@
-//! Writes the benchmark captures with the traffic simulator (`smtpguard_agent::sim`):
+//! Writes the benchmark captures with the traffic simulator (`smtpguard_tools::sim`):
 //!
 //! - `households`: many households' devices behind their routers, as seen at one capture
 //!   point: clean devices submitting mail through the provider's relay (587, STARTTLS),
@@ -26,9 +26,9 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use smtpguard_agent::pcap::PcapWriter;
-use smtpguard_agent::sim::{Dialogue, Frame, Host, Household, EPOCH_MS};
 use smtpguard_protocol::MacAddr;
+use smtpguard_tools::pcap_writer::PcapWriter;
+use smtpguard_tools::sim::{Dialogue, Frame, Host, Household, EPOCH_MS};
 
 #[derive(Debug, Parser)]
 #[command(about = "Write benchmark captures with the smtpguard traffic simulator")]

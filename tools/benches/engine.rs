@@ -2,7 +2,7 @@
 //! bots spamming direct-to-MX), against a baseline measured in the same run: merely
 //! decoding the same frames with etherparse. Plus replay throughput from an in-memory pcap.
 //!
-//! `cargo bench -p smtpguard-agent --bench engine`; compare `engine/handle_frame` with
+//! `cargo bench -p smtpguard-tools --bench engine`; compare `engine/handle_frame` with
 //! `engine/decode_only` (ns per packet) and `replay/pcap_in_memory` (packets/s).
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
@@ -10,8 +10,8 @@ use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughpu
 use smtpguard_agent::engine::{Engine, EngineConfig};
 use smtpguard_agent::packet;
 use smtpguard_agent::replay;
-use smtpguard_agent::sim::{self, Household};
 use smtpguard_protocol::Policy;
+use smtpguard_tools::sim::{self, Household};
 
 fn frames() -> Vec<sim::Frame> {
     sim::mixed_household(1, 6, 2, 300, 2)

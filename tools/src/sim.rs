@@ -8,7 +8,7 @@
 //! calls give the same bytes on every platform.
 //!
 //! ```
-//! use smtpguard_agent::sim::{Dialogue, Household};
+//! use smtpguard_tools::sim::{Dialogue, Household};
 //! let mut h = Household::new(7);
 //! let laptop = h.device(5, Some("laptop"));
 //! h.dhcp(1_000, &laptop);
@@ -24,7 +24,7 @@ use std::net::Ipv4Addr;
 use etherparse::PacketBuilder;
 use smtpguard_protocol::MacAddr;
 
-use crate::pcap::PcapWriter;
+use crate::pcap_writer::PcapWriter;
 
 /// A tiny deterministic PRNG (xorshift64*).
 #[derive(Debug, Clone)]
@@ -647,7 +647,7 @@ pub fn mixed_household(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::packet::{decode, Transport};
+    use smtpguard_agent::packet::{decode, Transport};
 
     #[test]
     fn deterministic_for_a_seed() {
@@ -678,7 +678,7 @@ mod tests {
     fn pcap_round_trip() {
         let frames = mixed_household(2, 1, 0, 1, 1);
         let bytes = write_pcap(Vec::new(), &frames).unwrap();
-        let mut r = crate::pcap::CaptureReader::new(&bytes[..]).unwrap();
+        let mut r = smtpguard_agent::pcap::CaptureReader::new(&bytes[..]).unwrap();
         let mut n = 0;
         while let Some(rec) = r.next_packet().unwrap() {
             assert_eq!(rec.ts_ms(), frames[n].ts_ms);
@@ -693,7 +693,10 @@ mod tests {
         let mut rng = Rng::new(9);
         for _ in 0..50 {
             let name = rng.bot_name();
-            assert!(crate::engine::names::looks_random(&name), "{name}");
+            assert!(
+                smtpguard_agent::engine::names::looks_random(&name),
+                "{name}"
+            );
         }
     }
 }
