@@ -259,6 +259,15 @@ fn workspace_binary(package: &str, bin: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+/// The broker password in the output of `smtpguard-controller cpe add` or
+/// `cpe rotate-password` (the line `password = "..."`).
+pub fn printed_password(output: &str) -> Option<String> {
+    output.lines().find_map(|l| {
+        let v = l.trim().strip_prefix("password = ")?;
+        Some(v.trim_matches('"').to_string())
+    })
+}
+
 /// The wall clock in Unix milliseconds.
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()

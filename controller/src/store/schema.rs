@@ -132,6 +132,11 @@ CREATE TABLE rejections (
     count INTEGER NOT NULL
 );
 "#,
+    // 2: each CPE's broker password, stored only as mosquitto's `$7$` hash (PBKDF2-SHA512)
+    // so one hash serves the embedded broker and `cpe export-mosquitto`.
+    r#"
+ALTER TABLE cpes ADD COLUMN broker_password_hash TEXT;
+"#,
 ];
 
 /// The schema version this build writes: the number of [`MIGRATIONS`].
