@@ -289,6 +289,43 @@ impl Setup {
             .collect()
     }
 
+    /// How often mosquitto logged a denied publish of `cpe` on `topic`.
+    fn mosquitto_denied(&self, cpe: &str, topic: &str) -> usize {
+        let log = std::fs::read_to_string(self.dir.join("mosquitto.log")).unwrap_or_default();
+        let prefix = format!("Denied PUBLISH from {cpe} ");
+        let quoted = format!("'{topic}'");
+        log.lines()
+            .filter(|l| l.contains(&prefix) && l.contains(&quoted))
+            .count()
+    }
+
+    /// Waits until the broker refused `cpe`'s publish on `topic`: the embedded broker's
+    /// `/metrics` counter reached `metric_at_least`, or mosquitto logged one more denial
+    /// than `mosquitto_before`.
+    async fn publish_refused(
+        &self,
+        cpe: &str,
+        topic: &str,
+        metric_at_least: u64,
+        mosquitto_before: usize,
+    ) {
+        match self.kind {
+            Kind::Embedded => {
+                self.wait_metric(
+                    "smtpguard_broker_acl_denied_total{action=\"publish\"}",
+                    metric_at_least,
+                )
+                .await
+            }
+            Kind::Mosquitto => {
+                eventually(&format!("mosquitto denying {cpe} on {topic}"), || {
+                    self.mosquitto_denied(cpe, topic) > mosquitto_before
+                })
+                .await
+            }
+        }
+    }
+
     fn alerts_of(&self, cpe: &str) -> u64 {
         let conn = rusqlite::Connection::open(&self.db).unwrap();
         conn.query_row(
@@ -630,28 +667,24 @@ async fn row2(s: &Setup, b_conn: &Conn) {
         ("smtpguard/v1/cpe/cpe-a/policy", true),
     ];
     for (i, (topic, retain)) in forbidden.iter().enumerate() {
+        let logged = s.mosquitto_denied("cpe-a", topic);
         let a = cpe_login(s, &s.a).await;
         a.client
             .publish(*topic, QoS::AtLeastOnce, *retain, own.clone())
             .await
             .unwrap();
-        match s.kind {
-            Kind::Embedded => {
-                s.wait_metric(denied, before + i as u64 + 1).await;
-                eventually("the publisher closed", || a.dropped.load(Ordering::SeqCst)).await;
-            }
-            Kind::Mosquitto => {
-                // Same connection, in order: once its own alert arrived, the forbidden one
-                // would have.
-                s.alert_reaches_the_controller(&a, &s.a, 1000 + i as u64)
-                    .await;
-                eventually("the probe saw cpe-a's own alert", || {
-                    probe.saw(|t, _| t == "smtpguard/v1/cpe/cpe-a/alert")
-                })
-                .await;
-            }
+        s.publish_refused("cpe-a", topic, before + i as u64 + 1, logged)
+            .await;
+        if s.kind == Kind::Embedded {
+            eventually("the publisher closed", || a.dropped.load(Ordering::SeqCst)).await;
         }
     }
+    // Anything the probe would have got has arrived once cpe-b's next alert has.
+    s.alert_reaches_the_controller(b_conn, &s.b, 4).await;
+    eventually("the probe saw cpe-b's alert", || {
+        probe.saw(|t, _| t == "smtpguard/v1/cpe/cpe-b/alert")
+    })
+    .await;
     for (topic, _) in forbidden {
         assert!(
             !probe.saw(|t, p| t == topic && p == own.as_slice()),
@@ -679,25 +712,22 @@ async fn row3(s: &Setup) {
     } else {
         0
     };
-    for (topic, bytes) in [
+    for (i, (topic, bytes)) in [
         (fleet, b"garbage".to_vec()),
         (fleet, v1.clone()),
         ("smtpguard/v1/cpe/cpe-b/policy", v1.clone()),
-    ] {
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let logged = s.mosquitto_denied("cpe-a", topic);
         let a = cpe_login(s, &s.a).await;
         a.client
             .publish(topic, QoS::AtLeastOnce, true, bytes)
             .await
             .unwrap();
-        if s.kind == Kind::Embedded {
-            eventually("the publisher closed", || a.dropped.load(Ordering::SeqCst)).await;
-        } else {
-            s.alert_reaches_the_controller(&a, &s.a, rand_suffix() % 1_000_000 + 2000)
-                .await;
-        }
-    }
-    if s.kind == Kind::Embedded {
-        s.wait_metric(denied, before + 3).await;
+        s.publish_refused("cpe-a", topic, before + i as u64 + 1, logged)
+            .await;
     }
     let restored = |label: &str| format!("smtpguard_policy_restored_total{{action=\"{label}\"}}");
     let fleet0 = s.metric(&restored("fleet_republished"));
@@ -777,11 +807,12 @@ async fn oversize(port: u16, cpe: &Cpe, payload_len: usize) -> bool {
     closed.unwrap_or(false)
 }
 
-/// Connects as `cpe` and subscribes to `n` new filters; true when the broker refused them
-/// (closed the connection, or answered every filter with a failure).
-async fn filter_flood(port: u16, cpe: &Cpe, round: usize, n: usize) -> bool {
+/// Connects as `cpe` and subscribes to `n` new filters; `Some(true)` when the broker refused
+/// them (closed the connection, or answered every filter with a failure), `Some(false)`
+/// when it granted them, `None` without an answer.
+async fn filter_flood(port: u16, cpe: &Cpe, round: usize, n: usize) -> Option<bool> {
     let Ok(mut sock) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
-        return false;
+        return None;
     };
     let mut connect = Connect::new(cpe.id.clone());
     connect.set_login(cpe.id.clone(), cpe.password.clone());
@@ -803,15 +834,16 @@ async fn filter_flood(port: u16, cpe: &Cpe, round: usize, n: usize) -> bool {
                 Ok(0) | Err(_) => return true,
                 Ok(k) => got.extend_from_slice(&chunk[..k]),
             }
-            // CONNACK (4 bytes) then SUBACK: 0x90, length, pkid, one code per filter.
-            if got.len() >= 4 + 5 + n {
+            // CONNACK (4 bytes) then SUBACK: 0x90, length (one byte below 128), pkid (2),
+            // one code per filter.
+            if got.len() >= 4 + 4 + n {
                 let codes = &got[got.len() - n..];
                 return codes.iter().all(|c| *c == 0x80);
             }
         }
     })
     .await;
-    outcome.unwrap_or(false)
+    outcome.ok()
 }
 
 async fn row4(s: &Setup, b_conn: &Conn) {
@@ -845,9 +877,18 @@ async fn row4(s: &Setup, b_conn: &Conn) {
     assert_eq!(closed, 2000, "every oversize publisher disconnected");
     let mut refused = 0usize;
     for round in 0..200 {
-        refused += usize::from(filter_flood(s.cpe_port, &a, round, 100).await);
+        let answer = filter_flood(s.cpe_port, &a, round, 100).await;
+        assert!(answer.is_some(), "no answer to filter flood {round}");
+        refused += usize::from(answer == Some(true));
     }
-    assert_eq!(refused, 200, "every filter flood refused");
+    match s.kind {
+        // Refused and counted.
+        Kind::Embedded => assert_eq!(refused, 200, "every filter flood refused"),
+        // mosquitto 2.0's acl_file grants any subscription and filters on delivery (rows
+        // 1 and 2 show nothing is delivered); each flood goes when the next login of the
+        // same user name replaces its session, so the RSS bound below still holds.
+        Kind::Mosquitto => {}
+    }
     if s.kind == Kind::Embedded {
         s.wait_metric(dropped, dropped0 + 2000).await;
         s.wait_metric(denied, denied0 + 200).await;
@@ -863,7 +904,7 @@ async fn row4(s: &Setup, b_conn: &Conn) {
         s.kind
     );
     // The real router still gets through.
-    s.alert_reaches_the_controller(b_conn, &s.b, 3).await;
+    s.alert_reaches_the_controller(b_conn, &s.b, 5).await;
     assert!(!b_conn.dropped.load(Ordering::SeqCst));
 }
 
