@@ -404,11 +404,14 @@ impl Setup {
     }
 }
 
+/// Messages a connection received: (topic, payload).
+type Received = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+
 /// One MQTT connection driven in the background; it does not reconnect, so a broker that
 /// closes it shows as `dropped`.
 struct Conn {
     client: AsyncClient,
-    received: Arc<Mutex<Vec<(String, Vec<u8>)>>>,
+    received: Received,
     dropped: Arc<AtomicBool>,
     connacks: Arc<AtomicUsize>,
     subacks: Arc<Mutex<Vec<Vec<rumqttc::SubscribeReasonCode>>>>,

@@ -244,12 +244,19 @@ impl Bucket {
     }
 }
 
-/// Checks a CONNECT; the client's identity and the password hash it logged in with.
-fn admit(
-    frame: &[u8],
-    config: &GateConfig,
-    keys: &RwLock<KeyCache>,
-) -> Result<(Identity, Option<String>, BytesMut), (&'static str, [u8; 4])> {
+/// An admitted login: who, the password hash it used (a CPE's), and the CONNECT to send
+/// upstream.
+struct Admitted {
+    identity: Identity,
+    hash: Option<String>,
+    connect: BytesMut,
+}
+
+/// A refused login: the counter label and the CONNACK to answer.
+type Refusal = (&'static str, [u8; 4]);
+
+/// Checks a CONNECT.
+fn admit(frame: &[u8], config: &GateConfig, keys: &RwLock<KeyCache>) -> Result<Admitted, Refusal> {
     let mut bytes = BytesMut::from(frame);
     let Ok(Packet::Connect(mut connect)) = Packet::read(&mut bytes, config.max_packet_bytes + 8)
     else {
@@ -295,7 +302,11 @@ fn admit(
     if connect.write(&mut out).is_err() {
         return Err(("malformed", CONNACK_NOT_AUTHORIZED));
     }
-    Ok((identity, hash, out))
+    Ok(Admitted {
+        identity,
+        hash,
+        connect: out,
+    })
 }
 
 async fn serve(
@@ -332,7 +343,11 @@ async fn serve(
         STATS.logins_refused.add("malformed");
         return Err(End::Protocol("first packet is not CONNECT"));
     }
-    let (identity, hash, connect) = match admit(&buf, config, keys) {
+    let Admitted {
+        identity,
+        hash,
+        connect,
+    } = match admit(&buf, config, keys) {
         Ok(a) => a,
         Err((reason, connack)) => {
             STATS.logins_refused.add(reason);

@@ -90,7 +90,13 @@ pub static STATS: BrokerStats = BrokerStats {
 pub fn render(out: &mut String) {
     use std::fmt::Write as _;
     let s = &STATS;
-    let families: [(&str, &str, &str, Vec<(&str, u64)>); 5] = [
+    type Family = (
+        &'static str,
+        &'static str,
+        &'static str,
+        Vec<(&'static str, u64)>,
+    );
+    let families: [Family; 5] = [
         (
             "smtpguard_broker_logins_refused_total",
             "reason",
