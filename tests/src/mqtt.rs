@@ -173,6 +173,11 @@ impl Mosquitto {
         })
     }
 
+    /// Where the broker logs.
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join("mosquitto.log")
+    }
+
     /// The broker's log so far (for failure messages).
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("mosquitto.log")).unwrap_or_default()
