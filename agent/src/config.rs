@@ -138,6 +138,11 @@ pub struct UplinkConfig {
     pub controller_public_key: Option<String>,
     /// CA certificate(s) for the broker's TLS, PEM.
     pub tls_ca_file: Option<PathBuf>,
+    /// The oldest policy version this router accepts, for either scope, even with no
+    /// version applied yet (a new or factory-reset router): an older, validly signed
+    /// policy planted on the broker is refused. 0 (the default) sets no floor; firmware
+    /// images set the version current when they were built.
+    pub policy_version_floor: u64,
 }
 
 /// `[enforce]`: how verdicts are carried out on the router (the table is described in
@@ -573,6 +578,7 @@ enabled = true
 broker_url = "mqtts://controller.isp.example:8883"
 username = "cpe-0042"
 tls_ca_file = "/etc/ssl/certs/ca-certificates.crt"
+policy_version_floor = 7
 
 [enforce]
 backend = "none"
@@ -602,6 +608,7 @@ config uplink 'uplink'
 \toption username 'cpe-0042'
 \toption password ''
 \toption tls_ca_file '/etc/ssl/certs/ca-certificates.crt'
+\toption policy_version_floor '7'
 
 config enforce 'enforce'
 \toption backend 'none'
@@ -628,6 +635,7 @@ config led 'led'
                 broker_url: "mqtts://controller.isp.example:8883".to_owned(),
                 username: Some("cpe-0042".to_owned()),
                 tls_ca_file: Some("/etc/ssl/certs/ca-certificates.crt".into()),
+                policy_version_floor: 7,
                 ..UplinkConfig::default()
             },
             enforce: EnforceConfig {

@@ -133,8 +133,10 @@ pub struct BrokerConfig {
     pub client_id: String,
     /// CA certificate (PEM) for `mqtts://`.
     pub tls_ca_file: Option<PathBuf>,
-    /// Largest MQTT payload the embedded broker accepts, in bytes. Above the protocol's
-    /// 64 KiB so that oversize messages reach the ingest and are counted.
+    /// Largest MQTT payload the embedded broker accepts, in bytes: the protocol's 64 KiB
+    /// by default. A larger packet is refused by the broker's gate before it is buffered,
+    /// the client disconnected and the drop counted in `/metrics`
+    /// (`smtpguard_broker_dropped_total{reason="payload_size_limit_exceeded"}`).
     pub max_payload_bytes: usize,
     /// Most simultaneous connections the embedded broker accepts.
     pub max_connections: usize,
@@ -149,7 +151,7 @@ impl Default for BrokerConfig {
             password: String::new(),
             client_id: "smtpguard-controller".into(),
             tls_ca_file: None,
-            max_payload_bytes: 256 * 1024,
+            max_payload_bytes: smtpguard_protocol::MAX_MESSAGE_BYTES,
             max_connections: 20_000,
         }
     }

@@ -60,6 +60,18 @@ enum CpeCommand {
         #[arg(long)]
         label: Option<String>,
     },
+    /// Issue a new broker password for a router (printed once); the old one stops working.
+    RotatePassword {
+        /// The CPE id.
+        id: String,
+    },
+    /// Write mosquitto's password file for every enrolled, unrevoked router (the same
+    /// hashes the embedded broker checks), to FILE or standard output.
+    ExportMosquitto {
+        /// Where to write it (mode 0600); standard output when left out.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// List enrolled routers.
     List,
     /// Revoke a router: its messages are rejected from now on.
@@ -128,8 +140,31 @@ fn main() -> anyhow::Result<()> {
                     public_key,
                     label,
                 } => {
-                    registry::add(&mut store, &id, &public_key, label.as_deref(), now_ms())?;
+                    let enrolled =
+                        registry::add(&mut store, &id, &public_key, label.as_deref(), now_ms())?;
                     println!("enrolled {id}");
+                    print_broker_login(&id, &enrolled.broker_password);
+                }
+                CpeCommand::RotatePassword { id } => {
+                    let password = registry::rotate_password(&mut store, &id)?;
+                    println!("new broker password for {id}");
+                    print_broker_login(&id, &password);
+                }
+                CpeCommand::ExportMosquitto { out } => {
+                    let file = registry::mosquitto_password_file(&store)?;
+                    match out {
+                        None => print!("{file}"),
+                        Some(path) => {
+                            write_private(&path, file.as_bytes())
+                                .with_context(|| path.display().to_string())?;
+                            eprintln!(
+                                "wrote {} router(s) to {}; add the controller with `mosquitto_passwd {} controller` and reload mosquitto",
+                                file.lines().count(),
+                                path.display(),
+                                path.display()
+                            );
+                        }
+                    }
                 }
                 CpeCommand::List => {
                     for c in store.cpes()? {
@@ -195,4 +230,29 @@ fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Prints what the router's operator puts in its uplink configuration. The password is
+/// shown only now: the controller keeps only its hash.
+fn print_broker_login(id: &str, password: &str) {
+    println!(
+        "broker login (shown once; set on the router, UCI `smtpguard.uplink` or TOML `[uplink]`):\n  \
+         username = \"{id}\"\n  password = \"{password}\"\n\
+         (client id = username; for mosquitto run `smtpguard-controller cpe export-mosquitto --out FILE`)"
+    );
+}
+
+/// Writes `bytes` to `path`, readable by its owner only.
+fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
 }

@@ -8,10 +8,11 @@
 //! ([`check_policy_safety`]) against the controller's [`SafetyContext`]
 //! ([`crate::config::Config::safety_context`]), the same check every agent runs: a version
 //! every router would refuse is never signed. [`publish`] puts it on its retained topic; [`status`] is the
-//! rollout view built from the agents' acks. The CLI (`policy set|status`) and the web UI's
+//! rollout view built from the agents' acks; [`watch_retained`] keeps the retained topics
+//! holding the latest signed policies. The CLI (`policy set|status`) and the web UI's
 //! policy editor call these same functions.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
@@ -250,6 +251,102 @@ pub async fn publish_raw(
         .map_err(|_| PolicyServiceError::Publish("timed out waiting for the broker".into()))?
 }
 
+/// What the policy watch does about a message seen on a retained policy topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Restore {
+    /// It is the latest signed policy for the topic (or an empty topic that has none).
+    Nothing,
+    /// Something else holds the topic: put the latest back (retained).
+    Republish(Vec<u8>),
+    /// Something holds a topic the controller has no policy for: clear it (an empty
+    /// retained message).
+    Clear,
+}
+
+/// The decision of the policy watch for `payload` seen on a topic whose latest signed
+/// policy is `latest`. Pure; the bytes are compared exactly, so garbage, another
+/// signature and an older validly signed version are all put right.
+pub fn restore_decision(latest: Option<&StoredPolicy>, payload: &[u8]) -> Restore {
+    match latest {
+        Some(p) if p.wire == payload => Restore::Nothing,
+        Some(p) => Restore::Republish(p.wire.clone()),
+        None if payload.is_empty() => Restore::Nothing,
+        None => Restore::Clear,
+    }
+}
+
+/// The policy watch: subscribes to the fleet policy topic and every per-CPE policy topic
+/// and, whenever what the broker holds (retained, or published since) is not the latest
+/// signed policy in the database, republishes the latest retained, or clears a per-CPE
+/// topic the controller has no policy for. Counted in `/metrics`
+/// (`smtpguard_policy_restored_total`). Runs until the process ends; reconnects with a
+/// back-off.
+pub async fn watch_retained(broker_config: BrokerConfig, client_id: String, db_path: PathBuf) {
+    use crate::broker::stats::STATS;
+    let store = match Store::open(&db_path) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "policy watch: cannot open the database");
+            return;
+        }
+    };
+    let options = match broker::client_options(&broker_config, &client_id) {
+        Ok(o) => o,
+        Err(e) => {
+            tracing::error!(error = %e, "policy watch: broker options");
+            return;
+        }
+    };
+    let (client, mut eventloop) = AsyncClient::new(options, 1024);
+    let cpe_filter = format!("{}/cpe/+/policy", smtpguard_protocol::topic::PREFIX);
+    loop {
+        match eventloop.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                let filters = [Topic::FleetPolicy.to_string(), cpe_filter.clone()]
+                    .map(|f| rumqttc::SubscribeFilter::new(f, QoS::AtLeastOnce));
+                if let Err(e) = client.try_subscribe_many(filters) {
+                    tracing::warn!(error = %e, "policy watch: could not subscribe");
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                let (latest, label) = match Topic::parse(&p.topic) {
+                    Ok(Topic::FleetPolicy) => (
+                        store.latest_policy(PolicyScope::Fleet, None),
+                        "fleet_republished",
+                    ),
+                    Ok(Topic::CpePolicy(id)) => (
+                        store.latest_policy(PolicyScope::Cpe, Some(&id)),
+                        "cpe_republished",
+                    ),
+                    _ => continue,
+                };
+                let latest = match latest {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "policy watch: reading the latest policy");
+                        continue;
+                    }
+                };
+                let (bytes, label) = match restore_decision(latest.as_ref(), &p.payload) {
+                    Restore::Nothing => continue,
+                    Restore::Republish(bytes) => (bytes, label),
+                    Restore::Clear => (Vec::new(), "cpe_cleared"),
+                };
+                tracing::warn!(topic = %p.topic, action = label, "a retained policy topic held something else than the latest signed policy");
+                STATS.policy_restored.add(label);
+                if let Err(e) = client.try_publish(p.topic.clone(), QoS::AtLeastOnce, true, bytes) {
+                    tracing::warn!(error = %e, "policy watch: could not queue the restore");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::debug!(error = %e, "policy watch: connection lost");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
 /// The rollout view: every CPE with its applied versions and refusals.
 ///
 /// # Errors
@@ -348,6 +445,48 @@ mod tests {
             Err(PolicyServiceError::UnknownCpe(_))
         ));
         assert_eq!(latest_all(&store).unwrap().len(), 2);
+    }
+
+    /// Finding row 3 of issue 17: garbage, an older validly signed version and a planted
+    /// per-CPE policy are put right; the latest itself and an empty topic are left alone.
+    #[test]
+    fn the_watch_restores_anything_but_the_latest() {
+        let mut store = Store::open_in_memory().unwrap();
+        let key = keys::generate();
+        let safe = SafetyContext::default();
+        let old = sign(
+            &mut store,
+            &key,
+            Policy::default(),
+            &Target::Fleet,
+            &safe,
+            1,
+        )
+        .unwrap();
+        let new = sign(
+            &mut store,
+            &key,
+            Policy::default(),
+            &Target::Fleet,
+            &safe,
+            2,
+        )
+        .unwrap();
+        assert_eq!(restore_decision(Some(&new), &new.wire), Restore::Nothing);
+        assert_eq!(
+            restore_decision(Some(&new), &old.wire),
+            Restore::Republish(new.wire.clone())
+        );
+        assert_eq!(
+            restore_decision(Some(&new), b"garbage"),
+            Restore::Republish(new.wire.clone())
+        );
+        assert_eq!(
+            restore_decision(Some(&new), b""),
+            Restore::Republish(new.wire.clone())
+        );
+        assert_eq!(restore_decision(None, &old.wire), Restore::Clear);
+        assert_eq!(restore_decision(None, b""), Restore::Nothing);
     }
 
     /// Finding rows 5 and 6 of issue 17 at the signer: neither a catch-all indicator nor

@@ -1,11 +1,13 @@
 //! `smtpguard-controller serve`: the embedded broker (unless an external one is
-//! configured), the retained policies republished, and the ingest, until `shutdown`.
+//! configured), the retained policies republished and then watched
+//! ([`policy::watch_retained`]), the enrolled CPEs' keys and broker passwords kept fresh,
+//! and the ingest, until `shutdown`.
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use crate::config::Config;
-use crate::ingest::service::{self, IngestError};
+use crate::ingest::service::{self, Admission, IngestError};
 use crate::registry::KeyCache;
 use crate::store::Store;
 use crate::{broker, policy};
@@ -30,12 +32,19 @@ pub async fn run(
     // fills it (`ingest::service::Admission`), so nothing a router publishes is dropped
     // for want of a subscriber.
     let keys = Arc::new(RwLock::new(KeyCache::default()));
+    let admission = Arc::new(Admission::new(keys.clone(), KeyCache::load(&store)?));
     let latest = policy::latest_all(&store)?;
-    drop(store);
+    let (keys_changed_tx, keys_changed) = tokio::sync::watch::channel(0u64);
+    spawn_key_refresher(store, admission.clone(), keys_changed_tx);
     if config.broker.is_embedded() {
-        broker::start_embedded(&config.broker, keys.clone())?;
+        broker::start_embedded(&config.broker, keys.clone(), keys_changed)?;
         tracing::info!(listen = %config.broker.embedded_listen, "embedded broker started");
     }
+    tokio::spawn(policy::watch_retained(
+        config.broker.clone(),
+        format!("{}-policy-watch", config.broker.client_id),
+        config.db_path.clone(),
+    ));
     // Put the newest policies back on their retained topics (the embedded broker forgets
     // them when it stops). Retried in the background until the broker takes them.
     let broker_config = config.broker.clone();
@@ -69,7 +78,7 @@ pub async fn run(
     } else {
         None
     };
-    let result = service::run(&config, keys, async move {
+    let result = service::run(&config, admission, async move {
         shutdown.await;
         let _ = stop_web.send(true);
     })
@@ -102,4 +111,55 @@ pub async fn shutdown_signal() {
         let _ = tokio::signal::ctrl_c().await;
     }
     tracing::info!("shutting down");
+}
+
+/// How often the registry is checked for enrollments, revocations and new passwords made
+/// by other processes (the `cpe` commands, the web UI).
+const KEY_REFRESH: Duration = Duration::from_secs(1);
+
+/// Reloads the [`KeyCache`] on its own thread whenever another connection changed the
+/// database and hands it to `admission` (the broker sees it once the ingest has
+/// subscribed), and ticks `changed` when the enrolled CPEs or their passwords differ, so
+/// the embedded broker closes the connections of revoked or re-keyed CPEs.
+fn spawn_key_refresher(
+    store: Store,
+    admission: Arc<Admission>,
+    changed: tokio::sync::watch::Sender<u64>,
+) {
+    let spawned = std::thread::Builder::new()
+        .name("key-refresher".into())
+        .spawn(move || {
+            let version = |s: &Store| -> Option<i64> {
+                s.conn()
+                    .pragma_query_value(None, "data_version", |r| r.get(0))
+                    .ok()
+            };
+            let mut seen = version(&store);
+            let mut current = KeyCache::load(&store).unwrap_or_default();
+            let mut generation = 0u64;
+            loop {
+                std::thread::sleep(KEY_REFRESH);
+                if changed.is_closed() {
+                    return;
+                }
+                let now = version(&store);
+                if now == seen {
+                    continue;
+                }
+                seen = now;
+                match KeyCache::load(&store) {
+                    Ok(fresh) if fresh != current => {
+                        admission.update(fresh.clone());
+                        current = fresh;
+                        generation += 1;
+                        let _ = changed.send(generation);
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "reloading enrolled CPEs failed"),
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "could not start the key refresher");
+    }
 }

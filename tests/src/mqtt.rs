@@ -173,6 +173,11 @@ impl Mosquitto {
         })
     }
 
+    /// Where the broker logs.
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join("mosquitto.log")
+    }
+
     /// The broker's log so far (for failure messages).
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("mosquitto.log")).unwrap_or_default()
@@ -265,6 +270,15 @@ fn workspace_binary(package: &str, bin: &str) -> anyhow::Result<PathBuf> {
         bail!("{} not found after the build", path.display());
     }
     Ok(path)
+}
+
+/// The broker password in the output of `smtpguard-controller cpe add` or
+/// `cpe rotate-password` (the line `password = "..."`).
+pub fn printed_password(output: &str) -> Option<String> {
+    output.lines().find_map(|l| {
+        let v = l.trim().strip_prefix("password = ")?;
+        Some(v.trim_matches('"').to_string())
+    })
 }
 
 /// The wall clock in Unix milliseconds.

@@ -285,7 +285,8 @@ fn live_agent_alerts_and_telemetry_reach_the_controller_and_it_goes_offline_on_s
         .args(["keygen", "--show", "--key"])
         .arg(state_dir.join("agent.key")));
     assert_eq!(String::from_utf8(shown.stdout).unwrap(), printed);
-    controller(&["cpe", "add", &cpe_id, &agent_public_key]);
+    let enrolled = controller(&["cpe", "add", &cpe_id, &agent_public_key]);
+    let broker_password = smtpguard_tests::mqtt::printed_password(&enrolled).unwrap();
 
     let mut controller_proc = Proc::spawn(
         "controller",
@@ -313,6 +314,7 @@ fn live_agent_alerts_and_telemetry_reach_the_controller_and_it_goes_offline_on_s
              [capture]\ninterface = \"{iface}\"\n\n\
              [enforce]\nbackend = \"none\"\n\n\
              [uplink]\nenabled = true\nbroker_url = \"mqtt://127.0.0.1:{broker_port}\"\n\
+             username = \"{cpe_id}\"\npassword = \"{broker_password}\"\n\
              controller_public_key = \"{controller_public_key}\"\n",
             state = state_dir.display(),
             policy = policy_file.display(),

@@ -120,6 +120,14 @@ async fn a_cpe_cannot_publish_under_another_cpes_topic() {
     tokio::spawn(serve::run(config.clone(), async move {
         let _ = stop_rx.await;
     }));
+    // The ingest's subscription is in place before anything is published.
+    let m = mosquitto.log_path();
+    blocking_wait("the ingest's subscription", 15, move || {
+        std::fs::read_to_string(&m)
+            .unwrap_or_default()
+            .contains("controller-mosq-test 1 smtpguard/v1/cpe/+/alert")
+    })
+    .await;
 
     // cpe-a holds a genuine message of cpe-b (say, captured earlier) and tries to inject
     // it on cpe-b's topic: the broker refuses it.

@@ -66,7 +66,7 @@ async fn policy_reaches_every_agent_and_bad_policy_is_refused_and_reported() {
         for i in 0..3 {
             let key = keys::generate();
             let id = format!("cpe-{i}");
-            registry::add(
+            let enrolled = registry::add(
                 &mut store,
                 &id,
                 &keys::public_key_text(&key.verifying_key()),
@@ -74,7 +74,7 @@ async fn policy_reaches_every_agent_and_bad_policy_is_refused_and_reported() {
                 0,
             )
             .unwrap();
-            agent_keys.push((id, key));
+            agent_keys.push((id, key, enrolled.broker_password));
         }
     }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -93,13 +93,15 @@ async fn policy_reaches_every_agent_and_bad_policy_is_refused_and_reported() {
 
     // Three agents; their "run loop" applies every policy it is handed and acks it.
     let mut handles: Vec<UplinkHandle> = Vec::new();
-    for (id, key) in &agent_keys {
+    for (id, key, password) in &agent_keys {
         let mut settings = Settings::new(
             id.clone(),
             dir.path().join(id),
             format!("mqtt://127.0.0.1:{port}"),
             policy_key.verifying_key(),
         );
+        settings.username = Some(id.clone());
+        settings.password = Some(password.clone());
         settings.reconnect_min_ms = 50;
         settings.reconnect_max_ms = 500;
         let mut stop = stop_rx.clone();

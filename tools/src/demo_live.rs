@@ -77,6 +77,8 @@ pub struct LiveHousehold {
     /// The flagged device's DHCP host name, if any.
     pub infected_host: Option<String>,
     key: SigningKey,
+    /// Its broker password, issued at enrollment.
+    broker_password: String,
 }
 
 /// The ISP's submission relay the policy allowlists.
@@ -135,7 +137,7 @@ pub fn enroll(
     let mut out = Vec::new();
     for (i, (name, cpe, scenario, infected)) in plan.into_iter().enumerate() {
         let key = keys::generate();
-        registry::add(
+        let enrolled = registry::add(
             &mut store,
             cpe,
             &keys::public_key_text(&key.verifying_key()),
@@ -153,6 +155,7 @@ pub fn enroll(
             scenario,
             infected_host: infected.map(str::to_string),
             key,
+            broker_password: enrolled.broker_password,
         });
     }
     policy::sign(
@@ -187,6 +190,8 @@ pub fn spawn(
                 controller_key,
             );
             settings.local_relays = vec![isp_relay()];
+            settings.username = Some(h.cpe_id.clone());
+            settings.password = Some(h.broker_password.clone());
             settings.reconnect_min_ms = 200;
             settings.reconnect_max_ms = 2_000;
             let agent = Agent {

@@ -6,7 +6,9 @@
 //! router's [`SafetyContext`]: the ISP relays of its local configuration and the addresses
 //! of the broker the uplink talks to. Anything else is refused with the check's reason, for
 //! the NOC to act on; the same version seen again (a retained policy redelivered on
-//! reconnect) is ignored silently.
+//! reconnect) is ignored silently. A version below the configured floor
+//! (`uplink.policy_version_floor`) is refused even by a router that has applied nothing
+//! yet, so a factory-reset router cannot be handed an old, validly signed policy.
 //!
 //! The local relays are added to the `allow_relays` of every policy handed on, so no pushed
 //! policy can remove them: the effective relay set is always local relays plus the policy's.
@@ -105,6 +107,8 @@ pub struct PolicyGuard {
     applied: Versions,
     offered: Versions,
     path: PathBuf,
+    /// The oldest version accepted for either scope (0: none).
+    version_floor: u64,
 }
 
 impl PolicyGuard {
@@ -128,7 +132,15 @@ impl PolicyGuard {
             applied,
             offered: applied,
             path,
+            version_floor: 0,
         }
+    }
+
+    /// Refuses every policy version below `floor` (`uplink.policy_version_floor`), whatever
+    /// was applied before.
+    pub fn with_version_floor(mut self, floor: u64) -> PolicyGuard {
+        self.version_floor = floor;
+        self
     }
 
     /// Applied versions.
@@ -195,6 +207,15 @@ impl PolicyGuard {
             return refuse(claimed, "not a policy message".into());
         };
         let version = policy.policy_version;
+        if version < self.version_floor {
+            return refuse(
+                version,
+                format!(
+                    "policy version {version} is below this router's floor {} (uplink.policy_version_floor)",
+                    self.version_floor
+                ),
+            );
+        }
         if let Err(e) = policy.validate() {
             return refuse(version, format!("invalid policy: {e}"));
         }
@@ -273,6 +294,28 @@ mod tests {
             SafetyContext::default(),
         );
         assert_eq!(g2.applied().fleet, Some(3));
+    }
+
+    /// Finding row 3 of issue 17: a factory-reset router (nothing applied) refuses a
+    /// validly signed policy older than its configured floor, for either scope, and
+    /// applies one at or above it.
+    #[test]
+    fn a_router_with_nothing_applied_refuses_versions_below_its_floor() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = keys::generate();
+        let mut g = PolicyGuard::open(dir.path(), key.verifying_key(), "cpe-1".into(), router())
+            .with_version_floor(5);
+        assert_eq!(g.applied(), Versions::default());
+        let fleet = "smtpguard/v1/policy/fleet";
+        let reason = refusal(g.decide(fleet, &signed(&key, 4, Policy::default(), FLEET_ID), 5));
+        assert!(reason.contains("floor 5"), "{reason}");
+        let own = "smtpguard/v1/cpe/cpe-1/policy";
+        let reason = refusal(g.decide(own, &signed(&key, 2, Policy::default(), "cpe-1"), 5));
+        assert!(reason.contains("policy_version_floor"), "{reason}");
+        assert!(matches!(
+            g.decide(fleet, &signed(&key, 5, Policy::default(), FLEET_ID), 5),
+            Decision::Apply(_)
+        ));
     }
 
     fn refusal(d: Decision) -> String {

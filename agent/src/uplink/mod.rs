@@ -89,6 +89,8 @@ pub struct Settings {
     pub local_relays: Vec<RelayRule>,
     /// The controller's policy-signing key.
     pub controller_public_key: VerifyingKey,
+    /// The oldest policy version accepted even with none applied yet (0: no floor).
+    pub policy_version_floor: u64,
     /// CA certificate (PEM) for `mqtts://`.
     pub tls_ca_file: Option<PathBuf>,
     /// Telemetry messages held while offline; older ones are dropped (and counted).
@@ -123,6 +125,7 @@ impl Settings {
             password: None,
             local_relays: Vec::new(),
             controller_public_key,
+            policy_version_floor: 0,
             tls_ca_file: None,
             telemetry_queue_len: 32,
             max_queued_alerts: 100_000,
@@ -173,6 +176,7 @@ impl Settings {
         s.username = config.uplink.username.clone();
         s.password = config.uplink.password.clone();
         s.tls_ca_file = config.uplink.tls_ca_file.clone();
+        s.policy_version_floor = config.uplink.policy_version_floor;
         s.local_relays = config.isp_relays.clone();
         let local_policy = crate::run::load_policy(config.policy_file.as_deref()).map_err(|e| {
             UplinkError::Config {
@@ -405,7 +409,8 @@ impl Uplink {
             settings.controller_public_key,
             settings.cpe_id.clone(),
             safety,
-        );
+        )
+        .with_version_floor(settings.policy_version_floor);
         let shared = Arc::new(Mutex::new(Shared {
             cpe_id: settings.cpe_id.clone(),
             key,

@@ -58,21 +58,19 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// Runs the ingest until `shutdown` resolves. `keys` is shared with the embedded broker's
-/// login check: it is emptied at once, filled with the enrolled keys when the broker has
-/// acknowledged the ingest's subscriptions, and refreshed whenever another process changes
-/// the database (see the module docs).
+/// Runs the ingest until `shutdown` resolves. `admission` holds the embedded broker's login
+/// check empty until the broker has acknowledged the ingest's subscriptions, then fills it
+/// with the enrolled keys; the ingest hands it every reload (see the module docs).
 ///
 /// # Errors
 /// [`IngestError`] when it cannot start.
 pub async fn run(
     config: &Config,
-    keys: Arc<RwLock<KeyCache>>,
+    admission: Arc<Admission>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), IngestError> {
     let store = Store::open(&config.db_path)?;
     let key_cache = KeyCache::load(&store)?;
-    let admission = Arc::new(Admission::new(keys, key_cache.clone()));
     let freshness = Freshness {
         max_age_ms: config.ingest.max_age_secs.saturating_mul(1000),
         max_future_ms: config.ingest.max_future_secs.saturating_mul(1000),

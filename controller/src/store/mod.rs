@@ -73,6 +73,8 @@ pub struct CpeRecord {
     pub enrolled_at_ms: Option<u64>,
     /// When it was revoked (Unix ms), if it was.
     pub revoked_at_ms: Option<u64>,
+    /// Its broker password as mosquitto's `$7$` hash (`None`: none issued, no login).
+    pub broker_password_hash: Option<String>,
 }
 
 /// A signed policy as stored.
@@ -323,6 +325,18 @@ impl Store {
         Ok(())
     }
 
+    /// Replaces a CPE's broker password hash. Returns whether it is enrolled.
+    ///
+    /// # Errors
+    /// [`StoreError::Sqlite`].
+    pub fn set_cpe_password_hash(&mut self, cpe_id: &str, hash: &str) -> Result<bool, StoreError> {
+        let n = self.conn.execute(
+            "UPDATE cpes SET broker_password_hash = ?2 WHERE cpe_id = ?1",
+            params![cpe_id, hash],
+        )?;
+        Ok(n > 0)
+    }
+
     /// Marks a CPE revoked. Returns whether it was enrolled.
     ///
     /// # Errors
@@ -341,17 +355,10 @@ impl Store {
     /// [`StoreError::Sqlite`].
     pub fn cpes(&self) -> Result<Vec<CpeRecord>, StoreError> {
         let mut stmt = self.conn.prepare(
-            "SELECT cpe_id, public_key, label, enrolled_at_ms, revoked_at_ms FROM cpes ORDER BY cpe_id",
+            "SELECT cpe_id, public_key, label, enrolled_at_ms, revoked_at_ms, broker_password_hash
+             FROM cpes ORDER BY cpe_id",
         )?;
-        let rows = stmt.query_map([], |r| {
-            Ok(CpeRecord {
-                cpe_id: r.get(0)?,
-                public_key: r.get(1)?,
-                label: r.get(2)?,
-                enrolled_at_ms: r.get::<_, Option<i64>>(3)?.map(from_i64),
-                revoked_at_ms: r.get::<_, Option<i64>>(4)?.map(from_i64),
-            })
-        })?;
+        let rows = stmt.query_map([], cpe_record)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -363,17 +370,10 @@ impl Store {
         Ok(self
             .conn
             .query_row(
-                "SELECT cpe_id, public_key, label, enrolled_at_ms, revoked_at_ms FROM cpes WHERE cpe_id = ?1",
+                "SELECT cpe_id, public_key, label, enrolled_at_ms, revoked_at_ms, broker_password_hash
+                 FROM cpes WHERE cpe_id = ?1",
                 [cpe_id],
-                |r| {
-                    Ok(CpeRecord {
-                        cpe_id: r.get(0)?,
-                        public_key: r.get(1)?,
-                        label: r.get(2)?,
-                        enrolled_at_ms: r.get::<_, Option<i64>>(3)?.map(from_i64),
-                        revoked_at_ms: r.get::<_, Option<i64>>(4)?.map(from_i64),
-                    })
-                },
+                cpe_record,
             )
             .optional()?)
     }
@@ -496,6 +496,17 @@ impl Store {
         }
         Ok(out)
     }
+}
+
+fn cpe_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<CpeRecord> {
+    Ok(CpeRecord {
+        cpe_id: r.get(0)?,
+        public_key: r.get(1)?,
+        label: r.get(2)?,
+        enrolled_at_ms: r.get::<_, Option<i64>>(3)?.map(from_i64),
+        revoked_at_ms: r.get::<_, Option<i64>>(4)?.map(from_i64),
+        broker_password_hash: r.get(5)?,
+    })
 }
 
 fn migrate(conn: &mut Connection) -> Result<(), StoreError> {

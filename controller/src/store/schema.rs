@@ -176,6 +176,11 @@ ORDER BY at_ms
 ON CONFLICT (cpe_id, mac) DO UPDATE SET verdict = excluded.verdict, at_ms = excluded.at_ms
 WHERE excluded.at_ms >= device_verdicts.at_ms;
 "#,
+    // 3: each CPE's broker password, stored only as mosquitto's `$7$` hash (PBKDF2-SHA512)
+    // so one hash serves the embedded broker and `cpe export-mosquitto`.
+    r#"
+ALTER TABLE cpes ADD COLUMN broker_password_hash TEXT;
+"#,
 ];
 
 /// The schema version this build writes: the number of [`MIGRATIONS`].

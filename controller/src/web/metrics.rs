@@ -2,8 +2,9 @@
 //!
 //! Counters from the database (messages stored by kind, rejections by reason — every
 //! [`RejectionReason`], zeros included), gauges computed from the current views (devices
-//! by verdict, CPEs by status, CPEs per applied fleet policy version) and the web layer's
-//! own counters.
+//! by verdict, CPEs by status, CPEs per applied fleet policy version), the web layer's
+//! own counters, and the embedded broker's and policy watch's
+//! ([`crate::broker::stats`]).
 
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
@@ -204,6 +205,7 @@ fn render(s: &Snapshot, state: &AppState) -> String {
             get(&s.releases, st)
         );
     }
+    crate::broker::stats::render(&mut o);
     header(
         &mut o,
         "smtpguard_web_auth_failures_total",

@@ -20,7 +20,10 @@ use clap::Parser;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use smtpguard_controller::config::Config;
 use smtpguard_controller::policy::{self, Target};
-use smtpguard_controller::serve;
+use smtpguard_controller::{registry, serve};
+
+/// The ACL shipped for mosquitto.
+const SHIPPED_ACL: &str = include_str!("../../../deploy/mosquitto/acl");
 use smtpguard_controller::store::Store;
 use smtpguard_protocol::{
     keys, seal, topic, verify, AckOutcome, Body, Freshness, KeyStatus, Policy, PolicyAck,
@@ -111,13 +114,80 @@ async fn run(args: &Args) -> anyhow::Result<()> {
     config.broker.password = smtpguard_controller::households::new_secret("loadgen_");
     config.broker.client_id = "loadgen-controller".into();
     config.broker.max_connections = args.agents + 100;
+    let policy_key = keys::generate();
+    let controller_pub = policy_key.verifying_key();
+
+    // Enrol the fleet in one transaction, each agent with its own broker password, hashed
+    // as `cpe add` hashes it (on four threads).
+    let agent_keys: Vec<(String, ed25519_dalek::SigningKey, String)> = (0..args.agents)
+        .map(|i| {
+            let password = smtpguard_controller::households::new_secret("");
+            (format!("lg-{i:05}"), keys::generate(), password)
+        })
+        .collect();
+    let hashes: Vec<String> = std::thread::scope(|scope| {
+        let workers: Vec<_> = agent_keys
+            .chunks(agent_keys.len().div_ceil(4).max(1))
+            .map(|chunk| {
+                scope.spawn(move || {
+                    chunk
+                        .iter()
+                        .map(|(_, _, pw)| registry::hash_password(pw, &rand::random::<[u8; 12]>()))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap_or_default())
+            .collect()
+    });
+    {
+        let store = Store::open(&config.db_path)?;
+        let tx = store.conn().unchecked_transaction()?;
+        for ((id, k, _), hash) in agent_keys.iter().zip(&hashes) {
+            tx.execute(
+                "INSERT INTO cpes (cpe_id, public_key, enrolled_at_ms, broker_password_hash)
+                 VALUES (?1, ?2, 0, ?3)",
+                (id, keys::public_key_text(&k.verifying_key()), hash),
+            )?;
+        }
+        tx.commit()?;
+    }
+    let mut agent_port = port;
     let _mosquitto = if args.mosquitto {
-        let conf = dir.path().join("mosquitto.conf");
+        // The shipped layout: routers on one listener (their password file, client id =
+        // user name), the controller on another (its own password file), the shipped ACL.
+        agent_port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let d = dir.path();
+        std::fs::write(d.join("acl"), SHIPPED_ACL)?;
+        let store = Store::open(&config.db_path)?;
+        std::fs::write(
+            d.join("cpes.passwd"),
+            registry::mosquitto_password_file(&store)?,
+        )?;
+        std::fs::write(
+            d.join("controller.passwd"),
+            format!(
+                "{}:{}\n",
+                config.broker.username,
+                registry::hash_password(&config.broker.password, &rand::random::<[u8; 12]>())
+            ),
+        )?;
+        let conf = d.join("mosquitto.conf");
         std::fs::write(
             &conf,
             format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\nmax_connections -1\n\
-                 max_inflight_messages 500\nmax_queued_messages 0\nuser root\n"
+                "per_listener_settings true\n\
+                 listener {agent_port} 127.0.0.1\nuse_username_as_clientid true\n\
+                 allow_anonymous false\npassword_file {d}/cpes.passwd\nacl_file {d}/acl\n\
+                 listener {port} 127.0.0.1\nallow_anonymous false\n\
+                 password_file {d}/controller.passwd\nacl_file {d}/acl\n\
+                 max_connections -1\nmax_inflight_messages 500\nmax_queued_messages 0\n\
+                 max_queued_bytes 536870912\nmax_packet_size 66560\nuser root\n",
+                d = d.display()
             ),
         )?;
         config.broker.url = Some(format!("mqtt://127.0.0.1:{port}"));
@@ -134,24 +204,6 @@ async fn run(args: &Args) -> anyhow::Result<()> {
     } else {
         None
     };
-    let policy_key = keys::generate();
-    let controller_pub = policy_key.verifying_key();
-
-    // Enrol the fleet in one transaction.
-    let agent_keys: Vec<(String, ed25519_dalek::SigningKey)> = (0..args.agents)
-        .map(|i| (format!("lg-{i:05}"), keys::generate()))
-        .collect();
-    {
-        let store = Store::open(&config.db_path)?;
-        let tx = store.conn().unchecked_transaction()?;
-        for (id, k) in &agent_keys {
-            tx.execute(
-                "INSERT INTO cpes (cpe_id, public_key, enrolled_at_ms) VALUES (?1, ?2, 0)",
-                (id, keys::public_key_text(&k.verifying_key())),
-            )?;
-        }
-        tx.commit()?;
-    }
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let serve_config = config.clone();
     tokio::spawn(async move {
@@ -163,7 +215,7 @@ async fn run(args: &Args) -> anyhow::Result<()> {
             eprintln!("controller: {e}");
         }
     });
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+    while tokio::net::TcpStream::connect(("127.0.0.1", agent_port))
         .await
         .is_err()
     {
@@ -173,8 +225,15 @@ async fn run(args: &Args) -> anyhow::Result<()> {
     let connected = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let pause = Duration::from_micros(1_000_000 / args.connect_rate.max(1));
-    for (id, key) in agent_keys {
-        tokio::spawn(agent(id, key, port, controller_pub, connected.clone()));
+    for (id, key, password) in agent_keys {
+        tokio::spawn(agent(
+            id,
+            key,
+            password,
+            agent_port,
+            controller_pub,
+            connected.clone(),
+        ));
         tokio::time::sleep(pause).await;
     }
     let mut last_report = Instant::now();
@@ -253,17 +312,18 @@ impl Drop for Child {
     }
 }
 
-/// One simulated agent: connect, subscribe to policy, announce itself online, and answer
+/// One simulated agent: connect with its own login, subscribe to policy, announce itself online, and answer
 /// every verified policy with a signed ack.
 async fn agent(
     id: String,
     key: ed25519_dalek::SigningKey,
+    password: String,
     port: u16,
     controller: ed25519_dalek::VerifyingKey,
     connected: Arc<AtomicUsize>,
 ) {
     let mut o = MqttOptions::new(id.clone(), "127.0.0.1", port);
-    o.set_credentials(id.clone(), "")
+    o.set_credentials(id.clone(), password)
         .set_keep_alive(Duration::from_secs(60))
         .set_max_packet_size(70_000, 70_000);
     let (client, mut eventloop) = AsyncClient::new(o, 16);
