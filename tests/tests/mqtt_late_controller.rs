@@ -14,7 +14,7 @@
 //! without it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 use std::time::Duration;
 
@@ -43,18 +43,23 @@ fn routers() -> Vec<(String, SigningKey)> {
         .collect()
 }
 
-fn enroll(db: &Path, routers: &[(String, SigningKey)]) {
+/// Enrolls every router; returns each one's broker password (issued at enrollment).
+fn enroll(db: &Path, routers: &[(String, SigningKey)]) -> HashMap<String, String> {
     let mut store = Store::open(db).unwrap();
-    for (id, key) in routers {
-        registry::add(
-            &mut store,
-            id,
-            &keys::public_key_text(&key.verifying_key()),
-            None,
-            0,
-        )
-        .unwrap();
-    }
+    routers
+        .iter()
+        .map(|(id, key)| {
+            let enrolled = registry::add(
+                &mut store,
+                id,
+                &keys::public_key_text(&key.verifying_key()),
+                None,
+                0,
+            )
+            .unwrap();
+            (id.clone(), enrolled.broker_password)
+        })
+        .collect()
 }
 
 /// Starts one uplink per router against `port` and queues [`ALERTS_PER_ROUTER`] alerts on
@@ -150,11 +155,18 @@ async fn routers_started_before_the_controller_with_its_embedded_broker_lose_no_
     config.broker.client_id = "controller-late".into();
     config.web.enabled = false;
     let routers = routers();
-    enroll(&config.db_path, &routers);
+    let passwords = enroll(&config.db_path, &routers);
 
     // The routers first: nothing listens, so every alert waits in their disk queues.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let handles = start_routers(dir.path(), port, &routers, |_| None, &stop_rx).await;
+    let handles = start_routers(
+        dir.path(),
+        port,
+        &routers,
+        |id| passwords.get(id).cloned(),
+        &stop_rx,
+    )
+    .await;
     assert!(!port_open(port));
     for h in &handles {
         assert_eq!(h.stats().alerts_queued, u64::from(ALERTS_PER_ROUTER));
