@@ -24,6 +24,8 @@
 //!   state and status files, clean shutdown on SIGTERM/SIGINT.
 //! - [`uplink`]: signed telemetry and alerts to the controller over MQTT (bounded offline
 //!   queue, alerts persisted until the broker acknowledges them), verified policy back.
+//! - `fuzzing` (hidden, `fuzzing` feature only): the body of each fuzz target in
+//!   `agent/fuzz`, shared with the stable corpus replay in `tests/fuzz_corpus.rs`.
 //!
 //! # Data flow
 //! Live: capture → [`engine::Engine::handle_frame`] → [`engine::Engine::poll_action`] →
@@ -37,6 +39,9 @@ pub mod config;
 pub mod core;
 pub mod enforce;
 pub mod engine;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod leases;
 pub mod oui;
 pub mod packet;

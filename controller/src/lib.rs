@@ -17,6 +17,8 @@
 //!   into campaigns whose indicators the NOC pushes as fleet policy.
 //! - [`abuse`]: ARF abuse reports → public IP at time → CPE → device, with the router's
 //!   connection log as evidence.
+//! - `fuzzing` (hidden, `fuzzing` feature only): the body of each fuzz target in
+//!   `controller/fuzz`, shared with the stable corpus replay in `tests/fuzz_corpus.rs`.
 //! - [`households`]: subscriber accounts, hashed login tokens, release requests.
 //! - [`web`]: axum server — NOC pages, subscriber portal, JSON API, `/metrics`.
 //! - [`demo`]: the seeded demo fleet (web tests, screenshots, `smtpguard-demo --seeded`). The
@@ -35,6 +37,9 @@ pub mod broker;
 pub mod campaigns;
 pub mod config;
 pub mod demo;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod households;
 pub mod ingest;
 pub mod policy;

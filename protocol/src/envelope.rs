@@ -318,7 +318,7 @@ fn encode_body(body: &Body) -> Result<Vec<u8>, wire::WireError> {
 /// How a receiver turns a verified body into a [`Body`].
 type Decoder = fn(Kind, &[u8]) -> Result<Body, wire::WireError>;
 
-fn decode_body(kind: Kind, bytes: &[u8]) -> Result<Body, wire::WireError> {
+pub(crate) fn decode_body(kind: Kind, bytes: &[u8]) -> Result<Body, wire::WireError> {
     Ok(match kind {
         Kind::Telemetry => Body::Telemetry(wire::from_slice(bytes)?),
         Kind::Alert => Body::Alert(wire::from_slice(bytes)?),
@@ -333,7 +333,7 @@ fn decode_body(kind: Kind, bytes: &[u8]) -> Result<Body, wire::WireError> {
 /// the policy itself is decoded through a generic tree, which is smaller again
 /// ([`wire::from_slice_via_tree`]; the equivalence is tested on every policy the property
 /// tests make).
-fn decode_policy_body(kind: Kind, bytes: &[u8]) -> Result<Body, wire::WireError> {
+pub(crate) fn decode_policy_body(kind: Kind, bytes: &[u8]) -> Result<Body, wire::WireError> {
     match kind {
         Kind::Policy => Ok(Body::Policy(wire::from_slice_via_tree(bytes)?)),
         other => Err(wire::WireError::new(format!(
@@ -369,6 +369,38 @@ pub fn seal(
         sent_at: sent_at_ms,
         kind,
         body: Bytes(body),
+    })
+    .map_err(|e| SealError::Encode(e.to_string()))?;
+    let signature = key.sign(&signing_input(kind, &envelope));
+    let bytes = wire::to_vec(&SignedWire {
+        envelope: Bytes(envelope),
+        signature: Bytes(signature.to_bytes().to_vec()),
+    })
+    .map_err(|e| SealError::Encode(e.to_string()))?;
+    if bytes.len() > MAX_MESSAGE_BYTES {
+        return Err(SealError::TooLarge(bytes.len()));
+    }
+    Ok(bytes)
+}
+
+/// Signs body bytes as they are, without encoding a [`Body`]: the fuzz targets use it to
+/// reach the body decoders, which sit behind the signature check. Not in production builds.
+#[cfg(feature = "fuzzing")]
+pub(crate) fn seal_raw_body(
+    kind: Kind,
+    cpe_id: &str,
+    seq: u64,
+    sent_at_ms: u64,
+    body: &[u8],
+    key: &SigningKey,
+) -> Result<Vec<u8>, SealError> {
+    let envelope = wire::to_vec(&EnvelopeWire {
+        version: PROTOCOL_VERSION,
+        cpe_id: cpe_id.to_owned(),
+        seq,
+        sent_at: sent_at_ms,
+        kind,
+        body: Bytes(body.to_vec()),
     })
     .map_err(|e| SealError::Encode(e.to_string()))?;
     let signature = key.sign(&signing_input(kind, &envelope));

@@ -15,6 +15,8 @@
 //! - [`replay`]: [`ReplayWindow`], the per-sender sliding window over sequence numbers.
 //! - [`topic`]: builders and a parser for the MQTT topic scheme.
 //! - [`keys`]: ed25519 key generation, key files (mode 0600) and public keys as text.
+//! - `fuzzing` (hidden, `fuzzing` feature only): the body of each fuzz target, shared by
+//!   `protocol/fuzz` and the stable corpus replay in `tests/fuzz_corpus.rs`.
 //! - `wire` (private): the only place that touches the CBOR library, so it can be swapped in
 //!   one file.
 //!
@@ -31,6 +33,9 @@
 //! arguments. The only file access is in [`keys`], for key files.
 
 pub mod envelope;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod keys;
 pub mod messages;
 pub mod policy;

@@ -1,14 +1,4 @@
-//! Arbitrary bytes as a capture file through the streaming reader and the engine.
+//! Arbitrary bytes as a capture file through the reader and the engine: see `smtpguard_agent::fuzzing::capture_replay`.
 #![no_main]
 
-use libfuzzer_sys::fuzz_target;
-use smtpguard_agent::engine::EngineConfig;
-use smtpguard_agent::replay;
-use smtpguard_protocol::Policy;
-
-fuzz_target!(|data: &[u8]| {
-    if let Ok(out) = replay::replay_reader(data, "fuzz", Policy::default(), EngineConfig::default()) {
-        let json = replay::render_json(&out.report);
-        assert!(json.starts_with('{'));
-    }
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| smtpguard_agent::fuzzing::capture_replay(data));

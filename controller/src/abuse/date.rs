@@ -93,7 +93,8 @@ fn zone_secs(z: &str) -> Option<i64> {
         _ => return None,
     };
     let rest = rest.replace(':', "");
-    if rest.len() != 4 {
+    // Digits only before slicing: four bytes of anything else need not split at `2`.
+    if rest.len() != 4 || !rest.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
     let h: i64 = num(&rest[..2])?;
@@ -254,6 +255,20 @@ mod tests {
             "ää-03-04T13:05:09Z",
         ] {
             assert!(parse_any(bad).is_err(), "{bad}");
+        }
+    }
+
+    /// Found by the `abuse_date` fuzz target: a zone of four bytes that are not four
+    /// characters (`-0ЪU`) was sliced inside the `Ъ` and panicked, in the ARF `Arrival-Date`
+    /// and the JSON `time` alike.
+    #[test]
+    fn a_zone_with_multibyte_characters_is_an_error_not_a_panic() {
+        for bad in [
+            "4 Mar 25 14:09 -0\u{42a}U(0 4",
+            "Tue, 4 Mar 2025 14:05:09 +\u{e9}00",
+            "2025-03-04T13:05:09+0\u{42a}U",
+        ] {
+            assert!(parse_any(bad).is_err(), "{bad:?}");
         }
     }
 
