@@ -141,9 +141,9 @@ fn live_history_evidence_and_release_words_are_true_on_both_pages() {
     let (policy_key, _) = keys::load_or_create(&config.policy_key_path).unwrap();
 
     let router_key = keys::generate();
-    let token = {
+    let (token, broker_password) = {
         let mut store = Store::open(&config.db_path).unwrap();
-        registry::add(
+        let enrolled = registry::add(
             &mut store,
             CPE,
             &keys::public_key_text(&router_key.verifying_key()),
@@ -152,9 +152,10 @@ fn live_history_evidence_and_release_words_are_true_on_both_pages() {
         )
         .unwrap();
         let conn = web::open_db(&config.db_path).unwrap();
-        households::create(&conn, "The Live family", &[CPE], now_ms())
+        let token = households::create(&conn, "The Live family", &[CPE], now_ms())
             .unwrap()
-            .1
+            .1;
+        (token, enrolled.broker_password)
     };
 
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -177,6 +178,7 @@ fn live_history_evidence_and_release_words_are_true_on_both_pages() {
             format!("mqtt://127.0.0.1:{broker_port}"),
             policy_key.verifying_key(),
         );
+        settings.password = Some(broker_password);
         settings.reconnect_min_ms = 50;
         settings.reconnect_max_ms = 500;
         let mut stop = stop_rx.clone();
