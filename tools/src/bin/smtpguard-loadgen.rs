@@ -8,7 +8,7 @@
 //! (each agent costs two descriptors: its socket and the broker's).
 //!
 //! ```sh
-//! cargo run --release -p smtpguard-controller --bin smtpguard-loadgen -- --agents 10000
+//! cargo run --release -p smtpguard-tools --bin smtpguard-loadgen -- --agents 10000
 //! ```
 
 use std::sync::atomic::{AtomicUsize, Ordering};
