@@ -1,11 +1,18 @@
 //! `smtpguard-loadgen`: N simulated agents — real MQTT connections on loopback, real
-//! signatures — against one in-process controller with its embedded broker. Measures how
-//! long the fleet takes to connect and how long a fleet policy takes to be acknowledged by
-//! every agent (acks verified and stored by the ingest).
+//! signatures, each logging in with its own broker password — against one in-process
+//! controller with its embedded broker (logins checked, topic ACLs on), or against mosquitto
+//! with the shipped layout (`deploy/mosquitto/`: per-router password file as
+//! `cpe export-mosquitto` makes it, the shipped ACL, client id = user name on the routers'
+//! listener, the controller on its own listener). Measures how long the fleet takes to
+//! connect and how long a fleet policy takes to be acknowledged by every agent (acks
+//! verified and stored by the ingest).
+//!
+//! With the embedded broker every agent costs four descriptors of this one process (its
+//! socket, the broker gate's two, rumqttd's), so the open-file limit caps `--agents` at a
+//! quarter of it.
 //!
 //! Bounded: at most `--agents` connections (≤ 20,000), everything on 127.0.0.1, and the
-//! whole run ends after `--timeout-secs`. Raises its own open-file limit to the hard limit
-//! (each agent costs two descriptors: its socket and the broker's).
+//! whole run ends after `--timeout-secs`. Raises its own open-file limit to the hard limit.
 //!
 //! ```sh
 //! cargo run --release -p smtpguard-tools --bin smtpguard-loadgen -- --agents 10000
@@ -45,9 +52,10 @@ struct Args {
     /// New connections per second while the fleet connects.
     #[arg(long, default_value_t = 2000)]
     connect_rate: u64,
-    /// Use a mosquitto the load generator starts itself (anonymous, loopback only) instead
-    /// of the embedded broker. mosquitto runs in its own process, so the agents' and the
-    /// broker's sockets do not share one open-file limit.
+    /// Use a mosquitto the load generator starts itself (loopback only, the shipped ACL,
+    /// a password per agent, the controller on its own listener) instead of the embedded
+    /// broker. mosquitto runs in its own process, so the agents' and the broker's sockets
+    /// do not share one open-file limit.
     #[arg(long)]
     mosquitto: bool,
 }
