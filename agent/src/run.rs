@@ -38,6 +38,7 @@ use crate::capture::{Capture, CaptureError, CaptureOptions};
 use crate::config::{AgentConfig, EnforceBackend};
 use crate::core::{Agent, Output, Settings as CoreSettings};
 use crate::enforce::control::{self, write_status, StatusFile, STATUS_EVERY_SECS};
+use crate::enforce::plan::Snapshot;
 use crate::enforce::{state, EnforceError, Enforcer, LoggingEnforcer, NftEnforcer, PlannerConfig};
 use crate::engine::EngineConfig;
 use crate::leases;
@@ -421,7 +422,7 @@ impl Worker {
             }
             self.tick(now_ms());
         };
-        self.save_state();
+        save_state(&self.state_dir, &self.agent.planner().snapshot());
         self.write_status(now_ms(), true);
         result
     }
@@ -498,9 +499,7 @@ impl Worker {
                     changed = true;
                 }
                 Output::Save(snapshot) => {
-                    if let Err(err) = state::save(&self.state_dir, &snapshot) {
-                        tracing::error!(%err, "cannot save the enforcement state");
-                    }
+                    save_state(&self.state_dir, &snapshot);
                 }
                 Output::Alert(alert) => {
                     if let Some(link) = &self.link {
@@ -650,12 +649,6 @@ impl Worker {
         }
     }
 
-    fn save_state(&self) {
-        if let Err(err) = state::save(&self.state_dir, &self.agent.planner().snapshot()) {
-            tracing::error!(%err, "cannot save the enforcement state");
-        }
-    }
-
     fn write_status(&mut self, now: u64, stopped: bool) {
         let policy = self.agent.policy();
         let snapshot = self.agent.planner().snapshot();
@@ -687,6 +680,13 @@ fn open_led(name: Option<&str>) -> Option<StatusLed<SysfsLed>> {
             tracing::warn!(%err, led = name, "no status LED");
             None
         }
+    }
+}
+
+/// Writes the enforcement state file; a failure is logged (the blocks stay in force).
+fn save_state(state_dir: &Path, snapshot: &Snapshot) {
+    if let Err(err) = state::save(state_dir, snapshot) {
+        tracing::error!(%err, "cannot save the enforcement state");
     }
 }
 
