@@ -24,7 +24,8 @@
 # nothing is sent outside them.
 #
 # Usage (as root): tests/netns/e2e.sh
-#   SMTPGUARD_AGENT=path   use this agent binary instead of building target/debug's
+#   SMTPGUARD_AGENT=path, SMTPGUARD_CONTROLLER=path
+#                          use these binaries instead of building target/debug's
 #   E2E_KEEP=1             keep the work directory (logs) after the run
 set -uo pipefail
 
@@ -80,14 +81,17 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 PY=/usr/bin/python3 # Debian's, which has python3-aiosmtpd (not a pyenv shim)
 
-if [ -n "${SMTPGUARD_AGENT:-}" ]; then
-    AGENT=$SMTPGUARD_AGENT
+if [ -n "${SMTPGUARD_AGENT:-}" ] && [ -n "${SMTPGUARD_CONTROLLER:-}" ]; then
+    AGENT=$SMTPGUARD_AGENT CONTROLLER=$SMTPGUARD_CONTROLLER
 else
-    echo "e2e: building smtpguard-agent"
-    (cd "$ROOT" && cargo build -q -p smtpguard-agent) || { echo "e2e: FAIL: build" >&2; exit 1; }
-    AGENT=$ROOT/target/debug/smtpguard-agent
+    echo "e2e: building smtpguard-agent and smtpguard-controller"
+    (cd "$ROOT" && cargo build -q -p smtpguard-agent -p smtpguard-controller) ||
+        { echo "e2e: FAIL: build" >&2; exit 1; }
+    AGENT=${SMTPGUARD_AGENT:-$ROOT/target/debug/smtpguard-agent}
+    CONTROLLER=${SMTPGUARD_CONTROLLER:-$ROOT/target/debug/smtpguard-controller}
 fi
 [ -x "$AGENT" ] || { echo "e2e: FAIL: no agent binary at $AGENT" >&2; exit 1; }
+[ -x "$CONTROLLER" ] || { echo "e2e: FAIL: no controller binary at $CONTROLLER" >&2; exit 1; }
 
 # ---------------------------------------------------------------------------------------------
 # Names, addresses, cleanup
@@ -98,7 +102,7 @@ NAMESPACES=("$NS_BOT" "$NS_LAP" "$NS_RTR" "$NS_WAN")
 BOT_MAC=02:5b:00:00:00:0b LAP_MAC=02:5b:00:00:00:1a RTR_MAC=02:5b:00:00:00:01
 BOT_IP=192.168.50.11 LAP_IP=192.168.50.12 RTR_LAN=192.168.50.1
 RTR_WAN=198.18.0.2 WAN_GW=198.18.0.1
-RELAY=203.0.113.25 DNS=203.0.113.53 WEB=203.0.113.80
+RELAY=203.0.113.25 DNS=203.0.113.53 WEB=203.0.113.80 CTL=203.0.113.10
 DOMAINS=40 # d1.test .. d40.test, MX mx.dN.test at 198.19.N.25 (one /24 each)
 BLOCK_TTL=45 # long enough that the block is still in force through steps 3 and 4
 GRACE_SECS=40 # the agent's release grace period
@@ -123,7 +127,9 @@ cleanup() {
         echo
         echo "---- agent log (last 60 lines) ----"
         tail -n 60 "$WORK/agent.log" 2>/dev/null
-        echo "---- end of agent log; work directory: $WORK ----"
+        echo "---- controller log (last 30 lines) ----"
+        tail -n 30 "$WORK/controller.log" 2>/dev/null
+        echo "---- end of logs; work directory: $WORK ----"
     elif [ -z "${E2E_KEEP:-}" ]; then
         rm -rf "$WORK"
     fi
@@ -240,9 +246,53 @@ check "laptop resolves MX records through the router" \
     bash -c "ip netns exec $NS_LAP dig +short +time=2 +tries=2 @$DNS MX d3.test | grep -q mx.d3.test"
 
 # ---------------------------------------------------------------------------------------------
+# The ISP's controller on the ISP side of the router's WAN: embedded broker and web/API on
+# $CTL. The router's agent is enrolled as an operator would (`keygen`, `cpe add`) and
+# reaches it through its own WAN address, like a real router.
+
+in_ns "$NS_WAN" ip addr add "$CTL/32" dev lo || die "address $CTL"
+mkdir -p "$WORK/state"
+openssl rand -hex 24 >"$WORK/operator.token"
+OPERATOR_TOKEN=$(cat "$WORK/operator.token")
+cat >"$WORK/controller.toml" <<EOF
+db_path = "$WORK/controller.db"
+policy_key_path = "$WORK/controller-policy.key"
+http_listen = "$CTL:8080"
+
+[broker]
+embedded_listen = "$CTL:1883"
+password = "$(openssl rand -hex 24)"
+client_id = "controller-e2e"
+
+[web]
+operator_token_file = "$WORK/operator.token"
+EOF
+ctl() { "$CONTROLLER" --config "$WORK/controller.toml" "$@"; }
+CONTROLLER_KEY=$(ctl keygen 2>/dev/null | grep '^ed25519:') || die "controller keygen"
+KEYGEN_OUT=$("$AGENT" keygen --key "$WORK/state/agent.key" 2>/dev/null) || die "agent keygen"
+CPE_ID=$(awk '/^cpe_id:/ {print $2}' <<<"$KEYGEN_OUT")
+CPE_KEY=$(awk '/^public_key:/ {print $2}' <<<"$KEYGEN_OUT")
+ENROLLED=$(ctl cpe add "$CPE_ID" "$CPE_KEY" 2>/dev/null) || die "cpe add"
+CPE_PASSWORD=$(sed -n 's/^ *password = "\(.*\)"$/\1/p' <<<"$ENROLLED")
+[ -n "$CPE_ID" ] && [ -n "$CPE_PASSWORD" ] || die "enrollment printed no identity: $ENROLLED"
+bg_in_ns "$NS_WAN" "$WORK/controller.log" env RUST_LOG=info NO_COLOR=1 "$CONTROLLER" \
+    --config "$WORK/controller.toml" serve
+api() { # api METHOD PATH [JSON]: the controller's API as the NOC operator
+    local method=$1 path=$2
+    shift 2
+    in_ns "$NS_WAN" curl -sS --max-time 5 -X "$method" -H "Authorization: Bearer $OPERATOR_TOKEN" \
+        -H 'Content-Type: application/json' ${1:+--data "$1"} "http://$CTL:8080$path"
+}
+json() { # json EXPRESSION: a Python expression over the JSON on stdin (`j`), printed
+    $PY -c 'import json, sys; j = json.load(sys.stdin); v = eval(sys.argv[1]); print("" if v is None else v)' "$1"
+}
+wait_for 30 listening "$NS_WAN" 8080 || die "controller did not start: $(tail -n 20 "$WORK/controller.log")"
+wait_for 30 listening "$NS_WAN" 1883 || die "embedded broker did not start: $(tail -n 20 "$WORK/controller.log")"
+pass "controller runs on the ISP side ($CTL), the router enrolled as $CPE_ID"
+
+# ---------------------------------------------------------------------------------------------
 # The agent on the router.
 
-mkdir -p "$WORK/state"
 cat >"$WORK/policy.toml" <<EOF
 # Test policy: enforce, short block. The ISP relay is in the router's own config below,
 # where no policy can take it out.
@@ -250,6 +300,7 @@ mode = "enforce"
 block_ttl_secs = $BLOCK_TTL
 rate_limit_per_minute = 6
 allow_relays = []
+telemetry_interval_secs = 5
 EOF
 cat >"$WORK/agent.toml" <<EOF
 state_dir = "$WORK/state"
@@ -264,6 +315,13 @@ leases_file = "$WORK/dhcp.leases"
 backend = "nftables"
 nft = "nft"
 release_grace_secs = $GRACE_SECS
+
+[uplink]
+enabled = true
+broker_url = "mqtt://$CTL:1883"
+username = "$CPE_ID"
+password = "$CPE_PASSWORD"
+controller_public_key = "$CONTROLLER_KEY"
 EOF
 
 # The router's DHCP server names the devices (dnsmasq lease format); the agent reads it.
@@ -390,6 +448,33 @@ check "\`smtpguard-agent status\` shows the bot blocked in the kernel" \
 check "\`smtpguard-agent status\` names the bot by its DHCP host name (capture.leases_file)" \
     bash -c "grep -q 'old-pc' <<<\"\$0\"" "$STATUS"
 
+# ---------------------------------------------------------------------------------------------
+step "2b. what the router knows reaches the controller"
+
+cpe_json() { api GET "/api/cpes/$CPE_ID"; }
+cpe_field() { cpe_json | json "j['cpe'].get('$1')"; }
+bot_json() { # the bot's device record at the controller
+    cpe_json | json "next((d for d in j['devices'] if d['mac'] == '$BOT_MAC'), None)"
+}
+router_online() { [ "$(cpe_field status)" = online ]; }
+bot_infected_at_controller() {
+    [ "$(cpe_json | json "next((d['verdict'] for d in j['devices'] if d['mac'] == '$BOT_MAC'), '')")" = infected ]
+}
+bot_history_changes() { # the bot's stored verdict changes, as "from>to" words
+    cpe_json | json "' '.join(h['from'] + '>' + h['to'] for d in j['devices'] if d['mac'] == '$BOT_MAC' for h in d['history'])"
+}
+bot_history_reaches_infected() { bot_history_changes | grep -q '>infected'; }
+check "the router is online at the controller" wait_for 30 router_online
+check "the controller shows the bot infected (from the router's alert)" wait_for 30 bot_infected_at_controller
+if wait_for 30 bot_history_reaches_infected; then
+    pass "the bot's history at the controller shows its verdict changes: $(bot_history_changes)"
+else
+    fail "the bot's history at the controller shows its verdict changes (got: '$(bot_history_changes)')"
+fi
+laptop_not_flagged() {
+    [ "$(cpe_json | json "next((d['verdict'] for d in j['devices'] if d['mac'] == '$LAP_MAC'), 'clean')")" = clean ]
+}
+check "the laptop is not flagged at the controller" laptop_not_flagged
 # ---------------------------------------------------------------------------------------------
 step "3. while the bot is blocked, the rest still works"
 
