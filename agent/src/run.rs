@@ -149,7 +149,11 @@ pub fn enforcer_for(config: &AgentConfig) -> Box<dyn Enforcer + Send> {
 /// # Errors
 /// As [`control::status`].
 pub fn print_status(config: &AgentConfig) -> Result<(), EnforceError> {
-    let text = control::status(config.runtime_dir(), enforcer_for(config).as_mut(), now_ms())?;
+    let text = control::status(
+        config.runtime_dir(),
+        enforcer_for(config).as_mut(),
+        now_ms(),
+    )?;
     print!("{text}");
     Ok(())
 }
