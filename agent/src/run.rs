@@ -25,12 +25,13 @@
 //! a clean stop the state and a final status are written and the table is left in place: the
 //! blocks stay in force and expire by their own timeouts, as they do if the agent dies.
 
+use smtpguard_common::now_ms;
 use std::future::Future;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use smtpguard_protocol::{MacAddr, Policy, Verdict};
 
@@ -105,12 +106,6 @@ pub fn key_path(config: &AgentConfig) -> PathBuf {
 struct Link {
     handle: UplinkHandle,
     policies: std::sync::mpsc::Receiver<PolicyUpdate>,
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// Reads and validates the local policy; the default policy when no file is configured.

@@ -170,7 +170,7 @@ pub fn client_options(config: &BrokerConfig, client_id: &str) -> Result<MqttOpti
     Ok(options)
 }
 
-/// A rustls client configuration with the ring provider, trusting `ca_file` (PEM).
+/// A rustls client configuration trusting `ca_file` ([`smtpguard_common::tls_client_config`]).
 ///
 /// # Errors
 /// [`BrokerError::Tls`].
@@ -181,33 +181,10 @@ pub fn tls_config(ca_file: Option<&std::path::Path>) -> Result<TlsConfiguration,
             detail: "mqtts:// needs broker.tls_ca_file".into(),
         });
     };
-    let tls_err = |detail: String| BrokerError::Tls {
-        path: path.display().to_string(),
-        detail,
-    };
-    let pem = std::fs::read(path).map_err(|e| tls_err(e.to_string()))?;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pemfile_certs(&pem).map_err(tls_err)? {
-        roots.add(cert).map_err(|e| tls_err(e.to_string()))?;
-    }
-    if roots.is_empty() {
-        return Err(tls_err("no certificate found".into()));
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| tls_err(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(TlsConfiguration::Rustls(Arc::new(config)))
-}
-
-/// Certificates of a PEM file, with rustls' own PEM reader.
-fn rustls_pemfile_certs(
-    pem: &[u8],
-) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, String> {
-    use rustls::pki_types::pem::PemObject;
-    rustls::pki_types::CertificateDer::pem_slice_iter(pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| e.to_string())
+    smtpguard_common::tls_client_config(path)
+        .map(TlsConfiguration::Rustls)
+        .map_err(|e| BrokerError::Tls {
+            path: path.display().to_string(),
+            detail: e.to_string(),
+        })
 }

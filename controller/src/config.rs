@@ -192,16 +192,7 @@ pub struct PolicyConfig {
     pub agent_broker_addresses: Vec<IpAddr>,
 }
 
-/// Where to reach the broker, parsed from [`BrokerConfig`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BrokerAddr {
-    /// Host name or address.
-    pub host: String,
-    /// TCP port.
-    pub port: u16,
-    /// Whether to use TLS.
-    pub tls: bool,
-}
+pub use smtpguard_common::BrokerAddr;
 
 impl BrokerConfig {
     /// Whether the controller runs its own broker.
@@ -233,35 +224,14 @@ impl BrokerConfig {
     }
 }
 
-/// Parses `mqtt://host:port` or `mqtts://host:port`.
+/// Parses `broker.url` ([`BrokerAddr::parse`]).
 ///
 /// # Errors
 /// [`ConfigError::Invalid`] naming `broker.url`.
 pub fn parse_url(url: &str) -> Result<BrokerAddr, ConfigError> {
-    let invalid = |problem: &str| ConfigError::Invalid {
+    BrokerAddr::parse(url).map_err(|e| ConfigError::Invalid {
         field: "broker.url",
-        problem: format!("{url:?}: {problem}"),
-    };
-    let (tls, rest) = if let Some(r) = url.strip_prefix("mqtts://") {
-        (true, r)
-    } else if let Some(r) = url.strip_prefix("mqtt://") {
-        (false, r)
-    } else {
-        return Err(invalid("expected mqtt://host:port or mqtts://host:port"));
-    };
-    let rest = rest.trim_end_matches('/');
-    let (host, port) = rest
-        .rsplit_once(':')
-        .ok_or_else(|| invalid("missing :port"))?;
-    let port: u16 = port.parse().map_err(|_| invalid("bad port"))?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    if host.is_empty() {
-        return Err(invalid("missing host"));
-    }
-    Ok(BrokerAddr {
-        host: host.to_string(),
-        port,
-        tls,
+        problem: e.to_string(),
     })
 }
 

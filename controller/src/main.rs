@@ -1,6 +1,7 @@
 //! `smtpguard-controller`: the controller binary. Parses the command line, sets up tracing
 //! and calls into the library; no logic lives here.
 
+use smtpguard_common::now_ms;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -93,13 +94,6 @@ enum PolicyCommand {
     },
     /// Show each router's applied versions and refusals.
     Status,
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
 }
 
 fn main() -> anyhow::Result<()> {

@@ -10,6 +10,7 @@
 //! - [`agent_binary`]: the `smtpguard-agent` executable, found and built the same way.
 //! - [`wait_until`]: bounded polling.
 
+pub use smtpguard_common::now_ms;
 use std::io::Write;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -279,13 +280,6 @@ pub fn printed_password(output: &str) -> Option<String> {
         let v = l.trim().strip_prefix("password = ")?;
         Some(v.trim_matches('"').to_string())
     })
-}
-
-/// The wall clock in Unix milliseconds.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Alert number `n` of a test run: an infected device whose MAC and evidence carry `n`,

@@ -4,6 +4,7 @@
 //! refused by every agent and the refusal with its reason shows in `policy status`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use smtpguard_common::now_ms;
 use std::path::Path;
 use std::time::Duration;
 
@@ -15,13 +16,6 @@ use smtpguard_controller::{registry, serve};
 use smtpguard_protocol::envelope::FLEET_ID;
 use smtpguard_protocol::{keys, seal, Body, Policy, PolicyScope, SafetyContext};
 use smtpguard_tests::mqtt::{free_port, port_open, wait_until};
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
 
 async fn wait_rollout(
     db: &Path,

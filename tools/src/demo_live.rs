@@ -10,6 +10,7 @@
 //! infections are minutes old when the demo starts); after that the households keep sending
 //! a trickle of live traffic on the wall clock.
 
+use smtpguard_common::now_ms;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -214,12 +215,6 @@ struct Agent {
     household: LiveHousehold,
     seed: u64,
     settings: Settings,
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 async fn stopped(mut stop: watch::Receiver<bool>) {

@@ -28,6 +28,7 @@ pub mod queue;
 pub mod seq;
 pub mod session;
 
+pub(crate) use smtpguard_common::now_ms;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -219,13 +220,6 @@ pub(crate) struct Shared {
     pub(crate) public_ip: Option<IpAddr>,
     pub(crate) acked: u64,
     pub(crate) connected: bool,
-}
-
-pub(crate) fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
 }
 
 impl Shared {

@@ -30,44 +30,16 @@ use super::guard::{Decision, PolicyUpdate};
 use super::queue::{Class, Outgoing};
 use super::{now_ms, Settings, Shared, UplinkError};
 
-/// Host, port and TLS of the broker URL.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BrokerAddr {
-    /// Host name or address.
-    pub host: String,
-    /// Port.
-    pub port: u16,
-    /// TLS (`mqtts://`).
-    pub tls: bool,
-}
+pub use smtpguard_common::{Backoff, BrokerAddr};
 
-/// Parses `mqtt://host:port` or `mqtts://host:port`.
+/// Parses `broker_url` ([`BrokerAddr::parse`]).
 ///
 /// # Errors
 /// [`UplinkError::Config`] naming `broker_url`.
 pub fn parse_url(url: &str) -> Result<BrokerAddr, UplinkError> {
-    let bad = |problem: &str| UplinkError::Config {
+    BrokerAddr::parse(url).map_err(|e| UplinkError::Config {
         field: "broker_url",
-        problem: format!("{url:?}: {problem}"),
-    };
-    let (tls, rest) = if let Some(r) = url.strip_prefix("mqtts://") {
-        (true, r)
-    } else if let Some(r) = url.strip_prefix("mqtt://") {
-        (false, r)
-    } else {
-        return Err(bad("expected mqtt://host:port or mqtts://host:port"));
-    };
-    let rest = rest.trim_end_matches('/');
-    let (host, port) = rest.rsplit_once(':').ok_or_else(|| bad("missing :port"))?;
-    let port = port.parse::<u16>().map_err(|_| bad("bad port"))?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    if host.is_empty() {
-        return Err(bad("missing host"));
-    }
-    Ok(BrokerAddr {
-        host: host.to_string(),
-        port,
-        tls,
+        problem: e.to_string(),
     })
 }
 
@@ -105,8 +77,6 @@ pub fn options(settings: &Settings, addr: &BrokerAddr) -> Result<MqttOptions, Up
 }
 
 fn tls_config(settings: &Settings) -> Result<TlsConfiguration, UplinkError> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::CertificateDer;
     let bad = |problem: String| UplinkError::Config {
         field: "tls_ca_file",
         problem,
@@ -115,57 +85,9 @@ fn tls_config(settings: &Settings) -> Result<TlsConfiguration, UplinkError> {
         .tls_ca_file
         .as_ref()
         .ok_or_else(|| bad("mqtts:// needs a CA file".into()))?;
-    let pem = std::fs::read(path).map_err(|e| bad(format!("{}: {e}", path.display())))?;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(&pem) {
-        let cert = cert.map_err(|e| bad(format!("{}: {e}", path.display())))?;
-        roots.add(cert).map_err(|e| bad(e.to_string()))?;
-    }
-    if roots.is_empty() {
-        return Err(bad(format!("{}: no certificate", path.display())));
-    }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| bad(e.to_string()))?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    Ok(TlsConfiguration::Rustls(Arc::new(config)))
-}
-
-/// Exponential backoff with full jitter.
-#[derive(Debug)]
-pub struct Backoff {
-    min_ms: u64,
-    max_ms: u64,
-    attempt: u32,
-}
-
-impl Backoff {
-    /// From `min_ms`, doubling up to `max_ms`.
-    pub fn new(min_ms: u64, max_ms: u64) -> Backoff {
-        Backoff {
-            min_ms: min_ms.max(1),
-            max_ms: max_ms.max(min_ms.max(1)),
-            attempt: 0,
-        }
-    }
-
-    /// Back to the first delay (after a successful connection).
-    pub fn reset(&mut self) {
-        self.attempt = 0;
-    }
-
-    /// The next delay: uniform in [0, min(max, min * 2^attempt)].
-    pub fn next_delay(&mut self, random: u64) -> Duration {
-        let cap = self
-            .min_ms
-            .saturating_mul(1u64 << self.attempt.min(30))
-            .min(self.max_ms);
-        self.attempt = self.attempt.saturating_add(1);
-        Duration::from_millis(random % (cap + 1))
-    }
+    smtpguard_common::tls_client_config(path)
+        .map(TlsConfiguration::Rustls)
+        .map_err(|e| bad(e.to_string()))
 }
 
 struct Session {
@@ -430,7 +352,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn urls_parse_and_backoff_grows_with_jitter_within_bounds() {
+    fn broker_urls_parse() {
         assert_eq!(
             parse_url("mqtts://broker.example:8883").unwrap(),
             BrokerAddr {
@@ -441,11 +363,5 @@ mod tests {
         );
         assert!(parse_url("tcp://x:1").is_err());
         assert!(parse_url("mqtt://x").is_err());
-        let mut b = Backoff::new(100, 1000);
-        let caps: Vec<Duration> = (0..6).map(|_| b.next_delay(u64::MAX - 1)).collect();
-        assert!(caps.iter().all(|d| *d <= Duration::from_millis(1000)));
-        assert!(caps[0] <= Duration::from_millis(100));
-        b.reset();
-        assert_eq!(b.next_delay(0), Duration::ZERO);
     }
 }

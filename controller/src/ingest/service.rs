@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use rumqttc::{AsyncClient, Event, Packet, Publish, QoS, SubscribeReasonCode};
+use smtpguard_common::{now_ms, Backoff};
 use smtpguard_protocol::{topic, Freshness};
 use tokio::sync::mpsc;
 
@@ -50,13 +51,6 @@ const REQUEST_CAPACITY: usize = 10_000;
 
 /// Publishes buffered between the MQTT task and the worker.
 const INBOUND_CAPACITY: usize = 10_000;
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
 
 /// Runs the ingest until `shutdown` resolves. `admission` holds the embedded broker's login
 /// check empty until the broker has acknowledged the ingest's subscriptions, then fills it
@@ -98,7 +92,8 @@ pub async fn run(
 
     let plain = config.broker.is_embedded() || !config.ingest.shared_subscription;
     let mut generation = 0u64;
-    let mut backoff = Backoff::new();
+    // Reconnect delays: exponential from 100 ms to 10 s with full jitter.
+    let mut backoff = Backoff::new(100, 10_000);
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -151,7 +146,7 @@ pub async fn run(
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    let delay = backoff.next();
+                    let delay = backoff.next_delay(rand::random());
                     tracing::warn!(error = %e, retry_ms = delay.as_millis() as u64, "ingest connection lost");
                     tokio::time::sleep(delay).await;
                 }
@@ -168,25 +163,6 @@ pub async fn run(
     .await;
     let _ = tokio::task::spawn_blocking(move || worker.join()).await;
     Ok(())
-}
-
-/// Reconnect delays: exponential from 100 ms to 10 s with full jitter.
-struct Backoff {
-    attempt: u32,
-}
-
-impl Backoff {
-    fn new() -> Self {
-        Backoff { attempt: 0 }
-    }
-    fn reset(&mut self) {
-        self.attempt = 0;
-    }
-    fn next(&mut self) -> Duration {
-        let cap = 100u64.saturating_mul(1 << self.attempt.min(7)).min(10_000);
-        self.attempt = self.attempt.saturating_add(1);
-        Duration::from_millis(rand::random::<u64>() % cap + 1)
-    }
 }
 
 /// The enrolled keys as the embedded broker's login check sees them: none until the

@@ -2,6 +2,7 @@
 //! minimal HTTP/1.1 client, and a minimal WebDriver client for headless Chromium.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub use smtpguard_common::now_ms;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -76,13 +77,6 @@ pub struct Server {
     child: Option<Child>,
     /// The operator (NOC) token.
     pub operator: String,
-}
-
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
 }
 
 impl Server {

@@ -18,6 +18,7 @@
 //! cargo run --release -p smtpguard-tools --bin smtpguard-loadgen -- --agents 10000
 //! ```
 
+use smtpguard_common::now_ms;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -58,13 +59,6 @@ struct Args {
     /// do not share one open-file limit.
     #[arg(long)]
     mosquitto: bool,
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 fn raise_nofile() -> u64 {
