@@ -49,25 +49,27 @@ work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 data="$work/data"
 control="$work/control"
-mkdir -p "$data/usr/sbin" "$data/etc/init.d" "$data/etc/config" "$control"
+mkdir -p "$data/usr/sbin" "$data/etc/init.d" "$data/etc/config" "$data/etc/uci-defaults" "$control"
 
 install -m 0755 "$BINARY" "$data/usr/sbin/smtpguard-agent"
 install -m 0755 "$FILES/smtpguard.init" "$data/etc/init.d/smtpguard"
 # The config holds the broker password: root only.
 install -m 0600 "$FILES/smtpguard.config" "$data/etc/config/smtpguard"
+# Migrates an older config on install and after sysupgrade (default_postinst runs it).
+install -m 0755 "$FILES/smtpguard.uci-defaults" "$data/etc/uci-defaults/90-smtpguard"
 
 installed_size="$(du -sb --apparent-size "$data" | cut -f1)"
 
 cat >"$control/control" <<EOF
 Package: smtpguard
 Version: $VERSION-$RELEASE
-Depends: nftables
+Depends: nftables-json
 Source: firmware/openwrt/smtpguard
 SourceName: smtpguard
-License: Apache-2.0
+License: $(sed -n 's/^PKG_LICENSE:=//p' "$HERE/smtpguard/Makefile")
 Section: net
 Priority: optional
-Maintainer: smtpguard developers
+Maintainer: $(sed -n 's/^PKG_MAINTAINER:=//p' "$HERE/smtpguard/Makefile")
 Architecture: $ARCH
 Installed-Size: $installed_size
 Description: Edge defence against spam bots on the LAN.
@@ -77,8 +79,9 @@ EOF
 
 printf '/etc/config/smtpguard\n' >"$control/conffiles"
 
-# Same behaviour as the scripts OpenWrt's build generates: default_postinst enables and
-# (on a running router) starts the service; default_prerm stops and disables it.
+# Same behaviour as the scripts OpenWrt's build generates: default_postinst runs the package's
+# uci-defaults, enables and (on a running router) starts the service; default_prerm stops and
+# disables it.
 cat >"$control/postinst" <<'EOF'
 #!/bin/sh
 [ "${IPKG_NO_SCRIPT}" = "1" ] && exit 0

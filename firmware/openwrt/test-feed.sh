@@ -9,6 +9,8 @@
 #    With SMTPGUARD_HOST_AGENT set, the migrated config is also read by the real agent.
 #
 # Prints "feed: N passed, M failed" and exits non-zero on any failure.
+# Single-quoted $ strings below are for the inner shell or grep, not expansions here.
+# shellcheck disable=SC2016
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -110,9 +112,15 @@ cp "$old/smtpguard" "$work/after-first"
 check "layout 1: a second run succeeds" migrate "$old"
 check "layout 1: a second run changes nothing" cmp -s "$work/after-first" "$old/smtpguard"
 if [[ -n "${SMTPGUARD_HOST_AGENT:-}" ]]; then
+    # `keygen --config` (without --key) parses the whole config, like `run`, then writes
+    # agent.key into agent.state_dir (a scratch directory here).
+    sed "s|'/etc/smtpguard'|'$work/state-old'|" "$HERE/tests/smtpguard.config.layout1" >"$work/layout1.config"
+    check "the real agent refuses the layout-1 config (why the migration exists)" \
+        bash -c '! "$1" keygen --config "$2" >/dev/null 2>&1' _ "$SMTPGUARD_HOST_AGENT" "$work/layout1.config"
     sed -i "s|'/etc/smtpguard'|'$work/state'|" "$old/smtpguard"
     check "the real agent reads the migrated config" \
-        "$SMTPGUARD_HOST_AGENT" keygen --config "$old/smtpguard" --key "$work/agent.key"
+        "$SMTPGUARD_HOST_AGENT" keygen --config "$old/smtpguard"
+    check "... and used its state_dir" test -s "$work/state/agent.key"
 fi
 
 enrolled="$work/enrolled"
