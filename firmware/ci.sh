@@ -3,7 +3,8 @@
 # (as root: installs qemu-user, binutils, shellcheck and the cross tools when missing).
 #
 # 1. shellcheck of the firmware scripts; the OpenWrt package tests: feed Makefile and
-#    uci-defaults migration (test-feed.sh), .ipk (test-mkipk.sh), .apk (test-mkapk.sh).
+#    uci-defaults migration (test-feed.sh), .ipk (test-mkipk.sh), .apk (test-mkapk.sh),
+#    luci-app-smtpguard in headless Chromium (test-luci.sh).
 # 2. The agent for the host and for each router target (firmware/build.sh --check-size).
 # 3. Each router binary under qemu-user: `--version` and a replay of a corpus capture
 #    (`replay --pcap ... --format json`) must print byte for byte what the host build prints.
@@ -81,6 +82,7 @@ sg_need_apt qemu-mipsel qemu-user
 sg_need_apt readelf binutils
 sg_need_apt shellcheck shellcheck
 sg_need_apt timeout coreutils
+sg_need_apt chromium chromium
 
 step "shellcheck"
 if shellcheck -x firmware/*.sh firmware/openwrt/*.sh firmware/openwrt/smtpguard/files/smtpguard.init \
@@ -102,6 +104,13 @@ if firmware/openwrt/test-mkipk.sh; then
     ok "mkipk package test"
 else
     fail "mkipk package test"
+fi
+
+step "LuCI app (headless Chromium)"
+if timeout 600 firmware/openwrt/test-luci.sh; then
+    ok "luci-app-smtpguard test"
+else
+    fail "luci-app-smtpguard test"
 fi
 
 step "OpenWrt 25.12 package (mkapk)"
@@ -150,6 +159,13 @@ EOF
     else
         cat "$OUT/feed-agent.log" >&2
         fail "host: the agent reads the config migrated by uci-defaults"
+    fi
+    # The LuCI test's status.json fixture, read by the real agent (`status`).
+    if SMTPGUARD_HOST_AGENT="$host_bin" timeout 600 firmware/openwrt/test-luci.sh >"$OUT/luci-agent.log" 2>&1; then
+        ok "host: the agent reads the LuCI test's status fixture"
+    else
+        cat "$OUT/luci-agent.log" >&2
+        fail "host: the agent reads the LuCI test's status fixture"
     fi
 fi
 
