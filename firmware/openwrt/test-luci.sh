@@ -196,6 +196,25 @@ print("ok: " + f"{len(shown)} options shown of {len(known)} the agent accepts")
 ' "$work/settings.json" "$ROOT/agent/src/config.rs" "$CONFIG"
 
 
+# A router where the agent has not run yet: the page says so instead of a table.
+kill "$server" 2>/dev/null || true
+wait "$server" 2>/dev/null || true
+rm -f "$work/port"
+python3 "$T/serve.py" "$APP" - "$CONFIG" "$work/port" "$work/calls" &
+server=$!
+for _ in $(seq 100); do [[ -s "$work/port" ]] && break; sleep 0.1; done
+port="$(cat "$work/port")"
+result "view=status" >"$work/empty.json"
+py_checks "status view, no status file" '
+import json, sys
+res = json.load(open(sys.argv[1]))
+def check(what, cond, detail=""):
+    print(("ok: " if cond else "FAIL: ") + what + ("" if cond else f" ({detail})"))
+check("rendered without error", res.get("ok") is True, res.get("error"))
+check("no device rows", res.get("rows") == [], res.get("rows"))
+check("says the agent has not run", "no status file: the agent has not run yet" in res.get("text", ""), res.get("text"))
+' "$work/empty.json"
+
 # 3. The fixture is what the agent writes: the real agent reads it.
 if [[ -n "${SMTPGUARD_HOST_AGENT:-}" ]]; then
     mkdir -p "$work/state"

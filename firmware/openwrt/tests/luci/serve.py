@@ -6,7 +6,7 @@ ephemeral port (written to PORT_FILE), until killed.
 
 POST /ubus answers the JSON-RPC calls the views make, in the shape the router would:
 - luci.smtpguard status: what root/usr/share/rpcd/ucode/smtpguard.uc returns,
-  { path, now_ms, status } with STATUS_JSON as the status (the agent's own file);
+  { path, now_ms, status } with STATUS_JSON as the status (the agent's own file), or { error } for "-";
 - luci.smtpguard release { mac }: the backend's MAC check, then what the agent does (the
   device's enforcement entry is replaced by a manual release), { ok, output };
 - uci get { config }: the sections of UCI_CONFIG, { values: { section: { option: value } } }.
@@ -24,8 +24,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 HTDOCS = os.path.join(APP, "htdocs")
 MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$", re.I)
 
-status = json.load(open(STATUS))
-now_ms = status["updated_ms"] + 1000
+# STATUS_JSON "-": no status file on the router (the agent has not run yet).
+status = json.load(open(STATUS)) if STATUS != "-" else None
+now_ms = (status["updated_ms"] if status else 0) + 1000
 
 
 def uci_values(path):
@@ -45,6 +46,8 @@ def uci_values(path):
 
 def ubus(obj, method, args):
     if (obj, method) == ("luci.smtpguard", "status"):
+        if status is None:
+            return {"error": "no status file: the agent has not run yet"}
         return {"path": "/var/run/smtpguard/status.json", "now_ms": now_ms, "status": status}
     if (obj, method) == ("luci.smtpguard", "release"):
         mac = args.get("mac")

@@ -34,9 +34,16 @@ const methods = {
 				let text = readfile(path);
 				if (text == null)
 					continue;
-				let status = json(text);
+				let status;
+				try {
+					status = json(text);
+				}
+				catch (e) {
+					status = null;
+				}
+				// The agent replaces the file atomically, so a bad one is not a torn write.
 				if (type(status) != 'object')
-					return { error: 'status file is not JSON: ' + path };
+					return { error: 'status file is not a JSON object: ' + path };
 				return { path, now_ms: time() * 1000, status };
 			}
 			return { error: 'no status file: the agent has not run yet' };
