@@ -88,6 +88,8 @@ for v, src in views.items():
     check(f"{v}.js declares only luci.smtpguard methods the ACL grants",
           set(re.findall(r"method: \x27(\w+)\x27", src)) <= {"status", "release"})
 check("status.js: release passes the MAC", "params: [ \x27mac\x27 ]" in views["status"])
+check("settings.js: no option depends on another (LuCI would delete the hidden ones on save)",
+      ".depends(" not in views["settings"])
 mk = open(f"{app}/Makefile").read()
 check("LuCI Makefile includes ../../luci.mk", "\ninclude ../../luci.mk\n" in mk)
 check("LuCI Makefile depends on smtpguard and rpcd-mod-ucode", "+smtpguard" in mk and "+rpcd-mod-ucode" in mk)

@@ -6,6 +6,8 @@
 // agent reads (agent/src/config.rs); the agent refuses unknown options, so nothing else may
 // be added. An emptied field is deleted from the file and the agent uses its default.
 // Saving commits the config, and procd restarts the agent (procd_add_reload_trigger).
+// No option depends on another: LuCI deletes options whose dependency is unmet when it saves,
+// and switching the uplink off must not throw away the router's broker login.
 
 return view.extend({
 	render: function() {
@@ -18,7 +20,7 @@ return view.extend({
 		o = s.option(form.Value, 'interface', _('LAN bridge'),
 			_('The interface whose devices are watched.'));
 		o.placeholder = 'br-lan';
-		o.datatype = 'network';
+		o.datatype = 'maxlength(15)';
 		o = s.option(form.Value, 'leases_file', _('DHCP lease file'),
 			_('dnsmasq lease file, for host names.'));
 		o.placeholder = '/tmp/dhcp.leases';
@@ -54,12 +56,9 @@ return view.extend({
 		o = s.option(form.Value, 'broker_url', _('Broker'),
 			_('MQTT broker of the ISP\'s controller, mqtts:// for TLS.'));
 		o.placeholder = 'mqtts://controller.isp.example:8883';
-		o.depends('enabled', '1');
 		o = s.option(form.Value, 'username', _('User name'));
-		o.depends('enabled', '1');
 		o = s.option(form.Value, 'password', _('Password'));
 		o.password = true;
-		o.depends('enabled', '1');
 		o = s.option(form.Value, 'controller_public_key', _('Controller public key'),
 			_('Policy not signed with this key is refused.'));
 		o.placeholder = 'ed25519:<64 hex digits>';
@@ -67,16 +66,13 @@ return view.extend({
 			return (value == '' || /^ed25519:[0-9a-fA-F]{64}$/.test(value))
 				? true : _('Expecting ed25519: and 64 hexadecimal digits');
 		};
-		o.depends('enabled', '1');
 		o = s.option(form.Value, 'tls_ca_file', _('CA bundle'),
 			_('CA certificates for the broker\'s TLS certificate.'));
 		o.placeholder = '/etc/ssl/certs/ca-certificates.crt';
-		o.depends('enabled', '1');
 		o = s.option(form.Value, 'policy_version_floor', _('Oldest policy version accepted'),
 			_('An older, validly signed policy replayed on the broker is refused. 0 sets no floor.'));
 		o.datatype = 'uinteger';
 		o.optional = true;
-		o.depends('enabled', '1');
 
 		s = m.section(form.NamedSection, 'agent', 'agent', _('Agent'));
 		o = s.option(form.Value, 'state_dir', _('State directory'),
