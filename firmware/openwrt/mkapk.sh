@@ -57,13 +57,15 @@ trap 'rm -rf "$work"' EXIT
 data="$work/data"
 control="$work/control"
 mkdir -p "$data/usr/sbin" "$data/etc/init.d" "$data/etc/config" "$data/etc/uci-defaults" \
-    "$data/lib/apk/packages" "$control"
+    "$data/lib/upgrade/keep.d" "$data/lib/apk/packages" "$control"
 
 install -m 0755 "$BINARY" "$data/usr/sbin/smtpguard-agent"
 install -m 0755 "$FILES/smtpguard.init" "$data/etc/init.d/smtpguard"
 # The config holds the broker password: root only.
 install -m 0600 "$FILES/smtpguard.config" "$data/etc/config/smtpguard"
 install -m 0755 "$FILES/smtpguard.uci-defaults" "$data/etc/uci-defaults/90-smtpguard"
+# sysupgrade keeps the state directory (the router's key: a new one means a new enrollment).
+install -m 0644 "$FILES/smtpguard.keep" "$data/lib/upgrade/keep.d/smtpguard"
 
 meta="$data/lib/apk/packages"
 (cd "$data" && find . -type f -printf '/%P\n' | LC_ALL=C sort) >"$work/list"

@@ -49,7 +49,8 @@ work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 data="$work/data"
 control="$work/control"
-mkdir -p "$data/usr/sbin" "$data/etc/init.d" "$data/etc/config" "$data/etc/uci-defaults" "$control"
+mkdir -p "$data/usr/sbin" "$data/etc/init.d" "$data/etc/config" "$data/etc/uci-defaults" \
+    "$data/lib/upgrade/keep.d" "$control"
 
 install -m 0755 "$BINARY" "$data/usr/sbin/smtpguard-agent"
 install -m 0755 "$FILES/smtpguard.init" "$data/etc/init.d/smtpguard"
@@ -57,6 +58,8 @@ install -m 0755 "$FILES/smtpguard.init" "$data/etc/init.d/smtpguard"
 install -m 0600 "$FILES/smtpguard.config" "$data/etc/config/smtpguard"
 # Migrates an older config on install and after sysupgrade (default_postinst runs it).
 install -m 0755 "$FILES/smtpguard.uci-defaults" "$data/etc/uci-defaults/90-smtpguard"
+# sysupgrade keeps the state directory (the router's key: a new one means a new enrollment).
+install -m 0644 "$FILES/smtpguard.keep" "$data/lib/upgrade/keep.d/smtpguard"
 
 installed_size="$(du -sb --apparent-size "$data" | cut -f1)"
 

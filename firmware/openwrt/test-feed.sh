@@ -62,6 +62,8 @@ check "Makefile: the 'stripped' profile is not mentioned" lacks "$MK" 'stripped.
 check "Makefile: router profile exists in Cargo.toml" has "$ROOT/Cargo.toml" '^\[profile\.router\]$'
 check "Makefile: conffiles" has "$MK" '^/etc/config/smtpguard$'
 check "Makefile: installs the uci-defaults" has "$MK" 'smtpguard\.uci-defaults \$\(1\)/etc/uci-defaults/90-smtpguard'
+check "Makefile: installs the sysupgrade keep file" has "$MK" 'smtpguard\.keep \$\(1\)/lib/upgrade/keep.d/smtpguard'
+check "keep file names the state directory" has "$FILES/smtpguard.keep" '^/etc/smtpguard/$'
 check "Makefile: prerm drops the nft table" has "$MK" 'nft delete table inet smtpguard'
 
 # 2. The source tarball.

@@ -92,6 +92,7 @@ files = {m.name: m for m in dtar.getmembers()}
 expected = {
     "usr/sbin/smtpguard-agent": 0o755, "etc/init.d/smtpguard": 0o755,
     "etc/config/smtpguard": 0o600, "etc/uci-defaults/90-smtpguard": 0o755,
+    "lib/upgrade/keep.d/smtpguard": 0o644,
     "lib/apk/packages/smtpguard.list": 0o644, "lib/apk/packages/smtpguard.conffiles": 0o644,
     "lib/apk/packages/smtpguard.conffiles_static": 0o644,
 }
@@ -110,6 +111,7 @@ listed = read("lib/apk/packages/smtpguard.list").decode().split()
 check("file list: every packaged file but the list and conffiles",
       listed == sorted("/" + n for n in expected if not n.startswith("lib/apk/packages/smtpguard.conffiles")
                        and n != "lib/apk/packages/smtpguard.list"), listed)
+check("sysupgrade keeps the state directory", read("lib/upgrade/keep.d/smtpguard") == b"/etc/smtpguard/\n")
 check("conffiles", read("lib/apk/packages/smtpguard.conffiles") == b"/etc/config/smtpguard\n")
 static = read("lib/apk/packages/smtpguard.conffiles_static").decode().split()
 check("conffiles_static: path and SHA-256",
