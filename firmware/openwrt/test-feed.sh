@@ -111,6 +111,14 @@ for gone in controller thresholds agent.interface agent.mode agent.key_path agen
 done
 check "layout 1: committed (nothing left staged)" test ! -e "$old/.staged/smtpguard"
 cp "$old/smtpguard" "$work/after-first"
+# OpenWrt sources uci-defaults scripts in a subshell (`( . "$i" ) && rm -f "$i"`, in
+# /etc/init.d/boot and default_postinst): the same result that way.
+sourced="$work/sourced"
+mkdir -p "$sourced"
+cp "$HERE/tests/smtpguard.config.layout1" "$sourced/smtpguard"
+check "layout 1, sourced as OpenWrt does: succeeds" env UCI_CONFIG_DIR="$sourced" PATH="$work/bin:$PATH" \
+    sh -c '( cd /tmp && . "$1" )' _ "$FILES/smtpguard.uci-defaults"
+check "layout 1, sourced: same result" cmp -s "$work/after-first" "$sourced/smtpguard"
 check "layout 1: a second run succeeds" migrate "$old"
 check "layout 1: a second run changes nothing" cmp -s "$work/after-first" "$old/smtpguard"
 if [[ -n "${SMTPGUARD_HOST_AGENT:-}" ]]; then
