@@ -80,7 +80,15 @@ if git -C "$ROOT" rev-parse --verify --quiet HEAD >/dev/null; then
         tag="$("$HERE/source-tarball.sh" "$work/tag")"
         check "PKG_HASH is the hash of tag v$version" has "$MK" "^PKG_HASH:=${tag%% *}\$"
     else
-        printf 'note: no tag v%s here: PKG_HASH checked for form only\n' "$version"
+        # Until the tag exists, the Makefile's comment names the commit the hash is of.
+        commit="$(sed -n 's/^# Until v.* is tagged, PKG_HASH is that of commit \([0-9a-f]*\) .*/\1/p' "$MK")"
+        check "Makefile names the commit of its PKG_HASH (no tag v$version yet)" test -n "$commit"
+        if [[ -n "$commit" ]] && git -C "$ROOT" rev-parse --verify --quiet "$commit^{commit}" >/dev/null; then
+            pinned="$("$HERE/source-tarball.sh" "$commit" "$work/pinned")"
+            check "PKG_HASH is the hash of commit $commit" has "$MK" "^PKG_HASH:=${pinned%% *}\$"
+        else
+            printf 'note: commit %s is not in this clone: PKG_HASH checked for form only\n' "$commit"
+        fi
     fi
 fi
 
