@@ -11,8 +11,13 @@
 # Steps (each prints PASS or FAIL; the script exits non-zero on any FAIL and never skips):
 #   1. the laptop submits mail through the allowlisted ISP relay (587, STARTTLS, AUTH): delivered,
 #      not limited;
+#   1b. the agent runs as its own user with only CAP_NET_RAW and CAP_NET_ADMIN and no_new_privs,
+#      and over 20 s of household traffic and telemetry writes nothing to its persistent state
+#      directory (flash on a router) while its status file in the runtime directory stays current;
 #   2. the bot looks up MX records and sends a bounded burst of direct-to-MX mail: it is
 #      rate-limited, then blocked; prints `detection-to-block: N s` (must be <= 60 s);
+#   2b. the ISP's controller (embedded broker, on the WAN side) has the router online, the bot
+#      infected from the router's alert, and the bot's verdict history;
 #   3. while blocked, the bot's web traffic and the laptop's mail still work;
 #   4. kill -9 the agent: the block stays in force; restart it: state restored, no duplicate rules;
 #      then a firewall restart (every table flushed): the agent puts its table back with the block;
@@ -58,7 +63,7 @@ fi
 
 need=()
 for entry in nft:nftables dnsmasq:dnsmasq-base swaks:swaks openssl:openssl ip:iproute2 \
-    curl:curl dig:bind9-dnsutils nc:netcat-openbsd \
+    curl:curl dig:bind9-dnsutils nc:netcat-openbsd inotifywait:inotify-tools setpriv:util-linux \
     /usr/lib/python3/dist-packages/aiosmtpd:python3-aiosmtpd; do
     probe=${entry%%:*}
     case "$probe" in
@@ -107,6 +112,11 @@ DOMAINS=40 # d1.test .. d40.test, MX mx.dN.test at 198.19.N.25 (one /24 each)
 BLOCK_TTL=45 # long enough that the block is still in force through steps 3 and 4
 GRACE_SECS=40 # the agent's release grace period
 WORK=$(mktemp -d /tmp/smtpguard-e2e.XXXXXX)
+# The agent runs as its own user with only CAP_NET_RAW and CAP_NET_ADMIN, as on a router;
+# everything it reads or writes is in $RDIR: flash-like persistent state and RAM-like runtime
+# state in two directories.
+AGENT_UID=4242
+RDIR=$WORK/router STATE=$WORK/router/state RUNDIR=$WORK/router/run
 PIDS=()
 AGENT_PID=
 
@@ -251,7 +261,8 @@ check "laptop resolves MX records through the router" \
 # reaches it through its own WAN address, like a real router.
 
 in_ns "$NS_WAN" ip addr add "$CTL/32" dev lo || die "address $CTL"
-mkdir -p "$WORK/state"
+mkdir -p "$STATE" "$RUNDIR"
+chmod 711 "$WORK"
 openssl rand -hex 24 >"$WORK/operator.token"
 OPERATOR_TOKEN=$(cat "$WORK/operator.token")
 cat >"$WORK/controller.toml" <<EOF
@@ -269,7 +280,7 @@ operator_token_file = "$WORK/operator.token"
 EOF
 ctl() { "$CONTROLLER" --config "$WORK/controller.toml" "$@"; }
 CONTROLLER_KEY=$(ctl keygen 2>/dev/null | grep '^ed25519:') || die "controller keygen"
-KEYGEN_OUT=$("$AGENT" keygen --key "$WORK/state/agent.key" 2>/dev/null) || die "agent keygen"
+KEYGEN_OUT=$("$AGENT" keygen --key "$STATE/agent.key" 2>/dev/null) || die "agent keygen"
 CPE_ID=$(awk '/^cpe_id:/ {print $2}' <<<"$KEYGEN_OUT")
 CPE_KEY=$(awk '/^public_key:/ {print $2}' <<<"$KEYGEN_OUT")
 ENROLLED=$(ctl cpe add "$CPE_ID" "$CPE_KEY" 2>/dev/null) || die "cpe add"
@@ -293,7 +304,7 @@ pass "controller runs on the ISP side ($CTL), the router enrolled as $CPE_ID"
 # ---------------------------------------------------------------------------------------------
 # The agent on the router.
 
-cat >"$WORK/policy.toml" <<EOF
+cat >"$RDIR/policy.toml" <<EOF
 # Test policy: enforce, short block. The ISP relay is in the router's own config below,
 # where no policy can take it out.
 mode = "enforce"
@@ -302,14 +313,15 @@ rate_limit_per_minute = 6
 allow_relays = []
 telemetry_interval_secs = 5
 EOF
-cat >"$WORK/agent.toml" <<EOF
-state_dir = "$WORK/state"
-policy_file = "$WORK/policy.toml"
+cat >"$RDIR/agent.toml" <<EOF
+state_dir = "$STATE"
+runtime_dir = "$RUNDIR"
+policy_file = "$RDIR/policy.toml"
 isp_relays = ["$RELAY:587"]
 
 [capture]
 interface = "br-lan"
-leases_file = "$WORK/dhcp.leases"
+leases_file = "$RDIR/dhcp.leases"
 
 [enforce]
 backend = "nftables"
@@ -325,17 +337,21 @@ controller_public_key = "$CONTROLLER_KEY"
 EOF
 
 # The router's DHCP server names the devices (dnsmasq lease format); the agent reads it.
-printf '%s\n' "0 $BOT_MAC $BOT_IP old-pc *" "0 $LAP_MAC $LAP_IP laptop *" >"$WORK/dhcp.leases"
+printf '%s\n' "0 $BOT_MAC $BOT_IP old-pc *" "0 $LAP_MAC $LAP_IP laptop *" >"$RDIR/dhcp.leases"
+chown -R "$AGENT_UID:$AGENT_UID" "$RDIR" && chmod 700 "$RDIR" || die "chown the agent's files"
 
 start_agent() {
-    ip netns exec "$NS_RTR" env RUST_LOG=info NO_COLOR=1 "$AGENT" run --config "$WORK/agent.toml" \
+    ip netns exec "$NS_RTR" setpriv --reuid=$AGENT_UID --regid=$AGENT_UID --clear-groups \
+        --inh-caps=-all,+net_raw,+net_admin --ambient-caps=-all,+net_raw,+net_admin \
+        --bounding-set=-all,+net_raw,+net_admin --no-new-privs \
+        env RUST_LOG=info NO_COLOR=1 "$AGENT" run --config "$RDIR/agent.toml" \
         >>"$WORK/agent.log" 2>&1 &
     AGENT_PID=$!
 }
 agent_ready() { # the table is installed and the running agent wrote its status
     kill -0 "$AGENT_PID" &&
         in_ns "$NS_RTR" nft list chain inet smtpguard mail_check >/dev/null &&
-        grep -q "\"pid\": $AGENT_PID" "$WORK/state/status.json"
+        grep -q "\"pid\": $AGENT_PID" "$RUNDIR/status.json"
 }
 nft_set_has() { # nft_set_has SET MAC
     in_ns "$NS_RTR" nft list set inet smtpguard "$1" 2>/dev/null | grep -F "$2" >/dev/null
@@ -384,6 +400,45 @@ step "1. laptop submits mail through the allowlisted ISP relay"
 check "laptop's message accepted by the relay (587, STARTTLS, AUTH)" laptop_submit e2e-laptop-1
 check "relay received the laptop's message" grep -q "subject=e2e-laptop-1" "$WORK/mail.log"
 check "laptop is neither limited nor blocked" not_enforced $LAP_MAC
+
+# ---------------------------------------------------------------------------------------------
+step "1b. the agent runs unprivileged and leaves flash alone in steady state"
+
+proc_field() { awk -v k="$1:" '$1 == k {print $2}' "/proc/$AGENT_PID/status"; }
+check "the agent runs as its own user (uid $AGENT_UID), not root" \
+    test "$(proc_field Uid)" = "$AGENT_UID"
+# CAP_NET_ADMIN is bit 12, CAP_NET_RAW bit 13: 0x3000 and nothing else.
+check "the agent holds only CAP_NET_RAW and CAP_NET_ADMIN (CapEff $(proc_field CapEff))" \
+    test "$(proc_field CapEff)" = 0000000000003000
+check "the agent runs with no_new_privs" test "$(proc_field NoNewPrivs)" = 1
+router_online() { [ "$(api GET "/api/cpes/$CPE_ID" | json "j['cpe'].get('status')")" = online ]; }
+wait_for 30 router_online || fail "the router is online at the controller before the steady-state window"
+# Every write to the persistent state directory (flash on a router) and to the status file
+# in the runtime directory (RAM) over a window of normal household traffic and telemetry.
+WINDOW=20
+watch_writes() { # watch_writes DIR LOG
+    in_ns "$NS_RTR" inotifywait -m -r -q -e close_write,moved_to,create,delete \
+        --format '%e %w%f' "$1" >"$2" 2>"$2.err" &
+    PIDS+=($!)
+    echo $!
+}
+FLASH_WATCH=$(watch_writes "$STATE" "$WORK/flash-writes.log")
+RAM_WATCH=$(watch_writes "$RUNDIR" "$WORK/ram-writes.log")
+WINDOW_END=$(($(date +%s) + WINDOW))
+n=0
+while [ "$(date +%s)" -lt "$WINDOW_END" ] && [ $n -lt 10 ]; do
+    n=$((n + 1))
+    laptop_submit "e2e-laptop-steady-$n" || true
+    in_ns "$NS_LAP" curl -s --max-time 3 "http://$WEB/" >/dev/null || true
+    sleep 2 # the household's pace, not a wait for a condition
+done
+while [ "$(date +%s)" -lt "$WINDOW_END" ]; do sleep 0.5; done
+kill "$FLASH_WATCH" "$RAM_WATCH" 2>/dev/null
+FLASH_WRITES=$(grep -c . "$WORK/flash-writes.log")
+STATUS_WRITES=$(grep -c 'MOVED_TO.*status.json' "$WORK/ram-writes.log")
+echo "  steady state, $WINDOW s, $n laptop messages: $FLASH_WRITES writes in the state directory (flash), status file rewritten $STATUS_WRITES times in the runtime directory (RAM)"
+check "no flash writes in $WINDOW s of steady state" test "$FLASH_WRITES" -eq 0
+check "the status file in RAM stayed current (rewritten $STATUS_WRITES times)" test "$STATUS_WRITES" -ge 1
 
 # ---------------------------------------------------------------------------------------------
 step "2. bot sends a burst of direct-to-MX mail"
@@ -441,7 +496,7 @@ check "rate limit came before the block (agent log)" \
 DROPS_BEFORE=$(rule_counter blocked)
 check "bot cannot connect to a mail server while blocked" bot_cannot_connect 198.19.7.25
 check "the block's drop rule counted the bot's SYNs" test "$(rule_counter blocked)" -gt "${DROPS_BEFORE:-0}"
-STATUS=$(in_ns "$NS_RTR" "$AGENT" status --config "$WORK/agent.toml" 2>&1)
+STATUS=$(in_ns "$NS_RTR" "$AGENT" status --config "$RDIR/agent.toml" 2>&1)
 echo "$STATUS" | sed 's/^/  | /'
 check "\`smtpguard-agent status\` shows the bot blocked in the kernel" \
     bash -c "grep -qE '$BOT_MAC +blocked' <<<\"\$0\"" "$STATUS"
@@ -456,7 +511,6 @@ cpe_field() { cpe_json | json "j['cpe'].get('$1')"; }
 bot_json() { # the bot's device record at the controller
     cpe_json | json "next((d for d in j['devices'] if d['mac'] == '$BOT_MAC'), None)"
 }
-router_online() { [ "$(cpe_field status)" = online ]; }
 bot_infected_at_controller() {
     [ "$(cpe_json | json "next((d['verdict'] for d in j['devices'] if d['mac'] == '$BOT_MAC'), '')")" = infected ]
 }
@@ -501,7 +555,7 @@ AGENT_PID=
 check "agent process is gone" bash -c "! kill -0 $OLD_PID 2>/dev/null"
 check "block still in the kernel's set with the agent dead" nft_set_has blocked $BOT_MAC
 check "bot still cannot connect to a mail server" bot_cannot_connect 198.19.9.25
-check "block recorded in the state file" grep -q "$BOT_MAC" "$WORK/state/enforce-state.json"
+check "block recorded in the state file" grep -q "$BOT_MAC" "$STATE/enforce-state.json"
 start_agent
 if wait_for 20 agent_ready; then pass "agent restarted"; else fail "agent restarted"; fi
 in_ns "$NS_RTR" nft -a list table inet smtpguard >"$WORK/table-after.txt"
@@ -510,7 +564,7 @@ check "no duplicate rules after restart ($RULES_BEFORE rules before, $RULES_AFTE
     test "$RULES_BEFORE" -eq "$RULES_AFTER"
 check "block restored and still in force after restart" nft_set_has blocked $BOT_MAC
 check "agent reports the restored block" \
-    bash -c "grep -q '\"mac\": \"$BOT_MAC\"' $WORK/state/status.json"
+    bash -c "grep -q '\"mac\": \"$BOT_MAC\"' $RUNDIR/status.json"
 
 # ---------------------------------------------------------------------------------------------
 step "4b. a firewall restart flushes every table: the agent puts its own back with the block"
@@ -550,7 +604,7 @@ step "6. a person releases the bot by hand: lifted at once, held off for the gra
 
 # The bot's message above may already have put it under a rate limit or block again (it
 # resumed); the release lifts whatever is in force.
-RELEASE_OUT=$(in_ns "$NS_RTR" "$AGENT" release $BOT_MAC --config "$WORK/agent.toml" 2>&1)
+RELEASE_OUT=$(in_ns "$NS_RTR" "$AGENT" release $BOT_MAC --config "$RDIR/agent.toml" 2>&1)
 echo "$RELEASE_OUT" | sed 's/^/  | /'
 check "\`smtpguard-agent release\` succeeds" grep -q "$BOT_MAC" <<<"$RELEASE_OUT"
 check "the running agent took the release before the command returned" \
@@ -572,7 +626,7 @@ check "bot's mail after the release is delivered ($SENT messages)" \
     test "$(mail_count "subject=e2e-bot-after-release-")" -eq "$SENT"
 check "the running agent does not re-enforce during the grace period" not_enforced $BOT_MAC
 status_shows_release() {
-    in_ns "$NS_RTR" "$AGENT" status --config "$WORK/agent.toml" | grep 'released by hand' >/dev/null
+    in_ns "$NS_RTR" "$AGENT" status --config "$RDIR/agent.toml" | grep 'released by hand' >/dev/null
 }
 check "\`smtpguard-agent status\` shows the manual release" wait_for 10 status_shows_release
 check "the checks above ran within the grace period (${GRACE_SECS} s, agent log)" in_grace
@@ -604,7 +658,7 @@ wait "$BOT" 2>/dev/null
 step "7. a change of the local policy file reaches the table (no duplicate rules)"
 
 RULES_BEFORE=$(rule_count)
-sed -i "s|^allow_relays = .*|allow_relays = [\"198.51.100.0/24:465\"]|" "$WORK/policy.toml"
+sed -i "s|^allow_relays = .*|allow_relays = [\"198.51.100.0/24:465\"]|" "$RDIR/policy.toml"
 if wait_for 15 bash -c "ip netns exec $NS_RTR nft list set inet smtpguard relays4 | grep -q '198.51.100.0/24 . 465'"; then
     pass "new allowlisted relay is in the table"
 else
