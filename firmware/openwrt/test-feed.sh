@@ -113,6 +113,7 @@ check "layout 1 -> uplink.controller_public_key" same "$(get "$old" uplink.contr
 check "layout 1 -> uplink.enabled 0 without a controller key" same "$(get "$old" uplink.enabled)" "0"
 check "layout 1 -> led.name" same "$(get "$old" led.name)" ""
 check "layout 1 -> agent.state_dir kept" same "$(get "$old" agent.state_dir)" "/etc/smtpguard"
+check "layout 1 -> agent.runtime_dir in RAM" same "$(get "$old" agent.runtime_dir)" "/var/run/smtpguard"
 for gone in controller thresholds agent.interface agent.mode agent.key_path agent.enabled agent.log_level agent.led; do
     check "layout 1: $gone is gone" bash -c '! PATH="$1:$PATH" uci -q -c "$2" get "smtpguard.$3" >/dev/null' _ \
         "$work/bin" "$old" "$gone"
@@ -149,6 +150,22 @@ check "enrolled layout 1: migration runs" migrate "$enrolled"
 check "enrolled layout 1 -> uplink.enabled 1" same "$(get "$enrolled" uplink.enabled)" "1"
 check "enrolled layout 1 -> the key moved" same "$(get "$enrolled" uplink.controller_public_key)" "ed25519:$(printf '%064d' 7)"
 check "enrolled layout 1 -> a changed interface kept" same "$(get "$enrolled" capture.interface)" "br-home"
+
+layout2="$work/layout2"
+mkdir -p "$layout2"
+cp "$HERE/tests/smtpguard.config.layout2" "$layout2/smtpguard"
+check "layout 2: migration runs" migrate "$layout2"
+check "layout 2 -> agent.runtime_dir in RAM" same "$(get "$layout2" agent.runtime_dir)" "/var/run/smtpguard"
+check "layout 2: the other options kept" same "$(get "$layout2" uplink.broker_url) $(get "$layout2" capture.interface)" \
+    "mqtts://controller.isp.example:8883 br-lan"
+cp "$layout2/smtpguard" "$work/layout2-first"
+check "layout 2: a second run changes nothing" bash -c 'env UCI_CONFIG_DIR="$1" PATH="$2:$PATH" sh "$3" && cmp -s "$1/smtpguard" "$4"' _ \
+    "$layout2" "$work/bin" "$FILES/smtpguard.uci-defaults" "$work/layout2-first"
+set_own="$work/own-runtime"
+mkdir -p "$set_own"
+sed "s|option runtime_dir '/var/run/smtpguard'|option runtime_dir '/tmp/sg'|" "$FILES/smtpguard.config" >"$set_own/smtpguard"
+check "a runtime_dir of one's own: migration runs" migrate "$set_own"
+check "a runtime_dir of one's own is kept" same "$(get "$set_own" agent.runtime_dir)" "/tmp/sg"
 
 current="$work/current"
 mkdir -p "$current"

@@ -82,8 +82,14 @@ check("backend: release checks the MAC before running anything",
       uc.index("match(mac, MAC)") < uc.index("popen("))
 check("backend: runs smtpguard-agent release with the UCI config",
       "\x27%s release --config %s %s 2>&1\x27, AGENT, CONFIG, mac" in uc and "const CONFIG = \x27/etc/config/smtpguard\x27;" in uc)
-check("backend: /var/run status first, then the state dir",
-      "[ RUN_STATUS, state_dir + \x27/status.json\x27 ]" in uc and "\x27/var/run/smtpguard/status.json\x27" in uc)
+check("backend: status in runtime_dir (default /var/run/smtpguard) first, then in the state dir",
+      "[ runtime_dir + \x27/status.json\x27, state_dir + \x27/status.json\x27 ]" in uc
+      and "const RUNTIME_DIR = \x27/var/run/smtpguard\x27;" in uc)
+control = open(f"{root}/agent/src/enforce/control.rs").read()
+heartbeat = int(re.search(r"STATUS_HEARTBEAT_SECS: u64 = (\d+);", control).group(1))
+stale = int(re.search(r"STALE_AFTER_HEARTBEATS: u64 = (\d+);", control).group(1))
+check("status.js calls the agent not running when the agent does",
+      f"var STALE_MS = {heartbeat * stale * 1000};" in views["status"], (heartbeat, stale))
 for v, src in views.items():
     check(f"{v}.js declares only luci.smtpguard methods the ACL grants",
           set(re.findall(r"method: \x27(\w+)\x27", src)) <= {"status", "release"})
@@ -221,7 +227,8 @@ check("says the agent has not run", "no status file: the agent has not run yet" 
 if [[ -n "${SMTPGUARD_HOST_AGENT:-}" ]]; then
     mkdir -p "$work/state"
     cp "$T/status.json" "$work/state/status.json"
-    sed -e "s|'/etc/smtpguard'|'$work/state'|" -e "s|option backend 'nftables'|option backend 'none'|" \
+    sed -e "s|'/etc/smtpguard'|'$work/state'|" -e "s|'/var/run/smtpguard'|'$work/state'|" \
+        -e "s|option backend 'nftables'|option backend 'none'|" \
         "$CONFIG" >"$work/agent.config"
     check "the real agent reads the fixture" \
         bash -c '"$1" status --config "$2" >"$3" 2>&1' _ "$SMTPGUARD_HOST_AGENT" "$work/agent.config" "$work/agent-status.txt"

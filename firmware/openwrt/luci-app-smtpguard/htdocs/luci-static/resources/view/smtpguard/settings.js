@@ -82,6 +82,10 @@ return view.extend({
 		// router, and the init script prepares /etc/smtpguard.
 		o.rmempty = false;
 		o.datatype = 'minlength(1)';
+		o = s.option(form.Value, 'runtime_dir', _('Runtime directory'),
+			_('Status file and release requests, in RAM (lost at reboot by design); empty for the state directory, which is flash.'));
+		o.placeholder = '/var/run/smtpguard';
+		o.optional = true;
 		o = s.option(form.Value, 'policy_file', _('Local policy file'),
 			_('TOML in the controller\'s policy schema, used until the controller sends a policy; empty for the built-in defaults.'));
 		o.optional = true;

@@ -22,8 +22,9 @@ var callRelease = rpc.declare({
 	expect: { '': {} }
 });
 
-// The agent rewrites its status file every 2 s; 5 missed writes mean it is not running.
-var STALE_MS = 10000;
+// The agent rewrites an unchanged status file every 10 s (STATUS_HEARTBEAT_SECS); a file 3
+// heartbeats old means it is not running (agent/src/enforce/control.rs, running_at).
+var STALE_MS = 30000;
 
 var VERDICTS = {
 	clean: [ _('Clean'), '#2e7d32' ],

@@ -17,14 +17,17 @@ import { cursor } from 'uci';
 
 const AGENT = '/usr/sbin/smtpguard-agent';
 const CONFIG = '/etc/config/smtpguard';
-// Where the agent writes status.json: RAM first (where it is moving to), then the state
-// directory (where it writes it today).
-const RUN_STATUS = '/var/run/smtpguard/status.json';
+// Where the agent writes status.json: agent.runtime_dir (RAM, /var/run/smtpguard on
+// OpenWrt), else agent.state_dir (what an agent without runtime_dir uses).
+const RUNTIME_DIR = '/var/run/smtpguard';
+const STATE_DIR = '/etc/smtpguard';
 const MAC = regexp('^[0-9a-f]{2}(:[0-9a-f]{2}){5}$', 'i');
 
 function status_paths() {
-	let state_dir = cursor().get('smtpguard', 'agent', 'state_dir') || '/etc/smtpguard';
-	return [ RUN_STATUS, state_dir + '/status.json' ];
+	let uci = cursor();
+	let runtime_dir = uci.get('smtpguard', 'agent', 'runtime_dir') || RUNTIME_DIR;
+	let state_dir = uci.get('smtpguard', 'agent', 'state_dir') || STATE_DIR;
+	return [ runtime_dir + '/status.json', state_dir + '/status.json' ];
 }
 
 const methods = {
