@@ -57,7 +57,7 @@ trap 'rm -rf "$work"' EXIT
 data="$work/data"
 control="$work/control"
 mkdir -p "$data/usr/sbin" "$data/etc/init.d" "$data/etc/config" "$data/etc/uci-defaults" \
-    "$data/lib/upgrade/keep.d" "$data/lib/apk/packages" "$control"
+    "$data/etc/capabilities" "$data/lib/upgrade/keep.d" "$data/lib/apk/packages" "$control"
 
 install -m 0755 "$BINARY" "$data/usr/sbin/smtpguard-agent"
 install -m 0755 "$FILES/smtpguard.init" "$data/etc/init.d/smtpguard"
@@ -66,8 +66,13 @@ install -m 0600 "$FILES/smtpguard.config" "$data/etc/config/smtpguard"
 install -m 0755 "$FILES/smtpguard.uci-defaults" "$data/etc/uci-defaults/90-smtpguard"
 # sysupgrade keeps the state directory (the router's key: a new one means a new enrollment).
 install -m 0644 "$FILES/smtpguard.keep" "$data/lib/upgrade/keep.d/smtpguard"
+# procd's capability set for the agent (the init script uses it when the user exists).
+install -m 0644 "$FILES/smtpguard.capabilities" "$data/etc/capabilities/smtpguard.json"
 
 meta="$data/lib/apk/packages"
+# The user the init script runs the agent as (add_group_and_user, ids picked at install).
+printf 'smtpguard:smtpguard\n' >"$meta/smtpguard.rusers"
+chmod 0644 "$meta/smtpguard.rusers"
 (cd "$data" && find . -type f -printf '/%P\n' | LC_ALL=C sort) >"$work/list"
 install -m 0644 "$work/list" "$meta/smtpguard.list"
 printf '/etc/config/smtpguard\n' >"$meta/smtpguard.conffiles"
@@ -93,7 +98,8 @@ license = $LICENSE
 depend = nftables-json
 EOF
 
-# What OpenWrt's package-pack.mk writes for apk: default_postinst (runs the package's
+# What OpenWrt's package-pack.mk writes for apk: add_group_and_user (the user of
+# smtpguard.rusers), default_postinst (runs the package's
 # uci-defaults, enables and starts the service on a running router) and default_prerm
 # (stops and disables it), which find the package's files through $pkgname.
 cat >"$control/post-install" <<'EOF'
@@ -103,6 +109,7 @@ cat >"$control/post-install" <<'EOF'
 . "${IPKG_INSTROOT}/lib/functions.sh"
 export root="${IPKG_INSTROOT}"
 export pkgname="smtpguard"
+add_group_and_user
 default_postinst
 EOF
 {

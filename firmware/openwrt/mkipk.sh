@@ -50,7 +50,7 @@ trap 'rm -rf "$work"' EXIT
 data="$work/data"
 control="$work/control"
 mkdir -p "$data/usr/sbin" "$data/etc/init.d" "$data/etc/config" "$data/etc/uci-defaults" \
-    "$data/lib/upgrade/keep.d" "$control"
+    "$data/etc/capabilities" "$data/lib/upgrade/keep.d" "$control"
 
 install -m 0755 "$BINARY" "$data/usr/sbin/smtpguard-agent"
 install -m 0755 "$FILES/smtpguard.init" "$data/etc/init.d/smtpguard"
@@ -60,6 +60,8 @@ install -m 0600 "$FILES/smtpguard.config" "$data/etc/config/smtpguard"
 install -m 0755 "$FILES/smtpguard.uci-defaults" "$data/etc/uci-defaults/90-smtpguard"
 # sysupgrade keeps the state directory (the router's key: a new one means a new enrollment).
 install -m 0644 "$FILES/smtpguard.keep" "$data/lib/upgrade/keep.d/smtpguard"
+# procd's capability set for the agent (the init script uses it when the user exists).
+install -m 0644 "$FILES/smtpguard.capabilities" "$data/etc/capabilities/smtpguard.json"
 
 installed_size="$(du -sb --apparent-size "$data" | cut -f1)"
 
@@ -75,6 +77,7 @@ Priority: optional
 Maintainer: $(sed -n 's/^PKG_MAINTAINER:=//p' "$HERE/smtpguard/Makefile")
 Architecture: $ARCH
 Installed-Size: $installed_size
+Require-User: smtpguard:smtpguard
 Description: Edge defence against spam bots on the LAN.
  smtpguard-agent watches the outbound mail traffic of each LAN device, throttles or blocks
  a device that behaves like a spam bot and reports signed evidence to the ISP's controller.

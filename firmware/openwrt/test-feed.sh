@@ -64,6 +64,9 @@ check "Makefile: conffiles" has "$MK" '^/etc/config/smtpguard$'
 check "Makefile: installs the uci-defaults" has "$MK" 'smtpguard\.uci-defaults \$\(1\)/etc/uci-defaults/90-smtpguard'
 check "Makefile: installs the sysupgrade keep file" has "$MK" 'smtpguard\.keep \$\(1\)/lib/upgrade/keep.d/smtpguard'
 check "keep file names the state directory" has "$FILES/smtpguard.keep" '^/etc/smtpguard/$'
+check "Makefile: the agent's user" has "$MK" '^  USERID:=smtpguard:smtpguard$'
+check "Makefile: installs procd's capability set" has "$MK" 'smtpguard\.capabilities \$\(1\)/etc/capabilities/smtpguard\.json'
+check "the init script's capability file is the packaged one" has "$FILES/smtpguard.init" '^CAPABILITIES=/etc/capabilities/smtpguard\.json$'
 check "Makefile: prerm drops the nft table" has "$MK" 'nft delete table inet smtpguard'
 
 # 2. The source tarball.

@@ -79,8 +79,8 @@ for m in members:
         check(f"{m.name} parses", subprocess.run(["sh", "-n"], input=script).returncode == 0)
         text = script.decode()
         if m.name in (".post-install", ".post-upgrade"):
-            check(f"{m.name} runs default_postinst for smtpguard",
-                  'export pkgname="smtpguard"' in text and "\ndefault_postinst\n" in text)
+            check(f"{m.name} creates the user, then runs default_postinst for smtpguard",
+                  'export pkgname="smtpguard"\nadd_group_and_user\ndefault_postinst\n' in text)
         if m.name == ".post-upgrade":
             check(".post-upgrade says it is an upgrade", "export PKG_UPGRADE=1" in text)
         if m.name == ".pre-deinstall":
@@ -93,6 +93,7 @@ expected = {
     "usr/sbin/smtpguard-agent": 0o755, "etc/init.d/smtpguard": 0o755,
     "etc/config/smtpguard": 0o600, "etc/uci-defaults/90-smtpguard": 0o755,
     "lib/upgrade/keep.d/smtpguard": 0o644,
+    "etc/capabilities/smtpguard.json": 0o644, "lib/apk/packages/smtpguard.rusers": 0o644,
     "lib/apk/packages/smtpguard.list": 0o644, "lib/apk/packages/smtpguard.conffiles": 0o644,
     "lib/apk/packages/smtpguard.conffiles_static": 0o644,
 }
@@ -111,6 +112,7 @@ listed = read("lib/apk/packages/smtpguard.list").decode().split()
 check("file list: every packaged file but the list and conffiles",
       listed == sorted("/" + n for n in expected if not n.startswith("lib/apk/packages/smtpguard.conffiles")
                        and n != "lib/apk/packages/smtpguard.list"), listed)
+check("the agent's user (rusers)", read("lib/apk/packages/smtpguard.rusers") == b"smtpguard:smtpguard\n")
 check("sysupgrade keeps the state directory", read("lib/upgrade/keep.d/smtpguard") == b"/etc/smtpguard/\n")
 check("conffiles", read("lib/apk/packages/smtpguard.conffiles") == b"/etc/config/smtpguard\n")
 static = read("lib/apk/packages/smtpguard.conffiles_static").decode().split()

@@ -92,7 +92,7 @@ check_ipk() {
 
     check "$name: data layout" \
         same "$(tar -tzf "$dir/outer/data.tar.gz" | sort | tr '\n' ' ')" \
-        "./ ./etc/ ./etc/config/ ./etc/config/smtpguard ./etc/init.d/ ./etc/init.d/smtpguard ./etc/uci-defaults/ ./etc/uci-defaults/90-smtpguard ./lib/ ./lib/upgrade/ ./lib/upgrade/keep.d/ ./lib/upgrade/keep.d/smtpguard ./usr/ ./usr/sbin/ ./usr/sbin/smtpguard-agent "
+        "./ ./etc/ ./etc/capabilities/ ./etc/capabilities/smtpguard.json ./etc/config/ ./etc/config/smtpguard ./etc/init.d/ ./etc/init.d/smtpguard ./etc/uci-defaults/ ./etc/uci-defaults/90-smtpguard ./lib/ ./lib/upgrade/ ./lib/upgrade/keep.d/ ./lib/upgrade/keep.d/smtpguard ./usr/ ./usr/sbin/ ./usr/sbin/smtpguard-agent "
     check "$name: all files owned by root" \
         same "$(tar -tvzf "$dir/outer/data.tar.gz" | awk '$2 != "0/0"' | wc -l)" "0"
     check "$name: agent mode 0755" same "$(stat -c %a "$dir/data/usr/sbin/smtpguard-agent")" "755"
@@ -101,6 +101,8 @@ check_ipk() {
         same "$(stat -c %a "$dir/data/etc/config/smtpguard")" "600"
     check "$name: uci-defaults mode 0755" same "$(stat -c %a "$dir/data/etc/uci-defaults/90-smtpguard")" "755"
     check "$name: uci-defaults packaged unchanged" cmp -s "$HERE/smtpguard/files/smtpguard.uci-defaults" "$dir/data/etc/uci-defaults/90-smtpguard"
+    check "$name: capabilities for procd" cmp -s "$HERE/smtpguard/files/smtpguard.capabilities" "$dir/data/etc/capabilities/smtpguard.json"
+    check "$name: the agent's user is created on install" has_line "$c" "Require-User: smtpguard:smtpguard"
     check "$name: sysupgrade keeps the state directory" \
         same "$(cat "$dir/data/lib/upgrade/keep.d/smtpguard")" "/etc/smtpguard/"
     check "$name: postinst executable" same "$(stat -c %a "$dir/control/postinst")" "755"
