@@ -2,7 +2,9 @@
 # Router checks of smtpguard, run by the repository's test.sh on a fresh Debian 12 machine
 # (as root: installs qemu-user, binutils, shellcheck and the cross tools when missing).
 #
-# 1. shellcheck of the firmware scripts; the OpenWrt package test (mkipk).
+# 1. shellcheck of the firmware scripts; the OpenWrt package tests: feed Makefile and
+#    uci-defaults migration (test-feed.sh), .ipk (test-mkipk.sh), .apk (test-mkapk.sh),
+#    luci-app-smtpguard in headless Chromium (test-luci.sh).
 # 2. The agent for the host and for each router target (firmware/build.sh --check-size).
 # 3. Each router binary under qemu-user: `--version` and a replay of a corpus capture
 #    (`replay --pcap ... --format json`) must print byte for byte what the host build prints.
@@ -80,12 +82,21 @@ sg_need_apt qemu-mipsel qemu-user
 sg_need_apt readelf binutils
 sg_need_apt shellcheck shellcheck
 sg_need_apt timeout coreutils
+sg_need_apt chromium chromium
 
 step "shellcheck"
-if shellcheck -x firmware/*.sh firmware/openwrt/*.sh firmware/openwrt/smtpguard/files/smtpguard.init; then
+if shellcheck -x firmware/*.sh firmware/openwrt/*.sh firmware/openwrt/smtpguard/files/smtpguard.init \
+    firmware/openwrt/smtpguard/files/smtpguard.uci-defaults; then
     ok "shellcheck of the firmware scripts"
 else
     fail "shellcheck of the firmware scripts"
+fi
+
+step "OpenWrt feed package and uci-defaults migration"
+if timeout 300 firmware/openwrt/test-feed.sh; then
+    ok "feed Makefile and uci-defaults test"
+else
+    fail "feed Makefile and uci-defaults test"
 fi
 
 step "OpenWrt package (mkipk)"
@@ -93,6 +104,20 @@ if firmware/openwrt/test-mkipk.sh; then
     ok "mkipk package test"
 else
     fail "mkipk package test"
+fi
+
+step "LuCI app (headless Chromium)"
+if timeout 600 firmware/openwrt/test-luci.sh; then
+    ok "luci-app-smtpguard test"
+else
+    fail "luci-app-smtpguard test"
+fi
+
+step "OpenWrt 25.12 package (mkapk)"
+if timeout 300 firmware/openwrt/test-mkapk.sh; then
+    ok "mkapk package test"
+else
+    fail "mkapk package test"
 fi
 
 step "host agent"
@@ -128,6 +153,20 @@ assert isinstance(report.get("devices"), list), "no devices list"
 assert report.get("packets", 0) > 0, "no packets counted"
 EOF
     ok "host: --version and replay report"
+    # The uci-defaults migration's output, read by the real agent's config parser.
+    if SMTPGUARD_HOST_AGENT="$host_bin" timeout 300 firmware/openwrt/test-feed.sh >"$OUT/feed-agent.log" 2>&1; then
+        ok "host: the agent reads the config migrated by uci-defaults"
+    else
+        cat "$OUT/feed-agent.log" >&2
+        fail "host: the agent reads the config migrated by uci-defaults"
+    fi
+    # The LuCI test's status.json fixture, read by the real agent (`status`).
+    if SMTPGUARD_HOST_AGENT="$host_bin" timeout 600 firmware/openwrt/test-luci.sh >"$OUT/luci-agent.log" 2>&1; then
+        ok "host: the agent reads the LuCI test's status fixture"
+    else
+        cat "$OUT/luci-agent.log" >&2
+        fail "host: the agent reads the LuCI test's status fixture"
+    fi
 fi
 
 for target in "${TARGETS[@]}"; do
@@ -178,6 +217,12 @@ for target in "${TARGETS[@]}"; do
     else
         cat "$OUT/$target-ipk.log" >&2
         fail "$target: OpenWrt package of the built agent"
+    fi
+    if firmware/openwrt/test-mkapk.sh "$bin" "$target" >"$OUT/$target-apk.log" 2>&1; then
+        ok "$target: OpenWrt 25.12 apk package of the built agent"
+    else
+        cat "$OUT/$target-apk.log" >&2
+        fail "$target: OpenWrt 25.12 apk package of the built agent"
     fi
 done
 

@@ -49,27 +49,35 @@ work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 data="$work/data"
 control="$work/control"
-mkdir -p "$data/usr/sbin" "$data/etc/init.d" "$data/etc/config" "$control"
+mkdir -p "$data/usr/sbin" "$data/etc/init.d" "$data/etc/config" "$data/etc/uci-defaults" \
+    "$data/etc/capabilities" "$data/lib/upgrade/keep.d" "$control"
 
 install -m 0755 "$BINARY" "$data/usr/sbin/smtpguard-agent"
 install -m 0755 "$FILES/smtpguard.init" "$data/etc/init.d/smtpguard"
 # The config holds the broker password: root only.
 install -m 0600 "$FILES/smtpguard.config" "$data/etc/config/smtpguard"
+# Migrates an older config on install and after sysupgrade (default_postinst runs it).
+install -m 0755 "$FILES/smtpguard.uci-defaults" "$data/etc/uci-defaults/90-smtpguard"
+# sysupgrade keeps the state directory (the router's key: a new one means a new enrollment).
+install -m 0644 "$FILES/smtpguard.keep" "$data/lib/upgrade/keep.d/smtpguard"
+# procd's capability set for the agent (the init script uses it when the user exists).
+install -m 0644 "$FILES/smtpguard.capabilities" "$data/etc/capabilities/smtpguard.json"
 
 installed_size="$(du -sb --apparent-size "$data" | cut -f1)"
 
 cat >"$control/control" <<EOF
 Package: smtpguard
 Version: $VERSION-$RELEASE
-Depends: nftables
+Depends: nftables-json
 Source: firmware/openwrt/smtpguard
 SourceName: smtpguard
-License: Apache-2.0
+License: $(sed -n 's/^PKG_LICENSE:=//p' "$HERE/smtpguard/Makefile")
 Section: net
 Priority: optional
-Maintainer: smtpguard developers
+Maintainer: $(sed -n 's/^PKG_MAINTAINER:=//p' "$HERE/smtpguard/Makefile")
 Architecture: $ARCH
 Installed-Size: $installed_size
+Require-User: smtpguard:smtpguard
 Description: Edge defence against spam bots on the LAN.
  smtpguard-agent watches the outbound mail traffic of each LAN device, throttles or blocks
  a device that behaves like a spam bot and reports signed evidence to the ISP's controller.
@@ -77,8 +85,9 @@ EOF
 
 printf '/etc/config/smtpguard\n' >"$control/conffiles"
 
-# Same behaviour as the scripts OpenWrt's build generates: default_postinst enables and
-# (on a running router) starts the service; default_prerm stops and disables it.
+# Same behaviour as the scripts OpenWrt's build generates: default_postinst runs the package's
+# uci-defaults, enables and (on a running router) starts the service; default_prerm stops and
+# disables it.
 cat >"$control/postinst" <<'EOF'
 #!/bin/sh
 [ "${IPKG_NO_SCRIPT}" = "1" ] && exit 0

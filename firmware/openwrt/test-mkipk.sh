@@ -77,7 +77,8 @@ check_ipk() {
     check "$name: Package" has_line "$c" "Package: smtpguard"
     check "$name: Version" has_line "$c" "Version: ${VERSION}-1"
     check "$name: Architecture" has_line "$c" "Architecture: $arch"
-    check "$name: Depends" has_line "$c" "Depends: nftables"
+    check "$name: Depends (nft -j needs the JSON build)" has_line "$c" "Depends: nftables-json"
+    check "$name: Maintainer with e-mail" grep -qE '^Maintainer: .+ <[^@>]+@[^>]+>$' "$c"
     check "$name: Description" has_text "$c" "Description: "
     check "$name: no blank line inside control (opkg stops there)" \
         same "$(grep -c '^$' "$c" || true)" "0"
@@ -91,13 +92,19 @@ check_ipk() {
 
     check "$name: data layout" \
         same "$(tar -tzf "$dir/outer/data.tar.gz" | sort | tr '\n' ' ')" \
-        "./ ./etc/ ./etc/config/ ./etc/config/smtpguard ./etc/init.d/ ./etc/init.d/smtpguard ./usr/ ./usr/sbin/ ./usr/sbin/smtpguard-agent "
+        "./ ./etc/ ./etc/capabilities/ ./etc/capabilities/smtpguard.json ./etc/config/ ./etc/config/smtpguard ./etc/init.d/ ./etc/init.d/smtpguard ./etc/uci-defaults/ ./etc/uci-defaults/90-smtpguard ./lib/ ./lib/upgrade/ ./lib/upgrade/keep.d/ ./lib/upgrade/keep.d/smtpguard ./usr/ ./usr/sbin/ ./usr/sbin/smtpguard-agent "
     check "$name: all files owned by root" \
         same "$(tar -tvzf "$dir/outer/data.tar.gz" | awk '$2 != "0/0"' | wc -l)" "0"
     check "$name: agent mode 0755" same "$(stat -c %a "$dir/data/usr/sbin/smtpguard-agent")" "755"
     check "$name: init script mode 0755" same "$(stat -c %a "$dir/data/etc/init.d/smtpguard")" "755"
     check "$name: config mode 0600 (holds the broker password)" \
         same "$(stat -c %a "$dir/data/etc/config/smtpguard")" "600"
+    check "$name: uci-defaults mode 0755" same "$(stat -c %a "$dir/data/etc/uci-defaults/90-smtpguard")" "755"
+    check "$name: uci-defaults packaged unchanged" cmp -s "$HERE/smtpguard/files/smtpguard.uci-defaults" "$dir/data/etc/uci-defaults/90-smtpguard"
+    check "$name: capabilities for procd" cmp -s "$HERE/smtpguard/files/smtpguard.capabilities" "$dir/data/etc/capabilities/smtpguard.json"
+    check "$name: the agent's user is created on install" has_line "$c" "Require-User: smtpguard:smtpguard"
+    check "$name: sysupgrade keeps the state directory" \
+        same "$(cat "$dir/data/lib/upgrade/keep.d/smtpguard")" "/etc/smtpguard/"
     check "$name: postinst executable" same "$(stat -c %a "$dir/control/postinst")" "755"
     check "$name: prerm executable" same "$(stat -c %a "$dir/control/prerm")" "755"
     check "$name: binary packaged unchanged" cmp -s "$binary" "$dir/data/usr/sbin/smtpguard-agent"
