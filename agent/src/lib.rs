@@ -8,6 +8,8 @@
 //! - [`capture`]: live capture on the LAN interface (`AF_PACKET` + a kernel BPF filter that
 //!   passes only mail, DNS and DHCP frames), frames stamped in Unix milliseconds.
 //! - [`leases`]: host names from the dnsmasq lease file (`/tmp/dhcp.leases`).
+//! - [`log`]: the log lines (warnings and errors on stderr, the rest on stdout), filtered as
+//!   `RUST_LOG` says.
 //! - [`packet`]: one raw Ethernet frame (802.1Q ok) → addresses, ports, flags, payload.
 //! - [`engine`]: the pure detection engine: devices by MAC, signals over sliding windows,
 //!   scores, verdicts with evidence, and the actions policy calls for. Time is passed in.
@@ -46,6 +48,7 @@ pub mod engine;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod leases;
+pub mod log;
 pub mod oui;
 pub mod packet;
 pub mod pcap;

@@ -6,9 +6,6 @@
 
 use std::process::ExitCode;
 
-use tracing_subscriber::layer::SubscriberExt;
-use tracing_subscriber::util::SubscriberInitExt;
-
 use smtpguard_agent::cli::{self, Command, Invocation};
 use smtpguard_agent::config::AgentConfig;
 
@@ -55,33 +52,6 @@ fn dispatch(command: Command) -> Result<ExitCode, Failure> {
     }
 }
 
-/// Logs at `info`, or as `RUST_LOG` says: a default level and per-module levels, e.g. `debug`
-/// or `info,smtpguard_agent::uplink=debug` (no regular expressions). Warnings and errors go to
-/// stderr, the rest to stdout, so procd's logread shows them as `daemon.err` and
-/// `daemon.info` (the init script asks procd to log both).
-fn init_tracing() {
-    use tracing_subscriber::filter::{LevelFilter, Targets};
-    use tracing_subscriber::fmt::writer::MakeWriterExt;
-    let default = || Targets::new().with_default(LevelFilter::INFO);
-    let filter = match std::env::var("RUST_LOG") {
-        Ok(spec) => spec.parse::<Targets>().unwrap_or_else(|e| {
-            eprintln!("RUST_LOG={spec:?} ignored ({e}); logging at info");
-            default()
-        }),
-        Err(_) => default(),
-    };
-    tracing_subscriber::registry()
-        .with(
-            tracing_subscriber::fmt::layer().with_writer(
-                std::io::stderr
-                    .with_max_level(tracing::Level::WARN)
-                    .or_else(std::io::stdout),
-            ),
-        )
-        .with(filter)
-        .init();
-}
-
 fn main() -> ExitCode {
     let command = match cli::parse(std::env::args_os().skip(1)) {
         Ok(Invocation::Command(c)) => c,
@@ -98,7 +68,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_tracing();
+    smtpguard_agent::log::init();
     match dispatch(command) {
         Ok(code) => code,
         Err(Failure::Config(e)) => {
