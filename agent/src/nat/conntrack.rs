@@ -633,6 +633,18 @@ mod tests {
     }
 
     #[test]
+    fn the_fuzz_seeds_are_real_replies() {
+        let batch = include_bytes!("../../fuzz/seeds/conntrack_reply/batch");
+        let r = all(batch).unwrap();
+        assert_eq!(r.len(), 3, "{r:?}");
+        assert!(
+            matches!(r[2], Reply::Entry { seq: 2, reply, .. } if reply.dst == sa("100.64.7.2:40777"))
+        );
+        let v6 = include_bytes!("../../fuzz/seeds/conntrack_reply/entry-v6");
+        assert_eq!(all(v6).unwrap().len(), 1);
+    }
+
+    #[test]
     fn ipv6_entries_decode() {
         let buf = entry(
             1,
