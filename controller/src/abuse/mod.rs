@@ -426,7 +426,7 @@ mod tests {
     use super::*;
     use crate::store::{Received, Store};
     use smtpguard_protocol::envelope::Envelope;
-    use smtpguard_protocol::{AgentStats, Body, ConnRecord, Telemetry};
+    use smtpguard_protocol::{AgentStats, Body, ConnRecord, State, Status, Telemetry};
 
     const T: u64 = 1_764_500_000_000;
     const BOT: MacAddr = MacAddr([2, 0, 0, 0, 0, 0x66]);
@@ -472,12 +472,31 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("controller.db");
         let mut store = Store::open(&path).unwrap();
+        store.upsert_cpe("cpe-a", "ed25519:test", None, T).unwrap();
         store
             .write_batch(
                 &[
+                    // Its retained state from before it knew its WAN address.
+                    Received {
+                        envelope: Envelope {
+                            version: 1,
+                            cpe_id: "cpe-a".into(),
+                            seq: 1,
+                            sent_at_ms: T - 120_000,
+                            body: Body::State(State {
+                                status: Status::Online,
+                                agent_version: "test".into(),
+                                fleet_policy_version: None,
+                                cpe_policy_version: None,
+                                public_ip: None,
+                            }),
+                        },
+                        wire: vec![0],
+                        received_at_ms: T - 120_000,
+                    },
                     telemetry(
                         "cpe-a",
-                        1,
+                        2,
                         "100.64.7.2",
                         &[
                             (BOT, -40, 40_001),
@@ -495,6 +514,9 @@ mod tests {
         let mut conn = Connection::open(&path).unwrap();
         crate::web::schema::migrate(&mut conn).unwrap();
         let conn = &conn;
+        // What `GET /api/cpes/cpe-a` shows as the router's address: its telemetry's.
+        let row = crate::web::noc::cpe_rows(conn, Some("cpe-a")).unwrap();
+        assert_eq!(row[0].public_ip.as_deref(), Some("100.64.7.2"));
         let body = format!(r#"{{"wan_ip":"100.64.7.2","source_port":40123,"time":{T}}}"#);
         let r = submit(conn, "application/json", body.as_bytes(), T + 1).unwrap();
         assert_eq!(r.answer.confidence, Confidence::Exact);
