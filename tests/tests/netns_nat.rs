@@ -105,8 +105,13 @@ struct Lab {
     srv: Netns,
 }
 
-fn lab() -> Lab {
-    let (lan, rtr, srv) = (Netns::new("lan"), Netns::new("rtr"), Netns::new("srv"));
+/// The three namespaces, `tag` telling apart those of tests running at the same time.
+fn lab(tag: &str) -> Lab {
+    let (lan, rtr, srv) = (
+        Netns::new(&format!("{tag}lan")),
+        Netns::new(&format!("{tag}rtr")),
+        Netns::new(&format!("{tag}srv")),
+    );
     for ns in [&lan, &rtr, &srv] {
         ns.sh(&["ip", "link", "set", "lo", "up"]);
     }
@@ -189,7 +194,7 @@ fn connect(lab: &Lab) -> TcpStream {
 
 #[test]
 fn conntrack_names_the_translation_the_server_saw_and_the_controller_maps_it_exactly() {
-    let lab = lab();
+    let lab = lab("k");
     let peers = serve(&lab);
 
     // 1. The lookup alone, against what the server saw.
@@ -374,4 +379,287 @@ fn conntrack_names_the_translation_the_server_saw_and_the_controller_maps_it_exa
     let r = abuse::submit(&conn, "application/json", report.as_bytes(), now_ms()).unwrap();
     assert_eq!(r.answer.confidence, Confidence::TimeWindow);
     assert_eq!(r.answer.mac, Some(laptop));
+}
+
+/// A child process killed on drop.
+struct Proc {
+    name: &'static str,
+    child: std::process::Child,
+    log: std::path::PathBuf,
+}
+
+impl Proc {
+    fn spawn(
+        name: &'static str,
+        ns: &Netns,
+        args: &[&std::ffi::OsStr],
+        log: std::path::PathBuf,
+    ) -> Proc {
+        let file = std::fs::File::create(&log).unwrap();
+        let child = Command::new("ip")
+            .args(["netns", "exec", &ns.0])
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        Proc { name, child, log }
+    }
+
+    fn log(&self) -> String {
+        format!(
+            "--- {} log ---\n{}",
+            self.name,
+            std::fs::read_to_string(&self.log).unwrap_or_default()
+        )
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Polls `check` until it gives a value, failing with the processes' logs after
+/// [`LIVE_WAIT`].
+fn wait_for<T>(what: &str, procs: &mut [&mut Proc], mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + LIVE_WAIT;
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        for p in procs.iter_mut() {
+            if let Ok(Some(st)) = p.child.try_wait() {
+                panic!(
+                    "{} exited early ({st}) waiting for {what}\n{}",
+                    p.name,
+                    p.log()
+                );
+            }
+        }
+        if Instant::now() > deadline {
+            let logs: Vec<String> = procs.iter().map(|p| p.log()).collect();
+            panic!("timed out waiting for {what}\n{}", logs.join("\n"));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Longest wait for the live processes (start, MQTT connect, a telemetry window).
+const LIVE_WAIT: Duration = Duration::from_secs(60);
+const OPERATOR_TOKEN: &str = "nat-operator-token-0123456789";
+
+fn query_one(db: &std::path::Path, sql: &str, cpe: &str) -> Option<String> {
+    let conn = rusqlite::Connection::open_with_flags(
+        db,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .ok()?;
+    conn.busy_timeout(Duration::from_secs(2)).ok()?;
+    conn.query_row(sql, [cpe], |r| r.get(0)).ok()
+}
+
+/// One HTTP/1.1 request to the controller in `srv`, as a script's curl would make it;
+/// the status and the JSON body.
+fn http(lab: &Lab, method: &str, path: &str, body: &str) -> (u16, serde_json::Value) {
+    use std::io::{Read, Write};
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {SERVER_IP}\r\nAuthorization: Bearer {OPERATOR_TOKEN}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let raw = lab.srv.run(|| {
+        let mut s = TcpStream::connect_timeout(&sa(SERVER_IP, 8080), WAIT).unwrap();
+        s.write_all(request.as_bytes()).unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    });
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (
+        status,
+        serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+/// The real binaries: `smtpguard-controller serve` in the server's namespace (broker and
+/// HTTP on its address), `smtpguard-agent run` in the router's namespace capturing on its
+/// LAN side, with its uplink through the router's own WAN. The agent reports its WAN
+/// address (retained state, shown by `GET /api/cpes/{id}`) and the translation of the LAN
+/// host's mail connection; `POST /api/abuse` with what the server saw answers `exact`.
+#[test]
+fn live_agent_behind_nat_reports_its_wan_address_and_the_api_maps_the_report_exactly() {
+    let controller_bin = smtpguard_tests::mqtt::controller_binary().unwrap();
+    let agent_bin = smtpguard_tests::mqtt::agent_binary().unwrap();
+    let lab = lab("l");
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+
+    let db = dir.join("controller.db");
+    let token = dir.join("operator.token");
+    std::fs::write(&token, format!("{OPERATOR_TOKEN}\n")).unwrap();
+    let controller_config = dir.join("controller.toml");
+    std::fs::write(
+        &controller_config,
+        format!(
+            "db_path = \"{db}\"\npolicy_key_path = \"{key}\"\nhttp_listen = \"{SERVER_IP}:8080\"\n\n\
+             [broker]\nembedded_listen = \"{SERVER_IP}:1883\"\n\
+             password = \"controller-secret\"\nclient_id = \"controller-nat\"\n\n\
+             [web]\noperator_token_file = \"{token}\"\n",
+            db = db.display(),
+            key = dir.join("policy.key").display(),
+            token = token.display(),
+        ),
+    )
+    .unwrap();
+    let controller = |args: &[&str]| {
+        run_ok(
+            Command::new(&controller_bin)
+                .arg("--config")
+                .arg(&controller_config)
+                .args(args),
+        )
+    };
+    let controller_public_key = controller(&["keygen"]).trim().to_string();
+    let state_dir = dir.join("agent-state");
+    std::fs::create_dir_all(&state_dir).unwrap();
+    let printed = run_ok(
+        Command::new(&agent_bin)
+            .arg("keygen")
+            .arg("--key")
+            .arg(state_dir.join("agent.key")),
+    );
+    let field = |label: &str| {
+        printed
+            .lines()
+            .find_map(|l| l.strip_prefix(label))
+            .map(|v| v.trim().to_string())
+            .unwrap()
+    };
+    let cpe_id = field("cpe_id:");
+    let enrolled = controller(&["cpe", "add", &cpe_id, &field("public_key:")]);
+    let broker_password = smtpguard_tests::mqtt::printed_password(&enrolled).unwrap();
+
+    let mut controller_proc = Proc::spawn(
+        "controller",
+        &lab.srv,
+        &[
+            controller_bin.as_os_str(),
+            "--config".as_ref(),
+            controller_config.as_os_str(),
+            "serve".as_ref(),
+        ],
+        dir.join("controller.log"),
+    );
+    wait_for(
+        "the broker and the web to listen",
+        &mut [&mut controller_proc],
+        || {
+            lab.srv
+                .run(|| {
+                    TcpStream::connect_timeout(&sa(SERVER_IP, 1883), WAIT).is_ok()
+                        && TcpStream::connect_timeout(&sa(SERVER_IP, 8080), WAIT).is_ok()
+                })
+                .then_some(())
+        },
+    );
+    let peers = serve(&lab);
+
+    let policy_file = dir.join("policy.toml");
+    std::fs::write(&policy_file, "telemetry_interval_secs = 5\n").unwrap();
+    let agent_config = dir.join("agent.toml");
+    std::fs::write(
+        &agent_config,
+        format!(
+            "state_dir = \"{state}\"\npolicy_file = \"{policy}\"\n\n\
+             [capture]\ninterface = \"r0\"\n\n\
+             [enforce]\nbackend = \"none\"\n\n\
+             [uplink]\nenabled = true\nbroker_url = \"mqtt://{SERVER_IP}:1883\"\n\
+             username = \"{cpe_id}\"\npassword = \"{broker_password}\"\n\
+             controller_public_key = \"{controller_public_key}\"\n",
+            state = state_dir.display(),
+            policy = policy_file.display(),
+        ),
+    )
+    .unwrap();
+    let mut agent_proc = Proc::spawn(
+        "agent",
+        &lab.rtr,
+        &[
+            agent_bin.as_os_str(),
+            "run".as_ref(),
+            "--config".as_ref(),
+            agent_config.as_os_str(),
+        ],
+        dir.join("agent.log"),
+    );
+
+    // The WAN address in the router's retained state.
+    let stored = wait_for(
+        "the router's state with its WAN address",
+        &mut [&mut controller_proc, &mut agent_proc],
+        || {
+            query_one(
+                &db,
+                "SELECT public_ip FROM cpe_state WHERE cpe_id = ?1",
+                &cpe_id,
+            )
+        },
+    );
+    assert_eq!(stored, WAN_IP);
+    let (status, cpe) = http(&lab, "GET", &format!("/api/cpes/{cpe_id}"), "");
+    assert_eq!(status, 200, "{cpe}");
+    assert_eq!(cpe["cpe"]["public_ip"], WAN_IP);
+
+    // A mail connection from the LAN host; the translation the server saw reaches the log.
+    let client = connect(&lab);
+    let seen = peers.recv_timeout(WAIT).unwrap();
+    let logged = wait_for(
+        "the connection with its translation in the controller's log",
+        &mut [&mut controller_proc, &mut agent_proc],
+        || {
+            query_one(
+                &db,
+                "SELECT nat_ip || ':' || nat_port || ' ' || mac || ' ' || at_ms FROM connections
+                 WHERE cpe_id = ?1 AND nat_port IS NOT NULL",
+                &cpe_id,
+            )
+        },
+    );
+    drop(client);
+    let mut parts = logged.split(' ');
+    assert_eq!(parts.next(), Some(seen.to_string().as_str()), "{logged}");
+    assert_eq!(parts.next(), Some(LAN_MAC));
+    let at_ms: u64 = parts.next().unwrap().parse().unwrap();
+
+    let (status, report) = http(
+        &lab,
+        "POST",
+        "/api/abuse",
+        &format!(
+            r#"{{"public_ip":"{}","source_port":{},"time":{}}}"#,
+            seen.ip(),
+            seen.port(),
+            at_ms + 2_000
+        ),
+    );
+    assert_eq!(status, 201, "{report}");
+    assert_eq!(report["answer"]["confidence"], "exact", "{report}");
+    assert_eq!(report["answer"]["cpe_id"], cpe_id.as_str());
+    assert_eq!(report["answer"]["mac"], LAN_MAC);
+    assert_eq!(report["answer"]["evidence"][0]["nat_port"], seen.port());
 }
