@@ -19,6 +19,13 @@
 //! channel and are applied between frames: the per-CPE override if there is one, else the
 //! fleet policy, else the local policy file. Each is acknowledged as applied.
 //!
+//! # WAN address and NAT
+//! Every [`WAN_POLL_MS`] the worker reads the WAN address ([`crate::nat::wan`]) and gives a
+//! new one to the core (telemetry) and the uplink (retained state). With an uplink and
+//! `[nat] conntrack`, each round it asks the core for the NAT lookups due, looks them up
+//! over ctnetlink ([`crate::nat::conntrack`], one batch, at most [`NAT_LOOKUPS_PER_SEC`])
+//! and hands the answers back.
+//!
 //! # Start and stop
 //! At start the block state file is loaded and restored with each block's remaining time to
 //! live, pending manual releases are applied, and the table is installed idempotently. At
