@@ -71,6 +71,8 @@ pub struct AgentConfig {
     pub enforce: EnforceConfig,
     /// Status LED.
     pub led: LedConfig,
+    /// WAN address and NAT translations.
+    pub nat: NatConfig,
 }
 
 impl Default for AgentConfig {
@@ -85,6 +87,7 @@ impl Default for AgentConfig {
             uplink: UplinkConfig::default(),
             enforce: EnforceConfig::default(),
             led: LedConfig::default(),
+            nat: NatConfig::default(),
         }
     }
 }
@@ -202,6 +205,29 @@ pub enum EnforceBackend {
 pub struct LedConfig {
     /// Name under `/sys/class/leds`; no LED when absent.
     pub name: Option<String>,
+}
+
+/// `[nat]`: the router's WAN address and the NAT translation of each mail connection,
+/// reported so the controller can map abuse reports to the exact device.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NatConfig {
+    /// Look up each mail connection's translation in the kernel's conntrack table
+    /// (ctnetlink; needs `kmod-nf-conntrack-netlink` on OpenWrt).
+    pub conntrack: bool,
+    /// The Linux device behind the WAN (`ifstatus wan` → `l3_device`, e.g. `pppoe-wan`);
+    /// its first address is the WAN address. When absent, the source address of the
+    /// default route is.
+    pub wan_interface: Option<String>,
+}
+
+impl Default for NatConfig {
+    fn default() -> Self {
+        NatConfig {
+            conntrack: true,
+            wan_interface: None,
+        }
+    }
 }
 
 /// A configuration that cannot be used. Each message starts with where the configuration
@@ -605,6 +631,9 @@ backend = "none"
 
 [led]
 name = "green:status"
+
+[nat]
+wan_interface = "pppoe-wan"
 "#;
 
     const UCI_SAMPLE: &str = "
@@ -636,6 +665,10 @@ config enforce 'enforce'
 
 config led 'led'
 \toption name 'green:status'
+
+config nat 'nat'
+\toption conntrack '1'
+\toption wan_interface 'pppoe-wan'
 ";
 
     fn expected() -> AgentConfig {
@@ -666,6 +699,10 @@ config led 'led'
             },
             led: LedConfig {
                 name: Some("green:status".to_owned()),
+            },
+            nat: NatConfig {
+                wan_interface: Some("pppoe-wan".to_owned()),
+                ..NatConfig::default()
             },
         }
     }

@@ -38,6 +38,7 @@ use smtpguard_protocol::{AgentStats, Alert, MacAddr, Policy, PolicyAck, PolicySc
 use crate::enforce::plan::Snapshot;
 use crate::enforce::{Op, Planner, PlannerConfig, TableSpec};
 use crate::engine::{Engine, EngineAction, EngineConfig};
+use crate::nat::{NatLog, NatQuery};
 use crate::ports::MailPorts;
 use crate::uplink::PolicyUpdate;
 
@@ -77,6 +78,10 @@ pub struct Settings {
     /// Close a telemetry window every `policy.telemetry_interval_secs` (a router with an
     /// uplink); off for replay.
     pub telemetry: bool,
+    /// Hold each logged connection until the driver has looked up its NAT translation
+    /// ([`Agent::nat_queries`], [`Agent::nat_answer`]); on for a live router with
+    /// conntrack, off for replay and the demo.
+    pub nat_lookups: bool,
 }
 
 /// Counters at the start of the telemetry window.
@@ -103,6 +108,7 @@ pub struct Agent {
     window_base: WindowBase,
     kernel_drops: u64,
     public_ip: Option<IpAddr>,
+    nat: NatLog,
     outputs: VecDeque<Output>,
     timers_stuck: u64,
 }
@@ -126,6 +132,7 @@ impl Agent {
             mail_ports,
             isp_relays,
             telemetry,
+            nat_lookups,
         } = settings;
         let mut local = local_policy;
         local.allow_relays_too(&isp_relays);
@@ -151,6 +158,7 @@ impl Agent {
             window_base: WindowBase::default(),
             kernel_drops: 0,
             public_ip: None,
+            nat: NatLog::new(nat_lookups),
             outputs: VecDeque::new(),
             timers_stuck: 0,
         };
@@ -178,6 +186,9 @@ impl Agent {
         self.advance(now_ms);
         self.engine.handle_frame(now_ms, frame);
         self.take_engine_actions(now_ms);
+        if self.nat.lookups() {
+            self.take_connections();
+        }
     }
 
     /// Time passed without frames: fires every timer due up to `now_ms`, each at its own
@@ -259,6 +270,28 @@ impl Agent {
     /// The router's public address, for telemetry (abuse reports name it).
     pub fn set_public_ip(&mut self, ip: Option<IpAddr>) {
         self.public_ip = ip;
+    }
+
+    /// The router's public address as last set.
+    pub fn public_ip(&self) -> Option<IpAddr> {
+        self.public_ip
+    }
+
+    /// Up to `max` NAT lookups due at `now_ms` (appended to `out`), with
+    /// [`Settings::nat_lookups`] on. See [`crate::nat`].
+    pub fn nat_queries(&mut self, now_ms: u64, max: usize, out: &mut Vec<NatQuery>) {
+        self.nat.due(now_ms, max, out);
+    }
+
+    /// The answer to a lookup from [`Agent::nat_queries`]: the source address and port the
+    /// server sees, or `None` when conntrack has no entry (yet).
+    pub fn nat_answer(&mut self, id: u64, translated: Option<std::net::SocketAddr>) {
+        self.nat.answer(id, translated);
+    }
+
+    /// NAT lookup counters.
+    pub fn nat_stats(&self) -> crate::nat::NatStats {
+        self.nat.stats()
     }
 
     /// The detection engine (reports, status, evidence).
@@ -379,6 +412,13 @@ impl Agent {
         self.push_ops(ops);
     }
 
+    /// Moves the engine's new connection records into the NAT log.
+    fn take_connections(&mut self) {
+        while let Some((record, client)) = self.engine.pop_connection() {
+            self.nat.push(record, client);
+        }
+    }
+
     fn push_ops(&mut self, ops: Vec<Op>) {
         if ops.is_empty() {
             return;
@@ -414,7 +454,8 @@ impl Agent {
         let base = self.window_base;
         let mut devices = self.engine.report(now_ms).devices;
         devices.truncate(MAX_DEVICES_PER_TELEMETRY);
-        let mut connections = self.engine.drain_connections();
+        self.take_connections();
+        let mut connections = self.nat.take_ready(now_ms);
         // Keep the newest records when there are more than one message may carry.
         let excess = connections.len().saturating_sub(MAX_CONN_RECORDS);
         connections.drain(..excess);

@@ -8,7 +8,8 @@
 //! Outside bytes the agent reads, and their target: frames from the LAN (`engine_frames`),
 //! capture files (`capture_replay`), policy from the broker (`policy_guard`), the local
 //! policy file (`policy_toml`), its configuration in TOML or UCI (`agent_config`), the dnsmasq
-//! lease file (`leases`) and the OUI registry (`oui`).
+//! lease file (`leases`), the OUI registry (`oui`) and the kernel's ctnetlink replies to the
+//! NAT lookups (`conntrack_reply`).
 
 use std::sync::{Arc, OnceLock};
 
@@ -234,4 +235,41 @@ pub fn oui(data: &[u8]) {
     );
     engine.set_hostname(MacAddr([0, 0x1b, 0x63, 1, 2, 3]), "host");
     let _ = engine.report(NOW_MS);
+}
+
+/// Target `conntrack_reply`: arbitrary bytes as one datagram from the ctnetlink socket,
+/// through [`crate::nat::conntrack::decode`]. Every reply is a whole netlink message (at
+/// least a header), and its answers go into a [`crate::nat::NatLog`] as the run loop hands
+/// them over.
+pub fn conntrack_reply(data: &[u8]) {
+    use crate::nat::conntrack::{decode, Reply};
+    let mut log = crate::nat::NatLog::new(true);
+    let record = smtpguard_protocol::ConnRecord {
+        mac: MacAddr([2, 0, 0, 0, 0, 1]),
+        at_ms: NOW_MS,
+        src_port: 40_000,
+        dst: std::net::IpAddr::from([198, 51, 100, 25]),
+        dst_port: 25,
+        nat_port: None,
+        nat_ip: None,
+    };
+    log.push(record, std::net::IpAddr::from([192, 168, 1, 14]));
+    let mut queries = Vec::new();
+    log.due(NOW_MS + 1_000, 8, &mut queries);
+    let mut replies = 0usize;
+    let _ = decode(data, |r| {
+        replies += 1;
+        let translated = match r {
+            Reply::Entry { reply, .. } => Some(reply.dst),
+            Reply::Error { .. } => None,
+        };
+        log.answer(u64::from(r.seq()), translated);
+    });
+    assert!(
+        replies <= data.len() / 16,
+        "{replies} replies from {} bytes",
+        data.len()
+    );
+    let out = log.take_ready(NOW_MS + 60_000);
+    assert_eq!(out.len(), 1);
 }

@@ -26,6 +26,9 @@
 //!   status), one implementation for all of them.
 //! - [`run`]: `smtpguard-agent run`, the live loop: capture → engine → planner → nftables,
 //!   state and status files, clean shutdown on SIGTERM/SIGINT.
+//! - [`nat`]: the router's WAN address and the conntrack NAT translation of each logged mail
+//!   connection (ctnetlink), so the controller can map an abuse report's (IP, port, time)
+//!   to the device; the core holds the records until their lookup is answered.
 //! - [`uplink`]: signed telemetry and alerts to the controller over MQTT (bounded offline
 //!   queue, alerts persisted until the broker acknowledges them), verified policy back.
 //! - `fuzzing` (hidden, `fuzzing` feature only): the body of each fuzz target in
@@ -48,7 +51,11 @@ pub mod engine;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod leases;
+<<<<<<< HEAD
 pub mod log;
+=======
+pub mod nat;
+>>>>>>> nat
 pub mod oui;
 pub mod packet;
 pub mod pcap;

@@ -19,6 +19,13 @@
 //! channel and are applied between frames: the per-CPE override if there is one, else the
 //! fleet policy, else the local policy file. Each is acknowledged as applied.
 //!
+//! # WAN address and NAT
+//! Every [`WAN_POLL_MS`] the worker reads the WAN address ([`crate::nat::wan`]) and gives a
+//! new one to the core (telemetry) and the uplink (retained state). With an uplink and
+//! `[nat] conntrack`, each round it asks the core for the NAT lookups due, looks them up
+//! over ctnetlink ([`crate::nat::conntrack`], one batch, at most [`NAT_LOOKUPS_PER_SEC`])
+//! and hands the answers back.
+//!
 //! # Start and stop
 //! At start the block state file is loaded and restored with each block's remaining time to
 //! live, pending manual releases are applied, and the table is installed idempotently. At
@@ -45,6 +52,8 @@ use crate::enforce::plan::Snapshot;
 use crate::enforce::{state, EnforceError, Enforcer, LoggingEnforcer, NftEnforcer, PlannerConfig};
 use crate::engine::EngineConfig;
 use crate::leases;
+use crate::nat::conntrack::{self, Conntrack};
+use crate::nat::{wan, NatQuery};
 use crate::oui::OuiTable;
 use crate::uplink::{PolicyUpdate, Settings, Uplink, UplinkError, UplinkHandle};
 use smtpguard_firmware::led::sysfs::SysfsLed;
@@ -65,6 +74,10 @@ const LEASES_POLL_MS: u64 = 5_000;
 const RESYNC_AFTER_MS: u64 = 5_000;
 /// How often the table is checked to be still there (a firewall restart deletes it).
 const TABLE_CHECK_MS: u64 = 3_000;
+/// How often the WAN address is looked at again (a DHCP or PPP renewal changes it).
+const WAN_POLL_MS: u64 = 30_000;
+/// Most conntrack lookups per second (each is one small netlink request and reply).
+const NAT_LOOKUPS_PER_SEC: usize = 200;
 
 /// The run loop could not start or stopped on an error.
 #[derive(Debug, thiserror::Error)]
@@ -324,6 +337,16 @@ struct Worker {
     led: Option<StatusLed<SysfsLed>>,
     led_deadline_ms: Option<u64>,
     next_led_eval_ms: u64,
+    /// `[nat] wan_interface`, and when the WAN address is looked at next.
+    wan_interface: Option<String>,
+    next_wan_poll_ms: u64,
+    /// The conntrack socket (with an uplink and `[nat] conntrack`), the lookups left in the
+    /// current second and when that second started, and reused buffers.
+    conntrack: Option<Conntrack>,
+    nat_budget: usize,
+    nat_second_ms: u64,
+    nat_queries: Vec<NatQuery>,
+    nat_answers: Vec<(u64, Option<std::net::SocketAddr>)>,
 }
 
 impl Worker {
@@ -349,6 +372,17 @@ impl Worker {
                 }
             });
         let mail_ports = config.enforce.mail_ports();
+        let conntrack = if link.is_some() && config.nat.conntrack {
+            match Conntrack::open() {
+                Ok(ct) => Some(ct),
+                Err(err) => {
+                    tracing::warn!(%err, "no NAT translations in the connection log");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let mut agent = Agent::new(
             CoreSettings {
                 engine: EngineConfig {
@@ -364,6 +398,7 @@ impl Worker {
                 mail_ports,
                 isp_relays: config.isp_relays.clone(),
                 telemetry: link.is_some(),
+                nat_lookups: conntrack.is_some(),
             },
             policy,
             now,
@@ -411,6 +446,13 @@ impl Worker {
             led: open_led(config.led.name.as_deref()),
             led_deadline_ms: None,
             next_led_eval_ms: now,
+            wan_interface: config.nat.wan_interface.clone(),
+            next_wan_poll_ms: now,
+            conntrack,
+            nat_budget: NAT_LOOKUPS_PER_SEC,
+            nat_second_ms: now,
+            nat_queries: Vec::with_capacity(conntrack::BATCH_MAX),
+            nat_answers: Vec::with_capacity(conntrack::BATCH_MAX),
         };
         // The table must be there before the agent runs: a router that cannot install it
         // does not start (procd restarts it).
@@ -467,6 +509,11 @@ impl Worker {
         if let Ok(cs) = self.capture.stats() {
             self.agent.note_kernel_drops(cs.drops);
         }
+        if now >= self.next_wan_poll_ms {
+            self.next_wan_poll_ms = now + WAN_POLL_MS;
+            self.refresh_wan();
+        }
+        self.look_up_nat(now);
         // Only the start may fail on the table; later failures are retried.
         let _ = self.carry_out(now, false);
         if now >= self.next_table_check_ms {
@@ -542,6 +589,52 @@ impl Worker {
             self.next_status_ms = now;
         }
         Ok(())
+    }
+
+    /// Looks at the WAN address again; a new one goes into telemetry and the retained
+    /// state. An address that cannot be found (link down) keeps the last one known.
+    fn refresh_wan(&mut self) {
+        let Some(ip) = wan::wan_address(self.wan_interface.as_deref(), None) else {
+            return;
+        };
+        if self.agent.public_ip() == Some(ip) {
+            return;
+        }
+        tracing::info!(%ip, previous = ?self.agent.public_ip(), "WAN address");
+        self.agent.set_public_ip(Some(ip));
+        if let Some(link) = &self.link {
+            if let Err(err) = link.handle.set_public_ip(Some(ip)) {
+                tracing::warn!(%err, "state with the new WAN address not queued");
+            }
+        }
+    }
+
+    /// One batch of the conntrack lookups the core has due, within the per-second budget.
+    fn look_up_nat(&mut self, now: u64) {
+        let Some(ct) = &mut self.conntrack else {
+            return;
+        };
+        if now.saturating_sub(self.nat_second_ms) >= 1_000 {
+            self.nat_second_ms = now;
+            self.nat_budget = NAT_LOOKUPS_PER_SEC;
+        }
+        let max = self.nat_budget.min(conntrack::BATCH_MAX);
+        if max == 0 {
+            return;
+        }
+        self.nat_queries.clear();
+        self.agent.nat_queries(now, max, &mut self.nat_queries);
+        if self.nat_queries.is_empty() {
+            return;
+        }
+        self.nat_budget -= self.nat_queries.len().min(self.nat_budget);
+        self.nat_answers.clear();
+        if let Err(err) = ct.lookup(&self.nat_queries, &mut self.nat_answers) {
+            tracing::warn!(%err, "conntrack lookups failed; retried at their next delay");
+        }
+        for (id, translated) in self.nat_answers.drain(..) {
+            self.agent.nat_answer(id, translated);
+        }
     }
 
     /// Shows the most urgent state on the LED: an infected device, the controller out of

@@ -14,6 +14,7 @@ fn every_fuzz_target_has_a_replay_test() {
         [
             "agent_config",
             "capture_replay",
+            "conntrack_reply",
             "engine_frames",
             "leases",
             "oui",
@@ -56,4 +57,9 @@ fn leases_corpus_replays_clean() {
 #[test]
 fn oui_corpus_replays_clean() {
     assert!(replay_corpus(FUZZ_DIR, "oui", fuzzing::oui) > 0);
+}
+
+#[test]
+fn conntrack_reply_corpus_replays_clean() {
+    assert!(replay_corpus(FUZZ_DIR, "conntrack_reply", fuzzing::conntrack_reply) > 0);
 }

@@ -265,6 +265,7 @@ pub fn seed(path: &Path, now_ms: u64) -> Result<Seeded, DemoError> {
                         dst: mx[usize::from(i) % mx.len()],
                         dst_port: 25,
                         nat_port: Some(40_000 + i),
+                        nat_ip: None,
                     });
                 }
                 if hh == 1 {
@@ -322,6 +323,7 @@ pub fn seed(path: &Path, now_ms: u64) -> Result<Seeded, DemoError> {
                         dst: ip("198.51.100.7"),
                         dst_port: 587,
                         nat_port: Some(33_000 + i),
+                        nat_ip: None,
                     });
                 }
                 flagged = Some((laptop.mac, "ANNAS-LAPTOP".to_string()));

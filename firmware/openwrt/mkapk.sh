@@ -96,6 +96,7 @@ origin = smtpguard
 maintainer = $MAINTAINER
 license = $LICENSE
 depend = nftables-json
+depend = kmod-nf-conntrack-netlink
 EOF
 
 # What OpenWrt's package-pack.mk writes for apk: add_group_and_user (the user of

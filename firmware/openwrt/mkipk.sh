@@ -68,7 +68,7 @@ installed_size="$(du -sb --apparent-size "$data" | cut -f1)"
 cat >"$control/control" <<EOF
 Package: smtpguard
 Version: $VERSION-$RELEASE
-Depends: nftables-json
+Depends: nftables-json, kmod-nf-conntrack-netlink
 Source: firmware/openwrt/smtpguard
 SourceName: smtpguard
 License: $(sed -n 's/^PKG_LICENSE:=//p' "$HERE/smtpguard/Makefile")

@@ -66,7 +66,7 @@ one = lambda k: (info.get(k) or [""])[0]
 check("pkgname", one("pkgname") == "smtpguard", one("pkgname"))
 check("pkgver", one("pkgver") == f"{version}-r1", one("pkgver"))
 check("arch", one("arch") == arch, one("arch"))
-check("depend nftables-json", info.get("depend") == ["nftables-json"], info.get("depend"))
+check("depend nftables-json, kmod-nf-conntrack-netlink", info.get("depend") == ["nftables-json", "kmod-nf-conntrack-netlink"], info.get("depend"))
 check("license", one("license") == "Apache-2.0", one("license"))
 check("maintainer with e-mail", "@" in one("maintainer"), one("maintainer"))
 check("pkgdesc", len(one("pkgdesc")) > 20, one("pkgdesc"))

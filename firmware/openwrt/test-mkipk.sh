@@ -77,7 +77,7 @@ check_ipk() {
     check "$name: Package" has_line "$c" "Package: smtpguard"
     check "$name: Version" has_line "$c" "Version: ${VERSION}-1"
     check "$name: Architecture" has_line "$c" "Architecture: $arch"
-    check "$name: Depends (nft -j needs the JSON build)" has_line "$c" "Depends: nftables-json"
+    check "$name: Depends (nft -j needs the JSON build; NAT look-ups need ctnetlink)" has_line "$c" "Depends: nftables-json, kmod-nf-conntrack-netlink"
     check "$name: Maintainer with e-mail" grep -qE '^Maintainer: .+ <[^@>]+@[^>]+>$' "$c"
     check "$name: Description" has_text "$c" "Description: "
     check "$name: no blank line inside control (opkg stops there)" \

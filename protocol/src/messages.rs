@@ -169,6 +169,14 @@ pub struct ConnRecord {
     /// Source port after NAT, from conntrack, where the router exposes it.
     #[serde(default)]
     pub nat_port: Option<u16>,
+    /// Source address after NAT (the router's WAN address the connection left with), from
+    /// the same conntrack entry as [`ConnRecord::nat_port`]. Absent in older messages.
+    #[serde(
+        default,
+        with = "crate::types::ip_text::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub nat_ip: Option<IpAddr>,
 }
 
 /// Health of the agent itself over one window.

@@ -149,6 +149,7 @@ fn body() -> impl Strategy<Value = Body> {
                             dst,
                             dst_port,
                             nat_port,
+                            nat_ip: nat_port.map(|p| IpAddr::from([100, 64, 0, (p % 250) as u8])),
                         },
                     )
                     .collect(),

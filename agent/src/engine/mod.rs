@@ -319,7 +319,8 @@ pub struct Engine {
     session_index: HashMap<FlowKey, usize, KeyedState>,
     free_sessions: Vec<usize>,
     actions: VecDeque<EngineAction>,
-    connections: VecDeque<ConnRecord>,
+    /// The connection log, each record with the device's LAN address (for the NAT lookup).
+    connections: VecDeque<(ConnRecord, IpAddr)>,
     stats: EngineStats,
     now_ms: u64,
     next_sweep_ms: Option<u64>,
@@ -532,7 +533,13 @@ impl Engine {
 
     /// The SMTP connection log since the last call (oldest first), for telemetry.
     pub fn drain_connections(&mut self) -> Vec<ConnRecord> {
-        self.connections.drain(..).collect()
+        self.connections.drain(..).map(|(r, _)| r).collect()
+    }
+
+    /// The oldest logged connection not yet taken, with the LAN address the device opened
+    /// it from (what a conntrack lookup of its NAT translation needs).
+    pub fn pop_connection(&mut self) -> Option<(ConnRecord, IpAddr)> {
+        self.connections.pop_front()
     }
 
     /// Indicator values seen on a device (EHLO names, MAIL FROM domains, mail servers),
@@ -938,14 +945,18 @@ impl Engine {
             self.connections.pop_front();
             self.stats.connections_dropped += 1;
         }
-        self.connections.push_back(ConnRecord {
-            mac: d.mac,
-            at_ms: now,
-            src_port: key.client_port,
-            dst: key.server,
-            dst_port: key.server_port,
-            nat_port: None,
-        });
+        self.connections.push_back((
+            ConnRecord {
+                mac: d.mac,
+                at_ms: now,
+                src_port: key.client_port,
+                dst: key.server,
+                dst_port: key.server_port,
+                nat_port: None,
+                nat_ip: None,
+            },
+            key.client,
+        ));
         d.awaiting_resume = false;
         d.last_signal_ms = now;
         d.dirty = true;

@@ -333,6 +333,25 @@ impl UplinkHandle {
         Ok(())
     }
 
+    /// The router's WAN address changed (or was learnt): republishes the retained state
+    /// with it, so the controller's view of the CPE follows. Nothing when it is the same.
+    ///
+    /// # Errors
+    /// [`UplinkError::State`] (sequence counter) or sealing errors.
+    pub fn set_public_ip(&self, ip: Option<IpAddr>) -> Result<(), UplinkError> {
+        {
+            let mut s = self.lock()?;
+            if ip.is_none() || s.public_ip == ip {
+                return Ok(());
+            }
+            s.public_ip = ip;
+            let state = s.state(Status::Online);
+            s.queue_control(&state)?;
+        }
+        self.wake.notify_one();
+        Ok(())
+    }
+
     /// Current counters.
     pub fn stats(&self) -> UplinkStats {
         match self.shared.lock() {

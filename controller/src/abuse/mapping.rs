@@ -3,6 +3,11 @@
 //! Pure: [`map`] takes the question, the CPEs' public-address periods, their SMTP connection
 //! logs and their devices, and returns the best [`Match`] with the evidence behind it.
 //! The steps, each narrowing the answer:
+//! 0. With a source port: the router's own NAT translation. A logged connection that left
+//!    the router from that address (its WAN address, which is the public address without
+//!    carrier-grade NAT, or the address the ISP's CGNAT log names) and that port, opened
+//!    within [`TRANSLATION_BEFORE_MS`] before to [`TRANSLATION_AFTER_MS`] after T, names the
+//!    device: [`Confidence::Exact`]. The nearest in time wins if a port was reused.
 //! 1. Which CPE held the address at T (periods from telemetry, with [`ADDRESS_SLACK_MS`]
 //!    at both ends because telemetry only samples the address once a window).
 //! 2. Which of its devices opened SMTP connections in the window before T (the message
@@ -23,6 +28,12 @@ pub const ADDRESS_SLACK_MS: u64 = 15 * 60 * 1000;
 pub const BEFORE_MS: u64 = 15 * 60 * 1000;
 /// How long after (clock skew between the router and the reporter).
 pub const AFTER_MS: u64 = 2 * 60 * 1000;
+/// How long before the report's time a connection matching the reported (address, port)
+/// may have been opened: a mail session lasts seconds to minutes, and a NAT port is given
+/// to another connection only after the first is gone.
+pub const TRANSLATION_BEFORE_MS: u64 = 5 * 60 * 1000;
+/// How long after (clock skew between the router and the reporter).
+pub const TRANSLATION_AFTER_MS: u64 = 2 * 60 * 1000;
 
 /// One period in which a CPE had a public address.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,6 +65,20 @@ pub struct Connection {
     pub dst_port: u16,
     /// Source port after NAT.
     pub nat_port: Option<u16>,
+    /// Source address after NAT (the router's WAN address), when the router reported it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nat_ip: Option<IpAddr>,
+}
+
+impl Connection {
+    /// Whether this connection left the router as `ip`:`port` within the tolerance around
+    /// `at_ms` ([`TRANSLATION_BEFORE_MS`], [`TRANSLATION_AFTER_MS`]).
+    pub fn translated_as(&self, ip: IpAddr, port: u16, at_ms: u64) -> bool {
+        self.nat_ip == Some(ip)
+            && self.nat_port == Some(port)
+            && self.at_ms >= at_ms.saturating_sub(TRANSLATION_BEFORE_MS)
+            && self.at_ms <= at_ms.saturating_add(TRANSLATION_AFTER_MS)
+    }
 }
 
 /// A device's verdict at the time of the report.
@@ -75,6 +100,9 @@ pub struct DeviceAtTime {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Confidence {
+    /// The router's own NAT translation: a connection left it from the reported address and
+    /// port at that time.
+    Exact,
     /// The NAT'd source port in the report matches a logged connection.
     ExactPort,
     /// A logged connection to the reporting server near the time.
@@ -93,6 +121,7 @@ impl Confidence {
     /// The label used on the wire and in the UI.
     pub fn as_str(&self) -> &'static str {
         match self {
+            Confidence::Exact => "exact",
             Confidence::ExactPort => "exact-port",
             Confidence::DestinationAndTime => "destination-and-time",
             Confidence::TimeWindow => "time-window",
@@ -105,6 +134,7 @@ impl Confidence {
     /// In words, for the NOC.
     pub fn describe(&self) -> &'static str {
         match self {
+            Confidence::Exact => "exact: the router's own NAT translation shows this device's connection leaving from the reported address and port at that time",
             Confidence::ExactPort => "exact: the reported source port matches a connection in the router's log",
             Confidence::DestinationAndTime => "strong: the router logged this device connecting to the reporting mail server at that time",
             Confidence::TimeWindow => "good: this device made the mail connections logged around that time",
@@ -156,14 +186,48 @@ pub fn holder(periods: &[AddressPeriod], ip: IpAddr, at_ms: u64) -> Option<&str>
         .map(|(_, _, id)| id)
 }
 
-/// Answers the question. `connections` and `devices` may include other CPEs' rows; only the
-/// holder's are used.
+/// The connection whose NAT translation matches the report, nearest in time first: see
+/// step 0 of the module documentation. The reported destination must match when given.
+pub fn translation<'c>(q: &AbuseQuery, connections: &'c [Connection]) -> Option<&'c Connection> {
+    let port = q.source_port?;
+    connections
+        .iter()
+        .filter(|c| c.translated_as(q.public_ip, port, q.at_ms))
+        .filter(|c| q.dest_ip.is_none_or(|d| d == c.dst))
+        .filter(|c| q.dest_port.is_none_or(|p| p == c.dst_port))
+        .min_by_key(|c| (c.at_ms.abs_diff(q.at_ms), c.cpe_id.as_str(), c.mac))
+}
+
+/// Answers the question. `connections` and `devices` may include other CPEs' rows; the
+/// translation step looks at every CPE's, the later steps only at the holder's.
 pub fn map(
     q: &AbuseQuery,
     periods: &[AddressPeriod],
     connections: &[Connection],
     devices: &[DeviceAtTime],
 ) -> Match {
+    if let Some(hit) = translation(q, connections) {
+        let cpe = hit.cpe_id.as_str();
+        let lo = q.at_ms.saturating_sub(BEFORE_MS);
+        let hi = q.at_ms.saturating_add(AFTER_MS);
+        let in_window = |c: &&Connection| c.cpe_id == cpe && c.at_ms >= lo && c.at_ms <= hi;
+        return Match {
+            confidence: Confidence::Exact,
+            cpe_id: Some(cpe.to_string()),
+            mac: Some(hit.mac),
+            device_name: devices
+                .iter()
+                .find(|d| d.cpe_id == cpe && d.mac == hit.mac)
+                .map(|d| d.name.clone()),
+            evidence: vec![hit.clone()],
+            device_connections: connections
+                .iter()
+                .filter(in_window)
+                .filter(|c| c.mac == hit.mac)
+                .count(),
+            household_connections: connections.iter().filter(in_window).count(),
+        };
+    }
     let Some(cpe) = holder(periods, q.public_ip, q.at_ms) else {
         return Match {
             confidence: Confidence::Unmatched,
@@ -323,6 +387,7 @@ mod tests {
             dst: ip(dst),
             dst_port: 25,
             nat_port: Some(nat),
+            nat_ip: None,
         }
     }
 
@@ -420,6 +485,87 @@ mod tests {
         assert_eq!(m.confidence, Confidence::HouseholdOnly);
         assert_eq!(m.cpe_id.as_deref(), Some("cpe-a"));
         assert_eq!(m.mac, None);
+    }
+
+    #[test]
+    fn a_translation_matches_only_its_address_port_and_time_tolerance() {
+        let wan = ip("100.64.7.2");
+        let c = Connection {
+            nat_ip: Some(wan),
+            ..conn(LAPTOP, 0, "198.51.100.25", 40_123)
+        };
+        assert!(c.translated_as(wan, 40_123, T));
+        // The report comes after the connection opened, up to the tolerance.
+        assert!(c.translated_as(wan, 40_123, T + TRANSLATION_BEFORE_MS));
+        assert!(!c.translated_as(wan, 40_123, T + TRANSLATION_BEFORE_MS + 1));
+        // Or before it, by clock skew.
+        assert!(c.translated_as(wan, 40_123, T - TRANSLATION_AFTER_MS));
+        assert!(!c.translated_as(wan, 40_123, T - TRANSLATION_AFTER_MS - 1));
+        assert!(!c.translated_as(wan, 40_124, T));
+        assert!(!c.translated_as(ip("100.64.7.3"), 40_123, T));
+        // A record without a WAN address never matches exactly.
+        let old = conn(LAPTOP, 0, "198.51.100.25", 40_123);
+        assert!(!old.translated_as(wan, 40_123, T));
+    }
+
+    #[test]
+    fn the_router_translation_names_the_device_exactly_across_cpes() {
+        let wan = ip("100.64.7.2");
+        let mut other = conn(BOT, -5, "198.51.100.25", 40_123);
+        other.cpe_id = "cpe-b".into();
+        other.nat_ip = Some(ip("100.64.7.3"));
+        let conns = vec![
+            Connection {
+                nat_ip: Some(wan),
+                ..conn(BOT, -30, "198.51.100.1", 40_001)
+            },
+            Connection {
+                nat_ip: Some(wan),
+                ..conn(BOT, -20, "198.51.100.2", 40_002)
+            },
+            // The same port reused earlier by another device: the nearest wins.
+            Connection {
+                nat_ip: Some(wan),
+                ..conn(BOT, -280, "198.51.100.3", 40_123)
+            },
+            Connection {
+                nat_ip: Some(wan),
+                ..conn(LAPTOP, -8, "198.51.100.25", 40_123)
+            },
+            other,
+        ];
+        // Asked by WAN address, which no address period names (CGNAT).
+        let q = AbuseQuery {
+            public_ip: wan,
+            source_port: Some(40_123),
+            ..query()
+        };
+        let m = map(&q, &[], &conns, &devices());
+        assert_eq!(m.confidence, Confidence::Exact);
+        assert_eq!(m.cpe_id.as_deref(), Some("cpe-a"));
+        assert_eq!(m.mac, Some(LAPTOP));
+        assert_eq!(m.device_name.as_deref(), Some("laptop"));
+        assert_eq!(m.evidence.len(), 1);
+        assert_eq!(m.evidence[0].nat_ip, Some(wan));
+        assert_eq!(m.household_connections, 4);
+        // A destination that contradicts the translation: no exact answer.
+        let q2 = AbuseQuery {
+            dest_ip: Some(ip("192.0.2.1")),
+            ..q.clone()
+        };
+        assert_ne!(
+            map(&q2, &[], &conns, &devices()).confidence,
+            Confidence::Exact
+        );
+        // A port nobody used: the earlier steps as before.
+        let q3 = AbuseQuery {
+            source_port: Some(49_999),
+            public_ip: ip("203.0.113.7"),
+            ..query()
+        };
+        let m = map(&q3, &periods(), &conns, &devices());
+        assert_eq!(m.confidence, Confidence::TimeWindow);
+        assert_eq!(m.mac, Some(BOT));
     }
 
     #[test]

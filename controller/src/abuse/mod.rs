@@ -79,6 +79,8 @@ enum TimeField {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct JsonQuery {
+    /// The public address, or the router's WAN address (from the ISP's CGNAT log).
+    #[serde(alias = "wan_ip")]
     public_ip: String,
     time: TimeField,
     #[serde(default)]
@@ -90,7 +92,9 @@ struct JsonQuery {
 }
 
 /// Reads `{"public_ip": "203.0.113.7", "time": "2025-03-04T13:05:09Z" | 1741093509000,
-/// "dest_ip"?: "...", "dest_port"?: 25, "source_port"?: 40123}`.
+/// "dest_ip"?: "...", "dest_port"?: 25, "source_port"?: 40123}`. `wan_ip` is accepted for
+/// `public_ip` (a router's WAN address behind carrier-grade NAT, with the port the CGNAT
+/// log names as `source_port`).
 ///
 /// # Errors
 /// [`AbuseError::Json`] naming the problem.
@@ -154,6 +158,10 @@ fn from_i64(v: i64) -> u64 {
 /// # Errors
 /// [`AbuseError`] on database errors.
 pub fn answer(conn: &Connection, q: &AbuseQuery) -> Result<Match, AbuseError> {
+    let translations = match q.source_port {
+        Some(port) => load_translations(conn, q, port)?,
+        None => Vec::new(),
+    };
     let mut stmt = conn.prepare_cached(
         "SELECT cpe_id, first_seen_ms, last_seen_ms FROM public_ips WHERE ip = ?1
          ORDER BY first_seen_ms LIMIT 1000",
@@ -168,41 +176,26 @@ pub fn answer(conn: &Connection, q: &AbuseQuery) -> Result<Match, AbuseError> {
             })
         })?
         .collect::<Result<_, _>>()?;
-    let Some(cpe) = mapping::holder(&periods, q.public_ip, q.at_ms).map(str::to_string) else {
-        return Ok(mapping::map(q, &periods, &[], &[]));
+    // The CPE whose translation matches, else the one that held the address.
+    let cpe = match mapping::translation(q, &translations) {
+        Some(c) => Some(c.cpe_id.clone()),
+        None => mapping::holder(&periods, q.public_ip, q.at_ms).map(str::to_string),
+    };
+    let Some(cpe) = cpe else {
+        return Ok(mapping::map(q, &periods, &translations, &[]));
     };
     let lo = q.at_ms.saturating_sub(mapping::BEFORE_MS);
     let hi = q.at_ms.saturating_add(mapping::AFTER_MS);
     let mut stmt = conn.prepare_cached(
-        "SELECT mac, at_ms, src_port, dst, dst_port, nat_port FROM connections
+        "SELECT cpe_id, mac, at_ms, src_port, dst, dst_port, nat_port, nat_ip FROM connections
          WHERE cpe_id = ?1 AND at_ms BETWEEN ?2 AND ?3 ORDER BY at_ms LIMIT 20000",
     )?;
-    let rows = stmt.query_map(params![cpe, to_i64(lo), to_i64(hi)], |r| {
-        Ok((
-            r.get::<_, String>(0)?,
-            r.get::<_, i64>(1)?,
-            r.get::<_, i64>(2)?,
-            r.get::<_, String>(3)?,
-            r.get::<_, i64>(4)?,
-            r.get::<_, Option<i64>>(5)?,
-        ))
-    })?;
-    let mut conns = Vec::new();
-    for row in rows {
-        let (mac, at, sp, dst, dp, nat) = row?;
-        // A row the ingest stored is well-formed; skip rather than fail on a bad one.
-        let (Ok(mac), Ok(dst)) = (mac.parse::<MacAddr>(), dst.parse::<IpAddr>()) else {
-            continue;
-        };
-        conns.push(mapping::Connection {
-            cpe_id: cpe.clone(),
-            mac,
-            at_ms: from_i64(at),
-            src_port: u16::try_from(sp).unwrap_or(0),
-            dst,
-            dst_port: u16::try_from(dp).unwrap_or(0),
-            nat_port: nat.and_then(|n| u16::try_from(n).ok()),
-        });
+    let mut conns = connection_rows(&mut stmt, params![cpe, to_i64(lo), to_i64(hi)])?;
+    // The matching translation stays in the list even when the window was cut short.
+    for t in translations {
+        if !conns.contains(&t) {
+            conns.push(t);
+        }
     }
     let alerts: Vec<_> = verdicts::load_alerts(
         conn,
@@ -233,6 +226,63 @@ pub fn answer(conn: &Connection, q: &AbuseQuery) -> Result<Match, AbuseError> {
         })
         .collect();
     Ok(mapping::map(q, &periods, &conns, &devices))
+}
+
+/// Reads connection rows (`cpe_id, mac, at_ms, src_port, dst, dst_port, nat_port, nat_ip`).
+fn connection_rows(
+    stmt: &mut rusqlite::CachedStatement<'_>,
+    params: impl rusqlite::Params,
+) -> Result<Vec<mapping::Connection>, AbuseError> {
+    let rows = stmt.query_map(params, |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, i64>(2)?,
+            r.get::<_, i64>(3)?,
+            r.get::<_, String>(4)?,
+            r.get::<_, i64>(5)?,
+            r.get::<_, Option<i64>>(6)?,
+            r.get::<_, Option<String>>(7)?,
+        ))
+    })?;
+    let mut conns = Vec::new();
+    for row in rows {
+        let (cpe_id, mac, at, sp, dst, dp, nat, nat_ip) = row?;
+        // A row the ingest stored is well-formed; skip rather than fail on a bad one.
+        let (Ok(mac), Ok(dst)) = (mac.parse::<MacAddr>(), dst.parse::<IpAddr>()) else {
+            continue;
+        };
+        conns.push(mapping::Connection {
+            cpe_id,
+            mac,
+            at_ms: from_i64(at),
+            src_port: u16::try_from(sp).unwrap_or(0),
+            dst,
+            dst_port: u16::try_from(dp).unwrap_or(0),
+            nat_port: nat.and_then(|n| u16::try_from(n).ok()),
+            nat_ip: nat_ip.and_then(|s| s.parse().ok()),
+        });
+    }
+    Ok(conns)
+}
+
+/// Every CPE's logged connections that left a router as `q.public_ip`:`port` within the
+/// translation tolerance around `q.at_ms` (index `connections_by_translation`).
+fn load_translations(
+    conn: &Connection,
+    q: &AbuseQuery,
+    port: u16,
+) -> Result<Vec<mapping::Connection>, AbuseError> {
+    let lo = q.at_ms.saturating_sub(mapping::TRANSLATION_BEFORE_MS);
+    let hi = q.at_ms.saturating_add(mapping::TRANSLATION_AFTER_MS);
+    let mut stmt = conn.prepare_cached(
+        "SELECT cpe_id, mac, at_ms, src_port, dst, dst_port, nat_port, nat_ip FROM connections
+         WHERE nat_ip = ?1 AND nat_port = ?2 AND at_ms BETWEEN ?3 AND ?4 ORDER BY at_ms LIMIT 100",
+    )?;
+    connection_rows(
+        &mut stmt,
+        params![q.public_ip.to_string(), port, to_i64(lo), to_i64(hi)],
+    )
 }
 
 /// Handles one report body: ARF when `content_type` says `multipart/report` or the body
@@ -374,6 +424,122 @@ pub fn names_device(c: Confidence) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::{Received, Store};
+    use smtpguard_protocol::envelope::Envelope;
+    use smtpguard_protocol::{AgentStats, Body, ConnRecord, State, Status, Telemetry};
+
+    const T: u64 = 1_764_500_000_000;
+    const BOT: MacAddr = MacAddr([2, 0, 0, 0, 0, 0x66]);
+    const LAPTOP: MacAddr = MacAddr([2, 0, 0, 0, 0, 0x10]);
+
+    fn telemetry(cpe: &str, seq: u64, wan: &str, conns: &[(MacAddr, i64, u16)]) -> Received {
+        let wan: IpAddr = wan.parse().unwrap();
+        let connections = conns
+            .iter()
+            .enumerate()
+            .map(|(i, &(mac, dt_secs, nat_port))| ConnRecord {
+                mac,
+                at_ms: (T as i64 + dt_secs * 1000) as u64,
+                src_port: 50_000 + i as u16,
+                dst: "198.51.100.25".parse().unwrap(),
+                dst_port: 25,
+                nat_port: Some(nat_port),
+                nat_ip: Some(wan),
+            })
+            .collect();
+        Received {
+            envelope: Envelope {
+                version: 1,
+                cpe_id: cpe.into(),
+                seq,
+                sent_at_ms: T,
+                body: Body::Telemetry(Telemetry {
+                    window_start_ms: T - 60_000,
+                    window_secs: 60,
+                    public_ip: Some(wan),
+                    stats: AgentStats::default(),
+                    devices: Vec::new(),
+                    connections,
+                }),
+            },
+            wire: vec![seq as u8],
+            received_at_ms: T,
+        }
+    }
+
+    #[test]
+    fn a_stored_translation_answers_exact_and_other_ports_fall_back_to_the_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("controller.db");
+        let mut store = Store::open(&path).unwrap();
+        store.upsert_cpe("cpe-a", "ed25519:test", None, T).unwrap();
+        store
+            .write_batch(
+                &[
+                    // Its retained state from before it knew its WAN address.
+                    Received {
+                        envelope: Envelope {
+                            version: 1,
+                            cpe_id: "cpe-a".into(),
+                            seq: 1,
+                            sent_at_ms: T - 120_000,
+                            body: Body::State(State {
+                                status: Status::Online,
+                                agent_version: "test".into(),
+                                fleet_policy_version: None,
+                                cpe_policy_version: None,
+                                public_ip: None,
+                            }),
+                        },
+                        wire: vec![0],
+                        received_at_ms: T - 120_000,
+                    },
+                    telemetry(
+                        "cpe-a",
+                        2,
+                        "100.64.7.2",
+                        &[
+                            (BOT, -40, 40_001),
+                            (BOT, -30, 40_002),
+                            (LAPTOP, -10, 40_123),
+                        ],
+                    ),
+                    // Another router with the same port on another address.
+                    telemetry("cpe-b", 1, "100.64.7.3", &[(BOT, -10, 40_123)]),
+                ],
+                &[],
+            )
+            .unwrap();
+        drop(store);
+        let mut conn = Connection::open(&path).unwrap();
+        crate::web::schema::migrate(&mut conn).unwrap();
+        let conn = &conn;
+        // What `GET /api/cpes/cpe-a` shows as the router's address: its telemetry's.
+        let row = crate::web::noc::cpe_rows(conn, Some("cpe-a")).unwrap();
+        assert_eq!(row[0].public_ip.as_deref(), Some("100.64.7.2"));
+        let body = format!(r#"{{"wan_ip":"100.64.7.2","source_port":40123,"time":{T}}}"#);
+        let r = submit(conn, "application/json", body.as_bytes(), T + 1).unwrap();
+        assert_eq!(r.answer.confidence, Confidence::Exact);
+        assert_eq!(r.answer.cpe_id.as_deref(), Some("cpe-a"));
+        assert_eq!(r.answer.mac, Some(LAPTOP));
+        assert!(r.answer.evidence.iter().all(|c| c.mac == LAPTOP));
+        let json = serde_json::to_value(&r.answer).unwrap();
+        assert_eq!(json["confidence"], "exact");
+        assert_eq!(json["evidence"][0]["nat_ip"], "100.64.7.2");
+
+        // A port no translation has: the time-window guess (the device with most mail).
+        let body = format!(r#"{{"public_ip":"100.64.7.2","source_port":49999,"time":{T}}}"#);
+        let r = submit(conn, "application/json", body.as_bytes(), T + 2).unwrap();
+        assert_eq!(r.answer.confidence, Confidence::TimeWindow);
+        assert_eq!(r.answer.mac, Some(BOT));
+
+        // The right port long after the tolerance: not exact.
+        let late = T + mapping::TRANSLATION_BEFORE_MS + 60_000;
+        let body = format!(r#"{{"public_ip":"100.64.7.2","source_port":40123,"time":{late}}}"#);
+        let r = submit(conn, "application/json", body.as_bytes(), T + 3).unwrap();
+        assert_ne!(r.answer.confidence, Confidence::Exact);
+        assert_eq!(list(conn, false, 10).unwrap()[2].confidence, "exact");
+    }
 
     #[test]
     fn json_queries_accept_text_or_ms_times_and_refuse_junk() {

@@ -651,8 +651,8 @@ fn store_telemetry(
     }
     {
         let mut stmt = tx.prepare_cached(
-            "INSERT INTO connections (cpe_id, mac, at_ms, src_port, dst, dst_port, nat_port)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            "INSERT INTO connections (cpe_id, mac, at_ms, src_port, dst, dst_port, nat_port, nat_ip)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         )?;
         for c in &t.connections {
             stmt.execute(params![
@@ -663,11 +663,15 @@ fn store_telemetry(
                 c.dst.to_string(),
                 c.dst_port,
                 c.nat_port,
+                c.nat_ip.map(|ip| ip.to_string()),
             ])?;
         }
     }
     if let Some(ip) = t.public_ip {
         note_public_ip(tx, cpe_id, ip, t.window_start_ms)?;
+        // The CPE's current address follows its telemetry too, not only its retained state.
+        tx.prepare_cached("UPDATE cpe_state SET public_ip = ?2 WHERE cpe_id = ?1")?
+            .execute(params![cpe_id, ip.to_string()])?;
     }
     Ok(())
 }

@@ -181,6 +181,13 @@ WHERE excluded.at_ms >= device_verdicts.at_ms;
     r#"
 ALTER TABLE cpes ADD COLUMN broker_password_hash TEXT;
 "#,
+    // 4: the router's NAT translation of each logged connection (its WAN address; the
+    // translated port was already `nat_port`), so an abuse report's (IP, port, time) finds
+    // the exact device (`abuse::mapping`, confidence `exact`).
+    r#"
+ALTER TABLE connections ADD COLUMN nat_ip TEXT;
+CREATE INDEX connections_by_translation ON connections (nat_ip, nat_port, at_ms);
+"#,
 ];
 
 /// The schema version this build writes: the number of [`MIGRATIONS`].

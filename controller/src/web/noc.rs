@@ -870,7 +870,7 @@ pub async fn policy_save(
 
 fn abuse_form(caller: &Caller) -> String {
     format!(
-        r#"<h2>Map a report</h2><form method="post" action="/noc/abuse">{}<label for="report">Paste an ARF report (the whole message) or JSON <span class="mono">{{"public_ip": "...", "time": "2025-03-04T13:05:09Z"}}</span></label><textarea id="report" name="report" rows="8" spellcheck="false"></textarea><p><button class="btn" type="submit">Find the device</button></p></form>"#,
+        r#"<h2>Map a report</h2><form method="post" action="/noc/abuse">{}<label for="report">Paste an ARF report (the whole message) or JSON <span class="mono">{{"public_ip": "...", "time": "2025-03-04T13:05:09Z", "source_port": 40123}}</span> (<span class="mono">public_ip</span> may be a router's WAN address from the CGNAT log; with the source port, the router's own NAT translation names the device exactly)</label><textarea id="report" name="report" rows="8" spellcheck="false"></textarea><p><button class="btn" type="submit">Find the device</button></p></form>"#,
         csrf_field(caller)
     )
 }
@@ -1019,6 +1019,7 @@ pub async fn abuse_one(
         .and_then(|v| v.as_str())
         .unwrap_or("");
     let confidence = [
+        Confidence::Exact,
         Confidence::ExactPort,
         Confidence::DestinationAndTime,
         Confidence::TimeWindow,
@@ -1070,15 +1071,16 @@ pub async fn abuse_one(
                 "<p>{} mail connections from this device in the window ({} from the household).</p>",
                 m.device_connections, m.household_connections
             );
-            b.push_str("<table><tr><th>Time</th><th>Destination</th><th>LAN source port</th><th>NAT port</th></tr>");
+            b.push_str("<table><tr><th>Time</th><th>Destination</th><th>LAN source port</th><th>NAT address</th><th>NAT port</th></tr>");
             for c in &m.evidence {
                 let _ = write!(
                     b,
-                    r#"<tr><td>{}</td><td class="mono">{}:{}</td><td class="num">{}</td><td class="num">{}</td></tr>"#,
+                    r#"<tr><td>{}</td><td class="mono">{}:{}</td><td class="num">{}</td><td class="mono">{}</td><td class="num">{}</td></tr>"#,
                     esc(&crate::abuse::date::format_utc_secs(c.at_ms)),
                     esc(&c.dst.to_string()),
                     c.dst_port,
                     c.src_port,
+                    esc(&c.nat_ip.map(|i| i.to_string()).unwrap_or("—".into())),
                     c.nat_port.map(|p| p.to_string()).unwrap_or("—".into())
                 );
             }

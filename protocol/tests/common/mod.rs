@@ -74,6 +74,7 @@ pub fn telemetry() -> Telemetry {
             dst: "178.63.41.150".parse().unwrap(),
             dst_port: 25,
             nat_port: Some(61002),
+            nat_ip: None,
         }],
     }
 }
