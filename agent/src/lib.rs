@@ -51,11 +51,8 @@ pub mod engine;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod leases;
-<<<<<<< HEAD
 pub mod log;
-=======
 pub mod nat;
->>>>>>> nat
 pub mod oui;
 pub mod packet;
 pub mod pcap;

@@ -8,7 +8,6 @@
 
 use std::fmt::{self, Write as _};
 use std::io::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
@@ -102,16 +101,12 @@ impl Filter {
 #[derive(Debug)]
 pub struct LineLogger {
     filter: Filter,
-    next_span: AtomicU64,
 }
 
 impl LineLogger {
     /// A logger with `filter`.
     pub fn new(filter: Filter) -> LineLogger {
-        LineLogger {
-            filter,
-            next_span: AtomicU64::new(1),
-        }
+        LineLogger { filter }
     }
 }
 
@@ -147,7 +142,8 @@ impl Subscriber for LineLogger {
     }
 
     fn new_span(&self, _span: &Attributes<'_>) -> Id {
-        Id::from_u64(self.next_span.fetch_add(1, Ordering::Relaxed).max(1))
+        // Spans are not shown; one id serves them all (no 64-bit atomics on 32-bit MIPS).
+        Id::from_u64(1)
     }
 
     fn record(&self, _span: &Id, _values: &Record<'_>) {}

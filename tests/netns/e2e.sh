@@ -525,6 +525,36 @@ if wait_for 30 bot_history_reaches_infected; then
 else
     fail "the bot's history at the controller shows its verdict changes (got: '$(bot_history_changes)')"
 fi
+wan_ip_reported() { [ "$(cpe_field public_ip)" = "$RTR_WAN" ]; }
+if wait_for 30 wan_ip_reported; then
+    pass "the agent reports the router's public (WAN) address $RTR_WAN"
+else
+    fail "the agent reports the router's public (WAN) address $RTR_WAN (controller has '$(cpe_field public_ip)')"
+fi
+# An abuse report as the receiving mail server's ISP would send it: the sender's address and
+# source port as the MX saw them (after the router's NAT) and the time.
+BOT_MAIL=$(grep -m1 'subject=e2e-bot-' "$WORK/mail.log")
+SEEN_IP=$(sed -n 's/.* peer=\([^ ]*\) .*/\1/p' <<<"$BOT_MAIL")
+SEEN_PORT=$(sed -n 's/.* port=\([0-9]*\) .*/\1/p' <<<"$BOT_MAIL")
+SEEN_MS=$(sed -n 's/.* at=\([0-9]*\)\.\([0-9]\{3\}\).*/\1\2/p' <<<"$BOT_MAIL")
+echo "  the MX saw the bot's message from $SEEN_IP port $SEEN_PORT at $SEEN_MS ms"
+abuse_answer() { # abuse_answer PORT: the answer to a report about $SEEN_IP:PORT at $SEEN_MS
+    api POST /api/abuse "{\"public_ip\":\"$SEEN_IP\",\"source_port\":$1,\"time\":$SEEN_MS}"
+}
+abuse_exact() {
+    ABUSE_JSON=$(abuse_answer "$SEEN_PORT")
+    [ "$(json "j['answer']['confidence']" <<<"$ABUSE_JSON")" = exact ]
+}
+if [ -n "$SEEN_PORT" ] && wait_for 30 abuse_exact; then
+    pass "an abuse report (public IP, NAT source port, time) gets confidence exact"
+    check "it names the bot ($BOT_MAC) and no other device" test \
+        "$(json "' '.join(sorted({j['answer']['mac']} | {e['mac'] for e in j['answer']['evidence']}))" <<<"$ABUSE_JSON")" = "$BOT_MAC"
+else
+    fail "an abuse report (public IP, NAT source port, time) gets confidence exact (last answer: ${ABUSE_JSON:-none})"
+fi
+OTHER_PORT=$(((SEEN_PORT + 7919) % 64511 + 1024))
+check "a report with a source port the router never translated is not answered exact" \
+    test "$(abuse_answer "$OTHER_PORT" | json "j['answer']['confidence']")" != exact
 laptop_not_flagged() {
     [ "$(cpe_json | json "next((d['verdict'] for d in j['devices'] if d['mac'] == '$LAP_MAC'), 'clean')")" = clean ]
 }
