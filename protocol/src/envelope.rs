@@ -312,6 +312,8 @@ fn encode_body(body: &Body) -> Result<Vec<u8>, wire::WireError> {
         Body::State(b) => wire::to_vec(b),
         Body::Policy(b) => wire::to_vec(b),
         Body::PolicyAck(b) => wire::to_vec(b),
+        Body::Command(b) => wire::to_vec(b),
+        Body::CommandAck(b) => wire::to_vec(b),
     }
 }
 
@@ -325,6 +327,8 @@ pub(crate) fn decode_body(kind: Kind, bytes: &[u8]) -> Result<Body, wire::WireEr
         Kind::State => Body::State(wire::from_slice(bytes)?),
         Kind::Policy => Body::Policy(wire::from_slice(bytes)?),
         Kind::PolicyAck => Body::PolicyAck(wire::from_slice(bytes)?),
+        Kind::Command => Body::Command(wire::from_slice(bytes)?),
+        Kind::CommandAck => Body::CommandAck(wire::from_slice(bytes)?),
     })
 }
 
@@ -338,6 +342,18 @@ pub(crate) fn decode_policy_body(kind: Kind, bytes: &[u8]) -> Result<Body, wire:
         Kind::Policy => Ok(Body::Policy(wire::from_slice_via_tree(bytes)?)),
         other => Err(wire::WireError::new(format!(
             "a {other} body where only policy is accepted"
+        ))),
+    }
+}
+
+/// Decodes command bodies only, through the generic tree like [`decode_policy_body`]: what
+/// an agent reads on its command topic, without pulling the other kinds' decoders into a
+/// router binary.
+pub(crate) fn decode_command_body(kind: Kind, bytes: &[u8]) -> Result<Body, wire::WireError> {
+    match kind {
+        Kind::Command => Ok(Body::Command(wire::from_slice_via_tree(bytes)?)),
+        other => Err(wire::WireError::new(format!(
+            "a {other} body where only a command is accepted"
         ))),
     }
 }
@@ -645,6 +661,29 @@ pub fn verify_policy(
         freshness,
     };
     verify_decoding(topic, payload, key_of, &checks, decode_policy_body)
+}
+
+/// [`verify`] for a router's command topic: topic scheme, size, CBOR, version, topic match
+/// (a command envelope for another CPE is refused here), the controller's signature, the
+/// body (decoded through the generic tree, as policy is) and freshness of `sent_at`. The
+/// checks of the body itself (target, expiry, replay) are [`crate::Command::refusal`].
+///
+/// # Errors
+/// As [`verify`].
+pub fn verify_command(
+    topic: &str,
+    payload: &[u8],
+    key_of: impl FnOnce(&str) -> KeyStatus,
+    now_ms: u64,
+    freshness: &Freshness,
+) -> Result<Envelope, Rejection> {
+    let checks = Checks {
+        window: None,
+        applied_policy_version: None,
+        now_ms,
+        freshness,
+    };
+    verify_decoding(topic, payload, key_of, &checks, decode_command_body)
 }
 
 /// The receiver's state that [`verify`] checks a message against.
