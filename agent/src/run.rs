@@ -17,7 +17,10 @@
 //! as an alert (persisted until the broker acknowledges it) and, every
 //! `policy.telemetry_interval_secs`, a telemetry report; verified policies come back over a
 //! channel and are applied between frames: the per-CPE override if there is one, else the
-//! fleet policy, else the local policy file. Each is acknowledged as applied.
+//! fleet policy, else the local policy file. Each is acknowledged as applied. Verified
+//! controller commands (release, block) come back the same way and go to
+//! [`crate::core::Agent::apply_command`]; its answer is acknowledged through the uplink,
+//! which records the command's id durably first.
 //!
 //! # Start and stop
 //! At start the block state file is loaded and restored with each block's remaining time to
@@ -32,7 +35,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use smtpguard_protocol::{MacAddr, Policy, Verdict};
+use smtpguard_protocol::{Command, MacAddr, Policy, Verdict};
 
 use crate::capture::{Capture, CaptureError, CaptureOptions};
 use crate::config::{AgentConfig, EnforceBackend};
@@ -103,6 +106,7 @@ pub fn key_path(config: &AgentConfig) -> PathBuf {
 struct Link {
     handle: UplinkHandle,
     policies: std::sync::mpsc::Receiver<PolicyUpdate>,
+    commands: std::sync::mpsc::Receiver<Command>,
 }
 
 fn now_ms() -> u64 {
@@ -226,6 +230,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
         let Uplink {
             handle,
             mut policies,
+            mut commands,
             task,
         } = uplink;
         let (policy_tx, policy_rx) = std::sync::mpsc::channel();
@@ -236,10 +241,19 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
                 }
             }
         }));
+        let (command_tx, command_rx) = std::sync::mpsc::channel();
+        uplink_tasks.push(tokio::spawn(async move {
+            while let Some(command) = commands.recv().await {
+                if command_tx.send(command).is_err() {
+                    break;
+                }
+            }
+        }));
         uplink_tasks.push(task);
         link = Some(Link {
             handle,
             policies: policy_rx,
+            commands: command_rx,
         });
     }
     let stop = Arc::new(AtomicBool::new(false));
@@ -450,6 +464,10 @@ impl Worker {
                 tracing::info!(scope = ?update.scope, version = update.version, "controller policy");
                 self.agent.apply_controller_policy(now, &update);
             }
+            let commands: Vec<Command> = link.commands.try_iter().collect();
+            for command in commands {
+                self.agent.apply_command(now, &command);
+            }
         }
         if let Ok(cs) = self.capture.stats() {
             self.agent.note_kernel_drops(cs.drops);
@@ -521,6 +539,14 @@ impl Worker {
                             tracing::error!(%err, "policy ack not queued");
                         }
                     }
+                }
+                Output::CommandAck(ack) => {
+                    if let Some(link) = &self.link {
+                        if let Err(err) = link.handle.command_ack(ack) {
+                            tracing::error!(%err, "command ack not queued");
+                        }
+                    }
+                    changed = true;
                 }
             }
         }
