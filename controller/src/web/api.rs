@@ -333,7 +333,7 @@ async fn send_command(
             })),
         )
             .into_response(),
-        Err(e) if matches!(e, CommandError::UnknownCpe(_)) => WebError::NotFound.api(),
+        Err(CommandError::UnknownCpe(_)) => WebError::NotFound.api(),
         Err(e) if e.is_client_error() => WebError::BadRequest(e.to_string()).api(),
         Err(e) => WebError::Internal(e.to_string()).api(),
     }
