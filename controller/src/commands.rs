@@ -175,12 +175,18 @@ pub async fn send(
     .await;
     if let Err(source) = result {
         let reason = source.to_string();
-        if let Ok(store) = Store::open(db_path) {
-            if let Err(e) =
-                table::mark_unsent(store.conn(), &command.cpe_id, command.command_id, &reason)
-            {
-                tracing::warn!(error = %e, "could not mark a command unsent");
-            }
+        let (db, cpe_id, id) = (
+            db_path.to_path_buf(),
+            command.cpe_id.clone(),
+            command.command_id,
+        );
+        let marked = tokio::task::spawn_blocking(move || {
+            let store = Store::open(&db)?;
+            table::mark_unsent(store.conn(), &cpe_id, id, &reason)
+        })
+        .await;
+        if !matches!(marked, Ok(Ok(()))) {
+            tracing::warn!(?marked, "could not mark a command unsent");
         }
         return Err(CommandError::Publish {
             command_id: command.command_id,

@@ -483,6 +483,114 @@ fn api_commands_reach_a_live_agent_and_forged_replayed_or_expired_ones_are_refus
         &[&agent, &controller_proc],
         || refusal_stored(&db, &cpe, 2, "replayed"),
     );
+
+    // 5. A subscriber's release request, approved in the NOC, becomes a release command;
+    //    once the router answered, the API and the pages say it was lifted and when.
+    {
+        // The router reported the device once (the portal takes requests only for those).
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.busy_timeout(Duration::from_secs(5)).unwrap();
+        conn.execute(
+            "INSERT INTO device_reports (cpe_id, seq, mac, verdict, score, action,
+                ips_json, counters_json, evidence_json)
+             VALUES (?1, 0, ?2, 'infected', 0.9, 'block', '[]', '{}', '[]')",
+            rusqlite::params![cpe, DEVICE.to_string()],
+        )
+        .unwrap();
+    }
+    let household_token = {
+        let conn = smtpguard_controller::web::open_db(&db).unwrap();
+        smtpguard_controller::households::create(
+            &conn,
+            "The Command family",
+            &[cpe.as_str()],
+            now_ms(),
+        )
+        .unwrap()
+        .1
+    };
+    let me = web_common::login(api.addr, &household_token).unwrap();
+    let my = http(api.addr, "GET", "/my", &[("Cookie", &me)], b"").unwrap();
+    let csrf = web_common::csrf_of(&my.body).expect("a CSRF token on /my");
+    let form = format!(
+        "cpe_id={cpe}&mac={}&note=scanned&csrf={csrf}",
+        DEVICE.to_string().replace(':', "%3A")
+    );
+    let r = http(
+        api.addr,
+        "POST",
+        "/my/release",
+        &[
+            ("Content-Type", "application/x-www-form-urlencoded"),
+            ("Cookie", &me),
+        ],
+        form.as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(r.status, 303, "{}", r.body);
+    let noc = web_common::login(api.addr, OPERATOR).unwrap();
+    let releases = http(api.addr, "GET", "/noc/releases", &[("Cookie", &noc)], b"").unwrap();
+    let request_id: i64 = releases
+        .body
+        .split(r#"action="/noc/releases/"#)
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no pending request on /noc/releases: {}", releases.body));
+    let csrf = web_common::csrf_of(&releases.body).unwrap();
+    let r = http(
+        api.addr,
+        "POST",
+        &format!("/noc/releases/{request_id}"),
+        &[
+            ("Content-Type", "application/x-www-form-urlencoded"),
+            ("Cookie", &noc),
+        ],
+        format!("decision=approve&csrf={csrf}").as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(r.status, 303, "{}", r.body);
+    wait_for(
+        "the approved release applied",
+        &[&agent, &controller_proc],
+        || {
+            api.command(&cpe, 3).is_some_and(|c| {
+                c["status"] == "applied" && c["release_request_id"].as_i64() == Some(request_id)
+            })
+        },
+    );
+    let ack_ms = api.command(&cpe, 3).unwrap()["ack_ms"].as_u64().unwrap();
+    let auth = format!("Bearer {household_token}");
+    let mine = http(
+        api.addr,
+        "GET",
+        "/api/my/devices",
+        &[("Authorization", &auth)],
+        b"",
+    )
+    .unwrap();
+    let mine: Value = serde_json::from_str(&mine.body).unwrap();
+    let request = &mine["release_requests"][0];
+    assert_eq!(request["status"], "approved", "{mine}");
+    assert_eq!(request["command"]["state"], "acknowledged", "{mine}");
+    assert_eq!(request["command"]["at_ms"].as_u64(), Some(ack_ms), "{mine}");
+    let page = http(
+        api.addr,
+        "GET",
+        &format!("/noc/cpe/{cpe}"),
+        &[("Cookie", &noc)],
+        b"",
+    )
+    .unwrap();
+    assert!(
+        page.body
+            .contains(r#"data-command="3" data-status="applied""#)
+            && page
+                .body
+                .contains(r#"data-command="1" data-status="applied""#),
+        "{}",
+        page.body
+    );
     drop(agent);
     drop(controller_proc);
 }
