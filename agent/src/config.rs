@@ -47,8 +47,14 @@ pub const DEFAULT_OUI_FILE: &str = "/usr/share/ieee-data/oui.csv";
 pub struct AgentConfig {
     /// This router's id on the wire; derived from its public key when absent.
     pub cpe_id: Option<String>,
-    /// Persistent state: signing key, sequence counter, alert queue, blocks.
+    /// Persistent state: signing key, sequence counter, alert queue, blocks. On a router
+    /// this is flash: the agent writes here only when that state changes (see the README's
+    /// flash write budget).
     pub state_dir: PathBuf,
+    /// Runtime state, kept in RAM on a router (`/var/run/smtpguard` on OpenWrt): the status
+    /// file `status` and the LuCI page read, and manual-release requests on their way to the
+    /// running agent. Lost at reboot by design. When not set, [`AgentConfig::state_dir`].
+    pub runtime_dir: Option<PathBuf>,
     /// Local policy (TOML, the protocol's `Policy`) applied until the controller sends one.
     pub policy_file: Option<PathBuf>,
     /// The ISP's mail relays (`198.51.100.25:587`, `198.51.100.0/24`, `[2001:db8::/32]:587`)
@@ -72,6 +78,7 @@ impl Default for AgentConfig {
         AgentConfig {
             cpe_id: None,
             state_dir: PathBuf::from("/var/lib/smtpguard"),
+            runtime_dir: None,
             policy_file: None,
             isp_relays: Vec::new(),
             capture: CaptureConfig::default(),
@@ -268,6 +275,11 @@ const TEXT_ORIGIN: &str = "configuration";
 const UCI_TOP_SECTION: &str = "agent";
 
 impl AgentConfig {
+    /// Where runtime state lives: the `runtime_dir` setting, else the state directory.
+    pub fn runtime_dir(&self) -> &Path {
+        self.runtime_dir.as_deref().unwrap_or(&self.state_dir)
+    }
+
     /// Reads and validates a configuration file: OpenWrt UCI when the path lies under
     /// `/etc/config/` or the first statement is a UCI `config` or `package`, TOML otherwise.
     ///
@@ -323,6 +335,13 @@ impl AgentConfig {
         }
         if self.state_dir.as_os_str().is_empty() {
             return bad("state_dir", "must not be empty");
+        }
+        if self
+            .runtime_dir
+            .as_ref()
+            .is_some_and(|d| d.as_os_str().is_empty())
+        {
+            return bad("runtime_dir", "must not be empty when set");
         }
         if self.capture.interface.is_empty() {
             return bad("capture.interface", "must not be empty");
@@ -565,6 +584,7 @@ mod tests {
     const TOML_SAMPLE: &str = r#"
 cpe_id = "cpe-0042"
 state_dir = "/etc/smtpguard"
+runtime_dir = "/var/run/smtpguard"
 policy_file = "/etc/smtpguard/policy.toml"
 isp_relays = ["198.51.100.25:587", "[2001:db8::/32]:465"]
 
@@ -592,6 +612,7 @@ name = "green:status"
 config agent 'agent'
 \toption cpe_id 'cpe-0042'
 \toption state_dir '/etc/smtpguard'
+\toption runtime_dir '/var/run/smtpguard'
 \toption policy_file '/etc/smtpguard/policy.toml'
 \tlist isp_relays '198.51.100.25:587'
 \tlist isp_relays '[2001:db8::/32]:465'
@@ -621,6 +642,7 @@ config led 'led'
         AgentConfig {
             cpe_id: Some("cpe-0042".to_owned()),
             state_dir: "/etc/smtpguard".into(),
+            runtime_dir: Some("/var/run/smtpguard".into()),
             policy_file: Some("/etc/smtpguard/policy.toml".into()),
             isp_relays: vec![
                 "198.51.100.25:587".parse().unwrap(),

@@ -20,6 +20,8 @@
 //! - [`enforce`]: turns verdicts into device-scoped action: the pure [`enforce::Planner`],
 //!   the nftables backend (table `inet smtpguard`), the block state file, and the `status` /
 //!   `release` subcommands' logic.
+//! - [`durable`]: files replaced whole and durably (state, sequence numbers, alert queue,
+//!   status), one implementation for all of them.
 //! - [`run`]: `smtpguard-agent run`, the live loop: capture → engine → planner → nftables,
 //!   state and status files, clean shutdown on SIGTERM/SIGINT.
 //! - [`uplink`]: signed telemetry and alerts to the controller over MQTT (bounded offline
@@ -37,6 +39,7 @@ pub mod capture;
 pub mod cli;
 pub mod config;
 pub mod core;
+pub mod durable;
 pub mod enforce;
 pub mod engine;
 #[cfg(feature = "fuzzing")]

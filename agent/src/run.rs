@@ -40,7 +40,9 @@ use smtpguard_protocol::{Command, MacAddr, Policy, Verdict};
 use crate::capture::{Capture, CaptureError, CaptureOptions};
 use crate::config::{AgentConfig, EnforceBackend};
 use crate::core::{Agent, Output, Settings as CoreSettings};
-use crate::enforce::control::{self, write_status, StatusFile, STATUS_EVERY_SECS};
+use crate::enforce::control::{
+    self, write_status, StatusFile, STATUS_EVERY_SECS, STATUS_HEARTBEAT_SECS,
+};
 use crate::enforce::plan::Snapshot;
 use crate::enforce::{state, EnforceError, Enforcer, LoggingEnforcer, NftEnforcer, PlannerConfig};
 use crate::engine::EngineConfig;
@@ -151,7 +153,11 @@ pub fn enforcer_for(config: &AgentConfig) -> Box<dyn Enforcer + Send> {
 /// # Errors
 /// As [`control::status`].
 pub fn print_status(config: &AgentConfig) -> Result<(), EnforceError> {
-    let text = control::status(&config.state_dir, enforcer_for(config).as_mut(), now_ms())?;
+    let text = control::status(
+        config.runtime_dir(),
+        enforcer_for(config).as_mut(),
+        now_ms(),
+    )?;
     print!("{text}");
     Ok(())
 }
@@ -161,7 +167,7 @@ pub fn print_status(config: &AgentConfig) -> Result<(), EnforceError> {
 /// # Errors
 /// As [`control::release`].
 pub fn release_command(config: &AgentConfig, mac: MacAddr) -> Result<(), EnforceError> {
-    let dir = &config.state_dir;
+    let dir = config.runtime_dir();
     let text = control::release(dir, enforcer_for(config).as_mut(), mac, now_ms())?;
     println!("{text}");
     // A running agent takes the request within a second; until it has, its engine could
@@ -312,6 +318,10 @@ pub fn run_until_signal(config: AgentConfig) -> Result<(), RunError> {
 /// Everything the worker thread owns: the core, and the I/O it carries out for it.
 struct Worker {
     state_dir: PathBuf,
+    /// RAM on a router: the status file and manual-release requests.
+    runtime_dir: PathBuf,
+    /// The last status written: its content (without the time) and when.
+    last_status: Option<(Vec<u8>, u64)>,
     interface: String,
     capture: Capture,
     agent: Agent,
@@ -340,6 +350,12 @@ impl Worker {
         let policy = load_policy(config.policy_file.as_deref())?;
         let now = now_ms();
         let state_dir = config.state_dir.clone();
+        let runtime_dir = config.runtime_dir().to_path_buf();
+        // Made by the agent, so that it owns them: `release`, run by root (or by LuCI's
+        // rpcd), leaves its requests in a directory the unprivileged agent can empty.
+        if let Err(err) = std::fs::create_dir_all(runtime_dir.join(state::RELEASE_DIR)) {
+            tracing::warn!(%err, dir = %runtime_dir.display(), "cannot create the runtime directory");
+        }
         let (router_macs, router_ips) = router_identity(&config.capture.interface);
         let oui = config
             .capture
@@ -382,7 +398,7 @@ impl Worker {
                 let _ = std::fs::rename(&path, path.with_extension("json.unreadable"));
             }
         }
-        take_releases(&state_dir, &mut agent, now);
+        take_releases(&runtime_dir, &mut agent, now);
 
         let capture = Capture::open(
             &config.capture.interface,
@@ -393,6 +409,8 @@ impl Worker {
         )?;
         let mut worker = Worker {
             state_dir,
+            runtime_dir,
+            last_status: None,
             interface: config.capture.interface.clone(),
             capture,
             agent,
@@ -448,7 +466,7 @@ impl Worker {
         }
         if now >= self.next_release_poll_ms {
             self.next_release_poll_ms = now + RELEASE_POLL_MS;
-            take_releases(&self.state_dir, &mut self.agent, now);
+            take_releases(&self.runtime_dir, &mut self.agent, now);
         }
         if now >= self.next_leases_poll_ms {
             self.next_leases_poll_ms = now + LEASES_POLL_MS;
@@ -691,8 +709,23 @@ impl Worker {
             enforcer: self.enforcer.stats(),
             stats: self.agent.stats(),
         };
-        if let Err(err) = write_status(&self.state_dir, &status) {
-            tracing::warn!(%err, "cannot write the status file");
+        // Written only when something in it changed, and at least every heartbeat so that
+        // readers can tell a running agent from a dead one.
+        let content = serde_json::to_vec(&StatusFile {
+            updated_ms: 0,
+            ..status.clone()
+        })
+        .unwrap_or_default();
+        if !stopped
+            && self.last_status.as_ref().is_some_and(|(last, at)| {
+                *last == content && now.saturating_sub(*at) < STATUS_HEARTBEAT_SECS * 1000
+            })
+        {
+            return;
+        }
+        match write_status(&self.runtime_dir, &status) {
+            Ok(()) => self.last_status = Some((content, now)),
+            Err(err) => tracing::warn!(%err, "cannot write the status file"),
         }
     }
 }

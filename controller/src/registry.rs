@@ -192,9 +192,21 @@ pub fn revoke(store: &mut Store, cpe_id: &str, now_ms: u64) -> Result<(), Regist
 pub struct KeyCache {
     keys: HashMap<String, KeyStatus>,
     passwords: HashMap<String, String>,
+    /// Admits no router yet (see [`KeyCache::closed`]).
+    closed: bool,
 }
 
 impl KeyCache {
+    /// The cache the embedded broker reads before the ingest's subscriptions exist: every
+    /// router login is answered "server unavailable" ([`Login::NotReady`]), so the router
+    /// retries instead of reporting a wrong password.
+    pub fn closed() -> KeyCache {
+        KeyCache {
+            closed: true,
+            ..KeyCache::default()
+        }
+    }
+
     /// Loads every enrolled CPE. A stored key that does not parse (a hand-edited database)
     /// counts as unknown and is logged.
     ///
@@ -220,7 +232,11 @@ impl KeyCache {
             };
             keys.insert(cpe.cpe_id, status);
         }
-        Ok(KeyCache { keys, passwords })
+        Ok(KeyCache {
+            keys,
+            passwords,
+            closed: false,
+        })
     }
 
     /// The status of one sender's key.
@@ -254,6 +270,9 @@ impl KeyCache {
     /// The embedded broker's login check for a CPE: enrolled, not revoked, and `password`
     /// matches its stored hash.
     pub fn check_login(&self, cpe_id: &str, password: &[u8]) -> Login {
+        if self.closed {
+            return Login::NotReady;
+        }
         match self.status(cpe_id) {
             KeyStatus::Unknown => Login::UnknownCpe,
             KeyStatus::Revoked => Login::Revoked,
@@ -276,6 +295,9 @@ pub enum Login {
     Revoked,
     /// Wrong or missing password (or none issued).
     BadPassword,
+    /// The controller is starting: nobody is subscribed yet to store what a router would
+    /// publish, so routers are asked to come back.
+    NotReady,
 }
 
 impl Login {
@@ -286,6 +308,7 @@ impl Login {
             Login::UnknownCpe => "unknown_cpe",
             Login::Revoked => "revoked",
             Login::BadPassword => "bad_password",
+            Login::NotReady => "not_ready",
         }
     }
 }

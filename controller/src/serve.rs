@@ -31,7 +31,7 @@ pub async fn run(
     // Empty: the embedded broker admits no router until the ingest has subscribed and
     // fills it (`ingest::service::Admission`), so nothing a router publishes is dropped
     // for want of a subscriber.
-    let keys = Arc::new(RwLock::new(KeyCache::default()));
+    let keys = Arc::new(RwLock::new(KeyCache::closed()));
     let admission = Arc::new(Admission::new(keys.clone(), KeyCache::load(&store)?));
     let latest = policy::latest_all(&store)?;
     let (keys_changed_tx, keys_changed) = tokio::sync::watch::channel(0u64);

@@ -11,8 +11,13 @@
 # Steps (each prints PASS or FAIL; the script exits non-zero on any FAIL and never skips):
 #   1. the laptop submits mail through the allowlisted ISP relay (587, STARTTLS, AUTH): delivered,
 #      not limited;
+#   1b. the agent runs as its own user with only CAP_NET_RAW and CAP_NET_ADMIN and no_new_privs,
+#      and over 20 s of household traffic and telemetry writes nothing to its persistent state
+#      directory (flash on a router) while its status file in the runtime directory stays current;
 #   2. the bot looks up MX records and sends a bounded burst of direct-to-MX mail: it is
 #      rate-limited, then blocked; prints `detection-to-block: N s` (must be <= 60 s);
+#   2b. the ISP's controller (embedded broker, on the WAN side) has the router online, the bot
+#      infected from the router's alert, and the bot's verdict history;
 #   3. while blocked, the bot's web traffic and the laptop's mail still work;
 #   4. kill -9 the agent: the block stays in force; restart it: state restored, no duplicate rules;
 #      then a firewall restart (every table flushed): the agent puts its table back with the block;
@@ -24,7 +29,8 @@
 # nothing is sent outside them.
 #
 # Usage (as root): tests/netns/e2e.sh
-#   SMTPGUARD_AGENT=path   use this agent binary instead of building target/debug's
+#   SMTPGUARD_AGENT=path, SMTPGUARD_CONTROLLER=path
+#                          use these binaries instead of building target/debug's
 #   E2E_KEEP=1             keep the work directory (logs) after the run
 set -uo pipefail
 
@@ -57,7 +63,7 @@ fi
 
 need=()
 for entry in nft:nftables dnsmasq:dnsmasq-base swaks:swaks openssl:openssl ip:iproute2 \
-    curl:curl dig:bind9-dnsutils nc:netcat-openbsd \
+    curl:curl dig:bind9-dnsutils nc:netcat-openbsd inotifywait:inotify-tools setpriv:util-linux \
     /usr/lib/python3/dist-packages/aiosmtpd:python3-aiosmtpd; do
     probe=${entry%%:*}
     case "$probe" in
@@ -80,14 +86,17 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 PY=/usr/bin/python3 # Debian's, which has python3-aiosmtpd (not a pyenv shim)
 
-if [ -n "${SMTPGUARD_AGENT:-}" ]; then
-    AGENT=$SMTPGUARD_AGENT
+if [ -n "${SMTPGUARD_AGENT:-}" ] && [ -n "${SMTPGUARD_CONTROLLER:-}" ]; then
+    AGENT=$SMTPGUARD_AGENT CONTROLLER=$SMTPGUARD_CONTROLLER
 else
-    echo "e2e: building smtpguard-agent"
-    (cd "$ROOT" && cargo build -q -p smtpguard-agent) || { echo "e2e: FAIL: build" >&2; exit 1; }
-    AGENT=$ROOT/target/debug/smtpguard-agent
+    echo "e2e: building smtpguard-agent and smtpguard-controller"
+    (cd "$ROOT" && cargo build -q -p smtpguard-agent -p smtpguard-controller) ||
+        { echo "e2e: FAIL: build" >&2; exit 1; }
+    AGENT=${SMTPGUARD_AGENT:-$ROOT/target/debug/smtpguard-agent}
+    CONTROLLER=${SMTPGUARD_CONTROLLER:-$ROOT/target/debug/smtpguard-controller}
 fi
 [ -x "$AGENT" ] || { echo "e2e: FAIL: no agent binary at $AGENT" >&2; exit 1; }
+[ -x "$CONTROLLER" ] || { echo "e2e: FAIL: no controller binary at $CONTROLLER" >&2; exit 1; }
 
 # ---------------------------------------------------------------------------------------------
 # Names, addresses, cleanup
@@ -98,11 +107,16 @@ NAMESPACES=("$NS_BOT" "$NS_LAP" "$NS_RTR" "$NS_WAN")
 BOT_MAC=02:5b:00:00:00:0b LAP_MAC=02:5b:00:00:00:1a RTR_MAC=02:5b:00:00:00:01
 BOT_IP=192.168.50.11 LAP_IP=192.168.50.12 RTR_LAN=192.168.50.1
 RTR_WAN=198.18.0.2 WAN_GW=198.18.0.1
-RELAY=203.0.113.25 DNS=203.0.113.53 WEB=203.0.113.80
+RELAY=203.0.113.25 DNS=203.0.113.53 WEB=203.0.113.80 CTL=203.0.113.10
 DOMAINS=40 # d1.test .. d40.test, MX mx.dN.test at 198.19.N.25 (one /24 each)
 BLOCK_TTL=45 # long enough that the block is still in force through steps 3 and 4
 GRACE_SECS=40 # the agent's release grace period
 WORK=$(mktemp -d /tmp/smtpguard-e2e.XXXXXX)
+# The agent runs as its own user with only CAP_NET_RAW and CAP_NET_ADMIN, as on a router;
+# everything it reads or writes is in $RDIR: flash-like persistent state and RAM-like runtime
+# state in two directories.
+AGENT_UID=4242
+RDIR=$WORK/router STATE=$WORK/router/state RUNDIR=$WORK/router/run
 PIDS=()
 AGENT_PID=
 
@@ -123,7 +137,9 @@ cleanup() {
         echo
         echo "---- agent log (last 60 lines) ----"
         tail -n 60 "$WORK/agent.log" 2>/dev/null
-        echo "---- end of agent log; work directory: $WORK ----"
+        echo "---- controller log (last 30 lines) ----"
+        tail -n 30 "$WORK/controller.log" 2>/dev/null
+        echo "---- end of logs; work directory: $WORK ----"
     elif [ -z "${E2E_KEEP:-}" ]; then
         rm -rf "$WORK"
     fi
@@ -240,44 +256,102 @@ check "laptop resolves MX records through the router" \
     bash -c "ip netns exec $NS_LAP dig +short +time=2 +tries=2 @$DNS MX d3.test | grep -q mx.d3.test"
 
 # ---------------------------------------------------------------------------------------------
+# The ISP's controller on the ISP side of the router's WAN: embedded broker and web/API on
+# $CTL. The router's agent is enrolled as an operator would (`keygen`, `cpe add`) and
+# reaches it through its own WAN address, like a real router.
+
+in_ns "$NS_WAN" ip addr add "$CTL/32" dev lo || die "address $CTL"
+mkdir -p "$STATE" "$RUNDIR"
+chmod 711 "$WORK"
+openssl rand -hex 24 >"$WORK/operator.token"
+OPERATOR_TOKEN=$(cat "$WORK/operator.token")
+cat >"$WORK/controller.toml" <<EOF
+db_path = "$WORK/controller.db"
+policy_key_path = "$WORK/controller-policy.key"
+http_listen = "$CTL:8080"
+
+[broker]
+embedded_listen = "$CTL:1883"
+password = "$(openssl rand -hex 24)"
+client_id = "controller-e2e"
+
+[web]
+operator_token_file = "$WORK/operator.token"
+EOF
+ctl() { "$CONTROLLER" --config "$WORK/controller.toml" "$@"; }
+CONTROLLER_KEY=$(ctl keygen 2>/dev/null | grep '^ed25519:') || die "controller keygen"
+KEYGEN_OUT=$("$AGENT" keygen --key "$STATE/agent.key" 2>/dev/null) || die "agent keygen"
+CPE_ID=$(awk '/^cpe_id:/ {print $2}' <<<"$KEYGEN_OUT")
+CPE_KEY=$(awk '/^public_key:/ {print $2}' <<<"$KEYGEN_OUT")
+ENROLLED=$(ctl cpe add "$CPE_ID" "$CPE_KEY" 2>/dev/null) || die "cpe add"
+CPE_PASSWORD=$(sed -n 's/^ *password = "\(.*\)"$/\1/p' <<<"$ENROLLED")
+[ -n "$CPE_ID" ] && [ -n "$CPE_PASSWORD" ] || die "enrollment printed no identity: $ENROLLED"
+bg_in_ns "$NS_WAN" "$WORK/controller.log" env RUST_LOG=info NO_COLOR=1 "$CONTROLLER" \
+    --config "$WORK/controller.toml" serve
+api() { # api METHOD PATH [JSON]: the controller's API as the NOC operator
+    local method=$1 path=$2
+    shift 2
+    in_ns "$NS_WAN" curl -sS --max-time 5 -X "$method" -H "Authorization: Bearer $OPERATOR_TOKEN" \
+        -H 'Content-Type: application/json' ${1:+--data "$1"} "http://$CTL:8080$path"
+}
+json() { # json EXPRESSION: a Python expression over the JSON on stdin (`j`), printed
+    $PY -c 'import json, sys; j = json.load(sys.stdin); v = eval(sys.argv[1]); print("" if v is None else v)' "$1"
+}
+wait_for 30 listening "$NS_WAN" 8080 || die "controller did not start: $(tail -n 20 "$WORK/controller.log")"
+wait_for 30 listening "$NS_WAN" 1883 || die "embedded broker did not start: $(tail -n 20 "$WORK/controller.log")"
+pass "controller runs on the ISP side ($CTL), the router enrolled as $CPE_ID"
+
+# ---------------------------------------------------------------------------------------------
 # The agent on the router.
 
-mkdir -p "$WORK/state"
-cat >"$WORK/policy.toml" <<EOF
+cat >"$RDIR/policy.toml" <<EOF
 # Test policy: enforce, short block. The ISP relay is in the router's own config below,
 # where no policy can take it out.
 mode = "enforce"
 block_ttl_secs = $BLOCK_TTL
 rate_limit_per_minute = 6
 allow_relays = []
+telemetry_interval_secs = 5
 EOF
-cat >"$WORK/agent.toml" <<EOF
-state_dir = "$WORK/state"
-policy_file = "$WORK/policy.toml"
+cat >"$RDIR/agent.toml" <<EOF
+state_dir = "$STATE"
+runtime_dir = "$RUNDIR"
+policy_file = "$RDIR/policy.toml"
 isp_relays = ["$RELAY:587"]
 
 [capture]
 interface = "br-lan"
-leases_file = "$WORK/dhcp.leases"
+leases_file = "$RDIR/dhcp.leases"
 
 [enforce]
 backend = "nftables"
 nft = "nft"
 release_grace_secs = $GRACE_SECS
+
+[uplink]
+enabled = true
+broker_url = "mqtt://$CTL:1883"
+username = "$CPE_ID"
+password = "$CPE_PASSWORD"
+controller_public_key = "$CONTROLLER_KEY"
 EOF
 
 # The router's DHCP server names the devices (dnsmasq lease format); the agent reads it.
-printf '%s\n' "0 $BOT_MAC $BOT_IP old-pc *" "0 $LAP_MAC $LAP_IP laptop *" >"$WORK/dhcp.leases"
+printf '%s\n' "0 $BOT_MAC $BOT_IP old-pc *" "0 $LAP_MAC $LAP_IP laptop *" >"$RDIR/dhcp.leases"
+chown -R "$AGENT_UID:$AGENT_UID" "$RDIR" && chmod 700 "$RDIR" || die "chown the agent's files"
 
 start_agent() {
-    ip netns exec "$NS_RTR" env RUST_LOG=info NO_COLOR=1 "$AGENT" run --config "$WORK/agent.toml" \
+    ip netns exec "$NS_RTR" setpriv --reuid=$AGENT_UID --regid=$AGENT_UID --clear-groups \
+        --inh-caps=-all,+net_raw,+net_admin --ambient-caps=-all,+net_raw,+net_admin \
+        --bounding-set=-all,+net_raw,+net_admin --no-new-privs \
+        env RUST_LOG=info NO_COLOR=1 "$AGENT" run --config "$RDIR/agent.toml" \
         >>"$WORK/agent.log" 2>&1 &
     AGENT_PID=$!
 }
 agent_ready() { # the table is installed and the running agent wrote its status
     kill -0 "$AGENT_PID" &&
         in_ns "$NS_RTR" nft list chain inet smtpguard mail_check >/dev/null &&
-        grep -q "\"pid\": $AGENT_PID" "$WORK/state/status.json"
+        grep -q "\"pid\": $AGENT_PID" "$RUNDIR/status.json"
 }
 nft_set_has() { # nft_set_has SET MAC
     in_ns "$NS_RTR" nft list set inet smtpguard "$1" 2>/dev/null | grep -F "$2" >/dev/null
@@ -326,6 +400,45 @@ step "1. laptop submits mail through the allowlisted ISP relay"
 check "laptop's message accepted by the relay (587, STARTTLS, AUTH)" laptop_submit e2e-laptop-1
 check "relay received the laptop's message" grep -q "subject=e2e-laptop-1" "$WORK/mail.log"
 check "laptop is neither limited nor blocked" not_enforced $LAP_MAC
+
+# ---------------------------------------------------------------------------------------------
+step "1b. the agent runs unprivileged and leaves flash alone in steady state"
+
+proc_field() { awk -v k="$1:" '$1 == k {print $2}' "/proc/$AGENT_PID/status"; }
+check "the agent runs as its own user (uid $AGENT_UID), not root" \
+    test "$(proc_field Uid)" = "$AGENT_UID"
+# CAP_NET_ADMIN is bit 12, CAP_NET_RAW bit 13: 0x3000 and nothing else.
+check "the agent holds only CAP_NET_RAW and CAP_NET_ADMIN (CapEff $(proc_field CapEff))" \
+    test "$(proc_field CapEff)" = 0000000000003000
+check "the agent runs with no_new_privs" test "$(proc_field NoNewPrivs)" = 1
+router_online() { [ "$(api GET "/api/cpes/$CPE_ID" | json "j['cpe'].get('status')")" = online ]; }
+wait_for 30 router_online || fail "the router is online at the controller before the steady-state window"
+# Every write to the persistent state directory (flash on a router) and to the status file
+# in the runtime directory (RAM) over a window of normal household traffic and telemetry.
+WINDOW=20
+watch_writes() { # watch_writes DIR LOG
+    in_ns "$NS_RTR" inotifywait -m -r -q -e close_write,moved_to,create,delete \
+        --format '%e %w%f' "$1" >"$2" 2>"$2.err" &
+    PIDS+=($!)
+    echo $!
+}
+FLASH_WATCH=$(watch_writes "$STATE" "$WORK/flash-writes.log")
+RAM_WATCH=$(watch_writes "$RUNDIR" "$WORK/ram-writes.log")
+WINDOW_END=$(($(date +%s) + WINDOW))
+n=0
+while [ "$(date +%s)" -lt "$WINDOW_END" ] && [ $n -lt 10 ]; do
+    n=$((n + 1))
+    laptop_submit "e2e-laptop-steady-$n" || true
+    in_ns "$NS_LAP" curl -s --max-time 3 "http://$WEB/" >/dev/null || true
+    sleep 2 # the household's pace, not a wait for a condition
+done
+while [ "$(date +%s)" -lt "$WINDOW_END" ]; do sleep 0.5; done
+kill "$FLASH_WATCH" "$RAM_WATCH" 2>/dev/null
+FLASH_WRITES=$(grep -c . "$WORK/flash-writes.log")
+STATUS_WRITES=$(grep -c 'MOVED_TO.*status.json' "$WORK/ram-writes.log")
+echo "  steady state, $WINDOW s, $n laptop messages: $FLASH_WRITES writes in the state directory (flash), status file rewritten $STATUS_WRITES times in the runtime directory (RAM)"
+check "no flash writes in $WINDOW s of steady state" test "$FLASH_WRITES" -eq 0
+check "the status file in RAM stayed current (rewritten $STATUS_WRITES times)" test "$STATUS_WRITES" -ge 1
 
 # ---------------------------------------------------------------------------------------------
 step "2. bot sends a burst of direct-to-MX mail"
@@ -383,13 +496,39 @@ check "rate limit came before the block (agent log)" \
 DROPS_BEFORE=$(rule_counter blocked)
 check "bot cannot connect to a mail server while blocked" bot_cannot_connect 198.19.7.25
 check "the block's drop rule counted the bot's SYNs" test "$(rule_counter blocked)" -gt "${DROPS_BEFORE:-0}"
-STATUS=$(in_ns "$NS_RTR" "$AGENT" status --config "$WORK/agent.toml" 2>&1)
+STATUS=$(in_ns "$NS_RTR" "$AGENT" status --config "$RDIR/agent.toml" 2>&1)
 echo "$STATUS" | sed 's/^/  | /'
 check "\`smtpguard-agent status\` shows the bot blocked in the kernel" \
     bash -c "grep -qE '$BOT_MAC +blocked' <<<\"\$0\"" "$STATUS"
 check "\`smtpguard-agent status\` names the bot by its DHCP host name (capture.leases_file)" \
     bash -c "grep -q 'old-pc' <<<\"\$0\"" "$STATUS"
 
+# ---------------------------------------------------------------------------------------------
+step "2b. what the router knows reaches the controller"
+
+cpe_json() { api GET "/api/cpes/$CPE_ID"; }
+cpe_field() { cpe_json | json "j['cpe'].get('$1')"; }
+bot_json() { # the bot's device record at the controller
+    cpe_json | json "next((d for d in j['devices'] if d['mac'] == '$BOT_MAC'), None)"
+}
+bot_infected_at_controller() {
+    [ "$(cpe_json | json "next((d['verdict'] for d in j['devices'] if d['mac'] == '$BOT_MAC'), '')")" = infected ]
+}
+bot_history_changes() { # the bot's stored verdict changes, as "from>to" words
+    cpe_json | json "' '.join(h['from'] + '>' + h['to'] for d in j['devices'] if d['mac'] == '$BOT_MAC' for h in d['history'])"
+}
+bot_history_reaches_infected() { bot_history_changes | grep -q '>infected'; }
+check "the router is online at the controller" wait_for 30 router_online
+check "the controller shows the bot infected (from the router's alert)" wait_for 30 bot_infected_at_controller
+if wait_for 30 bot_history_reaches_infected; then
+    pass "the bot's history at the controller shows its verdict changes: $(bot_history_changes)"
+else
+    fail "the bot's history at the controller shows its verdict changes (got: '$(bot_history_changes)')"
+fi
+laptop_not_flagged() {
+    [ "$(cpe_json | json "next((d['verdict'] for d in j['devices'] if d['mac'] == '$LAP_MAC'), 'clean')")" = clean ]
+}
+check "the laptop is not flagged at the controller" laptop_not_flagged
 # ---------------------------------------------------------------------------------------------
 step "3. while the bot is blocked, the rest still works"
 
@@ -416,7 +555,7 @@ AGENT_PID=
 check "agent process is gone" bash -c "! kill -0 $OLD_PID 2>/dev/null"
 check "block still in the kernel's set with the agent dead" nft_set_has blocked $BOT_MAC
 check "bot still cannot connect to a mail server" bot_cannot_connect 198.19.9.25
-check "block recorded in the state file" grep -q "$BOT_MAC" "$WORK/state/enforce-state.json"
+check "block recorded in the state file" grep -q "$BOT_MAC" "$STATE/enforce-state.json"
 start_agent
 if wait_for 20 agent_ready; then pass "agent restarted"; else fail "agent restarted"; fi
 in_ns "$NS_RTR" nft -a list table inet smtpguard >"$WORK/table-after.txt"
@@ -425,7 +564,7 @@ check "no duplicate rules after restart ($RULES_BEFORE rules before, $RULES_AFTE
     test "$RULES_BEFORE" -eq "$RULES_AFTER"
 check "block restored and still in force after restart" nft_set_has blocked $BOT_MAC
 check "agent reports the restored block" \
-    bash -c "grep -q '\"mac\": \"$BOT_MAC\"' $WORK/state/status.json"
+    bash -c "grep -q '\"mac\": \"$BOT_MAC\"' $RUNDIR/status.json"
 
 # ---------------------------------------------------------------------------------------------
 step "4b. a firewall restart flushes every table: the agent puts its own back with the block"
@@ -465,7 +604,7 @@ step "6. a person releases the bot by hand: lifted at once, held off for the gra
 
 # The bot's message above may already have put it under a rate limit or block again (it
 # resumed); the release lifts whatever is in force.
-RELEASE_OUT=$(in_ns "$NS_RTR" "$AGENT" release $BOT_MAC --config "$WORK/agent.toml" 2>&1)
+RELEASE_OUT=$(in_ns "$NS_RTR" "$AGENT" release $BOT_MAC --config "$RDIR/agent.toml" 2>&1)
 echo "$RELEASE_OUT" | sed 's/^/  | /'
 check "\`smtpguard-agent release\` succeeds" grep -q "$BOT_MAC" <<<"$RELEASE_OUT"
 check "the running agent took the release before the command returned" \
@@ -487,7 +626,7 @@ check "bot's mail after the release is delivered ($SENT messages)" \
     test "$(mail_count "subject=e2e-bot-after-release-")" -eq "$SENT"
 check "the running agent does not re-enforce during the grace period" not_enforced $BOT_MAC
 status_shows_release() {
-    in_ns "$NS_RTR" "$AGENT" status --config "$WORK/agent.toml" | grep 'released by hand' >/dev/null
+    in_ns "$NS_RTR" "$AGENT" status --config "$RDIR/agent.toml" | grep 'released by hand' >/dev/null
 }
 check "\`smtpguard-agent status\` shows the manual release" wait_for 10 status_shows_release
 check "the checks above ran within the grace period (${GRACE_SECS} s, agent log)" in_grace
@@ -519,7 +658,7 @@ wait "$BOT" 2>/dev/null
 step "7. a change of the local policy file reaches the table (no duplicate rules)"
 
 RULES_BEFORE=$(rule_count)
-sed -i "s|^allow_relays = .*|allow_relays = [\"198.51.100.0/24:465\"]|" "$WORK/policy.toml"
+sed -i "s|^allow_relays = .*|allow_relays = [\"198.51.100.0/24:465\"]|" "$RDIR/policy.toml"
 if wait_for 15 bash -c "ip netns exec $NS_RTR nft list set inet smtpguard relays4 | grep -q '198.51.100.0/24 . 465'"; then
     pass "new allowlisted relay is in the table"
 else

@@ -9,13 +9,17 @@
       AUTH (PLAIN, LOGIN) required before MAIL.
 
 Each accepted message appends one line to LOG:
-  <kind> peer=<client address> from=<MAIL FROM> to=<RCPT,...> subject=<Subject>
-so the test can check what arrived. Runs until killed.
+  <kind> peer=<client address> port=<client port> at=<Unix time> from=<MAIL FROM> \
+      to=<RCPT,...> subject=<Subject>
+so the test can check what arrived, and write the abuse report a receiving ISP would send
+(the sender's address and port as this server saw them, after the router's NAT, and the
+time). Runs until killed.
 """
 
 import asyncio
 import ssl
 import sys
+import time
 
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 
@@ -36,7 +40,8 @@ class Recorder:
                 subject = line.split(":", 1)[1].strip()
         with open(self.log_path, "a", encoding="utf-8") as log:
             log.write(
-                f"{self.kind} peer={session.peer[0]} from={envelope.mail_from} "
+                f"{self.kind} peer={session.peer[0]} port={session.peer[1]} "
+                f"at={time.time():.3f} from={envelope.mail_from} "
                 f"to={','.join(envelope.rcpt_tos)} subject={subject}\n"
             )
         return "250 OK: queued"

@@ -273,11 +273,19 @@ impl Setup {
             if v >= at_least {
                 return;
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{series} = {v}, expected at least {at_least}\n{}",
-                self.log()
-            );
+            if tokio::time::Instant::now() >= deadline {
+                let broker: Vec<String> = self
+                    .metrics()
+                    .lines()
+                    .filter(|l| l.starts_with("smtpguard_broker_"))
+                    .map(str::to_owned)
+                    .collect();
+                panic!(
+                    "{series} = {v}, expected at least {at_least}\nbroker counters:\n{}\n{}",
+                    broker.join("\n"),
+                    self.log()
+                );
+            }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -499,10 +507,21 @@ async fn login(port: u16, client_id: &str, user: &str, pass: &str) -> Result<Con
     Ok(conn)
 }
 
+/// Logs in as `cpe` as a router would: "server unavailable" (the embedded broker while
+/// the controller's ingest is not yet subscribed) means come back, anything else is final.
 async fn cpe_login(s: &Setup, cpe: &Cpe) -> Conn {
-    login(s.cpe_port, &cpe.id, &cpe.id, &cpe.password)
-        .await
-        .unwrap_or_else(|e| panic!("{} cannot log in: {e}\n{}", cpe.id, s.log()))
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match login(s.cpe_port, &cpe.id, &cpe.id, &cpe.password).await {
+            Ok(conn) => return conn,
+            Err(e)
+                if e.contains("ServiceUnavailable") && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("{} cannot log in: {e}\n{}", cpe.id, s.log()),
+        }
+    }
 }
 
 async fn controller_login(s: &Setup, client_id: &str) -> Conn {

@@ -1,8 +1,10 @@
 //! `smtpguard-agent status` and `smtpguard-agent release MAC`, and the status file behind
 //! them.
 //!
-//! The run loop rewrites `status.json` in the state directory every few seconds
-//! ([`STATUS_EVERY_SECS`]) with the devices, their verdicts and what the planner enforces.
+//! The run loop keeps `status.json` in the runtime directory (RAM on a router) up to date
+//! with the devices, their verdicts and what the planner enforces: it looks every
+//! [`STATUS_EVERY_SECS`] and writes when something changed, and at least every
+//! [`STATUS_HEARTBEAT_SECS`].
 //! `status` reads that file and the kernel's live set elements (which stay in force, and
 //! expire by themselves, even when the agent is not running) and prints both. `release`
 //! lifts a block at once in the kernel and leaves a request for the running agent, which
@@ -20,10 +22,12 @@ use super::{EnforceError, Enforcer, EnforcerStats, LiveElement, Op, SetKind};
 
 /// The status file's name in the state directory.
 pub const STATUS_FILE: &str = "status.json";
-/// How often the run loop rewrites the status file.
+/// How often the run loop looks whether the status changed.
 pub const STATUS_EVERY_SECS: u64 = 2;
-/// A status file older than this many intervals means the agent is not running.
-const STALE_AFTER_INTERVALS: u64 = 5;
+/// The longest the run loop leaves an unchanged status file alone.
+pub const STATUS_HEARTBEAT_SECS: u64 = 10;
+/// A status file older than this many heartbeats means the agent is not running.
+const STALE_AFTER_HEARTBEATS: u64 = 3;
 
 /// What the running agent says about itself.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -59,7 +63,7 @@ impl StatusFile {
     pub fn running_at(&self, now_ms: u64) -> bool {
         !self.stopped
             && now_ms.saturating_sub(self.updated_ms) / 1000
-                <= STATUS_EVERY_SECS * STALE_AFTER_INTERVALS
+                <= STATUS_HEARTBEAT_SECS * STALE_AFTER_HEARTBEATS
     }
 }
 

@@ -9,7 +9,6 @@
 //!   the next agent to start when none is running.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use smtpguard_protocol::MacAddr;
@@ -31,29 +30,12 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> EnforceError + '_ {
     }
 }
 
-/// Writes `bytes` to `path` so that readers see either the old or the new file, never a
-/// part: temporary file beside it, fsync, rename.
+/// Replaces `path` whole with `bytes` ([`crate::durable::replace`]).
 ///
 /// # Errors
 /// [`EnforceError::Io`] naming the file.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), EnforceError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    fs::create_dir_all(dir).map_err(io_err(dir))?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let result = (|| {
-        let mut f = fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result.map_err(io_err(path))
+    crate::durable::replace(path, bytes).map_err(io_err(path))
 }
 
 /// Reads a file of at most [`MAX_FILE_BYTES`]; `None` when it does not exist.

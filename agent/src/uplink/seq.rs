@@ -7,7 +7,6 @@
 //! the controller's replay window accepts), never a reuse.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// Numbers reserved per fsync.
@@ -82,28 +81,15 @@ impl SeqAllocator {
     }
 }
 
-/// Writes `bytes` to `path` atomically and durably: temp file, fsync, rename, fsync dir.
+/// Replaces `path` whole and durably with `bytes` ([`crate::durable::replace`]).
 ///
 /// # Errors
 /// [`SeqError::Io`].
 pub fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), SeqError> {
-    let io = |source| SeqError::Io {
+    crate::durable::replace(path, bytes).map_err(|source| SeqError::Io {
         path: path.to_owned(),
         source,
-    };
-    let tmp = path.with_extension("tmp");
-    {
-        let mut f = fs::File::create(&tmp).map_err(io)?;
-        f.write_all(bytes).map_err(io)?;
-        f.sync_all().map_err(io)?;
-    }
-    fs::rename(&tmp, path).map_err(io)?;
-    if let Some(dir) = path.parent() {
-        if let Ok(d) = fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-    }
-    Ok(())
+    })
 }
 
 #[cfg(test)]

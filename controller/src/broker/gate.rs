@@ -209,6 +209,7 @@ fn subscribe_filters(body: &[u8]) -> Option<Vec<&str>> {
 
 const CONNACK_BAD_LOGIN: [u8; 4] = [0x20, 0x02, 0x00, 0x04];
 const CONNACK_NOT_AUTHORIZED: [u8; 4] = [0x20, 0x02, 0x00, 0x05];
+const CONNACK_SERVER_UNAVAILABLE: [u8; 4] = [0x20, 0x02, 0x00, 0x03];
 
 /// Constant-time equality of two byte strings of possibly different lengths.
 fn same(a: &[u8], b: &[u8]) -> bool {
@@ -287,6 +288,9 @@ fn admit(frame: &[u8], config: &GateConfig, keys: &RwLock<KeyCache>) -> Result<A
             refused @ (LoginCheck::UnknownCpe | LoginCheck::BadPassword) => {
                 return Err((refused.as_str(), CONNACK_BAD_LOGIN));
             }
+            refused @ LoginCheck::NotReady => {
+                return Err((refused.as_str(), CONNACK_SERVER_UNAVAILABLE));
+            }
             refused => return Err((refused.as_str(), CONNACK_NOT_AUTHORIZED)),
         }
         let hash = keys.password_hash(&login.username).map(str::to_owned);
@@ -356,17 +360,22 @@ async fn serve(
             return Err(End::Refused(reason));
         }
     };
+    let unreachable = |e| {
+        STATS.sessions_ended.add("upstream_unreachable");
+        End::Upstream(e)
+    };
     let upstream = TcpStream::connect(config.upstream)
         .await
-        .map_err(End::Upstream)?;
+        .map_err(unreachable)?;
     let _ = upstream.set_nodelay(true);
     let (up_r, mut up_w) = upstream.into_split();
-    up_w.write_all(&connect).await.map_err(End::Upstream)?;
+    up_w.write_all(&connect).await.map_err(unreachable)?;
     changed.borrow_and_update();
 
     let downstream = async {
         let mut up_r = BufReader::with_capacity(IO_BUFFER_BYTES, up_r);
         tokio::io::copy_buf(&mut up_r, &mut client_w).await?;
+        STATS.sessions_ended.add("broker_closed");
         Ok::<(), End>(())
     };
     let upstream = async {
@@ -408,9 +417,12 @@ async fn serve(
         }
         std::future::pending::<End>().await
     };
+    // What the client already sent is judged before the broker's end of the session is
+    // noticed, so a refused packet is counted as such even when both arrive together.
     tokio::select! {
-        r = downstream => r,
+        biased;
         r = upstream => r,
+        r = downstream => r,
         e = revoked => Err(e),
     }
 }

@@ -53,13 +53,15 @@ impl<const N: usize> Labelled<N> {
 #[derive(Debug)]
 pub struct BrokerStats {
     /// Logins refused, by reason.
-    pub logins_refused: Labelled<7>,
+    pub logins_refused: Labelled<8>,
     /// Packets refused by the topic ACL (the client is disconnected), by action.
     pub acl_denied: Labelled<3>,
     /// Packets and connections dropped to bound memory or for breaking the protocol.
     pub dropped: Labelled<4>,
-    /// Connections of a CPE closed because it was revoked or its password rotated.
-    pub sessions_ended: Labelled<1>,
+    /// Connections closed by the gate for a reason other than the client: the CPE was
+    /// revoked or its password rotated, the broker behind the gate could not be reached,
+    /// or it closed the session (e.g. a newer login with the same client id took it over).
+    pub sessions_ended: Labelled<3>,
     /// Retained policy topics the policy watch put right, by what it did.
     pub policy_restored: Labelled<3>,
 }
@@ -74,6 +76,7 @@ pub static STATS: BrokerStats = BrokerStats {
         "client_id_mismatch",
         "will_denied",
         "malformed",
+        "not_ready",
     ]),
     acl_denied: Labelled::new(["publish", "subscribe", "subscription_limit"]),
     dropped: Labelled::new([
@@ -82,7 +85,11 @@ pub static STATS: BrokerStats = BrokerStats {
         "protocol_violation",
         "timeout",
     ]),
-    sessions_ended: Labelled::new(["credentials_changed"]),
+    sessions_ended: Labelled::new([
+        "credentials_changed",
+        "upstream_unreachable",
+        "broker_closed",
+    ]),
     policy_restored: Labelled::new(["fleet_republished", "cpe_republished", "cpe_cleared"]),
 };
 

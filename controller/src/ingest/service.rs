@@ -204,7 +204,7 @@ impl Admission {
     /// remembers `latest` for when it opens.
     pub fn new(shared: Arc<RwLock<KeyCache>>, latest: KeyCache) -> Admission {
         if let Ok(mut s) = shared.write() {
-            *s = KeyCache::default();
+            *s = KeyCache::closed();
         }
         Admission {
             shared,

@@ -42,6 +42,8 @@ pub struct DeviceJson {
     action_until_ms: Option<u64>,
     evidence: Vec<String>,
     summary: Option<String>,
+    /// Verdict changes, oldest first.
+    history: Vec<Value>,
 }
 
 impl From<&DeviceView> for DeviceJson {
@@ -61,6 +63,23 @@ impl From<&DeviceView> for DeviceJson {
             action_until_ms: d.action_until_ms,
             evidence: d.evidence.clone(),
             summary: verdicts::device_summary(d),
+            history: d
+                .history
+                .iter()
+                .map(|h| {
+                    json!({
+                        "at_ms": h.at_ms,
+                        "from": h.previous.as_str(),
+                        "to": h.verdict.as_str(),
+                        "score": h.score,
+                        "action": h.action.as_str(),
+                        "source": match h.source {
+                            verdicts::ChangeSource::Alert => "alert",
+                            verdicts::ChangeSource::Telemetry => "telemetry",
+                        },
+                    })
+                })
+                .collect(),
         }
     }
 }
