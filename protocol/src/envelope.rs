@@ -20,9 +20,10 @@
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use serde::Serialize;
 
-use crate::messages::{Body, Kind};
+use crate::messages::{Body, Command, CommandAction, Kind};
 use crate::replay::ReplayWindow;
 use crate::topic::Topic;
+use crate::types::MacAddr;
 use crate::wire::{self, Bytes};
 use crate::{MAX_MESSAGE_BYTES, PROTOCOL_VERSION};
 
@@ -346,12 +347,45 @@ pub(crate) fn decode_policy_body(kind: Kind, bytes: &[u8]) -> Result<Body, wire:
     }
 }
 
-/// Decodes command bodies only, through the generic tree like [`decode_policy_body`]: what
-/// an agent reads on its command topic, without pulling the other kinds' decoders into a
-/// router binary.
+/// Decodes command bodies only: what an agent reads on its command topic. The fields are
+/// taken by name from the generic CBOR tree the envelope framing already uses
+/// ([`wire::Fields`]), so a router binary carries no derived decoder for commands at all
+/// (the controller's derived one must agree: the `command_body` fuzz target checks it).
+/// Unknown keys are ignored here, where the derived decoder refuses them.
 pub(crate) fn decode_command_body(kind: Kind, bytes: &[u8]) -> Result<Body, wire::WireError> {
     match kind {
-        Kind::Command => Ok(Body::Command(wire::from_slice_via_tree(bytes)?)),
+        Kind::Command => {
+            let mut f = wire::Fields::decode(bytes)?;
+            let mut a = f.map("action")?;
+            let kind = a.text("type")?;
+            let mac = a
+                .text("mac")?
+                .parse::<MacAddr>()
+                .map_err(|e| wire::WireError::new(format!("field `mac`: {e}")))?;
+            let action = match kind.as_str() {
+                "release" => CommandAction::Release {
+                    mac,
+                    grace_secs: a.uint32("grace_secs")?,
+                },
+                "block" => CommandAction::Block {
+                    mac,
+                    ttl_secs: a.uint32("ttl_secs")?,
+                },
+                _ => {
+                    return Err(wire::WireError::new(format!(
+                        "unknown command action {:?}",
+                        kind.chars().take(40).collect::<String>()
+                    )))
+                }
+            };
+            Ok(Body::Command(Command {
+                target: f.text("target")?,
+                command_id: f.uint("command_id")?,
+                issued_ms: f.uint("issued_ms")?,
+                expires_ms: f.uint("expires_ms")?,
+                action,
+            }))
+        }
         other => Err(wire::WireError::new(format!(
             "a {other} body where only a command is accepted"
         ))),
