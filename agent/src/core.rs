@@ -16,8 +16,9 @@
 //!    frames, [`Agent::handle_timeout`]`(now)` fires the due timers the same way; the driver
 //!    calls it when [`Agent::poll_timeout`] has passed.
 //! 3. Policy ([`Agent::set_local_policy`], [`Agent::apply_controller_policy`]), manual
-//!    releases ([`Agent::release_by_hand`]) and host names ([`Agent::set_hostname`]) come in
-//!    whenever the driver learns of them.
+//!    releases ([`Agent::release_by_hand`]), the controller's verified commands
+//!    ([`Agent::apply_command`]) and host names ([`Agent::set_hostname`]) come in whenever
+//!    the driver learns of them.
 //! 4. After each input the driver drains [`Agent::poll_output`] until `None` and carries the
 //!    outputs out in order.
 //!
@@ -33,7 +34,10 @@ use std::net::IpAddr;
 
 use smtpguard_protocol::messages::{MAX_CONN_RECORDS, MAX_DEVICES_PER_TELEMETRY};
 use smtpguard_protocol::policy::RelayRule;
-use smtpguard_protocol::{AgentStats, Alert, MacAddr, Policy, PolicyAck, PolicyScope, Telemetry};
+use smtpguard_protocol::{
+    AckOutcome, Action, AgentStats, Alert, Command, CommandAck, CommandAction, MacAddr, Mode,
+    Policy, PolicyAck, PolicyScope, Telemetry,
+};
 
 use crate::enforce::plan::Snapshot;
 use crate::enforce::{Op, Planner, PlannerConfig, TableSpec};
@@ -62,6 +66,8 @@ pub enum Output {
     Telemetry(Telemetry),
     /// A controller policy was put in force: acknowledge it.
     PolicyAck(PolicyAck),
+    /// A controller command was applied or refused: acknowledge it.
+    CommandAck(CommandAck),
 }
 
 /// The router's own settings for the core (not policy: they do not change at run time).
@@ -242,10 +248,31 @@ impl Agent {
     /// alone for the grace period, after which it is enforced again if it keeps sending.
     pub fn release_by_hand(&mut self, now_ms: u64, mac: MacAddr) {
         let ops = self.planner.release_manually(now_ms, mac);
-        if let Some(until) = self.planner.grace_until(&mac, now_ms) {
-            self.engine.hold(now_ms, mac, until);
-        }
-        self.push_ops(ops);
+        self.hold_released(now_ms, mac, ops);
+    }
+
+    /// A command from the controller, verified by the uplink (signature, target, expiry,
+    /// id): a release takes the same path as [`Agent::release_by_hand`] with the command's
+    /// grace period; a block is put in force for its time to live, ending any grace period,
+    /// unless the policy in force forbids it (monitor mode, an allowlisted device). Answered
+    /// with an [`Output::CommandAck`] after the operations.
+    pub fn apply_command(&mut self, now_ms: u64, command: &Command) {
+        let outcome = match command.action {
+            CommandAction::Release { mac, grace_secs } => {
+                let ops = self.planner.release_for(now_ms, mac, u64::from(grace_secs));
+                self.hold_released(now_ms, mac, ops);
+                AckOutcome::Applied
+            }
+            CommandAction::Block { mac, ttl_secs } => {
+                self.block_by_command(now_ms, mac, ttl_secs, command.command_id)
+            }
+        };
+        tracing::info!(id = command.command_id, action = command.action.name(), mac = %command.action.mac(), ?outcome, "controller command");
+        self.outputs.push_back(Output::CommandAck(CommandAck {
+            command_id: command.command_id,
+            outcome,
+            at_ms: now_ms,
+        }));
     }
 
     /// Closes the telemetry window now instead of at its end (a driver that has just fed a
@@ -338,6 +365,43 @@ impl Agent {
     }
 
     // ---- inside -------------------------------------------------------------------------
+
+    /// After a release: the engine leaves `mac` alone for the planner's grace period.
+    fn hold_released(&mut self, now_ms: u64, mac: MacAddr, ops: Vec<crate::enforce::Op>) {
+        if let Some(until) = self.planner.grace_until(&mac, now_ms) {
+            self.engine.hold(now_ms, mac, until);
+        }
+        self.push_ops(ops);
+    }
+
+    fn block_by_command(
+        &mut self,
+        now_ms: u64,
+        mac: MacAddr,
+        ttl_secs: u32,
+        id: u64,
+    ) -> AckOutcome {
+        let refused = |reason: &str| AckOutcome::Refused {
+            reason: reason.to_string(),
+        };
+        if self.engine.policy().mode == Mode::Monitor {
+            return refused("the policy in force is in monitor mode: this router blocks nothing");
+        }
+        if self.planner.is_allowlisted(&mac) {
+            return refused("the device is on the policy's allow_macs list");
+        }
+        self.planner.end_grace(&mac);
+        let until = now_ms.saturating_add(u64::from(ttl_secs) * 1000);
+        let reason = format!("blocked by the controller (command {id})");
+        let ops = self
+            .planner
+            .enforce(now_ms, mac, Action::Block, Some(until), &reason);
+        self.push_ops(ops);
+        match self.planner.entry(&mac, now_ms) {
+            Some(_) => AckOutcome::Applied,
+            None => refused("the policy in force does not allow blocking this device"),
+        }
+    }
 
     fn next_telemetry_ms(&self) -> Option<u64> {
         self.telemetry.then(|| {
@@ -482,5 +546,152 @@ impl Agent {
             malformed: es.malformed,
             evicted: es.devices_evicted,
         };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::enforce::Op;
+
+    const T0: u64 = 1_795_435_200_000;
+    const MAC: MacAddr = MacAddr([2, 0, 0, 0, 0, 7]);
+
+    fn agent(mode: Mode) -> Agent {
+        let policy = Policy {
+            mode,
+            ..Policy::default()
+        };
+        let mut a = Agent::new(Settings::default(), policy, T0);
+        while a.poll_output().is_some() {}
+        a
+    }
+
+    fn command(id: u64, action: CommandAction) -> Command {
+        Command {
+            target: "cpe-a".into(),
+            command_id: id,
+            issued_ms: T0,
+            expires_ms: T0 + 60_000,
+            action,
+        }
+    }
+
+    fn drain(a: &mut Agent) -> (Vec<Op>, Vec<CommandAck>) {
+        let (mut ops, mut acks) = (Vec::new(), Vec::new());
+        while let Some(o) = a.poll_output() {
+            match o {
+                Output::Apply(batch) => ops.extend(batch),
+                Output::CommandAck(ack) => acks.push(ack),
+                _ => {}
+            }
+        }
+        (ops, acks)
+    }
+
+    /// A block command blocks for its time to live; a release command lifts it through the
+    /// same path as a release by hand, with the command's grace period, during which the
+    /// engine's own directives do not block the device again.
+    #[test]
+    fn block_and_release_commands_change_enforcement_and_are_acknowledged() {
+        let mut a = agent(Mode::Enforce);
+        a.apply_command(
+            T0,
+            &command(
+                1,
+                CommandAction::Block {
+                    mac: MAC,
+                    ttl_secs: 600,
+                },
+            ),
+        );
+        let (ops, acks) = drain(&mut a);
+        assert_eq!(
+            ops,
+            vec![Op::Block {
+                mac: MAC,
+                ttl_secs: 600
+            }]
+        );
+        assert_eq!(acks.len(), 1);
+        assert_eq!(
+            (acks[0].command_id, &acks[0].outcome),
+            (1, &AckOutcome::Applied)
+        );
+        let entry = a.planner().entry(&MAC, T0 + 1).unwrap();
+        assert_eq!(entry.action, Action::Block);
+        assert_eq!(entry.until_ms, T0 + 600_000);
+
+        a.apply_command(
+            T0 + 1_000,
+            &command(
+                2,
+                CommandAction::Release {
+                    mac: MAC,
+                    grace_secs: 120,
+                },
+            ),
+        );
+        let (ops, acks) = drain(&mut a);
+        assert_eq!(
+            ops,
+            vec![Op::Unblock { mac: MAC }, Op::Unlimit { mac: MAC }]
+        );
+        assert_eq!(acks[0].outcome, AckOutcome::Applied);
+        assert!(a.planner().entry(&MAC, T0 + 1_001).is_none());
+        assert_eq!(
+            a.planner().grace_until(&MAC, T0 + 1_001),
+            Some(T0 + 121_000)
+        );
+        // The engine's directives are ignored during the grace period.
+        assert!(a
+            .planner
+            .enforce(T0 + 2_000, MAC, Action::Block, None, "engine")
+            .is_empty());
+        // A block command ends the grace period on purpose.
+        a.apply_command(
+            T0 + 3_000,
+            &command(
+                3,
+                CommandAction::Block {
+                    mac: MAC,
+                    ttl_secs: 60,
+                },
+            ),
+        );
+        let (ops, acks) = drain(&mut a);
+        assert_eq!(ops.len(), 1);
+        assert_eq!(acks[0].outcome, AckOutcome::Applied);
+    }
+
+    #[test]
+    fn a_block_the_policy_forbids_is_refused_with_the_reason() {
+        let mut a = agent(Mode::Monitor);
+        let block = CommandAction::Block {
+            mac: MAC,
+            ttl_secs: 60,
+        };
+        a.apply_command(T0, &command(1, block.clone()));
+        let (ops, acks) = drain(&mut a);
+        assert!(ops.is_empty());
+        assert!(
+            matches!(&acks[0].outcome, AckOutcome::Refused { reason } if reason.contains("monitor mode"))
+        );
+
+        let mut a = Agent::new(
+            Settings::default(),
+            Policy {
+                mode: Mode::Enforce,
+                allow_macs: vec![MAC],
+                ..Policy::default()
+            },
+            T0,
+        );
+        a.apply_command(T0, &command(2, block));
+        let (ops, acks) = drain(&mut a);
+        assert!(ops.is_empty());
+        assert!(
+            matches!(&acks[0].outcome, AckOutcome::Refused { reason } if reason.contains("allow_macs"))
+        );
     }
 }

@@ -17,7 +17,10 @@
 //! as an alert (persisted until the broker acknowledges it) and, every
 //! `policy.telemetry_interval_secs`, a telemetry report; verified policies come back over a
 //! channel and are applied between frames: the per-CPE override if there is one, else the
-//! fleet policy, else the local policy file. Each is acknowledged as applied.
+//! fleet policy, else the local policy file. Each is acknowledged as applied. Verified
+//! controller commands (release, block) come back the same way and go to
+//! [`crate::core::Agent::apply_command`]; its answer is acknowledged through the uplink,
+//! which records the command's id durably first.
 //!
 //! # WAN address and NAT
 //! Every [`WAN_POLL_MS`] the worker reads the WAN address ([`crate::nat::wan`]) and gives a
@@ -40,7 +43,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use smtpguard_protocol::{MacAddr, Policy, Verdict};
+use smtpguard_protocol::{Command, MacAddr, Policy, Verdict};
 
 use crate::capture::{Capture, CaptureError, CaptureOptions};
 use crate::config::{AgentConfig, EnforceBackend};
@@ -119,6 +122,7 @@ pub fn key_path(config: &AgentConfig) -> PathBuf {
 struct Link {
     handle: UplinkHandle,
     policies: std::sync::mpsc::Receiver<PolicyUpdate>,
+    commands: std::sync::mpsc::Receiver<Command>,
 }
 
 /// Reads and validates the local policy; the default policy when no file is configured.
@@ -240,6 +244,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
         let Uplink {
             handle,
             mut policies,
+            mut commands,
             task,
         } = uplink;
         let (policy_tx, policy_rx) = std::sync::mpsc::channel();
@@ -250,10 +255,19 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
                 }
             }
         }));
+        let (command_tx, command_rx) = std::sync::mpsc::channel();
+        uplink_tasks.push(tokio::spawn(async move {
+            while let Some(command) = commands.recv().await {
+                if command_tx.send(command).is_err() {
+                    break;
+                }
+            }
+        }));
         uplink_tasks.push(task);
         link = Some(Link {
             handle,
             policies: policy_rx,
+            commands: command_rx,
         });
     }
     let stop = Arc::new(AtomicBool::new(false));
@@ -505,6 +519,10 @@ impl Worker {
                 tracing::info!(scope = ?update.scope, version = update.version, "controller policy");
                 self.agent.apply_controller_policy(now, &update);
             }
+            let commands: Vec<Command> = link.commands.try_iter().collect();
+            for command in commands {
+                self.agent.apply_command(now, &command);
+            }
         }
         if let Ok(cs) = self.capture.stats() {
             self.agent.note_kernel_drops(cs.drops);
@@ -581,6 +599,14 @@ impl Worker {
                             tracing::error!(%err, "policy ack not queued");
                         }
                     }
+                }
+                Output::CommandAck(ack) => {
+                    if let Some(link) = &self.link {
+                        if let Err(err) = link.handle.command_ack(ack) {
+                            tracing::error!(%err, "command ack not queued");
+                        }
+                    }
+                    changed = true;
                 }
             }
         }

@@ -96,6 +96,31 @@ pub struct Config {
     pub ingest: IngestConfig,
     /// Web UI, API and `/metrics` on `http_listen`.
     pub web: crate::web::live::WebConfig,
+    /// Commands to one router (release, block).
+    pub commands: CommandsConfig,
+}
+
+/// The `[commands]` section: defaults of the commands the NOC and the API send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CommandsConfig {
+    /// How long a released device is left alone by its router (approving a release request
+    /// sends this; the API may name its own).
+    pub release_grace_secs: u32,
+    /// How long a block sent from the API lasts when the call names no time.
+    pub block_ttl_secs: u32,
+    /// How long after issuing a command its router still accepts it.
+    pub expiry_secs: u32,
+}
+
+impl Default for CommandsConfig {
+    fn default() -> Self {
+        CommandsConfig {
+            release_grace_secs: 24 * 3600,
+            block_ttl_secs: 24 * 3600,
+            expiry_secs: 3600,
+        }
+    }
 }
 
 impl Default for Config {
@@ -108,6 +133,7 @@ impl Default for Config {
             policy: PolicyConfig::default(),
             ingest: IngestConfig::default(),
             web: crate::web::live::WebConfig::default(),
+            commands: CommandsConfig::default(),
         }
     }
 }
@@ -422,6 +448,19 @@ impl Config {
         }
         if self.ingest.max_age_secs == 0 {
             return invalid("ingest.max_age_secs", "must be above 0");
+        }
+        let max = smtpguard_protocol::messages::MAX_COMMAND_SECS;
+        for (field, v) in [
+            (
+                "commands.release_grace_secs",
+                self.commands.release_grace_secs,
+            ),
+            ("commands.block_ttl_secs", self.commands.block_ttl_secs),
+            ("commands.expiry_secs", self.commands.expiry_secs),
+        ] {
+            if v == 0 || v > max {
+                return invalid(field, "must be 1-2592000 (30 days)");
+            }
         }
         Ok(())
     }

@@ -55,12 +55,16 @@ pub struct ReleaseRequest {
     pub status: String,
     /// When the NOC decided (Unix ms).
     pub decided_ms: Option<u64>,
+    /// What became of the release command sent for it, if one was.
+    pub command: Option<CommandDelivery>,
 }
 
-/// What became of a release command sent to the router for an approved request. The
-/// controller has no command channel to the router yet; when it has, it reports here what
-/// the command did, and [`release_progress`] words it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What became of the release command sent to the router for an approved request (the
+/// newest command linked to the request in the `commands` table), as [`release_progress`]
+/// words it. A command the router refused, or that expired unanswered, or that the broker
+/// did not take, is no delivery: the request reads as approved but not sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "state", rename_all = "kebab-case")]
 pub enum CommandDelivery {
     /// Published to the router at this time (Unix ms), not confirmed yet.
     Sent {
@@ -160,7 +164,7 @@ impl ReleaseProgress {
                 stays(until_ms)
             ),
             ReleaseProgress::Acknowledged { at_ms } => format!(
-                "Your request was approved and your router confirmed at {} that it lifted the restriction.",
+                "Your request was approved and your router lifted the restriction at {}.",
                 time(at_ms)
             ),
             ReleaseProgress::Lifted => "Your request was approved and the restriction has been lifted.".into(),
@@ -179,7 +183,7 @@ impl ReleaseProgress {
                 format!("approved — release sent {}, not confirmed", time(at_ms))
             }
             ReleaseProgress::Acknowledged { at_ms } => {
-                format!("approved — router confirmed {}", time(at_ms))
+                format!("approved — lifted by the router {}", time(at_ms))
             }
             ReleaseProgress::Lifted => "approved — lifted".into(),
         }
@@ -377,8 +381,13 @@ pub fn release_requests(
     household_id: Option<i64>,
 ) -> Result<Vec<ReleaseRequest>, HouseholdError> {
     let mut stmt = conn.prepare_cached(
-        "SELECT id, household_id, cpe_id, mac, requested_ms, note, status, decided_ms FROM release_requests
-         WHERE ?1 IS NULL OR household_id = ?1 ORDER BY id DESC LIMIT 500",
+        "SELECT r.id, r.household_id, r.cpe_id, r.mac, r.requested_ms, r.note, r.status, r.decided_ms,
+            c.status, c.issued_ms, c.ack_ms
+         FROM release_requests r
+         LEFT JOIN commands c ON c.rowid = (
+             SELECT rowid FROM commands WHERE release_request_id = r.id
+             ORDER BY issued_ms DESC, command_id DESC LIMIT 1)
+         WHERE ?1 IS NULL OR r.household_id = ?1 ORDER BY r.id DESC LIMIT 500",
     )?;
     let rows = stmt.query_map([household_id], |r| {
         Ok(ReleaseRequest {
@@ -392,9 +401,30 @@ pub fn release_requests(
             decided_ms: r
                 .get::<_, Option<i64>>(7)?
                 .and_then(|v| u64::try_from(v).ok()),
+            command: delivery(
+                r.get::<_, Option<String>>(8)?.as_deref(),
+                r.get::<_, Option<i64>>(9)?,
+                r.get::<_, Option<i64>>(10)?,
+            ),
         })
     })?;
     Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// A command's row as a delivery: sent and unanswered, or applied (with the answer's time).
+fn delivery(
+    status: Option<&str>,
+    issued_ms: Option<i64>,
+    ack_ms: Option<i64>,
+) -> Option<CommandDelivery> {
+    let ms = |v: Option<i64>| v.and_then(|v| u64::try_from(v).ok());
+    match status? {
+        "sent" => Some(CommandDelivery::Sent {
+            at_ms: ms(issued_ms)?,
+        }),
+        "applied" => Some(CommandDelivery::Acknowledged { at_ms: ms(ack_ms)? }),
+        _ => None,
+    }
 }
 
 /// The NOC decides a pending request.
@@ -443,6 +473,7 @@ mod tests {
             note: String::new(),
             status: "pending".into(),
             decided_ms: None,
+            command: None,
         };
         let t = |ms: u64| format!("t{ms}");
         let until = Some(9_000);
@@ -470,6 +501,12 @@ mod tests {
         let acked = Some(CommandDelivery::Acknowledged { at_ms: 4_000 });
         let p = release_progress(&r, Action::RateLimit, until, acked);
         assert_eq!(p, ReleaseProgress::Acknowledged { at_ms: 4_000 });
+        assert!(
+            p.subscriber_text(t)
+                .contains("lifted the restriction at t4000"),
+            "{}",
+            p.subscriber_text(t)
+        );
         // The router reports the device unrestricted: lifted, whatever the command did.
         for delivery in [None, sent, acked] {
             let p = release_progress(&r, Action::Monitor, None, delivery);

@@ -10,6 +10,8 @@
 //! - [`ingest`]: MQTT shared subscription → verify (protocol) → replay window → batched
 //!   store → manual ack.
 //! - [`policy`]: policy signing, versioning, publishing (retained) and the rollout view.
+//! - [`commands`]: signed commands to one router (release, block): issue, store, publish,
+//!   and the routers' answers stored by the ingest.
 //! - [`serve`]: `run(config, shutdown)`: broker + policy republish + ingest.
 //! - [`verdicts`]: pure fold of alerts and telemetry into each device's current verdict,
 //!   history, evidence and action in force; plain-language summaries.
@@ -35,6 +37,7 @@
 pub mod abuse;
 pub mod broker;
 pub mod campaigns;
+pub mod commands;
 pub mod config;
 pub mod demo;
 #[cfg(feature = "fuzzing")]

@@ -210,6 +210,21 @@ pub async fn publish_raw(
     messages: Vec<(String, Vec<u8>)>,
     timeout: Duration,
 ) -> Result<(), PolicyServiceError> {
+    publish_with(broker_config, client_id, messages, true, timeout).await
+}
+
+/// Publishes `(topic, bytes)` pairs at QoS 1, retained or not, and waits for every PubAck:
+/// policy (retained) and commands (not retained) both go out this way.
+///
+/// # Errors
+/// [`PolicyServiceError::Publish`].
+pub async fn publish_with(
+    broker_config: &BrokerConfig,
+    client_id: &str,
+    messages: Vec<(String, Vec<u8>)>,
+    retain: bool,
+    timeout: Duration,
+) -> Result<(), PolicyServiceError> {
     if messages.is_empty() {
         return Ok(());
     }
@@ -225,7 +240,7 @@ pub async fn publish_raw(
                     sent = true;
                     for (topic, bytes) in &messages {
                         client
-                            .try_publish(topic.clone(), QoS::AtLeastOnce, true, bytes.clone())
+                            .try_publish(topic.clone(), QoS::AtLeastOnce, retain, bytes.clone())
                             .map_err(|e| PolicyServiceError::Publish(e.to_string()))?;
                     }
                 }

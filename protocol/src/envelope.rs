@@ -20,9 +20,10 @@
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use serde::Serialize;
 
-use crate::messages::{Body, Kind};
+use crate::messages::{Body, Command, CommandAction, Kind};
 use crate::replay::ReplayWindow;
 use crate::topic::Topic;
+use crate::types::MacAddr;
 use crate::wire::{self, Bytes};
 use crate::{MAX_MESSAGE_BYTES, PROTOCOL_VERSION};
 
@@ -312,6 +313,8 @@ fn encode_body(body: &Body) -> Result<Vec<u8>, wire::WireError> {
         Body::State(b) => wire::to_vec(b),
         Body::Policy(b) => wire::to_vec(b),
         Body::PolicyAck(b) => wire::to_vec(b),
+        Body::Command(b) => wire::to_vec(b),
+        Body::CommandAck(b) => wire::to_vec(b),
     }
 }
 
@@ -325,6 +328,8 @@ pub(crate) fn decode_body(kind: Kind, bytes: &[u8]) -> Result<Body, wire::WireEr
         Kind::State => Body::State(wire::from_slice(bytes)?),
         Kind::Policy => Body::Policy(wire::from_slice(bytes)?),
         Kind::PolicyAck => Body::PolicyAck(wire::from_slice(bytes)?),
+        Kind::Command => Body::Command(wire::from_slice(bytes)?),
+        Kind::CommandAck => Body::CommandAck(wire::from_slice(bytes)?),
     })
 }
 
@@ -338,6 +343,51 @@ pub(crate) fn decode_policy_body(kind: Kind, bytes: &[u8]) -> Result<Body, wire:
         Kind::Policy => Ok(Body::Policy(wire::from_slice_via_tree(bytes)?)),
         other => Err(wire::WireError::new(format!(
             "a {other} body where only policy is accepted"
+        ))),
+    }
+}
+
+/// Decodes command bodies only: what an agent reads on its command topic. The fields are
+/// taken by name from the generic CBOR tree the envelope framing already uses
+/// ([`wire::Fields`]), so a router binary carries no derived decoder for commands at all
+/// (the controller's derived one must agree: the `command_body` fuzz target checks it).
+/// Unknown keys are ignored here, where the derived decoder refuses them.
+pub(crate) fn decode_command_body(kind: Kind, bytes: &[u8]) -> Result<Body, wire::WireError> {
+    match kind {
+        Kind::Command => {
+            let mut f = wire::Fields::decode(bytes)?;
+            let mut a = f.map("action")?;
+            let kind = a.text("type")?;
+            let mac = a
+                .text("mac")?
+                .parse::<MacAddr>()
+                .map_err(|e| wire::WireError::new(format!("field `mac`: {e}")))?;
+            let action = match kind.as_str() {
+                "release" => CommandAction::Release {
+                    mac,
+                    grace_secs: a.uint32("grace_secs")?,
+                },
+                "block" => CommandAction::Block {
+                    mac,
+                    ttl_secs: a.uint32("ttl_secs")?,
+                },
+                _ => {
+                    return Err(wire::WireError::new(format!(
+                        "unknown command action {:?}",
+                        kind.chars().take(40).collect::<String>()
+                    )))
+                }
+            };
+            Ok(Body::Command(Command {
+                target: f.text("target")?,
+                command_id: f.uint("command_id")?,
+                issued_ms: f.uint("issued_ms")?,
+                expires_ms: f.uint("expires_ms")?,
+                action,
+            }))
+        }
+        other => Err(wire::WireError::new(format!(
+            "a {other} body where only a command is accepted"
         ))),
     }
 }
@@ -645,6 +695,29 @@ pub fn verify_policy(
         freshness,
     };
     verify_decoding(topic, payload, key_of, &checks, decode_policy_body)
+}
+
+/// [`verify`] for a router's command topic: topic scheme, size, CBOR, version, topic match
+/// (a command envelope for another CPE is refused here), the controller's signature, the
+/// body (decoded through the generic tree, as policy is) and freshness of `sent_at`. The
+/// checks of the body itself (target, expiry, replay) are [`crate::Command::refusal`].
+///
+/// # Errors
+/// As [`verify`].
+pub fn verify_command(
+    topic: &str,
+    payload: &[u8],
+    key_of: impl FnOnce(&str) -> KeyStatus,
+    now_ms: u64,
+    freshness: &Freshness,
+) -> Result<Envelope, Rejection> {
+    let checks = Checks {
+        window: None,
+        applied_policy_version: None,
+        now_ms,
+        freshness,
+    };
+    verify_decoding(topic, payload, key_of, &checks, decode_command_body)
 }
 
 /// The receiver's state that [`verify`] checks a message against.

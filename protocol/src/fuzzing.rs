@@ -10,7 +10,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ed25519_dalek::SigningKey;
 
-use crate::envelope::{self, verify, verify_policy, KeyStatus, FLEET_ID};
+use crate::envelope::{self, verify, verify_command, verify_policy, KeyStatus, FLEET_ID};
 use crate::messages::{Body, Kind};
 use crate::policy::safety::SafetyContext;
 use crate::policy::{Cidr, RelayRule};
@@ -49,6 +49,8 @@ pub fn decode_verify(data: &[u8]) {
         Topic::State(CPE.into()),
         Topic::PolicyAck(CPE.into()),
         Topic::CpePolicy(CPE.into()),
+        Topic::Command(CPE.into()),
+        Topic::CommandAck(CPE.into()),
         Topic::FleetPolicy,
     ];
     for topic in topics {
@@ -64,6 +66,18 @@ pub fn decode_verify(data: &[u8]) {
         );
         if let Ok(envelope) = result {
             assert_eq!(envelope.kind(), topic.kind());
+        }
+        if topic.kind() == Kind::Command {
+            let result = verify_command(
+                &name,
+                data,
+                |_| KeyStatus::Active(public),
+                NOW_MS,
+                &Freshness::default(),
+            );
+            if let Ok(envelope) = result {
+                assert!(matches!(envelope.body, Body::Command(_)));
+            }
         }
         if topic.kind() == Kind::Policy {
             let result = verify_policy(
@@ -101,6 +115,56 @@ pub fn policy_body(data: &[u8]) {
         _ => return,
     };
     policy_checks(policy);
+}
+
+/// Target `command_body`: arbitrary bytes as the CBOR body of a command message. The
+/// agent's decoder (through the generic tree) and the controller's direct one must agree
+/// whenever both accept; the router's checks ([`crate::Command::refusal`]) must not panic
+/// on any decoded command, and one that passes them must survive encoding and decoding
+/// unchanged. Signed into a full message, it must verify as that command on its topic.
+pub fn command_body(data: &[u8]) {
+    let agent = envelope::decode_command_body(Kind::Command, data);
+    let controller = envelope::decode_body(Kind::Command, data);
+    let command = match (agent, controller) {
+        (Ok(Body::Command(a)), Ok(Body::Command(c))) => {
+            assert_eq!(a, c, "the two command decoders disagree");
+            a
+        }
+        (Ok(Body::Command(a)), Err(_)) => a,
+        (Ok(other), _) | (_, Ok(other)) if !matches!(other, Body::Command(_)) => {
+            panic!("a command body decoded as {:?}", other.kind())
+        }
+        _ => return,
+    };
+    let _ = command.action.mac();
+    for last in [None, Some(0), Some(command.command_id), Some(u64::MAX)] {
+        let _ = command.refusal(CPE, NOW_MS, last);
+    }
+    let bytes = match crate::wire::to_vec(&command) {
+        Ok(b) => b,
+        Err(e) => panic!("a decoded command does not encode: {e}"),
+    };
+    match envelope::decode_command_body(Kind::Command, &bytes) {
+        Ok(Body::Command(back)) => assert_eq!(back, command, "round trip changed the command"),
+        other => panic!("a decoded command does not decode again: {other:?}"),
+    }
+    if let Some(signed) = sign_body(Kind::Command, data, CPE, 1) {
+        let public = SigningKey::from_bytes(&RFC8032_SECRET).verifying_key();
+        let any_time = Freshness {
+            max_age_ms: u64::MAX,
+            max_future_ms: u64::MAX,
+        };
+        match verify_command(
+            &Topic::Command(CPE.into()).to_string(),
+            &signed,
+            |_| KeyStatus::Active(public),
+            NOW_MS,
+            &any_time,
+        ) {
+            Ok(e) => assert_eq!(e.body, Body::Command(command)),
+            Err(r) => panic!("a signed, decodable command was rejected: {r}"),
+        }
+    }
 }
 
 /// What an agent does with a decoded policy, with assertions on the invariants: the tail

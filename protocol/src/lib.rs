@@ -4,8 +4,8 @@
 //! # Layout
 //! - [`types`]: small domain values shared by every message (MAC address, verdict, action,
 //!   policy mode).
-//! - [`messages`]: the bodies — [`Telemetry`], [`Alert`], [`State`], [`PolicyAck`] — and the
-//!   [`Body`]/[`Kind`] pair that names them.
+//! - [`messages`]: the bodies — [`Telemetry`], [`Alert`], [`State`], [`PolicyAck`],
+//!   [`Command`], [`CommandAck`] — and the [`Body`]/[`Kind`] pair that names them.
 //! - [`policy`]: the [`Policy`] schema the NOC pushes (and the agent reads from TOML for
 //!   replay), with defaults for every field and validation; [`policy::safety`], the one
 //!   safety check the NOC runs before signing and every agent before applying.
@@ -47,12 +47,12 @@ mod wire;
 #[cfg(feature = "batch")]
 pub use envelope::verify_batch;
 pub use envelope::{
-    open, seal, verify, verify_policy, Envelope, Freshness, Header, KeyStatus, Opened, Rejection,
-    RejectionReason, SealError, FLEET_ID,
+    open, seal, verify, verify_command, verify_policy, Envelope, Freshness, Header, KeyStatus,
+    Opened, Rejection, RejectionReason, SealError, FLEET_ID,
 };
 pub use messages::{
-    AckOutcome, AgentStats, Alert, Body, ConnRecord, DeviceCounters, DeviceReport, Kind, Observed,
-    PolicyAck, PolicyScope, State, Status, Telemetry,
+    AckOutcome, AgentStats, Alert, Body, Command, CommandAck, CommandAction, ConnRecord,
+    DeviceCounters, DeviceReport, Kind, Observed, PolicyAck, PolicyScope, State, Status, Telemetry,
 };
 pub use policy::safety::{check_policy_safety, SafetyContext, UnsafePolicy};
 pub use policy::{Policy, PolicyError};

@@ -36,6 +36,10 @@ pub enum Kind {
     Policy,
     /// An agent's answer to a policy.
     PolicyAck,
+    /// A signed order from the controller to one router (release or block a device).
+    Command,
+    /// A router's answer to a command.
+    CommandAck,
 }
 
 impl Kind {
@@ -47,16 +51,20 @@ impl Kind {
             Kind::State => "state",
             Kind::Policy => "policy",
             Kind::PolicyAck => "policy-ack",
+            Kind::Command => "command",
+            Kind::CommandAck => "command-ack",
         }
     }
 
     /// Every kind, in wire order.
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 7] = [
         Kind::Telemetry,
         Kind::Alert,
         Kind::State,
         Kind::Policy,
         Kind::PolicyAck,
+        Kind::Command,
+        Kind::CommandAck,
     ];
 }
 
@@ -79,6 +87,10 @@ pub enum Body {
     Policy(Policy),
     /// See [`PolicyAck`].
     PolicyAck(PolicyAck),
+    /// See [`Command`].
+    Command(Command),
+    /// See [`CommandAck`].
+    CommandAck(CommandAck),
 }
 
 impl Body {
@@ -90,6 +102,8 @@ impl Body {
             Body::State(_) => Kind::State,
             Body::Policy(_) => Kind::Policy,
             Body::PolicyAck(_) => Kind::PolicyAck,
+            Body::Command(_) => Kind::Command,
+            Body::CommandAck(_) => Kind::CommandAck,
         }
     }
 }
@@ -304,4 +318,165 @@ pub struct PolicyAck {
     pub policy_version: u64,
     /// Applied or refused.
     pub outcome: AckOutcome,
+}
+
+/// Longest grace period or block a command may ask for (30 days).
+pub const MAX_COMMAND_SECS: u32 = 30 * 86_400;
+
+/// What a command asks the router to do to one LAN device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum CommandAction {
+    /// Lift any block or rate limit on `mac` now and leave it alone for `grace_secs` (the
+    /// same as a release by hand on the router).
+    Release {
+        /// The device.
+        mac: MacAddr,
+        /// How long the router does not enforce against it again.
+        grace_secs: u32,
+    },
+    /// Block `mac`'s mail ports now for `ttl_secs`.
+    Block {
+        /// The device.
+        mac: MacAddr,
+        /// How long the block lasts.
+        ttl_secs: u32,
+    },
+}
+
+impl CommandAction {
+    /// The device the action is about.
+    pub fn mac(&self) -> MacAddr {
+        match self {
+            CommandAction::Release { mac, .. } | CommandAction::Block { mac, .. } => *mac,
+        }
+    }
+
+    /// `release` or `block`, for tables and logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            CommandAction::Release { .. } => "release",
+            CommandAction::Block { .. } => "block",
+        }
+    }
+}
+
+/// A signed order from the controller to one router, on `smtpguard/v1/cpe/{id}/command`
+/// (QoS 1, not retained). The envelope's `cpe_id` is the target too, and the body names it
+/// again, so a command for router A is refused by router B even if a broker delivered it
+/// on B's topic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Command {
+    /// The router it is for.
+    pub target: String,
+    /// Assigned by the controller, increasing per router: a router applies a command only
+    /// when its id is above the last one it applied, so a replay is refused.
+    pub command_id: u64,
+    /// When the controller issued it (Unix ms).
+    pub issued_ms: u64,
+    /// After this (Unix ms) the router refuses it: an order stuck in a queue for a day is
+    /// no longer the operator's intent.
+    pub expires_ms: u64,
+    /// What to do.
+    pub action: CommandAction,
+}
+
+impl Command {
+    /// Why `cpe_id` must not apply this command at `now_ms` after having applied
+    /// `last_applied`; `None` when it may. The checks a router runs once the signature
+    /// verified, in this order: target, expiry, replay, range.
+    pub fn refusal(&self, cpe_id: &str, now_ms: u64, last_applied: Option<u64>) -> Option<String> {
+        if self.target != cpe_id {
+            return Some(format!(
+                "command for {:?}, this router is {cpe_id:?}",
+                self.target.chars().take(64).collect::<String>()
+            ));
+        }
+        if now_ms > self.expires_ms {
+            return Some(format!(
+                "command {} expired at {} ms (now {now_ms} ms)",
+                self.command_id, self.expires_ms
+            ));
+        }
+        if let Some(last) = last_applied.filter(|&l| self.command_id <= l) {
+            return Some(format!(
+                "command {} replayed: not above the last applied command {last}",
+                self.command_id
+            ));
+        }
+        let secs = match self.action {
+            CommandAction::Release { grace_secs, .. } => grace_secs,
+            CommandAction::Block { ttl_secs, .. } => ttl_secs,
+        };
+        if secs == 0 || secs > MAX_COMMAND_SECS {
+            return Some(format!(
+                "{} for {secs} s: must be 1-{MAX_COMMAND_SECS} s",
+                self.action.name()
+            ));
+        }
+        None
+    }
+}
+
+/// A router's answer to a command, on `smtpguard/v1/cpe/{id}/command-ack`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandAck {
+    /// The command this answers (as the router read it; 0 when it could not read one).
+    pub command_id: u64,
+    /// Applied, or refused with the reason.
+    pub outcome: AckOutcome,
+    /// When the router applied or refused it (Unix ms).
+    pub at_ms: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn command() -> Command {
+        Command {
+            target: "cpe-a".into(),
+            command_id: 7,
+            issued_ms: 1_000,
+            expires_ms: 61_000,
+            action: CommandAction::Release {
+                mac: MacAddr([2, 0, 0, 0, 0, 1]),
+                grace_secs: 3600,
+            },
+        }
+    }
+
+    #[test]
+    fn a_command_is_refused_by_another_router_after_expiry_on_replay_and_out_of_range() {
+        let c = command();
+        assert_eq!(c.refusal("cpe-a", 2_000, None), None);
+        assert_eq!(c.refusal("cpe-a", 61_000, Some(6)), None);
+        let why = c.refusal("cpe-b", 2_000, None).unwrap();
+        assert!(
+            why.contains("\"cpe-a\"") && why.contains("\"cpe-b\""),
+            "{why}"
+        );
+        let why = c.refusal("cpe-a", 61_001, None).unwrap();
+        assert!(why.contains("expired"), "{why}");
+        let why = c.refusal("cpe-a", 2_000, Some(7)).unwrap();
+        assert!(why.contains("replayed"), "{why}");
+        assert!(c.refusal("cpe-a", 2_000, Some(9)).is_some());
+        for secs in [0, MAX_COMMAND_SECS + 1] {
+            let mut c = command();
+            c.action = CommandAction::Block {
+                mac: MacAddr([2, 0, 0, 0, 0, 1]),
+                ttl_secs: secs,
+            };
+            let why = c.refusal("cpe-a", 2_000, None).unwrap();
+            assert!(why.starts_with("block for"), "{why}");
+        }
+    }
+
+    #[test]
+    fn command_kinds_have_stable_names() {
+        assert_eq!(Kind::Command.as_str(), "command");
+        assert_eq!(Kind::CommandAck.as_str(), "command-ack");
+        assert_eq!(Body::Command(command()).kind(), Kind::Command);
+    }
 }

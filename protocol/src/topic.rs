@@ -6,6 +6,8 @@
 //! | `smtpguard/v1/cpe/{cpe_id}/alert` | [`Kind::Alert`] | no |
 //! | `smtpguard/v1/cpe/{cpe_id}/state` | [`Kind::State`] | yes (and last will) |
 //! | `smtpguard/v1/cpe/{cpe_id}/ack` | [`Kind::PolicyAck`] | no |
+//! | `smtpguard/v1/cpe/{cpe_id}/command-ack` | [`Kind::CommandAck`] | no |
+//! | `smtpguard/v1/cpe/{cpe_id}/command` | [`Kind::Command`] (controller to CPE) | no |
 //! | `smtpguard/v1/cpe/{cpe_id}/policy` | [`Kind::Policy`] (per-CPE override) | yes |
 //! | `smtpguard/v1/policy/fleet` | [`Kind::Policy`] (fleet) | yes |
 //!
@@ -37,6 +39,10 @@ pub enum Topic {
     PolicyAck(String),
     /// `cpe/{id}/policy`
     CpePolicy(String),
+    /// `cpe/{id}/command` (controller to CPE)
+    Command(String),
+    /// `cpe/{id}/command-ack`
+    CommandAck(String),
     /// `policy/fleet`
     FleetPolicy,
 }
@@ -51,6 +57,8 @@ impl Topic {
             Kind::State => Topic::State(id),
             Kind::PolicyAck => Topic::PolicyAck(id),
             Kind::Policy => Topic::CpePolicy(id),
+            Kind::Command => Topic::Command(id),
+            Kind::CommandAck => Topic::CommandAck(id),
         }
     }
 
@@ -62,6 +70,8 @@ impl Topic {
             Topic::State(_) => Kind::State,
             Topic::PolicyAck(_) => Kind::PolicyAck,
             Topic::CpePolicy(_) | Topic::FleetPolicy => Kind::Policy,
+            Topic::Command(_) => Kind::Command,
+            Topic::CommandAck(_) => Kind::CommandAck,
         }
     }
 
@@ -72,7 +82,9 @@ impl Topic {
             | Topic::Alert(id)
             | Topic::State(id)
             | Topic::PolicyAck(id)
-            | Topic::CpePolicy(id) => Some(id),
+            | Topic::CpePolicy(id)
+            | Topic::Command(id)
+            | Topic::CommandAck(id) => Some(id),
             Topic::FleetPolicy => None,
         }
     }
@@ -110,6 +122,8 @@ impl Topic {
             "state" => Topic::State(id),
             "ack" => Topic::PolicyAck(id),
             "policy" => Topic::CpePolicy(id),
+            "command" => Topic::Command(id),
+            "command-ack" => Topic::CommandAck(id),
             _ => return Err(bad()),
         })
     }
@@ -123,21 +137,26 @@ impl fmt::Display for Topic {
             Topic::State(id) => write!(f, "{PREFIX}/cpe/{id}/state"),
             Topic::PolicyAck(id) => write!(f, "{PREFIX}/cpe/{id}/ack"),
             Topic::CpePolicy(id) => write!(f, "{PREFIX}/cpe/{id}/policy"),
+            Topic::Command(id) => write!(f, "{PREFIX}/cpe/{id}/command"),
+            Topic::CommandAck(id) => write!(f, "{PREFIX}/cpe/{id}/command-ack"),
             Topic::FleetPolicy => write!(f, "{PREFIX}/policy/fleet"),
         }
     }
 }
 
 /// The topic filters a controller subscribes to, through the shared group.
-pub fn controller_filters() -> [String; 4] {
-    ["telemetry", "alert", "state", "ack"].map(|leaf| format!("{SHARE_GROUP}{PREFIX}/cpe/+/{leaf}"))
+pub fn controller_filters() -> [String; 5] {
+    ["telemetry", "alert", "state", "ack", "command-ack"]
+        .map(|leaf| format!("{SHARE_GROUP}{PREFIX}/cpe/+/{leaf}"))
 }
 
-/// The topics an agent subscribes to: the fleet policy and its own override.
-pub fn agent_filters(cpe_id: &str) -> [String; 2] {
+/// The topics an agent subscribes to: the fleet policy, its own override and its own
+/// command topic.
+pub fn agent_filters(cpe_id: &str) -> [String; 3] {
     [
         Topic::FleetPolicy.to_string(),
         Topic::CpePolicy(cpe_id.to_owned()).to_string(),
+        Topic::Command(cpe_id.to_owned()).to_string(),
     ]
 }
 
@@ -162,9 +181,12 @@ mod tests {
             Topic::State("cpe-1".into()),
             Topic::PolicyAck("cpe-1".into()),
             Topic::CpePolicy("cpe-1".into()),
+            Topic::Command("cpe-1".into()),
+            Topic::CommandAck("cpe-1".into()),
             Topic::FleetPolicy,
         ];
         for t in topics {
+            assert!(!t.is_retained() || !matches!(t, Topic::Command(_)));
             assert_eq!(Topic::parse(&t.to_string()).unwrap(), t);
         }
         assert_eq!(
@@ -172,6 +194,16 @@ mod tests {
             "smtpguard/v1/cpe/cpe-7/alert"
         );
         assert_eq!(Topic::FleetPolicy.to_string(), "smtpguard/v1/policy/fleet");
+        assert_eq!(
+            Topic::Command("cpe-7".into()).to_string(),
+            "smtpguard/v1/cpe/cpe-7/command"
+        );
+        assert_eq!(
+            Topic::for_cpe(Kind::CommandAck, "cpe-7").to_string(),
+            "smtpguard/v1/cpe/cpe-7/command-ack"
+        );
+        assert!(!Topic::Command("cpe-7".into()).is_retained());
+        assert_eq!(agent_filters("cpe-7")[2], "smtpguard/v1/cpe/cpe-7/command");
     }
 
     #[test]

@@ -111,6 +111,20 @@ impl Fields {
         }
     }
 
+    /// A map with text keys, as [`Fields`] of its own.
+    pub(crate) fn map(&mut self, name: &str) -> Result<Fields, WireError> {
+        match self.take(name)? {
+            serde_cbor::Value::Map(m) => Ok(Fields(m)),
+            _ => Err(Self::mistyped(name, "a map")),
+        }
+    }
+
+    /// An unsigned integer of at most 32 bits.
+    pub(crate) fn uint32(&mut self, name: &str) -> Result<u32, WireError> {
+        let v = self.uint(name)?;
+        u32::try_from(v).map_err(|_| Self::mistyped(name, "an unsigned 32-bit integer"))
+    }
+
     /// An unsigned integer of at most 64 bits.
     pub(crate) fn uint(&mut self, name: &str) -> Result<u64, WireError> {
         match self.take(name)? {

@@ -8,7 +8,10 @@ const FUZZ_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz");
 
 #[test]
 fn every_fuzz_target_has_a_replay_test() {
-    assert_eq!(targets_in(FUZZ_DIR), ["decode_verify", "policy_body"]);
+    assert_eq!(
+        targets_in(FUZZ_DIR),
+        ["command_body", "decode_verify", "policy_body"]
+    );
 }
 
 #[test]
@@ -19,4 +22,9 @@ fn decode_verify_corpus_replays_clean() {
 #[test]
 fn policy_body_corpus_replays_clean() {
     assert!(replay_corpus(FUZZ_DIR, "policy_body", fuzzing::policy_body) > 0);
+}
+
+#[test]
+fn command_body_corpus_replays_clean() {
+    assert!(replay_corpus(FUZZ_DIR, "command_body", fuzzing::command_body) > 0);
 }

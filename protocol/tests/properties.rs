@@ -8,7 +8,7 @@ use std::net::IpAddr;
 
 use common::*;
 use proptest::prelude::*;
-use smtpguard_protocol::envelope::{verify, verify_policy, KeyStatus};
+use smtpguard_protocol::envelope::{verify, verify_command, verify_policy, KeyStatus};
 use smtpguard_protocol::messages::*;
 use smtpguard_protocol::policy::{Indicators, Policy, RelayRule};
 use smtpguard_protocol::{
@@ -236,7 +236,73 @@ fn body() -> impl Strategy<Value = Body> {
                 ..Policy::default()
             })
         });
-    prop_oneof![telemetry, alert, state, ack, policy]
+    prop_oneof![
+        telemetry,
+        alert,
+        state,
+        ack,
+        policy,
+        command(),
+        command_ack()
+    ]
+}
+
+fn command() -> impl Strategy<Value = Body> {
+    (
+        text(),
+        any::<(u64, u64, u64)>(),
+        any::<bool>(),
+        mac(),
+        any::<u32>(),
+    )
+        .prop_map(
+            |(target, (command_id, issued_ms, expires_ms), release, mac, secs)| {
+                Body::Command(Command {
+                    target,
+                    command_id,
+                    issued_ms,
+                    expires_ms,
+                    action: if release {
+                        CommandAction::Release {
+                            mac,
+                            grace_secs: secs,
+                        }
+                    } else {
+                        CommandAction::Block {
+                            mac,
+                            ttl_secs: secs,
+                        }
+                    },
+                })
+            },
+        )
+}
+
+fn command_ack() -> impl Strategy<Value = Body> {
+    (any::<u64>(), prop::option::of(text()), any::<u64>()).prop_map(
+        |(command_id, refused, at_ms)| {
+            Body::CommandAck(CommandAck {
+                command_id,
+                outcome: match refused {
+                    Some(reason) => AckOutcome::Refused { reason },
+                    None => AckOutcome::Applied,
+                },
+                at_ms,
+            })
+        },
+    )
+}
+
+fn verify_as_agent(topic: &str, bytes: &[u8]) -> Result<Body, smtpguard_protocol::Rejection> {
+    let public = rfc8032_key().verifying_key();
+    verify_command(
+        topic,
+        bytes,
+        |_| KeyStatus::Active(public),
+        T0_MS,
+        &Freshness::default(),
+    )
+    .map(|e| e.body)
 }
 
 fn topic_for(body: &Body) -> String {
@@ -299,6 +365,36 @@ proptest! {
             .map(|e| e.body);
             prop_assert_eq!(lean.unwrap(), check(&body, &bytes).unwrap());
         }
+    }
+
+    /// The agent's command check (decoded through the generic tree) accepts every command
+    /// the full check accepts, with the same result; a command sealed for one router never
+    /// verifies on another's topic, and nothing but a command verifies on a command topic.
+    #[test]
+    fn command_check_decodes_every_command_alike_and_only_for_its_router(
+        body in body(),
+        seq in any::<u64>(),
+    ) {
+        let bytes = seal_any(&body, seq);
+        let own = Topic::Command(CPE.into()).to_string();
+        match &body {
+            Body::Command(_) => {
+                prop_assert_eq!(verify_as_agent(&own, &bytes).unwrap(), check(&body, &bytes).unwrap());
+                let other = Topic::Command("cpe-other".into()).to_string();
+                prop_assert!(verify_as_agent(&other, &bytes).is_err());
+            }
+            _ => prop_assert!(verify_as_agent(&own, &bytes).is_err()),
+        }
+    }
+
+    /// A command signed by any key but the controller's is refused.
+    #[test]
+    fn forged_commands_are_rejected(body in command(), seed in any::<[u8; 32]>()) {
+        let forger = ed25519_dalek::SigningKey::from_bytes(&seed);
+        prop_assume!(forger.verifying_key() != rfc8032_key().verifying_key());
+        let bytes = seal(&body, CPE, 1, T0_MS, &forger).unwrap();
+        let r = verify_as_agent(&Topic::Command(CPE.into()).to_string(), &bytes);
+        prop_assert_eq!(r, Err(smtpguard_protocol::Rejection::BadSignature));
     }
 
     #[test]

@@ -5,8 +5,8 @@
 //! `/metrics` for the embedded broker; for mosquitto the refusal itself is observed.
 //!
 //! 1. user `controller` with an empty or wrong password is refused; a CPE subscribing to
-//!    `#` (or to other CPEs' topics, or the controllers' share group) gets nothing of
-//!    another CPE;
+//!    `#` (or to other CPEs' topics, their command topics among them, or the controllers'
+//!    share group) gets nothing of another CPE;
 //! 2. an enrolled CPE id with a wrong password, or another CPE's login under its client
 //!    id, does not take over the real router's session; a CPE publishing on another CPE's
 //!    topic, on a policy topic or on a command topic is dropped;
@@ -590,6 +590,8 @@ async fn row1(s: &Setup, b_conn: &Conn) {
         "smtpguard/#",
         "smtpguard/v1/cpe/+/alert",
         "smtpguard/v1/cpe/cpe-b/#",
+        "smtpguard/v1/cpe/cpe-b/command",
+        "smtpguard/v1/cpe/+/command",
         "$share/controllers/smtpguard/v1/cpe/+/alert",
     ];
     let mut snoops = Vec::new();
@@ -621,6 +623,33 @@ async fn row1(s: &Setup, b_conn: &Conn) {
         }
     }
     s.alert_reaches_the_controller(b_conn, &s.b, 1).await;
+    // A command for cpe-b reaches cpe-b on its own command topic, and none of the snoops.
+    let subacks = b_conn.subacks.lock().unwrap().len();
+    b_conn
+        .client
+        .subscribe("smtpguard/v1/cpe/cpe-b/command", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    eventually("cpe-b subscribed to its command topic", || {
+        b_conn.subacks.lock().unwrap().len() > subacks
+    })
+    .await;
+    let command = format!("command-for-cpe-b-{}", rand_suffix()).into_bytes();
+    let noc = controller_login(s, "row1-commands").await;
+    noc.client
+        .publish(
+            "smtpguard/v1/cpe/cpe-b/command",
+            QoS::AtLeastOnce,
+            false,
+            command.clone(),
+        )
+        .await
+        .unwrap();
+    eventually("cpe-b got its command", || {
+        b_conn.saw(|t, p| t == "smtpguard/v1/cpe/cpe-b/command" && p == command.as_slice())
+    })
+    .await;
+    s.alert_reaches_the_controller(b_conn, &s.b, 2).await;
     for snoop in &snoops {
         assert!(
             !snoop.saw(|t, _| t.contains("cpe-b")),
@@ -652,7 +681,7 @@ async fn row2(s: &Setup, b_conn: &Conn) {
         s.wait_metric(mismatch, mismatch0 + 1).await;
     }
     drop(takeover);
-    s.alert_reaches_the_controller(b_conn, &s.b, 2).await;
+    s.alert_reaches_the_controller(b_conn, &s.b, 3).await;
     assert!(
         !b_conn.dropped.load(Ordering::SeqCst),
         "cpe-b was kicked off"

@@ -6,9 +6,10 @@
 //!   and the NOC's CPE page; a second device whose alert was lost shows its change rebuilt
 //!   from telemetry, marked as such;
 //! - the summary beside the evidence carries no number that could disagree with it;
-//! - after the NOC approves the subscriber's release, the portal says the router has not
-//!   lifted the block yet (the card above still says "blocked until"), and says "lifted"
-//!   only once the router reports the device unrestricted.
+//! - after the NOC approves the subscriber's release, a signed release command goes to the
+//!   router; until the router answers, the portal says the block still applies (the card
+//!   above still says "blocked until"); once it answered, the portal says when the router
+//!   lifted it, and "lifted" alone once the router reports the device unrestricted.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod web_common;
@@ -21,8 +22,8 @@ use smtpguard_controller::config::Config;
 use smtpguard_controller::store::Store;
 use smtpguard_controller::{households, registry, serve, web};
 use smtpguard_protocol::{
-    keys, Action, AgentStats, Alert, DeviceCounters, DeviceReport, MacAddr, Observed, Telemetry,
-    Verdict,
+    keys, AckOutcome, Action, AgentStats, Alert, CommandAck, CommandAction, DeviceCounters,
+    DeviceReport, MacAddr, Observed, Telemetry, Verdict,
 };
 use smtpguard_tests::mqtt::{free_port, now_ms, wait_until};
 use web_common::{csrf_of, http, login};
@@ -171,7 +172,7 @@ fn live_history_evidence_and_release_words_are_true_on_both_pages() {
             let _ = stop.changed().await;
         }))
     };
-    let handle: UplinkHandle = rt.block_on(async {
+    let uplink: Uplink = rt.block_on(async {
         let mut settings = Settings::new(
             CPE,
             dir.path().join("router"),
@@ -187,8 +188,9 @@ fn live_history_evidence_and_release_words_are_true_on_both_pages() {
         })
         .await
         .unwrap()
-        .handle
     });
+    let handle: UplinkHandle = uplink.handle.clone();
+    let mut commands = uplink.commands;
 
     // Both devices clean; then the bot's alert; then telemetry in which the laptop turned
     // infected without an alert (lost).
@@ -327,7 +329,8 @@ fn live_history_evidence_and_release_words_are_true_on_both_pages() {
         ),
         303
     );
-    // The router has not been told: the card says blocked, and so do the words below it.
+    // The release is on its way but the router has not answered: the card says blocked,
+    // and so do the words below it.
     let my = get(addr, "/my", &me);
     let card = my
         .split(&format!(r#"data-mac="{BOT}""#))
@@ -338,18 +341,51 @@ fn live_history_evidence_and_release_words_are_true_on_both_pages() {
         .unwrap()
         .to_string();
     assert!(card.contains("blocked until"), "{card}");
+    assert!(card.contains(r#"data-progress="release-sent""#), "{card}");
     assert!(
-        card.contains(r#"data-progress="approved-not-sent""#),
-        "{card}"
-    );
-    assert!(
-        card.contains("has not lifted the restriction yet"),
+        card.contains("still applies until the router confirms"),
         "{card}"
     );
     assert!(!card.contains("being lifted"), "{card}");
     let cpe_page = get(addr, &format!("/noc/cpe/{CPE}"), &noc);
+    assert!(cpe_page.contains("approved — release sent"), "{cpe_page}");
     assert!(
-        cpe_page.contains("approved — not sent to the router; still enforced"),
+        cpe_page.contains(r#"data-command="1" data-status="sent""#),
+        "{cpe_page}"
+    );
+
+    // The router gets the signed release for the bot and answers that it applied it: the
+    // card says when it was lifted.
+    let command = rt
+        .block_on(async { tokio::time::timeout(Duration::from_secs(20), commands.recv()).await })
+        .unwrap()
+        .unwrap();
+    assert_eq!(command.target, CPE);
+    assert_eq!(command.command_id, 1);
+    assert_eq!(
+        command.action,
+        CommandAction::Release {
+            mac: BOT,
+            grace_secs: config.commands.release_grace_secs
+        }
+    );
+    handle
+        .command_ack(CommandAck {
+            command_id: 1,
+            outcome: AckOutcome::Applied,
+            at_ms: now_ms(),
+        })
+        .unwrap();
+    wait_until(Duration::from_secs(20), "the release acknowledged", || {
+        get(addr, "/my", &me).contains(r#"data-progress="release-acknowledged""#)
+    })
+    .unwrap();
+    let my = get(addr, "/my", &me);
+    assert!(my.contains("your router lifted the restriction at"), "{my}");
+    assert!(!my.contains("being lifted"), "{my}");
+    let cpe_page = get(addr, &format!("/noc/cpe/{CPE}"), &noc);
+    assert!(
+        cpe_page.contains("approved — lifted by the router"),
         "{cpe_page}"
     );
 

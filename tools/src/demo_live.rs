@@ -329,6 +329,7 @@ fn carry_out(
             Output::Alert(alert) => handle.send_alert(alert)?,
             Output::Telemetry(t) => handle.send_telemetry(t)?,
             Output::PolicyAck(ack) => handle.ack(ack)?,
+            Output::CommandAck(ack) => handle.command_ack(ack)?,
             Output::Apply(ops) => sim.note(&ops),
             Output::Table(_) | Output::Save(_) => {}
         }

@@ -213,11 +213,27 @@ impl Planner {
     /// A person released `mac` (`smtpguard-agent release`): lift everything and leave the
     /// device alone for the grace period.
     pub fn release_manually(&mut self, now_ms: u64, mac: MacAddr) -> Vec<Op> {
+        self.release_for(now_ms, mac, self.config.release_grace_secs)
+    }
+
+    /// A release with its own grace period (the controller's release command names one):
+    /// the one path of every release by a person, by hand on the router or from the NOC.
+    pub fn release_for(&mut self, now_ms: u64, mac: MacAddr, grace_secs: u64) -> Vec<Op> {
         self.entries.remove(&mac);
-        let until = now_ms.saturating_add(self.config.release_grace_secs * 1000);
+        let until = now_ms.saturating_add(grace_secs.saturating_mul(1000));
         self.grace.insert(mac, until);
-        tracing::info!(%mac, grace_secs = self.config.release_grace_secs, "released by hand");
+        tracing::info!(%mac, grace_secs, "released by hand");
         vec![Op::Unblock { mac }, Op::Unlimit { mac }]
+    }
+
+    /// Ends the grace period of a release of `mac` (a person blocks it on purpose).
+    pub fn end_grace(&mut self, mac: &MacAddr) {
+        self.grace.remove(mac);
+    }
+
+    /// Whether `mac` is on the policy's device allowlist (never enforced).
+    pub fn is_allowlisted(&self, mac: &MacAddr) -> bool {
+        self.allow_macs.contains(mac)
     }
 
     /// The manual releases in their grace period at `now_ms`: device and end (Unix ms).

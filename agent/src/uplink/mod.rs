@@ -6,6 +6,8 @@
 //!   telemetry in a fixed ring that drops the oldest (counted), control messages in memory.
 //! - [`guard`]: which policy messages are applied (signature, version, the protocol's safety
 //!   check against the local ISP relays and the broker's addresses) — pure.
+//! - [`commands`]: which controller commands are applied (signature, target, expiry, id
+//!   above the last one handled, persisted) — pure.
 //! - [`session`]: the MQTT task (rumqttc): connect with backoff and jitter, last will,
 //!   retained online state, resubscribe on every ConnAck, send in sequence order, map
 //!   PubAcks to queued alerts.
@@ -20,8 +22,12 @@
 //!     apply(&update.policy);
 //!     uplink.handle.ack(update.applied())?;
 //! }
+//! while let Some(command) = uplink.commands.recv().await {
+//!     uplink.handle.command_ack(apply(&command))?; // records the id durably first
+//! }
 //! ```
 
+pub mod commands;
 pub mod guard;
 pub mod keygen;
 pub mod queue;
@@ -36,13 +42,14 @@ use std::sync::{Arc, Mutex};
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use smtpguard_protocol::policy::RelayRule;
 use smtpguard_protocol::{
-    seal, AckOutcome, Alert, Body, Kind, PolicyAck, SafetyContext, SealError, State, Status,
-    Telemetry, Topic,
+    seal, AckOutcome, Alert, Body, Command, CommandAck, Kind, PolicyAck, SafetyContext, SealError,
+    State, Status, Telemetry, Topic,
 };
 use tokio::sync::{mpsc, Notify};
 
 pub use guard::PolicyUpdate;
 
+use commands::CommandGuard;
 use guard::PolicyGuard;
 use queue::{AlertQueue, Class, MemQueue, Outgoing, QueueFull};
 use seq::{SeqAllocator, SeqError};
@@ -205,6 +212,9 @@ pub struct UplinkStats {
     pub acked: u64,
     /// Whether the MQTT connection is up.
     pub connected: bool,
+    /// Controller commands refused before reaching the run loop (forged, for another
+    /// router, expired, replayed).
+    pub commands_refused: u64,
 }
 
 /// State shared by the handle (callers) and the session task.
@@ -216,6 +226,7 @@ pub(crate) struct Shared {
     pub(crate) alerts: AlertQueue,
     pub(crate) mem: MemQueue,
     pub(crate) guard: PolicyGuard,
+    pub(crate) commands: CommandGuard,
     pub(crate) agent_version: String,
     pub(crate) public_ip: Option<IpAddr>,
     pub(crate) acked: u64,
@@ -352,6 +363,21 @@ impl UplinkHandle {
         Ok(())
     }
 
+    /// Answers a command the run loop applied or refused: the id is recorded durably first,
+    /// so the command is never applied again, even after a restart.
+    ///
+    /// # Errors
+    /// [`UplinkError::State`] when the id cannot be recorded, or sealing errors.
+    pub fn command_ack(&self, ack: CommandAck) -> Result<(), UplinkError> {
+        {
+            let mut s = self.lock()?;
+            s.commands.mark_handled(ack.command_id)?;
+            s.queue_control(&Body::CommandAck(ack))?;
+        }
+        self.wake.notify_one();
+        Ok(())
+    }
+
     /// Current counters.
     pub fn stats(&self) -> UplinkStats {
         match self.shared.lock() {
@@ -360,6 +386,7 @@ impl UplinkHandle {
                 alerts_queued: s.alerts.len() as u64,
                 acked: s.acked,
                 connected: s.connected,
+                commands_refused: s.commands.refused(),
             },
             Err(_) => UplinkStats::default(),
         }
@@ -379,6 +406,19 @@ impl PolicyUpdates {
     }
 }
 
+/// Verified commands for the run loop, in arrival order.
+#[derive(Debug)]
+pub struct CommandUpdates {
+    rx: mpsc::UnboundedReceiver<Command>,
+}
+
+impl CommandUpdates {
+    /// The next verified command; `None` once the uplink stopped.
+    pub async fn recv(&mut self) -> Option<Command> {
+        self.rx.recv().await
+    }
+}
+
 /// A running uplink.
 #[derive(Debug)]
 pub struct Uplink {
@@ -386,6 +426,8 @@ pub struct Uplink {
     pub handle: UplinkHandle,
     /// Policies to apply.
     pub policies: PolicyUpdates,
+    /// Commands to apply; answer each with [`UplinkHandle::command_ack`].
+    pub commands: CommandUpdates,
     /// The session task; ends after `shutdown` resolved (with a clean offline state).
     pub task: tokio::task::JoinHandle<()>,
 }
@@ -424,6 +466,11 @@ impl Uplink {
             safety,
         )
         .with_version_floor(settings.policy_version_floor);
+        let commands = CommandGuard::open(
+            &settings.state_dir,
+            settings.controller_public_key,
+            settings.cpe_id.clone(),
+        );
         let shared = Arc::new(Mutex::new(Shared {
             cpe_id: settings.cpe_id.clone(),
             key,
@@ -431,6 +478,7 @@ impl Uplink {
             alerts,
             mem: MemQueue::new(settings.telemetry_queue_len),
             guard,
+            commands,
             agent_version: settings.agent_version.clone(),
             public_ip: None,
             acked: 0,
@@ -438,18 +486,20 @@ impl Uplink {
         }));
         let wake = Arc::new(Notify::new());
         let (tx, rx) = mpsc::unbounded_channel();
+        let (command_tx, command_rx) = mpsc::unbounded_channel();
         let options = session::options(&settings, &addr)?;
         let task = tokio::spawn(session::run(
             settings,
             options,
             shared.clone(),
             wake.clone(),
-            tx,
+            (tx, command_tx),
             shutdown,
         ));
         Ok(Uplink {
             handle: UplinkHandle { shared, wake },
             policies: PolicyUpdates { rx },
+            commands: CommandUpdates { rx: command_rx },
             task,
         })
     }

@@ -23,9 +23,10 @@ use rumqttc::{
     AsyncClient, Event, EventLoop, LastWill, MqttOptions, Outgoing as MqttOutgoing, Packet, QoS,
     TlsConfiguration, Transport,
 };
-use smtpguard_protocol::{topic, Body, Status, Topic, MAX_MESSAGE_BYTES};
+use smtpguard_protocol::{topic, Body, Command, Status, Topic, MAX_MESSAGE_BYTES};
 use tokio::sync::{mpsc, Notify};
 
+use super::commands::CommandDecision;
 use super::guard::{Decision, PolicyUpdate};
 use super::queue::{Class, Outgoing};
 use super::{now_ms, Settings, Shared, UplinkError};
@@ -94,6 +95,7 @@ struct Session {
     client: AsyncClient,
     shared: Arc<Mutex<Shared>>,
     policies: mpsc::UnboundedSender<PolicyUpdate>,
+    commands: mpsc::UnboundedSender<Command>,
     /// Handed to rumqttc, packet id not known yet, in hand-over order.
     handed: VecDeque<Outgoing>,
     /// Packet id → message awaiting its PubAck.
@@ -167,7 +169,7 @@ impl Session {
             .into_iter()
             .map(|f| rumqttc::SubscribeFilter::new(f, QoS::AtLeastOnce));
         if let Err(e) = self.client.try_subscribe_many(filters) {
-            tracing::warn!(error = %e, "could not subscribe to policy topics");
+            tracing::warn!(error = %e, "could not subscribe to policy and command topics");
         }
         if let Some(mut s) = self.lock() {
             s.connected = true;
@@ -205,6 +207,10 @@ impl Session {
     }
 
     fn on_publish(&mut self, topic: &str, payload: &[u8]) {
+        if matches!(Topic::parse(topic), Ok(Topic::Command(_))) {
+            self.on_command(topic, payload);
+            return;
+        }
         let decision = match self.lock() {
             Some(mut s) => s.guard.decide(topic, payload, now_ms()),
             None => return,
@@ -224,6 +230,34 @@ impl Session {
                 self.pump();
             }
             Decision::Ignore => {}
+        }
+    }
+
+    fn on_command(&mut self, topic: &str, payload: &[u8]) {
+        let decision = match self.lock() {
+            Some(mut s) => s.commands.decide(topic, payload, now_ms()),
+            None => return,
+        };
+        match decision {
+            CommandDecision::Apply(command) => {
+                tracing::info!(
+                    id = command.command_id,
+                    action = command.action.name(),
+                    mac = %command.action.mac(),
+                    "command received"
+                );
+                let _ = self.commands.send(command);
+            }
+            CommandDecision::Refuse(ack) => {
+                tracing::warn!(?ack, "command refused");
+                if let Some(mut s) = self.lock() {
+                    if let Err(e) = s.queue_control(&Body::CommandAck(ack)) {
+                        tracing::warn!(error = %e, "could not queue a command refusal");
+                    }
+                }
+                self.pump();
+            }
+            CommandDecision::Ignore => {}
         }
     }
 
@@ -260,7 +294,10 @@ pub(crate) async fn run(
     options: MqttOptions,
     shared: Arc<Mutex<Shared>>,
     wake: Arc<Notify>,
-    policies: mpsc::UnboundedSender<PolicyUpdate>,
+    (policies, commands): (
+        mpsc::UnboundedSender<PolicyUpdate>,
+        mpsc::UnboundedSender<Command>,
+    ),
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
     let capacity = settings.max_inflight * 2 + 16;
@@ -269,6 +306,7 @@ pub(crate) async fn run(
         client,
         shared,
         policies,
+        commands,
         handed: VecDeque::new(),
         inflight: HashMap::new(),
         max_inflight: settings.max_inflight.max(1),

@@ -4,7 +4,7 @@
 //! - The controller (its configured user name and password) may publish and subscribe
 //!   anywhere: it writes policy and commands and reads everything the fleet sends.
 //! - A CPE (user name = client id = its CPE id) publishes only its own
-//!   `smtpguard/v1/cpe/{id}/{telemetry,alert,state,ack}`, retained only on `state`; its last
+//!   `smtpguard/v1/cpe/{id}/{telemetry,alert,state,ack,command-ack}`, retained only on `state`; its last
 //!   will may only be its own `state`; it subscribes only to the fleet policy, its own
 //!   policy override and its own command topic, each by its exact name (no wildcards, no
 //!   shared subscriptions). It can write no policy and no command, not even its own.
@@ -21,7 +21,7 @@ pub enum Identity {
 }
 
 /// The topic leaves a CPE may publish under its own prefix.
-const CPE_PUBLISH_LEAVES: [&str; 4] = ["telemetry", "alert", "state", "ack"];
+const CPE_PUBLISH_LEAVES: [&str; 5] = ["telemetry", "alert", "state", "ack", "command-ack"];
 
 /// The topic leaves of its own prefix a CPE may subscribe to.
 const CPE_SUBSCRIBE_LEAVES: [&str; 2] = ["policy", "command"];
@@ -73,7 +73,7 @@ mod tests {
     #[test]
     fn a_cpe_writes_only_its_own_leaves_and_reads_only_its_policy_and_commands() {
         let a = Identity::Cpe("cpe-a".into());
-        for leaf in ["telemetry", "alert", "ack"] {
+        for leaf in ["telemetry", "alert", "ack", "command-ack"] {
             let t = format!("smtpguard/v1/cpe/cpe-a/{leaf}");
             assert!(may_publish(&a, &t, false), "{t}");
             assert!(!may_publish(&a, &t, true), "retained {t}");
@@ -83,6 +83,8 @@ mod tests {
             "smtpguard/v1/cpe/cpe-b/telemetry",
             "smtpguard/v1/cpe/cpe-a/policy",
             "smtpguard/v1/cpe/cpe-a/command",
+            "smtpguard/v1/cpe/cpe-b/command",
+            "smtpguard/v1/cpe/cpe-b/command-ack",
             "smtpguard/v1/cpe/cpe-a/telemetry/x",
             "smtpguard/v1/cpe/cpe-ab/telemetry",
             "smtpguard/v1/cpe/cpe-a",
@@ -109,6 +111,9 @@ mod tests {
             "smtpguard/#",
             "smtpguard/v1/cpe/+/policy",
             "smtpguard/v1/cpe/cpe-b/policy",
+            "smtpguard/v1/cpe/cpe-b/command",
+            "smtpguard/v1/cpe/+/command",
+            "smtpguard/v1/cpe/cpe-a/command-ack",
             "smtpguard/v1/cpe/cpe-a/#",
             "smtpguard/v1/cpe/cpe-a/+",
             "smtpguard/v1/cpe/cpe-a/telemetry",

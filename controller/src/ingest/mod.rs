@@ -154,8 +154,11 @@ impl Verifier {
     ) -> Result<(smtpguard_protocol::Opened, ed25519_dalek::VerifyingKey), Rejection> {
         let name = topic::strip_share(&msg.topic);
         let parsed = Topic::parse(name)?;
-        if matches!(parsed, Topic::CpePolicy(_) | Topic::FleetPolicy) {
-            // Agents never publish policy; only the controller's own retained messages
+        if matches!(
+            parsed,
+            Topic::CpePolicy(_) | Topic::FleetPolicy | Topic::Command(_)
+        ) {
+            // Agents never publish policy or commands; only the controller's own messages
             // live there, and the ingest does not subscribe to them.
             return Err(Rejection::BadTopic(name.chars().take(200).collect()));
         }

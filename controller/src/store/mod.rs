@@ -8,6 +8,7 @@
 //! of verified messages and the rejection counts seen with them, so either all of a batch
 //! is durable or none is (the ingest acknowledges to the broker only after the commit).
 
+pub mod commands;
 pub mod history;
 pub mod schema;
 
@@ -177,6 +178,28 @@ impl Store {
     /// The underlying connection, for read queries of other modules.
     pub fn conn(&self) -> &Connection {
         &self.conn
+    }
+
+    /// Issues a command to `cpe_id` in one transaction: `build` gets the next command id
+    /// for that router and returns the signed command, which is stored as sent.
+    ///
+    /// # Errors
+    /// `build`'s error, or [`StoreError`] (converted); nothing is stored then.
+    pub fn issue_command<E: From<StoreError>>(
+        &mut self,
+        cpe_id: &str,
+        build: impl FnOnce(u64) -> Result<commands::NewCommand, E>,
+    ) -> Result<commands::NewCommand, E> {
+        // IMMEDIATE: two writers never both read the same highest id.
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(StoreError::from)?;
+        let id = commands::next_id(&tx, cpe_id)?;
+        let command = build(id)?;
+        commands::insert(&tx, &command)?;
+        tx.commit().map_err(StoreError::from)?;
+        Ok(command)
     }
 
     /// Stores a batch of verified messages and adds `rejections` to the counters, in one
@@ -567,8 +590,9 @@ fn store_message(tx: &Transaction<'_>, m: &Received) -> Result<bool, StoreError>
         Body::Telemetry(t) => store_telemetry(tx, &e.cpe_id, seq, t)?,
         Body::State(s) => store_state(tx, &e.cpe_id, s, m.received_at_ms)?,
         Body::PolicyAck(a) => store_ack(tx, &e.cpe_id, a, m.received_at_ms)?,
-        // Agents never send policy; the ingest refuses it before it gets here.
-        Body::Policy(_) => {}
+        Body::CommandAck(a) => commands::note_ack(tx, &e.cpe_id, a, m.received_at_ms)?,
+        // Agents never send policy or commands; the ingest refuses them before they get here.
+        Body::Policy(_) | Body::Command(_) => {}
     }
     Ok(true)
 }

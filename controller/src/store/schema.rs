@@ -188,6 +188,37 @@ ALTER TABLE cpes ADD COLUMN broker_password_hash TEXT;
 ALTER TABLE connections ADD COLUMN nat_ip TEXT;
 CREATE INDEX connections_by_translation ON connections (nat_ip, nat_port, at_ms);
 "#,
+    // 5: signed commands to one router (`store::commands`) and every answer the routers
+    // sent, the current outcome kept on the command.
+    r#"
+CREATE TABLE commands (
+    cpe_id TEXT NOT NULL,
+    command_id INTEGER NOT NULL,
+    action TEXT NOT NULL,
+    mac TEXT NOT NULL,
+    secs INTEGER NOT NULL,
+    issued_ms INTEGER NOT NULL,
+    expires_ms INTEGER NOT NULL,
+    wire BLOB NOT NULL,
+    status TEXT NOT NULL,
+    reason TEXT,
+    ack_ms INTEGER,
+    release_request_id INTEGER,
+    PRIMARY KEY (cpe_id, command_id)
+);
+CREATE INDEX commands_by_request ON commands (release_request_id);
+
+CREATE TABLE command_acks (
+    id INTEGER PRIMARY KEY,
+    cpe_id TEXT NOT NULL,
+    command_id INTEGER NOT NULL,
+    outcome TEXT NOT NULL,
+    reason TEXT,
+    at_ms INTEGER NOT NULL,
+    received_ms INTEGER NOT NULL
+);
+CREATE INDEX command_acks_by_command ON command_acks (cpe_id, command_id);
+"#,
 ];
 
 /// The schema version this build writes: the number of [`MIGRATIONS`].

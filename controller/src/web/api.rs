@@ -1,7 +1,12 @@
 //! JSON API: `Authorization: Bearer <token>` (or a session cookie for GETs).
 //!
 //! Operator: `GET /api/fleet`, `GET /api/cpes/{id}`, `GET /api/campaigns`, `GET/POST
-//! /api/abuse`. Subscriber: `GET /api/my/devices` (own household only).
+//! /api/abuse`, and commands to one router: `POST /api/cpes/{id}/devices/{mac}/release
+//! [?grace_secs=N]` and `POST /api/cpes/{id}/devices/{mac}/block[?ttl_secs=N]` (bearer token
+//! only; 201 `{"command_id": N, "cpe_id": .., "mac": .., "action": .., "status": "sent"}`),
+//! `GET /api/cpes/{id}/commands` (newest first, each with `status` `sent`, `applied`,
+//! `refused` with `reason`, `expired` or `unsent`, and `ack_ms`). Subscriber: `GET
+//! /api/my/devices` (own household only).
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
@@ -16,6 +21,8 @@ use super::noc::{cpe_rows, current_campaigns};
 use super::portal::household_devices;
 use super::{AppState, WebError};
 use crate::abuse;
+use crate::commands::{CommandError, Order};
+use crate::store::commands as store_commands;
 use crate::verdicts::{self, DeviceView};
 
 /// A device as the API shows it.
@@ -272,6 +279,106 @@ pub async fn my_devices(State(state): State<AppState>, headers: HeaderMap) -> Re
             "devices": devices.iter().map(DeviceJson::from).collect::<Vec<_>>(),
             "release_requests": releases,
         })),
+        Err(e) => e.api(),
+    }
+}
+
+/// Options of the command endpoints.
+#[derive(Debug, Deserialize)]
+pub struct CommandQuery {
+    #[serde(default)]
+    grace_secs: Option<u32>,
+    #[serde(default)]
+    ttl_secs: Option<u32>,
+}
+
+/// `POST /api/cpes/{id}/devices/{mac}/release[?grace_secs=N]`: sends a signed release.
+pub async fn release_device(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((cpe_id, mac)): Path<(String, String)>,
+    Query(q): Query<CommandQuery>,
+) -> Response {
+    send_command(state, headers, cpe_id, mac, q, true).await
+}
+
+/// `POST /api/cpes/{id}/devices/{mac}/block[?ttl_secs=N]`: sends a signed block.
+pub async fn block_device(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((cpe_id, mac)): Path<(String, String)>,
+    Query(q): Query<CommandQuery>,
+) -> Response {
+    send_command(state, headers, cpe_id, mac, q, false).await
+}
+
+async fn send_command(
+    state: AppState,
+    headers: HeaderMap,
+    cpe_id: String,
+    mac: String,
+    q: CommandQuery,
+    release: bool,
+) -> Response {
+    match auth::noc(&state, &headers).await {
+        // A session cookie could be ridden by another site: commands take the token.
+        Ok(c) if c.csrf.is_some() => return WebError::Forbidden.api(),
+        Ok(_) => {}
+        Err(e) => return e.api(),
+    }
+    let Ok(mac) = mac.parse::<smtpguard_protocol::MacAddr>() else {
+        return WebError::BadRequest("mac must look like aa:bb:cc:dd:ee:ff".into()).api();
+    };
+    let order = if release {
+        Order::Release {
+            mac,
+            grace_secs: q.grace_secs,
+        }
+    } else {
+        Order::Block {
+            mac,
+            ttl_secs: q.ttl_secs,
+        }
+    };
+    match state.commands.send(cpe_id.clone(), order, None).await {
+        Ok(id) => (
+            StatusCode::CREATED,
+            Json(json!({
+                "command_id": id,
+                "cpe_id": cpe_id,
+                "mac": mac.to_string(),
+                "action": if release { "release" } else { "block" },
+                "status": "sent",
+            })),
+        )
+            .into_response(),
+        Err(CommandError::UnknownCpe(_)) => WebError::NotFound.api(),
+        Err(e) if e.is_client_error() => WebError::BadRequest(e.to_string()).api(),
+        Err(e) => WebError::Internal(e.to_string()).api(),
+    }
+}
+
+/// `GET /api/cpes/{id}/commands`: the router's commands, newest first, with their status.
+pub async fn commands(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    if let Err(e) = auth::noc(&state, &headers).await {
+        return e.api();
+    }
+    let now = state.now_ms();
+    let r = state
+        .db(move |conn| {
+            cpe_rows(conn, Some(&id))?
+                .into_iter()
+                .next()
+                .ok_or(WebError::NotFound)?;
+            store_commands::list(conn, &id, now, 500).map_err(|e| WebError::Internal(e.to_string()))
+        })
+        .await;
+    match r {
+        Ok(list) => ok(json!({ "commands": list })),
         Err(e) => e.api(),
     }
 }

@@ -1,6 +1,7 @@
 //! The web server inside `smtpguard-controller serve`: its configuration section (`[web]`),
-//! the operator token, and policy publishing backed by [`crate::policy`] (sign with the
-//! controller key, store, publish retained on the broker).
+//! the operator token, policy publishing backed by [`crate::policy`] (sign with the
+//! controller key, store, publish retained on the broker), and commands to one router
+//! backed by [`crate::commands`] (sign, store, publish not retained).
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -190,6 +191,52 @@ impl PolicyPublisher for BrokerPolicy {
     }
 }
 
+/// Sends commands: signs with the controller key, stores, and publishes (not retained)
+/// through the broker ([`crate::commands::issue_and_send`]).
+pub struct BrokerCommands {
+    db_path: PathBuf,
+    key_path: PathBuf,
+    broker: BrokerConfig,
+    client_id: String,
+    config: crate::config::CommandsConfig,
+    clock: super::Clock,
+}
+
+impl BrokerCommands {
+    /// From the controller configuration.
+    pub fn new(config: &Config) -> BrokerCommands {
+        BrokerCommands {
+            db_path: config.db_path.clone(),
+            key_path: config.policy_key_path.clone(),
+            broker: config.broker.clone(),
+            client_id: format!("{}-commands", config.broker.client_id),
+            config: config.commands,
+            clock: system_clock(),
+        }
+    }
+}
+
+impl super::CommandSender for BrokerCommands {
+    fn send(
+        &self,
+        cpe_id: String,
+        order: crate::commands::Order,
+        release_request_id: Option<i64>,
+    ) -> Pin<Box<dyn Future<Output = Result<u64, crate::commands::CommandError>> + Send + '_>> {
+        Box::pin(crate::commands::issue_and_send(
+            &self.db_path,
+            &self.key_path,
+            &self.broker,
+            &self.client_id,
+            self.config,
+            cpe_id,
+            order,
+            release_request_id,
+            (self.clock)(),
+        ))
+    }
+}
+
 /// Binds `config.http_listen` and serves until `shutdown` resolves.
 ///
 /// # Errors
@@ -208,7 +255,8 @@ pub async fn run(
         settings,
         Arc::new(BrokerPolicy::new(config)),
         system_clock(),
-    );
+    )
+    .with_commands(Arc::new(BrokerCommands::new(config)));
     let listener = tokio::net::TcpListener::bind(config.http_listen)
         .await
         .map_err(|e| WebError::Internal(format!("binding {}: {e}", config.http_listen)))?;

@@ -9,7 +9,8 @@
 //! - [`noc`]: operator pages (fleet, CPE, campaigns, policy editor, abuse reports, release
 //!   requests).
 //! - [`portal`]: the subscriber's "your devices" pages.
-//! - [`api`]: JSON endpoints, including `POST /api/abuse`.
+//! - [`api`]: JSON endpoints, including `POST /api/abuse` and the commands to one router
+//!   (`POST /api/cpes/{cpe}/devices/{mac}/release|block`, `GET /api/cpes/{cpe}/commands`).
 //! - [`metrics`]: Prometheus text exposition.
 //! - [`live`]: the `[web]` configuration section and policy publishing for `serve`.
 //!
@@ -19,7 +20,9 @@
 //! ingest writes concurrently through its own), calling the pure logic in
 //! [`crate::verdicts`], [`crate::campaigns`], [`crate::abuse`] and [`crate::households`],
 //! and render HTML or JSON. Policy changes go through the injected [`PolicyPublisher`], which
-//! `serve` backs with the signing and publishing in `crate::policy`.
+//! `serve` backs with the signing and publishing in `crate::policy`; commands to a router
+//! (an approved release request, the API) through the injected [`CommandSender`], backed by
+//! [`crate::commands`].
 
 pub mod api;
 pub mod auth;
@@ -62,6 +65,39 @@ pub trait PolicyPublisher: Send + Sync + 'static {
         policy: Policy,
         cpe_id: Option<String>,
     ) -> Pin<Box<dyn Future<Output = Result<u64, String>> + Send + '_>>;
+}
+
+/// Sends a signed command to one router: issues it under the router's next command id,
+/// stores it and publishes it. Returns the command id. `release_request_id` links a release
+/// to the subscriber's request it carries out.
+pub trait CommandSender: Send + Sync + 'static {
+    /// See the trait.
+    fn send(
+        &self,
+        cpe_id: String,
+        order: crate::commands::Order,
+        release_request_id: Option<i64>,
+    ) -> Pin<Box<dyn Future<Output = Result<u64, crate::commands::CommandError>> + Send + '_>>;
+}
+
+/// The command sender of a web server with no broker to send on (tests of the pages):
+/// every command fails with a message saying so.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoCommands;
+
+impl CommandSender for NoCommands {
+    fn send(
+        &self,
+        _cpe_id: String,
+        _order: crate::commands::Order,
+        _release_request_id: Option<i64>,
+    ) -> Pin<Box<dyn Future<Output = Result<u64, crate::commands::CommandError>> + Send + '_>> {
+        Box::pin(async {
+            Err(crate::commands::CommandError::Key(
+                "this server has no command channel".into(),
+            ))
+        })
+    }
 }
 
 /// A source of the current time (Unix ms); tests pin it.
@@ -140,6 +176,8 @@ pub struct AppState {
     pub settings: Arc<WebSettings>,
     /// Policy publishing.
     pub policy: Arc<dyn PolicyPublisher>,
+    /// Commands to one router ([`NoCommands`] unless [`AppState::with_commands`]).
+    pub commands: Arc<dyn CommandSender>,
     /// Web-layer counters.
     pub counters: Arc<Counters>,
     /// Failed credentials per source address.
@@ -181,9 +219,16 @@ impl AppState {
             login_throttle: Arc::new(Mutex::new(auth::LoginThrottle::new(settings.login_backoff))),
             settings: Arc::new(settings),
             policy,
+            commands: Arc::new(NoCommands),
             counters: Arc::new(Counters::default()),
             clock,
         }
+    }
+
+    /// The same state sending commands through `commands`.
+    pub fn with_commands(mut self, commands: Arc<dyn CommandSender>) -> AppState {
+        self.commands = commands;
+        self
     }
 
     /// Now, in Unix ms.
@@ -387,6 +432,15 @@ pub fn router(state: AppState) -> Router {
         .route("/my/release", post(portal::release))
         .route("/api/fleet", get(api::fleet))
         .route("/api/cpes/{cpe_id}", get(api::cpe))
+        .route("/api/cpes/{cpe_id}/commands", get(api::commands))
+        .route(
+            "/api/cpes/{cpe_id}/devices/{mac}/release",
+            post(api::release_device),
+        )
+        .route(
+            "/api/cpes/{cpe_id}/devices/{mac}/block",
+            post(api::block_device),
+        )
         .route("/api/campaigns", get(api::campaigns))
         .route("/api/abuse", get(api::abuse_list).post(api::abuse_submit))
         .route("/api/my/devices", get(api::my_devices))

@@ -356,10 +356,12 @@ pub async fn cpe(
                 .into_iter()
                 .filter(|r| r.cpe_id == id)
                 .collect();
-            Ok((row, devices, releases))
+            let commands = crate::store::commands::list(conn, &id, now, 50)
+                .map_err(|e| WebError::Internal(e.to_string()))?;
+            Ok((row, devices, releases, commands))
         })
         .await;
-    let (row, devices, releases) = match data {
+    let (row, devices, releases, commands) = match data {
         Ok(d) => d,
         Err(e) => return e.page(),
     };
@@ -398,7 +400,7 @@ pub async fn cpe(
                 .find(|r| r.mac == d.mac.to_string())
                 .map(|r| {
                     let progress =
-                        households::release_progress(r, d.action, d.action_until_ms, None);
+                        households::release_progress(r, d.action, d.action_until_ms, r.command);
                     format!(
                         "{} (requested {})",
                         progress.noc_text(html::time),
@@ -416,6 +418,7 @@ pub async fn cpe(
         }
         b.push_str("</table>");
     }
+    b.push_str(&command_rows(&commands));
     b.push_str("<h2>Evidence timeline</h2>");
     let mut events: Vec<(&DeviceView, &verdicts::VerdictChange)> = devices
         .iter()
@@ -1169,11 +1172,71 @@ pub async fn decide_release(
         _ => return WebError::BadRequest("decision must be approve or deny".into()).page(),
     };
     let now = state.now_ms();
-    match state
+    let decided = match state
         .db(move |conn| Ok(households::decide_release(conn, id, approve, now)?))
         .await
     {
-        Ok(_) => Redirect::to("/noc/releases").into_response(),
-        Err(e) => e.page(),
+        Ok(r) => r,
+        Err(e) => return e.page(),
+    };
+    if approve {
+        // The decision stands whatever happens to the command; the pages show whether the
+        // router took it.
+        match decided.mac.parse() {
+            Ok(mac) => {
+                let order = crate::commands::Order::Release {
+                    mac,
+                    grace_secs: None,
+                };
+                match state
+                    .commands
+                    .send(decided.cpe_id.clone(), order, Some(decided.id))
+                    .await
+                {
+                    Ok(command_id) => {
+                        tracing::info!(request = decided.id, command_id, "release sent");
+                    }
+                    Err(e) => tracing::error!(request = decided.id, error = %e, "release not sent"),
+                }
+            }
+            Err(e) => {
+                tracing::error!(request = decided.id, error = %e, "release request with a bad MAC")
+            }
+        }
     }
+    Redirect::to("/noc/releases").into_response()
+}
+
+/// The "Commands" section of the CPE page: the newest commands sent to the router, with
+/// where each stands.
+fn command_rows(commands: &[crate::store::commands::CommandRow]) -> String {
+    let mut b = String::from("<h2>Commands</h2>");
+    if commands.is_empty() {
+        b.push_str(r#"<p class="muted">No commands sent to this router.</p>"#);
+        return b;
+    }
+    b.push_str(
+        r#"<table id="commands"><tr><th>Id</th><th>Action</th><th>Device</th><th>Time</th><th>Issued</th><th>Status</th><th>Answered</th></tr>"#,
+    );
+    for c in commands {
+        let status = match &c.reason {
+            Some(reason) => format!("{}: {reason}", c.status),
+            None => c.status.clone(),
+        };
+        let _ = write!(
+            b,
+            r#"<tr data-command="{}" data-status="{}"><td>{}</td><td>{}</td><td class="mono">{}</td><td>{} s</td><td>{}</td><td>{}</td><td>{}</td></tr>"#,
+            c.command_id,
+            esc(&c.status),
+            c.command_id,
+            esc(&c.action),
+            esc(&c.mac),
+            c.secs,
+            esc(&html::time(c.issued_ms)),
+            esc(&status),
+            esc(&c.ack_ms.map(html::time).unwrap_or_else(|| "—".into())),
+        );
+    }
+    b.push_str("</table>");
+    b
 }

@@ -70,8 +70,7 @@ fn release_block(d: &DeviceView, releases: &[ReleaseRequest], caller: &Caller) -
         .iter()
         .find(|r| r.cpe_id == d.cpe_id && r.mac == mac)
     {
-        // No release command reaches the router yet: nothing to report about one.
-        let progress = households::release_progress(r, d.action, d.action_until_ms, None);
+        let progress = households::release_progress(r, d.action, d.action_until_ms, r.command);
         if progress != ReleaseProgress::Denied {
             return format!(
                 r#"<div class="flash release-status" data-status="{}" data-progress="{}">Release requested on {}. {}</div>"#,

@@ -127,6 +127,29 @@ pub fn policy_ack() -> PolicyAck {
     }
 }
 
+pub fn command() -> Command {
+    Command {
+        target: CPE.into(),
+        command_id: 12,
+        issued_ms: T0_MS - 1_000,
+        expires_ms: T0_MS + 3_600_000,
+        action: CommandAction::Release {
+            mac: mac("02:11:22:33:44:05"),
+            grace_secs: 3600,
+        },
+    }
+}
+
+pub fn command_ack() -> CommandAck {
+    CommandAck {
+        command_id: 12,
+        outcome: AckOutcome::Refused {
+            reason: "command 12 replayed: not above the last applied command 12".into(),
+        },
+        at_ms: T0_MS + 2_000,
+    }
+}
+
 /// One fixed body of each kind, with the file stem of its golden vector.
 pub fn all_bodies() -> Vec<(&'static str, Body)> {
     vec![
@@ -135,5 +158,7 @@ pub fn all_bodies() -> Vec<(&'static str, Body)> {
         ("state", Body::State(state())),
         ("policy", Body::Policy(policy())),
         ("policy-ack", Body::PolicyAck(policy_ack())),
+        ("command", Body::Command(command())),
+        ("command-ack", Body::CommandAck(command_ack())),
     ]
 }

@@ -1,0 +1,302 @@
+//! Commands to one router: what was signed and sent, and what the router answered.
+//!
+//! A command is stored (`status` `sent`) before it is published, with the signed bytes, so
+//! an answer can never arrive for a command the database does not know. The router's
+//! answers go to `command_acks` as they come (an audit log: refusals of forged or replayed
+//! commands land there too), and the first answer to a command that is still `sent` sets
+//! its `status` (`applied` or `refused`), `reason` and `ack_ms`; a later answer (a replay
+//! refused after the command was applied) does not undo it. `expired` is never stored: a
+//! command still `sent` after its expiry is shown as expired, because the router will refuse
+//! it from then on.
+
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use serde::Serialize;
+use smtpguard_protocol::{AckOutcome, CommandAck, CommandAction};
+
+use super::{from_i64, to_i64, StoreError};
+
+/// A command as issued (signed, not yet stored).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewCommand {
+    /// The router.
+    pub cpe_id: String,
+    /// Its id (per router, increasing).
+    pub command_id: u64,
+    /// What it asks.
+    pub action: CommandAction,
+    /// When it was issued (Unix ms).
+    pub issued_ms: u64,
+    /// When the router stops accepting it (Unix ms).
+    pub expires_ms: u64,
+    /// The signed bytes to publish.
+    pub wire: Vec<u8>,
+    /// The release request it carries out, if any.
+    pub release_request_id: Option<i64>,
+}
+
+/// A stored command and where it stands, as the API and the pages show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CommandRow {
+    /// The router.
+    pub cpe_id: String,
+    /// Its id.
+    pub command_id: u64,
+    /// `release` or `block`.
+    pub action: String,
+    /// The device.
+    pub mac: String,
+    /// Grace period (release) or time to live (block), in seconds.
+    pub secs: u64,
+    /// When it was issued (Unix ms).
+    pub issued_ms: u64,
+    /// When the router stops accepting it (Unix ms).
+    pub expires_ms: u64,
+    /// `sent`, `applied`, `refused`, `expired` (sent, not answered, past its expiry) or
+    /// `unsent` (the broker could not take it).
+    pub status: String,
+    /// Why it was refused (or not sent).
+    pub reason: Option<String>,
+    /// When the answer arrived (Unix ms).
+    pub ack_ms: Option<u64>,
+    /// The release request it carries out, if any.
+    pub release_request_id: Option<i64>,
+}
+
+fn secs_of(action: &CommandAction) -> u32 {
+    match action {
+        CommandAction::Release { grace_secs, .. } => *grace_secs,
+        CommandAction::Block { ttl_secs, .. } => *ttl_secs,
+    }
+}
+
+/// The next command id for `cpe_id`: one above the highest ever issued to it.
+///
+/// # Errors
+/// [`StoreError::Sqlite`].
+pub fn next_id(tx: &Transaction<'_>, cpe_id: &str) -> Result<u64, StoreError> {
+    let max: Option<i64> = tx.query_row(
+        "SELECT MAX(command_id) FROM commands WHERE cpe_id = ?1",
+        [cpe_id],
+        |r| r.get(0),
+    )?;
+    Ok(max.map_or(0, from_i64) + 1)
+}
+
+/// Stores an issued command as `sent`.
+///
+/// # Errors
+/// [`StoreError::Sqlite`], e.g. for an id already used.
+pub fn insert(tx: &Transaction<'_>, c: &NewCommand) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO commands (cpe_id, command_id, action, mac, secs, issued_ms, expires_ms, wire,
+            status, release_request_id)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'sent', ?9)",
+        params![
+            c.cpe_id,
+            to_i64(c.command_id),
+            c.action.name(),
+            c.action.mac().to_string(),
+            secs_of(&c.action),
+            to_i64(c.issued_ms),
+            to_i64(c.expires_ms),
+            c.wire,
+            c.release_request_id,
+        ],
+    )?;
+    Ok(())
+}
+
+/// Marks a command the broker did not take.
+///
+/// # Errors
+/// [`StoreError::Sqlite`].
+pub fn mark_unsent(
+    conn: &Connection,
+    cpe_id: &str,
+    command_id: u64,
+    reason: &str,
+) -> Result<(), StoreError> {
+    conn.execute(
+        "UPDATE commands SET status = 'unsent', reason = ?3
+         WHERE cpe_id = ?1 AND command_id = ?2 AND status = 'sent'",
+        params![cpe_id, to_i64(command_id), reason],
+    )?;
+    Ok(())
+}
+
+/// Records a router's answer (inside the ingest's transaction).
+///
+/// # Errors
+/// [`StoreError::Sqlite`].
+pub fn note_ack(
+    tx: &Transaction<'_>,
+    cpe_id: &str,
+    ack: &CommandAck,
+    received_ms: u64,
+) -> Result<(), StoreError> {
+    let (outcome, reason) = match &ack.outcome {
+        AckOutcome::Applied => ("applied", None),
+        AckOutcome::Refused { reason } => ("refused", Some(reason.as_str())),
+    };
+    tx.prepare_cached(
+        "INSERT INTO command_acks (cpe_id, command_id, outcome, reason, at_ms, received_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![
+        cpe_id,
+        to_i64(ack.command_id),
+        outcome,
+        reason,
+        to_i64(ack.at_ms),
+        to_i64(received_ms)
+    ])?;
+    tx.prepare_cached(
+        "UPDATE commands SET status = ?3, reason = ?4, ack_ms = ?5
+         WHERE cpe_id = ?1 AND command_id = ?2 AND status IN ('sent', 'unsent')",
+    )?
+    .execute(params![
+        cpe_id,
+        to_i64(ack.command_id),
+        outcome,
+        reason,
+        to_i64(received_ms)
+    ])?;
+    Ok(())
+}
+
+const COLUMNS: &str = "cpe_id, command_id, action, mac, secs, issued_ms, expires_ms, status, \
+                       reason, ack_ms, release_request_id";
+
+fn row(r: &rusqlite::Row<'_>, now_ms: u64) -> rusqlite::Result<CommandRow> {
+    let expires_ms = from_i64(r.get(6)?);
+    let mut status: String = r.get(7)?;
+    if status == "sent" && now_ms > expires_ms {
+        status = "expired".into();
+    }
+    Ok(CommandRow {
+        cpe_id: r.get(0)?,
+        command_id: from_i64(r.get(1)?),
+        action: r.get(2)?,
+        mac: r.get(3)?,
+        secs: from_i64(r.get(4)?),
+        issued_ms: from_i64(r.get(5)?),
+        expires_ms,
+        status,
+        reason: r.get(8)?,
+        ack_ms: r.get::<_, Option<i64>>(9)?.map(from_i64),
+        release_request_id: r.get(10)?,
+    })
+}
+
+/// A router's commands, newest first, at most `limit`, with their status at `now_ms`.
+///
+/// # Errors
+/// [`StoreError::Sqlite`].
+pub fn list(
+    conn: &Connection,
+    cpe_id: &str,
+    now_ms: u64,
+    limit: usize,
+) -> Result<Vec<CommandRow>, StoreError> {
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {COLUMNS} FROM commands WHERE cpe_id = ?1 ORDER BY command_id DESC LIMIT ?2"
+    ))?;
+    let rows = stmt.query_map(
+        params![cpe_id, i64::try_from(limit).unwrap_or(i64::MAX)],
+        |r| row(r, now_ms),
+    )?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// The newest command carrying out release request `request_id`, with its status.
+///
+/// # Errors
+/// [`StoreError::Sqlite`].
+pub fn for_release_request(
+    conn: &Connection,
+    request_id: i64,
+    now_ms: u64,
+) -> Result<Option<CommandRow>, StoreError> {
+    Ok(conn
+        .query_row(
+            &format!(
+                "SELECT {COLUMNS} FROM commands WHERE release_request_id = ?1
+                 ORDER BY issued_ms DESC, command_id DESC LIMIT 1"
+            ),
+            [request_id],
+            |r| row(r, now_ms),
+        )
+        .optional()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Store;
+    use smtpguard_protocol::MacAddr;
+
+    fn new(cpe: &str, id: u64, expires_ms: u64) -> NewCommand {
+        NewCommand {
+            cpe_id: cpe.into(),
+            command_id: id,
+            action: CommandAction::Release {
+                mac: MacAddr([2, 0, 0, 0, 0, 1]),
+                grace_secs: 600,
+            },
+            issued_ms: 1_000,
+            expires_ms,
+            wire: vec![1, 2, 3],
+            release_request_id: Some(4),
+        }
+    }
+
+    #[test]
+    fn ids_increase_per_router_and_the_first_answer_sets_the_status() {
+        let mut store = Store::open_in_memory().unwrap();
+        let tx = store.conn.transaction().unwrap();
+        assert_eq!(next_id(&tx, "cpe-a").unwrap(), 1);
+        insert(&tx, &new("cpe-a", 1, 10_000)).unwrap();
+        insert(&tx, &new("cpe-a", 2, 10_000)).unwrap();
+        assert!(insert(&tx, &new("cpe-a", 2, 10_000)).is_err());
+        assert_eq!(next_id(&tx, "cpe-a").unwrap(), 3);
+        assert_eq!(next_id(&tx, "cpe-b").unwrap(), 1);
+        let applied = CommandAck {
+            command_id: 1,
+            outcome: AckOutcome::Applied,
+            at_ms: 2_000,
+        };
+        note_ack(&tx, "cpe-a", &applied, 2_100).unwrap();
+        // A later refusal of the same id (a replay) does not undo it.
+        let replayed = CommandAck {
+            command_id: 1,
+            outcome: AckOutcome::Refused {
+                reason: "replayed".into(),
+            },
+            at_ms: 3_000,
+        };
+        note_ack(&tx, "cpe-a", &replayed, 3_100).unwrap();
+        tx.commit().unwrap();
+        let rows = list(store.conn(), "cpe-a", 5_000, 10).unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0].command_id, 2);
+        assert_eq!(rows[0].status, "sent");
+        assert_eq!(rows[1].status, "applied");
+        assert_eq!(rows[1].ack_ms, Some(2_100));
+        assert_eq!(rows[1].reason, None);
+        // Past its expiry, an unanswered command shows as expired.
+        let rows = list(store.conn(), "cpe-a", 10_001, 10).unwrap();
+        assert_eq!(rows[0].status, "expired");
+        let acks: i64 = store
+            .conn()
+            .query_row("SELECT COUNT(*) FROM command_acks", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(acks, 2);
+        let r = for_release_request(store.conn(), 4, 5_000)
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.command_id, 2);
+        mark_unsent(store.conn(), "cpe-a", 2, "broker down").unwrap();
+        let rows = list(store.conn(), "cpe-a", 5_000, 10).unwrap();
+        assert_eq!(rows[0].status, "unsent");
+    }
+}
