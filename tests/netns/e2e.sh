@@ -17,13 +17,17 @@
 #   2. the bot looks up MX records and sends a bounded burst of direct-to-MX mail: it is
 #      rate-limited, then blocked; prints `detection-to-block: N s` (must be <= 60 s);
 #   2b. the ISP's controller (embedded broker, on the WAN side) has the router online, the bot
-#      infected from the router's alert, and the bot's verdict history;
+#      infected from the router's alert, and the bot's verdict history; the router's WAN address;
+#      an abuse report with (public IP, NAT source port, time) names the bot with confidence
+#      `exact` and no other device;
 #   3. while blocked, the bot's web traffic and the laptop's mail still work;
 #   4. kill -9 the agent: the block stays in force; restart it: state restored, no duplicate rules;
 #      then a firewall restart (every table flushed): the agent puts its table back with the block;
 #   5. the block expires after its time to live and the bot's mail flows again;
 #   6. `smtpguard-agent release MAC` lifts enforcement by hand and the agent leaves the device
 #      alone for its grace period; after it, a bot that keeps spamming is blocked again;
+#   6b. a release approved at the controller (NOC operator, API) reaches the router as a signed
+#      command: the block is lifted within 10 s and the router's acknowledgement is visible;
 #   7. a change of the local policy file (a new allowlisted relay) reaches the table.
 # Everything lives in namespaces this script creates and removes on exit (also on failure);
 # nothing is sent outside them.
@@ -683,6 +687,30 @@ else
 fi
 kill "$BOT" 2>/dev/null
 wait "$BOT" 2>/dev/null
+
+# ---------------------------------------------------------------------------------------------
+step "6b. the NOC releases the bot at the controller: a signed command lifts the block on the router"
+
+RELEASE_JSON=$(api POST "/api/cpes/$CPE_ID/devices/$BOT_MAC/release")
+echo "  | $RELEASE_JSON"
+T_RELEASE=$(now)
+COMMAND_ID=$(json "j.get('command_id')" <<<"$RELEASE_JSON" 2>/dev/null)
+check "the controller signed and sent the release (command $COMMAND_ID)" \
+    test "$(json "j.get('status')" <<<"$RELEASE_JSON" 2>/dev/null)" = sent
+if wait_for 10 not_enforced $BOT_MAC; then
+    pass "the router lifted the bot's block $(awk -v a="$T_RELEASE" -v b="$(now)" 'BEGIN{printf "%.1f", b-a}') s after the release at the controller (limit 10 s)"
+else
+    fail "the router lifted the bot's block within 10 s of the release at the controller"
+fi
+command_status() {
+    api GET "/api/cpes/$CPE_ID/commands" |
+        json "next((c['status'] for c in j['commands'] if c['command_id'] == ${COMMAND_ID:-0}), '')"
+}
+command_applied() { [ "$(command_status)" = applied ]; }
+check "the router's acknowledgement is visible at the controller (command $COMMAND_ID applied)" \
+    wait_for 10 command_applied
+check "the agent logged the controller's command (agent log)" \
+    grep -q "command" "$WORK/agent.log"
 
 # ---------------------------------------------------------------------------------------------
 step "7. a change of the local policy file reaches the table (no duplicate rules)"
