@@ -709,8 +709,10 @@ command_status() {
 command_applied() { [ "$(command_status)" = applied ]; }
 check "the router's acknowledgement is visible at the controller (command $COMMAND_ID applied)" \
     wait_for 10 command_applied
-check "the agent logged the controller's command (agent log)" \
-    grep -q "command" "$WORK/agent.log"
+controller_command_logged() {
+    grep "controller command" "$WORK/agent.log" | grep "id=${COMMAND_ID:-0} " | grep -q "mac=$BOT_MAC"
+}
+check "the agent applied the controller's command $COMMAND_ID to the bot (agent log)" controller_command_logged
 
 # ---------------------------------------------------------------------------------------------
 step "7. a change of the local policy file reaches the table (no duplicate rules)"
