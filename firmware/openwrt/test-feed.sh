@@ -20,21 +20,8 @@ FILES="$HERE/smtpguard/files"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 
-passed=0
-failed=0
-check() {
-    local what="$1"
-    shift
-    if "$@"; then
-        passed=$((passed + 1))
-    else
-        failed=$((failed + 1))
-        printf 'FAIL: %s\n' "$what" >&2
-    fi
-}
-has() { grep -qE -- "$2" "$1" || { printf '  %s lacks /%s/\n' "$1" "$2" >&2 && false; }; }
-lacks() { ! grep -nE -- "$2" "$1" >&2 || { printf '  %s has /%s/\n' "$1" "$2" >&2 && false; }; }
-same() { [[ "$1" == "$2" ]] || { printf '  expected: %q\n  got:      %q\n' "$2" "$1" >&2 && false; }; }
+# shellcheck source=firmware/openwrt/checks.sh
+source "$HERE/checks.sh"
 
 # 1. The Makefile.
 check "Makefile: no skipped hash" lacks "$MK" '(PKG_MIRROR_HASH|PKG_HASH):=skip'
@@ -186,5 +173,4 @@ none="$work/none"
 mkdir -p "$none"
 check "no config at all: exits 0" migrate "$none"
 
-printf 'feed: %d passed, %d failed\n' "$passed" "$failed"
-[[ "$failed" == 0 ]]
+checks_summary feed

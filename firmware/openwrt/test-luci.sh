@@ -32,18 +32,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-passed=0
-failed=0
-check() {
-    local what="$1"
-    shift
-    if "$@"; then
-        passed=$((passed + 1))
-    else
-        failed=$((failed + 1))
-        printf 'FAIL: %s\n' "$what" >&2
-    fi
-}
+# shellcheck source=firmware/openwrt/checks.sh
+source "$HERE/checks.sh"
 # py_checks NAME SCRIPT ARGS...: runs a Python script printing "ok: ..." / "FAIL: ..." lines.
 py_checks() {
     local name="$1" script="$2" line
@@ -178,7 +168,7 @@ check("rendered without error", res.get("ok") is True, res.get("error"))
 # The options the agent accepts: the fields of its config structs (section agent = the
 # top-level keys, which are not tables).
 structs = {"agent": "AgentConfig", "capture": "CaptureConfig", "uplink": "UplinkConfig",
-           "enforce": "EnforceConfig", "led": "LedConfig"}
+           "enforce": "EnforceConfig", "led": "LedConfig", "nat": "NatConfig"}
 known = set()
 for section, name in structs.items():
     body = re.search(r"pub struct " + name + r" \{(.*?)\n\}", config_rs, re.S).group(1)
@@ -237,5 +227,4 @@ if [[ -n "${SMTPGUARD_HOST_AGENT:-}" ]]; then
     done
 fi
 
-printf 'luci: %d passed, %d failed\n' "$passed" "$failed"
-[[ "$failed" == 0 ]]
+checks_summary luci

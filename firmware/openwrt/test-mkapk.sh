@@ -18,18 +18,8 @@ work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 VERSION="$(sed -n '/^\[workspace.package\]/,/^\[/ s/^version *= *"\(.*\)"/\1/p' "$HERE/../../Cargo.toml" | head -n 1)"
 
-passed=0
-failed=0
-check() {
-    local what="$1"
-    shift
-    if "$@"; then
-        passed=$((passed + 1))
-    else
-        failed=$((failed + 1))
-        printf 'FAIL: %s\n' "$what" >&2
-    fi
-}
+# shellcheck source=firmware/openwrt/checks.sh
+source "$HERE/checks.sh"
 
 # inspect APK IPK BINARY ARCH: one line "ok: ..." or "FAIL: ..." per property.
 inspect() {
@@ -169,5 +159,4 @@ if [[ $# -eq 2 ]]; then
     check_apk "$apk" "$ipk" "$1" "${ARCHES[$2]}" "real-$2"
 fi
 
-printf 'mkapk: %d passed, %d failed\n' "$passed" "$failed"
-[[ "$failed" == 0 ]]
+checks_summary mkapk

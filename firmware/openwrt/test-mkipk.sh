@@ -16,21 +16,8 @@ MKIPK="$HERE/mkipk.sh"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 
-passed=0
-failed=0
-check() {
-    local what="$1"
-    shift
-    if "$@"; then
-        passed=$((passed + 1))
-    else
-        failed=$((failed + 1))
-        printf 'FAIL: %s\n' "$what" >&2
-    fi
-}
-same() { [[ "$1" == "$2" ]] || { printf '  expected: %q\n  got:      %q\n' "$2" "$1" >&2 && false; }; }
-has_line() { grep -qxF -- "$2" "$1" || { printf '  %s lacks line %q\n' "$1" "$2" >&2 && false; }; }
-has_text() { grep -qF -- "$2" "$1" || { printf '  %s lacks %q\n' "$1" "$2" >&2 && false; }; }
+# shellcheck source=firmware/openwrt/checks.sh
+source "$HERE/checks.sh"
 
 # uci_names CONFIG: "section.option" for every option and list of a UCI file, one a line.
 uci_names() {
@@ -166,5 +153,4 @@ if [[ $# -eq 2 ]]; then
     check_ipk "$ipk" "$real" "${ARCHES[$target]}" "real-$target"
 fi
 
-printf 'mkipk: %d passed, %d failed\n' "$passed" "$failed"
-[[ "$failed" == 0 ]]
+checks_summary mkipk

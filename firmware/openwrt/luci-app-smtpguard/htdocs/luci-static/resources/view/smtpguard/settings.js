@@ -96,6 +96,16 @@ return view.extend({
 			_('This router\'s id on the wire; empty to derive it from its key.'));
 		o.optional = true;
 
+		s = m.section(form.NamedSection, 'nat', 'nat', _('NAT translations'),
+			_('Each mail connection\'s public address and port, so that the ISP can map an abuse report to the exact device.'));
+		o = s.option(form.Flag, 'conntrack', _('Look up NAT translations'),
+			_('Needs kmod-nf-conntrack-netlink.'));
+		o.default = '1';
+		o.rmempty = false;
+		o = s.option(form.Value, 'wan_interface', _('WAN device'),
+			_('Linux device behind the WAN (l3_device in ifstatus wan); empty: the source address of the default route.'));
+		o.optional = true;
+
 		s = m.section(form.NamedSection, 'led', 'led', _('Status LED'));
 		o = s.option(form.Value, 'name', _('LED'),
 			_('Name under /sys/class/leds; empty for none.'));
