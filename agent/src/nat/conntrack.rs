@@ -398,7 +398,8 @@ impl Conntrack {
         }
         let tv = libc::timeval {
             tv_sec: 0,
-            tv_usec: (RECV_TIMEOUT_MS * 1000) as libc::suseconds_t,
+            // `as _`: the field type differs between libc targets (musl changes it).
+            tv_usec: (RECV_TIMEOUT_MS * 1000) as _,
         };
         // SAFETY: `tv` is a valid `timeval` for the duration of the call.
         let rc = unsafe {
