@@ -81,9 +81,8 @@ mod tests {
         assert!(!usable("0.0.0.0".parse().unwrap()));
         assert!(usable("100.64.3.9".parse().unwrap()));
         assert!(usable("2001:db8::1".parse().unwrap()));
-        // A route to loopback picks loopback: not a WAN address.
-        assert_eq!(source_towards("127.0.0.1".parse().unwrap()), None);
-        assert_eq!(interface_address("sg-no-such-if0"), None);
-        assert_eq!(wan_address(Some("sg-no-such-if0"), None), None);
+        // What asks the kernel (routes, interfaces) is in agent/tests/nat_wan.rs: qemu-user,
+        // which runs these library tests for big-endian MIPS, does not carry those netlink
+        // dumps.
     }
 }
