@@ -221,8 +221,12 @@ fn command_wire(db: &Path, cpe: &str, command_id: u64) -> Vec<u8> {
 }
 
 /// Publishes `bytes` on `cpe`'s command topic with the controller's broker login, waiting
-/// for the broker's acknowledgement.
+/// for the broker's acknowledgement. Each call logs in with a client id of its own: the
+/// previous call's session may still be closing in the broker, and a login with the same id
+/// would take it over (and can lose its own connection in that race).
 fn publish_command(broker_port: u16, cpe: &str, bytes: Vec<u8>) {
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let broker = BrokerConfig {
         embedded_listen: ([127, 0, 0, 1], broker_port).into(),
         password: BROKER_PASSWORD.into(),
@@ -234,7 +238,7 @@ fn publish_command(broker_port: u16, cpe: &str, bytes: Vec<u8>) {
         .unwrap();
     rt.block_on(smtpguard_controller::policy::publish_with(
         &broker,
-        "controller-commands-attacker",
+        &format!("controller-commands-attacker-{call}"),
         vec![(Topic::Command(cpe.into()).to_string(), bytes)],
         false,
         Duration::from_secs(10),
