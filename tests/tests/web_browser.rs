@@ -24,10 +24,7 @@ fn a_subscriber_sees_the_infected_device_explained_and_requests_release() {
     // A phone-sized window: the portal is for subscribers on their phones.
     let b = Browser::start(412, 1800).unwrap();
     b.goto(&s.url("/my")).unwrap();
-    assert!(
-        b.url().unwrap().ends_with("/login"),
-        "not sent to the login form"
-    );
+    assert!(b.url_ends_with("/login"), "not sent to the login form");
     b.type_into("#token", "hh_wrong").unwrap();
     b.click("#signin").unwrap();
     assert!(b
@@ -36,7 +33,7 @@ fn a_subscriber_sees_the_infected_device_explained_and_requests_release() {
         .contains("That access code is not valid."));
     b.type_into("#token", &a.token).unwrap();
     b.click("#signin").unwrap();
-    assert!(b.url().unwrap().ends_with("/my"));
+    assert!(b.url_ends_with("/my"), "not signed in: {:?}", b.url());
 
     let text = b.page_text().unwrap();
     assert!(text.contains("Your devices"));
@@ -119,7 +116,7 @@ fn the_noc_sees_the_fleet_the_evidence_the_campaign_and_an_abuse_answer() {
     b.goto(&s.url("/login")).unwrap();
     b.type_into("#token", &s.operator).unwrap();
     b.click("#signin").unwrap();
-    assert!(b.url().unwrap().ends_with("/noc"));
+    assert!(b.url_ends_with("/noc"), "not signed in: {:?}", b.url());
 
     let infected = b.find("#stat-infected b").unwrap();
     assert_eq!(b.text(&infected).unwrap(), "3");

@@ -504,6 +504,21 @@ impl Browser {
             .to_string())
     }
 
+    /// Waits (at most 10 s) until the page's address ends with `suffix`, as after a form
+    /// post that redirects; true when it did. A navigation still under way is not a failure.
+    pub fn url_ends_with(&self, suffix: &str) -> bool {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            if self.url().is_ok_and(|u| u.ends_with(suffix)) {
+                return true;
+            }
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+
     pub fn find(&self, css: &str) -> Result<String> {
         let v = self.call(
             "POST",
