@@ -3,5 +3,8 @@
 //!
 //! - [`mqtt`]: a real mosquitto on loopback (ephemeral port, password file, ACL), the
 //!   controller binary, and polling helpers for the `mqtt_*` tests.
+//! - [`process`]: the controller and agent processes a test starts, with their logs, and
+//!   waits that fail early when one of them died.
 
 pub mod mqtt;
+pub mod process;

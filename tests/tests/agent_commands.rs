@@ -23,16 +23,15 @@
 mod web_common;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
 use smtpguard_controller::config::BrokerConfig;
 use smtpguard_protocol::{keys, seal, Body, CommandAction, MacAddr, Topic};
-use smtpguard_tests::mqtt::{
-    agent_binary, controller_binary, free_port, now_ms, port_open, terminate, wait_until,
-};
+use smtpguard_tests::mqtt::{agent_binary, controller_binary, free_port, now_ms, port_open};
+use smtpguard_tests::process::{field, run, wait_until_true, Proc};
 use web_common::http;
 
 const OPERATOR: &str = "noc-commands-token-0123456789";
@@ -40,86 +39,9 @@ const BROKER_PASSWORD: &str = "controller-commands-secret";
 const DEVICE: MacAddr = MacAddr([0x02, 0x5c, 0x0d, 0, 0, 0x42]);
 const WAIT: Duration = Duration::from_secs(60);
 
-fn run(cmd: &mut Command) -> Output {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn field(text: &str, label: &str) -> String {
-    text.lines()
-        .find_map(|l| l.strip_prefix(label))
-        .map(|v| v.trim().to_string())
-        .unwrap_or_else(|| panic!("no {label:?} in {text:?}"))
-}
-
-/// A child process with its log file, killed on drop.
-struct Proc {
-    name: &'static str,
-    child: Option<Child>,
-    log: PathBuf,
-}
-
-impl Proc {
-    fn spawn(name: &'static str, cmd: &mut Command, log: PathBuf) -> Proc {
-        let file = std::fs::File::create(&log).unwrap();
-        let child = cmd
-            .env("RUST_LOG", "info")
-            .stdout(file.try_clone().unwrap())
-            .stderr(file)
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-        Proc {
-            name,
-            child: Some(child),
-            log,
-        }
-    }
-
-    fn log(&self) -> String {
-        format!(
-            "--- {} log ---\n{}",
-            self.name,
-            std::fs::read_to_string(&self.log).unwrap_or_default()
-        )
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            terminate(&mut child).unwrap();
-            let status = child.wait().unwrap();
-            assert!(status.success(), "{} exited with {status}", self.name);
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// Polls `check` until it holds, failing with the processes' logs.
-fn wait_for(what: &str, procs: &[&Proc], mut check: impl FnMut() -> bool) {
-    if let Err(e) = wait_until(WAIT, what, || {
-        check() || {
-            std::thread::sleep(Duration::from_millis(100));
-            false
-        }
-    }) {
-        let logs: Vec<String> = procs.iter().map(|p| p.log()).collect();
-        panic!("{e}\n{}", logs.join("\n"));
-    }
+/// Polls `check` until it holds, failing early with the processes' logs when one died.
+fn wait_for(what: &str, procs: &mut [&mut Proc], check: impl FnMut() -> bool) {
+    wait_until_true(what, WAIT, procs, check);
 }
 
 struct Api {
@@ -310,7 +232,7 @@ fn api_commands_reach_a_live_agent_and_forged_replayed_or_expired_ones_are_refus
     let enrolled = controller(&["cpe", "add", &cpe, &field(&printed, "public_key:")]);
     let broker_password = smtpguard_tests::mqtt::printed_password(&enrolled).unwrap();
 
-    let controller_proc = Proc::spawn(
+    let mut controller_proc = Proc::spawn(
         "controller",
         Command::new(&controller_bin)
             .arg("--config")
@@ -321,10 +243,14 @@ fn api_commands_reach_a_live_agent_and_forged_replayed_or_expired_ones_are_refus
     let api = Api {
         addr: ([127, 0, 0, 1], http_port).into(),
     };
-    wait_for("the broker and the web server", &[&controller_proc], || {
-        port_open(broker_port)
-            && http(api.addr, "GET", "/healthz", &[], b"").is_ok_and(|r| r.status == 200)
-    });
+    wait_for(
+        "the broker and the web server",
+        &mut [&mut controller_proc],
+        || {
+            port_open(broker_port)
+                && http(api.addr, "GET", "/healthz", &[], b"").is_ok_and(|r| r.status == 200)
+        },
+    );
 
     let policy_file = dir.join("policy.toml");
     std::fs::write(
@@ -371,9 +297,11 @@ fn api_commands_reach_a_live_agent_and_forged_replayed_or_expired_ones_are_refus
         .and_then(|r| serde_json::from_str::<Value>(&r.body).ok())
         .is_some_and(|v| v["cpe"]["status"].as_str() == Some("online"))
     };
-    wait_for("the agent online", &[&agent, &controller_proc], || {
-        online(&api)
-    });
+    wait_for(
+        "the agent online",
+        &mut [&mut agent, &mut controller_proc],
+        || online(&api),
+    );
 
     // 1. Block through the API.
     let (code, body) = api.post(&format!(
@@ -382,9 +310,11 @@ fn api_commands_reach_a_live_agent_and_forged_replayed_or_expired_ones_are_refus
     assert_eq!(code, 201, "{body}");
     assert_eq!(body["command_id"], 1);
     assert_eq!(body["status"], "sent");
-    wait_for("the block applied", &[&agent, &controller_proc], || {
-        api.status_of(&cpe, 1).as_deref() == Some("applied")
-    });
+    wait_for(
+        "the block applied",
+        &mut [&mut agent, &mut controller_proc],
+        || api.status_of(&cpe, 1).as_deref() == Some("applied"),
+    );
     assert!(blocked(&state_dir, DEVICE), "{}", enforcement(&state_dir));
 
     // 2. Release through the API: lifted, with the configured grace period.
@@ -392,9 +322,11 @@ fn api_commands_reach_a_live_agent_and_forged_replayed_or_expired_ones_are_refus
     let (code, body) = api.post(&format!("/api/cpes/{cpe}/devices/{DEVICE}/release"));
     assert_eq!(code, 201, "{body}");
     assert_eq!(body["command_id"], 2);
-    wait_for("the release applied", &[&agent, &controller_proc], || {
-        api.status_of(&cpe, 2).as_deref() == Some("applied")
-    });
+    wait_for(
+        "the release applied",
+        &mut [&mut agent, &mut controller_proc],
+        || api.status_of(&cpe, 2).as_deref() == Some("applied"),
+    );
     let release = api.command(&cpe, 2).unwrap();
     assert_eq!(release["action"], "release");
     assert_eq!(release["secs"], 900);
@@ -462,7 +394,7 @@ fn api_commands_reach_a_live_agent_and_forged_replayed_or_expired_ones_are_refus
     ] {
         wait_for(
             &format!("the refusal of command {id} ({why})"),
-            &[&agent, &controller_proc],
+            &mut [&mut agent, &mut controller_proc],
             || refusal_stored(&db, &cpe, id, why),
         );
     }
@@ -474,17 +406,19 @@ fn api_commands_reach_a_live_agent_and_forged_replayed_or_expired_ones_are_refus
 
     // 4. A restart does not reopen the replay window.
     agent.stop();
-    wait_for("the agent offline", &[&controller_proc], || !online(&api));
-    let agent = start_agent("agent2.log");
+    wait_for("the agent offline", &mut [&mut controller_proc], || {
+        !online(&api)
+    });
+    let mut agent = start_agent("agent2.log");
     wait_for(
         "the agent online again",
-        &[&agent, &controller_proc],
+        &mut [&mut agent, &mut controller_proc],
         || online(&api),
     );
     publish_command(broker_port, &cpe, command_wire(&db, &cpe, 2));
     wait_for(
         "the refusal of the replayed release after a restart",
-        &[&agent, &controller_proc],
+        &mut [&mut agent, &mut controller_proc],
         || refusal_stored(&db, &cpe, 2, "replayed"),
     );
 
@@ -556,7 +490,7 @@ fn api_commands_reach_a_live_agent_and_forged_replayed_or_expired_ones_are_refus
     assert_eq!(r.status, 303, "{}", r.body);
     wait_for(
         "the approved release applied",
-        &[&agent, &controller_proc],
+        &mut [&mut agent, &mut controller_proc],
         || {
             api.command(&cpe, 3).is_some_and(|c| {
                 c["status"] == "applied" && c["release_request_id"].as_i64() == Some(request_id)

@@ -12,33 +12,19 @@
 //! `forwarding = 0`), so the bot's SYNs never leave the machine.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use smtpguard_protocol::MacAddr;
-use smtpguard_tests::mqtt::{
-    agent_binary, controller_binary, free_port, port_open, terminate, wait_until,
-};
+use smtpguard_tests::mqtt::{agent_binary, controller_binary, free_port, port_open};
+use smtpguard_tests::process::{field, run, wait_until_true, Proc};
 
 /// Distinct mail servers the bot tries, one per /24: above the default policy's
 /// `fanout_networks` (10) and `fanout_servers` (20), and the default `syn_storm` (50).
 const TARGETS: u8 = 50;
 /// Longest wait for anything the controller should store.
 const STORE_WAIT: Duration = Duration::from_secs(60);
-
-/// Runs a command and returns its output, failing the test with its stderr when it fails.
-fn run(cmd: &mut Command) -> Output {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
 
 fn ip(args: &[&str]) {
     run(Command::new("ip").args(args));
@@ -139,65 +125,6 @@ impl Drop for Household {
     }
 }
 
-/// A child process killed on drop unless it was stopped already.
-struct Proc {
-    name: &'static str,
-    child: Option<Child>,
-    log: PathBuf,
-}
-
-impl Proc {
-    fn spawn(name: &'static str, cmd: &mut Command, log: PathBuf) -> Proc {
-        let file = std::fs::File::create(&log).unwrap();
-        // The agent logs info on stdout and warnings on stderr (procd's two streams).
-        let child = cmd
-            .env("RUST_LOG", "info")
-            .stdout(file.try_clone().unwrap())
-            .stderr(file)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-        Proc {
-            name,
-            child: Some(child),
-            log,
-        }
-    }
-
-    fn log(&self) -> String {
-        format!(
-            "--- {} log ---\n{}",
-            self.name,
-            std::fs::read_to_string(&self.log).unwrap_or_default()
-        )
-    }
-
-    /// Fails the test when the process has already exited.
-    fn assert_running(&mut self) {
-        if let Some(child) = self.child.as_mut() {
-            if let Some(status) = child.try_wait().unwrap() {
-                panic!("{} exited early ({status})\n{}", self.name, self.log());
-            }
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// The value after `label` on a line of `text` (`cpe_id: cpe-…`).
-fn field(text: &str, label: &str) -> String {
-    text.lines()
-        .find_map(|l| l.strip_prefix(label))
-        .map(|v| v.trim().to_string())
-        .unwrap_or_else(|| panic!("no {label:?} in {text:?}"))
-}
-
 /// Runs `query` (one row, one column) against the controller's database; `None` while the
 /// database or the row does not exist yet.
 fn query_one<T: rusqlite::types::FromSql>(
@@ -214,22 +141,9 @@ fn query_one<T: rusqlite::types::FromSql>(
     conn.query_row(query, params, |r| r.get(0)).ok()
 }
 
-/// Polls until `check` holds, failing with both processes' logs otherwise.
-fn wait_for(what: &str, procs: &mut [&mut Proc], mut check: impl FnMut() -> bool) {
-    let res = wait_until(STORE_WAIT, what, || {
-        check() || {
-            // Stop early, with the reason, if a process died.
-            for p in procs.iter_mut() {
-                p.assert_running();
-            }
-            std::thread::sleep(Duration::from_millis(200));
-            false
-        }
-    });
-    if let Err(e) = res {
-        let logs: Vec<String> = procs.iter().map(|p| p.log()).collect();
-        panic!("{e}\n{}", logs.join("\n"));
-    }
+/// Polls until `check` holds, failing early with the processes' logs when one died.
+fn wait_for(what: &str, procs: &mut [&mut Proc], check: impl FnMut() -> bool) {
+    wait_until_true(what, STORE_WAIT, procs, check);
 }
 
 #[test]
@@ -341,11 +255,7 @@ fn live_agent_alerts_and_telemetry_reach_the_controller_and_it_goes_offline_on_s
     // Online means the uplink is up; the capture opens a moment later. The agent writes its
     // status file once it captures: wait for that before the bot sends anything.
     let status_file = state_dir.join("status.json");
-    let agent_pid = agent_proc
-        .child
-        .as_ref()
-        .map(std::process::Child::id)
-        .unwrap();
+    let agent_pid = agent_proc.pid().unwrap();
     wait_for(
         "the agent to capture (its status file)",
         &mut [&mut agent_proc, &mut controller_proc],
@@ -375,21 +285,13 @@ fn live_agent_alerts_and_telemetry_reach_the_controller_and_it_goes_offline_on_s
     assert_eq!(query_one::<i64>(&db, others, [&cpe_id]), Some(0));
 
     // A clean stop: exit code 0, and the router shows offline.
-    let mut child = agent_proc.child.take().unwrap();
-    terminate(&mut child).unwrap();
-    let status = child.wait().unwrap();
-    assert!(
-        status.success(),
-        "agent exited with {status}\n{}",
-        agent_proc.log()
-    );
+    agent_proc.stop();
     wait_for(
         "the router to show offline",
         &mut [&mut controller_proc],
         || query_one::<String>(&db, online, [&cpe_id]).as_deref() == Some("offline"),
     );
 
-    let mut child = controller_proc.child.take().unwrap();
-    terminate(&mut child).unwrap();
+    controller_proc.terminate();
     eprintln!("end to end in {:.1} s", started.elapsed().as_secs_f64());
 }

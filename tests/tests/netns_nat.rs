@@ -22,17 +22,19 @@ use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::process::Command;
 use std::sync::mpsc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use smtpguard_agent::capture::{Capture, CaptureOptions};
 use smtpguard_agent::core::{Agent, Output, Settings};
 use smtpguard_agent::engine::EngineConfig;
 use smtpguard_agent::nat::conntrack::Conntrack;
 use smtpguard_agent::nat::{wan, NatQuery};
+use smtpguard_common::now_ms;
 use smtpguard_controller::abuse::{self, mapping::Confidence};
 use smtpguard_controller::store::{Received, Store};
 use smtpguard_protocol::envelope::Envelope;
 use smtpguard_protocol::{Body, ConnRecord, MacAddr, Policy};
+use smtpguard_tests::process::{self, field, run, Proc};
 
 const LAN_MAC: &str = "02:5b:00:00:00:14";
 const ROUTER_LAN_MAC: &str = "02:5b:00:00:00:01";
@@ -57,18 +59,15 @@ impl Netns {
         Netns(name)
     }
 
+    /// `ip netns exec NAME`, to which the program and its arguments are added.
+    fn exec(&self) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.0]);
+        cmd
+    }
+
     fn sh(&self, args: &[&str]) {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.0])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{} {args:?}: {}",
-            self.0,
-            String::from_utf8_lossy(&out.stderr)
-        );
+        run(self.exec().args(args));
     }
 
     /// Runs `f` on a thread that has entered this namespace (sockets it opens live there).
@@ -149,13 +148,6 @@ fn lab(tag: &str) -> Lab {
     srv.sh(&["ip", "addr", "add", &format!("{SERVER_IP}/24"), "dev", "s0"]);
     srv.sh(&["ip", "link", "set", "s0", "up"]);
     Lab { lan, rtr, srv }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
 }
 
 fn sa(ip: &str, port: u16) -> SocketAddr {
@@ -381,81 +373,10 @@ fn conntrack_names_the_translation_the_server_saw_and_the_controller_maps_it_exa
     assert_eq!(r.answer.mac, Some(laptop));
 }
 
-/// A child process killed on drop.
-struct Proc {
-    name: &'static str,
-    child: std::process::Child,
-    log: std::path::PathBuf,
-}
-
-impl Proc {
-    fn spawn(
-        name: &'static str,
-        ns: &Netns,
-        args: &[&std::ffi::OsStr],
-        log: std::path::PathBuf,
-    ) -> Proc {
-        let file = std::fs::File::create(&log).unwrap();
-        let child = Command::new("ip")
-            .args(["netns", "exec", &ns.0])
-            .args(args)
-            .env("RUST_LOG", "info")
-            .stdout(file.try_clone().unwrap())
-            .stderr(file)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-        Proc { name, child, log }
-    }
-
-    fn log(&self) -> String {
-        format!(
-            "--- {} log ---\n{}",
-            self.name,
-            std::fs::read_to_string(&self.log).unwrap_or_default()
-        )
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn run_ok(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-/// Polls `check` until it gives a value, failing with the processes' logs after
-/// [`LIVE_WAIT`].
-fn wait_for<T>(what: &str, procs: &mut [&mut Proc], mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + LIVE_WAIT;
-    loop {
-        if let Some(v) = check() {
-            return v;
-        }
-        for p in procs.iter_mut() {
-            if let Ok(Some(st)) = p.child.try_wait() {
-                panic!(
-                    "{} exited early ({st}) waiting for {what}\n{}",
-                    p.name,
-                    p.log()
-                );
-            }
-        }
-        if Instant::now() > deadline {
-            let logs: Vec<String> = procs.iter().map(|p| p.log()).collect();
-            panic!("timed out waiting for {what}\n{}", logs.join("\n"));
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+/// Polls `check` until it gives a value, failing early with the processes' logs when one
+/// died, and after [`LIVE_WAIT`].
+fn wait_for<T>(what: &str, procs: &mut [&mut Proc], check: impl FnMut() -> Option<T>) -> T {
+    process::wait_for(what, LIVE_WAIT, procs, check)
 }
 
 /// Longest wait for the live processes (start, MQTT connect, a telemetry window).
@@ -527,42 +448,32 @@ fn live_agent_behind_nat_reports_its_wan_address_and_the_api_maps_the_report_exa
     )
     .unwrap();
     let controller = |args: &[&str]| {
-        run_ok(
-            Command::new(&controller_bin)
-                .arg("--config")
-                .arg(&controller_config)
-                .args(args),
-        )
+        let out = run(Command::new(&controller_bin)
+            .arg("--config")
+            .arg(&controller_config)
+            .args(args));
+        String::from_utf8(out.stdout).unwrap()
     };
     let controller_public_key = controller(&["keygen"]).trim().to_string();
     let state_dir = dir.join("agent-state");
     std::fs::create_dir_all(&state_dir).unwrap();
-    let printed = run_ok(
-        Command::new(&agent_bin)
-            .arg("keygen")
-            .arg("--key")
-            .arg(state_dir.join("agent.key")),
-    );
-    let field = |label: &str| {
-        printed
-            .lines()
-            .find_map(|l| l.strip_prefix(label))
-            .map(|v| v.trim().to_string())
-            .unwrap()
-    };
-    let cpe_id = field("cpe_id:");
-    let enrolled = controller(&["cpe", "add", &cpe_id, &field("public_key:")]);
+    let printed = run(Command::new(&agent_bin)
+        .arg("keygen")
+        .arg("--key")
+        .arg(state_dir.join("agent.key")));
+    let printed = String::from_utf8(printed.stdout).unwrap();
+    let cpe_id = field(&printed, "cpe_id:");
+    let enrolled = controller(&["cpe", "add", &cpe_id, &field(&printed, "public_key:")]);
     let broker_password = smtpguard_tests::mqtt::printed_password(&enrolled).unwrap();
 
     let mut controller_proc = Proc::spawn(
         "controller",
-        &lab.srv,
-        &[
-            controller_bin.as_os_str(),
-            "--config".as_ref(),
-            controller_config.as_os_str(),
-            "serve".as_ref(),
-        ],
+        lab.srv
+            .exec()
+            .arg(&controller_bin)
+            .arg("--config")
+            .arg(&controller_config)
+            .arg("serve"),
         dir.join("controller.log"),
     );
     wait_for(
@@ -598,13 +509,12 @@ fn live_agent_behind_nat_reports_its_wan_address_and_the_api_maps_the_report_exa
     .unwrap();
     let mut agent_proc = Proc::spawn(
         "agent",
-        &lab.rtr,
-        &[
-            agent_bin.as_os_str(),
-            "run".as_ref(),
-            "--config".as_ref(),
-            agent_config.as_os_str(),
-        ],
+        lab.rtr
+            .exec()
+            .arg(&agent_bin)
+            .arg("run")
+            .arg("--config")
+            .arg(&agent_config),
         dir.join("agent.log"),
     );
 
