@@ -22,46 +22,16 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/../.." && pwd)"
 # shellcheck source=firmware/lib.sh
 source "$ROOT/firmware/lib.sh"
-FILES="$HERE/smtpguard/files"
-
-[[ $# -eq 3 ]] || {
-    printf 'usage: %s TARGET BINARY OUT_DIR\n' "$0" >&2
-    exit 2
-}
-TARGET="$1"
-BINARY="$2"
-OUT_DIR="$3"
-
-ARCH="$(sg_openwrt_arch "$TARGET")" || sg_die "unknown target $TARGET (known: ${SG_TARGETS[*]})"
-ARCH="${SMTPGUARD_OPENWRT_ARCH:-$ARCH}"
-[[ "$ARCH" =~ ^[a-z0-9_.+-]+$ ]] || sg_die "invalid OpenWrt architecture: $ARCH"
-[[ -f "$BINARY" ]] || sg_die "no such binary: $BINARY"
-
-cargo_version() {
-    sed -n '/^\[workspace.package\]/,/^\[/ s/^version *= *"\(.*\)"/\1/p' "$ROOT/Cargo.toml" | head -n 1
-}
-VERSION="${SMTPGUARD_VERSION:-$(cargo_version)}"
-[[ -n "$VERSION" ]] || sg_die "cannot tell the version; set SMTPGUARD_VERSION"
-RELEASE="${SMTPGUARD_RELEASE:-1}"
-EPOCH="${SOURCE_DATE_EPOCH:-0}"
+# shellcheck source=firmware/openwrt/package.sh
+source "$HERE/package.sh"
+pkg_args "$@"
 
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 data="$work/data"
 control="$work/control"
-mkdir -p "$data/usr/sbin" "$data/etc/init.d" "$data/etc/config" "$data/etc/uci-defaults" \
-    "$data/etc/capabilities" "$data/lib/upgrade/keep.d" "$control"
-
-install -m 0755 "$BINARY" "$data/usr/sbin/smtpguard-agent"
-install -m 0755 "$FILES/smtpguard.init" "$data/etc/init.d/smtpguard"
-# The config holds the broker password: root only.
-install -m 0600 "$FILES/smtpguard.config" "$data/etc/config/smtpguard"
-# Migrates an older config on install and after sysupgrade (default_postinst runs it).
-install -m 0755 "$FILES/smtpguard.uci-defaults" "$data/etc/uci-defaults/90-smtpguard"
-# sysupgrade keeps the state directory (the router's key: a new one means a new enrollment).
-install -m 0644 "$FILES/smtpguard.keep" "$data/lib/upgrade/keep.d/smtpguard"
-# procd's capability set for the agent (the init script uses it when the user exists).
-install -m 0644 "$FILES/smtpguard.capabilities" "$data/etc/capabilities/smtpguard.json"
+mkdir -p "$control"
+pkg_stage_data "$data"
 
 installed_size="$(du -sb --apparent-size "$data" | cut -f1)"
 
