@@ -303,3 +303,27 @@ pub fn alert(n: u32) -> Alert {
         observed: Observed::default(),
     }
 }
+
+/// Polls `eventloop` until the broker answers its login (at most 10 s): `Ok(())` for an
+/// accepted ConnAck, `Err(why)` for a refusal (the return code), a dropped connection or no
+/// answer.
+pub async fn connack(eventloop: &mut rumqttc::EventLoop) -> Result<(), String> {
+    use rumqttc::{ConnectReturnCode, Event, Packet};
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                    return if ack.code == ConnectReturnCode::Success {
+                        Ok(())
+                    } else {
+                        Err(format!("{:?}", ack.code))
+                    };
+                }
+                Ok(_) => {}
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| Err("no answer".into()))
+}

@@ -6,12 +6,12 @@
 use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
-use rumqttc::{AsyncClient, ConnectReturnCode, Event, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use smtpguard_controller::config::Config;
 use smtpguard_controller::store::Store;
 use smtpguard_controller::{registry, serve};
 use smtpguard_protocol::{keys, seal, Body, RejectionReason};
-use smtpguard_tests::mqtt::{self, free_port, now_ms, port_open, wait_until};
+use smtpguard_tests::mqtt::{self, connack, free_port, now_ms, port_open, wait_until};
 
 /// The shared fixture alert `n`, as a message body.
 fn alert(n: u32) -> Body {
@@ -253,23 +253,7 @@ async fn try_login(port: u16, client_id: &str, user: &str, pass: &str) -> Result
     let mut options = MqttOptions::new(client_id, "127.0.0.1", port);
     options.set_credentials(user, pass);
     let (_client, mut eventloop) = AsyncClient::new(options, 10);
-    let outcome = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            match eventloop.poll().await {
-                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                    return if ack.code == ConnectReturnCode::Success {
-                        Ok(())
-                    } else {
-                        Err(format!("{:?}", ack.code))
-                    };
-                }
-                Ok(_) => {}
-                Err(e) => return Err(e.to_string()),
-            }
-        }
-    })
-    .await;
-    outcome.unwrap_or_else(|_| Err("no answer".into()))
+    connack(&mut eventloop).await
 }
 
 /// Finding row 1 of issue 17: with no password configured, the controller makes a random

@@ -27,10 +27,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rumqttc::mqttbytes::v4::{Connect, Publish as RawPublish, Subscribe};
-use rumqttc::{AsyncClient, ConnectReturnCode, Event, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use smtpguard_protocol::{keys, seal, Body};
 use smtpguard_tests::mqtt::{
-    alert, controller_binary, free_port, now_ms, port_open, printed_password, terminate, wait_until,
+    alert, connack, controller_binary, free_port, now_ms, port_open, printed_password, terminate,
+    wait_until,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -443,24 +444,7 @@ async fn login(port: u16, client_id: &str, user: &str, pass: &str) -> Result<Con
         .set_keep_alive(Duration::from_secs(60))
         .set_max_packet_size(300_000, 300_000);
     let (client, mut eventloop) = AsyncClient::new(options, 64);
-    let first = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            match eventloop.poll().await {
-                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                    return if ack.code == ConnectReturnCode::Success {
-                        Ok(())
-                    } else {
-                        Err(format!("{:?}", ack.code))
-                    }
-                }
-                Ok(_) => {}
-                Err(e) => return Err(e.to_string()),
-            }
-        }
-    })
-    .await
-    .unwrap_or_else(|_| Err("no answer".into()));
-    first?;
+    connack(&mut eventloop).await?;
     let conn = Conn {
         client,
         received: Arc::default(),
