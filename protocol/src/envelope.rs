@@ -412,6 +412,18 @@ pub fn seal(
     }
     let kind = body.kind();
     let body = encode_body(body).map_err(|e| SealError::Encode(e.to_string()))?;
+    sign_envelope(kind, cpe_id, seq, sent_at_ms, body, key)
+}
+
+/// Wraps encoded body bytes in an envelope and signs it: the bytes to publish.
+fn sign_envelope(
+    kind: Kind,
+    cpe_id: &str,
+    seq: u64,
+    sent_at_ms: u64,
+    body: Vec<u8>,
+    key: &SigningKey,
+) -> Result<Vec<u8>, SealError> {
     let envelope = wire::to_vec(&EnvelopeWire {
         version: PROTOCOL_VERSION,
         cpe_id: cpe_id.to_owned(),
@@ -444,25 +456,7 @@ pub(crate) fn seal_raw_body(
     body: &[u8],
     key: &SigningKey,
 ) -> Result<Vec<u8>, SealError> {
-    let envelope = wire::to_vec(&EnvelopeWire {
-        version: PROTOCOL_VERSION,
-        cpe_id: cpe_id.to_owned(),
-        seq,
-        sent_at: sent_at_ms,
-        kind,
-        body: Bytes(body.to_vec()),
-    })
-    .map_err(|e| SealError::Encode(e.to_string()))?;
-    let signature = key.sign(&signing_input(kind, &envelope));
-    let bytes = wire::to_vec(&SignedWire {
-        envelope: Bytes(envelope),
-        signature: Bytes(signature.to_bytes().to_vec()),
-    })
-    .map_err(|e| SealError::Encode(e.to_string()))?;
-    if bytes.len() > MAX_MESSAGE_BYTES {
-        return Err(SealError::TooLarge(bytes.len()));
-    }
-    Ok(bytes)
+    sign_envelope(kind, cpe_id, seq, sent_at_ms, body.to_vec(), key)
 }
 
 /// The header fields of an opened envelope, readable before the signature is checked
