@@ -23,11 +23,14 @@
 //!    outputs out in order.
 //!
 //! # Who decides what
-//! The engine decides what a device deserves under the policy in force (mode, allowlisted
-//! devices, block time to live, manual-release grace periods); the planner turns that into
-//! kernel operations and keeps their timers; the core decides which policy is in force:
-//! the per-CPE override, else the fleet policy, else the local file, always with the
-//! router's own ISP relays allowlisted.
+//! The engine alone decides what a device deserves under the policy in force (mode,
+//! allowlisted devices, block time to live, manual-release grace periods, when a block
+//! ends), also for enforcement it did not start itself: blocks the controller commands
+//! and blocks restored after a restart go through [`Engine::impose`]. The planner only
+//! turns those decisions into kernel operations (and renews the kernel timeouts of
+//! open-ended rate limits). The core decides which policy is in force: the per-CPE
+//! override, else the fleet policy, else the local file, always with the router's own ISP
+//! relays allowlisted.
 
 use std::collections::VecDeque;
 use std::net::IpAddr;
@@ -35,12 +38,12 @@ use std::net::IpAddr;
 use smtpguard_protocol::messages::{MAX_CONN_RECORDS, MAX_DEVICES_PER_TELEMETRY};
 use smtpguard_protocol::policy::RelayRule;
 use smtpguard_protocol::{
-    AckOutcome, Action, AgentStats, Alert, Command, CommandAck, CommandAction, MacAddr, Mode,
-    Policy, PolicyAck, PolicyScope, Telemetry,
+    AckOutcome, Action, AgentStats, Alert, Command, CommandAck, CommandAction, MacAddr, Policy,
+    PolicyAck, PolicyScope, Telemetry,
 };
 
-use crate::enforce::plan::Snapshot;
-use crate::enforce::{Op, Planner, PlannerConfig, TableSpec};
+use crate::enforce::plan::{ManualRelease, Snapshot};
+use crate::enforce::{Op, Planner, TableSpec};
 use crate::engine::{Engine, EngineAction, EngineConfig};
 use crate::nat::{NatLog, NatQuery};
 use crate::ports::MailPorts;
@@ -75,8 +78,8 @@ pub enum Output {
 pub struct Settings {
     /// Engine construction parameters; its `mail_ports` is replaced by [`Settings::mail_ports`].
     pub engine: EngineConfig,
-    /// Manual-release grace period.
-    pub planner: PlannerConfig,
+    /// How long a device released by hand on the router is left alone (seconds).
+    pub release_grace_secs: u64,
     /// The one mail-port set: engine, table (and the capture filter, which the shell opens).
     pub mail_ports: MailPorts,
     /// The ISP relays of the router's config: allowlisted under every policy.
@@ -89,6 +92,9 @@ pub struct Settings {
     /// conntrack, off for replay and the demo.
     pub nat_lookups: bool,
 }
+
+/// The manual-release grace period when the router's config names none (an hour).
+pub const DEFAULT_RELEASE_GRACE_SECS: u64 = 3600;
 
 /// Counters at the start of the telemetry window.
 #[derive(Debug, Clone, Copy, Default)]
@@ -103,6 +109,7 @@ struct WindowBase {
 pub struct Agent {
     engine: Engine,
     planner: Planner,
+    release_grace_secs: u64,
     mail_ports: MailPorts,
     isp_relays: Vec<RelayRule>,
     local: Policy,
@@ -134,7 +141,7 @@ impl Agent {
     pub fn new(settings: Settings, local_policy: Policy, now_ms: u64) -> Agent {
         let Settings {
             engine,
-            planner,
+            release_grace_secs,
             mail_ports,
             isp_relays,
             telemetry,
@@ -152,7 +159,12 @@ impl Agent {
         );
         let mut agent = Agent {
             engine,
-            planner: Planner::new(planner, &local),
+            planner: Planner::new(&local),
+            release_grace_secs: if release_grace_secs == 0 {
+                DEFAULT_RELEASE_GRACE_SECS
+            } else {
+                release_grace_secs
+            },
             mail_ports,
             isp_relays,
             local,
@@ -172,19 +184,53 @@ impl Agent {
         agent
     }
 
-    /// Takes back the enforcement state saved before a restart: blocks and rate limits come
-    /// back with their remaining time (re-checked against the policy in force), manual
-    /// releases keep their grace period in the engine too.
+    /// Takes back the enforcement state saved before a restart. Manual releases keep their
+    /// grace period. Blocks come back with their remaining time, through the engine like a
+    /// commanded block, so the policy in force re-checks them and the engine ends them;
+    /// a rate limit the verdict held open comes back for one block time to live, after
+    /// which the restarted engine's own evidence decides. What expired meanwhile, or what
+    /// today's policy refuses, is lifted from the kernel too.
     pub fn restore(&mut self, now_ms: u64, snapshot: &Snapshot) {
-        let ops = self.planner.restore(now_ms, snapshot);
-        for (mac, until) in self.planner.manual_releases(now_ms) {
-            self.engine.hold(now_ms, mac, until);
+        for r in &snapshot.manual_releases {
+            self.engine.hold(now_ms, r.mac, r.until_ms);
+        }
+        let horizon = u64::from(self.engine.policy().block_ttl_secs.max(1)) * 1000;
+        let mut ops = Vec::new();
+        for e in &snapshot.entries {
+            let until = if e.open_ended {
+                now_ms.saturating_add(horizon)
+            } else {
+                e.until_ms
+            };
+            let lift = match e.action {
+                Action::Block => Op::Unblock { mac: e.mac },
+                _ => Op::Unlimit { mac: e.mac },
+            };
+            if until <= now_ms {
+                ops.push(lift);
+                continue;
+            }
+            match self
+                .engine
+                .impose(now_ms, e.mac, e.action, until, &e.reason)
+            {
+                Ok(action) if action == e.action => {}
+                Ok(_) => ops.push(lift),
+                Err(refusal) => {
+                    tracing::info!(mac = %e.mac, action = %e.action, %refusal, "not restored");
+                    ops.push(lift);
+                }
+            }
+        }
+        self.push_ops(now_ms, ops);
+        self.take_engine_actions(now_ms);
+        for e in &snapshot.entries {
+            self.planner.keep_since(&e.mac, e.since_ms);
         }
         tracing::info!(
             restored = self.planner.entries().count(),
             "enforcement restored from the state file"
         );
-        self.push_ops(ops);
     }
 
     /// One captured frame at `now_ms`: the due timers first, then the frame.
@@ -201,6 +247,19 @@ impl Agent {
     /// deadline.
     pub fn handle_timeout(&mut self, now_ms: u64) {
         self.advance(now_ms);
+    }
+
+    /// What to save for a restart: enforcement in force and manual releases in their grace
+    /// period.
+    pub fn snapshot(&self, now_ms: u64) -> Snapshot {
+        Snapshot {
+            entries: self.planner.entries_snapshot(),
+            manual_releases: self
+                .engine
+                .holds(now_ms)
+                .map(|(mac, until_ms)| ManualRelease { mac, until_ms })
+                .collect(),
+        }
     }
 
     /// When the next timer is due (Unix ms): engine, planner or telemetry window.
@@ -247,8 +306,7 @@ impl Agent {
     /// A person released `mac` by hand: everything in force is lifted and the device is left
     /// alone for the grace period, after which it is enforced again if it keeps sending.
     pub fn release_by_hand(&mut self, now_ms: u64, mac: MacAddr) {
-        let ops = self.planner.release_manually(now_ms, mac);
-        self.hold_released(now_ms, mac, ops);
+        self.release(now_ms, mac, self.release_grace_secs);
     }
 
     /// A command from the controller, verified by the uplink (signature, target, expiry,
@@ -259,8 +317,7 @@ impl Agent {
     pub fn apply_command(&mut self, now_ms: u64, command: &Command) {
         let outcome = match command.action {
             CommandAction::Release { mac, grace_secs } => {
-                let ops = self.planner.release_for(now_ms, mac, u64::from(grace_secs));
-                self.hold_released(now_ms, mac, ops);
+                self.release(now_ms, mac, u64::from(grace_secs));
                 AckOutcome::Applied
             }
             CommandAction::Block { mac, ttl_secs } => {
@@ -366,12 +423,16 @@ impl Agent {
 
     // ---- inside -------------------------------------------------------------------------
 
-    /// After a release: the engine leaves `mac` alone for the planner's grace period.
-    fn hold_released(&mut self, now_ms: u64, mac: MacAddr, ops: Vec<crate::enforce::Op>) {
-        if let Some(until) = self.planner.grace_until(&mac, now_ms) {
-            self.engine.hold(now_ms, mac, until);
-        }
-        self.push_ops(ops);
+    /// The one path of every release by a person, by hand on the router or from the NOC:
+    /// the engine leaves `mac` alone for `grace_secs`, and the kernel lets it go.
+    fn release(&mut self, now_ms: u64, mac: MacAddr, grace_secs: u64) {
+        let until = now_ms.saturating_add(grace_secs.saturating_mul(1000));
+        self.engine.hold(now_ms, mac, until);
+        tracing::info!(%mac, grace_secs, "released by hand");
+        // Both kinds are lifted whatever is in force, so there are always ops and a save:
+        // the grace period survives a restart.
+        let ops = self.planner.lift_all(mac);
+        self.push_ops(now_ms, ops);
     }
 
     fn block_by_command(
@@ -381,26 +442,19 @@ impl Agent {
         ttl_secs: u32,
         id: u64,
     ) -> AckOutcome {
-        let refused = |reason: &str| AckOutcome::Refused {
-            reason: reason.to_string(),
-        };
-        if self.engine.policy().mode == Mode::Monitor {
-            return refused("the policy in force is in monitor mode: this router blocks nothing");
-        }
-        if self.planner.is_allowlisted(&mac) {
-            return refused("the device is on the policy's allow_macs list");
-        }
-        self.planner.end_grace(&mac);
         let until = now_ms.saturating_add(u64::from(ttl_secs) * 1000);
         let reason = format!("blocked by the controller (command {id})");
-        let ops = self
-            .planner
-            .enforce(now_ms, mac, Action::Block, Some(until), &reason);
-        self.push_ops(ops);
-        match self.planner.entry(&mac, now_ms) {
-            Some(_) => AckOutcome::Applied,
-            None => refused("the policy in force does not allow blocking this device"),
-        }
+        let outcome = match self
+            .engine
+            .impose(now_ms, mac, Action::Block, until, &reason)
+        {
+            Ok(_) => AckOutcome::Applied,
+            Err(refusal) => AckOutcome::Refused {
+                reason: refusal.to_string(),
+            },
+        };
+        self.take_engine_actions(now_ms);
+        outcome
     }
 
     fn next_telemetry_ms(&self) -> Option<u64> {
@@ -437,7 +491,7 @@ impl Agent {
         }
         if self.planner.poll_timeout().is_some_and(|p| p <= t) {
             let ops = self.planner.handle_timeout(t);
-            self.push_ops(ops);
+            self.push_ops(t, ops);
             fired = true;
         }
         if self.next_telemetry_ms().is_some_and(|w| w <= t) {
@@ -461,7 +515,7 @@ impl Agent {
                         evidence = %d.evidence.join("; "),
                         "verdict changed"
                     );
-                    self.push_ops(std::mem::take(&mut ops));
+                    self.push_ops(now_ms, std::mem::take(&mut ops));
                     self.outputs.push_back(Output::Alert(alert));
                 }
                 EngineAction::Enforce {
@@ -469,11 +523,11 @@ impl Agent {
                     action,
                     until_ms,
                     reason,
-                } => ops.extend(self.planner.enforce(now_ms, mac, action, until_ms, &reason)),
-                EngineAction::Release { mac } => ops.extend(self.planner.release(now_ms, mac)),
+                } => ops.extend(self.planner.apply(now_ms, mac, action, until_ms, &reason)),
+                EngineAction::Release { mac } => ops.extend(self.planner.lift(mac)),
             }
         }
-        self.push_ops(ops);
+        self.push_ops(now_ms, ops);
     }
 
     /// Moves the engine's new connection records into the NAT log.
@@ -483,13 +537,12 @@ impl Agent {
         }
     }
 
-    fn push_ops(&mut self, ops: Vec<Op>) {
+    fn push_ops(&mut self, now_ms: u64, ops: Vec<Op>) {
         if ops.is_empty() {
             return;
         }
         self.outputs.push_back(Output::Apply(ops));
-        self.outputs
-            .push_back(Output::Save(self.planner.snapshot()));
+        self.outputs.push_back(Output::Save(self.snapshot(now_ms)));
     }
 
     /// Puts the policy of highest precedence in force: table, planner, engine.
@@ -505,8 +558,7 @@ impl Agent {
             self.spec = spec.clone();
             self.outputs.push_back(Output::Table(spec));
         }
-        let ops = self.planner.set_policy(now_ms, &policy);
-        self.push_ops(ops);
+        self.planner.set_policy(&policy);
         self.engine.set_policy(policy);
         self.take_engine_actions(now_ms);
     }
@@ -553,6 +605,7 @@ impl Agent {
 mod tests {
     use super::*;
     use crate::enforce::Op;
+    use smtpguard_protocol::Mode;
 
     const T0: u64 = 1_795_435_200_000;
     const MAC: MacAddr = MacAddr([2, 0, 0, 0, 0, 7]);
@@ -640,14 +693,12 @@ mod tests {
         assert_eq!(acks[0].outcome, AckOutcome::Applied);
         assert!(a.planner().entry(&MAC, T0 + 1_001).is_none());
         assert_eq!(
-            a.planner().grace_until(&MAC, T0 + 1_001),
-            Some(T0 + 121_000)
+            a.snapshot(T0 + 1_001).manual_releases,
+            vec![ManualRelease {
+                mac: MAC,
+                until_ms: T0 + 121_000
+            }]
         );
-        // The engine's directives are ignored during the grace period.
-        assert!(a
-            .planner
-            .enforce(T0 + 2_000, MAC, Action::Block, None, "engine")
-            .is_empty());
         // A block command ends the grace period on purpose.
         a.apply_command(
             T0 + 3_000,
@@ -692,6 +743,155 @@ mod tests {
         assert!(ops.is_empty());
         assert!(
             matches!(&acks[0].outcome, AckOutcome::Refused { reason } if reason.contains("allow_macs"))
+        );
+    }
+
+    fn snapshot_with(entries: Vec<crate::enforce::Entry>) -> Snapshot {
+        Snapshot {
+            entries,
+            manual_releases: Vec::new(),
+        }
+    }
+
+    fn entry(action: Action, until_ms: u64, open_ended: bool) -> crate::enforce::Entry {
+        crate::enforce::Entry {
+            mac: MAC,
+            action,
+            since_ms: T0 - 5_000,
+            until_ms,
+            open_ended,
+            reason: "infected (score 0.9): 40 mail servers".into(),
+        }
+    }
+
+    /// A block restored after a restart belongs to the engine like any other: it ends at its
+    /// time through the engine, and a policy that allowlists the device lifts it at once.
+    #[test]
+    fn restored_blocks_are_the_engines_to_end() {
+        let mut a = agent(Mode::Enforce);
+        a.restore(
+            T0,
+            &snapshot_with(vec![entry(Action::Block, T0 + 30_000, false)]),
+        );
+        let (ops, _) = drain(&mut a);
+        assert_eq!(
+            ops,
+            vec![Op::Block {
+                mac: MAC,
+                ttl_secs: 30
+            }]
+        );
+        let e = a.planner().entry(&MAC, T0).unwrap();
+        assert_eq!((e.since_ms, e.until_ms), (T0 - 5_000, T0 + 30_000));
+        let device = a.engine().report(T0).devices;
+        assert_eq!(device[0].action, Action::Block);
+        assert_eq!(device[0].action_until_ms, Some(T0 + 30_000));
+        // The engine's timer ends it; the planner has no timer of its own for blocks.
+        assert_eq!(a.poll_timeout().map(|t| t <= T0 + 30_000), Some(true));
+        a.handle_timeout(T0 + 29_999);
+        assert!(drain(&mut a).0.is_empty());
+        a.handle_timeout(T0 + 30_000);
+        assert_eq!(drain(&mut a).0, vec![Op::Unblock { mac: MAC }]);
+
+        // Restored again, then allowlisted by a new policy: lifted at once.
+        let mut a = agent(Mode::Enforce);
+        a.restore(
+            T0,
+            &snapshot_with(vec![entry(Action::Block, T0 + 30_000, false)]),
+        );
+        drain(&mut a);
+        a.set_local_policy(
+            T0 + 1_000,
+            Policy {
+                mode: Mode::Enforce,
+                allow_macs: vec![MAC],
+                ..Policy::default()
+            },
+        );
+        assert_eq!(drain(&mut a).0, vec![Op::Unblock { mac: MAC }]);
+        assert_eq!(a.planner().entries().count(), 0);
+    }
+
+    /// What the state file holds but today's policy refuses, or what ran out while the
+    /// agent was down, is lifted from the kernel; an open-ended rate limit comes back for
+    /// one block time to live.
+    #[test]
+    fn restore_lifts_what_expired_or_is_refused_and_bounds_open_ended_limits() {
+        let mut a = agent(Mode::Monitor);
+        a.restore(
+            T0,
+            &snapshot_with(vec![entry(Action::Block, T0 + 30_000, false)]),
+        );
+        assert_eq!(drain(&mut a).0, vec![Op::Unblock { mac: MAC }]);
+
+        let mut a = agent(Mode::Enforce);
+        a.restore(
+            T0,
+            &snapshot_with(vec![entry(Action::Block, T0 - 1, false)]),
+        );
+        assert_eq!(drain(&mut a).0, vec![Op::Unblock { mac: MAC }]);
+
+        let mut a = agent(Mode::Enforce);
+        a.restore(
+            T0,
+            &snapshot_with(vec![entry(Action::RateLimit, T0 + 1_000, true)]),
+        );
+        let ttl = u64::from(Policy::default().block_ttl_secs);
+        assert_eq!(
+            drain(&mut a).0,
+            vec![Op::Limit {
+                mac: MAC,
+                ttl_secs: ttl
+            }]
+        );
+        a.handle_timeout(T0 + ttl * 1000);
+        assert_eq!(drain(&mut a).0, vec![Op::Unlimit { mac: MAC }]);
+    }
+
+    /// Mode changes are decided by the engine: rate-limit mode turns a block into a rate
+    /// limit with the same end, monitor mode lifts everything.
+    #[test]
+    fn mode_changes_downgrade_and_lift_through_the_engine() {
+        let mut a = agent(Mode::Enforce);
+        a.apply_command(
+            T0,
+            &command(
+                1,
+                CommandAction::Block {
+                    mac: MAC,
+                    ttl_secs: 600,
+                },
+            ),
+        );
+        drain(&mut a);
+        a.set_local_policy(
+            T0 + 1_000,
+            Policy {
+                mode: Mode::RateLimit,
+                ..Policy::default()
+            },
+        );
+        assert_eq!(
+            drain(&mut a).0,
+            vec![
+                Op::Unblock { mac: MAC },
+                Op::Limit {
+                    mac: MAC,
+                    ttl_secs: 599
+                }
+            ]
+        );
+        a.set_local_policy(
+            T0 + 2_000,
+            Policy {
+                mode: Mode::Monitor,
+                ..Policy::default()
+            },
+        );
+        assert_eq!(drain(&mut a).0, vec![Op::Unlimit { mac: MAC }]);
+        assert_eq!(
+            a.engine().report(T0 + 2_000).devices[0].action,
+            Action::Monitor
         );
     }
 }

@@ -315,7 +315,8 @@ fn drain(agent: &mut Agent, now: u64, timeline: &mut Vec<TimelineEntry>) {
                     let (event, detail) = match op {
                         Op::Limit { .. } => ("enforce", Action::RateLimit.to_string()),
                         Op::Block { .. } => ("enforce", Action::Block.to_string()),
-                        Op::Unlimit { .. } | Op::Unblock { .. } => ("release", String::new()),
+                        Op::Unlimit { .. } => ("release", Action::RateLimit.to_string()),
+                        Op::Unblock { .. } => ("release", Action::Block.to_string()),
                     };
                     TimelineEntry {
                         at_ms: now,

@@ -52,7 +52,7 @@ use crate::enforce::control::{
     self, write_status, StatusFile, STATUS_EVERY_SECS, STATUS_HEARTBEAT_SECS,
 };
 use crate::enforce::plan::Snapshot;
-use crate::enforce::{state, EnforceError, Enforcer, LoggingEnforcer, NftEnforcer, PlannerConfig};
+use crate::enforce::{state, EnforceError, Enforcer, LoggingEnforcer, NftEnforcer};
 use crate::engine::EngineConfig;
 use crate::leases;
 use crate::nat::conntrack::{self, Conntrack};
@@ -406,9 +406,7 @@ impl Worker {
                     oui,
                     ..EngineConfig::default()
                 },
-                planner: PlannerConfig {
-                    release_grace_secs: config.enforce.release_grace_secs,
-                },
+                release_grace_secs: config.enforce.release_grace_secs,
                 mail_ports,
                 isp_relays: config.isp_relays.clone(),
                 telemetry: link.is_some(),
@@ -491,7 +489,7 @@ impl Worker {
             }
             self.tick(now_ms());
         };
-        save_state(&self.state_dir, &self.agent.planner().snapshot());
+        save_state(&self.state_dir, &self.agent.snapshot(now_ms()));
         self.write_status(now_ms(), true);
         result
     }
@@ -783,7 +781,7 @@ impl Worker {
 
     fn write_status(&mut self, now: u64, stopped: bool) {
         let policy = self.agent.policy();
-        let snapshot = self.agent.planner().snapshot();
+        let snapshot = self.agent.snapshot(now);
         let status = StatusFile {
             updated_ms: now,
             pid: std::process::id(),

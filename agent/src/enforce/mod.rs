@@ -1,10 +1,10 @@
 //! Enforcement: turning the engine's verdicts into device-scoped action on the router.
 //!
 //! # Layout
-//! - [`plan`]: [`Planner`], the pure core. It takes the engine's directives ("rate-limit
-//!   this MAC until t", "block it", "release it"), the policy (mode, allowlisted devices,
-//!   block time to live) and manual releases, and answers with [`Op`]s for a backend. It
-//!   tracks expiry itself (time passed in), so the run loop asks it for `poll_timeout`.
+//! - [`plan`]: [`Planner`], a pure executor. It takes the engine's decisions ("rate-limit
+//!   this MAC until t", "block it until t", "release it") and answers with [`Op`]s for a
+//!   backend. It decides nothing itself (mode, allowlist, time to live and manual releases
+//!   are the engine's); its one timer renews the kernel timeouts of open-ended limits.
 //! - [`nft`]: [`NftEnforcer`], the nftables backend. It owns exactly one table,
 //!   `inet smtpguard`, installs it idempotently and applies every change as one atomic
 //!   `nft -f -` batch. The batch text is built by pure functions, tested byte for byte.
@@ -15,11 +15,11 @@
 //!   rewrites every few seconds.
 //!
 //! # Data flow
-//! engine action → [`Planner::enforce`] / [`Planner::release`] → `Vec<Op>` →
-//! [`Enforcer::apply`] (one nft batch) → [`Planner::snapshot`] → [`state::save`].
-//! At start: [`state::load`] → [`Planner::restore`] → [`Enforcer::install`] +
-//! [`Enforcer::apply`]. The kernel's element timeouts expire blocks even if the agent is
-//! dead; the planner's own timers keep its view in step.
+//! engine action → [`Planner::apply`] / [`Planner::lift`] → `Vec<Op>` →
+//! [`Enforcer::apply`] (one nft batch) → the core's snapshot → [`state::save`].
+//! At start: [`state::load`] → the core's restore (through the engine) →
+//! [`Enforcer::install`] + [`Enforcer::apply`]. The engine ends blocks; the kernel's element
+//! timeouts end them too if the agent is dead.
 //!
 //! Only mail ports are ever affected, and only for MACs the planner put in a set.
 
@@ -34,7 +34,7 @@ use smtpguard_protocol::policy::RelayRule;
 use smtpguard_protocol::MacAddr;
 
 pub use nft::NftEnforcer;
-pub use plan::{Entry, Planner, PlannerConfig};
+pub use plan::{Entry, Planner};
 
 /// The name of the nftables table the agent owns (family `inet`). Nothing else is touched.
 pub const TABLE: &str = "smtpguard";

@@ -47,7 +47,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 use smtpguard_protocol::{
-    Action, Alert, ConnRecord, DeviceReport, MacAddr, Observed, Policy, Verdict,
+    Action, Alert, ConnRecord, DeviceReport, MacAddr, Mode, Observed, Policy, Verdict,
 };
 
 use crate::oui::OuiTable;
@@ -150,6 +150,55 @@ pub enum EngineAction {
         /// The device.
         mac: MacAddr,
     },
+}
+
+/// Why the engine would not put enforcement in force on a device
+/// ([`Engine::impose`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// The device is on the policy's device allowlist.
+    #[error("the device is on the policy's allow_macs list")]
+    Allowlisted,
+    /// The policy in force only monitors.
+    #[error("the policy in force is in monitor mode: this router blocks nothing")]
+    MonitorMode,
+    /// Every tracked device is under suspicion or action, and this one is new.
+    #[error("the device table is full of devices under suspicion or action")]
+    TableFull,
+}
+
+/// How strong an action is: monitoring < rate limit < block.
+fn strength(a: Action) -> u8 {
+    match a {
+        Action::Monitor => 0,
+        Action::RateLimit => 1,
+        Action::Block => 2,
+    }
+}
+
+fn weaker(a: Action, b: Action) -> Action {
+    if strength(a) <= strength(b) {
+        a
+    } else {
+        b
+    }
+}
+
+fn stronger(a: Action, b: Action) -> Action {
+    if strength(a) >= strength(b) {
+        a
+    } else {
+        b
+    }
+}
+
+/// The strongest action a policy mode allows.
+fn mode_ceiling(mode: Mode) -> Action {
+    match mode {
+        Mode::Monitor => Action::Monitor,
+        Mode::RateLimit => Action::RateLimit,
+        Mode::Enforce => Action::Block,
+    }
 }
 
 /// Counters of the engine's own health and work.
@@ -476,6 +525,74 @@ impl Engine {
             d.awaiting_resume = false;
         }
         self.recompute_expiry();
+    }
+
+    /// Puts `action` in force on `mac` until `until_ms`, whatever its verdict: a block the
+    /// controller commanded, or enforcement restored after a restart. The policy in force
+    /// still rules: nothing on an allowlisted device or in monitor mode, a rate limit
+    /// instead of a block in rate-limit mode. It ends a manual release's grace period (a
+    /// person or the controller wants the device stopped). Stronger or longer enforcement
+    /// already in force stays. Returns the action in force afterwards.
+    ///
+    /// # Errors
+    /// A [`Refusal`] when the policy forbids it or the device table has no room.
+    pub fn impose(
+        &mut self,
+        now_ms: u64,
+        mac: MacAddr,
+        action: Action,
+        until_ms: u64,
+        reason: &str,
+    ) -> Result<Action, Refusal> {
+        let now = self.clock(now_ms);
+        if self.policy.is_allowed_device(&mac) {
+            return Err(Refusal::Allowlisted);
+        }
+        let action = weaker(action, mode_ceiling(self.policy.mode));
+        if action == Action::Monitor {
+            return Err(Refusal::MonitorMode);
+        }
+        let slot = self.device_for(now, mac).ok_or(Refusal::TableFull)?;
+        self.holds.remove(&mac);
+        let until_ms = until_ms.max(now + 1);
+        let Some(d) = self.devices.device_mut(slot) else {
+            return Err(Refusal::TableFull);
+        };
+        let current_until = d.action_until_ms.filter(|&t| t > now);
+        let keeps = match current_until {
+            // Enforcement with an end: kept when at least as strong and as long.
+            Some(t) => strength(d.action) >= strength(action) && t >= until_ms,
+            // Open-ended (a rate limit the verdict holds): kept when stronger.
+            None => strength(d.action) > strength(action),
+        };
+        if keeps {
+            return Ok(d.action);
+        }
+        let until_ms = match current_until {
+            Some(t) if d.action == action => t.max(until_ms),
+            _ => until_ms,
+        };
+        d.action = action;
+        d.action_until_ms = Some(until_ms);
+        d.awaiting_resume = false;
+        d.actions_taken |= action_bit(action);
+        d.dirty = true;
+        self.push_action(EngineAction::Enforce {
+            mac,
+            action,
+            until_ms: Some(until_ms),
+            reason: reason.to_string(),
+        });
+        self.recompute_expiry();
+        Ok(action)
+    }
+
+    /// The manual releases in their grace period at `now_ms`: device and end (Unix ms).
+    pub fn holds(&self, now_ms: u64) -> impl Iterator<Item = (MacAddr, u64)> + '_ {
+        self.holds
+            .iter()
+            .filter(move |(_, h)| h.until_ms > now_ms)
+            .map(|(&mac, h)| (mac, h.until_ms))
     }
 
     /// Advances time: expires blocks and manual releases' grace periods, times out
@@ -1177,10 +1294,12 @@ impl Engine {
             let Some(d) = self.devices.device_mut(s) else {
                 continue;
             };
-            if d.action == Action::Block && d.action_until_ms.is_some_and(|t| t <= now) {
+            if d.action != Action::Monitor && d.action_until_ms.is_some_and(|t| t <= now) {
+                // After a block runs out the device is blocked again only once it sends
+                // mail again; the next evaluation decides afresh.
+                d.awaiting_resume = d.action == Action::Block;
                 d.action = Action::Monitor;
                 d.action_until_ms = None;
-                d.awaiting_resume = true;
                 d.dirty = true;
                 let mac = d.mac;
                 self.push_action(EngineAction::Release { mac });
@@ -1213,7 +1332,7 @@ impl Engine {
             .devices
             .occupied()
             .filter_map(|s| self.devices.device(s))
-            .filter(|d| d.action == Action::Block)
+            .filter(|d| d.action != Action::Monitor)
             .filter_map(|d| d.action_until_ms);
         let holds = self.holds.values().map(|h| h.until_ms);
         self.next_expiry_ms = blocks.chain(holds).min();
@@ -1267,26 +1386,38 @@ impl Engine {
                 at_ms: now,
             });
         }
+        // The one place that decides enforcement. The verdict asks for an action within
+        // what the policy allows (mode, allowlist, a manual release's grace period);
+        // enforcement with an end (a block, or one commanded or restored) lasts until its
+        // end as long as the policy still allows it, so a bot that went quiet because it
+        // is blocked is not let out by its own silence.
         let allowed = self.policy.is_allowed_device(&d.mac);
-        let mut desired = if allowed {
+        let mut ceiling = if allowed {
             Action::Monitor
         } else {
-            self.policy.mode.action_for(d.verdict)
+            mode_ceiling(self.policy.mode)
         };
-        if desired != Action::Monitor {
+        let asked = weaker(self.policy.mode.action_for(d.verdict), ceiling);
+        if ceiling != Action::Monitor {
             if let Some(hold) = self.holds.get_mut(&d.mac).filter(|h| h.until_ms > now) {
-                if !hold.asked {
+                if asked != Action::Monitor && !hold.asked {
                     hold.asked = true;
                     tracing::info!(
                         mac = %d.mac,
-                        action = %desired,
+                        action = %asked,
                         grace_left_secs = (hold.until_ms - now).div_ceil(1000),
                         "released by hand recently: not enforcing"
                     );
                 }
-                desired = Action::Monitor;
+                ceiling = Action::Monitor;
             }
         }
+        let by_verdict = weaker(asked, ceiling);
+        let kept = match d.action_until_ms {
+            Some(t) if t > now => weaker(d.action, ceiling),
+            _ => Action::Monitor,
+        };
+        let desired = stronger(by_verdict, kept);
         if d.verdict != Verdict::Clean && desired == Action::Monitor {
             d.actions_taken |= action_bit(Action::Monitor);
         }
@@ -1300,7 +1431,13 @@ impl Engine {
                 }
                 Action::Block if d.awaiting_resume => {}
                 Action::Block | Action::RateLimit => {
-                    let until = (desired == Action::Block).then(|| now + params.block_ttl_ms);
+                    // What the verdict asks for ends by the policy (blocks) or with the
+                    // verdict (rate limits); kept enforcement keeps its end.
+                    let until = if strength(by_verdict) >= strength(kept) {
+                        (desired == Action::Block).then(|| now + params.block_ttl_ms)
+                    } else {
+                        d.action_until_ms
+                    };
                     d.action = desired;
                     d.action_until_ms = until;
                     d.actions_taken |= action_bit(desired);
