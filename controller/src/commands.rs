@@ -6,7 +6,10 @@
 //! and stores it as `sent`. [`send`] publishes it on `smtpguard/v1/cpe/{id}/command`; if the
 //! broker does not take it, the command is marked `unsent`. The router answers on its
 //! `command-ack` topic; the ingest stores the answer ([`crate::store::commands::note_ack`])
-//! and [`crate::store::commands::list`] shows where each command stands. The NOC (approving a
+//! and [`crate::store::commands::list`] shows where each command stands. Routers keep no
+//! broker session, so a command published while its router was offline reached nobody:
+//! when the router says it is online again, the ingest publishes its unanswered, unexpired
+//! commands once more (`smtpguard_command_publishes_total` counts every publish). The NOC (approving a
 //! release request) and the JSON API (`POST /api/cpes/{cpe}/devices/{mac}/release|block`)
 //! both go through [`issue`] and [`send`].
 

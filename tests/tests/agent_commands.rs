@@ -404,16 +404,50 @@ fn api_commands_reach_a_live_agent_and_forged_replayed_or_expired_ones_are_refus
     assert_eq!(api.status_of(&cpe, 2).as_deref(), Some("applied"));
     assert_eq!(api.commands(&cpe).len(), 2);
 
-    // 4. A restart does not reopen the replay window.
+    // 4. A command issued while the router is offline reaches it when it is back (routers
+    //    keep no broker session: the controller sends unanswered commands again when the
+    //    router says it is online); a restart does not reopen the replay window.
     agent.stop();
     wait_for("the agent offline", &mut [&mut controller_proc], || {
         !online(&api)
     });
+    let (code, body) = api.post(&format!(
+        "/api/cpes/{cpe}/devices/{DEVICE}/block?ttl_secs=600"
+    ));
+    assert_eq!(code, 201, "{body}");
+    assert_eq!(body["command_id"], 3);
+    assert_eq!(api.status_of(&cpe, 3).as_deref(), Some("sent"));
     let mut agent = start_agent("agent2.log");
     wait_for(
         "the agent online again",
         &mut [&mut agent, &mut controller_proc],
         || online(&api),
+    );
+    wait_for(
+        "the block issued while offline applied",
+        &mut [&mut agent, &mut controller_proc],
+        || api.status_of(&cpe, 3).as_deref() == Some("applied"),
+    );
+    wait_for(
+        "the block in the router's state",
+        &mut [&mut agent, &mut controller_proc],
+        || blocked(&state_dir, DEVICE),
+    );
+    let metrics = http(api.addr, "GET", "/metrics", &[], b"").unwrap().body;
+    let metric = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no metric {name} in {metrics}"))
+    };
+    assert_eq!(metric("smtpguard_commands{status=\"applied\"}"), 3);
+    assert_eq!(metric("smtpguard_commands{status=\"sent\"}"), 0);
+    // Three commands issued, the one issued while the router was offline sent again.
+    assert!(
+        metric("smtpguard_command_publishes_total") >= 4,
+        "{metrics}"
     );
     publish_command(broker_port, &cpe, command_wire(&db, &cpe, 2));
     wait_for(
@@ -492,12 +526,12 @@ fn api_commands_reach_a_live_agent_and_forged_replayed_or_expired_ones_are_refus
         "the approved release applied",
         &mut [&mut agent, &mut controller_proc],
         || {
-            api.command(&cpe, 3).is_some_and(|c| {
+            api.command(&cpe, 4).is_some_and(|c| {
                 c["status"] == "applied" && c["release_request_id"].as_i64() == Some(request_id)
             })
         },
     );
-    let ack_ms = api.command(&cpe, 3).unwrap()["ack_ms"].as_u64().unwrap();
+    let ack_ms = api.command(&cpe, 4).unwrap()["ack_ms"].as_u64().unwrap();
     let auth = format!("Bearer {household_token}");
     let mine = http(
         api.addr,
@@ -522,7 +556,7 @@ fn api_commands_reach_a_live_agent_and_forged_replayed_or_expired_ones_are_refus
     .unwrap();
     assert!(
         page.body
-            .contains(r#"data-command="3" data-status="applied""#)
+            .contains(r#"data-command="4" data-status="applied""#)
             && page
                 .body
                 .contains(r#"data-command="1" data-status="applied""#),

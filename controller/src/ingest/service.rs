@@ -16,20 +16,22 @@
 //! - With an external broker, the session is created at the controller's first start and
 //!   kept by the broker across controller restarts (mosquitto: `persistence true`).
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use rumqttc::{AsyncClient, Event, Packet, Publish, QoS, SubscribeReasonCode};
 use smtpguard_common::{now_ms, Backoff};
-use smtpguard_protocol::{topic, Freshness};
+use smtpguard_protocol::{topic, Body, Freshness, Status, Topic};
 use tokio::sync::mpsc;
 
 use super::{Inbound, Verifier};
 use crate::broker::{self, BrokerError};
 use crate::config::Config;
 use crate::registry::KeyCache;
-use crate::store::{Store, StoreError};
+use crate::store::commands;
+use crate::store::{Received, Store, StoreError};
 
 /// The ingest could not start or stopped on an error.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +50,14 @@ pub enum IngestError {
 /// Requests queued towards the MQTT client. Larger than any broker's in-flight window, so
 /// an ack never waits for room.
 const REQUEST_CAPACITY: usize = 10_000;
+
+/// A command the worker found unanswered for a router that came back online.
+#[derive(Debug)]
+struct Resend {
+    cpe_id: String,
+    command_id: u64,
+    wire: Vec<u8>,
+}
 
 /// Publishes buffered between the MQTT task and the worker.
 const INBOUND_CAPACITY: usize = 10_000;
@@ -77,6 +87,7 @@ pub async fn run(
 
     let (in_tx, in_rx) = mpsc::channel::<(u64, Publish)>(INBOUND_CAPACITY);
     let (ack_tx, mut ack_rx) = mpsc::unbounded_channel::<(u64, Publish)>();
+    let (resend_tx, mut resend_rx) = mpsc::unbounded_channel::<Resend>();
     let worker = Worker {
         store,
         verifier,
@@ -87,7 +98,7 @@ pub async fn run(
     };
     let worker = std::thread::Builder::new()
         .name("ingest-worker".into())
-        .spawn(move || worker.run(in_rx, ack_tx))
+        .spawn(move || worker.run(in_rx, ack_tx, resend_tx))
         .map_err(IngestError::Spawn)?;
 
     let plain = config.broker.is_embedded() || !config.ingest.shared_subscription;
@@ -98,6 +109,13 @@ pub async fn run(
     loop {
         tokio::select! {
             () = &mut shutdown => break,
+            Some(resend) = resend_rx.recv() => {
+                let topic = Topic::Command(resend.cpe_id.clone()).to_string();
+                match client.try_publish(topic, QoS::AtLeastOnce, false, resend.wire) {
+                    Ok(()) => tracing::info!(cpe_id = %resend.cpe_id, id = resend.command_id, "unanswered command sent again: its router is back online"),
+                    Err(e) => tracing::warn!(cpe_id = %resend.cpe_id, id = resend.command_id, error = %e, "could not queue a command to send again"),
+                }
+            }
             Some((gen, publish)) = ack_rx.recv() => {
                 if gen == generation {
                     if let Err(e) = client.try_ack(&publish) {
@@ -229,6 +247,7 @@ impl Worker {
         mut self,
         mut rx: mpsc::Receiver<(u64, Publish)>,
         acks: mpsc::UnboundedSender<(u64, Publish)>,
+        resends: mpsc::UnboundedSender<Resend>,
     ) {
         let mut data_version = self.data_version();
         while let Some(first) = rx.blocking_recv() {
@@ -265,6 +284,7 @@ impl Worker {
                     .write_batch(&checked.accepted, &checked.rejections)
                 {
                     Ok(fresh) => {
+                        self.resend_to_returning(&checked.accepted, &fresh, &resends);
                         let dups = fresh.iter().filter(|f| !**f).count() as u64;
                         if dups > 0 {
                             let _ = self.store.count_rejections(&[(
@@ -282,6 +302,50 @@ impl Worker {
             }
             for item in batch {
                 if acks.send(item).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Commands issued while a router was offline were published to nobody (routers use
+    /// clean sessions): when a router says it is online again, its unanswered, unexpired
+    /// commands go out once more, oldest first. The router subscribed to its command topic
+    /// before it published its online state, and refuses ids it has already applied.
+    fn resend_to_returning(
+        &self,
+        accepted: &[Received],
+        fresh: &[bool],
+        resends: &mpsc::UnboundedSender<Resend>,
+    ) {
+        let back: BTreeSet<&str> = accepted
+            .iter()
+            .zip(fresh)
+            .filter(|(_, fresh)| **fresh)
+            .filter_map(|(m, _)| match &m.envelope.body {
+                Body::State(s) if s.status == Status::Online => Some(m.envelope.cpe_id.as_str()),
+                _ => None,
+            })
+            .collect();
+        let now = now_ms();
+        for cpe_id in back {
+            let due = match commands::unanswered(self.store.conn(), cpe_id, now) {
+                Ok(due) => due,
+                Err(e) => {
+                    tracing::warn!(cpe_id, error = %e, "could not look up unanswered commands");
+                    continue;
+                }
+            };
+            for (command_id, wire) in due {
+                if let Err(e) = commands::note_resent(self.store.conn(), cpe_id, command_id) {
+                    tracing::warn!(cpe_id, command_id, error = %e, "could not count a resend");
+                }
+                let resend = Resend {
+                    cpe_id: cpe_id.to_string(),
+                    command_id,
+                    wire,
+                };
+                if resends.send(resend).is_err() {
                     return;
                 }
             }

@@ -124,6 +124,46 @@ pub fn mark_unsent(
     Ok(())
 }
 
+/// Commands to resend at most at once to a router that came back online.
+pub const RESEND_MAX: usize = 16;
+
+/// The commands of `cpe_id` still waiting for an answer at `now_ms` (sent or unsent, not
+/// expired), oldest first, at most [`RESEND_MAX`]: command id and the signed bytes.
+///
+/// # Errors
+/// [`StoreError::Sqlite`].
+pub fn unanswered(
+    conn: &Connection,
+    cpe_id: &str,
+    now_ms: u64,
+) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT command_id, wire FROM commands
+         WHERE cpe_id = ?1 AND status IN ('sent', 'unsent') AND expires_ms > ?2
+         ORDER BY command_id LIMIT ?3",
+    )?;
+    let rows = stmt.query_map(
+        params![cpe_id, to_i64(now_ms), to_i64(RESEND_MAX as u64)],
+        |r| Ok((from_i64(r.get(0)?), r.get(1)?)),
+    )?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Records that a command was published again (its router came back online).
+///
+/// # Errors
+/// [`StoreError::Sqlite`].
+pub fn note_resent(conn: &Connection, cpe_id: &str, command_id: u64) -> Result<(), StoreError> {
+    conn.execute(
+        "UPDATE commands SET sends = sends + 1,
+             status = CASE status WHEN 'unsent' THEN 'sent' ELSE status END,
+             reason = CASE status WHEN 'unsent' THEN NULL ELSE reason END
+         WHERE cpe_id = ?1 AND command_id = ?2",
+        params![cpe_id, to_i64(command_id)],
+    )?;
+    Ok(())
+}
+
 /// Records a router's answer (inside the ingest's transaction).
 ///
 /// # Errors
@@ -298,5 +338,42 @@ mod tests {
         mark_unsent(store.conn(), "cpe-a", 2, "broker down").unwrap();
         let rows = list(store.conn(), "cpe-a", 5_000, 10).unwrap();
         assert_eq!(rows[0].status, "unsent");
+    }
+
+    #[test]
+    fn unanswered_commands_are_resent_until_answered_or_expired() {
+        let mut store = Store::open_in_memory().unwrap();
+        let tx = store.conn.transaction().unwrap();
+        insert(&tx, &new("cpe-a", 1, 10_000)).unwrap();
+        insert(&tx, &new("cpe-a", 2, 10_000)).unwrap();
+        insert(&tx, &new("cpe-a", 3, 4_000)).unwrap();
+        insert(&tx, &new("cpe-b", 1, 10_000)).unwrap();
+        let applied = CommandAck {
+            command_id: 1,
+            outcome: AckOutcome::Applied,
+            at_ms: 2_000,
+        };
+        note_ack(&tx, "cpe-a", &applied, 2_100).unwrap();
+        tx.commit().unwrap();
+        mark_unsent(store.conn(), "cpe-a", 2, "broker down").unwrap();
+        // Answered (1) and expired (3) are not sent again; other routers' are not theirs.
+        let due = unanswered(store.conn(), "cpe-a", 5_000).unwrap();
+        assert_eq!(due, vec![(2, vec![1, 2, 3])]);
+        note_resent(store.conn(), "cpe-a", 2).unwrap();
+        let rows = list(store.conn(), "cpe-a", 5_000, 10).unwrap();
+        let two = rows.iter().find(|r| r.command_id == 2).unwrap();
+        assert_eq!((two.status.as_str(), two.reason.as_deref()), ("sent", None));
+        let sends: i64 = store
+            .conn()
+            .query_row(
+                "SELECT sends FROM commands WHERE cpe_id = 'cpe-a' AND command_id = 2",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(sends, 2);
+        assert!(unanswered(store.conn(), "cpe-a", 10_000)
+            .unwrap()
+            .is_empty());
     }
 }

@@ -219,6 +219,11 @@ CREATE TABLE command_acks (
 );
 CREATE INDEX command_acks_by_command ON command_acks (cpe_id, command_id);
 "#,
+    // 6: how often each command was published: once when issued, again each time its
+    // router came back online while the command was still unanswered and unexpired.
+    r#"
+ALTER TABLE commands ADD COLUMN sends INTEGER NOT NULL DEFAULT 1;
+"#,
 ];
 
 /// The schema version this build writes: the number of [`MIGRATIONS`].

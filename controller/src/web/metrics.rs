@@ -26,6 +26,8 @@ struct Snapshot {
     rollout: Vec<(Option<i64>, i64)>,
     abuse: Vec<(bool, i64)>,
     releases: Vec<(String, i64)>,
+    commands: Vec<(String, i64)>,
+    command_sends: i64,
 }
 
 fn pairs<T: rusqlite::types::FromSql>(
@@ -67,6 +69,17 @@ fn snapshot(conn: &rusqlite::Connection, now_ms: u64) -> Result<Snapshot, WebErr
             conn,
             "SELECT status, COUNT(*) FROM release_requests GROUP BY status",
         )?,
+        // `now_ms` is a number, so formatting it into the statement is safe.
+        commands: pairs(
+            conn,
+            &format!(
+                "SELECT CASE WHEN status IN ('sent', 'unsent') AND expires_ms <= {now_ms}
+                 THEN 'expired' ELSE status END, COUNT(*) FROM commands GROUP BY 1"
+            ),
+        )?,
+        command_sends: conn.query_row("SELECT COALESCE(SUM(sends), 0) FROM commands", [], |r| {
+            r.get(0)
+        })?,
     })
 }
 
@@ -205,6 +218,26 @@ fn render(s: &Snapshot, state: &AppState) -> String {
             get(&s.releases, st)
         );
     }
+    header(
+        &mut o,
+        "smtpguard_commands",
+        "gauge",
+        "Commands to routers by status (refused: the router said why; expired: never answered).",
+    );
+    for st in ["sent", "unsent", "applied", "refused", "expired"] {
+        let _ = writeln!(
+            o,
+            "smtpguard_commands{{status=\"{st}\"}} {}",
+            get(&s.commands, st)
+        );
+    }
+    header(
+        &mut o,
+        "smtpguard_command_publishes_total",
+        "counter",
+        "Times commands were published: once each when issued, again for a router back online.",
+    );
+    let _ = writeln!(o, "smtpguard_command_publishes_total {}", s.command_sends);
     crate::broker::stats::render(&mut o);
     header(
         &mut o,
