@@ -35,6 +35,7 @@
 //! with acks that the ingest stores and [`policy::status`] reports.
 
 pub mod abuse;
+pub mod audit;
 pub mod broker;
 pub mod campaigns;
 pub mod commands;
@@ -45,6 +46,7 @@ pub mod demo;
 pub mod fuzzing;
 pub mod households;
 pub mod ingest;
+pub mod operators;
 pub mod policy;
 pub mod registry;
 pub mod serve;

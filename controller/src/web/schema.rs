@@ -7,7 +7,8 @@
 use rusqlite::{Connection, OptionalExtension};
 
 /// The migrations, in order.
-pub const MIGRATIONS: &[&str] = &[r#"
+pub const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE households (
     id INTEGER PRIMARY KEY,
     name TEXT NOT NULL,
@@ -63,7 +64,36 @@ CREATE TABLE campaigns (
     pushed_version INTEGER,
     pushed_ms INTEGER
 );
-"#];
+"#,
+    // 2: named operators with roles (`crate::operators`), sessions that name their
+    // operator, and the append-only audit log (`crate::audit`).
+    r#"
+CREATE TABLE operators (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    role TEXT NOT NULL CHECK (role IN ('viewer', 'operator', 'admin')),
+    secret_hash TEXT NOT NULL UNIQUE,
+    created_ms INTEGER NOT NULL,
+    revoked_ms INTEGER
+);
+ALTER TABLE web_sessions ADD COLUMN operator_id INTEGER;
+CREATE TABLE audit_log (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at_ms INTEGER NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    target TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    detail TEXT NOT NULL
+);
+CREATE INDEX audit_by_actor ON audit_log (actor, id);
+CREATE INDEX audit_by_action ON audit_log (action, id);
+CREATE TRIGGER audit_log_no_update BEFORE UPDATE ON audit_log
+BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
+BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+"#,
+];
 
 /// Brings the product tables up to date. Call after the store has migrated its schema.
 ///
