@@ -131,6 +131,53 @@ pub fn list(
     rows.collect()
 }
 
+/// What changed from `old` to `new`, one `key: old -> new` per changed setting (nested
+/// keys dotted), for a policy publish's entry; `no change` when nothing did.
+pub fn policy_diff<T: Serialize>(old: &T, new: &T) -> String {
+    fn flatten(prefix: &str, v: &serde_json::Value, out: &mut Vec<(String, String)>) {
+        match v {
+            serde_json::Value::Object(map) => {
+                for (k, v) in map {
+                    let key = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    flatten(&key, v, out);
+                }
+            }
+            other => out.push((prefix.to_string(), other.to_string())),
+        }
+    }
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    if let (Ok(old), Ok(new)) = (serde_json::to_value(old), serde_json::to_value(new)) {
+        flatten("", &old, &mut a);
+        flatten("", &new, &mut b);
+    }
+    let old: std::collections::BTreeMap<_, _> = a.into_iter().collect();
+    let new: std::collections::BTreeMap<_, _> = b.into_iter().collect();
+    let mut keys: Vec<&String> = old.keys().chain(new.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    let none = String::from("(none)");
+    let changes: Vec<String> = keys
+        .into_iter()
+        .filter(|k| old.get(*k) != new.get(*k))
+        .map(|k| {
+            format!(
+                "{k}: {} -> {}",
+                old.get(k).unwrap_or(&none),
+                new.get(k).unwrap_or(&none)
+            )
+        })
+        .collect();
+    if changes.is_empty() {
+        "no change".into()
+    } else {
+        changes.join("; ")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -191,6 +238,14 @@ mod tests {
             ..Filter::default()
         };
         assert_eq!(list(&conn, &by_target, 10).unwrap().len(), 1);
+        // What a policy publish records.
+        let old = serde_json::json!({"mode": "monitor", "thresholds": {"infected": 0.7}});
+        let new = serde_json::json!({"mode": "enforce", "thresholds": {"infected": 0.7}, "x": 1});
+        assert_eq!(
+            policy_diff(&old, &new),
+            r#"mode: "monitor" -> "enforce"; x: (none) -> 1"#
+        );
+        assert_eq!(policy_diff(&old, &old), "no change");
         // Append-only.
         assert!(conn
             .execute("UPDATE audit_log SET actor = 'mallory'", [])

@@ -439,6 +439,16 @@ pub fn seed(path: &Path, now_ms: u64) -> Result<Seeded, DemoError> {
         wire: Vec::new(),
         created_ms: t0,
     })?;
+    crate::audit::record(
+        store.conn(),
+        t0,
+        "demo",
+        "policy_publish",
+        "fleet",
+        "ok",
+        "version 1: the demo's start-up policy (mode enforce)",
+    )
+    .map_err(StoreError::from)?;
     Ok(Seeded {
         households: out,
         abuse_example,

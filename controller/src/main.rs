@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 use smtpguard_controller::config::Config;
 use smtpguard_controller::policy::{self, Target};
 use smtpguard_controller::store::Store;
-use smtpguard_controller::{registry, serve};
+use smtpguard_controller::{audit, operators, registry, serve, web};
 use smtpguard_protocol::{keys, PolicyScope};
 
 #[derive(Parser)]
@@ -46,6 +46,31 @@ enum Command {
     Policy {
         #[command(subcommand)]
         command: PolicyCommand,
+    },
+    /// Add, list and revoke the NOC's operators (viewer, operator, admin).
+    Operator {
+        #[command(subcommand)]
+        command: OperatorCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum OperatorCommand {
+    /// Add an operator and print their sign-in secret (shown once).
+    Add {
+        /// A unique name (letters, digits, . _ - @), shown in the NOC and the audit log.
+        name: String,
+        /// viewer (reads), operator (also releases, abuse reports, device commands) or
+        /// admin (also policy and campaigns).
+        #[arg(long)]
+        role: String,
+    },
+    /// List operators.
+    List,
+    /// Revoke an operator: their secret stops working and their sessions end.
+    Revoke {
+        /// The operator's name.
+        name: String,
     },
 }
 
@@ -136,11 +161,13 @@ fn main() -> anyhow::Result<()> {
                 } => {
                     let enrolled =
                         registry::add(&mut store, &id, &public_key, label.as_deref(), now_ms())?;
+                    audit_cli(&config.db_path, "cpe_add", &id, &public_key)?;
                     println!("enrolled {id}");
                     print_broker_login(&id, &enrolled.broker_password);
                 }
                 CpeCommand::RotatePassword { id } => {
                     let password = registry::rotate_password(&mut store, &id)?;
+                    audit_cli(&config.db_path, "cpe_rotate_password", &id, "")?;
                     println!("new broker password for {id}");
                     print_broker_login(&id, &password);
                 }
@@ -178,6 +205,7 @@ fn main() -> anyhow::Result<()> {
                 }
                 CpeCommand::Revoke { id } => {
                     registry::revoke(&mut store, &id, now_ms())?;
+                    audit_cli(&config.db_path, "cpe_revoke", &id, "")?;
                     println!("revoked {id}");
                 }
             }
@@ -205,6 +233,12 @@ fn main() -> anyhow::Result<()> {
                         std::slice::from_ref(&stored),
                         Duration::from_secs(10),
                     ))?;
+                    audit_cli(
+                        &config.db_path,
+                        "policy_publish",
+                        &policy::topic_of(&stored).to_string(),
+                        &format!("version {} from {}", stored.version, file.display()),
+                    )?;
                     println!(
                         "published policy version {} to {}",
                         stored.version,
@@ -222,7 +256,53 @@ fn main() -> anyhow::Result<()> {
                 }
             }
         }
+        Command::Operator { command } => {
+            let config = load()?;
+            let conn = web::open_db(&config.db_path)
+                .map_err(|e| anyhow::anyhow!("opening {}: {e}", config.db_path.display()))?;
+            match command {
+                OperatorCommand::Add { name, role } => {
+                    let level = operators::Level::parse(&role)?;
+                    let secret = operators::add(&conn, &name, level, now_ms())?;
+                    audit::record(
+                        &conn,
+                        now_ms(),
+                        "cli",
+                        "operator_add",
+                        &name,
+                        "ok",
+                        level.as_str(),
+                    )?;
+                    println!(
+                        "added {name} ({}); sign-in secret (shown once, give it to {name} only):\n  {secret}",
+                        level.as_str()
+                    );
+                }
+                OperatorCommand::List => {
+                    for op in operators::list(&conn)? {
+                        let state = if op.revoked_ms.is_some() {
+                            "revoked"
+                        } else {
+                            "active"
+                        };
+                        println!("{}\t{}\t{state}", op.name, op.level.as_str());
+                    }
+                }
+                OperatorCommand::Revoke { name } => {
+                    operators::revoke(&conn, &name, now_ms())?;
+                    audit::record(&conn, now_ms(), "cli", "operator_revoke", &name, "ok", "")?;
+                    println!("revoked {name}");
+                }
+            }
+        }
     }
+    Ok(())
+}
+
+/// Records what the command line did in the audit log (actor `cli`).
+fn audit_cli(db: &std::path::Path, action: &str, target: &str, detail: &str) -> anyhow::Result<()> {
+    let conn = web::open_db(db).map_err(|e| anyhow::anyhow!("opening {}: {e}", db.display()))?;
+    audit::record(&conn, now_ms(), "cli", action, target, "ok", detail)?;
     Ok(())
 }
 

@@ -779,3 +779,238 @@ fn cookies_are_secure_when_configured_or_behind_an_https_proxy() {
     let c = cookie_of(&proxied, &[("X-Forwarded-For", "198.51.100.68")]);
     assert!(c.starts_with("sg_session="));
 }
+
+/// Issue 13's operators and roles, checked on the server (not by hidden buttons): a viewer
+/// reads everything and changes nothing; an operator decides releases and abuse reports
+/// but cannot publish policy; an admin publishes policy. Every sign-in, refusal and action
+/// lands in the audit log under the operator's name, and revoking an operator ends their
+/// session at once.
+#[test]
+fn operators_can_do_what_their_role_allows_and_everything_is_audited() {
+    use smtpguard_controller::operators::{self, Level};
+    let s = Server::start().unwrap();
+    let conn = rusqlite::Connection::open(&s.db).unwrap();
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .unwrap();
+    let now = now_ms();
+    let vera = operators::add(&conn, "vera", Level::Viewer, now).unwrap();
+    let olga = operators::add(&conn, "olga", Level::Operator, now).unwrap();
+    let ada = operators::add(&conn, "ada", Level::Admin, now).unwrap();
+
+    // A subscriber asks for a release, to have something to decide.
+    let a = &s.seeded.households[0];
+    let (a_mac, _) = a.flagged.clone().unwrap();
+    let hh = login(s.addr, &a.token).unwrap();
+    let my = http(s.addr, "GET", "/my", &[("Cookie", &hh)], b"").unwrap();
+    let body = format!(
+        "csrf={}&cpe_id={}&mac={}&note=cleaned",
+        csrf_of(&my.body).unwrap(),
+        a.cpe_id,
+        a_mac
+    );
+    let r = http(
+        s.addr,
+        "POST",
+        "/my/release",
+        &hdrs(&form(&hh)),
+        body.as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(r.status, 303);
+    let request_id: i64 = conn
+        .query_row("SELECT MAX(id) FROM release_requests", [], |r| r.get(0))
+        .unwrap();
+
+    let policy_form = |csrf: &str, mode: &str| {
+        format!(
+            "csrf={csrf}&policy={}",
+            urlencode(&format!("mode = \"{mode}\"\n"))
+        )
+    };
+    let post = |cookie: &str, path: &str, body: String| {
+        http(s.addr, "POST", path, &hdrs(&form(cookie)), body.as_bytes()).unwrap()
+    };
+
+    // Viewer: reads every NOC page and the audit log, is refused every change.
+    let v = login(s.addr, &vera).unwrap();
+    let fleet = http(s.addr, "GET", "/noc", &[("Cookie", &v)], b"").unwrap();
+    assert_eq!(fleet.status, 200);
+    assert!(
+        fleet.body.contains(r#"id="signed-in">vera · viewer<"#),
+        "{}",
+        fleet.body
+    );
+    let csrf = csrf_of(&fleet.body).unwrap();
+    for path in ["/noc/policy", "/noc/abuse", "/noc/releases", "/noc/audit"] {
+        assert_eq!(
+            http(s.addr, "GET", path, &[("Cookie", &v)], b"")
+                .unwrap()
+                .status,
+            200,
+            "{path}"
+        );
+    }
+    assert_eq!(
+        post(&v, "/noc/policy", policy_form(&csrf, "monitor")).status,
+        403
+    );
+    assert_eq!(
+        post(
+            &v,
+            &format!("/noc/releases/{request_id}"),
+            format!("decision=approve&csrf={csrf}")
+        )
+        .status,
+        403
+    );
+    let bearer = format!("Bearer {vera}");
+    let r = http(
+        s.addr,
+        "POST",
+        "/api/abuse",
+        &[
+            ("Authorization", &bearer),
+            ("Content-Type", "application/json"),
+        ],
+        br#"{"public_ip":"203.0.113.10","time":1700000000000}"#,
+    )
+    .unwrap();
+    assert_eq!(r.status, 403);
+    assert_eq!(
+        http(
+            s.addr,
+            "GET",
+            "/api/audit",
+            &[("Authorization", &bearer)],
+            b""
+        )
+        .unwrap()
+        .status,
+        200
+    );
+
+    // Operator: decides the release and maps an abuse report; policy stays out of reach.
+    let o = login(s.addr, &olga).unwrap();
+    let page = http(s.addr, "GET", "/noc/releases", &[("Cookie", &o)], b"").unwrap();
+    let csrf = csrf_of(&page.body).unwrap();
+    assert_eq!(
+        post(&o, "/noc/policy", policy_form(&csrf, "monitor")).status,
+        403
+    );
+    let r = post(
+        &o,
+        &format!("/noc/releases/{request_id}"),
+        format!("decision=deny&csrf={csrf}"),
+    );
+    assert_eq!(r.status, 303, "{}", r.body);
+    let report = urlencode(&format!(
+        r#"{{"public_ip":"{}","time":{}}}"#,
+        a.public_ip, s.seeded.abuse_example.0
+    ));
+    let r = post(&o, "/noc/abuse", format!("csrf={csrf}&report={report}"));
+    assert_eq!(r.status, 303, "{}", r.body);
+
+    // Admin: publishes policy (the audit entry says what changed).
+    let ad = login(s.addr, &ada).unwrap();
+    let page = http(s.addr, "GET", "/noc/policy", &[("Cookie", &ad)], b"").unwrap();
+    let csrf = csrf_of(&page.body).unwrap();
+    let r = post(&ad, "/noc/policy", policy_form(&csrf, "monitor"));
+    assert_eq!(r.status, 303, "{}", r.body);
+
+    // A wrong secret is refused and audited too.
+    assert!(login(s.addr, "op_0000000000000000000000000000000000000000").is_err());
+
+    let audit = http(
+        s.addr,
+        "GET",
+        "/api/audit?limit=100",
+        &[("Authorization", &bearer)],
+        b"",
+    )
+    .unwrap();
+    let entries: serde_json::Value = serde_json::from_str(&audit.body).unwrap();
+    let entries = entries["entries"].as_array().unwrap().clone();
+    let has = |actor: &str, action: &str, outcome: &str, detail: &str| {
+        entries.iter().any(|e| {
+            e["actor"] == actor
+                && e["action"] == action
+                && e["outcome"] == outcome
+                && e["detail"].as_str().is_some_and(|d| d.contains(detail))
+        })
+    };
+    for who in ["vera", "olga", "ada"] {
+        assert!(has(who, "sign_in", "ok", ""), "{who}: {entries:#?}");
+    }
+    assert!(has("unknown", "sign_in", "refused", ""), "{entries:#?}");
+    assert!(
+        has(
+            "olga",
+            "release_decision",
+            "denied",
+            &format!("request {request_id}")
+        ),
+        "{entries:#?}"
+    );
+    assert!(has("olga", "abuse_lookup", "ok", &a.cpe_id), "{entries:#?}");
+    assert!(
+        has(
+            "ada",
+            "policy_publish",
+            "ok",
+            r#"mode: "enforce" -> "monitor""#
+        ),
+        "{entries:#?}"
+    );
+    // Newest first.
+    let ids: Vec<i64> = entries.iter().map(|e| e["id"].as_i64().unwrap()).collect();
+    assert!(ids.windows(2).all(|w| w[0] > w[1]));
+    // Filters, and the page shows the same.
+    let only = http(
+        s.addr,
+        "GET",
+        "/api/audit?actor=ada&action=policy_publish",
+        &[("Authorization", &bearer)],
+        b"",
+    )
+    .unwrap();
+    let only: serde_json::Value = serde_json::from_str(&only.body).unwrap();
+    assert_eq!(only["entries"].as_array().unwrap().len(), 1);
+    let page = http(
+        s.addr,
+        "GET",
+        "/noc/audit?actor=olga",
+        &[("Cookie", &v)],
+        b"",
+    )
+    .unwrap();
+    assert!(page.body.contains("release_decision") && !page.body.contains(">ada<"));
+
+    // Revoked: the session ends at its next request, the secret no longer signs in.
+    operators::revoke(&conn, "vera", now_ms()).unwrap();
+    assert_ne!(
+        http(s.addr, "GET", "/noc", &[("Cookie", &v)], b"")
+            .unwrap()
+            .status,
+        200
+    );
+    assert_eq!(
+        http(
+            s.addr,
+            "GET",
+            "/api/audit",
+            &[("Authorization", &bearer)],
+            b""
+        )
+        .unwrap()
+        .status,
+        401
+    );
+    assert!(login(s.addr, &vera).is_err());
+    let metrics = http(s.addr, "GET", "/metrics", &[], b"").unwrap().body;
+    let forbidden: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("smtpguard_web_forbidden_total "))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert!(forbidden >= 4, "{forbidden}");
+}

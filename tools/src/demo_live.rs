@@ -168,6 +168,16 @@ pub fn enroll(
         now_ms,
     )
     .map_err(|e| DemoError::Web(format!("signing the demo policy: {e}")))?;
+    smtpguard_controller::audit::record(
+        store.conn(),
+        now_ms,
+        "demo",
+        "policy_publish",
+        "fleet",
+        "ok",
+        "the demo's start-up policy",
+    )
+    .map_err(|e| DemoError::Web(format!("auditing the demo policy: {e}")))?;
     Ok(out)
 }
 

@@ -145,6 +145,23 @@ pub struct StoredReport {
     pub answer: Match,
 }
 
+impl StoredReport {
+    /// What the audit log says of this lookup: the question and the device found.
+    pub fn audit_detail(&self) -> String {
+        let q = &self.query;
+        let port = q.source_port.map(|p| format!(":{p}")).unwrap_or_default();
+        let found = match (&self.answer.cpe_id, &self.answer.mac) {
+            (Some(c), Some(m)) => format!("{c} {m}"),
+            (Some(c), None) => c.clone(),
+            _ => "no device".into(),
+        };
+        format!(
+            "{}{port} at {} ms -> {found} ({:?})",
+            q.public_ip, q.at_ms, self.answer.confidence
+        )
+    }
+}
+
 fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }

@@ -22,6 +22,7 @@ use super::portal::household_devices;
 use super::{AppState, WebError};
 use crate::abuse;
 use crate::commands::{CommandError, Order};
+use crate::operators::Level;
 use crate::store::commands as store_commands;
 use crate::verdicts::{self, DeviceView};
 
@@ -207,9 +208,10 @@ pub async fn abuse_submit(
     headers: HeaderMap,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Response {
-    if let Err(e) = auth::noc(&state, &headers).await {
-        return e.api();
-    }
+    let staff = match auth::staff(&state, &headers, Level::Operator).await {
+        Ok((s, _)) => s,
+        Err(e) => return e.api(),
+    };
     let body = match body {
         Ok(b) => b,
         Err(rej) => {
@@ -240,9 +242,29 @@ pub async fn abuse_submit(
         })
         .await;
     match result {
-        Ok(Ok(r)) => (StatusCode::CREATED, Json(r)).into_response(),
+        Ok(Ok(r)) => {
+            state
+                .audit(
+                    &staff.name,
+                    "abuse_lookup",
+                    format!("report {}", r.id),
+                    "ok",
+                    r.audit_detail(),
+                )
+                .await;
+            (StatusCode::CREATED, Json(r)).into_response()
+        }
         Ok(Err(e)) => {
             state.counters.bump_abuse(e.label());
+            state
+                .audit(
+                    &staff.name,
+                    "abuse_lookup",
+                    "submitted report".into(),
+                    "refused",
+                    e.to_string(),
+                )
+                .await;
             WebError::from(e).api()
         }
         Err(e) => e.api(),
@@ -320,12 +342,12 @@ async fn send_command(
     q: CommandQuery,
     release: bool,
 ) -> Response {
-    match auth::noc(&state, &headers).await {
+    let staff = match auth::staff(&state, &headers, Level::Operator).await {
         // A session cookie could be ridden by another site: commands take the token.
-        Ok(c) if c.csrf.is_some() => return WebError::Forbidden.api(),
-        Ok(_) => {}
+        Ok((_, c)) if c.csrf.is_some() => return WebError::Forbidden.api(),
+        Ok((s, _)) => s,
         Err(e) => return e.api(),
-    }
+    };
     let Ok(mac) = mac.parse::<smtpguard_protocol::MacAddr>() else {
         return WebError::BadRequest("mac must look like aa:bb:cc:dd:ee:ff".into()).api();
     };
@@ -340,7 +362,19 @@ async fn send_command(
             ttl_secs: q.ttl_secs,
         }
     };
-    match state.commands.send(cpe_id.clone(), order, None).await {
+    let (what, target) = (
+        if release { "release" } else { "block" },
+        format!("{cpe_id}/{mac}"),
+    );
+    let sent = state.commands.send(cpe_id.clone(), order, None).await;
+    let (outcome, detail) = match &sent {
+        Ok(id) => ("sent", format!("{what}, command {id}")),
+        Err(e) => ("refused", format!("{what}: {e}")),
+    };
+    state
+        .audit(&staff.name, "command", target, outcome, detail)
+        .await;
+    match sent {
         Ok(id) => (
             StatusCode::CREATED,
             Json(json!({

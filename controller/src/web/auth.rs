@@ -1,5 +1,8 @@
-//! Who is calling: the operator (NOC) or one household, from an `Authorization: Bearer`
-//! token (API) or a session cookie (pages), plus sessions and CSRF.
+//! Who is calling: a member of the NOC team (a named operator with a role, see
+//! [`crate::operators`], or whoever holds the operator token file, an admin) or one
+//! household, from an `Authorization: Bearer` token (API) or a session cookie (pages), plus
+//! sessions and CSRF. [`staff`] checks the role a handler needs on the server, whatever the
+//! page showed; a session names its operator, so revoking them ends it.
 //!
 //! Tokens and session ids are stored only as SHA-256 hashes. The session cookie is
 //! `HttpOnly; SameSite=Strict`, and `Secure` when the site is public over https
@@ -32,17 +35,61 @@ use serde::Deserialize;
 use super::html::{esc, page, Nav};
 use super::{html_response, AppState, WebError};
 use crate::households::{self, hash_secret, new_secret};
+use crate::operators::{self, Level, TOKEN_OPERATOR};
 
 /// Name of the session cookie.
 pub const COOKIE: &str = "sg_session";
 
+/// A member of the NOC team, as signed in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Staff {
+    /// Their operator row; `None` for the operator token file.
+    pub operator_id: Option<i64>,
+    /// Their name, for the NOC header and the audit log.
+    pub name: String,
+    /// What they may do.
+    pub level: Level,
+}
+
+impl Staff {
+    fn token_holder() -> Staff {
+        Staff {
+            operator_id: None,
+            name: TOKEN_OPERATOR.to_string(),
+            level: Level::Admin,
+        }
+    }
+
+    fn of(op: operators::Operator) -> Staff {
+        Staff {
+            operator_id: Some(op.id),
+            name: op.name,
+            level: op.level,
+        }
+    }
+}
+
 /// An authenticated caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Role {
-    /// The NOC operator.
-    Noc,
+    /// A member of the NOC team.
+    Noc(Staff),
     /// A subscriber of this household.
     Household(i64),
+}
+
+/// Who a bearer token or login secret belongs to: the operator token file, a named
+/// operator, or a household.
+fn who(conn: &rusqlite::Connection, token: &str, op_hash: &str) -> Result<Option<Role>, WebError> {
+    if same_digest(&hash_secret(token), op_hash) {
+        return Ok(Some(Role::Noc(Staff::token_holder())));
+    }
+    if token.starts_with("op_") {
+        return Ok(operators::authenticate(conn, token)
+            .map_err(|e| WebError::Internal(e.to_string()))?
+            .map(|op| Role::Noc(Staff::of(op))));
+    }
+    Ok(households::authenticate(conn, token)?.map(Role::Household))
 }
 
 /// A caller with their session's CSRF token (none for bearer-token callers).
@@ -91,14 +138,7 @@ pub async fn caller(state: &AppState, headers: &HeaderMap) -> Result<Caller, Web
     if let Some(token) = bearer(headers) {
         let token = token.to_string();
         let op_hash = state.settings.operator_token_hash.clone();
-        let found = state
-            .db(move |conn| {
-                if same_digest(&hash_secret(&token), &op_hash) {
-                    return Ok(Some(Role::Noc));
-                }
-                Ok(households::authenticate(conn, &token)?.map(Role::Household))
-            })
-            .await?;
+        let found = state.db(move |conn| who(conn, &token, &op_hash)).await?;
         return match found {
             Some(role) => Ok(Caller { role, csrf: None }),
             None => {
@@ -113,19 +153,27 @@ pub async fn caller(state: &AppState, headers: &HeaderMap) -> Result<Caller, Web
     let now = state.now_ms();
     state
         .db(move |conn| {
-            let row: Option<(String, Option<i64>, String)> = conn
+            let row: Option<(String, Option<i64>, Option<i64>, String)> = conn
                 .query_row(
-                    "SELECT role, household_id, csrf FROM web_sessions
+                    "SELECT role, household_id, operator_id, csrf FROM web_sessions
                      WHERE session_hash = ?1 AND expires_ms > ?2",
                     params![hash_secret(&sid), i64::try_from(now).unwrap_or(i64::MAX)],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
                 )
                 .optional()?;
             match row {
-                Some((role, hh, csrf)) => {
-                    let role = match (role.as_str(), hh) {
-                        ("noc", _) => Role::Noc,
-                        ("household", Some(id)) => Role::Household(id),
+                Some((role, hh, op, csrf)) => {
+                    let role = match (role.as_str(), hh, op) {
+                        // The operator's role is read afresh: a revoked operator's
+                        // session ends here.
+                        ("noc", _, Some(id)) => match operators::active(conn, id)
+                            .map_err(|e| WebError::Internal(e.to_string()))?
+                        {
+                            Some(op) => Role::Noc(Staff::of(op)),
+                            None => return Err(WebError::Unauthorized),
+                        },
+                        ("noc", _, None) => Role::Noc(Staff::token_holder()),
+                        ("household", Some(id), _) => Role::Household(id),
                         _ => return Err(WebError::Unauthorized),
                     };
                     Ok(Caller {
@@ -139,16 +187,32 @@ pub async fn caller(state: &AppState, headers: &HeaderMap) -> Result<Caller, Web
         .await
 }
 
-/// The caller, who must be the operator.
+/// The caller, who must be on the NOC team with at least `level`; returns them too.
+///
+/// # Errors
+/// 401 without credentials, 403 for a subscriber or a role below `level` (counted in
+/// `smtpguard_web_forbidden_total`).
+pub async fn staff(
+    state: &AppState,
+    headers: &HeaderMap,
+    level: Level,
+) -> Result<(Staff, Caller), WebError> {
+    let c = caller(state, headers).await?;
+    match &c.role {
+        Role::Noc(s) if s.level >= level => Ok((s.clone(), c)),
+        _ => {
+            state.counters.forbidden.fetch_add(1, Ordering::Relaxed);
+            Err(WebError::Forbidden)
+        }
+    }
+}
+
+/// The caller, who must be on the NOC team (any role: every NOC page can be read).
 ///
 /// # Errors
 /// 401 without credentials, 403 for a subscriber.
 pub async fn noc(state: &AppState, headers: &HeaderMap) -> Result<Caller, WebError> {
-    let c = caller(state, headers).await?;
-    match c.role {
-        Role::Noc => Ok(c),
-        Role::Household(_) => Err(WebError::Forbidden),
-    }
+    staff(state, headers, Level::Viewer).await.map(|(_, c)| c)
 }
 
 /// The caller, who must be a subscriber; returns the household id.
@@ -159,7 +223,7 @@ pub async fn subscriber(state: &AppState, headers: &HeaderMap) -> Result<(i64, C
     let c = caller(state, headers).await?;
     match c.role {
         Role::Household(id) => Ok((id, c)),
-        Role::Noc => Err(WebError::Forbidden),
+        Role::Noc(_) => Err(WebError::Forbidden),
     }
 }
 
@@ -215,7 +279,7 @@ fn login_page(error: Option<&str>) -> String {
         .map(|e| format!(r#"<div class="flash err" role="alert">{}</div>"#, esc(e)))
         .unwrap_or_default();
     let body = format!(
-        r#"<div class="login"><h1>Sign in</h1><p class="muted">Use the access code from your welcome letter, or your operator token.</p>{err}
+        r#"<div class="login"><h1>Sign in</h1><p class="muted">Use the access code from your welcome letter. NOC staff: your operator secret.</p>{err}
 <form method="post" action="/login"><label for="token">Access code</label><input id="token" name="token" type="password" autocomplete="current-password" required>
 <p><button class="btn" type="submit" id="signin">Sign in</button></p></form></div>"#
     );
@@ -251,39 +315,45 @@ pub async fn login(
     let ttl = state.settings.session_secs.saturating_mul(1000);
     let result = state
         .db(move |conn| {
-            let role = if same_digest(&hash_secret(&token), &op_hash) {
-                Some(Role::Noc)
-            } else {
-                households::authenticate(conn, &token)?.map(Role::Household)
+            let Some(role) = who(conn, &token, &op_hash)? else {
+                // Refused sign-ins are audited without the secret: by what it looked like.
+                let kind = if token.starts_with("op_") { "operator secret" } else { "access code" };
+                crate::audit::record(conn, now, "unknown", "sign_in", kind, "refused", "")?;
+                return Ok(None);
             };
-            let Some(role) = role else { return Ok(None) };
             let sid = new_secret("s_");
             let csrf = new_secret("c_");
-            let (name, hh) = match role {
-                Role::Noc => ("noc", None),
-                Role::Household(id) => ("household", Some(id)),
+            let (name, hh, op) = match &role {
+                Role::Noc(s) => ("noc", None, s.operator_id),
+                Role::Household(id) => ("household", Some(*id), None),
             };
             let now_i = i64::try_from(now).unwrap_or(i64::MAX);
             conn.execute("DELETE FROM web_sessions WHERE expires_ms <= ?1", [now_i])?;
             conn.execute(
-                "INSERT INTO web_sessions (session_hash, role, household_id, csrf, created_ms, expires_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT INTO web_sessions (session_hash, role, household_id, operator_id, csrf, created_ms, expires_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 params![
                     hash_secret(&sid),
                     name,
                     hh,
+                    op,
                     csrf,
                     now_i,
                     i64::try_from(now.saturating_add(ttl)).unwrap_or(i64::MAX)
                 ],
             )?;
+            let (actor, detail) = match &role {
+                Role::Noc(s) => (s.name.clone(), s.level.as_str().to_string()),
+                Role::Household(id) => (format!("household:{id}"), "subscriber".to_string()),
+            };
+            crate::audit::record(conn, now, &actor, "sign_in", "web", "ok", &detail)?;
             Ok(Some((role, sid)))
         })
         .await;
     match result {
         Ok(Some((role, sid))) => {
             let target = match role {
-                Role::Noc => "/noc",
+                Role::Noc(_) => "/noc",
                 Role::Household(_) => "/my",
             };
             let cookie = format!(

@@ -109,7 +109,9 @@ header.top .logo span{color:#7fb2ff}
 header.top nav{display:flex;gap:4px;flex-wrap:wrap}
 header.top nav a{color:#cfe0ff;text-decoration:none;padding:6px 10px;border-radius:6px}
 header.top nav a.on,header.top nav a:hover{background:#213b5e;color:#fff}
+header.top .who{margin-left:auto;color:#dfe9f7;font-size:14px}
 header.top form{margin-left:auto}
+header.top .who+form{margin-left:0}
 header.top button{background:transparent;border:1px solid #4a6384;color:#dfe9f7;padding:5px 12px;border-radius:6px;cursor:pointer}
 main{max-width:1180px;margin:0 auto;padding:22px 20px 60px}
 main.narrow{max-width:720px}
@@ -162,17 +164,17 @@ a{color:var(--brand)}
 
 /// Which navigation a page shows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Nav {
+pub enum Nav<'a> {
     /// No navigation (login).
     None,
-    /// NOC navigation, with the current section.
-    Noc(&'static str),
+    /// NOC navigation, with the current section and who is signed in (name and role).
+    Noc(&'static str, &'a str, &'a str),
     /// Subscriber portal.
     Portal,
 }
 
 /// A whole page. `body` is already-escaped HTML; `csrf` is needed for the logout button.
-pub fn page(title: &str, nav: Nav, csrf: Option<&str>, body: &str) -> String {
+pub fn page(title: &str, nav: Nav<'_>, csrf: Option<&str>, body: &str) -> String {
     let mut out = String::with_capacity(body.len() + CSS.len() + 1024);
     let _ = write!(
         out,
@@ -189,7 +191,7 @@ pub fn page(title: &str, nav: Nav, csrf: Option<&str>, body: &str) -> String {
         .unwrap_or_default();
     match nav {
         Nav::None => {}
-        Nav::Noc(on) => {
+        Nav::Noc(on, who, role) => {
             out.push_str(
                 r#"<header class="top"><div class="logo">smtp<span>guard</span> NOC</div><nav>"#,
             );
@@ -199,11 +201,17 @@ pub fn page(title: &str, nav: Nav, csrf: Option<&str>, body: &str) -> String {
                 ("/noc/policy", "policy", "Policy"),
                 ("/noc/abuse", "abuse", "Abuse reports"),
                 ("/noc/releases", "releases", "Release requests"),
+                ("/noc/audit", "audit", "Audit log"),
             ] {
                 let class = if key == on { " class=\"on\"" } else { "" };
                 let _ = write!(out, r#"<a href="{href}"{class}>{text}</a>"#);
             }
-            let _ = write!(out, "</nav>{logout}</header><main>");
+            let _ = write!(
+                out,
+                r#"</nav><span class="who" id="signed-in">{} · {}</span>{logout}</header><main>"#,
+                esc(who),
+                esc(role)
+            );
         }
         Nav::Portal => {
             let _ = write!(

@@ -252,6 +252,17 @@ fn render(s: &Snapshot, state: &AppState) -> String {
     );
     header(
         &mut o,
+        "smtpguard_web_forbidden_total",
+        "counter",
+        "Requests refused because the caller's role does not allow them (since start).",
+    );
+    let _ = writeln!(
+        o,
+        "smtpguard_web_forbidden_total {}",
+        state.counters.forbidden.load(Ordering::Relaxed)
+    );
+    header(
+        &mut o,
         "smtpguard_web_login_throttled_total",
         "counter",
         "Requests with a credential refused with 429 because their source address is in login back-off (since start).",

@@ -11,6 +11,7 @@
 //! - [`portal`]: the subscriber's "your devices" pages.
 //! - [`api`]: JSON endpoints, including `POST /api/abuse` and the commands to one router
 //!   (`POST /api/cpes/{cpe}/devices/{mac}/release|block`, `GET /api/cpes/{cpe}/commands`).
+//! - [`audit`]: the audit log, as a NOC page and as JSON.
 //! - [`metrics`]: Prometheus text exposition.
 //! - [`live`]: the `[web]` configuration section and policy publishing for `serve`.
 //!
@@ -25,6 +26,7 @@
 //! [`crate::commands`].
 
 pub mod api;
+pub mod audit;
 pub mod auth;
 pub mod html;
 pub mod live;
@@ -123,6 +125,8 @@ pub struct Counters {
     pub csrf_failures: std::sync::atomic::AtomicU64,
     /// Requests with a credential answered 429 because their address is in back-off.
     pub login_throttled: std::sync::atomic::AtomicU64,
+    /// Requests refused because the caller's role does not allow them.
+    pub forbidden: std::sync::atomic::AtomicU64,
 }
 
 impl Counters {
@@ -207,6 +211,29 @@ pub fn open_db(path: &Path) -> Result<Connection, WebError> {
 }
 
 impl AppState {
+    /// Appends to the audit log (see [`crate::audit`]). A failure to write it is logged and
+    /// does not undo or hide the action's own result.
+    pub async fn audit(
+        &self,
+        actor: &str,
+        action: &'static str,
+        target: String,
+        outcome: &str,
+        detail: String,
+    ) {
+        let now = self.now_ms();
+        let (actor, outcome) = (actor.to_string(), outcome.to_string());
+        let written = self
+            .db(move |conn| {
+                crate::audit::record(conn, now, &actor, action, &target, &outcome, &detail)?;
+                Ok(())
+            })
+            .await;
+        if let Err(e) = written {
+            tracing::error!(error = %e, action, "could not write the audit log");
+        }
+    }
+
     /// State over an open connection (from [`open_db`]).
     pub fn new(
         conn: Connection,
@@ -427,6 +454,8 @@ pub fn router(state: AppState) -> Router {
         .route("/noc/abuse/{id}", get(noc::abuse_one))
         .route("/noc/releases", get(noc::releases))
         .route("/noc/releases/{id}", post(noc::decide_release))
+        .route("/noc/audit", get(audit::page))
+        .route("/api/audit", get(audit::api))
         .route("/my", get(portal::devices))
         .route("/my/devices/{cpe_id}/{mac}", get(portal::device))
         .route("/my/release", post(portal::release))

@@ -18,6 +18,7 @@ use super::{html_response, AppState, WebError};
 use crate::abuse::{self, mapping::Confidence};
 use crate::campaigns::{self, Campaign, Member};
 use crate::households;
+use crate::operators::Level;
 use crate::verdicts::{self, DeviceView};
 
 /// One CPE as the NOC sees it.
@@ -200,8 +201,22 @@ fn device_rows(devs: &[&DeviceView], cpes: &[CpeRow], with_cpe: bool) -> String 
     s
 }
 
-fn noc_page(title: &str, section: &'static str, caller: &Caller, body: &str) -> Response {
-    html_response(page(title, Nav::Noc(section), caller.csrf.as_deref(), body))
+pub(crate) fn noc_page(
+    title: &str,
+    section: &'static str,
+    caller: &Caller,
+    body: &str,
+) -> Response {
+    let (who, role) = match &caller.role {
+        auth::Role::Noc(s) => (s.name.as_str(), s.level.as_str()),
+        auth::Role::Household(_) => ("", ""),
+    };
+    html_response(page(
+        title,
+        Nav::Noc(section, who, role),
+        caller.csrf.as_deref(),
+        body,
+    ))
 }
 
 /// `GET /noc`: the fleet overview.
@@ -587,14 +602,14 @@ pub async fn push_campaign(
     Path(id): Path<String>,
     Form(form): Form<PushForm>,
 ) -> Response {
-    let caller = match auth::noc(&state, &headers).await {
+    let (staff, caller) = match auth::staff(&state, &headers, Level::Admin).await {
         Ok(c) => c,
         Err(e) => return e.page(),
     };
     if let Err(e) = auth::check_form(&state, &headers, &caller, &form.csrf) {
         return e.page();
     }
-    match push_campaign_indicators(&state, &id, form.with_servers.is_some()).await {
+    match push_campaign_indicators(&state, &staff.name, &id, form.with_servers.is_some()).await {
         Ok(v) => Redirect::to(&format!("/noc/campaigns?pushed={v}")).into_response(),
         Err(e) => e.page(),
     }
@@ -607,6 +622,7 @@ pub async fn push_campaign(
 /// [`WebError::NotFound`] for an unknown campaign; publishing errors.
 pub async fn push_campaign_indicators(
     state: &AppState,
+    actor: &str,
     id: &str,
     with_servers: bool,
 ) -> Result<u64, WebError> {
@@ -645,8 +661,9 @@ pub async fn push_campaign_indicators(
                 .join("; ")
         )));
     }
+    let before = policy.clone();
     campaigns::merge_indicators(&mut policy.indicators, &extra);
-    let version = publish_checked(state, policy)
+    let version = publish_checked(state, actor, "campaign_push", &campaign.id, &before, policy)
         .await
         .map_err(WebError::BadRequest)?;
     let id = campaign.id.clone();
@@ -670,11 +687,32 @@ pub async fn push_campaign_indicators(
 /// Validates `policy`, runs the policy safety check against the controller's context and
 /// only then hands it to the publisher (which signs it): a version every router would refuse
 /// is never signed. Returns the version, or the reason it was refused.
-async fn publish_checked(state: &AppState, policy: Policy) -> Result<u64, String> {
-    policy.validate().map_err(|e| e.to_string())?;
-    smtpguard_protocol::check_policy_safety(&policy, &state.settings.policy_safety)
-        .map_err(|e| e.to_string())?;
-    state.policy.publish(policy, None).await
+/// Checks, signs and publishes a fleet policy, and audits it (what changed from `before`,
+/// and the outcome).
+async fn publish_checked(
+    state: &AppState,
+    actor: &str,
+    action: &'static str,
+    target: &str,
+    before: &Policy,
+    policy: Policy,
+) -> Result<u64, String> {
+    let diff = crate::audit::policy_diff(before, &policy);
+    let result = match policy.validate().map_err(|e| e.to_string()).and_then(|()| {
+        smtpguard_protocol::check_policy_safety(&policy, &state.settings.policy_safety)
+            .map_err(|e| e.to_string())
+    }) {
+        Ok(()) => state.policy.publish(policy, None).await,
+        Err(e) => Err(e),
+    };
+    let (outcome, detail) = match &result {
+        Ok(v) => ("ok", format!("version {v}; {diff}")),
+        Err(e) => ("refused", format!("{e}; {diff}")),
+    };
+    state
+        .audit(actor, action, target.to_string(), outcome, detail)
+        .await;
+    result
 }
 
 fn policy_body(
@@ -838,16 +876,29 @@ pub async fn policy_save(
     headers: HeaderMap,
     Form(form): Form<PolicyForm>,
 ) -> Response {
-    let caller = match auth::noc(&state, &headers).await {
+    let (staff, caller) = match auth::staff(&state, &headers, Level::Admin).await {
         Ok(c) => c,
         Err(e) => return e.page(),
     };
     if let Err(e) = auth::check_form(&state, &headers, &caller, &form.csrf) {
         return e.page();
     }
+    let before = state.db(current_fleet_policy).await.unwrap_or_default();
     let result = match toml::from_str::<Policy>(&form.policy) {
-        Ok(p) => publish_checked(&state, p).await,
-        Err(e) => Err(e.to_string()),
+        Ok(p) => publish_checked(&state, &staff.name, "policy_publish", "fleet", &before, p).await,
+        Err(e) => {
+            let why = e.to_string();
+            state
+                .audit(
+                    &staff.name,
+                    "policy_publish",
+                    "fleet".into(),
+                    "refused",
+                    why.clone(),
+                )
+                .await;
+            Err(why)
+        }
     };
     match result {
         Ok(v) => Redirect::to(&format!("/noc/policy?saved={v}")).into_response(),
@@ -946,7 +997,7 @@ pub async fn abuse_paste(
     headers: HeaderMap,
     Form(form): Form<AbuseForm>,
 ) -> Response {
-    let caller = match auth::noc(&state, &headers).await {
+    let (staff, caller) = match auth::staff(&state, &headers, Level::Operator).await {
         Ok(c) => c,
         Err(e) => return e.page(),
     };
@@ -959,8 +1010,28 @@ pub async fn abuse_paste(
         .db(move |conn| Ok(abuse::submit(conn, "", &body, now)?))
         .await;
     match result {
-        Ok(r) => Redirect::to(&format!("/noc/abuse/{}", r.id)).into_response(),
+        Ok(r) => {
+            state
+                .audit(
+                    &staff.name,
+                    "abuse_lookup",
+                    format!("report {}", r.id),
+                    "ok",
+                    r.audit_detail(),
+                )
+                .await;
+            Redirect::to(&format!("/noc/abuse/{}", r.id)).into_response()
+        }
         Err(e) => {
+            state
+                .audit(
+                    &staff.name,
+                    "abuse_lookup",
+                    "pasted report".into(),
+                    "refused",
+                    e.to_string(),
+                )
+                .await;
             if let WebError::BadRequest(_) | WebError::TooLarge = e {
                 state.counters.bump_abuse("form");
             }
@@ -1159,7 +1230,7 @@ pub async fn decide_release(
     Path(id): Path<i64>,
     Form(form): Form<DecisionForm>,
 ) -> Response {
-    let caller = match auth::noc(&state, &headers).await {
+    let (staff, caller) = match auth::staff(&state, &headers, Level::Operator).await {
         Ok(c) => c,
         Err(e) => return e.page(),
     };
@@ -1177,8 +1248,29 @@ pub async fn decide_release(
         .await
     {
         Ok(r) => r,
-        Err(e) => return e.page(),
+        Err(e) => {
+            state
+                .audit(
+                    &staff.name,
+                    "release_decision",
+                    format!("request {id}"),
+                    "refused",
+                    e.to_string(),
+                )
+                .await;
+            return e.page();
+        }
     };
+    let target = format!("{}/{}", decided.cpe_id, decided.mac);
+    state
+        .audit(
+            &staff.name,
+            "release_decision",
+            target.clone(),
+            if approve { "approved" } else { "denied" },
+            format!("request {}", decided.id),
+        )
+        .await;
     if approve {
         // The decision stands whatever happens to the command; the pages show whether the
         // router took it.
@@ -1195,8 +1287,28 @@ pub async fn decide_release(
                 {
                     Ok(command_id) => {
                         tracing::info!(request = decided.id, command_id, "release sent");
+                        state
+                            .audit(
+                                &staff.name,
+                                "command",
+                                target,
+                                "sent",
+                                format!("release, command {command_id}, request {}", decided.id),
+                            )
+                            .await;
                     }
-                    Err(e) => tracing::error!(request = decided.id, error = %e, "release not sent"),
+                    Err(e) => {
+                        tracing::error!(request = decided.id, error = %e, "release not sent");
+                        state
+                            .audit(
+                                &staff.name,
+                                "command",
+                                target,
+                                "failed",
+                                format!("release for request {}: {e}", decided.id),
+                            )
+                            .await;
+                    }
                 }
             }
             Err(e) => {
