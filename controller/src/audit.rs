@@ -131,9 +131,20 @@ pub fn list(
     rows.collect()
 }
 
-/// What changed from `old` to `new`, one `key: old -> new` per changed setting (nested
-/// keys dotted), for a policy publish's entry; `no change` when nothing did.
+/// What changed from `old` to `new`, `key: old -> new` per changed setting, for a policy
+/// publish's entry; `no change` when nothing did.
 pub fn policy_diff<T: Serialize>(old: &T, new: &T) -> String {
+    let changes = policy_changes(old, new);
+    if changes.is_empty() {
+        "no change".into()
+    } else {
+        changes.join("; ")
+    }
+}
+
+/// What changed from `old` to `new`: one `key: old -> new` per changed setting (nested keys
+/// dotted, values as JSON), in key order.
+pub fn policy_changes<T: Serialize>(old: &T, new: &T) -> Vec<String> {
     fn flatten(prefix: &str, v: &serde_json::Value, out: &mut Vec<(String, String)>) {
         match v {
             serde_json::Value::Object(map) => {
@@ -160,8 +171,7 @@ pub fn policy_diff<T: Serialize>(old: &T, new: &T) -> String {
     keys.sort();
     keys.dedup();
     let none = String::from("(none)");
-    let changes: Vec<String> = keys
-        .into_iter()
+    keys.into_iter()
         .filter(|k| old.get(*k) != new.get(*k))
         .map(|k| {
             format!(
@@ -170,12 +180,7 @@ pub fn policy_diff<T: Serialize>(old: &T, new: &T) -> String {
                 new.get(k).unwrap_or(&none)
             )
         })
-        .collect();
-    if changes.is_empty() {
-        "no change".into()
-    } else {
-        changes.join("; ")
-    }
+        .collect()
 }
 
 #[cfg(test)]

@@ -336,7 +336,9 @@ fn duration_words(secs: u32) -> String {
     }
 }
 
-fn plural(n: u32, one: &str, many: &str) -> String {
+/// "1 router", "3 routers": a count with its noun.
+pub fn plural(n: impl Into<u64>, one: &str, many: &str) -> String {
+    let n: u64 = n.into();
     if n == 1 {
         format!("1 {one}")
     } else {

@@ -526,7 +526,7 @@ fn the_noc_refuses_to_sign_a_policy_that_would_convict_everyone_or_the_isp_relay
             "POST",
             "/noc/policy",
             &hdrs(&h),
-            format!("csrf={csrf}&policy={}", urlencode(text)).as_bytes(),
+            format!("csrf={csrf}&note=safety+test&policy={}", urlencode(text)).as_bytes(),
         )
         .unwrap()
     };
@@ -581,7 +581,7 @@ fn campaign_pushes_leave_out_allowlisted_relays() {
         "/noc/policy",
         &hdrs(&h),
         format!(
-            "csrf={csrf}&policy={}",
+            "csrf={csrf}&note=allowlist+a+relay&policy={}",
             urlencode("allow_relays = [\"198.51.100.20:25\"]\n")
         )
         .as_bytes(),
@@ -823,7 +823,7 @@ fn operators_can_do_what_their_role_allows_and_everything_is_audited() {
 
     let policy_form = |csrf: &str, mode: &str| {
         format!(
-            "csrf={csrf}&policy={}",
+            "csrf={csrf}&note=roles+test&policy={}",
             urlencode(&format!("mode = \"{mode}\"\n"))
         )
     };
@@ -1013,4 +1013,132 @@ fn operators_can_do_what_their_role_allows_and_everything_is_audited() {
         .and_then(|v| v.parse().ok())
         .unwrap();
     assert!(forbidden >= 4, "{forbidden}");
+}
+
+/// Issue 13's policy editor: the live version with its author and note, numbers as
+/// written, a check that signs nothing but says what would change and how many routers get
+/// it, no publish without a change note or without a change, the operator's own text
+/// (comments too) kept with the version, and a rollback that publishes old content as a new
+/// version.
+#[test]
+fn the_policy_editor_checks_before_signing_keeps_text_and_notes_and_rolls_back() {
+    let s = Server::start().unwrap();
+    let noc = login(s.addr, OPERATOR_TOKEN).unwrap();
+    let page = http(s.addr, "GET", "/noc/policy", &[("Cookie", &noc)], b"").unwrap();
+    assert!(
+        page.body.contains("Live: <strong>version 1</strong>"),
+        "{}",
+        page.body
+    );
+    assert!(
+        !page.body.contains("policy_version"),
+        "the version is not for editing"
+    );
+    assert!(!page.body.contains("0.4000000059604645"), "{}", page.body);
+    assert!(page.body.contains("suspicious = 0.4"), "{}", page.body);
+    let csrf = csrf_of(&page.body).unwrap();
+    let h = form(&noc);
+    let post =
+        |path: &str, body: String| http(s.addr, "POST", path, &hdrs(&h), body.as_bytes()).unwrap();
+    let edit = |text: &str, note: &str, action: &str| {
+        post(
+            "/noc/policy",
+            format!(
+                "csrf={csrf}&action={action}&note={}&policy={}",
+                urlencode(note),
+                urlencode(text)
+            ),
+        )
+    };
+    let text = "# quieter while we investigate\nmode = \"monitor\"\n";
+    let before = highest_policy_version(&s);
+
+    // Check: what would change and who gets it; nothing signed.
+    let r = edit(text, "", "check");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(
+        r.body.contains("Check passed; nothing was signed"),
+        "{}",
+        r.body
+    );
+    assert!(
+        r.body
+            .contains("mode: &quot;enforce&quot; -&gt; &quot;monitor&quot;"),
+        "{}",
+        r.body
+    );
+    assert!(r.body.contains("4 routers will receive this"), "{}", r.body);
+    assert_eq!(highest_policy_version(&s), before);
+    // A check of something unsafe says why, and signs nothing either.
+    let r = edit(
+        "[indicators]\nmail_servers = [\"0.0.0.0/0\"]\n",
+        "",
+        "check",
+    );
+    assert_eq!(r.status, 400);
+    assert!(r.body.contains("Not published") && r.body.contains("indicators.mail_servers"));
+
+    // Publishing needs a note, and a change.
+    let r = edit(text, " ", "publish");
+    assert_eq!(r.status, 400);
+    assert!(r.body.contains("change note"), "{}", r.body);
+    let r = edit("mode = \"enforce\"\n", "again", "publish");
+    assert_eq!(r.status, 400);
+    assert!(r.body.contains("nothing changed"), "{}", r.body);
+    assert_eq!(highest_policy_version(&s), before);
+
+    let r = edit(text, "Monitor only during the incident", "publish");
+    assert_eq!(r.status, 303, "{}", r.body);
+    let v2 = highest_policy_version(&s);
+    assert_eq!(v2, before + 1);
+    let page = http(s.addr, "GET", "/noc/policy", &[("Cookie", &noc)], b"").unwrap();
+    assert!(page
+        .body
+        .contains(&format!("Live: <strong>version {v2}</strong>")));
+    assert!(page.body.contains("Monitor only during the incident"));
+    assert!(
+        page.body.contains("# quieter while we investigate"),
+        "comments kept"
+    );
+    assert!(page
+        .body
+        .contains(&format!(r#"<tr data-version="{before}">"#)));
+
+    // Roll back to the first version: its content as a new, higher version.
+    let r = post(
+        &format!("/noc/policy/rollback/{before}"),
+        format!("csrf={csrf}"),
+    );
+    assert_eq!(r.status, 303, "{}", r.body);
+    let v3 = highest_policy_version(&s);
+    assert_eq!(v3, v2 + 1);
+    let store = smtpguard_controller::store::Store::open(&s.db).unwrap();
+    let latest = store
+        .latest_policy(smtpguard_protocol::PolicyScope::Fleet, None)
+        .unwrap()
+        .unwrap();
+    let policy: smtpguard_protocol::Policy = serde_json::from_str(&latest.policy_json).unwrap();
+    assert_eq!(policy.mode, smtpguard_protocol::Mode::Enforce);
+    let page = http(s.addr, "GET", "/noc/policy", &[("Cookie", &noc)], b"").unwrap();
+    assert!(page.body.contains(&format!("rollback to version {before}")));
+    // Rolling back to what is live publishes nothing.
+    let r = post(
+        &format!("/noc/policy/rollback/{before}"),
+        format!("csrf={csrf}"),
+    );
+    assert_eq!(r.status, 400);
+    assert_eq!(highest_policy_version(&s), v3);
+    let r = post("/noc/policy/rollback/999", format!("csrf={csrf}"));
+    assert_eq!(r.status, 404);
+    // All of it is in the audit log.
+    let auth = format!("Bearer {OPERATOR_TOKEN}");
+    let audit = http(
+        s.addr,
+        "GET",
+        "/api/audit?action=policy_rollback",
+        &[("Authorization", &auth)],
+        b"",
+    )
+    .unwrap();
+    assert!(audit.body.contains("back to v"), "{}", audit.body);
 }

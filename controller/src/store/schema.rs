@@ -224,6 +224,13 @@ CREATE INDEX command_acks_by_command ON command_acks (cpe_id, command_id);
     r#"
 ALTER TABLE commands ADD COLUMN sends INTEGER NOT NULL DEFAULT 1;
 "#,
+    // 7: what the NOC's policy editor keeps with a fleet version: the text it was
+    // published from (comments and all), the change note and who published it.
+    r#"
+ALTER TABLE policies ADD COLUMN source_text TEXT;
+ALTER TABLE policies ADD COLUMN note TEXT;
+ALTER TABLE policies ADD COLUMN actor TEXT;
+"#,
 ];
 
 /// The schema version this build writes: the number of [`MIGRATIONS`].

@@ -13,6 +13,7 @@
 //!   (`POST /api/cpes/{cpe}/devices/{mac}/release|block`, `GET /api/cpes/{cpe}/commands`).
 //! - [`audit`]: the audit log, as a NOC page and as JSON.
 //! - [`metrics`]: Prometheus text exposition.
+//! - [`policy_editor`]: the fleet policy editor, its rollout and history.
 //! - [`live`]: the `[web]` configuration section and policy publishing for `serve`.
 //!
 //! # Data flow
@@ -32,6 +33,7 @@ pub mod html;
 pub mod live;
 pub mod metrics;
 pub mod noc;
+pub mod policy_editor;
 pub mod portal;
 pub mod schema;
 
@@ -449,7 +451,14 @@ pub fn router(state: AppState) -> Router {
         .route("/noc/cpe/{cpe_id}", get(noc::cpe))
         .route("/noc/campaigns", get(noc::campaigns))
         .route("/noc/campaigns/{id}/push", post(noc::push_campaign))
-        .route("/noc/policy", get(noc::policy_page).post(noc::policy_save))
+        .route(
+            "/noc/policy",
+            get(policy_editor::page).post(policy_editor::save),
+        )
+        .route(
+            "/noc/policy/rollback/{version}",
+            post(policy_editor::rollback),
+        )
         .route("/noc/abuse", get(noc::abuse_page).post(noc::abuse_paste))
         .route("/noc/abuse/{id}", get(noc::abuse_one))
         .route("/noc/releases", get(noc::releases))

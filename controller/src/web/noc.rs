@@ -10,10 +10,11 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::Form;
 use rusqlite::{Connection, OptionalExtension};
 use serde::Deserialize;
-use smtpguard_protocol::{Policy, PolicyScope, Verdict};
+use smtpguard_protocol::Verdict;
 
 use super::auth::{self, csrf_field, Caller};
 use super::html::{self, esc, page, path_seg, Nav};
+use super::policy_editor::{current_fleet_policy, publish_checked};
 use super::{html_response, AppState, WebError};
 use crate::abuse::{self, mapping::Confidence};
 use crate::campaigns::{self, Campaign, Member};
@@ -567,8 +568,6 @@ pub async fn campaigns(
 pub struct FlashQuery {
     #[serde(default)]
     pushed: Option<u64>,
-    #[serde(default)]
-    saved: Option<u64>,
 }
 
 /// The campaign push form.
@@ -577,22 +576,6 @@ pub struct PushForm {
     csrf: String,
     #[serde(default)]
     with_servers: Option<String>,
-}
-
-fn current_fleet_policy(conn: &Connection) -> Result<Policy, WebError> {
-    let json: Option<String> = conn
-        .query_row(
-            "SELECT policy_json FROM policies WHERE scope = ?1 ORDER BY version DESC LIMIT 1",
-            [crate::store::scope_name(PolicyScope::Fleet)],
-            |r| r.get(0),
-        )
-        .optional()?;
-    match json {
-        Some(j) => {
-            serde_json::from_str(&j).map_err(|e| WebError::Internal(format!("stored policy: {e}")))
-        }
-        None => Ok(Policy::default()),
-    }
 }
 
 /// `POST /noc/campaigns/{id}/push`: adds the campaign's indicators to the fleet policy.
@@ -682,244 +665,6 @@ pub async fn push_campaign_indicators(
         .await?;
     tracing::info!(campaign = %campaign.id, version, "campaign indicators pushed");
     Ok(version)
-}
-
-/// Validates `policy`, runs the policy safety check against the controller's context and
-/// only then hands it to the publisher (which signs it): a version every router would refuse
-/// is never signed. Returns the version, or the reason it was refused.
-/// Checks, signs and publishes a fleet policy, and audits it (what changed from `before`,
-/// and the outcome).
-async fn publish_checked(
-    state: &AppState,
-    actor: &str,
-    action: &'static str,
-    target: &str,
-    before: &Policy,
-    policy: Policy,
-) -> Result<u64, String> {
-    let diff = crate::audit::policy_diff(before, &policy);
-    let result = match policy.validate().map_err(|e| e.to_string()).and_then(|()| {
-        smtpguard_protocol::check_policy_safety(&policy, &state.settings.policy_safety)
-            .map_err(|e| e.to_string())
-    }) {
-        Ok(()) => state.policy.publish(policy, None).await,
-        Err(e) => Err(e),
-    };
-    let (outcome, detail) = match &result {
-        Ok(v) => ("ok", format!("version {v}; {diff}")),
-        Err(e) => ("refused", format!("{e}; {diff}")),
-    };
-    state
-        .audit(actor, action, target.to_string(), outcome, detail)
-        .await;
-    result
-}
-
-fn policy_body(
-    caller: &Caller,
-    text: &str,
-    error: Option<&str>,
-    saved: Option<u64>,
-    rollout: &[crate::store::RolloutRow],
-    latest: Option<u64>,
-) -> String {
-    let mut b = String::from("<h1>Fleet policy</h1><p class=\"sub\">Edit the policy (TOML, the agent's schema). Saving signs it with the next version and publishes it to every router; routers answer whether they applied it.</p>");
-    if let Some(v) = saved {
-        let _ = write!(
-            b,
-            r#"<div class="flash" role="status">Policy version {v} signed and published.</div>"#
-        );
-    }
-    if let Some(e) = error {
-        let _ = write!(b, r#"<div class="flash err" role="alert">{}</div>"#, esc(e));
-    }
-    let _ = write!(
-        b,
-        r#"<form method="post" action="/noc/policy">{}<textarea name="policy" rows="18" spellcheck="false">{}</textarea><p><button class="btn" type="submit">Sign and publish</button></p></form>"#,
-        csrf_field(caller),
-        esc(text)
-    );
-    let applied = rollout
-        .iter()
-        .filter(|r| latest.is_some() && r.fleet_policy_version == latest)
-        .count();
-    let _ = write!(
-        b,
-        "<h2>Rollout</h2><p>{} of {} routers run the latest version{}.</p>",
-        applied,
-        rollout.len(),
-        latest.map(|v| format!(" (v{v})")).unwrap_or_default()
-    );
-    b.push_str("<table><tr><th>CPE</th><th>Status</th><th>Applied fleet policy</th><th>Override</th><th>Refused</th></tr>");
-    for r in rollout {
-        let refused: Vec<String> = r
-            .refusals
-            .iter()
-            .take(3)
-            .map(|(scope, v, reason)| format!("{scope} v{v}: {reason}"))
-            .collect();
-        let current = latest.is_some() && r.fleet_policy_version == latest;
-        let _ = write!(
-            b,
-            r#"<tr><td><a class="mono" href="/noc/cpe/{}">{}</a></td><td>{}</td><td>{} {}</td><td>{}</td><td>{}</td></tr>"#,
-            path_seg(&r.cpe_id),
-            esc(&r.cpe_id),
-            esc(r.status.as_deref().unwrap_or("never seen")),
-            r.fleet_policy_version
-                .map(|v| format!("v{v}"))
-                .unwrap_or("—".into()),
-            if current {
-                r#"<span class="badge ok">current</span>"#
-            } else if latest.is_some() {
-                r#"<span class="badge warn-soft">behind</span>"#
-            } else {
-                ""
-            },
-            r.cpe_policy_version
-                .map(|v| format!("v{v}"))
-                .unwrap_or("—".into()),
-            esc(&refused.join("; ")),
-        );
-    }
-    b.push_str("</table>");
-    b
-}
-
-fn rollout(conn: &Connection) -> Result<(Vec<crate::store::RolloutRow>, Option<u64>), WebError> {
-    // Same view as the store's rollout, over this connection.
-    let latest: Option<i64> = conn.query_row(
-        "SELECT MAX(version) FROM policies WHERE scope = 'fleet'",
-        [],
-        |r| r.get(0),
-    )?;
-    let mut stmt = conn.prepare_cached(
-        "SELECT c.cpe_id, s.status,
-            MAX(COALESCE(s.fleet_policy_version, 0), COALESCE((SELECT MAX(version) FROM policy_acks a
-              WHERE a.cpe_id = c.cpe_id AND a.scope = 'fleet' AND a.outcome = 'applied'), 0)),
-            MAX(COALESCE(s.cpe_policy_version, 0), COALESCE((SELECT MAX(version) FROM policy_acks a
-              WHERE a.cpe_id = c.cpe_id AND a.scope = 'cpe' AND a.outcome = 'applied'), 0))
-         FROM cpes c LEFT JOIN cpe_state s ON s.cpe_id = c.cpe_id ORDER BY c.cpe_id",
-    )?;
-    let version = |v: i64| u64::try_from(v).ok().filter(|v| *v > 0);
-    let mut rows: Vec<crate::store::RolloutRow> = stmt
-        .query_map([], |r| {
-            Ok(crate::store::RolloutRow {
-                cpe_id: r.get(0)?,
-                status: r.get(1)?,
-                fleet_policy_version: version(r.get(2)?),
-                cpe_policy_version: version(r.get(3)?),
-                refusals: Vec::new(),
-            })
-        })?
-        .collect::<Result<_, _>>()?;
-    let mut stmt = conn.prepare_cached(
-        "SELECT cpe_id, scope, version, COALESCE(reason, '') FROM policy_acks
-         WHERE outcome = 'refused' ORDER BY version DESC LIMIT 5000",
-    )?;
-    let refusals = stmt.query_map([], |r| {
-        Ok((
-            r.get::<_, String>(0)?,
-            r.get::<_, String>(1)?,
-            r.get::<_, i64>(2)?,
-            r.get::<_, String>(3)?,
-        ))
-    })?;
-    for refusal in refusals {
-        let (cpe, scope, v, reason) = refusal?;
-        if let Some(row) = rows.iter_mut().find(|r| r.cpe_id == cpe) {
-            row.refusals
-                .push((scope, u64::try_from(v).unwrap_or(0), reason));
-        }
-    }
-    Ok((rows, latest.and_then(|v| u64::try_from(v).ok())))
-}
-
-/// `GET /noc/policy`: the editor and the rollout.
-pub async fn policy_page(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    Query(flash): Query<FlashQuery>,
-) -> Response {
-    let caller = match auth::noc(&state, &headers).await {
-        Ok(c) => c,
-        Err(e) => return e.page(),
-    };
-    let data = state
-        .db(|conn| {
-            let p = current_fleet_policy(conn)?;
-            let (rows, latest) = rollout(conn)?;
-            Ok((p, rows, latest))
-        })
-        .await;
-    let (mut policy, rows, latest) = match data {
-        Ok(d) => d,
-        Err(e) => return e.page(),
-    };
-    // The version is assigned when signing; showing it invites editing it.
-    policy.policy_version = 0;
-    let text = toml::to_string(&policy).unwrap_or_default();
-    let body = policy_body(&caller, &text, None, flash.saved, &rows, latest);
-    noc_page("Policy", "policy", &caller, &body)
-}
-
-/// The policy editor form.
-#[derive(Debug, Deserialize)]
-pub struct PolicyForm {
-    csrf: String,
-    policy: String,
-}
-
-/// `POST /noc/policy`: validates, checks safety, signs and publishes; a refused policy is
-/// shown again in the editor with the reason, and nothing is signed.
-pub async fn policy_save(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    Form(form): Form<PolicyForm>,
-) -> Response {
-    let (staff, caller) = match auth::staff(&state, &headers, Level::Admin).await {
-        Ok(c) => c,
-        Err(e) => return e.page(),
-    };
-    if let Err(e) = auth::check_form(&state, &headers, &caller, &form.csrf) {
-        return e.page();
-    }
-    let before = state.db(current_fleet_policy).await.unwrap_or_default();
-    let result = match toml::from_str::<Policy>(&form.policy) {
-        Ok(p) => publish_checked(&state, &staff.name, "policy_publish", "fleet", &before, p).await,
-        Err(e) => {
-            let why = e.to_string();
-            state
-                .audit(
-                    &staff.name,
-                    "policy_publish",
-                    "fleet".into(),
-                    "refused",
-                    why.clone(),
-                )
-                .await;
-            Err(why)
-        }
-    };
-    match result {
-        Ok(v) => Redirect::to(&format!("/noc/policy?saved={v}")).into_response(),
-        Err(e) => {
-            let data = state.db(rollout).await;
-            let (rows, latest) = data.unwrap_or_default();
-            let body = policy_body(
-                &caller,
-                &form.policy,
-                Some(&format!("Not published: {e}")),
-                None,
-                &rows,
-                latest,
-            );
-            (
-                axum::http::StatusCode::BAD_REQUEST,
-                noc_page("Policy", "policy", &caller, &body),
-            )
-                .into_response()
-        }
-    }
 }
 
 fn abuse_form(caller: &Caller) -> String {
