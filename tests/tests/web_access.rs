@@ -1142,3 +1142,86 @@ fn the_policy_editor_checks_before_signing_keeps_text_and_notes_and_rolls_back()
     .unwrap();
     assert!(audit.body.contains("back to v"), "{}", audit.body);
 }
+
+/// Issue 13's exports: flagged devices, abuse reports and the audit log as CSV and JSON,
+/// for the NOC only; a LAN host name cannot become a spreadsheet formula.
+#[test]
+fn flagged_devices_abuse_reports_and_the_audit_log_export_as_csv_and_json() {
+    let s = Server::start().unwrap();
+    let auth = format!("Bearer {OPERATOR_TOKEN}");
+    let get = |path: &str| http(s.addr, "GET", path, &[("Authorization", &auth)], b"").unwrap();
+    let infected = get("/api/export/devices?verdict=infected&format=json");
+    assert_eq!(infected.status, 200, "{}", infected.body);
+    let v: serde_json::Value = serde_json::from_str(&infected.body).unwrap();
+    let devices = v["devices"].as_array().unwrap();
+    assert_eq!(devices.len(), 3, "{v}");
+    assert!(devices.iter().all(|d| d["verdict"] == "infected"));
+    let a = &s.seeded.households[0];
+    let (a_mac, _) = a.flagged.clone().unwrap();
+    assert!(devices
+        .iter()
+        .any(|d| d["cpe_id"] == a.cpe_id.as_str() && d["mac"] == a_mac.to_string().as_str()));
+
+    let csv = get("/api/export/devices");
+    assert_eq!(csv.status, 200);
+    assert_eq!(csv.header("content-type"), Some("text/csv; charset=utf-8"));
+    let mut lines = csv.body.lines();
+    assert_eq!(
+        lines.next(),
+        Some("cpe_id,mac,hostname,vendor,verdict,score,action,since,last_seen,evidence")
+    );
+    assert!(lines.count() >= 3);
+    assert!(
+        !csv.body.contains("\n="),
+        "a field starting a formula: {}",
+        csv.body
+    );
+
+    // The abuse desk's reports, after one lookup.
+    let (at, _, _) = s.seeded.abuse_example;
+    let r = http(
+        s.addr,
+        "POST",
+        "/api/abuse",
+        &[
+            ("Authorization", &auth),
+            ("Content-Type", "application/json"),
+        ],
+        format!(r#"{{"public_ip":"{}","time":{at}}}"#, a.public_ip).as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(r.status, 201);
+    let reports = get("/api/export/abuse?format=csv");
+    assert!(reports.body.contains(&a.cpe_id), "{}", reports.body);
+    let audit = get("/api/export/audit?format=json");
+    let v: serde_json::Value = serde_json::from_str(&audit.body).unwrap();
+    assert!(v["audit"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["action"] == "abuse_lookup" && e["actor"] == "operator-token"));
+
+    // Bad parameters and callers.
+    assert_eq!(get("/api/export/devices?format=xlsx").status, 400);
+    assert_eq!(get("/api/export/devices?verdict=clean").status, 400);
+    assert_eq!(get("/api/export/passwords").status, 404);
+    assert_eq!(
+        http(s.addr, "GET", "/api/export/audit", &[], b"")
+            .unwrap()
+            .status,
+        401
+    );
+    let hh = format!("Bearer {}", a.token);
+    assert_eq!(
+        http(
+            s.addr,
+            "GET",
+            "/api/export/devices",
+            &[("Authorization", &hh)],
+            b""
+        )
+        .unwrap()
+        .status,
+        403
+    );
+}

@@ -135,5 +135,6 @@ pub async fn page(
             }
         }
     }
+    b.push_str(&super::noc::export_links("audit", "the whole log"));
     noc_page("Audit log", "audit", &caller, &b)
 }

@@ -12,6 +12,7 @@
 //! - [`api`]: JSON endpoints, including `POST /api/abuse` and the commands to one router
 //!   (`POST /api/cpes/{cpe}/devices/{mac}/release|block`, `GET /api/cpes/{cpe}/commands`).
 //! - [`audit`]: the audit log, as a NOC page and as JSON.
+//! - [`export`]: CSV and JSON exports of flagged devices, abuse reports and the audit log.
 //! - [`metrics`]: Prometheus text exposition.
 //! - [`policy_editor`]: the fleet policy editor, its rollout and history.
 //! - [`live`]: the `[web]` configuration section and policy publishing for `serve`.
@@ -29,6 +30,7 @@
 pub mod api;
 pub mod audit;
 pub mod auth;
+pub mod export;
 pub mod html;
 pub mod live;
 pub mod metrics;
@@ -465,6 +467,7 @@ pub fn router(state: AppState) -> Router {
         .route("/noc/releases/{id}", post(noc::decide_release))
         .route("/noc/audit", get(audit::page))
         .route("/api/audit", get(audit::api))
+        .route("/api/export/{what}", get(export::export))
         .route("/my", get(portal::devices))
         .route("/my/devices/{cpe_id}/{mac}", get(portal::device))
         .route("/my/release", post(portal::release))

@@ -346,6 +346,7 @@ pub async fn fleet(State(state): State<AppState>, headers: HeaderMap) -> Respons
         );
     }
     b.push_str("</table>");
+    b.push_str(&export_links("devices", "flagged devices"));
     noc_page("Fleet", "fleet", &caller, &b)
 }
 
@@ -726,7 +727,16 @@ pub async fn abuse_page(State(state): State<AppState>, headers: HeaderMap) -> Re
         b.push_str("</table>");
     }
     b.push_str(&abuse_form(&caller));
+    b.push_str(&export_links("abuse", "abuse reports"));
     noc_page("Abuse reports", "abuse", &caller, &b)
+}
+
+/// Links to the CSV and JSON exports of `what` ([`super::export`]).
+pub(crate) fn export_links(what: &str, label: &str) -> String {
+    format!(
+        r#"<p class="muted exports">Export {}: <a href="/api/export/{what}?format=csv">CSV</a> · <a href="/api/export/{what}?format=json">JSON</a></p>"#,
+        esc(label)
+    )
 }
 
 /// The paste form.

@@ -1,0 +1,257 @@
+//! Exports for the NOC and the abuse desk: flagged devices, abuse reports and the audit log,
+//! as CSV or JSON. `GET /api/export/{devices|abuse|audit}?format=csv|json` (any NOC role;
+//! bearer token or session). `devices` takes `verdict=infected|suspicious|flagged` (flagged,
+//! both, by default).
+//!
+//! CSV follows RFC 4180 (fields quoted when they hold a comma, quote or line break) and is
+//! safe to open in a spreadsheet: host names and evidence come from the LAN, so a field
+//! starting with `=`, `+`, `-`, `@`, a tab or a carriage return gets a leading `'` and is
+//! never run as a formula.
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use smtpguard_protocol::Verdict;
+
+use super::{auth, AppState, WebError};
+use crate::{abuse, audit, verdicts};
+
+/// Rows one export holds at most.
+pub const ROWS_MAX: usize = 100_000;
+
+/// The export's query.
+#[derive(Debug, Default, Deserialize)]
+pub struct ExportQuery {
+    format: Option<String>,
+    verdict: Option<String>,
+}
+
+/// One CSV field, quoted and neutralised as the module docs say.
+pub fn csv_field(value: &str) -> String {
+    let guarded = if value.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("'{value}")
+    } else {
+        value.to_string()
+    };
+    if guarded.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", guarded.replace('"', "\"\""))
+    } else {
+        guarded
+    }
+}
+
+fn csv(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut out = header.join(",");
+    out.push_str("\r\n");
+    for row in rows {
+        let fields: Vec<String> = row.iter().map(|f| csv_field(f)).collect();
+        out.push_str(&fields.join(","));
+        out.push_str("\r\n");
+    }
+    out
+}
+
+/// A table to export: column names, rows as text, and the same as JSON objects.
+struct Table {
+    name: &'static str,
+    header: Vec<&'static str>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    fn json(&self) -> Value {
+        let rows: Vec<Value> = self
+            .rows
+            .iter()
+            .map(|r| {
+                Value::Object(
+                    self.header
+                        .iter()
+                        .zip(r)
+                        .map(|(k, v)| ((*k).to_string(), Value::String(v.clone())))
+                        .collect(),
+                )
+            })
+            .collect();
+        json!({ self.name: rows })
+    }
+}
+
+fn time(ms: u64) -> String {
+    crate::abuse::date::format_utc_secs(ms)
+}
+
+fn devices(conn: &rusqlite::Connection, now: u64, wanted: &[Verdict]) -> Result<Table, WebError> {
+    let mut devs = verdicts::load_devices(conn, None, now)?;
+    devs.retain(|d| wanted.contains(&d.verdict));
+    devs.truncate(ROWS_MAX);
+    let rows = devs
+        .iter()
+        .map(|d| {
+            vec![
+                d.cpe_id.clone(),
+                d.mac.to_string(),
+                d.hostname.clone().unwrap_or_default(),
+                d.vendor.clone().unwrap_or_default(),
+                d.verdict.as_str().to_string(),
+                format!("{:.2}", d.score),
+                d.action.to_string(),
+                time(d.since_ms),
+                time(d.last_seen_ms),
+                d.evidence.join("; "),
+            ]
+        })
+        .collect();
+    Ok(Table {
+        name: "devices",
+        header: vec![
+            "cpe_id",
+            "mac",
+            "hostname",
+            "vendor",
+            "verdict",
+            "score",
+            "action",
+            "since",
+            "last_seen",
+            "evidence",
+        ],
+        rows,
+    })
+}
+
+fn reports(conn: &rusqlite::Connection) -> Result<Table, WebError> {
+    let list = abuse::list(conn, false, u32::try_from(ROWS_MAX).unwrap_or(u32::MAX))?;
+    let rows = list
+        .iter()
+        .map(|r| {
+            vec![
+                r.id.to_string(),
+                time(r.received_ms),
+                r.source.clone(),
+                r.public_ip.clone(),
+                time(r.at_ms),
+                r.confidence.clone(),
+                r.cpe_id.clone().unwrap_or_default(),
+                r.mac.clone().unwrap_or_default(),
+                r.message_id.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    Ok(Table {
+        name: "abuse_reports",
+        header: vec![
+            "id",
+            "received",
+            "source",
+            "public_ip",
+            "reported_time",
+            "confidence",
+            "cpe_id",
+            "mac",
+            "message_id",
+        ],
+        rows,
+    })
+}
+
+fn audit_log(conn: &rusqlite::Connection) -> Result<Table, WebError> {
+    let mut rows = Vec::new();
+    let mut filter = audit::Filter::default();
+    while rows.len() < ROWS_MAX {
+        let page = audit::list(conn, &filter, audit::PAGE_MAX)?;
+        let Some(last) = page.last() else { break };
+        filter.before_id = Some(last.id);
+        rows.extend(page.into_iter().map(|e| {
+            vec![
+                e.id.to_string(),
+                time(e.at_ms),
+                e.actor,
+                e.action,
+                e.target,
+                e.outcome,
+                e.detail,
+            ]
+        }));
+    }
+    Ok(Table {
+        name: "audit",
+        header: vec![
+            "id", "time", "actor", "action", "target", "outcome", "detail",
+        ],
+        rows,
+    })
+}
+
+/// `GET /api/export/{what}`.
+pub async fn export(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(what): Path<String>,
+    Query(q): Query<ExportQuery>,
+) -> Response {
+    if let Err(e) = auth::noc(&state, &headers).await {
+        return e.api();
+    }
+    let csv_wanted = match q.format.as_deref() {
+        None | Some("csv") => true,
+        Some("json") => false,
+        Some(_) => return WebError::BadRequest("format must be csv or json".into()).api(),
+    };
+    let wanted = match q.verdict.as_deref() {
+        None | Some("flagged") => vec![Verdict::Infected, Verdict::Suspicious],
+        Some("infected") => vec![Verdict::Infected],
+        Some("suspicious") => vec![Verdict::Suspicious],
+        Some(_) => {
+            return WebError::BadRequest("verdict must be infected, suspicious or flagged".into())
+                .api()
+        }
+    };
+    let now = state.now_ms();
+    let table = match what.as_str() {
+        "devices" => state.db(move |conn| devices(conn, now, &wanted)).await,
+        "abuse" => state.db(reports).await,
+        "audit" => state.db(audit_log).await,
+        _ => return WebError::NotFound.api(),
+    };
+    let table = match table {
+        Ok(t) => t,
+        Err(e) => return e.api(),
+    };
+    if csv_wanted {
+        let disposition = format!("attachment; filename=\"smtpguard-{}.csv\"", table.name);
+        (
+            [
+                (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_string()),
+                (header::CONTENT_DISPOSITION, disposition),
+            ],
+            csv(&table.header, &table.rows),
+        )
+            .into_response()
+    } else {
+        Json(table.json()).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_fields_are_quoted_and_never_formulas() {
+        assert_eq!(csv_field("plain"), "plain");
+        assert_eq!(csv_field("a,b"), "\"a,b\"");
+        assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
+        assert_eq!(csv_field("two\nlines"), "\"two\nlines\"");
+        assert_eq!(csv_field("=HYPERLINK(\"x\")"), "\"'=HYPERLINK(\"\"x\"\")\"");
+        assert_eq!(csv_field("+1"), "'+1");
+        assert_eq!(csv_field("@cmd"), "'@cmd");
+        assert_eq!(
+            csv(&["a", "b"], &[vec!["1".into(), "x,y".into()]]),
+            "a,b\r\n1,\"x,y\"\r\n"
+        );
+    }
+}
