@@ -98,6 +98,8 @@ pub struct Config {
     pub web: crate::web::live::WebConfig,
     /// Commands to one router (release, block).
     pub commands: CommandsConfig,
+    /// Webhook and e-mail notifications (`crate::notify`).
+    pub notifications: crate::notify::NotifyConfig,
 }
 
 /// The `[commands]` section: defaults of the commands the NOC and the API send.
@@ -134,6 +136,7 @@ impl Default for Config {
             ingest: IngestConfig::default(),
             web: crate::web::live::WebConfig::default(),
             commands: CommandsConfig::default(),
+            notifications: crate::notify::NotifyConfig::default(),
         }
     }
 }
@@ -462,7 +465,7 @@ impl Config {
                 return invalid(field, "must be 1-2592000 (30 days)");
             }
         }
-        Ok(())
+        self.notifications.validate()
     }
 }
 

@@ -256,6 +256,89 @@ pub fn add_token(
     Ok(token)
 }
 
+/// Where a household wants to hear from us.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Contact {
+    /// The household.
+    pub household_id: i64,
+    /// Its name (the greeting).
+    pub name: String,
+    /// Its e-mail address, if it gave one.
+    pub email: Option<String>,
+    /// Whether it wants e-mail about its devices.
+    pub notify_email: bool,
+}
+
+/// Sets a household's e-mail address (`None` removes it) and whether it wants e-mail.
+///
+/// # Errors
+/// [`HouseholdError::Invalid`] for an address that is not one, [`HouseholdError::NotFound`]
+/// for an unknown household.
+pub fn set_contact(
+    conn: &Connection,
+    household_id: i64,
+    email: Option<&str>,
+    notify_email: bool,
+) -> Result<(), HouseholdError> {
+    let email = email.map(str::trim).filter(|e| !e.is_empty());
+    if let Some(e) = email {
+        if e.len() > 254 || e.parse::<lettre::Address>().is_err() {
+            return Err(HouseholdError::Invalid("that is not an e-mail address"));
+        }
+    }
+    let n = conn.execute(
+        "UPDATE households SET email = ?2, notify_email = ?3 WHERE id = ?1",
+        params![household_id, email, notify_email],
+    )?;
+    if n == 0 {
+        return Err(HouseholdError::NotFound);
+    }
+    Ok(())
+}
+
+/// A household's contact.
+///
+/// # Errors
+/// [`HouseholdError::NotFound`] for an unknown household.
+pub fn contact(conn: &Connection, household_id: i64) -> Result<Contact, HouseholdError> {
+    conn.query_row(
+        "SELECT id, name, email, notify_email FROM households WHERE id = ?1",
+        [household_id],
+        |r| {
+            Ok(Contact {
+                household_id: r.get(0)?,
+                name: r.get(1)?,
+                email: r.get(2)?,
+                notify_email: r.get(3)?,
+            })
+        },
+    )
+    .optional()?
+    .ok_or(HouseholdError::NotFound)
+}
+
+/// The contact of the household that owns `cpe_id`, if any does.
+///
+/// # Errors
+/// [`HouseholdError::Sqlite`].
+pub fn contact_for_cpe(conn: &Connection, cpe_id: &str) -> Result<Option<Contact>, HouseholdError> {
+    Ok(conn
+        .query_row(
+            "SELECT h.id, h.name, h.email, h.notify_email FROM household_cpes hc
+             JOIN households h ON h.id = hc.household_id WHERE hc.cpe_id = ?1",
+            [cpe_id],
+            |r| {
+                Ok(Contact {
+                    household_id: r.get(0)?,
+                    name: r.get(1)?,
+                    email: r.get(2)?,
+                    notify_email: r.get(3)?,
+                })
+            },
+        )
+        .optional()?)
+}
+
 /// The household a token belongs to.
 ///
 /// # Errors

@@ -46,6 +46,7 @@ pub mod demo;
 pub mod fuzzing;
 pub mod households;
 pub mod ingest;
+pub mod notify;
 pub mod operators;
 pub mod policy;
 pub mod registry;

@@ -78,6 +78,12 @@ pub async fn run(
     } else {
         None
     };
+    // Notifications stop with the web UI.
+    let notify = tokio::spawn(crate::notify::run(
+        config.notifications.clone(),
+        config.db_path.clone(),
+        web_stopped.clone(),
+    ));
     let result = service::run(&config, admission, async move {
         shutdown.await;
         let _ = stop_web.send(true);
@@ -85,6 +91,11 @@ pub async fn run(
     .await;
     if let Some(web) = web {
         let _ = web.await;
+    }
+    match notify.await {
+        Ok(Err(e)) => tracing::error!(error = %e, "notifications stopped"),
+        Err(e) => tracing::error!(error = %e, "notifications task failed"),
+        Ok(Ok(())) => {}
     }
     result
 }

@@ -178,6 +178,31 @@ pub fn note_ack(
         AckOutcome::Applied => ("applied", None),
         AckOutcome::Refused { reason } => ("refused", Some(reason.as_str())),
     };
+    if outcome == "applied" {
+        // The first answer to a release tells the subscriber the restriction is lifted.
+        let release: Option<(String, i64)> = tx
+            .prepare_cached(
+                "SELECT mac, secs FROM commands WHERE cpe_id = ?1 AND command_id = ?2
+                 AND action = 'release' AND status IN ('sent', 'unsent')",
+            )?
+            .query_row(params![cpe_id, to_i64(ack.command_id)], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()?;
+        if let Some((mac, grace)) = release {
+            let hours = grace / 3600;
+            super::notifications::enqueue(
+                tx,
+                super::notifications::Event::Released,
+                cpe_id,
+                &mac,
+                &mac,
+                &format!("released; left alone for {hours} h"),
+                ack.at_ms,
+                &format!("released/{cpe_id}/{}", ack.command_id),
+            )?;
+        }
+    }
     tx.prepare_cached(
         "INSERT INTO command_acks (cpe_id, command_id, outcome, reason, at_ms, received_ms)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",

@@ -10,6 +10,7 @@
 
 pub mod commands;
 pub mod history;
+pub mod notifications;
 pub mod schema;
 
 use std::collections::HashMap;
@@ -625,6 +626,28 @@ fn store_alert(tx: &Transaction<'_>, cpe_id: &str, seq: i64, a: &Alert) -> Resul
         serde_json::to_string(&d.evidence)?,
         serde_json::to_string(&a.observed)?,
     ])?;
+    if d.verdict == smtpguard_protocol::Verdict::Infected
+        && a.previous != smtpguard_protocol::Verdict::Infected
+    {
+        let mac = d.mac.to_string();
+        let device = d
+            .hostname
+            .clone()
+            .or_else(|| d.vendor.clone())
+            .unwrap_or_else(|| mac.clone());
+        let detail = d.evidence.first().cloned().unwrap_or_default();
+        let dedup = format!("infected/{cpe_id}/{mac}/{}", a.at_ms);
+        notifications::enqueue(
+            tx,
+            notifications::Event::Infected,
+            cpe_id,
+            &mac,
+            &device,
+            &detail,
+            a.at_ms,
+            &dedup,
+        )?;
+    }
     history::note_alert(tx, cpe_id, seq, a)
 }
 

@@ -231,6 +231,26 @@ ALTER TABLE policies ADD COLUMN source_text TEXT;
 ALTER TABLE policies ADD COLUMN note TEXT;
 ALTER TABLE policies ADD COLUMN actor TEXT;
 "#,
+    // 8: the notification outbox (`store::notifications`), filled in the ingest's
+    // transaction and emptied by `notify`.
+    r#"
+CREATE TABLE notifications (
+    id INTEGER PRIMARY KEY,
+    event TEXT NOT NULL,
+    cpe_id TEXT NOT NULL,
+    mac TEXT NOT NULL,
+    device TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    at_ms INTEGER NOT NULL,
+    dedup TEXT NOT NULL UNIQUE,
+    webhook_state TEXT NOT NULL DEFAULT 'pending',
+    email_state TEXT NOT NULL DEFAULT 'pending',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_ms INTEGER NOT NULL,
+    last_error TEXT
+);
+CREATE INDEX notifications_due ON notifications (next_attempt_ms);
+"#,
 ];
 
 /// The schema version this build writes: the number of [`MIGRATIONS`].

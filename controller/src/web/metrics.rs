@@ -28,6 +28,7 @@ struct Snapshot {
     releases: Vec<(String, i64)>,
     commands: Vec<(String, i64)>,
     command_sends: i64,
+    notifications: Vec<(String, String, i64)>,
 }
 
 fn pairs<T: rusqlite::types::FromSql>(
@@ -80,6 +81,8 @@ fn snapshot(conn: &rusqlite::Connection, now_ms: u64) -> Result<Snapshot, WebErr
         command_sends: conn.query_row("SELECT COALESCE(SUM(sends), 0) FROM commands", [], |r| {
             r.get(0)
         })?,
+        notifications: crate::store::notifications::counts(conn)
+            .map_err(|e| WebError::Internal(e.to_string()))?,
     })
 }
 
@@ -238,6 +241,25 @@ fn render(s: &Snapshot, state: &AppState) -> String {
         "Times commands were published: once each when issued, again for a router back online.",
     );
     let _ = writeln!(o, "smtpguard_command_publishes_total {}", s.command_sends);
+    header(
+        &mut o,
+        "smtpguard_notifications",
+        "gauge",
+        "Notifications (webhook, e-mail) by delivery state (finished ones are kept 30 days).",
+    );
+    for channel in ["webhook", "email"] {
+        for st in ["pending", "sent", "failed", "off"] {
+            let n = s
+                .notifications
+                .iter()
+                .find(|(c, x, _)| c == channel && x == st)
+                .map_or(0, |(_, _, n)| *n);
+            let _ = writeln!(
+                o,
+                "smtpguard_notifications{{channel=\"{channel}\",state=\"{st}\"}} {n}"
+            );
+        }
+    }
     crate::broker::stats::render(&mut o);
     header(
         &mut o,

@@ -471,6 +471,7 @@ pub fn router(state: AppState) -> Router {
         .route("/my", get(portal::devices))
         .route("/my/devices/{cpe_id}/{mac}", get(portal::device))
         .route("/my/release", post(portal::release))
+        .route("/my/contact", post(portal::contact))
         .route("/api/fleet", get(api::fleet))
         .route("/api/cpes/{cpe_id}", get(api::cpe))
         .route("/api/cpes/{cpe_id}/commands", get(api::commands))

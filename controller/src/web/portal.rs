@@ -163,6 +163,57 @@ fn device_card(d: &DeviceView, releases: &[ReleaseRequest], caller: &Caller) -> 
 pub struct Flash {
     #[serde(default)]
     requested: Option<String>,
+    #[serde(default)]
+    contact: Option<String>,
+}
+
+fn contact_form(c: &households::Contact, caller: &auth::Caller) -> String {
+    format!(
+        r#"<h2>E-mail about your devices</h2><form method="post" action="/my/contact" id="contact">{}<label for="email">Your e-mail address (we write when a device needs attention, and when a restriction is lifted)</label><input id="email" name="email" type="email" autocomplete="email" value="{}"><label><input type="checkbox" name="notify" value="on"{}> Send me these e-mails</label><p><button class="btn" type="submit">Save</button></p></form>"#,
+        auth::csrf_field(caller),
+        esc(c.email.as_deref().unwrap_or("")),
+        if c.notify_email { " checked" } else { "" }
+    )
+}
+
+/// The contact form.
+#[derive(Debug, Deserialize)]
+pub struct ContactForm {
+    csrf: String,
+    #[serde(default)]
+    email: String,
+    #[serde(default)]
+    notify: Option<String>,
+}
+
+/// `POST /my/contact`: the household's e-mail address and whether it wants e-mail.
+pub async fn contact(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Form(form): Form<ContactForm>,
+) -> Response {
+    let (hh_id, caller) = match auth::subscriber(&state, &headers).await {
+        Ok(c) => c,
+        Err(e) => return e.page(),
+    };
+    if let Err(e) = auth::check_form(&state, &headers, &caller, &form.csrf) {
+        return e.page();
+    }
+    let notify = form.notify.is_some();
+    let result = state
+        .db(move |conn| {
+            Ok(households::set_contact(
+                conn,
+                hh_id,
+                Some(form.email.as_str()),
+                notify,
+            )?)
+        })
+        .await;
+    match result {
+        Ok(()) => Redirect::to("/my?contact=1").into_response(),
+        Err(e) => e.page(),
+    }
 }
 
 /// `GET /my`.
@@ -177,9 +228,12 @@ pub async fn devices(
     };
     let now = state.now_ms();
     let data = state
-        .db(move |conn| household_devices(conn, hh_id, now))
+        .db(move |conn| {
+            let d = household_devices(conn, hh_id, now)?;
+            Ok((d, households::contact(conn, hh_id)?))
+        })
         .await;
-    let (hh, devs, releases) = match data {
+    let ((hh, devs, releases), contact) = match data {
         Ok(d) => d,
         Err(e) => return e.page(),
     };
@@ -194,6 +248,11 @@ pub async fn devices(
         esc(&hh.name),
         esc(&html::time(now))
     );
+    if flash.contact.is_some() {
+        body.push_str(
+            r#"<div class="flash" role="status">Saved: how we tell you about your devices.</div>"#,
+        );
+    }
     if flash.requested.is_some() {
         body.push_str(r#"<div class="flash" role="status">Thank you — your release request was recorded. We will check the device's traffic; this page shows when the restriction is lifted.</div>"#);
     }
@@ -231,6 +290,7 @@ pub async fn devices(
         }
         body.push_str("</table>");
     }
+    body.push_str(&contact_form(&contact, &caller));
     body.push_str(r#"<p class="muted" style="margin-top:28px">Your router looks only at how devices send e-mail (how often, to how many servers), never at the content of your mail.</p>"#);
     html_response(page(
         "Your devices",

@@ -93,6 +93,11 @@ BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
 BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 "#,
+    // 3: each household's contact for notifications (`crate::notify`) and its opt-out.
+    r#"
+ALTER TABLE households ADD COLUMN email TEXT;
+ALTER TABLE households ADD COLUMN notify_email INTEGER NOT NULL DEFAULT 1;
+"#,
 ];
 
 /// Brings the product tables up to date. Call after the store has migrated its schema.
