@@ -243,28 +243,12 @@ pub async fn abuse_submit(
         .await;
     match result {
         Ok(Ok(r)) => {
-            state
-                .audit(
-                    &staff.name,
-                    "abuse_lookup",
-                    format!("report {}", r.id),
-                    "ok",
-                    r.audit_detail(),
-                )
-                .await;
+            state.audit_abuse(&staff.name, Ok(&r)).await;
             (StatusCode::CREATED, Json(r)).into_response()
         }
         Ok(Err(e)) => {
             state.counters.bump_abuse(e.label());
-            state
-                .audit(
-                    &staff.name,
-                    "abuse_lookup",
-                    "submitted report".into(),
-                    "refused",
-                    e.to_string(),
-                )
-                .await;
+            state.audit_abuse(&staff.name, Err(e.to_string())).await;
             WebError::from(e).api()
         }
         Err(e) => e.api(),

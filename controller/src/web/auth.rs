@@ -207,6 +207,37 @@ pub async fn staff(
     }
 }
 
+/// A form post by the NOC team: [`staff`] with `level`, then [`check_form`] with the
+/// form's CSRF token.
+///
+/// # Errors
+/// As [`staff`] and [`check_form`].
+pub async fn staff_form(
+    state: &AppState,
+    headers: &HeaderMap,
+    level: Level,
+    csrf: &str,
+) -> Result<(Staff, Caller), WebError> {
+    let (staff, caller) = staff(state, headers, level).await?;
+    check_form(state, headers, &caller, csrf)?;
+    Ok((staff, caller))
+}
+
+/// A form post by a subscriber: [`subscriber`], then [`check_form`] with the form's CSRF
+/// token; returns the household id too.
+///
+/// # Errors
+/// As [`subscriber`] and [`check_form`].
+pub async fn subscriber_form(
+    state: &AppState,
+    headers: &HeaderMap,
+    csrf: &str,
+) -> Result<(i64, Caller), WebError> {
+    let (id, caller) = subscriber(state, headers).await?;
+    check_form(state, headers, &caller, csrf)?;
+    Ok((id, caller))
+}
+
 /// The caller, who must be on the NOC team (any role: every NOC page can be read).
 ///
 /// # Errors

@@ -238,6 +238,30 @@ impl AppState {
         }
     }
 
+    /// Audits an abuse lookup: the report's question and answer, or why it was refused.
+    pub async fn audit_abuse(
+        &self,
+        actor: &str,
+        result: Result<&crate::abuse::StoredReport, String>,
+    ) {
+        match result {
+            Ok(r) => {
+                self.audit(
+                    actor,
+                    "abuse_lookup",
+                    format!("report {}", r.id),
+                    "ok",
+                    r.audit_detail(),
+                )
+                .await;
+            }
+            Err(why) => {
+                self.audit(actor, "abuse_lookup", "report".into(), "refused", why)
+                    .await;
+            }
+        }
+    }
+
     /// State over an open connection (from [`open_db`]).
     pub fn new(
         conn: Connection,

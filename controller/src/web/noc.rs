@@ -586,13 +586,10 @@ pub async fn push_campaign(
     Path(id): Path<String>,
     Form(form): Form<PushForm>,
 ) -> Response {
-    let (staff, caller) = match auth::staff(&state, &headers, Level::Admin).await {
+    let (staff, _) = match auth::staff_form(&state, &headers, Level::Admin, &form.csrf).await {
         Ok(c) => c,
         Err(e) => return e.page(),
     };
-    if let Err(e) = auth::check_form(&state, &headers, &caller, &form.csrf) {
-        return e.page();
-    }
     match push_campaign_indicators(&state, &staff.name, &id, form.with_servers.is_some()).await {
         Ok(v) => Redirect::to(&format!("/noc/campaigns?pushed={v}")).into_response(),
         Err(e) => e.page(),
@@ -752,13 +749,11 @@ pub async fn abuse_paste(
     headers: HeaderMap,
     Form(form): Form<AbuseForm>,
 ) -> Response {
-    let (staff, caller) = match auth::staff(&state, &headers, Level::Operator).await {
-        Ok(c) => c,
-        Err(e) => return e.page(),
-    };
-    if let Err(e) = auth::check_form(&state, &headers, &caller, &form.csrf) {
-        return e.page();
-    }
+    let (staff, caller) =
+        match auth::staff_form(&state, &headers, Level::Operator, &form.csrf).await {
+            Ok(c) => c,
+            Err(e) => return e.page(),
+        };
     let now = state.now_ms();
     let body = form.report.into_bytes();
     let result = state
@@ -766,27 +761,11 @@ pub async fn abuse_paste(
         .await;
     match result {
         Ok(r) => {
-            state
-                .audit(
-                    &staff.name,
-                    "abuse_lookup",
-                    format!("report {}", r.id),
-                    "ok",
-                    r.audit_detail(),
-                )
-                .await;
+            state.audit_abuse(&staff.name, Ok(&r)).await;
             Redirect::to(&format!("/noc/abuse/{}", r.id)).into_response()
         }
         Err(e) => {
-            state
-                .audit(
-                    &staff.name,
-                    "abuse_lookup",
-                    "pasted report".into(),
-                    "refused",
-                    e.to_string(),
-                )
-                .await;
+            state.audit_abuse(&staff.name, Err(e.to_string())).await;
             if let WebError::BadRequest(_) | WebError::TooLarge = e {
                 state.counters.bump_abuse("form");
             }
@@ -985,13 +964,10 @@ pub async fn decide_release(
     Path(id): Path<i64>,
     Form(form): Form<DecisionForm>,
 ) -> Response {
-    let (staff, caller) = match auth::staff(&state, &headers, Level::Operator).await {
+    let (staff, _) = match auth::staff_form(&state, &headers, Level::Operator, &form.csrf).await {
         Ok(c) => c,
         Err(e) => return e.page(),
     };
-    if let Err(e) = auth::check_form(&state, &headers, &caller, &form.csrf) {
-        return e.page();
-    }
     let approve = match form.decision.as_str() {
         "approve" => true,
         "deny" => false,

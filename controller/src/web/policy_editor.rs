@@ -446,13 +446,10 @@ pub async fn save(
     headers: HeaderMap,
     Form(form): Form<EditForm>,
 ) -> Response {
-    let (staff, caller) = match auth::staff(&state, &headers, Level::Admin).await {
+    let (staff, caller) = match auth::staff_form(&state, &headers, Level::Admin, &form.csrf).await {
         Ok(c) => c,
         Err(e) => return e.page(),
     };
-    if let Err(e) = auth::check_form(&state, &headers, &caller, &form.csrf) {
-        return e.page();
-    }
     let data = match load(&state).await {
         Ok(d) => d,
         Err(e) => return e.page(),
@@ -586,13 +583,10 @@ pub async fn rollback(
     Path(version): Path<u64>,
     Form(form): Form<RollbackForm>,
 ) -> Response {
-    let (staff, caller) = match auth::staff(&state, &headers, Level::Admin).await {
+    let (staff, caller) = match auth::staff_form(&state, &headers, Level::Admin, &form.csrf).await {
         Ok(c) => c,
         Err(e) => return e.page(),
     };
-    if let Err(e) = auth::check_form(&state, &headers, &caller, &form.csrf) {
-        return e.page();
-    }
     let data = match load(&state).await {
         Ok(d) => d,
         Err(e) => return e.page(),

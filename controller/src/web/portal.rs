@@ -192,13 +192,10 @@ pub async fn contact(
     headers: HeaderMap,
     Form(form): Form<ContactForm>,
 ) -> Response {
-    let (hh_id, caller) = match auth::subscriber(&state, &headers).await {
+    let (hh_id, _) = match auth::subscriber_form(&state, &headers, &form.csrf).await {
         Ok(c) => c,
         Err(e) => return e.page(),
     };
-    if let Err(e) = auth::check_form(&state, &headers, &caller, &form.csrf) {
-        return e.page();
-    }
     let notify = form.notify.is_some();
     let result = state
         .db(move |conn| {
@@ -384,13 +381,10 @@ pub async fn release(
     headers: HeaderMap,
     Form(form): Form<ReleaseForm>,
 ) -> Response {
-    let (hh_id, caller) = match auth::subscriber(&state, &headers).await {
+    let (hh_id, _) = match auth::subscriber_form(&state, &headers, &form.csrf).await {
         Ok(c) => c,
         Err(e) => return e.page(),
     };
-    if let Err(e) = auth::check_form(&state, &headers, &caller, &form.csrf) {
-        return e.page();
-    }
     let Ok(mac) = form.mac.parse::<MacAddr>() else {
         return WebError::NotFound.page();
     };
