@@ -42,6 +42,10 @@
 //! - A packet seen again within [`DUPLICATE_WINDOW_NS`] with the same direction and the
 //!   same bytes from the IP header on (VLAN tags aside) is the same packet on another
 //!   interface: skipped ([`CookedStats::duplicates`]).
+//! - IPv6 is not translated, so the one case left is a connection *from* the internet to a
+//!   LAN host's mail port over IPv6: its WAN-side copy is a received packet from a public
+//!   address that the rules above cannot tell from a device's (as in an Ethernet capture of
+//!   the LAN, where it comes from the router's MAC). Policy's allowlist covers such hosts.
 //! - Interfaces that are not Ethernet-like (loopback, PPP, tunnels, CAN, netlink) and
 //!   frames that are not Ethernet II (802.2 LLC) carry no LAN device's frames: skipped
 //!   ([`CookedStats::not_ethernet`]). A header cut short or inconsistent is
@@ -225,7 +229,7 @@ pub struct CookedStats {
     /// Replies received by the router: the WAN-side copy of what it then sends to the
     /// device.
     pub received_replies: u64,
-    /// From a public IPv4 address to a client port: the internet, not a LAN device.
+    /// Received from a public IPv4 address and not a reply: the internet, not a LAN device.
     pub from_internet: u64,
     /// The same packet again on another interface.
     pub duplicates: u64,
@@ -357,7 +361,8 @@ impl CookedView {
     fn role(&self, t: &Transport<'_>) -> Role {
         match t {
             Transport::Tcp(t)
-                if !self.mail_ports.contains(t.dst_port) && self.mail_ports.contains(t.src_port) =>
+                if !self.mail_ports.contains(t.dst_port)
+                    && self.mail_ports.contains(t.src_port) =>
             {
                 Role::ToDevice
             }
@@ -446,4 +451,345 @@ fn is_public_v4(ip: IpAddr) -> bool {
         || v4.is_unspecified()
         || v4.is_multicast()
         || v4.is_broadcast())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DEVICE: [u8; 6] = [0x02, 0x11, 0x22, 0x33, 0x44, 0x05];
+    const ROUTER_LAN: [u8; 6] = [0x02, 0xaa, 0, 0, 0, 1];
+    const ROUTER_WAN: [u8; 6] = [0x02, 0xaa, 0, 0, 0, 2];
+    const UPSTREAM: [u8; 6] = [0x02, 0xbb, 0, 0, 0, 9];
+    const DEV_IP: [u8; 4] = [192, 168, 1, 14];
+    const WAN_IP: [u8; 4] = [203, 0, 113, 2];
+    const MX_IP: [u8; 4] = [198, 51, 100, 25];
+    const ROUTER_IP: [u8; 4] = [192, 168, 1, 1];
+
+    /// An IPv4 packet (checksums left zero: the engine does not check them).
+    fn ipv4(src: [u8; 4], dst: [u8; 4], proto: u8, transport: &[u8]) -> Vec<u8> {
+        let total = (20 + transport.len()) as u16;
+        let mut p = vec![0x45, 0];
+        p.extend_from_slice(&total.to_be_bytes());
+        p.extend_from_slice(&[0x12, 0x34, 0x40, 0, 64, proto, 0, 0]);
+        p.extend_from_slice(&src);
+        p.extend_from_slice(&dst);
+        p.extend_from_slice(transport);
+        p
+    }
+
+    fn tcp(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, flags: u8, data: &[u8]) -> Vec<u8> {
+        let mut t = sport.to_be_bytes().to_vec();
+        t.extend_from_slice(&dport.to_be_bytes());
+        t.extend_from_slice(&1000u32.to_be_bytes());
+        t.extend_from_slice(&0u32.to_be_bytes());
+        t.extend_from_slice(&[0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
+        t.extend_from_slice(data);
+        ipv4(src, dst, 6, &t)
+    }
+
+    fn udp(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, data: &[u8]) -> Vec<u8> {
+        let mut u = sport.to_be_bytes().to_vec();
+        u.extend_from_slice(&dport.to_be_bytes());
+        u.extend_from_slice(&((8 + data.len()) as u16).to_be_bytes());
+        u.extend_from_slice(&[0, 0]);
+        u.extend_from_slice(data);
+        ipv4(src, dst, 17, &u)
+    }
+
+    /// An SLL (v1) record.
+    fn sll(ptype: u16, hatype: u16, addr: &[u8], proto: u16, packet: &[u8]) -> Vec<u8> {
+        let mut h = ptype.to_be_bytes().to_vec();
+        h.extend_from_slice(&hatype.to_be_bytes());
+        h.extend_from_slice(&(addr.len() as u16).to_be_bytes());
+        let mut a = [0u8; 8];
+        a[..addr.len()].copy_from_slice(addr);
+        h.extend_from_slice(&a);
+        h.extend_from_slice(&proto.to_be_bytes());
+        h.extend_from_slice(packet);
+        h
+    }
+
+    /// An SLL2 record.
+    fn sll2(ptype: u8, ifindex: u32, addr: &[u8], proto: u16, packet: &[u8]) -> Vec<u8> {
+        let mut h = proto.to_be_bytes().to_vec();
+        h.extend_from_slice(&[0, 0]);
+        h.extend_from_slice(&ifindex.to_be_bytes());
+        h.extend_from_slice(&ARPHRD_ETHER.to_be_bytes());
+        h.push(ptype);
+        h.push(addr.len() as u8);
+        let mut a = [0u8; 8];
+        a[..addr.len()].copy_from_slice(addr);
+        h.extend_from_slice(&a);
+        h.extend_from_slice(packet);
+        h
+    }
+
+    const HOST: u16 = 0;
+    const OUTGOING: u16 = 4;
+    const IPV4: u16 = 0x0800;
+
+    fn view() -> CookedView {
+        CookedView::new(MailPorts::default())
+    }
+
+    #[test]
+    fn sll_and_sll2_headers_read_field_by_field() {
+        // tcpdump -i any, SLL: a frame received on an Ethernet interface from 02:11:22:33:44:05.
+        let rec = sll(HOST, ARPHRD_ETHER, &DEVICE, IPV4, &[0x45]);
+        assert_eq!(
+            &rec[..16],
+            &[0, 0, 0, 1, 0, 6, 2, 0x11, 0x22, 0x33, 0x44, 5, 0, 0, 8, 0]
+        );
+        let (h, rest) = parse(CookedFormat::Sll, &rec).unwrap();
+        assert_eq!(h.packet_type, PacketType::Host);
+        assert_eq!(h.mac(), Some(MacAddr(DEVICE)));
+        assert_eq!((h.protocol, h.ifindex), (IPV4, None));
+        assert_eq!(rest, &[0x45]);
+
+        let rec = sll2(4, 7, &ROUTER_WAN, IPV4, &[0x45, 0]);
+        assert_eq!(
+            &rec[..20],
+            &[8, 0, 0, 0, 0, 0, 0, 7, 0, 1, 4, 6, 2, 0xaa, 0, 0, 0, 2, 0, 0]
+        );
+        let (h, rest) = parse(CookedFormat::Sll2, &rec).unwrap();
+        assert_eq!(h.packet_type, PacketType::Outgoing);
+        assert_eq!(h.mac(), Some(MacAddr(ROUTER_WAN)));
+        assert_eq!((h.protocol, h.ifindex), (IPV4, Some(7)));
+        assert_eq!(rest, &[0x45, 0]);
+
+        // Loopback: ARPHRD_LOOPBACK, six zero bytes of address, no Ethernet MAC.
+        let rec = sll(HOST, 772, &[0; 6], IPV4, &[]);
+        assert_eq!(parse(CookedFormat::Sll, &rec).unwrap().0.mac(), None);
+    }
+
+    #[test]
+    fn short_and_garbage_headers_are_errors_and_counted() {
+        let rec = sll(HOST, ARPHRD_ETHER, &DEVICE, IPV4, &[]);
+        for len in 0..SLL_HEADER_LEN {
+            assert_eq!(
+                parse(CookedFormat::Sll, &rec[..len]),
+                Err(CookedError::Short { len, need: 16 })
+            );
+        }
+        let rec2 = sll2(0, 1, &DEVICE, IPV4, &[]);
+        assert!(parse(CookedFormat::Sll2, &rec2[..19]).is_err());
+        assert_eq!(
+            parse(CookedFormat::Sll, &sll(9, ARPHRD_ETHER, &DEVICE, IPV4, &[])),
+            Err(CookedError::PacketType(9))
+        );
+        let mut long_addr = rec.clone();
+        long_addr[4..6].copy_from_slice(&9u16.to_be_bytes());
+        assert_eq!(
+            parse(CookedFormat::Sll, &long_addr),
+            Err(CookedError::AddressLength(9))
+        );
+        let mut v = view();
+        assert!(v.frame(1, CookedFormat::Sll, &rec[..10]).is_none());
+        assert!(v.frame(2, CookedFormat::Sll2, &long_addr).is_none());
+        assert!(v.frame(3, CookedFormat::Sll, &long_addr).is_none());
+        assert_eq!(v.stats().malformed, 3);
+        assert_eq!(v.stats().records, 3);
+        assert_eq!(v.stats().to_engine, 0);
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic() {
+        let mut v = view();
+        let syn = sll(
+            HOST,
+            ARPHRD_ETHER,
+            &DEVICE,
+            IPV4,
+            &tcp(DEV_IP, MX_IP, 40000, 25, 2, &[]),
+        );
+        let mut seed = 0x2545_f491_u32;
+        for len in 0..syn.len() {
+            for format in [CookedFormat::Sll, CookedFormat::Sll2] {
+                let _ = v.frame(len as u64, format, &syn[..len]);
+                let mut junk = syn[..len].to_vec();
+                for b in &mut junk {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 17;
+                    seed ^= seed << 5;
+                    *b ^= seed as u8;
+                }
+                let _ = v.frame(len as u64, format, &junk);
+            }
+        }
+        let s = v.stats();
+        assert_eq!(
+            s.records,
+            s.to_engine
+                + s.sent_by_router
+                + s.received_replies
+                + s.from_internet
+                + s.duplicates
+                + s.not_ethernet
+                + s.malformed
+        );
+    }
+
+    /// One SMTP connection as `tcpdump -i any` on a NAT router records it.
+    #[test]
+    fn a_routed_connection_is_seen_once_from_the_device_with_replies_to_it() {
+        let mut v = view();
+        let mut t = 1_000_000_000u64;
+        let mut next = |v: &mut CookedView, rec: Vec<u8>| {
+            t += 1_000_000_000;
+            v.frame(t, CookedFormat::Sll, &rec).map(<[u8]>::to_vec)
+        };
+        // LAN: the device's SYN arrives for the router.
+        let syn = tcp(DEV_IP, MX_IP, 40000, 25, 0x02, &[]);
+        let f = next(&mut v, sll(HOST, ARPHRD_ETHER, &DEVICE, IPV4, &syn)).unwrap();
+        assert_eq!(&f[6..12], &DEVICE, "source is the device");
+        assert_eq!(
+            &f[0..6],
+            &[0; 6],
+            "destination: the router's LAN MAC, unknown"
+        );
+        assert_eq!(&f[12..14], &[8, 0]);
+        assert_eq!(&f[14..], &syn[..]);
+        // WAN: the same SYN after NAT, sent by the router from its WAN address.
+        let natted = tcp(WAN_IP, MX_IP, 61000, 25, 0x02, &[]);
+        assert_eq!(
+            next(
+                &mut v,
+                sll(OUTGOING, ARPHRD_ETHER, &ROUTER_WAN, IPV4, &natted)
+            ),
+            None
+        );
+        // WAN: the server's 554 arrives for the WAN address...
+        let reply_wan = tcp(MX_IP, WAN_IP, 25, 61000, 0x18, b"554 5.7.1 blocked\r\n");
+        assert_eq!(
+            next(&mut v, sll(HOST, ARPHRD_ETHER, &UPSTREAM, IPV4, &reply_wan)),
+            None
+        );
+        // ... and leaves on the LAN for the device, whose MAC the record does not hold.
+        let reply_lan = tcp(MX_IP, DEV_IP, 25, 40000, 0x18, b"554 5.7.1 blocked\r\n");
+        let f = next(
+            &mut v,
+            sll(OUTGOING, ARPHRD_ETHER, &ROUTER_LAN, IPV4, &reply_lan),
+        )
+        .unwrap();
+        assert_eq!(
+            &f[0..6],
+            &DEVICE,
+            "destination learned from the device's SYN"
+        );
+        assert_eq!(&f[6..12], &ROUTER_LAN);
+        // The router's own DNS forwarder asking upstream: not a device.
+        let query = udp(WAN_IP, [9, 9, 9, 9], 5353, 53, &[0; 12]);
+        assert_eq!(
+            next(
+                &mut v,
+                sll(OUTGOING, ARPHRD_ETHER, &ROUTER_WAN, IPV4, &query)
+            ),
+            None
+        );
+        // Someone on the internet knocking on the WAN address's port 25: not a device.
+        let scan = tcp([45, 1, 2, 3], WAN_IP, 50000, 25, 0x02, &[]);
+        assert_eq!(
+            next(&mut v, sll(HOST, ARPHRD_ETHER, &UPSTREAM, IPV4, &scan)),
+            None
+        );
+        // The router's DNS answer to the device goes to the device's MAC.
+        let answer = udp(ROUTER_IP, DEV_IP, 53, 5000, &[0; 12]);
+        let f = next(
+            &mut v,
+            sll(OUTGOING, ARPHRD_ETHER, &ROUTER_LAN, IPV4, &answer),
+        )
+        .unwrap();
+        assert_eq!(&f[0..6], &DEVICE);
+        // A reply to an address never seen sending: given on, destination unknown.
+        let stray = tcp(MX_IP, [192, 168, 1, 99], 25, 40001, 0x12, &[]);
+        let f = next(
+            &mut v,
+            sll(OUTGOING, ARPHRD_ETHER, &ROUTER_LAN, IPV4, &stray),
+        )
+        .unwrap();
+        assert_eq!(&f[0..6], &[0; 6]);
+        // Loopback and PPP carry no LAN device's frames.
+        assert_eq!(next(&mut v, sll(HOST, 772, &[0; 6], IPV4, &query)), None);
+        assert_eq!(next(&mut v, sll(HOST, 512, &[], IPV4, &syn)), None);
+        // 802.2 LLC (a length, not an EtherType).
+        assert_eq!(
+            next(&mut v, sll(HOST, ARPHRD_ETHER, &DEVICE, 0x0004, &[0x42; 8])),
+            None
+        );
+        assert_eq!(
+            v.stats(),
+            CookedStats {
+                records: 11,
+                to_engine: 4,
+                sent_by_router: 2,
+                received_replies: 1,
+                from_internet: 1,
+                duplicates: 0,
+                not_ethernet: 3,
+                malformed: 0,
+                unresolved: 1,
+            }
+        );
+    }
+
+    #[test]
+    fn the_same_packet_on_a_bridge_port_and_the_bridge_counts_once() {
+        let mut v = view();
+        let query = udp(DEV_IP, ROUTER_IP, 5000, 53, &[0; 12]);
+        // wlan0 (index 5) then br-lan (index 9), 20 µs apart; the bridge port's copy carries
+        // an 802.1Q tag.
+        let mut tagged = vec![0x00, 0x01, 0x08, 0x00];
+        tagged.extend_from_slice(&query);
+        assert!(v
+            .frame(
+                1_000_000,
+                CookedFormat::Sll2,
+                &sll2(0, 5, &DEVICE, 0x8100, &tagged)
+            )
+            .is_some());
+        assert!(v
+            .frame(
+                1_020_000,
+                CookedFormat::Sll2,
+                &sll2(0, 9, &DEVICE, IPV4, &query)
+            )
+            .is_none());
+        assert_eq!(v.stats().duplicates, 1);
+        // The same bytes a second later are a retry, not a copy.
+        assert!(v
+            .frame(
+                1_001_000_000,
+                CookedFormat::Sll2,
+                &sll2(0, 9, &DEVICE, IPV4, &query)
+            )
+            .is_some());
+        // A broadcast DHCP request keeps a broadcast destination.
+        let discover = udp([0; 4], [255; 4], 68, 67, &[1; 240]);
+        let f = v
+            .frame(
+                2_000_000_000,
+                CookedFormat::Sll2,
+                &sll2(1, 9, &DEVICE, IPV4, &discover),
+            )
+            .unwrap();
+        assert_eq!(&f[0..6], &[0xff; 6]);
+        assert_eq!(v.stats().to_engine, 3);
+    }
+
+    #[test]
+    fn the_learned_table_is_bounded() {
+        let mut v = view();
+        for i in 0..(LEARNED_MAX as u32 + 10) {
+            let ip = IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+            v.learn(ip, MacAddr(DEVICE), u64::from(i));
+        }
+        assert_eq!(v.learned.len(), LEARNED_MAX);
+        assert!(!v
+            .learned
+            .contains_key(&"10.0.0.0".parse::<IpAddr>().unwrap()));
+        assert!(v
+            .learned
+            .contains_key(&IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + 1033))));
+    }
 }

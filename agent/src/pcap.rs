@@ -827,6 +827,82 @@ mod tests {
     }
 
     #[test]
+    fn linux_cooked_pcaps_are_read_with_their_link_type() {
+        for (linktype, link) in [
+            (113u8, Link::Cooked(CookedFormat::Sll)),
+            (0x14, Link::Cooked(CookedFormat::Sll2)),
+        ] {
+            let mut b = pcap_le_micro();
+            b[20] = linktype;
+            if linktype == 0x14 {
+                b[21] = 1; // 276 = 0x0114
+            }
+            let mut r = CaptureReader::new(&b[..]).unwrap();
+            let rec = r.next_packet().unwrap().unwrap();
+            assert_eq!((rec.link, rec.data), (link, &[1u8, 2, 3][..]));
+        }
+    }
+
+    /// A pcapng with interfaces of the given link types, one 3-byte packet on each.
+    fn pcapng_interfaces(linktypes: &[u16]) -> Vec<u8> {
+        let mut shb = PCAPNG_BOM.to_le_bytes().to_vec();
+        shb.extend_from_slice(&[1, 0, 0, 0]);
+        shb.extend_from_slice(&[0xff; 8]);
+        let mut out = block(false, PCAPNG_SHB, &shb);
+        for lt in linktypes {
+            let mut idb = lt.to_le_bytes().to_vec();
+            idb.extend_from_slice(&[0, 0]);
+            idb.extend_from_slice(&65535u32.to_le_bytes());
+            out.extend(block(false, PCAPNG_IDB, &idb));
+        }
+        for i in 0..linktypes.len() as u32 {
+            let mut e = i.to_le_bytes().to_vec();
+            e.extend_from_slice(&[0; 8]);
+            e.extend_from_slice(&3u32.to_le_bytes());
+            e.extend_from_slice(&3u32.to_le_bytes());
+            e.extend_from_slice(&[i as u8; 3]);
+            out.extend(block(false, PCAPNG_EPB, &e));
+        }
+        out
+    }
+
+    #[test]
+    fn pcapng_interfaces_each_have_their_own_link_type() {
+        // Ethernet (LAN), PPP (a pppoe-wan), SLL2 and SLL: the PPP packet is skipped.
+        let bytes = pcapng_interfaces(&[1, 9, 276, 113]);
+        let mut r = CaptureReader::new(&bytes[..]).unwrap();
+        let mut seen = vec![];
+        while let Some(rec) = r.next_packet().unwrap() {
+            seen.push((rec.link, rec.data[0]));
+        }
+        assert_eq!(
+            seen,
+            vec![
+                (Link::Ethernet, 0),
+                (Link::Cooked(CookedFormat::Sll2), 2),
+                (Link::Cooked(CookedFormat::Sll), 3)
+            ]
+        );
+        assert_eq!(r.skipped(), 1);
+    }
+
+    #[test]
+    fn pcapng_with_no_usable_interface_is_an_error_at_its_end() {
+        let bytes = pcapng_interfaces(&[9, 101, 9]);
+        let (recs, err) = read_all(&bytes);
+        assert!(recs.is_empty());
+        match err {
+            Some(CaptureError::NoUsableInterface { link_types }) => {
+                assert_eq!(link_types, vec![9, 101])
+            }
+            other => panic!("{other:?}"),
+        }
+        // An empty section declares nothing: an empty capture, not an error.
+        let (recs, err) = read_all(&pcapng_interfaces(&[]));
+        assert!(recs.is_empty() && err.is_none(), "{err:?}");
+    }
+
+    #[test]
     fn arbitrary_prefixes_never_panic() {
         let mut all = pcap_le_micro();
         all.extend(pcapng(true, Some(6), 1));
