@@ -657,3 +657,42 @@ fn a_pcapng_with_no_usable_interface_is_refused() {
     );
     assert!(err.contains("[9, 101]"), "{err}");
 }
+
+/// Real captures made by `fixtures/router-any/make.sh` in network namespaces: one router
+/// (LAN bridge with a port per device, NAT to a WAN) recorded by `tcpdump -i any` (SLL2,
+/// and SLL with `-y LINUX_SLL`) and by `tcpdump -i br-lan` (Ethernet) at the same time.
+fn router_any(name: &str) -> Report {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/router-any")
+        .join(name);
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    replay_bytes(&bytes, name)
+}
+
+#[test]
+fn tcpdump_any_on_a_real_router_gives_the_verdicts_of_its_lan_capture() {
+    let lan = router_any("lan-ethernet.pcap");
+    let bot = device(&lan, "02:11:22:33:44:05");
+    assert_eq!(bot.verdict, Verdict::Suspicious, "{bot:#?}");
+    // The MX answer reached the bot: its connection followed the lookup.
+    assert!(
+        has_evidence(bot, "right after looking up their MX records"),
+        "{bot:#?}"
+    );
+    assert!(has_evidence(bot, "554 5.7.1 Rejected"), "{bot:#?}");
+    assert_eq!(device(&lan, "02:11:22:33:44:1a").verdict, Verdict::Clean);
+    assert_eq!(lan.devices.len(), 2, "{:#?}", lan.devices);
+    for name in ["any-sll.pcap", "any-sll2.pcap"] {
+        let any = router_any(name);
+        assert_eq!(verdicts(&any), verdicts(&lan), "{name}");
+        assert_eq!(any.smtp_sessions, 2, "{name}");
+        let c = any.cooked;
+        // Each LAN packet twice (bridge port and bridge), each routed one once more on the
+        // WAN; the router's own DNS query to the ISP is not a device.
+        assert!(
+            c.duplicates > 0 && c.sent_by_router > 0 && c.received_replies > 0,
+            "{c:?}"
+        );
+        assert_eq!(c.malformed + c.not_ethernet + c.unresolved, 0, "{c:?}");
+    }
+}
