@@ -680,7 +680,17 @@ fn tcpdump_any_on_a_real_router_gives_the_verdicts_of_its_lan_capture() {
         "{bot:#?}"
     );
     assert!(has_evidence(bot, "554 5.7.1 Rejected"), "{bot:#?}");
-    assert_eq!(device(&lan, "02:11:22:33:44:1a").verdict, Verdict::Clean);
+    // The laptop's AUTH was refused (535): a submission connection, no message.
+    let laptop = device(&lan, "02:11:22:33:44:1a");
+    assert_eq!(laptop.verdict, Verdict::Clean);
+    assert_eq!(
+        (
+            laptop.counters.submission_connections,
+            laptop.counters.messages
+        ),
+        (1, 0),
+        "{laptop:#?}"
+    );
     assert_eq!(lan.devices.len(), 2, "{:#?}", lan.devices);
     for name in ["any-sll.pcap", "any-sll2.pcap"] {
         let any = router_any(name);
