@@ -118,7 +118,8 @@ const SUBS: [Sub; 5] = [
         name: "replay",
         usage: "Usage: smtpguard-agent replay [OPTIONS] --pcap <FILE>",
         about: "Analyse a capture offline with the detection engine and print one report.",
-        options: "      --pcap <FILE>      Capture file (pcap or pcapng, Ethernet)
+        options: "      --pcap <FILE>      Capture file (pcap or pcapng): Ethernet, or Linux cooked
+                         SLL/SLL2 as `tcpdump -i any` writes on the router
       --policy <FILE>    Policy as TOML (every field optional; defaults otherwise)
       --format <FORMAT>  Output format: json (one JSON document, the contract) or text
                          (for people) [default: json]
@@ -438,6 +439,15 @@ mod tests {
             panic!("no help")
         };
         assert!(h.contains("--format <FORMAT>"));
+    }
+
+    #[test]
+    fn replay_help_names_the_link_types_it_reads() {
+        let Ok(Invocation::Help(h)) = parse_str("replay -h") else {
+            panic!("no help");
+        };
+        assert!(h.contains("Ethernet"), "{h}");
+        assert!(h.contains("tcpdump -i any"), "{h}");
     }
 
     #[test]

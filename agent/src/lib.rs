@@ -13,7 +13,9 @@
 //! - [`packet`]: one raw Ethernet frame (802.1Q ok) → addresses, ports, flags, payload.
 //! - [`engine`]: the pure detection engine: devices by MAC, signals over sliding windows,
 //!   scores, verdicts with evidence, and the actions policy calls for. Time is passed in.
-//! - [`pcap`]: streaming pcap/pcapng reader.
+//! - [`pcap`]: streaming pcap/pcapng reader (Ethernet, Linux cooked SLL and SLL2).
+//! - [`cooked`]: Linux cooked records (`tcpdump -i any` on a router) as the Ethernet
+//!   frames of the LAN: each packet used once, in the direction it had on the LAN.
 //! - [`ports`]: [`ports::MailPorts`], the one set of mail ports that the capture filter,
 //!   the engine and the nftables table all use (`enforce.mail_ports`).
 //! - [`oui`]: vendor names from the IEEE registry file (`oui.csv`), loaded at start.
@@ -38,11 +40,13 @@
 //! Live: capture → [`engine::Engine::handle_frame`] → [`engine::Engine::poll_action`] →
 //! enforcement ([`enforce::Planner`] → [`enforce::Enforcer`]) and uplink; the shell calls
 //! [`engine::Engine::handle_timeout`] at [`engine::Engine::poll_timeout`]. Offline:
-//! [`pcap::CaptureReader`] → the same engine → [`replay::Report`].
+//! [`pcap::CaptureReader`] (→ [`cooked::CookedView`] for cooked captures) → the same engine →
+//! [`replay::Report`].
 
 pub mod capture;
 pub mod cli;
 pub mod config;
+pub mod cooked;
 pub mod core;
 pub mod durable;
 pub mod enforce;

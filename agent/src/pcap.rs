@@ -8,8 +8,12 @@
 //!   and `if_tsoffset`), Enhanced Packet, Simple Packet and the obsolete Packet block; other
 //!   blocks are skipped. Several sections in one file are fine.
 //!
-//! Only Ethernet link types are analysed; packets of other interfaces in a pcapng file are
-//! skipped and counted. A file cut off in the middle of a record ends with
+//! Three link types are analysed ([`Link`]): Ethernet, and Linux "cooked" SLL and SLL2 (what
+//! `tcpdump -i any` writes; [`crate::cooked`] turns those into Ethernet frames). A pcap file
+//! of any other link type is refused. In a pcapng file each packet's interface decides: the
+//! packets of interfaces of other link types are skipped and counted
+//! ([`CaptureReader::skipped`]), and a file none of whose interfaces is usable ends with
+//! [`CaptureError::NoUsableInterface`]. A file cut off in the middle of a record ends with
 //! [`CaptureError::Truncated`], after every complete record has been returned.
 //!
 //! The writer the traffic simulator uses lives with it in the tools crate: the router only
@@ -17,12 +21,41 @@
 
 use std::io::{self, ErrorKind, Read};
 
+use crate::cooked::CookedFormat;
+
 /// Largest record (pcap packet or pcapng block) accepted; anything larger means the file is
 /// corrupt. Ethernet frames with jumbo payloads stay far below this.
 pub const MAX_RECORD_BYTES: usize = 256 * 1024;
 
 /// `LINKTYPE_ETHERNET`.
 pub const LINKTYPE_ETHERNET: u32 = 1;
+/// `LINKTYPE_LINUX_SLL`: Linux cooked capture, v1 (`tcpdump -i any`, libpcap before 1.10).
+pub const LINKTYPE_LINUX_SLL: u32 = 113;
+/// `LINKTYPE_LINUX_SLL2`: Linux cooked capture, v2 (`tcpdump -i any` since libpcap 1.10).
+pub const LINKTYPE_LINUX_SLL2: u32 = 276;
+/// Distinct unusable link types remembered for [`CaptureError::NoUsableInterface`].
+const UNUSABLE_MAX: usize = 8;
+
+/// The link layer of a record: how to read its bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Link {
+    /// An Ethernet frame.
+    Ethernet,
+    /// A Linux cooked header and the packet after it.
+    Cooked(CookedFormat),
+}
+
+impl Link {
+    /// The link layer of a `LINKTYPE_*` value, `None` for one replay cannot read.
+    pub fn from_linktype(linktype: u32) -> Option<Link> {
+        match linktype {
+            LINKTYPE_ETHERNET => Some(Link::Ethernet),
+            LINKTYPE_LINUX_SLL => Some(Link::Cooked(CookedFormat::Sll)),
+            LINKTYPE_LINUX_SLL2 => Some(Link::Cooked(CookedFormat::Sll2)),
+            _ => None,
+        }
+    }
+}
 
 const PCAPNG_SHB: u32 = 0x0A0D_0D0A;
 const PCAPNG_BOM: u32 = 0x1A2B_3C4D;
@@ -39,9 +72,19 @@ pub enum CaptureError {
     /// The file does not start with a pcap or pcapng magic number.
     #[error("not a pcap or pcapng capture (magic {0:02x?})")]
     NotACapture([u8; 4]),
-    /// A pcap file whose link type is not Ethernet.
-    #[error("unsupported link type {0}: only Ethernet (1) captures can be analysed")]
+    /// A pcap file of a link type replay cannot read.
+    #[error(
+        "unsupported link type {0}: only Ethernet (1), Linux cooked (113) and Linux cooked v2 (276) captures can be analysed"
+    )]
     UnsupportedLinkType(u32),
+    /// A pcapng file none of whose interfaces has a link type replay can read.
+    #[error(
+        "no interface of the capture can be analysed (link types {link_types:?}): only Ethernet (1), Linux cooked (113) and Linux cooked v2 (276)"
+    )]
+    NoUsableInterface {
+        /// The link types of its interfaces (the first few distinct ones).
+        link_types: Vec<u32>,
+    },
     /// A header or block is inconsistent (bad length, bad byte-order mark, oversize record).
     #[error("corrupt capture at byte {offset}: {problem}")]
     Corrupt {
@@ -69,7 +112,9 @@ pub struct Record<'a> {
     /// Length of the packet on the wire (may exceed `data.len()` when the capture was
     /// limited by a snap length).
     pub orig_len: u32,
-    /// The captured bytes (an Ethernet frame).
+    /// How to read `data`.
+    pub link: Link,
+    /// The captured bytes (an Ethernet frame or a cooked header and packet).
     pub data: &'a [u8],
 }
 
@@ -105,7 +150,7 @@ impl Endian {
 
 #[derive(Debug, Clone, Copy)]
 struct Interface {
-    ethernet: bool,
+    link: Option<Link>,
     /// Timestamp units per second.
     units_per_sec: u64,
     /// Seconds added to every timestamp (`if_tsoffset`).
@@ -117,6 +162,7 @@ enum Format {
     Pcap {
         endian: Endian,
         nanos: bool,
+        link: Link,
     },
     Pcapng {
         endian: Endian,
@@ -133,6 +179,11 @@ pub struct CaptureReader<R: Read> {
     done: bool,
     last_ts_ns: u64,
     skipped: u64,
+    /// pcapng interfaces declared in all sections, and how many of them are usable.
+    declared: u64,
+    usable: u64,
+    /// Link types of the unusable interfaces (distinct, at most [`UNUSABLE_MAX`]).
+    unusable: Vec<u32>,
 }
 
 /// Reads as many bytes as are available up to `buf.len()`; returns how many were read.
@@ -154,7 +205,8 @@ impl<R: Read> CaptureReader<R> {
     ///
     /// # Errors
     /// [`CaptureError::NotACapture`] for an unknown magic (including an empty file),
-    /// [`CaptureError::UnsupportedLinkType`] for a non-Ethernet pcap, and
+    /// [`CaptureError::UnsupportedLinkType`] for a pcap of a link type [`Link`] does not
+    /// cover, and
     /// [`CaptureError::Truncated`]/[`CaptureError::Corrupt`] for a broken header.
     pub fn new(mut input: R) -> Result<Self, CaptureError> {
         let mut magic = [0u8; 4];
@@ -167,12 +219,16 @@ impl<R: Read> CaptureReader<R> {
             format: Format::Pcap {
                 endian: Endian::Little,
                 nanos: false,
+                link: Link::Ethernet,
             },
             buf: Vec::with_capacity(2048),
             offset: 4,
             done: false,
             last_ts_ns: 0,
             skipped: 0,
+            declared: 0,
+            usable: 0,
+            unusable: Vec::new(),
         };
         let pcap = match magic {
             [0xd4, 0xc3, 0xb2, 0xa1] => Some((Endian::Little, false)),
@@ -188,10 +244,14 @@ impl<R: Read> CaptureReader<R> {
             }
             reader.offset = 24;
             let linktype = endian.u32(&rest[16..20]) & 0x0FFF_FFFF;
-            if linktype != LINKTYPE_ETHERNET {
+            let Some(link) = Link::from_linktype(linktype) else {
                 return Err(CaptureError::UnsupportedLinkType(linktype));
-            }
-            reader.format = Format::Pcap { endian, nanos };
+            };
+            reader.format = Format::Pcap {
+                endian,
+                nanos,
+                link,
+            };
             return Ok(reader);
         }
         if u32::from_le_bytes(magic) == PCAPNG_SHB {
@@ -211,7 +271,7 @@ impl<R: Read> CaptureReader<R> {
         Err(CaptureError::NotACapture(magic))
     }
 
-    /// Packets skipped because their interface is not Ethernet.
+    /// Packets skipped because their interface's link type cannot be analysed.
     pub fn skipped(&self) -> u64 {
         self.skipped
     }
@@ -280,13 +340,19 @@ impl<R: Read> CaptureReader<R> {
     /// # Errors
     /// [`CaptureError::Truncated`] once, when the file ends inside a record (every complete
     /// record before it has been returned; later calls return `Ok(None)`),
+    /// [`CaptureError::NoUsableInterface`] once, at the end of a pcapng file that declared
+    /// interfaces but none replay can read,
     /// [`CaptureError::Corrupt`] for inconsistent records, [`CaptureError::Io`].
     pub fn next_packet(&mut self) -> Result<Option<Record<'_>>, CaptureError> {
         if self.done {
             return Ok(None);
         }
         match self.format {
-            Format::Pcap { endian, nanos } => self.next_pcap(endian, nanos),
+            Format::Pcap {
+                endian,
+                nanos,
+                link,
+            } => self.next_pcap(endian, nanos, link),
             Format::Pcapng { .. } => self.next_pcapng(),
         }
     }
@@ -295,6 +361,7 @@ impl<R: Read> CaptureReader<R> {
         &mut self,
         endian: Endian,
         nanos: bool,
+        link: Link,
     ) -> Result<Option<Record<'_>>, CaptureError> {
         let start = self.offset;
         let mut head = [0u8; 16];
@@ -318,6 +385,7 @@ impl<R: Read> CaptureReader<R> {
         Ok(Some(Record {
             ts_ns,
             orig_len,
+            link,
             data: &self.buf,
         }))
     }
@@ -330,6 +398,11 @@ impl<R: Read> CaptureReader<R> {
             self.offset += n as u64;
             if n == 0 {
                 self.done = true;
+                if self.declared > 0 && self.usable == 0 {
+                    return Err(CaptureError::NoUsableInterface {
+                        link_types: self.unusable.clone(),
+                    });
+                }
                 return Ok(None);
             }
             if n < 8 {
@@ -387,15 +460,16 @@ impl<R: Read> CaptureReader<R> {
                             problem: format!("packet on undeclared interface {iface}"),
                         });
                     };
-                    if !ifc.ethernet {
+                    let Some(link) = ifc.link else {
                         self.skipped += 1;
                         continue;
-                    }
+                    };
                     let ts_ns = scale_ts(ts, ifc);
                     self.last_ts_ns = ts_ns;
                     return Ok(Some(Record {
                         ts_ns,
                         orig_len,
+                        link,
                         data: &self.buf[20..20 + cap],
                     }));
                 }
@@ -414,14 +488,15 @@ impl<R: Read> CaptureReader<R> {
                             problem: "simple packet block before any interface".into(),
                         });
                     };
-                    if !ifc.ethernet {
+                    let Some(link) = ifc.link else {
                         self.skipped += 1;
                         continue;
-                    }
+                    };
                     // No timestamp of its own: it happened no earlier than the last one.
                     return Ok(Some(Record {
                         ts_ns: self.last_ts_ns,
                         orig_len,
+                        link,
                         data: &self.buf[4..4 + cap],
                     }));
                 }
@@ -452,7 +527,7 @@ impl<R: Read> CaptureReader<R> {
         let b = &self.buf[..body_len];
         let linktype = u32::from(endian.u16(&b[0..2]));
         let mut ifc = Interface {
-            ethernet: linktype == LINKTYPE_ETHERNET,
+            link: Link::from_linktype(linktype),
             units_per_sec: 1_000_000,
             offset_secs: 0,
         };
@@ -504,6 +579,12 @@ impl<R: Read> CaptureReader<R> {
                 });
             }
             interfaces.push(ifc);
+            self.declared += 1;
+            if ifc.link.is_some() {
+                self.usable += 1;
+            } else if !self.unusable.contains(&linktype) && self.unusable.len() < UNUSABLE_MAX {
+                self.unusable.push(linktype);
+            }
         }
         Ok(())
     }
@@ -608,12 +689,15 @@ mod tests {
             read_all(b"hello, this is text").1,
             Some(CaptureError::NotACapture(_))
         ));
-        let mut linux_sll = pcap_le_micro();
-        linux_sll[20] = 113;
-        assert!(matches!(
-            read_all(&linux_sll).1,
-            Some(CaptureError::UnsupportedLinkType(113))
-        ));
+        let mut raw_ip = pcap_le_micro();
+        raw_ip[20] = 101;
+        let err = read_all(&raw_ip).1;
+        assert!(
+            matches!(err, Some(CaptureError::UnsupportedLinkType(101))),
+            "{err:?}"
+        );
+        let shown = err.map(|e| e.to_string()).unwrap_or_default();
+        assert!(shown.contains("Linux cooked (113)"), "{shown}");
     }
 
     #[test]
@@ -740,6 +824,82 @@ mod tests {
             matches!(err, Some(CaptureError::Truncated { .. })),
             "{err:?}"
         );
+    }
+
+    #[test]
+    fn linux_cooked_pcaps_are_read_with_their_link_type() {
+        for (linktype, link) in [
+            (113u8, Link::Cooked(CookedFormat::Sll)),
+            (0x14, Link::Cooked(CookedFormat::Sll2)),
+        ] {
+            let mut b = pcap_le_micro();
+            b[20] = linktype;
+            if linktype == 0x14 {
+                b[21] = 1; // 276 = 0x0114
+            }
+            let mut r = CaptureReader::new(&b[..]).unwrap();
+            let rec = r.next_packet().unwrap().unwrap();
+            assert_eq!((rec.link, rec.data), (link, &[1u8, 2, 3][..]));
+        }
+    }
+
+    /// A pcapng with interfaces of the given link types, one 3-byte packet on each.
+    fn pcapng_interfaces(linktypes: &[u16]) -> Vec<u8> {
+        let mut shb = PCAPNG_BOM.to_le_bytes().to_vec();
+        shb.extend_from_slice(&[1, 0, 0, 0]);
+        shb.extend_from_slice(&[0xff; 8]);
+        let mut out = block(false, PCAPNG_SHB, &shb);
+        for lt in linktypes {
+            let mut idb = lt.to_le_bytes().to_vec();
+            idb.extend_from_slice(&[0, 0]);
+            idb.extend_from_slice(&65535u32.to_le_bytes());
+            out.extend(block(false, PCAPNG_IDB, &idb));
+        }
+        for i in 0..linktypes.len() as u32 {
+            let mut e = i.to_le_bytes().to_vec();
+            e.extend_from_slice(&[0; 8]);
+            e.extend_from_slice(&3u32.to_le_bytes());
+            e.extend_from_slice(&3u32.to_le_bytes());
+            e.extend_from_slice(&[i as u8; 3]);
+            out.extend(block(false, PCAPNG_EPB, &e));
+        }
+        out
+    }
+
+    #[test]
+    fn pcapng_interfaces_each_have_their_own_link_type() {
+        // Ethernet (LAN), PPP (a pppoe-wan), SLL2 and SLL: the PPP packet is skipped.
+        let bytes = pcapng_interfaces(&[1, 9, 276, 113]);
+        let mut r = CaptureReader::new(&bytes[..]).unwrap();
+        let mut seen = vec![];
+        while let Some(rec) = r.next_packet().unwrap() {
+            seen.push((rec.link, rec.data[0]));
+        }
+        assert_eq!(
+            seen,
+            vec![
+                (Link::Ethernet, 0),
+                (Link::Cooked(CookedFormat::Sll2), 2),
+                (Link::Cooked(CookedFormat::Sll), 3)
+            ]
+        );
+        assert_eq!(r.skipped(), 1);
+    }
+
+    #[test]
+    fn pcapng_with_no_usable_interface_is_an_error_at_its_end() {
+        let bytes = pcapng_interfaces(&[9, 101, 9]);
+        let (recs, err) = read_all(&bytes);
+        assert!(recs.is_empty());
+        match err {
+            Some(CaptureError::NoUsableInterface { link_types }) => {
+                assert_eq!(link_types, vec![9, 101])
+            }
+            other => panic!("{other:?}"),
+        }
+        // An empty section declares nothing: an empty capture, not an error.
+        let (recs, err) = read_all(&pcapng_interfaces(&[]));
+        assert!(recs.is_empty() && err.is_none(), "{err:?}");
     }
 
     #[test]

@@ -25,11 +25,12 @@ use std::sync::Arc;
 use serde::Serialize;
 use smtpguard_protocol::{Action, DeviceCounters, MacAddr, Policy, Verdict};
 
+use crate::cooked::{CookedStats, CookedView};
 use crate::core::{Agent, Output, Settings};
 use crate::enforce::Op;
 use crate::engine::{EngineConfig, EngineStats};
 use crate::oui::{OuiError, OuiTable};
-use crate::pcap::{CaptureError, CaptureReader};
+use crate::pcap::{CaptureError, CaptureReader, Link};
 
 /// Entries kept in [`Report::timeline`].
 pub const TIMELINE_MAX: usize = 1000;
@@ -37,7 +38,7 @@ pub const TIMELINE_MAX: usize = 1000;
 /// `replay` command-line arguments (parsed in [`crate::cli`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReplayArgs {
-    /// Capture file (pcap or pcapng, Ethernet).
+    /// Capture file (pcap or pcapng; Ethernet or Linux cooked SLL/SLL2).
     pub pcap: PathBuf,
     /// Policy as TOML (every field optional; defaults otherwise).
     pub policy: Option<PathBuf>,
@@ -151,6 +152,11 @@ pub struct Report {
     pub smtp_sessions: u64,
     /// The capture ended in the middle of a record (analysed up to the cut).
     pub truncated: bool,
+    /// Packets of pcapng interfaces whose link type replay cannot read (skipped).
+    pub unsupported_link_packets: u64,
+    /// What became of Linux cooked records (`tcpdump -i any`): given to the engine, or
+    /// skipped as the router's own, WAN-side or duplicate copies (all zero for Ethernet).
+    pub cooked: CookedStats,
     /// Capture time of the first and last packet (Unix ms).
     pub first_ms: Option<u64>,
     /// See `first_ms`.
@@ -193,9 +199,14 @@ pub fn load_policy(path: &Path) -> Result<Policy, ReplayError> {
 
 /// Runs the engine over a capture read from `input` (`name` is used in messages).
 ///
+/// Ethernet records go to the engine as they are; Linux cooked records (SLL, SLL2) through
+/// [`CookedView`], which keeps each packet once, in the direction it had on the LAN.
+///
 /// # Errors
-/// [`ReplayError::Capture`] when the input is not a capture at all. A capture that breaks
-/// off part-way is analysed up to the break and reported in [`Outcome::warning`].
+/// [`ReplayError::Capture`] when the input is not a capture at all, is a pcap of a link
+/// type replay cannot read, or is a pcapng none of whose interfaces it can read. A capture
+/// that breaks off part-way is analysed up to the break and reported in
+/// [`Outcome::warning`].
 pub fn replay_reader<R: Read>(
     input: R,
     name: &str,
@@ -206,6 +217,7 @@ pub fn replay_reader<R: Read>(
         path: name.to_string(),
         source,
     })?;
+    let mut cooked = CookedView::new(config.mail_ports);
     let mut agent = Agent::new(
         Settings {
             mail_ports: config.mail_ports,
@@ -225,6 +237,12 @@ pub fn replay_reader<R: Read>(
         let rec = match reader.next_packet() {
             Ok(Some(rec)) => rec,
             Ok(None) => break,
+            Err(source @ CaptureError::NoUsableInterface { .. }) => {
+                return Err(ReplayError::Capture {
+                    path: name.to_string(),
+                    source,
+                })
+            }
             Err(e) => {
                 truncated = matches!(e, CaptureError::Truncated { .. });
                 warning = Some(format!(
@@ -237,7 +255,14 @@ pub fn replay_reader<R: Read>(
         packets += 1;
         first_ms.get_or_insert(now);
         last_ms = Some(last_ms.map_or(now, |l: u64| l.max(now)));
-        agent.handle_frame(now, rec.data);
+        match rec.link {
+            Link::Ethernet => agent.handle_frame(now, rec.data),
+            Link::Cooked(format) => {
+                if let Some(frame) = cooked.frame(rec.ts_ns, format, rec.data) {
+                    agent.handle_frame(now, frame);
+                }
+            }
+        }
         drain(&mut agent, now, &mut timeline);
     }
     let end = last_ms.unwrap_or(0);
@@ -286,6 +311,8 @@ pub fn replay_reader<R: Read>(
             packets,
             smtp_sessions: stats.smtp_sessions,
             truncated,
+            unsupported_link_packets: reader.skipped(),
+            cooked: cooked.stats(),
             first_ms,
             last_ms,
             timeline,
@@ -386,6 +413,27 @@ pub fn render_text(report: &Report, name: &str) -> String {
             ""
         }
     );
+    if report.unsupported_link_packets > 0 {
+        let _ = writeln!(
+            out,
+            "{} packets on interfaces of unsupported link types skipped",
+            report.unsupported_link_packets
+        );
+    }
+    let c = &report.cooked;
+    if c.records > 0 {
+        let _ = writeln!(
+            out,
+            "Linux cooked records: {} analysed; skipped {} sent by the router (own, NAT'd or bridged copies), {} replies received on the WAN side, {} from the internet, {} duplicates, {} not Ethernet, {} malformed",
+            c.to_engine,
+            c.sent_by_router,
+            c.received_replies,
+            c.from_internet,
+            c.duplicates,
+            c.not_ethernet,
+            c.malformed
+        );
+    }
     for d in &report.devices {
         let ips: Vec<String> = d.ips.iter().map(ToString::to_string).collect();
         let _ = writeln!(

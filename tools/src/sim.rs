@@ -140,6 +140,8 @@ pub struct Dialogue {
     pub messages: u32,
     /// A server reply that refuses the first recipient (e.g. a blocklist rejection).
     pub reject: Option<String>,
+    /// The server refuses the AUTH (535) and the client gives up (QUIT): nothing is sent.
+    pub auth_refused: bool,
 }
 
 impl Dialogue {
@@ -153,6 +155,7 @@ impl Dialogue {
             rcpts: 1,
             messages: 1,
             reject: None,
+            auth_refused: false,
         }
     }
 
@@ -167,6 +170,7 @@ impl Dialogue {
             rcpts: 3 + rng.below(5) as u32,
             messages: 1,
             reject: None,
+            auth_refused: false,
         }
     }
 }
@@ -467,6 +471,12 @@ impl Household {
         }
         if d.auth {
             conv.client(b"AUTH PLAIN AHVzZXIAcGFzc3dvcmQ=\r\n");
+            if d.auth_refused {
+                conv.server(b"535 5.7.8 Authentication credentials invalid\r\n");
+                conv.client(b"QUIT\r\n");
+                conv.server(b"221 2.0.0 Bye\r\n");
+                return conv.close();
+            }
             conv.server(b"235 2.7.0 Authentication successful\r\n");
         }
         for m in 0..d.messages {

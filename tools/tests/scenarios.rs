@@ -582,3 +582,60 @@ fn flood_capture_replays_in_bounded_memory() {
         "30,000 MACs peaked at {kib} KiB, more than 2 MiB over the {base_kib} KiB of 1,024"
     );
 }
+
+#[test]
+fn sessions_whose_auth_failed_are_auth_failures_not_submitted_messages() {
+    let mut h = Household::new(29);
+    let pc = h.device(7, Some("family-pc"));
+    let typo = h.device(8, Some("typo-laptop"));
+    let start = EPOCH_MS + 10 * HOUR;
+    let refused = |ehlo: &str| Dialogue {
+        auth_refused: true,
+        ..Dialogue::mail_client(ehlo)
+    };
+    // Within one hour: 70 messages through the relay after AUTH (cleartext, so each one is
+    // seen), and 50 sessions whose AUTH the relay refused with 535.
+    for k in 0..70u64 {
+        let d = Dialogue::mail_client("family-pc.lan");
+        h.smtp_session(start + k * 40_000, &pc, relay(), 587, &d);
+    }
+    for k in 0..50u64 {
+        let d = refused("family-pc.lan");
+        h.smtp_session(start + 20_000 + k * 60_000, &pc, relay(), 587, &d);
+    }
+    // A laptop with a wrong password, 100 times: it sent nothing.
+    for k in 0..100u64 {
+        let d = refused("typo-laptop.lan");
+        h.smtp_session(start + 5_000 + k * 30_000, &typo, relay(), 587, &d);
+    }
+    let frames = h.into_frames();
+    let end = frames.last().unwrap().ts_ms;
+    let mut e = engine(Policy::default());
+    feed(&mut e, &frames);
+    let report = e.report(end);
+
+    let d = report.devices.iter().find(|d| d.mac == pc.mac).unwrap();
+    let ev = d.evidence.join("\n");
+    assert!(
+        ev.contains("70 messages submitted in the last hour"),
+        "the 50 refused sessions are not messages: {ev}"
+    );
+    assert!(
+        ev.contains("AUTH attempts refused by the server in 10 min (not counted as messages)"),
+        "{ev}"
+    );
+    // The window's counters (10 min): only the messages of authenticated sessions.
+    let in_window = (0..70u64)
+        .filter(|k| start + k * 40_000 + 10 * MIN > end)
+        .count() as u32;
+    assert_eq!(d.counters.messages, in_window, "{:?}", d.counters);
+
+    let t = report.devices.iter().find(|d| d.mac == typo.mac).unwrap();
+    assert_eq!(t.counters.messages, 0, "{:?}", t.counters);
+    assert!(
+        t.evidence.iter().all(|e| !e.contains("submitted")),
+        "{:?}",
+        t.evidence
+    );
+    assert_eq!(t.verdict, Verdict::Clean, "{t:?}");
+}

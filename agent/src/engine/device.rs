@@ -46,6 +46,8 @@ pub(crate) struct Device {
     pub direct: Buckets<20>,
     pub submissions: Buckets<20>,
     pub messages: Buckets<20>,
+    /// AUTH commands the server refused.
+    pub auth_refusals: Buckets<20>,
     pub rcpts: Buckets<20>,
     pub mx_lookups: Buckets<20>,
     pub mx_followed: Buckets<20>,
@@ -122,6 +124,7 @@ impl Device {
             direct: Buckets::new(window_ms),
             submissions: Buckets::new(window_ms),
             messages: Buckets::new(window_ms),
+            auth_refusals: Buckets::new(window_ms),
             rcpts: Buckets::new(window_ms),
             mx_lookups: Buckets::new(window_ms),
             mx_followed: Buckets::new(window_ms),
@@ -158,6 +161,7 @@ impl Device {
         self.direct = Buckets::new(window_ms);
         self.submissions = Buckets::new(window_ms);
         self.messages = Buckets::new(window_ms);
+        self.auth_refusals = Buckets::new(window_ms);
         self.rcpts = Buckets::new(window_ms);
         self.mx_lookups = Buckets::new(window_ms);
         self.mx_followed = Buckets::new(window_ms);
@@ -226,6 +230,21 @@ impl Device {
         let slot = (day % self.daily.len() as u64) as usize;
         self.daily[slot] = self.daily[slot].saturating_add(n);
         self.last_signal_ms = now_ms;
+        self.dirty = true;
+    }
+
+    /// Takes back `n` messages counted at `at_ms` that were not submitted after all (a
+    /// submission connection, counted as one message when it opened, whose AUTH was
+    /// refused): from the window, the hourly volume and that day's count.
+    pub fn uncount_submission(&mut self, at_ms: u64, n: u32) {
+        self.messages.remove(at_ms, n);
+        self.hourly.remove(at_ms, n);
+        let day = at_ms / super::DAY_MS;
+        let len = self.daily.len() as u64;
+        if day <= self.daily_newest && day + len > self.daily_newest {
+            let slot = (day % len) as usize;
+            self.daily[slot] = self.daily[slot].saturating_sub(n);
+        }
         self.dirty = true;
     }
 

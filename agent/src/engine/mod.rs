@@ -1104,6 +1104,28 @@ impl Engine {
         }
     }
 
+    /// The server refused AUTH in session `s`: an AUTH failure, and not the message a
+    /// submission connection was counted as when it opened (unless the session has since
+    /// authenticated or shown messages of its own).
+    fn auth_refused(&mut self, now: u64, s: usize) {
+        let sess = &mut self.sessions[s];
+        let shown = sess.smtp.messages();
+        let refund = sess.kind == SessionKind::Submission
+            && !sess.smtp.authed()
+            && sess.counted_messages > shown;
+        let provisional = sess.counted_messages.saturating_sub(shown);
+        let opened_ms = sess.syn_ms;
+        if refund {
+            sess.counted_messages = shown;
+        }
+        if let Some(d) = self.devices.device_mut(sess.device) {
+            if refund {
+                d.uncount_submission(opened_ms, provisional);
+            }
+            d.auth_refusals.add(now, 1);
+        }
+    }
+
     fn apply_events(&mut self, now: u64, s: usize, ev: Events) {
         if ev == Events::default() {
             return;
@@ -1118,6 +1140,9 @@ impl Engine {
                 d.count_submission(now, 1);
             }
             sess.counted_messages = sess.counted_messages.max(1);
+        }
+        if ev.auth_failed {
+            self.auth_refused(now, s);
         }
         let sess = &mut self.sessions[s];
         let total = sess.smtp.messages();

@@ -47,6 +47,7 @@ pub(crate) struct Measures {
     pub unanswered: u32,
     pub submissions: u32,
     pub messages: u32,
+    pub auth_refusals: u32,
     pub rcpts: u32,
     pub rejections_day: u32,
     pub hour_messages: u32,
@@ -99,6 +100,7 @@ pub(crate) fn measure(d: &Device, p: &Params, now: u64) -> Measures {
         unanswered: d.unanswered.total(now),
         submissions: d.submissions.total(now),
         messages: d.messages.total(now),
+        auth_refusals: d.auth_refusals.total(now),
         rcpts: d.rcpts.total(now),
         rejections_day: d.rejections.total(now),
         hour_messages: d.hourly.total(now),
@@ -270,6 +272,14 @@ pub(crate) fn evidence(d: &Device, m: &Measures, p: &Params) -> Vec<String> {
             INDICATORS => out.push(d.indicator_detail.clone()),
             _ => {}
         }
+    }
+    if m.auth_refusals > 0 && !out.is_empty() {
+        // Not a signal of its own, but what the counts above leave out: these sessions
+        // submitted nothing and are not among the messages.
+        out.push(format!(
+            "{} refused by the server in {win} (not counted as messages)",
+            plural(m.auth_refusals, "AUTH attempt", "AUTH attempts"),
+        ));
     }
     out.truncate(MAX_EVIDENCE);
     out

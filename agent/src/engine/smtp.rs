@@ -272,6 +272,9 @@ pub struct Events {
     pub messages: u32,
     /// AUTH succeeded.
     pub auth_ok: bool,
+    /// AUTH was refused (a final 4xx/5xx such as 535): whatever the session does next,
+    /// those credentials submitted nothing.
+    pub auth_failed: bool,
     /// An EHLO/HELO name was announced (see [`Smtp::ehlo`]).
     pub ehlo: bool,
     /// A MAIL FROM domain was given (see [`Smtp::mail_domain`]).
@@ -720,6 +723,8 @@ impl Smtp {
                     if code == 235 {
                         self.authed = true;
                         ev.auth_ok = true;
+                    } else if code >= 400 {
+                        ev.auth_failed = true;
                     }
                 }
             }
@@ -824,6 +829,43 @@ mod tests {
         );
         assert_eq!(s.received_helo(), "COZOXORY.club");
         assert_eq!(s.messages(), 1);
+    }
+
+    #[test]
+    fn refused_auth_is_an_auth_failure() {
+        // AUTH LOGIN with its two 334 challenges, then 535 (the emotet capture's shape).
+        let (s, ev) = dialogue(
+            587,
+            &[
+                (false, "220 mx\r\n"),
+                (true, "EHLO [10.0.0.5]\r\n"),
+                (false, "250-mx\r\n250 AUTH LOGIN PLAIN\r\n"),
+                (true, "AUTH LOGIN\r\n"),
+                (false, "334 VXNlcm5hbWU6\r\n"),
+                (true, "dXNlcg==\r\n"),
+                (false, "334 UGFzc3dvcmQ6\r\n"),
+                (true, "cGFzcw==\r\n"),
+                (false, "535 5.7.8 Error: authentication failed\r\n"),
+                (true, "QUIT\r\n"),
+            ],
+        );
+        assert!(ev.auth_failed && !ev.auth_ok, "{ev:?}");
+        assert!(!s.authed());
+        assert_eq!(s.messages(), 0);
+        // A 334 alone is not a failure; a later 235 is a success.
+        let (s, ev) = dialogue(
+            587,
+            &[
+                (false, "220 mx\r\n"),
+                (true, "EHLO [10.0.0.5]\r\n"),
+                (false, "250 mx\r\n"),
+                (true, "AUTH PLAIN\r\n"),
+                (false, "334 \r\n"),
+                (true, "AGEAYg==\r\n"),
+                (false, "235 ok\r\n"),
+            ],
+        );
+        assert!(ev.auth_ok && !ev.auth_failed && s.authed(), "{ev:?}");
     }
 
     #[test]

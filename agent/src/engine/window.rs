@@ -52,6 +52,17 @@ impl<const N: usize> Buckets<N> {
         self.counts[slot] = self.counts[slot].saturating_add(n);
     }
 
+    /// Takes back up to `n` events counted at `at_ms` (an event that turned out not to have
+    /// happened), if that bucket is still in the window; never below zero.
+    pub fn remove(&mut self, at_ms: u64, n: u32) {
+        let idx = at_ms / self.bucket_ms;
+        if idx > self.newest || idx + (N as u64) <= self.newest {
+            return;
+        }
+        let slot = (idx % N as u64) as usize;
+        self.counts[slot] = self.counts[slot].saturating_sub(n);
+    }
+
     /// Events within the window ending at `now_ms`.
     pub fn total(&self, now_ms: u64) -> u32 {
         let idx = now_ms / self.bucket_ms;
@@ -363,6 +374,21 @@ mod tests {
         assert_eq!(b.total(660_000), 0);
         b.add(5_000_000, 1);
         assert_eq!(b.total(5_000_000), 1);
+    }
+
+    #[test]
+    fn buckets_take_back_events_while_their_bucket_is_in_the_window() {
+        let mut b = Buckets::<4>::new(4_000);
+        b.add(500, 2);
+        b.add(2_500, 1);
+        b.remove(600, 1); // same bucket as the first two
+        assert_eq!(b.total(2_500), 2);
+        b.remove(600, 5); // never below zero
+        assert_eq!(b.total(2_500), 1);
+        b.add(9_000, 1);
+        b.remove(2_500, 1); // slid out of the window: nothing to take back
+        b.remove(20_000, 1); // not yet counted
+        assert_eq!(b.total(9_000), 1);
     }
 
     #[test]
