@@ -304,17 +304,19 @@ pub fn contact(conn: &Connection, household_id: i64) -> Result<Contact, Househol
     conn.query_row(
         "SELECT id, name, email, notify_email FROM households WHERE id = ?1",
         [household_id],
-        |r| {
-            Ok(Contact {
-                household_id: r.get(0)?,
-                name: r.get(1)?,
-                email: r.get(2)?,
-                notify_email: r.get(3)?,
-            })
-        },
+        contact_of,
     )
     .optional()?
     .ok_or(HouseholdError::NotFound)
+}
+
+fn contact_of(r: &rusqlite::Row<'_>) -> rusqlite::Result<Contact> {
+    Ok(Contact {
+        household_id: r.get(0)?,
+        name: r.get(1)?,
+        email: r.get(2)?,
+        notify_email: r.get(3)?,
+    })
 }
 
 /// The contact of the household that owns `cpe_id`, if any does.
@@ -327,14 +329,7 @@ pub fn contact_for_cpe(conn: &Connection, cpe_id: &str) -> Result<Option<Contact
             "SELECT h.id, h.name, h.email, h.notify_email FROM household_cpes hc
              JOIN households h ON h.id = hc.household_id WHERE hc.cpe_id = ?1",
             [cpe_id],
-            |r| {
-                Ok(Contact {
-                    household_id: r.get(0)?,
-                    name: r.get(1)?,
-                    email: r.get(2)?,
-                    notify_email: r.get(3)?,
-                })
-            },
+            contact_of,
         )
         .optional()?)
 }
