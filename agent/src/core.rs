@@ -470,7 +470,7 @@ impl Agent {
             let Some(t) = self.poll_timeout().filter(|&t| t <= now_ms) else {
                 return;
             };
-            let fired = self.fire(t);
+            let fired = self.fire(t, now_ms);
             if !fired || self.poll_timeout().is_some_and(|next| next <= t) {
                 // A timer that does not move on past its deadline would spin here forever.
                 self.timers_stuck += 1;
@@ -481,8 +481,8 @@ impl Agent {
         self.timers_stuck += 1;
     }
 
-    /// Fires every timer due at `t`; whether anything was due.
-    fn fire(&mut self, t: u64) -> bool {
+    /// Fires every timer due at `t` (on the way to `now_ms`); whether anything was due.
+    fn fire(&mut self, t: u64, now_ms: u64) -> bool {
         let mut fired = false;
         if self.engine.poll_timeout().is_some_and(|e| e <= t) {
             self.engine.handle_timeout(t);
@@ -496,6 +496,14 @@ impl Agent {
         }
         if self.next_telemetry_ms().is_some_and(|w| w <= t) {
             self.close_window(t);
+            // Time that passed without a frame (a clock set forward, a gap in a capture) is
+            // reported once, not as one empty window per interval: the next window starts
+            // at the last interval boundary before `now_ms`.
+            let interval = u64::from(self.engine.policy().telemetry_interval_secs.max(1)) * 1000;
+            let behind = now_ms.saturating_sub(self.window_start_ms);
+            if behind >= interval {
+                self.window_start_ms = now_ms - behind % interval;
+            }
             fired = true;
         }
         fired
@@ -893,5 +901,32 @@ mod tests {
             a.engine().report(T0 + 2_000).devices[0].action,
             Action::Monitor
         );
+    }
+
+    /// A clock set forward by decades (NTP at a router's boot) is one telemetry report and
+    /// a few timers, not one report per interval of the gap.
+    #[test]
+    fn a_clock_jump_is_reported_once_not_per_interval() {
+        let settings = Settings {
+            telemetry: true,
+            ..Settings::default()
+        };
+        let mut a = Agent::new(settings, Policy::default(), T0);
+        while a.poll_output().is_some() {}
+        let interval = u64::from(Policy::default().telemetry_interval_secs) * 1000;
+        let later = T0 + 40 * 365 * 86_400_000 + interval / 2;
+        a.handle_timeout(later);
+        let mut reports = Vec::new();
+        while let Some(o) = a.poll_output() {
+            if let Output::Telemetry(t) = o {
+                reports.push(t.window_start_ms);
+            }
+        }
+        assert_eq!(reports, vec![T0], "one report for the gap");
+        assert_eq!(a.timers_stuck(), 0);
+        // And the next window runs on from the last interval boundary.
+        assert!(a
+            .poll_timeout()
+            .is_some_and(|t| t > later && t <= later + interval));
     }
 }

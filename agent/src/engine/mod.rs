@@ -603,8 +603,12 @@ impl Engine {
             self.expire_actions(now);
         }
         if self.next_sweep_ms.is_some_and(|t| t <= now) {
-            self.sweep(now);
-            self.next_sweep_ms = Some(now + self.params.tick_ms);
+            // An idle engine (no session open, every device clean, unenforced and quiet
+            // for longer than any window) has nothing to slide or re-evaluate: it stops
+            // ticking until the next frame, so a clock set forward by years (NTP at a
+            // router's boot, a capture with a long gap) costs a few sweeps, not one per tick.
+            let busy = self.sweep(now);
+            self.next_sweep_ms = busy.then(|| now + self.params.tick_ms);
         }
         self.flush_dirty(now);
     }
@@ -1271,7 +1275,10 @@ impl Engine {
 
     // ---- time ---------------------------------------------------------------------
 
-    fn sweep(&mut self, now: u64) {
+    /// Times out sessions, slides windows and marks devices to re-evaluate; whether anything
+    /// is still going on (an open session or an active device) that needs the next tick.
+    fn sweep(&mut self, now: u64) -> bool {
+        let mut busy = false;
         for i in 0..self.sessions.len() {
             let sess = &self.sessions[i];
             if !sess.in_use || !self.live_session(i) {
@@ -1288,6 +1295,8 @@ impl Engine {
                 }
             } else if now.saturating_sub(sess.last_ms) >= SESSION_IDLE_MS {
                 self.free_session(i);
+            } else {
+                busy = true;
             }
         }
         let window = self.params.window_ms;
@@ -1306,11 +1315,13 @@ impl Engine {
                 || d.last_signal_ms + LONG_MS + window > now;
             if active {
                 d.dirty = true;
+                busy = true;
             }
             if d.dirty {
                 self.dirty.push(s);
             }
         }
+        busy
     }
 
     fn expire_actions(&mut self, now: u64) {
