@@ -111,17 +111,17 @@ fn serve_controller(args: &Args, db: &std::path::Path) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(async {
-        let stdin_closed = async {
-            let mut sink = [0u8; 64];
-            let mut stdin = tokio::io::stdin();
-            while matches!(
-                tokio::io::AsyncReadExt::read(&mut stdin, &mut sink).await,
-                Ok(n) if n > 0
-            ) {}
-        };
-        serve::run(config, stdin_closed).await.context("controller")
-    })
+    let (closed_tx, closed_rx) = tokio::sync::oneshot::channel::<()>();
+    std::thread::spawn(move || {
+        let mut sink = [0u8; 64];
+        let mut stdin = std::io::stdin();
+        while matches!(std::io::Read::read(&mut stdin, &mut sink), Ok(n) if n > 0) {}
+        let _ = closed_tx.send(());
+    });
+    let stdin_closed = async move {
+        let _ = closed_rx.await;
+    };
+    runtime.block_on(async { serve::run(config, stdin_closed).await.context("controller") })
 }
 
 fn raise_nofile() -> u64 {
