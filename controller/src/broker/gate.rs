@@ -42,7 +42,7 @@ use rumqttd::local::{LinkError, LinkRx, LinkTx};
 use rumqttd::protocol::v4::{self, V4};
 use rumqttd::protocol::{
     Disconnect, DisconnectReasonCode, Error as CodecError, LastWill, Packet, PingResp, Protocol,
-    QoS,
+    PubAck, PubAckReason, QoS,
 };
 use rumqttd::Notification;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
@@ -52,6 +52,7 @@ use tokio::sync::{watch, Semaphore};
 use super::acl::{self, Identity};
 use super::stats::STATS;
 use crate::registry::{KeyCache, Login as LoginCheck};
+use smtpguard_protocol::topic::PREFIX;
 
 /// How long a new connection has to send its CONNECT.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -482,7 +483,11 @@ async fn serve(
         return Err(End::NoLink);
     };
     let link = config.link.clone();
-    let (id, clean) = (admitted.client_id.clone(), admitted.clean_session);
+    // A CPE's link is always a clean session: its subscriptions ride on filters shared by
+    // every CPE (see `shared_filter`), which a kept session would restore without the
+    // gate knowing what to deliver. (The agent asks for a clean session anyway.)
+    let clean = admitted.clean_session || matches!(admitted.identity, Identity::Cpe(_));
+    let id = admitted.client_id.clone();
     let built = tokio::task::spawn_blocking(move || link(&id, clean)).await;
     let Ok(Some((link_tx, link_rx, connack))) = built else {
         STATS.sessions_ended.add("upstream_unreachable");
@@ -508,6 +513,9 @@ async fn serve(
         link_rx,
         out,
         inflight: VecDeque::new(),
+        router_acks: Vec::new(),
+        deliver: Vec::new(),
+        scratch: BytesMut::new(),
         wake_after_write: false,
         subscriptions: 0,
         bucket: Bucket::new(),
@@ -544,8 +552,16 @@ struct Bridge {
     link_rx: LinkRx,
     /// Encoded packets not yet accepted by the client.
     out: BytesMut,
-    /// Packet ids of QoS 1 messages sent to the client and not yet acknowledged, in order.
-    inflight: VecDeque<u16>,
+    /// Packet ids of QoS 1 messages the router sent on this link and that are not yet
+    /// acknowledged, in the router's order; `true` for those the gate did not deliver (it
+    /// acknowledges them itself when they reach the head: the router takes acks in order).
+    inflight: VecDeque<(u16, bool)>,
+    /// Acknowledgements the gate owes the router, in order.
+    router_acks: Vec<u16>,
+    /// A CPE's subscribed topics (exact names): what its link may deliver to it.
+    deliver: Vec<String>,
+    /// Scratch space for a message that is not delivered.
+    scratch: BytesMut,
     /// The router paused this link; tell it to resume once `out` is written.
     wake_after_write: bool,
     subscriptions: usize,
@@ -636,7 +652,7 @@ impl Bridge {
                     }
                     match step {
                         Step::Forward(p) => {
-                            if self.link_tx.send(p).await.is_err() {
+                            if self.link_tx.send(p).await.is_err() || !self.flush_acks().await {
                                 return End::RouterClosed;
                             }
                         }
@@ -659,6 +675,9 @@ impl Bridge {
                 n = self.link_rx.next(), if !writing => {
                     if let Err(e) = self.take_batch(n) {
                         return e;
+                    }
+                    if !self.flush_acks().await {
+                        return End::RouterClosed;
                     }
                 }
                 _ = async { newest.wait_for(|n| *n > number).await.is_ok() } => {
@@ -719,13 +738,34 @@ impl Bridge {
     fn note(&mut self, note: Notification) -> Result<(), End> {
         match note {
             Notification::Forward(forward) => {
-                let start = self.out.len();
-                encode(Packet::Publish(forward.publish, None), &mut self.out)?;
-                if let Some(pkid) = self.out.get(start..).and_then(publish_pkid) {
+                let delivered = match &self.identity {
+                    Identity::Controller => true,
+                    Identity::Cpe(_) => self
+                        .deliver
+                        .iter()
+                        .any(|t| t.as_bytes() == forward.publish.topic.as_ref()),
+                };
+                let pkid = if delivered {
+                    let start = self.out.len();
+                    encode(Packet::Publish(forward.publish, None), &mut self.out)?;
+                    self.out.get(start..).and_then(publish_pkid)
+                } else {
+                    self.scratch.clear();
+                    encode(Packet::Publish(forward.publish, None), &mut self.scratch)?;
+                    publish_pkid(&self.scratch)
+                };
+                if let Some(pkid) = pkid {
                     if self.inflight.len() >= MAX_TRACKED_INFLIGHT {
                         return Err(End::Protocol("router exceeded its in-flight bound"));
                     }
-                    self.inflight.push_back(pkid);
+                    if delivered || !self.inflight.is_empty() {
+                        self.inflight.push_back((pkid, !delivered));
+                    } else {
+                        self.router_acks.push(pkid);
+                    }
+                }
+                if self.scratch.capacity() > KEEP_BUFFER_BYTES {
+                    self.scratch = BytesMut::new();
                 }
                 Ok(())
             }
@@ -766,10 +806,14 @@ impl Bridge {
                 Ok(Step::Forward(Packet::Publish(publish, None)))
             }
             Packet::PubAck(ack, _) => {
-                if self.inflight.front() != Some(&ack.pkid) {
+                if self.inflight.front() != Some(&(ack.pkid, false)) {
                     return Err(violation("PUBACK out of order or unsolicited"));
                 }
                 self.inflight.pop_front();
+                while let Some(&(pkid, true)) = self.inflight.front() {
+                    self.router_acks.push(pkid);
+                    self.inflight.pop_front();
+                }
                 Ok(Step::Forward(Packet::PubAck(ack, None)))
             }
             Packet::Subscribe(mut subscribe, _) => {
@@ -777,6 +821,15 @@ impl Bridge {
                     if !acl::may_subscribe(&self.identity, &f.path) {
                         STATS.acl_denied.add("subscribe");
                         return Err(End::Denied(format!("subscribe to {:?}", f.path)));
+                    }
+                    if let Identity::Cpe(id) = &self.identity {
+                        let shared = shared_filter(id, &f.path);
+                        if !self.deliver.contains(&f.path) {
+                            self.deliver.push(f.path.clone());
+                        }
+                        if let Some(shared) = shared {
+                            f.path = shared;
+                        }
                     }
                     if f.path.is_empty()
                         || (f.path.starts_with('$') && !f.path.starts_with("$share/"))
@@ -796,7 +849,15 @@ impl Bridge {
                 }
                 Ok(Step::Forward(Packet::Subscribe(subscribe, None)))
             }
-            Packet::Unsubscribe(unsubscribe, _) => {
+            Packet::Unsubscribe(mut unsubscribe, _) => {
+                if let Identity::Cpe(id) = &self.identity {
+                    for f in &mut unsubscribe.filters {
+                        self.deliver.retain(|t| t != f);
+                        if let Some(shared) = shared_filter(id, f) {
+                            *f = shared;
+                        }
+                    }
+                }
                 Ok(Step::Forward(Packet::Unsubscribe(unsubscribe, None)))
             }
             Packet::PingReq(_) => Ok(Step::Reply(Packet::PingResp(PingResp))),
@@ -807,6 +868,20 @@ impl Bridge {
             }
             _ => Err(violation("packet type a client does not send")),
         }
+    }
+
+    /// Sends the router the acknowledgements the gate owes it; false when the link is gone.
+    async fn flush_acks(&mut self) -> bool {
+        for pkid in std::mem::take(&mut self.router_acks) {
+            let ack = PubAck {
+                pkid,
+                reason: PubAckReason::Success,
+            };
+            if self.link_tx.send(Packet::PubAck(ack, None)).await.is_err() {
+                return false;
+            }
+        }
+        true
     }
 
     /// Ends the link for a session the client did not end itself: its last will, then the
@@ -824,6 +899,20 @@ impl Bridge {
         );
         let _ = self.link_tx.send(bye).await;
     }
+}
+
+/// The router filter that carries CPE `id`'s subscription to its own `filter` (its policy
+/// or command topic): the same wildcard filter for every CPE, `None` for other filters.
+///
+/// rumqttd matches every new filter against every topic it has seen and every new topic
+/// against every filter, so one filter per CPE would make a fleet's logins and first
+/// messages cost the square of its size. With one filter for all, the gate delivers a CPE
+/// only the topics it subscribed (and acknowledges the others for it); the price is that
+/// each command and per-CPE policy is offered to every CPE link, and a CPE logging in is
+/// offered every retained per-CPE policy, each dropped by the gate but its own.
+fn shared_filter(id: &str, filter: &str) -> Option<String> {
+    let leaf = acl::own_leaf(id, filter)?;
+    Some(format!("{PREFIX}/cpe/+/{leaf}"))
 }
 
 /// The packet id of an encoded PUBLISH frame of QoS 1 or 2 (`None` for QoS 0 or a frame
@@ -969,6 +1058,9 @@ mod tests {
             link_rx,
             out: BytesMut::new(),
             inflight: VecDeque::new(),
+            router_acks: Vec::new(),
+            deliver: Vec::new(),
+            scratch: BytesMut::new(),
             wake_after_write: false,
             subscriptions: 0,
             bucket: Bucket::new(),
@@ -1032,7 +1124,7 @@ mod tests {
             judge(&mut controller, &puback),
             Err(End::Protocol(_))
         ));
-        controller.inflight.push_back(7);
+        controller.inflight.push_back((7, false));
         assert!(matches!(
             judge(&mut controller, &puback),
             Ok(Step::Forward(_))
@@ -1046,6 +1138,64 @@ mod tests {
             judge(&mut controller, &[0x90, 0x03, 0x00, 0x01, 0x00]),
             Err(End::Protocol(_))
         ));
+    }
+
+    fn qos1(topic: &str, pkid: u16) -> Notification {
+        let mut frame = BytesMut::new();
+        frame.extend_from_slice(&[0x32, (topic.len() + 5) as u8, 0, topic.len() as u8]);
+        frame.extend_from_slice(topic.as_bytes());
+        frame.extend_from_slice(&pkid.to_be_bytes());
+        frame.extend_from_slice(b"!");
+        let Ok(Packet::Publish(publish, _)) = V4.read_mut(&mut frame, 1 << 16) else {
+            panic!("publish");
+        };
+        Notification::Forward(rumqttd::Forward {
+            cursor: None,
+            size: 0,
+            publish,
+            properties: None,
+        })
+    }
+
+    #[test]
+    fn a_cpe_gets_only_its_own_topics_from_the_shared_filters_and_acks_stay_in_order() {
+        let mut cpe = bridge_for(Identity::Cpe("a".into()));
+        // SUBSCRIBE pkid 1 to its own command topic, QoS 1.
+        let own = "smtpguard/v1/cpe/a/command";
+        let mut sub = vec![
+            0x82,
+            (own.len() + 5) as u8,
+            0x00,
+            0x01,
+            0x00,
+            own.len() as u8,
+        ];
+        sub.extend_from_slice(own.as_bytes());
+        sub.push(0x01);
+        let Ok(Step::Forward(Packet::Subscribe(carried, _))) = judge(&mut cpe, &sub) else {
+            panic!("subscription refused");
+        };
+        assert_eq!(carried.filters[0].path, "smtpguard/v1/cpe/+/command");
+        // Another CPE's command: not delivered, acknowledged by the gate at once.
+        cpe.note(qos1("smtpguard/v1/cpe/b/command", 1))
+            .expect("note");
+        assert!(cpe.out.is_empty());
+        assert_eq!(cpe.router_acks, vec![1]);
+        cpe.router_acks.clear();
+        // Its own: delivered; another behind it waits for the client's ack of the first.
+        cpe.note(qos1(own, 2)).expect("note");
+        cpe.note(qos1("smtpguard/v1/cpe/ab/command", 3))
+            .expect("note");
+        assert_eq!(publish_pkid(&cpe.out), Some(2));
+        assert!(cpe.out.windows(own.len()).any(|w| w == own.as_bytes()));
+        assert!(!cpe.out.windows(6).any(|w| w == b"cpe/ab"));
+        assert!(cpe.router_acks.is_empty());
+        assert!(matches!(
+            judge(&mut cpe, &[0x40, 0x02, 0x00, 0x02]),
+            Ok(Step::Forward(Packet::PubAck(..)))
+        ));
+        assert_eq!(cpe.router_acks, vec![3]);
+        assert!(cpe.inflight.is_empty());
     }
 
     #[test]
