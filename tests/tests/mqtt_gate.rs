@@ -10,6 +10,8 @@
 //!   the gate, and the router goes on serving others;
 //! - a CPE that subscribes and then never reads, while the controller sends it 64 MB,
 //!   holds a bounded amount of the controller's memory and does not slow anybody else;
+//! - a CPE gets its own commands and none of another's (all CPEs' subscriptions to their
+//!   own command and policy topics share one router filter each, sorted out by the gate);
 //! - a second login of the same router takes the session over: the first connection is
 //!   closed and its last will is published once.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -308,6 +310,30 @@ async fn still_served(s: &Setup, round: u8) {
         }
     }
     assert!(got, "cpe-b not served (round {round})\n{}", s.log());
+    // cpe-a, subscribed to its own command topic (carried on the filter all CPEs share),
+    // gets its own command and none of cpe-b's: the router takes one link's messages in
+    // order, so a leak would have arrived before.
+    let (a, a_pw) = s.cpe(0);
+    let (ca, mut a_rx, _agone) = client(s.port, a, a, a_pw, None).await;
+    let a_topic = format!("smtpguard/v1/cpe/{a}/command");
+    subscribed(&ca, &a_topic).await;
+    let mut own = false;
+    for _ in 0..50 {
+        ctl.publish(topic.clone(), QoS::AtLeastOnce, false, payload.clone())
+            .await
+            .unwrap();
+        ctl.publish(a_topic.clone(), QoS::AtLeastOnce, false, payload.clone())
+            .await
+            .unwrap();
+        let got = tokio::time::timeout(Duration::from_millis(500), a_rx.recv()).await;
+        if let Ok(Some((t, _))) = got {
+            assert_eq!(t, a_topic, "cpe-a got another CPE's message");
+            own = true;
+            break;
+        }
+    }
+    assert!(own, "cpe-a not served (round {round})");
+    let _ = ca.disconnect().await;
     let _ = cb.disconnect().await;
     let _ = ctl.disconnect().await;
 }
