@@ -15,6 +15,14 @@
 //! are bounded ([`SEGMENT_BYTES`] × [`SEGMENT_COUNT`] each) and the gate lets a CPE publish
 //! only on its own topics, so the number of logs is bounded by the fleet's size.
 //!
+//! rumqttd matches each new topic against every filter and each new filter against every
+//! topic, and scans every retained message for each new subscription. So that a fleet's
+//! logins do not cost the square of its size twice over, CPEs' subscriptions to their own
+//! policy and command topics ride on one wildcard filter per leaf shared by all CPEs, and
+//! the gate delivers each CPE only its own topics. The retained scan remains: every router
+//! retains its state, so logins still slow down with the fleet's size (README, "Load with
+//! credentials and ACLs on").
+//!
 //! Integrity does not rest on the broker: every message is signed and the ingest checks
 //! the envelope's `cpe_id` against the topic. rumqttd keeps nothing on disk: messages it
 //! acknowledged but had not yet delivered are lost when the controller process dies, and

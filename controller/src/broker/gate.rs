@@ -192,6 +192,8 @@ struct Frame {
 #[derive(Default)]
 struct Reader {
     buf: BytesMut,
+    /// A frame read ahead (while the login waited for its turn), returned first.
+    held: Option<Frame>,
 }
 
 impl Reader {
@@ -203,6 +205,9 @@ impl Reader {
         r: &mut R,
         limit: usize,
     ) -> Result<Option<Frame>, End> {
+        if let Some(frame) = self.held.take() {
+            return Ok(Some(frame));
+        }
         loop {
             match v4::check(self.buf.iter(), limit) {
                 Ok(header) => {
@@ -477,10 +482,33 @@ async fn serve(
     let Some(slot) = place.slot.as_ref() else {
         return Err(End::NoLink);
     };
-    let Ok(_turn) = tokio::time::timeout(config.connect_timeout, slot.turn.lock()).await else {
-        STATS.sessions_ended.add("upstream_unreachable");
-        let _ = client.write_all(&CONNACK_SERVER_UNAVAILABLE).await;
-        return Err(End::NoLink);
+    // Meanwhile the client's next frame is judged by its header (size) and held, so what a
+    // client sends right after its CONNECT is refused and counted even if a newer login of
+    // the same client id overtakes it.
+    let deadline = tokio::time::Instant::now() + config.connect_timeout;
+    let _turn = loop {
+        tokio::select! {
+            biased;
+            r = reader.next(&mut client, limit), if reader.held.is_none() => match r {
+                Ok(Some(frame)) => reader.held = Some(frame),
+                Ok(None) => return Ok(()),
+                Err(End::TooLarge(n)) => {
+                    STATS.dropped.add("payload_size_limit_exceeded");
+                    return Err(End::TooLarge(n));
+                }
+                Err(e @ End::Protocol(_)) => {
+                    STATS.dropped.add("protocol_violation");
+                    return Err(e);
+                }
+                Err(e) => return Err(e),
+            },
+            turn = slot.turn.lock() => break turn,
+            _ = tokio::time::sleep_until(deadline) => {
+                STATS.sessions_ended.add("upstream_unreachable");
+                let _ = client.write_all(&CONNACK_SERVER_UNAVAILABLE).await;
+                return Err(End::NoLink);
+            }
+        }
     };
     let link = config.link.clone();
     // A CPE's link is always a clean session: its subscriptions ride on filters shared by
