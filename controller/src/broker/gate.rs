@@ -11,7 +11,8 @@
 //!    ([`acl::may_will`]). A refused client gets a CONNACK refusal and is counted; it never
 //!    reaches the router, so it cannot take over the session of the router it claims to be;
 //! 2. waits for its turn on that client id: a newer admitted login ends the older session
-//!    first (will published, link closed), then gets its own link, so the router never sees
+//!    first (will published, link closed; what the older client still sends is judged and
+//!    counted for [`TAKEOVER_DRAIN`]), then gets its own link, so the router never sees
 //!    two links of one client id (its own takeover would leave the old link's events aimed
 //!    at a connection id it has reused);
 //! 3. reads the client's packets one frame at a time, refusing before buffering any frame
@@ -59,6 +60,10 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long a client may accept none of the bytes the gate has for it.
 pub const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long a session taken over by a newer login of its client id still has its client's
+/// packets judged (and dropped) before it is closed.
+pub const TAKEOVER_DRAIN: Duration = Duration::from_secs(1);
 
 /// Most topic filters one CPE connection may subscribe (it needs three).
 pub const MAX_CPE_SUBSCRIPTIONS: usize = 16;
@@ -486,7 +491,7 @@ async fn serve(
     // client sends right after its CONNECT is refused and counted even if a newer login of
     // the same client id overtakes it.
     let deadline = tokio::time::Instant::now() + config.connect_timeout;
-    let _turn = loop {
+    let turn = loop {
         tokio::select! {
             biased;
             r = reader.next(&mut client, limit), if reader.held.is_none() => match r {
@@ -562,6 +567,19 @@ async fn serve(
     match &end {
         End::ClientDisconnect | End::RouterClosed | End::NoLink => {}
         _ => bridge.close(admitted.will).await,
+    }
+    drop(turn);
+    if matches!(end, End::TakenOver) {
+        // The newer login goes ahead; what this client had on its way is still judged
+        // (and counted) for a moment, then dropped, so a takeover hides no violation.
+        let drain = async {
+            while let Ok(Some(frame)) = reader.next(&mut client, limit).await {
+                if bridge.judge(frame.packet, frame.first).is_err() {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(TAKEOVER_DRAIN, drain).await;
     }
     drop(bridge);
     match end {
