@@ -1,34 +1,47 @@
-//! The embedded MQTT broker (rumqttd, in-process, behind [`gate`]) and the client options
-//! every MQTT client of the controller uses.
+//! The embedded MQTT broker (rumqttd's router, in-process, behind [`gate`]) and the client
+//! options every MQTT client of the controller uses.
 //!
-//! rumqttd 0.20 has no ACL hook, so it listens only on an ephemeral loopback port and
-//! admits only the gate, which holds a random secret made at every start. Clients reach
-//! the gate on `broker.embedded_listen` (loopback unless configured otherwise); it checks
-//! every login (the controller's credentials, or a CPE's id as user name and client id
-//! with its own broker password, see [`crate::registry`]), every packet against the topic
-//! ACL of [`acl`], and the packet size limit, and counts refusals in [`stats`]. rumqttd's
-//! per-topic logs are bounded ([`SEGMENT_BYTES`] × [`SEGMENT_COUNT`] each) and the gate
-//! lets a CPE publish only on its four own topics, so the number of logs is bounded by
-//! the fleet's size.
+//! rumqttd 0.20 has no ACL hook, so its router has no listener at all: the gate, listening
+//! on `broker.embedded_listen` (loopback unless configured otherwise), is the only way in.
+//! It checks every login (the controller's credentials, or a CPE's id as user name and
+//! client id with its own broker password, see [`crate::registry`]), every packet against
+//! the topic ACL of [`acl`] and the packet size limit, counts refusals in [`stats`], and
+//! bridges each admitted client into the router through an in-process link (rumqttd's
+//! `LinkBuilder`), so a client costs the controller one descriptor, its socket. The gate
+//! speaks MQTT 3.1.1 to the client and rumqttd's packets to the link; it keeps one session
+//! per client id, publishes a client's last will itself when the connection ends without
+//! DISCONNECT, and asks the router for more only once the client has taken what it has
+//! (at most [`MAX_OUTGOING_PACKETS`] wait in the router per link). rumqttd's per-topic logs
+//! are bounded ([`SEGMENT_BYTES`] × [`SEGMENT_COUNT`] each) and the gate lets a CPE publish
+//! only on its own topics, so the number of logs is bounded by the fleet's size.
+//!
+//! rumqttd matches each new topic against every filter and each new filter against every
+//! topic, and scans every retained message for each new subscription. So that a fleet's
+//! logins do not cost the square of its size twice over, CPEs' subscriptions to their own
+//! policy and command topics ride on one wildcard filter per leaf shared by all CPEs, and
+//! the gate delivers each CPE only its own topics. The retained scan remains: every router
+//! retains its state, so logins still slow down with the fleet's size (README, "Load with
+//! credentials and ACLs on").
 //!
 //! Integrity does not rest on the broker: every message is signed and the ingest checks
 //! the envelope's `cpe_id` against the topic. rumqttd keeps nothing on disk: messages it
 //! acknowledged but had not yet delivered are lost when the controller process dies, and
 //! retained policy is republished by `serve` on start (and whenever it changes, by the
-//! policy watch, [`crate::policy::watch_retained`]). Production fleets that must not lose an
-//! alert across a controller crash use an external broker with persistence (the mosquitto
-//! configuration in `deploy/mosquitto/`).
+//! policy watch, [`crate::policy::watch_retained`]). The ingest's persistent session lives
+//! in the router while the controller runs, so alerts published while it reconnects wait
+//! for it. Production fleets that must not lose an alert across a controller crash use an
+//! external broker with persistence (the mosquitto configuration in `deploy/mosquitto/`).
 
 pub mod acl;
 pub mod gate;
 pub mod stats;
 
-use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use rumqttc::{MqttOptions, TlsConfiguration, Transport};
-use rumqttd::{Broker, Config as RumqttdConfig, ConnectionSettings, RouterConfig, ServerSettings};
+use rumqttd::local::LinkBuilder;
+use rumqttd::{Router, RouterConfig};
 
 use crate::config::{BrokerConfig, ConfigError};
 use crate::registry::KeyCache;
@@ -39,6 +52,10 @@ pub const SEGMENT_BYTES: usize = 4 * 1024 * 1024;
 /// Segments a rumqttd topic log keeps in memory; older ones are dropped.
 pub const SEGMENT_COUNT: usize = 4;
 
+/// Packets rumqttd's router queues for one link before it waits for the gate to have
+/// written them (the bound on what a client that does not read costs).
+pub const MAX_OUTGOING_PACKETS: u64 = 200;
+
 /// Bytes an MQTT PUBLISH may carry besides its payload (topic, packet id), on top of
 /// `broker.max_payload_bytes`, in the gate's limit on a packet's remaining length.
 pub const PACKET_OVERHEAD_BYTES: usize = 512;
@@ -46,7 +63,7 @@ pub const PACKET_OVERHEAD_BYTES: usize = 512;
 /// The broker could not be started or a client could not be configured.
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
-    /// The broker's thread could not be spawned or its address bound.
+    /// The broker's address could not be bound.
     #[error("starting the embedded broker: {0}")]
     Spawn(std::io::Error),
     /// The broker address or TLS settings are unusable.
@@ -62,15 +79,16 @@ pub enum BrokerError {
     },
 }
 
-/// Starts the embedded broker: rumqttd on its own threads, behind the gate listening on
-/// `broker.embedded_listen` as a task of the current tokio runtime (call it from one). Both
-/// run until the process exits. `keys` is consulted at every login, so enrollments and
-/// revocations take effect for new connections at once; a tick of `keys_changed` closes
-/// the connections of CPEs revoked or given a new password since they logged in.
+/// Starts the embedded broker: rumqttd's router on its own thread, behind the gate
+/// listening on `broker.embedded_listen` as a task of the current tokio runtime (call it
+/// from one). Both run until the process exits. `keys` is consulted at every login, so
+/// enrollments and revocations take effect for new connections at once; a tick of
+/// `keys_changed` closes the connections of CPEs revoked or given a new password since
+/// they logged in.
 ///
 /// # Errors
 /// [`BrokerError::Config`] when the controller's password is empty; [`BrokerError::Spawn`]
-/// when an address cannot be bound or a thread not started.
+/// when the address cannot be bound.
 pub fn start_embedded(
     config: &BrokerConfig,
     keys: Arc<RwLock<KeyCache>>,
@@ -85,64 +103,36 @@ pub fn start_embedded(
     let public = std::net::TcpListener::bind(config.embedded_listen).map_err(BrokerError::Spawn)?;
     public.set_nonblocking(true).map_err(BrokerError::Spawn)?;
     let public = tokio::net::TcpListener::from_std(public).map_err(BrokerError::Spawn)?;
-    let internal = std::net::TcpListener::bind(("127.0.0.1", 0))
-        .and_then(|l| l.local_addr())
-        .map_err(BrokerError::Spawn)?;
-    let secret = crate::households::new_secret("gate_");
     let max_packet_bytes = config.max_payload_bytes + PACKET_OVERHEAD_BYTES;
-
-    let upstream_secret = secret.clone();
-    let mut connections = ConnectionSettings {
-        connection_timeout_ms: 60_000,
-        max_payload_size: max_packet_bytes,
-        max_inflight_count: 500,
-        auth: None,
-        external_auth: None,
-        // A CPE can only publish on its own four topics (the gate's ACL), so the logs made
-        // for topics nobody subscribed yet are bounded by the fleet's size.
-        dynamic_filters: true,
-    };
-    connections.set_auth_handler(move |_client_id: String, _user: String, pass: String| {
-        let admitted = !pass.is_empty() && pass == upstream_secret;
-        async move { admitted }
-    });
-    let server = ServerSettings {
-        name: "smtpguard-v4".into(),
-        listen: internal,
-        tls: None,
-        next_connection_delay_ms: 0,
-        connections,
-    };
-    let mut v4 = HashMap::new();
-    v4.insert("v4".to_string(), server);
-    let rumqttd_config = RumqttdConfig {
-        id: 0,
-        router: RouterConfig {
+    let router = Router::new(
+        0,
+        RouterConfig {
             max_connections: config.max_connections + 16,
-            max_outgoing_packet_count: 200,
+            max_outgoing_packet_count: MAX_OUTGOING_PACKETS,
             max_segment_size: SEGMENT_BYTES,
             max_segment_count: SEGMENT_COUNT,
             ..RouterConfig::default()
         },
-        v4: Some(v4),
-        ..RumqttdConfig::default()
-    };
-    std::thread::Builder::new()
-        .name("embedded-broker".into())
-        .spawn(move || {
-            let mut broker = Broker::new(rumqttd_config);
-            if let Err(e) = broker.start() {
-                tracing::error!(error = %e, "embedded broker stopped");
-            }
-        })
-        .map_err(BrokerError::Spawn)?;
+    );
+    let router_tx = router.spawn();
+    // A CPE can only publish on its own topics (the gate's ACL), so the logs made for
+    // topics nobody subscribed yet (dynamic filters) are bounded by the fleet's size.
+    let link: Arc<gate::LinkFactory> = Arc::new(move |client_id: &str, clean: bool| {
+        LinkBuilder::new(client_id, router_tx.clone())
+            .clean_session(clean)
+            .dynamic_filters(true)
+            .build()
+            .map_err(|e| tracing::warn!(client_id, error = %e, "the router refused a link"))
+            .ok()
+    });
     let gate_config = Arc::new(gate::GateConfig {
-        upstream: internal,
-        upstream_secret: secret,
+        link,
         controller_user: config.username.clone(),
         controller_password: config.password.clone(),
         max_packet_bytes,
         max_connections: config.max_connections,
+        connect_timeout: gate::CONNECT_TIMEOUT,
+        write_stall_timeout: gate::WRITE_STALL_TIMEOUT,
     });
     tokio::spawn(gate::run(public, gate_config, keys, keys_changed));
     Ok(())

@@ -27,7 +27,7 @@ const CPE_PUBLISH_LEAVES: [&str; 5] = ["telemetry", "alert", "state", "ack", "co
 const CPE_SUBSCRIBE_LEAVES: [&str; 2] = ["policy", "command"];
 
 /// The leaf under `smtpguard/v1/cpe/{id}/` of `topic` when it is `id`'s own topic.
-fn own_leaf<'a>(id: &str, topic: &'a str) -> Option<&'a str> {
+pub(crate) fn own_leaf<'a>(id: &str, topic: &'a str) -> Option<&'a str> {
     topic
         .strip_prefix(PREFIX)?
         .strip_prefix("/cpe/")?

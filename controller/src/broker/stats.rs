@@ -56,12 +56,13 @@ pub struct BrokerStats {
     pub logins_refused: Labelled<8>,
     /// Packets refused by the topic ACL (the client is disconnected), by action.
     pub acl_denied: Labelled<3>,
-    /// Packets and connections dropped to bound memory or for breaking the protocol.
-    pub dropped: Labelled<4>,
+    /// Packets and connections dropped to bound memory or for breaking the protocol, and
+    /// connections silent beyond their keep-alive or accepting nothing for too long.
+    pub dropped: Labelled<6>,
     /// Connections closed by the gate for a reason other than the client: the CPE was
-    /// revoked or its password rotated, the broker behind the gate could not be reached,
-    /// or it closed the session (e.g. a newer login with the same client id took it over).
-    pub sessions_ended: Labelled<3>,
+    /// revoked or its password rotated, the router refused a link (`upstream_unreachable`),
+    /// the router closed the link, or a newer login with the same client id took it over.
+    pub sessions_ended: Labelled<4>,
     /// Retained policy topics the policy watch put right, by what it did.
     pub policy_restored: Labelled<3>,
 }
@@ -84,11 +85,14 @@ pub static STATS: BrokerStats = BrokerStats {
         "connection_limit",
         "protocol_violation",
         "timeout",
+        "keep_alive_timeout",
+        "stalled_reader",
     ]),
     sessions_ended: Labelled::new([
         "credentials_changed",
         "upstream_unreachable",
         "broker_closed",
+        "taken_over",
     ]),
     policy_restored: Labelled::new(["fleet_republished", "cpe_republished", "cpe_cleared"]),
 };

@@ -1,15 +1,16 @@
 //! `smtpguard-loadgen`: N simulated agents — real MQTT connections on loopback, real
-//! signatures, each logging in with its own broker password — against one in-process
-//! controller with its embedded broker (logins checked, topic ACLs on), or against mosquitto
+//! signatures, each logging in with its own broker password — against one controller (this
+//! binary again, in a child process) with its embedded broker (logins checked, topic ACLs
+//! on), or against mosquitto
 //! with the shipped layout (`deploy/mosquitto/`: per-router password file as
 //! `cpe export-mosquitto` makes it, the shipped ACL, client id = user name on the routers'
 //! listener, the controller on its own listener). Measures how long the fleet takes to
 //! connect and how long a fleet policy takes to be acknowledged by every agent (acks
 //! verified and stored by the ingest).
 //!
-//! With the embedded broker every agent costs four descriptors of this one process (its
-//! socket, the broker gate's two, rumqttd's), so the open-file limit caps `--agents` at a
-//! quarter of it.
+//! Every agent costs one descriptor of this process and one of the controller's (the
+//! embedded broker's gate bridges each client into rumqttd in-process) or of mosquitto's,
+//! so the open-file limit, per process, caps `--agents` at about that limit.
 //!
 //! Bounded: at most `--agents` connections (≤ 20,000), everything on 127.0.0.1, and the
 //! whole run ends after `--timeout-secs`. Raises its own open-file limit to the hard limit.
@@ -47,8 +48,10 @@ struct Args {
     /// Number of simulated agents (1-20000).
     #[arg(long, default_value_t = 1000)]
     agents: usize,
-    /// Give up after this many seconds.
-    #[arg(long, default_value_t = 120)]
+    /// Give up after this many seconds (the embedded broker's logins take about a minute
+    /// for 10,000 agents on two cores: rumqttd scans every retained message per new
+    /// subscription).
+    #[arg(long, default_value_t = 300)]
     timeout_secs: u64,
     /// New connections per second while the fleet connects.
     #[arg(long, default_value_t = 2000)]
@@ -59,6 +62,68 @@ struct Args {
     /// do not share one open-file limit.
     #[arg(long)]
     mosquitto: bool,
+    /// Internal: run as the controller child of a load run, with this database (the broker
+    /// password comes in `SMTPGUARD_LOADGEN_BROKER_PASSWORD`); ends when stdin closes.
+    #[arg(long, hide = true)]
+    serve_controller: Option<std::path::PathBuf>,
+    /// Internal: the controller child's broker port (embedded) or mosquitto's controller port.
+    #[arg(long, hide = true, default_value_t = 0)]
+    controller_port: u16,
+}
+
+/// The environment variable the controller child reads its broker password from.
+const PASSWORD_ENV: &str = "SMTPGUARD_LOADGEN_BROKER_PASSWORD";
+
+/// The controller's configuration for a run: database `db` (the policy key beside it),
+/// brokers on loopback `port` (embedded, or mosquitto's controller listener).
+fn controller_config(
+    db: &std::path::Path,
+    port: u16,
+    password: String,
+    agents: usize,
+    mosquitto: bool,
+) -> Config {
+    let dir = db.parent().unwrap_or(std::path::Path::new("."));
+    let mut config = Config {
+        db_path: db.to_path_buf(),
+        policy_key_path: dir.join("policy.key"),
+        ..Config::default()
+    };
+    config.broker.embedded_listen = ([127, 0, 0, 1], port).into();
+    config.broker.password = password;
+    config.broker.client_id = "loadgen-controller".into();
+    config.broker.max_connections = agents + 100;
+    if mosquitto {
+        config.broker.url = Some(format!("mqtt://127.0.0.1:{port}"));
+        config.ingest.shared_subscription = false;
+    }
+    config
+}
+
+/// The controller child: `serve` until the parent closes our stdin (or dies).
+fn serve_controller(args: &Args, db: &std::path::Path) -> anyhow::Result<()> {
+    let password = std::env::var(PASSWORD_ENV).context(PASSWORD_ENV)?;
+    let config = controller_config(
+        db,
+        args.controller_port,
+        password,
+        args.agents,
+        args.mosquitto,
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let (closed_tx, closed_rx) = tokio::sync::oneshot::channel::<()>();
+    std::thread::spawn(move || {
+        let mut sink = [0u8; 64];
+        let mut stdin = std::io::stdin();
+        while matches!(std::io::Read::read(&mut stdin, &mut sink), Ok(n) if n > 0) {}
+        let _ = closed_tx.send(());
+    });
+    let stdin_closed = async move {
+        let _ = closed_rx.await;
+    };
+    runtime.block_on(async { serve::run(config, stdin_closed).await.context("controller") })
 }
 
 fn raise_nofile() -> u64 {
@@ -91,6 +156,9 @@ fn main() -> anyhow::Result<()> {
         bail!("--agents must be 1-20000");
     }
     let nofile = raise_nofile();
+    if let Some(db) = &args.serve_controller {
+        return serve_controller(&args, db);
+    }
     println!("open-file limit: {nofile}");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -107,15 +175,13 @@ async fn run(args: &Args) -> anyhow::Result<()> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
-    let mut config = Config {
-        db_path: dir.path().join("loadgen.db"),
-        policy_key_path: dir.path().join("policy.key"),
-        ..Config::default()
-    };
-    config.broker.embedded_listen = ([127, 0, 0, 1], port).into();
-    config.broker.password = smtpguard_controller::households::new_secret("loadgen_");
-    config.broker.client_id = "loadgen-controller".into();
-    config.broker.max_connections = args.agents + 100;
+    let config = controller_config(
+        &dir.path().join("loadgen.db"),
+        port,
+        smtpguard_controller::households::new_secret("loadgen_"),
+        args.agents,
+        args.mosquitto,
+    );
     let policy_key = keys::generate();
     let controller_pub = policy_key.verifying_key();
 
@@ -192,9 +258,8 @@ async fn run(args: &Args) -> anyhow::Result<()> {
                 d = d.display()
             ),
         )?;
-        config.broker.url = Some(format!("mqtt://127.0.0.1:{port}"));
-        config.ingest.shared_subscription = false;
         Some(Child(
+            None,
             std::process::Command::new("mosquitto")
                 .arg("-c")
                 .arg(&conf)
@@ -206,17 +271,23 @@ async fn run(args: &Args) -> anyhow::Result<()> {
     } else {
         None
     };
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let serve_config = config.clone();
-    tokio::spawn(async move {
-        if let Err(e) = serve::run(serve_config, async move {
-            let _ = stop_rx.await;
-        })
-        .await
-        {
-            eprintln!("controller: {e}");
-        }
-    });
+    // The controller in its own process, so its descriptors and the agents' do not share
+    // one open-file limit.
+    let mut controller = std::process::Command::new(std::env::current_exe()?);
+    controller
+        .arg("--serve-controller")
+        .arg(&config.db_path)
+        .arg("--controller-port")
+        .arg(port.to_string())
+        .arg("--agents")
+        .arg(args.agents.to_string())
+        .env(PASSWORD_ENV, &config.broker.password)
+        .stdin(std::process::Stdio::piped());
+    if args.mosquitto {
+        controller.arg("--mosquitto");
+    }
+    let mut controller = controller.spawn().context("starting the controller")?;
+    let controller = Child(controller.stdin.take(), controller);
     while tokio::net::TcpStream::connect(("127.0.0.1", agent_port))
         .await
         .is_err()
@@ -226,8 +297,14 @@ async fn run(args: &Args) -> anyhow::Result<()> {
 
     let connected = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
-    let pause = Duration::from_micros(1_000_000 / args.connect_rate.max(1));
-    for (id, key, password) in agent_keys {
+    // Paced by the clock rather than by a sleep per agent: the timer's 1 ms resolution
+    // would otherwise cap the rate at 1,000 a second.
+    let rate = args.connect_rate.max(1) as f64;
+    for (i, (id, key, password)) in agent_keys.into_iter().enumerate() {
+        let due = started + Duration::from_secs_f64(i as f64 / rate);
+        if due > Instant::now() {
+            tokio::time::sleep_until(due.into()).await;
+        }
         tokio::spawn(agent(
             id,
             key,
@@ -236,7 +313,6 @@ async fn run(args: &Args) -> anyhow::Result<()> {
             controller_pub,
             connected.clone(),
         ));
-        tokio::time::sleep(pause).await;
     }
     let mut last_report = Instant::now();
     while connected.load(Ordering::Relaxed) < args.agents {
@@ -300,17 +376,28 @@ async fn run(args: &Args) -> anyhow::Result<()> {
     );
     let rejected: u64 = store.rejection_counts()?.iter().map(|(_, n)| n).sum();
     println!("rejections: {rejected}");
-    let _ = stop_tx.send(());
+    drop(controller);
     Ok(())
 }
 
-/// Kills the broker child when the run ends.
-struct Child(std::process::Child);
+/// A child process of the run (mosquitto, the controller), ended when the run ends: its
+/// stdin closed when it has one (the controller then stops), killed otherwise or when it
+/// does not stop within 5 s.
+struct Child(Option<std::process::ChildStdin>, std::process::Child);
 
 impl Drop for Child {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        if self.0.take().is_some() {
+            let until = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < until {
+                if matches!(self.1.try_wait(), Ok(Some(_))) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        let _ = self.1.kill();
+        let _ = self.1.wait();
     }
 }
 
