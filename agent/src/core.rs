@@ -202,10 +202,7 @@ impl Agent {
             } else {
                 e.until_ms
             };
-            let lift = match e.action {
-                Action::Block => Op::Unblock { mac: e.mac },
-                _ => Op::Unlimit { mac: e.mac },
-            };
+            let lift = e.lift_op();
             if until <= now_ms {
                 ops.push(lift);
                 continue;

@@ -95,10 +95,13 @@ fn op_for(entry: &Entry, now_ms: u64) -> Op {
     }
 }
 
-fn lift_op(entry: &Entry) -> Op {
-    match entry.action {
-        Action::Block => Op::Unblock { mac: entry.mac },
-        _ => Op::Unlimit { mac: entry.mac },
+impl Entry {
+    /// The op that takes this entry out of the kernel's sets.
+    pub fn lift_op(&self) -> Op {
+        match self.action {
+            Action::Block => Op::Unblock { mac: self.mac },
+            _ => Op::Unlimit { mac: self.mac },
+        }
     }
 }
 
@@ -149,7 +152,7 @@ impl Planner {
                 }
                 since_ms = e.since_ms;
             } else {
-                ops.push(lift_op(e));
+                ops.push(e.lift_op());
             }
         }
         let entry = Entry {
@@ -172,7 +175,7 @@ impl Planner {
         match self.entries.remove(&mac) {
             Some(e) => {
                 tracing::info!(%mac, action = %e.action, "lifted");
-                vec![lift_op(&e)]
+                vec![e.lift_op()]
             }
             None => Vec::new(),
         }
