@@ -41,6 +41,9 @@ const BACKOFF_MAX_MS: u64 = 600_000;
 /// How long a finished notification is kept (30 days).
 const KEEP_MS: u64 = 30 * 86_400_000;
 
+/// How often finished notifications past [`KEEP_MS`] are removed.
+const PRUNE_EVERY_MS: u64 = 3_600_000;
+
 /// The `[notifications]` section.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -264,6 +267,19 @@ pub fn signature(secret: &str, body: &[u8]) -> String {
     format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
 }
 
+/// Writes the request head and body, then reads the start of the answer (4 KiB is plenty
+/// for its status line).
+async fn send_and_read<S>(mut s: S, head: &[u8], body: &[u8]) -> Result<Vec<u8>, String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    s.write_all(head).await.map_err(|e| e.to_string())?;
+    s.write_all(body).await.map_err(|e| e.to_string())?;
+    let mut answer = Vec::new();
+    let _ = (&mut s).take(4096).read_to_end(&mut answer).await;
+    Ok(answer)
+}
+
 /// One HTTP/1.1 `POST`; `Ok` for a 2xx answer.
 async fn post(
     url: &Url,
@@ -287,31 +303,18 @@ async fn post(
     }
     request.push_str("\r\n");
     let exchange = async {
-        let mut answer = Vec::new();
         match tls {
             Some(config) => {
                 let name = rustls::pki_types::ServerName::try_from(url.host.clone())
                     .map_err(|e| format!("server name: {e}"))?;
-                let mut s = tokio_rustls::TlsConnector::from(config.clone())
+                let s = tokio_rustls::TlsConnector::from(config.clone())
                     .connect(name, tcp)
                     .await
                     .map_err(|e| format!("TLS: {e}"))?;
-                s.write_all(request.as_bytes())
-                    .await
-                    .map_err(|e| e.to_string())?;
-                s.write_all(body).await.map_err(|e| e.to_string())?;
-                let _ = (&mut s).take(4096).read_to_end(&mut answer).await;
+                send_and_read(s, request.as_bytes(), body).await
             }
-            None => {
-                let mut s = tcp;
-                s.write_all(request.as_bytes())
-                    .await
-                    .map_err(|e| e.to_string())?;
-                s.write_all(body).await.map_err(|e| e.to_string())?;
-                let _ = (&mut s).take(4096).read_to_end(&mut answer).await;
-            }
+            None => send_and_read(tcp, request.as_bytes(), body).await,
         }
-        Ok::<_, String>(answer)
     };
     let answer = tokio::time::timeout(Duration::from_secs(20), exchange)
         .await
@@ -445,8 +448,19 @@ async fn deliver(
     error
 }
 
-/// Work for the deliverer's database connection, run on the blocking pool.
-type DbJob = Box<dyn FnOnce(&rusqlite::Connection) -> Result<(), String> + Send>;
+/// Runs `f` on the deliverer's database connection, on the blocking pool.
+async fn on_db<T: Send + 'static>(
+    conn: &Arc<std::sync::Mutex<rusqlite::Connection>>,
+    f: impl FnOnce(&rusqlite::Connection) -> Result<T, String> + Send + 'static,
+) -> Result<T, String> {
+    let conn = conn.clone();
+    tokio::task::spawn_blocking(move || match conn.lock() {
+        Ok(c) => f(&c),
+        Err(_) => Err("database lock poisoned".into()),
+    })
+    .await
+    .map_err(|e| e.to_string())?
+}
 
 /// Runs the deliverer until `stop` turns true. Opens the database itself.
 ///
@@ -465,53 +479,34 @@ pub async fn run(
         Ok(Err(e)) => return Err(invalid("db_path", e.to_string())),
         Err(e) => return Err(invalid("db_path", e.to_string())),
     };
-    let db_call = |f: DbJob| {
-        let conn = conn.clone();
-        async move {
-            tokio::task::spawn_blocking(move || match conn.lock() {
-                Ok(c) => f(&c),
-                Err(_) => Err("database lock poisoned".into()),
-            })
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|r| r)
-        }
-    };
     let mut last_prune = 0u64;
     loop {
         if *stop.borrow() {
             return Ok(());
         }
         let now = now_ms();
-        let due = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let out = due.clone();
-        let loaded = db_call(Box::new(move |c| {
-            let rows = notifications::due(c, now, ROUND_MAX).map_err(|e| e.to_string())?;
-            let mut with = Vec::new();
-            for p in rows {
-                let contact =
-                    households::contact_for_cpe(c, &p.cpe_id).map_err(|e| e.to_string())?;
-                with.push((p, contact));
-            }
-            if let Ok(mut o) = out.lock() {
-                *o = with;
-            }
-            if now.saturating_sub(last_prune) > 3_600_000 {
-                notifications::prune(c, now.saturating_sub(KEEP_MS)).map_err(|e| e.to_string())?;
-            }
-            Ok(())
-        }))
-        .await;
-        if now.saturating_sub(last_prune) > 3_600_000 {
+        let prune = now.saturating_sub(last_prune) > PRUNE_EVERY_MS;
+        if prune {
             last_prune = now;
         }
-        if let Err(e) = loaded {
+        let loaded = on_db(&conn, move |c| {
+            if prune {
+                notifications::prune(c, now.saturating_sub(KEEP_MS)).map_err(|e| e.to_string())?;
+            }
+            let rows = notifications::due(c, now, ROUND_MAX).map_err(|e| e.to_string())?;
+            rows.into_iter()
+                .map(|p| {
+                    let contact =
+                        households::contact_for_cpe(c, &p.cpe_id).map_err(|e| e.to_string())?;
+                    Ok((p, contact))
+                })
+                .collect::<Result<Vec<_>, String>>()
+        })
+        .await;
+        let batch = loaded.unwrap_or_else(|e| {
             tracing::warn!(error = %e, "notification outbox unreadable; retrying");
-        }
-        let batch = due
-            .lock()
-            .map(|mut v| std::mem::take(&mut *v))
-            .unwrap_or_default();
+            Vec::new()
+        });
         let idle = batch.is_empty();
         for (mut p, contact) in batch {
             let error = deliver(&ready, &mut p, contact).await;
@@ -530,10 +525,10 @@ pub async fn run(
                 tracing::info!(id = p.id, event = %p.event, cpe_id = %p.cpe_id, webhook = %p.webhook, email = %p.email, "notification delivered");
             }
             let next = now_ms().saturating_add(backoff_ms(p.attempts.saturating_sub(1)));
-            let saved = db_call(Box::new(move |c| {
+            let saved = on_db(&conn, move |c| {
                 notifications::record_round(c, &p, next, error.as_deref())
                     .map_err(|e| e.to_string())
-            }))
+            })
             .await;
             if let Err(e) = saved {
                 tracing::warn!(error = %e, "could not record a notification round");
