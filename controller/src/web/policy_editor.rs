@@ -15,7 +15,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::Form;
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection};
 use serde::Deserialize;
 use smtpguard_protocol::{Policy, PolicyScope};
 
@@ -45,38 +45,25 @@ struct Version {
     note: Option<String>,
 }
 
-/// A `policies` row as read: version, JSON, source text, time, actor, note.
-type VersionRow = (
-    i64,
-    String,
-    Option<String>,
-    i64,
-    Option<String>,
-    Option<String>,
-);
-
-fn version_of(r: &rusqlite::Row<'_>) -> rusqlite::Result<VersionRow> {
-    Ok((
-        r.get(0)?,
-        r.get(1)?,
-        r.get(2)?,
-        r.get(3)?,
-        r.get(4)?,
-        r.get(5)?,
-    ))
-}
-
-fn versions(conn: &Connection, limit: usize) -> Result<Vec<Version>, WebError> {
-    let mut stmt = conn.prepare_cached(
+/// Fleet versions as the editor reads them: `filter` (with `?1`, `?2` bound to the fleet
+/// scope and `arg`) after the common columns.
+fn read_versions(conn: &Connection, filter: &str, arg: i64) -> Result<Vec<Version>, WebError> {
+    let mut stmt = conn.prepare_cached(&format!(
         "SELECT version, policy_json, source_text, created_ms, actor, note FROM policies
-         WHERE scope = ?1 ORDER BY version DESC LIMIT ?2",
-    )?;
+         WHERE scope = ?1 {filter}"
+    ))?;
     let rows = stmt.query_map(
-        params![
-            crate::store::scope_name(PolicyScope::Fleet),
-            i64::try_from(limit).unwrap_or(i64::MAX)
-        ],
-        version_of,
+        params![crate::store::scope_name(PolicyScope::Fleet), arg],
+        |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get(2)?,
+                r.get::<_, i64>(3)?,
+                r.get(4)?,
+                r.get(5)?,
+            ))
+        },
     )?;
     let mut out = Vec::new();
     for r in rows {
@@ -93,6 +80,26 @@ fn versions(conn: &Connection, limit: usize) -> Result<Vec<Version>, WebError> {
         });
     }
     Ok(out)
+}
+
+/// The newest `limit` fleet versions, newest first.
+fn versions(conn: &Connection, limit: usize) -> Result<Vec<Version>, WebError> {
+    read_versions(
+        conn,
+        "ORDER BY version DESC LIMIT ?2",
+        i64::try_from(limit).unwrap_or(i64::MAX),
+    )
+}
+
+/// Fleet version `version`, if it exists.
+fn version(conn: &Connection, version: u64) -> Result<Option<Version>, WebError> {
+    Ok(read_versions(
+        conn,
+        "AND version = ?2",
+        i64::try_from(version).unwrap_or(i64::MAX),
+    )?
+    .into_iter()
+    .next())
 }
 
 /// The newest fleet policy, or the default when none was ever published.
@@ -591,27 +598,12 @@ pub async fn rollback(
         Ok(d) => d,
         Err(e) => return e.page(),
     };
-    let wanted = i64::try_from(version).unwrap_or(i64::MAX);
-    let old = state
-        .db(move |conn| {
-            Ok(conn
-                .query_row(
-                    "SELECT version, policy_json, source_text, created_ms, actor, note FROM policies
-                     WHERE scope = 'fleet' AND version = ?1",
-                    [wanted],
-                    version_of,
-                )
-                .optional()?)
-        })
-        .await;
-    let (text, json) = match old {
-        Ok(Some((_, json, text, _, _, _))) => (text, json),
-        Ok(None) => return WebError::NotFound.page(),
-        Err(e) => return e.page(),
-    };
-    let Ok(policy) = serde_json::from_str::<Policy>(&json) else {
-        return WebError::Internal(format!("stored policy v{version} no longer parses")).page();
-    };
+    let Version { policy, text, .. } =
+        match state.db(move |conn| self::version(conn, version)).await {
+            Ok(Some(v)) => v,
+            Ok(None) => return WebError::NotFound.page(),
+            Err(e) => return e.page(),
+        };
     let before = data
         .versions
         .first()
