@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::auth;
-use super::noc::{cpe_rows, current_campaigns};
+use super::noc::{cpe_row, cpe_rows, current_campaigns};
 use super::portal::household_devices;
 use super::{AppState, WebError};
 use crate::abuse;
@@ -123,10 +123,7 @@ pub async fn cpe(
     let now = state.now_ms();
     let r = state
         .db(move |conn| {
-            let row = cpe_rows(conn, Some(&id))?
-                .into_iter()
-                .next()
-                .ok_or(WebError::NotFound)?;
+            let row = cpe_row(conn, &id)?;
             let devices = verdicts::load_devices(conn, Some(&id), now)?;
             Ok((row, devices))
         })
@@ -388,10 +385,7 @@ pub async fn commands(
     let now = state.now_ms();
     let r = state
         .db(move |conn| {
-            cpe_rows(conn, Some(&id))?
-                .into_iter()
-                .next()
-                .ok_or(WebError::NotFound)?;
+            cpe_row(conn, &id)?;
             store_commands::list(conn, &id, now, 500).map_err(|e| WebError::Internal(e.to_string()))
         })
         .await;

@@ -45,6 +45,17 @@ pub struct CpeRow {
     pub household: Option<String>,
 }
 
+/// One CPE with its state and household.
+///
+/// # Errors
+/// [`WebError::NotFound`] for an unknown CPE; SQLite errors.
+pub fn cpe_row(conn: &Connection, id: &str) -> Result<CpeRow, WebError> {
+    cpe_rows(conn, Some(id))?
+        .into_iter()
+        .next()
+        .ok_or(WebError::NotFound)
+}
+
 /// Every CPE with its state and household.
 ///
 /// # Errors
@@ -364,10 +375,7 @@ pub async fn cpe(
     let id = cpe_id.clone();
     let data = state
         .db(move |conn| {
-            let row = cpe_rows(conn, Some(&id))?
-                .into_iter()
-                .next()
-                .ok_or(WebError::NotFound)?;
+            let row = cpe_row(conn, &id)?;
             let devices = verdicts::load_devices(conn, Some(&id), now)?;
             let releases: Vec<_> = households::release_requests(conn, None)?
                 .into_iter()
