@@ -433,13 +433,9 @@ fn api_commands_reach_a_live_agent_and_forged_replayed_or_expired_ones_are_refus
         &mut [&mut agent, &mut controller_proc],
         || blocked(&state_dir, DEVICE),
     );
-    let metrics = http(api.addr, "GET", "/metrics", &[], b"").unwrap().body;
+    let metrics = smtpguard_tests::metrics::scrape(api.addr);
     let metric = |name: &str| -> u64 {
-        metrics
-            .lines()
-            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
+        smtpguard_tests::metrics::value(&metrics, &format!("{name} "))
             .unwrap_or_else(|| panic!("no metric {name} in {metrics}"))
     };
     assert_eq!(metric("smtpguard_commands{status=\"applied\"}"), 3);

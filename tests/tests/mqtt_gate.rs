@@ -129,25 +129,8 @@ fn setup() -> Setup {
 }
 
 impl Setup {
-    fn metrics(&self) -> String {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(self.http).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        write!(
-            s,
-            "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut out = String::new();
-        let _ = s.read_to_string(&mut out);
-        out
-    }
-
     fn metric(&self, series: &str) -> u64 {
-        let m = self.metrics();
-        m.lines()
-            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-            .unwrap_or_else(|| panic!("{series} not in /metrics:\n{m}"))
+        smtpguard_tests::metrics::get(self.http, series)
     }
 
     async fn wait_metric(&self, series: &str, at_least: u64) {

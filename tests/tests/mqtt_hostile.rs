@@ -236,25 +236,12 @@ fn setup(kind: Kind) -> Setup {
 
 impl Setup {
     fn metrics(&self) -> String {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(self.http).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        write!(
-            s,
-            "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut out = String::new();
-        let _ = s.read_to_string(&mut out);
-        out
+        smtpguard_tests::metrics::scrape(self.http)
     }
 
     /// The value of one `/metrics` line (`name{label="value"}`).
     fn metric(&self, series: &str) -> u64 {
-        let m = self.metrics();
-        m.lines()
-            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-            .unwrap_or_else(|| panic!("{series} not in /metrics:\n{m}"))
+        smtpguard_tests::metrics::get(self.http, series)
     }
 
     /// Waits until `series` reached `at_least`.

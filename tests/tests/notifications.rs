@@ -112,22 +112,6 @@ fn certificates(dir: &Path) {
     );
 }
 
-/// `GET path` on the controller's web port; the answer's body.
-fn get(port: u16, path: &str) -> String {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut answer = String::new();
-    s.read_to_string(&mut answer).unwrap();
-    answer
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default()
-}
-
 fn mails(log: &Path) -> Vec<String> {
     std::fs::read_to_string(log)
         .unwrap_or_default()
@@ -398,7 +382,7 @@ fn an_infection_is_notified_once_by_webhook_and_email_across_a_controller_crash(
             ),
         ]
     );
-    let metrics = get(http_port, "/metrics");
+    let metrics = smtpguard_tests::metrics::scrape(([127, 0, 0, 1], http_port).into());
     assert!(
         metrics.contains("smtpguard_notifications{channel=\"webhook\",state=\"sent\"} 2"),
         "{metrics}"
