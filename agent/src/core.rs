@@ -194,7 +194,7 @@ impl Agent {
         for r in &snapshot.manual_releases {
             self.engine.hold(now_ms, r.mac, r.until_ms);
         }
-        let horizon = u64::from(self.engine.policy().block_ttl_secs.max(1)) * 1000;
+        let horizon = self.engine.policy().block_ttl_ms();
         let mut ops = Vec::new();
         for e in &snapshot.entries {
             let until = if e.open_ended {

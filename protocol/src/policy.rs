@@ -363,6 +363,11 @@ fn field(field: &'static str, problem: impl Into<String>) -> PolicyError {
 }
 
 impl Policy {
+    /// How long a block lasts, in milliseconds (at least one second).
+    pub fn block_ttl_ms(&self) -> u64 {
+        u64::from(self.block_ttl_secs.max(1)) * 1000
+    }
+
     /// Checks every range once; call on load and before signing.
     ///
     /// # Errors

@@ -105,16 +105,12 @@ impl Entry {
     }
 }
 
-fn horizon_of(policy: &Policy) -> u64 {
-    u64::from(policy.block_ttl_secs.max(1)) * 1000
-}
-
 impl Planner {
     /// An empty planner; open-ended entries get `policy`'s block time to live as their
     /// kernel timeout.
     pub fn new(policy: &Policy) -> Self {
         Planner {
-            horizon_ms: horizon_of(policy),
+            horizon_ms: policy.block_ttl_ms(),
             entries: BTreeMap::new(),
         }
     }
@@ -122,7 +118,7 @@ impl Planner {
     /// A new policy in force: only its block time to live matters here (the kernel timeout
     /// of open-ended entries from their next renewal on).
     pub fn set_policy(&mut self, policy: &Policy) {
-        self.horizon_ms = horizon_of(policy);
+        self.horizon_ms = policy.block_ttl_ms();
     }
 
     /// The engine put `action` in force on `mac` until `until_ms` (`None`: until it says

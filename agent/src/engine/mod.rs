@@ -353,7 +353,7 @@ impl Params {
             ],
             suspicious_h: hundredths(p.thresholds.suspicious).max(1),
             infected_h: hundredths(p.thresholds.infected).max(1),
-            block_ttl_ms: u64::from(p.block_ttl_secs.max(1)) * 1000,
+            block_ttl_ms: p.block_ttl_ms(),
         }
     }
 }
