@@ -533,26 +533,19 @@ async fn serve(
     }
     changed.borrow_and_update();
     let mut newest = slot.newest.subscribe();
-    let mut bridge = Bridge {
-        identity: admitted.identity,
-        hash: admitted.hash,
-        keep_alive: Duration::from_secs(u64::from(if admitted.keep_alive == 0 {
-            MAX_KEEP_ALIVE_SECS
-        } else {
-            admitted.keep_alive
-        }))
-        .mul_f32(1.5),
-        link_tx,
-        link_rx,
+    let keep_alive = Duration::from_secs(u64::from(if admitted.keep_alive == 0 {
+        MAX_KEEP_ALIVE_SECS
+    } else {
+        admitted.keep_alive
+    }))
+    .mul_f32(1.5);
+    let mut bridge = Bridge::new(
+        admitted.identity,
+        admitted.hash,
+        keep_alive,
+        (link_tx, link_rx),
         out,
-        inflight: VecDeque::new(),
-        router_acks: Vec::new(),
-        deliver: Vec::new(),
-        scratch: BytesMut::new(),
-        wake_after_write: false,
-        subscriptions: 0,
-        bucket: Bucket::new(),
-    };
+    );
     let end = bridge
         .run(
             &mut client,
@@ -622,6 +615,32 @@ enum Step {
 }
 
 impl Bridge {
+    /// A bridge for a client just admitted: nothing in flight, nothing subscribed, a full
+    /// upload bucket; `out` holds what the client is sent first (its CONNACK).
+    fn new(
+        identity: Identity,
+        hash: Option<String>,
+        keep_alive: Duration,
+        (link_tx, link_rx): (LinkTx, LinkRx),
+        out: BytesMut,
+    ) -> Bridge {
+        Bridge {
+            identity,
+            hash,
+            keep_alive,
+            link_tx,
+            link_rx,
+            out,
+            inflight: VecDeque::new(),
+            router_acks: Vec::new(),
+            deliver: Vec::new(),
+            scratch: BytesMut::new(),
+            wake_after_write: false,
+            subscriptions: 0,
+            bucket: Bucket::new(),
+        }
+    }
+
     #[allow(clippy::too_many_arguments)]
     async fn run(
         &mut self,
@@ -1096,21 +1115,13 @@ mod tests {
         let (link_tx, link_rx, _) = rumqttd::local::LinkBuilder::new("judge", tx)
             .build()
             .expect("link");
-        Bridge {
+        Bridge::new(
             identity,
-            hash: None,
-            keep_alive: Duration::from_secs(1),
-            link_tx,
-            link_rx,
-            out: BytesMut::new(),
-            inflight: VecDeque::new(),
-            router_acks: Vec::new(),
-            deliver: Vec::new(),
-            scratch: BytesMut::new(),
-            wake_after_write: false,
-            subscriptions: 0,
-            bucket: Bucket::new(),
-        }
+            None,
+            Duration::from_secs(1),
+            (link_tx, link_rx),
+            BytesMut::new(),
+        )
     }
 
     fn judge(bridge: &mut Bridge, bytes: &[u8]) -> Result<Step, End> {
