@@ -223,6 +223,24 @@ pub fn controller_binary() -> anyhow::Result<PathBuf> {
     workspace_binary("smtpguard-controller", "smtpguard-controller")
 }
 
+/// Runs `smtpguard-controller --config CONFIG ARGS...` to completion and returns what it
+/// printed; fails the test with its stderr when it fails.
+pub fn run_controller(config: &Path, args: &[&str]) -> String {
+    let binary = controller_binary().unwrap_or_else(|e| panic!("controller binary: {e}"));
+    let out = Command::new(binary)
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running the controller {args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "controller {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// The `smtpguard-agent` binary, built if needed, the same way as [`controller_binary`].
 ///
 /// # Errors

@@ -17,7 +17,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -25,7 +25,8 @@ use bytes::BytesMut;
 use rumqttc::mqttbytes::v4::{Connect, PubAck, PubRel, Publish as RawPublish, Subscribe};
 use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS};
 use smtpguard_tests::mqtt::{
-    connack, controller_binary, free_port, port_open, printed_password, terminate, wait_until,
+    connack, controller_binary, free_port, port_open, printed_password, run_controller, terminate,
+    wait_until,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -50,21 +51,6 @@ impl Drop for Setup {
     fn drop(&mut self) {
         let _ = terminate(&mut self.controller);
     }
-}
-
-fn run_controller(config: &Path, args: &[&str]) -> String {
-    let out = Command::new(controller_binary().unwrap())
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "controller {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
 }
 
 fn setup() -> Setup {

@@ -30,8 +30,8 @@ use rumqttc::mqttbytes::v4::{Connect, Publish as RawPublish, Subscribe};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use smtpguard_protocol::{keys, seal, Body};
 use smtpguard_tests::mqtt::{
-    alert, connack, controller_binary, free_port, now_ms, port_open, printed_password, terminate,
-    wait_until,
+    alert, connack, controller_binary, free_port, now_ms, port_open, printed_password,
+    run_controller, terminate, wait_until,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -76,21 +76,6 @@ impl Drop for Setup {
             let _ = m.wait();
         }
     }
-}
-
-fn run_controller(config: &Path, args: &[&str]) -> String {
-    let out = Command::new(controller_binary().unwrap())
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "controller {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
 }
 
 /// The shipped mosquitto configuration, with the test's ports and directory.
