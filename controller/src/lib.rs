@@ -10,6 +10,8 @@
 //! - [`ingest`]: MQTT shared subscription → verify (protocol) → replay window → batched
 //!   store → manual ack.
 //! - [`policy`]: policy signing, versioning, publishing (retained) and the rollout view.
+//! - [`rollout`]: staged policy rollout: a canary cohort first (signed per-CPE policy), its
+//!   acks, refusals and flagged-device share watched, then promoted or rolled back.
 //! - [`commands`]: signed commands to one router (release, block): issue, store, publish,
 //!   and the routers' answers stored by the ingest.
 //! - [`serve`]: `run(config, shutdown)`: broker + policy republish + ingest.
@@ -50,6 +52,7 @@ pub mod notify;
 pub mod operators;
 pub mod policy;
 pub mod registry;
+pub mod rollout;
 pub mod serve;
 pub mod store;
 pub mod verdicts;

@@ -11,16 +11,29 @@
 //! rollout view built from the agents' acks; [`watch_retained`] keeps the retained topics
 //! holding the latest signed policies. The CLI (`policy set|status`) and the web UI's
 //! policy editor call these same functions.
+//!
+//! # Per-CPE overrides the controller derives
+//! An agent puts a per-CPE policy in force *instead of* the fleet policy, and keeps it for
+//! as long as it runs: an empty retained topic is ignored (an unsigned "clear" would let a
+//! compromised broker strip a router's allowlist). So every per-CPE policy the controller
+//! makes itself is *derived*: the policy that router should run (the canary candidate while
+//! it is in a rollout's cohort, see [`crate::rollout`], else the live fleet policy) plus
+//! the devices the NOC allowed on it ([`allow_device`]). [`derived_override`] computes it and
+//! [`rederive`] signs and publishes it whenever one of those inputs changes: a device
+//! allowed, a canary started or ended, a fleet version published through the web UI. A
+//! per-CPE policy set by hand (`policy set --cpe`) that is newer than the last derived one
+//! is left alone by the re-derivation after a fleet publish.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
 use rumqttc::{AsyncClient, Event, Outgoing, Packet, QoS};
+use rusqlite::{params, Connection, OptionalExtension};
 use smtpguard_protocol::envelope::FLEET_ID;
 use smtpguard_protocol::{
-    check_policy_safety, seal, Body, Policy, PolicyError, PolicyScope, SafetyContext, SealError,
-    Topic, UnsafePolicy,
+    check_policy_safety, seal, Body, MacAddr, Policy, PolicyError, PolicyScope, SafetyContext,
+    SealError, Topic, UnsafePolicy,
 };
 
 use crate::broker::{self, BrokerError};
@@ -359,6 +372,219 @@ pub async fn watch_retained(broker_config: BrokerConfig, client_id: String, db_p
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
+    }
+}
+
+/// Longest note kept with an allowed device (characters).
+pub const ALLOW_NOTE_MAX: usize = 500;
+
+/// The devices the NOC allowed on `cpe_id` (never throttled or blocked there).
+///
+/// # Errors
+/// SQLite errors.
+pub fn allowed_devices(conn: &Connection, cpe_id: &str) -> rusqlite::Result<Vec<MacAddr>> {
+    let mut stmt =
+        conn.prepare_cached("SELECT mac FROM allowed_devices WHERE cpe_id = ?1 ORDER BY mac")?;
+    let macs = stmt
+        .query_map([cpe_id], |r| r.get::<_, String>(0))?
+        .collect::<Result<Vec<_>, _>>()?;
+    // Written only by `allow_device` from a parsed MAC; anything else is skipped.
+    Ok(macs.iter().filter_map(|m| m.parse().ok()).collect())
+}
+
+/// `base` with `macs` added to its allowlist (each once).
+pub fn with_allowed(mut base: Policy, macs: &[MacAddr]) -> Policy {
+    for mac in macs {
+        if !base.allow_macs.contains(mac) {
+            base.allow_macs.push(*mac);
+        }
+    }
+    base
+}
+
+/// The version of the newest per-CPE policy of `cpe_id`, and of the newest one the
+/// controller derived itself.
+fn override_versions(conn: &Connection, cpe_id: &str) -> rusqlite::Result<(Option<i64>, Option<i64>)> {
+    let latest: Option<i64> = conn.query_row(
+        "SELECT MAX(version) FROM policies WHERE scope = 'cpe' AND cpe_id = ?1",
+        [cpe_id],
+        |r| r.get(0),
+    )?;
+    let derived: Option<i64> = conn
+        .query_row(
+            "SELECT version FROM derived_overrides WHERE cpe_id = ?1",
+            [cpe_id],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok((latest, derived))
+}
+
+/// What `cpe_id`'s per-CPE policy must hold (see the module docs), or `None` when the
+/// router needs none (no allowed device, not in a canary cohort, no derived override yet)
+/// or runs a newer override set by hand and `keep_hand_set`.
+///
+/// # Errors
+/// [`crate::web::WebError`] for SQLite errors or a stored policy that does not parse.
+pub fn derived_override(
+    conn: &Connection,
+    cpe_id: &str,
+    keep_hand_set: bool,
+) -> Result<Option<Policy>, crate::web::WebError> {
+    let canary = crate::rollout::canary_policy_for(conn, cpe_id)?;
+    let macs = allowed_devices(conn, cpe_id)?;
+    let (latest, derived) = override_versions(conn, cpe_id)?;
+    if keep_hand_set && latest.is_some() && latest > derived {
+        return Ok(None);
+    }
+    if canary.is_none() && macs.is_empty() && derived.is_none() {
+        return Ok(None);
+    }
+    let base = match canary {
+        Some(p) => p,
+        None => crate::web::policy_editor::current_fleet_policy(conn)?,
+    };
+    Ok(Some(with_allowed(base, &macs)))
+}
+
+/// Signs and publishes the derived per-CPE policy of each of `cpes` that needs one
+/// ([`derived_override`]) and records it as derived. Returns the version signed for each
+/// router that got one, or why it failed.
+pub async fn rederive(
+    state: &crate::web::AppState,
+    cpes: Vec<String>,
+    keep_hand_set: bool,
+) -> Vec<(String, Result<u64, String>)> {
+    let mut out = Vec::new();
+    for cpe in cpes {
+        let id = cpe.clone();
+        let policy = match state
+            .db(move |conn| derived_override(conn, &id, keep_hand_set))
+            .await
+        {
+            Ok(Some(p)) => p,
+            Ok(None) => continue,
+            Err(e) => {
+                out.push((cpe, Err(e.to_string())));
+                continue;
+            }
+        };
+        let result = state.policy.publish(policy, Some(cpe.clone())).await;
+        if let Ok(version) = result {
+            let id = cpe.clone();
+            let recorded = state
+                .db(move |conn| {
+                    conn.execute(
+                        "INSERT INTO derived_overrides (cpe_id, version) VALUES (?1, ?2)
+                         ON CONFLICT (cpe_id) DO UPDATE SET version = excluded.version",
+                        params![id, i64::try_from(version).unwrap_or(i64::MAX)],
+                    )?;
+                    Ok(())
+                })
+                .await;
+            if let Err(e) = recorded {
+                tracing::error!(cpe_id = %cpe, version, error = %e, "could not record a derived override");
+            }
+        }
+        out.push((cpe, result));
+    }
+    out
+}
+
+/// Every router with a derived override, re-derived from the live fleet policy (after a
+/// fleet publish): overrides set by hand since are left alone.
+pub async fn rederive_all(state: &crate::web::AppState) -> Vec<(String, Result<u64, String>)> {
+    let cpes = state
+        .db(|conn| {
+            let mut stmt = conn.prepare(
+                "SELECT d.cpe_id FROM derived_overrides d JOIN cpes c ON c.cpe_id = d.cpe_id
+                 WHERE c.revoked_at_ms IS NULL ORDER BY d.cpe_id",
+            )?;
+            let ids = stmt
+                .query_map([], |r| r.get::<_, String>(0))?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(ids)
+        })
+        .await;
+    match cpes {
+        Ok(cpes) => rederive(state, cpes, true).await,
+        Err(e) => {
+            tracing::error!(error = %e, "could not list the derived overrides");
+            Vec::new()
+        }
+    }
+}
+
+/// Allows `mac` on `cpe_id` for good: the router gets a per-CPE policy (signed, through
+/// [`rederive`]) whose allowlist holds it, so it is never throttled or blocked there.
+/// Audited as `device_allow` with `actor`, whatever the outcome. Any NOC page that lets an
+/// operator allow a device calls this (the senders page, `POST /noc/cpe/{id}/allow`).
+/// Returns the per-CPE version signed.
+///
+/// # Errors
+/// Why nothing was published: an unknown or revoked router, a note of the wrong length,
+/// a database or publishing failure.
+pub async fn allow_device(
+    state: &crate::web::AppState,
+    actor: &str,
+    cpe_id: &str,
+    mac: MacAddr,
+    note: &str,
+) -> Result<u64, String> {
+    let target = format!("{cpe_id} {mac}");
+    let result = allow_device_inner(state, actor, cpe_id, mac, note).await;
+    let (outcome, detail) = match &result {
+        Ok(v) => ("ok", format!("per-CPE version {v}; note: {note}")),
+        Err(e) => ("refused", format!("{e}; note: {note}")),
+    };
+    state
+        .audit(actor, "device_allow", target, outcome, detail)
+        .await;
+    result
+}
+
+async fn allow_device_inner(
+    state: &crate::web::AppState,
+    actor: &str,
+    cpe_id: &str,
+    mac: MacAddr,
+    note: &str,
+) -> Result<u64, String> {
+    let note = note.trim().to_string();
+    if note.is_empty() || note.chars().count() > ALLOW_NOTE_MAX {
+        return Err(format!("a note of 1 to {ALLOW_NOTE_MAX} characters is required"));
+    }
+    let now = state.now_ms();
+    let (id, who) = (cpe_id.to_string(), actor.to_string());
+    state
+        .db(move |conn| {
+            let enrolled: bool = conn
+                .query_row(
+                    "SELECT COUNT(*) FROM cpes WHERE cpe_id = ?1 AND revoked_at_ms IS NULL",
+                    [&id],
+                    |r| r.get::<_, i64>(0),
+                )
+                .map(|n| n > 0)?;
+            if !enrolled {
+                return Err(crate::web::WebError::NotFound);
+            }
+            conn.execute(
+                "INSERT INTO allowed_devices (cpe_id, mac, note, actor, created_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (cpe_id, mac) DO UPDATE SET note = excluded.note,
+                    actor = excluded.actor, created_ms = excluded.created_ms",
+                params![id, mac.to_string(), note, who, i64::try_from(now).unwrap_or(i64::MAX)],
+            )?;
+            Ok(())
+        })
+        .await
+        .map_err(|e| match e {
+            crate::web::WebError::NotFound => format!("no enrolled router {cpe_id:?}"),
+            other => other.to_string(),
+        })?;
+    match rederive(state, vec![cpe_id.to_string()], false).await.pop() {
+        Some((_, result)) => result,
+        None => Err("no per-CPE policy was derived".into()),
     }
 }
 

@@ -9,7 +9,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use web_common::{
-    csrf_of, http, http_from, login, now_ms, test_settings, Server, AGENT_BROKER, OPERATOR_TOKEN,
+    csrf_of, http, http_from, login, now_ms, test_settings, urlencode, Server, AGENT_BROKER,
+    OPERATOR_TOKEN,
 };
 
 fn form(cookie: &str) -> Vec<(&'static str, String)> {
@@ -26,15 +27,6 @@ fn hdrs<'a>(v: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
     v.iter().map(|(k, s)| (*k, s.as_str())).collect()
 }
 
-/// `application/x-www-form-urlencoded` encoding of one value.
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
 
 fn highest_policy_version(s: &Server) -> u64 {
     smtpguard_controller::store::Store::open(&s.db)

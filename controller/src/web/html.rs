@@ -201,6 +201,7 @@ pub fn page(title: &str, nav: Nav<'_>, csrf: Option<&str>, body: &str) -> String
                 ("/noc/policy", "policy", "Policy"),
                 ("/noc/abuse", "abuse", "Abuse reports"),
                 ("/noc/releases", "releases", "Release requests"),
+                ("/noc/senders", "senders", "Senders"),
                 ("/noc/audit", "audit", "Audit log"),
             ] {
                 let class = if key == on { " class=\"on\"" } else { "" };

@@ -39,6 +39,8 @@ pub struct WebConfig {
     pub session_secs: u64,
     /// Fleet correlation: destination-server Jaccard index that links two devices.
     pub campaign_min_jaccard: f64,
+    /// How often the rollout watch checks the rollout in its canary stage (seconds).
+    pub rollout_check_secs: u64,
 }
 
 impl Default for WebConfig {
@@ -51,6 +53,7 @@ impl Default for WebConfig {
             trusted_proxies: Vec::new(),
             session_secs: 12 * 3600,
             campaign_min_jaccard: 0.3,
+            rollout_check_secs: 10,
         }
     }
 }
@@ -72,6 +75,11 @@ impl WebConfig {
                     "config field `web.public_url`: must start with https:// or http://".into(),
                 ));
             }
+        }
+        if !(1..=3600).contains(&self.rollout_check_secs) {
+            return Err(WebError::BadRequest(
+                "config field `web.rollout_check_secs`: must be 1-3600".into(),
+            ));
         }
         if !(self.campaign_min_jaccard > 0.0 && self.campaign_min_jaccard <= 1.0) {
             return Err(WebError::BadRequest(
@@ -260,9 +268,16 @@ pub async fn run(
     let listener = tokio::net::TcpListener::bind(config.http_listen)
         .await
         .map_err(|e| WebError::Internal(format!("binding {}: {e}", config.http_listen)))?;
-    super::serve(listener, state, shutdown)
+    // The rollout watch runs as long as the web server (its state is in the database).
+    let watch = tokio::spawn(crate::rollout::watch(
+        state.clone(),
+        Duration::from_secs(web.rollout_check_secs),
+    ));
+    let served = super::serve(listener, state, shutdown)
         .await
-        .map_err(|e| WebError::Internal(e.to_string()))
+        .map_err(|e| WebError::Internal(e.to_string()));
+    watch.abort();
+    served
 }
 
 #[cfg(test)]

@@ -15,6 +15,10 @@
 //! - [`export`]: CSV and JSON exports of flagged devices, abuse reports and the audit log.
 //! - [`metrics`]: Prometheus text exposition.
 //! - [`policy_editor`]: the fleet policy editor, its rollout and history.
+//! - [`rollout`]: the staged rollouts on the policy page (refreshed in place), their
+//!   start, promote and roll-back forms, `GET /api/rollouts`.
+//! - [`senders`]: subscriber-declared senders (portal and NOC) and
+//!   `POST /noc/cpe/{id}/allow`.
 //! - [`live`]: the `[web]` configuration section and policy publishing for `serve`.
 //!
 //! # Data flow
@@ -37,7 +41,9 @@ pub mod metrics;
 pub mod noc;
 pub mod policy_editor;
 pub mod portal;
+pub mod rollout;
 pub mod schema;
+pub mod senders;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -489,6 +495,15 @@ pub fn router(state: AppState) -> Router {
         .route("/noc/abuse/{id}", get(noc::abuse_one))
         .route("/noc/releases", get(noc::releases))
         .route("/noc/releases/{id}", post(noc::decide_release))
+        .route("/noc/policy/rollouts", get(rollout::fragment).post(rollout::start))
+        .route("/noc/policy/rollouts.js", get(rollout::script))
+        .route("/noc/policy/rollouts/{id}/promote", post(rollout::promote))
+        .route("/noc/policy/rollouts/{id}/rollback", post(rollout::rollback))
+        .route("/api/rollouts", get(rollout::api))
+        .route("/noc/senders", get(senders::noc_page))
+        .route("/noc/senders/{id}", post(senders::decide))
+        .route("/noc/cpe/{cpe_id}/allow", post(senders::allow))
+        .route("/my/senders", get(senders::portal_page).post(senders::declare))
         .route("/noc/audit", get(audit::page))
         .route("/api/audit", get(audit::api))
         .route("/api/export/{what}", get(export::export))
@@ -526,7 +541,7 @@ async fn security_headers(req: axum::extract::Request, next: axum::middleware::N
     h.insert(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static(
-            "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+            "default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'unsafe-inline'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
         ),
     );
     h.insert(

@@ -171,10 +171,26 @@ pub(crate) async fn publish_checked(
     policy: Policy,
 ) -> Result<u64, String> {
     let diff = audit::policy_diff(&content(before), &content(&policy));
-    let result = match check(state, &policy) {
-        Ok(()) => state.policy.publish(policy, None).await,
-        Err(e) => Err(e),
+    let busy = state
+        .db(|conn| Ok(crate::rollout::canary(conn)?.map(|r| r.id)))
+        .await;
+    let result = match (busy, check(state, &policy)) {
+        (Err(e), _) => Err(e.to_string()),
+        (Ok(Some(id)), _) => Err(format!(
+            "rollout {id} is in its canary stage: promote it or roll it back first"
+        )),
+        (Ok(None), Ok(())) => state.policy.publish(policy, None).await,
+        (Ok(None), Err(e)) => Err(e),
     };
+    if result.is_ok() {
+        // Routers with a derived override run it instead of the fleet policy: re-derive
+        // them from the new version.
+        for (cpe, failed) in crate::policy::rederive_all(state).await {
+            if let Err(e) = failed {
+                tracing::error!(cpe_id = %cpe, error = %e, "could not re-derive a per-CPE override");
+            }
+        }
+    }
     let (outcome, detail) = match &result {
         Ok(v) => ("ok", format!("version {v}; {diff}")),
         Err(e) => ("refused", format!("{e}; {diff}")),
@@ -187,14 +203,14 @@ pub(crate) async fn publish_checked(
 
 /// The checks a policy passes before anything is signed: the schema's own limits and the
 /// safety check every router runs too.
-fn check(state: &AppState, policy: &Policy) -> Result<(), String> {
+pub(crate) fn check(state: &AppState, policy: &Policy) -> Result<(), String> {
     policy.validate().map_err(|e| e.to_string())?;
     smtpguard_protocol::check_policy_safety(policy, &state.settings.policy_safety)
         .map_err(|e| e.to_string())
 }
 
 /// Keeps the editor's text, note and author with a version the editor published.
-async fn remember(
+pub(crate) async fn remember(
     state: &AppState,
     version: u64,
     text: Option<String>,
@@ -227,6 +243,7 @@ struct Data {
     rollout: Vec<crate::store::RolloutRow>,
     latest: Option<u64>,
     routers: u64,
+    rollouts: Vec<super::rollout::Shown>,
 }
 
 async fn load(state: &AppState) -> Result<Data, WebError> {
@@ -239,6 +256,7 @@ async fn load(state: &AppState) -> Result<Data, WebError> {
                 rollout,
                 latest,
                 routers: routers(conn)?,
+                rollouts: super::rollout::load(conn)?,
             })
         })
         .await
@@ -309,11 +327,12 @@ fn body(caller: &Caller, staff: &Staff, data: &Data, view: &View<'_>) -> String 
     if staff.level >= Level::Admin {
         let _ = write!(
             b,
-            r#"<form method="post" action="/noc/policy">{}<label for="policy">Policy (TOML, the agent's schema; the version is assigned when signing)</label><textarea id="policy" name="policy" rows="18" spellcheck="false">{}</textarea><label for="note">Change note (required to publish; kept with the version and in the audit log)</label><input id="note" name="note" maxlength="{NOTE_MAX}" value="{}"><p><button type="submit" name="action" value="check">Check (signs nothing)</button> <button class="btn" type="submit" name="action" value="publish">Sign and publish to {}</button></p></form>"#,
+            r#"<form method="post" action="/noc/policy">{}<label for="policy">Policy (TOML, the agent's schema; the version is assigned when signing)</label><textarea id="policy" name="policy" rows="18" spellcheck="false">{}</textarea><label for="note">Change note (required to publish; kept with the version and in the audit log)</label><input id="note" name="note" maxlength="{NOTE_MAX}" value="{}"><p><button type="submit" name="action" value="check">Check (signs nothing)</button> <button class="btn" type="submit" name="action" value="publish">Sign and publish to {}</button></p>{}</form>"#,
             csrf_field(caller),
             esc(text),
             esc(view.note),
-            crate::verdicts::plural(data.routers, "router", "routers")
+            crate::verdicts::plural(data.routers, "router", "routers"),
+            super::rollout::start_fields()
         );
     } else {
         let _ = write!(
@@ -322,6 +341,7 @@ fn body(caller: &Caller, staff: &Staff, data: &Data, view: &View<'_>) -> String 
             esc(text)
         );
     }
+    b.push_str(&super::rollout::embedded(caller, staff, &data.rollouts));
     rollout_table(&mut b, &data.rollout, data.latest);
     b.push_str("<h2>History</h2>");
     if data.versions.is_empty() {

@@ -288,6 +288,7 @@ pub async fn devices(
         body.push_str("</table>");
     }
     body.push_str(&contact_form(&contact, &caller));
+    body.push_str(r#"<p><a href="/my/senders" id="senders-link">Run your own mail server or mail program? Tell us here.</a></p>"#);
     body.push_str(r#"<p class="muted" style="margin-top:28px">Your router looks only at how devices send e-mail (how often, to how many servers), never at the content of your mail.</p>"#);
     html_response(page(
         "Your devices",

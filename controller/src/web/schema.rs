@@ -98,6 +98,63 @@ BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 ALTER TABLE households ADD COLUMN email TEXT;
 ALTER TABLE households ADD COLUMN notify_email INTEGER NOT NULL DEFAULT 1;
 "#,
+    // 4: staged policy rollouts (`crate::rollout`): the candidate, its cohort, its
+    // thresholds and every version signed for it; the devices a router must never throttle
+    // or block (`crate::policy::allow_device`), the per-CPE versions derived from them;
+    // subscriber-declared senders (`crate::web::senders`).
+    r#"
+CREATE TABLE rollouts (
+    id INTEGER PRIMARY KEY,
+    status TEXT NOT NULL CHECK (status IN ('canary', 'promoted', 'rolled_back', 'halted')),
+    candidate_json TEXT NOT NULL,
+    source_text TEXT,
+    note TEXT NOT NULL,
+    base_version INTEGER,
+    cohort_json TEXT NOT NULL,
+    max_refusals INTEGER NOT NULL,
+    max_flagged_rise REAL NOT NULL,
+    promote_after_secs INTEGER,
+    flagged_before REAL NOT NULL,
+    started_by TEXT NOT NULL,
+    started_ms INTEGER NOT NULL,
+    ended_by TEXT,
+    ended_ms INTEGER,
+    end_reason TEXT,
+    fleet_version INTEGER
+);
+CREATE UNIQUE INDEX one_canary ON rollouts (status) WHERE status = 'canary';
+CREATE TABLE rollout_targets (
+    rollout_id INTEGER NOT NULL REFERENCES rollouts(id),
+    stage TEXT NOT NULL CHECK (stage IN ('canary', 'restore')),
+    cpe_id TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    PRIMARY KEY (rollout_id, cpe_id, version)
+);
+CREATE TABLE allowed_devices (
+    cpe_id TEXT NOT NULL,
+    mac TEXT NOT NULL,
+    note TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    PRIMARY KEY (cpe_id, mac)
+);
+CREATE TABLE derived_overrides (
+    cpe_id TEXT PRIMARY KEY,
+    version INTEGER NOT NULL
+);
+CREATE TABLE sender_declarations (
+    id INTEGER PRIMARY KEY,
+    household_id INTEGER NOT NULL REFERENCES households(id),
+    cpe_id TEXT NOT NULL,
+    mac TEXT NOT NULL,
+    kind TEXT NOT NULL CHECK (kind IN ('server', 'program')),
+    reason TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('pending', 'approved', 'declined')),
+    requested_ms INTEGER NOT NULL,
+    decided_by TEXT,
+    decided_ms INTEGER
+);
+"#,
 ];
 
 /// Brings the product tables up to date. Call after the store has migrated its schema.

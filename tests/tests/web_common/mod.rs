@@ -44,7 +44,7 @@ impl PolicyPublisher for StorePolicies {
     fn publish(
         &self,
         mut policy: Policy,
-        _cpe_id: Option<String>,
+        cpe_id: Option<String>,
     ) -> Pin<Box<dyn std::future::Future<Output = Result<u64, String>> + Send + '_>> {
         Box::pin(async move {
             let mut store =
@@ -54,8 +54,12 @@ impl PolicyPublisher for StorePolicies {
             store
                 .insert_policy(&smtpguard_controller::store::StoredPolicy {
                     version,
-                    scope: smtpguard_protocol::PolicyScope::Fleet,
-                    cpe_id: None,
+                    scope: if cpe_id.is_some() {
+                        smtpguard_protocol::PolicyScope::Cpe
+                    } else {
+                        smtpguard_protocol::PolicyScope::Fleet
+                    },
+                    cpe_id,
                     policy_json: serde_json::to_string(&policy).map_err(|e| e.to_string())?,
                     wire: Vec::new(),
                     created_ms: 0,
@@ -388,6 +392,37 @@ pub fn login(addr: SocketAddr, token: &str) -> Result<String> {
     }
     let cookie = r.header("set-cookie").context("no cookie")?;
     Ok(cookie.split(';').next().unwrap_or("").to_string())
+}
+
+/// `application/x-www-form-urlencoded` encoding of one value.
+pub fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Posts a form (`fields`, encoded here) with the session `cookie`.
+///
+/// # Errors
+/// When the request fails.
+pub fn post_form(addr: SocketAddr, path: &str, cookie: &str, fields: &[(&str, &str)]) -> Result<Resp> {
+    let body: Vec<String> = fields
+        .iter()
+        .map(|(k, v)| format!("{k}={}", urlencode(v)))
+        .collect();
+    http(
+        addr,
+        "POST",
+        path,
+        &[
+            ("Content-Type", "application/x-www-form-urlencoded"),
+            ("Cookie", cookie),
+        ],
+        body.join("&").as_bytes(),
+    )
 }
 
 /// The CSRF token in a page's forms.
