@@ -404,7 +404,10 @@ pub fn with_allowed(mut base: Policy, macs: &[MacAddr]) -> Policy {
 
 /// The version of the newest per-CPE policy of `cpe_id`, and of the newest one the
 /// controller derived itself.
-fn override_versions(conn: &Connection, cpe_id: &str) -> rusqlite::Result<(Option<i64>, Option<i64>)> {
+fn override_versions(
+    conn: &Connection,
+    cpe_id: &str,
+) -> rusqlite::Result<(Option<i64>, Option<i64>)> {
     let latest: Option<i64> = conn.query_row(
         "SELECT MAX(version) FROM policies WHERE scope = 'cpe' AND cpe_id = ?1",
         [cpe_id],
@@ -552,7 +555,9 @@ async fn allow_device_inner(
 ) -> Result<u64, String> {
     let note = note.trim().to_string();
     if note.is_empty() || note.chars().count() > ALLOW_NOTE_MAX {
-        return Err(format!("a note of 1 to {ALLOW_NOTE_MAX} characters is required"));
+        return Err(format!(
+            "a note of 1 to {ALLOW_NOTE_MAX} characters is required"
+        ));
     }
     let now = state.now_ms();
     let (id, who) = (cpe_id.to_string(), actor.to_string());
@@ -573,7 +578,13 @@ async fn allow_device_inner(
                  VALUES (?1, ?2, ?3, ?4, ?5)
                  ON CONFLICT (cpe_id, mac) DO UPDATE SET note = excluded.note,
                     actor = excluded.actor, created_ms = excluded.created_ms",
-                params![id, mac.to_string(), note, who, i64::try_from(now).unwrap_or(i64::MAX)],
+                params![
+                    id,
+                    mac.to_string(),
+                    note,
+                    who,
+                    i64::try_from(now).unwrap_or(i64::MAX)
+                ],
             )?;
             Ok(())
         })

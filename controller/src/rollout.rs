@@ -98,7 +98,11 @@ pub fn pick(enrolled: &[String], cohort: &Cohort) -> Result<Vec<String>, String>
                 .map(|id| (crate::households::hash_secret(id), id))
                 .collect();
             ranked.sort();
-            ranked.into_iter().take(n).map(|(_, id)| id.clone()).collect()
+            ranked
+                .into_iter()
+                .take(n)
+                .map(|(_, id)| id.clone())
+                .collect()
         }
     };
     if out.is_empty() {
@@ -305,7 +309,9 @@ pub fn decide(rollout: &Rollout, canary: &Stage, flagged: Flagged, now_ms: u64) 
             .targets
             .iter()
             .find_map(|t| match &t.state {
-                TargetState::Refused(r) => Some(format!("{} refused v{}: {r}", t.cpe_id, t.version)),
+                TargetState::Refused(r) => {
+                    Some(format!("{} refused v{}: {r}", t.cpe_id, t.version))
+                }
                 _ => None,
             })
             .unwrap_or_default();
@@ -538,7 +544,11 @@ pub fn stages(conn: &Connection, rollout: &Rollout) -> Result<Vec<Stage>, WebErr
             });
         }
         out.push(Stage {
-            name: if name == "canary" { "canary" } else { "restore" },
+            name: if name == "canary" {
+                "canary"
+            } else {
+                "restore"
+            },
             targets,
         });
     }
@@ -682,7 +692,9 @@ async fn start_inner(
 ) -> Result<(i64, Vec<String>, Vec<String>), String> {
     let note = request.note.trim().to_string();
     if note.is_empty() || note.chars().count() > NOTE_MAX {
-        return Err(format!("a change note of 1 to {NOTE_MAX} characters is required"));
+        return Err(format!(
+            "a change note of 1 to {NOTE_MAX} characters is required"
+        ));
     }
     if !(request.limits.max_flagged_rise >= 0.0 && request.limits.max_flagged_rise <= 100.0) {
         return Err("the flagged-device rise must be 0 to 100 points".into());
@@ -781,7 +793,13 @@ pub async fn promote(state: &AppState, actor: &str, id: i64) -> Result<u64, Stri
         Err(e) => {
             let why = e.to_string();
             state
-                .audit(actor, "rollout_promote", format!("rollout {id}"), "refused", why.clone())
+                .audit(
+                    actor,
+                    "rollout_promote",
+                    format!("rollout {id}"),
+                    "refused",
+                    why.clone(),
+                )
                 .await;
             return Err(why);
         }
@@ -875,7 +893,13 @@ pub async fn roll_back(
         Err(e) => {
             let why = e.to_string();
             state
-                .audit(actor, action, format!("rollout {id}"), "refused", why.clone())
+                .audit(
+                    actor,
+                    action,
+                    format!("rollout {id}"),
+                    "refused",
+                    why.clone(),
+                )
                 .await;
             return Err(why);
         }
@@ -909,7 +933,10 @@ pub async fn roll_back(
     if failed.is_empty() {
         Ok(())
     } else {
-        Err(format!("the restore was not published to {}", failed.join("; ")))
+        Err(format!(
+            "the restore was not published to {}",
+            failed.join("; ")
+        ))
     }
 }
 
@@ -1023,7 +1050,11 @@ mod tests {
         assert!(Cohort::parse(" , ").is_err());
         assert_eq!(
             Cohort::parse("cpe-1, cpe-3\ncpe-1"),
-            Ok(Cohort::Named(vec!["cpe-1".into(), "cpe-3".into(), "cpe-1".into()]))
+            Ok(Cohort::Named(vec![
+                "cpe-1".into(),
+                "cpe-3".into(),
+                "cpe-1".into()
+            ]))
         );
         let fleet = ids(4);
         let half = pick(&fleet, &Cohort::Percent(50)).unwrap();
@@ -1046,7 +1077,10 @@ mod tests {
     #[test]
     fn a_refusal_over_the_limit_halts() {
         let r = rollout(LIMITS, 0.0);
-        let s = stage(&[TargetState::Applied, TargetState::Refused("covers relay".into())]);
+        let s = stage(&[
+            TargetState::Applied,
+            TargetState::Refused("covers relay".into()),
+        ]);
         let none = Flagged {
             flagged: 0,
             devices: 0,

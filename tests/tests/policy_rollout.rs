@@ -43,9 +43,9 @@ struct Router {
     proc: Proc,
 }
 
-/// The router's applied policy versions (`policy-versions.json`): (fleet, per-CPE).
+/// The router's applied policy versions (`uplink/policy-versions.json`): (fleet, per-CPE).
 fn applied(state_dir: &Path) -> (Option<u64>, Option<u64>) {
-    let v: Value = std::fs::read(state_dir.join("policy-versions.json"))
+    let v: Value = std::fs::read(state_dir.join("uplink").join("policy-versions.json"))
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or(Value::Null);
@@ -105,7 +105,14 @@ fn policy_page(addr: SocketAddr, cookie: &str) -> String {
 }
 
 fn audit(addr: SocketAddr, cookie: &str) -> Vec<Value> {
-    let r = http(addr, "GET", "/api/audit?limit=200", &[("Cookie", cookie)], b"").unwrap();
+    let r = http(
+        addr,
+        "GET",
+        "/api/audit?limit=200",
+        &[("Cookie", cookie)],
+        b"",
+    )
+    .unwrap();
     assert_eq!(r.status, 200, "{}", r.body);
     let v: Value = serde_json::from_str(&r.body).unwrap();
     v["entries"].as_array().cloned().unwrap_or_default()
@@ -187,10 +194,15 @@ fn a_canary_goes_to_its_cohort_is_promoted_and_a_refused_one_halts_itself_across
         )
     };
     let mut ctl = start_controller("controller-1.log");
-    wait_until_true("the broker and the web server", WAIT, &mut [&mut ctl], || {
-        port_open(broker_port)
-            && http(addr, "GET", "/healthz", &[], b"").is_ok_and(|r| r.status == 200)
-    });
+    wait_until_true(
+        "the broker and the web server",
+        WAIT,
+        &mut [&mut ctl],
+        || {
+            port_open(broker_port)
+                && http(addr, "GET", "/healthz", &[], b"").is_ok_and(|r| r.status == 200)
+        },
+    );
     let mut routers: Vec<Router> = routers
         .into_iter()
         .enumerate()
@@ -236,9 +248,12 @@ fn a_canary_goes_to_its_cohort_is_promoted_and_a_refused_one_halts_itself_across
     {
         let mut procs: Vec<&mut Proc> = routers.iter_mut().map(|r| &mut r.proc).collect();
         procs.push(&mut ctl);
-        wait_until_true("every router on the fleet version", WAIT, &mut procs, || {
-            (0..4).all(|i| applied(&dir.join(format!("agent-{i}"))).0 == Some(v1))
-        });
+        wait_until_true(
+            "every router on the fleet version",
+            WAIT,
+            &mut procs,
+            || (0..4).all(|i| applied(&dir.join(format!("agent-{i}"))).0 == Some(v1)),
+        );
     }
     let fleet_applied_at = Instant::now();
 
@@ -282,11 +297,18 @@ fn a_canary_goes_to_its_cohort_is_promoted_and_a_refused_one_halts_itself_across
         if cohort.contains(&router.cpe) {
             assert!(cpe.is_some_and(|v| v > v1), "{} runs no canary", router.cpe);
         } else {
-            assert_eq!(cpe, None, "{} outside the cohort got a per-CPE policy", router.cpe);
+            assert_eq!(
+                cpe, None,
+                "{} outside the cohort got a per-CPE policy",
+                router.cpe
+            );
         }
     }
     let page = policy_page(addr, &cookie);
-    assert!(page.contains(r#"data-rollout="1" data-status="canary""#), "{page}");
+    assert!(
+        page.contains(r#"data-rollout="1" data-status="canary""#),
+        "{page}"
+    );
     assert!(page.contains(r#"<tr data-stage="canary">"#), "{page}");
     assert!(page.contains(r#"src="/noc/policy/rollouts.js""#), "{page}");
     assert!(page.contains("Promote to the fleet"), "{page}");
@@ -307,15 +329,24 @@ fn a_canary_goes_to_its_cohort_is_promoted_and_a_refused_one_halts_itself_across
     assert!(r.body.contains("in its canary stage"), "{}", r.body);
 
     // 3. Promotion by hand: all four apply the candidate as the fleet policy.
-    let r = post_form(addr, "/noc/policy/rollouts/1/promote", &cookie, &[("csrf", &csrf)]).unwrap();
+    let r = post_form(
+        addr,
+        "/noc/policy/rollouts/1/promote",
+        &cookie,
+        &[("csrf", &csrf)],
+    )
+    .unwrap();
     assert_eq!(r.status, 303, "{}", r.body);
     let promoted_at = Instant::now();
     {
         let mut procs: Vec<&mut Proc> = routers.iter_mut().map(|r| &mut r.proc).collect();
         procs.push(&mut ctl);
-        wait_until_true("the fleet applied the promoted version", WAIT, &mut procs, || {
-            count(&rollout(addr, &cookie, 1), "fleet", "applied") == 4
-        });
+        wait_until_true(
+            "the fleet applied the promoted version",
+            WAIT,
+            &mut procs,
+            || count(&rollout(addr, &cookie, 1), "fleet", "applied") == 4,
+        );
     }
     let promote_secs = promoted_at.elapsed().as_secs_f64();
     let r1 = rollout(addr, &cookie, 1).unwrap();
@@ -353,12 +384,18 @@ fn a_canary_goes_to_its_cohort_is_promoted_and_a_refused_one_halts_itself_across
         });
     }
     let r2 = rollout(addr, &cookie, 2).unwrap();
-    assert_eq!(r2["rollout"]["status"], "canary", "the slow watch acted: {r2}");
+    assert_eq!(
+        r2["rollout"]["status"], "canary",
+        "the slow watch acted: {r2}"
+    );
     let cohort2: Vec<String> = serde_json::from_value(r2["rollout"]["cohort"].clone()).unwrap();
     assert_eq!(cohort2.len(), 2, "{r2}");
     let page = policy_page(addr, &cookie);
     assert!(page.contains("behind or refused"), "{page}");
-    assert!(page.contains(LOCAL_RELAY), "the refusal's reason is not on the page: {page}");
+    assert!(
+        page.contains(LOCAL_RELAY),
+        "the refusal's reason is not on the page: {page}"
+    );
 
     // The controller restarts with a short watch interval; the watch finds the rollout in
     // the database and halts it.
@@ -391,7 +428,10 @@ fn a_canary_goes_to_its_cohort_is_promoted_and_a_refused_one_halts_itself_across
     assert!(reason.contains("2 of 2 cohort routers refused"), "{reason}");
     assert!(reason.contains(LOCAL_RELAY), "{reason}");
     let page = policy_page(addr, &cookie);
-    assert!(page.contains(r#"data-rollout="2" data-status="halted""#), "{page}");
+    assert!(
+        page.contains(r#"data-rollout="2" data-status="halted""#),
+        "{page}"
+    );
     assert!(page.contains("Halted by rollout watch"), "{page}");
     // The cohort runs the live fleet content again; the fleet itself never saw the candidate.
     for router in &routers {

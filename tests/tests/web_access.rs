@@ -27,7 +27,6 @@ fn hdrs<'a>(v: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
     v.iter().map(|(k, s)| (*k, s.as_str())).collect()
 }
 
-
 fn highest_policy_version(s: &Server) -> u64 {
     smtpguard_controller::store::Store::open(&s.db)
         .unwrap()

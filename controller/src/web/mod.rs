@@ -495,15 +495,24 @@ pub fn router(state: AppState) -> Router {
         .route("/noc/abuse/{id}", get(noc::abuse_one))
         .route("/noc/releases", get(noc::releases))
         .route("/noc/releases/{id}", post(noc::decide_release))
-        .route("/noc/policy/rollouts", get(rollout::fragment).post(rollout::start))
+        .route(
+            "/noc/policy/rollouts",
+            get(rollout::fragment).post(rollout::start),
+        )
         .route("/noc/policy/rollouts.js", get(rollout::script))
         .route("/noc/policy/rollouts/{id}/promote", post(rollout::promote))
-        .route("/noc/policy/rollouts/{id}/rollback", post(rollout::rollback))
+        .route(
+            "/noc/policy/rollouts/{id}/rollback",
+            post(rollout::rollback),
+        )
         .route("/api/rollouts", get(rollout::api))
         .route("/noc/senders", get(senders::noc_page))
         .route("/noc/senders/{id}", post(senders::decide))
         .route("/noc/cpe/{cpe_id}/allow", post(senders::allow))
-        .route("/my/senders", get(senders::portal_page).post(senders::declare))
+        .route(
+            "/my/senders",
+            get(senders::portal_page).post(senders::declare),
+        )
         .route("/noc/audit", get(audit::page))
         .route("/api/audit", get(audit::api))
         .route("/api/export/{what}", get(export::export))

@@ -378,7 +378,13 @@ pub async fn start(
         (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
             let why = format!("Not started: {e}");
             state
-                .audit(&staff.name, "rollout_start", "rollout".into(), "refused", why.clone())
+                .audit(
+                    &staff.name,
+                    "rollout_start",
+                    "rollout".into(),
+                    "refused",
+                    why.clone(),
+                )
                 .await;
             return answer(&caller, Err(why));
         }

@@ -200,9 +200,9 @@ pub async fn declare(
         (_, k) if k != "server" && k != "program" => {
             Err(WebError::BadRequest("choose what the device is".into()))
         }
-        _ if reason.is_empty() || reason.chars().count() > REASON_MAX => Err(
-            WebError::BadRequest(format!("a reason of 1 to {REASON_MAX} characters is required")),
-        ),
+        _ if reason.is_empty() || reason.chars().count() > REASON_MAX => Err(WebError::BadRequest(
+            format!("a reason of 1 to {REASON_MAX} characters is required"),
+        )),
         (Some(d), _) => Ok(d),
     };
     let (cpe, mac) = match checked {

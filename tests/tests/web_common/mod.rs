@@ -408,7 +408,12 @@ pub fn urlencode(s: &str) -> String {
 ///
 /// # Errors
 /// When the request fails.
-pub fn post_form(addr: SocketAddr, path: &str, cookie: &str, fields: &[(&str, &str)]) -> Result<Resp> {
+pub fn post_form(
+    addr: SocketAddr,
+    path: &str,
+    cookie: &str,
+    fields: &[(&str, &str)],
+) -> Result<Resp> {
     let body: Vec<String> = fields
         .iter()
         .map(|(k, v)| format!("{k}={}", urlencode(v)))
