@@ -293,6 +293,7 @@ pub async fn api(State(state): State<AppState>, headers: HeaderMap) -> Response 
 /// The start form: the editor's fields plus the rollout's.
 #[derive(Debug, Deserialize)]
 pub struct StartForm {
+    #[serde(default)]
     csrf: String,
     policy: String,
     #[serde(default)]
@@ -399,6 +400,7 @@ pub async fn start(
 /// The promote form.
 #[derive(Debug, Deserialize)]
 pub struct PromoteForm {
+    #[serde(default)]
     csrf: String,
 }
 
@@ -423,6 +425,7 @@ pub async fn promote(
 /// The roll-back form.
 #[derive(Debug, Deserialize)]
 pub struct RollbackForm {
+    #[serde(default)]
     csrf: String,
     #[serde(default)]
     reason: String,

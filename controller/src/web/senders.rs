@@ -171,6 +171,7 @@ pub async fn portal_page(
 /// The declaration form.
 #[derive(Debug, Deserialize)]
 pub struct DeclareForm {
+    #[serde(default)]
     csrf: String,
     /// `CPE MAC`, as the page's select offers it.
     device: String,
@@ -372,6 +373,7 @@ pub async fn noc_page(
 /// The decision form.
 #[derive(Debug, Deserialize)]
 pub struct DecisionForm {
+    #[serde(default)]
     csrf: String,
     decision: String,
 }
@@ -458,6 +460,7 @@ pub async fn decide(
 /// The allow form.
 #[derive(Debug, Deserialize)]
 pub struct AllowForm {
+    #[serde(default)]
     csrf: String,
     mac: String,
     #[serde(default)]
