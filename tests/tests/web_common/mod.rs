@@ -618,6 +618,17 @@ impl Browser {
         Ok(())
     }
 
+    /// Empties a text field or text area.
+    pub fn clear(&self, css: &str) -> Result<()> {
+        let e = self.find(css)?;
+        self.call(
+            "POST",
+            &self.s(&format!("/element/{e}/clear")),
+            Some(json!({})),
+        )?;
+        Ok(())
+    }
+
     pub fn click(&self, css: &str) -> Result<()> {
         let e = self.find(css)?;
         self.call(
