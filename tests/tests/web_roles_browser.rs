@@ -218,7 +218,7 @@ fn each_role_does_what_it_may_and_the_server_refuses_the_rest() {
         ),
         1
     );
-    b.goto(&s.url("/noc/policy")).unwrap();
+    b.goto(&s.url("/noc/policy#rollouts")).unwrap();
     let section = b.find("article.rollout[data-status=canary]").unwrap();
     let text = b.text(&section).unwrap();
     assert!(text.contains("Rollout 1"), "{text}");

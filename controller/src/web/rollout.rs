@@ -84,7 +84,7 @@ pub fn section(caller: &Caller, staff: &Staff, shown: &[Shown]) -> String {
         let r = &s.rollout;
         let _ = write!(
             b,
-            r#"<article class="card rollout" data-rollout="{}" data-status="{}"><h3>Rollout {} {}</h3><p>Started by {} {}: “{}”. Cohort: {} ({}). {}.</p>"#,
+            r#"<article class="card rollout" data-rollout="{}" data-status="{}"><h3>Rollout {} {}</h3><p>Started by {} {}: “{}”. Cohort: {} ({}). It {}.</p>"#,
             r.id,
             r.status.as_str(),
             r.id,
