@@ -237,6 +237,32 @@ fn each_role_does_what_it_may_and_the_server_refuses_the_rest() {
     }
     b.screenshot("noc-policy-rollout").unwrap();
 
+    // `GET /api/audit` on the seeded demo: its start-up policy publish, and each
+    // operator's sign-in and steps under their own name.
+    let log = http(
+        s.addr,
+        "GET",
+        "/api/audit?limit=500",
+        &[("Cookie", &session)],
+        b"",
+    )
+    .unwrap();
+    assert_eq!(log.status, 200, "{}", log.body);
+    let log: serde_json::Value = serde_json::from_str(&log.body).unwrap();
+    let entries = log["entries"].as_array().unwrap();
+    let has = |actor: &str, action: &str, outcome: &str| {
+        entries
+            .iter()
+            .any(|e| e["actor"] == actor && e["action"] == action && e["outcome"] == outcome)
+    };
+    assert!(has("demo", "policy_publish", "ok"), "{entries:?}");
+    for who in ["vic", "olga", "ada"] {
+        assert!(has(who, "sign_in", "ok"), "{who}: {entries:?}");
+    }
+    assert!(has("olga", "sender_decision", "approved"), "{entries:?}");
+    assert!(has("olga", "device_allow", "ok"), "{entries:?}");
+    assert!(has("ada", "rollout_start", "ok"), "{entries:?}");
+
     b.goto(&s.url("/noc/audit")).unwrap();
     let text = b.page_text().unwrap();
     for needle in [
