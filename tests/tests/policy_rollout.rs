@@ -142,11 +142,17 @@ fn a_canary_goes_to_its_cohort_is_promoted_and_a_refused_one_halts_itself_across
     };
     let controller_key = controller(&["keygen"]).trim().to_string();
     let printed = controller(&["operator", "add", "alice", "--role", "admin"]);
-    let alice = printed
-        .split_whitespace()
-        .find(|w| w.starts_with("op_"))
-        .unwrap_or_else(|| panic!("no secret in {printed}"))
-        .to_string();
+    let secret_of = |printed: &str| {
+        printed
+            .split_whitespace()
+            .find(|w| w.starts_with("op_"))
+            .unwrap_or_else(|| panic!("no secret in {printed}"))
+            .to_string()
+    };
+    let alice = secret_of(&printed);
+    let oscar = secret_of(&controller(&[
+        "operator", "add", "oscar", "--role", "operator",
+    ]));
 
     // Four routers, enrolled, each with the local relay the NOC does not know.
     let mut routers = Vec::new();
@@ -327,6 +333,24 @@ fn a_canary_goes_to_its_cohort_is_promoted_and_a_refused_one_halts_itself_across
     .unwrap();
     assert_eq!(r.status, 400, "{}", r.body);
     assert!(r.body.contains("in its canary stage"), "{}", r.body);
+
+    // Hostile: an operator (not an admin) promoting or rolling back with their own valid
+    // session and CSRF token, and the admin's session without the token, are refused and
+    // change nothing.
+    let oscar_cookie = login(addr, &oscar).unwrap();
+    let oscar_csrf = csrf_of(&policy_page(addr, &oscar_cookie)).unwrap();
+    assert!(!policy_page(addr, &oscar_cookie).contains("Promote to the fleet"));
+    for action in ["promote", "rollback"] {
+        let path = format!("/noc/policy/rollouts/1/{action}");
+        let r = post_form(addr, &path, &oscar_cookie, &[("csrf", &oscar_csrf)]).unwrap();
+        assert_eq!(r.status, 403, "operator {action}: {}", r.body);
+        let r = post_form(addr, &path, &cookie, &[("reason", "no token")]).unwrap();
+        assert_eq!(r.status, 403, "{action} without CSRF: {}", r.body);
+    }
+    assert_eq!(
+        rollout(addr, &cookie, 1).unwrap()["rollout"]["status"],
+        "canary"
+    );
 
     // 3. Promotion by hand: all four apply the candidate as the fleet policy.
     let r = post_form(
