@@ -56,6 +56,11 @@ fn a_declared_sender_is_allowed_on_its_router_only_by_an_operator_and_only_for_i
         page.body
     );
     assert!(!page.body.contains(&b_mac.to_string()), "{}", page.body);
+    // A subscriber reads nothing of the NOC's rollouts.
+    for path in ["/api/rollouts", "/noc/policy/rollouts", "/noc/senders"] {
+        let r = http(s.addr, "GET", path, &[("Cookie", &hh)], b"").unwrap();
+        assert_eq!(r.status, 403, "{path}: {}", r.body);
+    }
     let my = http(s.addr, "GET", "/my", &[("Cookie", &hh)], b"").unwrap();
     assert!(my.body.contains(r#"href="/my/senders""#));
     let csrf = csrf_of(&page.body).unwrap();
