@@ -1042,6 +1042,174 @@ mod tests {
         promote_after_secs: Some(60),
     };
 
+    /// Signs into the database like `serve`'s publisher, without a broker.
+    struct SignOnly {
+        db: std::path::PathBuf,
+        key: ed25519_dalek::SigningKey,
+    }
+
+    impl crate::web::PolicyPublisher for SignOnly {
+        fn publish(
+            &self,
+            policy: Policy,
+            cpe_id: Option<String>,
+        ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<u64, String>> + Send + '_>>
+        {
+            Box::pin(async move {
+                let mut store = crate::store::Store::open(&self.db).map_err(|e| e.to_string())?;
+                let target =
+                    cpe_id.map_or(crate::policy::Target::Fleet, crate::policy::Target::Cpe);
+                crate::policy::sign(
+                    &mut store,
+                    &self.key,
+                    policy,
+                    &target,
+                    &smtpguard_protocol::SafetyContext::default(),
+                    1,
+                )
+                .map(|p| p.version)
+                .map_err(|e| e.to_string())
+            })
+        }
+    }
+
+    fn state(db: &std::path::Path, key: &ed25519_dalek::SigningKey) -> AppState {
+        let conn = crate::web::open_db(db).unwrap();
+        AppState::new(
+            conn,
+            crate::web::WebSettings::new("rollout-test-token-0123"),
+            std::sync::Arc::new(SignOnly {
+                db: db.to_path_buf(),
+                key: key.clone(),
+            }),
+            std::sync::Arc::new(|| 10_000),
+        )
+    }
+
+    fn set_flagged(db: &std::path::Path, cpe: &str, flagged: usize, clean: usize) {
+        let conn = rusqlite::Connection::open(db).unwrap();
+        conn.execute("DELETE FROM device_verdicts WHERE cpe_id = ?1", [cpe])
+            .unwrap();
+        for i in 0..flagged + clean {
+            let verdict = if i < flagged { "infected" } else { "clean" };
+            conn.execute(
+                "INSERT INTO device_verdicts (cpe_id, mac, verdict, at_ms) VALUES (?1, ?2, ?3, 1)",
+                params![cpe, format!("02:00:00:00:00:{i:02x}"), verdict],
+            )
+            .unwrap();
+        }
+    }
+
+    /// The flagged-device limit, end to end over the database: a rise within the limit
+    /// waits; past it, the watch of a fresh state (a restarted controller) halts the
+    /// rollout, restores the cohort to the fleet policy and audits it as the watch's step.
+    #[test]
+    fn the_watch_halts_on_flagged_devices_from_the_database_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("controller.db");
+        let key = smtpguard_protocol::keys::generate();
+        {
+            let mut store = crate::store::Store::open(&db).unwrap();
+            for i in 0..4 {
+                let k = smtpguard_protocol::keys::generate().verifying_key();
+                crate::registry::add(
+                    &mut store,
+                    &format!("cpe-{i}"),
+                    &smtpguard_protocol::keys::public_key_text(&k),
+                    None,
+                    0,
+                )
+                .unwrap();
+            }
+        }
+        for i in 0..4 {
+            set_flagged(&db, &format!("cpe-{i}"), 0, 5);
+        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let first = state(&db, &key);
+            let fleet = Policy {
+                rate_limit_per_minute: 7,
+                ..Policy::default()
+            };
+            let v1 = first.policy.publish(fleet, None).await.unwrap();
+            let candidate = Policy {
+                rate_limit_per_minute: 30,
+                ..Policy::default()
+            };
+            let request = Request {
+                candidate,
+                source_text: None,
+                note: "canary".into(),
+                cohort: Cohort::Named(vec!["cpe-1".into(), "cpe-2".into()]),
+                limits: Limits {
+                    max_refusals: 0,
+                    max_flagged_rise: 10.0,
+                    promote_after_secs: None,
+                },
+            };
+            let id = start(&first, "alice", request).await.unwrap();
+            // 1 of 10 flagged: 10 points, within the limit.
+            set_flagged(&db, "cpe-1", 1, 4);
+            assert_eq!(check(&first).await.unwrap(), Decision::Wait);
+            drop(first);
+
+            set_flagged(&db, "cpe-2", 2, 3);
+            let restarted = state(&db, &key);
+            match check(&restarted).await.unwrap() {
+                Decision::Halt(why) => assert!(why.contains("from 0.0% to 30.0%"), "{why}"),
+                d => panic!("{d:?}"),
+            }
+            let (r, stages) = restarted
+                .db(move |conn| {
+                    let r = one(conn, id)?.unwrap();
+                    let s = stages(conn, &r)?;
+                    Ok((r, s))
+                })
+                .await
+                .unwrap();
+            assert_eq!(r.status, Status::Halted);
+            assert_eq!(r.ended_by.as_deref(), Some(WATCH_ACTOR));
+            let names: Vec<&str> = stages.iter().map(|s| s.name).collect();
+            assert_eq!(names, ["canary", "restore"]);
+            let store = crate::store::Store::open(&db).unwrap();
+            for cpe in ["cpe-1", "cpe-2"] {
+                let p = store
+                    .latest_policy(smtpguard_protocol::PolicyScope::Cpe, Some(cpe))
+                    .unwrap()
+                    .unwrap();
+                let p: Policy = serde_json::from_str(&p.policy_json).unwrap();
+                assert_eq!(p.rate_limit_per_minute, 7, "{cpe} not restored");
+            }
+            for cpe in ["cpe-0", "cpe-3"] {
+                assert!(store
+                    .latest_policy(smtpguard_protocol::PolicyScope::Cpe, Some(cpe))
+                    .unwrap()
+                    .is_none());
+            }
+            let fleet = store
+                .latest_policy(smtpguard_protocol::PolicyScope::Fleet, None)
+                .unwrap()
+                .unwrap();
+            assert_eq!(fleet.version, v1, "the fleet saw the candidate");
+            let halts: i64 = store
+                .conn()
+                .query_row(
+                    "SELECT COUNT(*) FROM audit_log WHERE action = 'rollout_halt'
+                     AND actor = ?1 AND outcome = 'ok' AND detail LIKE '%started by alice%'",
+                    [WATCH_ACTOR],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            assert_eq!(halts, 1);
+            // Nothing left to watch.
+            assert_eq!(check(&restarted).await.unwrap(), Decision::Wait);
+        });
+    }
+
     #[test]
     fn cohorts_are_parsed_and_picked_stably() {
         assert_eq!(Cohort::parse(" 50% "), Ok(Cohort::Percent(50)));
