@@ -170,6 +170,39 @@ fn from_i64(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
 
+/// Every period in which a CPE held the public address `ip` (at most 1000, oldest first),
+/// from the address history the ingest keeps.
+///
+/// # Errors
+/// [`AbuseError`] on database errors.
+pub fn address_periods(conn: &Connection, ip: IpAddr) -> Result<Vec<AddressPeriod>, AbuseError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT cpe_id, first_seen_ms, last_seen_ms FROM public_ips WHERE ip = ?1
+         ORDER BY first_seen_ms LIMIT 1000",
+    )?;
+    let periods = stmt
+        .query_map([ip.to_string()], |r| {
+            Ok(AddressPeriod {
+                cpe_id: r.get(0)?,
+                ip,
+                first_ms: from_i64(r.get(1)?),
+                last_ms: from_i64(r.get(2)?),
+            })
+        })?
+        .collect::<Result<_, _>>()?;
+    Ok(periods)
+}
+
+/// The CPE that held the public address `ip` at `at_ms`, by the same rule the abuse
+/// mapping uses ([`mapping::holder`]).
+///
+/// # Errors
+/// [`AbuseError`] on database errors.
+pub fn holder_at(conn: &Connection, ip: IpAddr, at_ms: u64) -> Result<Option<String>, AbuseError> {
+    let periods = address_periods(conn, ip)?;
+    Ok(mapping::holder(&periods, ip, at_ms).map(str::to_string))
+}
+
 /// Loads what the mapping needs for `q` and answers it.
 ///
 /// # Errors
@@ -179,20 +212,7 @@ pub fn answer(conn: &Connection, q: &AbuseQuery) -> Result<Match, AbuseError> {
         Some(port) => load_translations(conn, q, port)?,
         None => Vec::new(),
     };
-    let mut stmt = conn.prepare_cached(
-        "SELECT cpe_id, first_seen_ms, last_seen_ms FROM public_ips WHERE ip = ?1
-         ORDER BY first_seen_ms LIMIT 1000",
-    )?;
-    let periods: Vec<AddressPeriod> = stmt
-        .query_map([q.public_ip.to_string()], |r| {
-            Ok(AddressPeriod {
-                cpe_id: r.get(0)?,
-                ip: q.public_ip,
-                first_ms: from_i64(r.get(1)?),
-                last_ms: from_i64(r.get(2)?),
-            })
-        })?
-        .collect::<Result<_, _>>()?;
+    let periods = address_periods(conn, q.public_ip)?;
     // The CPE whose translation matches, else the one that held the address.
     let cpe = match mapping::translation(q, &translations) {
         Some(c) => Some(c.cpe_id.clone()),
@@ -532,7 +552,7 @@ mod tests {
         crate::web::schema::migrate(&mut conn).unwrap();
         let conn = &conn;
         // What `GET /api/cpes/cpe-a` shows as the router's address: its telemetry's.
-        let row = crate::web::noc::cpe_rows(conn, Some("cpe-a")).unwrap();
+        let row = crate::web::fleet::cpe_rows(conn, Some("cpe-a")).unwrap();
         assert_eq!(row[0].public_ip.as_deref(), Some("100.64.7.2"));
         let body = format!(r#"{{"wan_ip":"100.64.7.2","source_port":40123,"time":{T}}}"#);
         let r = submit(conn, "application/json", body.as_bytes(), T + 1).unwrap();

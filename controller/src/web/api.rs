@@ -17,7 +17,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::auth;
-use super::noc::{cpe_row, cpe_rows, current_campaigns};
+use super::fleet::{cpe_row, cpe_rows};
+use super::noc::current_campaigns;
 use super::portal::household_devices;
 use super::{AppState, WebError};
 use crate::abuse;

@@ -6,7 +6,8 @@
 //! - [`auth`]: operator and subscriber identities from bearer tokens or session cookies,
 //!   sessions, CSRF tokens.
 //! - [`html`]: escaping and the page frame.
-//! - [`noc`]: operator pages (fleet, CPE, campaigns, policy editor, abuse reports, release
+//! - [`fleet`]: the fleet page: CPEs searched, filtered, sorted and paged in SQL.
+//! - [`noc`]: operator pages (CPE, campaigns, policy editor, abuse reports, release
 //!   requests).
 //! - [`portal`]: the subscriber's "your devices" pages.
 //! - [`api`]: JSON endpoints, including `POST /api/abuse` and the commands to one router
@@ -31,6 +32,7 @@ pub mod api;
 pub mod audit;
 pub mod auth;
 pub mod export;
+pub mod fleet;
 pub mod html;
 pub mod live;
 pub mod metrics;
@@ -466,6 +468,18 @@ pub fn html_response(body: String) -> Response {
         .into_response()
 }
 
+/// `GET /static/refresh.js`: [`html::REFRESH_JS`].
+async fn refresh_js() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "max-age=3600"),
+        ],
+        html::REFRESH_JS,
+    )
+        .into_response()
+}
+
 /// All routes.
 pub fn router(state: AppState) -> Router {
     Router::new()
@@ -473,7 +487,8 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/login", get(auth::login_form).post(auth::login))
         .route("/logout", post(auth::logout))
-        .route("/noc", get(noc::fleet))
+        .route("/static/refresh.js", get(refresh_js))
+        .route("/noc", get(fleet::page))
         .route("/noc/cpe/{cpe_id}", get(noc::cpe))
         .route("/noc/campaigns", get(noc::campaigns))
         .route("/noc/campaigns/{id}/push", post(noc::push_campaign))
@@ -526,7 +541,7 @@ async fn security_headers(req: axum::extract::Request, next: axum::middleware::N
     h.insert(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static(
-            "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+            "default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'unsafe-inline'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
         ),
     );
     h.insert(

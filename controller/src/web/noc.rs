@@ -14,6 +14,7 @@ use smtpguard_protocol::Verdict;
 
 use super::auth::{self, csrf_field, Caller};
 use super::html::{self, esc, page, path_seg, Nav};
+
 use super::policy_editor::{current_fleet_policy, publish_checked};
 use super::{html_response, AppState, WebError};
 use crate::abuse::{self, mapping::Confidence};
@@ -21,69 +22,6 @@ use crate::campaigns::{self, Campaign, Member};
 use crate::households;
 use crate::operators::Level;
 use crate::verdicts::{self, DeviceView};
-
-/// One CPE as the NOC sees it.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct CpeRow {
-    /// Its id.
-    pub cpe_id: String,
-    /// Operator label.
-    pub label: Option<String>,
-    /// `online`/`offline`, if it ever reported state.
-    pub status: Option<String>,
-    /// Agent version.
-    pub agent_version: Option<String>,
-    /// Applied fleet policy.
-    pub fleet_policy_version: Option<i64>,
-    /// Public address.
-    pub public_ip: Option<String>,
-    /// Last state update.
-    pub updated_ms: Option<i64>,
-    /// Revoked?
-    pub revoked: bool,
-    /// Owning household name.
-    pub household: Option<String>,
-}
-
-/// One CPE with its state and household.
-///
-/// # Errors
-/// [`WebError::NotFound`] for an unknown CPE; SQLite errors.
-pub fn cpe_row(conn: &Connection, id: &str) -> Result<CpeRow, WebError> {
-    cpe_rows(conn, Some(id))?
-        .into_iter()
-        .next()
-        .ok_or(WebError::NotFound)
-}
-
-/// Every CPE with its state and household.
-///
-/// # Errors
-/// SQLite errors.
-pub fn cpe_rows(conn: &Connection, only: Option<&str>) -> Result<Vec<CpeRow>, WebError> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT c.cpe_id, c.label, s.status, s.agent_version, s.fleet_policy_version, s.public_ip,
-                s.updated_ms, c.revoked_at_ms IS NOT NULL, h.name
-         FROM cpes c LEFT JOIN cpe_state s ON s.cpe_id = c.cpe_id
-              LEFT JOIN household_cpes hc ON hc.cpe_id = c.cpe_id
-              LEFT JOIN households h ON h.id = hc.household_id
-         WHERE ?1 IS NULL OR c.cpe_id = ?1 ORDER BY c.cpe_id",
-    )?;
-    let rows = stmt.query_map([only], |r| {
-        Ok(CpeRow {
-            cpe_id: r.get(0)?,
-            label: r.get(1)?,
-            status: r.get(2)?,
-            agent_version: r.get(3)?,
-            fleet_policy_version: r.get(4)?,
-            public_ip: r.get(5)?,
-            updated_ms: r.get(6)?,
-            revoked: r.get(7)?,
-            household: r.get(8)?,
-        })
-    })?;
-    Ok(rows.collect::<Result<_, _>>()?)
-}
 
 /// The campaigns among the fleet's infected devices.
 ///
@@ -124,93 +62,66 @@ pub fn current_campaigns(
     Ok(out)
 }
 
-struct Fleet {
-    cpes: Vec<CpeRow>,
-    devices: Vec<DeviceView>,
-    campaigns: Vec<(Campaign, Option<i64>)>,
-    unmatched_abuse: usize,
-    pending_releases: usize,
-}
-
-fn load_fleet(
-    conn: &Connection,
-    now: u64,
-    settings: &campaigns::Settings,
-) -> Result<Fleet, WebError> {
-    let cpes = cpe_rows(conn, None)?;
-    let devices = verdicts::load_devices(conn, None, now)?;
-    let campaigns = current_campaigns(conn, &devices, settings)?;
-    let unmatched_abuse = abuse::list(conn, true, 1000)?.len();
-    let pending_releases = households::release_requests(conn, None)?
-        .iter()
-        .filter(|r| r.status == "pending")
-        .count();
-    Ok(Fleet {
-        cpes,
-        devices,
-        campaigns,
-        unmatched_abuse,
-        pending_releases,
-    })
-}
-
-fn stat(class: &str, n: usize, label: &str, id: &str) -> String {
-    format!(
-        r#"<div class="stat {class}" id="{id}"><b>{n}</b><span>{}</span></div>"#,
-        esc(label)
-    )
-}
-
-fn household_of(cpes: &[CpeRow], cpe: &str) -> String {
-    cpes.iter()
-        .find(|c| c.cpe_id == cpe)
-        .and_then(|c| c.household.clone().or(c.label.clone()))
-        .unwrap_or_default()
-}
-
-fn device_rows(devs: &[&DeviceView], cpes: &[CpeRow], with_cpe: bool) -> String {
-    let mut s = String::from("<table><tr><th>Device</th>");
-    if with_cpe {
-        s.push_str("<th>Household / CPE</th>");
+/// The devices table: name and MAC, household and CPE (when `households` is given: the
+/// fleet's list, not one router's), verdict, since, evidence, action.
+pub(crate) fn device_rows(
+    devs: &[&DeviceView],
+    households: Option<&BTreeMap<String, String>>,
+    caption: &str,
+) -> String {
+    let mut heads = vec!["Device"];
+    if households.is_some() {
+        heads.push("Household / CPE");
     }
-    s.push_str("<th>Verdict</th><th>Since</th><th>Evidence</th><th>Action</th></tr>");
+    heads.extend(["Verdict", "Since", "Evidence", "Action"]);
+    let mut t = html::Table::plain("", caption, &heads);
     for d in devs {
-        let _ = write!(
-            s,
-            r#"<tr class="dev {}" data-mac="{}"><td><b>{}</b><div class="muted mono">{}</div><div class="muted">{}</div></td>"#,
-            d.verdict.as_str(),
-            esc(&d.mac.to_string()),
-            esc(&d.display_name()),
-            esc(&d.mac.to_string()),
-            esc(d.vendor.as_deref().unwrap_or("")),
-        );
-        if with_cpe {
-            let _ = write!(
-                s,
-                r#"<td>{}<div><a class="mono" href="/noc/cpe/{}">{}</a></div></td>"#,
-                esc(&household_of(cpes, &d.cpe_id)),
-                path_seg(&d.cpe_id),
-                esc(&d.cpe_id)
-            );
+        let mut cells = vec![(
+            "",
+            format!(
+                r#"<b class="wrap">{}</b><div class="muted mono">{}</div><div class="muted">{}</div>"#,
+                esc(&d.display_name()),
+                esc(&d.mac.to_string()),
+                esc(d.vendor.as_deref().unwrap_or("")),
+            ),
+        )];
+        if let Some(names) = households {
+            cells.push((
+                "",
+                format!(
+                    r#"{}<div><a class="mono" href="/noc/cpe/{}">{}</a></div>"#,
+                    esc(names.get(&d.cpe_id).map_or("", String::as_str)),
+                    path_seg(&d.cpe_id),
+                    esc(&d.cpe_id)
+                ),
+            ));
         }
-        let _ = write!(
-            s,
-            "<td>{} <div class=\"muted\">score {:.2}</div></td><td class=\"t\">{}</td><td><ul class=\"ev\">",
-            html::verdict_badge(d.verdict),
-            d.score,
-            esc(&html::time(d.since_ms))
-        );
+        cells.push((
+            "",
+            format!(
+                r#"{} <div class="muted">score {:.2}</div>"#,
+                html::verdict_badge(d.verdict),
+                d.score
+            ),
+        ));
+        cells.push(("t", esc(&html::time(d.since_ms))));
+        let mut ev = String::from(r#"<ul class="ev">"#);
         for e in d.evidence.iter().take(4) {
-            let _ = write!(s, "<li>{}</li>", esc(e));
+            let _ = write!(ev, "<li>{}</li>", esc(e));
         }
-        let _ = write!(
-            s,
-            "</ul></td><td>{}</td></tr>",
-            html::action_badge(d.action, d.action_until_ms)
+        ev.push_str("</ul>");
+        cells.push(("", ev));
+        cells.push(("", html::action_badge(d.action, d.action_until_ms)));
+        t.row(
+            &format!(
+                r#" class="dev {}" data-mac="{}""#,
+                d.verdict.as_str(),
+                esc(&d.mac.to_string())
+            ),
+            &cells,
         );
     }
-    s.push_str("</table>");
-    s
+    t.finish()
 }
 
 pub(crate) fn noc_page(
@@ -231,136 +142,6 @@ pub(crate) fn noc_page(
     ))
 }
 
-/// `GET /noc`: the fleet overview.
-pub async fn fleet(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    let caller = match auth::noc(&state, &headers).await {
-        Ok(c) => c,
-        Err(e) => return e.page(),
-    };
-    let now = state.now_ms();
-    let settings = state.settings.campaigns;
-    let f = match state.db(move |conn| load_fleet(conn, now, &settings)).await {
-        Ok(f) => f,
-        Err(e) => return e.page(),
-    };
-    let online = f
-        .cpes
-        .iter()
-        .filter(|c| c.status.as_deref() == Some("online"))
-        .count();
-    let infected: Vec<&DeviceView> = f
-        .devices
-        .iter()
-        .filter(|d| d.verdict == Verdict::Infected)
-        .collect();
-    let suspicious: Vec<&DeviceView> = f
-        .devices
-        .iter()
-        .filter(|d| d.verdict == Verdict::Suspicious)
-        .collect();
-    let mut b = String::new();
-    let _ = write!(
-        b,
-        r#"<h1>Fleet overview</h1><p class="sub">As of {}</p><div class="grid">"#,
-        esc(&html::time(now))
-    );
-    b.push_str(&stat("ok", online, "CPEs online", "stat-online"));
-    b.push_str(&stat(
-        "",
-        f.cpes.len() - online,
-        "CPEs offline or never seen",
-        "stat-offline",
-    ));
-    b.push_str(&stat(
-        if infected.is_empty() { "ok" } else { "bad" },
-        infected.len(),
-        "infected devices",
-        "stat-infected",
-    ));
-    b.push_str(&stat(
-        if suspicious.is_empty() { "ok" } else { "warn" },
-        suspicious.len(),
-        "suspicious devices",
-        "stat-suspicious",
-    ));
-    b.push_str(&stat("", f.campaigns.len(), "campaigns", "stat-campaigns"));
-    b.push_str(&stat(
-        "",
-        f.unmatched_abuse,
-        "unmatched abuse reports",
-        "stat-abuse",
-    ));
-    b.push_str(&stat(
-        "",
-        f.pending_releases,
-        "pending release requests",
-        "stat-releases",
-    ));
-    b.push_str("</div>");
-    b.push_str("<h2>Infected and suspicious devices</h2>");
-    let flagged: Vec<&DeviceView> = infected.iter().chain(suspicious.iter()).copied().collect();
-    if flagged.is_empty() {
-        b.push_str(r#"<p class="muted">No device in the fleet is flagged.</p>"#);
-    } else {
-        b.push_str(&device_rows(&flagged, &f.cpes, true));
-    }
-    if !f.campaigns.is_empty() {
-        b.push_str("<h2>Campaigns</h2><table><tr><th>Campaign</th><th>Households</th><th>Indicators</th><th>Fleet policy</th></tr>");
-        for (c, pushed) in &f.campaigns {
-            let _ = write!(
-                b,
-                r#"<tr><td><a class="mono" href="/noc/campaigns#{}">{}</a></td><td class="num">{}</td><td class="mono">{}</td><td>{}</td></tr>"#,
-                esc(&c.id),
-                esc(&c.id),
-                c.households,
-                esc(&c
-                    .ehlo_names
-                    .iter()
-                    .chain(c.sender_domains.iter())
-                    .cloned()
-                    .collect::<Vec<_>>()
-                    .join(", ")),
-                pushed.map_or("not pushed".to_string(), |v| format!("pushed in v{v}")),
-            );
-        }
-        b.push_str("</table>");
-    }
-    b.push_str("<h2>CPEs</h2><table><tr><th>CPE</th><th>Household</th><th>Status</th><th class=\"hide-sm\">Public IP</th><th class=\"hide-sm\">Agent</th><th>Fleet policy</th><th>Flagged</th></tr>");
-    for c in &f.cpes {
-        let flagged = f
-            .devices
-            .iter()
-            .filter(|d| d.cpe_id == c.cpe_id && d.verdict != Verdict::Clean)
-            .count();
-        let status = match (c.revoked, c.status.as_deref()) {
-            (true, _) => r#"<span class="badge bad-soft">revoked</span>"#.to_string(),
-            (_, Some("online")) => r#"<span class="badge ok">online</span>"#.to_string(),
-            (_, Some(s)) => format!(r#"<span class="badge muted">{}</span>"#, esc(s)),
-            (_, None) => r#"<span class="badge muted">never seen</span>"#.to_string(),
-        };
-        let _ = write!(
-            b,
-            r#"<tr><td><a class="mono" href="/noc/cpe/{}">{}</a></td><td>{}</td><td>{status}</td><td class="hide-sm mono">{}</td><td class="hide-sm">{}</td><td>{}</td><td class="num">{}</td></tr>"#,
-            path_seg(&c.cpe_id),
-            esc(&c.cpe_id),
-            esc(c.household.as_deref().or(c.label.as_deref()).unwrap_or("")),
-            esc(c.public_ip.as_deref().unwrap_or("")),
-            esc(c.agent_version.as_deref().unwrap_or("")),
-            c.fleet_policy_version
-                .map(|v| format!("v{v}"))
-                .unwrap_or_default(),
-            if flagged > 0 {
-                format!(r#"<span class="badge bad">{flagged}</span>"#)
-            } else {
-                "0".into()
-            },
-        );
-    }
-    b.push_str("</table>");
-    b.push_str(&export_links("devices", "flagged devices"));
-    noc_page("Fleet", "fleet", &caller, &b)
-}
-
 /// `GET /noc/cpe/{cpe_id}`: one router, its devices and their evidence timeline.
 pub async fn cpe(
     State(state): State<AppState>,
@@ -375,7 +156,7 @@ pub async fn cpe(
     let id = cpe_id.clone();
     let data = state
         .db(move |conn| {
-            let row = cpe_row(conn, &id)?;
+            let row = super::fleet::cpe_row(conn, &id)?;
             let devices = verdicts::load_devices(conn, Some(&id), now)?;
             let releases: Vec<_> = households::release_requests(conn, None)?
                 .into_iter()
@@ -408,7 +189,7 @@ pub async fn cpe(
     if all.is_empty() {
         b.push_str(r#"<p class="muted">No devices reported yet.</p>"#);
     } else {
-        b.push_str(&device_rows(&all, &[], false));
+        b.push_str(&device_rows(&all, None, "Devices on this router"));
     }
     let blocks: Vec<&DeviceView> = devices
         .iter()
@@ -490,7 +271,20 @@ pub async fn campaigns(
     };
     let now = state.now_ms();
     let settings = state.settings.campaigns;
-    let f = match state.db(move |conn| load_fleet(conn, now, &settings)).await {
+    let loaded = state
+        .db(move |conn| {
+            let devices = verdicts::load_devices(conn, None, now)?;
+            let campaigns = current_campaigns(conn, &devices, &settings)?;
+            let names = super::fleet::household_names(
+                conn,
+                campaigns
+                    .iter()
+                    .flat_map(|(c, _)| c.members.iter().map(|m| m.cpe_id.as_str())),
+            )?;
+            Ok((devices, campaigns, names))
+        })
+        .await;
+    let (devices, campaigns, names) = match loaded {
         Ok(f) => f,
         Err(e) => return e.page(),
     };
@@ -501,10 +295,10 @@ pub async fn campaigns(
             r#"<div class="flash" role="status">Indicators pushed to the fleet in policy version {v}.</div>"#
         );
     }
-    if f.campaigns.is_empty() {
+    if campaigns.is_empty() {
         b.push_str(r#"<p class="muted">No campaign spans more than one household right now.</p>"#);
     }
-    for (c, pushed) in &f.campaigns {
+    for (c, pushed) in &campaigns {
         let _ = write!(
             b,
             r#"<section class="card infected" id="{}"><div class="row"><h3 class="mono">{}</h3><span class="badge bad">{} households</span><span class="muted">{} devices · first {} · latest {}</span></div>"#,
@@ -528,8 +322,7 @@ pub async fn campaigns(
         b.push_str(&links.join(" · "));
         b.push_str("</p><table><tr><th>Household / CPE</th><th>Device</th></tr>");
         for m in &c.members {
-            let name = f
-                .devices
+            let name = devices
                 .iter()
                 .find(|d| d.cpe_id == m.cpe_id && d.mac == m.mac)
                 .map(DeviceView::display_name)
@@ -537,7 +330,7 @@ pub async fn campaigns(
             let _ = write!(
                 b,
                 r#"<tr><td>{} <a class="mono" href="/noc/cpe/{}">{}</a></td><td>{} <span class="mono muted">{}</span></td></tr>"#,
-                esc(&household_of(&f.cpes, &m.cpe_id)),
+                esc(names.get(&m.cpe_id).map_or("", String::as_str)),
                 path_seg(&m.cpe_id),
                 esc(&m.cpe_id),
                 esc(&name),
