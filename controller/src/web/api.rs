@@ -344,18 +344,7 @@ async fn send_command(
             ttl_secs: q.ttl_secs,
         }
     };
-    let (what, target) = (
-        if release { "release" } else { "block" },
-        format!("{cpe_id}/{mac}"),
-    );
-    let sent = state.commands.send(cpe_id.clone(), order, None).await;
-    let (outcome, detail) = match &sent {
-        Ok(id) => ("sent", format!("{what}, command {id}")),
-        Err(e) => ("refused", format!("{what}: {e}")),
-    };
-    state
-        .audit(&staff.name, "command", target, outcome, detail)
-        .await;
+    let sent = state.send_order(&staff.name, &cpe_id, order).await;
     match sent {
         Ok(id) => (
             StatusCode::CREATED,

@@ -263,6 +263,12 @@ nav.pages{display:flex;gap:12px;align-items:center;flex-wrap:wrap;margin:10px 0}
 th a{color:inherit}
 h1.id{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:22px;word-break:break-all}
 .wrap{overflow-wrap:anywhere}
+dl.facts{display:grid;grid-template-columns:repeat(auto-fit,minmax(180px,1fr));gap:8px 16px;margin:0 0 12px;background:var(--card);border:1px solid var(--line);border-radius:10px;padding:12px 16px}
+dl.facts dt{font-size:13px;color:var(--muted);font-weight:600}
+dl.facts dd{margin:0}
+label.inline{display:inline;font-weight:400;margin:0}
+td form{margin:0 0 6px}
+.links{gap:18px}
 @media (max-width:600px){main{padding:14px 12px 40px}h1{font-size:21px}th,td{padding:7px 6px}.hide-sm{display:none}
 form.search .wide{grid-column:auto}
 table.cards,table.cards tbody,table.cards tr,table.cards td{display:block;width:100%}

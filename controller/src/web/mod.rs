@@ -7,7 +7,9 @@
 //!   sessions, CSRF tokens.
 //! - [`html`]: escaping and the page frame.
 //! - [`fleet`]: the fleet page: CPEs searched, filtered, sorted and paged in SQL.
-//! - [`noc`]: operator pages (CPE, campaigns, policy editor, abuse reports, release
+//! - [`cpe`]: one router's page and what an operator does from it (release, extend or
+//!   lift a block, per-router policy override).
+//! - [`noc`]: operator pages ( campaigns, policy editor, abuse reports, release
 //!   requests).
 //! - [`portal`]: the subscriber's "your devices" pages.
 //! - [`api`]: JSON endpoints, including `POST /api/abuse` and the commands to one router
@@ -31,6 +33,7 @@
 pub mod api;
 pub mod audit;
 pub mod auth;
+pub mod cpe;
 pub mod export;
 pub mod fleet;
 pub mod html;
@@ -238,6 +241,31 @@ impl AppState {
         if let Err(e) = written {
             tracing::error!(error = %e, action, "could not write the audit log");
         }
+    }
+
+    /// Sends a signed command to one router (no release request behind it) and audits it
+    /// as `command` with the outcome `sent` or `refused`. Returns the command id.
+    ///
+    /// # Errors
+    /// The sender's [`crate::commands::CommandError`].
+    pub async fn send_order(
+        &self,
+        actor: &str,
+        cpe_id: &str,
+        order: crate::commands::Order,
+    ) -> Result<u64, crate::commands::CommandError> {
+        let (what, mac) = match &order {
+            crate::commands::Order::Release { mac, .. } => ("release", *mac),
+            crate::commands::Order::Block { mac, .. } => ("block", *mac),
+        };
+        let sent = self.commands.send(cpe_id.to_string(), order, None).await;
+        let (outcome, detail) = match &sent {
+            Ok(id) => ("sent", format!("{what}, command {id}")),
+            Err(e) => ("refused", format!("{what}: {e}")),
+        };
+        self.audit(actor, "command", format!("{cpe_id}/{mac}"), outcome, detail)
+            .await;
+        sent
     }
 
     /// Audits an abuse lookup: the report's question and answer, or why it was refused.
@@ -489,7 +517,9 @@ pub fn router(state: AppState) -> Router {
         .route("/logout", post(auth::logout))
         .route("/static/refresh.js", get(refresh_js))
         .route("/noc", get(fleet::page))
-        .route("/noc/cpe/{cpe_id}", get(noc::cpe))
+        .route("/noc/cpe/{cpe_id}", get(cpe::page))
+        .route("/noc/cpe/{cpe_id}/command", post(cpe::command))
+        .route("/noc/cpe/{cpe_id}/policy", post(cpe::policy_override))
         .route("/noc/campaigns", get(noc::campaigns))
         .route("/noc/campaigns/{id}/push", post(noc::push_campaign))
         .route(
