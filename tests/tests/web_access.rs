@@ -12,6 +12,9 @@ use web_common::{
     csrf_of, http, http_from, login, now_ms, test_settings, Server, AGENT_BROKER, OPERATOR_TOKEN,
 };
 
+/// The address of the test server's ISP relay ([`web_common::ISP_RELAY`]).
+const ISP_RELAY_IP: &str = "198.51.100.7";
+
 fn form(cookie: &str) -> Vec<(&'static str, String)> {
     vec![
         (
@@ -1224,4 +1227,201 @@ fn flagged_devices_abuse_reports_and_the_audit_log_export_as_csv_and_json() {
         .status,
         403
     );
+}
+
+#[test]
+fn router_actions_are_for_operators_overrides_for_admins_and_hostile_posts_are_refused() {
+    use smtpguard_controller::operators::{self, Level};
+    let s = Server::start().unwrap();
+    let conn = rusqlite::Connection::open(&s.db).unwrap();
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .unwrap();
+    let now = now_ms();
+    let vera = operators::add(&conn, "vera", Level::Viewer, now).unwrap();
+    let olga = operators::add(&conn, "olga", Level::Operator, now).unwrap();
+    let ada = operators::add(&conn, "ada", Level::Admin, now).unwrap();
+    let a = &s.seeded.households[0];
+    let (mac, _) = a.flagged.clone().unwrap();
+    let command = format!("/noc/cpe/{}/command", a.cpe_id);
+    let override_path = format!("/noc/cpe/{}/policy", a.cpe_id);
+    let post = |cookie: &str, path: &str, body: &str, extra: &[(&'static str, String)]| {
+        let mut h = form(cookie);
+        h.extend(extra.iter().cloned());
+        http(s.addr, "POST", path, &hdrs(&h), body.as_bytes()).unwrap()
+    };
+    let session = |secret: &str| {
+        let c = login(s.addr, secret).unwrap();
+        let page = http(
+            s.addr,
+            "GET",
+            &format!("/noc/cpe/{}", a.cpe_id),
+            &[("Cookie", &c)],
+            b"",
+        )
+        .unwrap();
+        assert_eq!(page.status, 200);
+        let csrf = csrf_of(&page.body).unwrap();
+        (c, csrf, page.body)
+    };
+
+    // The page: last seen, links to the household's reports and history, the actions.
+    let (o, o_csrf, page) = session(&olga);
+    assert!(page.contains(r#"id="link-abuse""#), "{page}");
+    assert!(page.contains(&format!("/noc/audit?target={}", a.cpe_id)));
+    assert!(page.contains(r#"value="release">Lift restriction"#));
+    assert!(page.contains("Extend block"));
+    assert!(
+        page.contains("Only an administrator can change a router"),
+        "an operator sees no override form"
+    );
+
+    // A subscriber and a viewer are refused; so is a post without the session's token or
+    // from another site.
+    let hh = login(s.addr, &a.token).unwrap();
+    let ok_body = format!("csrf={o_csrf}&mac={mac}&action=block&ttl_secs=3600");
+    assert_eq!(post(&hh, &command, &ok_body, &[]).status, 403);
+    let (v, v_csrf, _) = session(&vera);
+    let v_body = format!("csrf={v_csrf}&mac={mac}&action=release");
+    assert_eq!(post(&v, &command, &v_body, &[]).status, 403);
+    assert_eq!(
+        post(
+            &o,
+            &command,
+            &format!("csrf=forged&mac={mac}&action=release"),
+            &[]
+        )
+        .status,
+        403
+    );
+    assert_eq!(
+        post(
+            &o,
+            &command,
+            &ok_body,
+            &[("Origin", "https://evil.example".to_string())]
+        )
+        .status,
+        403
+    );
+
+    // Hostile and wrong input: named, escaped, nothing sent.
+    let r = post(
+        &o,
+        &command,
+        &format!(
+            "csrf={o_csrf}&mac={}&action=release",
+            urlencode("<script>x</script>")
+        ),
+        &[],
+    );
+    assert_eq!(r.status, 400);
+    assert!(!r.body.contains("<script>x"));
+    let r = post(
+        &o,
+        &command,
+        &format!("csrf={o_csrf}&mac={mac}&action=block&ttl_secs=99999999"),
+        &[],
+    );
+    assert_eq!(r.status, 400);
+    assert!(r.body.contains("choose how long to block"), "{}", r.body);
+    let r = post(
+        &o,
+        "/noc/cpe/cpe-nobody/command",
+        &format!("csrf={o_csrf}&mac={mac}&action=release"),
+        &[],
+    );
+    assert_eq!(r.status, 404);
+
+    // A well-formed command goes to the command path (this test server has no broker, so it
+    // is refused there) and is audited either way.
+    let r = post(&o, &command, &ok_body, &[]);
+    assert_eq!(r.status, 400);
+    assert!(r.body.contains("The command was not sent"), "{}", r.body);
+
+    // Overrides: not for operators; an admin must confirm; a policy that would cut off the
+    // ISP relay is never signed; a good one is signed for this router only.
+    let policy = |text: &str, confirm: bool, csrf: &str| {
+        format!(
+            "csrf={csrf}&policy={}{}",
+            urlencode(text),
+            if confirm { "&confirm=1" } else { "" }
+        )
+    };
+    assert_eq!(
+        post(&o, &override_path, &policy("mode = \"monitor\"\n", true, &o_csrf), &[]).status,
+        403
+    );
+    let (ad, ad_csrf, page) = session(&ada);
+    assert!(page.contains(r#"id="override-policy""#));
+    let before = highest_policy_version(&s);
+    let r = post(
+        &ad,
+        &override_path,
+        &policy("mode = \"monitor\"\n", false, &ad_csrf),
+        &[],
+    );
+    assert_eq!(r.status, 400);
+    let r = post(
+        &ad,
+        &override_path,
+        &policy(
+            &format!("allow_relays = []\n[indicators]\nmail_servers = [\"{ISP_RELAY_IP}/32\"]\n"),
+            true,
+            &ad_csrf,
+        ),
+        &[],
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("covers the local ISP relay"), "{}", r.body);
+    assert_eq!(highest_policy_version(&s), before, "nothing signed");
+    let r = post(
+        &ad,
+        &override_path,
+        &policy("mode = \"monitor\"\n", true, &ad_csrf),
+        &[],
+    );
+    assert_eq!(r.status, 303, "{}", r.body);
+    let v = highest_policy_version(&s);
+    assert_eq!(v, before + 1);
+    let page = http(
+        s.addr,
+        "GET",
+        r.header("location").unwrap(),
+        &[("Cookie", &ad)],
+        b"",
+    )
+    .unwrap();
+    assert!(
+        page.body.contains(&format!("v{v}, not yet applied")),
+        "{}",
+        page.body
+    );
+    let scope: String = conn
+        .query_row(
+            "SELECT scope || ' ' || cpe_id FROM policies WHERE version = ?1",
+            [v as i64],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(scope, format!("cpe {}", a.cpe_id));
+
+    // Everything is in the audit log, refused attempts included.
+    let audit = http(
+        s.addr,
+        "GET",
+        &format!("/api/audit?limit=100&target={}", a.cpe_id),
+        &[("Authorization", &format!("Bearer {OPERATOR_TOKEN}"))],
+        b"",
+    )
+    .unwrap();
+    let entries: serde_json::Value = serde_json::from_str(&audit.body).unwrap();
+    let entries = entries["entries"].as_array().unwrap().clone();
+    let has = |actor: &str, action: &str, outcome: &str| {
+        entries
+            .iter()
+            .any(|e| e["actor"] == actor && e["action"] == action && e["outcome"] == outcome)
+    };
+    assert!(has("olga", "command", "refused"), "{entries:#?}");
+    assert!(has("ada", "policy_override", "refused"), "{entries:#?}");
+    assert!(has("ada", "policy_override", "ok"), "{entries:#?}");
 }

@@ -44,7 +44,7 @@ impl PolicyPublisher for StorePolicies {
     fn publish(
         &self,
         mut policy: Policy,
-        _cpe_id: Option<String>,
+        cpe_id: Option<String>,
     ) -> Pin<Box<dyn std::future::Future<Output = Result<u64, String>> + Send + '_>> {
         Box::pin(async move {
             let mut store =
@@ -54,8 +54,12 @@ impl PolicyPublisher for StorePolicies {
             store
                 .insert_policy(&smtpguard_controller::store::StoredPolicy {
                     version,
-                    scope: smtpguard_protocol::PolicyScope::Fleet,
-                    cpe_id: None,
+                    scope: if cpe_id.is_some() {
+                        smtpguard_protocol::PolicyScope::Cpe
+                    } else {
+                        smtpguard_protocol::PolicyScope::Fleet
+                    },
+                    cpe_id,
                     policy_json: serde_json::to_string(&policy).map_err(|e| e.to_string())?,
                     wire: Vec::new(),
                     created_ms: 0,
