@@ -45,6 +45,55 @@ pub fn time(ms: u64) -> String {
     format_utc(ms)
 }
 
+/// A time zone the portal writes a household's times in.
+#[derive(Debug, Clone)]
+pub struct Zone {
+    tz: jiff::tz::TimeZone,
+    name: String,
+}
+
+impl Zone {
+    /// UTC.
+    pub fn utc() -> Zone {
+        Zone {
+            tz: jiff::tz::TimeZone::UTC,
+            name: "UTC".into(),
+        }
+    }
+
+    /// The zone of an IANA name (`Europe/Berlin`), if the system's database knows it.
+    pub fn named(name: &str) -> Option<Zone> {
+        jiff::tz::TimeZone::get(name).ok().map(|tz| Zone {
+            tz,
+            name: name.to_string(),
+        })
+    }
+
+    /// The household's zone, else `fallback`'s, else UTC.
+    pub fn pick(household: Option<&str>, fallback: &str) -> Zone {
+        household
+            .and_then(Zone::named)
+            .or_else(|| Zone::named(fallback))
+            .unwrap_or_else(Zone::utc)
+    }
+
+    /// Its IANA name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `30 Nov 2026, 22:15 CET`: a time as a household reads it.
+    pub fn time(&self, ms: u64) -> String {
+        let Ok(ts) = jiff::Timestamp::from_millisecond(i64::try_from(ms).unwrap_or(i64::MAX))
+        else {
+            return time(ms);
+        };
+        ts.to_zoned(self.tz.clone())
+            .strftime("%-d %b %Y, %H:%M %Z")
+            .to_string()
+    }
+}
+
 /// "5 minutes ago" style, relative to `now_ms`.
 pub fn ago(ms: u64, now_ms: u64) -> String {
     let secs = now_ms.saturating_sub(ms) / 1000;
@@ -104,14 +153,16 @@ pub const PRODUCT: &str = "smtpguard";
 /// What subscribers see the portal called (header and title agree).
 pub const PORTAL_NAME: &str = "smtpguard · Mail security";
 
-/// The self-refresh script (`GET /static/refresh.js`): every element with
-/// `data-refresh="SECONDS"` is replaced, that often, by the same element of a fresh copy of
-/// the page, fetched in the background; nothing happens while the tab is hidden or a field
-/// inside it has focus. Served from this origin, so the content security policy needs only
-/// `script-src 'self'`.
-pub const REFRESH_JS: &str = r#"(function(){
-var els=document.querySelectorAll('[data-refresh]');
-els.forEach(function(el){
+/// The site's one script (`GET /static/ui.js`), served from this origin so the content
+/// security policy needs only `script-src 'self'`; every page works without it.
+/// - `data-refresh="SECONDS"`: the element is replaced, that often, by the same element of
+///   a fresh copy of the page fetched in the background (not while the tab is hidden or a
+///   field inside it has focus);
+/// - `data-show-for="ID"` on a checkbox: shows the password field `ID` as text while ticked;
+/// - `data-tz-hint="ID"`: reveals a hint with the browser's time zone and a button that
+///   puts it into the field `ID`.
+pub const UI_JS: &str = r#"(function(){
+document.querySelectorAll('[data-refresh]').forEach(function(el){
  var secs=Math.max(5,parseInt(el.getAttribute('data-refresh'),10)||30);
  setInterval(function(){
   if(document.hidden||el.contains(document.activeElement))return;
@@ -124,6 +175,22 @@ els.forEach(function(el){
     if(fresh){el.innerHTML=fresh.innerHTML;el.setAttribute('data-refreshed',String(Date.now()));}
    }).catch(function(){});
  },secs*1000);
+});
+document.querySelectorAll('[data-show-for]').forEach(function(box){
+ var field=document.getElementById(box.getAttribute('data-show-for'));
+ if(!field)return;
+ box.parentElement.hidden=false;
+ box.addEventListener('change',function(){field.type=box.checked?'text':'password';});
+});
+document.querySelectorAll('[data-tz-hint]').forEach(function(hint){
+ var field=document.getElementById(hint.getAttribute('data-tz-hint'));
+ var zone='';
+ try{zone=Intl.DateTimeFormat().resolvedOptions().timeZone||'';}catch(e){}
+ if(!field||!zone)return;
+ var name=hint.querySelector('b'),use=hint.querySelector('button');
+ if(name)name.textContent=zone;
+ if(use)use.addEventListener('click',function(){field.value=zone;});
+ hint.hidden=false;
 });
 })();"#;
 
@@ -296,7 +363,7 @@ pub fn page(title: &str, nav: Nav<'_>, csrf: Option<&str>, body: &str) -> String
     let mut out = String::with_capacity(body.len() + CSS.len() + 1024);
     let _ = write!(
         out,
-        r##"<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1"><title>{} · {PRODUCT}</title><style>{CSS}</style><script src="/static/refresh.js" defer></script></head><body><a class="skip" href="#main">Skip to content</a>"##,
+        r##"<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1"><title>{} · {PRODUCT}</title><style>{CSS}</style><script src="/static/ui.js" defer></script></head><body><a class="skip" href="#main">Skip to content</a>"##,
         esc(title)
     );
     let logout = csrf
@@ -363,6 +430,16 @@ mod tests {
         assert_eq!(esc("a\u{0}b\u{1b}[31m"), "ab[31m");
         assert_eq!(path_seg("cpe a/../x"), "cpe%20a%2F..%2Fx");
         assert_eq!(path_seg("02:00:00:00:00:66"), "02:00:00:00:00:66");
+    }
+
+    #[test]
+    fn household_times_are_in_their_zone_with_summer_time() {
+        let berlin = Zone::pick(Some("Europe/Berlin"), "UTC");
+        // 2025-03-04 13:05 UTC (winter) and 2025-07-04 13:05 UTC (summer).
+        assert_eq!(berlin.time(1_741_093_500_000), "4 Mar 2025, 14:05 CET");
+        assert_eq!(berlin.time(1_751_634_300_000), "4 Jul 2025, 15:05 CEST");
+        assert_eq!(Zone::pick(Some("Mars/Olympus"), "UTC").name(), "UTC");
+        assert_eq!(Zone::utc().time(0), "1 Jan 1970, 00:00 UTC");
     }
 
     #[test]

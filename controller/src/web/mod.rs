@@ -164,6 +164,11 @@ pub struct WebSettings {
     /// What no policy the NOC signs may cut off (the controller's `[policy]` section and
     /// broker addresses); checked before anything is handed to the publisher.
     pub policy_safety: smtpguard_protocol::SafetyContext,
+    /// The time zone of portal times for households that chose none (IANA name).
+    pub portal_time_zone: String,
+    /// Whom subscribers call or write to, in the portal's words (`None`: "your provider's
+    /// customer service").
+    pub support_contact: Option<String>,
 }
 
 impl WebSettings {
@@ -177,6 +182,8 @@ impl WebSettings {
             session_secs: 12 * 3600,
             campaigns: crate::campaigns::Settings::default(),
             policy_safety: smtpguard_protocol::SafetyContext::default(),
+            portal_time_zone: "UTC".into(),
+            support_contact: None,
         }
     }
 }
@@ -496,14 +503,14 @@ pub fn html_response(body: String) -> Response {
         .into_response()
 }
 
-/// `GET /static/refresh.js`: [`html::REFRESH_JS`].
-async fn refresh_js() -> Response {
+/// `GET /static/ui.js`: [`html::UI_JS`].
+async fn ui_js() -> Response {
     (
         [
             (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
             (header::CACHE_CONTROL, "max-age=3600"),
         ],
-        html::REFRESH_JS,
+        html::UI_JS,
     )
         .into_response()
 }
@@ -515,7 +522,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/login", get(auth::login_form).post(auth::login))
         .route("/logout", post(auth::logout))
-        .route("/static/refresh.js", get(refresh_js))
+        .route("/static/ui.js", get(ui_js))
         .route("/noc", get(fleet::page))
         .route("/noc/cpe/{cpe_id}", get(cpe::page))
         .route("/noc/cpe/{cpe_id}/command", post(cpe::command))
@@ -541,6 +548,7 @@ pub fn router(state: AppState) -> Router {
         .route("/my/devices/{cpe_id}/{mac}", get(portal::device))
         .route("/my/release", post(portal::release))
         .route("/my/contact", post(portal::contact))
+        .route("/my/time-zone", post(portal::time_zone))
         .route("/api/fleet", get(api::fleet))
         .route("/api/cpes/{cpe_id}", get(api::cpe))
         .route("/api/cpes/{cpe_id}/commands", get(api::commands))

@@ -98,6 +98,11 @@ BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 ALTER TABLE households ADD COLUMN email TEXT;
 ALTER TABLE households ADD COLUMN notify_email INTEGER NOT NULL DEFAULT 1;
 "#,
+    // 4: the household's time zone for the portal's times (an IANA name; NULL: the
+    // controller's `web.portal_time_zone`).
+    r#"
+ALTER TABLE households ADD COLUMN time_zone TEXT;
+"#,
 ];
 
 /// Brings the product tables up to date. Call after the store has migrated its schema.

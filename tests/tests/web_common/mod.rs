@@ -169,6 +169,12 @@ impl Server {
                 .find(|l| l.contains("portal:") && l.contains(&h.name))
                 .with_context(|| format!("no token for {} in {printed:?}", h.name))?;
             h.token = line.rsplit(' ').next().unwrap_or("").to_string();
+            h.letter_code = line
+                .split("letter code: ")
+                .nth(1)
+                .and_then(|rest| rest.split_whitespace().next())
+                .unwrap_or("")
+                .to_string();
         }
         let op = printed
             .iter()
