@@ -179,7 +179,7 @@ document.querySelectorAll('[data-refresh]').forEach(function(el){
 document.querySelectorAll('[data-show-for]').forEach(function(box){
  var field=document.getElementById(box.getAttribute('data-show-for'));
  if(!field)return;
- box.parentElement.hidden=false;
+ var wrap=box.closest('[hidden]');if(wrap)wrap.hidden=false;
  box.addEventListener('change',function(){field.type=box.checked?'text':'password';});
 });
 document.querySelectorAll('[data-tz-hint]').forEach(function(hint){
