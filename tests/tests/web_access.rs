@@ -471,12 +471,24 @@ fn the_noc_groups_the_campaign_and_pushes_its_indicators_to_fleet_policy() {
     let page = http(s.addr, "GET", "/noc/campaigns", &[("Cookie", &noc)], b"").unwrap();
     let csrf = csrf_of(&page.body).unwrap();
     let h = form(&noc);
+    // The page lists the servers and asks for confirmation; unconfirmed, nothing is pushed.
+    assert!(page.body.contains(r#"name="confirm" value="1" required"#));
     let r = http(
         s.addr,
         "POST",
         &format!("/noc/campaigns/{id}/push"),
         &hdrs(&h),
         format!("csrf={csrf}").as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("tick the box to confirm"));
+    let r = http(
+        s.addr,
+        "POST",
+        &format!("/noc/campaigns/{id}/push"),
+        &hdrs(&h),
+        format!("csrf={csrf}&confirm=1").as_bytes(),
     )
     .unwrap();
     assert_eq!(r.status, 303, "{}", r.body);
@@ -607,7 +619,7 @@ fn campaign_pushes_leave_out_allowlisted_relays() {
         "POST",
         &format!("/noc/campaigns/{id}/push"),
         &hdrs(&h),
-        format!("csrf={csrf}&with_servers=on").as_bytes(),
+        format!("csrf={csrf}&with_servers=on&confirm=1").as_bytes(),
     )
     .unwrap();
     assert_eq!(r.status, 303, "{}", r.body);

@@ -151,7 +151,6 @@ fn among_20000_routers_the_noc_finds_one_by_mac_and_by_public_ip_at_a_time() {
         started.elapsed().as_secs_f64()
     );
 
-    if let Ok(dst) = std::env::var("WT14_KEEP_DB") { let c = rusqlite::Connection::open(&s.db).unwrap(); c.execute_batch(&format!("VACUUM INTO '{dst}'")).unwrap(); }
     // Page weight, as the server sends it, for the plain fleet page and a few filters.
     let cookie = login(s.addr, &s.operator).unwrap();
     for path in [
@@ -256,4 +255,169 @@ fn among_20000_routers_the_noc_finds_one_by_mac_and_by_public_ip_at_a_time() {
     assert_eq!(lines.len(), expected + 1, "{}", lines[0]);
     assert!(lines[0].starts_with("cpe_id,"));
     assert!(lines[1..].iter().all(|l| l.contains(",offline,")));
+}
+
+/// Every page at phone width (390×844) and at 1280 px: no horizontal overflow, WCAG 2.1 AA
+/// contrast of all visible text, tables with caption, `thead` and `scope`, the current
+/// section marked in the navigation, a skip link ([`web_common::AUDIT_JS`]). Phone
+/// screenshots of each page.
+#[test]
+fn every_page_fits_a_phone_and_passes_the_contrast_and_semantics_check() {
+    let s = Server::start_demo_process().unwrap();
+    let a = &s.seeded.households[0];
+    let (bot_mac, _) = a.flagged.clone().unwrap();
+    // An abuse report to show.
+    let (at, _, _) = s.seeded.abuse_example;
+    let r = http(
+        s.addr,
+        "POST",
+        "/api/abuse",
+        &[
+            ("Authorization", &format!("Bearer {}", s.operator)),
+            ("Content-Type", "application/json"),
+        ],
+        format!(r#"{{"public_ip":"{}","time":{at}}}"#, a.public_ip).as_bytes(),
+    )
+    .unwrap();
+    assert!(r.status == 200 || r.status == 201, "{}", r.body);
+    let report: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    let report_id = report["id"].as_i64().unwrap();
+
+    let b = Browser::start(390, 844).unwrap();
+    let mut problems = Vec::new();
+    let mut check = |b: &Browser, name: &str, path: &str| {
+        b.goto(&s.url(path)).unwrap();
+        for (width, height) in [(390, 844), (1280, 900)] {
+            b.resize(width, height).unwrap();
+            let found = b.audit().unwrap();
+            println!("{path} at {width} px: {} problems", found.len());
+            for p in found {
+                problems.push(format!("{path} at {width} px: {p}"));
+            }
+            if width == 390 {
+                b.screenshot(&format!("phone-{name}")).unwrap();
+            }
+        }
+    };
+    check(&b, "sign-in", "/login");
+    b.type_into("#token", &s.operator).unwrap();
+    b.click("#signin").unwrap();
+    assert!(b.url_ends_with("/noc"));
+    for (name, path) in [
+        ("noc-fleet", "/noc".to_string()),
+        ("noc-cpe", format!("/noc/cpe/{}", a.cpe_id)),
+        ("noc-campaigns", "/noc/campaigns".into()),
+        // `/noc/policy` (the policy editor and rollout) is left out here: its tables are
+        // being rewritten in `web/policy_editor.rs` by another change and get this check
+        // when that lands.
+        ("noc-abuse", "/noc/abuse".into()),
+        ("noc-abuse-answer", format!("/noc/abuse/{report_id}")),
+        ("noc-releases", "/noc/releases".into()),
+        ("noc-audit", "/noc/audit".into()),
+    ] {
+        check(&b, name, &path);
+    }
+    b.click("form[action='/logout'] button").unwrap();
+    b.goto(&s.url("/login")).unwrap();
+    b.type_into("#token", &a.letter_code).unwrap();
+    b.click("#signin").unwrap();
+    assert!(b.url_ends_with("/my"));
+    check(&b, "portal", "/my");
+    check(&b, "portal-device", &format!("/my/devices/{}/{bot_mac}", a.cpe_id));
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// The abuse desk: a rejected paste comes back with the text and the list; the simple form
+/// (address, date, time, time zone) keeps what was typed on an error and then names the
+/// device; the report has a reporter, a reply, an open/answered status, one confidence word
+/// on the list and the report, and links to the router and the campaign and back.
+#[test]
+fn the_abuse_desk_keeps_input_on_error_and_answers_from_the_simple_form() {
+    let s = Server::start_demo_process().unwrap();
+    let a = &s.seeded.households[0];
+    let (bot_mac, bot_name) = a.flagged.clone().unwrap();
+    let b = Browser::start(1280, 1000).unwrap();
+    b.goto(&s.url("/login")).unwrap();
+    b.type_into("#token", &s.operator).unwrap();
+    b.click("#signin").unwrap();
+    assert!(b.url_ends_with("/noc"));
+
+    // A paste that is not a report.
+    b.goto(&s.url("/noc/abuse")).unwrap();
+    let pasted = "Hello, your customer 203.0.113.7 spammed us yesterday afternoon!";
+    b.type_into("#report", pasted).unwrap();
+    b.click("#paste-form button[type=submit]").unwrap();
+    let err = b.find("#abuse-error").unwrap();
+    assert!(!b.text(&err).unwrap().is_empty());
+    let kept = b
+        .execute("return document.getElementById('report').value")
+        .unwrap();
+    assert_eq!(kept, pasted);
+    b.screenshot("noc-abuse-paste-kept").unwrap();
+
+    // The simple form, in UTC+1 (Etc/GMT-1), with a date written the wrong way first.
+    let (at, _, _) = s.seeded.abuse_example;
+    let local = format_utc_secs(at + HOUR);
+    let (date, time) = local.trim_end_matches(" UTC").split_once(' ').unwrap();
+    b.type_into("#a-ip", &a.public_ip.to_string()).unwrap();
+    b.type_into("#a-date", "yesterday").unwrap();
+    b.type_into("#a-time", time).unwrap();
+    b.execute("document.getElementById('a-zone').value='Etc/GMT-1'; return null")
+        .unwrap();
+    b.type_into("#a-reporter", "abuse@bigmail.example").unwrap();
+    b.click("#lookup-go").unwrap();
+    let err = b.find("#abuse-error").unwrap();
+    assert!(b.text(&err).unwrap().contains("date"), "{}", b.text(&err).unwrap());
+    let value = |id: &str| {
+        b.execute(&format!("return document.getElementById('{id}').value"))
+            .unwrap()
+    };
+    assert_eq!(value("a-ip"), a.public_ip.to_string());
+    assert_eq!(value("a-time"), time);
+    assert_eq!(value("a-zone"), "Etc/GMT-1");
+    assert_eq!(value("a-reporter"), "abuse@bigmail.example");
+    b.execute("document.getElementById('a-date').value=''; return null")
+        .unwrap();
+    b.type_into("#a-date", date).unwrap();
+    b.click("#lookup-go").unwrap();
+    let answer = b
+        .find("#answer")
+        .unwrap_or_else(|e| panic!("{e}\n{}", b.page_text().unwrap_or_default()));
+    let answer_text = b.text(&answer).unwrap();
+    assert!(answer_text.contains(&bot_name), "{answer_text}");
+    let text = b.page_text().unwrap();
+    assert!(text.contains("abuse@bigmail.example"), "{text}");
+    // One confidence word: the report's badge opens its explanation.
+    let word = b.text(&b.find("[data-confidence]").unwrap()).unwrap();
+    let explained = b.text(&b.find("#confidence").unwrap()).unwrap();
+    assert!(explained.starts_with(&format!("{word}:")), "{word} / {explained}");
+    assert!(b.find("#campaign a").is_ok(), "no campaign link: {text}");
+    let reply = value("reply");
+    assert!(
+        reply.as_str().unwrap().contains("We identified the device"),
+        "{reply}"
+    );
+    assert!(b
+        .text(&b.find("#report-status").unwrap())
+        .unwrap()
+        .contains("open"));
+    b.screenshot("noc-abuse-report").unwrap();
+    b.click("#mark-answered").unwrap();
+    let status = b.find("#report-status").unwrap();
+    assert!(b.text(&status).unwrap().contains("answered by"));
+    let report_url = b.url().unwrap();
+
+    // From the router to its reports, and the list's word is the report's.
+    b.goto(&s.url(&format!("/noc/cpe/{}", a.cpe_id))).unwrap();
+    b.click("#link-abuse").unwrap();
+    let rows = b.find_all("#abuse-list tbody tr").unwrap();
+    assert_eq!(rows.len(), 1);
+    let row = b.text(&rows[0]).unwrap();
+    assert!(row.contains(&word) && row.contains("answered"), "{row}");
+    assert!(row.contains(&bot_mac.to_string()));
+    // From the campaign to the device's reports.
+    b.goto(&s.url("/noc/campaigns")).unwrap();
+    b.click(&format!("a[href*='mac={bot_mac}']")).unwrap();
+    assert_eq!(b.find_all("#abuse-list tbody tr").unwrap().len(), 1);
+    assert!(report_url.contains("/noc/abuse/"));
 }

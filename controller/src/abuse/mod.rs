@@ -351,6 +351,22 @@ pub fn submit(
         let (q, r) = arf::parse(body)?;
         ("arf", q, Some(r.feedback_type), r.message_id)
     };
+    submit_query(conn, source, query, feedback_type, message_id, now_ms)
+}
+
+/// Answers and stores a report already read: from a body ([`submit`]) or from the abuse
+/// desk's simple form (`source` `form`).
+///
+/// # Errors
+/// [`AbuseError`] on database errors.
+pub fn submit_query(
+    conn: &Connection,
+    source: &str,
+    query: AbuseQuery,
+    feedback_type: Option<String>,
+    message_id: Option<String>,
+    now_ms: u64,
+) -> Result<StoredReport, AbuseError> {
     let answer = answer(conn, &query)?;
     let result_json =
         serde_json::to_string(&answer).map_err(|e| AbuseError::Json(e.to_string()))?;
@@ -385,6 +401,53 @@ pub fn submit(
     })
 }
 
+/// Records who complained (an address or a name, at most 200 characters; empty: unknown).
+///
+/// # Errors
+/// [`AbuseError::Sqlite`].
+pub fn set_reporter(conn: &Connection, id: i64, reporter: &str) -> Result<(), AbuseError> {
+    let reporter: String = reporter.trim().chars().take(200).collect();
+    conn.execute(
+        "UPDATE abuse_reports SET reporter = ?2 WHERE id = ?1",
+        params![id, (!reporter.is_empty()).then_some(reporter)],
+    )?;
+    Ok(())
+}
+
+/// Marks a report answered (the complainant has had the reply) by `who`. Returns whether
+/// the report exists.
+///
+/// # Errors
+/// [`AbuseError::Sqlite`].
+pub fn mark_answered(
+    conn: &Connection,
+    id: i64,
+    who: &str,
+    now_ms: u64,
+) -> Result<bool, AbuseError> {
+    let n = conn.execute(
+        "UPDATE abuse_reports SET status = 'answered', answered_ms = ?2, answered_by = ?3
+         WHERE id = ?1",
+        params![id, to_i64(now_ms), who],
+    )?;
+    Ok(n > 0)
+}
+
+/// Which reports [`list_filtered`] returns.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReportFilter {
+    /// Only those no device was named for.
+    pub unmatched_only: bool,
+    /// Only `open` or `answered` ones.
+    pub status: Option<&'static str>,
+    /// Only those about this router.
+    pub cpe_id: Option<String>,
+    /// Only those naming this device (with [`ReportFilter::cpe_id`]).
+    pub mac: Option<String>,
+    /// Only this one.
+    pub id: Option<i64>,
+}
+
 /// Stored reports, newest first; `unmatched_only` lists those no device was named for.
 ///
 /// # Errors
@@ -394,23 +457,58 @@ pub fn list(
     unmatched_only: bool,
     limit: u32,
 ) -> Result<Vec<ReportSummary>, AbuseError> {
+    let filter = ReportFilter {
+        unmatched_only,
+        ..ReportFilter::default()
+    };
+    list_filtered(conn, &filter, limit)
+}
+
+/// Stored reports matching `f`, newest first.
+///
+/// # Errors
+/// [`AbuseError::Sqlite`].
+pub fn list_filtered(
+    conn: &Connection,
+    f: &ReportFilter,
+    limit: u32,
+) -> Result<Vec<ReportSummary>, AbuseError> {
     let mut stmt = conn.prepare_cached(
-        "SELECT id, received_ms, source, public_ip, at_ms, confidence, cpe_id, mac, message_id
-         FROM abuse_reports WHERE (?1 = 0 OR mac IS NULL) ORDER BY id DESC LIMIT ?2",
+        "SELECT id, received_ms, source, public_ip, at_ms, confidence, cpe_id, mac, message_id,
+                reporter, status, answered_ms, answered_by
+         FROM abuse_reports
+         WHERE (?1 = 0 OR mac IS NULL) AND (?2 IS NULL OR status = ?2)
+           AND (?3 IS NULL OR cpe_id = ?3) AND (?4 IS NULL OR mac = ?4)
+           AND (?5 IS NULL OR id = ?5)
+         ORDER BY id DESC LIMIT ?6",
     )?;
-    let rows = stmt.query_map(params![i64::from(unmatched_only), limit], |r| {
-        Ok(ReportSummary {
-            id: r.get(0)?,
-            received_ms: from_i64(r.get(1)?),
-            source: r.get(2)?,
-            public_ip: r.get(3)?,
-            at_ms: from_i64(r.get(4)?),
-            confidence: r.get(5)?,
-            cpe_id: r.get(6)?,
-            mac: r.get(7)?,
-            message_id: r.get(8)?,
-        })
-    })?;
+    let rows = stmt.query_map(
+        params![
+            i64::from(f.unmatched_only),
+            f.status,
+            f.cpe_id,
+            f.mac,
+            f.id,
+            limit
+        ],
+        |r| {
+            Ok(ReportSummary {
+                id: r.get(0)?,
+                received_ms: from_i64(r.get(1)?),
+                source: r.get(2)?,
+                public_ip: r.get(3)?,
+                at_ms: from_i64(r.get(4)?),
+                confidence: r.get(5)?,
+                cpe_id: r.get(6)?,
+                mac: r.get(7)?,
+                message_id: r.get(8)?,
+                reporter: r.get(9)?,
+                status: r.get(10)?,
+                answered_ms: r.get::<_, Option<i64>>(11)?.map(from_i64),
+                answered_by: r.get(12)?,
+            })
+        },
+    )?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
@@ -421,7 +519,7 @@ pub struct ReportSummary {
     pub id: i64,
     /// When it was received.
     pub received_ms: u64,
-    /// `arf` or `json`.
+    /// `arf`, `json` or `form`.
     pub source: String,
     /// The reported address.
     pub public_ip: String,
@@ -435,6 +533,14 @@ pub struct ReportSummary {
     pub mac: Option<String>,
     /// The reported message's id.
     pub message_id: Option<String>,
+    /// Who complained, if recorded.
+    pub reporter: Option<String>,
+    /// `open` or `answered`.
+    pub status: String,
+    /// When it was answered.
+    pub answered_ms: Option<u64>,
+    /// Who answered it.
+    pub answered_by: Option<String>,
 }
 
 /// One stored report's full answer.

@@ -536,7 +536,7 @@ struct Data {
     suspicious: usize,
     households: BTreeMap<String, String>,
     campaigns: usize,
-    unmatched_abuse: usize,
+    open_abuse: usize,
     pending_releases: usize,
 }
 
@@ -572,7 +572,15 @@ fn load(
     let suspicious = flagged.len() - infected;
     flagged.truncate(FLAGGED_ROWS);
     let households = household_names(conn, flagged.iter().map(|d| d.cpe_id.as_str()))?;
-    let unmatched_abuse = abuse::list(conn, true, 1000)?.len();
+    let open_abuse = abuse::list_filtered(
+        conn,
+        &abuse::ReportFilter {
+            status: Some("open"),
+            ..abuse::ReportFilter::default()
+        },
+        10_000,
+    )?
+    .len();
     let pending_releases = households::release_requests(conn, None)?
         .iter()
         .filter(|r| r.status == "pending")
@@ -586,7 +594,7 @@ fn load(
         suspicious,
         households,
         campaigns,
-        unmatched_abuse,
+        open_abuse,
         pending_releases,
     })
 }
@@ -849,11 +857,11 @@ pub async fn page(
     ));
     b.push_str(&stat(
         "",
-        d.unmatched_abuse as u64,
-        "unmatched abuse report",
-        "unmatched abuse reports",
+        d.open_abuse as u64,
+        "open abuse report",
+        "open abuse reports",
         "stat-abuse",
-        "/noc/abuse?status=open",
+        "/noc/abuse?status=open#reports",
     ));
     b.push_str(&stat(
         "",

@@ -12,6 +12,8 @@
 //! - [`noc`]: operator pages ( campaigns, policy editor, abuse reports, release
 //!   requests).
 //! - [`portal`]: the subscriber's "your devices" pages.
+//! - [`abuse_desk`]: abuse reports: the list, a simple look-up form, pasted ARF/JSON, one
+//!   report with its reply, open/answered.
 //! - [`api`]: JSON endpoints, including `POST /api/abuse` and the commands to one router
 //!   (`POST /api/cpes/{cpe}/devices/{mac}/release|block`, `GET /api/cpes/{cpe}/commands`).
 //! - [`audit`]: the audit log, as a NOC page and as JSON.
@@ -30,6 +32,7 @@
 //! (an approved release request, the API) through the injected [`CommandSender`], backed by
 //! [`crate::commands`].
 
+pub mod abuse_desk;
 pub mod api;
 pub mod audit;
 pub mod auth;
@@ -537,8 +540,10 @@ pub fn router(state: AppState) -> Router {
             "/noc/policy/rollback/{version}",
             post(policy_editor::rollback),
         )
-        .route("/noc/abuse", get(noc::abuse_page).post(noc::abuse_paste))
-        .route("/noc/abuse/{id}", get(noc::abuse_one))
+        .route("/noc/abuse", get(abuse_desk::page).post(abuse_desk::paste))
+        .route("/noc/abuse/lookup", post(abuse_desk::lookup))
+        .route("/noc/abuse/{id}", get(abuse_desk::one))
+        .route("/noc/abuse/{id}/answered", post(abuse_desk::answered))
         .route("/noc/releases", get(noc::releases))
         .route("/noc/releases/{id}", post(noc::decide_release))
         .route("/noc/audit", get(audit::page))

@@ -17,11 +17,11 @@ use super::html::{self, esc, page, path_seg, Nav};
 
 use super::policy_editor::{current_fleet_policy, publish_checked};
 use super::{html_response, AppState, WebError};
-use crate::abuse::{self, mapping::Confidence};
 use crate::campaigns::{self, Campaign, Member};
 use crate::households;
 use crate::operators::Level;
-use crate::verdicts::{self, DeviceView};
+use crate::abuse;
+use crate::verdicts::{self, plural, DeviceView};
 
 /// The campaigns among the fleet's infected devices.
 ///
@@ -164,10 +164,25 @@ pub async fn campaigns(
                     .iter()
                     .flat_map(|(c, _)| c.members.iter().map(|m| m.cpe_id.as_str())),
             )?;
-            Ok((devices, campaigns, names))
+            let mut reports = BTreeMap::new();
+            for m in campaigns.iter().flat_map(|(c, _)| c.members.iter()) {
+                let f = abuse::ReportFilter {
+                    cpe_id: Some(m.cpe_id.clone()),
+                    mac: Some(m.mac.to_string()),
+                    ..abuse::ReportFilter::default()
+                };
+                let n = abuse::list_filtered(conn, &f, 1000)?.len() as u64;
+                reports.insert((m.cpe_id.clone(), m.mac.to_string()), n);
+            }
+            let routers: i64 = conn.query_row(
+                "SELECT COUNT(*) FROM cpes WHERE revoked_at_ms IS NULL",
+                [],
+                |r| r.get(0),
+            )?;
+            Ok((devices, campaigns, names, reports, u64::try_from(routers).unwrap_or(0)))
         })
         .await;
-    let (devices, campaigns, names) = match loaded {
+    let (devices, campaigns, names, reports, routers) = match loaded {
         Ok(f) => f,
         Err(e) => return e.page(),
     };
@@ -184,11 +199,11 @@ pub async fn campaigns(
     for (c, pushed) in &campaigns {
         let _ = write!(
             b,
-            r#"<section class="card infected" id="{}"><div class="row"><h3 class="mono">{}</h3><span class="badge bad">{} households</span><span class="muted">{} devices · first {} · latest {}</span></div>"#,
+            r#"<section class="card infected" id="{}"><div class="row"><h3 class="mono">{}</h3><span class="badge bad">{}</span><span class="muted">{} · first {} · latest {}</span></div>"#,
             esc(&c.id),
             esc(&c.id),
-            c.households,
-            c.members.len(),
+            esc(&plural(c.households as u64, "household", "households")),
+            esc(&plural(c.members.len() as u64, "device", "devices")),
             esc(&html::time(c.first_ms)),
             esc(&html::time(c.last_ms)),
         );
@@ -203,28 +218,70 @@ pub async fn campaigns(
             })
             .collect();
         b.push_str(&links.join(" · "));
-        b.push_str("</p><table><tr><th>Household / CPE</th><th>Device</th></tr>");
+        b.push_str("</p>");
+        let mut t = html::Table::plain(
+            "",
+            &format!("Devices in campaign {}", c.id),
+            &["Household / CPE", "Device", "Abuse reports"],
+        );
         for m in &c.members {
             let name = devices
                 .iter()
                 .find(|d| d.cpe_id == m.cpe_id && d.mac == m.mac)
                 .map(DeviceView::display_name)
                 .unwrap_or_default();
-            let _ = write!(
-                b,
-                r#"<tr><td>{} <a class="mono" href="/noc/cpe/{}">{}</a></td><td>{} <span class="mono muted">{}</span></td></tr>"#,
-                esc(names.get(&m.cpe_id).map_or("", String::as_str)),
-                path_seg(&m.cpe_id),
-                esc(&m.cpe_id),
-                esc(&name),
-                esc(&m.mac.to_string())
+            let mac = m.mac.to_string();
+            let n = reports
+                .get(&(m.cpe_id.clone(), mac.clone()))
+                .copied()
+                .unwrap_or(0);
+            t.row(
+                "",
+                &[
+                    (
+                        "",
+                        format!(
+                            r#"{} <a class="mono" href="/noc/cpe/{}">{}</a>"#,
+                            esc(names.get(&m.cpe_id).map_or("", String::as_str)),
+                            path_seg(&m.cpe_id),
+                            esc(&m.cpe_id)
+                        ),
+                    ),
+                    (
+                        "",
+                        format!(
+                            r#"<span class="wrap">{}</span> <span class="mono muted">{}</span>"#,
+                            esc(&name),
+                            esc(&mac)
+                        ),
+                    ),
+                    (
+                        "",
+                        if n == 0 {
+                            "none".into()
+                        } else {
+                            format!(
+                                r#"<a href="/noc/abuse?cpe={}&amp;mac={}">{}</a>"#,
+                                path_seg(&m.cpe_id),
+                                path_seg(&mac),
+                                esc(&plural(n, "report", "reports"))
+                            )
+                        },
+                    ),
+                ],
             );
         }
-        b.push_str("</table>");
+        b.push_str(&t.finish());
+        let mut servers = String::new();
+        for ip in &c.mail_servers {
+            let _ = write!(servers, "<li>{}</li>", esc(&ip.to_string()));
+        }
         let _ = write!(
             b,
             r#"<form method="post" action="/noc/campaigns/{}/push">{}<p><b>Indicators:</b> EHLO <span class="mono">{}</span> · sender domains <span class="mono">{}</span></p>
-<label style="font-weight:400"><input type="checkbox" name="with_servers" value="1"> also block the {} shared mail servers (only if they are not big providers)</label>
+<details><summary>The {} they share</summary><ul class="mono">{servers}</ul></details>
+<label class="inline"><input type="checkbox" name="with_servers" value="1"> also block these mail servers (only if they are not big providers)</label>
+<p><label class="inline"><input type="checkbox" name="confirm" value="1" required> Push to the policy of all {}: every router then blocks devices that show these indicators</label></p>
 <p><button class="btn danger" type="submit">{}</button></p></form></section>"#,
             path_seg(&c.id),
             csrf_field(&caller),
@@ -238,7 +295,8 @@ pub async fn campaigns(
             } else {
                 c.sender_domains.join(", ")
             }),
-            c.mail_servers.len(),
+            esc(&plural(c.mail_servers.len() as u64, "mail server", "mail servers")),
+            esc(&plural(routers, "router", "routers")),
             match pushed {
                 Some(v) => format!("Pushed in v{v} — push again"),
                 None => "Push indicators to the whole fleet".into(),
@@ -261,6 +319,8 @@ pub struct PushForm {
     csrf: String,
     #[serde(default)]
     with_servers: Option<String>,
+    #[serde(default)]
+    confirm: Option<String>,
 }
 
 /// `POST /noc/campaigns/{id}/push`: adds the campaign's indicators to the fleet policy.
@@ -274,6 +334,12 @@ pub async fn push_campaign(
         Ok(c) => c,
         Err(e) => return e.page(),
     };
+    if form.confirm.is_none() {
+        return WebError::BadRequest(
+            "tick the box to confirm the push to the whole fleet".into(),
+        )
+        .page();
+    }
     match push_campaign_indicators(&state, &staff.name, &id, form.with_servers.is_some()).await {
         Ok(v) => Redirect::to(&format!("/noc/campaigns?pushed={v}")).into_response(),
         Err(e) => e.page(),
@@ -349,238 +415,12 @@ pub async fn push_campaign_indicators(
     Ok(version)
 }
 
-fn abuse_form(caller: &Caller) -> String {
-    format!(
-        r#"<h2>Map a report</h2><form method="post" action="/noc/abuse">{}<label for="report">Paste an ARF report (the whole message) or JSON <span class="mono">{{"public_ip": "...", "time": "2025-03-04T13:05:09Z", "source_port": 40123}}</span> (<span class="mono">public_ip</span> may be a router's WAN address from the CGNAT log; with the source port, the router's own NAT translation names the device exactly)</label><textarea id="report" name="report" rows="8" spellcheck="false"></textarea><p><button class="btn" type="submit">Find the device</button></p></form>"#,
-        csrf_field(caller)
-    )
-}
-
-/// `GET /noc/abuse`: stored reports, matched and unmatched.
-pub async fn abuse_page(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    let caller = match auth::noc(&state, &headers).await {
-        Ok(c) => c,
-        Err(e) => return e.page(),
-    };
-    let list = match state.db(|conn| Ok(abuse::list(conn, false, 200)?)).await {
-        Ok(l) => l,
-        Err(e) => return e.page(),
-    };
-    let mut b = String::from("<h1>Abuse reports</h1><p class=\"sub\">Complaints about our customers' public addresses, mapped to the household device that sent the mail.</p>");
-    if list.is_empty() {
-        b.push_str(r#"<p class="muted">No reports yet. Reporters and feedback loops POST them to <span class="mono">/api/abuse</span>.</p>"#);
-    } else {
-        b.push_str("<table><tr><th>#</th><th>Received</th><th>Public IP at time</th><th>Answer</th><th>Device</th></tr>");
-        for r in &list {
-            let badge = if r.mac.is_some() {
-                format!(r#"<span class="badge ok">{}</span>"#, esc(&r.confidence))
-            } else {
-                format!(
-                    r#"<span class="badge warn-soft">{}</span>"#,
-                    esc(&r.confidence)
-                )
-            };
-            let _ = write!(
-                b,
-                r#"<tr><td><a href="/noc/abuse/{}">{}</a></td><td>{}<div class="muted">{}</div></td><td class="mono">{} <div class="muted">{}</div></td><td>{badge}</td><td>{}</td></tr>"#,
-                r.id,
-                r.id,
-                esc(&html::time(r.received_ms)),
-                esc(&r.source),
-                esc(&r.public_ip),
-                esc(&html::time(r.at_ms)),
-                match (&r.cpe_id, &r.mac) {
-                    (Some(c), Some(m)) => format!(
-                        r#"<a class="mono" href="/noc/cpe/{}">{}</a> <span class="mono">{}</span>"#,
-                        path_seg(c),
-                        esc(c),
-                        esc(m)
-                    ),
-                    (Some(c), None) => format!(
-                        r#"<a class="mono" href="/noc/cpe/{}">{}</a>"#,
-                        path_seg(c),
-                        esc(c)
-                    ),
-                    _ => "unmatched".into(),
-                }
-            );
-        }
-        b.push_str("</table>");
-    }
-    b.push_str(&abuse_form(&caller));
-    b.push_str(&export_links("abuse", "abuse reports"));
-    noc_page("Abuse reports", "abuse", &caller, &b)
-}
-
 /// Links to the CSV and JSON exports of `what` ([`super::export`]).
 pub(crate) fn export_links(what: &str, label: &str) -> String {
     format!(
         r#"<p class="muted exports">Export {}: <a href="/api/export/{what}?format=csv">CSV</a> · <a href="/api/export/{what}?format=json">JSON</a></p>"#,
         esc(label)
     )
-}
-
-/// The paste form.
-#[derive(Debug, Deserialize)]
-pub struct AbuseForm {
-    csrf: String,
-    report: String,
-}
-
-/// `POST /noc/abuse`: maps a pasted report and shows the answer.
-pub async fn abuse_paste(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    Form(form): Form<AbuseForm>,
-) -> Response {
-    let (staff, caller) =
-        match auth::staff_form(&state, &headers, Level::Operator, &form.csrf).await {
-            Ok(c) => c,
-            Err(e) => return e.page(),
-        };
-    let now = state.now_ms();
-    let body = form.report.into_bytes();
-    let result = state
-        .db(move |conn| Ok(abuse::submit(conn, "", &body, now)?))
-        .await;
-    match result {
-        Ok(r) => {
-            state.audit_abuse(&staff.name, Ok(&r)).await;
-            Redirect::to(&format!("/noc/abuse/{}", r.id)).into_response()
-        }
-        Err(e) => {
-            state.audit_abuse(&staff.name, Err(e.to_string())).await;
-            if let WebError::BadRequest(_) | WebError::TooLarge = e {
-                state.counters.bump_abuse("form");
-            }
-            let msg = e.to_string();
-            let mut b = format!(
-                r#"<h1>Abuse reports</h1><div class="flash err" role="alert">{}</div>"#,
-                esc(&msg)
-            );
-            b.push_str(&abuse_form(&caller));
-            (e.status(), noc_page("Abuse reports", "abuse", &caller, &b)).into_response()
-        }
-    }
-}
-
-/// `GET /noc/abuse/{id}`: one report's answer with its evidence.
-pub async fn abuse_one(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    Path(id): Path<i64>,
-) -> Response {
-    let caller = match auth::noc(&state, &headers).await {
-        Ok(c) => c,
-        Err(e) => return e.page(),
-    };
-    let data = state
-        .db(move |conn| {
-            let row = abuse::list(conn, false, 100_000)?
-                .into_iter()
-                .find(|r| r.id == id)
-                .ok_or(WebError::NotFound)?;
-            let answer = abuse::answer_of(conn, id)?.ok_or(WebError::NotFound)?;
-            let household = match &row.cpe_id {
-                Some(c) => households::owner_of(conn, c)?.map(|(_, n)| n),
-                None => None,
-            };
-            Ok((row, answer, household))
-        })
-        .await;
-    let (row, answer, household) = match data {
-        Ok(d) => d,
-        Err(e) => return e.page(),
-    };
-    let m: Result<crate::abuse::mapping::Match, _> =
-        serde_json::from_value(answer.clone()).map_err(|e| e.to_string());
-    let mut b = format!(
-        r#"<p><a href="/noc/abuse">← Abuse reports</a></p><h1>Report #{}</h1><p class="sub">{} report · received {} · mail from <span class="mono">{}</span> at {}{}</p>"#,
-        row.id,
-        esc(&row.source),
-        esc(&html::time(row.received_ms)),
-        esc(&row.public_ip),
-        esc(&html::time(row.at_ms)),
-        row.message_id
-            .as_deref()
-            .map(|m| format!(" · Message-ID <span class=\"mono\">{}</span>", esc(m)))
-            .unwrap_or_default()
-    );
-    let conf = answer
-        .get("confidence")
-        .and_then(|v| v.as_str())
-        .unwrap_or("");
-    let confidence = [
-        Confidence::Exact,
-        Confidence::ExactPort,
-        Confidence::DestinationAndTime,
-        Confidence::TimeWindow,
-        Confidence::Verdict,
-        Confidence::HouseholdOnly,
-        Confidence::Unmatched,
-    ]
-    .into_iter()
-    .find(|c| c.as_str() == conf);
-    let class = if row.mac.is_some() {
-        "card infected"
-    } else {
-        "card"
-    };
-    let _ = write!(b, r#"<section class="{class}"><h3>Answer</h3>"#);
-    match (&row.cpe_id, &row.mac) {
-        (Some(c), Some(mac)) => {
-            let name = answer
-                .get("device_name")
-                .and_then(|v| v.as_str())
-                .unwrap_or("");
-            let _ = write!(
-                b,
-                r#"<p class="what" id="answer">Device <b>{}</b> <span class="mono">{}</span> in household <b>{}</b> (CPE <a class="mono" href="/noc/cpe/{}">{}</a>).</p>"#,
-                esc(name),
-                esc(mac),
-                esc(household.as_deref().unwrap_or("unassigned")),
-                path_seg(c),
-                esc(c)
-            );
-        }
-        (Some(c), None) => {
-            let _ = write!(
-                b,
-                r#"<p class="what" id="answer">Household CPE <a class="mono" href="/noc/cpe/{}">{}</a>; no single device identified.</p>"#,
-                path_seg(c),
-                esc(c)
-            );
-        }
-        _ => b.push_str(r#"<p class="what" id="answer">Unmatched: stored for follow-up.</p>"#),
-    }
-    if let Some(c) = confidence {
-        let _ = write!(b, "<p><b>Confidence:</b> {}</p>", esc(c.describe()));
-    }
-    if let Ok(m) = &m {
-        if !m.evidence.is_empty() {
-            let _ = write!(
-                b,
-                "<p>{} mail connections from this device in the window ({} from the household).</p>",
-                m.device_connections, m.household_connections
-            );
-            b.push_str("<table><tr><th>Time</th><th>Destination</th><th>LAN source port</th><th>NAT address</th><th>NAT port</th></tr>");
-            for c in &m.evidence {
-                let _ = write!(
-                    b,
-                    r#"<tr><td>{}</td><td class="mono">{}:{}</td><td class="num">{}</td><td class="mono">{}</td><td class="num">{}</td></tr>"#,
-                    esc(&crate::abuse::date::format_utc_secs(c.at_ms)),
-                    esc(&c.dst.to_string()),
-                    c.dst_port,
-                    c.src_port,
-                    esc(&c.nat_ip.map(|i| i.to_string()).unwrap_or("—".into())),
-                    c.nat_port.map(|p| p.to_string()).unwrap_or("—".into())
-                );
-            }
-            b.push_str("</table>");
-        }
-    }
-    b.push_str("</section>");
-    noc_page("Abuse report", "abuse", &caller, &b)
 }
 
 /// `GET /noc/releases`: subscribers' release requests.
