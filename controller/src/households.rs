@@ -627,6 +627,45 @@ mod tests {
         (dir, conn)
     }
 
+    #[test]
+    fn a_letter_code_signs_in_however_it_is_typed_and_the_long_token_still_does() {
+        let (_dir, conn) = db();
+        let (id, token) = create(&conn, "Letter household", &[], 0).unwrap();
+        let code = add_letter_code(&conn, id, 0).unwrap();
+        assert_eq!(code.len(), 14);
+        assert_eq!(code.matches('-').count(), 2);
+        assert!(!code.contains(['0', 'O', '1', 'I', 'L']), "{code}");
+        for typed in [
+            code.clone(),
+            code.to_lowercase(),
+            code.replace('-', " "),
+            format!(" {} ", code.replace('-', "")),
+        ] {
+            assert_eq!(authenticate(&conn, &typed).unwrap(), Some(id), "{typed:?}");
+        }
+        assert_eq!(authenticate(&conn, &token).unwrap(), Some(id));
+        let mut wrong = code.replace('-', "");
+        wrong.replace_range(..1, if wrong.starts_with('A') { "B" } else { "A" });
+        assert_eq!(authenticate(&conn, &wrong).unwrap(), None);
+        assert_eq!(normalise_letter_code("ABCD-EFGH-JKM"), None);
+        assert_eq!(normalise_letter_code("ABCD-EFGH-JKM0"), None);
+    }
+
+    #[test]
+    fn a_time_zone_must_be_one_the_system_knows() {
+        let (_dir, conn) = db();
+        let (id, _) = create(&conn, "Zone household", &[], 0).unwrap();
+        assert_eq!(time_zone(&conn, id).unwrap(), None);
+        set_time_zone(&conn, id, Some("Europe/Berlin")).unwrap();
+        assert_eq!(time_zone(&conn, id).unwrap().as_deref(), Some("Europe/Berlin"));
+        assert!(matches!(
+            set_time_zone(&conn, id, Some("Europe/Atlantis")),
+            Err(HouseholdError::Invalid(_))
+        ));
+        set_time_zone(&conn, id, Some("")).unwrap();
+        assert_eq!(time_zone(&conn, id).unwrap(), None);
+    }
+
     /// Issue 11: "the restriction is being lifted" while the card above says "blocked until
     /// 10:07". The words follow the request, the release command and what the router says.
     #[test]

@@ -180,6 +180,8 @@ fn reports(conn: &rusqlite::Connection) -> Result<Table, WebError> {
                 r.cpe_id.clone().unwrap_or_default(),
                 r.mac.clone().unwrap_or_default(),
                 r.message_id.clone().unwrap_or_default(),
+                r.reporter.clone().unwrap_or_default(),
+                r.status.clone(),
             ]
         })
         .collect();
@@ -195,6 +197,8 @@ fn reports(conn: &rusqlite::Connection) -> Result<Table, WebError> {
             "cpe_id",
             "mac",
             "message_id",
+            "reporter",
+            "status",
         ],
         rows,
     })
