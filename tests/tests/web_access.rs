@@ -1437,3 +1437,186 @@ fn router_actions_are_for_operators_overrides_for_admins_and_hostile_posts_are_r
     assert!(has("ada", "policy_override", "refused"), "{entries:#?}");
     assert!(has("ada", "policy_override", "ok"), "{entries:#?}");
 }
+
+/// The abuse desk's and the portal's new forms: roles, CSRF, foreign origins and hostile
+/// input; a rejected paste comes back with its text.
+#[test]
+fn abuse_desk_and_time_zone_forms_refuse_wrong_roles_forged_posts_and_hostile_input() {
+    use smtpguard_controller::operators::{self, Level};
+    let s = Server::start().unwrap();
+    let conn = rusqlite::Connection::open(&s.db).unwrap();
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .unwrap();
+    let vera = operators::add(&conn, "vera", Level::Viewer, now_ms()).unwrap();
+    let a = &s.seeded.households[0];
+    let post = |cookie: &str, path: &str, body: &str, extra: &[(&'static str, String)]| {
+        let mut h = form(cookie);
+        h.extend(extra.iter().cloned());
+        http(s.addr, "POST", path, &hdrs(&h), body.as_bytes()).unwrap()
+    };
+    let noc = login(s.addr, OPERATOR_TOKEN).unwrap();
+    let page = http(s.addr, "GET", "/noc/abuse", &[("Cookie", &noc)], b"").unwrap();
+    let csrf = csrf_of(&page.body).unwrap();
+    let (at, _, _) = s.seeded.abuse_example;
+    let when = smtpguard_controller::abuse::date::format_utc_secs(at);
+    let (date, time) = when.trim_end_matches(" UTC").split_once(' ').unwrap();
+    let lookup = |csrf: &str, ip: &str, reporter: &str| {
+        format!(
+            "csrf={csrf}&ip={}&date={date}&time={}&zone=UTC&port=&reporter={}",
+            urlencode(ip),
+            urlencode(time),
+            urlencode(reporter)
+        )
+    };
+
+    // Forged, foreign, wrong role: refused, nothing stored.
+    let count = || -> i64 {
+        conn.query_row("SELECT COUNT(*) FROM abuse_reports", [], |r| r.get(0))
+            .unwrap()
+    };
+    let before = count();
+    let ip = a.public_ip.to_string();
+    assert_eq!(
+        post(&noc, "/noc/abuse/lookup", &lookup("forged", &ip, ""), &[]).status,
+        403
+    );
+    assert_eq!(
+        post(
+            &noc,
+            "/noc/abuse/lookup",
+            &lookup(&csrf, &ip, ""),
+            &[("Origin", "https://evil.example".to_string())]
+        )
+        .status,
+        403
+    );
+    let v = login(s.addr, &vera).unwrap();
+    let v_page = http(s.addr, "GET", "/noc/abuse", &[("Cookie", &v)], b"").unwrap();
+    let v_csrf = csrf_of(&v_page.body).unwrap();
+    assert_eq!(
+        post(&v, "/noc/abuse/lookup", &lookup(&v_csrf, &ip, ""), &[]).status,
+        403
+    );
+    let hh = login(s.addr, &a.token).unwrap();
+    assert_eq!(
+        post(&hh, "/noc/abuse/lookup", &lookup(&csrf, &ip, ""), &[]).status,
+        403
+    );
+    assert_eq!(count(), before);
+
+    // Hostile input is named and escaped, and kept in the form.
+    let r = post(
+        &noc,
+        "/noc/abuse/lookup",
+        &lookup(&csrf, "<script>alert(1)</script>", "<b>x</b>"),
+        &[],
+    );
+    assert_eq!(r.status, 400);
+    assert!(!r.body.contains("<script>alert"), "{}", r.body);
+    assert!(r.body.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
+    assert!(r.body.contains(r#"value="&lt;b&gt;x&lt;/b&gt;""#));
+    let pasted = "Subject: spam\r\n\r\n<img src=x onerror=alert(1)>";
+    let r = post(
+        &noc,
+        "/noc/abuse",
+        &format!("csrf={csrf}&report={}", urlencode(pasted)),
+        &[],
+    );
+    assert_eq!(r.status, 400);
+    assert!(r.body.contains("&lt;img src=x onerror=alert(1)&gt;"));
+    assert!(!r.body.contains("<img src=x"));
+    assert!(r.body.contains(r#"id="abuse-list""#) || r.body.contains("No reports here"));
+    assert_eq!(count(), before);
+
+    // A good lookup, with its reporter; viewers cannot mark it answered, operators can.
+    let r = post(
+        &noc,
+        "/noc/abuse/lookup",
+        &lookup(&csrf, &ip, "abuse@bigmail.example"),
+        &[],
+    );
+    assert_eq!(r.status, 303, "{}", r.body);
+    let location = r.header("location").unwrap().to_string();
+    let id: i64 = location.rsplit('/').next().unwrap().parse().unwrap();
+    let report = http(s.addr, "GET", &location, &[("Cookie", &noc)], b"").unwrap();
+    assert!(report.body.contains("abuse@bigmail.example"));
+    assert_eq!(
+        post(
+            &v,
+            &format!("/noc/abuse/{id}/answered"),
+            &format!("csrf={v_csrf}"),
+            &[]
+        )
+        .status,
+        403
+    );
+    assert_eq!(
+        post(&noc, &format!("/noc/abuse/{id}/answered"), "csrf=forged", &[]).status,
+        403
+    );
+    let r = post(
+        &noc,
+        &format!("/noc/abuse/{id}/answered"),
+        &format!("csrf={csrf}"),
+        &[],
+    );
+    assert_eq!(r.status, 303);
+    let status: String = conn
+        .query_row(
+            "SELECT status FROM abuse_reports WHERE id = ?1",
+            [id],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(status, "answered");
+    assert_eq!(
+        post(
+            &noc,
+            "/noc/abuse/999999/answered",
+            &format!("csrf={csrf}"),
+            &[]
+        )
+        .status,
+        404
+    );
+
+    // The household's time zone: its own session and token only; a name the system does not
+    // know is refused; the NOC cannot set it.
+    let my = http(s.addr, "GET", "/my", &[("Cookie", &hh)], b"").unwrap();
+    let hh_csrf = csrf_of(&my.body).unwrap();
+    assert_eq!(
+        post(&hh, "/my/time-zone", "csrf=forged&time_zone=Europe%2FBerlin", &[]).status,
+        403
+    );
+    assert_eq!(
+        post(
+            &noc,
+            "/my/time-zone",
+            &format!("csrf={csrf}&time_zone=Europe%2FBerlin"),
+            &[]
+        )
+        .status,
+        403
+    );
+    let r = post(
+        &hh,
+        "/my/time-zone",
+        &format!(
+            "csrf={hh_csrf}&time_zone={}",
+            urlencode("<script>x</script>")
+        ),
+        &[],
+    );
+    assert_eq!(r.status, 400);
+    assert!(!r.body.contains("<script>x"));
+    let r = post(
+        &hh,
+        "/my/time-zone",
+        &format!("csrf={hh_csrf}&time_zone=Europe%2FBerlin"),
+        &[],
+    );
+    assert_eq!(r.status, 303);
+    let my = http(s.addr, "GET", "/my", &[("Cookie", &hh)], b"").unwrap();
+    assert!(my.body.contains(" CET") || my.body.contains(" CEST"), "{}", my.body);
+    assert!(my.body.contains(r#"value="Europe/Berlin""#));
+}
