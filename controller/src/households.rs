@@ -657,7 +657,10 @@ mod tests {
         let (id, _) = create(&conn, "Zone household", &[], 0).unwrap();
         assert_eq!(time_zone(&conn, id).unwrap(), None);
         set_time_zone(&conn, id, Some("Europe/Berlin")).unwrap();
-        assert_eq!(time_zone(&conn, id).unwrap().as_deref(), Some("Europe/Berlin"));
+        assert_eq!(
+            time_zone(&conn, id).unwrap().as_deref(),
+            Some("Europe/Berlin")
+        );
         assert!(matches!(
             set_time_zone(&conn, id, Some("Europe/Atlantis")),
             Err(HouseholdError::Invalid(_))

@@ -1360,7 +1360,13 @@ fn router_actions_are_for_operators_overrides_for_admins_and_hostile_posts_are_r
         )
     };
     assert_eq!(
-        post(&o, &override_path, &policy("mode = \"monitor\"\n", true, &o_csrf), &[]).status,
+        post(
+            &o,
+            &override_path,
+            &policy("mode = \"monitor\"\n", true, &o_csrf),
+            &[]
+        )
+        .status,
         403
     );
     let (ad, ad_csrf, page) = session(&ada);
@@ -1551,7 +1557,13 @@ fn abuse_desk_and_time_zone_forms_refuse_wrong_roles_forged_posts_and_hostile_in
         403
     );
     assert_eq!(
-        post(&noc, &format!("/noc/abuse/{id}/answered"), "csrf=forged", &[]).status,
+        post(
+            &noc,
+            &format!("/noc/abuse/{id}/answered"),
+            "csrf=forged",
+            &[]
+        )
+        .status,
         403
     );
     let r = post(
@@ -1585,7 +1597,13 @@ fn abuse_desk_and_time_zone_forms_refuse_wrong_roles_forged_posts_and_hostile_in
     let my = http(s.addr, "GET", "/my", &[("Cookie", &hh)], b"").unwrap();
     let hh_csrf = csrf_of(&my.body).unwrap();
     assert_eq!(
-        post(&hh, "/my/time-zone", "csrf=forged&time_zone=Europe%2FBerlin", &[]).status,
+        post(
+            &hh,
+            "/my/time-zone",
+            "csrf=forged&time_zone=Europe%2FBerlin",
+            &[]
+        )
+        .status,
         403
     );
     assert_eq!(
@@ -1617,6 +1635,10 @@ fn abuse_desk_and_time_zone_forms_refuse_wrong_roles_forged_posts_and_hostile_in
     );
     assert_eq!(r.status, 303);
     let my = http(s.addr, "GET", "/my", &[("Cookie", &hh)], b"").unwrap();
-    assert!(my.body.contains(" CET") || my.body.contains(" CEST"), "{}", my.body);
+    assert!(
+        my.body.contains(" CET") || my.body.contains(" CEST"),
+        "{}",
+        my.body
+    );
     assert!(my.body.contains(r#"value="Europe/Berlin""#));
 }

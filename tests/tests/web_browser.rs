@@ -81,7 +81,10 @@ fn a_subscriber_sees_the_infected_device_explained_and_requests_release() {
         card_text.contains(" CET") || card_text.contains(" CEST"),
         "{card_text}"
     );
-    assert!(card_text.contains("The restriction ends by itself on"), "{card_text}");
+    assert!(
+        card_text.contains("The restriction ends by itself on"),
+        "{card_text}"
+    );
     assert!(card_text.contains("web mail in the browser"), "{card_text}");
     assert!(text.contains("call 0800 555 0100"), "{text}");
     // Clean devices are listed, not marked; the other household is nowhere.
@@ -179,7 +182,8 @@ fn the_noc_sees_the_fleet_the_evidence_the_campaign_and_an_abuse_answer() {
     assert!(text.contains("2 households"));
     assert!(text.contains("EHLO cozoxory.club"));
     b.screenshot("noc-campaigns").unwrap();
-    b.click("form[action$='/push'] input[name=confirm]").unwrap();
+    b.click("form[action$='/push'] input[name=confirm]")
+        .unwrap();
     b.click("form[action$='/push'] button").unwrap();
     assert!(b
         .page_text()

@@ -109,14 +109,50 @@ fn seed_bulk(db: &std::path::Path, now: u64, early: u32, late: u32) {
             }),
         );
         if i == early {
-            push(&mut batch, &id, 2, now - 5 * HOUR, telemetry(i, now - 5 * HOUR, moved));
-            push(&mut batch, &id, 3, now - 3 * HOUR, telemetry(i, now - 3 * HOUR, moved));
-            push(&mut batch, &id, 4, now - 2 * HOUR, telemetry(i, now - 2 * HOUR, own));
+            push(
+                &mut batch,
+                &id,
+                2,
+                now - 5 * HOUR,
+                telemetry(i, now - 5 * HOUR, moved),
+            );
+            push(
+                &mut batch,
+                &id,
+                3,
+                now - 3 * HOUR,
+                telemetry(i, now - 3 * HOUR, moved),
+            );
+            push(
+                &mut batch,
+                &id,
+                4,
+                now - 2 * HOUR,
+                telemetry(i, now - 2 * HOUR, own),
+            );
         } else if i == late {
-            push(&mut batch, &id, 2, now - HOUR, telemetry(i, now - HOUR, moved));
-            push(&mut batch, &id, 3, now - HOUR / 2, telemetry(i, now - HOUR / 2, moved));
+            push(
+                &mut batch,
+                &id,
+                2,
+                now - HOUR,
+                telemetry(i, now - HOUR, moved),
+            );
+            push(
+                &mut batch,
+                &id,
+                3,
+                now - HOUR / 2,
+                telemetry(i, now - HOUR / 2, moved),
+            );
         } else {
-            push(&mut batch, &id, 2, now - HOUR / 2, telemetry(i, now - HOUR / 2, own));
+            push(
+                &mut batch,
+                &id,
+                2,
+                now - HOUR / 2,
+                telemetry(i, now - HOUR / 2, own),
+            );
         }
         if batch.len() >= 2000 {
             store.write_batch(&batch, &[]).unwrap();
@@ -128,7 +164,9 @@ fn seed_bulk(db: &std::path::Path, now: u64, early: u32, late: u32) {
 
 /// An ISO time a person would type, from Unix ms.
 fn iso(ms: u64) -> String {
-    format_utc_secs(ms).replacen(' ', "T", 1).replace(" UTC", "Z")
+    format_utc_secs(ms)
+        .replacen(' ', "T", 1)
+        .replace(" UTC", "Z")
 }
 
 fn rows(b: &Browser) -> Vec<String> {
@@ -234,7 +272,8 @@ fn among_20000_routers_the_noc_finds_one_by_mac_and_by_public_ip_at_a_time() {
     assert!(rows(&b).iter().all(|r| r.contains("offline")));
 
     // Sorting and paging stay on the server: the last page of the offline list.
-    b.goto(&s.url("/noc?status=offline&sort=cpe&dir=desc")).unwrap();
+    b.goto(&s.url("/noc?status=offline&sort=cpe&dir=desc"))
+        .unwrap();
     let first = rows(&b);
     assert!(first[0].contains("cpe-wien-0815"), "{:?}", first[0]);
     b.click("a[rel=next]").unwrap();
@@ -323,7 +362,11 @@ fn every_page_fits_a_phone_and_passes_the_contrast_and_semantics_check() {
     b.click("#signin").unwrap();
     assert!(b.url_ends_with("/my"));
     check(&b, "portal", "/my");
-    check(&b, "portal-device", &format!("/my/devices/{}/{bot_mac}", a.cpe_id));
+    check(
+        &b,
+        "portal-device",
+        &format!("/my/devices/{}/{bot_mac}", a.cpe_id),
+    );
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
@@ -367,7 +410,11 @@ fn the_abuse_desk_keeps_input_on_error_and_answers_from_the_simple_form() {
     b.type_into("#a-reporter", "abuse@bigmail.example").unwrap();
     b.click("#lookup-go").unwrap();
     let err = b.find("#abuse-error").unwrap();
-    assert!(b.text(&err).unwrap().contains("date"), "{}", b.text(&err).unwrap());
+    assert!(
+        b.text(&err).unwrap().contains("date"),
+        "{}",
+        b.text(&err).unwrap()
+    );
     let value = |id: &str| {
         b.execute(&format!("return document.getElementById('{id}').value"))
             .unwrap()
@@ -390,7 +437,10 @@ fn the_abuse_desk_keeps_input_on_error_and_answers_from_the_simple_form() {
     // One confidence word: the report's badge opens its explanation.
     let word = b.text(&b.find("[data-confidence]").unwrap()).unwrap();
     let explained = b.text(&b.find("#confidence").unwrap()).unwrap();
-    assert!(explained.starts_with(&format!("{word}:")), "{word} / {explained}");
+    assert!(
+        explained.starts_with(&format!("{word}:")),
+        "{word} / {explained}"
+    );
     assert!(b.find("#campaign a").is_ok(), "no campaign link: {text}");
     let reply = value("reply");
     assert!(

@@ -155,10 +155,7 @@ fn report_table(list: &[ReportSummary], caption: &str) -> String {
                         esc(&r.source)
                     ),
                 ),
-                (
-                    "wrap",
-                    esc(r.reporter.as_deref().unwrap_or("—")),
-                ),
+                ("wrap", esc(r.reporter.as_deref().unwrap_or("—"))),
                 (
                     "",
                     format!(
@@ -372,11 +369,10 @@ pub struct LookupForm {
 /// The question the simple form asks, or what is wrong with it.
 fn lookup_query(f: &LookupForm) -> Result<AbuseQuery, WebError> {
     let bad = |m: String| WebError::BadRequest(m);
-    let public_ip: IpAddr = f
-        .ip
-        .trim()
-        .parse()
-        .map_err(|_| bad(format!("{:?} is not an IP address", cut(&f.ip))))?;
+    let public_ip: IpAddr =
+        f.ip.trim()
+            .parse()
+            .map_err(|_| bad(format!("{:?} is not an IP address", cut(&f.ip))))?;
     let zone_name = if f.zone.trim().is_empty() {
         "UTC"
     } else {

@@ -475,8 +475,7 @@ pub async fn command(
     Path(cpe_id): Path<String>,
     Form(form): Form<CommandForm>,
 ) -> Response {
-    let (staff, _) = match auth::staff_form(&state, &headers, Level::Operator, &form.csrf).await
-    {
+    let (staff, _) = match auth::staff_form(&state, &headers, Level::Operator, &form.csrf).await {
         Ok(c) => c,
         Err(e) => return e.page(),
     };
@@ -494,8 +493,10 @@ pub async fn command(
                 .iter()
                 .find(|(s, _)| s.to_string() == ttl.trim())
             else {
-                return WebError::BadRequest("choose how long to block: 1 hour, 24 hours or 7 days".into())
-                    .page();
+                return WebError::BadRequest(
+                    "choose how long to block: 1 hour, 24 hours or 7 days".into(),
+                )
+                .page();
             };
             Order::Block {
                 mac,
@@ -576,8 +577,11 @@ pub async fn policy_override(
         )
         .await;
     match result {
-        Ok(v) => Redirect::to(&format!("/noc/cpe/{}?policy={v}#override", path_seg(&cpe_id)))
-            .into_response(),
+        Ok(v) => Redirect::to(&format!(
+            "/noc/cpe/{}?policy={v}#override",
+            path_seg(&cpe_id)
+        ))
+        .into_response(),
         Err(e) => WebError::BadRequest(format!("Not sent: {e}")).page(),
     }
 }

@@ -126,7 +126,12 @@ fn devices(conn: &rusqlite::Connection, now: u64, wanted: &[Verdict]) -> Result<
 
 fn cpes(conn: &rusqlite::Connection, q: &fleet::FleetQuery) -> Result<Table, WebError> {
     let filter = fleet::Filter::parse(conn, q)?;
-    let (_, list) = fleet::search(conn, &filter, u32::try_from(ROWS_MAX).unwrap_or(u32::MAX), 0)?;
+    let (_, list) = fleet::search(
+        conn,
+        &filter,
+        u32::try_from(ROWS_MAX).unwrap_or(u32::MAX),
+        0,
+    )?;
     let rows = list
         .iter()
         .map(|c| {

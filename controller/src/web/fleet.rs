@@ -347,7 +347,9 @@ impl Filter {
         };
         if let Some(text) = given(&q.q) {
             if text.chars().count() > 200 {
-                return Err(WebError::BadRequest("search text over 200 characters".into()));
+                return Err(WebError::BadRequest(
+                    "search text over 200 characters".into(),
+                ));
             }
             if let Ok(mac) = text.parse::<MacAddr>() {
                 f.mac = Some(mac.to_string());
@@ -609,7 +611,9 @@ fn stat(class: &str, n: u64, one: &str, many: &str, id: &str, href: &str) -> Str
 }
 
 fn options(name: &str, label: &str, current: Option<&str>, values: &[(&str, &str)]) -> String {
-    let mut s = format!(r#"<div><label for="f-{name}">{label}</label><select id="f-{name}" name="{name}"><option value="">any</option>"#);
+    let mut s = format!(
+        r#"<div><label for="f-{name}">{label}</label><select id="f-{name}" name="{name}"><option value="">any</option>"#
+    );
     for (v, text) in values {
         let sel = if current == Some(*v) { " selected" } else { "" };
         let _ = write!(s, r#"<option value="{v}"{sel}>{text}</option>"#);
@@ -764,7 +768,10 @@ fn pager(q: &FleetQuery, f: &Filter, total: u64) -> String {
             esc(&q.href(None, None, u32::try_from(page + 1).ok()))
         );
     }
-    let _ = write!(s, r#"<span class="muted">page {page} of {pages}</span></nav>"#);
+    let _ = write!(
+        s,
+        r#"<span class="muted">page {page} of {pages}</span></nav>"#
+    );
     s
 }
 

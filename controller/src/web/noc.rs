@@ -17,10 +17,10 @@ use super::html::{self, esc, page, path_seg, Nav};
 
 use super::policy_editor::{current_fleet_policy, publish_checked};
 use super::{html_response, AppState, WebError};
+use crate::abuse;
 use crate::campaigns::{self, Campaign, Member};
 use crate::households;
 use crate::operators::Level;
-use crate::abuse;
 use crate::verdicts::{self, plural, DeviceView};
 
 /// The campaigns among the fleet's infected devices.
@@ -179,7 +179,13 @@ pub async fn campaigns(
                 [],
                 |r| r.get(0),
             )?;
-            Ok((devices, campaigns, names, reports, u64::try_from(routers).unwrap_or(0)))
+            Ok((
+                devices,
+                campaigns,
+                names,
+                reports,
+                u64::try_from(routers).unwrap_or(0),
+            ))
         })
         .await;
     let (devices, campaigns, names, reports, routers) = match loaded {
@@ -295,7 +301,11 @@ pub async fn campaigns(
             } else {
                 c.sender_domains.join(", ")
             }),
-            esc(&plural(c.mail_servers.len() as u64, "mail server", "mail servers")),
+            esc(&plural(
+                c.mail_servers.len() as u64,
+                "mail server",
+                "mail servers"
+            )),
             esc(&plural(routers, "router", "routers")),
             match pushed {
                 Some(v) => format!("Pushed in v{v} — push again"),
@@ -335,10 +345,8 @@ pub async fn push_campaign(
         Err(e) => return e.page(),
     };
     if form.confirm.is_none() {
-        return WebError::BadRequest(
-            "tick the box to confirm the push to the whole fleet".into(),
-        )
-        .page();
+        return WebError::BadRequest("tick the box to confirm the push to the whole fleet".into())
+            .page();
     }
     match push_campaign_indicators(&state, &staff.name, &id, form.with_servers.is_some()).await {
         Ok(v) => Redirect::to(&format!("/noc/campaigns?pushed={v}")).into_response(),
@@ -573,4 +581,3 @@ pub async fn decide_release(
     }
     Redirect::to("/noc/releases").into_response()
 }
-

@@ -35,7 +35,10 @@ fn household_view(
     for cpe in &hh.cpes {
         routers.push(cpe_row(conn, cpe)?);
     }
-    let zone = html::Zone::pick(households::time_zone(conn, hh.id)?.as_deref(), fallback_zone);
+    let zone = html::Zone::pick(
+        households::time_zone(conn, hh.id)?.as_deref(),
+        fallback_zone,
+    );
     Ok(HouseholdView { routers, zone })
 }
 
@@ -373,7 +376,11 @@ pub async fn devices(
         } else if restricted == bad.len() {
             format!(
                 "Only e-mail sending of {} is restricted; everything else keeps working.",
-                if bad.len() == 1 { "this device" } else { "these devices" }
+                if bad.len() == 1 {
+                    "this device"
+                } else {
+                    "these devices"
+                }
             )
         } else {
             format!(
