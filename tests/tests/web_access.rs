@@ -39,6 +39,20 @@ fn urlencode(s: &str) -> String {
         .collect()
 }
 
+/// A viewer, an operator and an admin (vera, olga, ada) added to the server's database;
+/// returns the connection and their sign-in secrets.
+fn three_operators(s: &Server) -> (rusqlite::Connection, String, String, String) {
+    use smtpguard_controller::operators::{self, Level};
+    let conn = rusqlite::Connection::open(&s.db).unwrap();
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .unwrap();
+    let now = now_ms();
+    let vera = operators::add(&conn, "vera", Level::Viewer, now).unwrap();
+    let olga = operators::add(&conn, "olga", Level::Operator, now).unwrap();
+    let ada = operators::add(&conn, "ada", Level::Admin, now).unwrap();
+    (conn, vera, olga, ada)
+}
+
 fn highest_policy_version(s: &Server) -> u64 {
     smtpguard_controller::store::Store::open(&s.db)
         .unwrap()
@@ -802,15 +816,8 @@ fn cookies_are_secure_when_configured_or_behind_an_https_proxy() {
 /// session at once.
 #[test]
 fn operators_can_do_what_their_role_allows_and_everything_is_audited() {
-    use smtpguard_controller::operators::{self, Level};
     let s = Server::start().unwrap();
-    let conn = rusqlite::Connection::open(&s.db).unwrap();
-    conn.busy_timeout(std::time::Duration::from_secs(5))
-        .unwrap();
-    let now = now_ms();
-    let vera = operators::add(&conn, "vera", Level::Viewer, now).unwrap();
-    let olga = operators::add(&conn, "olga", Level::Operator, now).unwrap();
-    let ada = operators::add(&conn, "ada", Level::Admin, now).unwrap();
+    let (conn, vera, olga, ada) = three_operators(&s);
 
     // A subscriber asks for a release, to have something to decide.
     let a = &s.seeded.households[0];
@@ -1001,7 +1008,7 @@ fn operators_can_do_what_their_role_allows_and_everything_is_audited() {
     assert!(page.body.contains("release_decision") && !page.body.contains(">ada<"));
 
     // Revoked: the session ends at its next request, the secret no longer signs in.
-    operators::revoke(&conn, "vera", now_ms()).unwrap();
+    smtpguard_controller::operators::revoke(&conn, "vera", now_ms()).unwrap();
     assert_ne!(
         http(s.addr, "GET", "/noc", &[("Cookie", &v)], b"")
             .unwrap()
@@ -1243,15 +1250,8 @@ fn flagged_devices_abuse_reports_and_the_audit_log_export_as_csv_and_json() {
 
 #[test]
 fn router_actions_are_for_operators_overrides_for_admins_and_hostile_posts_are_refused() {
-    use smtpguard_controller::operators::{self, Level};
     let s = Server::start().unwrap();
-    let conn = rusqlite::Connection::open(&s.db).unwrap();
-    conn.busy_timeout(std::time::Duration::from_secs(5))
-        .unwrap();
-    let now = now_ms();
-    let vera = operators::add(&conn, "vera", Level::Viewer, now).unwrap();
-    let olga = operators::add(&conn, "olga", Level::Operator, now).unwrap();
-    let ada = operators::add(&conn, "ada", Level::Admin, now).unwrap();
+    let (conn, vera, olga, ada) = three_operators(&s);
     let a = &s.seeded.households[0];
     let (mac, _) = a.flagged.clone().unwrap();
     let command = format!("/noc/cpe/{}/command", a.cpe_id);
@@ -1448,12 +1448,8 @@ fn router_actions_are_for_operators_overrides_for_admins_and_hostile_posts_are_r
 /// input; a rejected paste comes back with its text.
 #[test]
 fn abuse_desk_and_time_zone_forms_refuse_wrong_roles_forged_posts_and_hostile_input() {
-    use smtpguard_controller::operators::{self, Level};
     let s = Server::start().unwrap();
-    let conn = rusqlite::Connection::open(&s.db).unwrap();
-    conn.busy_timeout(std::time::Duration::from_secs(5))
-        .unwrap();
-    let vera = operators::add(&conn, "vera", Level::Viewer, now_ms()).unwrap();
+    let (conn, vera, _, _) = three_operators(&s);
     let a = &s.seeded.households[0];
     let post = |cookie: &str, path: &str, body: &str, extra: &[(&'static str, String)]| {
         let mut h = form(cookie);

@@ -24,7 +24,7 @@ use axum::Form;
 use serde::Deserialize;
 
 use super::auth::{self, csrf_field, Caller};
-use super::html::{self, esc, path_seg, Table};
+use super::html::{self, esc, Table};
 use super::noc::{current_campaigns, export_links, noc_page};
 use super::{AppState, WebError};
 use crate::abuse::{self, mapping::Confidence, AbuseQuery, ReportFilter, ReportSummary};
@@ -114,16 +114,11 @@ fn status_badge(r: &ReportSummary) -> String {
 fn device_cell(r: &ReportSummary) -> String {
     match (&r.cpe_id, &r.mac) {
         (Some(c), Some(m)) => format!(
-            r#"<a class="mono" href="/noc/cpe/{}">{}</a> <span class="mono">{}</span>"#,
-            path_seg(c),
-            esc(c),
+            r#"{} <span class="mono">{}</span>"#,
+            html::cpe_link(c),
             esc(m)
         ),
-        (Some(c), None) => format!(
-            r#"<a class="mono" href="/noc/cpe/{}">{}</a>"#,
-            path_seg(c),
-            esc(c)
-        ),
+        (Some(c), None) => html::cpe_link(c),
         _ => "no match".into(),
     }
 }
@@ -240,9 +235,8 @@ async fn list_page(
     if let Some(cpe) = &filter.cpe_id {
         let _ = write!(
             b,
-            r#"<p>About router <a class="mono" href="/noc/cpe/{}">{}</a>{} · <a href="/noc/abuse">all reports</a></p>"#,
-            path_seg(cpe),
-            esc(cpe),
+            r#"<p>About router {}{} · <a href="/noc/abuse">all reports</a></p>"#,
+            html::cpe_link(cpe),
             filter
                 .mac
                 .as_deref()
@@ -570,20 +564,18 @@ pub async fn one(
                 .unwrap_or_default();
             let _ = write!(
                 b,
-                r#"<p class="what" id="answer">Device <b>{}</b> <span class="mono">{}</span> in household <b>{}</b> (CPE <a class="mono" href="/noc/cpe/{}">{}</a>).</p>"#,
+                r#"<p class="what" id="answer">Device <b>{}</b> <span class="mono">{}</span> in household <b>{}</b> (CPE {}).</p>"#,
                 esc(&name),
                 esc(mac),
                 esc(household.as_deref().unwrap_or("unassigned")),
-                path_seg(c),
-                esc(c)
+                html::cpe_link(c)
             );
         }
         (Some(c), None) => {
             let _ = write!(
                 b,
-                r#"<p class="what" id="answer">Household CPE <a class="mono" href="/noc/cpe/{}">{}</a>; no single device identified.</p>"#,
-                path_seg(c),
-                esc(c)
+                r#"<p class="what" id="answer">Household CPE {}; no single device identified.</p>"#,
+                html::cpe_link(c)
             );
         }
         _ => b.push_str(r#"<p class="what" id="answer">No match: stored for follow-up.</p>"#),

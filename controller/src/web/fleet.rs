@@ -704,14 +704,7 @@ fn cpe_table(q: &FleetQuery, f: &Filter, rows: &[CpeRow], now: u64) -> String {
         t.row(
             &format!(r#" data-cpe="{}""#, esc(&c.cpe_id)),
             &[
-                (
-                    "",
-                    format!(
-                        r#"<a class="mono" href="/noc/cpe/{}">{}</a>"#,
-                        path_seg(&c.cpe_id),
-                        esc(&c.cpe_id)
-                    ),
-                ),
+                ("", html::cpe_link(&c.cpe_id)),
                 (
                     "",
                     esc(c.household.as_deref().or(c.label.as_deref()).unwrap_or("")),

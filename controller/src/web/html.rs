@@ -40,6 +40,15 @@ pub fn path_seg(s: &str) -> String {
     out
 }
 
+/// A link to a router's NOC page, its id as the text.
+pub fn cpe_link(cpe_id: &str) -> String {
+    format!(
+        r#"<a class="mono" href="/noc/cpe/{}">{}</a>"#,
+        path_seg(cpe_id),
+        esc(cpe_id)
+    )
+}
+
 /// A time as the UI writes it.
 pub fn time(ms: u64) -> String {
     format_utc(ms)

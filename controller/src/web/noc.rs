@@ -89,10 +89,9 @@ pub(crate) fn device_rows(
             cells.push((
                 "",
                 format!(
-                    r#"{}<div><a class="mono" href="/noc/cpe/{}">{}</a></div>"#,
+                    "{}<div>{}</div>",
                     esc(names.get(&d.cpe_id).map_or("", String::as_str)),
-                    path_seg(&d.cpe_id),
-                    esc(&d.cpe_id)
+                    html::cpe_link(&d.cpe_id)
                 ),
             ));
         }
@@ -247,10 +246,9 @@ pub async fn campaigns(
                     (
                         "",
                         format!(
-                            r#"{} <a class="mono" href="/noc/cpe/{}">{}</a>"#,
+                            "{} {}",
                             esc(names.get(&m.cpe_id).map_or("", String::as_str)),
-                            path_seg(&m.cpe_id),
-                            esc(&m.cpe_id)
+                            html::cpe_link(&m.cpe_id)
                         ),
                     ),
                     (
@@ -455,7 +453,11 @@ pub async fn releases(State(state): State<AppState>, headers: HeaderMap) -> Resp
     if list.is_empty() {
         b.push_str(r#"<p class="muted">None.</p>"#);
     } else {
-        b.push_str("<table><tr><th>Requested</th><th>Household</th><th>Device</th><th>Note</th><th>Status</th></tr>");
+        let mut t = html::Table::plain(
+            "releases",
+            "Release requests, newest first",
+            &["Requested", "Household", "Device", "Note", "Status"],
+        );
         for r in &list {
             let decide = if r.status == "pending" {
                 format!(
@@ -466,18 +468,28 @@ pub async fn releases(State(state): State<AppState>, headers: HeaderMap) -> Resp
             } else {
                 esc(&r.status)
             };
-            let _ = write!(
-                b,
-                r#"<tr><td>{}</td><td>{}</td><td><a class="mono" href="/noc/cpe/{}">{}</a> <span class="mono">{}</span></td><td>{}</td><td>{decide}</td></tr>"#,
-                esc(&html::time(r.requested_ms)),
-                esc(names.get(&r.household_id).map_or("", String::as_str)),
-                path_seg(&r.cpe_id),
-                esc(&r.cpe_id),
-                esc(&r.mac),
-                esc(&r.note),
+            t.row(
+                "",
+                &[
+                    ("", esc(&html::time(r.requested_ms))),
+                    (
+                        "",
+                        esc(names.get(&r.household_id).map_or("", String::as_str)),
+                    ),
+                    (
+                        "",
+                        format!(
+                            r#"{} <span class="mono">{}</span>"#,
+                            html::cpe_link(&r.cpe_id),
+                            esc(&r.mac)
+                        ),
+                    ),
+                    ("wrap", esc(&r.note)),
+                    ("", decide),
+                ],
             );
         }
-        b.push_str("</table>");
+        b.push_str(&t.finish());
     }
     noc_page("Release requests", "releases", &caller, &b)
 }
