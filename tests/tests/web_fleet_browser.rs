@@ -267,6 +267,7 @@ fn among_20000_routers_the_noc_finds_one_by_mac_and_by_public_ip_at_a_time() {
         .unwrap();
     assert_eq!(offline, u64::from(EXTRA / 10) + 1, "every tenth, and Novak");
     b.click("#stat-offline").unwrap();
+    assert!(b.url_ends_with("status=offline#cpes"));
     let count = b.text(&b.find("#cpe-count").unwrap()).unwrap();
     assert_eq!(count, format!("1–50 of {offline} CPEs"));
     assert!(rows(&b).iter().all(|r| r.contains("offline")));
@@ -409,12 +410,10 @@ fn the_abuse_desk_keeps_input_on_error_and_answers_from_the_simple_form() {
         .unwrap();
     b.type_into("#a-reporter", "abuse@bigmail.example").unwrap();
     b.click("#lookup-go").unwrap();
-    let err = b.find("#abuse-error").unwrap();
-    assert!(
-        b.text(&err).unwrap().contains("date"),
-        "{}",
-        b.text(&err).unwrap()
-    );
+    // The paste's error was on the page before; wait for the form's.
+    assert!(b.wait_until(
+        "(document.getElementById('abuse-error')||{textContent:''}).textContent.includes('date')"
+    ));
     let value = |id: &str| {
         b.execute(&format!("return document.getElementById('{id}').value"))
             .unwrap()
@@ -453,6 +452,7 @@ fn the_abuse_desk_keeps_input_on_error_and_answers_from_the_simple_form() {
         .contains("open"));
     b.screenshot("noc-abuse-report").unwrap();
     b.click("#mark-answered").unwrap();
+    assert!(b.wait_until("!document.getElementById('mark-answered')"));
     let status = b.find("#report-status").unwrap();
     assert!(b.text(&status).unwrap().contains("answered by"));
     let report_url = b.url().unwrap();

@@ -628,6 +628,24 @@ impl Browser {
         )
     }
 
+    /// Waits (at most 10 s) until the JavaScript expression `condition` is true in the
+    /// page, as after a form post that reloads the same address; true when it did.
+    pub fn wait_until(&self, condition: &str) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if self
+                .execute(&format!("return !!({condition});"))
+                .is_ok_and(|v| v == Value::Bool(true))
+            {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Checks the page as a phone user and a screen-reader user would, with [`AUDIT_JS`];
     /// returns every problem found (empty: none).
     pub fn audit(&self) -> Result<Vec<String>> {
