@@ -332,10 +332,12 @@ pub async fn devices(
         .collect();
     let restricted = bad.iter().filter(|d| d.action != Action::Monitor).count();
     let offline = view.routers.iter().any(|r| r.status_word() != "online");
+    // The newest word from the router: its state, or a device in its telemetry.
     let last_report = view
         .routers
         .iter()
         .filter_map(|r| r.updated_ms.and_then(|ms| u64::try_from(ms).ok()))
+        .chain(devs.iter().map(|d| d.last_seen_ms))
         .max();
     let mut body = String::new();
     let _ = write!(
@@ -537,11 +539,12 @@ pub async fn device(
             let until = h.action_until_ms.map(|ms| zone.time(ms));
             let _ = write!(
                 body,
-                "<div class=\"change\" data-verdict=\"{}\"><b>{}</b> — {} → {}<p>{}</p>",
+                "<div class=\"change\" data-verdict=\"{}\"><b>{}</b> — {} → {}{}<p>{}</p>",
                 h.verdict.as_str(),
                 esc(&zone.time(h.at_ms)),
                 esc(h.previous.as_str()),
                 html::verdict_badge(h.verdict),
+                html::change_source_note(h.source),
                 esc(&verdicts::plain_action(h.action, until.as_deref())),
             );
             if !h.evidence.is_empty() {
