@@ -471,3 +471,37 @@ fn the_abuse_desk_keeps_input_on_error_and_answers_from_the_simple_form() {
     assert_eq!(b.find_all("#abuse-list tbody tr").unwrap().len(), 1);
     assert!(report_url.contains("/noc/abuse/"));
 }
+
+/// The fleet view refreshes itself: a router enrolled after the page was opened appears in
+/// the list and the stat cards within the refresh period, without a reload (a marker set
+/// in the page survives).
+#[test]
+fn the_fleet_view_refreshes_itself_without_a_reload() {
+    let s = Server::start().unwrap();
+    let b = Browser::start(1280, 900).unwrap();
+    b.goto(&s.url("/login")).unwrap();
+    b.type_into("#token", &s.operator).unwrap();
+    b.click("#signin").unwrap();
+    assert!(b.url_ends_with("/noc"));
+    assert_eq!(
+        b.text(&b.find("#cpe-count").unwrap()).unwrap(),
+        "1–4 of 4 CPEs"
+    );
+    b.execute("window.notReloaded = true; return null").unwrap();
+    let mut store = Store::open(&s.db).unwrap();
+    store
+        .upsert_cpe("cpe-new-0001", "ed25519:new", None, now_ms())
+        .unwrap();
+    // The page asks every 30 s.
+    assert!(
+        b.wait_until_within(
+            "document.getElementById('cpe-count').textContent === '1–5 of 5 CPEs'",
+            std::time::Duration::from_secs(45)
+        ),
+        "{}",
+        b.page_text().unwrap()
+    );
+    assert!(b.wait_until("window.notReloaded === true"));
+    assert_eq!(b.text(&b.find("#stat-never b").unwrap()).unwrap(), "1");
+    assert!(b.find("tr[data-cpe='cpe-new-0001']").is_ok());
+}

@@ -631,7 +631,12 @@ impl Browser {
     /// Waits (at most 10 s) until the JavaScript expression `condition` is true in the
     /// page, as after a form post that reloads the same address; true when it did.
     pub fn wait_until(&self, condition: &str) -> bool {
-        let deadline = Instant::now() + Duration::from_secs(10);
+        self.wait_until_within(condition, Duration::from_secs(10))
+    }
+
+    /// [`Browser::wait_until`] with another bound.
+    pub fn wait_until_within(&self, condition: &str, bound: Duration) -> bool {
+        let deadline = Instant::now() + bound;
         loop {
             if self
                 .execute(&format!("return !!({condition});"))
