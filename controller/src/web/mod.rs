@@ -9,8 +9,9 @@
 //! - [`fleet`]: the fleet page: CPEs searched, filtered, sorted and paged in SQL.
 //! - [`cpe`]: one router's page and what an operator does from it (release, extend or
 //!   lift a block, per-router policy override).
-//! - [`noc`]: operator pages ( campaigns, policy editor, abuse reports, release
-//!   requests).
+//! - [`campaign_page`]: campaigns and the push of their indicators to the fleet policy.
+//! - [`releases`]: release requests and their decision.
+//! - [`noc`]: what the NOC pages share (frame, devices table, campaigns, exports).
 //! - [`portal`]: the subscriber's "your devices" pages.
 //! - [`abuse_desk`]: abuse reports: the list, a simple look-up form, pasted ARF/JSON, one
 //!   report with its reply, open/answered.
@@ -36,6 +37,7 @@ pub mod abuse_desk;
 pub mod api;
 pub mod audit;
 pub mod auth;
+pub mod campaign_page;
 pub mod cpe;
 pub mod export;
 pub mod fleet;
@@ -45,6 +47,7 @@ pub mod metrics;
 pub mod noc;
 pub mod policy_editor;
 pub mod portal;
+pub mod releases;
 pub mod schema;
 
 use std::collections::BTreeMap;
@@ -530,8 +533,8 @@ pub fn router(state: AppState) -> Router {
         .route("/noc/cpe/{cpe_id}", get(cpe::page))
         .route("/noc/cpe/{cpe_id}/command", post(cpe::command))
         .route("/noc/cpe/{cpe_id}/policy", post(cpe::policy_override))
-        .route("/noc/campaigns", get(noc::campaigns))
-        .route("/noc/campaigns/{id}/push", post(noc::push_campaign))
+        .route("/noc/campaigns", get(campaign_page::page))
+        .route("/noc/campaigns/{id}/push", post(campaign_page::push))
         .route(
             "/noc/policy",
             get(policy_editor::page).post(policy_editor::save),
@@ -544,8 +547,8 @@ pub fn router(state: AppState) -> Router {
         .route("/noc/abuse/lookup", post(abuse_desk::lookup))
         .route("/noc/abuse/{id}", get(abuse_desk::one))
         .route("/noc/abuse/{id}/answered", post(abuse_desk::answered))
-        .route("/noc/releases", get(noc::releases))
-        .route("/noc/releases/{id}", post(noc::decide_release))
+        .route("/noc/releases", get(releases::page))
+        .route("/noc/releases/{id}", post(releases::decide))
         .route("/noc/audit", get(audit::page))
         .route("/api/audit", get(audit::api))
         .route("/api/export/{what}", get(export::export))
