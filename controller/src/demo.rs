@@ -44,6 +44,8 @@ pub struct SeededHousehold {
     pub public_ip: IpAddr,
     /// Login token.
     pub token: String,
+    /// The short sign-in code printed on the household's letter.
+    pub letter_code: String,
     /// The flagged device, if any: MAC and host name.
     pub flagged: Option<(MacAddr, String)>,
 }
@@ -416,12 +418,14 @@ pub fn seed(path: &Path, now_ms: u64) -> Result<Seeded, DemoError> {
             );
         }
         w.flush()?;
-        let (_, token) = households::create(&conn, name, &[cpe], t0)?;
+        let (id, token) = households::create(&conn, name, &[cpe], t0)?;
+        let letter_code = households::add_letter_code(&conn, id, t0)?;
         out.push(SeededHousehold {
             name: name.to_string(),
             cpe_id: cpe.to_string(),
             public_ip: ip(public),
             token,
+            letter_code,
             flagged,
         });
     }

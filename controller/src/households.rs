@@ -334,6 +334,87 @@ pub fn contact_for_cpe(conn: &Connection, cpe_id: &str) -> Result<Option<Contact
         .optional()?)
 }
 
+/// The letters of a letter code: no 0/O, 1/I/L, so it can be read off paper.
+const LETTER_CODE_ALPHABET: &[u8; 32] = b"ABCDEFGHJKMNPQRSTUVWXYZ23456789X";
+/// Characters in a letter code (60 bits).
+pub const LETTER_CODE_LEN: usize = 12;
+
+/// A letter code as typed (any case, spaces or dashes) in its stored form, or `None` when
+/// it cannot be one.
+pub fn normalise_letter_code(typed: &str) -> Option<String> {
+    let code: String = typed
+        .chars()
+        .filter(|c| !matches!(c, ' ' | '-'))
+        .map(|c| c.to_ascii_uppercase())
+        .collect();
+    (code.len() == LETTER_CODE_LEN && code.bytes().all(|b| LETTER_CODE_ALPHABET.contains(&b)))
+        .then_some(code)
+}
+
+/// Issues a short sign-in code for a letter (`ABCD-EFGH-JKMN`), shown once; it signs in like
+/// the household's long tokens, which keep working.
+///
+/// # Errors
+/// [`HouseholdError::Sqlite`].
+pub fn add_letter_code(
+    conn: &Connection,
+    household_id: i64,
+    now_ms: u64,
+) -> Result<String, HouseholdError> {
+    let mut bytes = [0u8; LETTER_CODE_LEN];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    // 31 distinct letters, the 32nd repeats one: uniform over 5 bits per character.
+    let code: String = bytes
+        .iter()
+        .map(|b| char::from(LETTER_CODE_ALPHABET[usize::from(b & 31)]))
+        .collect();
+    conn.execute(
+        "INSERT INTO subscriber_tokens (token_hash, household_id, created_ms) VALUES (?1, ?2, ?3)",
+        params![hash_secret(&code), household_id, to_i64(now_ms)],
+    )?;
+    Ok(format!("{}-{}-{}", &code[..4], &code[4..8], &code[8..]))
+}
+
+/// A household's time zone (an IANA name), if it chose one.
+///
+/// # Errors
+/// [`HouseholdError::NotFound`] for an unknown household.
+pub fn time_zone(conn: &Connection, household_id: i64) -> Result<Option<String>, HouseholdError> {
+    conn.query_row(
+        "SELECT time_zone FROM households WHERE id = ?1",
+        [household_id],
+        |r| r.get(0),
+    )
+    .optional()?
+    .ok_or(HouseholdError::NotFound)
+}
+
+/// Sets a household's time zone (`None`: the controller's default).
+///
+/// # Errors
+/// [`HouseholdError::Invalid`] for a name the system's time zone database does not know,
+/// [`HouseholdError::NotFound`] for an unknown household.
+pub fn set_time_zone(
+    conn: &Connection,
+    household_id: i64,
+    zone: Option<&str>,
+) -> Result<(), HouseholdError> {
+    let zone = zone.map(str::trim).filter(|z| !z.is_empty());
+    if let Some(z) = zone {
+        if z.len() > 64 || jiff::tz::TimeZone::get(z).is_err() {
+            return Err(HouseholdError::Invalid("that is not a known time zone"));
+        }
+    }
+    let n = conn.execute(
+        "UPDATE households SET time_zone = ?2 WHERE id = ?1",
+        params![household_id, zone],
+    )?;
+    if n == 0 {
+        return Err(HouseholdError::NotFound);
+    }
+    Ok(())
+}
+
 /// The household a token belongs to.
 ///
 /// # Errors
@@ -342,13 +423,21 @@ pub fn authenticate(conn: &Connection, token: &str) -> Result<Option<i64>, House
     if token.is_empty() || token.len() > 200 {
         return Ok(None);
     }
-    Ok(conn
-        .query_row(
+    let find = |t: &str| {
+        conn.query_row(
             "SELECT household_id FROM subscriber_tokens WHERE token_hash = ?1",
-            [hash_secret(token)],
+            [hash_secret(t)],
             |r| r.get(0),
         )
-        .optional()?)
+        .optional()
+    };
+    if let Some(id) = find(token)? {
+        return Ok(Some(id));
+    }
+    match normalise_letter_code(token) {
+        Some(code) => Ok(find(&code)?),
+        None => Ok(None),
+    }
 }
 
 /// One household with its CPEs.
@@ -536,6 +625,48 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let conn = crate::web::open_db(&dir.path().join("db.sqlite")).unwrap();
         (dir, conn)
+    }
+
+    #[test]
+    fn a_letter_code_signs_in_however_it_is_typed_and_the_long_token_still_does() {
+        let (_dir, conn) = db();
+        let (id, token) = create(&conn, "Letter household", &[], 0).unwrap();
+        let code = add_letter_code(&conn, id, 0).unwrap();
+        assert_eq!(code.len(), 14);
+        assert_eq!(code.matches('-').count(), 2);
+        assert!(!code.contains(['0', 'O', '1', 'I', 'L']), "{code}");
+        for typed in [
+            code.clone(),
+            code.to_lowercase(),
+            code.replace('-', " "),
+            format!(" {} ", code.replace('-', "")),
+        ] {
+            assert_eq!(authenticate(&conn, &typed).unwrap(), Some(id), "{typed:?}");
+        }
+        assert_eq!(authenticate(&conn, &token).unwrap(), Some(id));
+        let mut wrong = code.replace('-', "");
+        wrong.replace_range(..1, if wrong.starts_with('A') { "B" } else { "A" });
+        assert_eq!(authenticate(&conn, &wrong).unwrap(), None);
+        assert_eq!(normalise_letter_code("ABCD-EFGH-JKM"), None);
+        assert_eq!(normalise_letter_code("ABCD-EFGH-JKM0"), None);
+    }
+
+    #[test]
+    fn a_time_zone_must_be_one_the_system_knows() {
+        let (_dir, conn) = db();
+        let (id, _) = create(&conn, "Zone household", &[], 0).unwrap();
+        assert_eq!(time_zone(&conn, id).unwrap(), None);
+        set_time_zone(&conn, id, Some("Europe/Berlin")).unwrap();
+        assert_eq!(
+            time_zone(&conn, id).unwrap().as_deref(),
+            Some("Europe/Berlin")
+        );
+        assert!(matches!(
+            set_time_zone(&conn, id, Some("Europe/Atlantis")),
+            Err(HouseholdError::Invalid(_))
+        ));
+        set_time_zone(&conn, id, Some("")).unwrap();
+        assert_eq!(time_zone(&conn, id).unwrap(), None);
     }
 
     /// Issue 11: "the restriction is being lifted" while the card above says "blocked until

@@ -316,7 +316,10 @@ fn a_canary_goes_to_its_cohort_is_promoted_and_a_refused_one_halts_itself_across
         "{page}"
     );
     assert!(page.contains(r#"<tr data-stage="canary">"#), "{page}");
-    assert!(page.contains(r#"src="/noc/policy/rollouts.js""#), "{page}");
+    assert!(
+        page.contains(r#"<section id="rollouts" data-refresh="#),
+        "{page}"
+    );
     assert!(page.contains("Promote to the fleet"), "{page}");
     // While the canary runs, the editor refuses to publish to the whole fleet.
     let r = post_form(

@@ -13,6 +13,9 @@ use web_common::{
     OPERATOR_TOKEN,
 };
 
+/// The address of the test server's ISP relay ([`web_common::ISP_RELAY`]).
+const ISP_RELAY_IP: &str = "198.51.100.7";
+
 fn form(cookie: &str) -> Vec<(&'static str, String)> {
     vec![
         (
@@ -25,6 +28,20 @@ fn form(cookie: &str) -> Vec<(&'static str, String)> {
 
 fn hdrs<'a>(v: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
     v.iter().map(|(k, s)| (*k, s.as_str())).collect()
+}
+
+/// A viewer, an operator and an admin (vera, olga, ada) added to the server's database;
+/// returns the connection and their sign-in secrets.
+fn three_operators(s: &Server) -> (rusqlite::Connection, String, String, String) {
+    use smtpguard_controller::operators::{self, Level};
+    let conn = rusqlite::Connection::open(&s.db).unwrap();
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .unwrap();
+    let now = now_ms();
+    let vera = operators::add(&conn, "vera", Level::Viewer, now).unwrap();
+    let olga = operators::add(&conn, "olga", Level::Operator, now).unwrap();
+    let ada = operators::add(&conn, "ada", Level::Admin, now).unwrap();
+    (conn, vera, olga, ada)
 }
 
 fn highest_policy_version(s: &Server) -> u64 {
@@ -459,12 +476,24 @@ fn the_noc_groups_the_campaign_and_pushes_its_indicators_to_fleet_policy() {
     let page = http(s.addr, "GET", "/noc/campaigns", &[("Cookie", &noc)], b"").unwrap();
     let csrf = csrf_of(&page.body).unwrap();
     let h = form(&noc);
+    // The page lists the servers and asks for confirmation; unconfirmed, nothing is pushed.
+    assert!(page.body.contains(r#"name="confirm" value="1" required"#));
     let r = http(
         s.addr,
         "POST",
         &format!("/noc/campaigns/{id}/push"),
         &hdrs(&h),
         format!("csrf={csrf}").as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("tick the box to confirm"));
+    let r = http(
+        s.addr,
+        "POST",
+        &format!("/noc/campaigns/{id}/push"),
+        &hdrs(&h),
+        format!("csrf={csrf}&confirm=1").as_bytes(),
     )
     .unwrap();
     assert_eq!(r.status, 303, "{}", r.body);
@@ -595,7 +624,7 @@ fn campaign_pushes_leave_out_allowlisted_relays() {
         "POST",
         &format!("/noc/campaigns/{id}/push"),
         &hdrs(&h),
-        format!("csrf={csrf}&with_servers=on").as_bytes(),
+        format!("csrf={csrf}&with_servers=on&confirm=1").as_bytes(),
     )
     .unwrap();
     assert_eq!(r.status, 303, "{}", r.body);
@@ -778,15 +807,8 @@ fn cookies_are_secure_when_configured_or_behind_an_https_proxy() {
 /// session at once.
 #[test]
 fn operators_can_do_what_their_role_allows_and_everything_is_audited() {
-    use smtpguard_controller::operators::{self, Level};
     let s = Server::start().unwrap();
-    let conn = rusqlite::Connection::open(&s.db).unwrap();
-    conn.busy_timeout(std::time::Duration::from_secs(5))
-        .unwrap();
-    let now = now_ms();
-    let vera = operators::add(&conn, "vera", Level::Viewer, now).unwrap();
-    let olga = operators::add(&conn, "olga", Level::Operator, now).unwrap();
-    let ada = operators::add(&conn, "ada", Level::Admin, now).unwrap();
+    let (conn, vera, olga, ada) = three_operators(&s);
 
     // A subscriber asks for a release, to have something to decide.
     let a = &s.seeded.households[0];
@@ -977,7 +999,7 @@ fn operators_can_do_what_their_role_allows_and_everything_is_audited() {
     assert!(page.body.contains("release_decision") && !page.body.contains(">ada<"));
 
     // Revoked: the session ends at its next request, the secret no longer signs in.
-    operators::revoke(&conn, "vera", now_ms()).unwrap();
+    smtpguard_controller::operators::revoke(&conn, "vera", now_ms()).unwrap();
     assert_ne!(
         http(s.addr, "GET", "/noc", &[("Cookie", &v)], b"")
             .unwrap()
@@ -1215,4 +1237,395 @@ fn flagged_devices_abuse_reports_and_the_audit_log_export_as_csv_and_json() {
         .status,
         403
     );
+}
+
+#[test]
+fn router_actions_are_for_operators_overrides_for_admins_and_hostile_posts_are_refused() {
+    let s = Server::start().unwrap();
+    let (conn, vera, olga, ada) = three_operators(&s);
+    let a = &s.seeded.households[0];
+    let (mac, _) = a.flagged.clone().unwrap();
+    let command = format!("/noc/cpe/{}/command", a.cpe_id);
+    let override_path = format!("/noc/cpe/{}/policy", a.cpe_id);
+    let post = |cookie: &str, path: &str, body: &str, extra: &[(&'static str, String)]| {
+        let mut h = form(cookie);
+        h.extend(extra.iter().cloned());
+        http(s.addr, "POST", path, &hdrs(&h), body.as_bytes()).unwrap()
+    };
+    let session = |secret: &str| {
+        let c = login(s.addr, secret).unwrap();
+        let page = http(
+            s.addr,
+            "GET",
+            &format!("/noc/cpe/{}", a.cpe_id),
+            &[("Cookie", &c)],
+            b"",
+        )
+        .unwrap();
+        assert_eq!(page.status, 200);
+        let csrf = csrf_of(&page.body).unwrap();
+        (c, csrf, page.body)
+    };
+
+    // The page: last seen, links to the household's reports and history, the actions.
+    let (o, o_csrf, page) = session(&olga);
+    assert!(page.contains(r#"id="link-abuse""#), "{page}");
+    assert!(page.contains(&format!("/noc/audit?target={}", a.cpe_id)));
+    assert!(page.contains(r#"value="release">Lift restriction"#));
+    assert!(page.contains("Extend block"));
+    assert!(
+        page.contains("Only an administrator can change a router"),
+        "an operator sees no override form"
+    );
+
+    // A subscriber and a viewer are refused; so is a post without the session's token or
+    // from another site.
+    let hh = login(s.addr, &a.token).unwrap();
+    let ok_body = format!("csrf={o_csrf}&mac={mac}&action=block&ttl_secs=3600");
+    assert_eq!(post(&hh, &command, &ok_body, &[]).status, 403);
+    let (v, v_csrf, _) = session(&vera);
+    let v_body = format!("csrf={v_csrf}&mac={mac}&action=release");
+    assert_eq!(post(&v, &command, &v_body, &[]).status, 403);
+    assert_eq!(
+        post(
+            &o,
+            &command,
+            &format!("csrf=forged&mac={mac}&action=release"),
+            &[]
+        )
+        .status,
+        403
+    );
+    assert_eq!(
+        post(
+            &o,
+            &command,
+            &ok_body,
+            &[("Origin", "https://evil.example".to_string())]
+        )
+        .status,
+        403
+    );
+
+    // Hostile and wrong input: named, escaped, nothing sent.
+    let r = post(
+        &o,
+        &command,
+        &format!(
+            "csrf={o_csrf}&mac={}&action=release",
+            urlencode("<script>x</script>")
+        ),
+        &[],
+    );
+    assert_eq!(r.status, 400);
+    assert!(!r.body.contains("<script>x"));
+    let r = post(
+        &o,
+        &command,
+        &format!("csrf={o_csrf}&mac={mac}&action=block&ttl_secs=99999999"),
+        &[],
+    );
+    assert_eq!(r.status, 400);
+    assert!(r.body.contains("choose how long to block"), "{}", r.body);
+    let r = post(
+        &o,
+        "/noc/cpe/cpe-nobody/command",
+        &format!("csrf={o_csrf}&mac={mac}&action=release"),
+        &[],
+    );
+    assert_eq!(r.status, 404);
+
+    // A well-formed command goes to the command path (this test server has no broker, so it
+    // is refused there) and is audited either way.
+    let r = post(&o, &command, &ok_body, &[]);
+    assert_eq!(r.status, 400);
+    assert!(r.body.contains("The command was not sent"), "{}", r.body);
+
+    // Overrides: not for operators; an admin must confirm; a policy that would cut off the
+    // ISP relay is never signed; a good one is signed for this router only.
+    let policy = |text: &str, confirm: bool, csrf: &str| {
+        format!(
+            "csrf={csrf}&policy={}{}",
+            urlencode(text),
+            if confirm { "&confirm=1" } else { "" }
+        )
+    };
+    assert_eq!(
+        post(
+            &o,
+            &override_path,
+            &policy("mode = \"monitor\"\n", true, &o_csrf),
+            &[]
+        )
+        .status,
+        403
+    );
+    let (ad, ad_csrf, page) = session(&ada);
+    assert!(page.contains(r#"id="override-policy""#));
+    let before = highest_policy_version(&s);
+    let r = post(
+        &ad,
+        &override_path,
+        &policy("mode = \"monitor\"\n", false, &ad_csrf),
+        &[],
+    );
+    assert_eq!(r.status, 400);
+    let r = post(
+        &ad,
+        &override_path,
+        &policy(
+            &format!("allow_relays = []\n[indicators]\nmail_servers = [\"{ISP_RELAY_IP}/32\"]\n"),
+            true,
+            &ad_csrf,
+        ),
+        &[],
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("covers the local ISP relay"), "{}", r.body);
+    assert_eq!(highest_policy_version(&s), before, "nothing signed");
+    let r = post(
+        &ad,
+        &override_path,
+        &policy("mode = \"monitor\"\n", true, &ad_csrf),
+        &[],
+    );
+    assert_eq!(r.status, 303, "{}", r.body);
+    let v = highest_policy_version(&s);
+    assert_eq!(v, before + 1);
+    let page = http(
+        s.addr,
+        "GET",
+        r.header("location").unwrap(),
+        &[("Cookie", &ad)],
+        b"",
+    )
+    .unwrap();
+    assert!(
+        page.body.contains(&format!("v{v}, not yet applied")),
+        "{}",
+        page.body
+    );
+    let scope: String = conn
+        .query_row(
+            "SELECT scope || ' ' || cpe_id FROM policies WHERE version = ?1",
+            [v as i64],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(scope, format!("cpe {}", a.cpe_id));
+
+    // Everything is in the audit log, refused attempts included.
+    let audit = http(
+        s.addr,
+        "GET",
+        &format!("/api/audit?limit=100&target={}", a.cpe_id),
+        &[("Authorization", &format!("Bearer {OPERATOR_TOKEN}"))],
+        b"",
+    )
+    .unwrap();
+    let entries: serde_json::Value = serde_json::from_str(&audit.body).unwrap();
+    let entries = entries["entries"].as_array().unwrap().clone();
+    let has = |actor: &str, action: &str, outcome: &str| {
+        entries
+            .iter()
+            .any(|e| e["actor"] == actor && e["action"] == action && e["outcome"] == outcome)
+    };
+    assert!(has("olga", "command", "refused"), "{entries:#?}");
+    assert!(has("ada", "policy_override", "refused"), "{entries:#?}");
+    assert!(has("ada", "policy_override", "ok"), "{entries:#?}");
+}
+
+/// The abuse desk's and the portal's new forms: roles, CSRF, foreign origins and hostile
+/// input; a rejected paste comes back with its text.
+#[test]
+fn abuse_desk_and_time_zone_forms_refuse_wrong_roles_forged_posts_and_hostile_input() {
+    let s = Server::start().unwrap();
+    let (conn, vera, _, _) = three_operators(&s);
+    let a = &s.seeded.households[0];
+    let post = |cookie: &str, path: &str, body: &str, extra: &[(&'static str, String)]| {
+        let mut h = form(cookie);
+        h.extend(extra.iter().cloned());
+        http(s.addr, "POST", path, &hdrs(&h), body.as_bytes()).unwrap()
+    };
+    let noc = login(s.addr, OPERATOR_TOKEN).unwrap();
+    let page = http(s.addr, "GET", "/noc/abuse", &[("Cookie", &noc)], b"").unwrap();
+    let csrf = csrf_of(&page.body).unwrap();
+    let (at, _, _) = s.seeded.abuse_example;
+    let when = smtpguard_controller::abuse::date::format_utc_secs(at);
+    let (date, time) = when.trim_end_matches(" UTC").split_once(' ').unwrap();
+    let lookup = |csrf: &str, ip: &str, reporter: &str| {
+        format!(
+            "csrf={csrf}&ip={}&date={date}&time={}&zone=UTC&port=&reporter={}",
+            urlencode(ip),
+            urlencode(time),
+            urlencode(reporter)
+        )
+    };
+
+    // Forged, foreign, wrong role: refused, nothing stored.
+    let count = || -> i64 {
+        conn.query_row("SELECT COUNT(*) FROM abuse_reports", [], |r| r.get(0))
+            .unwrap()
+    };
+    let before = count();
+    let ip = a.public_ip.to_string();
+    assert_eq!(
+        post(&noc, "/noc/abuse/lookup", &lookup("forged", &ip, ""), &[]).status,
+        403
+    );
+    assert_eq!(
+        post(
+            &noc,
+            "/noc/abuse/lookup",
+            &lookup(&csrf, &ip, ""),
+            &[("Origin", "https://evil.example".to_string())]
+        )
+        .status,
+        403
+    );
+    let v = login(s.addr, &vera).unwrap();
+    let v_page = http(s.addr, "GET", "/noc/abuse", &[("Cookie", &v)], b"").unwrap();
+    let v_csrf = csrf_of(&v_page.body).unwrap();
+    assert_eq!(
+        post(&v, "/noc/abuse/lookup", &lookup(&v_csrf, &ip, ""), &[]).status,
+        403
+    );
+    let hh = login(s.addr, &a.token).unwrap();
+    assert_eq!(
+        post(&hh, "/noc/abuse/lookup", &lookup(&csrf, &ip, ""), &[]).status,
+        403
+    );
+    assert_eq!(count(), before);
+
+    // Hostile input is named and escaped, and kept in the form.
+    let r = post(
+        &noc,
+        "/noc/abuse/lookup",
+        &lookup(&csrf, "<script>alert(1)</script>", "<b>x</b>"),
+        &[],
+    );
+    assert_eq!(r.status, 400);
+    assert!(!r.body.contains("<script>alert"), "{}", r.body);
+    assert!(r.body.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
+    assert!(r.body.contains(r#"value="&lt;b&gt;x&lt;/b&gt;""#));
+    let pasted = "Subject: spam\r\n\r\n<img src=x onerror=alert(1)>";
+    let r = post(
+        &noc,
+        "/noc/abuse",
+        &format!("csrf={csrf}&report={}", urlencode(pasted)),
+        &[],
+    );
+    assert_eq!(r.status, 400);
+    assert!(r.body.contains("&lt;img src=x onerror=alert(1)&gt;"));
+    assert!(!r.body.contains("<img src=x"));
+    assert!(r.body.contains(r#"id="abuse-list""#) || r.body.contains("No reports here"));
+    assert_eq!(count(), before);
+
+    // A good lookup, with its reporter; viewers cannot mark it answered, operators can.
+    let r = post(
+        &noc,
+        "/noc/abuse/lookup",
+        &lookup(&csrf, &ip, "abuse@bigmail.example"),
+        &[],
+    );
+    assert_eq!(r.status, 303, "{}", r.body);
+    let location = r.header("location").unwrap().to_string();
+    let id: i64 = location.rsplit('/').next().unwrap().parse().unwrap();
+    let report = http(s.addr, "GET", &location, &[("Cookie", &noc)], b"").unwrap();
+    assert!(report.body.contains("abuse@bigmail.example"));
+    assert_eq!(
+        post(
+            &v,
+            &format!("/noc/abuse/{id}/answered"),
+            &format!("csrf={v_csrf}"),
+            &[]
+        )
+        .status,
+        403
+    );
+    assert_eq!(
+        post(
+            &noc,
+            &format!("/noc/abuse/{id}/answered"),
+            "csrf=forged",
+            &[]
+        )
+        .status,
+        403
+    );
+    let r = post(
+        &noc,
+        &format!("/noc/abuse/{id}/answered"),
+        &format!("csrf={csrf}"),
+        &[],
+    );
+    assert_eq!(r.status, 303);
+    let status: String = conn
+        .query_row(
+            "SELECT status FROM abuse_reports WHERE id = ?1",
+            [id],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(status, "answered");
+    assert_eq!(
+        post(
+            &noc,
+            "/noc/abuse/999999/answered",
+            &format!("csrf={csrf}"),
+            &[]
+        )
+        .status,
+        404
+    );
+
+    // The household's time zone: its own session and token only; a name the system does not
+    // know is refused; the NOC cannot set it.
+    let my = http(s.addr, "GET", "/my", &[("Cookie", &hh)], b"").unwrap();
+    let hh_csrf = csrf_of(&my.body).unwrap();
+    assert_eq!(
+        post(
+            &hh,
+            "/my/time-zone",
+            "csrf=forged&time_zone=Europe%2FBerlin",
+            &[]
+        )
+        .status,
+        403
+    );
+    assert_eq!(
+        post(
+            &noc,
+            "/my/time-zone",
+            &format!("csrf={csrf}&time_zone=Europe%2FBerlin"),
+            &[]
+        )
+        .status,
+        403
+    );
+    let r = post(
+        &hh,
+        "/my/time-zone",
+        &format!(
+            "csrf={hh_csrf}&time_zone={}",
+            urlencode("<script>x</script>")
+        ),
+        &[],
+    );
+    assert_eq!(r.status, 400);
+    assert!(!r.body.contains("<script>x"));
+    let r = post(
+        &hh,
+        "/my/time-zone",
+        &format!("csrf={hh_csrf}&time_zone=Europe%2FBerlin"),
+        &[],
+    );
+    assert_eq!(r.status, 303);
+    let my = http(s.addr, "GET", "/my", &[("Cookie", &hh)], b"").unwrap();
+    assert!(
+        my.body.contains(" CET") || my.body.contains(" CEST"),
+        "{}",
+        my.body
+    );
+    assert!(my.body.contains(r#"value="Europe/Berlin""#));
 }

@@ -31,7 +31,18 @@ fn a_subscriber_sees_the_infected_device_explained_and_requests_release() {
         .page_text()
         .unwrap()
         .contains("That access code is not valid."));
-    b.type_into("#token", &a.token).unwrap();
+    // The code from the letter, typed the way people do: small letters, spaces for dashes,
+    // shown while typing.
+    assert_eq!(a.letter_code.len(), 14, "{:?}", a.letter_code);
+    b.click("#show-code").unwrap();
+    assert_eq!(
+        b.execute("return document.getElementById('token').type")
+            .unwrap(),
+        "text"
+    );
+    b.type_into("#token", &a.letter_code.to_lowercase().replace('-', " "))
+        .unwrap();
+    b.screenshot("portal-sign-in").unwrap();
     b.click("#signin").unwrap();
     assert!(b.url_ends_with("/my"), "not signed in: {:?}", b.url());
 
@@ -51,12 +62,31 @@ fn a_subscriber_sees_the_infected_device_explained_and_requests_release() {
         card_text.contains("tried to send mail directly to many different mail servers"),
         "{card_text}"
     );
+    // The technical evidence is folded away until asked for.
+    assert!(!card_text.contains("312 connections"), "{card_text}");
+    b.click(&format!(
+        "section.card.infected[data-mac='{bot_mac}'] details.evidence summary"
+    ))
+    .unwrap();
+    let card_text = b.text(&card).unwrap();
     assert!(
         card_text.contains("312 connections to 287 distinct mail servers on port 25 in 10 minutes"),
         "{card_text}"
     );
     assert!(card_text.contains("Sending mail from this device is blocked until"));
     assert!(card_text.contains("How to clean it up"));
+    // In the household's time (the demo's portal zone is Europe/Berlin), with what happens
+    // next and whom to call.
+    assert!(
+        card_text.contains(" CET") || card_text.contains(" CEST"),
+        "{card_text}"
+    );
+    assert!(
+        card_text.contains("The restriction ends by itself on"),
+        "{card_text}"
+    );
+    assert!(card_text.contains("web mail in the browser"), "{card_text}");
+    assert!(text.contains("call 0800 555 0100"), "{text}");
     // Clean devices are listed, not marked; the other household is nowhere.
     assert!(text.contains("Pixel-8"));
     assert_eq!(b.find_all("section.card.infected").unwrap().len(), 1);
@@ -93,6 +123,8 @@ fn a_subscriber_sees_the_infected_device_explained_and_requests_release() {
     b.goto(&s.url("/login")).unwrap();
     b.type_into("#token", &other.token).unwrap();
     b.click("#signin").unwrap();
+    assert!(b.url_ends_with("/my"), "the long token still signs in");
+    b.click("details.evidence summary").unwrap();
     let text = b.page_text().unwrap();
     assert!(
         text.contains("sent many messages through a mail account"),
@@ -150,6 +182,8 @@ fn the_noc_sees_the_fleet_the_evidence_the_campaign_and_an_abuse_answer() {
     assert!(text.contains("2 households"));
     assert!(text.contains("EHLO cozoxory.club"));
     b.screenshot("noc-campaigns").unwrap();
+    b.click("form[action$='/push'] input[name=confirm]")
+        .unwrap();
     b.click("form[action$='/push'] button").unwrap();
     assert!(b
         .page_text()

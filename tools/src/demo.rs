@@ -77,6 +77,9 @@ pub async fn run(
     config.broker.embedded_listen = args.mqtt;
     config.policy.isp_relays = vec![crate::demo_live::isp_relay()];
     config.web.operator_token_file = token_path;
+    config.web.portal_time_zone = "Europe/Berlin".into();
+    config.web.support_contact =
+        Some("call 0800 555 0100 (free, daily 8 am to 8 pm) or write to help@isp.example".into());
     config
         .resolve_broker_password()
         .map_err(|e| DemoError::Web(e.to_string()))?;
@@ -92,8 +95,8 @@ pub async fn run(
         println!("  NOC:            {base}/login   operator token: {operator}");
         for h in &seeded.households {
             println!(
-                "  portal:         {base}/login   {:<20} token: {}",
-                h.name, h.token
+                "  portal:         {base}/login   {:<20} letter code: {}  token: {}",
+                h.name, h.letter_code, h.token
             );
         }
         print_tail(

@@ -131,6 +131,36 @@ impl Confidence {
         }
     }
 
+    /// Every confidence, surest first.
+    pub const ALL: [Confidence; 7] = [
+        Confidence::Exact,
+        Confidence::ExactPort,
+        Confidence::DestinationAndTime,
+        Confidence::TimeWindow,
+        Confidence::Verdict,
+        Confidence::HouseholdOnly,
+        Confidence::Unmatched,
+    ];
+
+    /// The confidence of a label ([`Confidence::as_str`]).
+    pub fn parse(label: &str) -> Option<Confidence> {
+        Confidence::ALL.into_iter().find(|c| c.as_str() == label)
+    }
+
+    /// The one word the NOC sees for it, in lists and on the report alike: `exact`,
+    /// `strong`, `good`, `fair`, `household only` or `no match` (the start of
+    /// [`Confidence::describe`]).
+    pub fn grade(&self) -> &'static str {
+        match self {
+            Confidence::Exact | Confidence::ExactPort => "exact",
+            Confidence::DestinationAndTime => "strong",
+            Confidence::TimeWindow => "good",
+            Confidence::Verdict => "fair",
+            Confidence::HouseholdOnly => "household only",
+            Confidence::Unmatched => "no match",
+        }
+    }
+
     /// In words, for the NOC.
     pub fn describe(&self) -> &'static str {
         match self {
@@ -140,7 +170,7 @@ impl Confidence {
             Confidence::TimeWindow => "good: this device made the mail connections logged around that time",
             Confidence::Verdict => "fair: no connection log for that time; this device was flagged as infected then",
             Confidence::HouseholdOnly => "household only: the router had this address, but no device can be singled out",
-            Confidence::Unmatched => "no router of ours had this address at that time",
+            Confidence::Unmatched => "no match: no router of ours had this address at that time",
         }
     }
 }

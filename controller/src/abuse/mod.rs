@@ -170,6 +170,39 @@ fn from_i64(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
 
+/// Every period in which a CPE held the public address `ip` (at most 1000, oldest first),
+/// from the address history the ingest keeps.
+///
+/// # Errors
+/// [`AbuseError`] on database errors.
+pub fn address_periods(conn: &Connection, ip: IpAddr) -> Result<Vec<AddressPeriod>, AbuseError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT cpe_id, first_seen_ms, last_seen_ms FROM public_ips WHERE ip = ?1
+         ORDER BY first_seen_ms LIMIT 1000",
+    )?;
+    let periods = stmt
+        .query_map([ip.to_string()], |r| {
+            Ok(AddressPeriod {
+                cpe_id: r.get(0)?,
+                ip,
+                first_ms: from_i64(r.get(1)?),
+                last_ms: from_i64(r.get(2)?),
+            })
+        })?
+        .collect::<Result<_, _>>()?;
+    Ok(periods)
+}
+
+/// The CPE that held the public address `ip` at `at_ms`, by the same rule the abuse
+/// mapping uses ([`mapping::holder`]).
+///
+/// # Errors
+/// [`AbuseError`] on database errors.
+pub fn holder_at(conn: &Connection, ip: IpAddr, at_ms: u64) -> Result<Option<String>, AbuseError> {
+    let periods = address_periods(conn, ip)?;
+    Ok(mapping::holder(&periods, ip, at_ms).map(str::to_string))
+}
+
 /// Loads what the mapping needs for `q` and answers it.
 ///
 /// # Errors
@@ -179,20 +212,7 @@ pub fn answer(conn: &Connection, q: &AbuseQuery) -> Result<Match, AbuseError> {
         Some(port) => load_translations(conn, q, port)?,
         None => Vec::new(),
     };
-    let mut stmt = conn.prepare_cached(
-        "SELECT cpe_id, first_seen_ms, last_seen_ms FROM public_ips WHERE ip = ?1
-         ORDER BY first_seen_ms LIMIT 1000",
-    )?;
-    let periods: Vec<AddressPeriod> = stmt
-        .query_map([q.public_ip.to_string()], |r| {
-            Ok(AddressPeriod {
-                cpe_id: r.get(0)?,
-                ip: q.public_ip,
-                first_ms: from_i64(r.get(1)?),
-                last_ms: from_i64(r.get(2)?),
-            })
-        })?
-        .collect::<Result<_, _>>()?;
+    let periods = address_periods(conn, q.public_ip)?;
     // The CPE whose translation matches, else the one that held the address.
     let cpe = match mapping::translation(q, &translations) {
         Some(c) => Some(c.cpe_id.clone()),
@@ -331,6 +351,22 @@ pub fn submit(
         let (q, r) = arf::parse(body)?;
         ("arf", q, Some(r.feedback_type), r.message_id)
     };
+    submit_query(conn, source, query, feedback_type, message_id, now_ms)
+}
+
+/// Answers and stores a report already read: from a body ([`submit`]) or from the abuse
+/// desk's simple form (`source` `form`).
+///
+/// # Errors
+/// [`AbuseError`] on database errors.
+pub fn submit_query(
+    conn: &Connection,
+    source: &str,
+    query: AbuseQuery,
+    feedback_type: Option<String>,
+    message_id: Option<String>,
+    now_ms: u64,
+) -> Result<StoredReport, AbuseError> {
     let answer = answer(conn, &query)?;
     let result_json =
         serde_json::to_string(&answer).map_err(|e| AbuseError::Json(e.to_string()))?;
@@ -365,6 +401,53 @@ pub fn submit(
     })
 }
 
+/// Records who complained (an address or a name, at most 200 characters; empty: unknown).
+///
+/// # Errors
+/// [`AbuseError::Sqlite`].
+pub fn set_reporter(conn: &Connection, id: i64, reporter: &str) -> Result<(), AbuseError> {
+    let reporter: String = reporter.trim().chars().take(200).collect();
+    conn.execute(
+        "UPDATE abuse_reports SET reporter = ?2 WHERE id = ?1",
+        params![id, (!reporter.is_empty()).then_some(reporter)],
+    )?;
+    Ok(())
+}
+
+/// Marks a report answered (the complainant has had the reply) by `who`. Returns whether
+/// the report exists.
+///
+/// # Errors
+/// [`AbuseError::Sqlite`].
+pub fn mark_answered(
+    conn: &Connection,
+    id: i64,
+    who: &str,
+    now_ms: u64,
+) -> Result<bool, AbuseError> {
+    let n = conn.execute(
+        "UPDATE abuse_reports SET status = 'answered', answered_ms = ?2, answered_by = ?3
+         WHERE id = ?1",
+        params![id, to_i64(now_ms), who],
+    )?;
+    Ok(n > 0)
+}
+
+/// Which reports [`list_filtered`] returns.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReportFilter {
+    /// Only those no device was named for.
+    pub unmatched_only: bool,
+    /// Only `open` or `answered` ones.
+    pub status: Option<&'static str>,
+    /// Only those about this router.
+    pub cpe_id: Option<String>,
+    /// Only those naming this device (with [`ReportFilter::cpe_id`]).
+    pub mac: Option<String>,
+    /// Only this one.
+    pub id: Option<i64>,
+}
+
 /// Stored reports, newest first; `unmatched_only` lists those no device was named for.
 ///
 /// # Errors
@@ -374,23 +457,58 @@ pub fn list(
     unmatched_only: bool,
     limit: u32,
 ) -> Result<Vec<ReportSummary>, AbuseError> {
+    let filter = ReportFilter {
+        unmatched_only,
+        ..ReportFilter::default()
+    };
+    list_filtered(conn, &filter, limit)
+}
+
+/// Stored reports matching `f`, newest first.
+///
+/// # Errors
+/// [`AbuseError::Sqlite`].
+pub fn list_filtered(
+    conn: &Connection,
+    f: &ReportFilter,
+    limit: u32,
+) -> Result<Vec<ReportSummary>, AbuseError> {
     let mut stmt = conn.prepare_cached(
-        "SELECT id, received_ms, source, public_ip, at_ms, confidence, cpe_id, mac, message_id
-         FROM abuse_reports WHERE (?1 = 0 OR mac IS NULL) ORDER BY id DESC LIMIT ?2",
+        "SELECT id, received_ms, source, public_ip, at_ms, confidence, cpe_id, mac, message_id,
+                reporter, status, answered_ms, answered_by
+         FROM abuse_reports
+         WHERE (?1 = 0 OR mac IS NULL) AND (?2 IS NULL OR status = ?2)
+           AND (?3 IS NULL OR cpe_id = ?3) AND (?4 IS NULL OR mac = ?4)
+           AND (?5 IS NULL OR id = ?5)
+         ORDER BY id DESC LIMIT ?6",
     )?;
-    let rows = stmt.query_map(params![i64::from(unmatched_only), limit], |r| {
-        Ok(ReportSummary {
-            id: r.get(0)?,
-            received_ms: from_i64(r.get(1)?),
-            source: r.get(2)?,
-            public_ip: r.get(3)?,
-            at_ms: from_i64(r.get(4)?),
-            confidence: r.get(5)?,
-            cpe_id: r.get(6)?,
-            mac: r.get(7)?,
-            message_id: r.get(8)?,
-        })
-    })?;
+    let rows = stmt.query_map(
+        params![
+            i64::from(f.unmatched_only),
+            f.status,
+            f.cpe_id,
+            f.mac,
+            f.id,
+            limit
+        ],
+        |r| {
+            Ok(ReportSummary {
+                id: r.get(0)?,
+                received_ms: from_i64(r.get(1)?),
+                source: r.get(2)?,
+                public_ip: r.get(3)?,
+                at_ms: from_i64(r.get(4)?),
+                confidence: r.get(5)?,
+                cpe_id: r.get(6)?,
+                mac: r.get(7)?,
+                message_id: r.get(8)?,
+                reporter: r.get(9)?,
+                status: r.get(10)?,
+                answered_ms: r.get::<_, Option<i64>>(11)?.map(from_i64),
+                answered_by: r.get(12)?,
+            })
+        },
+    )?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
@@ -401,7 +519,7 @@ pub struct ReportSummary {
     pub id: i64,
     /// When it was received.
     pub received_ms: u64,
-    /// `arf` or `json`.
+    /// `arf`, `json` or `form`.
     pub source: String,
     /// The reported address.
     pub public_ip: String,
@@ -415,6 +533,14 @@ pub struct ReportSummary {
     pub mac: Option<String>,
     /// The reported message's id.
     pub message_id: Option<String>,
+    /// Who complained, if recorded.
+    pub reporter: Option<String>,
+    /// `open` or `answered`.
+    pub status: String,
+    /// When it was answered.
+    pub answered_ms: Option<u64>,
+    /// Who answered it.
+    pub answered_by: Option<String>,
 }
 
 /// One stored report's full answer.
@@ -532,7 +658,7 @@ mod tests {
         crate::web::schema::migrate(&mut conn).unwrap();
         let conn = &conn;
         // What `GET /api/cpes/cpe-a` shows as the router's address: its telemetry's.
-        let row = crate::web::noc::cpe_rows(conn, Some("cpe-a")).unwrap();
+        let row = crate::web::fleet::cpe_rows(conn, Some("cpe-a")).unwrap();
         assert_eq!(row[0].public_ip.as_deref(), Some("100.64.7.2"));
         let body = format!(r#"{{"wan_ip":"100.64.7.2","source_port":40123,"time":{T}}}"#);
         let r = submit(conn, "application/json", body.as_bytes(), T + 1).unwrap();

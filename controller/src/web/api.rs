@@ -17,7 +17,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::auth;
-use super::noc::{cpe_row, cpe_rows, current_campaigns};
+use super::fleet::{cpe_row, cpe_rows};
+use super::noc::current_campaigns;
 use super::portal::household_devices;
 use super::{AppState, WebError};
 use crate::abuse;
@@ -343,18 +344,7 @@ async fn send_command(
             ttl_secs: q.ttl_secs,
         }
     };
-    let (what, target) = (
-        if release { "release" } else { "block" },
-        format!("{cpe_id}/{mac}"),
-    );
-    let sent = state.commands.send(cpe_id.clone(), order, None).await;
-    let (outcome, detail) = match &sent {
-        Ok(id) => ("sent", format!("{what}, command {id}")),
-        Err(e) => ("refused", format!("{what}: {e}")),
-    };
-    state
-        .audit(&staff.name, "command", target, outcome, detail)
-        .await;
+    let sent = state.send_order(&staff.name, &cpe_id, order).await;
     match sent {
         Ok(id) => (
             StatusCode::CREATED,

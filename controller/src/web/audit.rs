@@ -96,7 +96,7 @@ pub async fn page(
     );
     let _ = write!(
         b,
-        r#"<form method="get" action="/noc/audit" class="filters"><label for="actor">Who</label><input id="actor" name="actor" value="{}"><label for="action">Action</label><input id="action" name="action" value="{}" placeholder="e.g. policy_publish"><label for="target">Target contains</label><input id="target" name="target" value="{}"><button class="btn" type="submit">Filter</button></form>"#,
+        r#"<form method="get" action="/noc/audit" class="search filters"><div><label for="actor">Who</label><input type="text" id="actor" name="actor" value="{}"></div><div><label for="action">Action</label><input type="text" id="action" name="action" value="{}" placeholder="e.g. policy_publish"></div><div><label for="target">Target contains</label><input type="text" id="target" name="target" value="{}"></div><div><button class="btn" type="submit">Filter</button></div></form>"#,
         field(&f.actor),
         field(&f.action),
         field(&f.target)
@@ -104,21 +104,25 @@ pub async fn page(
     if entries.is_empty() {
         b.push_str(r#"<p class="muted">No entries match.</p>"#);
     } else {
-        b.push_str(r#"<table id="audit"><caption>Audit entries</caption><thead><tr><th scope="col">Time</th><th scope="col">Who</th><th scope="col">Action</th><th scope="col">Target</th><th scope="col">Outcome</th><th scope="col">Detail</th></tr></thead><tbody>"#);
+        let mut t = html::Table::plain(
+            "audit",
+            "Audit entries",
+            &["Time", "Who", "Action", "Target", "Outcome", "Detail"],
+        );
         for e in &entries {
-            let _ = write!(
-                b,
-                r#"<tr data-action="{}"><td>{}</td><td>{}</td><td class="mono">{}</td><td class="mono">{}</td><td>{}</td><td>{}</td></tr>"#,
-                esc(&e.action),
-                esc(&html::time(e.at_ms)),
-                esc(&e.actor),
-                esc(&e.action),
-                esc(&e.target),
-                esc(&e.outcome),
-                esc(&e.detail)
+            t.row(
+                &format!(r#" data-action="{}""#, esc(&e.action)),
+                &[
+                    ("", esc(&html::time(e.at_ms))),
+                    ("", esc(&e.actor)),
+                    ("mono", esc(&e.action)),
+                    ("mono wrap", esc(&e.target)),
+                    ("", esc(&e.outcome)),
+                    ("wrap", esc(&e.detail)),
+                ],
             );
         }
-        b.push_str("</tbody></table>");
+        b.push_str(&t.finish());
         if entries.len() == PAGE {
             if let Some(last) = entries.last() {
                 let mut next = format!("/noc/audit?before={}", last.id);

@@ -305,21 +305,32 @@ pub fn csrf_field(caller: &Caller) -> String {
     )
 }
 
-fn login_page(error: Option<&str>) -> String {
+/// "Call customer service: {contact}." in the portal's words.
+pub fn support_line(support: Option<&str>) -> String {
+    match support {
+        Some(c) => format!("Customer service can help: {c}."),
+        None => "Customer service can help; the number is on your contract and your bill.".into(),
+    }
+}
+
+fn login_page(error: Option<&str>, support: Option<&str>) -> String {
     let err = error
         .map(|e| format!(r#"<div class="flash err" role="alert">{}</div>"#, esc(e)))
         .unwrap_or_default();
     let body = format!(
-        r#"<div class="login"><h1>Sign in</h1><p class="muted">Use the access code from your welcome letter. NOC staff: your operator secret.</p>{err}
-<form method="post" action="/login"><label for="token">Access code</label><input id="token" name="token" type="password" autocomplete="current-password" required>
-<p><button class="btn" type="submit" id="signin">Sign in</button></p></form></div>"#
+        r#"<div class="login"><h1>Sign in</h1><p>Type the access code from the letter we sent you, for example <span class="mono">K7QM-3XWA-PT9E</span>. Capital or small letters and the dashes do not matter.</p>{err}
+<form method="post" action="/login"><label for="token">Access code</label><input id="token" name="token" type="password" autocomplete="current-password" autocapitalize="characters" spellcheck="false" required>
+<p hidden><label class="inline"><input type="checkbox" id="show-code" data-show-for="token"> Show the code while I type</label></p>
+<p><button class="btn" type="submit" id="signin">Sign in</button></p></form>
+<p class="muted">Lost the letter? {}</p></div>"#,
+        esc(&support_line(support))
     );
     page("Sign in", Nav::None, None, &body)
 }
 
 /// `GET /login`.
-pub async fn login_form() -> Response {
-    html_response(login_page(None))
+pub async fn login_form(State(state): State<AppState>) -> Response {
+    html_response(login_page(None, state.settings.support_contact.as_deref()))
 }
 
 /// The login form.
@@ -400,7 +411,10 @@ pub async fn login(
             state.counters.auth_failures.fetch_add(1, Ordering::Relaxed);
             let mut r = (
                 StatusCode::UNAUTHORIZED,
-                html_response(login_page(Some("That access code is not valid."))),
+                html_response(login_page(
+                    Some("That access code is not valid."),
+                    state.settings.support_contact.as_deref(),
+                )),
             )
                 .into_response();
             r.extensions_mut().insert(AuthOutcome::Failed);

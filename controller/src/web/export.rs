@@ -1,7 +1,8 @@
 //! Exports for the NOC and the abuse desk: flagged devices, abuse reports and the audit log,
-//! as CSV or JSON. `GET /api/export/{devices|abuse|audit}?format=csv|json` (any NOC role;
-//! bearer token or session). `devices` takes `verdict=infected|suspicious|flagged` (flagged,
-//! both, by default).
+//! as CSV or JSON. `GET /api/export/{devices|cpes|abuse|audit}?format=csv|json` (any NOC
+//! role; bearer token or session). `devices` takes `verdict=infected|suspicious|flagged`
+//! (flagged, both, by default); `cpes` takes the fleet page's filters
+//! ([`super::fleet::FleetQuery`]) and exports what the page lists.
 //!
 //! CSV follows RFC 4180 (fields quoted when they hold a comma, quote or line break) and is
 //! safe to open in a spreadsheet: host names and evidence come from the LAN, so a field
@@ -16,7 +17,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use smtpguard_protocol::Verdict;
 
-use super::{auth, AppState, WebError};
+use super::{auth, fleet, AppState, WebError};
 use crate::{abuse, audit, verdicts};
 
 /// Rows one export holds at most.
@@ -123,6 +124,52 @@ fn devices(conn: &rusqlite::Connection, now: u64, wanted: &[Verdict]) -> Result<
     })
 }
 
+fn cpes(conn: &rusqlite::Connection, q: &fleet::FleetQuery) -> Result<Table, WebError> {
+    let filter = fleet::Filter::parse(conn, q)?;
+    let (_, list) = fleet::search(
+        conn,
+        &filter,
+        u32::try_from(ROWS_MAX).unwrap_or(u32::MAX),
+        0,
+    )?;
+    let rows = list
+        .iter()
+        .map(|c| {
+            vec![
+                c.cpe_id.clone(),
+                c.household.clone().unwrap_or_default(),
+                c.label.clone().unwrap_or_default(),
+                c.status_word().to_string(),
+                c.updated_ms
+                    .and_then(|ms| u64::try_from(ms).ok())
+                    .map(time)
+                    .unwrap_or_default(),
+                c.public_ip.clone().unwrap_or_default(),
+                c.agent_version.clone().unwrap_or_default(),
+                c.fleet_policy_version
+                    .map(|v| v.to_string())
+                    .unwrap_or_default(),
+                c.flagged.to_string(),
+            ]
+        })
+        .collect();
+    Ok(Table {
+        name: "cpes",
+        header: vec![
+            "cpe_id",
+            "household",
+            "label",
+            "status",
+            "last_seen",
+            "public_ip",
+            "agent_version",
+            "fleet_policy_version",
+            "flagged_devices",
+        ],
+        rows,
+    })
+}
+
 fn reports(conn: &rusqlite::Connection) -> Result<Table, WebError> {
     let list = abuse::list(conn, false, u32::try_from(ROWS_MAX).unwrap_or(u32::MAX))?;
     let rows = list
@@ -138,6 +185,8 @@ fn reports(conn: &rusqlite::Connection) -> Result<Table, WebError> {
                 r.cpe_id.clone().unwrap_or_default(),
                 r.mac.clone().unwrap_or_default(),
                 r.message_id.clone().unwrap_or_default(),
+                r.reporter.clone().unwrap_or_default(),
+                r.status.clone(),
             ]
         })
         .collect();
@@ -153,6 +202,8 @@ fn reports(conn: &rusqlite::Connection) -> Result<Table, WebError> {
             "cpe_id",
             "mac",
             "message_id",
+            "reporter",
+            "status",
         ],
         rows,
     })
@@ -192,6 +243,7 @@ pub async fn export(
     headers: HeaderMap,
     Path(what): Path<String>,
     Query(q): Query<ExportQuery>,
+    Query(fleet_q): Query<fleet::FleetQuery>,
 ) -> Response {
     if let Err(e) = auth::noc(&state, &headers).await {
         return e.api();
@@ -201,7 +253,7 @@ pub async fn export(
         Some("json") => false,
         Some(_) => return WebError::BadRequest("format must be csv or json".into()).api(),
     };
-    let wanted = match q.verdict.as_deref() {
+    let wanted = match q.verdict.as_deref().filter(|_| what != "cpes") {
         None | Some("flagged") => vec![Verdict::Infected, Verdict::Suspicious],
         Some("infected") => vec![Verdict::Infected],
         Some("suspicious") => vec![Verdict::Suspicious],
@@ -213,6 +265,7 @@ pub async fn export(
     let now = state.now_ms();
     let table = match what.as_str() {
         "devices" => state.db(move |conn| devices(conn, now, &wanted)).await,
+        "cpes" => state.db(move |conn| cpes(conn, &fleet_q)).await,
         "abuse" => state.db(reports).await,
         "audit" => state.db(audit_log).await,
         _ => return WebError::NotFound.api(),

@@ -41,6 +41,12 @@ pub struct WebConfig {
     pub campaign_min_jaccard: f64,
     /// How often the rollout watch checks the rollout in its canary stage (seconds).
     pub rollout_check_secs: u64,
+    /// Portal times for households that chose no time zone: an IANA name such as
+    /// `Europe/Berlin`.
+    pub portal_time_zone: String,
+    /// Whom subscribers call or write to, shown in the portal, e.g. `0800 123 456 (free,
+    /// daily 8-20 h) or help@isp.example`.
+    pub support_contact: Option<String>,
 }
 
 impl Default for WebConfig {
@@ -54,6 +60,8 @@ impl Default for WebConfig {
             session_secs: 12 * 3600,
             campaign_min_jaccard: 0.3,
             rollout_check_secs: 10,
+            portal_time_zone: "UTC".into(),
+            support_contact: None,
         }
     }
 }
@@ -84,6 +92,17 @@ impl WebConfig {
         if !(self.campaign_min_jaccard > 0.0 && self.campaign_min_jaccard <= 1.0) {
             return Err(WebError::BadRequest(
                 "config field `web.campaign_min_jaccard`: must be in (0, 1]".into(),
+            ));
+        }
+        if super::html::Zone::named(&self.portal_time_zone).is_none() {
+            return Err(WebError::BadRequest(format!(
+                "config field `web.portal_time_zone`: {:?} is not a time zone this system knows (e.g. Europe/Berlin)",
+                self.portal_time_zone
+            )));
+        }
+        if self.support_contact.as_ref().is_some_and(|c| c.len() > 300) {
+            return Err(WebError::BadRequest(
+                "config field `web.support_contact`: at most 300 characters".into(),
             ));
         }
         Ok(())
@@ -132,6 +151,8 @@ impl WebConfig {
         s.trusted_proxies = self.trusted_proxies.clone();
         s.session_secs = self.session_secs;
         s.campaigns.min_jaccard = self.campaign_min_jaccard;
+        s.portal_time_zone = self.portal_time_zone.clone();
+        s.support_contact = self.support_contact.clone();
         Ok(s)
     }
 }

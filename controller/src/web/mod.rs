@@ -6,9 +6,15 @@
 //! - [`auth`]: operator and subscriber identities from bearer tokens or session cookies,
 //!   sessions, CSRF tokens.
 //! - [`html`]: escaping and the page frame.
-//! - [`noc`]: operator pages (fleet, CPE, campaigns, policy editor, abuse reports, release
-//!   requests).
+//! - [`fleet`]: the fleet page: CPEs searched, filtered, sorted and paged in SQL.
+//! - [`cpe`]: one router's page and what an operator does from it (release, extend or
+//!   lift a block, per-router policy override).
+//! - [`campaign_page`]: campaigns and the push of their indicators to the fleet policy.
+//! - [`releases`]: release requests and their decision.
+//! - [`noc`]: what the NOC pages share (frame, devices table, campaigns, exports).
 //! - [`portal`]: the subscriber's "your devices" pages.
+//! - [`abuse_desk`]: abuse reports: the list, a simple look-up form, pasted ARF/JSON, one
+//!   report with its reply, open/answered.
 //! - [`api`]: JSON endpoints, including `POST /api/abuse` and the commands to one router
 //!   (`POST /api/cpes/{cpe}/devices/{mac}/release|block`, `GET /api/cpes/{cpe}/commands`).
 //! - [`audit`]: the audit log, as a NOC page and as JSON.
@@ -31,16 +37,21 @@
 //! (an approved release request, the API) through the injected [`CommandSender`], backed by
 //! [`crate::commands`].
 
+pub mod abuse_desk;
 pub mod api;
 pub mod audit;
 pub mod auth;
+pub mod campaign_page;
+pub mod cpe;
 pub mod export;
+pub mod fleet;
 pub mod html;
 pub mod live;
 pub mod metrics;
 pub mod noc;
 pub mod policy_editor;
 pub mod portal;
+pub mod releases;
 pub mod rollout;
 pub mod schema;
 pub mod senders;
@@ -165,6 +176,11 @@ pub struct WebSettings {
     /// What no policy the NOC signs may cut off (the controller's `[policy]` section and
     /// broker addresses); checked before anything is handed to the publisher.
     pub policy_safety: smtpguard_protocol::SafetyContext,
+    /// The time zone of portal times for households that chose none (IANA name).
+    pub portal_time_zone: String,
+    /// Whom subscribers call or write to, in the portal's words (`None`: "your provider's
+    /// customer service").
+    pub support_contact: Option<String>,
 }
 
 impl WebSettings {
@@ -178,6 +194,8 @@ impl WebSettings {
             session_secs: 12 * 3600,
             campaigns: crate::campaigns::Settings::default(),
             policy_safety: smtpguard_protocol::SafetyContext::default(),
+            portal_time_zone: "UTC".into(),
+            support_contact: None,
         }
     }
 }
@@ -242,6 +260,31 @@ impl AppState {
         if let Err(e) = written {
             tracing::error!(error = %e, action, "could not write the audit log");
         }
+    }
+
+    /// Sends a signed command to one router (no release request behind it) and audits it
+    /// as `command` with the outcome `sent` or `refused`. Returns the command id.
+    ///
+    /// # Errors
+    /// The sender's [`crate::commands::CommandError`].
+    pub async fn send_order(
+        &self,
+        actor: &str,
+        cpe_id: &str,
+        order: crate::commands::Order,
+    ) -> Result<u64, crate::commands::CommandError> {
+        let (what, mac) = match &order {
+            crate::commands::Order::Release { mac, .. } => ("release", *mac),
+            crate::commands::Order::Block { mac, .. } => ("block", *mac),
+        };
+        let sent = self.commands.send(cpe_id.to_string(), order, None).await;
+        let (outcome, detail) = match &sent {
+            Ok(id) => ("sent", format!("{what}, command {id}")),
+            Err(e) => ("refused", format!("{what}: {e}")),
+        };
+        self.audit(actor, "command", format!("{cpe_id}/{mac}"), outcome, detail)
+            .await;
+        sent
     }
 
     /// Audits an abuse lookup: the report's question and answer, or why it was refused.
@@ -472,6 +515,18 @@ pub fn html_response(body: String) -> Response {
         .into_response()
 }
 
+/// `GET /static/ui.js`: [`html::UI_JS`].
+async fn ui_js() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "max-age=3600"),
+        ],
+        html::UI_JS,
+    )
+        .into_response()
+}
+
 /// All routes.
 pub fn router(state: AppState) -> Router {
     Router::new()
@@ -479,10 +534,13 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/login", get(auth::login_form).post(auth::login))
         .route("/logout", post(auth::logout))
-        .route("/noc", get(noc::fleet))
-        .route("/noc/cpe/{cpe_id}", get(noc::cpe))
-        .route("/noc/campaigns", get(noc::campaigns))
-        .route("/noc/campaigns/{id}/push", post(noc::push_campaign))
+        .route("/static/ui.js", get(ui_js))
+        .route("/noc", get(fleet::page))
+        .route("/noc/cpe/{cpe_id}", get(cpe::page))
+        .route("/noc/cpe/{cpe_id}/command", post(cpe::command))
+        .route("/noc/cpe/{cpe_id}/policy", post(cpe::policy_override))
+        .route("/noc/campaigns", get(campaign_page::page))
+        .route("/noc/campaigns/{id}/push", post(campaign_page::push))
         .route(
             "/noc/policy",
             get(policy_editor::page).post(policy_editor::save),
@@ -491,15 +549,16 @@ pub fn router(state: AppState) -> Router {
             "/noc/policy/rollback/{version}",
             post(policy_editor::rollback),
         )
-        .route("/noc/abuse", get(noc::abuse_page).post(noc::abuse_paste))
-        .route("/noc/abuse/{id}", get(noc::abuse_one))
-        .route("/noc/releases", get(noc::releases))
-        .route("/noc/releases/{id}", post(noc::decide_release))
+        .route("/noc/abuse", get(abuse_desk::page).post(abuse_desk::paste))
+        .route("/noc/abuse/lookup", post(abuse_desk::lookup))
+        .route("/noc/abuse/{id}", get(abuse_desk::one))
+        .route("/noc/abuse/{id}/answered", post(abuse_desk::answered))
+        .route("/noc/releases", get(releases::page))
+        .route("/noc/releases/{id}", post(releases::decide))
         .route(
             "/noc/policy/rollouts",
             get(rollout::fragment).post(rollout::start),
         )
-        .route("/noc/policy/rollouts.js", get(rollout::script))
         .route("/noc/policy/rollouts/{id}/promote", post(rollout::promote))
         .route(
             "/noc/policy/rollouts/{id}/rollback",
@@ -520,6 +579,7 @@ pub fn router(state: AppState) -> Router {
         .route("/my/devices/{cpe_id}/{mac}", get(portal::device))
         .route("/my/release", post(portal::release))
         .route("/my/contact", post(portal::contact))
+        .route("/my/time-zone", post(portal::time_zone))
         .route("/api/fleet", get(api::fleet))
         .route("/api/cpes/{cpe_id}", get(api::cpe))
         .route("/api/cpes/{cpe_id}/commands", get(api::commands))

@@ -13,10 +13,34 @@ use serde::Deserialize;
 use smtpguard_protocol::{Action, MacAddr, Verdict};
 
 use super::auth::{self, csrf_field, Caller};
-use super::html::{self, esc, page, path_seg, Nav};
+use super::fleet::{cpe_row, CpeRow};
+use super::html::{self, esc, page, path_seg, Nav, Table};
 use super::{html_response, AppState, WebError};
 use crate::households::{self, Household, ReleaseProgress, ReleaseRequest};
-use crate::verdicts::{self, DeviceView};
+use crate::verdicts::{self, plural, DeviceView};
+
+/// What the portal shows a household: its routers, devices, release requests and the zone
+/// its times are written in.
+pub(crate) struct HouseholdView {
+    routers: Vec<CpeRow>,
+    zone: html::Zone,
+}
+
+fn household_view(
+    conn: &rusqlite::Connection,
+    hh: &Household,
+    fallback_zone: &str,
+) -> Result<HouseholdView, WebError> {
+    let mut routers = Vec::new();
+    for cpe in &hh.cpes {
+        routers.push(cpe_row(conn, cpe)?);
+    }
+    let zone = html::Zone::pick(
+        households::time_zone(conn, hh.id)?.as_deref(),
+        fallback_zone,
+    );
+    Ok(HouseholdView { routers, zone })
+}
 
 /// The household's devices and release requests.
 pub(crate) fn household_devices(
@@ -64,7 +88,12 @@ fn cleanup_steps(d: &DeviceView) -> String {
     s
 }
 
-fn release_block(d: &DeviceView, releases: &[ReleaseRequest], caller: &Caller) -> String {
+fn release_block(
+    d: &DeviceView,
+    releases: &[ReleaseRequest],
+    caller: &Caller,
+    zone: &html::Zone,
+) -> String {
     let mac = d.mac.to_string();
     if let Some(r) = releases
         .iter()
@@ -76,8 +105,8 @@ fn release_block(d: &DeviceView, releases: &[ReleaseRequest], caller: &Caller) -
                 r#"<div class="flash release-status" data-status="{}" data-progress="{}">Release requested on {}. {}</div>"#,
                 esc(&r.status),
                 progress.as_str(),
-                esc(&html::time(r.requested_ms)),
-                esc(&progress.subscriber_text(html::time))
+                esc(&zone.time(r.requested_ms)),
+                esc(&progress.subscriber_text(|ms| zone.time(ms)))
             );
         }
     }
@@ -92,12 +121,33 @@ fn release_block(d: &DeviceView, releases: &[ReleaseRequest], caller: &Caller) -
     )
 }
 
-fn device_card(d: &DeviceView, releases: &[ReleaseRequest], caller: &Caller) -> String {
+/// What happens next to a device's restriction, and what still works, in plain words.
+fn next_steps(d: &DeviceView, zone: &html::Zone) -> String {
+    let until = d.action_until_ms.map(|ms| zone.time(ms));
+    match (d.action, until) {
+        (Action::Block, Some(until)) => format!(
+            "The restriction ends by itself on {until}, or sooner once you have cleaned the device and asked us to lift it. If the device is still sending spam by then, your router restricts it again. Meanwhile this device cannot send e-mail with a mail program (Outlook, Thunderbird, the phone's mail app); web mail in the browser, and everything else on this device and your other devices, keeps working."
+        ),
+        (Action::Block, None) => "The restriction stays until you have cleaned the device and asked us to lift it. Web mail in the browser, and everything else, keeps working.".to_string(),
+        (Action::RateLimit, Some(until)) => format!(
+            "Until {until} this device can send only a few e-mails at a time; your mail program still works, just slowly. The limit ends by itself, or sooner once you have cleaned the device and asked us to lift it."
+        ),
+        (Action::RateLimit, None) => "This device can send only a few e-mails at a time until you have cleaned it and asked us to lift the limit.".to_string(),
+        (Action::Monitor, _) => "No restriction is in force on this device any more: it can send e-mail normally. Please still clean it up, or your router will restrict it again when it sends spam.".to_string(),
+    }
+}
+
+fn device_card(
+    d: &DeviceView,
+    releases: &[ReleaseRequest],
+    caller: &Caller,
+    zone: &html::Zone,
+) -> String {
     let class = d.verdict.as_str();
     let mut s = String::new();
     let _ = write!(
         s,
-        r#"<section class="card {class}" data-mac="{}"><div class="row"><h3>{}</h3>{}</div><div class="muted">{}{} · <span class="mono">{}</span></div>"#,
+        r#"<section class="card {class}" data-mac="{}"><div class="row"><h3 class="wrap">{}</h3>{}</div><div class="muted">{}{}</div>"#,
         esc(&d.mac.to_string()),
         esc(&d.display_name()),
         html::verdict_badge(d.verdict),
@@ -111,50 +161,78 @@ fn device_card(d: &DeviceView, releases: &[ReleaseRequest], caller: &Caller) -> 
             .map(ToString::to_string)
             .collect::<Vec<_>>()
             .join(", ")),
-        esc(&d.mac.to_string()),
     );
-    let what = verdicts::device_summary(d)
-        .or_else(|| d.evidence.first().map(|e| format!("This device: {e}.")));
+    let what = verdicts::device_summary(d);
     let heading = if d.verdict == Verdict::Infected {
         "This device appears to be infected with a program that sends spam"
     } else {
-        "This device behaves unusually when sending mail"
+        "This device behaves unusually when sending e-mail"
     };
     let _ = write!(
         s,
         r#"<p class="what"><b>{heading}</b> (since {}).</p>"#,
-        esc(&html::time(d.since_ms))
+        esc(&zone.time(d.since_ms))
     );
     if let Some(w) = what {
         let _ = write!(s, r#"<p class="what summary">{}</p>"#, esc(&w));
     }
-    let until = d.action_until_ms.map(html::time);
-    let doing_class = if d.action == Action::RateLimit {
-        "doing rl"
-    } else {
-        "doing"
+    let until = d.action_until_ms.map(|ms| zone.time(ms));
+    let doing_class = match d.action {
+        Action::RateLimit => "doing rl",
+        Action::Monitor => "doing done",
+        Action::Block => "doing",
     };
     let _ = write!(
         s,
-        r#"<div class="{doing_class}"><b>What your router is doing:</b> <span class="action-text">{}</span></div>"#,
-        esc(&verdicts::plain_action(d.action, until.as_deref()))
+        r#"<div class="{doing_class}"><b>What your router is doing:</b> <span class="action-text">{}</span></div><p class="next"><b>What happens next:</b> {}</p>"#,
+        esc(&verdicts::plain_action(d.action, until.as_deref())),
+        esc(&next_steps(d, zone)),
     );
+    s.push_str("<h3 style=\"margin-top:14px\">How to clean it up</h3>");
+    s.push_str(&cleanup_steps(d));
+    s.push_str(&release_block(d, releases, caller, zone));
     if !d.evidence.is_empty() {
-        s.push_str(r#"<details open><summary>How we know</summary><ul class="ev">"#);
+        s.push_str(r#"<details class="evidence"><summary>Technical details (for experts)</summary><ul class="ev">"#);
         for e in &d.evidence {
             let _ = write!(s, "<li>{}</li>", esc(e));
         }
-        s.push_str("</ul></details>");
+        let _ = write!(
+            s,
+            r#"</ul><p class="muted mono">{}</p></details>"#,
+            esc(&d.mac.to_string())
+        );
     }
-    s.push_str("<h3 style=\"margin-top:14px\">How to clean it up</h3>");
-    s.push_str(&cleanup_steps(d));
-    s.push_str(&release_block(d, releases, caller));
     let _ = write!(
         s,
         r#"<p><a href="/my/devices/{}/{}">Details and history</a></p></section>"#,
         path_seg(&d.cpe_id),
         path_seg(&d.mac.to_string())
     );
+    s
+}
+
+/// An honest word about each router that is not reporting: the page cannot show what it
+/// does not know.
+fn router_state(view: &HouseholdView, now: u64, support: Option<&str>) -> String {
+    let mut s = String::new();
+    for r in &view.routers {
+        if r.status_word() == "online" {
+            continue;
+        }
+        let seen = r
+            .updated_ms
+            .and_then(|ms| u64::try_from(ms).ok())
+            .map(|ms| format!("{} ({})", view.zone.time(ms), html::ago(ms, now)));
+        let _ = write!(
+            s,
+            r#"<div class="card offline" id="router-offline" role="status"><h3>Your router is not reporting</h3><p>{}</p><p>While it is offline we cannot see your devices, so what this page shows may be out of date. Restrictions already in force keep running on the router until they end.</p><p>If your internet works, restart the router (unplug it for ten seconds). If this message stays, please tell us. {}</p></div>"#,
+            esc(&match seen {
+                Some(seen) => format!("We last heard from it on {seen}."),
+                None => "We have never heard from it: it may not be set up yet.".into(),
+            }),
+            esc(&auth::support_line(support)),
+        );
+    }
     s
 }
 
@@ -165,6 +243,8 @@ pub struct Flash {
     requested: Option<String>,
     #[serde(default)]
     contact: Option<String>,
+    #[serde(default)]
+    zone: Option<String>,
 }
 
 fn contact_form(c: &households::Contact, caller: &auth::Caller) -> String {
@@ -213,6 +293,14 @@ pub async fn contact(
     }
 }
 
+fn time_zone_form(zone: &html::Zone, caller: &Caller) -> String {
+    format!(
+        r#"<h2>Your time zone</h2><form method="post" action="/my/time-zone" id="tz-form">{}<label for="tz">Times on these pages are shown in</label><input id="tz" name="time_zone" type="text" value="{}" autocomplete="off" spellcheck="false" placeholder="Europe/Berlin"><p class="muted" hidden data-tz-hint="tz">Your browser says you are in <b></b>. <button class="btn secondary" type="button">Use it</button></p><p><button class="btn" type="submit">Save time zone</button></p></form>"#,
+        csrf_field(caller),
+        esc(zone.name()),
+    )
+}
+
 /// `GET /my`.
 pub async fn devices(
     State(state): State<AppState>,
@@ -224,46 +312,93 @@ pub async fn devices(
         Err(e) => return e.page(),
     };
     let now = state.now_ms();
+    let fallback = state.settings.portal_time_zone.clone();
     let data = state
         .db(move |conn| {
             let d = household_devices(conn, hh_id, now)?;
-            Ok((d, households::contact(conn, hh_id)?))
+            let view = household_view(conn, &d.0, &fallback)?;
+            Ok((d, view, households::contact(conn, hh_id)?))
         })
         .await;
-    let ((hh, devs, releases), contact) = match data {
+    let ((hh, devs, releases), view, contact) = match data {
         Ok(d) => d,
         Err(e) => return e.page(),
     };
+    let support = state.settings.support_contact.as_deref();
+    let zone = &view.zone;
     let bad: Vec<&DeviceView> = devs
         .iter()
         .filter(|d| d.verdict != Verdict::Clean)
         .collect();
+    let restricted = bad.iter().filter(|d| d.action != Action::Monitor).count();
+    let offline = view.routers.iter().any(|r| r.status_word() != "online");
+    // The newest word from the router: its state, or a device in its telemetry.
+    let last_report = view
+        .routers
+        .iter()
+        .filter_map(|r| r.updated_ms.and_then(|ms| u64::try_from(ms).ok()))
+        .chain(devs.iter().map(|d| d.last_seen_ms))
+        .max();
     let mut body = String::new();
     let _ = write!(
         body,
-        r#"<h1>Your devices</h1><p class="sub">{} · checked {}</p>"#,
+        r#"<h1>Your devices</h1><p class="sub">{} · {}</p>"#,
         esc(&hh.name),
-        esc(&html::time(now))
+        esc(&match last_report {
+            Some(ms) => format!("your router last reported {}", html::ago(ms, now)),
+            None => "your router has not reported yet".into(),
+        })
     );
     if flash.contact.is_some() {
         body.push_str(
             r#"<div class="flash" role="status">Saved: how we tell you about your devices.</div>"#,
         );
     }
+    if flash.zone.is_some() {
+        let _ = write!(
+            body,
+            r#"<div class="flash" role="status">Saved: times are now shown in {}.</div>"#,
+            esc(zone.name())
+        );
+    }
     if flash.requested.is_some() {
         body.push_str(r#"<div class="flash" role="status">Thank you — your release request was recorded. We will check the device's traffic; this page shows when the restriction is lifted.</div>"#);
     }
+    body.push_str(&router_state(&view, now, support));
     if bad.is_empty() {
-        body.push_str(r#"<div class="card clean"><h3>All good</h3><p>None of your devices is sending spam. Your router keeps watching and will tell you here if that changes.</p></div>"#);
+        if offline {
+            body.push_str(r#"<div class="card"><h3>No problem reported before your router went quiet</h3><p>When your router reports again, this page shows what it sees.</p></div>"#);
+        } else {
+            body.push_str(r#"<div class="card clean" id="all-good"><h3>All good</h3><p>None of your devices is sending spam. Your router keeps watching and will tell you here if that changes.</p></div>"#);
+        }
     } else {
+        let them = if bad.len() == 1 { "it" } else { "them" };
+        let restriction = if restricted == 0 {
+            format!("No restriction is in force any more, but please still clean {them} up.")
+        } else if restricted == bad.len() {
+            format!(
+                "Only e-mail sending of {} is restricted; everything else keeps working.",
+                if bad.len() == 1 {
+                    "this device"
+                } else {
+                    "these devices"
+                }
+            )
+        } else {
+            format!(
+                "E-mail sending of {} is restricted; everything else keeps working.",
+                plural(restricted as u64, "device", "devices")
+            )
+        };
         let _ = write!(
             body,
-            r#"<div class="flash err" role="alert"><b>{} of your devices {} attention.</b> Only its e-mail sending is restricted; everything else keeps working.</div>"#,
+            r#"<div class="flash err" role="alert" id="attention"><b>{} of your devices {} attention.</b> {}</div>"#,
             bad.len(),
-            if bad.len() == 1 { "needs" } else { "need" }
+            if bad.len() == 1 { "needs" } else { "need" },
+            esc(&restriction)
         );
         for d in &bad {
-            body.push_str(&device_card(d, &releases, &caller));
+            body.push_str(&device_card(d, &releases, &caller, zone));
         }
     }
     let clean: Vec<&DeviceView> = devs
@@ -271,24 +406,44 @@ pub async fn devices(
         .filter(|d| d.verdict == Verdict::Clean)
         .collect();
     if !clean.is_empty() {
-        body.push_str(r#"<h2>Other devices</h2><table><tr><th>Device</th><th>Status</th><th class="hide-sm">Last seen</th></tr>"#);
+        let (heading, caption) = if bad.is_empty() {
+            ("Devices on your network", "Devices your router sees")
+        } else {
+            (
+                "Your other devices",
+                "Your other devices, which look normal",
+            )
+        };
+        let _ = write!(body, "<h2>{heading}</h2>");
+        let mut t = Table::plain("other-devices", caption, &["Device", "Status", "Last seen"]);
         for d in clean {
-            let _ = write!(
-                body,
-                r#"<tr data-mac="{}"><td><a href="/my/devices/{}/{}">{}</a><div class="muted mono">{}</div></td><td>{}</td><td class="hide-sm">{}</td></tr>"#,
-                esc(&d.mac.to_string()),
-                path_seg(&d.cpe_id),
-                path_seg(&d.mac.to_string()),
-                esc(&d.display_name()),
-                esc(&d.mac.to_string()),
-                html::verdict_badge(d.verdict),
-                esc(&html::ago(d.last_seen_ms, now)),
+            t.row(
+                &format!(r#" data-mac="{}""#, esc(&d.mac.to_string())),
+                &[
+                    (
+                        "",
+                        format!(
+                            r#"<a class="wrap" href="/my/devices/{}/{}">{}</a>"#,
+                            path_seg(&d.cpe_id),
+                            path_seg(&d.mac.to_string()),
+                            esc(&d.display_name()),
+                        ),
+                    ),
+                    ("", html::verdict_badge(d.verdict)),
+                    ("", esc(&html::ago(d.last_seen_ms, now))),
+                ],
             );
         }
-        body.push_str("</table>");
+        body.push_str(&t.finish());
     }
+    let _ = write!(
+        body,
+        r#"<h2>Need help?</h2><p id="support">{}</p>"#,
+        esc(&auth::support_line(support))
+    );
     body.push_str(&contact_form(&contact, &caller));
     body.push_str(r#"<p><a href="/my/senders" id="senders-link">Run your own mail server or mail program? Tell us here.</a></p>"#);
+    body.push_str(&time_zone_form(zone, &caller));
     body.push_str(r#"<p class="muted" style="margin-top:28px">Your router looks only at how devices send e-mail (how often, to how many servers), never at the content of your mail.</p>"#);
     html_response(page(
         "Your devices",
@@ -296,6 +451,39 @@ pub async fn devices(
         caller.csrf.as_deref(),
         &body,
     ))
+}
+
+/// The time zone form.
+#[derive(Debug, Deserialize)]
+pub struct TimeZoneForm {
+    csrf: String,
+    #[serde(default)]
+    time_zone: String,
+}
+
+/// `POST /my/time-zone`: the zone the household's times are shown in.
+pub async fn time_zone(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Form(form): Form<TimeZoneForm>,
+) -> Response {
+    let (hh_id, _) = match auth::subscriber_form(&state, &headers, &form.csrf).await {
+        Ok(c) => c,
+        Err(e) => return e.page(),
+    };
+    let result = state
+        .db(move |conn| {
+            Ok(households::set_time_zone(
+                conn,
+                hh_id,
+                Some(form.time_zone.as_str()),
+            )?)
+        })
+        .await;
+    match result {
+        Ok(()) => Redirect::to("/my?zone=1").into_response(),
+        Err(e) => e.page(),
+    }
 }
 
 /// `GET /my/devices/{cpe_id}/{mac}`: one device's history.
@@ -312,22 +500,25 @@ pub async fn device(
         return WebError::NotFound.page();
     };
     let now = state.now_ms();
+    let fallback = state.settings.portal_time_zone.clone();
     let data = state
         .db(move |conn| {
-            let (_, devs, _) = household_devices(conn, hh_id, now)?;
+            let (hh, devs, _) = household_devices(conn, hh_id, now)?;
+            let zone = household_view(conn, &hh, &fallback)?.zone;
             devs.into_iter()
                 .find(|d| d.cpe_id == cpe_id && d.mac == mac)
+                .map(|d| (d, zone))
                 .ok_or(WebError::NotFound)
         })
         .await;
-    let d = match data {
+    let (d, zone) = match data {
         Ok(d) => d,
         Err(e) => return e.page(),
     };
     let mut body = String::new();
     let _ = write!(
         body,
-        r#"<p><a href="/my">← Your devices</a></p><h1>{} {}</h1><p class="sub mono">{} · {}</p>"#,
+        r#"<p><a href="/my">← Your devices</a></p><h1 class="wrap">{} {}</h1><p class="sub mono wrap">{} · {}</p>"#,
         esc(&d.display_name()),
         html::verdict_badge(d.verdict),
         esc(&d.mac.to_string()),
@@ -346,20 +537,25 @@ pub async fn device(
     } else {
         body.push_str(r#"<div class="timeline">"#);
         for h in d.history.iter().rev() {
+            let until = h.action_until_ms.map(|ms| zone.time(ms));
             let _ = write!(
                 body,
-                "<div class=\"change\" data-verdict=\"{}\"><b>{}</b> — {} → {} {}{}<ul class=\"ev\">",
+                "<div class=\"change\" data-verdict=\"{}\"><b>{}</b> — {} → {}{}<p>{}</p>",
                 h.verdict.as_str(),
-                esc(&html::time(h.at_ms)),
+                esc(&zone.time(h.at_ms)),
                 esc(h.previous.as_str()),
                 html::verdict_badge(h.verdict),
-                html::action_badge(h.action, h.action_until_ms),
                 html::change_source_note(h.source),
+                esc(&verdicts::plain_action(h.action, until.as_deref())),
             );
-            for e in &h.evidence {
-                let _ = write!(body, "<li>{}</li>", esc(e));
+            if !h.evidence.is_empty() {
+                body.push_str(r#"<details><summary>Technical details</summary><ul class="ev">"#);
+                for e in &h.evidence {
+                    let _ = write!(body, "<li>{}</li>", esc(e));
+                }
+                body.push_str("</ul></details>");
             }
-            body.push_str("</ul></div>");
+            body.push_str("</div>");
         }
         body.push_str("</div>");
     }

@@ -1,17 +1,17 @@
 //! The rollout part of the policy page ([`crate::rollout`]): each rollout with its stages,
 //! summarised per stage and version with a drill-down to the routers that are behind or
-//! refused, refreshed in place every few seconds by a small same-origin script; the forms
+//! refused, refreshed in place every few seconds by the site's script; the forms
 //! that start, promote and roll back a rollout (admins, CSRF-checked); and
 //! `GET /api/rollouts` (JSON).
 //!
-//! Routes: `GET /noc/policy/rollouts` (the section's HTML, what the script fetches),
-//! `GET /noc/policy/rollouts.js`, `POST /noc/policy/rollouts` (start, from the editor's
+//! Routes: `GET /noc/policy/rollouts` (the section's HTML alone), `POST
+//! /noc/policy/rollouts` (start, from the editor's
 //! form), `POST /noc/policy/rollouts/{id}/promote|rollback`, `GET /api/rollouts`.
 
 use std::fmt::Write as _;
 
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::{Form, Json};
 use rusqlite::Connection;
@@ -29,7 +29,7 @@ use crate::rollout::{self, Cohort, Limits, Rollout, Stage, Status, TargetState};
 const LISTED: usize = 5;
 
 /// How often the page refreshes the section (ms).
-const REFRESH_MS: u32 = 3000;
+const REFRESH_SECS: u32 = 3;
 
 /// A rollout with its stages and the cohort's flagged devices now.
 pub struct Shown {
@@ -192,10 +192,11 @@ pub fn section(caller: &Caller, staff: &Staff, shown: &[Shown]) -> String {
     b
 }
 
-/// The section as the policy page embeds it, with the script that refreshes it.
+/// The section as the policy page embeds it; the site's script ([`super::html::UI_JS`])
+/// refreshes it in place every [`REFRESH_SECS`].
 pub fn embedded(caller: &Caller, staff: &Staff, shown: &[Shown]) -> String {
     format!(
-        r#"<section id="rollouts" data-refresh-ms="{REFRESH_MS}">{}</section><script src="/noc/policy/rollouts.js"></script>"#,
+        r#"<section id="rollouts" data-refresh="{REFRESH_SECS}">{}</section>"#,
         section(caller, staff, shown)
     )
 }
@@ -203,44 +204,6 @@ pub fn embedded(caller: &Caller, staff: &Staff, shown: &[Shown]) -> String {
 /// The form fields that start a rollout, inside the editor's form (admins).
 pub fn start_fields() -> String {
     r#"<fieldset class="card"><legend>Staged rollout</legend><p class="muted">Sends the policy above to a canary cohort first (signed per-router policy); the fleet keeps the live version until you promote it. The rollout halts by itself and rolls the cohort back when a limit is exceeded.</p><label for="cohort">Cohort: a share (10%) or router ids</label><input type="text" id="cohort" name="cohort" value="10%"><label for="max_refusals">Halt when more routers than this refuse</label><input type="text" id="max_refusals" name="max_refusals" value="0"><label for="max_flagged_rise">Halt when the cohort's flagged devices rise more than (percentage points)</label><input type="text" id="max_flagged_rise" name="max_flagged_rise" value="5"><label for="promote_after_secs">Promote by itself after (seconds, once every cohort router applied; empty: by hand)</label><input type="text" id="promote_after_secs" name="promote_after_secs" value=""><p><button class="btn secondary" type="submit" id="start-rollout" formaction="/noc/policy/rollouts">Start canary rollout</button></p></fieldset>"#.to_string()
-}
-
-const SCRIPT: &str = r#"(function () {
-  var s = document.getElementById('rollouts');
-  if (!s || !window.fetch) { return; }
-  var every = parseInt(s.getAttribute('data-refresh-ms'), 10) || 3000;
-  function refresh() {
-    var open = [];
-    s.querySelectorAll('details[open]').forEach(function (d) { open.push(d.getAttribute('data-key')); });
-    var typing = s.contains(document.activeElement) && document.activeElement.tagName === 'INPUT';
-    if (typing) { return; }
-    fetch('/noc/policy/rollouts', { credentials: 'same-origin', cache: 'no-store' })
-      .then(function (r) { return r.ok && !r.redirected ? r.text() : null; })
-      .then(function (html) {
-        if (html === null) { return; }
-        s.innerHTML = html;
-        open.forEach(function (k) {
-          var d = s.querySelector('details[data-key="' + k + '"]');
-          if (d) { d.open = true; }
-        });
-        s.setAttribute('data-refreshed', String(Date.now()));
-      })
-      .catch(function () {});
-  }
-  setInterval(refresh, every);
-})();
-"#;
-
-/// `GET /noc/policy/rollouts.js`: the script that refreshes the section in place.
-pub async fn script() -> Response {
-    (
-        [
-            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
-            (header::CACHE_CONTROL, "no-cache"),
-        ],
-        SCRIPT,
-    )
-        .into_response()
 }
 
 /// `GET /noc/policy/rollouts`: the section's HTML (every NOC role).

@@ -155,6 +155,21 @@ CREATE TABLE sender_declarations (
     decided_ms INTEGER
 );
 "#,
+    // 5: the household's time zone for the portal's times (an IANA name; NULL: the
+    // controller's `web.portal_time_zone`).
+    r#"
+ALTER TABLE households ADD COLUMN time_zone TEXT;
+"#,
+    // 6: the abuse desk's workflow: who complained, whether the complaint was answered
+    // (and by whom, when), and the reports of one router listed quickly.
+    r#"
+ALTER TABLE abuse_reports ADD COLUMN reporter TEXT;
+ALTER TABLE abuse_reports ADD COLUMN status TEXT NOT NULL DEFAULT 'open'
+    CHECK (status IN ('open', 'answered'));
+ALTER TABLE abuse_reports ADD COLUMN answered_ms INTEGER;
+ALTER TABLE abuse_reports ADD COLUMN answered_by TEXT;
+CREATE INDEX abuse_reports_by_cpe ON abuse_reports (cpe_id, id);
+"#,
 ];
 
 /// Brings the product tables up to date. Call after the store has migrated its schema.

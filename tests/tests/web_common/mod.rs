@@ -169,6 +169,12 @@ impl Server {
                 .find(|l| l.contains("portal:") && l.contains(&h.name))
                 .with_context(|| format!("no token for {} in {printed:?}", h.name))?;
             h.token = line.rsplit(' ').next().unwrap_or("").to_string();
+            h.letter_code = line
+                .split("letter code: ")
+                .nth(1)
+                .and_then(|rest| rest.split_whitespace().next())
+                .unwrap_or("")
+                .to_string();
         }
         let op = printed
             .iter()
@@ -660,6 +666,51 @@ impl Browser {
         Ok(png)
     }
 
+    /// Runs `script` (a function body; `return` gives the result) in the page.
+    pub fn execute(&self, script: &str) -> Result<Value> {
+        self.call(
+            "POST",
+            &self.s("/execute/sync"),
+            Some(json!({ "script": script, "args": [] })),
+        )
+    }
+
+    /// Waits (at most 10 s) until the JavaScript expression `condition` is true in the
+    /// page, as after a form post that reloads the same address; true when it did.
+    pub fn wait_until(&self, condition: &str) -> bool {
+        self.wait_until_within(condition, Duration::from_secs(10))
+    }
+
+    /// [`Browser::wait_until`] with another bound.
+    pub fn wait_until_within(&self, condition: &str, bound: Duration) -> bool {
+        let deadline = Instant::now() + bound;
+        loop {
+            if self
+                .execute(&format!("return !!({condition});"))
+                .is_ok_and(|v| v == Value::Bool(true))
+            {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Checks the page as a phone user and a screen-reader user would, with [`AUDIT_JS`];
+    /// returns every problem found (empty: none).
+    pub fn audit(&self) -> Result<Vec<String>> {
+        let v = self.execute(AUDIT_JS)?;
+        Ok(v.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|p| p.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
     pub fn resize(&self, width: u32, height: u32) -> Result<()> {
         self.call(
             "POST",
@@ -679,6 +730,52 @@ impl Drop for Browser {
         let _ = self.driver.wait();
     }
 }
+
+/// The in-page audit behind [`Browser::audit`]:
+/// - no horizontal overflow: `scrollWidth <= innerWidth`;
+/// - WCAG 2.1 AA contrast of every visible text: the computed colour against the first
+///   opaque background behind it, at least 4.5:1 (3:1 for large text: 24 px, or 18.66 px
+///   bold);
+/// - every table has a caption and a `thead` whose `th` carry `scope`;
+/// - a NOC navigation marks the current section with `aria-current`;
+/// - a skip link to `#main`, which exists.
+pub const AUDIT_JS: &str = r##"
+var out=[];
+var de=document.documentElement;
+if(de.scrollWidth>window.innerWidth){out.push('horizontal overflow: '+de.scrollWidth+' > '+window.innerWidth);}
+function rgba(s){var m=s.match(/rgba?\(([^)]+)\)/);if(!m)return null;var p=m[1].split(',').map(function(x){return parseFloat(x)});return {r:p[0],g:p[1],b:p[2],a:p.length>3?p[3]:1};}
+function lin(c){c=c/255;return c<=0.03928?c/12.92:Math.pow((c+0.055)/1.055,2.4);}
+function lum(c){return 0.2126*lin(c.r)+0.7152*lin(c.g)+0.0722*lin(c.b);}
+function bgOf(el){var layers=[];for(var e=el;e;e=e.parentElement){var c=rgba(getComputedStyle(e).backgroundColor);if(c&&c.a>0){layers.push(c);if(c.a>=1)break;}}
+ var base={r:255,g:255,b:255};for(var i=layers.length-1;i>=0;i--){var l=layers[i];base={r:l.r*l.a+base.r*(1-l.a),g:l.g*l.a+base.g*(1-l.a),b:l.b*l.a+base.b*(1-l.a)};}return base;}
+var seen=0;
+document.querySelectorAll('body *').forEach(function(el){
+ var own=false;el.childNodes.forEach(function(n){if(n.nodeType===3&&n.textContent.trim())own=true;});
+ if(!own)return;
+ var cs=getComputedStyle(el);
+ if(cs.visibility==='hidden'||cs.display==='none')return;
+ var r=el.getBoundingClientRect();if(r.width<1||r.height<1||r.right<0||r.bottom<0)return;
+ var fg=rgba(cs.color);if(!fg)return;var bg=bgOf(el);
+ fg={r:fg.r*fg.a+bg.r*(1-fg.a),g:fg.g*fg.a+bg.g*(1-fg.a),b:fg.b*fg.a+bg.b*(1-fg.a)};
+ var a=lum(fg),b=lum(bg);var ratio=(Math.max(a,b)+0.05)/(Math.min(a,b)+0.05);
+ var size=parseFloat(cs.fontSize),bold=parseInt(cs.fontWeight,10)>=700;
+ var need=(size>=24||(size>=18.66&&bold))?3:4.5;seen++;
+ if(ratio<need){out.push('contrast '+ratio.toFixed(2)+':1 < '+need+' for <'+el.tagName.toLowerCase()+' class="'+el.className+'"> '+JSON.stringify(el.textContent.trim().slice(0,40)));}
+});
+if(seen===0){out.push('no visible text checked');}
+document.querySelectorAll('table').forEach(function(t,i){
+ var name='table #'+i+(t.id?' ('+t.id+')':'');
+ if(!t.querySelector(':scope > caption'))out.push(name+' has no caption');
+ if(!t.querySelector(':scope > thead'))out.push(name+' has no thead');
+ t.querySelectorAll('th').forEach(function(th){if(!th.hasAttribute('scope'))out.push(name+': th without scope: '+th.textContent.trim().slice(0,30));});
+});
+var nav=document.querySelector('header nav');
+if(nav&&!nav.querySelector('[aria-current]'))out.push('navigation has no aria-current');
+var skip=document.querySelector('a.skip[href="#main"]');
+if(!skip)out.push('no skip link');
+if(!document.getElementById('main'))out.push('no #main');
+return out;
+"##;
 
 fn base64_decode(s: &str) -> Result<Vec<u8>> {
     let mut out = Vec::with_capacity(s.len() * 3 / 4);

@@ -1,0 +1,943 @@
+//! `GET /noc`: the fleet page. The CPE list is searched, filtered, sorted and paged in SQL,
+//! so the page weighs the same at twenty routers or two hundred thousand; the same filter
+//! drives the CSV/JSON export (`GET /api/export/cpes?...`, [`super::export`]).
+//!
+//! One search box takes what an operator has at hand: a MAC address (any device the router
+//! ever reported), a public IP address (with `at`, the router that held it then, by the
+//! abuse mapping's address history; without, every router that ever held it), or text
+//! matched against CPE id, label, household name and device host names.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::IpAddr;
+
+use axum::extract::{Query, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use rusqlite::{named_params, Connection};
+use serde::Deserialize;
+use smtpguard_protocol::{MacAddr, Verdict};
+
+use super::html::{self, esc, path_seg, Table};
+use super::noc::{current_campaigns, device_rows, export_links, noc_page};
+use super::{auth, AppState, WebError};
+use crate::verdicts::{self, plural, DeviceView};
+use crate::{abuse, households};
+
+/// CPEs on one page of the list.
+pub const PAGE_ROWS: u32 = 50;
+/// Flagged devices the fleet page lists before pointing at the filtered list.
+pub const FLAGGED_ROWS: usize = 20;
+
+/// One CPE as the NOC sees it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct CpeRow {
+    /// Its id.
+    pub cpe_id: String,
+    /// Operator label.
+    pub label: Option<String>,
+    /// `online`/`offline`, if it ever reported state.
+    pub status: Option<String>,
+    /// Agent version.
+    pub agent_version: Option<String>,
+    /// Applied fleet policy.
+    pub fleet_policy_version: Option<i64>,
+    /// Public address.
+    pub public_ip: Option<String>,
+    /// Last state update.
+    pub updated_ms: Option<i64>,
+    /// Revoked?
+    pub revoked: bool,
+    /// Owning household name.
+    pub household: Option<String>,
+    /// Its devices whose newest verdict is not clean.
+    #[serde(skip)]
+    pub flagged: u32,
+}
+
+impl CpeRow {
+    /// The status word the list shows and filters on: `revoked`, `never` (never reported
+    /// state), or the router's own `online`/`offline`.
+    pub fn status_word(&self) -> &str {
+        match (self.revoked, self.status.as_deref()) {
+            (true, _) => "revoked",
+            (_, None) => "never",
+            (_, Some(s)) => s,
+        }
+    }
+
+    /// The status as a badge, with "last seen" for a router that is not online.
+    pub fn status_badge(&self, now_ms: u64) -> String {
+        let seen = self
+            .updated_ms
+            .and_then(|ms| u64::try_from(ms).ok())
+            .map(|ms| html::ago(ms, now_ms));
+        match (self.status_word(), seen) {
+            ("revoked", _) => r#"<span class="badge bad-soft">revoked</span>"#.to_string(),
+            ("online", _) => r#"<span class="badge ok">online</span>"#.to_string(),
+            ("never", _) => r#"<span class="badge muted">never seen</span>"#.to_string(),
+            (s, Some(seen)) => format!(
+                r#"<span class="badge muted">{}</span> <span class="muted">last seen {}</span>"#,
+                esc(s),
+                esc(&seen)
+            ),
+            (s, None) => format!(r#"<span class="badge muted">{}</span>"#, esc(s)),
+        }
+    }
+}
+
+const SELECT: &str = "SELECT c.cpe_id, c.label, s.status, s.agent_version, s.fleet_policy_version,
+        s.public_ip, s.updated_ms, c.revoked_at_ms IS NOT NULL, h.name,
+        (SELECT COUNT(*) FROM device_verdicts dv WHERE dv.cpe_id = c.cpe_id
+            AND dv.verdict <> 'clean')";
+
+const FROM: &str = " FROM cpes c LEFT JOIN cpe_state s ON s.cpe_id = c.cpe_id
+        LEFT JOIN household_cpes hc ON hc.cpe_id = c.cpe_id
+        LEFT JOIN households h ON h.id = hc.household_id";
+
+const STATUS: &str = "CASE WHEN c.revoked_at_ms IS NOT NULL THEN 'revoked'
+        WHEN s.status IS NULL THEN 'never' ELSE s.status END";
+
+fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<CpeRow> {
+    Ok(CpeRow {
+        cpe_id: r.get(0)?,
+        label: r.get(1)?,
+        status: r.get(2)?,
+        agent_version: r.get(3)?,
+        fleet_policy_version: r.get(4)?,
+        public_ip: r.get(5)?,
+        updated_ms: r.get(6)?,
+        revoked: r.get(7)?,
+        household: r.get(8)?,
+        flagged: r.get(9)?,
+    })
+}
+
+/// One CPE with its state and household.
+///
+/// # Errors
+/// [`WebError::NotFound`] for an unknown CPE; SQLite errors.
+pub fn cpe_row(conn: &Connection, id: &str) -> Result<CpeRow, WebError> {
+    let filter = Filter {
+        cpe: Some(id.to_string()),
+        ..Filter::default()
+    };
+    search(conn, &filter, 1, 0)?
+        .1
+        .into_iter()
+        .next()
+        .ok_or(WebError::NotFound)
+}
+
+/// Every CPE with its state and household (for small fleets and the API; pages use
+/// [`search`]).
+///
+/// # Errors
+/// SQLite errors.
+pub fn cpe_rows(conn: &Connection, only: Option<&str>) -> Result<Vec<CpeRow>, WebError> {
+    let filter = Filter {
+        cpe: only.map(str::to_string),
+        ..Filter::default()
+    };
+    Ok(search(conn, &filter, u32::MAX, 0)?.1)
+}
+
+/// The fleet page's query string, as sent; [`Filter::parse`] checks it.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct FleetQuery {
+    /// Search text: MAC, public IP, or text.
+    #[serde(default)]
+    pub q: Option<String>,
+    /// With a public IP: when (RFC 3339, or `YYYY-MM-DDTHH:MM` in UTC as a browser's
+    /// date-time field sends it).
+    #[serde(default)]
+    pub at: Option<String>,
+    /// `online`, `offline`, `never` or `revoked`.
+    #[serde(default)]
+    pub status: Option<String>,
+    /// CPEs with a device whose newest verdict is `infected`, `suspicious` or either
+    /// (`flagged`).
+    #[serde(default)]
+    pub verdict: Option<String>,
+    /// Agent version, exactly.
+    #[serde(default)]
+    pub agent: Option<String>,
+    /// Applied fleet policy version.
+    #[serde(default)]
+    pub policy: Option<String>,
+    /// Sort key: `cpe`, `household`, `status`, `seen`, `ip`, `agent`, `policy`, `flagged`.
+    #[serde(default)]
+    pub sort: Option<String>,
+    /// `asc` or `desc`.
+    #[serde(default)]
+    pub dir: Option<String>,
+    /// 1-based page.
+    #[serde(default)]
+    pub page: Option<String>,
+}
+
+fn given(v: &Option<String>) -> Option<&str> {
+    v.as_deref().map(str::trim).filter(|s| !s.is_empty())
+}
+
+impl FleetQuery {
+    /// This query's link with `sort`, `dir` and `page` replaced (others kept).
+    fn href(&self, sort: Option<&str>, dir: Option<&str>, page: Option<u32>) -> String {
+        let mut parts = Vec::new();
+        let page = page.map(|p| p.to_string());
+        for (k, v) in [
+            ("q", given(&self.q)),
+            ("at", given(&self.at)),
+            ("status", given(&self.status)),
+            ("verdict", given(&self.verdict)),
+            ("agent", given(&self.agent)),
+            ("policy", given(&self.policy)),
+            ("sort", sort.or(given(&self.sort))),
+            ("dir", dir.or(given(&self.dir))),
+            ("page", page.as_deref()),
+        ] {
+            if let Some(v) = v {
+                parts.push(format!("{k}={}", path_seg(v)));
+            }
+        }
+        if parts.is_empty() {
+            "/noc#cpes".into()
+        } else {
+            format!("/noc?{}#cpes", parts.join("&"))
+        }
+    }
+
+    /// The filters only, as a query string for the export links.
+    pub fn filter_query(&self) -> String {
+        let mut out = String::new();
+        for (k, v) in [
+            ("q", given(&self.q)),
+            ("at", given(&self.at)),
+            ("status", given(&self.status)),
+            ("verdict", given(&self.verdict)),
+            ("agent", given(&self.agent)),
+            ("policy", given(&self.policy)),
+        ] {
+            if let Some(v) = v {
+                let _ = write!(out, "&{k}={}", path_seg(v));
+            }
+        }
+        out
+    }
+}
+
+/// Column to sort the CPE list by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Sort {
+    /// CPE id.
+    #[default]
+    Cpe,
+    /// Household name.
+    Household,
+    /// Status word.
+    Status,
+    /// Last state update.
+    Seen,
+    /// Current public address.
+    Ip,
+    /// Agent version.
+    Agent,
+    /// Applied fleet policy version.
+    Policy,
+    /// Count of flagged devices.
+    Flagged,
+}
+
+impl Sort {
+    const ALL: [(Sort, &'static str); 8] = [
+        (Sort::Cpe, "cpe"),
+        (Sort::Household, "household"),
+        (Sort::Status, "status"),
+        (Sort::Seen, "seen"),
+        (Sort::Ip, "ip"),
+        (Sort::Agent, "agent"),
+        (Sort::Policy, "policy"),
+        (Sort::Flagged, "flagged"),
+    ];
+
+    fn key(self) -> &'static str {
+        Sort::ALL
+            .iter()
+            .find(|(s, _)| *s == self)
+            .map_or("cpe", |(_, k)| k)
+    }
+
+    fn column(self) -> &'static str {
+        match self {
+            Sort::Cpe => "c.cpe_id",
+            Sort::Household => "h.name",
+            Sort::Status => STATUS,
+            Sort::Seen => "s.updated_ms",
+            Sort::Ip => "s.public_ip",
+            Sort::Agent => "s.agent_version",
+            Sort::Policy => "s.fleet_policy_version",
+            Sort::Flagged => "10",
+        }
+    }
+}
+
+/// A checked fleet filter.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Filter {
+    /// Exactly this CPE.
+    pub cpe: Option<String>,
+    /// `%text%` against id, label, household and host names (LIKE-escaped).
+    pub text: Option<String>,
+    /// A device MAC, canonical form.
+    pub mac: Option<String>,
+    /// A public address, ever held.
+    pub ip: Option<String>,
+    /// With [`Filter::ip`] and a time: the CPE that held it then (`Some("")`: nobody did).
+    pub holder: Option<String>,
+    /// Status word ([`CpeRow::status_word`]).
+    pub status: Option<&'static str>,
+    /// Verdicts a device must have.
+    pub verdicts: Option<(&'static str, &'static str)>,
+    /// Agent version.
+    pub agent: Option<String>,
+    /// Fleet policy version.
+    pub policy: Option<i64>,
+    /// Order.
+    pub sort: Sort,
+    /// Descending?
+    pub desc: bool,
+    /// 1-based page.
+    pub page: u32,
+}
+
+/// `2026-11-30T20:15` (a browser's date-time field, taken as UTC) or RFC 3339 / RFC 5322.
+fn parse_time(s: &str) -> Result<u64, WebError> {
+    abuse::date::parse_any(s)
+        .or_else(|_| abuse::date::parse_rfc3339(&format!("{s}:00Z")))
+        .or_else(|_| abuse::date::parse_rfc3339(&format!("{s}Z")))
+        .map_err(|_| {
+            WebError::BadRequest(format!(
+                "time {s:?} not understood; use 2026-11-30T20:15 (UTC) or 2026-11-30T21:15:00+01:00"
+            ))
+        })
+}
+
+fn like(text: &str) -> String {
+    let mut out = String::from("%");
+    for c in text.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('%');
+    out
+}
+
+impl Filter {
+    /// Checks a query; finds the holder of an address at a time through the abuse
+    /// mapping's address history.
+    ///
+    /// # Errors
+    /// [`WebError::BadRequest`] naming the bad field; SQLite errors.
+    pub fn parse(conn: &Connection, q: &FleetQuery) -> Result<Filter, WebError> {
+        let mut f = Filter {
+            page: 1,
+            ..Filter::default()
+        };
+        if let Some(text) = given(&q.q) {
+            if text.chars().count() > 200 {
+                return Err(WebError::BadRequest(
+                    "search text over 200 characters".into(),
+                ));
+            }
+            if let Ok(mac) = text.parse::<MacAddr>() {
+                f.mac = Some(mac.to_string());
+            } else if let Ok(ip) = text.parse::<IpAddr>() {
+                f.ip = Some(ip.to_string());
+                if let Some(at) = given(&q.at) {
+                    let at = parse_time(at)?;
+                    f.holder = Some(abuse::holder_at(conn, ip, at)?.unwrap_or_default());
+                }
+            } else {
+                f.text = Some(like(text));
+            }
+        }
+        f.status = match given(&q.status) {
+            None => None,
+            Some(s) => Some(
+                ["online", "offline", "never", "revoked"]
+                    .into_iter()
+                    .find(|w| *w == s)
+                    .ok_or_else(|| {
+                        WebError::BadRequest(
+                            "status must be online, offline, never or revoked".into(),
+                        )
+                    })?,
+            ),
+        };
+        f.verdicts = match given(&q.verdict) {
+            None => None,
+            Some("infected") => Some(("infected", "infected")),
+            Some("suspicious") => Some(("suspicious", "suspicious")),
+            Some("flagged") => Some(("infected", "suspicious")),
+            Some(_) => {
+                return Err(WebError::BadRequest(
+                    "verdict must be infected, suspicious or flagged".into(),
+                ))
+            }
+        };
+        f.agent = given(&q.agent).map(str::to_string);
+        f.policy = match given(&q.policy) {
+            None => None,
+            Some(p) => Some(
+                p.trim_start_matches('v')
+                    .parse()
+                    .map_err(|_| WebError::BadRequest("policy must be a version number".into()))?,
+            ),
+        };
+        f.sort = match given(&q.sort) {
+            None => Sort::Cpe,
+            Some(k) => Sort::ALL
+                .iter()
+                .find(|(_, key)| *key == k)
+                .map(|(s, _)| *s)
+                .ok_or_else(|| WebError::BadRequest(format!("cannot sort by {k:?}")))?,
+        };
+        f.desc = match given(&q.dir) {
+            None | Some("asc") => false,
+            Some("desc") => true,
+            Some(_) => return Err(WebError::BadRequest("dir must be asc or desc".into())),
+        };
+        if let Some(p) = given(&q.page) {
+            f.page = p
+                .parse::<u32>()
+                .ok()
+                .filter(|p| *p >= 1)
+                .ok_or_else(|| WebError::BadRequest("page must be a number from 1".into()))?;
+        }
+        Ok(f)
+    }
+}
+
+/// The CPEs matching `f`: how many in all, and `limit` of them from `offset` in `f`'s order.
+///
+/// # Errors
+/// SQLite errors.
+pub fn search(
+    conn: &Connection,
+    f: &Filter,
+    limit: u32,
+    offset: u64,
+) -> Result<(u64, Vec<CpeRow>), WebError> {
+    let filter = format!(
+        " WHERE (:cpe IS NULL OR c.cpe_id = :cpe)
+          AND (:holder IS NULL OR c.cpe_id = :holder)
+          AND (:text IS NULL OR c.cpe_id LIKE :text ESCAPE '\\' OR c.label LIKE :text ESCAPE '\\'
+               OR h.name LIKE :text ESCAPE '\\'
+               OR c.cpe_id IN (SELECT cpe_id FROM device_reports WHERE hostname LIKE :text ESCAPE '\\'
+                               UNION SELECT cpe_id FROM alerts WHERE hostname LIKE :text ESCAPE '\\'))
+          AND (:mac IS NULL OR c.cpe_id IN (SELECT cpe_id FROM device_verdicts WHERE mac = :mac))
+          AND (:ip IS NULL OR :holder IS NOT NULL OR s.public_ip = :ip
+               OR c.cpe_id IN (SELECT cpe_id FROM public_ips WHERE ip = :ip))
+          AND (:status IS NULL OR {STATUS} = :status)
+          AND (:v1 IS NULL OR c.cpe_id IN
+               (SELECT cpe_id FROM device_verdicts WHERE verdict IN (:v1, :v2)))
+          AND (:agent IS NULL OR s.agent_version = :agent)
+          AND (:policy IS NULL OR s.fleet_policy_version = :policy)"
+    );
+    let (v1, v2) = f.verdicts.unzip();
+    let params = named_params! {
+        ":cpe": f.cpe,
+        ":holder": f.holder,
+        ":text": f.text,
+        ":mac": f.mac,
+        ":ip": f.ip,
+        ":status": f.status,
+        ":v1": v1,
+        ":v2": v2,
+        ":agent": f.agent,
+        ":policy": f.policy,
+    };
+    let total: i64 = conn
+        .prepare_cached(&format!("SELECT COUNT(*){FROM}{filter}"))?
+        .query_row(params, |r| r.get(0))?;
+    let dir = if f.desc { "DESC" } else { "ASC" };
+    let sql = format!(
+        "{SELECT}{FROM}{filter} ORDER BY {} {dir} NULLS LAST, c.cpe_id {dir} LIMIT {limit} OFFSET {offset}",
+        f.sort.column()
+    );
+    let rows = conn
+        .prepare_cached(&sql)?
+        .query_map(params, row)?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((u64::try_from(total).unwrap_or(0), rows))
+}
+
+/// How many CPEs are online, offline, never seen and revoked.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StatusCounts {
+    /// Online now.
+    pub online: u64,
+    /// Reported themselves offline (or their last will did).
+    pub offline: u64,
+    /// Enrolled, never reported state.
+    pub never: u64,
+    /// Revoked.
+    pub revoked: u64,
+}
+
+/// Counts CPEs by status word.
+///
+/// # Errors
+/// SQLite errors.
+pub fn status_counts(conn: &Connection) -> Result<StatusCounts, WebError> {
+    let mut out = StatusCounts::default();
+    let mut stmt =
+        conn.prepare_cached(&format!("SELECT {STATUS}, COUNT(*) FROM cpes c LEFT JOIN cpe_state s ON s.cpe_id = c.cpe_id GROUP BY 1"))?;
+    let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+    for r in rows {
+        let (word, n) = r?;
+        let n = u64::try_from(n).unwrap_or(0);
+        match word.as_str() {
+            "online" => out.online += n,
+            "never" => out.never += n,
+            "revoked" => out.revoked += n,
+            _ => out.offline += n,
+        }
+    }
+    Ok(out)
+}
+
+/// Household names of the given CPEs (those that have one).
+///
+/// # Errors
+/// SQLite errors.
+pub fn household_names<'a>(
+    conn: &Connection,
+    cpes: impl IntoIterator<Item = &'a str>,
+) -> Result<BTreeMap<String, String>, WebError> {
+    let mut out = BTreeMap::new();
+    for c in cpes {
+        if out.contains_key(c) {
+            continue;
+        }
+        if let Some((_, name)) = households::owner_of(conn, c)? {
+            out.insert(c.to_string(), name);
+        }
+    }
+    Ok(out)
+}
+
+struct Data {
+    counts: StatusCounts,
+    total: u64,
+    rows: Vec<CpeRow>,
+    flagged: Vec<DeviceView>,
+    infected: usize,
+    suspicious: usize,
+    households: BTreeMap<String, String>,
+    campaigns: usize,
+    open_abuse: usize,
+    pending_releases: usize,
+}
+
+fn load(
+    conn: &Connection,
+    f: &Filter,
+    now: u64,
+    settings: &crate::campaigns::Settings,
+) -> Result<Data, WebError> {
+    let counts = status_counts(conn)?;
+    let (total, rows) = search(
+        conn,
+        f,
+        PAGE_ROWS,
+        u64::from(f.page.saturating_sub(1)) * u64::from(PAGE_ROWS),
+    )?;
+    let devices = verdicts::load_devices(conn, None, now)?;
+    let campaigns = current_campaigns(conn, &devices, settings)?.len();
+    let mut flagged: Vec<DeviceView> = devices
+        .into_iter()
+        .filter(|d| d.verdict != Verdict::Clean)
+        .collect();
+    flagged.sort_by_key(|d| {
+        (
+            std::cmp::Reverse(verdicts::severity(d.verdict)),
+            std::cmp::Reverse(d.since_ms),
+        )
+    });
+    let infected = flagged
+        .iter()
+        .filter(|d| d.verdict == Verdict::Infected)
+        .count();
+    let suspicious = flagged.len() - infected;
+    flagged.truncate(FLAGGED_ROWS);
+    let households = household_names(conn, flagged.iter().map(|d| d.cpe_id.as_str()))?;
+    let open_abuse = abuse::list_filtered(
+        conn,
+        &abuse::ReportFilter {
+            status: Some("open"),
+            ..abuse::ReportFilter::default()
+        },
+        10_000,
+    )?
+    .len();
+    let pending_releases = households::release_requests(conn, None)?
+        .iter()
+        .filter(|r| r.status == "pending")
+        .count();
+    Ok(Data {
+        counts,
+        total,
+        rows,
+        flagged,
+        infected,
+        suspicious,
+        households,
+        campaigns,
+        open_abuse,
+        pending_releases,
+    })
+}
+
+fn stat(class: &str, n: u64, one: &str, many: &str, id: &str, href: &str) -> String {
+    let words = plural(n, one, many);
+    let label = words.split_once(' ').map_or("", |(_, w)| w);
+    format!(
+        r#"<a class="stat {class}" id="{id}" href="{href}"><b>{n}</b><span>{}</span></a>"#,
+        esc(label)
+    )
+}
+
+fn options(name: &str, label: &str, current: Option<&str>, values: &[(&str, &str)]) -> String {
+    let mut s = format!(
+        r#"<div><label for="f-{name}">{label}</label><select id="f-{name}" name="{name}"><option value="">any</option>"#
+    );
+    for (v, text) in values {
+        let sel = if current == Some(*v) { " selected" } else { "" };
+        let _ = write!(s, r#"<option value="{v}"{sel}>{text}</option>"#);
+    }
+    s.push_str("</select></div>");
+    s
+}
+
+fn search_form(q: &FleetQuery) -> String {
+    let v = |o: &Option<String>| esc(given(o).unwrap_or(""));
+    let mut s = format!(
+        r#"<form class="search" method="get" action="/noc#cpes" role="search" aria-label="Search the fleet"><div class="wide"><label for="f-q">CPE, household, MAC, host name or public IP</label><input type="text" id="f-q" name="q" value="{}" autocomplete="off"></div><div><label for="f-at">IP held at (UTC)</label><input type="text" id="f-at" name="at" value="{}" placeholder="2026-11-30T20:15"></div>"#,
+        v(&q.q),
+        v(&q.at)
+    );
+    s.push_str(&options(
+        "status",
+        "Status",
+        given(&q.status),
+        &[
+            ("online", "online"),
+            ("offline", "offline"),
+            ("never", "never seen"),
+            ("revoked", "revoked"),
+        ],
+    ));
+    s.push_str(&options(
+        "verdict",
+        "Devices",
+        given(&q.verdict),
+        &[
+            ("flagged", "any flagged"),
+            ("infected", "infected"),
+            ("suspicious", "suspicious"),
+        ],
+    ));
+    let _ = write!(
+        s,
+        r#"<div><label for="f-agent">Agent version</label><input type="text" id="f-agent" name="agent" value="{}"></div><div><label for="f-policy">Fleet policy</label><input type="text" id="f-policy" name="policy" value="{}" inputmode="numeric"></div><div><button class="btn" type="submit" id="f-go">Search</button> <a href="/noc#cpes">Clear</a></div></form>"#,
+        v(&q.agent),
+        v(&q.policy)
+    );
+    s
+}
+
+fn cpe_table(q: &FleetQuery, f: &Filter, rows: &[CpeRow], now: u64) -> String {
+    let head = |label: &'static str, key: Sort| -> (&'static str, String) {
+        let (arrow, next) = if f.sort == key {
+            if f.desc {
+                (" ↓", "asc")
+            } else {
+                (" ↑", "desc")
+            }
+        } else {
+            ("", "asc")
+        };
+        let sort = if f.sort == key {
+            if f.desc {
+                "descending"
+            } else {
+                "ascending"
+            }
+        } else {
+            "none"
+        };
+        (
+            label,
+            format!(
+                r#"<a href="{}" aria-sort="{sort}">{label}{arrow}</a>"#,
+                esc(&q.href(Some(key.key()), Some(next), Some(1)))
+            ),
+        )
+    };
+    let mut t = Table::new(
+        "cpe-list",
+        "CPEs",
+        &[
+            head("CPE", Sort::Cpe),
+            head("Household", Sort::Household),
+            head("Status", Sort::Status),
+            head("Public IP", Sort::Ip),
+            head("Agent", Sort::Agent),
+            head("Fleet policy", Sort::Policy),
+            head("Flagged devices", Sort::Flagged),
+        ],
+    );
+    for c in rows {
+        t.row(
+            &format!(r#" data-cpe="{}""#, esc(&c.cpe_id)),
+            &[
+                ("", html::cpe_link(&c.cpe_id)),
+                (
+                    "",
+                    esc(c.household.as_deref().or(c.label.as_deref()).unwrap_or("")),
+                ),
+                ("", c.status_badge(now)),
+                ("mono", esc(c.public_ip.as_deref().unwrap_or(""))),
+                ("", esc(c.agent_version.as_deref().unwrap_or(""))),
+                (
+                    "",
+                    c.fleet_policy_version
+                        .map(|v| format!("v{v}"))
+                        .unwrap_or_default(),
+                ),
+                (
+                    "num",
+                    if c.flagged > 0 {
+                        format!(r#"<span class="badge bad">{}</span>"#, c.flagged)
+                    } else {
+                        "0".into()
+                    },
+                ),
+            ],
+        );
+    }
+    t.finish()
+}
+
+fn pager(q: &FleetQuery, f: &Filter, total: u64) -> String {
+    let pages = total.div_ceil(u64::from(PAGE_ROWS)).max(1);
+    let page = u64::from(f.page);
+    let first = (page - 1) * u64::from(PAGE_ROWS) + 1;
+    let last = (page * u64::from(PAGE_ROWS)).min(total);
+    let mut s = String::from(r#"<nav class="pages" aria-label="Pages of CPEs">"#);
+    if total == 0 {
+        s.push_str(r#"<span id="cpe-count">No CPE matches.</span>"#);
+    } else {
+        let _ = write!(
+            s,
+            r#"<span id="cpe-count">{first}–{last} of {}</span>"#,
+            esc(&plural(total, "CPE", "CPEs"))
+        );
+    }
+    if page > 1 {
+        let _ = write!(
+            s,
+            r#"<a href="{}" rel="prev">← Previous</a>"#,
+            esc(&q.href(None, None, u32::try_from(page - 1).ok()))
+        );
+    }
+    if page < pages {
+        let _ = write!(
+            s,
+            r#"<a href="{}" rel="next">Next →</a>"#,
+            esc(&q.href(None, None, u32::try_from(page + 1).ok()))
+        );
+    }
+    let _ = write!(
+        s,
+        r#"<span class="muted">page {page} of {pages}</span></nav>"#
+    );
+    s
+}
+
+/// `GET /noc`: the fleet overview with the searchable CPE list.
+pub async fn page(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<FleetQuery>,
+) -> Response {
+    let caller = match auth::noc(&state, &headers).await {
+        Ok(c) => c,
+        Err(e) => return e.page(),
+    };
+    let now = state.now_ms();
+    let settings = state.settings.campaigns;
+    let query = q.clone();
+    let loaded = state
+        .db(move |conn| {
+            let f = Filter::parse(conn, &query)?;
+            let d = load(conn, &f, now, &settings)?;
+            Ok((f, d))
+        })
+        .await;
+    let (f, d) = match loaded {
+        Ok(x) => x,
+        Err(e @ WebError::BadRequest(_)) => {
+            let body = format!(
+                r#"<h1>Fleet</h1><div class="flash err" role="alert">{}</div>{}"#,
+                esc(&e.to_string()),
+                search_form(&q)
+            );
+            return (e.status(), noc_page("Fleet", "fleet", &caller, &body)).into_response();
+        }
+        Err(e) => return e.page(),
+    };
+    let mut b = format!(
+        r#"<h1>Fleet</h1><div id="live" data-refresh="30"><p class="sub">As of {}</p><div class="grid">"#,
+        esc(&html::time(now))
+    );
+    let c = d.counts;
+    b.push_str(&stat(
+        "ok",
+        c.online,
+        "CPE online",
+        "CPEs online",
+        "stat-online",
+        "/noc?status=online#cpes",
+    ));
+    b.push_str(&stat(
+        "",
+        c.offline,
+        "CPE offline",
+        "CPEs offline",
+        "stat-offline",
+        "/noc?status=offline#cpes",
+    ));
+    b.push_str(&stat(
+        "",
+        c.never,
+        "CPE never seen",
+        "CPEs never seen",
+        "stat-never",
+        "/noc?status=never#cpes",
+    ));
+    let infected = d.infected as u64;
+    let suspicious = d.suspicious as u64;
+    b.push_str(&stat(
+        if infected == 0 { "ok" } else { "bad" },
+        infected,
+        "infected device",
+        "infected devices",
+        "stat-infected",
+        "/noc?verdict=infected#cpes",
+    ));
+    b.push_str(&stat(
+        if suspicious == 0 { "ok" } else { "warn" },
+        suspicious,
+        "suspicious device",
+        "suspicious devices",
+        "stat-suspicious",
+        "/noc?verdict=suspicious#cpes",
+    ));
+    b.push_str(&stat(
+        "",
+        d.campaigns as u64,
+        "campaign",
+        "campaigns",
+        "stat-campaigns",
+        "/noc/campaigns",
+    ));
+    b.push_str(&stat(
+        "",
+        d.open_abuse as u64,
+        "open abuse report",
+        "open abuse reports",
+        "stat-abuse",
+        "/noc/abuse?status=open#reports",
+    ));
+    b.push_str(&stat(
+        "",
+        d.pending_releases as u64,
+        "pending release request",
+        "pending release requests",
+        "stat-releases",
+        "/noc/releases",
+    ));
+    b.push_str("</div>");
+    b.push_str("<h2>Infected and suspicious devices</h2>");
+    if d.flagged.is_empty() {
+        b.push_str(r#"<p class="muted">No device in the fleet is flagged.</p>"#);
+    } else {
+        let refs: Vec<&DeviceView> = d.flagged.iter().collect();
+        b.push_str(&device_rows(
+            &refs,
+            Some(&d.households),
+            "Infected and suspicious devices, newest first",
+        ));
+        let all = infected + suspicious;
+        if all > d.flagged.len() as u64 {
+            let _ = write!(
+                b,
+                r#"<p><a href="/noc?verdict=flagged#cpes">All {} on their routers</a></p>"#,
+                esc(&plural(all, "flagged device", "flagged devices"))
+            );
+        }
+        b.push_str(&export_links("devices", "flagged devices"));
+    }
+    b.push_str(r#"<h2 id="cpes">CPEs</h2>"#);
+    b.push_str("</div>");
+    b.push_str(&search_form(&q));
+    b.push_str(r#"<div id="cpe-results" data-refresh="30">"#);
+    b.push_str(&pager(&q, &f, d.total));
+    if !d.rows.is_empty() {
+        b.push_str(&cpe_table(&q, &f, &d.rows, now));
+    }
+    b.push_str("</div>");
+    let _ = write!(
+        b,
+        r#"<p class="muted exports">Export these CPEs: <a href="/api/export/cpes?format=csv{0}">CSV</a> · <a href="/api/export/cpes?format=json{0}">JSON</a></p>"#,
+        esc(&q.filter_query())
+    );
+    noc_page("Fleet", "fleet", &caller, &b)
+}
+
+use axum::response::IntoResponse as _;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn like_patterns_escape_wildcards() {
+        assert_eq!(like("a_b%c\\"), "%a\\_b\\%c\\\\%");
+    }
+
+    #[test]
+    fn links_keep_the_filters_and_encode_them() {
+        let q = FleetQuery {
+            q: Some("Müller & co".into()),
+            status: Some("online".into()),
+            ..FleetQuery::default()
+        };
+        let h = q.href(Some("seen"), Some("desc"), Some(3));
+        assert_eq!(
+            h,
+            "/noc?q=M%C3%BCller%20%26%20co&status=online&sort=seen&dir=desc&page=3#cpes"
+        );
+        assert_eq!(q.filter_query(), "&q=M%C3%BCller%20%26%20co&status=online");
+    }
+
+    #[test]
+    fn times_from_a_date_time_field_are_utc() {
+        assert_eq!(parse_time("1970-01-01T00:01").unwrap(), 60_000);
+        assert!(parse_time("yesterday").is_err());
+    }
+}
