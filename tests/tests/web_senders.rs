@@ -212,6 +212,26 @@ fn a_declared_sender_is_allowed_on_its_router_only_by_an_operator_and_only_for_i
     );
     let page = http(s.addr, "GET", "/my/senders", &[("Cookie", &hh)], b"").unwrap();
     assert!(page.body.contains("approved"), "{}", page.body);
+    // The router's page says so in the device's row, and no longer offers to allow it.
+    let cpe_page = http(
+        s.addr,
+        "GET",
+        &format!("/noc/cpe/{}", a.cpe_id),
+        &[("Cookie", &oscar)],
+        b"",
+    )
+    .unwrap();
+    let row = cpe_page
+        .body
+        .split(r#"id="device-actions""#)
+        .nth(1)
+        .unwrap_or_else(|| panic!("no device actions: {}", cpe_page.body))
+        .split(&format!(r#"<tr data-mac="{a_mac}">"#))
+        .nth(1)
+        .and_then(|rest| rest.split("</tr>").next())
+        .unwrap_or_else(|| panic!("no row for {a_mac}: {}", cpe_page.body));
+    assert!(row.contains("Allowed on this router"), "{row}");
+    assert!(!row.contains("/allow\""), "{row}");
     // Deciding again is refused: it is no longer pending.
     let r = post_form(
         s.addr,

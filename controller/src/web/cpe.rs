@@ -62,6 +62,8 @@ pub struct CpeFlash {
     sent: Option<u64>,
     #[serde(default)]
     policy: Option<u64>,
+    #[serde(default)]
+    allowed: Option<u64>,
 }
 
 struct Loaded {
@@ -73,6 +75,8 @@ struct Loaded {
     fleet_policy: Policy,
     abuse_reports: usize,
     cpe_policy_applied: Option<i64>,
+    /// Devices allowed on this router for good ([`crate::policy::allow_device`]).
+    allowed: Vec<MacAddr>,
 }
 
 fn load(conn: &Connection, id: &str, now: u64) -> Result<Loaded, WebError> {
@@ -106,6 +110,7 @@ fn load(conn: &Connection, id: &str, now: u64) -> Result<Loaded, WebError> {
         fleet_policy: super::policy_editor::current_fleet_policy(conn)?,
         abuse_reports: usize::try_from(abuse_reports).unwrap_or(0),
         cpe_policy_applied,
+        allowed: crate::policy::allowed_devices(conn, id)?,
     })
 }
 
@@ -250,6 +255,18 @@ fn actions(d: &Loaded, caller: &Caller) -> String {
             },
             ttl_select(&format!("ttl-{i}")),
         );
+        if d.allowed.contains(&dev.mac) {
+            forms.push_str(
+                r#"<p class="muted">Allowed on this router: never throttled or blocked.</p>"#,
+            );
+        } else {
+            let _ = write!(
+                forms,
+                r#"<form method="post" action="/noc/cpe/{path}/allow" class="row">{}<input type="hidden" name="mac" value="{}"><input type="text" id="allow-note-{i}" name="note" required aria-label="Why this device may send mail" placeholder="Why (e.g. the subscriber's own mail server)"><button class="btn secondary" type="submit">Allow on this router</button></form>"#,
+                csrf_field(caller),
+                esc(&mac)
+            );
+        }
         t.row(
             &format!(r#" data-mac="{}""#, esc(&mac)),
             &[
@@ -418,6 +435,12 @@ pub async fn page(
         let _ = write!(
             b,
             r#"<div class="flash" role="status" id="flash">Policy version {v} signed and sent to this router.</div>"#
+        );
+    }
+    if let Some(v) = flash.allowed {
+        let _ = write!(
+            b,
+            r#"<div class="flash" role="status" id="flash">Device allowed: policy version {v} signed and sent to this router.</div>"#
         );
     }
     b.push_str(r#"<div id="cpe-live" data-refresh="30">"#);
