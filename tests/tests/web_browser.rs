@@ -26,7 +26,7 @@ fn a_subscriber_sees_the_infected_device_explained_and_requests_release() {
     b.goto(&s.url("/my")).unwrap();
     assert!(b.url_ends_with("/login"), "not sent to the login form");
     b.type_into("#token", "hh_wrong").unwrap();
-    b.click("#signin").unwrap();
+    b.follow("#signin").unwrap();
     assert!(b
         .page_text()
         .unwrap()
@@ -43,7 +43,7 @@ fn a_subscriber_sees_the_infected_device_explained_and_requests_release() {
     b.type_into("#token", &a.letter_code.to_lowercase().replace('-', " "))
         .unwrap();
     b.screenshot("portal-sign-in").unwrap();
-    b.click("#signin").unwrap();
+    b.follow("#signin").unwrap();
     assert!(b.url_ends_with("/my"), "not signed in: {:?}", b.url());
 
     let text = b.page_text().unwrap();
@@ -99,7 +99,7 @@ fn a_subscriber_sees_the_infected_device_explained_and_requests_release() {
         "Ran a full Defender offline scan; it removed a trojan.",
     )
     .unwrap();
-    b.click("button[name=request_release]").unwrap();
+    b.follow("button[name=request_release]").unwrap();
     let text = b.page_text().unwrap();
     assert!(text.contains("your release request was recorded"), "{text}");
     let status = b.find(".release-status").unwrap();
@@ -119,10 +119,10 @@ fn a_subscriber_sees_the_infected_device_explained_and_requests_release() {
     assert!(!text.contains(&other_name));
 
     // The stolen-credentials household gets the password advice first.
-    b.click("form[action='/logout'] button").ok();
+    b.follow("form[action='/logout'] button").ok();
     b.goto(&s.url("/login")).unwrap();
     b.type_into("#token", &other.token).unwrap();
-    b.click("#signin").unwrap();
+    b.follow("#signin").unwrap();
     assert!(b.url_ends_with("/my"), "the long token still signs in");
     b.click("details.evidence summary").unwrap();
     let text = b.page_text().unwrap();
@@ -147,7 +147,7 @@ fn the_noc_sees_the_fleet_the_evidence_the_campaign_and_an_abuse_answer() {
     let b = Browser::start(1366, 1000).unwrap();
     b.goto(&s.url("/login")).unwrap();
     b.type_into("#token", &s.operator).unwrap();
-    b.click("#signin").unwrap();
+    b.follow("#signin").unwrap();
     assert!(b.url_ends_with("/noc"), "not signed in: {:?}", b.url());
 
     let infected = b.find("#stat-infected b").unwrap();
@@ -167,7 +167,7 @@ fn the_noc_sees_the_fleet_the_evidence_the_campaign_and_an_abuse_answer() {
     assert!(row_text.contains("Mail blocked until"));
     b.screenshot("noc-fleet").unwrap();
 
-    b.click(&format!("a[href='/noc/cpe/{}']", a.cpe_id))
+    b.follow(&format!("a[href='/noc/cpe/{}']", a.cpe_id))
         .unwrap();
     let text = b.page_text().unwrap();
     assert!(text.contains("Evidence timeline"));
@@ -184,7 +184,7 @@ fn the_noc_sees_the_fleet_the_evidence_the_campaign_and_an_abuse_answer() {
     b.screenshot("noc-campaigns").unwrap();
     b.click("form[action$='/push'] input[name=confirm]")
         .unwrap();
-    b.click("form[action$='/push'] button").unwrap();
+    b.follow("form[action$='/push'] button").unwrap();
     assert!(b
         .page_text()
         .unwrap()
@@ -204,7 +204,7 @@ fn the_noc_sees_the_fleet_the_evidence_the_campaign_and_an_abuse_answer() {
         &format!(r#"{{"public_ip":"{}","time":{}}}"#, a.public_ip, at),
     )
     .unwrap();
-    b.click("form[action='/noc/abuse'] button").unwrap();
+    b.follow("form[action='/noc/abuse'] button").unwrap();
     let answer = b
         .find("#answer")
         .unwrap_or_else(|e| panic!("{e}\n{}", b.page_text().unwrap_or_default()));

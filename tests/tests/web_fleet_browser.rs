@@ -216,7 +216,7 @@ fn among_20000_routers_the_noc_finds_one_by_mac_and_by_public_ip_at_a_time() {
     let b = Browser::start(1280, 1000).unwrap();
     b.goto(&s.url("/login")).unwrap();
     b.type_into("#token", &s.operator).unwrap();
-    b.click("#signin").unwrap();
+    b.follow("#signin").unwrap();
     assert!(b.url_ends_with("/noc"), "not signed in: {:?}", b.url());
     let count = b.text(&b.find("#cpe-count").unwrap()).unwrap();
     assert_eq!(count, "1–50 of 20004 CPEs");
@@ -225,7 +225,7 @@ fn among_20000_routers_the_noc_finds_one_by_mac_and_by_public_ip_at_a_time() {
     // By a device's MAC address.
     let wanted = 4_321;
     b.type_into("#f-q", &bulk_mac(wanted).to_string()).unwrap();
-    b.click("#f-go").unwrap();
+    b.follow("#f-go").unwrap();
     assert!(b.url_ends_with("#cpes"));
     let found = rows(&b);
     assert_eq!(found.len(), 1, "{found:?}");
@@ -250,7 +250,7 @@ fn among_20000_routers_the_noc_finds_one_by_mac_and_by_public_ip_at_a_time() {
     b.goto(&s.url("/noc")).unwrap();
     b.type_into("#f-q", MOVED_IP).unwrap();
     b.type_into("#f-at", &iso(now - HOUR / 4)).unwrap();
-    b.click("#f-go").unwrap();
+    b.follow("#f-go").unwrap();
     assert!(b.url_ends_with("#cpes"));
     let found = rows(&b);
     assert_eq!(found.len(), 1, "{found:?}");
@@ -266,7 +266,7 @@ fn among_20000_routers_the_noc_finds_one_by_mac_and_by_public_ip_at_a_time() {
         .parse()
         .unwrap();
     assert_eq!(offline, u64::from(EXTRA / 10) + 1, "every tenth, and Novak");
-    b.click("#stat-offline").unwrap();
+    b.follow("#stat-offline").unwrap();
     assert!(b.url_ends_with("status=offline#cpes"));
     let count = b.text(&b.find("#cpe-count").unwrap()).unwrap();
     assert_eq!(count, format!("1–50 of {offline} CPEs"));
@@ -277,7 +277,7 @@ fn among_20000_routers_the_noc_finds_one_by_mac_and_by_public_ip_at_a_time() {
         .unwrap();
     let first = rows(&b);
     assert!(first[0].contains("cpe-wien-0815"), "{:?}", first[0]);
-    b.click("a[rel=next]").unwrap();
+    b.follow("a[rel=next]").unwrap();
     assert!(b.url_ends_with("page=2#cpes"));
 
     // The export is of the filtered list.
@@ -341,7 +341,7 @@ fn every_page_fits_a_phone_and_passes_the_contrast_and_semantics_check() {
     };
     check(&b, "sign-in", "/login");
     b.type_into("#token", &s.operator).unwrap();
-    b.click("#signin").unwrap();
+    b.follow("#signin").unwrap();
     assert!(b.url_ends_with("/noc"));
     for (name, path) in [
         ("noc-fleet", "/noc".to_string()),
@@ -357,10 +357,10 @@ fn every_page_fits_a_phone_and_passes_the_contrast_and_semantics_check() {
     ] {
         check(&b, name, &path);
     }
-    b.click("form[action='/logout'] button").unwrap();
+    b.follow("form[action='/logout'] button").unwrap();
     b.goto(&s.url("/login")).unwrap();
     b.type_into("#token", &a.letter_code).unwrap();
-    b.click("#signin").unwrap();
+    b.follow("#signin").unwrap();
     assert!(b.url_ends_with("/my"));
     check(&b, "portal", "/my");
     check(
@@ -383,14 +383,14 @@ fn the_abuse_desk_keeps_input_on_error_and_answers_from_the_simple_form() {
     let b = Browser::start(1280, 1000).unwrap();
     b.goto(&s.url("/login")).unwrap();
     b.type_into("#token", &s.operator).unwrap();
-    b.click("#signin").unwrap();
+    b.follow("#signin").unwrap();
     assert!(b.url_ends_with("/noc"));
 
     // A paste that is not a report.
     b.goto(&s.url("/noc/abuse")).unwrap();
     let pasted = "Hello, your customer 203.0.113.7 spammed us yesterday afternoon!";
     b.type_into("#report", pasted).unwrap();
-    b.click("#paste-form button[type=submit]").unwrap();
+    b.follow("#paste-form button[type=submit]").unwrap();
     let err = b.find("#abuse-error").unwrap();
     assert!(!b.text(&err).unwrap().is_empty());
     let kept = b
@@ -409,7 +409,7 @@ fn the_abuse_desk_keeps_input_on_error_and_answers_from_the_simple_form() {
     b.execute("document.getElementById('a-zone').value='Etc/GMT-1'; return null")
         .unwrap();
     b.type_into("#a-reporter", "abuse@bigmail.example").unwrap();
-    b.click("#lookup-go").unwrap();
+    b.follow("#lookup-go").unwrap();
     // The paste's error was on the page before; wait for the form's.
     assert!(b.wait_until(
         "(document.getElementById('abuse-error')||{textContent:''}).textContent.includes('date')"
@@ -425,7 +425,7 @@ fn the_abuse_desk_keeps_input_on_error_and_answers_from_the_simple_form() {
     b.execute("document.getElementById('a-date').value=''; return null")
         .unwrap();
     b.type_into("#a-date", date).unwrap();
-    b.click("#lookup-go").unwrap();
+    b.follow("#lookup-go").unwrap();
     let answer = b
         .find("#answer")
         .unwrap_or_else(|e| panic!("{e}\n{}", b.page_text().unwrap_or_default()));
@@ -451,7 +451,7 @@ fn the_abuse_desk_keeps_input_on_error_and_answers_from_the_simple_form() {
         .unwrap()
         .contains("open"));
     b.screenshot("noc-abuse-report").unwrap();
-    b.click("#mark-answered").unwrap();
+    b.follow("#mark-answered").unwrap();
     assert!(b.wait_until("!document.getElementById('mark-answered')"));
     let status = b.find("#report-status").unwrap();
     assert!(b.text(&status).unwrap().contains("answered by"));
@@ -459,7 +459,7 @@ fn the_abuse_desk_keeps_input_on_error_and_answers_from_the_simple_form() {
 
     // From the router to its reports, and the list's word is the report's.
     b.goto(&s.url(&format!("/noc/cpe/{}", a.cpe_id))).unwrap();
-    b.click("#link-abuse").unwrap();
+    b.follow("#link-abuse").unwrap();
     let rows = b.find_all("#abuse-list tbody tr").unwrap();
     assert_eq!(rows.len(), 1);
     let row = b.text(&rows[0]).unwrap();
@@ -467,7 +467,7 @@ fn the_abuse_desk_keeps_input_on_error_and_answers_from_the_simple_form() {
     assert!(row.contains(&bot_mac.to_string()));
     // From the campaign to the device's reports.
     b.goto(&s.url("/noc/campaigns")).unwrap();
-    b.click(&format!("a[href*='mac={bot_mac}']")).unwrap();
+    b.follow(&format!("a[href*='mac={bot_mac}']")).unwrap();
     assert_eq!(b.find_all("#abuse-list tbody tr").unwrap().len(), 1);
     assert!(report_url.contains("/noc/abuse/"));
 }
@@ -481,7 +481,7 @@ fn the_fleet_view_refreshes_itself_without_a_reload() {
     let b = Browser::start(1280, 900).unwrap();
     b.goto(&s.url("/login")).unwrap();
     b.type_into("#token", &s.operator).unwrap();
-    b.click("#signin").unwrap();
+    b.follow("#signin").unwrap();
     assert!(b.url_ends_with("/noc"));
     assert_eq!(
         b.text(&b.find("#cpe-count").unwrap()).unwrap(),

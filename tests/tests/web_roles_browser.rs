@@ -36,7 +36,7 @@ fn scalar(db: &Path, sql: &str) -> i64 {
 fn sign_in(b: &Browser, s: &Server, secret: &str, who: &str) {
     b.goto(&s.url("/login")).unwrap();
     b.type_into("#token", secret).unwrap();
-    b.click("#signin").unwrap();
+    b.follow("#signin").unwrap();
     assert!(
         b.url_ends_with("/noc"),
         "{who} not signed in: {:?}",
@@ -47,7 +47,7 @@ fn sign_in(b: &Browser, s: &Server, secret: &str, who: &str) {
 }
 
 fn sign_out(b: &Browser) {
-    b.click("form[action='/logout'] button").unwrap();
+    b.follow("form[action='/logout'] button").unwrap();
 }
 
 #[test]
@@ -74,12 +74,12 @@ fn each_role_does_what_it_may_and_the_server_refuses_the_rest() {
     let b = Browser::start(1366, 1400).unwrap();
     b.goto(&s.url("/login")).unwrap();
     b.type_into("#token", &hh.token).unwrap();
-    b.click("#signin").unwrap();
-    b.click("#senders-link").unwrap();
+    b.follow("#signin").unwrap();
+    b.follow("#senders-link").unwrap();
     assert!(b.url_ends_with("/my/senders"), "{:?}", b.url());
     b.type_into("#reason", "My home server runs Postfix for the family")
         .unwrap();
-    b.click("#declare").unwrap();
+    b.follow("#declare").unwrap();
     assert!(b.page_text().unwrap().contains("waiting for the NOC"));
     sign_out(&b);
     assert_eq!(pending(), 1);
@@ -187,7 +187,7 @@ fn each_role_does_what_it_may_and_the_server_refuses_the_rest() {
     assert_eq!(r.status, 403, "{}", r.body);
     assert_eq!(pending(), 1);
     b.goto(&s.url("/noc/senders")).unwrap();
-    b.click("button[value=approve]").unwrap();
+    b.follow("button[value=approve]").unwrap();
     assert!(b.page_text().unwrap().contains("decided"));
     assert_eq!(pending(), 0);
     assert_eq!(
@@ -209,7 +209,7 @@ fn each_role_does_what_it_may_and_the_server_refuses_the_rest() {
     b.type_into("#note", "canary: gentler rate limit").unwrap();
     b.clear("#cohort").unwrap();
     b.type_into("#cohort", "50%").unwrap();
-    b.click("#start-rollout").unwrap();
+    b.follow("#start-rollout").unwrap();
     assert_eq!(rollouts(), 1, "{}", b.page_text().unwrap());
     assert_eq!(
         scalar(

@@ -645,6 +645,21 @@ impl Browser {
         Ok(())
     }
 
+    /// Clicks a link or submit button and waits until the page it leads to has loaded: a
+    /// WebDriver click may return before the server has answered a form post.
+    pub fn follow(&self, css: &str) -> Result<()> {
+        self.execute("window.__sgLeaving = true; return true;")?;
+        self.click(css)?;
+        if self.wait_until_within(
+            "!window.__sgLeaving && document.readyState === 'complete'",
+            Duration::from_secs(30),
+        ) {
+            Ok(())
+        } else {
+            bail!("clicking {css} led to no new page within 30 s")
+        }
+    }
+
     /// Saves a full-window PNG to `target/screenshots/NAME.png` and, when asked, to
     /// `docs/screenshots/NAME.png`; returns the bytes.
     pub fn screenshot(&self, name: &str) -> Result<Vec<u8>> {
