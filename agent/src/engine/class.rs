@@ -121,10 +121,8 @@ const PREFIXES: &[(&str, Class)] = &[
 ];
 
 /// Vendor class identifiers (option 60) of general-purpose clients, by prefix.
-const VENDOR_CLASSES: &[(&str, Class)] = &[
-    ("msft", Class::Computer),
-    ("android-dhcp", Class::Phone),
-];
+const VENDOR_CLASSES: &[(&str, Class)] =
+    &[("msft", Class::Computer), ("android-dhcp", Class::Phone)];
 
 /// Parameter request lists (option 55) of general-purpose DHCP clients, exactly.
 const FINGERPRINTS: &[(&[u8], Class)] = &[

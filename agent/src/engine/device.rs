@@ -266,7 +266,11 @@ impl Device {
         }
         if let Some(p) = params {
             // Too long to be one of the known lists: remember that it is none of them.
-            let n = if p.len() <= MAX_DHCP_PARAMS { p.len() } else { 0 };
+            let n = if p.len() <= MAX_DHCP_PARAMS {
+                p.len()
+            } else {
+                0
+            };
             self.dhcp_params[..n].copy_from_slice(&p[..n]);
             self.dhcp_params_len = n as u8;
         }
@@ -291,10 +295,9 @@ impl Device {
                 self.vendor_class.as_deref().unwrap_or("")
             ),
             Some((_, Source::Fingerprint)) => "its DHCP client's parameter list".to_string(),
-            Some((_, Source::HostName)) => format!(
-                "host name \"{}\"",
-                self.hostname.as_deref().unwrap_or("")
-            ),
+            Some((_, Source::HostName)) => {
+                format!("host name \"{}\"", self.hostname.as_deref().unwrap_or(""))
+            }
             Some((_, Source::Vendor)) => {
                 format!("maker {}", self.vendor.as_deref().unwrap_or(""))
             }

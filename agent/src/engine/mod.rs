@@ -1112,8 +1112,7 @@ impl Engine {
                 d.messages.add(now, 1);
                 d.count_submission(now, 1);
                 if foreign_submission
-                    && d
-                        .sub_servers
+                    && d.sub_servers
                         .touch(ip_key(key.server), now, device::SUBMISSION_KEYS_MAX)
                 {
                     d.new_sub_servers.add(now, 1);

@@ -229,8 +229,10 @@ pub(crate) fn levels(m: &Measures, p: &Params) -> [u32; SIGNALS] {
     l[CLASS] = if m.never_mails { l[DIRECT] } else { 0 };
     l[AUTH_FAIL] =
         ratio(m.auth_refusals, AUTH_FAIL_BURST).max(ratio(m.auth_fail_day, AUTH_FAIL_DAY));
-    l[SPREAD] = ratio(m.new_ids_day.saturating_sub(SPREAD_FREE), SPREAD_FULL)
-        .max(ratio(m.new_sub_servers_day.saturating_sub(SPREAD_FREE), SPREAD_FULL));
+    l[SPREAD] = ratio(m.new_ids_day.saturating_sub(SPREAD_FREE), SPREAD_FULL).max(ratio(
+        m.new_sub_servers_day.saturating_sub(SPREAD_FREE),
+        SPREAD_FULL,
+    ));
     l
 }
 

@@ -966,7 +966,11 @@ mod tests {
     #[test]
     fn auth_identity_is_the_user_not_the_password() {
         let id = |lines: &[(bool, &str)]| dialogue(587, lines).0.auth_identity();
-        let greet = [(false, "220 mx\r\n"), (true, "EHLO pc\r\n"), (false, "250 mx\r\n")];
+        let greet = [
+            (false, "220 mx\r\n"),
+            (true, "EHLO pc\r\n"),
+            (false, "250 mx\r\n"),
+        ];
         // AUTH PLAIN "\0user\0pass" and "\0USER\0other" (same user), with the response
         // inline or after a 334; AUTH LOGIN "user" the same.
         let plain = id(&[&greet[..], &[(true, "AUTH PLAIN AHVzZXIAcGFzcw==\r\n")]].concat());
