@@ -16,7 +16,7 @@
 //! | persistence | new mail servers every hour: [`PERSIST_SERVERS_PER_HOUR`] or more in each of the last 3 hours or more, in full at 8 |
 //! | new sender | the direct-to-MX level, for a device whose first direct-to-MX mail came after [`QUIET_MS`] on the network without any (for a week after) |
 //! | device class | the direct-to-MX level, for a device whose class never sends mail itself (camera, TV, printer, smart-home gadget; see [`super::class`]) |
-//! | AUTH failures | [`AUTH_FAIL_BURST`] refusals in the window or [`AUTH_FAIL_DAY`] in 24 h |
+//! | AUTH failures | [`AUTH_FAIL_BURST`] refusals in the window or [`AUTH_FAIL_DAY`] in 24 h; at most 0.3 while the device used one AUTH identity in 24 h (a mail program retrying a stale password) |
 //! | submission spread | AUTH identities or foreign submission servers new to the device (not used in the 7 days before) in 24 h: from the third, in full at [`SPREAD_FULL`] more |
 //!
 //! The first seven weights are policy (`weights`); the last five are the constants
@@ -59,6 +59,8 @@ const NEW_SENDER_MS: u64 = 7 * DAY_MS;
 /// AUTH refusals in the window, or in 24 h, that count in full.
 pub const AUTH_FAIL_BURST: u32 = 5;
 pub const AUTH_FAIL_DAY: u32 = 20;
+/// The AUTH failure level while only one identity is in use.
+const STALE_PASSWORD_LEVEL: u32 = 300;
 /// New AUTH identities or submission servers in 24 h that are a device's own business
 /// (a second account, a new provider), and how many more count in full.
 const SPREAD_FREE: u32 = 2;
@@ -118,6 +120,8 @@ pub(crate) struct Measures {
     pub auth_fail_day: u32,
     pub new_ids_day: u32,
     pub new_sub_servers_day: u32,
+    /// Distinct AUTH identities used in 24 h.
+    pub ids_day: u32,
 }
 
 impl Measures {
@@ -198,6 +202,7 @@ pub(crate) fn measure(d: &Device, p: &Params, now: u64) -> Measures {
         auth_fail_day: d.auth_fail_day.total(now),
         new_ids_day: d.new_ids.total(now),
         new_sub_servers_day: d.new_sub_servers.total(now),
+        ids_day: d.auth_ids.count_since(since_day).0,
     }
 }
 
@@ -229,6 +234,11 @@ pub(crate) fn levels(m: &Measures, p: &Params) -> [u32; SIGNALS] {
     l[CLASS] = if m.never_mails { l[DIRECT] } else { 0 };
     l[AUTH_FAIL] =
         ratio(m.auth_refusals, AUTH_FAIL_BURST).max(ratio(m.auth_fail_day, AUTH_FAIL_DAY));
+    if m.ids_day <= 1 {
+        // One identity refused again and again: a stale password, not someone trying
+        // other people's.
+        l[AUTH_FAIL] = l[AUTH_FAIL].min(STALE_PASSWORD_LEVEL);
+    }
     l[SPREAD] = ratio(m.new_ids_day.saturating_sub(SPREAD_FREE), SPREAD_FULL).max(ratio(
         m.new_sub_servers_day.saturating_sub(SPREAD_FREE),
         SPREAD_FULL,
