@@ -181,147 +181,79 @@ fn household(seed: u64, days: u64) -> (Household, Host) {
     (h, laptop)
 }
 
-fn finish(
-    class: &'static str,
-    name: &'static str,
-    h: Household,
-    subjects: Vec<Subject>,
-    end_ms: u64,
-) -> Scenario {
-    Scenario {
-        class,
-        name,
-        frames: h.into_frames(),
-        subjects,
-        end_ms,
-    }
-}
-
 const LOW_AND_SLOW: &str = "low-and-slow IoT bots";
 const CADENCE: &str = "cadence bots";
 const STUFFING: &str = "credential-stuffing bots";
 const STOLEN: &str = "stolen-credential bursts";
 const HARD_CLEAN: &str = "hard clean devices";
 
-fn camera_after_quiet_days() -> Scenario {
-    let days = 5;
-    let (mut h, laptop) = household(101, days);
-    let cam = h.device(4, Some("garage-cam"));
-    leases(&mut h, &cam, None, days);
-    // Three quiet days, then 15 careful messages an hour for 30 hours.
-    let first = careful_bot(&mut h, &cam, at(3, 8, 0), 4 * MIN, 450);
-    let subjects = vec![
-        subject(
-            &cam,
-            "camera (host name), quiet for 3 days, then 15 direct-to-MX messages an hour",
-            true,
-            Verdict::Infected,
-            Some(first),
-        ),
-        subject(&laptop, "laptop on the relay", false, Verdict::Clean, None),
-    ];
-    finish(
-        LOW_AND_SLOW,
-        "camera after quiet days",
-        h,
-        subjects,
-        at(days, 0, 0),
-    )
+/// One device of interest in a household with a laptop on the relay.
+struct Case {
+    class: &'static str,
+    name: &'static str,
+    seed: u64,
+    days: u64,
+    /// Device number (see [`Household::device`]), host name and DHCP vendor class.
+    n: u8,
+    hostname: &'static str,
+    vendor_class: Option<&'static str>,
+    role: &'static str,
+    bot: bool,
+    expect: Verdict,
 }
 
-fn smart_plug_from_the_start() -> Scenario {
-    let days = 2;
-    let (mut h, laptop) = household(102, days);
-    let plug = h.device(5, Some("p1"));
-    leases(&mut h, &plug, Some("tuya-smartlife"), days);
-    let first = careful_bot(&mut h, &plug, at(0, 1, 0), 6 * MIN, 240);
+/// The household of `c`, with `act` adding what its device does (returning its first bad
+/// packet's time, for bots).
+fn case(c: Case, act: impl FnOnce(&mut Household, &Host) -> Option<u64>) -> Scenario {
+    let (mut h, laptop) = household(c.seed, c.days);
+    let dev = h.device(c.n, Some(c.hostname));
+    leases(&mut h, &dev, c.vendor_class, c.days);
+    let first = act(&mut h, &dev);
     let subjects = vec![
-        subject(
-            &plug,
-            "smart plug (DHCP vendor class), 10 direct-to-MX messages an hour from its first hour",
-            true,
-            Verdict::Infected,
-            Some(first),
-        ),
+        subject(&dev, c.role, c.bot, c.expect, first),
         subject(&laptop, "laptop on the relay", false, Verdict::Clean, None),
     ];
-    finish(LOW_AND_SLOW, "smart plug", h, subjects, at(days, 0, 0))
+    Scenario {
+        class: c.class,
+        name: c.name,
+        frames: h.into_frames(),
+        subjects,
+        end_ms: at(c.days, 0, 0),
+    }
 }
 
-fn unknown_device_after_quiet_days() -> Scenario {
-    let days = 6;
-    let (mut h, laptop) = household(103, days);
-    let pc = h.device(6, Some("old-pc"));
-    leases(&mut h, &pc, None, days);
-    relay_mail(&mut h, &pc, 0..days, 2, (10, 20));
-    let first = careful_bot(&mut h, &pc, at(4, 2, 0), 7 * MIN, 300);
-    let subjects = vec![
-        subject(&pc, "PC of no known class, relay mail only for 4 days, then 8 direct-to-MX messages an hour", true, Verdict::Infected, Some(first)),
-        subject(&laptop, "laptop on the relay", false, Verdict::Clean, None),
-    ];
-    finish(
-        LOW_AND_SLOW,
-        "unknown device after quiet days",
-        h,
-        subjects,
-        at(days, 0, 0),
-    )
+fn bot(class: &'static str, name: &'static str, seed: u64, days: u64, role: &'static str) -> Case {
+    Case {
+        class,
+        name,
+        seed,
+        days,
+        n: 5,
+        hostname: "",
+        vendor_class: None,
+        role,
+        bot: true,
+        expect: Verdict::Infected,
+    }
 }
 
-fn cadence_bot() -> Scenario {
-    let days = 2;
-    let (mut h, laptop) = household(104, days);
-    let pc = h.device(7, Some("desktop"));
-    leases(&mut h, &pc, Some("MSFT 5.0"), days);
-    // A message every 5 minutes for 14 hours, starting on its first day.
-    let first = careful_bot(&mut h, &pc, at(0, 6, 0), 5 * MIN, 168);
-    let subjects = vec![
-        subject(
-            &pc,
-            "Windows PC, one careful direct-to-MX message every 5 min for 14 h",
-            true,
-            Verdict::Infected,
-            Some(first),
-        ),
-        subject(&laptop, "laptop on the relay", false, Verdict::Clean, None),
-    ];
-    finish(
-        CADENCE,
-        "message every 5 minutes",
-        h,
-        subjects,
-        at(days, 0, 0),
-    )
-}
-
-fn cadence_bot_slow() -> Scenario {
-    let days = 2;
-    let (mut h, laptop) = household(105, days);
-    let pc = h.device(7, Some("desktop"));
-    leases(&mut h, &pc, Some("MSFT 5.0"), days);
-    // Every 8 minutes for 20 hours.
-    let first = careful_bot(&mut h, &pc, at(0, 2, 0), 8 * MIN, 150);
-    let subjects = vec![
-        subject(
-            &pc,
-            "Windows PC, one careful direct-to-MX message every 8 min for 20 h",
-            true,
-            Verdict::Infected,
-            Some(first),
-        ),
-        subject(&laptop, "laptop on the relay", false, Verdict::Clean, None),
-    ];
-    finish(
-        CADENCE,
-        "message every 8 minutes",
-        h,
-        subjects,
-        at(days, 0, 0),
-    )
+fn clean(name: &'static str, seed: u64, hostname: &'static str, role: &'static str) -> Case {
+    Case {
+        class: HARD_CLEAN,
+        name,
+        seed,
+        days: 3,
+        n: 9,
+        hostname,
+        vendor_class: None,
+        role,
+        bot: false,
+        expect: Verdict::Clean,
+    }
 }
 
 /// Refused AUTH PLAIN logins with a different user each time, every `every_ms`, cycling
-/// through `servers`.
+/// through `servers`; returns the first one's time.
 fn stuffing(
     h: &mut Household,
     host: &Host,
@@ -345,252 +277,188 @@ fn stuffing(
     start
 }
 
-fn stuffing_relay_and_foreign() -> Scenario {
-    let days = 2;
-    let (mut h, laptop) = household(106, days);
-    let bot = h.device(8, Some("media-box"));
-    leases(&mut h, &bot, None, days);
-    let mut servers = vec![RELAY];
-    for _ in 0..5 {
-        servers.push(h.rng().public_ip());
-    }
-    let first = stuffing(&mut h, &bot, at(1, 10, 0), 20_000, 540, &servers);
-    let subjects = vec![
-        subject(
-            &bot,
-            "media box trying a new user every 20 s on the relay and 5 foreign servers",
-            true,
-            Verdict::Infected,
-            Some(first),
-        ),
-        subject(&laptop, "laptop on the relay", false, Verdict::Clean, None),
-    ];
-    finish(
-        STUFFING,
-        "relay and foreign servers",
-        h,
-        subjects,
-        at(days, 0, 0),
-    )
-}
-
-fn stuffing_slow_foreign() -> Scenario {
-    let days = 2;
-    let (mut h, laptop) = household(107, days);
-    let bot = h.device(8, Some("raspberrypi"));
-    leases(&mut h, &bot, None, days);
-    let servers: Vec<Ipv4Addr> = (0..12).map(|_| h.rng().public_ip()).collect();
-    let first = stuffing(&mut h, &bot, at(0, 20, 0), 3 * MIN, 200, &servers);
-    let subjects = vec![
-        subject(
-            &bot,
-            "Raspberry Pi trying a new user every 3 min on 12 foreign submission servers",
-            true,
-            Verdict::Infected,
-            Some(first),
-        ),
-        subject(&laptop, "laptop on the relay", false, Verdict::Clean, None),
-    ];
-    finish(
-        STUFFING,
-        "slow, foreign servers",
-        h,
-        subjects,
-        at(days, 0, 0),
-    )
-}
-
-fn stolen_burst(tls: bool) -> Scenario {
-    let days = 4;
-    let mut h = Household::new(if tls { 109 } else { 108 });
-    let laptop = h.device(2, Some("laptop"));
-    leases(&mut h, &laptop, Some("MSFT 5.0"), days);
-    relay_mail(&mut h, &laptop, 0..days, 6, (9, 21));
-    // Day 3, 14:00: 400 messages in 2 hours on the laptop's own account.
+/// 400 messages in 2 hours through the relay on day 3 at 14:00, on the laptop's own
+/// account. In the clear the bot gives itself away (EHLO with the household's public
+/// address, as Emotet does); under TLS it says EHLO as the laptop does.
+fn stolen_burst(h: &mut Household, laptop: &Host, tls: bool) -> u64 {
     let first = at(3, 14, 0);
     for k in 0..400u64 {
-        // In the clear the bot gives itself away (EHLO with the household's public
-        // address, as Emotet does); under TLS it says EHLO as the laptop does.
         let d = Dialogue {
             starttls: tls,
             ..Dialogue::mail_client(if tls { "laptop.lan" } else { "[203.0.113.77]" })
         };
-        h.smtp_session(first + k * 18_000, &laptop, RELAY, 587, &d);
+        h.smtp_session(first + k * 18_000, laptop, RELAY, 587, &d);
     }
-    let (name, role) = if tls {
-        (
-            "TLS-hidden burst",
-            "laptop, 6 messages a day, then 400 in 2 h through the relay, its usual EHLO, under TLS",
-        )
-    } else {
-        (
-            "cleartext burst",
-            "laptop, 6 messages a day, then 400 in 2 h through the relay with EHLO of the household's public address",
-        )
-    };
-    let subjects = vec![subject(&laptop, role, true, Verdict::Infected, Some(first))];
-    finish(STOLEN, name, h, subjects, at(days, 0, 0))
-}
-
-fn home_office() -> Scenario {
-    let days = 3;
-    let (mut h, laptop) = household(110, days);
-    let office = h.device(9, Some("office-pc"));
-    leases(&mut h, &office, Some("MSFT 5.0"), days);
-    relay_mail(&mut h, &office, 0..days, 200, (8, 18));
-    let subjects = vec![
-        subject(
-            &office,
-            "home office, 200 messages a day through the relay",
-            false,
-            Verdict::Clean,
-            None,
-        ),
-        subject(&laptop, "laptop on the relay", false, Verdict::Clean, None),
-    ];
-    finish(HARD_CLEAN, "home office", h, subjects, at(days, 0, 0))
-}
-
-fn self_hosted_server() -> Scenario {
-    let days = 3;
-    let (mut h, laptop) = household(111, days);
-    let server = h.device(10, Some("homeserver"));
-    leases(&mut h, &server, None, days);
-    // The family's own domain; its correspondents are 25 domains.
-    let pool: Vec<(String, Ipv4Addr)> = (0..25)
-        .map(|_| (format!("{}.org", h.rng().word()), h.rng().public_ip()))
-        .collect();
-    for day in 0..days {
-        for k in 0..40u64 {
-            let t = at(day, 7, 0) + k * 24 * MIN + h.rng().below(10 * MIN);
-            let (domain, ip) = pool[h.rng().below(pool.len() as u64) as usize].clone();
-            h.mx_lookup(t, &server, &domain, &format!("mx.{domain}"), ip);
-            h.smtp_session(
-                t + 40,
-                &server,
-                ip,
-                25,
-                &Dialogue::plausible_server("family.example", "ann"),
-            );
-        }
-    }
-    let subjects = vec![
-        subject(
-            &server,
-            "self-hosted mail server, 40 messages a day straight to 25 correspondents' MX",
-            false,
-            Verdict::Clean,
-            None,
-        ),
-        subject(&laptop, "laptop on the relay", false, Verdict::Clean, None),
-    ];
-    finish(
-        HARD_CLEAN,
-        "self-hosted mail server",
-        h,
-        subjects,
-        at(days, 0, 0),
-    )
-}
-
-fn nas_and_printer() -> Scenario {
-    let days = 3;
-    let (mut h, laptop) = household(112, days);
-    let nas = h.device(11, Some("synology-nas"));
-    let printer = h.device(12, Some("EPSON3F2A1C"));
-    leases(&mut h, &nas, None, days);
-    leases(&mut h, &printer, None, days);
-    for day in 0..days {
-        for k in 0..12u64 {
-            let t = at(day, 0, 30) + k * 2 * HOUR;
-            let d = Dialogue {
-                starttls: true,
-                ..Dialogue::mail_client("synology-nas")
-            };
-            h.smtp_session(t, &nas, ALERT_SERVICE, 587, &d);
-        }
-        for k in 0..5u64 {
-            let d = Dialogue::mail_client("EPSON3F2A1C");
-            h.smtp_session(
-                at(day, 9, 0) + k * 2 * HOUR,
-                &printer,
-                ALERT_SERVICE,
-                465,
-                &d,
-            );
-        }
-    }
-    let subjects = vec![
-        subject(
-            &nas,
-            "NAS mailing 12 alerts a day through an external mail service",
-            false,
-            Verdict::Clean,
-            None,
-        ),
-        subject(
-            &printer,
-            "printer (host name) scanning to e-mail through the same service",
-            false,
-            Verdict::Clean,
-            None,
-        ),
-        subject(&laptop, "laptop on the relay", false, Verdict::Clean, None),
-    ];
-    finish(
-        HARD_CLEAN,
-        "NAS and printer alerts",
-        h,
-        subjects,
-        at(days, 0, 0),
-    )
-}
-
-fn mailing_list_member() -> Scenario {
-    let days = 3;
-    let (mut h, laptop) = household(113, days);
-    let member = h.device(13, Some("ann-laptop"));
-    leases(&mut h, &member, None, days);
-    relay_mail(&mut h, &member, 0..days, 90, (8, 23));
-    let subjects = vec![
-        subject(
-            &member,
-            "mailing-list member replying all day (90 a day through the relay)",
-            false,
-            Verdict::Clean,
-            None,
-        ),
-        subject(&laptop, "laptop on the relay", false, Verdict::Clean, None),
-    ];
-    finish(
-        HARD_CLEAN,
-        "mailing-list member",
-        h,
-        subjects,
-        at(days, 0, 0),
-    )
+    first
 }
 
 /// Every scenario.
 pub fn library() -> Vec<Scenario> {
     vec![
-        camera_after_quiet_days(),
-        smart_plug_from_the_start(),
-        unknown_device_after_quiet_days(),
-        cadence_bot(),
-        cadence_bot_slow(),
-        stuffing_relay_and_foreign(),
-        stuffing_slow_foreign(),
-        stolen_burst(false),
-        stolen_burst(true),
-        home_office(),
-        self_hosted_server(),
-        nas_and_printer(),
-        mailing_list_member(),
+        // Three quiet days, then 15 careful messages an hour for 30 hours.
+        case(
+            Case {
+                hostname: "garage-cam",
+                ..bot(LOW_AND_SLOW, "camera after quiet days", 101, 5,
+                    "camera (host name), quiet for 3 days, then 15 direct-to-MX messages an hour")
+            },
+            |h, d| Some(careful_bot(h, d, at(3, 8, 0), 4 * MIN, 450)),
+        ),
+        case(
+            Case {
+                hostname: "p1",
+                vendor_class: Some("tuya-smartlife"),
+                ..bot(LOW_AND_SLOW, "smart plug", 102, 2,
+                    "smart plug (DHCP vendor class), 10 direct-to-MX messages an hour from its first hour")
+            },
+            |h, d| Some(careful_bot(h, d, at(0, 1, 0), 6 * MIN, 240)),
+        ),
+        case(
+            Case {
+                hostname: "old-pc",
+                ..bot(LOW_AND_SLOW, "unknown device after quiet days", 103, 6,
+                    "PC of no known class, relay mail only for 4 days, then 8 direct-to-MX messages an hour")
+            },
+            |h, d| {
+                relay_mail(h, d, 0..6, 2, (10, 20));
+                Some(careful_bot(h, d, at(4, 2, 0), 7 * MIN, 300))
+            },
+        ),
+        case(
+            Case {
+                hostname: "desktop",
+                vendor_class: Some("MSFT 5.0"),
+                ..bot(CADENCE, "message every 5 minutes", 104, 2,
+                    "Windows PC, one careful direct-to-MX message every 5 min for 14 h")
+            },
+            |h, d| Some(careful_bot(h, d, at(0, 6, 0), 5 * MIN, 168)),
+        ),
+        case(
+            Case {
+                hostname: "desktop",
+                vendor_class: Some("MSFT 5.0"),
+                ..bot(CADENCE, "message every 8 minutes", 105, 2,
+                    "Windows PC, one careful direct-to-MX message every 8 min for 20 h")
+            },
+            |h, d| Some(careful_bot(h, d, at(0, 2, 0), 8 * MIN, 150)),
+        ),
+        case(
+            Case {
+                hostname: "media-box",
+                ..bot(STUFFING, "relay and foreign servers", 106, 2,
+                    "media box trying a new user every 20 s on the relay and 5 foreign servers")
+            },
+            |h, d| {
+                let mut servers = vec![RELAY];
+                servers.extend((0..5).map(|_| h.rng().public_ip()));
+                Some(stuffing(h, d, at(1, 10, 0), 20_000, 540, &servers))
+            },
+        ),
+        case(
+            Case {
+                hostname: "raspberrypi",
+                ..bot(STUFFING, "slow, foreign servers", 107, 2,
+                    "Raspberry Pi trying a new user every 3 min on 12 foreign submission servers")
+            },
+            |h, d| {
+                let servers: Vec<Ipv4Addr> = (0..12).map(|_| h.rng().public_ip()).collect();
+                Some(stuffing(h, d, at(0, 20, 0), 3 * MIN, 200, &servers))
+            },
+        ),
+        case(
+            Case {
+                hostname: "laptop2",
+                vendor_class: Some("MSFT 5.0"),
+                ..bot(STOLEN, "cleartext burst", 108, 4,
+                    "laptop, 6 messages a day, then 400 in 2 h through the relay with EHLO of the household's public address")
+            },
+            |h, d| {
+                relay_mail(h, d, 0..4, 6, (9, 21));
+                Some(stolen_burst(h, d, false))
+            },
+        ),
+        case(
+            Case {
+                hostname: "laptop2",
+                vendor_class: Some("MSFT 5.0"),
+                ..bot(STOLEN, "TLS-hidden burst", 109, 4,
+                    "laptop, 6 messages a day, then 400 in 2 h through the relay, its usual EHLO, under TLS")
+            },
+            |h, d| {
+                relay_mail(h, d, 0..4, 6, (9, 21));
+                Some(stolen_burst(h, d, true))
+            },
+        ),
+        case(
+            clean("home office", 110, "office-pc", "home office, 200 messages a day through the relay"),
+            |h, d| {
+                relay_mail(h, d, 0..3, 200, (8, 18));
+                None
+            },
+        ),
+        case(
+            clean("self-hosted mail server", 111, "homeserver",
+                "self-hosted mail server, 40 messages a day straight to 25 correspondents' MX"),
+            |h, d| {
+                // The family's own domain; its correspondents are 25 domains.
+                let pool: Vec<(String, Ipv4Addr)> = (0..25)
+                    .map(|_| (format!("{}.org", h.rng().word()), h.rng().public_ip()))
+                    .collect();
+                for day in 0..3 {
+                    for k in 0..40u64 {
+                        let t = at(day, 7, 0) + k * 24 * MIN + h.rng().below(10 * MIN);
+                        let (domain, ip) = pool[h.rng().below(pool.len() as u64) as usize].clone();
+                        h.mx_lookup(t, d, &domain, &format!("mx.{domain}"), ip);
+                        let dialogue = Dialogue::plausible_server("family.example", "ann");
+                        h.smtp_session(t + 40, d, ip, 25, &dialogue);
+                    }
+                }
+                None
+            },
+        ),
+        case(
+            clean("NAS alerts", 112, "synology-nas",
+                "NAS mailing 12 alerts a day through an external mail service"),
+            |h, d| {
+                for day in 0..3 {
+                    for k in 0..12u64 {
+                        let dialogue = Dialogue {
+                            starttls: true,
+                            ..Dialogue::mail_client("synology-nas")
+                        };
+                        h.smtp_session(at(day, 0, 30) + k * 2 * HOUR, d, ALERT_SERVICE, 587, &dialogue);
+                    }
+                }
+                None
+            },
+        ),
+        case(
+            clean("printer alerts", 113, "EPSON3F2A1C",
+                "printer (host name) scanning to e-mail through an external mail service on 465"),
+            |h, d| {
+                for day in 0..3 {
+                    for k in 0..5u64 {
+                        let dialogue = Dialogue::mail_client("EPSON3F2A1C");
+                        h.smtp_session(at(day, 9, 0) + k * 2 * HOUR, d, ALERT_SERVICE, 465, &dialogue);
+                    }
+                }
+                None
+            },
+        ),
+        case(
+            clean("mailing-list member", 114, "ann-laptop",
+                "mailing-list member replying all day (90 a day through the relay)"),
+            |h, d| {
+                relay_mail(h, d, 0..3, 90, (8, 23));
+                None
+            },
+        ),
     ]
 }
 
-fn settings() -> Settings {
+/// The agent core's settings for simulated households: the router's own MAC and address
+/// are not devices.
+pub fn settings() -> Settings {
     Settings {
         engine: EngineConfig {
             router_macs: vec![Household::router_mac()],
