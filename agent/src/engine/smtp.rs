@@ -264,33 +264,6 @@ enum Mech {
 /// Longest decoded AUTH response read for its identity (longer ones are ignored).
 const AUTH_DECODED_MAX: usize = 192;
 
-/// Decodes standard base64 into `out`; `None` when malformed or too long for `out`.
-fn base64_decode(b64: &[u8], out: &mut [u8]) -> Option<usize> {
-    let mut acc = 0u32;
-    let mut bits = 0u32;
-    let mut n = 0;
-    for &c in b64 {
-        let v = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            b'=' => break,
-            _ => return None,
-        };
-        acc = (acc << 6) | u32::from(v);
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            *out.get_mut(n)? = (acc >> bits) as u8;
-            n += 1;
-            acc &= (1 << bits) - 1;
-        }
-    }
-    Some(n)
-}
-
 /// Limits from policy that the dialogue parser needs.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -495,7 +468,7 @@ impl Smtp {
     /// Reads the identity out of the base64 of AUTH PLAIN or AUTH LOGIN's user name.
     fn auth_identity_from(&mut self, mech: Mech, b64: &[u8], ev: &mut Events) {
         let mut buf = [0u8; AUTH_DECODED_MAX];
-        let Some(n) = base64_decode(b64, &mut buf) else {
+        let Some(n) = smtpguard_common::base64_decode_into(b64, &mut buf) else {
             return;
         };
         let raw = &buf[..n];
