@@ -48,4 +48,43 @@ fn every_scenario_gets_its_verdict_with_margin() {
         }
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+
+    // The evidence says why, in plain words.
+    for (scenario, needle) in [
+        (
+            "camera after quiet days",
+            "this looks like a camera (host name \"garage-cam\")",
+        ),
+        (
+            "camera after quiet days",
+            "after 3 days on the network without any",
+        ),
+        (
+            "smart plug",
+            "smart-home gadget (DHCP vendor class \"tuya-smartlife\")",
+        ),
+        (
+            "unknown device after quiet days",
+            "after 4 days on the network without any",
+        ),
+        ("message every 5 minutes", "new mail servers every hour for"),
+        (
+            "relay and foreign servers",
+            "AUTH identities new to this device in 24 h",
+        ),
+        (
+            "slow, foreign servers",
+            "submission servers other than the provider's relay",
+        ),
+    ] {
+        let o = outcomes
+            .iter()
+            .find(|o| o.scenario == scenario && o.bot)
+            .unwrap();
+        assert!(
+            o.evidence.iter().any(|e| e.contains(needle)),
+            "{scenario}: no {needle:?} in {:#?}",
+            o.evidence
+        );
+    }
 }

@@ -490,6 +490,30 @@ mod tests {
     }
 
     #[test]
+    fn day_counts_are_true_past_the_server_set_and_persistence_is_told() {
+        let p = Params::from_policy(&Policy::default());
+        let mut d = Device::new(MacAddr([2, 0, 0, 0, 0, 1]), 0, p.window_ms, None);
+        // 1,500 distinct servers, 75 an hour for 20 hours: more than the set keeps.
+        let hour = crate::engine::HOUR_MS;
+        for i in 0..1500u32 {
+            let at = u64::from(i) * hour / 75;
+            let ip = std::net::IpAddr::from([198, 18 + (i / 250) as u8, (i % 250) as u8, 1]);
+            let key = crate::engine::window::ip_key(ip);
+            if d.servers.touch(key, at, crate::engine::SERVERS_MAX) {
+                d.new_servers.add(at, 1);
+            }
+        }
+        let now = 20 * hour - 1;
+        let m = measure(&d, &p, now);
+        assert_eq!(m.servers_day, 1500);
+        assert_eq!(m.persist_hours, 20);
+        let ev = evidence(&d, &m, &p).join("; ");
+        assert!(ev.contains(", 1500 ("), "{ev}");
+        assert!(ev.contains("in 24 h"), "{ev}");
+        assert!(ev.contains("new mail servers every hour for 20 h"), "{ev}");
+    }
+
+    #[test]
     fn long_window_state_size() {
         use std::mem::size_of_val;
         let d = Device::new(MacAddr([2, 0, 0, 0, 0, 1]), 0, 600_000, None);
