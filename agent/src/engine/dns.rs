@@ -370,4 +370,20 @@ mod tests {
         assert_eq!(parse_dhcp(&m[..m.len() - 3]), Err(ParseError::Short));
         assert_eq!(parse_dhcp(&m[..200]), Err(ParseError::NotDhcp));
     }
+
+    #[test]
+    fn dhcp_vendor_class_and_parameter_list() {
+        let mut m = dhcp_request();
+        m.pop();
+        m.extend_from_slice(&[60, 8]);
+        m.extend_from_slice(b"MSFT 5.0");
+        m.extend_from_slice(&[55, 4, 1, 3, 6, 15, 255]);
+        let d = parse_dhcp(&m).unwrap();
+        assert_eq!(d.vendor_class, Some(&b"MSFT 5.0"[..]));
+        assert_eq!(d.params, Some(&[1u8, 3, 6, 15][..]));
+        assert_eq!(d.hostname, Some(&b"laptop"[..]));
+        // A list running past the end is malformed, not read beyond the message.
+        let cut = m.len() - 3;
+        assert_eq!(parse_dhcp(&m[..cut]), Err(ParseError::Short));
+    }
 }
