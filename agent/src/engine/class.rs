@@ -6,7 +6,7 @@
 //! deliver mail straight to other people's mail servers, so when one does, its direct-to-MX
 //! traffic weighs more (see `score`). A class alone scores nothing.
 //!
-//! The tables are short keyword lists (a few hundred bytes in the binary), not a registry:
+//! The tables are short keyword lists (about a kilobyte in the binary), not a registry:
 //! the vendor names come from the OUI file the operator installs (`oui`), the rest from the
 //! device's own DHCP request. Names are matched as lower-case tokens (split at anything
 //! that is not a letter or digit), so `LGwebOSTV` or `garage-cam` match and `tvheadend`

@@ -9,6 +9,8 @@
 //! replay prints the same bytes on every platform.
 //!
 //! # Layout
+//! - [`class`]: device classes (camera, TV, printer, ...) from DHCP and the OUI vendor, a
+//!   prior for the direct-to-MX signal.
 //! - [`device`] (private): per-device state and the fixed-capacity table with its eviction
 //!   rule.
 //! - `keyed_hash` (private): the cheap per-engine keyed hash of the device and session
@@ -30,7 +32,8 @@
 //! `session_capacity`, least recently active evicted when full, each with two fixed
 //! [`smtp::LINE_MAX`] line buffers. Per device: at most [`SERVERS_MAX`] distinct mail
 //! servers, [`MX_NAMES_MAX`] MX names and [`MX_ADDRS_MAX`] MX-answered addresses, with
-//! small fixed lists of names for correlation. Connection log and action queue are bounded
+//! small fixed lists of names for correlation, and the long-window state (at most 3 KiB,
+//! see `score`). Connection log and action queue are bounded
 //! rings that drop their oldest entries (counted).
 
 pub mod class;
