@@ -3,11 +3,41 @@
 //! - [`now_ms`], the wall clock in Unix milliseconds;
 //! - [`BrokerAddr`], an `mqtt://` or `mqtts://` broker URL;
 //! - [`Backoff`], reconnect delays with full jitter;
-//! - [`tls_client_config`], the rustls client setup (ring provider, CA file).
+//! - [`tls_client_config`], the rustls client setup (ring provider, CA file);
+//! - [`base64_decode_into`], a base64 decoder into a caller's buffer (the agent reads SMTP
+//!   AUTH user names with it, without allocating; the agent binary carries no base64 crate).
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Decodes standard base64 (padding optional; CR and LF skipped) into `out`; the number of
+/// bytes written, or `None` when the input holds another character or decodes to more
+/// than `out` holds.
+pub fn base64_decode_into(b64: &[u8], out: &mut [u8]) -> Option<usize> {
+    let mut acc = 0u32;
+    let mut bits = 0u32;
+    let mut n = 0;
+    for &c in b64 {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            b'=' | b'\r' | b'\n' => continue,
+            _ => return None,
+        };
+        acc = ((acc << 6) | u32::from(v)) & 0xffff;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            *out.get_mut(n)? = (acc >> bits) as u8;
+            n += 1;
+        }
+    }
+    Some(n)
+}
 
 /// The wall clock in Unix milliseconds (0 before 1970, saturating far in the future).
 pub fn now_ms() -> u64 {
@@ -164,6 +194,18 @@ pub fn tls_client_config(ca_file: &Path) -> Result<Arc<rustls::ClientConfig>, Tl
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn base64_decodes_into_a_buffer() {
+        let mut buf = [0u8; 8];
+        assert_eq!(base64_decode_into(b"Zm9vYmFy", &mut buf), Some(6));
+        assert_eq!(&buf[..6], b"foobar");
+        assert_eq!(base64_decode_into(b"Zm8=\r\n", &mut buf), Some(2));
+        assert_eq!(&buf[..2], b"fo");
+        assert_eq!(base64_decode_into(b"Zm9v!", &mut buf), None);
+        // Too long for the buffer.
+        assert_eq!(base64_decode_into(b"Zm9vYmFyYmF6", &mut buf), None);
+    }
 
     #[test]
     fn broker_urls() {

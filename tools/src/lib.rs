@@ -7,6 +7,8 @@
 //!   timeline: DHCP, DNS, SMTP dialogues, bots) for tests, benchmarks, the demo and the
 //!   capture generator.
 //! - [`pcap_writer`]: writes those frames as pcap files.
+//! - [`library`]: the scenario library (multi-day timelines of hidden bots and of the clean
+//!   devices most like them, with expected verdicts) and its runner over the agent core.
 //! - [`demo_live`]: simulated households whose routers run the real agent core and uplink
 //!   against a real controller.
 //! - [`demo`]: `smtpguard-demo`, the controller with either the live households or the
@@ -21,5 +23,6 @@
 
 pub mod demo;
 pub mod demo_live;
+pub mod library;
 pub mod pcap_writer;
 pub mod sim;

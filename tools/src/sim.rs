@@ -142,6 +142,8 @@ pub struct Dialogue {
     pub reject: Option<String>,
     /// The server refuses the AUTH (535) and the client gives up (QUIT): nothing is sent.
     pub auth_refused: bool,
+    /// The user name AUTH PLAIN sends (`None`: always the same one, `user`).
+    pub auth_user: Option<String>,
 }
 
 impl Dialogue {
@@ -156,6 +158,7 @@ impl Dialogue {
             messages: 1,
             reject: None,
             auth_refused: false,
+            auth_user: None,
         }
     }
 
@@ -171,6 +174,24 @@ impl Dialogue {
             messages: 1,
             reject: None,
             auth_refused: false,
+            auth_user: None,
+        }
+    }
+
+    /// A careful sender delivering straight to an MX as itself: EHLO `mail.DOMAIN`, MAIL
+    /// FROM in `DOMAIN`, one recipient (a self-hosted mail server, or a bot that imitates
+    /// one).
+    pub fn plausible_server(domain: &str, user: &str) -> Self {
+        Dialogue {
+            ehlo: format!("mail.{domain}"),
+            starttls: false,
+            auth: false,
+            mail_from: format!("{user}@{domain}"),
+            rcpts: 1,
+            messages: 1,
+            reject: None,
+            auth_refused: false,
+            auth_user: None,
         }
     }
 }
@@ -294,6 +315,12 @@ impl Household {
 
     /// A DHCP request carrying the host name, and the router's ACK.
     pub fn dhcp(&mut self, at_ms: u64, host: &Host) {
+        self.dhcp_with_class(at_ms, host, None);
+    }
+
+    /// A DHCP request carrying the host name and, if given, a vendor class (option 60),
+    /// and the router's ACK.
+    pub fn dhcp_with_class(&mut self, at_ms: u64, host: &Host, vendor_class: Option<&str>) {
         let mut msg = vec![0u8; 240];
         msg[0] = 1;
         msg[1] = 1;
@@ -309,6 +336,12 @@ impl Household {
             msg.push(12);
             msg.push(n as u8);
             msg.extend_from_slice(&name.as_bytes()[..n]);
+        }
+        if let Some(vc) = vendor_class {
+            let n = vc.len().min(255);
+            msg.push(60);
+            msg.push(n as u8);
+            msg.extend_from_slice(&vc.as_bytes()[..n]);
         }
         msg.push(255);
         let client = End {
@@ -470,7 +503,13 @@ impl Household {
             return conv.close();
         }
         if d.auth {
-            conv.client(b"AUTH PLAIN AHVzZXIAcGFzc3dvcmQ=\r\n");
+            match &d.auth_user {
+                Some(user) => {
+                    let plain = base64(format!("\0{user}\0secret").as_bytes());
+                    conv.client(format!("AUTH PLAIN {plain}\r\n").as_bytes());
+                }
+                None => conv.client(b"AUTH PLAIN AHVzZXIAcGFzc3dvcmQ=\r\n"),
+            }
             if d.auth_refused {
                 conv.server(b"535 5.7.8 Authentication credentials invalid\r\n");
                 conv.client(b"QUIT\r\n");
@@ -574,6 +613,28 @@ impl Conversation<'_> {
         );
         t + 21
     }
+}
+
+/// Standard base64 with padding.
+fn base64(data: &[u8]) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 /// DNS wire form of a dotted name.
@@ -696,6 +757,14 @@ mod tests {
             n += 1;
         }
         assert_eq!(n, frames.len());
+    }
+
+    #[test]
+    fn base64_matches_the_rfc_examples() {
+        assert_eq!(base64(b""), "");
+        assert_eq!(base64(b"f"), "Zg==");
+        assert_eq!(base64(b"fo"), "Zm8=");
+        assert_eq!(base64(b"foobar"), "Zm9vYmFy");
     }
 
     #[test]

@@ -27,14 +27,7 @@ fn enforce_policy() -> Policy {
 }
 
 fn settings() -> Settings {
-    Settings {
-        engine: EngineConfig {
-            router_macs: vec![Household::router_mac()],
-            router_ips: vec![Household::router_ip().into()],
-            ..EngineConfig::default()
-        },
-        ..Settings::default()
-    }
+    smtpguard_tools::library::settings()
 }
 
 /// What a driver saw: every alert (device, verdict, its own time) and every kernel

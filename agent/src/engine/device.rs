@@ -12,6 +12,7 @@ use std::net::IpAddr;
 
 use smtpguard_protocol::{Action, MacAddr, Verdict};
 
+use super::class::{self, Announced, Class, Source};
 use super::keyed_hash::KeyedState;
 use super::smtp::Tell;
 use super::window::{Buckets, KeySet};
@@ -28,6 +29,15 @@ pub const MAX_HOSTNAME: usize = 63;
 pub const BASELINE_DAYS_MAX: usize = 31;
 
 pub(crate) const TELLS: usize = 9;
+/// Longest DHCP vendor class kept.
+pub const MAX_VENDOR_CLASS: usize = 32;
+/// Longest DHCP parameter request list kept (longer lists match no fingerprint).
+pub const MAX_DHCP_PARAMS: usize = 32;
+/// AUTH identities and foreign submission servers remembered per device.
+pub const SUBMISSION_KEYS_MAX: usize = 64;
+/// How long AUTH identities and submission servers are remembered: what a device used in
+/// this time is its own habit, not news.
+pub const HABIT_MS: u64 = 7 * super::DAY_MS;
 
 /// What the engine tracks about one device.
 #[derive(Debug, Clone)]
@@ -63,6 +73,31 @@ pub(crate) struct Device {
     pub servers: KeySet,
     pub mx_names: KeySet,
     pub mx_addrs: KeySet,
+
+    // Long-window state (hours to days); its size is documented in `score` and checked by
+    // `long_window_state_size`.
+    /// Mail servers new to [`Device::servers`] per hour over 24 h: the day's true count of
+    /// distinct servers even past [`super::SERVERS_MAX`].
+    pub new_servers: Buckets<24>,
+    /// The device's first direct-to-MX connection since it entered the table.
+    pub first_direct_ms: Option<u64>,
+    /// AUTH refusals per hour over 24 h.
+    pub auth_fail_day: Buckets<24>,
+    /// Hashes of AUTH identities (never the names) used in the last [`HABIT_MS`].
+    pub auth_ids: KeySet,
+    /// AUTH identities new to the device, per hour over 24 h.
+    pub new_ids: Buckets<24>,
+    /// Submission servers other than the allowlisted relays, used in the last [`HABIT_MS`].
+    pub sub_servers: KeySet,
+    /// Submission servers new to the device, per hour over 24 h.
+    pub new_sub_servers: Buckets<24>,
+    /// DHCP vendor class (option 60), cut to [`MAX_VENDOR_CLASS`].
+    pub vendor_class: Option<String>,
+    /// DHCP parameter request list (option 55).
+    pub dhcp_params: [u8; MAX_DHCP_PARAMS],
+    pub dhcp_params_len: u8,
+    /// What kind of device this is, from the above, the host name and the vendor.
+    pub class: Option<(Class, Source)>,
 
     pub tell_last_ms: [Option<u64>; TELLS],
     pub tell_detail: [String; TELLS],
@@ -112,6 +147,10 @@ pub(crate) fn action_bit(a: Action) -> u8 {
 
 impl Device {
     pub fn new(mac: MacAddr, now_ms: u64, window_ms: u64, vendor: Option<String>) -> Self {
+        let class = class::classify(&Announced {
+            vendor: vendor.as_deref(),
+            ..Announced::default()
+        });
         Device {
             id: 0,
             mac,
@@ -136,6 +175,17 @@ impl Device {
             servers: KeySet::default(),
             mx_names: KeySet::default(),
             mx_addrs: KeySet::default(),
+            new_servers: Buckets::new(super::DAY_MS),
+            first_direct_ms: None,
+            auth_fail_day: Buckets::new(super::DAY_MS),
+            auth_ids: KeySet::default(),
+            new_ids: Buckets::new(super::DAY_MS),
+            sub_servers: KeySet::default(),
+            new_sub_servers: Buckets::new(super::DAY_MS),
+            vendor_class: None,
+            dhcp_params: [0; MAX_DHCP_PARAMS],
+            dhcp_params_len: 0,
+            class,
             tell_last_ms: [None; TELLS],
             tell_detail: Default::default(),
             max_rcpts: 0,
@@ -193,6 +243,66 @@ impl Device {
             return;
         }
         self.hostname = Some(clean);
+        self.classify();
+    }
+
+    /// Takes what a DHCP request says about the client: vendor class and parameter list.
+    pub fn set_dhcp_client(&mut self, vendor_class: Option<&[u8]>, params: Option<&[u8]>) {
+        if let Some(raw) = vendor_class {
+            let clean: String = raw
+                .iter()
+                .take(MAX_VENDOR_CLASS)
+                .map(|&b| {
+                    if b.is_ascii_graphic() || b == b' ' {
+                        char::from(b)
+                    } else {
+                        '?'
+                    }
+                })
+                .collect();
+            if !clean.trim().is_empty() {
+                self.vendor_class = Some(clean);
+            }
+        }
+        if let Some(p) = params {
+            // Too long to be one of the known lists: remember that it is none of them.
+            let n = if p.len() <= MAX_DHCP_PARAMS {
+                p.len()
+            } else {
+                0
+            };
+            self.dhcp_params[..n].copy_from_slice(&p[..n]);
+            self.dhcp_params_len = n as u8;
+        }
+        self.classify();
+    }
+
+    fn classify(&mut self) {
+        let n = usize::from(self.dhcp_params_len);
+        self.class = class::classify(&Announced {
+            vendor_class: self.vendor_class.as_deref(),
+            params: (n > 0).then(|| &self.dhcp_params[..n]),
+            hostname: self.hostname.as_deref(),
+            vendor: self.vendor.as_deref(),
+        });
+    }
+
+    /// What showed the device's class, in words for evidence (`DHCP host name "garage-cam"`).
+    pub fn class_source(&self) -> String {
+        match self.class {
+            Some((_, Source::VendorClass)) => format!(
+                "DHCP vendor class \"{}\"",
+                self.vendor_class.as_deref().unwrap_or("")
+            ),
+            Some((_, Source::Fingerprint)) => "its DHCP client's parameter list".to_string(),
+            Some((_, Source::HostName)) => {
+                format!("host name \"{}\"", self.hostname.as_deref().unwrap_or(""))
+            }
+            Some((_, Source::Vendor)) => {
+                format!("maker {}", self.vendor.as_deref().unwrap_or(""))
+            }
+            None => String::new(),
+        }
     }
 
     pub fn tell(&mut self, t: Tell, now_ms: u64, detail: std::fmt::Arguments<'_>) {

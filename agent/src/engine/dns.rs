@@ -229,6 +229,12 @@ pub struct Dhcp<'a> {
     pub hostname: Option<&'a [u8]>,
     /// Option 50.
     pub requested: Option<Ipv4Addr>,
+    /// Option 60, the vendor class identifier (`MSFT 5.0`, `android-dhcp-13`, a camera
+    /// maker's string).
+    pub vendor_class: Option<&'a [u8]>,
+    /// Option 55, the parameter request list: its order is a fingerprint of the client's
+    /// DHCP implementation.
+    pub params: Option<&'a [u8]>,
     /// `yiaddr`: the address a server assigns.
     pub yiaddr: Ipv4Addr,
 }
@@ -253,6 +259,8 @@ pub fn parse_dhcp(msg: &[u8]) -> Result<Dhcp<'_>, ParseError> {
         msg_type: None,
         hostname: None,
         requested: None,
+        vendor_class: None,
+        params: None,
         yiaddr: Ipv4Addr::new(msg[16], msg[17], msg[18], msg[19]),
     };
     let mut at = 240;
@@ -271,6 +279,8 @@ pub fn parse_dhcp(msg: &[u8]) -> Result<Dhcp<'_>, ParseError> {
             (53, 1) => d.msg_type = Some(val[0]),
             (12, 1..) => d.hostname = Some(val),
             (50, 4) => d.requested = Some(Ipv4Addr::new(val[0], val[1], val[2], val[3])),
+            (60, 1..) => d.vendor_class = Some(val),
+            (55, 1..) => d.params = Some(val),
             _ => {}
         }
         at += 2 + len;
@@ -359,5 +369,21 @@ mod tests {
         assert_eq!(d.requested, Some(Ipv4Addr::new(192, 168, 1, 14)));
         assert_eq!(parse_dhcp(&m[..m.len() - 3]), Err(ParseError::Short));
         assert_eq!(parse_dhcp(&m[..200]), Err(ParseError::NotDhcp));
+    }
+
+    #[test]
+    fn dhcp_vendor_class_and_parameter_list() {
+        let mut m = dhcp_request();
+        m.pop();
+        m.extend_from_slice(&[60, 8]);
+        m.extend_from_slice(b"MSFT 5.0");
+        m.extend_from_slice(&[55, 4, 1, 3, 6, 15, 255]);
+        let d = parse_dhcp(&m).unwrap();
+        assert_eq!(d.vendor_class, Some(&b"MSFT 5.0"[..]));
+        assert_eq!(d.params, Some(&[1u8, 3, 6, 15][..]));
+        assert_eq!(d.hostname, Some(&b"laptop"[..]));
+        // A list running past the end is malformed, not read beyond the message.
+        let cut = m.len() - 3;
+        assert_eq!(parse_dhcp(&m[..cut]), Err(ParseError::Short));
     }
 }

@@ -9,6 +9,8 @@
 //! replay prints the same bytes on every platform.
 //!
 //! # Layout
+//! - [`class`]: device classes (camera, TV, printer, ...) from DHCP and the OUI vendor, a
+//!   prior for the direct-to-MX signal.
 //! - [`device`] (private): per-device state and the fixed-capacity table with its eviction
 //!   rule.
 //! - `keyed_hash` (private): the cheap per-engine keyed hash of the device and session
@@ -30,9 +32,11 @@
 //! `session_capacity`, least recently active evicted when full, each with two fixed
 //! [`smtp::LINE_MAX`] line buffers. Per device: at most [`SERVERS_MAX`] distinct mail
 //! servers, [`MX_NAMES_MAX`] MX names and [`MX_ADDRS_MAX`] MX-answered addresses, with
-//! small fixed lists of names for correlation. Connection log and action queue are bounded
+//! small fixed lists of names for correlation, and the long-window state (at most 3 KiB,
+//! see `score`). Connection log and action queue are bounded
 //! rings that drop their oldest entries (counted).
 
+pub mod class;
 mod device;
 pub mod dns;
 mod keyed_hash;
@@ -350,6 +354,11 @@ impl Params {
                 thousandths(w.submission_surge),
                 thousandths(w.syn_storm),
                 thousandths(w.indicators),
+                score::LONG_WEIGHTS[0],
+                score::LONG_WEIGHTS[1],
+                score::LONG_WEIGHTS[2],
+                score::LONG_WEIGHTS[3],
+                score::LONG_WEIGHTS[4],
             ],
             suspicious_h: hundredths(p.thresholds.suspicious).max(1),
             infected_h: hundredths(p.thresholds.infected).max(1),
@@ -942,8 +951,13 @@ impl Engine {
                 let Some(dev) = self.device_for(now, mac) else {
                     return;
                 };
-                if let (Some(d), Some(name)) = (self.devices.device_mut(dev), msg.hostname) {
-                    d.set_hostname(name);
+                if let Some(d) = self.devices.device_mut(dev) {
+                    if let Some(name) = msg.hostname {
+                        d.set_hostname(name);
+                    }
+                    if msg.vendor_class.is_some() || msg.params.is_some() {
+                        d.set_dhcp_client(msg.vendor_class, msg.params);
+                    }
                 }
             } else if msg.msg_type == Some(dns::DHCP_ACK) && !msg.yiaddr.is_unspecified() {
                 if let Some(d) = self
@@ -1052,6 +1066,8 @@ impl Engine {
         }
         let dev = sess.device;
         let window = self.params.window_ms;
+        let foreign_submission =
+            kind == SessionKind::Submission && !self.policy.is_relay(key.server, key.server_port);
         let indicator = self
             .policy
             .indicators
@@ -1085,8 +1101,11 @@ impl Engine {
         match kind {
             SessionKind::Direct => {
                 d.direct.add(now, 1);
+                d.first_direct_ms.get_or_insert(now);
                 let k = ip_key(key.server);
-                d.servers.touch(k, now, SERVERS_MAX);
+                if d.servers.touch(k, now, SERVERS_MAX) {
+                    d.new_servers.add(now, 1);
+                }
                 if d.mx_addrs.contains_since(k, now.saturating_sub(window)) {
                     d.mx_followed.add(now, 1);
                 }
@@ -1095,6 +1114,12 @@ impl Engine {
                 d.submissions.add(now, 1);
                 d.messages.add(now, 1);
                 d.count_submission(now, 1);
+                if foreign_submission
+                    && d.sub_servers
+                        .touch(ip_key(key.server), now, device::SUBMISSION_KEYS_MAX)
+                {
+                    d.new_sub_servers.add(now, 1);
+                }
             }
         }
         if let Some(c) = indicator {
@@ -1127,6 +1152,9 @@ impl Engine {
                 d.uncount_submission(opened_ms, provisional);
             }
             d.auth_refusals.add(now, 1);
+            d.auth_fail_day.add(now, 1);
+            d.last_signal_ms = now;
+            d.dirty = true;
         }
     }
 
@@ -1159,6 +1187,15 @@ impl Engine {
         let Some(d) = self.devices.device_mut(sess.device) else {
             return;
         };
+        if ev.auth_identity {
+            if let Some(id) = smtp.auth_identity() {
+                if d.auth_ids.touch(id, now, device::SUBMISSION_KEYS_MAX) {
+                    d.new_ids.add(now, 1);
+                    d.last_signal_ms = now;
+                    d.dirty = true;
+                }
+            }
+        }
         if new_messages > 0 {
             d.messages.add(now, new_messages);
             if kind == SessionKind::Submission {
@@ -1309,6 +1346,8 @@ impl Engine {
             d.servers.expire(long_ago);
             d.mx_names.expire(long_ago);
             d.mx_addrs.expire(now.saturating_sub(window));
+            d.auth_ids.expire(now.saturating_sub(device::HABIT_MS));
+            d.sub_servers.expire(now.saturating_sub(device::HABIT_MS));
             let active = d.verdict != Verdict::Clean
                 || d.score_h > 0
                 || d.action != Action::Monitor

@@ -254,6 +254,16 @@ impl Stream {
     }
 }
 
+/// SASL mechanisms whose identity the parser reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mech {
+    Plain,
+    Login,
+}
+
+/// Longest decoded AUTH response read for its identity (longer ones are ignored).
+const AUTH_DECODED_MAX: usize = 192;
+
 /// Limits from policy that the dialogue parser needs.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -284,6 +294,8 @@ pub struct Events {
     pub rejection: bool,
     /// The session switched to TLS.
     pub starttls: bool,
+    /// The client named the identity it authenticates as (see [`Smtp::auth_identity`]).
+    pub auth_identity: bool,
 }
 
 impl Events {
@@ -360,6 +372,9 @@ pub struct Smtp {
     tls: bool,
     pipelining: bool,
     in_auth: bool,
+    /// The mechanism whose identity is still to come: PLAIN or LOGIN.
+    auth_pending: Option<Mech>,
+    auth_id: Option<u64>,
     authed: bool,
     in_data: bool,
     in_headers: bool,
@@ -389,6 +404,8 @@ impl Default for Smtp {
             tls: false,
             pipelining: false,
             in_auth: false,
+            auth_pending: None,
+            auth_id: None,
             authed: false,
             in_data: false,
             in_headers: false,
@@ -440,6 +457,40 @@ impl Smtp {
     /// The last reputation rejection, cut to 100 characters.
     pub fn rejection_text(&self) -> &str {
         self.rejection_text.as_str()
+    }
+
+    /// A hash of the identity the client last authenticated as (AUTH PLAIN's authentication
+    /// identity or AUTH LOGIN's user name, case-folded), never the name or the password.
+    pub fn auth_identity(&self) -> Option<u64> {
+        self.auth_id
+    }
+
+    /// Reads the identity out of the base64 of AUTH PLAIN or AUTH LOGIN's user name.
+    fn auth_identity_from(&mut self, mech: Mech, b64: &[u8], ev: &mut Events) {
+        let mut buf = [0u8; AUTH_DECODED_MAX];
+        let Some(n) = smtpguard_common::base64_decode_into(b64, &mut buf) else {
+            return;
+        };
+        let raw = &buf[..n];
+        let id = match mech {
+            // authzid NUL authcid NUL password: the authentication identity.
+            Mech::Plain => match raw.split(|b| *b == 0).nth(1) {
+                Some(id) => id,
+                None => return,
+            },
+            Mech::Login => raw,
+        };
+        if id.is_empty() {
+            return;
+        }
+        // FNV-1a over the case-folded name.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for &b in id {
+            h ^= u64::from(b.to_ascii_lowercase());
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        self.auth_id = Some(h);
+        ev.auth_identity = true;
     }
 
     /// Whether the client authenticated.
@@ -511,6 +562,9 @@ impl Smtp {
             return 0;
         }
         if self.in_auth {
+            if let Some(mech) = self.auth_pending.take() {
+                self.auth_identity_from(mech, trim(line), ev);
+            }
             self.push(Cmd::AuthLine);
             return 0;
         }
@@ -565,6 +619,19 @@ impl Smtp {
             return size;
         } else if upper(verb, b"AUTH") {
             self.in_auth = true;
+            let mut words = arg.split(|b| *b == b' ').filter(|w| !w.is_empty());
+            let mech = match words.next() {
+                Some(m) if upper(m, b"PLAIN") => Some(Mech::Plain),
+                Some(m) if upper(m, b"LOGIN") => Some(Mech::Login),
+                _ => None,
+            };
+            self.auth_pending = None;
+            if let Some(mech) = mech {
+                match words.next() {
+                    Some(initial) => self.auth_identity_from(mech, initial, ev),
+                    None => self.auth_pending = Some(mech),
+                }
+            }
             self.push(Cmd::Auth);
         } else if upper(verb, b"STARTTLS") {
             self.push(Cmd::StartTls);
@@ -720,6 +787,7 @@ impl Smtp {
             Some(Cmd::Auth | Cmd::AuthLine) => {
                 if code != 334 {
                     self.in_auth = false;
+                    self.auth_pending = None;
                     if code == 235 {
                         self.authed = true;
                         ev.auth_ok = true;
@@ -866,6 +934,49 @@ mod tests {
             ],
         );
         assert!(ev.auth_ok && !ev.auth_failed && s.authed(), "{ev:?}");
+    }
+
+    #[test]
+    fn auth_identity_is_the_user_not_the_password() {
+        let id = |lines: &[(bool, &str)]| dialogue(587, lines).0.auth_identity();
+        let greet = [
+            (false, "220 mx\r\n"),
+            (true, "EHLO pc\r\n"),
+            (false, "250 mx\r\n"),
+        ];
+        // AUTH PLAIN "\0user\0pass" and "\0USER\0other" (same user), with the response
+        // inline or after a 334; AUTH LOGIN "user" the same.
+        let plain = id(&[&greet[..], &[(true, "AUTH PLAIN AHVzZXIAcGFzcw==\r\n")]].concat());
+        let plain2 = id(&[
+            &greet[..],
+            &[
+                (true, "AUTH PLAIN\r\n"),
+                (false, "334 \r\n"),
+                (true, "AFVTRVIAb3RoZXI=\r\n"),
+            ],
+        ]
+        .concat());
+        let login = id(&[
+            &greet[..],
+            &[
+                (true, "AUTH LOGIN\r\n"),
+                (false, "334 VXNlcm5hbWU6\r\n"),
+                (true, "dXNlcg==\r\n"),
+                (false, "334 UGFzc3dvcmQ6\r\n"),
+                (true, "cGFzcw==\r\n"),
+            ],
+        ]
+        .concat());
+        assert!(plain.is_some());
+        assert_eq!(plain, plain2);
+        assert_eq!(plain, login);
+        // Another user differs; garbage names nobody.
+        let other = id(&[&greet[..], &[(true, "AUTH PLAIN AGJvYgBwYXNz\r\n")]].concat());
+        assert!(other.is_some() && other != plain);
+        assert_eq!(
+            id(&[&greet[..], &[(true, "AUTH PLAIN !!notbase64\r\n")]].concat()),
+            None
+        );
     }
 
     #[test]

@@ -63,6 +63,22 @@ impl<const N: usize> Buckets<N> {
         self.counts[slot] = self.counts[slot].saturating_sub(n);
     }
 
+    /// Each bucket's count in the window ending at `now_ms`, newest first (the bucket that
+    /// holds `now_ms` is the first, still filling).
+    pub fn per_bucket(&self, now_ms: u64) -> [u32; N] {
+        let idx = now_ms / self.bucket_ms;
+        let mut out = [0u32; N];
+        for (age, o) in out.iter_mut().enumerate() {
+            let Some(b) = idx.checked_sub(age as u64) else {
+                break;
+            };
+            if b <= self.newest && b + (N as u64) > self.newest {
+                *o = self.counts[(b % N as u64) as usize];
+            }
+        }
+        out
+    }
+
     /// Events within the window ending at `now_ms`.
     pub fn total(&self, now_ms: u64) -> u32 {
         let idx = now_ms / self.bucket_ms;
@@ -134,20 +150,24 @@ impl Counted {
     }
 }
 
+/// Window edges whose counts are cached: the detection window, the hour and the day.
+const EDGES: usize = 3;
+
 /// Distinct keys with their last-seen time (seconds), bounded.
 ///
-/// Counting is cached: the engine asks for the same two window edges (the detection window
-/// and 24 h) every time it scores a device, and the answer stays the same until the edge
-/// passes the oldest counted entry or the set changes. Each cached answer is kept exact
-/// through inserts, updates, evictions and flags (a change costs at most a look at the
-/// entries of the same network), so a rescan happens only when the window edge moves past
-/// an entry or `expire` removes a counted one. The cache is invisible in results.
+/// Counting is cached: the engine asks for the same few window edges (the detection window,
+/// the hour and 24 h) every time it scores a device, and the answer stays the same until
+/// the edge passes the oldest counted entry or the set changes. Each cached answer is kept
+/// exact through inserts, updates, evictions and flags (a change costs at most a look at
+/// the entries of the same network), so a rescan happens only when the window edge moves
+/// past an entry or `expire` removes a counted one. The cache is invisible in results.
 #[derive(Debug, Clone, Default)]
 pub struct KeySet {
     entries: Vec<Entry>,
-    /// Two cached answers (window and day edges), and which one answered last.
-    cache: Cell<[Counted; 2]>,
-    last_used: Cell<u8>,
+    /// Cached answers, one per edge asked, and when each answered last (a counter).
+    cache: Cell<[Counted; EDGES]>,
+    used: Cell<[u32; EDGES]>,
+    asks: Cell<u32>,
 }
 
 fn secs(ms: u64) -> u32 {
@@ -220,21 +240,26 @@ impl KeySet {
     pub fn count_since(&self, since_ms: u64) -> (u32, u32) {
         let since = secs(since_ms);
         let mut cache = self.cache.get();
+        let mut used = self.used.get();
+        let tick = self.asks.get().wrapping_add(1);
+        self.asks.set(tick);
         if let Some(j) = (0..cache.len()).find(|&j| cache[j].covers(since)) {
             let c = cache[j];
             debug_assert_eq!((c.keys, c.nets), {
                 let f = self.scan(since);
                 (f.keys, f.nets)
             });
-            self.last_used.set(j as u8);
+            used[j] = tick;
+            self.used.set(used);
             return (c.keys, c.nets);
         }
         let fresh = self.scan(since);
-        // Replace the answer not used last: the engine alternates between two edges.
-        let j = usize::from(self.last_used.get() == 0);
+        // Replace the answer used least recently: the engine asks the same edges in turn.
+        let j = (0..EDGES).min_by_key(|&j| used[j]).unwrap_or(0);
         cache[j] = fresh;
+        used[j] = tick;
         self.cache.set(cache);
-        self.last_used.set(j as u8);
+        self.used.set(used);
         (fresh.keys, fresh.nets)
     }
 

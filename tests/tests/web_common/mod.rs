@@ -793,25 +793,9 @@ return out;
 "##;
 
 fn base64_decode(s: &str) -> Result<Vec<u8>> {
-    let mut out = Vec::with_capacity(s.len() * 3 / 4);
-    let mut acc = 0u32;
-    let mut bits = 0;
-    for c in s.bytes() {
-        let v = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            b'=' | b'\n' | b'\r' => continue,
-            _ => bail!("bad base64"),
-        };
-        acc = (acc << 6) | u32::from(v);
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-        }
-    }
+    let mut out = vec![0u8; s.len() * 3 / 4 + 3];
+    let n = smtpguard_common::base64_decode_into(s.as_bytes(), &mut out)
+        .ok_or_else(|| anyhow!("bad base64"))?;
+    out.truncate(n);
     Ok(out)
 }
