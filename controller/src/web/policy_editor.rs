@@ -9,6 +9,7 @@
 //! policy that changes nothing, and checks again. Every earlier version can be rolled back
 //! to, which publishes its content as a new, higher version (routers refuse older ones).
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use axum::extract::{Path, Query, State};
@@ -20,7 +21,7 @@ use serde::Deserialize;
 use smtpguard_protocol::{Policy, PolicyScope};
 
 use super::auth::{self, csrf_field, Caller, Staff};
-use super::html::{self, esc, path_seg};
+use super::html::{self, esc, Table};
 use super::noc::noc_page;
 use super::{AppState, WebError};
 use crate::audit;
@@ -375,11 +376,17 @@ fn body(caller: &Caller, staff: &Staff, data: &Data, view: &View<'_>) -> String 
     b
 }
 
+/// How many routers behind or refusing the rollout view lists; the fleet list, filtered by
+/// policy version, has the rest. Keeps the page small at any fleet size.
+const LAGGING_SHOWN: usize = 50;
+
+/// The rollout of the fleet policy: how many routers run each version (each a link to the
+/// fleet list filtered by it), then the routers behind or refusing, at most
+/// [`LAGGING_SHOWN`] of them with their refusals.
 fn rollout_table(b: &mut String, rollout: &[crate::store::RolloutRow], latest: Option<u64>) {
-    let applied = rollout
-        .iter()
-        .filter(|r| latest.is_some() && r.fleet_policy_version == latest)
-        .count();
+    let is_current =
+        |r: &crate::store::RolloutRow| latest.is_some() && r.fleet_policy_version == latest;
+    let applied = rollout.iter().filter(|r| is_current(r)).count();
     let _ = write!(
         b,
         "<h2>Rollout</h2><p>{} of {} run the latest version{}.</p>",
@@ -387,38 +394,95 @@ fn rollout_table(b: &mut String, rollout: &[crate::store::RolloutRow], latest: O
         crate::verdicts::plural(rollout.len() as u64, "router", "routers"),
         latest.map(|v| format!(" (v{v})")).unwrap_or_default()
     );
-    b.push_str("<table><tr><th>CPE</th><th>Status</th><th>Applied fleet policy</th><th>Override</th><th>Refused</th></tr>");
+    let mut by_version: BTreeMap<Option<u64>, usize> = BTreeMap::new();
     for r in rollout {
+        *by_version.entry(r.fleet_policy_version).or_default() += 1;
+    }
+    let mut t = Table::plain(
+        "rollout-versions",
+        "Routers by the fleet policy they run",
+        &["Fleet policy", "Routers"],
+    );
+    for (v, n) in by_version.iter().rev() {
+        let (name, link) = match v {
+            Some(v) => (
+                format!("v{v}"),
+                format!(r#"<a href="/noc?policy={v}#cpes">{n}</a>"#),
+            ),
+            None => ("none applied yet".to_string(), n.to_string()),
+        };
+        let badge = if v.is_some() && *v == latest {
+            r#" <span class="badge ok">current</span>"#
+        } else {
+            ""
+        };
+        t.row("", &[("", format!("{}{badge}", esc(&name))), ("", link)]);
+    }
+    b.push_str(&t.finish());
+    let lagging: Vec<&crate::store::RolloutRow> = rollout
+        .iter()
+        .filter(|r| !is_current(r) || !r.refusals.is_empty())
+        .collect();
+    if lagging.is_empty() {
+        return;
+    }
+    let mut t = Table::plain(
+        "rollout-lagging",
+        "Routers behind the latest version or refusing a policy",
+        &[
+            "CPE",
+            "Status",
+            "Applied fleet policy",
+            "Override",
+            "Refused",
+        ],
+    );
+    for r in lagging.iter().take(LAGGING_SHOWN) {
         let refused: Vec<String> = r
             .refusals
             .iter()
             .take(3)
             .map(|(scope, v, reason)| format!("{scope} v{v}: {reason}"))
             .collect();
-        let current = latest.is_some() && r.fleet_policy_version == latest;
-        let _ = write!(
-            b,
-            r#"<tr><td><a class="mono" href="/noc/cpe/{}">{}</a></td><td>{}</td><td>{} {}</td><td>{}</td><td>{}</td></tr>"#,
-            path_seg(&r.cpe_id),
-            esc(&r.cpe_id),
-            esc(r.status.as_deref().unwrap_or("never seen")),
-            r.fleet_policy_version
-                .map(|v| format!("v{v}"))
-                .unwrap_or("—".into()),
-            if current {
-                r#"<span class="badge ok">current</span>"#
-            } else if latest.is_some() {
-                r#"<span class="badge warn-soft">behind</span>"#
-            } else {
-                ""
-            },
-            r.cpe_policy_version
-                .map(|v| format!("v{v}"))
-                .unwrap_or("—".into()),
-            esc(&refused.join("; ")),
+        let state = if is_current(r) {
+            r#"<span class="badge ok">current</span>"#
+        } else if latest.is_some() {
+            r#"<span class="badge warn-soft">behind</span>"#
+        } else {
+            ""
+        };
+        t.row(
+            "",
+            &[
+                ("", html::cpe_link(&r.cpe_id)),
+                ("", esc(r.status.as_deref().unwrap_or("never seen"))),
+                (
+                    "",
+                    format!(
+                        "{} {state}",
+                        r.fleet_policy_version
+                            .map(|v| format!("v{v}"))
+                            .unwrap_or("—".into())
+                    ),
+                ),
+                (
+                    "",
+                    r.cpe_policy_version
+                        .map(|v| format!("v{v}"))
+                        .unwrap_or("—".into()),
+                ),
+                ("", esc(&refused.join("; "))),
+            ],
         );
     }
-    b.push_str("</table>");
+    b.push_str(&t.finish());
+    if lagging.len() > LAGGING_SHOWN {
+        let _ = write!(
+            b,
+            r#"<p class="muted">And {} more: see the <a href="/noc?sort=policy&amp;dir=asc#cpes">fleet list sorted by policy</a>.</p>"#,
+            lagging.len() - LAGGING_SHOWN
+        );
+    }
 }
 
 /// After-redirect flash values.

@@ -112,7 +112,11 @@ pub fn section(caller: &Caller, staff: &Staff, shown: &[Shown]) -> String {
             s.flagged_now.flagged,
             s.flagged_now.devices
         );
-        b.push_str(r#"<table class="stages"><thead><tr><th scope="col">Stage</th><th scope="col">Version</th><th scope="col">Applied</th><th scope="col">Behind</th><th scope="col">Refused</th></tr></thead><tbody>"#);
+        let _ = write!(
+            b,
+            r#"<table class="stages"><caption>Rollout {}: its stages</caption><thead><tr><th scope="col">Stage</th><th scope="col">Version</th><th scope="col">Applied</th><th scope="col">Behind</th><th scope="col">Refused</th></tr></thead><tbody>"#,
+            r.id
+        );
         for st in &s.stages {
             let versions = match st.versions() {
                 Some((lo, hi)) if lo == hi => format!("v{lo}"),

@@ -20,7 +20,7 @@ use serde::Deserialize;
 use smtpguard_protocol::MacAddr;
 
 use super::auth::{self, csrf_field};
-use super::html::{self, esc, page, path_seg, Nav};
+use super::html::{self, esc, page, path_seg, Nav, Table};
 use super::{html_response, AppState, WebError};
 use crate::operators::Level;
 
@@ -145,19 +145,23 @@ pub async fn portal_page(
         );
     }
     if !declared.is_empty() {
-        b.push_str(r#"<h2>What you told us</h2><table id="declarations"><tr><th>Device</th><th>Reason</th><th>Status</th></tr>"#);
+        b.push_str("<h2>What you told us</h2>");
+        let mut t = Table::plain(
+            "declarations",
+            "Devices you told us send mail",
+            &["Device", "Reason", "Status"],
+        );
         for d in &declared {
-            let _ = write!(
-                b,
-                r#"<tr data-id="{}"><td class="mono">{}</td><td>{}: {}</td><td>{}</td></tr>"#,
-                d.id,
-                esc(&d.mac),
-                kind_text(&d.kind),
-                esc(&d.reason),
-                status_badge(&d.status)
+            t.row(
+                &format!(r#" data-id="{}""#, d.id),
+                &[
+                    ("mono", esc(&d.mac)),
+                    ("", format!("{}: {}", kind_text(&d.kind), esc(&d.reason))),
+                    ("", status_badge(&d.status).to_string()),
+                ],
             );
         }
-        b.push_str("</table>");
+        b.push_str(&t.finish());
     }
     b.push_str(r#"<p><a href="/my">Back to your devices</a></p>"#);
     html_response(page(
@@ -318,7 +322,18 @@ pub async fn noc_page(
     if decl.is_empty() {
         b.push_str(r#"<p class="muted">No declarations yet.</p>"#);
     } else {
-        b.push_str(r#"<table id="declarations"><thead><tr><th scope="col">Household</th><th scope="col">Router / device</th><th scope="col">Says</th><th scope="col">Asked</th><th scope="col">Status</th><th scope="col"></th></tr></thead><tbody>"#);
+        let mut t = Table::plain(
+            "declarations",
+            "Devices households say are their own mail senders",
+            &[
+                "Household",
+                "Router / device",
+                "Says",
+                "Asked",
+                "Status",
+                "Decision",
+            ],
+        );
         for d in &decl {
             let action = if d.status == "pending" && staff.level >= Level::Operator {
                 format!(
@@ -332,40 +347,49 @@ pub async fn noc_page(
                     .map(|w| format!("by {}", esc(w)))
                     .unwrap_or_default()
             };
-            let _ = write!(
-                b,
-                r#"<tr data-id="{}" data-status="{}"><td>{}</td><td><a class="mono" href="/noc/cpe/{}">{}</a><div class="mono">{}</div></td><td>{}: {}</td><td class="t">{}</td><td>{}</td><td>{action}</td></tr>"#,
-                d.id,
-                esc(&d.status),
-                esc(&d.household),
-                path_seg(&d.cpe_id),
-                esc(&d.cpe_id),
-                esc(&d.mac),
-                kind_text(&d.kind),
-                esc(&d.reason),
-                esc(&html::time(d.requested_ms)),
-                status_badge(&d.status),
+            t.row(
+                &format!(r#" data-id="{}" data-status="{}""#, d.id, esc(&d.status)),
+                &[
+                    ("", esc(&d.household)),
+                    (
+                        "",
+                        format!(
+                            r#"{}<div class="mono">{}</div>"#,
+                            html::cpe_link(&d.cpe_id),
+                            esc(&d.mac)
+                        ),
+                    ),
+                    ("", format!("{}: {}", kind_text(&d.kind), esc(&d.reason))),
+                    ("t", esc(&html::time(d.requested_ms))),
+                    ("", status_badge(&d.status).to_string()),
+                    ("", action),
+                ],
             );
         }
-        b.push_str("</tbody></table>");
+        b.push_str(&t.finish());
     }
     b.push_str(r#"<h2>Allowed devices</h2>"#);
     if allowed.is_empty() {
         b.push_str(r#"<p class="muted">None.</p>"#);
     } else {
-        b.push_str(r#"<table id="allowed"><tr><th>Router</th><th>Device</th><th>Note</th><th>By</th><th>When</th></tr>"#);
+        let mut t = Table::plain(
+            "allowed",
+            "Devices allowed on their router",
+            &["Router", "Device", "Note", "By", "When"],
+        );
         for (cpe, mac, note, actor, at) in &allowed {
-            let _ = write!(
-                b,
-                r#"<tr><td class="mono">{}</td><td class="mono">{}</td><td>{}</td><td>{}</td><td class="t">{}</td></tr>"#,
-                esc(cpe),
-                esc(mac),
-                esc(note),
-                esc(actor),
-                esc(&html::time(*at))
+            t.row(
+                "",
+                &[
+                    ("", html::cpe_link(cpe)),
+                    ("mono", esc(mac)),
+                    ("", esc(note)),
+                    ("", esc(actor)),
+                    ("t", esc(&html::time(*at))),
+                ],
             );
         }
-        b.push_str("</table>");
+        b.push_str(&t.finish());
     }
     super::noc::noc_page("Senders", "senders", &caller, &b)
 }
