@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 use smtpguard_controller::config::Config;
 use smtpguard_controller::policy::{self, Target};
 use smtpguard_controller::store::Store;
-use smtpguard_controller::{audit, operators, registry, serve, web};
+use smtpguard_controller::{audit, households, operators, registry, serve, web};
 use smtpguard_protocol::{keys, PolicyScope};
 
 #[derive(Parser)]
@@ -51,6 +51,28 @@ enum Command {
     Operator {
         #[command(subcommand)]
         command: OperatorCommand,
+    },
+    /// Add subscriber households and issue the sign-in codes printed on their letters.
+    Household {
+        #[command(subcommand)]
+        command: HouseholdCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum HouseholdCommand {
+    /// Add a household with its routers and print its sign-in code for the letter (shown once).
+    Add {
+        /// The subscriber's name or account, shown in the NOC.
+        name: String,
+        /// An enrolled router of the household (repeat for several).
+        #[arg(long = "cpe", required = true)]
+        cpes: Vec<String>,
+    },
+    /// Issue another sign-in code for a household (e.g. a lost letter); old codes keep working.
+    Code {
+        /// The household's id (as `household add` printed it).
+        id: i64,
     },
 }
 
@@ -255,6 +277,48 @@ fn main() -> anyhow::Result<()> {
                     );
                 }
             }
+        }
+        Command::Household { command } => {
+            let config = load()?;
+            let conn = web::open_db(&config.db_path)
+                .map_err(|e| anyhow::anyhow!("opening {}: {e}", config.db_path.display()))?;
+            let (id, detail) = match command {
+                HouseholdCommand::Add { name, cpes } => {
+                    let store = Store::open(&config.db_path)?;
+                    for cpe in &cpes {
+                        if store.cpe(cpe)?.is_none_or(|c| c.revoked_at_ms.is_some()) {
+                            anyhow::bail!(
+                                "{cpe} is not an enrolled router (smtpguard-controller cpe add)"
+                            );
+                        }
+                    }
+                    let refs: Vec<&str> = cpes.iter().map(String::as_str).collect();
+                    let (id, _) = households::create(&conn, &name, &refs, now_ms())?;
+                    (id, format!("added {name:?} with {}", cpes.join(", ")))
+                }
+                HouseholdCommand::Code { id } => {
+                    households::household(&conn, id).map_err(|e| match e {
+                        households::HouseholdError::NotFound => {
+                            anyhow::anyhow!("there is no household {id}")
+                        }
+                        e => e.into(),
+                    })?;
+                    (id, "another sign-in code".to_string())
+                }
+            };
+            let code = households::add_letter_code(&conn, id, now_ms())?;
+            audit::record(
+                &conn,
+                now_ms(),
+                "cli",
+                "household_code",
+                &format!("household:{id}"),
+                "ok",
+                &detail,
+            )?;
+            println!(
+                "household {id}: {detail}; sign-in code for the letter (shown once):\n  {code}"
+            );
         }
         Command::Operator { command } => {
             let config = load()?;
