@@ -181,21 +181,27 @@ fn given(v: &Option<String>) -> Option<&str> {
 }
 
 impl FleetQuery {
-    /// This query's link with `sort`, `dir` and `page` replaced (others kept).
-    fn href(&self, sort: Option<&str>, dir: Option<&str>, page: Option<u32>) -> String {
-        let mut parts = Vec::new();
-        let page = page.map(|p| p.to_string());
-        for (k, v) in [
+    /// The filters that were given, by their query-string names (sort and page aside).
+    fn filters(&self) -> [(&'static str, Option<&str>); 6] {
+        [
             ("q", given(&self.q)),
             ("at", given(&self.at)),
             ("status", given(&self.status)),
             ("verdict", given(&self.verdict)),
             ("agent", given(&self.agent)),
             ("policy", given(&self.policy)),
+        ]
+    }
+
+    /// This query's link with `sort`, `dir` and `page` replaced (others kept).
+    fn href(&self, sort: Option<&str>, dir: Option<&str>, page: Option<u32>) -> String {
+        let mut parts = Vec::new();
+        let page = page.map(|p| p.to_string());
+        for (k, v) in self.filters().into_iter().chain([
             ("sort", sort.or(given(&self.sort))),
             ("dir", dir.or(given(&self.dir))),
             ("page", page.as_deref()),
-        ] {
+        ]) {
             if let Some(v) = v {
                 parts.push(format!("{k}={}", path_seg(v)));
             }
@@ -210,14 +216,7 @@ impl FleetQuery {
     /// The filters only, as a query string for the export links.
     pub fn filter_query(&self) -> String {
         let mut out = String::new();
-        for (k, v) in [
-            ("q", given(&self.q)),
-            ("at", given(&self.at)),
-            ("status", given(&self.status)),
-            ("verdict", given(&self.verdict)),
-            ("agent", given(&self.agent)),
-            ("policy", given(&self.policy)),
-        ] {
+        for (k, v) in self.filters() {
             if let Some(v) = v {
                 let _ = write!(out, "&{k}={}", path_seg(v));
             }
