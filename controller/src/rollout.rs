@@ -467,7 +467,7 @@ pub fn flagged(conn: &Connection, cpes: &[String]) -> Result<Flagged, WebError> 
     };
     let mut stmt = conn.prepare_cached(
         "SELECT COUNT(*), COALESCE(SUM(verdict IN ('suspicious', 'infected')), 0)
-         FROM device_verdicts WHERE cpe_id = ?1",
+         FROM devices WHERE cpe_id = ?1",
     )?;
     for cpe in cpes {
         let (all, bad): (i64, i64) = stmt.query_row([cpe], |r| Ok((r.get(0)?, r.get(1)?)))?;
@@ -1088,12 +1088,14 @@ mod tests {
 
     fn set_flagged(db: &std::path::Path, cpe: &str, flagged: usize, clean: usize) {
         let conn = rusqlite::Connection::open(db).unwrap();
-        conn.execute("DELETE FROM device_verdicts WHERE cpe_id = ?1", [cpe])
+        conn.execute("DELETE FROM devices WHERE cpe_id = ?1", [cpe])
             .unwrap();
         for i in 0..flagged + clean {
             let verdict = if i < flagged { "infected" } else { "clean" };
             conn.execute(
-                "INSERT INTO device_verdicts (cpe_id, mac, verdict, at_ms) VALUES (?1, ?2, ?3, 1)",
+                "INSERT INTO devices (cpe_id, mac, ips_json, verdict, severity, score, since_ms,
+                    last_seen_ms, last_fact, action, evidence_json, observed_json)
+                 VALUES (?1, ?2, '[]', ?3, 0, 0.5, 1, 1, 'report', 'monitor', '[]', '{}')",
                 params![cpe, format!("02:00:00:00:00:{i:02x}"), verdict],
             )
             .unwrap();

@@ -92,7 +92,8 @@ pub struct ReportRow {
 }
 
 impl ReportRow {
-    fn end_ms(&self) -> u64 {
+    /// When the window ended: when its verdict was observed (Unix ms).
+    pub fn end_ms(&self) -> u64 {
         self.window_start_ms
             .saturating_add(u64::from(self.window_secs).saturating_mul(1000))
     }
@@ -198,17 +199,29 @@ pub fn action_in_force(
     }
 }
 
-enum Event<'a> {
+/// One fact about a device, as the fold and the ingest apply it: an alert or one device's
+/// entry in a telemetry window.
+#[derive(Debug, Clone, Copy)]
+pub enum Event<'a> {
+    /// A verdict change the router sent.
     Alert(&'a AlertRow),
+    /// A telemetry window's report of the device.
     Report(&'a ReportRow),
 }
 
 impl Event<'_> {
-    fn at_ms(&self) -> u64 {
+    /// When the fact was true: the alert's time, or the end of the report's window.
+    pub fn at_ms(&self) -> u64 {
         match self {
             Event::Alert(a) => a.at_ms,
             Event::Report(r) => r.end_ms(),
         }
+    }
+
+    /// The order of the fold: by time, and an alert after a report ending at the same
+    /// instant (it is the finer fact).
+    pub fn order_key(&self) -> (u64, bool) {
+        (self.at_ms(), matches!(self, Event::Alert(_)))
     }
 }
 
@@ -232,9 +245,12 @@ pub fn devices(alerts: &[AlertRow], reports: &[ReportRow], now_ms: u64) -> Vec<D
     let mut out: Vec<DeviceView> = by_device
         .into_iter()
         .filter_map(|((cpe, mac), mut events)| {
-            // Alerts sort after a report ending at the same instant: they are the finer fact.
-            events.sort_by_key(|e| (e.at_ms(), matches!(e, Event::Alert(_))));
-            fold_device(cpe, mac, &events, now_ms)
+            events.sort_by_key(Event::order_key);
+            let mut v = fold(cpe, mac, &events)?;
+            let (action, until) = action_in_force(v.action, v.action_until_ms, now_ms);
+            v.action = action;
+            v.action_until_ms = until;
+            Some(v)
         })
         .collect();
     out.sort_by(|a, b| {
@@ -246,27 +262,45 @@ pub fn devices(alerts: &[AlertRow], reports: &[ReportRow], now_ms: u64) -> Vec<D
     out
 }
 
-fn fold_device(cpe: &str, mac: MacAddr, events: &[Event<'_>], now_ms: u64) -> Option<DeviceView> {
+/// One device's events, in fold order ([`Event::order_key`]), folded into its view with
+/// the action as the newest fact set it (not yet [`action_in_force`]).
+pub fn fold(cpe: &str, mac: MacAddr, events: &[Event<'_>]) -> Option<DeviceView> {
     let first = events.first()?;
-    let mut v = DeviceView {
-        cpe_id: cpe.to_string(),
-        mac,
-        hostname: None,
-        vendor: None,
-        ips: Vec::new(),
-        verdict: Verdict::Clean,
-        score: 0.0,
-        since_ms: first.at_ms(),
-        last_seen_ms: 0,
-        action: Action::Monitor,
-        action_until_ms: None,
-        evidence: Vec::new(),
-        counters: None,
-        history: Vec::new(),
-        observed: Observed::default(),
-    };
-    let mut started = false;
-    for e in events {
+    let mut v = DeviceView::first_seen(cpe, mac, first);
+    for (i, e) in events.iter().enumerate() {
+        v.apply(e, i == 0);
+    }
+    Some(v)
+}
+
+impl DeviceView {
+    /// A device as the controller knows it before its first fact is applied
+    /// ([`DeviceView::apply`] the same fact next).
+    pub fn first_seen(cpe: &str, mac: MacAddr, first: &Event<'_>) -> DeviceView {
+        DeviceView {
+            cpe_id: cpe.to_string(),
+            mac,
+            hostname: None,
+            vendor: None,
+            ips: Vec::new(),
+            verdict: Verdict::Clean,
+            score: 0.0,
+            since_ms: first.at_ms(),
+            last_seen_ms: 0,
+            action: Action::Monitor,
+            action_until_ms: None,
+            evidence: Vec::new(),
+            counters: None,
+            history: Vec::new(),
+            observed: Observed::default(),
+        }
+    }
+
+    /// Applies the next fact, in fold order: the newest verdict, score and action win;
+    /// names and addresses stay until a fact brings new ones; `since_ms` moves when the
+    /// verdict changes, and on the device's `first` fact.
+    pub fn apply(&mut self, e: &Event<'_>, first: bool) {
+        let v = self;
         let (verdict, score, action, until, host, vendor, ips, evidence) = match e {
             Event::Alert(a) => {
                 v.observed = a.observed.clone();
@@ -295,14 +329,13 @@ fn fold_device(cpe: &str, mac: MacAddr, events: &[Event<'_>], now_ms: u64) -> Op
                 )
             }
         };
-        if !started || verdict != v.verdict {
+        if first || verdict != v.verdict {
             // A change: from an alert it happened at `at_ms`; a report only shows the new
             // verdict by the end of its window, so the window start is the earliest bound.
             v.since_ms = match e {
                 Event::Alert(a) => a.at_ms,
                 Event::Report(r) => r.window_start_ms,
             };
-            started = true;
         }
         v.verdict = verdict;
         v.score = score;
@@ -322,10 +355,6 @@ fn fold_device(cpe: &str, mac: MacAddr, events: &[Event<'_>], now_ms: u64) -> Op
         }
         v.last_seen_ms = v.last_seen_ms.max(e.at_ms());
     }
-    let (action, until) = action_in_force(v.action, v.action_until_ms, now_ms);
-    v.action = action;
-    v.action_until_ms = until;
-    Some(v)
 }
 
 fn duration_words(secs: u32) -> String {
@@ -458,7 +487,11 @@ fn parse_mac(s: &str) -> Result<MacAddr, VerdictError> {
     )
 }
 
-fn parse_verdict(s: &str) -> Result<Verdict, VerdictError> {
+/// Parses a verdict name as stored (`clean`, `suspicious`, `infected`).
+///
+/// # Errors
+/// [`VerdictError::Corrupt`] for any other text.
+pub fn parse_verdict(s: &str) -> Result<Verdict, VerdictError> {
     match s {
         "clean" => Ok(Verdict::Clean),
         "suspicious" => Ok(Verdict::Suspicious),
@@ -534,13 +567,36 @@ pub fn load_alerts(
     since_ms: u64,
     limit: u32,
 ) -> Result<Vec<AlertRow>, VerdictError> {
+    alerts_where(conn, cpe_id, None, since_ms, limit)
+}
+
+/// One device's newest `limit` alerts, oldest first.
+///
+/// # Errors
+/// [`VerdictError`] on SQLite errors or corrupt rows.
+pub fn device_alerts(
+    conn: &Connection,
+    cpe_id: &str,
+    mac: &str,
+    limit: u32,
+) -> Result<Vec<AlertRow>, VerdictError> {
+    alerts_where(conn, Some(cpe_id), Some(mac), 0, limit)
+}
+
+fn alerts_where(
+    conn: &Connection,
+    cpe_id: Option<&str>,
+    mac: Option<&str>,
+    since_ms: u64,
+    limit: u32,
+) -> Result<Vec<AlertRow>, VerdictError> {
     let mut stmt = conn.prepare_cached(
         "SELECT * FROM (SELECT cpe_id, mac, at_ms, previous, verdict, score, action, action_until_ms,
                 hostname, vendor, ips_json, evidence_json, observed_json
-         FROM alerts WHERE (?1 IS NULL OR cpe_id = ?1) AND at_ms >= ?2
+         FROM alerts WHERE (?1 IS NULL OR cpe_id = ?1) AND (?4 IS NULL OR mac = ?4) AND at_ms >= ?2
          ORDER BY at_ms DESC, id DESC LIMIT ?3) ORDER BY at_ms",
     )?;
-    let rows = stmt.query_map(params![cpe_id, to_i64(since_ms), limit], |r| {
+    let rows = stmt.query_map(params![cpe_id, to_i64(since_ms), limit, mac], |r| {
         Ok((
             r.get(0)?,
             r.get(1)?,
@@ -591,14 +647,38 @@ pub fn load_reports(
     since_ms: u64,
     limit: u32,
 ) -> Result<Vec<ReportRow>, VerdictError> {
+    reports_where(conn, cpe_id, None, since_ms, limit)
+}
+
+/// One device's reports from its newest `limit` telemetry windows, oldest first.
+///
+/// # Errors
+/// [`VerdictError`] on SQLite errors or corrupt rows.
+pub fn device_reports(
+    conn: &Connection,
+    cpe_id: &str,
+    mac: &str,
+    limit: u32,
+) -> Result<Vec<ReportRow>, VerdictError> {
+    reports_where(conn, Some(cpe_id), Some(mac), 0, limit)
+}
+
+fn reports_where(
+    conn: &Connection,
+    cpe_id: Option<&str>,
+    mac: Option<&str>,
+    since_ms: u64,
+    limit: u32,
+) -> Result<Vec<ReportRow>, VerdictError> {
     let mut stmt = conn.prepare_cached(
         "SELECT d.cpe_id, d.mac, t.window_start_ms, t.window_secs, d.verdict, d.score, d.action,
                 d.action_until_ms, d.hostname, d.vendor, d.ips_json, d.counters_json, d.evidence_json
          FROM device_reports d JOIN telemetry t ON t.cpe_id = d.cpe_id AND t.seq = d.seq
-         WHERE (?1 IS NULL OR d.cpe_id = ?1) AND t.window_start_ms >= ?2
+         WHERE (?1 IS NULL OR d.cpe_id = ?1) AND (?4 IS NULL OR d.mac = ?4)
+           AND t.window_start_ms >= ?2
          ORDER BY t.window_start_ms DESC LIMIT ?3",
     )?;
-    let rows = stmt.query_map(params![cpe_id, to_i64(since_ms), limit], |r| {
+    let rows = stmt.query_map(params![cpe_id, to_i64(since_ms), limit, mac], |r| {
         Ok((
             r.get::<_, String>(0)?,
             r.get::<_, String>(1)?,
@@ -725,7 +805,9 @@ pub const MAX_ALERT_ROWS: u32 = 5000;
 /// Most report rows one view reads.
 pub const MAX_REPORT_ROWS: u32 = 20_000;
 
-/// The current devices of one CPE, or of the whole fleet.
+/// The current devices of one CPE (with their history, the newest [`MAX_ALERT_ROWS`] changes
+/// of the last [`LOOKBACK_MS`]), or of the whole fleet (without), as kept at ingest
+/// ([`crate::store::devices`]).
 ///
 /// # Errors
 /// [`VerdictError`].
@@ -734,14 +816,25 @@ pub fn load_devices(
     cpe_id: Option<&str>,
     now_ms: u64,
 ) -> Result<Vec<DeviceView>, VerdictError> {
-    let since = now_ms.saturating_sub(LOOKBACK_MS);
-    let alerts = load_alerts(conn, cpe_id, since, MAX_ALERT_ROWS)?;
-    // Telemetry is frequent: for the current state the last day is plenty.
-    let report_since = now_ms.saturating_sub(24 * 3600 * 1000);
-    let reports = load_reports(conn, cpe_id, report_since, MAX_REPORT_ROWS)?;
-    let mut out = devices(&alerts, &reports, now_ms);
-    attach_history(&mut out, load_history(conn, cpe_id, since, MAX_ALERT_ROWS)?);
+    let mut out = crate::store::devices::list(conn, cpe_id, now_ms).map_err(from_store)?;
+    if cpe_id.is_some() {
+        let since = now_ms.saturating_sub(LOOKBACK_MS);
+        attach_history(&mut out, load_history(conn, cpe_id, since, MAX_ALERT_ROWS)?);
+    }
     Ok(out)
+}
+
+fn from_store(e: crate::store::StoreError) -> VerdictError {
+    match e {
+        crate::store::StoreError::Sqlite(e) => VerdictError::Sqlite(e),
+        crate::store::StoreError::Corrupt { column, detail } => {
+            VerdictError::Corrupt { column, detail }
+        }
+        other => VerdictError::Corrupt {
+            column: "devices",
+            detail: other.to_string(),
+        },
+    }
 }
 
 #[cfg(test)]

@@ -3,8 +3,9 @@
 //! Two tables (migration 2 in [`super::schema`]):
 //! - `verdict_changes`: one row per change of a device's verdict, from an alert (`source =
 //!   'alert'`) or, when the alert never arrived, rebuilt from telemetry (`'telemetry'`).
-//! - `device_verdicts`: the newest verdict the controller knows per device and as of when,
-//!   the reference telemetry is compared with.
+//! - the device's row in `devices` ([`super::devices`], updated right after this module
+//!   looked at it): the newest verdict the controller knows and as of when, the reference
+//!   telemetry is compared with.
 //!
 //! Rules, all order-tolerant (alerts and telemetry of one router may arrive out of order, and
 //! replicas sharing the ingest store them in any order):
@@ -17,7 +18,7 @@
 //!   router changed its mind and its alert was lost. A report older than what is known
 //!   changes nothing.
 
-use rusqlite::{params, OptionalExtension, Transaction};
+use rusqlite::{params, Transaction};
 use smtpguard_protocol::{Alert, DeviceReport, Verdict};
 
 use super::{to_i64, StoreError};
@@ -30,53 +31,6 @@ pub const SOURCE_TELEMETRY: &str = "telemetry";
 /// How much later than an alert's own time a telemetry report may place the same change
 /// and still be explained by it: telemetry windows end on whole seconds.
 const SLACK_MS: u64 = 1_000;
-
-fn parse_verdict(s: &str) -> Result<Verdict, StoreError> {
-    match s {
-        "clean" => Ok(Verdict::Clean),
-        "suspicious" => Ok(Verdict::Suspicious),
-        "infected" => Ok(Verdict::Infected),
-        other => Err(StoreError::Corrupt {
-            column: "device_verdicts.verdict",
-            detail: other.chars().take(40).collect(),
-        }),
-    }
-}
-
-/// The newest known verdict of a device and as of when.
-fn known(
-    tx: &Transaction<'_>,
-    cpe_id: &str,
-    mac: &str,
-) -> Result<Option<(Verdict, u64)>, StoreError> {
-    let row: Option<(String, i64)> = tx
-        .prepare_cached(
-            "SELECT verdict, at_ms FROM device_verdicts WHERE cpe_id = ?1 AND mac = ?2",
-        )?
-        .query_row(params![cpe_id, mac], |r| Ok((r.get(0)?, r.get(1)?)))
-        .optional()?;
-    match row {
-        None => Ok(None),
-        Some((v, at)) => Ok(Some((parse_verdict(&v)?, u64::try_from(at).unwrap_or(0)))),
-    }
-}
-
-/// Moves the known verdict forward (never back in time).
-fn note_known(
-    tx: &Transaction<'_>,
-    cpe_id: &str,
-    mac: &str,
-    verdict: Verdict,
-    at_ms: u64,
-) -> Result<(), StoreError> {
-    tx.prepare_cached(
-        "INSERT INTO device_verdicts (cpe_id, mac, verdict, at_ms) VALUES (?1, ?2, ?3, ?4)
-         ON CONFLICT (cpe_id, mac) DO UPDATE SET verdict = excluded.verdict, at_ms = excluded.at_ms
-         WHERE excluded.at_ms >= device_verdicts.at_ms",
-    )?
-    .execute(params![cpe_id, mac, verdict.as_str(), to_i64(at_ms)])?;
-    Ok(())
-}
 
 #[allow(clippy::too_many_arguments)]
 fn insert_change(
@@ -143,8 +97,7 @@ pub(super) fn note_alert(
         to_i64(a.at_ms.saturating_sub(SLACK_MS)),
         next.unwrap_or(i64::MAX),
     ])?;
-    insert_change(tx, cpe_id, seq, &mac, a.at_ms, a.previous, d, SOURCE_ALERT)?;
-    note_known(tx, cpe_id, &mac, d.verdict, a.at_ms)
+    insert_change(tx, cpe_id, seq, &mac, a.at_ms, a.previous, d, SOURCE_ALERT)
 }
 
 /// Compares one device report of a telemetry window observed at `at_ms` (the window's
@@ -160,7 +113,7 @@ pub(super) fn note_report(
     d: &DeviceReport,
 ) -> Result<(), StoreError> {
     let mac = d.mac.to_string();
-    let previous = match known(tx, cpe_id, &mac)? {
+    let previous = match super::devices::known(tx, cpe_id, &mac)? {
         Some((_, known_at)) if known_at > at_ms => return Ok(()),
         Some((v, _)) => v,
         None => Verdict::Clean,
@@ -168,7 +121,7 @@ pub(super) fn note_report(
     if previous != d.verdict {
         insert_change(tx, cpe_id, seq, &mac, at_ms, previous, d, SOURCE_TELEMETRY)?;
     }
-    note_known(tx, cpe_id, &mac, d.verdict, at_ms)
+    Ok(())
 }
 
 #[cfg(test)]

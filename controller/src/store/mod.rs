@@ -9,6 +9,7 @@
 //! is durable or none is (the ingest acknowledges to the broker only after the commit).
 
 pub mod commands;
+pub mod devices;
 pub mod history;
 pub mod notifications;
 pub mod schema;
@@ -49,6 +50,17 @@ pub enum StoreError {
         /// What is wrong.
         detail: String,
     },
+}
+
+impl From<crate::verdicts::VerdictError> for StoreError {
+    fn from(e: crate::verdicts::VerdictError) -> Self {
+        match e {
+            crate::verdicts::VerdictError::Sqlite(e) => StoreError::Sqlite(e),
+            crate::verdicts::VerdictError::Corrupt { column, detail } => {
+                StoreError::Corrupt { column, detail }
+            }
+        }
+    }
 }
 
 /// A verified message ready to be stored.
@@ -173,6 +185,7 @@ impl Store {
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         migrate(&mut conn)?;
+        devices::backfill(&mut conn)?;
         Ok(Store { conn })
     }
 
@@ -648,7 +661,8 @@ fn store_alert(tx: &Transaction<'_>, cpe_id: &str, seq: i64, a: &Alert) -> Resul
             &dedup,
         )?;
     }
-    history::note_alert(tx, cpe_id, seq, a)
+    history::note_alert(tx, cpe_id, seq, a)?;
+    devices::note_alert(tx, cpe_id, a)
 }
 
 fn store_telemetry(
@@ -694,6 +708,7 @@ fn store_telemetry(
                 serde_json::to_string(&d.counters)?,
                 serde_json::to_string(&d.evidence)?,
             ])?;
+            devices::note_report(tx, cpe_id, t.window_start_ms, t.window_secs, d)?;
         }
     }
     {

@@ -251,6 +251,36 @@ CREATE TABLE notifications (
 );
 CREATE INDEX notifications_due ON notifications (next_attempt_ms);
 "#,
+    // 9: device state kept at ingest (`store::devices`): one row per household device, the
+    // fold of its alerts and reports; it takes over `device_verdicts` (the newest verdict
+    // and as of when are its `verdict` and `last_seen_ms`). Filled from the stored alerts
+    // and reports by `devices::backfill` when the store opens.
+    r#"
+CREATE TABLE devices (
+    cpe_id TEXT NOT NULL,
+    mac TEXT NOT NULL,
+    hostname TEXT,
+    vendor TEXT,
+    ips_json TEXT NOT NULL,
+    verdict TEXT NOT NULL,
+    severity INTEGER NOT NULL,
+    score REAL NOT NULL,
+    since_ms INTEGER NOT NULL,
+    last_seen_ms INTEGER NOT NULL,
+    last_fact TEXT NOT NULL,
+    action TEXT NOT NULL,
+    action_until_ms INTEGER,
+    evidence_json TEXT NOT NULL,
+    counters_json TEXT,
+    window_secs INTEGER,
+    observed_json TEXT NOT NULL,
+    PRIMARY KEY (cpe_id, mac)
+);
+CREATE INDEX devices_by_severity ON devices (severity, since_ms);
+CREATE INDEX devices_by_mac ON devices (mac);
+CREATE INDEX devices_by_last_seen ON devices (last_seen_ms);
+DROP TABLE device_verdicts;
+"#,
 ];
 
 /// The schema version this build writes: the number of [`MIGRATIONS`].

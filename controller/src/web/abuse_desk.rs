@@ -502,7 +502,7 @@ pub async fn one(
                 (Some(c), Some(m)) => {
                     let devices = verdicts::load_devices(conn, Some(c), now)?;
                     if devices.iter().any(|d| d.mac.to_string() == *m) {
-                        let all = verdicts::load_devices(conn, None, now)?;
+                        let all = super::noc::infected_devices(conn, now)?;
                         current_campaigns(conn, &all, &settings)?
                             .into_iter()
                             .map(|(c, _)| c)

@@ -147,7 +147,7 @@ pub async fn campaigns(State(state): State<AppState>, headers: HeaderMap) -> Res
     let settings = state.settings.campaigns;
     let r = state
         .db(move |conn| {
-            let devices = verdicts::load_devices(conn, None, now)?;
+            let devices = super::noc::infected_devices(conn, now)?;
             current_campaigns(conn, &devices, &settings)
         })
         .await;

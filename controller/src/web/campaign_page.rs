@@ -19,7 +19,7 @@ use super::{AppState, WebError};
 use crate::abuse;
 use crate::campaigns;
 use crate::operators::Level;
-use crate::verdicts::{self, plural, DeviceView};
+use crate::verdicts::{plural, DeviceView};
 
 /// `GET /noc/campaigns`.
 pub async fn page(
@@ -35,7 +35,7 @@ pub async fn page(
     let settings = state.settings.campaigns;
     let loaded = state
         .db(move |conn| {
-            let devices = verdicts::load_devices(conn, None, now)?;
+            let devices = super::noc::infected_devices(conn, now)?;
             let campaigns = current_campaigns(conn, &devices, &settings)?;
             let names = super::fleet::household_names(
                 conn,
@@ -248,7 +248,7 @@ pub async fn push_campaign_indicators(
     let wanted = id.to_string();
     let (campaign, mut policy) = state
         .db(move |conn| {
-            let devices = verdicts::load_devices(conn, None, now)?;
+            let devices = super::noc::infected_devices(conn, now)?;
             let c = current_campaigns(conn, &devices, &settings)?
                 .into_iter()
                 .map(|(c, _)| c)

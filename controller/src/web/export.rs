@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 use smtpguard_protocol::Verdict;
 
 use super::{auth, fleet, AppState, WebError};
-use crate::{abuse, audit, verdicts};
+use crate::{abuse, audit};
 
 /// Rows one export holds at most.
 pub const ROWS_MAX: usize = 100_000;
@@ -86,9 +86,12 @@ fn time(ms: u64) -> String {
 }
 
 fn devices(conn: &rusqlite::Connection, now: u64, wanted: &[Verdict]) -> Result<Table, WebError> {
-    let mut devs = verdicts::load_devices(conn, None, now)?;
-    devs.retain(|d| wanted.contains(&d.verdict));
-    devs.truncate(ROWS_MAX);
+    let devs = crate::store::devices::with_verdicts(
+        conn,
+        wanted,
+        u32::try_from(ROWS_MAX).unwrap_or(u32::MAX),
+        now,
+    )?;
     let rows = devs
         .iter()
         .map(|d| {

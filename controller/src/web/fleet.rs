@@ -21,7 +21,7 @@ use smtpguard_protocol::{MacAddr, Verdict};
 use super::html::{self, esc, path_seg, Table};
 use super::noc::{current_campaigns, device_rows, export_links, noc_page};
 use super::{auth, AppState, WebError};
-use crate::verdicts::{self, plural, DeviceView};
+use crate::verdicts::{plural, DeviceView};
 use crate::{abuse, households};
 
 /// CPEs on one page of the list.
@@ -88,7 +88,7 @@ impl CpeRow {
 
 const SELECT: &str = "SELECT c.cpe_id, c.label, s.status, s.agent_version, s.fleet_policy_version,
         s.public_ip, s.updated_ms, c.revoked_at_ms IS NOT NULL, h.name,
-        (SELECT COUNT(*) FROM device_verdicts dv WHERE dv.cpe_id = c.cpe_id
+        (SELECT COUNT(*) FROM devices dv WHERE dv.cpe_id = c.cpe_id
             AND dv.verdict <> 'clean')";
 
 const FROM: &str = " FROM cpes c LEFT JOIN cpe_state s ON s.cpe_id = c.cpe_id
@@ -434,14 +434,13 @@ pub fn search(
           AND (:holder IS NULL OR c.cpe_id = :holder)
           AND (:text IS NULL OR c.cpe_id LIKE :text ESCAPE '\\' OR c.label LIKE :text ESCAPE '\\'
                OR h.name LIKE :text ESCAPE '\\'
-               OR c.cpe_id IN (SELECT cpe_id FROM device_reports WHERE hostname LIKE :text ESCAPE '\\'
-                               UNION SELECT cpe_id FROM alerts WHERE hostname LIKE :text ESCAPE '\\'))
-          AND (:mac IS NULL OR c.cpe_id IN (SELECT cpe_id FROM device_verdicts WHERE mac = :mac))
+               OR c.cpe_id IN (SELECT cpe_id FROM devices WHERE hostname LIKE :text ESCAPE '\\'))
+          AND (:mac IS NULL OR c.cpe_id IN (SELECT cpe_id FROM devices WHERE mac = :mac))
           AND (:ip IS NULL OR :holder IS NOT NULL OR s.public_ip = :ip
                OR c.cpe_id IN (SELECT cpe_id FROM public_ips WHERE ip = :ip))
           AND (:status IS NULL OR {STATUS} = :status)
           AND (:v1 IS NULL OR c.cpe_id IN
-               (SELECT cpe_id FROM device_verdicts WHERE verdict IN (:v1, :v2)))
+               (SELECT cpe_id FROM devices WHERE verdict IN (:v1, :v2)))
           AND (:agent IS NULL OR s.agent_version = :agent)
           AND (:policy IS NULL OR s.fleet_policy_version = :policy)"
     );
@@ -554,24 +553,17 @@ fn load(
         PAGE_ROWS,
         u64::from(f.page.saturating_sub(1)) * u64::from(PAGE_ROWS),
     )?;
-    let devices = verdicts::load_devices(conn, None, now)?;
-    let campaigns = current_campaigns(conn, &devices, settings)?.len();
-    let mut flagged: Vec<DeviceView> = devices
-        .into_iter()
-        .filter(|d| d.verdict != Verdict::Clean)
-        .collect();
-    flagged.sort_by_key(|d| {
-        (
-            std::cmp::Reverse(verdicts::severity(d.verdict)),
-            std::cmp::Reverse(d.since_ms),
-        )
-    });
-    let infected = flagged
-        .iter()
-        .filter(|d| d.verdict == Verdict::Infected)
-        .count();
-    let suspicious = flagged.len() - infected;
-    flagged.truncate(FLAGGED_ROWS);
+    let campaigns =
+        current_campaigns(conn, &super::noc::infected_devices(conn, now)?, settings)?.len();
+    let flagged = crate::store::devices::with_verdicts(
+        conn,
+        &[Verdict::Infected, Verdict::Suspicious],
+        u32::try_from(FLAGGED_ROWS).unwrap_or(u32::MAX),
+        now,
+    )?;
+    let device_counts = crate::store::devices::counts(conn, now)?;
+    let infected = usize::try_from(device_counts.by_verdict[2]).unwrap_or(usize::MAX);
+    let suspicious = usize::try_from(device_counts.by_verdict[1]).unwrap_or(usize::MAX);
     let households = household_names(conn, flagged.iter().map(|d| d.cpe_id.as_str()))?;
     let open_abuse = abuse::list_filtered(
         conn,

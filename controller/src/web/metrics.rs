@@ -41,11 +41,10 @@ fn pairs<T: rusqlite::types::FromSql>(
 }
 
 fn snapshot(conn: &rusqlite::Connection, now_ms: u64) -> Result<Snapshot, WebError> {
-    let devs = verdicts::load_devices(conn, None, now_ms)?;
-    let mut devices = [0usize; 3];
-    for d in &devs {
-        devices[usize::from(verdicts::severity(d.verdict))] += 1;
-    }
+    let counts = crate::store::devices::counts(conn, now_ms)?;
+    let devices = counts
+        .by_verdict
+        .map(|n| usize::try_from(n).unwrap_or(usize::MAX));
     Ok(Snapshot {
         by_kind: pairs(conn, "SELECT kind, COUNT(*) FROM messages GROUP BY kind")?,
         rejections: pairs(conn, "SELECT reason, count FROM rejections")?,

@@ -397,6 +397,12 @@ impl From<rusqlite::Error> for WebError {
     }
 }
 
+impl From<crate::store::StoreError> for WebError {
+    fn from(e: crate::store::StoreError) -> Self {
+        WebError::Internal(e.to_string())
+    }
+}
+
 impl From<VerdictError> for WebError {
     fn from(e: VerdictError) -> Self {
         WebError::Internal(e.to_string())

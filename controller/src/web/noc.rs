@@ -16,6 +16,19 @@ use super::{html_response, WebError};
 use crate::campaigns::{self, Campaign, Member};
 use crate::verdicts::DeviceView;
 
+/// The fleet's infected devices, what campaigns are found among (kept at ingest).
+///
+/// # Errors
+/// SQLite errors.
+pub fn infected_devices(conn: &Connection, now_ms: u64) -> Result<Vec<DeviceView>, WebError> {
+    Ok(crate::store::devices::with_verdicts(
+        conn,
+        &[Verdict::Infected],
+        u32::MAX,
+        now_ms,
+    )?)
+}
+
 /// The campaigns among the fleet's infected devices.
 ///
 /// # Errors

@@ -1,0 +1,635 @@
+//! Device state, kept at ingest: one row per household device (table `devices`) with what
+//! the controller knows of it now — verdict, score, action and until when, evidence, since
+//! when, last seen, names, addresses, the newest window's counters and indicators.
+//!
+//! The row is the fold ([`verdicts::fold`]) of every alert and telemetry report of the
+//! device, maintained in the transaction that stores the message:
+//! - a fact newer than the row's newest (in fold order: time, then an alert after a report
+//!   of the same instant) is applied to the row ([`DeviceView::apply`]);
+//! - an older one (a late alert, a redelivered or another replica's message) makes the row
+//!   be folded again from the device's stored facts ([`refold`]): its newest
+//!   [`REFOLD_ALERTS`] alerts and [`REFOLD_REPORTS`] reports.
+//!
+//! So pages, the API and `/metrics` read rows; nothing folds history per request. The row
+//! keeps the action as the router last reported it; readers apply
+//! [`verdicts::action_in_force`] at their `now`. Retention never deletes rows here.
+
+use std::net::IpAddr;
+
+use rusqlite::{params, Connection, OptionalExtension, Row, Transaction};
+use smtpguard_protocol::{Alert, DeviceCounters, DeviceReport, MacAddr, Verdict};
+
+use super::{to_i64, StoreError};
+use crate::verdicts::{self, AlertRow, DeviceView, Event, ReportRow};
+
+/// Most alerts of one device a refold reads (the newest).
+pub const REFOLD_ALERTS: u32 = 5_000;
+/// Most telemetry reports of one device a refold reads (the newest).
+pub const REFOLD_REPORTS: u32 = 2_000;
+
+/// The columns [`view`] reads, in its order.
+pub const COLUMNS: &str = "d.cpe_id, d.mac, d.hostname, d.vendor, d.ips_json, d.verdict, \
+     d.score, d.since_ms, d.last_seen_ms, d.action, d.action_until_ms, d.evidence_json, \
+     d.counters_json, d.window_secs, d.observed_json";
+
+fn corrupt(column: &'static str, detail: impl ToString) -> StoreError {
+    StoreError::Corrupt {
+        column,
+        detail: detail.to_string().chars().take(80).collect(),
+    }
+}
+
+fn json<T: serde::de::DeserializeOwned>(
+    column: &'static str,
+    text: Option<String>,
+) -> Result<Option<T>, StoreError> {
+    text.map(|t| serde_json::from_str(&t).map_err(|e| corrupt(column, e)))
+        .transpose()
+}
+
+fn from_ms(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+/// One `devices` row (selected with [`COLUMNS`]) as a view, with the action as stored.
+///
+/// # Errors
+/// [`StoreError`] on SQLite errors or values the schema does not allow.
+pub fn view(r: &Row<'_>) -> Result<DeviceView, StoreError> {
+    let mac: String = r.get(1)?;
+    let verdict: String = r.get(5)?;
+    let action: String = r.get(9)?;
+    let ips: Vec<IpAddr> = json("devices.ips_json", r.get(4)?)?.unwrap_or_default();
+    let counters: Option<DeviceCounters> = json("devices.counters_json", r.get(12)?)?;
+    let window_secs: Option<i64> = r.get(13)?;
+    Ok(DeviceView {
+        cpe_id: r.get(0)?,
+        mac: mac.parse().map_err(|e| corrupt("devices.mac", e))?,
+        hostname: r.get(2)?,
+        vendor: r.get(3)?,
+        ips,
+        verdict: verdicts::parse_verdict(&verdict)
+            .map_err(|_| corrupt("devices.verdict", &verdict))?,
+        score: r.get::<_, f64>(6)? as f32,
+        since_ms: from_ms(r.get(7)?),
+        last_seen_ms: from_ms(r.get(8)?),
+        action: verdicts::parse_action(&action).map_err(|_| corrupt("devices.action", &action))?,
+        action_until_ms: r.get::<_, Option<i64>>(10)?.map(from_ms),
+        evidence: json("devices.evidence_json", r.get(11)?)?.unwrap_or_default(),
+        counters: counters.map(|c| {
+            (
+                c,
+                window_secs.and_then(|s| u32::try_from(s).ok()).unwrap_or(0),
+            )
+        }),
+        history: Vec::new(),
+        observed: json("devices.observed_json", r.get(14)?)?.unwrap_or_default(),
+    })
+}
+
+/// The device's row, with whether its newest fact was an alert.
+fn current(
+    tx: &Connection,
+    cpe_id: &str,
+    mac: &str,
+) -> Result<Option<(DeviceView, bool)>, StoreError> {
+    let mut stmt = tx.prepare_cached(&format!(
+        "SELECT {COLUMNS}, d.last_fact FROM devices d WHERE d.cpe_id = ?1 AND d.mac = ?2"
+    ))?;
+    let mut rows = stmt.query(params![cpe_id, mac])?;
+    match rows.next()? {
+        None => Ok(None),
+        Some(r) => {
+            let last: String = r.get(15)?;
+            Ok(Some((view(r)?, last == "alert")))
+        }
+    }
+}
+
+fn write(tx: &Connection, v: &DeviceView, last_was_alert: bool) -> Result<(), StoreError> {
+    let ips: Vec<String> = v.ips.iter().map(ToString::to_string).collect();
+    let (counters, window_secs) = match &v.counters {
+        Some((c, secs)) => (Some(serde_json::to_string(c)?), Some(*secs)),
+        None => (None, None),
+    };
+    tx.prepare_cached(
+        "INSERT INTO devices (cpe_id, mac, hostname, vendor, ips_json, verdict, severity, score,
+            since_ms, last_seen_ms, last_fact, action, action_until_ms, evidence_json,
+            counters_json, window_secs, observed_json)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)
+         ON CONFLICT (cpe_id, mac) DO UPDATE SET hostname = excluded.hostname,
+            vendor = excluded.vendor, ips_json = excluded.ips_json,
+            verdict = excluded.verdict, severity = excluded.severity, score = excluded.score,
+            since_ms = excluded.since_ms, last_seen_ms = excluded.last_seen_ms,
+            last_fact = excluded.last_fact, action = excluded.action,
+            action_until_ms = excluded.action_until_ms, evidence_json = excluded.evidence_json,
+            counters_json = excluded.counters_json, window_secs = excluded.window_secs,
+            observed_json = excluded.observed_json",
+    )?
+    .execute(params![
+        v.cpe_id,
+        v.mac.to_string(),
+        v.hostname,
+        v.vendor,
+        serde_json::to_string(&ips)?,
+        v.verdict.as_str(),
+        verdicts::severity(v.verdict),
+        f64::from(v.score),
+        to_i64(v.since_ms),
+        to_i64(v.last_seen_ms),
+        if last_was_alert { "alert" } else { "report" },
+        v.action.as_str(),
+        v.action_until_ms.map(to_i64),
+        serde_json::to_string(&v.evidence)?,
+        counters,
+        window_secs,
+        serde_json::to_string(&v.observed)?,
+    ])?;
+    Ok(())
+}
+
+/// Applies one fact of `cpe_id`'s device to its row (see the module docs). The fact must
+/// already be stored (a refold reads it back).
+fn note(tx: &Connection, cpe_id: &str, mac: MacAddr, e: &Event<'_>) -> Result<(), StoreError> {
+    let is_alert = matches!(e, Event::Alert(_));
+    match current(tx, cpe_id, &mac.to_string())? {
+        None => {
+            let mut v = DeviceView::first_seen(cpe_id, mac, e);
+            v.apply(e, true);
+            write(tx, &v, is_alert)
+        }
+        Some((mut v, last_was_alert)) if e.order_key() >= (v.last_seen_ms, last_was_alert) => {
+            v.apply(e, false);
+            write(tx, &v, is_alert)
+        }
+        Some(_) => refold(tx, cpe_id, mac),
+    }
+}
+
+/// Folds the device's row again from its stored alerts and reports.
+///
+/// # Errors
+/// [`StoreError`].
+pub fn refold(tx: &Connection, cpe_id: &str, mac: MacAddr) -> Result<(), StoreError> {
+    let m = mac.to_string();
+    let alerts = verdicts::device_alerts(tx, cpe_id, &m, REFOLD_ALERTS)?;
+    let reports = verdicts::device_reports(tx, cpe_id, &m, REFOLD_REPORTS)?;
+    let mut events: Vec<Event<'_>> = alerts
+        .iter()
+        .map(Event::Alert)
+        .chain(reports.iter().map(Event::Report))
+        .collect();
+    events.sort_by_key(Event::order_key);
+    let Some(v) = verdicts::fold(cpe_id, mac, &events) else {
+        return Ok(());
+    };
+    let last_was_alert = events.last().is_some_and(|e| matches!(e, Event::Alert(_)));
+    write(tx, &v, last_was_alert)
+}
+
+/// Notes an alert of `cpe_id` (already stored in `alerts`).
+///
+/// # Errors
+/// [`StoreError`].
+pub(super) fn note_alert(tx: &Transaction<'_>, cpe_id: &str, a: &Alert) -> Result<(), StoreError> {
+    let d = &a.device;
+    let row = AlertRow {
+        cpe_id: cpe_id.to_string(),
+        mac: d.mac,
+        at_ms: a.at_ms,
+        previous: a.previous,
+        verdict: d.verdict,
+        score: d.score,
+        action: d.action,
+        action_until_ms: d.action_until_ms,
+        hostname: d.hostname.clone(),
+        vendor: d.vendor.clone(),
+        ips: d.ips.clone(),
+        evidence: d.evidence.clone(),
+        observed: a.observed.clone(),
+    };
+    note(tx, cpe_id, d.mac, &Event::Alert(&row))
+}
+
+/// Notes one device's report of a telemetry window (already stored in `device_reports`).
+///
+/// # Errors
+/// [`StoreError`].
+pub(super) fn note_report(
+    tx: &Transaction<'_>,
+    cpe_id: &str,
+    window_start_ms: u64,
+    window_secs: u32,
+    d: &DeviceReport,
+) -> Result<(), StoreError> {
+    let row = ReportRow {
+        cpe_id: cpe_id.to_string(),
+        mac: d.mac,
+        window_start_ms,
+        window_secs,
+        verdict: d.verdict,
+        score: d.score,
+        action: d.action,
+        action_until_ms: d.action_until_ms,
+        hostname: d.hostname.clone(),
+        vendor: d.vendor.clone(),
+        ips: d.ips.clone(),
+        counters: d.counters.clone(),
+        evidence: d.evidence.clone(),
+    };
+    note(tx, cpe_id, d.mac, &Event::Report(&row))
+}
+
+/// The newest verdict known of a device and as of when (its newest fact).
+///
+/// # Errors
+/// [`StoreError`].
+pub(super) fn known(
+    tx: &Transaction<'_>,
+    cpe_id: &str,
+    mac: &str,
+) -> Result<Option<(Verdict, u64)>, StoreError> {
+    let row: Option<(String, i64)> = tx
+        .prepare_cached("SELECT verdict, last_seen_ms FROM devices WHERE cpe_id = ?1 AND mac = ?2")?
+        .query_row(params![cpe_id, mac], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    match row {
+        None => Ok(None),
+        Some((v, at)) => Ok(Some((
+            verdicts::parse_verdict(&v).map_err(|_| corrupt("devices.verdict", &v))?,
+            from_ms(at),
+        ))),
+    }
+}
+
+/// Fills `devices` from the stored alerts and reports when it is empty and they are not
+/// (a database from before the table): each device of the stored facts is refolded.
+///
+/// # Errors
+/// [`StoreError`].
+pub fn backfill(conn: &mut Connection) -> Result<usize, StoreError> {
+    let empty: bool = conn.query_row("SELECT NOT EXISTS (SELECT 1 FROM devices)", [], |r| {
+        r.get(0)
+    })?;
+    if !empty {
+        return Ok(0);
+    }
+    let tx = conn.transaction()?;
+    let keys: Vec<(String, String)> = {
+        let mut stmt = tx.prepare(
+            "SELECT cpe_id, mac FROM alerts UNION SELECT cpe_id, mac FROM device_reports",
+        )?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        rows.collect::<Result<_, _>>()?
+    };
+    let mut n = 0;
+    for (cpe, mac) in keys {
+        let Ok(mac) = mac.parse::<MacAddr>() else {
+            continue;
+        };
+        refold(&tx, &cpe, mac)?;
+        n += 1;
+    }
+    tx.commit()?;
+    Ok(n)
+}
+
+fn in_force(mut v: DeviceView, now_ms: u64) -> DeviceView {
+    let (action, until) = verdicts::action_in_force(v.action, v.action_until_ms, now_ms);
+    v.action = action;
+    v.action_until_ms = until;
+    v
+}
+
+fn collect(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+    now_ms: u64,
+) -> Result<Vec<DeviceView>, StoreError> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let mut rows = stmt.query(params)?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        out.push(in_force(view(r)?, now_ms));
+    }
+    Ok(out)
+}
+
+/// The devices of one CPE (or of the whole fleet), worst verdict first, then by CPE and
+/// MAC, with the action in force at `now_ms` and no history.
+///
+/// # Errors
+/// [`StoreError`].
+pub fn list(
+    conn: &Connection,
+    cpe_id: Option<&str>,
+    now_ms: u64,
+) -> Result<Vec<DeviceView>, StoreError> {
+    collect(
+        conn,
+        &format!(
+            "SELECT {COLUMNS} FROM devices d WHERE (?1 IS NULL OR d.cpe_id = ?1)
+             ORDER BY d.severity DESC, d.cpe_id, d.mac"
+        ),
+        params![cpe_id],
+        now_ms,
+    )
+}
+
+/// One device, with the action in force at `now_ms` and no history.
+///
+/// # Errors
+/// [`StoreError`].
+pub fn one(
+    conn: &Connection,
+    cpe_id: &str,
+    mac: &str,
+    now_ms: u64,
+) -> Result<Option<DeviceView>, StoreError> {
+    Ok(collect(
+        conn,
+        &format!("SELECT {COLUMNS} FROM devices d WHERE d.cpe_id = ?1 AND d.mac = ?2"),
+        params![cpe_id, mac],
+        now_ms,
+    )?
+    .pop())
+}
+
+/// Devices with one of `verdicts`, worst first and then the newest change first, at most
+/// `limit`.
+///
+/// # Errors
+/// [`StoreError`].
+pub fn with_verdicts(
+    conn: &Connection,
+    verdicts: &[Verdict],
+    limit: u32,
+    now_ms: u64,
+) -> Result<Vec<DeviceView>, StoreError> {
+    let mut out = Vec::new();
+    for v in verdicts {
+        out.extend(collect(
+            conn,
+            &format!(
+                "SELECT {COLUMNS} FROM devices d WHERE d.severity = ?1
+                 ORDER BY d.since_ms DESC, d.cpe_id, d.mac LIMIT ?2"
+            ),
+            params![verdicts::severity(*v), limit],
+            now_ms,
+        )?);
+    }
+    out.sort_by_key(|d| {
+        (
+            std::cmp::Reverse(verdicts::severity(d.verdict)),
+            std::cmp::Reverse(d.since_ms),
+        )
+    });
+    out.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+    Ok(out)
+}
+
+/// How many devices the fleet has by verdict, and how many are blocked or rate-limited
+/// at `now_ms`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Devices by verdict: clean, suspicious, infected ([`verdicts::severity`] order).
+    pub by_verdict: [u64; 3],
+    /// Devices blocked now.
+    pub blocked: u64,
+    /// Devices rate-limited now.
+    pub rate_limited: u64,
+}
+
+impl Counts {
+    /// All devices.
+    pub fn total(&self) -> u64 {
+        self.by_verdict.iter().sum()
+    }
+}
+
+/// The fleet's device counts (one indexed pass; nothing folded).
+///
+/// # Errors
+/// [`StoreError`].
+pub fn counts(conn: &Connection, now_ms: u64) -> Result<Counts, StoreError> {
+    let mut out = Counts::default();
+    let mut stmt =
+        conn.prepare_cached("SELECT severity, COUNT(*) FROM devices GROUP BY severity")?;
+    let mut rows = stmt.query([])?;
+    while let Some(r) = rows.next()? {
+        let (sev, n): (i64, i64) = (r.get(0)?, r.get(1)?);
+        if let Some(slot) = usize::try_from(sev)
+            .ok()
+            .and_then(|i| out.by_verdict.get_mut(i))
+        {
+            *slot = from_ms(n);
+        }
+    }
+    let mut stmt = conn.prepare_cached(
+        "SELECT action, COUNT(*) FROM devices
+         WHERE action <> 'monitor' AND (action_until_ms IS NULL OR action_until_ms > ?1)
+         GROUP BY action",
+    )?;
+    let mut rows = stmt.query([to_i64(now_ms)])?;
+    while let Some(r) = rows.next()? {
+        let (action, n): (String, i64) = (r.get(0)?, r.get(1)?);
+        match action.as_str() {
+            "block" => out.blocked = from_ms(n),
+            "rate-limit" => out.rate_limited = from_ms(n),
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use smtpguard_protocol::{
+        Action, AgentStats, Body, DeviceCounters, Envelope, Observed, Telemetry,
+    };
+
+    use super::*;
+    use crate::store::{Received, Store};
+
+    const A: MacAddr = MacAddr([2, 0, 0, 0, 0, 1]);
+    const B: MacAddr = MacAddr([2, 0, 0, 0, 0, 2]);
+
+    fn report(mac: MacAddr, verdict: Verdict, n: u32) -> DeviceReport {
+        DeviceReport {
+            mac,
+            ips: if n % 2 == 0 {
+                vec![format!("192.168.1.{n}").parse().unwrap()]
+            } else {
+                vec![]
+            },
+            hostname: (n % 3 == 0).then(|| format!("host-{n}")),
+            vendor: None,
+            verdict,
+            score: n as f32 / 100.0,
+            action: if verdict == Verdict::Infected {
+                Action::Block
+            } else {
+                Action::Monitor
+            },
+            action_until_ms: (verdict == Verdict::Infected)
+                .then_some(u64::from(n) * 60_000 + 900_000),
+            counters: DeviceCounters {
+                distinct_mail_servers: n,
+                ..Default::default()
+            },
+            evidence: if verdict == Verdict::Clean {
+                vec![]
+            } else {
+                vec![format!("fact {n}")]
+            },
+        }
+    }
+
+    fn msg(cpe: &str, seq: u64, body: Body) -> Received {
+        Received {
+            envelope: Envelope {
+                version: smtpguard_protocol::PROTOCOL_VERSION,
+                cpe_id: cpe.into(),
+                seq,
+                sent_at_ms: 0,
+                body,
+            },
+            wire: vec![],
+            received_at_ms: 0,
+        }
+    }
+
+    /// A device's life as a router tells it: telemetry every minute, alerts at changes.
+    fn story(cpe: &str) -> Vec<Received> {
+        let verdicts = [
+            Verdict::Clean,
+            Verdict::Clean,
+            Verdict::Suspicious,
+            Verdict::Infected,
+            Verdict::Infected,
+            Verdict::Clean,
+            Verdict::Suspicious,
+        ];
+        let mut out = Vec::new();
+        let mut seq = 0;
+        for (i, v) in verdicts.iter().enumerate() {
+            let n = u32::try_from(i).unwrap() + 1;
+            let end = u64::from(n) * 60_000;
+            if i > 0 && *v != verdicts[i - 1] {
+                seq += 1;
+                out.push(msg(
+                    cpe,
+                    seq,
+                    Body::Alert(Alert {
+                        device: report(A, *v, n),
+                        previous: verdicts[i - 1],
+                        at_ms: end - 20_000,
+                        observed: Observed::default(),
+                    }),
+                ));
+            }
+            seq += 1;
+            out.push(msg(
+                cpe,
+                seq,
+                Body::Telemetry(Telemetry {
+                    window_start_ms: end - 60_000,
+                    window_secs: 60,
+                    public_ip: None,
+                    stats: AgentStats::default(),
+                    devices: vec![report(A, *v, n), report(B, Verdict::Clean, n + 10)],
+                    connections: vec![],
+                }),
+            ));
+        }
+        out
+    }
+
+    fn rows(store: &Store) -> Vec<DeviceView> {
+        list(store.conn(), None, 1_000).unwrap()
+    }
+
+    #[test]
+    fn rows_kept_at_ingest_equal_the_fold_in_any_arrival_order() {
+        let messages = story("cpe-d");
+        let mut in_order = Store::open_in_memory().unwrap();
+        for m in &messages {
+            in_order.write_batch(std::slice::from_ref(m), &[]).unwrap();
+        }
+        let conn = in_order.conn();
+        let folded = verdicts::devices(
+            &verdicts::load_alerts(conn, None, 0, 10_000).unwrap(),
+            &verdicts::load_reports(conn, None, 0, 10_000).unwrap(),
+            1_000,
+        );
+        assert_eq!(rows(&in_order), folded);
+        assert_eq!(folded[0].verdict, Verdict::Suspicious);
+        assert_eq!(folded[0].hostname.as_deref(), Some("host-6"));
+        // Shuffled (a late alert, another replica's telemetry): the same rows.
+        let mut state = 7u64;
+        for _ in 0..20 {
+            let mut shuffled = messages.clone();
+            for i in (1..shuffled.len()).rev() {
+                state = state
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1);
+                shuffled.swap(i, usize::try_from(state >> 33).unwrap() % (i + 1));
+            }
+            let mut store = Store::open_in_memory().unwrap();
+            for m in &shuffled {
+                store.write_batch(std::slice::from_ref(m), &[]).unwrap();
+            }
+            assert_eq!(rows(&store), folded);
+        }
+    }
+
+    #[test]
+    fn counts_and_flagged_lists_read_the_rows_with_the_action_in_force() {
+        let mut store = Store::open_in_memory().unwrap();
+        let mut msgs = story("cpe-1");
+        // A second router whose device is infected and blocked until 4:00 + 15 min.
+        msgs.extend(story("cpe-2").into_iter().take(5));
+        store.write_batch(&msgs, &[]).unwrap();
+        let c = counts(store.conn(), 0).unwrap();
+        assert_eq!(c.by_verdict, [2, 1, 1]);
+        assert_eq!((c.blocked, c.rate_limited), (1, 0));
+        // The block has run out later on: the row is unchanged, the action in force is not.
+        let later = counts(store.conn(), 10_000_000).unwrap();
+        assert_eq!(later.blocked, 0);
+        let flagged = with_verdicts(
+            store.conn(),
+            &[Verdict::Infected, Verdict::Suspicious],
+            10,
+            10_000_000,
+        )
+        .unwrap();
+        assert_eq!(flagged.len(), 2);
+        assert_eq!(
+            (flagged[0].cpe_id.as_str(), flagged[0].verdict),
+            ("cpe-2", Verdict::Infected)
+        );
+        assert_eq!(flagged[0].action, Action::Monitor);
+    }
+
+    #[test]
+    fn an_older_database_gets_its_rows_from_the_stored_facts() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        {
+            let mut store = Store::open(&path).unwrap();
+            store.write_batch(&story("cpe-o"), &[]).unwrap();
+        }
+        let before = {
+            let store = Store::open(&path).unwrap();
+            rows(&store)
+        };
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute("DELETE FROM devices", []).unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        assert_eq!(rows(&store), before);
+        assert_eq!(before.len(), 2);
+    }
+}
