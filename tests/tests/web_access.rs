@@ -1216,7 +1216,18 @@ fn flagged_devices_abuse_reports_and_the_audit_log_export_as_csv_and_json() {
 
     // Bad parameters and callers.
     assert_eq!(get("/api/export/devices?format=xlsx").status, 400);
-    assert_eq!(get("/api/export/devices?verdict=clean").status, 400);
+    assert_eq!(get("/api/export/devices?verdict=purple").status, 400);
+    // Every device with `verdict=all`, one with its MAC, the list's filters otherwise.
+    let all = get("/api/export/devices?verdict=all&format=json");
+    let v: serde_json::Value = serde_json::from_str(&all.body).unwrap();
+    let all = v["devices"].as_array().unwrap();
+    assert!(all.len() > devices.len() + 2, "{v}");
+    assert!(all.iter().any(|d| d["verdict"] == "clean"));
+    let one = get(&format!(
+        "/api/export/devices?format=json&verdict=all&q={a_mac}"
+    ));
+    let v: serde_json::Value = serde_json::from_str(&one.body).unwrap();
+    assert_eq!(v["devices"].as_array().unwrap().len(), 1, "{v}");
     assert_eq!(get("/api/export/passwords").status, 404);
     assert_eq!(
         http(s.addr, "GET", "/api/export/audit", &[], b"")
@@ -1628,4 +1639,115 @@ fn abuse_desk_and_time_zone_forms_refuse_wrong_roles_forged_posts_and_hostile_in
         my.body
     );
     assert!(my.body.contains(r#"value="Europe/Berlin""#));
+}
+
+/// The device list (`/noc/devices`, `/api/devices`): found by MAC, by host name, by the
+/// public IP a router held at a time, filtered by verdict and by the router's action, paged;
+/// bad queries are refused with the field named; NOC only.
+#[test]
+fn the_device_list_is_searched_filtered_and_paged_on_the_server() {
+    let s = Server::start().unwrap();
+    let auth = format!("Bearer {OPERATOR_TOKEN}");
+    let get = |path: &str| http(s.addr, "GET", path, &[("Authorization", &auth)], b"").unwrap();
+    let json = |path: &str| -> serde_json::Value {
+        let r = get(path);
+        assert_eq!(r.status, 200, "{path}: {}", r.body);
+        serde_json::from_str(&r.body).unwrap()
+    };
+    let everything = json("/api/devices?per_page=500");
+    let total = everything["total"].as_u64().unwrap();
+    assert!(total >= 8, "{everything}");
+    let a = &s.seeded.households[0];
+    let (a_mac, a_host) = a.flagged.clone().unwrap();
+
+    let by_mac = json(&format!("/api/devices?q={a_mac}"));
+    assert_eq!(by_mac["total"], 1, "{by_mac}");
+    assert_eq!(by_mac["devices"][0]["cpe_id"], a.cpe_id.as_str());
+    let by_host = json(&format!("/api/devices?q={}", a_host.replace(' ', "%20")));
+    assert!(by_host["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|d| d["mac"] == a_mac.to_string().as_str()));
+    // The public address at the time of the abuse example: that household's devices only.
+    let (at, _, _) = s.seeded.abuse_example;
+    let when = smtpguard_controller::abuse::date::format_utc_secs(at);
+    let when = format!("{}Z", when.trim_end_matches(" UTC").replacen(' ', "T", 1));
+    let by_ip = json(&format!("/api/devices?q={}&at={when}", a.public_ip));
+    let hits = by_ip["devices"].as_array().unwrap();
+    assert!(!hits.is_empty(), "{by_ip}");
+    assert!(
+        hits.iter().all(|d| d["cpe_id"] == a.cpe_id.as_str()),
+        "{by_ip}"
+    );
+
+    let infected = json("/api/devices?verdict=infected");
+    assert!(infected["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|d| d["verdict"] == "infected"));
+    let blocked = json("/api/devices?action=block");
+    assert!(blocked["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|d| d["action"] == "block"));
+
+    // Pages of 3: together they are the whole list, each device once.
+    let mut seen = std::collections::BTreeSet::new();
+    let pages = total.div_ceil(3);
+    for p in 1..=pages {
+        let page = json(&format!("/api/devices?per_page=3&page={p}&sort=cpe"));
+        for d in page["devices"].as_array().unwrap() {
+            assert!(
+                seen.insert(format!("{}/{}", d["cpe_id"], d["mac"])),
+                "{d} twice"
+            );
+        }
+    }
+    assert_eq!(seen.len() as u64, total);
+
+    // The page: the count line, the filter kept in the next-page link, one row per device.
+    let html = get("/noc/devices?verdict=all&sort=cpe&dir=asc");
+    assert_eq!(html.status, 200);
+    assert!(
+        html.body.contains(&format!("of {total} devices")),
+        "{}",
+        html.body
+    );
+    assert!(html.body.contains(r#"aria-current="page">Devices"#));
+    let one = get(&format!("/noc/devices?q={a_mac}"));
+    assert_eq!(one.body.matches(r#"<tr class="dev "#).count(), 1);
+
+    for (bad, field) in [
+        ("verdict=purple", "verdict"),
+        ("action=explode", "action"),
+        ("sort=colour", "sort"),
+        ("page=0", "page"),
+        ("per_page=100000", "per_page"),
+    ] {
+        let r = get(&format!("/api/devices?{bad}"));
+        assert_eq!(r.status, 400, "{bad}");
+        assert!(r.body.contains(field), "{bad}: {}", r.body);
+    }
+    assert_eq!(
+        http(s.addr, "GET", "/api/devices", &[], b"")
+            .unwrap()
+            .status,
+        401
+    );
+    let hh = format!("Bearer {}", a.token);
+    assert_eq!(
+        http(
+            s.addr,
+            "GET",
+            "/noc/devices",
+            &[("Authorization", &hh)],
+            b""
+        )
+        .unwrap()
+        .status,
+        403
+    );
 }

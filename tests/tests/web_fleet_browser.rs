@@ -169,12 +169,17 @@ fn iso(ms: u64) -> String {
         .replace(" UTC", "Z")
 }
 
-fn rows(b: &Browser) -> Vec<String> {
-    b.find_all("#cpe-list tbody tr")
+/// The texts of the elements `selector` finds.
+fn texts(b: &Browser, selector: &str) -> Vec<String> {
+    b.find_all(selector)
         .unwrap()
         .iter()
         .map(|r| b.text(r).unwrap())
         .collect()
+}
+
+fn rows(b: &Browser) -> Vec<String> {
+    texts(b, "#cpe-list tbody tr")
 }
 
 #[test]
@@ -202,6 +207,9 @@ fn among_20000_routers_the_noc_finds_one_by_mac_and_by_public_ip_at_a_time() {
         "/noc/policy",
         "/noc/senders",
         "/noc/audit",
+        "/noc/devices",
+        "/noc/devices?verdict=all&sort=seen&dir=desc&page=300",
+        "/noc/devices?q=laptop-1",
     ] {
         let t = std::time::Instant::now();
         let r = http(s.addr, "GET", path, &[("Cookie", &cookie)], b"").unwrap();
@@ -299,6 +307,34 @@ fn among_20000_routers_the_noc_finds_one_by_mac_and_by_public_ip_at_a_time() {
     assert_eq!(lines.len(), expected + 1, "{}", lines[0]);
     assert!(lines[0].starts_with("cpe_id,"));
     assert!(lines[1..].iter().all(|l| l.contains(",offline,")));
+
+    // The device list, among the 20,000 routers' devices: by MAC through the form, by host
+    // name, and by the public address at a time; the fleet's own counts link to it.
+    b.goto(&s.url("/noc/devices")).unwrap();
+    let count = b.text(&b.find("#device-count").unwrap()).unwrap();
+    assert!(count.starts_with("1–50 of 200"), "{count}");
+    b.type_into("#d-q", &bulk_mac(wanted).to_string()).unwrap();
+    b.follow("#d-go").unwrap();
+    assert_eq!(
+        b.text(&b.find("#device-count").unwrap()).unwrap(),
+        "1–1 of 1 device"
+    );
+    let found = texts(&b, "#device-list tbody tr");
+    assert!(found[0].contains(&format!("laptop-{wanted}")), "{found:?}");
+    b.screenshot("noc-devices-search-mac").unwrap();
+    b.goto(&s.url(&format!(
+        "/noc/devices?q={MOVED_IP}&at={}",
+        iso(now - 4 * HOUR).replace(':', "%3A")
+    )))
+    .unwrap();
+    let found = texts(&b, "#device-list tbody tr");
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(found[0].contains(&bulk_id(early)), "{found:?}");
+    b.goto(&s.url("/noc")).unwrap();
+    b.follow("#stat-infected").unwrap();
+    assert!(b.url_ends_with("/noc/devices?verdict=infected"));
+    let infected = texts(&b, "#device-list tbody tr");
+    assert!(!infected.is_empty() && infected.iter().all(|r| r.contains("Infected")));
 }
 
 /// Every page at phone width (390×844) and at 1280 px: no horizontal overflow, WCAG 2.1 AA
@@ -349,6 +385,7 @@ fn every_page_fits_a_phone_and_passes_the_contrast_and_semantics_check() {
     assert!(b.url_ends_with("/noc"));
     for (name, path) in [
         ("noc-fleet", "/noc".to_string()),
+        ("noc-devices", "/noc/devices".into()),
         ("noc-cpe", format!("/noc/cpe/{}", a.cpe_id)),
         ("noc-campaigns", "/noc/campaigns".into()),
         ("noc-policy", "/noc/policy".into()),

@@ -1,7 +1,8 @@
 //! Exports for the NOC and the abuse desk: flagged devices, abuse reports and the audit log,
 //! as CSV or JSON. `GET /api/export/{devices|cpes|abuse|audit}?format=csv|json` (any NOC
-//! role; bearer token or session). `devices` takes `verdict=infected|suspicious|flagged`
-//! (flagged, both, by default); `cpes` takes the fleet page's filters
+//! role; bearer token or session). `devices` takes the device list's filters
+//! ([`super::devices::DeviceQuery`]; the flagged devices when no `verdict` is given, all with
+//! `verdict=all`) and exports the whole filtered list; `cpes` takes the fleet page's filters
 //! ([`super::fleet::FleetQuery`]) and exports what the page lists.
 //!
 //! CSV follows RFC 4180 (fields quoted when they hold a comma, quote or line break) and is
@@ -15,9 +16,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use smtpguard_protocol::Verdict;
 
-use super::{auth, fleet, AppState, WebError};
+use super::{auth, devices, fleet, AppState, WebError};
 use crate::{abuse, audit};
 
 /// Rows one export holds at most.
@@ -27,7 +27,6 @@ pub const ROWS_MAX: usize = 100_000;
 #[derive(Debug, Default, Deserialize)]
 pub struct ExportQuery {
     format: Option<String>,
-    verdict: Option<String>,
 }
 
 /// One CSV field, quoted and neutralised as the module docs say.
@@ -85,13 +84,12 @@ fn time(ms: u64) -> String {
     crate::abuse::date::format_utc_secs(ms)
 }
 
-fn devices(conn: &rusqlite::Connection, now: u64, wanted: &[Verdict]) -> Result<Table, WebError> {
-    let devs = crate::store::devices::with_verdicts(
-        conn,
-        wanted,
-        u32::try_from(ROWS_MAX).unwrap_or(u32::MAX),
-        now,
-    )?;
+fn devices(
+    conn: &rusqlite::Connection,
+    now: u64,
+    q: &devices::DeviceQuery,
+) -> Result<Table, WebError> {
+    let devs = devices::export_rows(conn, q, u32::try_from(ROWS_MAX).unwrap_or(u32::MAX), now)?;
     let rows = devs
         .iter()
         .map(|d| {
@@ -247,6 +245,7 @@ pub async fn export(
     Path(what): Path<String>,
     Query(q): Query<ExportQuery>,
     Query(fleet_q): Query<fleet::FleetQuery>,
+    Query(mut device_q): Query<devices::DeviceQuery>,
 ) -> Response {
     if let Err(e) = auth::noc(&state, &headers).await {
         return e.api();
@@ -256,18 +255,11 @@ pub async fn export(
         Some("json") => false,
         Some(_) => return WebError::BadRequest("format must be csv or json".into()).api(),
     };
-    let wanted = match q.verdict.as_deref().filter(|_| what != "cpes") {
-        None | Some("flagged") => vec![Verdict::Infected, Verdict::Suspicious],
-        Some("infected") => vec![Verdict::Infected],
-        Some("suspicious") => vec![Verdict::Suspicious],
-        Some(_) => {
-            return WebError::BadRequest("verdict must be infected, suspicious or flagged".into())
-                .api()
-        }
-    };
+    // The flagged devices unless a verdict (or `all`) is asked for.
+    device_q.verdict.get_or_insert_with(|| "flagged".into());
     let now = state.now_ms();
     let table = match what.as_str() {
-        "devices" => state.db(move |conn| devices(conn, now, &wanted)).await,
+        "devices" => state.db(move |conn| devices(conn, now, &device_q)).await,
         "cpes" => state.db(move |conn| cpes(conn, &fleet_q)).await,
         "abuse" => state.db(reports).await,
         "audit" => state.db(audit_log).await,

@@ -176,7 +176,8 @@ pub struct FleetQuery {
     pub page: Option<String>,
 }
 
-fn given(v: &Option<String>) -> Option<&str> {
+/// A query parameter that was given and is not blank, trimmed.
+pub(crate) fn given(v: &Option<String>) -> Option<&str> {
     v.as_deref().map(str::trim).filter(|s| !s.is_empty())
 }
 
@@ -310,7 +311,7 @@ pub struct Filter {
 }
 
 /// `2026-11-30T20:15` (a browser's date-time field, taken as UTC) or RFC 3339 / RFC 5322.
-fn parse_time(s: &str) -> Result<u64, WebError> {
+pub(crate) fn parse_time(s: &str) -> Result<u64, WebError> {
     abuse::date::parse_any(s)
         .or_else(|_| abuse::date::parse_rfc3339(&format!("{s}:00Z")))
         .or_else(|_| abuse::date::parse_rfc3339(&format!("{s}Z")))
@@ -321,7 +322,8 @@ fn parse_time(s: &str) -> Result<u64, WebError> {
         })
 }
 
-fn like(text: &str) -> String {
+/// `%text%` for SQL `LIKE ... ESCAPE '\\'`, with the wildcards in `text` escaped.
+pub(crate) fn like(text: &str) -> String {
     let mut out = String::from("%");
     for c in text.chars() {
         if matches!(c, '%' | '_' | '\\') {
@@ -651,32 +653,10 @@ fn search_form(q: &FleetQuery) -> String {
 }
 
 fn cpe_table(q: &FleetQuery, f: &Filter, rows: &[CpeRow], now: u64) -> String {
-    let head = |label: &'static str, key: Sort| -> (&'static str, String) {
-        let (arrow, next) = if f.sort == key {
-            if f.desc {
-                (" ↓", "asc")
-            } else {
-                (" ↑", "desc")
-            }
-        } else {
-            ("", "asc")
-        };
-        let sort = if f.sort == key {
-            if f.desc {
-                "descending"
-            } else {
-                "ascending"
-            }
-        } else {
-            "none"
-        };
-        (
-            label,
-            format!(
-                r#"<a href="{}" aria-sort="{sort}">{label}{arrow}</a>"#,
-                esc(&q.href(Some(key.key()), Some(next), Some(1)))
-            ),
-        )
+    let head = |label: &'static str, key: Sort| {
+        html::sort_heading(label, key.key(), f.sort.key(), f.desc, |k, dir| {
+            q.href(Some(k), Some(dir), Some(1))
+        })
     };
     let mut t = Table::new(
         "cpe-list",
@@ -724,39 +704,14 @@ fn cpe_table(q: &FleetQuery, f: &Filter, rows: &[CpeRow], now: u64) -> String {
 }
 
 fn pager(q: &FleetQuery, f: &Filter, total: u64) -> String {
-    let pages = total.div_ceil(u64::from(PAGE_ROWS)).max(1);
-    let page = u64::from(f.page);
-    let first = (page - 1) * u64::from(PAGE_ROWS) + 1;
-    let last = (page * u64::from(PAGE_ROWS)).min(total);
-    let mut s = String::from(r#"<nav class="pages" aria-label="Pages of CPEs">"#);
-    if total == 0 {
-        s.push_str(r#"<span id="cpe-count">No CPE matches.</span>"#);
-    } else {
-        let _ = write!(
-            s,
-            r#"<span id="cpe-count">{first}–{last} of {}</span>"#,
-            esc(&plural(total, "CPE", "CPEs"))
-        );
-    }
-    if page > 1 {
-        let _ = write!(
-            s,
-            r#"<a href="{}" rel="prev">← Previous</a>"#,
-            esc(&q.href(None, None, u32::try_from(page - 1).ok()))
-        );
-    }
-    if page < pages {
-        let _ = write!(
-            s,
-            r#"<a href="{}" rel="next">Next →</a>"#,
-            esc(&q.href(None, None, u32::try_from(page + 1).ok()))
-        );
-    }
-    let _ = write!(
-        s,
-        r#"<span class="muted">page {page} of {pages}</span></nav>"#
-    );
-    s
+    html::pager(
+        "cpe-count",
+        ("CPE", "CPEs"),
+        f.page,
+        PAGE_ROWS,
+        total,
+        |p| q.href(None, None, Some(p)),
+    )
 }
 
 /// `GET /noc`: the fleet overview with the searchable CPE list.
@@ -828,7 +783,7 @@ pub async fn page(
         "infected device",
         "infected devices",
         "stat-infected",
-        "/noc?verdict=infected#cpes",
+        "/noc/devices?verdict=infected",
     ));
     b.push_str(&stat(
         if suspicious == 0 { "ok" } else { "warn" },
@@ -836,7 +791,7 @@ pub async fn page(
         "suspicious device",
         "suspicious devices",
         "stat-suspicious",
-        "/noc?verdict=suspicious#cpes",
+        "/noc/devices?verdict=suspicious",
     ));
     b.push_str(&stat(
         "",
@@ -877,7 +832,7 @@ pub async fn page(
         if all > d.flagged.len() as u64 {
             let _ = write!(
                 b,
-                r#"<p><a href="/noc?verdict=flagged#cpes">All {} on their routers</a></p>"#,
+                r#"<p><a href="/noc/devices?verdict=flagged" id="all-flagged">All {}</a></p>"#,
                 esc(&plural(all, "flagged device", "flagged devices"))
             );
         }

@@ -271,6 +271,94 @@ impl Table {
     }
 }
 
+/// A sortable column heading: a link that sorts by `key` (ascending first, then flips),
+/// marked with `aria-sort` and an arrow when it is the current order. `href(key, dir)` is
+/// the list's link with that order and page 1.
+pub fn sort_heading(
+    label: &'static str,
+    key: &str,
+    current: &str,
+    desc: bool,
+    href: impl Fn(&str, &str) -> String,
+) -> (&'static str, String) {
+    let on = key == current;
+    let (arrow, next, aria) = match (on, desc) {
+        (true, true) => (" ↓", "asc", "descending"),
+        (true, false) => (" ↑", "desc", "ascending"),
+        (false, _) => ("", "asc", "none"),
+    };
+    (
+        label,
+        format!(
+            r#"<a href="{}" aria-sort="{aria}">{label}{arrow}</a>"#,
+            esc(&href(key, next))
+        ),
+    )
+}
+
+/// The line above a paged list: "51–100 of 1,234 devices", previous and next links
+/// (`href(page)`) and "page 2 of 25". `id` names the count's element for tests and
+/// scripts; `noun` is (one, many).
+pub fn pager(
+    id: &str,
+    noun: (&str, &str),
+    page: u32,
+    per_page: u32,
+    total: u64,
+    href: impl Fn(u32) -> String,
+) -> String {
+    let per = u64::from(per_page.max(1));
+    let pages = total.div_ceil(per).max(1);
+    let page = u64::from(page.max(1));
+    let first = (page - 1) * per + 1;
+    let last = (page * per).min(total);
+    let mut s = format!(
+        r#"<nav class="pages" aria-label="Pages of {}">"#,
+        esc(noun.1)
+    );
+    if total == 0 {
+        let _ = write!(
+            s,
+            r#"<span id="{}">No {} matches.</span>"#,
+            esc(id),
+            esc(noun.0)
+        );
+    } else if first > total {
+        let _ = write!(
+            s,
+            r#"<span id="{}">{} in all; this page is past the end.</span>"#,
+            esc(id),
+            esc(&crate::verdicts::plural(total, noun.0, noun.1))
+        );
+    } else {
+        let _ = write!(
+            s,
+            r#"<span id="{}">{first}–{last} of {}</span>"#,
+            esc(id),
+            esc(&crate::verdicts::plural(total, noun.0, noun.1))
+        );
+    }
+    if page > 1 {
+        if let Ok(prev) = u32::try_from(page - 1) {
+            let _ = write!(
+                s,
+                r#"<a href="{}" rel="prev">← Previous</a>"#,
+                esc(&href(prev))
+            );
+        }
+    }
+    if page < pages {
+        if let Ok(next) = u32::try_from(page + 1) {
+            let _ = write!(s, r#"<a href="{}" rel="next">Next →</a>"#, esc(&href(next)));
+        }
+    }
+    let _ = write!(
+        s,
+        r#"<span class="muted">page {page} of {pages}</span></nav>"#
+    );
+    s
+}
+
 const CSS: &str = r#"
 :root{--bg:#f4f6f9;--card:#fff;--ink:#1b2430;--muted:#556070;--line:#e1e6ee;--brand:#1f5fbf;
 --bad:#c62828;--bad-bg:#fdecec;--warn:#8a4f00;--warn-bg:#fff4e0;--ok:#2e7d32;--ok-bg:#e8f5e9}
@@ -396,6 +484,7 @@ pub fn page(title: &str, nav: Nav<'_>, csrf: Option<&str>, body: &str) -> String
             );
             for (href, key, text) in [
                 ("/noc", "fleet", "Fleet"),
+                ("/noc/devices", "devices", "Devices"),
                 ("/noc/campaigns", "campaigns", "Campaigns"),
                 ("/noc/policy", "policy", "Policy"),
                 ("/noc/abuse", "abuse", "Abuse reports"),

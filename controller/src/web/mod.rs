@@ -43,6 +43,7 @@ pub mod audit;
 pub mod auth;
 pub mod campaign_page;
 pub mod cpe;
+pub mod devices;
 pub mod export;
 pub mod fleet;
 pub mod html;
@@ -542,6 +543,8 @@ pub fn router(state: AppState) -> Router {
         .route("/logout", post(auth::logout))
         .route("/static/ui.js", get(ui_js))
         .route("/noc", get(fleet::page))
+        .route("/noc/devices", get(devices::page))
+        .route("/api/devices", get(devices::api))
         .route("/noc/cpe/{cpe_id}", get(cpe::page))
         .route("/noc/cpe/{cpe_id}/command", post(cpe::command))
         .route("/noc/cpe/{cpe_id}/policy", post(cpe::policy_override))
