@@ -446,6 +446,27 @@ pub struct ReportFilter {
     pub mac: Option<String>,
     /// Only this one.
     pub id: Option<i64>,
+    /// Only those about this public address.
+    pub public_ip: Option<String>,
+    /// A `LIKE ... ESCAPE '\'` pattern matched against the router, device, reporter,
+    /// address and Message-ID.
+    pub text: Option<String>,
+    /// Only those whose confidence label is one of these.
+    pub confidences: Vec<&'static str>,
+    /// Order.
+    pub sort: ReportSort,
+    /// Oldest (or earliest) first instead of newest first.
+    pub ascending: bool,
+}
+
+/// The order of a report list.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ReportSort {
+    /// When the report was received (its id).
+    #[default]
+    Received,
+    /// The reported time of the mail.
+    ReportedTime,
 }
 
 /// Stored reports, newest first; `unmatched_only` lists those no device was named for.
@@ -464,6 +485,57 @@ pub fn list(
     list_filtered(conn, &filter, limit)
 }
 
+const REPORT_WHERE: &str = " FROM abuse_reports
+         WHERE (:unmatched = 0 OR mac IS NULL) AND (:status IS NULL OR status = :status)
+           AND (:cpe IS NULL OR cpe_id = :cpe) AND (:mac IS NULL OR mac = :mac)
+           AND (:id IS NULL OR id = :id) AND (:ip IS NULL OR public_ip = :ip)
+           AND (:text IS NULL OR cpe_id LIKE :text ESCAPE '\\' OR mac LIKE :text ESCAPE '\\'
+                OR reporter LIKE :text ESCAPE '\\' OR public_ip LIKE :text ESCAPE '\\'
+                OR message_id LIKE :text ESCAPE '\\')
+           AND (:c0 IS NULL OR confidence IN (:c0, :c1, :c2, :c3, :c4, :c5, :c6))";
+
+/// Runs `sql` (which ends in [`REPORT_WHERE`]) with `f`'s values bound.
+fn query_reports<T>(
+    conn: &Connection,
+    sql: &str,
+    f: &ReportFilter,
+    mut each: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+) -> Result<Vec<T>, AbuseError> {
+    let c = |i: usize| f.confidences.get(i).copied();
+    let mut stmt = conn.prepare_cached(sql)?;
+    let rows = stmt.query_map(
+        rusqlite::named_params! {
+            ":unmatched": i64::from(f.unmatched_only),
+            ":status": f.status,
+            ":cpe": f.cpe_id,
+            ":mac": f.mac,
+            ":id": f.id,
+            ":ip": f.public_ip,
+            ":text": f.text,
+            ":c0": c(0),
+            ":c1": c(1),
+            ":c2": c(2),
+            ":c3": c(3),
+            ":c4": c(4),
+            ":c5": c(5),
+            ":c6": c(6),
+        },
+        |r| each(r),
+    )?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// How many stored reports match `f`.
+///
+/// # Errors
+/// [`AbuseError::Sqlite`].
+pub fn count_filtered(conn: &Connection, f: &ReportFilter) -> Result<u64, AbuseError> {
+    let n: Vec<i64> = query_reports(conn, &format!("SELECT COUNT(*){REPORT_WHERE}"), f, |r| {
+        r.get(0)
+    })?;
+    Ok(n.first().and_then(|n| u64::try_from(*n).ok()).unwrap_or(0))
+}
+
 /// Stored reports matching `f`, newest first.
 ///
 /// # Errors
@@ -473,43 +545,46 @@ pub fn list_filtered(
     f: &ReportFilter,
     limit: u32,
 ) -> Result<Vec<ReportSummary>, AbuseError> {
-    let mut stmt = conn.prepare_cached(
+    list_page(conn, f, limit, 0)
+}
+
+/// `limit` stored reports matching `f` from `offset`, in `f`'s order (ties by id).
+///
+/// # Errors
+/// [`AbuseError::Sqlite`].
+pub fn list_page(
+    conn: &Connection,
+    f: &ReportFilter,
+    limit: u32,
+    offset: u64,
+) -> Result<Vec<ReportSummary>, AbuseError> {
+    let dir = if f.ascending { "ASC" } else { "DESC" };
+    let order = match f.sort {
+        ReportSort::Received => format!("id {dir}"),
+        ReportSort::ReportedTime => format!("at_ms {dir}, id {dir}"),
+    };
+    let sql = format!(
         "SELECT id, received_ms, source, public_ip, at_ms, confidence, cpe_id, mac, message_id,
-                reporter, status, answered_ms, answered_by
-         FROM abuse_reports
-         WHERE (?1 = 0 OR mac IS NULL) AND (?2 IS NULL OR status = ?2)
-           AND (?3 IS NULL OR cpe_id = ?3) AND (?4 IS NULL OR mac = ?4)
-           AND (?5 IS NULL OR id = ?5)
-         ORDER BY id DESC LIMIT ?6",
-    )?;
-    let rows = stmt.query_map(
-        params![
-            i64::from(f.unmatched_only),
-            f.status,
-            f.cpe_id,
-            f.mac,
-            f.id,
-            limit
-        ],
-        |r| {
-            Ok(ReportSummary {
-                id: r.get(0)?,
-                received_ms: from_i64(r.get(1)?),
-                source: r.get(2)?,
-                public_ip: r.get(3)?,
-                at_ms: from_i64(r.get(4)?),
-                confidence: r.get(5)?,
-                cpe_id: r.get(6)?,
-                mac: r.get(7)?,
-                message_id: r.get(8)?,
-                reporter: r.get(9)?,
-                status: r.get(10)?,
-                answered_ms: r.get::<_, Option<i64>>(11)?.map(from_i64),
-                answered_by: r.get(12)?,
-            })
-        },
-    )?;
-    Ok(rows.collect::<Result<_, _>>()?)
+                reporter, status, answered_ms, answered_by{REPORT_WHERE}
+         ORDER BY {order} LIMIT {limit} OFFSET {offset}"
+    );
+    query_reports(conn, &sql, f, |r| {
+        Ok(ReportSummary {
+            id: r.get(0)?,
+            received_ms: from_i64(r.get(1)?),
+            source: r.get(2)?,
+            public_ip: r.get(3)?,
+            at_ms: from_i64(r.get(4)?),
+            confidence: r.get(5)?,
+            cpe_id: r.get(6)?,
+            mac: r.get(7)?,
+            message_id: r.get(8)?,
+            reporter: r.get(9)?,
+            status: r.get(10)?,
+            answered_ms: r.get::<_, Option<i64>>(11)?.map(from_i64),
+            answered_by: r.get(12)?,
+        })
+    })
 }
 
 /// One row of the report list.

@@ -1,8 +1,11 @@
-//! Exports for the NOC and the abuse desk: flagged devices, abuse reports and the audit log,
-//! as CSV or JSON. `GET /api/export/{devices|cpes|abuse|audit}?format=csv|json` (any NOC
-//! role; bearer token or session). `devices` takes `verdict=infected|suspicious|flagged`
-//! (flagged, both, by default); `cpes` takes the fleet page's filters
-//! ([`super::fleet::FleetQuery`]) and exports what the page lists.
+//! Exports for the NOC and the abuse desk: flagged devices, CPEs, campaigns, abuse reports
+//! and the audit log, as CSV or JSON.
+//! `GET /api/export/{devices|cpes|campaigns|abuse|audit}?format=csv|json` (any NOC role;
+//! bearer token or session). `devices` takes `verdict=infected|suspicious|flagged`
+//! (flagged, both, by default); `cpes`, `campaigns` and `abuse` take their list page's
+//! filters ([`super::fleet::FleetQuery`], [`super::campaign_page::CampaignQuery`],
+//! [`super::abuse_desk::ListQuery`]) and export every row the filtered list has, in its
+//! order.
 //!
 //! CSV follows RFC 4180 (fields quoted when they hold a comma, quote or line break) and is
 //! safe to open in a spreadsheet: host names and evidence come from the LAN, so a field
@@ -17,7 +20,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use smtpguard_protocol::Verdict;
 
-use super::{auth, fleet, AppState, WebError};
+use super::{abuse_desk, auth, campaign_page, fleet, AppState, WebError};
 use crate::{abuse, audit, verdicts};
 
 /// Rows one export holds at most.
@@ -170,8 +173,66 @@ fn cpes(conn: &rusqlite::Connection, q: &fleet::FleetQuery) -> Result<Table, Web
     })
 }
 
-fn reports(conn: &rusqlite::Connection) -> Result<Table, WebError> {
-    let list = abuse::list(conn, false, u32::try_from(ROWS_MAX).unwrap_or(u32::MAX))?;
+fn campaigns(
+    conn: &rusqlite::Connection,
+    now: u64,
+    settings: &crate::campaigns::Settings,
+    q: &campaign_page::CampaignQuery,
+) -> Result<Table, WebError> {
+    let filter = q.filter()?;
+    let mut list = filter.apply(campaign_page::load(conn, now, settings)?);
+    list.truncate(ROWS_MAX);
+    let rows = list
+        .iter()
+        .map(|(c, pushed)| {
+            vec![
+                c.id.clone(),
+                c.households.to_string(),
+                c.members.len().to_string(),
+                time(c.first_ms),
+                time(c.last_ms),
+                c.ehlo_names.join(" "),
+                c.sender_domains.join(" "),
+                c.mail_servers
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                pushed.map(|v| v.to_string()).unwrap_or_default(),
+                c.members
+                    .iter()
+                    .map(|m| format!("{}/{}", m.cpe_id, m.mac))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            ]
+        })
+        .collect();
+    Ok(Table {
+        name: "campaigns",
+        header: vec![
+            "id",
+            "households",
+            "devices",
+            "first_seen",
+            "last_seen",
+            "ehlo_names",
+            "sender_domains",
+            "mail_servers",
+            "pushed_version",
+            "members",
+        ],
+        rows,
+    })
+}
+
+fn reports(conn: &rusqlite::Connection, q: &abuse_desk::ListQuery) -> Result<Table, WebError> {
+    let filter = q.filter()?;
+    let list = abuse::list_page(
+        conn,
+        &filter,
+        u32::try_from(ROWS_MAX).unwrap_or(u32::MAX),
+        0,
+    )?;
     let rows = list
         .iter()
         .map(|r| {
@@ -244,6 +305,8 @@ pub async fn export(
     Path(what): Path<String>,
     Query(q): Query<ExportQuery>,
     Query(fleet_q): Query<fleet::FleetQuery>,
+    Query(campaign_q): Query<campaign_page::CampaignQuery>,
+    Query(abuse_q): Query<abuse_desk::ListQuery>,
 ) -> Response {
     if let Err(e) = auth::noc(&state, &headers).await {
         return e.api();
@@ -253,7 +316,7 @@ pub async fn export(
         Some("json") => false,
         Some(_) => return WebError::BadRequest("format must be csv or json".into()).api(),
     };
-    let wanted = match q.verdict.as_deref().filter(|_| what != "cpes") {
+    let wanted = match q.verdict.as_deref().filter(|_| what == "devices") {
         None | Some("flagged") => vec![Verdict::Infected, Verdict::Suspicious],
         Some("infected") => vec![Verdict::Infected],
         Some("suspicious") => vec![Verdict::Suspicious],
@@ -266,7 +329,13 @@ pub async fn export(
     let table = match what.as_str() {
         "devices" => state.db(move |conn| devices(conn, now, &wanted)).await,
         "cpes" => state.db(move |conn| cpes(conn, &fleet_q)).await,
-        "abuse" => state.db(reports).await,
+        "campaigns" => {
+            let settings = state.settings.campaigns;
+            state
+                .db(move |conn| campaigns(conn, now, &settings, &campaign_q))
+                .await
+        }
+        "abuse" => state.db(move |conn| reports(conn, &abuse_q)).await,
         "audit" => state.db(audit_log).await,
         _ => return WebError::NotFound.api(),
     };

@@ -18,7 +18,8 @@ use rusqlite::{named_params, Connection};
 use serde::Deserialize;
 use smtpguard_protocol::{MacAddr, Verdict};
 
-use super::html::{self, esc, path_seg, Table};
+use super::html::{self, esc, Table};
+use super::list::{direction, given, like, options, page_number, Links, Noun};
 use super::noc::{current_campaigns, device_rows, export_links, noc_page};
 use super::{auth, AppState, WebError};
 use crate::verdicts::{self, plural, DeviceView};
@@ -176,14 +177,10 @@ pub struct FleetQuery {
     pub page: Option<String>,
 }
 
-fn given(v: &Option<String>) -> Option<&str> {
-    v.as_deref().map(str::trim).filter(|s| !s.is_empty())
-}
-
 impl FleetQuery {
     /// The filters that were given, by their query-string names (sort and page aside).
-    fn filters(&self) -> [(&'static str, Option<&str>); 6] {
-        [
+    pub(crate) fn filters(&self) -> Vec<(&'static str, Option<&str>)> {
+        vec![
             ("q", given(&self.q)),
             ("at", given(&self.at)),
             ("status", given(&self.status)),
@@ -193,35 +190,20 @@ impl FleetQuery {
         ]
     }
 
-    /// This query's link with `sort`, `dir` and `page` replaced (others kept).
-    fn href(&self, sort: Option<&str>, dir: Option<&str>, page: Option<u32>) -> String {
-        let mut parts = Vec::new();
-        let page = page.map(|p| p.to_string());
-        for (k, v) in self.filters().into_iter().chain([
-            ("sort", sort.or(given(&self.sort))),
-            ("dir", dir.or(given(&self.dir))),
-            ("page", page.as_deref()),
-        ]) {
-            if let Some(v) = v {
-                parts.push(format!("{k}={}", path_seg(v)));
-            }
-        }
-        if parts.is_empty() {
-            "/noc#cpes".into()
-        } else {
-            format!("/noc?{}#cpes", parts.join("&"))
+    /// The list's links: filters, sort and direction kept.
+    pub(crate) fn links(&self) -> Links<'_> {
+        Links {
+            path: "/noc",
+            anchor: "cpes",
+            filters: self.filters(),
+            sort: given(&self.sort),
+            dir: given(&self.dir),
         }
     }
 
     /// The filters only, as a query string for the export links.
     pub fn filter_query(&self) -> String {
-        let mut out = String::new();
-        for (k, v) in self.filters() {
-            if let Some(v) = v {
-                let _ = write!(out, "&{k}={}", path_seg(v));
-            }
-        }
-        out
+        self.links().filter_query()
     }
 }
 
@@ -321,18 +303,6 @@ fn parse_time(s: &str) -> Result<u64, WebError> {
         })
 }
 
-fn like(text: &str) -> String {
-    let mut out = String::from("%");
-    for c in text.chars() {
-        if matches!(c, '%' | '_' | '\\') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out.push('%');
-    out
-}
-
 impl Filter {
     /// Checks a query; finds the holder of an address at a time through the abuse
     /// mapping's address history.
@@ -403,18 +373,8 @@ impl Filter {
                 .map(|(s, _)| *s)
                 .ok_or_else(|| WebError::BadRequest(format!("cannot sort by {k:?}")))?,
         };
-        f.desc = match given(&q.dir) {
-            None | Some("asc") => false,
-            Some("desc") => true,
-            Some(_) => return Err(WebError::BadRequest("dir must be asc or desc".into())),
-        };
-        if let Some(p) = given(&q.page) {
-            f.page = p
-                .parse::<u32>()
-                .ok()
-                .filter(|p| *p >= 1)
-                .ok_or_else(|| WebError::BadRequest("page must be a number from 1".into()))?;
-        }
+        f.desc = direction(&q.dir, false)?;
+        f.page = page_number(&q.page)?;
         Ok(f)
     }
 }
@@ -609,18 +569,6 @@ fn stat(class: &str, n: u64, one: &str, many: &str, id: &str, href: &str) -> Str
     )
 }
 
-fn options(name: &str, label: &str, current: Option<&str>, values: &[(&str, &str)]) -> String {
-    let mut s = format!(
-        r#"<div><label for="f-{name}">{label}</label><select id="f-{name}" name="{name}"><option value="">any</option>"#
-    );
-    for (v, text) in values {
-        let sel = if current == Some(*v) { " selected" } else { "" };
-        let _ = write!(s, r#"<option value="{v}"{sel}>{text}</option>"#);
-    }
-    s.push_str("</select></div>");
-    s
-}
-
 fn search_form(q: &FleetQuery) -> String {
     let v = |o: &Option<String>| esc(given(o).unwrap_or(""));
     let mut s = format!(
@@ -659,32 +607,9 @@ fn search_form(q: &FleetQuery) -> String {
 }
 
 fn cpe_table(q: &FleetQuery, f: &Filter, rows: &[CpeRow], now: u64) -> String {
-    let head = |label: &'static str, key: Sort| -> (&'static str, String) {
-        let (arrow, next) = if f.sort == key {
-            if f.desc {
-                (" ↓", "asc")
-            } else {
-                (" ↑", "desc")
-            }
-        } else {
-            ("", "asc")
-        };
-        let sort = if f.sort == key {
-            if f.desc {
-                "descending"
-            } else {
-                "ascending"
-            }
-        } else {
-            "none"
-        };
-        (
-            label,
-            format!(
-                r#"<a href="{}" aria-sort="{sort}">{label}{arrow}</a>"#,
-                esc(&q.href(Some(key.key()), Some(next), Some(1)))
-            ),
-        )
+    let links = q.links();
+    let head = |label: &'static str, key: Sort| {
+        links.sort_head(label, key.key(), f.sort.key(), f.desc, false)
     };
     let mut t = Table::new(
         "cpe-list",
@@ -732,39 +657,16 @@ fn cpe_table(q: &FleetQuery, f: &Filter, rows: &[CpeRow], now: u64) -> String {
 }
 
 fn pager(q: &FleetQuery, f: &Filter, total: u64) -> String {
-    let pages = total.div_ceil(u64::from(PAGE_ROWS)).max(1);
-    let page = u64::from(f.page);
-    let first = (page - 1) * u64::from(PAGE_ROWS) + 1;
-    let last = (page * u64::from(PAGE_ROWS)).min(total);
-    let mut s = String::from(r#"<nav class="pages" aria-label="Pages of CPEs">"#);
-    if total == 0 {
-        s.push_str(r#"<span id="cpe-count">No CPE matches.</span>"#);
-    } else {
-        let _ = write!(
-            s,
-            r#"<span id="cpe-count">{first}–{last} of {}</span>"#,
-            esc(&plural(total, "CPE", "CPEs"))
-        );
-    }
-    if page > 1 {
-        let _ = write!(
-            s,
-            r#"<a href="{}" rel="prev">← Previous</a>"#,
-            esc(&q.href(None, None, u32::try_from(page - 1).ok()))
-        );
-    }
-    if page < pages {
-        let _ = write!(
-            s,
-            r#"<a href="{}" rel="next">Next →</a>"#,
-            esc(&q.href(None, None, u32::try_from(page + 1).ok()))
-        );
-    }
-    let _ = write!(
-        s,
-        r#"<span class="muted">page {page} of {pages}</span></nav>"#
-    );
-    s
+    q.links().pager(
+        Noun {
+            id: "cpe",
+            one: "CPE",
+            many: "CPEs",
+        },
+        f.page,
+        PAGE_ROWS,
+        total,
+    )
 }
 
 /// `GET /noc`: the fleet overview with the searchable CPE list.
@@ -900,11 +802,7 @@ pub async fn page(
         b.push_str(&cpe_table(&q, &f, &d.rows, now));
     }
     b.push_str("</div>");
-    let _ = write!(
-        b,
-        r#"<p class="muted exports">Export these CPEs: <a href="/api/export/cpes?format=csv{0}">CSV</a> · <a href="/api/export/cpes?format=json{0}">JSON</a></p>"#,
-        esc(&q.filter_query())
-    );
+    b.push_str(&q.links().export_links("cpes", "these CPEs"));
     noc_page("Fleet", "fleet", &caller, &b)
 }
 
@@ -915,18 +813,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn like_patterns_escape_wildcards() {
-        assert_eq!(like("a_b%c\\"), "%a\\_b\\%c\\\\%");
-    }
-
-    #[test]
     fn links_keep_the_filters_and_encode_them() {
         let q = FleetQuery {
             q: Some("Müller & co".into()),
             status: Some("online".into()),
             ..FleetQuery::default()
         };
-        let h = q.href(Some("seen"), Some("desc"), Some(3));
+        let h = q.links().href(Some("seen"), Some("desc"), Some(3));
         assert_eq!(
             h,
             "/noc?q=M%C3%BCller%20%26%20co&status=online&sort=seen&dir=desc&page=3#cpes"
