@@ -760,6 +760,78 @@ mod tests {
     }
 
     #[test]
+    fn reports_are_searched_filtered_sorted_and_paged_in_sql() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("controller.db");
+        drop(Store::open(&path).unwrap());
+        let mut conn = Connection::open(&path).unwrap();
+        crate::web::schema::migrate(&mut conn).unwrap();
+        for i in 0..12u64 {
+            let q = AbuseQuery {
+                public_ip: IpAddr::from([192, 0, 2, i as u8]),
+                // Reported times run the other way from arrival.
+                at_ms: T - i * 60_000,
+                dest_ip: None,
+                dest_port: None,
+                source_port: None,
+            };
+            let r = submit_query(&conn, "json", q, None, None, T + i).unwrap();
+            set_reporter(&conn, r.id, &format!("abuse@isp{}.example", i % 3)).unwrap();
+            if i % 4 == 0 {
+                assert!(mark_answered(&conn, r.id, "ops", T + 100).unwrap());
+            }
+        }
+        let count = |f: &ReportFilter| count_filtered(&conn, f).unwrap();
+        assert_eq!(count(&ReportFilter::default()), 12);
+        let by_ip = ReportFilter {
+            public_ip: Some("192.0.2.7".into()),
+            ..ReportFilter::default()
+        };
+        let found = list_page(&conn, &by_ip, 50, 0).unwrap();
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].public_ip, "192.0.2.7");
+        let isp1_open = ReportFilter {
+            text: Some("%isp1%".into()),
+            status: Some("open"),
+            ..ReportFilter::default()
+        };
+        // Reporters isp1 are 1, 4, 7, 10; 4 is answered.
+        assert_eq!(count(&isp1_open), 3);
+        let unmatched = ReportFilter {
+            confidences: vec!["unmatched"],
+            ..ReportFilter::default()
+        };
+        assert_eq!(count(&unmatched), 12);
+        let exact = ReportFilter {
+            confidences: vec!["exact", "exact-port"],
+            ..ReportFilter::default()
+        };
+        assert_eq!(count(&exact), 0);
+        // Newest first by default; page 2 of 5 rows; by reported time, earliest first.
+        let page2 = list_page(&conn, &ReportFilter::default(), 5, 5).unwrap();
+        let ips: Vec<&str> = page2.iter().map(|r| r.public_ip.as_str()).collect();
+        assert_eq!(
+            ips,
+            [
+                "192.0.2.6",
+                "192.0.2.5",
+                "192.0.2.4",
+                "192.0.2.3",
+                "192.0.2.2"
+            ]
+        );
+        let by_time = ReportFilter {
+            sort: ReportSort::ReportedTime,
+            ascending: true,
+            ..ReportFilter::default()
+        };
+        assert_eq!(
+            list_page(&conn, &by_time, 1, 0).unwrap()[0].public_ip,
+            "192.0.2.11"
+        );
+    }
+
+    #[test]
     fn json_queries_accept_text_or_ms_times_and_refuse_junk() {
         let q = parse_json(
             br#"{"public_ip":"203.0.113.7","time":"2025-03-04T13:05:09Z","dest_port":25}"#,

@@ -175,11 +175,7 @@ impl ListQuery {
         f.sort = match given(&self.sort) {
             None | Some("received") => ReportSort::Received,
             Some("time") => ReportSort::ReportedTime,
-            Some(_) => {
-                return Err(WebError::BadRequest(
-                    "sort must be received or time".into(),
-                ))
-            }
+            Some(_) => return Err(WebError::BadRequest("sort must be received or time".into())),
         };
         f.ascending = !direction(&self.dir, true)?;
         Ok(f)
@@ -355,7 +351,13 @@ fn search_form(q: &ListQuery) -> String {
     s
 }
 
-fn report_list(q: &ListQuery, f: &ReportFilter, page: u32, total: u64, list: &[ReportSummary]) -> String {
+fn report_list(
+    q: &ListQuery,
+    f: &ReportFilter,
+    page: u32,
+    total: u64,
+    list: &[ReportSummary],
+) -> String {
     let links = q.links();
     let mut b = links.pager(
         Noun {
@@ -908,6 +910,51 @@ mod tests {
             zone: zone.into(),
             port: port.into(),
             reporter: String::new(),
+        }
+    }
+
+    #[test]
+    fn the_list_query_reads_ip_mac_text_and_one_confidence_word() {
+        let q = |text: &str| ListQuery {
+            q: Some(text.into()),
+            ..ListQuery::default()
+        };
+        let f = q("203.0.113.7").filter().unwrap();
+        assert_eq!(f.public_ip.as_deref(), Some("203.0.113.7"));
+        let f = q("02-00-00-00-00-66").filter().unwrap();
+        assert_eq!(f.mac.as_deref(), Some("02:00:00:00:00:66"));
+        let f = q("bigmail_").filter().unwrap();
+        assert_eq!(f.text.as_deref(), Some("%bigmail\\_%"));
+        let exact = ListQuery {
+            confidence: Some("exact".into()),
+            ..ListQuery::default()
+        };
+        assert_eq!(exact.filter().unwrap().confidences, ["exact", "exact-port"]);
+        let household = ListQuery {
+            confidence: Some("household-only".into()),
+            sort: Some("time".into()),
+            dir: Some("asc".into()),
+            ..ListQuery::default()
+        };
+        let f = household.filter().unwrap();
+        assert_eq!(f.confidences, ["household-only"]);
+        assert_eq!(f.sort, ReportSort::ReportedTime);
+        assert!(f.ascending);
+        for bad in [
+            ListQuery {
+                confidence: Some("certain".into()),
+                ..ListQuery::default()
+            },
+            ListQuery {
+                status: Some("closed".into()),
+                ..ListQuery::default()
+            },
+            ListQuery {
+                sort: Some("reporter".into()),
+                ..ListQuery::default()
+            },
+        ] {
+            assert!(matches!(bad.filter(), Err(WebError::BadRequest(_))));
         }
     }
 

@@ -248,7 +248,11 @@ pub async fn abuse_list(
     let checked = (|| {
         let mut f = q.filter()?;
         f.unmatched_only = old.unmatched;
-        Ok::<_, WebError>((f, list::page_number(&q.page)?, list::per_page(&pp.per_page)?))
+        Ok::<_, WebError>((
+            f,
+            list::page_number(&q.page)?,
+            list::per_page(&pp.per_page)?,
+        ))
     })();
     let (f, page, per_page) = match checked {
         Ok(x) => x,

@@ -152,9 +152,9 @@ impl CampaignQuery {
         };
         let min_households = match given(&self.min) {
             None => 0,
-            Some(m) => m.parse::<usize>().map_err(|_| {
-                WebError::BadRequest("min must be a number of households".into())
-            })?,
+            Some(m) => m
+                .parse::<usize>()
+                .map_err(|_| WebError::BadRequest("min must be a number of households".into()))?,
         };
         let sort = match given(&self.sort) {
             None => CampaignSort::Households,
@@ -264,7 +264,11 @@ fn search_form(q: &CampaignQuery) -> String {
     s
 }
 
-fn campaign_table(q: &CampaignQuery, f: &CampaignFilter, rows: &[(Campaign, Option<i64>)]) -> String {
+fn campaign_table(
+    q: &CampaignQuery,
+    f: &CampaignFilter,
+    rows: &[(Campaign, Option<i64>)],
+) -> String {
     let links = q.links();
     let head = |label: &'static str, key: CampaignSort| {
         links.sort_head(label, key.key(), f.sort.key(), f.desc, true)
@@ -341,7 +345,10 @@ pub async fn page(
                 esc(&e.to_string()),
                 search_form(&q)
             );
-            return (e.status(), noc_page("Campaigns", "campaigns", &caller, &body))
+            return (
+                e.status(),
+                noc_page("Campaigns", "campaigns", &caller, &body),
+            )
                 .into_response();
         }
     };
@@ -427,7 +434,10 @@ pub async fn one(
                     mac: Some(mac.clone()),
                     ..abuse::ReportFilter::default()
                 };
-                reports.insert((m.cpe_id.clone(), mac.clone()), abuse::count_filtered(conn, &f)?);
+                reports.insert(
+                    (m.cpe_id.clone(), mac.clone()),
+                    abuse::count_filtered(conn, &f)?,
+                );
                 let name = devices
                     .iter()
                     .find(|d| d.cpe_id == m.cpe_id && d.mac == m.mac)
@@ -664,4 +674,86 @@ pub async fn push_campaign_indicators(
         .await?;
     tracing::info!(campaign = %campaign.id, version, "campaign indicators pushed");
     Ok(version)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use smtpguard_protocol::MacAddr;
+
+    fn campaign(id: &str, households: usize, devices: usize, last_ms: u64, ehlo: &str) -> Campaign {
+        Campaign {
+            id: id.into(),
+            members: (0..devices)
+                .map(|i| campaigns::Member {
+                    cpe_id: format!("cpe-{id}-{i}"),
+                    mac: MacAddr([2, 0, 0, 0, 0, i as u8]),
+                    at_ms: last_ms,
+                    observed: Default::default(),
+                })
+                .collect(),
+            households,
+            first_ms: 0,
+            last_ms,
+            ehlo_names: vec![ehlo.into()],
+            sender_domains: Vec::new(),
+            mail_servers: vec!["198.51.100.9".parse().unwrap()],
+            links: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn campaigns_are_searched_filtered_and_sorted() {
+        let list = vec![
+            (campaign("c-1", 2, 2, 30, "alpha.club"), None),
+            (campaign("c-2", 5, 9, 10, "beta.club"), Some(3)),
+            (campaign("c-3", 3, 3, 20, "gamma.club"), None),
+        ];
+        let q = |query: CampaignQuery| {
+            let f = query.filter().unwrap();
+            f.apply(list.clone())
+                .into_iter()
+                .map(|(c, _)| c.id)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(q(CampaignQuery::default()), ["c-2", "c-3", "c-1"]);
+        let text = CampaignQuery {
+            q: Some("GAMMA".into()),
+            ..CampaignQuery::default()
+        };
+        assert_eq!(q(text), ["c-3"]);
+        let server = CampaignQuery {
+            q: Some("198.51.100.9".into()),
+            ..CampaignQuery::default()
+        };
+        assert_eq!(q(server).len(), 3);
+        let new = CampaignQuery {
+            status: Some("new".into()),
+            min: Some("3".into()),
+            ..CampaignQuery::default()
+        };
+        assert_eq!(q(new), ["c-3"]);
+        let seen = CampaignQuery {
+            sort: Some("seen".into()),
+            dir: Some("asc".into()),
+            ..CampaignQuery::default()
+        };
+        assert_eq!(q(seen), ["c-2", "c-3", "c-1"]);
+        for bad in [
+            CampaignQuery {
+                status: Some("maybe".into()),
+                ..CampaignQuery::default()
+            },
+            CampaignQuery {
+                min: Some("two".into()),
+                ..CampaignQuery::default()
+            },
+            CampaignQuery {
+                sort: Some("name".into()),
+                ..CampaignQuery::default()
+            },
+        ] {
+            assert!(matches!(bad.filter(), Err(WebError::BadRequest(_))));
+        }
+    }
 }

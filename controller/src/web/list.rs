@@ -303,7 +303,9 @@ mod tests {
         assert!(p.contains("51–100 of 120 reports"), "{p}");
         assert!(p.contains("page 2 of 3"), "{p}");
         assert!(
-            p.contains(r#"href="/noc/abuse?q=203.0.113.7&amp;sort=time&amp;page=3#reports" rel="next""#),
+            p.contains(
+                r#"href="/noc/abuse?q=203.0.113.7&amp;sort=time&amp;page=3#reports" rel="next""#
+            ),
             "{p}"
         );
         assert!(links.pager(noun, 1, 50, 0).contains("No report matches."));
