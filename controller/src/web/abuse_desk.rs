@@ -453,7 +453,7 @@ async fn list_page(
     b.push_str(&search_form(q));
     b.push_str(&report_list(q, &filter, page, total, &list));
     if total == 0 && q.filters().iter().all(|(_, v)| v.is_none()) {
-        b.push_str(r#"<p class="muted">No reports yet. Reporters and feedback loops can also POST them to <span class="mono">/api/abuse</span>.</p>"#);
+        b.push_str(r#"<p class="muted">No reports here. Reporters and feedback loops can also POST them to <span class="mono">/api/abuse</span>.</p>"#);
     }
     b.push_str(&q.links().export_links("abuse", "these abuse reports"));
     Ok(b)
