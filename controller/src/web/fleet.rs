@@ -497,7 +497,7 @@ struct Data {
     suspicious: usize,
     households: BTreeMap<String, String>,
     campaigns: usize,
-    open_abuse: usize,
+    open_abuse: u64,
     pending_releases: usize,
 }
 
@@ -533,15 +533,13 @@ fn load(
     let suspicious = flagged.len() - infected;
     flagged.truncate(FLAGGED_ROWS);
     let households = household_names(conn, flagged.iter().map(|d| d.cpe_id.as_str()))?;
-    let open_abuse = abuse::list_filtered(
+    let open_abuse = abuse::count_filtered(
         conn,
         &abuse::ReportFilter {
             status: Some("open"),
             ..abuse::ReportFilter::default()
         },
-        10_000,
-    )?
-    .len();
+    )?;
     let pending_releases = households::release_requests(conn, None)?
         .iter()
         .filter(|r| r.status == "pending")
@@ -758,7 +756,7 @@ pub async fn page(
     ));
     b.push_str(&stat(
         "",
-        d.open_abuse as u64,
+        d.open_abuse,
         "open abuse report",
         "open abuse reports",
         "stat-abuse",
