@@ -894,6 +894,18 @@ fn campaigns_abuse_reports_and_the_fleet_api_are_searched_filtered_and_paged() {
     // Nothing pushed yet.
     b.goto(&s.url("/noc/campaigns?status=pushed")).unwrap();
     assert_eq!(text_of(&b, "#campaign-count"), "No campaign matches.");
+    // A filter that makes no sense is named, with the search form kept.
+    let r = http(
+        s.addr,
+        "GET",
+        "/noc/abuse?q=isp1&confidence=certain",
+        &[("Cookie", &cookie)],
+        b"",
+    )
+    .unwrap();
+    assert_eq!(r.status, 400);
+    assert!(r.body.contains("confidence must be"), "{}", r.body);
+    assert!(r.body.contains(r#"name="q" value="isp1""#), "{}", r.body);
     // The export is of the filtered list.
     let export = http(
         s.addr,

@@ -471,6 +471,19 @@ pub async fn page(
     };
     match list_page(&state, &caller, &q, None, &Typed::default()).await {
         Ok(b) => noc_page("Abuse reports", "abuse", &caller, &b),
+        // A bad search: the search form again, with what was wrong and what was typed.
+        Err(e @ WebError::BadRequest(_)) => {
+            let body = format!(
+                r#"<h1>Abuse reports</h1><div class="flash err" role="alert" id="abuse-error">{}</div>{}"#,
+                esc(&e.to_string()),
+                search_form(&q)
+            );
+            (
+                e.status(),
+                noc_page("Abuse reports", "abuse", &caller, &body),
+            )
+                .into_response()
+        }
         Err(e) => e.page(),
     }
 }
