@@ -2,9 +2,10 @@
 //!
 //! Operator: `GET /api/fleet`, `GET /api/cpes/{id}`, `GET /api/campaigns`, `GET/POST
 //! /api/abuse` (the lists are paged: the list page's filters plus `page` and `per_page`,
-//! answered as `{"total", "page", "per_page", <rows>}`), and commands to one router: `POST /api/cpes/{id}/devices/{mac}/release
-//! [?grace_secs=N]` and `POST /api/cpes/{id}/devices/{mac}/block[?ttl_secs=N]` (bearer token
-//! only; 201 `{"command_id": N, "cpe_id": .., "mac": .., "action": .., "status": "sent"}`),
+//! answered as `{"total", "page", "per_page", <rows>}`), and commands to one router:
+//! `POST /api/cpes/{id}/devices/{mac}/release[?grace_secs=N]` and
+//! `POST /api/cpes/{id}/devices/{mac}/block[?ttl_secs=N]` (bearer token only; 201
+//! `{"command_id": N, "cpe_id": .., "mac": .., "action": .., "status": "sent"}`),
 //! `GET /api/cpes/{id}/commands` (newest first, each with `status` `sent`, `applied`,
 //! `refused` with `reason`, `expired` or `unsent`, and `ack_ms`). Subscriber: `GET
 //! /api/my/devices` (own household only).
