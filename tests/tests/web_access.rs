@@ -337,8 +337,9 @@ fn abuse_reports_map_to_the_device_and_bad_ones_are_refused_and_counted() {
     )
     .unwrap();
     let v: serde_json::Value = serde_json::from_str(&list.body).unwrap();
-    assert_eq!(v.as_array().unwrap().len(), 1);
-    assert_eq!(v[0]["public_ip"], "192.0.2.200");
+    assert_eq!(v["total"], 1, "{v}");
+    assert_eq!(v["reports"].as_array().unwrap().len(), 1);
+    assert_eq!(v["reports"][0]["public_ip"], "192.0.2.200");
 
     // Hostile input: clear 4xx, counted.
     let bad_date = arf(
@@ -466,17 +467,33 @@ fn the_noc_groups_the_campaign_and_pushes_its_indicators_to_fleet_policy() {
     )
     .unwrap();
     let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
-    let list = v.as_array().unwrap();
+    assert_eq!(v["total"], 1, "{}", r.body);
+    let list = v["campaigns"].as_array().unwrap();
     assert_eq!(list.len(), 1, "{}", r.body);
     assert_eq!(list[0]["households"], 2);
     assert_eq!(list[0]["ehlo_names"][0], "cozoxory.club");
     let id = list[0]["id"].as_str().unwrap().to_string();
 
     let noc = login(s.addr, OPERATOR_TOKEN).unwrap();
-    let page = http(s.addr, "GET", "/noc/campaigns", &[("Cookie", &noc)], b"").unwrap();
+    let list = http(s.addr, "GET", "/noc/campaigns", &[("Cookie", &noc)], b"").unwrap();
+    assert!(
+        list.body
+            .contains(&format!(r#"href="/noc/campaigns/{id}""#)),
+        "{}",
+        list.body
+    );
+    let page = http(
+        s.addr,
+        "GET",
+        &format!("/noc/campaigns/{id}"),
+        &[("Cookie", &noc)],
+        b"",
+    )
+    .unwrap();
     let csrf = csrf_of(&page.body).unwrap();
     let h = form(&noc);
-    // The page lists the servers and asks for confirmation; unconfirmed, nothing is pushed.
+    // The campaign's page lists the servers and asks for confirmation; unconfirmed, nothing
+    // is pushed.
     assert!(page.body.contains(r#"name="confirm" value="1" required"#));
     let r = http(
         s.addr,
@@ -618,7 +635,7 @@ fn campaign_pushes_leave_out_allowlisted_relays() {
     )
     .unwrap();
     let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
-    let id = v[0]["id"].as_str().unwrap().to_string();
+    let id = v["campaigns"][0]["id"].as_str().unwrap().to_string();
     let r = http(
         s.addr,
         "POST",

@@ -182,6 +182,8 @@ fn the_noc_sees_the_fleet_the_evidence_the_campaign_and_an_abuse_answer() {
     assert!(text.contains("2 households"));
     assert!(text.contains("EHLO cozoxory.club"));
     b.screenshot("noc-campaigns").unwrap();
+    b.follow("#campaign-list tbody a").unwrap();
+    assert!(b.page_text().unwrap().contains("EHLO cozoxory.club"));
     b.click("form[action$='/push'] input[name=confirm]")
         .unwrap();
     b.follow("form[action$='/push'] button").unwrap();

@@ -8,11 +8,11 @@ mod web_common;
 
 use std::net::IpAddr;
 
-use smtpguard_controller::abuse::date::format_utc_secs;
+use smtpguard_controller::abuse::{self, date::format_utc_secs, AbuseQuery};
 use smtpguard_controller::store::{Received, Store};
 use smtpguard_protocol::{
-    Action, Body, DeviceCounters, DeviceReport, Envelope, MacAddr, State, Status, Telemetry,
-    Verdict,
+    Action, Alert, Body, DeviceCounters, DeviceReport, Envelope, MacAddr, Observed, State, Status,
+    Telemetry, Verdict,
 };
 use web_common::{http, login, now_ms, Browser, Server};
 
@@ -313,8 +313,8 @@ fn among_20000_routers_the_noc_finds_one_by_mac_and_by_public_ip_at_a_time() {
     b.goto(&s.url("/noc/devices")).unwrap();
     let count = b.text(&b.find("#device-count").unwrap()).unwrap();
     assert!(count.starts_with("1–50 of 200"), "{count}");
-    b.type_into("#d-q", &bulk_mac(wanted).to_string()).unwrap();
-    b.follow("#d-go").unwrap();
+    b.type_into("#f-q", &bulk_mac(wanted).to_string()).unwrap();
+    b.follow("#f-go").unwrap();
     assert_eq!(
         b.text(&b.find("#device-count").unwrap()).unwrap(),
         "1–1 of 1 device"
@@ -363,6 +363,20 @@ fn every_page_fits_a_phone_and_passes_the_contrast_and_semantics_check() {
     let report: serde_json::Value = serde_json::from_str(&r.body).unwrap();
     let report_id = report["id"].as_i64().unwrap();
 
+    let r = http(
+        s.addr,
+        "GET",
+        "/api/campaigns",
+        &[("Authorization", &format!("Bearer {}", s.operator))],
+        b"",
+    )
+    .unwrap();
+    let campaigns: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    let campaign_id = campaigns["campaigns"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
     let b = Browser::start(390, 844).unwrap();
     let mut problems = Vec::new();
     let mut check = |b: &Browser, name: &str, path: &str| {
@@ -388,6 +402,7 @@ fn every_page_fits_a_phone_and_passes_the_contrast_and_semantics_check() {
         ("noc-devices", "/noc/devices".into()),
         ("noc-cpe", format!("/noc/cpe/{}", a.cpe_id)),
         ("noc-campaigns", "/noc/campaigns".into()),
+        ("noc-campaign", format!("/noc/campaigns/{campaign_id}")),
         ("noc-policy", "/noc/policy".into()),
         ("noc-senders", "/noc/senders".into()),
         ("noc-abuse", "/noc/abuse".into()),
@@ -506,11 +521,13 @@ fn the_abuse_desk_keeps_input_on_error_and_answers_from_the_simple_form() {
     let row = b.text(&rows[0]).unwrap();
     assert!(row.contains(&word) && row.contains("answered"), "{row}");
     assert!(row.contains(&bot_mac.to_string()));
-    // From the campaign to the device's reports.
-    b.goto(&s.url("/noc/campaigns")).unwrap();
+    // From the report to its campaign, and from the campaign to the device's reports.
+    assert!(report_url.contains("/noc/abuse/"));
+    b.goto(&report_url).unwrap();
+    b.follow("#campaign a").unwrap();
+    assert!(b.url().unwrap().contains("/noc/campaigns/c-"));
     b.follow(&format!("a[href*='mac={bot_mac}']")).unwrap();
     assert_eq!(b.find_all("#abuse-list tbody tr").unwrap().len(), 1);
-    assert!(report_url.contains("/noc/abuse/"));
 }
 
 /// The fleet view refreshes itself: a router enrolled after the page was opened appears in
@@ -545,4 +562,401 @@ fn the_fleet_view_refreshes_itself_without_a_reload() {
     assert!(b.wait_until("window.notReloaded === true"));
     assert_eq!(b.text(&b.find("#stat-never b").unwrap()).unwrap(), "1");
     assert!(b.find("tr[data-cpe='cpe-new-0001']").is_ok());
+}
+
+/// Campaigns seeded next to the demo's one: two households each, linked by their own EHLO
+/// name.
+const CAMPAIGNS: u32 = 120;
+/// Abuse reports seeded: report `i` is about campaign `i`'s first router, received in order,
+/// with reported times running the other way; every third answered.
+const REPORTS: u32 = 120;
+
+fn camp_cpe(k: u32, side: u8) -> String {
+    format!("cpe-camp-{k:03}-{}", char::from(b'a' + side))
+}
+
+fn camp_ip(k: u32, side: u8) -> IpAddr {
+    IpAddr::from([100, 80, k as u8, 1 + side])
+}
+
+fn report_ip(i: u32) -> IpAddr {
+    camp_ip(i, 0)
+}
+
+fn reporter(i: u32) -> String {
+    format!("abuse@isp{}.example", i % 4)
+}
+
+/// [`CAMPAIGNS`] campaigns of two infected devices in two households each, the newest first
+/// (campaign `k`'s alerts are `k + 1` minutes old), and [`REPORTS`] abuse reports.
+fn seed_lists(db: &std::path::Path, now: u64) {
+    let mut store = Store::open(db).unwrap();
+    let mut batch = Vec::new();
+    for k in 0..CAMPAIGNS {
+        for side in 0..2u8 {
+            let cpe = camp_cpe(k, side);
+            store
+                .upsert_cpe(&cpe, "ed25519:camp", None, now - 2 * HOUR)
+                .unwrap();
+            let at = now - u64::from(k + 1) * 60_000;
+            let mac = MacAddr([0x02, 0xca, 0, k as u8, side, 0x66]);
+            let envelope = |seq: u64, at: u64, body: Body| Received {
+                envelope: Envelope {
+                    version: smtpguard_protocol::PROTOCOL_VERSION,
+                    cpe_id: cpe.clone(),
+                    seq,
+                    sent_at_ms: at,
+                    body,
+                },
+                wire: Vec::new(),
+                received_at_ms: at,
+            };
+            batch.push(envelope(
+                1,
+                now - 2 * HOUR,
+                Body::State(State {
+                    status: Status::Online,
+                    agent_version: "0.1.0".into(),
+                    fleet_policy_version: Some(1),
+                    cpe_policy_version: None,
+                    public_ip: Some(camp_ip(k, side)),
+                }),
+            ));
+            batch.push(envelope(
+                2,
+                at,
+                Body::Alert(Alert {
+                    device: DeviceReport {
+                        mac,
+                        ips: vec![IpAddr::from([192, 168, 1, 66])],
+                        hostname: Some(format!("bot-{k}-{side}")),
+                        vendor: None,
+                        verdict: Verdict::Infected,
+                        score: 0.95,
+                        action: Action::Block,
+                        action_until_ms: Some(at + HOUR),
+                        counters: DeviceCounters::default(),
+                        evidence: vec![format!("EHLO camp-{k:03}.example")],
+                    },
+                    previous: Verdict::Clean,
+                    at_ms: at,
+                    observed: Observed {
+                        ehlo_names: vec![format!("camp-{k:03}.example")],
+                        mail_from_domains: Vec::new(),
+                        mail_servers: Vec::new(),
+                    },
+                }),
+            ));
+            // The address history the abuse mapping reads.
+            for (seq, ago) in [(3, 30 * 60_000), (4, 5 * 60_000)] {
+                batch.push(envelope(
+                    seq,
+                    now - ago,
+                    Body::Telemetry(Telemetry {
+                        window_start_ms: now - ago - 600_000,
+                        window_secs: 600,
+                        public_ip: Some(camp_ip(k, side)),
+                        stats: Default::default(),
+                        devices: Vec::new(),
+                        connections: Vec::new(),
+                    }),
+                ));
+            }
+        }
+    }
+    store.write_batch(&batch, &[]).unwrap();
+    drop(store);
+    let conn = smtpguard_controller::web::open_db(db).unwrap();
+    for i in 0..REPORTS {
+        let q = AbuseQuery {
+            public_ip: report_ip(i),
+            at_ms: now - 10 * 60_000 - u64::from(i) * 1000,
+            dest_ip: None,
+            dest_port: None,
+            source_port: None,
+        };
+        let r = abuse::submit_query(&conn, "json", q, None, None, now + u64::from(i)).unwrap();
+        abuse::set_reporter(&conn, r.id, &reporter(i)).unwrap();
+        if i % 3 == 0 {
+            assert!(abuse::mark_answered(&conn, r.id, "ops", now).unwrap());
+        }
+    }
+}
+
+fn text_of(b: &Browser, css: &str) -> String {
+    b.text(&b.find(css).unwrap()).unwrap()
+}
+
+fn get_json(s: &Server, path: &str) -> (u16, serde_json::Value) {
+    let r = http(
+        s.addr,
+        "GET",
+        path,
+        &[("Authorization", &format!("Bearer {}", s.operator))],
+        b"",
+    )
+    .unwrap();
+    let v = serde_json::from_str(&r.body).unwrap_or(serde_json::Value::Null);
+    (r.status, v)
+}
+
+/// The campaign list, the abuse report list and `GET /api/fleet` at more than a page: 121
+/// campaigns and 120 abuse reports are searched, filtered, sorted and paged on the server;
+/// "page X of Y" is right, the next link keeps the filters, the exports hold exactly the
+/// filtered rows, the API pages with `per_page`, and each page stays small (printed).
+#[test]
+fn campaigns_abuse_reports_and_the_fleet_api_are_searched_filtered_and_paged() {
+    let s = Server::start().unwrap();
+    let now = now_ms();
+    seed_lists(&s.db, now);
+    let cookie = login(s.addr, &s.operator).unwrap();
+
+    // Everything is there, through the API, and paged there too.
+    let (_, v) = get_json(&s, "/api/campaigns?q=camp-&per_page=500");
+    assert_eq!(v["total"], CAMPAIGNS, "{v}");
+    assert_eq!(v["campaigns"].as_array().unwrap().len(), CAMPAIGNS as usize);
+    let (_, v) = get_json(&s, "/api/campaigns?sort=seen&dir=asc&per_page=7&page=2");
+    assert_eq!(v["total"], CAMPAIGNS + 1, "the demo's campaign too: {v}");
+    assert_eq!(v["campaigns"].as_array().unwrap().len(), 7);
+    assert_eq!(v["page"], 2);
+    assert_eq!(v["per_page"], 7);
+    let (status, _) = get_json(&s, "/api/campaigns?per_page=501");
+    assert_eq!(status, 400);
+    let (_, v) = get_json(&s, "/api/abuse?status=open&per_page=20&page=4");
+    let open = (0..REPORTS).filter(|i| i % 3 != 0).count();
+    assert_eq!(v["total"], open as u64, "{v}");
+    assert_eq!(v["reports"].as_array().unwrap().len(), 20);
+    assert!(v["reports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|r| r["status"] == "open"));
+    // One confidence word: the reports that name a device are those with a MAC.
+    let (_, all) = get_json(&s, "/api/abuse?per_page=500");
+    let named = all["reports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| !r["mac"].is_null())
+        .count();
+    let (_, v) = get_json(&s, "/api/abuse?confidence=device&per_page=500");
+    assert_eq!(v["total"], named as u64, "{v}");
+    // Each report has one of the words.
+    let by_word: u64 = [
+        "exact",
+        "strong",
+        "good",
+        "fair",
+        "household-only",
+        "no-match",
+    ]
+    .iter()
+    .map(|w| {
+        get_json(&s, &format!("/api/abuse?confidence={w}")).1["total"]
+            .as_u64()
+            .unwrap()
+    })
+    .sum();
+    assert_eq!(by_word, u64::from(REPORTS));
+    assert_eq!(get_json(&s, "/api/abuse?confidence=sure").0, 400);
+    let cpes = 4 + 2 * CAMPAIGNS as u64;
+    let (_, v) = get_json(&s, "/api/fleet?per_page=10&page=2&sort=cpe");
+    assert_eq!(v["total"], cpes, "{v}");
+    assert_eq!(v["page"], 2);
+    assert_eq!(v["cpes"].as_array().unwrap().len(), 10);
+    let (_, v) = get_json(&s, "/api/fleet");
+    assert_eq!(v["per_page"], 50);
+    assert_eq!(v["cpes"].as_array().unwrap().len(), 50);
+    let (_, v) = get_json(&s, "/api/fleet?q=cpe-camp-007&per_page=5");
+    assert_eq!(v["total"], 2, "{v}");
+    let devices = v["devices"].as_array().unwrap();
+    assert_eq!(devices.len(), 2, "{v}");
+    assert!(devices.iter().all(|d| d["verdict"] == "infected"));
+    let (_, v) = get_json(&s, "/api/fleet?status=offline");
+    assert_eq!(v["total"], 1, "Novak: {v}");
+    let (status, _) = get_json(&s, "/api/fleet?per_page=501");
+    assert_eq!(status, 400);
+
+    // Page weight of each list, as the server sends it.
+    let (_, v) = get_json(&s, "/api/campaigns?q=camp-042");
+    let camp_042 = v["campaigns"][0]["id"].as_str().unwrap().to_string();
+    for path in [
+        "/noc/campaigns".to_string(),
+        "/noc/campaigns?page=3".into(),
+        format!("/noc/campaigns/{camp_042}"),
+        "/noc/abuse".into(),
+        "/noc/abuse?status=open&page=2".into(),
+    ] {
+        let r = http(s.addr, "GET", &path, &[("Cookie", &cookie)], b"").unwrap();
+        assert_eq!(r.status, 200, "{path}: {}", r.body);
+        println!("page weight {path}: {} bytes", r.body.len());
+        assert!(
+            r.body.len() < PAGE_MAX_BYTES,
+            "{path}: {} bytes",
+            r.body.len()
+        );
+    }
+
+    let b = Browser::start(1280, 1000).unwrap();
+    b.goto(&s.url("/login")).unwrap();
+    b.type_into("#token", &s.operator).unwrap();
+    b.follow("#signin").unwrap();
+    assert!(b.url_ends_with("/noc"));
+
+    // Abuse reports: three pages, newest first.
+    b.goto(&s.url("/noc/abuse")).unwrap();
+    assert_eq!(text_of(&b, "#report-count"), "1–50 of 120 reports");
+    assert_eq!(text_of(&b, "#report-page"), "page 1 of 3");
+    let rows = b.find_all("#abuse-list tbody tr").unwrap();
+    assert_eq!(rows.len(), 50);
+    let newest = report_ip(REPORTS - 1).to_string();
+    assert!(b.text(&rows[0]).unwrap().contains(&newest));
+    // Found by its public address.
+    let wanted = report_ip(77).to_string();
+    b.type_into("#f-q", &wanted).unwrap();
+    b.follow("#f-go").unwrap();
+    let rows = b.find_all("#abuse-list tbody tr").unwrap();
+    assert_eq!(rows.len(), 1);
+    let row = b.text(&rows[0]).unwrap();
+    assert!(
+        row.contains(&wanted) && row.contains(&camp_cpe(77, 0)),
+        "{row}"
+    );
+    assert_eq!(text_of(&b, "#report-count"), "1–1 of 1 report");
+    // Open ones only: the next page keeps the filter and the order.
+    b.goto(&s.url("/noc/abuse")).unwrap();
+    b.execute("document.getElementById('f-status').value='open'; return null")
+        .unwrap();
+    b.follow("#f-go").unwrap();
+    assert_eq!(
+        text_of(&b, "#report-count"),
+        format!("1–50 of {open} reports")
+    );
+    assert_eq!(text_of(&b, "#report-page"), "page 1 of 2");
+    b.follow("#abuse-list thead a[href*='sort=time']").unwrap();
+    let first = b.find_all("#abuse-list tbody tr").unwrap();
+    // Latest reported time first: report 1 (report 0 is answered).
+    assert!(
+        b.text(&first[0])
+            .unwrap()
+            .contains(&report_ip(1).to_string()),
+        "{}",
+        b.text(&first[0]).unwrap()
+    );
+    b.follow("a[rel=next]").unwrap();
+    let url = b.url().unwrap();
+    assert!(
+        url.contains("status=open") && url.contains("sort=time") && url.contains("page=2"),
+        "{url}"
+    );
+    assert_eq!(
+        text_of(&b, "#report-count"),
+        format!("51–{open} of {open} reports")
+    );
+    assert_eq!(text_of(&b, "#report-page"), "page 2 of 2");
+    let rows = b.find_all("#abuse-list tbody tr").unwrap();
+    assert_eq!(rows.len(), open - 50);
+    assert!(rows.iter().all(|r| b.text(r).unwrap().contains("open")));
+    b.screenshot("noc-abuse-page-2").unwrap();
+    // The export holds exactly the filtered reports.
+    let export = http(
+        s.addr,
+        "GET",
+        "/api/export/abuse?format=csv&status=open&q=isp1",
+        &[("Cookie", &cookie)],
+        b"",
+    )
+    .unwrap();
+    assert_eq!(export.status, 200, "{}", export.body);
+    let lines: Vec<&str> = export.body.lines().collect();
+    let expected: Vec<u32> = (0..REPORTS).filter(|i| i % 3 != 0 && i % 4 == 1).collect();
+    assert_eq!(lines.len(), expected.len() + 1, "{}", export.body);
+    assert!(lines[1..]
+        .iter()
+        .all(|l| l.contains(",open") && l.contains("abuse@isp1.example")));
+    let (_, v) = get_json(&s, "/api/export/abuse?format=json&status=answered");
+    assert_eq!(
+        v["abuse_reports"].as_array().unwrap().len(),
+        (0..REPORTS).filter(|i| i % 3 == 0).count()
+    );
+
+    // Campaigns: three pages; a search and its filters survive the next links.
+    b.goto(&s.url("/noc/campaigns")).unwrap();
+    assert_eq!(
+        text_of(&b, "#campaign-count"),
+        format!("1–50 of {} campaigns", CAMPAIGNS + 1)
+    );
+    assert_eq!(text_of(&b, "#campaign-page"), "page 1 of 3");
+    assert_eq!(b.find_all("#campaign-list tbody tr").unwrap().len(), 50);
+    b.type_into("#f-q", "camp-").unwrap();
+    b.type_into("#f-min", "2").unwrap();
+    b.follow("#f-go").unwrap();
+    assert_eq!(text_of(&b, "#campaign-count"), "1–50 of 120 campaigns");
+    b.follow("#campaign-list thead a[href*='sort=seen']")
+        .unwrap();
+    let first = b.find_all("#campaign-list tbody tr").unwrap();
+    assert!(b.text(&first[0]).unwrap().contains("2 households"));
+    b.follow("a[rel=next]").unwrap();
+    b.follow("a[rel=next]").unwrap();
+    let url = b.url().unwrap();
+    assert!(
+        url.contains("q=camp-") && url.contains("min=2") && url.contains("sort=seen"),
+        "{url}"
+    );
+    assert_eq!(text_of(&b, "#campaign-count"), "101–120 of 120 campaigns");
+    assert_eq!(text_of(&b, "#campaign-page"), "page 3 of 3");
+    assert!(b.find("a[rel=next]").is_err());
+    // Newest alert first: the last page has the oldest campaigns, the oldest last.
+    let rows = b.find_all("#campaign-list tbody tr").unwrap();
+    assert_eq!(rows.len(), 20);
+    let last = rows.last().unwrap();
+    assert!(
+        b.text(last)
+            .unwrap()
+            .contains(&format!("camp-{:03}.example", CAMPAIGNS - 1)),
+        "{}",
+        b.text(last).unwrap()
+    );
+    b.screenshot("noc-campaigns-page-3").unwrap();
+    // One campaign by its EHLO name, and its page.
+    b.goto(&s.url("/noc/campaigns?q=CAMP-042.example")).unwrap();
+    let rows = b.find_all("#campaign-list tbody tr").unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(text_of(&b, "#campaign-count"), "1–1 of 1 campaign");
+    b.follow("#campaign-list tbody a").unwrap();
+    assert!(b.url_ends_with(&format!("/noc/campaigns/{camp_042}")));
+    let devices = b.find_all("#campaign-devices tbody tr").unwrap();
+    assert_eq!(devices.len(), 2);
+    assert!(b.text(&devices[0]).unwrap().contains(&camp_cpe(42, 0)));
+    // Nothing pushed yet.
+    b.goto(&s.url("/noc/campaigns?status=pushed")).unwrap();
+    assert_eq!(text_of(&b, "#campaign-count"), "No campaign matches.");
+    // A filter that makes no sense is named, with the search form kept.
+    let r = http(
+        s.addr,
+        "GET",
+        "/noc/abuse?q=isp1&confidence=certain",
+        &[("Cookie", &cookie)],
+        b"",
+    )
+    .unwrap();
+    assert_eq!(r.status, 400);
+    assert!(r.body.contains("confidence must be"), "{}", r.body);
+    assert!(r.body.contains(r#"name="q" value="isp1""#), "{}", r.body);
+    // The export is of the filtered list.
+    let export = http(
+        s.addr,
+        "GET",
+        "/api/export/campaigns?format=csv&q=camp-&min=2",
+        &[("Cookie", &cookie)],
+        b"",
+    )
+    .unwrap();
+    assert_eq!(export.status, 200, "{}", export.body);
+    let lines: Vec<&str> = export.body.lines().collect();
+    assert_eq!(lines.len(), CAMPAIGNS as usize + 1);
+    assert!(lines[0].starts_with("id,households,devices,"));
+    assert!(lines[1..].iter().all(|l| l.contains("camp-")));
+    let (_, v) = get_json(&s, "/api/export/campaigns?format=json&q=camp-042");
+    assert_eq!(v["campaigns"].as_array().unwrap().len(), 1, "{v}");
 }

@@ -446,6 +446,27 @@ pub struct ReportFilter {
     pub mac: Option<String>,
     /// Only this one.
     pub id: Option<i64>,
+    /// Only those about this public address.
+    pub public_ip: Option<String>,
+    /// A `LIKE ... ESCAPE '\'` pattern matched against the router, device, reporter,
+    /// address and Message-ID.
+    pub text: Option<String>,
+    /// Only those whose confidence label is one of these.
+    pub confidences: Vec<&'static str>,
+    /// Order.
+    pub sort: ReportSort,
+    /// Oldest (or earliest) first instead of newest first.
+    pub ascending: bool,
+}
+
+/// The order of a report list.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ReportSort {
+    /// When the report was received (its id).
+    #[default]
+    Received,
+    /// The reported time of the mail.
+    ReportedTime,
 }
 
 /// Stored reports, newest first; `unmatched_only` lists those no device was named for.
@@ -464,6 +485,57 @@ pub fn list(
     list_filtered(conn, &filter, limit)
 }
 
+const REPORT_WHERE: &str = " FROM abuse_reports
+         WHERE (:unmatched = 0 OR mac IS NULL) AND (:status IS NULL OR status = :status)
+           AND (:cpe IS NULL OR cpe_id = :cpe) AND (:mac IS NULL OR mac = :mac)
+           AND (:id IS NULL OR id = :id) AND (:ip IS NULL OR public_ip = :ip)
+           AND (:text IS NULL OR cpe_id LIKE :text ESCAPE '\\' OR mac LIKE :text ESCAPE '\\'
+                OR reporter LIKE :text ESCAPE '\\' OR public_ip LIKE :text ESCAPE '\\'
+                OR message_id LIKE :text ESCAPE '\\')
+           AND (:c0 IS NULL OR confidence IN (:c0, :c1, :c2, :c3, :c4, :c5, :c6))";
+
+/// Runs `sql` (which ends in [`REPORT_WHERE`]) with `f`'s values bound.
+fn query_reports<T>(
+    conn: &Connection,
+    sql: &str,
+    f: &ReportFilter,
+    mut each: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+) -> Result<Vec<T>, AbuseError> {
+    let c = |i: usize| f.confidences.get(i).copied();
+    let mut stmt = conn.prepare_cached(sql)?;
+    let rows = stmt.query_map(
+        rusqlite::named_params! {
+            ":unmatched": i64::from(f.unmatched_only),
+            ":status": f.status,
+            ":cpe": f.cpe_id,
+            ":mac": f.mac,
+            ":id": f.id,
+            ":ip": f.public_ip,
+            ":text": f.text,
+            ":c0": c(0),
+            ":c1": c(1),
+            ":c2": c(2),
+            ":c3": c(3),
+            ":c4": c(4),
+            ":c5": c(5),
+            ":c6": c(6),
+        },
+        |r| each(r),
+    )?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// How many stored reports match `f`.
+///
+/// # Errors
+/// [`AbuseError::Sqlite`].
+pub fn count_filtered(conn: &Connection, f: &ReportFilter) -> Result<u64, AbuseError> {
+    let n: Vec<i64> = query_reports(conn, &format!("SELECT COUNT(*){REPORT_WHERE}"), f, |r| {
+        r.get(0)
+    })?;
+    Ok(n.first().and_then(|n| u64::try_from(*n).ok()).unwrap_or(0))
+}
+
 /// Stored reports matching `f`, newest first.
 ///
 /// # Errors
@@ -473,43 +545,46 @@ pub fn list_filtered(
     f: &ReportFilter,
     limit: u32,
 ) -> Result<Vec<ReportSummary>, AbuseError> {
-    let mut stmt = conn.prepare_cached(
+    list_page(conn, f, limit, 0)
+}
+
+/// `limit` stored reports matching `f` from `offset`, in `f`'s order (ties by id).
+///
+/// # Errors
+/// [`AbuseError::Sqlite`].
+pub fn list_page(
+    conn: &Connection,
+    f: &ReportFilter,
+    limit: u32,
+    offset: u64,
+) -> Result<Vec<ReportSummary>, AbuseError> {
+    let dir = if f.ascending { "ASC" } else { "DESC" };
+    let order = match f.sort {
+        ReportSort::Received => format!("id {dir}"),
+        ReportSort::ReportedTime => format!("at_ms {dir}, id {dir}"),
+    };
+    let sql = format!(
         "SELECT id, received_ms, source, public_ip, at_ms, confidence, cpe_id, mac, message_id,
-                reporter, status, answered_ms, answered_by
-         FROM abuse_reports
-         WHERE (?1 = 0 OR mac IS NULL) AND (?2 IS NULL OR status = ?2)
-           AND (?3 IS NULL OR cpe_id = ?3) AND (?4 IS NULL OR mac = ?4)
-           AND (?5 IS NULL OR id = ?5)
-         ORDER BY id DESC LIMIT ?6",
-    )?;
-    let rows = stmt.query_map(
-        params![
-            i64::from(f.unmatched_only),
-            f.status,
-            f.cpe_id,
-            f.mac,
-            f.id,
-            limit
-        ],
-        |r| {
-            Ok(ReportSummary {
-                id: r.get(0)?,
-                received_ms: from_i64(r.get(1)?),
-                source: r.get(2)?,
-                public_ip: r.get(3)?,
-                at_ms: from_i64(r.get(4)?),
-                confidence: r.get(5)?,
-                cpe_id: r.get(6)?,
-                mac: r.get(7)?,
-                message_id: r.get(8)?,
-                reporter: r.get(9)?,
-                status: r.get(10)?,
-                answered_ms: r.get::<_, Option<i64>>(11)?.map(from_i64),
-                answered_by: r.get(12)?,
-            })
-        },
-    )?;
-    Ok(rows.collect::<Result<_, _>>()?)
+                reporter, status, answered_ms, answered_by{REPORT_WHERE}
+         ORDER BY {order} LIMIT {limit} OFFSET {offset}"
+    );
+    query_reports(conn, &sql, f, |r| {
+        Ok(ReportSummary {
+            id: r.get(0)?,
+            received_ms: from_i64(r.get(1)?),
+            source: r.get(2)?,
+            public_ip: r.get(3)?,
+            at_ms: from_i64(r.get(4)?),
+            confidence: r.get(5)?,
+            cpe_id: r.get(6)?,
+            mac: r.get(7)?,
+            message_id: r.get(8)?,
+            reporter: r.get(9)?,
+            status: r.get(10)?,
+            answered_ms: r.get::<_, Option<i64>>(11)?.map(from_i64),
+            answered_by: r.get(12)?,
+        })
+    })
 }
 
 /// One row of the report list.
@@ -682,6 +757,78 @@ mod tests {
         let r = submit(conn, "application/json", body.as_bytes(), T + 3).unwrap();
         assert_ne!(r.answer.confidence, Confidence::Exact);
         assert_eq!(list(conn, false, 10).unwrap()[2].confidence, "exact");
+    }
+
+    #[test]
+    fn reports_are_searched_filtered_sorted_and_paged_in_sql() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("controller.db");
+        drop(Store::open(&path).unwrap());
+        let mut conn = Connection::open(&path).unwrap();
+        crate::web::schema::migrate(&mut conn).unwrap();
+        for i in 0..12u64 {
+            let q = AbuseQuery {
+                public_ip: IpAddr::from([192, 0, 2, i as u8]),
+                // Reported times run the other way from arrival.
+                at_ms: T - i * 60_000,
+                dest_ip: None,
+                dest_port: None,
+                source_port: None,
+            };
+            let r = submit_query(&conn, "json", q, None, None, T + i).unwrap();
+            set_reporter(&conn, r.id, &format!("abuse@isp{}.example", i % 3)).unwrap();
+            if i % 4 == 0 {
+                assert!(mark_answered(&conn, r.id, "ops", T + 100).unwrap());
+            }
+        }
+        let count = |f: &ReportFilter| count_filtered(&conn, f).unwrap();
+        assert_eq!(count(&ReportFilter::default()), 12);
+        let by_ip = ReportFilter {
+            public_ip: Some("192.0.2.7".into()),
+            ..ReportFilter::default()
+        };
+        let found = list_page(&conn, &by_ip, 50, 0).unwrap();
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].public_ip, "192.0.2.7");
+        let isp1_open = ReportFilter {
+            text: Some("%isp1%".into()),
+            status: Some("open"),
+            ..ReportFilter::default()
+        };
+        // Reporters isp1 are 1, 4, 7, 10; 4 is answered.
+        assert_eq!(count(&isp1_open), 3);
+        let unmatched = ReportFilter {
+            confidences: vec!["unmatched"],
+            ..ReportFilter::default()
+        };
+        assert_eq!(count(&unmatched), 12);
+        let exact = ReportFilter {
+            confidences: vec!["exact", "exact-port"],
+            ..ReportFilter::default()
+        };
+        assert_eq!(count(&exact), 0);
+        // Newest first by default; page 2 of 5 rows; by reported time, earliest first.
+        let page2 = list_page(&conn, &ReportFilter::default(), 5, 5).unwrap();
+        let ips: Vec<&str> = page2.iter().map(|r| r.public_ip.as_str()).collect();
+        assert_eq!(
+            ips,
+            [
+                "192.0.2.6",
+                "192.0.2.5",
+                "192.0.2.4",
+                "192.0.2.3",
+                "192.0.2.2"
+            ]
+        );
+        let by_time = ReportFilter {
+            sort: ReportSort::ReportedTime,
+            ascending: true,
+            ..ReportFilter::default()
+        };
+        assert_eq!(
+            list_page(&conn, &by_time, 1, 0).unwrap()[0].public_ip,
+            "192.0.2.11"
+        );
     }
 
     #[test]

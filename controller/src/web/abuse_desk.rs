@@ -1,9 +1,11 @@
 //! The abuse desk: complaints about our customers' public addresses, mapped to the household
 //! device that sent the mail ([`crate::abuse`]).
 //!
-//! - `GET /noc/abuse[?status=open|answered&cpe=ID&mac=MAC]`: the reports, newest first, with
-//!   two ways in: a simple form (address, date and time in a time zone, optional source
-//!   port) and a paste box for a whole ARF message or JSON.
+//! - `GET /noc/abuse[?q=..&status=open|answered&confidence=..&cpe=ID&mac=MAC&sort=..&page=N]`:
+//!   the reports, searched (public IP, MAC, router, reporter), filtered, sorted (received or
+//!   reported time) and paged in SQL ([`ListQuery`]; the export and `GET /api/abuse` take the
+//!   same filters), with two ways in: a simple form (address, date and time in a time zone,
+//!   optional source port) and a paste box for a whole ARF message or JSON.
 //! - `POST /noc/abuse/lookup` (the simple form) and `POST /noc/abuse` (the paste): map and
 //!   store the report, then show it; on an error the page comes back with everything typed
 //!   or pasted still in place.
@@ -24,38 +26,96 @@ use axum::Form;
 use serde::Deserialize;
 
 use super::auth::{self, csrf_field, Caller};
+use smtpguard_protocol::MacAddr;
+
 use super::html::{self, esc, Table};
-use super::noc::{current_campaigns, export_links, noc_page};
+use super::list::{direction, given, like, offset, options, page_number, Links, Noun};
+use super::noc::{current_campaigns, noc_page};
 use super::{AppState, WebError};
-use crate::abuse::{self, mapping::Confidence, AbuseQuery, ReportFilter, ReportSummary};
+use crate::abuse::{
+    self, mapping::Confidence, AbuseQuery, ReportFilter, ReportSort, ReportSummary,
+};
 use crate::households;
 use crate::operators::Level;
 use crate::verdicts::{self, plural};
 
-/// Reports the list shows.
-pub const LIST_ROWS: u32 = 200;
+/// Reports on one page of the list.
+pub const LIST_ROWS: u32 = 50;
 
-/// The list's filters.
-#[derive(Debug, Default, Deserialize)]
+/// The list's query string, as sent (also the export's and `GET /api/abuse`'s filters).
+#[derive(Debug, Clone, Default, Deserialize)]
 pub struct ListQuery {
+    /// Search: a public IP (exactly), a MAC (exactly), or text matched against the router,
+    /// device, reporter, address and Message-ID.
     #[serde(default)]
-    status: Option<String>,
+    pub q: Option<String>,
+    /// `open` or `answered`.
     #[serde(default)]
-    cpe: Option<String>,
+    pub status: Option<String>,
+    /// A confidence word ([`Confidence::grade`], spaces as `-`): `exact`, `strong`, `good`,
+    /// `fair`, `household-only`, `no-match`; or `device` for any that names a device.
     #[serde(default)]
-    mac: Option<String>,
+    pub confidence: Option<String>,
+    /// Only reports about this router.
+    #[serde(default)]
+    pub cpe: Option<String>,
+    /// Only reports naming this device.
+    #[serde(default)]
+    pub mac: Option<String>,
+    /// `received` (default) or `time` (the reported time of the mail).
+    #[serde(default)]
+    pub sort: Option<String>,
+    /// `desc` (default: newest first) or `asc`.
+    #[serde(default)]
+    pub dir: Option<String>,
+    /// 1-based page.
+    #[serde(default)]
+    pub page: Option<String>,
+}
+
+/// The confidence words the list filters on, with the labels each stands for.
+fn confidence_words() -> Vec<(String, Vec<&'static str>)> {
+    let mut out: Vec<(String, Vec<&'static str>)> = Vec::new();
+    for c in Confidence::ALL {
+        let word = c.grade().replace(' ', "-");
+        match out.iter_mut().find(|(w, _)| *w == word) {
+            Some((_, labels)) => labels.push(c.as_str()),
+            None => out.push((word, vec![c.as_str()])),
+        }
+    }
+    out
 }
 
 impl ListQuery {
-    fn filter(&self) -> Result<ReportFilter, WebError> {
-        let given = |v: &Option<String>| {
-            v.as_deref()
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(str::to_string)
-        };
-        Ok(ReportFilter {
-            status: match given(&self.status).as_deref() {
+    /// The filters that were given, by their query-string names (sort and page aside).
+    pub(crate) fn filters(&self) -> Vec<(&'static str, Option<&str>)> {
+        vec![
+            ("q", given(&self.q)),
+            ("status", given(&self.status)),
+            ("confidence", given(&self.confidence)),
+            ("cpe", given(&self.cpe)),
+            ("mac", given(&self.mac)),
+        ]
+    }
+
+    /// The list's links: filters, sort and direction kept.
+    pub(crate) fn links(&self) -> Links<'_> {
+        Links {
+            path: "/noc/abuse",
+            anchor: "reports",
+            filters: self.filters(),
+            sort: given(&self.sort),
+            dir: given(&self.dir),
+        }
+    }
+
+    /// The checked filter.
+    ///
+    /// # Errors
+    /// [`WebError::BadRequest`] naming the bad field.
+    pub fn filter(&self) -> Result<ReportFilter, WebError> {
+        let mut f = ReportFilter {
+            status: match given(&self.status) {
                 None => None,
                 Some("open") => Some("open"),
                 Some("answered") => Some("answered"),
@@ -65,10 +125,60 @@ impl ListQuery {
                     ))
                 }
             },
-            cpe_id: given(&self.cpe),
-            mac: given(&self.mac),
+            cpe_id: given(&self.cpe).map(str::to_string),
+            mac: match given(&self.mac) {
+                None => None,
+                Some(m) => Some(
+                    m.parse::<MacAddr>()
+                        .map_err(|_| {
+                            WebError::BadRequest("mac must look like aa:bb:cc:dd:ee:ff".into())
+                        })?
+                        .to_string(),
+                ),
+            },
             ..ReportFilter::default()
-        })
+        };
+        if let Some(text) = given(&self.q) {
+            if text.chars().count() > 200 {
+                return Err(WebError::BadRequest(
+                    "search text over 200 characters".into(),
+                ));
+            }
+            if let Ok(mac) = text.parse::<MacAddr>() {
+                f.mac = Some(mac.to_string());
+            } else if let Ok(ip) = text.parse::<IpAddr>() {
+                f.public_ip = Some(ip.to_string());
+            } else {
+                f.text = Some(like(text));
+            }
+        }
+        if let Some(word) = given(&self.confidence) {
+            f.confidences = if word == "device" {
+                Confidence::ALL
+                    .into_iter()
+                    .filter(|c| abuse::names_device(*c))
+                    .map(|c| c.as_str())
+                    .collect()
+            } else {
+                confidence_words()
+                    .into_iter()
+                    .find(|(w, _)| w == word)
+                    .map(|(_, labels)| labels)
+                    .ok_or_else(|| {
+                        WebError::BadRequest(
+                            "confidence must be exact, strong, good, fair, household-only, no-match or device"
+                                .into(),
+                        )
+                    })?
+            };
+        }
+        f.sort = match given(&self.sort) {
+            None | Some("received") => ReportSort::Received,
+            Some("time") => ReportSort::ReportedTime,
+            Some(_) => return Err(WebError::BadRequest("sort must be received or time".into())),
+        };
+        f.ascending = !direction(&self.dir, true)?;
+        Ok(f)
     }
 }
 
@@ -123,18 +233,23 @@ fn device_cell(r: &ReportSummary) -> String {
     }
 }
 
-fn report_table(list: &[ReportSummary], caption: &str) -> String {
-    let mut t = Table::plain(
+fn report_table(
+    list: &[ReportSummary],
+    caption: &str,
+    [received, at]: [(&'static str, String); 2],
+) -> String {
+    let plain = |h: &'static str| (h, esc(h));
+    let mut t = Table::new(
         "abuse-list",
         caption,
         &[
-            "#",
-            "Received",
-            "Reporter",
-            "Public IP at time",
-            "Confidence",
-            "Router / device",
-            "Status",
+            plain("#"),
+            received,
+            plain("Reporter"),
+            at,
+            plain("Confidence"),
+            plain("Router / device"),
+            plain("Status"),
         ],
     );
     for r in list {
@@ -196,6 +311,92 @@ fn forms(caller: &Caller, typed: &Typed) -> String {
     b
 }
 
+fn search_form(q: &ListQuery) -> String {
+    let v = |o: &Option<String>| esc(given(o).unwrap_or(""));
+    let mut s = format!(
+        r#"<form class="search" method="get" action="/noc/abuse#reports" role="search" aria-label="Search the abuse reports"><div class="wide"><label for="f-q">Public IP, CPE, MAC or reporter</label><input type="text" id="f-q" name="q" value="{}" autocomplete="off"></div>"#,
+        v(&q.q)
+    );
+    s.push_str(&options(
+        "status",
+        "Status",
+        given(&q.status),
+        &[("open", "open"), ("answered", "answered")],
+    ));
+    let words = confidence_words();
+    let mut values: Vec<(&str, &str)> = vec![("device", "names a device")];
+    values.extend(
+        words
+            .iter()
+            .map(|(w, _)| (w.as_str(), w.as_str()))
+            .collect::<Vec<_>>(),
+    );
+    s.push_str(&options(
+        "confidence",
+        "Confidence",
+        given(&q.confidence),
+        &values,
+    ));
+    // The router and device filters come from links (a CPE page, a campaign); kept here.
+    for (name, value) in [("cpe", given(&q.cpe)), ("mac", given(&q.mac))] {
+        if let Some(value) = value {
+            let _ = write!(
+                s,
+                r#"<input type="hidden" name="{name}" value="{}">"#,
+                esc(value)
+            );
+        }
+    }
+    s.push_str(r#"<div><button class="btn" type="submit" id="f-go">Search</button> <a href="/noc/abuse#reports">Clear</a></div></form>"#);
+    s
+}
+
+fn report_list(
+    q: &ListQuery,
+    f: &ReportFilter,
+    page: u32,
+    total: u64,
+    list: &[ReportSummary],
+) -> String {
+    let links = q.links();
+    let mut b = links.pager(
+        Noun {
+            id: "report",
+            one: "report",
+            many: "reports",
+        },
+        page,
+        LIST_ROWS,
+        total,
+    );
+    if !list.is_empty() {
+        let current = match f.sort {
+            ReportSort::Received => "received",
+            ReportSort::ReportedTime => "time",
+        };
+        let desc = !f.ascending;
+        let order = match (f.sort, desc) {
+            (ReportSort::Received, true) => "newest first",
+            (ReportSort::Received, false) => "oldest first",
+            (ReportSort::ReportedTime, true) => "latest reported time first",
+            (ReportSort::ReportedTime, false) => "earliest reported time first",
+        };
+        b.push_str(&report_table(
+            list,
+            &format!(
+                "{} of {}, {order}",
+                list.len(),
+                plural(total, "report", "reports")
+            ),
+            [
+                links.sort_head("Received", "received", current, desc, true),
+                links.sort_head("Public IP at time", "time", current, desc, true),
+            ],
+        ));
+    }
+    b
+}
+
 async fn list_page(
     state: &AppState,
     caller: &Caller,
@@ -204,9 +405,14 @@ async fn list_page(
     typed: &Typed,
 ) -> Result<String, WebError> {
     let filter = q.filter()?;
+    let page = page_number(&q.page)?;
     let f = filter.clone();
-    let list = state
-        .db(move |conn| Ok(abuse::list_filtered(conn, &f, LIST_ROWS)?))
+    let (total, list) = state
+        .db(move |conn| {
+            let total = abuse::count_filtered(conn, &f)?;
+            let list = abuse::list_page(conn, &f, LIST_ROWS, offset(page, LIST_ROWS))?;
+            Ok((total, list))
+        })
         .await?;
     let mut b = String::from("<h1>Abuse reports</h1><p class=\"sub\">Complaints about our customers' public addresses, mapped to the household device that sent the mail.</p>");
     if let Some(e) = error {
@@ -244,18 +450,12 @@ async fn list_page(
                 .unwrap_or_default()
         );
     }
-    if list.is_empty() {
+    b.push_str(&search_form(q));
+    b.push_str(&report_list(q, &filter, page, total, &list));
+    if total == 0 && q.filters().iter().all(|(_, v)| v.is_none()) {
         b.push_str(r#"<p class="muted">No reports here. Reporters and feedback loops can also POST them to <span class="mono">/api/abuse</span>.</p>"#);
-    } else {
-        b.push_str(&report_table(
-            &list,
-            &format!(
-                "{}, newest first",
-                plural(list.len() as u64, "report", "reports")
-            ),
-        ));
     }
-    b.push_str(&export_links("abuse", "abuse reports"));
+    b.push_str(&q.links().export_links("abuse", "these abuse reports"));
     Ok(b)
 }
 
@@ -271,6 +471,19 @@ pub async fn page(
     };
     match list_page(&state, &caller, &q, None, &Typed::default()).await {
         Ok(b) => noc_page("Abuse reports", "abuse", &caller, &b),
+        // A bad search: the search form again, with what was wrong and what was typed.
+        Err(e @ WebError::BadRequest(_)) => {
+            let body = format!(
+                r#"<h1>Abuse reports</h1><div class="flash err" role="alert" id="abuse-error">{}</div>{}"#,
+                esc(&e.to_string()),
+                search_form(&q)
+            );
+            (
+                e.status(),
+                noc_page("Abuse reports", "abuse", &caller, &body),
+            )
+                .into_response()
+        }
         Err(e) => e.page(),
     }
 }
@@ -590,7 +803,8 @@ pub async fn one(
     if let Some(camp) = &campaign {
         let _ = write!(
             b,
-            r#"<p id="campaign">This device is part of campaign <a class="mono" href="/noc/campaigns#{0}">{0}</a>.</p>"#,
+            r#"<p id="campaign">This device is part of campaign <a class="mono" href="/noc/campaigns/{}">{}</a>.</p>"#,
+            html::path_seg(camp),
             esc(camp)
         );
     }
@@ -709,6 +923,51 @@ mod tests {
             zone: zone.into(),
             port: port.into(),
             reporter: String::new(),
+        }
+    }
+
+    #[test]
+    fn the_list_query_reads_ip_mac_text_and_one_confidence_word() {
+        let q = |text: &str| ListQuery {
+            q: Some(text.into()),
+            ..ListQuery::default()
+        };
+        let f = q("203.0.113.7").filter().unwrap();
+        assert_eq!(f.public_ip.as_deref(), Some("203.0.113.7"));
+        let f = q("02-00-00-00-00-66").filter().unwrap();
+        assert_eq!(f.mac.as_deref(), Some("02:00:00:00:00:66"));
+        let f = q("bigmail_").filter().unwrap();
+        assert_eq!(f.text.as_deref(), Some("%bigmail\\_%"));
+        let exact = ListQuery {
+            confidence: Some("exact".into()),
+            ..ListQuery::default()
+        };
+        assert_eq!(exact.filter().unwrap().confidences, ["exact", "exact-port"]);
+        let household = ListQuery {
+            confidence: Some("household-only".into()),
+            sort: Some("time".into()),
+            dir: Some("asc".into()),
+            ..ListQuery::default()
+        };
+        let f = household.filter().unwrap();
+        assert_eq!(f.confidences, ["household-only"]);
+        assert_eq!(f.sort, ReportSort::ReportedTime);
+        assert!(f.ascending);
+        for bad in [
+            ListQuery {
+                confidence: Some("certain".into()),
+                ..ListQuery::default()
+            },
+            ListQuery {
+                status: Some("closed".into()),
+                ..ListQuery::default()
+            },
+            ListQuery {
+                sort: Some("reporter".into()),
+                ..ListQuery::default()
+            },
+        ] {
+            assert!(matches!(bad.filter(), Err(WebError::BadRequest(_))));
         }
     }
 

@@ -1,9 +1,11 @@
 //! JSON API: `Authorization: Bearer <token>` (or a session cookie for GETs).
 //!
 //! Operator: `GET /api/fleet`, `GET /api/cpes/{id}`, `GET /api/campaigns`, `GET/POST
-//! /api/abuse`, and commands to one router: `POST /api/cpes/{id}/devices/{mac}/release
-//! [?grace_secs=N]` and `POST /api/cpes/{id}/devices/{mac}/block[?ttl_secs=N]` (bearer token
-//! only; 201 `{"command_id": N, "cpe_id": .., "mac": .., "action": .., "status": "sent"}`),
+//! /api/abuse` (the lists are paged: the list page's filters plus `page` and `per_page`,
+//! answered as `{"total", "page", "per_page", <rows>}`), and commands to one router:
+//! `POST /api/cpes/{id}/devices/{mac}/release[?grace_secs=N]` and
+//! `POST /api/cpes/{id}/devices/{mac}/block[?ttl_secs=N]` (bearer token only; 201
+//! `{"command_id": N, "cpe_id": .., "mac": .., "action": .., "status": "sent"}`),
 //! `GET /api/cpes/{id}/commands` (newest first, each with `status` `sent`, `applied`,
 //! `refused` with `reason`, `expired` or `unsent`, and `ack_ms`). Subscriber: `GET
 //! /api/my/devices` (own household only).
@@ -16,9 +18,11 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use super::abuse_desk::ListQuery;
 use super::auth;
-use super::fleet::{cpe_row, cpe_rows};
-use super::noc::current_campaigns;
+use super::campaign_page::{self, CampaignQuery};
+use super::fleet::{cpe_row, search, Filter, FleetQuery};
+use super::list;
 use super::portal::household_devices;
 use super::{AppState, WebError};
 use crate::abuse;
@@ -90,23 +94,53 @@ fn ok(v: Value) -> Response {
     Json(v).into_response()
 }
 
-/// `GET /api/fleet`: CPEs and flagged devices.
-pub async fn fleet(State(state): State<AppState>, headers: HeaderMap) -> Response {
+/// The API's paging parameter (with `page` in the list's own query).
+#[derive(Debug, Default, Deserialize)]
+pub struct PerPage {
+    /// Rows per page, 1 to [`list::API_PER_PAGE_MAX`] ([`list::API_PER_PAGE`] by default).
+    #[serde(default)]
+    pub per_page: Option<String>,
+}
+
+/// `GET /api/fleet`: one page of CPEs, searched, filtered and sorted like the fleet page
+/// (the same query parameters, [`FleetQuery`]) plus `per_page`, and the flagged devices of
+/// the CPEs on the page: `{"total", "page", "per_page", "cpes": [..], "devices": [..]}`.
+pub async fn fleet(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<FleetQuery>,
+    Query(pp): Query<PerPage>,
+) -> Response {
     if let Err(e) = auth::noc(&state, &headers).await {
         return e.api();
     }
+    let per_page = match list::per_page(&pp.per_page) {
+        Ok(n) => n,
+        Err(e) => return e.api(),
+    };
     let now = state.now_ms();
     let r = state
         .db(move |conn| {
-            let cpes = cpe_rows(conn, None)?;
-            let devices = verdicts::load_devices(conn, None, now)?;
-            Ok((cpes, devices))
+            let f = Filter::parse(conn, &q)?;
+            let (total, cpes) = search(conn, &f, per_page, list::offset(f.page, per_page))?;
+            let mut devices = Vec::new();
+            for c in cpes.iter().filter(|c| c.flagged > 0) {
+                devices.extend(
+                    verdicts::load_devices(conn, Some(&c.cpe_id), now)?
+                        .into_iter()
+                        .filter(|d| d.verdict != smtpguard_protocol::Verdict::Clean),
+                );
+            }
+            Ok((total, f.page, cpes, devices))
         })
         .await;
     match r {
-        Ok((cpes, devices)) => ok(json!({
+        Ok((total, page, cpes, devices)) => ok(json!({
+            "total": total,
+            "page": page,
+            "per_page": per_page,
             "cpes": cpes,
-            "devices": devices.iter().filter(|d| d.verdict != smtpguard_protocol::Verdict::Clean).map(DeviceJson::from).collect::<Vec<_>>(),
+            "devices": devices.iter().map(DeviceJson::from).collect::<Vec<_>>(),
         })),
         Err(e) => e.api(),
     }
@@ -138,22 +172,35 @@ pub async fn cpe(
     }
 }
 
-/// `GET /api/campaigns`.
-pub async fn campaigns(State(state): State<AppState>, headers: HeaderMap) -> Response {
+/// `GET /api/campaigns`: one page of campaigns, searched, filtered and sorted like the
+/// campaign list ([`CampaignQuery`]) plus `per_page`:
+/// `{"total", "page", "per_page", "campaigns": [..]}`.
+pub async fn campaigns(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<CampaignQuery>,
+    Query(pp): Query<PerPage>,
+) -> Response {
     if let Err(e) = auth::noc(&state, &headers).await {
         return e.api();
     }
+    let (f, per_page) = match (q.filter(), list::per_page(&pp.per_page)) {
+        (Ok(f), Ok(n)) => (f, n),
+        (Err(e), _) | (_, Err(e)) => return e.api(),
+    };
     let now = state.now_ms();
     let settings = state.settings.campaigns;
+    let page = f.page;
     let r = state
-        .db(move |conn| {
-            let devices = super::noc::infected_devices(conn, now)?;
-            current_campaigns(conn, &devices, &settings)
-        })
+        .db(move |conn| Ok(f.apply(campaign_page::load(conn, now, &settings)?)))
         .await;
     match r {
-        Ok(list) => ok(Value::Array(
-            list.iter()
+        Ok(list) => {
+            let start = usize::try_from(list::offset(page, per_page)).unwrap_or(usize::MAX);
+            let rows: Vec<Value> = list
+                .iter()
+                .skip(start)
+                .take(per_page as usize)
                 .map(|(c, pushed)| {
                     json!({
                         "id": c.id,
@@ -167,33 +214,65 @@ pub async fn campaigns(State(state): State<AppState>, headers: HeaderMap) -> Res
                         "pushed_version": pushed,
                     })
                 })
-                .collect(),
-        )),
+                .collect();
+            ok(json!({
+                "total": list.len(),
+                "page": page,
+                "per_page": per_page,
+                "campaigns": rows,
+            }))
+        }
         Err(e) => e.api(),
     }
 }
 
-/// List filter.
-#[derive(Debug, Deserialize)]
+/// The old list filter of `GET /api/abuse`.
+#[derive(Debug, Default, Deserialize)]
 pub struct AbuseListQuery {
     #[serde(default)]
     unmatched: bool,
 }
 
-/// `GET /api/abuse[?unmatched=true]`.
+/// `GET /api/abuse`: one page of stored reports, searched, filtered and sorted like the
+/// abuse desk's list ([`ListQuery`]; `unmatched=true` for those no device was named for)
+/// plus `per_page`: `{"total", "page", "per_page", "reports": [..]}`.
 pub async fn abuse_list(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Query(q): Query<AbuseListQuery>,
+    Query(old): Query<AbuseListQuery>,
+    Query(q): Query<ListQuery>,
+    Query(pp): Query<PerPage>,
 ) -> Response {
     if let Err(e) = auth::noc(&state, &headers).await {
         return e.api();
     }
+    let checked = (|| {
+        let mut f = q.filter()?;
+        f.unmatched_only = old.unmatched;
+        Ok::<_, WebError>((
+            f,
+            list::page_number(&q.page)?,
+            list::per_page(&pp.per_page)?,
+        ))
+    })();
+    let (f, page, per_page) = match checked {
+        Ok(x) => x,
+        Err(e) => return e.api(),
+    };
     match state
-        .db(move |conn| Ok(abuse::list(conn, q.unmatched, 1000)?))
+        .db(move |conn| {
+            let total = abuse::count_filtered(conn, &f)?;
+            let rows = abuse::list_page(conn, &f, per_page, list::offset(page, per_page))?;
+            Ok((total, rows))
+        })
         .await
     {
-        Ok(l) => ok(json!(l)),
+        Ok((total, rows)) => ok(json!({
+            "total": total,
+            "page": page,
+            "per_page": per_page,
+            "reports": rows,
+        })),
         Err(e) => e.api(),
     }
 }

@@ -22,8 +22,9 @@ use serde_json::json;
 use smtpguard_protocol::MacAddr;
 
 use super::api::DeviceJson;
-use super::fleet::{given, household_names, like, parse_time};
-use super::html::{self, esc, path_seg, Table};
+use super::fleet::{household_names, parse_time};
+use super::html::{self, esc, Table};
+use super::list::{self, given, like, Links, Noun};
 use super::noc::noc_page;
 use super::{auth, AppState, WebError};
 use crate::abuse;
@@ -32,8 +33,6 @@ use crate::verdicts::DeviceView;
 
 /// Devices on one page of the list.
 pub const PAGE_ROWS: u32 = 50;
-/// Most devices one API page returns.
-pub const API_ROWS_MAX: u32 = 500;
 
 /// The device list's query string, as sent; [`DeviceList::parse`] checks it.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -59,7 +58,7 @@ pub struct DeviceQuery {
     /// 1-based page.
     #[serde(default)]
     pub page: Option<String>,
-    /// API only: devices per page (at most [`API_ROWS_MAX`]).
+    /// API only: devices per page (at most [`list::API_PER_PAGE_MAX`]).
     #[serde(default)]
     pub per_page: Option<String>,
 }
@@ -90,34 +89,20 @@ impl DeviceQuery {
         ]
     }
 
-    fn href(&self, sort: Option<&str>, dir: Option<&str>, page: Option<u32>) -> String {
-        let page = page.map(|p| p.to_string());
-        let parts: Vec<String> = self
-            .filters()
-            .into_iter()
-            .chain([
-                ("sort", sort.or(given(&self.sort))),
-                ("dir", dir.or(given(&self.dir))),
-                ("page", page.as_deref()),
-            ])
-            .filter_map(|(k, v)| v.map(|v| format!("{k}={}", path_seg(v))))
-            .collect();
-        if parts.is_empty() {
-            "/noc/devices".into()
-        } else {
-            format!("/noc/devices?{}", parts.join("&"))
+    fn links(&self) -> Links<'_> {
+        Links {
+            path: "/noc/devices",
+            anchor: "devices",
+            filters: self.filters().to_vec(),
+            sort: given(&self.sort),
+            dir: given(&self.dir),
         }
     }
 
     /// The filters as a query string for the export links (`verdict=all` when none: the
     /// export's own default is the flagged devices).
     pub fn export_query(&self) -> String {
-        let mut out = String::new();
-        for (k, v) in self.filters() {
-            if let Some(v) = v {
-                let _ = write!(out, "&{k}={}", path_seg(v));
-            }
-        }
+        let mut out = self.links().filter_query();
         if given(&self.verdict).is_none() {
             out.push_str("&verdict=all");
         }
@@ -199,21 +184,12 @@ impl DeviceList {
                 .map(|(s, _)| *s)
                 .ok_or_else(|| WebError::BadRequest(format!("cannot sort by {k:?}")))?,
         };
-        let desc = match given(&q.dir) {
-            // Worst, newest first unless asked otherwise.
-            None => matches!(sort, Sort::Severity | Sort::Since | Sort::LastSeen),
-            Some("asc") => false,
-            Some("desc") => true,
-            Some(_) => return Err(WebError::BadRequest("dir must be asc or desc".into())),
-        };
-        let page = match given(&q.page) {
-            None => 1,
-            Some(p) => p
-                .parse::<u32>()
-                .ok()
-                .filter(|p| *p >= 1)
-                .ok_or_else(|| WebError::BadRequest("page must be a number from 1".into()))?,
-        };
+        // Worst, newest first unless asked otherwise.
+        let desc = list::direction(
+            &q.dir,
+            matches!(sort, Sort::Severity | Sort::Since | Sort::LastSeen),
+        )?;
+        let page = list::page_number(&q.page)?;
         Ok(DeviceList {
             filter: f,
             sort,
@@ -232,7 +208,7 @@ impl DeviceList {
         per_page: u32,
         now_ms: u64,
     ) -> Result<(u64, Vec<DeviceView>), WebError> {
-        let offset = u64::from(self.page.saturating_sub(1)) * u64::from(per_page);
+        let offset = list::offset(self.page, per_page);
         Ok(store::search(
             conn,
             &self.filter,
@@ -252,26 +228,14 @@ fn is_lan(ip: IpAddr) -> bool {
     }
 }
 
-fn options(name: &str, label: &str, current: Option<&str>, values: &[(&str, &str)]) -> String {
-    let mut s = format!(
-        r#"<div><label for="d-{name}">{label}</label><select id="d-{name}" name="{name}"><option value="">any</option>"#
-    );
-    for (v, text) in values {
-        let sel = if current == Some(*v) { " selected" } else { "" };
-        let _ = write!(s, r#"<option value="{v}"{sel}>{text}</option>"#);
-    }
-    s.push_str("</select></div>");
-    s
-}
-
 fn search_form(q: &DeviceQuery) -> String {
     let v = |o: &Option<String>| esc(given(o).unwrap_or(""));
     let mut s = format!(
-        r#"<form class="search" method="get" action="/noc/devices" role="search" aria-label="Search the devices"><div class="wide"><label for="d-q">MAC, host name, vendor, household, CPE, or IP address</label><input type="text" id="d-q" name="q" value="{}" autocomplete="off"></div><div><label for="d-at">Public IP held at (UTC)</label><input type="text" id="d-at" name="at" value="{}" placeholder="2026-11-30T20:15"></div>"#,
+        r#"<form class="search" method="get" action="/noc/devices#devices" role="search" aria-label="Search the devices"><div class="wide"><label for="f-q">MAC, host name, vendor, household, CPE, or IP address</label><input type="text" id="f-q" name="q" value="{}" autocomplete="off"></div><div><label for="f-at">Public IP held at (UTC)</label><input type="text" id="f-at" name="at" value="{}" placeholder="2026-11-30T20:15"></div>"#,
         v(&q.q),
         v(&q.at)
     );
-    s.push_str(&options(
+    s.push_str(&list::options(
         "verdict",
         "Verdict",
         given(&q.verdict),
@@ -282,7 +246,7 @@ fn search_form(q: &DeviceQuery) -> String {
             ("clean", "clean"),
         ],
     ));
-    s.push_str(&options(
+    s.push_str(&list::options(
         "action",
         "Router action now",
         given(&q.action),
@@ -292,7 +256,7 @@ fn search_form(q: &DeviceQuery) -> String {
             ("monitor", "watched only"),
         ],
     ));
-    s.push_str(r#"<div><button class="btn" type="submit" id="d-go">Search</button> <a href="/noc/devices">Clear</a></div></form>"#);
+    s.push_str(r#"<div><button class="btn" type="submit" id="f-go">Search</button> <a href="/noc/devices">Clear</a></div></form>"#);
     s
 }
 
@@ -303,10 +267,11 @@ fn table(
     households: &std::collections::BTreeMap<String, String>,
 ) -> String {
     let current = sort_key(l.sort);
+    let links = q.links();
     let head = |label: &'static str, key: &str| {
-        html::sort_heading(label, key, current, l.desc, |k, dir| {
-            q.href(Some(k), Some(dir), Some(1))
-        })
+        // Times and verdicts read best newest and worst first.
+        let desc_first = matches!(key, "severity" | "since" | "seen");
+        links.sort_head(label, key, current, l.desc, desc_first)
     };
     let mut t = Table::new(
         "device-list",
@@ -395,16 +360,18 @@ pub async fn page(
         }
         Err(e) => return e.page(),
     };
-    let mut b = String::from(r#"<h1>Devices</h1>"#);
+    let mut b = String::from(r#"<h1 id="devices">Devices</h1>"#);
     b.push_str(&search_form(&q));
     b.push_str(r#"<div id="device-results" data-refresh="30">"#);
-    b.push_str(&html::pager(
-        "device-count",
-        ("device", "devices"),
+    b.push_str(&q.links().pager(
+        Noun {
+            id: "device",
+            one: "device",
+            many: "devices",
+        },
         l.page,
         PAGE_ROWS,
         total,
-        |p| q.href(None, None, Some(p)),
     ));
     if !rows.is_empty() {
         b.push_str(&table(&q, &l, &rows, &names));
@@ -419,7 +386,7 @@ pub async fn page(
 }
 
 /// `GET /api/devices`: one page of the device list as JSON, the same query as the page
-/// plus `per_page` (default 50, at most [`API_ROWS_MAX`]).
+/// plus `per_page` ([`list::per_page`]).
 pub async fn api(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -428,12 +395,9 @@ pub async fn api(
     if let Err(e) = auth::noc(&state, &headers).await {
         return e.api();
     }
-    let per_page = match given(&q.per_page).map(str::parse::<u32>) {
-        None => PAGE_ROWS,
-        Some(Ok(n)) if (1..=API_ROWS_MAX).contains(&n) => n,
-        Some(_) => {
-            return WebError::BadRequest(format!("per_page must be 1 to {API_ROWS_MAX}")).api()
-        }
+    let per_page = match list::per_page(&q.per_page) {
+        Ok(n) => n,
+        Err(e) => return e.api(),
     };
     let now = state.now_ms();
     let r = state
@@ -481,8 +445,8 @@ mod tests {
             ..DeviceQuery::default()
         };
         assert_eq!(
-            q.href(Some("seen"), Some("desc"), Some(2)),
-            "/noc/devices?q=DESKTOP%207%26x&verdict=infected&sort=seen&dir=desc&page=2"
+            q.links().href(Some("seen"), Some("desc"), Some(2)),
+            "/noc/devices?q=DESKTOP%207%26x&verdict=infected&sort=seen&dir=desc&page=2#devices"
         );
         assert_eq!(q.export_query(), "&q=DESKTOP%207%26x&verdict=infected");
         assert_eq!(DeviceQuery::default().export_query(), "&verdict=all");

@@ -1,9 +1,12 @@
-//! Exports for the NOC and the abuse desk: flagged devices, abuse reports and the audit log,
-//! as CSV or JSON. `GET /api/export/{devices|cpes|abuse|audit}?format=csv|json` (any NOC
-//! role; bearer token or session). `devices` takes the device list's filters
-//! ([`super::devices::DeviceQuery`]; the flagged devices when no `verdict` is given, all with
-//! `verdict=all`) and exports the whole filtered list; `cpes` takes the fleet page's filters
-//! ([`super::fleet::FleetQuery`]) and exports what the page lists.
+//! Exports for the NOC and the abuse desk: devices, CPEs, campaigns, abuse reports and the
+//! audit log, as CSV or JSON.
+//! `GET /api/export/{devices|cpes|campaigns|abuse|audit}?format=csv|json` (any NOC role;
+//! bearer token or session). `devices` takes the device list's filters
+//! ([`super::devices::DeviceQuery`]; the flagged devices when no `verdict` is given, every
+//! device with `verdict=all`); `cpes`, `campaigns` and `abuse` take their list page's
+//! filters ([`super::fleet::FleetQuery`], [`super::campaign_page::CampaignQuery`],
+//! [`super::abuse_desk::ListQuery`]). Each exports every row the filtered list has, in its
+//! order.
 //!
 //! CSV follows RFC 4180 (fields quoted when they hold a comma, quote or line break) and is
 //! safe to open in a spreadsheet: host names and evidence come from the LAN, so a field
@@ -11,13 +14,13 @@
 //! never run as a formula.
 
 use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap};
+use axum::http::{header, HeaderMap, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{auth, devices, fleet, AppState, WebError};
+use super::{abuse_desk, auth, campaign_page, devices, fleet, AppState, WebError};
 use crate::{abuse, audit};
 
 /// Rows one export holds at most.
@@ -171,8 +174,66 @@ fn cpes(conn: &rusqlite::Connection, q: &fleet::FleetQuery) -> Result<Table, Web
     })
 }
 
-fn reports(conn: &rusqlite::Connection) -> Result<Table, WebError> {
-    let list = abuse::list(conn, false, u32::try_from(ROWS_MAX).unwrap_or(u32::MAX))?;
+fn campaigns(
+    conn: &rusqlite::Connection,
+    now: u64,
+    settings: &crate::campaigns::Settings,
+    q: &campaign_page::CampaignQuery,
+) -> Result<Table, WebError> {
+    let filter = q.filter()?;
+    let mut list = filter.apply(campaign_page::load(conn, now, settings)?);
+    list.truncate(ROWS_MAX);
+    let rows = list
+        .iter()
+        .map(|(c, pushed)| {
+            vec![
+                c.id.clone(),
+                c.households.to_string(),
+                c.members.len().to_string(),
+                time(c.first_ms),
+                time(c.last_ms),
+                c.ehlo_names.join(" "),
+                c.sender_domains.join(" "),
+                c.mail_servers
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                pushed.map(|v| v.to_string()).unwrap_or_default(),
+                c.members
+                    .iter()
+                    .map(|m| format!("{}/{}", m.cpe_id, m.mac))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            ]
+        })
+        .collect();
+    Ok(Table {
+        name: "campaigns",
+        header: vec![
+            "id",
+            "households",
+            "devices",
+            "first_seen",
+            "last_seen",
+            "ehlo_names",
+            "sender_domains",
+            "mail_servers",
+            "pushed_version",
+            "members",
+        ],
+        rows,
+    })
+}
+
+fn reports(conn: &rusqlite::Connection, q: &abuse_desk::ListQuery) -> Result<Table, WebError> {
+    let filter = q.filter()?;
+    let list = abuse::list_page(
+        conn,
+        &filter,
+        u32::try_from(ROWS_MAX).unwrap_or(u32::MAX),
+        0,
+    )?;
     let rows = list
         .iter()
         .map(|r| {
@@ -244,8 +305,7 @@ pub async fn export(
     headers: HeaderMap,
     Path(what): Path<String>,
     Query(q): Query<ExportQuery>,
-    Query(fleet_q): Query<fleet::FleetQuery>,
-    Query(mut device_q): Query<devices::DeviceQuery>,
+    uri: Uri,
 ) -> Response {
     if let Err(e) = auth::noc(&state, &headers).await {
         return e.api();
@@ -255,13 +315,39 @@ pub async fn export(
         Some("json") => false,
         Some(_) => return WebError::BadRequest("format must be csv or json".into()).api(),
     };
-    // The flagged devices unless a verdict (or `all`) is asked for.
-    device_q.verdict.get_or_insert_with(|| "flagged".into());
     let now = state.now_ms();
+    // Each list reads its own filters from the same query string.
+    fn filters<T: serde::de::DeserializeOwned>(uri: &Uri) -> Result<T, WebError> {
+        Query::<T>::try_from_uri(uri)
+            .map(|Query(q)| q)
+            .map_err(|e| WebError::BadRequest(e.body_text()))
+    }
     let table = match what.as_str() {
-        "devices" => state.db(move |conn| devices(conn, now, &device_q)).await,
-        "cpes" => state.db(move |conn| cpes(conn, &fleet_q)).await,
-        "abuse" => state.db(reports).await,
+        "devices" => match filters::<devices::DeviceQuery>(&uri) {
+            Ok(mut device_q) => {
+                // The flagged devices unless a verdict (or `all`) is asked for.
+                device_q.verdict.get_or_insert_with(|| "flagged".into());
+                state.db(move |conn| devices(conn, now, &device_q)).await
+            }
+            Err(e) => Err(e),
+        },
+        "cpes" => match filters::<fleet::FleetQuery>(&uri) {
+            Ok(fleet_q) => state.db(move |conn| cpes(conn, &fleet_q)).await,
+            Err(e) => Err(e),
+        },
+        "campaigns" => match filters::<campaign_page::CampaignQuery>(&uri) {
+            Ok(campaign_q) => {
+                let settings = state.settings.campaigns;
+                state
+                    .db(move |conn| campaigns(conn, now, &settings, &campaign_q))
+                    .await
+            }
+            Err(e) => Err(e),
+        },
+        "abuse" => match filters::<abuse_desk::ListQuery>(&uri) {
+            Ok(abuse_q) => state.db(move |conn| reports(conn, &abuse_q)).await,
+            Err(e) => Err(e),
+        },
         "audit" => state.db(audit_log).await,
         _ => return WebError::NotFound.api(),
     };

@@ -18,7 +18,8 @@ use rusqlite::{named_params, Connection};
 use serde::Deserialize;
 use smtpguard_protocol::{MacAddr, Verdict};
 
-use super::html::{self, esc, path_seg, Table};
+use super::html::{self, esc, Table};
+use super::list::{direction, given, like, options, page_number, Links, Noun};
 use super::noc::{current_campaigns, device_rows, export_links, noc_page};
 use super::{auth, AppState, WebError};
 use crate::verdicts::{plural, DeviceView};
@@ -176,15 +177,10 @@ pub struct FleetQuery {
     pub page: Option<String>,
 }
 
-/// A query parameter that was given and is not blank, trimmed.
-pub(crate) fn given(v: &Option<String>) -> Option<&str> {
-    v.as_deref().map(str::trim).filter(|s| !s.is_empty())
-}
-
 impl FleetQuery {
     /// The filters that were given, by their query-string names (sort and page aside).
-    fn filters(&self) -> [(&'static str, Option<&str>); 6] {
-        [
+    pub(crate) fn filters(&self) -> Vec<(&'static str, Option<&str>)> {
+        vec![
             ("q", given(&self.q)),
             ("at", given(&self.at)),
             ("status", given(&self.status)),
@@ -194,35 +190,20 @@ impl FleetQuery {
         ]
     }
 
-    /// This query's link with `sort`, `dir` and `page` replaced (others kept).
-    fn href(&self, sort: Option<&str>, dir: Option<&str>, page: Option<u32>) -> String {
-        let mut parts = Vec::new();
-        let page = page.map(|p| p.to_string());
-        for (k, v) in self.filters().into_iter().chain([
-            ("sort", sort.or(given(&self.sort))),
-            ("dir", dir.or(given(&self.dir))),
-            ("page", page.as_deref()),
-        ]) {
-            if let Some(v) = v {
-                parts.push(format!("{k}={}", path_seg(v)));
-            }
-        }
-        if parts.is_empty() {
-            "/noc#cpes".into()
-        } else {
-            format!("/noc?{}#cpes", parts.join("&"))
+    /// The list's links: filters, sort and direction kept.
+    pub(crate) fn links(&self) -> Links<'_> {
+        Links {
+            path: "/noc",
+            anchor: "cpes",
+            filters: self.filters(),
+            sort: given(&self.sort),
+            dir: given(&self.dir),
         }
     }
 
     /// The filters only, as a query string for the export links.
     pub fn filter_query(&self) -> String {
-        let mut out = String::new();
-        for (k, v) in self.filters() {
-            if let Some(v) = v {
-                let _ = write!(out, "&{k}={}", path_seg(v));
-            }
-        }
-        out
+        self.links().filter_query()
     }
 }
 
@@ -322,19 +303,6 @@ pub(crate) fn parse_time(s: &str) -> Result<u64, WebError> {
         })
 }
 
-/// `%text%` for SQL `LIKE ... ESCAPE '\\'`, with the wildcards in `text` escaped.
-pub(crate) fn like(text: &str) -> String {
-    let mut out = String::from("%");
-    for c in text.chars() {
-        if matches!(c, '%' | '_' | '\\') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out.push('%');
-    out
-}
-
 impl Filter {
     /// Checks a query; finds the holder of an address at a time through the abuse
     /// mapping's address history.
@@ -405,18 +373,8 @@ impl Filter {
                 .map(|(s, _)| *s)
                 .ok_or_else(|| WebError::BadRequest(format!("cannot sort by {k:?}")))?,
         };
-        f.desc = match given(&q.dir) {
-            None | Some("asc") => false,
-            Some("desc") => true,
-            Some(_) => return Err(WebError::BadRequest("dir must be asc or desc".into())),
-        };
-        if let Some(p) = given(&q.page) {
-            f.page = p
-                .parse::<u32>()
-                .ok()
-                .filter(|p| *p >= 1)
-                .ok_or_else(|| WebError::BadRequest("page must be a number from 1".into()))?;
-        }
+        f.desc = direction(&q.dir, false)?;
+        f.page = page_number(&q.page)?;
         Ok(f)
     }
 }
@@ -538,7 +496,7 @@ struct Data {
     suspicious: usize,
     households: BTreeMap<String, String>,
     campaigns: usize,
-    open_abuse: usize,
+    open_abuse: u64,
     pending_releases: usize,
 }
 
@@ -567,15 +525,13 @@ fn load(
     let infected = usize::try_from(device_counts.by_verdict[2]).unwrap_or(usize::MAX);
     let suspicious = usize::try_from(device_counts.by_verdict[1]).unwrap_or(usize::MAX);
     let households = household_names(conn, flagged.iter().map(|d| d.cpe_id.as_str()))?;
-    let open_abuse = abuse::list_filtered(
+    let open_abuse = abuse::count_filtered(
         conn,
         &abuse::ReportFilter {
             status: Some("open"),
             ..abuse::ReportFilter::default()
         },
-        10_000,
-    )?
-    .len();
+    )?;
     let pending_releases = households::release_requests(conn, None)?
         .iter()
         .filter(|r| r.status == "pending")
@@ -601,18 +557,6 @@ fn stat(class: &str, n: u64, one: &str, many: &str, id: &str, href: &str) -> Str
         r#"<a class="stat {class}" id="{id}" href="{href}"><b>{n}</b><span>{}</span></a>"#,
         esc(label)
     )
-}
-
-fn options(name: &str, label: &str, current: Option<&str>, values: &[(&str, &str)]) -> String {
-    let mut s = format!(
-        r#"<div><label for="f-{name}">{label}</label><select id="f-{name}" name="{name}"><option value="">any</option>"#
-    );
-    for (v, text) in values {
-        let sel = if current == Some(*v) { " selected" } else { "" };
-        let _ = write!(s, r#"<option value="{v}"{sel}>{text}</option>"#);
-    }
-    s.push_str("</select></div>");
-    s
 }
 
 fn search_form(q: &FleetQuery) -> String {
@@ -653,10 +597,9 @@ fn search_form(q: &FleetQuery) -> String {
 }
 
 fn cpe_table(q: &FleetQuery, f: &Filter, rows: &[CpeRow], now: u64) -> String {
+    let links = q.links();
     let head = |label: &'static str, key: Sort| {
-        html::sort_heading(label, key.key(), f.sort.key(), f.desc, |k, dir| {
-            q.href(Some(k), Some(dir), Some(1))
-        })
+        links.sort_head(label, key.key(), f.sort.key(), f.desc, false)
     };
     let mut t = Table::new(
         "cpe-list",
@@ -704,13 +647,15 @@ fn cpe_table(q: &FleetQuery, f: &Filter, rows: &[CpeRow], now: u64) -> String {
 }
 
 fn pager(q: &FleetQuery, f: &Filter, total: u64) -> String {
-    html::pager(
-        "cpe-count",
-        ("CPE", "CPEs"),
+    q.links().pager(
+        Noun {
+            id: "cpe",
+            one: "CPE",
+            many: "CPEs",
+        },
         f.page,
         PAGE_ROWS,
         total,
-        |p| q.href(None, None, Some(p)),
     )
 }
 
@@ -803,7 +748,7 @@ pub async fn page(
     ));
     b.push_str(&stat(
         "",
-        d.open_abuse as u64,
+        d.open_abuse,
         "open abuse report",
         "open abuse reports",
         "stat-abuse",
@@ -847,11 +792,7 @@ pub async fn page(
         b.push_str(&cpe_table(&q, &f, &d.rows, now));
     }
     b.push_str("</div>");
-    let _ = write!(
-        b,
-        r#"<p class="muted exports">Export these CPEs: <a href="/api/export/cpes?format=csv{0}">CSV</a> · <a href="/api/export/cpes?format=json{0}">JSON</a></p>"#,
-        esc(&q.filter_query())
-    );
+    b.push_str(&q.links().export_links("cpes", "these CPEs"));
     noc_page("Fleet", "fleet", &caller, &b)
 }
 
@@ -862,18 +803,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn like_patterns_escape_wildcards() {
-        assert_eq!(like("a_b%c\\"), "%a\\_b\\%c\\\\%");
-    }
-
-    #[test]
     fn links_keep_the_filters_and_encode_them() {
         let q = FleetQuery {
             q: Some("Müller & co".into()),
             status: Some("online".into()),
             ..FleetQuery::default()
         };
-        let h = q.href(Some("seen"), Some("desc"), Some(3));
+        let h = q.links().href(Some("seen"), Some("desc"), Some(3));
         assert_eq!(
             h,
             "/noc?q=M%C3%BCller%20%26%20co&status=online&sort=seen&dir=desc&page=3#cpes"

@@ -7,6 +7,7 @@
 //!   sessions, CSRF tokens.
 //! - [`html`]: escaping and the page frame.
 //! - [`fleet`]: the fleet page: CPEs searched, filtered, sorted and paged in SQL.
+//! - [`list`]: what the server-side lists share (query values, sort links, pager).
 //! - [`cpe`]: one router's page and what an operator does from it (release, extend or
 //!   lift a block, per-router policy override).
 //! - [`campaign_page`]: campaigns and the push of their indicators to the fleet policy.
@@ -47,6 +48,7 @@ pub mod devices;
 pub mod export;
 pub mod fleet;
 pub mod html;
+pub(crate) mod list;
 pub mod live;
 pub mod metrics;
 pub mod noc;
@@ -549,6 +551,7 @@ pub fn router(state: AppState) -> Router {
         .route("/noc/cpe/{cpe_id}/command", post(cpe::command))
         .route("/noc/cpe/{cpe_id}/policy", post(cpe::policy_override))
         .route("/noc/campaigns", get(campaign_page::page))
+        .route("/noc/campaigns/{id}", get(campaign_page::one))
         .route("/noc/campaigns/{id}/push", post(campaign_page::push))
         .route(
             "/noc/policy",
