@@ -29,7 +29,7 @@ use super::auth::{self, csrf_field, Caller};
 use smtpguard_protocol::MacAddr;
 
 use super::html::{self, esc, Table};
-use super::list::{direction, given, like, offset, options, page_number, Links, Noun};
+use super::list::{given, like, offset, options, Links, Noun, Order, SortKey};
 use super::noc::{current_campaigns, noc_page};
 use super::{AppState, WebError};
 use crate::abuse::{
@@ -62,15 +62,16 @@ pub struct ListQuery {
     /// Only reports naming this device.
     #[serde(default)]
     pub mac: Option<String>,
-    /// `received` (default) or `time` (the reported time of the mail).
-    #[serde(default)]
-    pub sort: Option<String>,
-    /// `desc` (default: newest first) or `asc`.
-    #[serde(default)]
-    pub dir: Option<String>,
-    /// 1-based page.
-    #[serde(default)]
-    pub page: Option<String>,
+    /// Sort (`received`, the default, or `time`: the reported time of the mail), direction (newest first by default) and page.
+    #[serde(flatten)]
+    pub order: Order,
+}
+
+impl SortKey for ReportSort {
+    const ALL: &'static [(ReportSort, &'static str)] = &[
+        (ReportSort::Received, "received"),
+        (ReportSort::ReportedTime, "time"),
+    ];
 }
 
 /// The confidence words the list filters on, with the labels each stands for.
@@ -100,13 +101,8 @@ impl ListQuery {
 
     /// The list's links: filters, sort and direction kept.
     pub(crate) fn links(&self) -> Links<'_> {
-        Links {
-            path: "/noc/abuse",
-            anchor: "reports",
-            filters: self.filters(),
-            sort: given(&self.sort),
-            dir: given(&self.dir),
-        }
+        self.order
+            .links("/noc/abuse", "reports", self.filters().to_vec())
     }
 
     /// The checked filter.
@@ -172,12 +168,8 @@ impl ListQuery {
                     })?
             };
         }
-        f.sort = match given(&self.sort) {
-            None | Some("received") => ReportSort::Received,
-            Some("time") => ReportSort::ReportedTime,
-            Some(_) => return Err(WebError::BadRequest("sort must be received or time".into())),
-        };
-        f.ascending = !direction(&self.dir, true)?;
+        f.sort = self.order.sort()?;
+        f.ascending = !self.order.desc(true)?;
         Ok(f)
     }
 }
@@ -405,7 +397,7 @@ async fn list_page(
     typed: &Typed,
 ) -> Result<String, WebError> {
     let filter = q.filter()?;
-    let page = page_number(&q.page)?;
+    let page = q.order.page()?;
     let f = filter.clone();
     let (total, list) = state
         .db(move |conn| {
@@ -945,8 +937,11 @@ mod tests {
         assert_eq!(exact.filter().unwrap().confidences, ["exact", "exact-port"]);
         let household = ListQuery {
             confidence: Some("household-only".into()),
-            sort: Some("time".into()),
-            dir: Some("asc".into()),
+            order: Order {
+                sort: Some("time".into()),
+                dir: Some("asc".into()),
+                ..Order::default()
+            },
             ..ListQuery::default()
         };
         let f = household.filter().unwrap();
@@ -963,7 +958,10 @@ mod tests {
                 ..ListQuery::default()
             },
             ListQuery {
-                sort: Some("reporter".into()),
+                order: Order {
+                    sort: Some("reporter".into()),
+                    ..Order::default()
+                },
                 ..ListQuery::default()
             },
         ] {

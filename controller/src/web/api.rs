@@ -94,14 +94,6 @@ fn ok(v: Value) -> Response {
     Json(v).into_response()
 }
 
-/// The API's paging parameter (with `page` in the list's own query).
-#[derive(Debug, Default, Deserialize)]
-pub struct PerPage {
-    /// Rows per page, 1 to [`list::API_PER_PAGE_MAX`] ([`list::API_PER_PAGE`] by default).
-    #[serde(default)]
-    pub per_page: Option<String>,
-}
-
 /// `GET /api/fleet`: one page of CPEs, searched, filtered and sorted like the fleet page
 /// (the same query parameters, [`FleetQuery`]) plus `per_page`, and the flagged devices of
 /// the CPEs on the page: `{"total", "page", "per_page", "cpes": [..], "devices": [..]}`.
@@ -109,12 +101,11 @@ pub async fn fleet(
     State(state): State<AppState>,
     headers: HeaderMap,
     Query(q): Query<FleetQuery>,
-    Query(pp): Query<PerPage>,
 ) -> Response {
     if let Err(e) = auth::noc(&state, &headers).await {
         return e.api();
     }
-    let per_page = match list::per_page(&pp.per_page) {
+    let per_page = match q.order.per_page() {
         Ok(n) => n,
         Err(e) => return e.api(),
     };
@@ -179,12 +170,11 @@ pub async fn campaigns(
     State(state): State<AppState>,
     headers: HeaderMap,
     Query(q): Query<CampaignQuery>,
-    Query(pp): Query<PerPage>,
 ) -> Response {
     if let Err(e) = auth::noc(&state, &headers).await {
         return e.api();
     }
-    let (f, per_page) = match (q.filter(), list::per_page(&pp.per_page)) {
+    let (f, per_page) = match (q.filter(), q.order.per_page()) {
         (Ok(f), Ok(n)) => (f, n),
         (Err(e), _) | (_, Err(e)) => return e.api(),
     };
@@ -241,7 +231,6 @@ pub async fn abuse_list(
     headers: HeaderMap,
     Query(old): Query<AbuseListQuery>,
     Query(q): Query<ListQuery>,
-    Query(pp): Query<PerPage>,
 ) -> Response {
     if let Err(e) = auth::noc(&state, &headers).await {
         return e.api();
@@ -249,11 +238,7 @@ pub async fn abuse_list(
     let checked = (|| {
         let mut f = q.filter()?;
         f.unmatched_only = old.unmatched;
-        Ok::<_, WebError>((
-            f,
-            list::page_number(&q.page)?,
-            list::per_page(&pp.per_page)?,
-        ))
+        Ok::<_, WebError>((f, q.order.page()?, q.order.per_page()?))
     })();
     let (f, page, per_page) = match checked {
         Ok(x) => x,

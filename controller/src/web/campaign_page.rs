@@ -25,7 +25,7 @@ use serde::Deserialize;
 
 use super::auth::{self, csrf_field};
 use super::html::{self, esc, path_seg, Table};
-use super::list::{direction, given, offset, options, page_number, Links, Noun};
+use super::list::{given, offset, options, Links, Noun, Order, SortKey};
 use super::noc::{current_campaigns, noc_page};
 use super::policy_editor::{current_fleet_policy, publish_checked};
 use super::{AppState, WebError};
@@ -52,15 +52,9 @@ pub struct CampaignQuery {
     /// At least this many households.
     #[serde(default)]
     pub min: Option<String>,
-    /// `households` (default), `devices`, `seen` (newest alert), `first`.
-    #[serde(default)]
-    pub sort: Option<String>,
-    /// `desc` (default) or `asc`.
-    #[serde(default)]
-    pub dir: Option<String>,
-    /// 1-based page.
-    #[serde(default)]
-    pub page: Option<String>,
+    /// Sort (`households`, `devices`, `seen`, `first`), direction and page.
+    #[serde(flatten)]
+    pub order: Order,
 }
 
 /// Column to sort the campaign list by.
@@ -77,20 +71,13 @@ pub enum CampaignSort {
     First,
 }
 
-impl CampaignSort {
-    const ALL: [(CampaignSort, &'static str); 4] = [
+impl SortKey for CampaignSort {
+    const ALL: &'static [(CampaignSort, &'static str)] = &[
         (CampaignSort::Households, "households"),
         (CampaignSort::Devices, "devices"),
         (CampaignSort::Seen, "seen"),
         (CampaignSort::First, "first"),
     ];
-
-    fn key(self) -> &'static str {
-        CampaignSort::ALL
-            .iter()
-            .find(|(s, _)| *s == self)
-            .map_or("households", |(_, k)| k)
-    }
 }
 
 /// A checked campaign filter.
@@ -122,13 +109,8 @@ impl CampaignQuery {
 
     /// The list's links: filters, sort and direction kept.
     pub(crate) fn links(&self) -> Links<'_> {
-        Links {
-            path: "/noc/campaigns",
-            anchor: "campaigns",
-            filters: self.filters(),
-            sort: given(&self.sort),
-            dir: given(&self.dir),
-        }
+        self.order
+            .links("/noc/campaigns", "campaigns", self.filters().to_vec())
     }
 
     /// The checked filter.
@@ -156,21 +138,14 @@ impl CampaignQuery {
                 .parse::<usize>()
                 .map_err(|_| WebError::BadRequest("min must be a number of households".into()))?,
         };
-        let sort = match given(&self.sort) {
-            None => CampaignSort::Households,
-            Some(k) => CampaignSort::ALL
-                .iter()
-                .find(|(_, key)| *key == k)
-                .map(|(s, _)| *s)
-                .ok_or_else(|| WebError::BadRequest(format!("cannot sort by {k:?}")))?,
-        };
+        let sort = self.order.sort()?;
         Ok(CampaignFilter {
             text,
             pushed,
             min_households,
             sort,
-            desc: direction(&self.dir, true)?,
-            page: page_number(&self.page)?,
+            desc: self.order.desc(true)?,
+            page: self.order.page()?,
         })
     }
 }
@@ -734,8 +709,11 @@ mod tests {
         };
         assert_eq!(q(new), ["c-3"]);
         let seen = CampaignQuery {
-            sort: Some("seen".into()),
-            dir: Some("asc".into()),
+            order: Order {
+                sort: Some("seen".into()),
+                dir: Some("asc".into()),
+                ..Order::default()
+            },
             ..CampaignQuery::default()
         };
         assert_eq!(q(seen), ["c-2", "c-3", "c-1"]);
@@ -749,7 +727,10 @@ mod tests {
                 ..CampaignQuery::default()
             },
             CampaignQuery {
-                sort: Some("name".into()),
+                order: Order {
+                    sort: Some("name".into()),
+                    ..Order::default()
+                },
                 ..CampaignQuery::default()
             },
         ] {

@@ -24,7 +24,7 @@ use smtpguard_protocol::MacAddr;
 use super::api::DeviceJson;
 use super::fleet::{household_names, parse_time};
 use super::html::{self, esc, Table};
-use super::list::{self, given, like, Links, Noun};
+use super::list::{self, given, like, Links, Noun, Order, SortKey};
 use super::noc::noc_page;
 use super::{auth, AppState, WebError};
 use crate::abuse;
@@ -49,33 +49,19 @@ pub struct DeviceQuery {
     /// The action in force: `block`, `rate-limit` or `monitor`.
     #[serde(default)]
     pub action: Option<String>,
-    /// Sort key: `severity`, `since`, `seen`, `cpe`, `name`.
-    #[serde(default)]
-    pub sort: Option<String>,
-    /// `asc` or `desc`.
-    #[serde(default)]
-    pub dir: Option<String>,
-    /// 1-based page.
-    #[serde(default)]
-    pub page: Option<String>,
-    /// API only: devices per page (at most [`list::API_PER_PAGE_MAX`]).
-    #[serde(default)]
-    pub per_page: Option<String>,
+    /// Sort (`severity`, `since`, `seen`, `cpe`, `name`), direction, page and (API) `per_page`.
+    #[serde(flatten)]
+    pub order: Order,
 }
 
-const SORTS: [(Sort, &str); 5] = [
-    (Sort::Severity, "severity"),
-    (Sort::Since, "since"),
-    (Sort::LastSeen, "seen"),
-    (Sort::Cpe, "cpe"),
-    (Sort::Name, "name"),
-];
-
-fn sort_key(s: Sort) -> &'static str {
-    SORTS
-        .iter()
-        .find(|(x, _)| *x == s)
-        .map_or("severity", |(_, k)| k)
+impl SortKey for Sort {
+    const ALL: &'static [(Sort, &'static str)] = &[
+        (Sort::Severity, "severity"),
+        (Sort::Since, "since"),
+        (Sort::LastSeen, "seen"),
+        (Sort::Cpe, "cpe"),
+        (Sort::Name, "name"),
+    ];
 }
 
 impl DeviceQuery {
@@ -90,13 +76,8 @@ impl DeviceQuery {
     }
 
     fn links(&self) -> Links<'_> {
-        Links {
-            path: "/noc/devices",
-            anchor: "devices",
-            filters: self.filters().to_vec(),
-            sort: given(&self.sort),
-            dir: given(&self.dir),
-        }
+        self.order
+            .links("/noc/devices", "devices", self.filters().to_vec())
     }
 
     /// The filters as a query string for the export links (`verdict=all` when none: the
@@ -176,20 +157,13 @@ impl DeviceList {
                     })?,
             ),
         };
-        let sort = match given(&q.sort) {
-            None => Sort::Severity,
-            Some(k) => SORTS
-                .iter()
-                .find(|(_, key)| *key == k)
-                .map(|(s, _)| *s)
-                .ok_or_else(|| WebError::BadRequest(format!("cannot sort by {k:?}")))?,
-        };
+        let sort: Sort = q.order.sort()?;
         // Worst, newest first unless asked otherwise.
-        let desc = list::direction(
-            &q.dir,
-            matches!(sort, Sort::Severity | Sort::Since | Sort::LastSeen),
-        )?;
-        let page = list::page_number(&q.page)?;
+        let desc = q.order.desc(matches!(
+            sort,
+            Sort::Severity | Sort::Since | Sort::LastSeen
+        ))?;
+        let page = q.order.page()?;
         Ok(DeviceList {
             filter: f,
             sort,
@@ -266,7 +240,7 @@ fn table(
     rows: &[DeviceView],
     households: &std::collections::BTreeMap<String, String>,
 ) -> String {
-    let current = sort_key(l.sort);
+    let current = l.sort.key();
     let links = q.links();
     let head = |label: &'static str, key: &str| {
         // Times and verdicts read best newest and worst first.
@@ -395,7 +369,7 @@ pub async fn api(
     if let Err(e) = auth::noc(&state, &headers).await {
         return e.api();
     }
-    let per_page = match list::per_page(&q.per_page) {
+    let per_page = match q.order.per_page() {
         Ok(n) => n,
         Err(e) => return e.api(),
     };

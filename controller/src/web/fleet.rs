@@ -19,7 +19,7 @@ use serde::Deserialize;
 use smtpguard_protocol::{MacAddr, Verdict};
 
 use super::html::{self, esc, Table};
-use super::list::{direction, given, like, options, page_number, Links, Noun};
+use super::list::{given, like, options, Links, Noun, Order, SortKey};
 use super::noc::{current_campaigns, device_rows, export_links, noc_page};
 use super::{auth, AppState, WebError};
 use crate::verdicts::{plural, DeviceView};
@@ -166,15 +166,9 @@ pub struct FleetQuery {
     /// Applied fleet policy version.
     #[serde(default)]
     pub policy: Option<String>,
-    /// Sort key: `cpe`, `household`, `status`, `seen`, `ip`, `agent`, `policy`, `flagged`.
-    #[serde(default)]
-    pub sort: Option<String>,
-    /// `asc` or `desc`.
-    #[serde(default)]
-    pub dir: Option<String>,
-    /// 1-based page.
-    #[serde(default)]
-    pub page: Option<String>,
+    /// Sort (`cpe`, `household`, `status`, `seen`, `ip`, `agent`, `policy`, `flagged`), direction and page.
+    #[serde(flatten)]
+    pub order: Order,
 }
 
 impl FleetQuery {
@@ -192,13 +186,7 @@ impl FleetQuery {
 
     /// The list's links: filters, sort and direction kept.
     pub(crate) fn links(&self) -> Links<'_> {
-        Links {
-            path: "/noc",
-            anchor: "cpes",
-            filters: self.filters(),
-            sort: given(&self.sort),
-            dir: given(&self.dir),
-        }
+        self.order.links("/noc", "cpes", self.filters())
     }
 
     /// The filters only, as a query string for the export links.
@@ -229,8 +217,8 @@ pub enum Sort {
     Flagged,
 }
 
-impl Sort {
-    const ALL: [(Sort, &'static str); 8] = [
+impl SortKey for Sort {
+    const ALL: &'static [(Sort, &'static str)] = &[
         (Sort::Cpe, "cpe"),
         (Sort::Household, "household"),
         (Sort::Status, "status"),
@@ -240,14 +228,9 @@ impl Sort {
         (Sort::Policy, "policy"),
         (Sort::Flagged, "flagged"),
     ];
+}
 
-    fn key(self) -> &'static str {
-        Sort::ALL
-            .iter()
-            .find(|(s, _)| *s == self)
-            .map_or("cpe", |(_, k)| k)
-    }
-
+impl Sort {
     fn column(self) -> &'static str {
         match self {
             Sort::Cpe => "c.cpe_id",
@@ -365,16 +348,9 @@ impl Filter {
                     .map_err(|_| WebError::BadRequest("policy must be a version number".into()))?,
             ),
         };
-        f.sort = match given(&q.sort) {
-            None => Sort::Cpe,
-            Some(k) => Sort::ALL
-                .iter()
-                .find(|(_, key)| *key == k)
-                .map(|(s, _)| *s)
-                .ok_or_else(|| WebError::BadRequest(format!("cannot sort by {k:?}")))?,
-        };
-        f.desc = direction(&q.dir, false)?;
-        f.page = page_number(&q.page)?;
+        f.sort = q.order.sort()?;
+        f.desc = q.order.desc(false)?;
+        f.page = q.order.page()?;
         Ok(f)
     }
 }

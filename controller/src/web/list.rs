@@ -8,6 +8,8 @@
 
 use std::fmt::Write as _;
 
+use serde::Deserialize;
+
 use super::html::{esc, path_seg};
 use super::WebError;
 use crate::verdicts::plural;
@@ -80,6 +82,98 @@ pub(crate) fn per_page(v: &Option<String>) -> Result<u32, WebError> {
                     "per_page must be a number from 1 to {API_PER_PAGE_MAX}"
                 ))
             }),
+    }
+}
+
+/// The order and page a list is asked for, the part of its query string every list shares
+/// (flattened into each list's query struct).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct Order {
+    /// Sort key, one of the list's ([`SortKey::ALL`]).
+    #[serde(default)]
+    pub sort: Option<String>,
+    /// `asc` or `desc`.
+    #[serde(default)]
+    pub dir: Option<String>,
+    /// 1-based page.
+    #[serde(default)]
+    pub page: Option<String>,
+    /// API only: rows per page ([`per_page`]).
+    #[serde(default)]
+    pub per_page: Option<String>,
+}
+
+impl Order {
+    /// The list's links at `path#anchor` with `filters`, keeping this sort and direction.
+    pub(crate) fn links<'a>(
+        &'a self,
+        path: &'static str,
+        anchor: &'static str,
+        filters: Vec<(&'static str, Option<&'a str>)>,
+    ) -> Links<'a> {
+        Links {
+            path,
+            anchor,
+            filters,
+            sort: given(&self.sort),
+            dir: given(&self.dir),
+        }
+    }
+
+    /// The sort asked for, or the list's default (the first of [`SortKey::ALL`]).
+    ///
+    /// # Errors
+    /// [`WebError::BadRequest`] naming the keys there are.
+    pub(crate) fn sort<S: SortKey>(&self) -> Result<S, WebError> {
+        match given(&self.sort) {
+            None => Ok(S::ALL[0].0),
+            Some(k) => S::ALL
+                .iter()
+                .find(|(_, key)| *key == k)
+                .map(|(s, _)| *s)
+                .ok_or_else(|| {
+                    let keys: Vec<&str> = S::ALL.iter().map(|(_, k)| *k).collect();
+                    WebError::BadRequest(format!("sort must be one of {}", keys.join(", ")))
+                }),
+        }
+    }
+
+    /// Descending? ([`direction`]).
+    ///
+    /// # Errors
+    /// As [`direction`].
+    pub(crate) fn desc(&self, default_desc: bool) -> Result<bool, WebError> {
+        direction(&self.dir, default_desc)
+    }
+
+    /// The page ([`page_number`]).
+    ///
+    /// # Errors
+    /// As [`page_number`].
+    pub(crate) fn page(&self) -> Result<u32, WebError> {
+        page_number(&self.page)
+    }
+
+    /// Rows per API page ([`per_page`]).
+    ///
+    /// # Errors
+    /// As [`per_page`].
+    pub(crate) fn per_page(&self) -> Result<u32, WebError> {
+        per_page(&self.per_page)
+    }
+}
+
+/// A list's orders, each with its query-string key.
+pub(crate) trait SortKey: Copy + PartialEq + Sized + 'static {
+    /// Every order and its key; the first is the default.
+    const ALL: &'static [(Self, &'static str)];
+
+    /// This order's key.
+    fn key(self) -> &'static str {
+        Self::ALL
+            .iter()
+            .find(|(s, _)| *s == self)
+            .map_or(Self::ALL[0].1, |(_, k)| k)
     }
 }
 
