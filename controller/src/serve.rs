@@ -1,6 +1,7 @@
 //! `smtpguard-controller serve`: the embedded broker (unless an external one is
 //! configured), the retained policies republished and then watched
 //! ([`policy::watch_retained`]), the enrolled CPEs' keys and broker passwords kept fresh,
+//! retention ([`crate::store::retention`], at start and every `retention.interval_minutes`)
 //! and the ingest, until `shutdown`.
 
 use std::sync::{Arc, RwLock};
@@ -84,6 +85,13 @@ pub async fn run(
         config.db_path.clone(),
         web_stopped.clone(),
     ));
+    // So does retention, between two batches.
+    let retention = tokio::spawn(run_retention(
+        config.db_path.clone(),
+        config.retention.windows(&config.ingest),
+        Duration::from_secs(u64::from(config.retention.interval_minutes) * 60),
+        web_stopped.clone(),
+    ));
     let result = service::run(&config, admission, async move {
         shutdown.await;
         let _ = stop_web.send(true);
@@ -91,6 +99,9 @@ pub async fn run(
     .await;
     if let Some(web) = web {
         let _ = web.await;
+    }
+    if let Err(e) = retention.await {
+        tracing::error!(error = %e, "retention task failed");
     }
     match notify.await {
         Ok(Err(e)) => tracing::error!(error = %e, "notifications stopped"),
@@ -122,6 +133,50 @@ pub async fn shutdown_signal() {
         let _ = tokio::signal::ctrl_c().await;
     }
     tracing::info!("shutting down");
+}
+
+/// Runs a retention pass now and then every `every` until `stop` turns true (checked
+/// between batches too, so shutdown does not wait for a long pass). A failed pass is
+/// logged and tried again at the next tick.
+async fn run_retention(
+    db_path: std::path::PathBuf,
+    windows: crate::store::retention::Windows,
+    every: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let clock = crate::web::system_clock();
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|stopped| *stopped) => return,
+        }
+        let (path, now, stopping) = (db_path.clone(), clock(), stop.clone());
+        let pass = tokio::task::spawn_blocking(move || {
+            let mut store = Store::open(&path)?;
+            store.apply_retention(
+                &windows,
+                now,
+                &crate::store::retention::Limits::default(),
+                &|| *stopping.borrow(),
+            )
+        })
+        .await;
+        match pass {
+            Ok(Ok(report)) if report.total() > 0 || !report.complete => {
+                tracing::info!(
+                    deleted = report.total(),
+                    batches = report.batches,
+                    complete = report.complete,
+                    "retention pass"
+                );
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "retention pass failed"),
+            Err(e) => tracing::error!(error = %e, "retention pass panicked"),
+        }
+    }
 }
 
 /// How often the registry is checked for enrollments, revocations and new passwords made

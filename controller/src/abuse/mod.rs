@@ -6,7 +6,7 @@
 //! - [`mapping`]: the pure mapping from an [`AbuseQuery`] to a [`mapping::Match`].
 //! - this module: the JSON form of a query, and [`submit`], the shell that loads the rows
 //!   the mapping needs, runs it, and stores every report (matched or not) in
-//!   `abuse_reports` (see [`crate::web::schema`]).
+//!   `abuse_reports` (see [`crate::store::schema`]).
 
 pub mod arf;
 pub mod date;
@@ -655,7 +655,7 @@ mod tests {
             .unwrap();
         drop(store);
         let mut conn = Connection::open(&path).unwrap();
-        crate::web::schema::migrate(&mut conn).unwrap();
+        crate::store::schema::migrate(&mut conn).unwrap();
         let conn = &conn;
         // What `GET /api/cpes/cpe-a` shows as the router's address: its telemetry's.
         let row = crate::web::fleet::cpe_rows(conn, Some("cpe-a")).unwrap();

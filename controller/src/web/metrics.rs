@@ -1,10 +1,11 @@
 //! `GET /metrics`: Prometheus text exposition (version 0.0.4).
 //!
 //! Counters from the database (messages stored by kind, rejections by reason — every
-//! [`RejectionReason`], zeros included), gauges computed from the current views (devices
-//! by verdict, CPEs by status, CPEs per applied fleet policy version), the web layer's
-//! own counters, and the embedded broker's and policy watch's
-//! ([`crate::broker::stats`]).
+//! [`RejectionReason`], zeros included —, rows deleted by retention per table), gauges
+//! computed from the current views (devices by verdict, CPEs by status, CPEs per applied
+//! fleet policy version), the web layer's own counters, and the embedded broker's and
+//! policy watch's ([`crate::broker::stats`]). Messages stored count the ones retention
+//! deleted since, so the counter never goes down.
 
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
@@ -29,6 +30,7 @@ struct Snapshot {
     commands: Vec<(String, i64)>,
     command_sends: i64,
     notifications: Vec<(String, String, i64)>,
+    retention: crate::store::retention::Totals,
 }
 
 fn pairs<T: rusqlite::types::FromSql>(
@@ -83,6 +85,8 @@ fn snapshot(conn: &rusqlite::Connection, now_ms: u64) -> Result<Snapshot, WebErr
         })?,
         notifications: crate::store::notifications::counts(conn)
             .map_err(|e| WebError::Internal(e.to_string()))?,
+        retention: crate::store::retention::totals(conn)
+            .map_err(|e| WebError::Internal(e.to_string()))?,
     })
 }
 
@@ -107,13 +111,57 @@ fn render(s: &Snapshot, state: &AppState) -> String {
         if k == Kind::Policy {
             continue;
         }
+        let deleted = s
+            .retention
+            .messages_by_kind
+            .get(k.as_str())
+            .copied()
+            .unwrap_or(0);
         let _ = writeln!(
             o,
             "smtpguard_messages_stored_total{{kind=\"{}\"}} {}",
             k.as_str(),
-            get(&s.by_kind, k.as_str())
+            u64::try_from(get(&s.by_kind, k.as_str()))
+                .unwrap_or(0)
+                .saturating_add(deleted)
         );
     }
+    header(
+        &mut o,
+        "smtpguard_retention_deleted_total",
+        "counter",
+        "Rows deleted by retention, by table.",
+    );
+    for (table, n) in &s.retention.deleted {
+        let _ = writeln!(
+            o,
+            "smtpguard_retention_deleted_total{{table=\"{}\"}} {n}",
+            table.as_str()
+        );
+    }
+    header(
+        &mut o,
+        "smtpguard_retention_last_run_timestamp_seconds",
+        "gauge",
+        "When the last retention pass finished (0: never).",
+    );
+    let (last_ms, complete) = s.retention.last_run.unwrap_or((0, true));
+    let _ = writeln!(
+        o,
+        "smtpguard_retention_last_run_timestamp_seconds {}",
+        last_ms / 1000
+    );
+    header(
+        &mut o,
+        "smtpguard_retention_last_run_complete",
+        "gauge",
+        "1 when the last retention pass deleted everything past its window, 0 when rows were left for the next pass.",
+    );
+    let _ = writeln!(
+        o,
+        "smtpguard_retention_last_run_complete {}",
+        u8::from(complete)
+    );
     header(
         &mut o,
         "smtpguard_rejections_total",
