@@ -176,7 +176,8 @@ pub struct Totals {
 pub fn totals(conn: &Connection) -> Result<Totals, StoreError> {
     let mut per_table: BTreeMap<String, u64> = BTreeMap::new();
     let mut messages_by_kind = BTreeMap::new();
-    let mut stmt = conn.prepare_cached("SELECT table_name, kind, deleted FROM retention_deleted")?;
+    let mut stmt =
+        conn.prepare_cached("SELECT table_name, kind, deleted FROM retention_deleted")?;
     let rows = stmt.query_map([], |r| {
         Ok((
             r.get::<_, String>(0)?,
@@ -403,8 +404,8 @@ impl Pass<'_> {
             let (mut windows, mut reports) = (0usize, 0usize);
             let mut full = keys.len() as i64 >= limit;
             {
-                let mut del_reports = tx
-                    .prepare_cached("DELETE FROM device_reports WHERE cpe_id = ?1 AND seq = ?2")?;
+                let mut del_reports =
+                    tx.prepare_cached("DELETE FROM device_reports WHERE cpe_id = ?1 AND seq = ?2")?;
                 let mut del_window = tx.prepare_cached("DELETE FROM telemetry WHERE rowid = ?1")?;
                 for (rowid, cpe_id, seq) in &keys {
                     if windows + reports >= pass.limits.batch_rows.max(1) {
@@ -613,11 +614,17 @@ mod tests {
         );
         assert_eq!(count(&store, "SELECT COUNT(*) FROM connections"), 4);
         assert_eq!(
-            count(&store, "SELECT COUNT(*) FROM public_ips WHERE ip = '100.64.0.1'"),
+            count(
+                &store,
+                "SELECT COUNT(*) FROM public_ips WHERE ip = '100.64.0.1'"
+            ),
             0
         );
         assert_eq!(
-            count(&store, "SELECT COUNT(*) FROM public_ips WHERE ip = '100.64.0.2'"),
+            count(
+                &store,
+                "SELECT COUNT(*) FROM public_ips WHERE ip = '100.64.0.2'"
+            ),
             1
         );
         assert_eq!(report.count(Table::Connections), 2);
@@ -803,7 +810,10 @@ mod tests {
             .unwrap();
         assert!(!store.has_message("cpe-1", 1).unwrap(), "the old row went");
         assert!(store.has_message("cpe-1", 2).unwrap(), "the newest stays");
-        assert!(store.has_message("cpe-2", 9).unwrap(), "a CPE's only one stays");
+        assert!(
+            store.has_message("cpe-2", 9).unwrap(),
+            "a CPE's only one stays"
+        );
 
         // A restart restores the windows from what is left. Even with freshness far wider
         // than when the row was deleted (an operator raising max_age_secs), the replay is

@@ -647,7 +647,11 @@ mod tests {
     fn a_database_of_both_old_migration_systems_is_adopted_in_place() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("old.db");
-        old_database(&path, LEGACY_STORE_MIGRATIONS, Some(LEGACY_PRODUCT_MIGRATIONS));
+        old_database(
+            &path,
+            LEGACY_STORE_MIGRATIONS,
+            Some(LEGACY_PRODUCT_MIGRATIONS),
+        );
 
         let store = Store::open(&path).unwrap();
         let conn = store.conn();
@@ -687,7 +691,11 @@ mod tests {
             old_store_migrate(&mut conn, store);
             old_product_migrate(&mut conn, product);
             adopt_product_schema(&mut conn).unwrap();
-            assert_eq!(user_version(&conn), expected, "store {store}, product {product}");
+            assert_eq!(
+                user_version(&conn),
+                expected,
+                "store {store}, product {product}"
+            );
             assert!(!has_table(&conn, "product_schema"));
             // The ingest's later migrations ran: migration 6's column and 8's table.
             conn.execute("UPDATE commands SET sends = 2", []).unwrap();
@@ -727,9 +735,6 @@ mod tests {
         old_product_migrate(&mut conn, LEGACY_PRODUCT_MIGRATIONS);
         conn.execute("UPDATE product_schema SET version = 7", [])
             .unwrap();
-        assert!(matches!(
-            migrate(&mut conn),
-            Err(StoreError::TooNew { .. })
-        ));
+        assert!(matches!(migrate(&mut conn), Err(StoreError::TooNew { .. })));
     }
 }

@@ -382,3 +382,147 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         Err(e) => e.api(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use smtpguard_protocol::{AgentStats, Body, Envelope, Telemetry};
+
+    use super::*;
+    use crate::store::retention::{Limits, Windows};
+    use crate::store::{Received, Store};
+
+    /// Signs nothing: `/metrics` publishes no policy.
+    struct NoPolicy;
+
+    impl crate::web::PolicyPublisher for NoPolicy {
+        fn publish(
+            &self,
+            _policy: smtpguard_protocol::Policy,
+            _cpe_id: Option<String>,
+        ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<u64, String>> + Send + '_>>
+        {
+            Box::pin(async { Err("not in this test".to_string()) })
+        }
+    }
+
+    fn telemetry(seq: u64, at_ms: u64) -> Received {
+        Received {
+            envelope: Envelope {
+                version: smtpguard_protocol::PROTOCOL_VERSION,
+                cpe_id: "cpe-m".into(),
+                seq,
+                sent_at_ms: at_ms,
+                body: Body::Telemetry(Telemetry {
+                    window_start_ms: at_ms,
+                    window_secs: 60,
+                    public_ip: None,
+                    stats: AgentStats::default(),
+                    devices: vec![],
+                    connections: vec![],
+                }),
+            },
+            wire: vec![],
+            received_at_ms: at_ms,
+        }
+    }
+
+    fn line<'a>(text: &'a str, name: &str) -> &'a str {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+    }
+
+    #[test]
+    fn retention_counts_show_and_stored_messages_never_go_down() {
+        const DAY: u64 = 86_400_000;
+        let now = 100 * DAY;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.db");
+        let mut store = Store::open(&path).unwrap();
+        let old: Vec<Received> = (1..=3)
+            .map(|seq| telemetry(seq, now - 30 * DAY + seq))
+            .chain([telemetry(4, now)])
+            .collect();
+        store.write_batch(&old, &[]).unwrap();
+        let state = AppState::new(
+            crate::web::open_db(&path).unwrap(),
+            crate::web::WebSettings::new("metrics-test-token-0123"),
+            Arc::new(NoPolicy),
+            Arc::new(move || now),
+        );
+        let render_now = |state: &AppState| {
+            let conn = crate::web::open_db(&path).unwrap();
+            render(&snapshot(&conn, now).unwrap(), state)
+        };
+        let before = render_now(&state);
+        assert_eq!(
+            line(
+                &before,
+                "smtpguard_retention_deleted_total{table=\"telemetry\"}"
+            ),
+            "smtpguard_retention_deleted_total{table=\"telemetry\"} 0"
+        );
+        assert_eq!(
+            line(&before, "smtpguard_retention_last_run_timestamp_seconds"),
+            "smtpguard_retention_last_run_timestamp_seconds 0"
+        );
+        let stored = line(
+            &before,
+            "smtpguard_messages_stored_total{kind=\"telemetry\"}",
+        );
+        assert_eq!(
+            stored,
+            "smtpguard_messages_stored_total{kind=\"telemetry\"} 4"
+        );
+
+        let windows = Windows {
+            telemetry_ms: Some(14 * DAY),
+            replay_guard_ms: 7 * DAY,
+            ..Windows::default()
+        };
+        let limits = Limits {
+            pause: std::time::Duration::ZERO,
+            ..Limits::default()
+        };
+        store
+            .apply_retention(&windows, now, &limits, &|| false)
+            .unwrap();
+
+        let after = render_now(&state);
+        assert_eq!(
+            line(
+                &after,
+                "smtpguard_retention_deleted_total{table=\"telemetry\"}"
+            ),
+            "smtpguard_retention_deleted_total{table=\"telemetry\"} 3"
+        );
+        assert_eq!(
+            line(
+                &after,
+                "smtpguard_retention_deleted_total{table=\"messages\"}"
+            ),
+            "smtpguard_retention_deleted_total{table=\"messages\"} 3"
+        );
+        assert_eq!(
+            line(&after, "smtpguard_retention_last_run_timestamp_seconds"),
+            format!(
+                "smtpguard_retention_last_run_timestamp_seconds {}",
+                now / 1000
+            )
+        );
+        assert_eq!(
+            line(&after, "smtpguard_retention_last_run_complete"),
+            "smtpguard_retention_last_run_complete 1"
+        );
+        // Three of the four raw messages are gone; the counter still says four.
+        assert_eq!(
+            line(
+                &after,
+                "smtpguard_messages_stored_total{kind=\"telemetry\"}"
+            ),
+            stored
+        );
+    }
+}
