@@ -229,3 +229,78 @@ fn spawn_key_refresher(
         tracing::error!(error = %e, "could not start the key refresher");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use smtpguard_protocol::{AgentStats, Body, Envelope, Telemetry};
+
+    use super::*;
+    use crate::config::{IngestConfig, RetentionConfig};
+    use crate::store::{retention, Received};
+
+    fn telemetry(seq: u64, at_ms: u64) -> Received {
+        Received {
+            envelope: Envelope {
+                version: smtpguard_protocol::PROTOCOL_VERSION,
+                cpe_id: "cpe-s".into(),
+                seq,
+                sent_at_ms: at_ms,
+                body: Body::Telemetry(Telemetry {
+                    window_start_ms: at_ms,
+                    window_secs: 60,
+                    public_ip: None,
+                    stats: AgentStats::default(),
+                    devices: vec![],
+                    connections: vec![],
+                }),
+            },
+            wire: vec![],
+            received_at_ms: at_ms,
+        }
+    }
+
+    #[tokio::test]
+    async fn retention_runs_at_start_and_stops_with_the_controller() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("serve.db");
+        let store_path = path.clone();
+        let now = (crate::web::system_clock())();
+        let day = 86_400_000;
+        let mut store = Store::open(&path).unwrap();
+        store
+            .write_batch(&[telemetry(1, now - 30 * day), telemetry(2, now)], &[])
+            .unwrap();
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        // An hour between passes: only the one at start can run within this test.
+        let task = tokio::spawn(run_retention(
+            path,
+            RetentionConfig::default().windows(&IngestConfig::default()),
+            Duration::from_secs(3600),
+            stopped,
+        ));
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let totals = loop {
+            let t = retention::totals(store.conn()).unwrap();
+            if t.last_run.is_some() {
+                break t;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no retention pass at start"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        assert!(totals.deleted.contains(&(retention::Table::Telemetry, 1)));
+        let left: i64 = Store::open(&store_path)
+            .unwrap()
+            .conn()
+            .query_row("SELECT COUNT(*) FROM telemetry", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(left, 1);
+        stop.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(30), task)
+            .await
+            .expect("retention stops with the controller")
+            .unwrap();
+    }
+}
