@@ -312,12 +312,13 @@ impl Pass<'_> {
         &mut self,
         mut batch: impl FnMut(&mut Self) -> Result<bool, StoreError>,
     ) -> Result<(), StoreError> {
-        for i in 0..self.limits.max_batches {
+        for _ in 0..self.limits.max_batches {
             if (self.cancelled)() {
                 self.report.complete = false;
                 return Ok(());
             }
-            if i > 0 && !self.limits.pause.is_zero() {
+            // After every transaction of the pass, also the last of the previous table.
+            if self.report.batches > 0 && !self.limits.pause.is_zero() {
                 std::thread::sleep(self.limits.pause);
             }
             if !batch(self)? {
