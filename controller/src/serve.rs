@@ -159,7 +159,9 @@ async fn run_retention(
                 &windows,
                 now,
                 &crate::store::retention::Limits::default(),
-                &|| *stopping.borrow(),
+                // Stopping, or the controller is gone without saying so (an ingest that
+                // failed to start drops the sender).
+                &|| *stopping.borrow() || stopping.has_changed().is_err(),
             )
         })
         .await;
