@@ -190,7 +190,7 @@ mod tests {
     #[test]
     fn entries_are_appended_filtered_paged_and_never_changed() {
         let mut conn = Connection::open_in_memory().unwrap();
-        crate::web::schema::migrate(&mut conn).unwrap();
+        crate::store::schema::migrate(&mut conn).unwrap();
         for i in 0..5u64 {
             let actor = if i % 2 == 0 { "alice" } else { "bob" };
             record(

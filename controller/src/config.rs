@@ -40,6 +40,15 @@
 //! max_age_secs = 604800
 //! max_future_secs = 300
 //! shared_subscription = true
+//!
+//! [retention]
+//! # Days each kind of history is kept; 0 keeps it forever. Devices' current state, the
+//! # newest alert and verdict change of each device and the audit log are never deleted.
+//! telemetry_days = 14
+//! connections_days = 180
+//! alerts_days = 365
+//! verdict_history_days = 365
+//! interval_minutes = 60
 //! ```
 
 use std::net::{IpAddr, SocketAddr};
@@ -100,6 +109,8 @@ pub struct Config {
     pub commands: CommandsConfig,
     /// Webhook and e-mail notifications (`crate::notify`).
     pub notifications: crate::notify::NotifyConfig,
+    /// How long history is kept (`crate::store::retention`).
+    pub retention: RetentionConfig,
 }
 
 /// The `[commands]` section: defaults of the commands the NOC and the API send.
@@ -137,6 +148,7 @@ impl Default for Config {
             web: crate::web::live::WebConfig::default(),
             commands: CommandsConfig::default(),
             notifications: crate::notify::NotifyConfig::default(),
+            retention: RetentionConfig::default(),
         }
     }
 }
@@ -294,6 +306,91 @@ impl Default for IngestConfig {
             max_future_secs: 300,
             shared_subscription: true,
         }
+    }
+}
+
+/// The `[retention]` section: how many days each kind of history is kept before
+/// `serve` deletes it (`crate::store::retention`), `0` meaning forever, and how often it
+/// looks. Defaults are an ISP's: abuse desks ask about reports months old, so the
+/// connection and NAT logs that map them to a device stay half a year.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Telemetry windows and their per-device reports, and the raw signed messages of
+    /// every kind but alerts.
+    pub telemetry_days: u32,
+    /// The connection log with its NAT translations and the routers' public address
+    /// periods: what maps an abuse report (public IP, port, time) to a device.
+    pub connections_days: u32,
+    /// Alerts with their evidence and their raw signed messages (each device's newest
+    /// alert stays).
+    pub alerts_days: u32,
+    /// Verdict changes (each device's newest change stays).
+    pub verdict_history_days: u32,
+    /// Minutes between passes; one pass also runs when `serve` starts.
+    pub interval_minutes: u32,
+}
+
+/// The longest retention accepted, in days (ten years): anything longer is a typo; keep
+/// forever with `0`.
+pub const MAX_RETENTION_DAYS: u32 = 3650;
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig {
+            telemetry_days: 14,
+            connections_days: 180,
+            alerts_days: 365,
+            verdict_history_days: 365,
+            interval_minutes: 60,
+        }
+    }
+}
+
+impl RetentionConfig {
+    /// What [`crate::store::retention`] deletes, given the ingest's freshness limits (no
+    /// raw message a replay of which could still pass them is deleted).
+    pub fn windows(&self, ingest: &IngestConfig) -> crate::store::retention::Windows {
+        let days = |d: u32| (d > 0).then(|| u64::from(d) * 24 * 3600 * 1000);
+        crate::store::retention::Windows {
+            telemetry_ms: days(self.telemetry_days),
+            connections_ms: days(self.connections_days),
+            alerts_ms: days(self.alerts_days),
+            verdict_history_ms: days(self.verdict_history_days),
+            replay_guard_ms: ingest
+                .max_age_secs
+                .saturating_add(ingest.max_future_secs)
+                .saturating_mul(1000),
+        }
+    }
+
+    /// Checks the section.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming the first bad field.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for (field, days) in [
+            ("retention.telemetry_days", self.telemetry_days),
+            ("retention.connections_days", self.connections_days),
+            ("retention.alerts_days", self.alerts_days),
+            ("retention.verdict_history_days", self.verdict_history_days),
+        ] {
+            if days > MAX_RETENTION_DAYS {
+                return Err(ConfigError::Invalid {
+                    field,
+                    problem: format!(
+                        "{days} days is more than {MAX_RETENTION_DAYS}; use 0 to keep forever"
+                    ),
+                });
+            }
+        }
+        if !(1..=1440).contains(&self.interval_minutes) {
+            return Err(ConfigError::Invalid {
+                field: "retention.interval_minutes",
+                problem: "must be 1-1440 (a day)".into(),
+            });
+        }
+        Ok(())
     }
 }
 
@@ -465,6 +562,7 @@ impl Config {
                 return invalid(field, "must be 1-2592000 (30 days)");
             }
         }
+        self.retention.validate()?;
         self.notifications.validate()
     }
 }
@@ -552,6 +650,52 @@ mod tests {
         let err = Config::load(&path).unwrap_err().to_string();
         assert!(err.contains("broker.password"), "{err}");
         assert!(!dir.path().join(BROKER_PASSWORD_FILE).exists());
+    }
+
+    #[test]
+    fn retention_has_isp_defaults_zero_keeps_forever_and_absurd_values_are_named() {
+        let mut c: Config = toml::from_str("db_path = \"/tmp/x.db\"").unwrap();
+        c.broker.password = "a-random-secret-0123".into();
+        c.validate().unwrap();
+        assert_eq!(c.retention.telemetry_days, 14);
+        assert_eq!(c.retention.connections_days, 180);
+        assert_eq!(c.retention.alerts_days, 365);
+        assert_eq!(c.retention.verdict_history_days, 365);
+        let w = c.retention.windows(&c.ingest);
+        assert_eq!(w.telemetry_ms, Some(14 * 86_400_000));
+        // A week of freshness plus five minutes of clock skew.
+        assert_eq!(w.replay_guard_ms, (7 * 86_400 + 300) * 1000);
+
+        let mut c: Config = toml::from_str(
+            "[retention]\ntelemetry_days = 3\nalerts_days = 0\ninterval_minutes = 5\n",
+        )
+        .unwrap();
+        c.broker.password = "a-random-secret-0123".into();
+        c.validate().unwrap();
+        let w = c.retention.windows(&c.ingest);
+        assert_eq!(w.telemetry_ms, Some(3 * 86_400_000));
+        assert_eq!(w.alerts_ms, None, "0 keeps alerts forever");
+        assert_eq!(w.connections_ms, Some(180 * 86_400_000));
+        assert_eq!(c.retention.interval_minutes, 5);
+
+        for (text, field) in [
+            ("connections_days = 36500", "retention.connections_days"),
+            ("interval_minutes = 0", "retention.interval_minutes"),
+            ("interval_minutes = 100000", "retention.interval_minutes"),
+        ] {
+            let mut c: Config = toml::from_str(&format!("[retention]\n{text}\n")).unwrap();
+            c.broker.password = "a-random-secret-0123".into();
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains(field), "{text}: {err}");
+        }
+        let err = toml::from_str::<Config>("[retention]\ntelemetry = 3\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("telemetry"), "{err}");
+        let err = toml::from_str::<Config>("[retention]\ntelemetry_days = -1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("telemetry_days"), "{err}");
     }
 
     #[test]

@@ -512,8 +512,7 @@ pub fn request_release(
     }
     let mac_text = mac.to_string();
     let known: bool = conn.query_row(
-        "SELECT EXISTS(SELECT 1 FROM alerts WHERE cpe_id = ?1 AND mac = ?2)
-                 OR EXISTS(SELECT 1 FROM device_reports WHERE cpe_id = ?1 AND mac = ?2)",
+        "SELECT EXISTS(SELECT 1 FROM devices WHERE cpe_id = ?1 AND mac = ?2)",
         params![cpe_id, mac_text],
         |r| r.get(0),
     )?;
@@ -770,11 +769,12 @@ mod tests {
         let (_d, conn) = db();
         let (a, _) = create(&conn, "A", &["cpe-a"], 1).unwrap();
         let (b, _) = create(&conn, "B", &["cpe-b"], 1).unwrap();
+        // The device as the ingest keeps it after its alert (`store::devices`).
         conn.execute(
-            "INSERT INTO alerts (cpe_id, seq, mac, at_ms, previous, verdict, score, action,
-                ips_json, evidence_json, observed_json)
-             VALUES ('cpe-a', 1, '02:00:00:00:00:66', 5, 'clean', 'infected', 0.9, 'block',
-                '[]', '[]', '{}')",
+            "INSERT INTO devices (cpe_id, mac, ips_json, verdict, severity, score, since_ms,
+                last_seen_ms, last_fact, action, evidence_json, observed_json)
+             VALUES ('cpe-a', '02:00:00:00:00:66', '[]', 'infected', 2, 0.9, 5, 5, 'alert',
+                'block', '[]', '{}')",
             [],
         )
         .unwrap();

@@ -3,7 +3,8 @@
 //!
 //! # Layout
 //! - [`config`]: the typed, validated controller configuration (TOML).
-//! - [`store`]: SQLite schema, migrations, the batched write path and read helpers.
+//! - [`store`]: SQLite: the one schema and its migrations, the batched write path, read
+//!   helpers, and retention (history past its window deleted in bounded batches).
 //! - [`registry`]: CPE enrollment (public keys) and revocation.
 //! - [`broker`]: the embedded MQTT broker (rumqttd), or nothing when an external broker is
 //!   configured.

@@ -222,7 +222,7 @@ mod tests {
 
     fn db() -> Connection {
         let mut conn = Connection::open_in_memory().unwrap();
-        crate::web::schema::migrate(&mut conn).unwrap();
+        crate::store::schema::migrate(&mut conn).unwrap();
         conn
     }
 

@@ -1,6 +1,7 @@
 //! `smtpguard-controller serve`: the embedded broker (unless an external one is
 //! configured), the retained policies republished and then watched
 //! ([`policy::watch_retained`]), the enrolled CPEs' keys and broker passwords kept fresh,
+//! retention ([`crate::store::retention`], at start and every `retention.interval_minutes`)
 //! and the ingest, until `shutdown`.
 
 use std::sync::{Arc, RwLock};
@@ -84,6 +85,13 @@ pub async fn run(
         config.db_path.clone(),
         web_stopped.clone(),
     ));
+    // So does retention, between two batches.
+    let retention = tokio::spawn(run_retention(
+        config.db_path.clone(),
+        config.retention.windows(&config.ingest),
+        Duration::from_secs(u64::from(config.retention.interval_minutes) * 60),
+        web_stopped.clone(),
+    ));
     let result = service::run(&config, admission, async move {
         shutdown.await;
         let _ = stop_web.send(true);
@@ -91,6 +99,9 @@ pub async fn run(
     .await;
     if let Some(web) = web {
         let _ = web.await;
+    }
+    if let Err(e) = retention.await {
+        tracing::error!(error = %e, "retention task failed");
     }
     match notify.await {
         Ok(Err(e)) => tracing::error!(error = %e, "notifications stopped"),
@@ -122,6 +133,52 @@ pub async fn shutdown_signal() {
         let _ = tokio::signal::ctrl_c().await;
     }
     tracing::info!("shutting down");
+}
+
+/// Runs a retention pass now and then every `every` until `stop` turns true (checked
+/// between batches too, so shutdown does not wait for a long pass). A failed pass is
+/// logged and tried again at the next tick.
+async fn run_retention(
+    db_path: std::path::PathBuf,
+    windows: crate::store::retention::Windows,
+    every: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let clock = crate::web::system_clock();
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|stopped| *stopped) => return,
+        }
+        let (path, now, stopping) = (db_path.clone(), clock(), stop.clone());
+        let pass = tokio::task::spawn_blocking(move || {
+            let mut store = Store::open(&path)?;
+            store.apply_retention(
+                &windows,
+                now,
+                &crate::store::retention::Limits::default(),
+                // Stopping, or the controller is gone without saying so (an ingest that
+                // failed to start drops the sender).
+                &|| *stopping.borrow() || stopping.has_changed().is_err(),
+            )
+        })
+        .await;
+        match pass {
+            Ok(Ok(report)) if report.total() > 0 || !report.complete => {
+                tracing::info!(
+                    deleted = report.total(),
+                    batches = report.batches,
+                    complete = report.complete,
+                    "retention pass"
+                );
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "retention pass failed"),
+            Err(e) => tracing::error!(error = %e, "retention pass panicked"),
+        }
+    }
 }
 
 /// How often the registry is checked for enrollments, revocations and new passwords made
@@ -172,5 +229,80 @@ fn spawn_key_refresher(
         });
     if let Err(e) = spawned {
         tracing::error!(error = %e, "could not start the key refresher");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use smtpguard_protocol::{AgentStats, Body, Envelope, Telemetry};
+
+    use super::*;
+    use crate::config::{IngestConfig, RetentionConfig};
+    use crate::store::{retention, Received};
+
+    fn telemetry(seq: u64, at_ms: u64) -> Received {
+        Received {
+            envelope: Envelope {
+                version: smtpguard_protocol::PROTOCOL_VERSION,
+                cpe_id: "cpe-s".into(),
+                seq,
+                sent_at_ms: at_ms,
+                body: Body::Telemetry(Telemetry {
+                    window_start_ms: at_ms,
+                    window_secs: 60,
+                    public_ip: None,
+                    stats: AgentStats::default(),
+                    devices: vec![],
+                    connections: vec![],
+                }),
+            },
+            wire: vec![],
+            received_at_ms: at_ms,
+        }
+    }
+
+    #[tokio::test]
+    async fn retention_runs_at_start_and_stops_with_the_controller() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("serve.db");
+        let store_path = path.clone();
+        let now = (crate::web::system_clock())();
+        let day = 86_400_000;
+        let mut store = Store::open(&path).unwrap();
+        store
+            .write_batch(&[telemetry(1, now - 30 * day), telemetry(2, now)], &[])
+            .unwrap();
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        // An hour between passes: only the one at start can run within this test.
+        let task = tokio::spawn(run_retention(
+            path,
+            RetentionConfig::default().windows(&IngestConfig::default()),
+            Duration::from_secs(3600),
+            stopped,
+        ));
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let totals = loop {
+            let t = retention::totals(store.conn()).unwrap();
+            if t.last_run.is_some() {
+                break t;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no retention pass at start"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        assert!(totals.deleted.contains(&(retention::Table::Telemetry, 1)));
+        let left: i64 = Store::open(&store_path)
+            .unwrap()
+            .conn()
+            .query_row("SELECT COUNT(*) FROM telemetry", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(left, 1);
+        stop.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(30), task)
+            .await
+            .expect("retention stops with the controller")
+            .unwrap();
     }
 }

@@ -6,7 +6,7 @@
 //! - [`mapping`]: the pure mapping from an [`AbuseQuery`] to a [`mapping::Match`].
 //! - this module: the JSON form of a query, and [`submit`], the shell that loads the rows
 //!   the mapping needs, runs it, and stores every report (matched or not) in
-//!   `abuse_reports` (see [`crate::web::schema`]).
+//!   `abuse_reports` (see [`crate::store::schema`]).
 
 pub mod arf;
 pub mod date;
@@ -728,10 +728,8 @@ mod tests {
                 &[],
             )
             .unwrap();
-        drop(store);
-        let mut conn = Connection::open(&path).unwrap();
-        crate::web::schema::migrate(&mut conn).unwrap();
-        let conn = &conn;
+        // The store's connection has every table, the abuse desk's included.
+        let conn = &store.into_connection();
         // What `GET /api/cpes/cpe-a` shows as the router's address: its telemetry's.
         let row = crate::web::fleet::cpe_rows(conn, Some("cpe-a")).unwrap();
         assert_eq!(row[0].public_ip.as_deref(), Some("100.64.7.2"));
@@ -763,9 +761,7 @@ mod tests {
     fn reports_are_searched_filtered_sorted_and_paged_in_sql() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("controller.db");
-        drop(Store::open(&path).unwrap());
-        let mut conn = Connection::open(&path).unwrap();
-        crate::web::schema::migrate(&mut conn).unwrap();
+        let conn = Store::open(&path).unwrap().into_connection();
         for i in 0..12u64 {
             let q = AbuseQuery {
                 public_ip: IpAddr::from([192, 0, 2, i as u8]),

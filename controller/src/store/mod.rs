@@ -1,6 +1,7 @@
-//! SQLite storage: the schema ([`schema`]), the ingest's batched write path, the registry of
-//! CPE keys, policy versions and acknowledgements, and read helpers for the rest of the
-//! controller (verdicts, web UI, CLI).
+//! SQLite storage: the one schema and its migrations ([`schema`]), the ingest's batched
+//! write path, the registry of CPE keys, policy versions and acknowledgements, read helpers
+//! for the rest of the controller (verdicts, web UI, CLI) and the deletion of history past
+//! its retention ([`retention`]).
 //!
 //! One [`Store`] owns one connection and is used from one thread; readers (the web server)
 //! open their own with [`Store::open`] — WAL mode lets them read while the ingest writes.
@@ -12,6 +13,7 @@ pub mod commands;
 pub mod devices;
 pub mod history;
 pub mod notifications;
+pub mod retention;
 pub mod schema;
 
 use std::collections::HashMap;
@@ -184,7 +186,7 @@ impl Store {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
-        migrate(&mut conn)?;
+        schema::migrate(&mut conn)?;
         devices::backfill(&mut conn)?;
         Ok(Store { conn })
     }
@@ -192,6 +194,27 @@ impl Store {
     /// The underlying connection, for read queries of other modules.
     pub fn conn(&self) -> &Connection {
         &self.conn
+    }
+
+    /// Deletes history past its retention window as of `now_ms` (one pass of
+    /// [`retention::run_pass`]; `cancelled` is asked between batches).
+    ///
+    /// # Errors
+    /// [`StoreError::Sqlite`]; batches already committed stay done and counted.
+    pub fn apply_retention(
+        &mut self,
+        windows: &retention::Windows,
+        now_ms: u64,
+        limits: &retention::Limits,
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<retention::Report, StoreError> {
+        retention::run_pass(&mut self.conn, windows, now_ms, limits, cancelled)
+    }
+
+    /// The migrated connection itself, for a component that keeps one of its own (the web
+    /// server, see [`crate::web::open_db`]).
+    pub fn into_connection(self) -> Connection {
+        self.conn
     }
 
     /// Issues a command to `cpe_id` in one transaction: `build` gets the next command id
@@ -544,23 +567,6 @@ fn cpe_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<CpeRecord> {
         revoked_at_ms: r.get::<_, Option<i64>>(4)?.map(from_i64),
         broker_password_hash: r.get(5)?,
     })
-}
-
-fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
-    let current: u32 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-    if current > schema::SCHEMA_VERSION {
-        return Err(StoreError::TooNew {
-            found: current,
-            supported: schema::SCHEMA_VERSION,
-        });
-    }
-    for (i, sql) in schema::MIGRATIONS.iter().enumerate().skip(current as usize) {
-        let tx = conn.transaction()?;
-        tx.execute_batch(sql)?;
-        tx.pragma_update(None, "user_version", i + 1)?;
-        tx.commit()?;
-    }
-    Ok(())
 }
 
 fn add_rejections(

@@ -1,12 +1,22 @@
-//! The SQLite schema and its migrations, versioned with `PRAGMA user_version`.
+//! The one SQLite schema of the controller and its migrations, versioned with
+//! `PRAGMA user_version`: the ingest's tables, the web UI's product tables (households,
+//! sessions, operators, audit log, rollouts, ...) and everything added since, in one list.
 //!
 //! Each entry of [`MIGRATIONS`] moves the database from version `i` to `i + 1`; they run in
 //! one transaction each, so a database is never left half-migrated. Never edit a released
-//! migration: append a new one.
+//! migration: append a new one at the end of the list.
+//!
+//! Databases made before the list was one: the product tables then had their own counter
+//! in a `product_schema` table, migrated after the ingest's. [`migrate`] adopts such a
+//! database in place (see [`LEGACY_STORE_MIGRATIONS`]) and drops `product_schema`.
 //!
 //! Conventions other modules rely on: times are Unix milliseconds in `*_ms` columns; verdict
 //! and action names are the protocol's (`clean`, `rate-limit`, ...); MACs are `aa:bb:..`;
 //! lists are JSON arrays in `*_json` columns.
+
+use rusqlite::{Connection, OptionalExtension};
+
+use super::StoreError;
 
 /// The migrations, in order. The database's `user_version` is the number applied.
 pub const MIGRATIONS: &[&str] = &[
@@ -251,7 +261,194 @@ CREATE TABLE notifications (
 );
 CREATE INDEX notifications_due ON notifications (next_attempt_ms);
 "#,
-    // 9: device state kept at ingest (`store::devices`): one row per household device, the
+    // 9 (product 1): the web UI's tables: households and their routers, subscriber
+    // tokens, web sessions, release requests, abuse reports, campaigns.
+    r#"
+CREATE TABLE households (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL,
+    created_ms INTEGER NOT NULL
+);
+CREATE TABLE household_cpes (
+    cpe_id TEXT PRIMARY KEY,
+    household_id INTEGER NOT NULL REFERENCES households(id)
+);
+CREATE INDEX household_cpes_by_household ON household_cpes (household_id);
+CREATE TABLE subscriber_tokens (
+    token_hash TEXT PRIMARY KEY,
+    household_id INTEGER NOT NULL REFERENCES households(id),
+    created_ms INTEGER NOT NULL
+);
+CREATE TABLE web_sessions (
+    session_hash TEXT PRIMARY KEY,
+    role TEXT NOT NULL,
+    household_id INTEGER,
+    csrf TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    expires_ms INTEGER NOT NULL
+);
+CREATE TABLE release_requests (
+    id INTEGER PRIMARY KEY,
+    household_id INTEGER NOT NULL REFERENCES households(id),
+    cpe_id TEXT NOT NULL,
+    mac TEXT NOT NULL,
+    requested_ms INTEGER NOT NULL,
+    note TEXT NOT NULL,
+    status TEXT NOT NULL,
+    decided_ms INTEGER
+);
+CREATE TABLE abuse_reports (
+    id INTEGER PRIMARY KEY,
+    received_ms INTEGER NOT NULL,
+    source TEXT NOT NULL,
+    public_ip TEXT NOT NULL,
+    at_ms INTEGER NOT NULL,
+    dest_ip TEXT,
+    dest_port INTEGER,
+    source_port INTEGER,
+    feedback_type TEXT,
+    message_id TEXT,
+    confidence TEXT NOT NULL,
+    cpe_id TEXT,
+    mac TEXT,
+    result_json TEXT NOT NULL
+);
+CREATE TABLE campaigns (
+    id TEXT PRIMARY KEY,
+    first_seen_ms INTEGER NOT NULL,
+    pushed_version INTEGER,
+    pushed_ms INTEGER
+);
+"#,
+    // 10 (product 2): named operators with roles (`crate::operators`), sessions that name their
+    // operator, and the append-only audit log (`crate::audit`).
+    r#"
+CREATE TABLE operators (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    role TEXT NOT NULL CHECK (role IN ('viewer', 'operator', 'admin')),
+    secret_hash TEXT NOT NULL UNIQUE,
+    created_ms INTEGER NOT NULL,
+    revoked_ms INTEGER
+);
+ALTER TABLE web_sessions ADD COLUMN operator_id INTEGER;
+CREATE TABLE audit_log (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at_ms INTEGER NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    target TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    detail TEXT NOT NULL
+);
+CREATE INDEX audit_by_actor ON audit_log (actor, id);
+CREATE INDEX audit_by_action ON audit_log (action, id);
+CREATE TRIGGER audit_log_no_update BEFORE UPDATE ON audit_log
+BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
+BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+"#,
+    // 11 (product 3): each household's contact for notifications (`crate::notify`) and its opt-out.
+    r#"
+ALTER TABLE households ADD COLUMN email TEXT;
+ALTER TABLE households ADD COLUMN notify_email INTEGER NOT NULL DEFAULT 1;
+"#,
+    // 12 (product 4): staged policy rollouts (`crate::rollout`): the candidate, its cohort, its
+    // thresholds and every version signed for it; the devices a router must never throttle
+    // or block (`crate::policy::allow_device`), the per-CPE versions derived from them;
+    // subscriber-declared senders (`crate::web::senders`).
+    r#"
+CREATE TABLE rollouts (
+    id INTEGER PRIMARY KEY,
+    status TEXT NOT NULL CHECK (status IN ('canary', 'promoted', 'rolled_back', 'halted')),
+    candidate_json TEXT NOT NULL,
+    source_text TEXT,
+    note TEXT NOT NULL,
+    base_version INTEGER,
+    cohort_json TEXT NOT NULL,
+    max_refusals INTEGER NOT NULL,
+    max_flagged_rise REAL NOT NULL,
+    promote_after_secs INTEGER,
+    flagged_before REAL NOT NULL,
+    started_by TEXT NOT NULL,
+    started_ms INTEGER NOT NULL,
+    ended_by TEXT,
+    ended_ms INTEGER,
+    end_reason TEXT,
+    fleet_version INTEGER
+);
+CREATE UNIQUE INDEX one_canary ON rollouts (status) WHERE status = 'canary';
+CREATE TABLE rollout_targets (
+    rollout_id INTEGER NOT NULL REFERENCES rollouts(id),
+    stage TEXT NOT NULL CHECK (stage IN ('canary', 'restore')),
+    cpe_id TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    PRIMARY KEY (rollout_id, cpe_id, version)
+);
+CREATE TABLE allowed_devices (
+    cpe_id TEXT NOT NULL,
+    mac TEXT NOT NULL,
+    note TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    PRIMARY KEY (cpe_id, mac)
+);
+CREATE TABLE derived_overrides (
+    cpe_id TEXT PRIMARY KEY,
+    version INTEGER NOT NULL
+);
+CREATE TABLE sender_declarations (
+    id INTEGER PRIMARY KEY,
+    household_id INTEGER NOT NULL REFERENCES households(id),
+    cpe_id TEXT NOT NULL,
+    mac TEXT NOT NULL,
+    kind TEXT NOT NULL CHECK (kind IN ('server', 'program')),
+    reason TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('pending', 'approved', 'declined')),
+    requested_ms INTEGER NOT NULL,
+    decided_by TEXT,
+    decided_ms INTEGER
+);
+"#,
+    // 13 (product 5): the household's time zone for the portal's times (an IANA name; NULL: the
+    // controller's `web.portal_time_zone`).
+    r#"
+ALTER TABLE households ADD COLUMN time_zone TEXT;
+"#,
+    // 14 (product 6): the abuse desk's workflow: who complained, whether the complaint was answered
+    // (and by whom, when), and the reports of one router listed quickly.
+    r#"
+ALTER TABLE abuse_reports ADD COLUMN reporter TEXT;
+ALTER TABLE abuse_reports ADD COLUMN status TEXT NOT NULL DEFAULT 'open'
+    CHECK (status IN ('open', 'answered'));
+ALTER TABLE abuse_reports ADD COLUMN answered_ms INTEGER;
+ALTER TABLE abuse_reports ADD COLUMN answered_by TEXT;
+CREATE INDEX abuse_reports_by_cpe ON abuse_reports (cpe_id, id);
+"#,
+    // 15: retention (`store::retention`): an index on the time column of every table it
+    // trims (messages by kind, so one kind's window does not walk another's rows; device
+    // reports by their telemetry message), the rows it deleted so far per table (and per
+    // message kind) for `/metrics`, and its last pass.
+    r#"
+CREATE INDEX messages_by_kind_received ON messages (kind, received_at_ms);
+CREATE INDEX telemetry_by_window_start ON telemetry (window_start_ms);
+CREATE INDEX device_reports_by_message ON device_reports (cpe_id, seq);
+CREATE INDEX connections_by_at ON connections (at_ms);
+CREATE INDEX public_ips_by_last_seen ON public_ips (last_seen_ms);
+CREATE INDEX verdict_changes_by_time ON verdict_changes (at_ms);
+CREATE TABLE retention_deleted (
+    table_name TEXT NOT NULL,
+    kind TEXT NOT NULL DEFAULT '',
+    deleted INTEGER NOT NULL,
+    PRIMARY KEY (table_name, kind)
+);
+CREATE TABLE retention_runs (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    finished_ms INTEGER NOT NULL,
+    complete INTEGER NOT NULL
+);
+"#,
+    // 16: device state kept at ingest (`store::devices`): one row per household device, the
     // fold of its alerts and reports; it takes over `device_verdicts` (the newest verdict
     // and as of when are its `verdict` and `last_seen_ms`). Filled from the stored alerts
     // and reports by `devices::backfill` when the store opens.
@@ -285,3 +482,289 @@ DROP TABLE device_verdicts;
 
 /// The schema version this build writes: the number of [`MIGRATIONS`].
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
+
+/// How many of [`MIGRATIONS`] were the ingest's own list before there was one list: a
+/// database with a `product_schema` table at product version `P` had all of these applied
+/// (the web UI opened the store first) and the first `P` product migrations, which follow
+/// them here; it is at version `LEGACY_STORE_MIGRATIONS + P` of the one list.
+pub const LEGACY_STORE_MIGRATIONS: u32 = 8;
+
+/// How many product migrations the separate `product_schema` counter ever had (they are
+/// [`MIGRATIONS`] `8..14`).
+pub const LEGACY_PRODUCT_MIGRATIONS: u32 = 6;
+
+/// Brings the database up to [`SCHEMA_VERSION`], adopting a database of the two old
+/// migration systems first.
+///
+/// # Errors
+/// [`StoreError::TooNew`] for a database written by a newer build; [`StoreError::Sqlite`]
+/// otherwise, with the failing migration rolled back.
+pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    adopt_product_schema(conn)?;
+    let current = version(conn)?;
+    if current > SCHEMA_VERSION {
+        return Err(StoreError::TooNew {
+            found: current,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        apply(conn, i, sql)?;
+    }
+    Ok(())
+}
+
+fn version(conn: &Connection) -> Result<u32, StoreError> {
+    Ok(conn.pragma_query_value(None, "user_version", |r| r.get(0))?)
+}
+
+/// Applies migration `i` (0-based) in its own transaction.
+fn apply(conn: &mut Connection, i: usize, sql: &str) -> Result<(), StoreError> {
+    let tx = conn.transaction()?;
+    tx.execute_batch(sql)?;
+    tx.pragma_update(None, "user_version", i + 1)?;
+    tx.commit()?;
+    Ok(())
+}
+
+/// A database of the old layout: the ingest's migrations counted by `user_version`, the
+/// product ones by `product_schema`. The ingest's missing ones (an old controller whose web
+/// UI never ran after an upgrade of the ingest) are applied first, then the version becomes
+/// the one list's and `product_schema` goes, in one transaction: a crash leaves either the
+/// old layout or the new one.
+fn adopt_product_schema(conn: &mut Connection) -> Result<(), StoreError> {
+    let legacy: Option<String> = conn
+        .query_row(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'product_schema'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if legacy.is_none() {
+        return Ok(());
+    }
+    let store = version(conn)?;
+    let product: u32 = conn
+        .query_row("SELECT version FROM product_schema", [], |r| r.get(0))
+        .optional()?
+        .unwrap_or(0);
+    if store > LEGACY_STORE_MIGRATIONS || product > LEGACY_PRODUCT_MIGRATIONS {
+        // Only a build of the old layout newer than any that existed could write this.
+        return Err(StoreError::TooNew {
+            found: store.max(LEGACY_STORE_MIGRATIONS + product),
+            supported: SCHEMA_VERSION,
+        });
+    }
+    for (i, sql) in MIGRATIONS
+        .iter()
+        .enumerate()
+        .take(LEGACY_STORE_MIGRATIONS as usize)
+        .skip(store as usize)
+    {
+        apply(conn, i, sql)?;
+    }
+    let tx = conn.transaction()?;
+    tx.pragma_update(None, "user_version", LEGACY_STORE_MIGRATIONS + product)?;
+    tx.execute_batch("DROP TABLE product_schema")?;
+    tx.commit()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Store;
+
+    /// What the ingest's `migrate` did before there was one list: its own migrations,
+    /// counted by `user_version`.
+    fn old_store_migrate(conn: &mut Connection, upto: u32) {
+        for (i, sql) in MIGRATIONS.iter().enumerate().take(upto as usize) {
+            let tx = conn.transaction().unwrap();
+            tx.execute_batch(sql).unwrap();
+            tx.pragma_update(None, "user_version", i + 1).unwrap();
+            tx.commit().unwrap();
+        }
+    }
+
+    /// What `web::schema::migrate` did: the product migrations (here `8..14`), counted in
+    /// `product_schema`.
+    fn old_product_migrate(conn: &mut Connection, upto: u32) {
+        conn.execute_batch("CREATE TABLE IF NOT EXISTS product_schema (version INTEGER NOT NULL)")
+            .unwrap();
+        let product = &MIGRATIONS[LEGACY_STORE_MIGRATIONS as usize..];
+        for (i, sql) in product.iter().enumerate().take(upto as usize) {
+            let tx = conn.transaction().unwrap();
+            tx.execute_batch(sql).unwrap();
+            tx.execute("DELETE FROM product_schema", []).unwrap();
+            tx.execute("INSERT INTO product_schema (version) VALUES (?1)", [i + 1])
+                .unwrap();
+            tx.commit().unwrap();
+        }
+    }
+
+    fn user_version(conn: &Connection) -> u32 {
+        conn.pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap()
+    }
+
+    fn has_table(conn: &Connection, name: &str) -> bool {
+        conn.query_row(
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = ?1",
+            [name],
+            |r| r.get::<_, i64>(0),
+        )
+        .unwrap()
+            == 1
+    }
+
+    fn old_database(path: &std::path::Path, store: u32, product: Option<u32>) {
+        let mut conn = Connection::open(path).unwrap();
+        old_store_migrate(&mut conn, store);
+        conn.execute(
+            "INSERT INTO cpes (cpe_id, public_key, label, enrolled_at_ms)
+             VALUES ('cpe-old', 'ed25519:00', 'attic', 5)",
+            [],
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO alerts (cpe_id, seq, mac, at_ms, previous, verdict, score, action,
+                ips_json, evidence_json, observed_json)
+             VALUES ('cpe-old', 7, '02:00:00:00:00:01', 1000, 'clean', 'infected', 0.9,
+                'block', '[]', '[\"312 connections\"]', '{}')",
+            [],
+        )
+        .unwrap();
+        if let Some(p) = product {
+            old_product_migrate(&mut conn, p);
+            conn.execute(
+                "INSERT INTO households (id, name, created_ms) VALUES (3, 'Smith', 9)",
+                [],
+            )
+            .unwrap();
+            if p >= 2 {
+                conn.execute(
+                    "INSERT INTO audit_log (at_ms, actor, action, target, outcome, detail)
+                     VALUES (10, 'alice', 'login', 'noc', 'ok', '')",
+                    [],
+                )
+                .unwrap();
+            }
+        }
+    }
+
+    fn assert_old_data_is_there(conn: &Connection, product: bool) {
+        let label: String = conn
+            .query_row("SELECT label FROM cpes WHERE cpe_id = 'cpe-old'", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(label, "attic");
+        let evidence: String = conn
+            .query_row("SELECT evidence_json FROM alerts WHERE seq = 7", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(evidence, "[\"312 connections\"]");
+        if product {
+            let name: String = conn
+                .query_row("SELECT name FROM households WHERE id = 3", [], |r| r.get(0))
+                .unwrap();
+            assert_eq!(name, "Smith");
+        }
+    }
+
+    #[test]
+    fn a_database_of_both_old_migration_systems_is_adopted_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        old_database(
+            &path,
+            LEGACY_STORE_MIGRATIONS,
+            Some(LEGACY_PRODUCT_MIGRATIONS),
+        );
+
+        let store = Store::open(&path).unwrap();
+        let conn = store.conn();
+        assert_eq!(user_version(conn), SCHEMA_VERSION);
+        assert!(!has_table(conn, "product_schema"));
+        assert_old_data_is_there(conn, true);
+        // The product migrations' objects came along: the audit log is still append-only,
+        // the abuse desk's columns are there, and so are the tables added since.
+        let n: i64 = conn
+            .query_row("SELECT COUNT(*) FROM audit_log", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 1);
+        assert!(conn.execute("DELETE FROM audit_log", []).is_err());
+        conn.execute("UPDATE abuse_reports SET status = 'answered'", [])
+            .unwrap();
+        assert!(has_table(conn, "retention_deleted"));
+        drop(store);
+        // Opening again changes nothing.
+        let store = Store::open(&path).unwrap();
+        assert_eq!(user_version(store.conn()), SCHEMA_VERSION);
+        // The web server's open runs the same migration.
+        let conn = crate::web::open_db(&path).unwrap();
+        assert_eq!(user_version(&conn), SCHEMA_VERSION);
+        assert_old_data_is_there(&conn, true);
+    }
+
+    #[test]
+    fn the_old_versions_map_onto_the_one_list() {
+        for (store, product, expected) in [
+            (LEGACY_STORE_MIGRATIONS, 6, 14),
+            (LEGACY_STORE_MIGRATIONS, 2, 10),
+            (LEGACY_STORE_MIGRATIONS, 0, 8),
+            // An ingest upgraded while the web UI was not: caught up first.
+            (5, 4, 12),
+        ] {
+            let mut conn = Connection::open_in_memory().unwrap();
+            old_store_migrate(&mut conn, store);
+            old_product_migrate(&mut conn, product);
+            adopt_product_schema(&mut conn).unwrap();
+            assert_eq!(
+                user_version(&conn),
+                expected,
+                "store {store}, product {product}"
+            );
+            assert!(!has_table(&conn, "product_schema"));
+            // The ingest's later migrations ran: migration 6's column and 8's table.
+            conn.execute("UPDATE commands SET sends = 2", []).unwrap();
+            assert!(has_table(&conn, "notifications"));
+            migrate(&mut conn).unwrap();
+            assert_eq!(user_version(&conn), SCHEMA_VERSION);
+        }
+    }
+
+    #[test]
+    fn a_store_only_database_gets_the_product_tables() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ingest-only.db");
+        old_database(&path, LEGACY_STORE_MIGRATIONS, None);
+        let store = Store::open(&path).unwrap();
+        assert_eq!(user_version(store.conn()), SCHEMA_VERSION);
+        assert_old_data_is_there(store.conn(), false);
+        assert!(has_table(store.conn(), "households"));
+        assert!(has_table(store.conn(), "audit_log"));
+        assert!(!has_table(store.conn(), "product_schema"));
+    }
+
+    #[test]
+    fn a_database_from_a_newer_build_is_refused() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        migrate(&mut conn).unwrap();
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .unwrap();
+        assert!(matches!(
+            migrate(&mut conn),
+            Err(StoreError::TooNew { found, supported })
+                if found == SCHEMA_VERSION + 1 && supported == SCHEMA_VERSION
+        ));
+        // So is an old-layout one with more product migrations than ever existed.
+        let mut conn = Connection::open_in_memory().unwrap();
+        old_store_migrate(&mut conn, LEGACY_STORE_MIGRATIONS);
+        old_product_migrate(&mut conn, LEGACY_PRODUCT_MIGRATIONS);
+        conn.execute("UPDATE product_schema SET version = 7", [])
+            .unwrap();
+        assert!(matches!(migrate(&mut conn), Err(StoreError::TooNew { .. })));
+    }
+}

@@ -1,10 +1,11 @@
 //! `GET /metrics`: Prometheus text exposition (version 0.0.4).
 //!
 //! Counters from the database (messages stored by kind, rejections by reason — every
-//! [`RejectionReason`], zeros included), gauges computed from the current views (devices
-//! by verdict, CPEs by status, CPEs per applied fleet policy version), the web layer's
-//! own counters, and the embedded broker's and policy watch's
-//! ([`crate::broker::stats`]).
+//! [`RejectionReason`], zeros included —, rows deleted by retention per table), gauges
+//! computed from the current views (devices by verdict, CPEs by status, CPEs per applied
+//! fleet policy version), the web layer's own counters, and the embedded broker's and
+//! policy watch's ([`crate::broker::stats`]). Messages stored count the ones retention
+//! deleted since, so the counter never goes down.
 
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
@@ -29,6 +30,7 @@ struct Snapshot {
     commands: Vec<(String, i64)>,
     command_sends: i64,
     notifications: Vec<(String, String, i64)>,
+    retention: crate::store::retention::Totals,
 }
 
 fn pairs<T: rusqlite::types::FromSql>(
@@ -82,6 +84,8 @@ fn snapshot(conn: &rusqlite::Connection, now_ms: u64) -> Result<Snapshot, WebErr
         })?,
         notifications: crate::store::notifications::counts(conn)
             .map_err(|e| WebError::Internal(e.to_string()))?,
+        retention: crate::store::retention::totals(conn)
+            .map_err(|e| WebError::Internal(e.to_string()))?,
     })
 }
 
@@ -106,13 +110,57 @@ fn render(s: &Snapshot, state: &AppState) -> String {
         if k == Kind::Policy {
             continue;
         }
+        let deleted = s
+            .retention
+            .messages_by_kind
+            .get(k.as_str())
+            .copied()
+            .unwrap_or(0);
         let _ = writeln!(
             o,
             "smtpguard_messages_stored_total{{kind=\"{}\"}} {}",
             k.as_str(),
-            get(&s.by_kind, k.as_str())
+            u64::try_from(get(&s.by_kind, k.as_str()))
+                .unwrap_or(0)
+                .saturating_add(deleted)
         );
     }
+    header(
+        &mut o,
+        "smtpguard_retention_deleted_total",
+        "counter",
+        "Rows deleted by retention, by table.",
+    );
+    for (table, n) in &s.retention.deleted {
+        let _ = writeln!(
+            o,
+            "smtpguard_retention_deleted_total{{table=\"{}\"}} {n}",
+            table.as_str()
+        );
+    }
+    header(
+        &mut o,
+        "smtpguard_retention_last_run_timestamp_seconds",
+        "gauge",
+        "When the last retention pass finished (0: never).",
+    );
+    let (last_ms, complete) = s.retention.last_run.unwrap_or((0, true));
+    let _ = writeln!(
+        o,
+        "smtpguard_retention_last_run_timestamp_seconds {}",
+        last_ms / 1000
+    );
+    header(
+        &mut o,
+        "smtpguard_retention_last_run_complete",
+        "gauge",
+        "1 when the last retention pass deleted everything past its window, 0 when rows were left for the next pass.",
+    );
+    let _ = writeln!(
+        o,
+        "smtpguard_retention_last_run_complete {}",
+        u8::from(complete)
+    );
     header(
         &mut o,
         "smtpguard_rejections_total",
@@ -331,5 +379,149 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         )
             .into_response(),
         Err(e) => e.api(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use smtpguard_protocol::{AgentStats, Body, Envelope, Telemetry};
+
+    use super::*;
+    use crate::store::retention::{Limits, Windows};
+    use crate::store::{Received, Store};
+
+    /// Signs nothing: `/metrics` publishes no policy.
+    struct NoPolicy;
+
+    impl crate::web::PolicyPublisher for NoPolicy {
+        fn publish(
+            &self,
+            _policy: smtpguard_protocol::Policy,
+            _cpe_id: Option<String>,
+        ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<u64, String>> + Send + '_>>
+        {
+            Box::pin(async { Err("not in this test".to_string()) })
+        }
+    }
+
+    fn telemetry(seq: u64, at_ms: u64) -> Received {
+        Received {
+            envelope: Envelope {
+                version: smtpguard_protocol::PROTOCOL_VERSION,
+                cpe_id: "cpe-m".into(),
+                seq,
+                sent_at_ms: at_ms,
+                body: Body::Telemetry(Telemetry {
+                    window_start_ms: at_ms,
+                    window_secs: 60,
+                    public_ip: None,
+                    stats: AgentStats::default(),
+                    devices: vec![],
+                    connections: vec![],
+                }),
+            },
+            wire: vec![],
+            received_at_ms: at_ms,
+        }
+    }
+
+    fn line<'a>(text: &'a str, name: &str) -> &'a str {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+    }
+
+    #[test]
+    fn retention_counts_show_and_stored_messages_never_go_down() {
+        const DAY: u64 = 86_400_000;
+        let now = 100 * DAY;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.db");
+        let mut store = Store::open(&path).unwrap();
+        let old: Vec<Received> = (1..=3)
+            .map(|seq| telemetry(seq, now - 30 * DAY + seq))
+            .chain([telemetry(4, now)])
+            .collect();
+        store.write_batch(&old, &[]).unwrap();
+        let state = AppState::new(
+            crate::web::open_db(&path).unwrap(),
+            crate::web::WebSettings::new("metrics-test-token-0123"),
+            Arc::new(NoPolicy),
+            Arc::new(move || now),
+        );
+        let render_now = |state: &AppState| {
+            let conn = crate::web::open_db(&path).unwrap();
+            render(&snapshot(&conn, now).unwrap(), state)
+        };
+        let before = render_now(&state);
+        assert_eq!(
+            line(
+                &before,
+                "smtpguard_retention_deleted_total{table=\"telemetry\"}"
+            ),
+            "smtpguard_retention_deleted_total{table=\"telemetry\"} 0"
+        );
+        assert_eq!(
+            line(&before, "smtpguard_retention_last_run_timestamp_seconds"),
+            "smtpguard_retention_last_run_timestamp_seconds 0"
+        );
+        let stored = line(
+            &before,
+            "smtpguard_messages_stored_total{kind=\"telemetry\"}",
+        );
+        assert_eq!(
+            stored,
+            "smtpguard_messages_stored_total{kind=\"telemetry\"} 4"
+        );
+
+        let windows = Windows {
+            telemetry_ms: Some(14 * DAY),
+            replay_guard_ms: 7 * DAY,
+            ..Windows::default()
+        };
+        let limits = Limits {
+            pause: std::time::Duration::ZERO,
+            ..Limits::default()
+        };
+        store
+            .apply_retention(&windows, now, &limits, &|| false)
+            .unwrap();
+
+        let after = render_now(&state);
+        assert_eq!(
+            line(
+                &after,
+                "smtpguard_retention_deleted_total{table=\"telemetry\"}"
+            ),
+            "smtpguard_retention_deleted_total{table=\"telemetry\"} 3"
+        );
+        assert_eq!(
+            line(
+                &after,
+                "smtpguard_retention_deleted_total{table=\"messages\"}"
+            ),
+            "smtpguard_retention_deleted_total{table=\"messages\"} 3"
+        );
+        assert_eq!(
+            line(&after, "smtpguard_retention_last_run_timestamp_seconds"),
+            format!(
+                "smtpguard_retention_last_run_timestamp_seconds {}",
+                now / 1000
+            )
+        );
+        assert_eq!(
+            line(&after, "smtpguard_retention_last_run_complete"),
+            "smtpguard_retention_last_run_complete 1"
+        );
+        // Three of the four raw messages are gone; the counter still says four.
+        assert_eq!(
+            line(
+                &after,
+                "smtpguard_messages_stored_total{kind=\"telemetry\"}"
+            ),
+            stored
+        );
     }
 }

@@ -1,8 +1,6 @@
 //! The HTTP side of the controller: NOC dashboard, subscriber portal, JSON API, `/metrics`.
 //!
 //! # Layout
-//! - [`schema`]: the product tables (households, sessions, release requests, abuse reports,
-//!   campaigns) and their migrations.
 //! - [`auth`]: operator and subscriber identities from bearer tokens or session cookies,
 //!   sessions, CSRF tokens.
 //! - [`html`]: escaping and the page frame.
@@ -56,7 +54,6 @@ pub mod policy_editor;
 pub mod portal;
 pub mod releases;
 pub mod rollout;
-pub mod schema;
 pub mod senders;
 
 use std::collections::BTreeMap;
@@ -65,7 +62,6 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::{header, HeaderValue, StatusCode};
@@ -227,18 +223,14 @@ impl std::fmt::Debug for AppState {
     }
 }
 
-/// Opens the database for the web server: the ingest's schema (via [`crate::store::Store`])
-/// and then the product tables.
+/// Opens the database for the web server: [`crate::store::Store::open`], which migrates
+/// the one schema (the web UI's tables included), and keeps its connection.
 ///
 /// # Errors
 /// [`WebError::Internal`] when the file cannot be opened or migrated.
 pub fn open_db(path: &Path) -> Result<Connection, WebError> {
-    drop(crate::store::Store::open(path).map_err(|e| WebError::Internal(e.to_string()))?);
-    let mut conn = Connection::open(path)?;
-    conn.busy_timeout(Duration::from_secs(10))?;
-    conn.pragma_update(None, "foreign_keys", "ON")?;
-    schema::migrate(&mut conn)?;
-    Ok(conn)
+    let store = crate::store::Store::open(path).map_err(|e| WebError::Internal(e.to_string()))?;
+    Ok(store.into_connection())
 }
 
 impl AppState {

@@ -1,0 +1,843 @@
+//! Retention: history older than its configured window is deleted, a bounded batch at a
+//! time, so the tables that grow with the fleet stop growing (`[retention]` in the config,
+//! run by `serve` at start and every `interval_minutes`).
+//!
+//! What goes, by window (see [`Windows`]):
+//! - telemetry: `telemetry` rows (by `window_start_ms`) with their `device_reports`, and the
+//!   raw signed `messages` of every kind but alerts (by `received_at_ms`);
+//! - connections: `connections` (by `at_ms`) and `public_ips` periods (by `last_seen_ms`),
+//!   what maps an abuse report to a device;
+//! - alerts: `alerts` (by `at_ms`) and their raw `messages`;
+//! - verdict history: `verdict_changes` (by `at_ms`).
+//!
+//! What stays whatever its age: each device's current state (`devices`,
+//! `cpe_state`, the registry), each device's newest alert and newest verdict change, the
+//! audit log (append-only by design), policies, commands and the product tables.
+//!
+//! # Replays stay refused
+//! The ingest refuses a replayed message by its per-CPE replay window, restored at start
+//! from the highest stored sequence number of each CPE ([`super::Store::highest_seqs`]),
+//! and by the `(cpe_id, seq)` key of `messages`. So a raw message is deleted only when both
+//! hold: its CPE has a newer non-state message (the highest number stays stored, so the
+//! restored window still covers every older number), and it was received longer ago than
+//! the freshness limit plus the allowed clock skew ([`Windows::replay_guard_ms`]), so a
+//! replay of it is refused as stale before its number is even looked at.
+//!
+//! # Never blocking the ingest for long
+//! Each batch is one short `IMMEDIATE` transaction deleting at most [`BATCH_ROWS`] rows
+//! (`DELETE ... WHERE rowid IN (SELECT rowid ... LIMIT n)` on an index of the time column),
+//! with a pause between batches that lets the ingest's writer in; a pass does at most
+//! [`MAX_BATCHES`] batches per table and leaves the rest to the next pass. Every batch adds
+//! its count to `retention_deleted` in the same transaction, which `/metrics` exports.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use smtpguard_protocol::Kind;
+
+use super::{from_i64, to_i64, StoreError};
+
+/// Most rows one batch (one transaction) deletes. A telemetry batch may go over by the
+/// device reports of its last telemetry window (at most
+/// [`smtpguard_protocol::messages::MAX_DEVICES_PER_TELEMETRY`]).
+pub const BATCH_ROWS: usize = 5_000;
+
+/// Most batches per table in one pass; what is left waits for the next pass.
+pub const MAX_BATCHES: usize = 100;
+
+/// The pause between two batches, in which the ingest takes the write lock.
+pub const PAUSE: Duration = Duration::from_millis(20);
+
+/// How long each kind of history is kept (`None`: forever), in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Windows {
+    /// Telemetry, device reports and raw messages other than alerts.
+    pub telemetry_ms: Option<u64>,
+    /// Connection log and public address periods.
+    pub connections_ms: Option<u64>,
+    /// Alerts and their raw messages.
+    pub alerts_ms: Option<u64>,
+    /// Verdict changes.
+    pub verdict_history_ms: Option<u64>,
+    /// No raw message received more recently than this is deleted: the ingest's freshness
+    /// limit plus the clock skew it allows (`max_age_secs + max_future_secs`).
+    pub replay_guard_ms: u64,
+}
+
+/// How much one pass does, and how gently.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Most rows per batch.
+    pub batch_rows: usize,
+    /// Most batches per table per pass.
+    pub max_batches: usize,
+    /// Pause between batches.
+    pub pause: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            batch_rows: BATCH_ROWS,
+            max_batches: MAX_BATCHES,
+            pause: PAUSE,
+        }
+    }
+}
+
+/// A table retention trims.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Table {
+    /// Raw signed messages.
+    Messages,
+    /// Telemetry windows.
+    Telemetry,
+    /// Per-device reports of telemetry.
+    DeviceReports,
+    /// Connection log with NAT translations.
+    Connections,
+    /// Public address periods of the routers.
+    PublicIps,
+    /// Alerts with evidence.
+    Alerts,
+    /// Verdict history.
+    VerdictChanges,
+}
+
+impl Table {
+    /// Every table, in the order of a pass.
+    pub const ALL: [Table; 7] = [
+        Table::Messages,
+        Table::Telemetry,
+        Table::DeviceReports,
+        Table::Connections,
+        Table::PublicIps,
+        Table::Alerts,
+        Table::VerdictChanges,
+    ];
+
+    /// The SQL table name, also the `/metrics` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Table::Messages => "messages",
+            Table::Telemetry => "telemetry",
+            Table::DeviceReports => "device_reports",
+            Table::Connections => "connections",
+            Table::PublicIps => "public_ips",
+            Table::Alerts => "alerts",
+            Table::VerdictChanges => "verdict_changes",
+        }
+    }
+}
+
+/// What one pass did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Report {
+    /// Rows deleted per table.
+    pub deleted: BTreeMap<Table, u64>,
+    /// Raw messages deleted per message kind (`telemetry`, `alert`, ...).
+    pub messages_by_kind: BTreeMap<&'static str, u64>,
+    /// Transactions that deleted something.
+    pub batches: usize,
+    /// Whether everything past its window is gone; `false` when a table reached
+    /// [`Limits::max_batches`] (the next pass goes on) or the pass was cancelled.
+    pub complete: bool,
+}
+
+impl Report {
+    /// Rows deleted from `table`.
+    pub fn count(&self, table: Table) -> u64 {
+        self.deleted.get(&table).copied().unwrap_or(0)
+    }
+
+    /// Rows deleted in all.
+    pub fn total(&self) -> u64 {
+        self.deleted.values().sum()
+    }
+}
+
+/// What retention did so far, as `/metrics` shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Totals {
+    /// Rows deleted per table since the database was made ([`Table::ALL`] order, zeros
+    /// included).
+    pub deleted: Vec<(Table, u64)>,
+    /// Raw messages deleted per message kind.
+    pub messages_by_kind: BTreeMap<String, u64>,
+    /// When the last pass finished (Unix ms) and whether it was complete.
+    pub last_run: Option<(u64, bool)>,
+}
+
+/// Reads the running totals.
+///
+/// # Errors
+/// [`StoreError::Sqlite`].
+pub fn totals(conn: &Connection) -> Result<Totals, StoreError> {
+    let mut per_table: BTreeMap<String, u64> = BTreeMap::new();
+    let mut messages_by_kind = BTreeMap::new();
+    let mut stmt =
+        conn.prepare_cached("SELECT table_name, kind, deleted FROM retention_deleted")?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, i64>(2)?,
+        ))
+    })?;
+    for row in rows {
+        let (table, kind, n) = row?;
+        let n = from_i64(n);
+        *per_table.entry(table.clone()).or_default() += n;
+        if table == Table::Messages.as_str() {
+            *messages_by_kind.entry(kind).or_default() += n;
+        }
+    }
+    let last_run = conn
+        .query_row(
+            "SELECT finished_ms, complete FROM retention_runs WHERE id = 1",
+            [],
+            |r| Ok((from_i64(r.get(0)?), r.get::<_, i64>(1)? != 0)),
+        )
+        .optional()?;
+    Ok(Totals {
+        deleted: Table::ALL
+            .iter()
+            .map(|t| (*t, per_table.get(t.as_str()).copied().unwrap_or(0)))
+            .collect(),
+        messages_by_kind,
+        last_run,
+    })
+}
+
+/// One pass: deletes what is past its window as of `now_ms`, in batches, and records the
+/// counts and the run. `cancelled` is asked between batches (shutdown); a cancelled pass
+/// keeps what it did and is reported incomplete.
+///
+/// # Errors
+/// [`StoreError::Sqlite`]; the batches committed before the error stay done and counted.
+pub fn run_pass(
+    conn: &mut Connection,
+    windows: &Windows,
+    now_ms: u64,
+    limits: &Limits,
+    cancelled: &dyn Fn() -> bool,
+) -> Result<Report, StoreError> {
+    let mut pass = Pass {
+        conn,
+        limits,
+        cancelled,
+        report: Report {
+            complete: true,
+            ..Report::default()
+        },
+    };
+    let cutoff = |window: Option<u64>| window.map(|w| to_i64(now_ms.saturating_sub(w)));
+    // Raw messages: never inside the replay guard.
+    for kind in Kind::ALL {
+        let window = if kind == Kind::Alert {
+            windows.alerts_ms
+        } else {
+            windows.telemetry_ms
+        };
+        if let Some(cutoff) = cutoff(window.map(|w| w.max(windows.replay_guard_ms))) {
+            pass.messages(kind.as_str(), cutoff)?;
+        }
+    }
+    if let Some(cutoff) = cutoff(windows.telemetry_ms) {
+        pass.telemetry(cutoff)?;
+    }
+    if let Some(cutoff) = cutoff(windows.connections_ms) {
+        pass.simple(
+            Table::Connections,
+            "DELETE FROM connections WHERE rowid IN (
+                SELECT rowid FROM connections WHERE at_ms < ?1 LIMIT ?2)",
+            cutoff,
+        )?;
+        pass.simple(
+            Table::PublicIps,
+            "DELETE FROM public_ips WHERE rowid IN (
+                SELECT rowid FROM public_ips WHERE last_seen_ms < ?1 LIMIT ?2)",
+            cutoff,
+        )?;
+    }
+    if let Some(cutoff) = cutoff(windows.alerts_ms) {
+        pass.simple(
+            Table::Alerts,
+            "DELETE FROM alerts WHERE id IN (
+                SELECT a.id FROM alerts a WHERE a.at_ms < ?1
+                AND a.at_ms < (SELECT MAX(b.at_ms) FROM alerts b
+                               WHERE b.cpe_id = a.cpe_id AND b.mac = a.mac)
+                LIMIT ?2)",
+            cutoff,
+        )?;
+    }
+    if let Some(cutoff) = cutoff(windows.verdict_history_ms) {
+        pass.simple(
+            Table::VerdictChanges,
+            "DELETE FROM verdict_changes WHERE id IN (
+                SELECT v.id FROM verdict_changes v WHERE v.at_ms < ?1
+                AND v.at_ms < (SELECT MAX(w.at_ms) FROM verdict_changes w
+                               WHERE w.cpe_id = v.cpe_id AND w.mac = v.mac)
+                LIMIT ?2)",
+            cutoff,
+        )?;
+    }
+    let report = pass.report;
+    pass.conn.execute(
+        "INSERT INTO retention_runs (id, finished_ms, complete) VALUES (1, ?1, ?2)
+         ON CONFLICT (id) DO UPDATE SET finished_ms = excluded.finished_ms,
+             complete = excluded.complete",
+        params![to_i64(now_ms), report.complete],
+    )?;
+    Ok(report)
+}
+
+/// The state of one pass.
+struct Pass<'a> {
+    conn: &'a mut Connection,
+    limits: &'a Limits,
+    cancelled: &'a dyn Fn() -> bool,
+    report: Report,
+}
+
+impl Pass<'_> {
+    fn limit(&self) -> i64 {
+        i64::try_from(self.limits.batch_rows.max(1)).unwrap_or(i64::MAX)
+    }
+
+    /// Runs `batch` until it finds less than a full batch, the pass's batch limit is
+    /// reached or the pass is cancelled. `batch` returns whether it found a full batch.
+    fn batches(
+        &mut self,
+        mut batch: impl FnMut(&mut Self) -> Result<bool, StoreError>,
+    ) -> Result<(), StoreError> {
+        for _ in 0..self.limits.max_batches {
+            if (self.cancelled)() {
+                self.report.complete = false;
+                return Ok(());
+            }
+            // After every transaction of the pass, also the last of the previous table.
+            if self.report.batches > 0 && !self.limits.pause.is_zero() {
+                std::thread::sleep(self.limits.pause);
+            }
+            if !batch(self)? {
+                return Ok(());
+            }
+        }
+        self.report.complete = false;
+        Ok(())
+    }
+
+    fn note(&mut self, table: Table, kind: &'static str, n: u64) {
+        if n > 0 {
+            *self.report.deleted.entry(table).or_default() += n;
+            if table == Table::Messages {
+                *self.report.messages_by_kind.entry(kind).or_default() += n;
+            }
+        }
+    }
+
+    /// A table whose batch is one `DELETE` of `sql` (`?1` the cutoff, `?2` the limit).
+    fn simple(&mut self, table: Table, sql: &str, cutoff: i64) -> Result<(), StoreError> {
+        self.batches(|pass| {
+            let limit = pass.limit();
+            let tx = pass
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let n = tx.prepare_cached(sql)?.execute(params![cutoff, limit])?;
+            record(&tx, table, "", n)?;
+            tx.commit()?;
+            pass.note(table, "", n as u64);
+            if n > 0 {
+                pass.report.batches += 1;
+            }
+            Ok(n as i64 >= limit)
+        })
+    }
+
+    /// Raw messages of one kind received before `cutoff`, except those at or above their
+    /// CPE's highest non-state sequence number (see the module docs).
+    fn messages(&mut self, kind: &'static str, cutoff: i64) -> Result<(), StoreError> {
+        self.batches(|pass| {
+            let limit = pass.limit();
+            let tx = pass
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let n = tx
+                .prepare_cached(
+                    "DELETE FROM messages WHERE rowid IN (
+                        SELECT m.rowid FROM messages m
+                        WHERE m.kind = ?1 AND m.received_at_ms < ?2
+                        AND m.seq < (SELECT n.seq FROM messages n
+                                     WHERE n.cpe_id = m.cpe_id AND n.kind != 'state'
+                                     ORDER BY n.seq DESC LIMIT 1)
+                        LIMIT ?3)",
+                )?
+                .execute(params![kind, cutoff, limit])?;
+            record(&tx, Table::Messages, kind, n)?;
+            tx.commit()?;
+            pass.note(Table::Messages, kind, n as u64);
+            if n > 0 {
+                pass.report.batches += 1;
+            }
+            Ok(n as i64 >= limit)
+        })
+    }
+
+    /// Telemetry windows that started before `cutoff`, each with its device reports; a
+    /// batch stops taking windows once it has [`Limits::batch_rows`] rows.
+    fn telemetry(&mut self, cutoff: i64) -> Result<(), StoreError> {
+        self.batches(|pass| {
+            let limit = pass.limit();
+            let tx = pass
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let keys: Vec<(i64, String, i64)> = tx
+                .prepare_cached(
+                    "SELECT rowid, cpe_id, seq FROM telemetry WHERE window_start_ms < ?1
+                     ORDER BY window_start_ms LIMIT ?2",
+                )?
+                .query_map(params![cutoff, limit], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })?
+                .collect::<Result<_, _>>()?;
+            let (mut windows, mut reports) = (0usize, 0usize);
+            let mut full = keys.len() as i64 >= limit;
+            {
+                let mut del_reports =
+                    tx.prepare_cached("DELETE FROM device_reports WHERE cpe_id = ?1 AND seq = ?2")?;
+                let mut del_window = tx.prepare_cached("DELETE FROM telemetry WHERE rowid = ?1")?;
+                for (rowid, cpe_id, seq) in &keys {
+                    if windows + reports >= pass.limits.batch_rows.max(1) {
+                        full = true;
+                        break;
+                    }
+                    reports += del_reports.execute(params![cpe_id, seq])?;
+                    windows += del_window.execute([rowid])?;
+                }
+            }
+            record(&tx, Table::Telemetry, "", windows)?;
+            record(&tx, Table::DeviceReports, "", reports)?;
+            tx.commit()?;
+            pass.note(Table::Telemetry, "", windows as u64);
+            pass.note(Table::DeviceReports, "", reports as u64);
+            if windows > 0 {
+                pass.report.batches += 1;
+            }
+            Ok(full)
+        })
+    }
+}
+
+/// Adds `n` to the running total of `table` (and message `kind`), in the batch's
+/// transaction.
+fn record(
+    tx: &rusqlite::Transaction<'_>,
+    table: Table,
+    kind: &str,
+    n: usize,
+) -> Result<(), StoreError> {
+    if n > 0 {
+        tx.prepare_cached(
+            "INSERT INTO retention_deleted (table_name, kind, deleted) VALUES (?1, ?2, ?3)
+             ON CONFLICT (table_name, kind) DO UPDATE SET deleted = deleted + excluded.deleted",
+        )?
+        .execute(params![
+            table.as_str(),
+            kind,
+            i64::try_from(n).unwrap_or(i64::MAX)
+        ])?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::net::IpAddr;
+
+    use smtpguard_protocol::{
+        keys, seal, Action, AgentStats, Alert, Body, ConnRecord, DeviceCounters, DeviceReport,
+        Envelope, Freshness, MacAddr, Observed, RejectionReason, Telemetry, Verdict,
+    };
+
+    use super::*;
+    use crate::ingest::{Inbound, Verifier};
+    use crate::registry::KeyCache;
+    use crate::store::{Received, Store};
+
+    const DAY: u64 = 86_400_000;
+    const NOW: u64 = 1_000 * DAY;
+    const A: MacAddr = MacAddr([2, 0, 0, 0, 0, 0xa]);
+    const B: MacAddr = MacAddr([2, 0, 0, 0, 0, 0xb]);
+
+    /// The defaults of `[retention]` and `[ingest]`.
+    fn windows() -> Windows {
+        Windows {
+            telemetry_ms: Some(14 * DAY),
+            connections_ms: Some(180 * DAY),
+            alerts_ms: Some(365 * DAY),
+            verdict_history_ms: Some(365 * DAY),
+            replay_guard_ms: 7 * DAY + 300_000,
+        }
+    }
+
+    fn unhurried() -> Limits {
+        Limits {
+            pause: Duration::ZERO,
+            ..Limits::default()
+        }
+    }
+
+    fn device(mac: MacAddr, verdict: Verdict) -> DeviceReport {
+        DeviceReport {
+            mac,
+            ips: vec![],
+            hostname: None,
+            vendor: None,
+            verdict,
+            score: 0.5,
+            action: Action::Monitor,
+            action_until_ms: None,
+            counters: DeviceCounters::default(),
+            evidence: vec![],
+        }
+    }
+
+    fn msg(cpe: &str, seq: u64, at_ms: u64, body: Body) -> Received {
+        Received {
+            envelope: Envelope {
+                version: smtpguard_protocol::PROTOCOL_VERSION,
+                cpe_id: cpe.into(),
+                seq,
+                sent_at_ms: at_ms,
+                body,
+            },
+            wire: vec![],
+            received_at_ms: at_ms,
+        }
+    }
+
+    /// A telemetry window starting at `at_ms` with both devices, one connection each and
+    /// the router's public address `ip`.
+    fn telemetry(cpe: &str, seq: u64, at_ms: u64, ip: &str) -> Received {
+        let conn = |mac| ConnRecord {
+            mac,
+            at_ms,
+            src_port: 40_000,
+            dst: "198.51.100.9".parse().unwrap(),
+            dst_port: 25,
+            nat_port: Some(50_000),
+            nat_ip: Some(ip.parse().unwrap()),
+        };
+        msg(
+            cpe,
+            seq,
+            at_ms,
+            Body::Telemetry(Telemetry {
+                window_start_ms: at_ms,
+                window_secs: 60,
+                public_ip: Some(ip.parse::<IpAddr>().unwrap()),
+                stats: AgentStats::default(),
+                devices: vec![device(A, Verdict::Clean), device(B, Verdict::Clean)],
+                connections: vec![conn(A), conn(B)],
+            }),
+        )
+    }
+
+    fn alert(cpe: &str, seq: u64, at_ms: u64, mac: MacAddr, verdict: Verdict) -> Received {
+        msg(
+            cpe,
+            seq,
+            at_ms,
+            Body::Alert(Alert {
+                device: device(mac, verdict),
+                previous: Verdict::Clean,
+                at_ms,
+                observed: Observed::default(),
+            }),
+        )
+    }
+
+    fn count(store: &Store, sql: &str) -> i64 {
+        store.conn().query_row(sql, [], |r| r.get(0)).unwrap()
+    }
+
+    fn seqs(store: &Store, table: &str) -> Vec<i64> {
+        let mut stmt = store
+            .conn()
+            .prepare(&format!("SELECT DISTINCT seq FROM {table} ORDER BY seq"))
+            .unwrap();
+        let rows = stmt.query_map([], |r| r.get(0)).unwrap();
+        rows.collect::<Result<_, _>>().unwrap()
+    }
+
+    #[test]
+    fn rows_past_their_window_go_and_newer_ones_stay() {
+        let mut store = Store::open_in_memory().unwrap();
+        let fresh = store
+            .write_batch(
+                &[
+                    telemetry("cpe-r", 1, NOW - 400 * DAY, "100.64.0.1"),
+                    alert("cpe-r", 2, NOW - 400 * DAY, A, Verdict::Suspicious),
+                    alert("cpe-r", 3, NOW - 400 * DAY, B, Verdict::Infected),
+                    telemetry("cpe-r", 4, NOW - 20 * DAY, "100.64.0.2"),
+                    alert("cpe-r", 5, NOW - 10 * DAY, A, Verdict::Infected),
+                    telemetry("cpe-r", 6, NOW - DAY, "100.64.0.2"),
+                ],
+                &[],
+            )
+            .unwrap();
+        assert!(fresh.iter().all(|f| *f));
+        let changes_before = count(&store, "SELECT COUNT(*) FROM verdict_changes");
+
+        let report = store
+            .apply_retention(&windows(), NOW, &unhurried(), &|| false)
+            .unwrap();
+
+        assert!(report.complete);
+        // Telemetry older than 14 days goes with its device reports; the day-old stays.
+        assert_eq!(seqs(&store, "telemetry"), vec![6]);
+        assert_eq!(seqs(&store, "device_reports"), vec![6]);
+        assert_eq!(report.count(Table::Telemetry), 2);
+        assert_eq!(report.count(Table::DeviceReports), 4);
+        // Connections and address periods: 180 days; the 20-day-old ones stay.
+        assert_eq!(
+            count(
+                &store,
+                &format!(
+                    "SELECT COUNT(*) FROM connections WHERE at_ms < {}",
+                    NOW - 180 * DAY
+                )
+            ),
+            0
+        );
+        assert_eq!(count(&store, "SELECT COUNT(*) FROM connections"), 4);
+        assert_eq!(
+            count(
+                &store,
+                "SELECT COUNT(*) FROM public_ips WHERE ip = '100.64.0.1'"
+            ),
+            0
+        );
+        assert_eq!(
+            count(
+                &store,
+                "SELECT COUNT(*) FROM public_ips WHERE ip = '100.64.0.2'"
+            ),
+            1
+        );
+        assert_eq!(report.count(Table::Connections), 2);
+        assert_eq!(report.count(Table::PublicIps), 1);
+        // Alerts: 365 days, but B's only alert is its newest and stays.
+        assert_eq!(seqs(&store, "alerts"), vec![3, 5]);
+        assert_eq!(report.count(Table::Alerts), 1);
+        // Verdict history: A's old change goes, B's only one stays.
+        assert_eq!(
+            count(
+                &store,
+                &format!(
+                    "SELECT COUNT(*) FROM verdict_changes WHERE at_ms < {}",
+                    NOW - 365 * DAY
+                )
+            ),
+            1
+        );
+        assert_eq!(
+            count(&store, "SELECT COUNT(*) FROM verdict_changes"),
+            changes_before - 1
+        );
+        // Raw messages: past their kind's window, except the newest (6).
+        assert_eq!(seqs(&store, "messages"), vec![5, 6]);
+        assert_eq!(report.count(Table::Messages), 4);
+        assert_eq!(report.messages_by_kind.get("telemetry"), Some(&2));
+        assert_eq!(report.messages_by_kind.get("alert"), Some(&2));
+        // Current state is kept.
+        assert_eq!(count(&store, "SELECT COUNT(*) FROM devices"), 2);
+
+        // The counts are kept for /metrics, and a second pass finds nothing.
+        let t = totals(store.conn()).unwrap();
+        assert_eq!(t.last_run, Some((NOW, true)));
+        let deleted: HashMap<Table, u64> = t.deleted.iter().copied().collect();
+        for table in Table::ALL {
+            assert_eq!(deleted[&table], report.count(table), "{table:?}");
+        }
+        assert_eq!(t.messages_by_kind.get("alert"), Some(&2));
+        let again = store
+            .apply_retention(&windows(), NOW + 1, &unhurried(), &|| false)
+            .unwrap();
+        assert_eq!(again.total(), 0);
+        assert_eq!(totals(store.conn()).unwrap().deleted, t.deleted);
+    }
+
+    #[test]
+    fn zero_keeps_forever_and_raw_messages_outlast_a_short_window_inside_the_replay_guard() {
+        let mut store = Store::open_in_memory().unwrap();
+        store
+            .write_batch(
+                &[
+                    telemetry("cpe-r", 1, NOW - 3 * DAY, "100.64.0.1"),
+                    telemetry("cpe-r", 2, NOW - 2 * DAY, "100.64.0.1"),
+                ],
+                &[],
+            )
+            .unwrap();
+        let forever = Windows {
+            replay_guard_ms: 0,
+            ..Windows::default()
+        };
+        let report = store
+            .apply_retention(&forever, NOW, &unhurried(), &|| false)
+            .unwrap();
+        assert_eq!(report.total(), 0);
+        assert!(report.complete);
+
+        let one_day = Windows {
+            telemetry_ms: Some(DAY),
+            ..windows()
+        };
+        let report = store
+            .apply_retention(&one_day, NOW, &unhurried(), &|| false)
+            .unwrap();
+        assert_eq!(seqs(&store, "telemetry"), Vec::<i64>::new());
+        // Received 3 days ago, inside the week a replay would still be fresh: kept.
+        assert_eq!(seqs(&store, "messages"), vec![1, 2]);
+        assert_eq!(report.count(Table::Messages), 0);
+    }
+
+    #[test]
+    fn batches_are_bounded_and_the_next_pass_goes_on() {
+        let mut store = Store::open_in_memory().unwrap();
+        let old: Vec<Received> = (1..=5)
+            .map(|seq| telemetry("cpe-r", seq, NOW - 200 * DAY + seq, "100.64.0.1"))
+            .chain([telemetry("cpe-r", 6, NOW, "100.64.0.1")])
+            .collect();
+        store.write_batch(&old, &[]).unwrap();
+        // 5 old windows with 2 device reports and 2 connections each.
+        let limits = Limits {
+            batch_rows: 3,
+            max_batches: 2,
+            pause: Duration::ZERO,
+        };
+        let w = Windows {
+            telemetry_ms: Some(14 * DAY),
+            connections_ms: Some(180 * DAY),
+            ..Windows::default()
+        };
+        let first = store.apply_retention(&w, NOW, &limits, &|| false).unwrap();
+        assert!(!first.complete);
+        // Connections: 2 batches of 3; telemetry: a window and its 2 reports fill a batch;
+        // raw messages: 3, then the last 2 (a batch that is not full ends the table).
+        assert_eq!(first.count(Table::Connections), 6);
+        assert_eq!(first.count(Table::Telemetry), 2);
+        assert_eq!(first.count(Table::DeviceReports), 4);
+        assert_eq!(first.count(Table::Messages), 5);
+        assert_eq!(first.batches, 6);
+        assert_eq!(
+            totals(store.conn()).unwrap().last_run,
+            Some((NOW, false)),
+            "an incomplete pass says so"
+        );
+
+        let mut passes = 1;
+        while !store
+            .apply_retention(&w, NOW, &limits, &|| false)
+            .unwrap()
+            .complete
+        {
+            passes += 1;
+            assert!(passes < 10, "retention never finished");
+        }
+        assert_eq!(seqs(&store, "telemetry"), vec![6]);
+        assert_eq!(count(&store, "SELECT COUNT(*) FROM connections"), 2);
+        let t = totals(store.conn()).unwrap();
+        let deleted: HashMap<Table, u64> = t.deleted.iter().copied().collect();
+        assert_eq!(deleted[&Table::Telemetry], 5);
+        assert_eq!(deleted[&Table::DeviceReports], 10);
+        assert_eq!(deleted[&Table::Connections], 10);
+
+        // A cancelled pass stops before its first batch and says it is incomplete.
+        store
+            .write_batch(&[telemetry("cpe-r", 7, NOW - 100 * DAY, "100.64.0.1")], &[])
+            .unwrap();
+        let cancelled = store.apply_retention(&w, NOW, &limits, &|| true).unwrap();
+        assert_eq!(cancelled.total(), 0);
+        assert!(!cancelled.complete);
+    }
+
+    #[test]
+    fn a_replayed_old_message_is_still_refused_after_its_row_was_deleted() {
+        let mut store = Store::open_in_memory().unwrap();
+        let key = keys::generate();
+        for cpe in ["cpe-1", "cpe-2"] {
+            crate::registry::add(
+                &mut store,
+                cpe,
+                &keys::public_key_text(&key.verifying_key()),
+                None,
+                0,
+            )
+            .unwrap();
+        }
+        let t0 = NOW - 30 * DAY;
+        let body = |at| match telemetry("x", 0, at, "100.64.0.1").envelope.body {
+            b @ Body::Telemetry(_) => b,
+            _ => unreachable!(),
+        };
+        let wire = |cpe: &str, seq, at| Inbound {
+            topic: format!("smtpguard/v1/cpe/{cpe}/telemetry"),
+            payload: seal(&body(at), cpe, seq, at, &key).unwrap(),
+        };
+        let old = wire("cpe-1", 1, t0);
+        let mut verifier = Verifier::new(
+            KeyCache::load(&store).unwrap(),
+            store.highest_seqs().unwrap(),
+            Freshness::default(),
+        );
+        let checked = verifier.check(
+            vec![
+                old.clone(),
+                wire("cpe-1", 2, t0 + 60_000),
+                wire("cpe-2", 9, t0),
+            ],
+            t0 + 60_000,
+        );
+        assert_eq!(checked.accepted.len(), 3);
+        store.write_batch(&checked.accepted, &[]).unwrap();
+
+        store
+            .apply_retention(&windows(), NOW, &unhurried(), &|| false)
+            .unwrap();
+        assert!(!store.has_message("cpe-1", 1).unwrap(), "the old row went");
+        assert!(store.has_message("cpe-1", 2).unwrap(), "the newest stays");
+        assert!(
+            store.has_message("cpe-2", 9).unwrap(),
+            "a CPE's only one stays"
+        );
+
+        // A restart restores the windows from what is left. Even with freshness far wider
+        // than when the row was deleted (an operator raising max_age_secs), the replay is
+        // refused by its number; with the freshness in force it is refused as stale.
+        let wide = Freshness {
+            max_age_ms: 365 * DAY,
+            ..Freshness::default()
+        };
+        for (freshness, reason) in [
+            (wide, RejectionReason::Replay),
+            (Freshness::default(), RejectionReason::Stale),
+        ] {
+            let mut verifier = Verifier::new(
+                KeyCache::load(&store).unwrap(),
+                store.highest_seqs().unwrap(),
+                freshness,
+            );
+            let checked = verifier.check(vec![old.clone()], NOW);
+            assert!(checked.accepted.is_empty());
+            assert_eq!(checked.rejections, vec![(reason, 1)]);
+            // A new message of the same router still gets in.
+            let checked = verifier.check(vec![wire("cpe-1", 3, NOW)], NOW);
+            assert_eq!(checked.accepted.len(), 1);
+        }
+    }
+}
