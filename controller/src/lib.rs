@@ -3,7 +3,9 @@
 //!
 //! # Layout
 //! - [`config`]: the typed, validated controller configuration (TOML).
-//! - [`store`]: SQLite schema, migrations, the batched write path and read helpers.
+//! - [`store`]: SQLite schema, migrations, the batched write path and read helpers; the
+//!   backend-neutral SQL layer (SQLite or PostgreSQL, `store::db`) and the ingest arbiter
+//!   (`store::arbiter`) that the port to PostgreSQL builds on.
 //! - [`registry`]: CPE enrollment (public keys) and revocation.
 //! - [`broker`]: the embedded MQTT broker (rumqttd), or nothing when an external broker is
 //!   configured.
