@@ -38,6 +38,7 @@
 //!
 //! [`ReplayWindow`]: smtpguard_protocol::ReplayWindow
 
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::os::fd::AsRawFd as _;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -46,7 +47,7 @@ use sha2::{Digest, Sha256};
 use smtpguard_protocol::replay::WINDOW;
 use smtpguard_protocol::{Kind, PolicyScope, RejectionReason};
 
-use super::db::{Db, DbError, LeaseTarget, Migration, Tx};
+use super::db::{Db, DbError, LeaseTarget, Migration, Param, Tx};
 use super::{scope_name, Received, StoredPolicy};
 use crate::db_params;
 
@@ -144,69 +145,163 @@ impl Admission {
     }
 }
 
-/// Locks the CPE's row (creating it) and returns its highest stored sequence number.
-const LOCK_CPE: &str = "INSERT INTO cpe_seq (cpe_id, highest_seq) VALUES (?1, NULL)
-    ON CONFLICT (cpe_id) DO UPDATE SET highest_seq = cpe_seq.highest_seq
-    RETURNING highest_seq";
+/// Rows per multi-row statement at most. A batch goes in chunks of this many and the rest
+/// in power-of-two chunks, so each statement has at most seven texts to prepare.
+const ROWS_PER_STATEMENT: usize = 64;
 
-const INSERT_MESSAGE: &str =
-    "INSERT INTO messages (cpe_id, seq, kind, sent_at_ms, received_at_ms, wire)
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-     ON CONFLICT (cpe_id, seq) DO NOTHING";
+/// The sizes to cut `n` rows into (see [`ROWS_PER_STATEMENT`]).
+fn chunk_sizes(mut n: usize) -> Vec<usize> {
+    let mut sizes = Vec::new();
+    while n > 0 {
+        let size = if n >= ROWS_PER_STATEMENT {
+            ROWS_PER_STATEMENT
+        } else {
+            1 << n.ilog2()
+        };
+        sizes.push(size);
+        n -= size;
+    }
+    sizes
+}
+
+/// `rows` rows of `columns` numbered placeholders each, then `extra`:
+/// `(?1, ?2 extra), (?3, ?4 extra)`.
+fn value_rows(rows: usize, columns: usize, extra: &str) -> String {
+    let mut sql = String::new();
+    for r in 0..rows {
+        sql.push_str(if r == 0 { "(" } else { ", (" });
+        for c in 0..columns {
+            if c > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&format!("?{}", r * columns + c + 1));
+        }
+        sql.push_str(extra);
+        sql.push(')');
+    }
+    sql
+}
 
 /// Decides and stores the messages of a batch in the caller's transaction; the decisions
 /// come back in the order of `messages`. See the module docs for the rules.
 ///
+/// Three multi-row statements per batch, whatever its size (up to [`ROWS_PER_STATEMENT`]
+/// rows each): lock the batch's CPEs in `cpe_id` order and read their highest sequence
+/// numbers; insert the messages not below the window, getting back those that were new;
+/// raise the highest numbers. Within one CPE, a message's window is decided against the
+/// highest number before the batch: the batch's own new messages of that CPE are all lower
+/// (they are taken in ascending order) and so cannot push it out.
+///
 /// # Errors
 /// [`DbError`]; the caller's transaction then rolls back and nothing of the batch stays.
 pub fn admit(tx: &mut Tx<'_>, messages: &[Received]) -> Result<Vec<Admission>, DbError> {
-    let key = |i: usize| (&messages[i].envelope.cpe_id, messages[i].envelope.seq);
+    let key = |i: usize| {
+        (
+            messages[i].envelope.cpe_id.as_str(),
+            messages[i].envelope.seq,
+        )
+    };
+    let windowed = |i: usize| messages[i].envelope.kind() != Kind::State;
     let mut order: Vec<usize> = (0..messages.len()).collect();
     // Stable: of two copies of one message, the first to arrive is the one stored.
-    order.sort_by(|&a, &b| key(a).cmp(&key(b)));
+    order.sort_by_key(|&i| key(i));
     let mut out = vec![Admission::Duplicate; messages.len()];
-    for group in order.chunk_by(|&a, &b| key(a).0 == key(b).0) {
-        let cpe_id = key(group[0]).0;
-        let before: Option<u64> = match tx.query_opt(LOCK_CPE, db_params![cpe_id])? {
-            Some(row) => row.get(0)?,
-            None => None,
-        };
-        let mut highest = before;
-        for &i in group {
-            let m = &messages[i];
-            let e = &m.envelope;
-            let windowed = e.kind() != Kind::State;
-            if let Some(h) = highest.filter(|_| windowed) {
-                if e.seq <= h && h - e.seq >= WINDOW {
-                    out[i] = Admission::BelowWindow { highest: h };
-                    continue;
-                }
-            }
-            let inserted = tx.execute(
-                INSERT_MESSAGE,
-                db_params![
-                    cpe_id,
-                    e.seq,
-                    e.kind().as_str(),
-                    e.sent_at_ms,
-                    m.received_at_ms,
-                    &m.wire
-                ],
-            )?;
-            if inserted == 0 {
+
+    // 1. Lock every CPE of the batch, in order, and read its highest stored number.
+    let mut cpes: Vec<&str> = order.iter().map(|&i| key(i).0).collect();
+    cpes.dedup();
+    let mut before: HashMap<String, Option<u64>> = HashMap::with_capacity(cpes.len());
+    let mut rest = &cpes[..];
+    for size in chunk_sizes(cpes.len()) {
+        let (chunk, tail) = rest.split_at(size);
+        rest = tail;
+        let sql = format!(
+            "INSERT INTO cpe_seq (cpe_id, highest_seq) VALUES {}
+             ON CONFLICT (cpe_id) DO UPDATE SET highest_seq = cpe_seq.highest_seq
+             RETURNING cpe_id, highest_seq",
+            value_rows(size, 1, ", NULL")
+        );
+        let params: Vec<Param<'_>> = chunk.iter().map(|c| Param::Text(c)).collect();
+        for row in tx.query(&sql, &params)? {
+            before.insert(row.get(0)?, row.get(1)?);
+        }
+    }
+    let highest_before = |cpe: &str| before.get(cpe).copied().flatten();
+
+    // 2. The window, and copies within the batch.
+    let mut candidates = Vec::with_capacity(order.len());
+    let mut previous = None;
+    for &i in &order {
+        let (cpe, seq) = key(i);
+        if previous == Some((cpe, seq)) {
+            continue;
+        }
+        previous = Some((cpe, seq));
+        if let Some(h) = highest_before(cpe).filter(|_| windowed(i)) {
+            if seq <= h && h - seq >= WINDOW {
+                out[i] = Admission::BelowWindow { highest: h };
                 continue;
             }
-            out[i] = Admission::Stored;
-            if windowed {
-                highest = Some(highest.map_or(e.seq, |h| h.max(e.seq)));
-            }
         }
-        if highest != before {
-            tx.execute(
-                "UPDATE cpe_seq SET highest_seq = ?2 WHERE cpe_id = ?1",
-                db_params![cpe_id, highest],
-            )?;
+        candidates.push(i);
+    }
+
+    // 3. Insert; what comes back is new.
+    let mut inserted: HashSet<(String, u64)> = HashSet::with_capacity(candidates.len());
+    let mut rest = &candidates[..];
+    for size in chunk_sizes(candidates.len()) {
+        let (chunk, tail) = rest.split_at(size);
+        rest = tail;
+        let sql = format!(
+            "INSERT INTO messages (cpe_id, seq, kind, sent_at_ms, received_at_ms, wire)
+             VALUES {} ON CONFLICT (cpe_id, seq) DO NOTHING RETURNING cpe_id, seq",
+            value_rows(size, 6, "")
+        );
+        let mut params = Vec::with_capacity(size * 6);
+        for &i in chunk {
+            let m = &messages[i];
+            params.extend(db_params![
+                &m.envelope.cpe_id,
+                m.envelope.seq,
+                m.envelope.kind().as_str(),
+                m.envelope.sent_at_ms,
+                m.received_at_ms,
+                &m.wire
+            ]);
         }
+        for row in tx.query(&sql, &params)? {
+            inserted.insert((row.get(0)?, row.get(1)?));
+        }
+    }
+
+    // 4. The decisions, and each CPE's new highest number.
+    let mut raised: BTreeMap<&str, u64> = BTreeMap::new();
+    for &i in &candidates {
+        let (cpe, seq) = key(i);
+        if !inserted.contains(&(cpe.to_string(), seq)) {
+            continue;
+        }
+        out[i] = Admission::Stored;
+        if windowed(i) && highest_before(cpe).is_none_or(|h| seq > h) {
+            let top = raised.entry(cpe).or_insert(seq);
+            *top = (*top).max(seq);
+        }
+    }
+    let raised: Vec<(&str, u64)> = raised.into_iter().collect();
+    let mut rest = &raised[..];
+    for size in chunk_sizes(raised.len()) {
+        let (chunk, tail) = rest.split_at(size);
+        rest = tail;
+        let sql = format!(
+            "INSERT INTO cpe_seq (cpe_id, highest_seq) VALUES {}
+             ON CONFLICT (cpe_id) DO UPDATE SET highest_seq = excluded.highest_seq",
+            value_rows(size, 2, "")
+        );
+        let mut params = Vec::with_capacity(size * 2);
+        for (cpe, seq) in chunk {
+            params.extend(db_params![*cpe, *seq]);
+        }
+        tx.execute(&sql, &params)?;
     }
     Ok(out)
 }
@@ -314,7 +409,10 @@ const LEASE_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 enum Hold {
     /// A session-level advisory lock, held by this connection until it unlocks or closes
     /// (a replica that dies closes it).
-    Postgres { client: postgres::Client, key: i64 },
+    Postgres {
+        client: Box<postgres::Client>,
+        key: i64,
+    },
     /// An exclusive `flock` on a file beside the database, released when the file is
     /// closed (a process that dies closes it).
     File {
@@ -392,7 +490,10 @@ pub fn try_lead(db: &Db, job: &str) -> Result<Option<Lease>, DbError> {
             if !got {
                 return Ok(None);
             }
-            Hold::Postgres { client, key }
+            Hold::Postgres {
+                client: Box::new(client),
+                key,
+            }
         }
         LeaseTarget::File(db_path) => {
             let safe: String = job
@@ -491,6 +592,16 @@ mod tests {
     }
 
     use Admission::{BelowWindow, Duplicate, Stored};
+
+    #[test]
+    fn batches_are_cut_into_few_statement_shapes() {
+        assert_eq!(chunk_sizes(0), Vec::<usize>::new());
+        assert_eq!(chunk_sizes(1), vec![1]);
+        assert_eq!(chunk_sizes(140), vec![64, 64, 8, 4]);
+        assert_eq!(chunk_sizes(127), vec![64, 32, 16, 8, 4, 2, 1]);
+        assert_eq!(value_rows(2, 2, ""), "(?1, ?2), (?3, ?4)");
+        assert_eq!(value_rows(2, 1, ", NULL"), "(?1, NULL), (?2, NULL)");
+    }
 
     #[test]
     fn each_message_is_stored_once_and_old_ones_are_refused_across_restarts() {
