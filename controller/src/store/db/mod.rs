@@ -90,8 +90,8 @@ pub enum DbError {
     /// Every pooled PostgreSQL connection stayed busy for this long.
     #[error("no free PostgreSQL connection within {0:?}")]
     PoolTimeout(Duration),
-    /// A thread panicked while holding the SQLite connection.
-    #[error("the database handle was poisoned by a panic")]
+    /// A thread panicked while holding the pool's bookkeeping.
+    #[error("the connection pool was poisoned by a panic")]
     Poisoned,
     /// The database was migrated by a newer build.
     #[error("database schema version {found} is newer than this build's {supported}")]
@@ -558,6 +558,50 @@ pub(crate) mod tests {
             assert_eq!(inserted, 3);
             assert_eq!(count(&db), 3, "{url}");
         }
+    }
+
+    #[test]
+    fn a_postgres_transaction_aborted_for_a_deadlock_runs_again() {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        let url = smtpguard_pgtest::database();
+        let setup = Db::open(&url).unwrap();
+        setup
+            .execute(
+                "CREATE TABLE t (k TEXT PRIMARY KEY, n BIGINT NOT NULL)",
+                &[],
+            )
+            .unwrap();
+        setup
+            .execute("INSERT INTO t (k, n) VALUES ('a', 0), ('b', 0)", &[])
+            .unwrap();
+        let barrier = std::sync::Barrier::new(2);
+        let attempts = [AtomicU32::new(0), AtomicU32::new(0)];
+        let (barrier, attempts, url) = (&barrier, &attempts, &url);
+        std::thread::scope(|s| {
+            for (who, (first, second)) in [("a", "b"), ("b", "a")].into_iter().enumerate() {
+                s.spawn(move || {
+                    let db = Db::open(url).unwrap();
+                    db.transaction(|tx| {
+                        let attempt = attempts[who].fetch_add(1, Ordering::SeqCst) + 1;
+                        let bump = "UPDATE t SET n = n + 1 WHERE k = ?1";
+                        tx.execute(bump, crate::db_params![first])?;
+                        if attempt == 1 {
+                            // Each holds one row and then wants the other's: a deadlock,
+                            // which the server breaks by aborting one of the two.
+                            barrier.wait();
+                        }
+                        tx.execute(bump, crate::db_params![second])?;
+                        Ok::<_, DbError>(())
+                    })
+                    .unwrap();
+                });
+            }
+        });
+        let total: u32 = attempts.iter().map(|a| a.load(Ordering::SeqCst)).sum();
+        assert_eq!(total, 3, "one of the two ran again");
+        let rows = setup.query("SELECT n FROM t ORDER BY k", &[]).unwrap();
+        let counts: Vec<i64> = rows.iter().map(|r| r.get(0).unwrap()).collect();
+        assert_eq!(counts, vec![2, 2], "both committed exactly once");
     }
 
     #[test]

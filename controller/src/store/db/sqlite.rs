@@ -4,7 +4,7 @@
 //! failing when a read lock would have to be upgraded.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use rusqlite::types::{ToSqlOutput, ValueRef};
@@ -42,8 +42,11 @@ impl SqliteDb {
         })
     }
 
+    /// The connection. A panic while it was held left no transaction open (rusqlite rolls
+    /// back when a transaction is dropped, unwinding included), so a poisoned lock is
+    /// taken over rather than refused.
     pub(super) fn lock(&self) -> Result<MutexGuard<'_, Connection>, DbError> {
-        self.conn.lock().map_err(|_| DbError::Poisoned)
+        Ok(self.conn.lock().unwrap_or_else(PoisonError::into_inner))
     }
 
     pub(super) fn path(&self) -> Option<&Path> {
