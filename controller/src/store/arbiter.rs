@@ -16,9 +16,10 @@
 //! A batch locks each of its CPEs' `cpe_seq` rows (an upsert that returns the highest stored
 //! sequence number) before deciding that CPE's messages, and raises the number in the same
 //! transaction. Another replica with messages of the same CPE waits for the commit and then
-//! decides against the new number; the `(cpe_id, seq)` primary key decides duplicates. Rows
-//! are locked in `(cpe_id, seq)` order whatever the arrival order, so two replicas never
-//! deadlock on each other's batches. The in-memory [`ReplayWindow`] of each replica stays
+//! decides against the new number; the `(cpe_id, seq)` primary key decides duplicates. The
+//! rows are locked in `cpe_id` order and messages inserted in `(cpe_id, seq)` order whatever
+//! the arrival order, so two replicas do not deadlock on each other's batches (and if the
+//! server ever aborts one for a deadlock, [`Db::transaction`] runs it again). The in-memory [`ReplayWindow`] of each replica stays
 //! as a cheap first filter: it only refuses what this replica already accepted or what is
 //! below its window, both of which the database would refuse too.
 //!
@@ -30,11 +31,14 @@
 //!
 //! # Policy versions: a counter rather than a PostgreSQL sequence
 //! A sequence never repeats, but it hands out numbers in call order, not commit order: a
-//! replica can commit version 8 while another still signs 7, which then lands as the newest
-//! row yet is older than what agents already applied (they refuse it). The counter row stays
-//! locked until the publishing transaction commits, so the newest version is always the
-//! newest committed policy. Publishing is rare (an operator's action), so the wait costs
-//! nothing.
+//! replica can commit and publish version 8 while another still signs 7, and 7, committed
+//! and published last, becomes the broker's retained policy although every agent that
+//! applied 8 refuses it as older: the fleet ends split between two policies. The counter row
+//! stays locked until the publishing transaction commits, so versions are allocated in
+//! commit order and the newest version is the newest decision. Publishing is rare (an
+//! operator's action), so the wait costs nothing. Two publishes can still reach the broker
+//! in the other order after their commits; the retained-policy watch (republish the newest
+//! stored version) is what settles that.
 //!
 //! [`ReplayWindow`]: smtpguard_protocol::ReplayWindow
 
