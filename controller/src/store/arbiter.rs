@@ -853,7 +853,7 @@ mod tests {
             let mut timings = Vec::new();
             for (url, _guard) in backends() {
                 let db = open(&url);
-                let mut timed = |messages: &[Received], expected: Admission| {
+                let timed = |messages: &[Received], expected: Admission| {
                     let start = std::time::Instant::now();
                     for batch in messages.chunks(500) {
                         let got = admit_batch(&db, batch).unwrap();
