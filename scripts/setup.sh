@@ -36,12 +36,14 @@ apt_packages=(
     "nc:netcat-openbsd"                  # nft forwarding tests
     "dig:bind9-dnsutils"                 # MX lookups in the end-to-end test
     "perl=Net%SSLeay:libnet-ssleay-perl"  # swaks STARTTLS
+    "glob=/usr/lib/postgresql/*/bin/initdb:postgresql"  # store tests on PostgreSQL (smtpguard-pgtest)
 )
 
 have() {
     case "$1" in
         /*) [ -e "$1" ] ;;
         perl=*) local m="${1#perl=}"; perl -M"${m//%/::}" -e1 2>/dev/null ;;
+        glob=*) compgen -G "${1#glob=}" >/dev/null ;;
         *) command -v "$1" >/dev/null 2>&1 ;;
     esac
 }
@@ -58,8 +60,9 @@ install_apt() {
     fi
     log "installing ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
-    # Packages such as dnsmasq and mosquitto would start system daemons on ports 53 and
-    # 1883; the tests start their own instances, so keep the package scripts from starting any.
+    # Packages such as dnsmasq, mosquitto and postgresql would start system daemons on ports
+    # 53, 1883 and 5432; the tests start their own instances (PostgreSQL: a throwaway cluster
+    # per test binary, as user postgres), so keep the package scripts from starting any.
     local guard=/usr/sbin/policy-rc.d created_guard=0
     if [ ! -e "$guard" ]; then
         printf '#!/bin/sh\nexit 101\n' >"$guard" && chmod +x "$guard" && created_guard=1

@@ -3,8 +3,10 @@
 //!
 //! # Layout
 //! - [`config`]: the typed, validated controller configuration (TOML).
-//! - [`store`]: SQLite: the one schema and its migrations, the batched write path, read
-//!   helpers, and retention (history past its window deleted in bounded batches).
+//! - [`store`]: SQLite: the one schema and its migrations, the batched write path, device
+//!   state kept at ingest, read helpers, and retention (history past its window deleted in
+//!   bounded batches); the backend-neutral SQL layer (SQLite or PostgreSQL, `store::db`) and
+//!   the ingest arbiter (`store::arbiter`) that the port to PostgreSQL builds on.
 //! - [`registry`]: CPE enrollment (public keys) and revocation.
 //! - [`broker`]: the embedded MQTT broker (rumqttd), or nothing when an external broker is
 //!   configured.

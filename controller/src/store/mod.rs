@@ -8,8 +8,15 @@
 //! Every write of the ingest goes through [`Store::write_batch`]: one transaction for a batch
 //! of verified messages and the rejection counts seen with them, so either all of a batch
 //! is durable or none is (the ingest acknowledges to the broker only after the commit).
+//!
+//! Being built (issue 12): [`db`], the same SQL on SQLite or PostgreSQL chosen by URL, and
+//! [`arbiter`], the ingest decisions that must hold across replicas (de-duplication, the
+//! replay check, policy versions, leader leases) on top of it. `Store` does not use them
+//! yet; [`db`]'s docs say how the rest moves over.
 
+pub mod arbiter;
 pub mod commands;
+pub mod db;
 pub mod devices;
 pub mod history;
 pub mod notifications;
@@ -52,6 +59,9 @@ pub enum StoreError {
         /// What is wrong.
         detail: String,
     },
+    /// The backend-neutral layer ([`db`]) reported an error.
+    #[error(transparent)]
+    Db(#[from] db::DbError),
 }
 
 impl From<crate::verdicts::VerdictError> for StoreError {
