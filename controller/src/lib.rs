@@ -3,6 +3,8 @@
 //!
 //! # Layout
 //! - [`config`]: the typed, validated controller configuration (TOML).
+//! - [`lead`]: periodic jobs (retention, notifications, policy and rollout watches) run by
+//!   one replica at a time, under a lease in the database.
 //! - [`store`]: SQLite: the one schema and its migrations, the batched write path, device
 //!   state kept at ingest, read helpers, and retention (history past its window deleted in
 //!   bounded batches); the backend-neutral SQL layer (SQLite or PostgreSQL, `store::db`) and
@@ -51,6 +53,7 @@ pub mod demo;
 pub mod fuzzing;
 pub mod households;
 pub mod ingest;
+pub mod lead;
 pub mod notify;
 pub mod operators;
 pub mod policy;

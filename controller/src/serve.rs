@@ -11,7 +11,7 @@ use crate::config::Config;
 use crate::ingest::service::{self, Admission, IngestError};
 use crate::registry::KeyCache;
 use crate::store::Store;
-use crate::{broker, policy};
+use crate::{broker, lead, policy};
 
 /// Runs the controller until `shutdown` resolves. Refuses to start with a configuration
 /// that does not validate, e.g. an empty or well-known broker password (the embedded
@@ -41,11 +41,22 @@ pub async fn run(
         broker::start_embedded(&config.broker, keys.clone(), keys_changed)?;
         tracing::info!(listen = %config.broker.embedded_listen, "embedded broker started");
     }
-    tokio::spawn(policy::watch_retained(
-        config.broker.clone(),
-        format!("{}-policy-watch", config.broker.client_id),
-        config.db_path.clone(),
-    ));
+    // Periodic jobs run on one replica at a time ([`crate::lead`]); they stop with the web UI.
+    let (stop_web, web_stopped) = tokio::sync::watch::channel(false);
+    let lease_url = config.db_path.to_string_lossy().into_owned();
+    {
+        let (broker_config, client_id, db_path) = (
+            config.broker.clone(),
+            format!("{}-policy-watch", config.broker.client_id),
+            config.db_path.clone(),
+        );
+        tokio::spawn(lead::one_at_a_time(
+            lease_url.clone(),
+            "policy-watch",
+            web_stopped.clone(),
+            move |_| policy::watch_retained(broker_config, client_id, db_path),
+        ));
+    }
     // Put the newest policies back on their retained topics (the embedded broker forgets
     // them when it stops). Retried in the background until the broker takes them.
     let broker_config = config.broker.clone();
@@ -64,7 +75,6 @@ pub async fn run(
         tracing::warn!("could not republish the retained policies");
     });
     // The web UI stops with the ingest.
-    let (stop_web, web_stopped) = tokio::sync::watch::channel(false);
     let web = if config.web.enabled {
         let web_config = config.clone();
         let mut rx = web_stopped.clone();
@@ -80,18 +90,29 @@ pub async fn run(
         None
     };
     // Notifications stop with the web UI.
-    let notify = tokio::spawn(crate::notify::run(
-        config.notifications.clone(),
-        config.db_path.clone(),
-        web_stopped.clone(),
-    ));
+    let notify = {
+        let (notify_config, db_path) = (config.notifications.clone(), config.db_path.clone());
+        tokio::spawn(lead::one_at_a_time(
+            lease_url.clone(),
+            "notifications",
+            web_stopped.clone(),
+            move |stop| crate::notify::run(notify_config, db_path, stop),
+        ))
+    };
     // So does retention, between two batches.
-    let retention = tokio::spawn(run_retention(
-        config.db_path.clone(),
-        config.retention.windows(&config.ingest),
-        Duration::from_secs(u64::from(config.retention.interval_minutes) * 60),
-        web_stopped.clone(),
-    ));
+    let retention = {
+        let (db_path, windows) = (
+            config.db_path.clone(),
+            config.retention.windows(&config.ingest),
+        );
+        let every = Duration::from_secs(u64::from(config.retention.interval_minutes) * 60);
+        tokio::spawn(lead::one_at_a_time(
+            lease_url.clone(),
+            "retention",
+            web_stopped.clone(),
+            move |stop| run_retention(db_path, windows, every, stop),
+        ))
+    };
     let result = service::run(&config, admission, async move {
         shutdown.await;
         let _ = stop_web.send(true);
@@ -104,9 +125,9 @@ pub async fn run(
         tracing::error!(error = %e, "retention task failed");
     }
     match notify.await {
-        Ok(Err(e)) => tracing::error!(error = %e, "notifications stopped"),
+        Ok(Some(Err(e))) => tracing::error!(error = %e, "notifications stopped"),
         Err(e) => tracing::error!(error = %e, "notifications task failed"),
-        Ok(Ok(())) => {}
+        Ok(Some(Ok(())) | None) => {}
     }
     result
 }

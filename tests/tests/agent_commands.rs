@@ -458,10 +458,11 @@ fn api_commands_reach_a_live_agent_and_forged_replayed_or_expired_ones_are_refus
         // The router reported the device once (the portal takes requests only for those).
         let conn = rusqlite::Connection::open(&db).unwrap();
         conn.busy_timeout(Duration::from_secs(5)).unwrap();
+        // As the ingest keeps it (`store::devices`).
         conn.execute(
-            "INSERT INTO device_reports (cpe_id, seq, mac, verdict, score, action,
-                ips_json, counters_json, evidence_json)
-             VALUES (?1, 0, ?2, 'infected', 0.9, 'block', '[]', '{}', '[]')",
+            "INSERT INTO devices (cpe_id, mac, ips_json, verdict, severity, score, since_ms,
+                last_seen_ms, last_fact, action, evidence_json, observed_json)
+             VALUES (?1, ?2, '[]', 'infected', 2, 0.9, 1, 1, 'report', 'block', '[]', '{}')",
             rusqlite::params![cpe, DEVICE.to_string()],
         )
         .unwrap();

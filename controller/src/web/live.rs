@@ -289,11 +289,18 @@ pub async fn run(
     let listener = tokio::net::TcpListener::bind(config.http_listen)
         .await
         .map_err(|e| WebError::Internal(format!("binding {}: {e}", config.http_listen)))?;
-    // The rollout watch runs as long as the web server (its state is in the database).
-    let watch = tokio::spawn(crate::rollout::watch(
-        state.clone(),
-        Duration::from_secs(web.rollout_check_secs),
-    ));
+    // The rollout watch runs as long as the web server (its state is in the database), on
+    // one replica at a time ([`crate::lead`]).
+    let (_stop_watch, watch_stopped) = tokio::sync::watch::channel(false);
+    let watch = {
+        let (state, every) = (state.clone(), Duration::from_secs(web.rollout_check_secs));
+        tokio::spawn(crate::lead::one_at_a_time(
+            config.db_path.to_string_lossy().into_owned(),
+            "rollout-watch",
+            watch_stopped,
+            move |_| crate::rollout::watch(state, every),
+        ))
+    };
     let served = super::serve(listener, state, shutdown)
         .await
         .map_err(|e| WebError::Internal(e.to_string()));

@@ -1,0 +1,160 @@
+//! Periodic jobs that must run on one controller replica at a time: retention, the
+//! notification deliverer, the retained-policy watch and the rollout watch.
+//!
+//! [`one_at_a_time`] runs a job while this process holds the job's lease
+//! ([`crate::store::arbiter::try_lead`]: a PostgreSQL advisory lock on a session of its own,
+//! or an `flock` on a file beside the SQLite database) and otherwise asks again every
+//! [`RETRY`]. A replica that dies releases its leases with its process (the kernel drops the
+//! `flock`, the server the session's locks), so the job moves to a surviving replica
+//! within one retry. With one controller the lease is always free and the job starts at
+//! once.
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::store::arbiter::{self, Lease};
+use crate::store::db::Db;
+
+/// How often a replica without the lease asks for it again.
+pub const RETRY: Duration = Duration::from_secs(2);
+
+/// Runs `job` while this process leads `name` on the database at `url` (a SQLite path or a
+/// `postgres://` URL); waits for the lease until then. Returns the job's output, or `None`
+/// when `stop` turned true first (a job that is still running then is dropped: jobs stop
+/// between two of their steps anyway).
+pub async fn one_at_a_time<F, Fut, T>(
+    url: String,
+    name: &'static str,
+    mut stop: watch::Receiver<bool>,
+    job: F,
+) -> Option<T>
+where
+    F: FnOnce(watch::Receiver<bool>) -> Fut,
+    Fut: Future<Output = T>,
+{
+    let db = {
+        let url = url.clone();
+        match tokio::task::spawn_blocking(move || Db::open(&url)).await {
+            Ok(Ok(db)) => std::sync::Arc::new(db),
+            Ok(Err(e)) => {
+                tracing::error!(job = name, error = %e, "cannot open the database for the job's lease");
+                return None;
+            }
+            Err(e) => {
+                tracing::error!(job = name, error = %e, "lease task failed");
+                return None;
+            }
+        }
+    };
+    let lease: Lease = loop {
+        if *stop.borrow() {
+            return None;
+        }
+        let held = db.clone();
+        match tokio::task::spawn_blocking(move || arbiter::try_lead(&held, name)).await {
+            Ok(Ok(Some(lease))) => break lease,
+            Ok(Ok(None)) => tracing::debug!(job = name, "another replica leads"),
+            Ok(Err(e)) => tracing::warn!(job = name, error = %e, "asking for the lease"),
+            Err(e) => tracing::warn!(job = name, error = %e, "lease task failed"),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(RETRY) => {}
+            _ = stop.changed() => {}
+        }
+    };
+    tracing::info!(job = name, "this replica leads the job");
+    let out = tokio::select! {
+        out = job(stop.clone()) => Some(out),
+        _ = async { while stop.changed().await.is_ok() { if *stop.borrow() { break; } } } => None,
+    };
+    // Releasing a PostgreSQL lease is a round trip: not on the runtime's threads.
+    let _ = tokio::task::spawn_blocking(move || drop(lease)).await;
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use super::*;
+
+    struct Running(Arc<AtomicUsize>);
+
+    impl Drop for Running {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Two replicas of one job on one SQLite database: one runs it, the other waits; when
+    /// the first stops, the second takes over.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_job_runs_on_one_replica_and_moves_when_it_stops() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = dir.path().join("c.db").to_string_lossy().into_owned();
+        let running = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
+        let ran = Arc::new(AtomicUsize::new(0));
+        let leader = Arc::new(AtomicUsize::new(0));
+        let replica = |id: usize, stop: watch::Receiver<bool>| {
+            let (running, most, ran, leader) =
+                (running.clone(), most.clone(), ran.clone(), leader.clone());
+            tokio::spawn(one_at_a_time(
+                url.clone(),
+                "test-job",
+                stop,
+                move |mut stop| async move {
+                    leader.store(id, Ordering::SeqCst);
+                    let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                    // Counted down however the job ends (it is dropped at `stop`).
+                    let _running = Running(running);
+                    most.fetch_max(now, Ordering::SeqCst);
+                    ran.fetch_add(1, Ordering::SeqCst);
+                    while !*stop.borrow() {
+                        if stop.changed().await.is_err() {
+                            break;
+                        }
+                    }
+                },
+            ))
+        };
+        let (stop_a, a_stopped) = watch::channel(false);
+        let (stop_b, b_stopped) = watch::channel(false);
+        let a = replica(1, a_stopped);
+        let b = replica(2, b_stopped);
+        let wait_for = |n: usize| {
+            let ran = ran.clone();
+            async move {
+                for _ in 0..500 {
+                    if ran.load(Ordering::SeqCst) >= n {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                panic!("the job did not start on {n} replicas in turn");
+            }
+        };
+        wait_for(1).await;
+        // Two retries later, still one replica runs it.
+        tokio::time::sleep(RETRY * 2).await;
+        assert_eq!(ran.load(Ordering::SeqCst), 1);
+        // The leader stops (as a killed replica would release the lease).
+        let (first, second, stop_first, stop_second) = match leader.load(Ordering::SeqCst) {
+            1 => (a, b, stop_a, stop_b),
+            _ => (b, a, stop_b, stop_a),
+        };
+        stop_first.send(true).unwrap();
+        assert!(first.await.is_ok());
+        wait_for(2).await;
+        assert_eq!(
+            most.load(Ordering::SeqCst),
+            1,
+            "two replicas ran the job at once"
+        );
+        stop_second.send(true).unwrap();
+        assert!(second.await.is_ok());
+    }
+}
