@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// The `key=value` pairs of the machine-readable last line.
 fn fields(line: &str) -> HashMap<String, String> {

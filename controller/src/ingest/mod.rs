@@ -293,7 +293,13 @@ mod tests {
         // Another replica stored 10 and 12; 11 was in flight to this one when it died.
         let recent = HashMap::from([("cpe-1".to_string(), vec![10, 12])]);
         let mut v = Verifier::restored(v.keys().clone(), recent, Freshness::default());
-        let msg = |seq| inbound("telemetry", "cpe-1", seal(&telemetry(), "cpe-1", seq, now, &key).unwrap());
+        let msg = |seq| {
+            inbound(
+                "telemetry",
+                "cpe-1",
+                seal(&telemetry(), "cpe-1", seq, now, &key).unwrap(),
+            )
+        };
         let c = v.check(vec![msg(11), msg(12), msg(10), msg(13)], now);
         let seqs: Vec<u64> = c.accepted.iter().map(|m| m.envelope.seq).collect();
         assert_eq!(seqs, vec![11, 13]);

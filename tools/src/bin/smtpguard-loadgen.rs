@@ -53,9 +53,9 @@ use smtpguard_controller::policy::{self, Target};
 use smtpguard_controller::store::Store;
 use smtpguard_controller::{registry, serve};
 use smtpguard_protocol::{
-    keys, seal, topic, verify, Action, AckOutcome, Alert, AgentStats, Body, DeviceCounters,
-    DeviceReport, Freshness, KeyStatus, MacAddr, Observed, Policy, PolicyAck, PolicyScope,
-    State, Status, Telemetry, Topic, Verdict,
+    keys, seal, topic, verify, AckOutcome, Action, AgentStats, Alert, Body, DeviceCounters,
+    DeviceReport, Freshness, KeyStatus, MacAddr, Observed, Policy, PolicyAck, PolicyScope, State,
+    Status, Telemetry, Topic, Verdict,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -315,12 +315,9 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        tokio::time::timeout(
-            Duration::from_secs(args.timeout_secs),
-            run(&args, database),
-        )
-        .await
-        .context("timed out (--timeout-secs)")?
+        tokio::time::timeout(Duration::from_secs(args.timeout_secs), run(&args, database))
+            .await
+            .context("timed out (--timeout-secs)")?
     })
 }
 
@@ -332,7 +329,10 @@ struct Replica {
 
 impl Replica {
     fn start(&mut self) -> anyhow::Result<()> {
-        let mut child = self.command.spawn().context("starting a controller replica")?;
+        let mut child = self
+            .command
+            .spawn()
+            .context("starting a controller replica")?;
         self.child = Some(Child(child.stdin.take(), child));
         Ok(())
     }
@@ -539,8 +539,8 @@ async fn run(args: &Args, database: Option<Database>) -> anyhow::Result<()> {
     let started = Instant::now();
     let run_length = Duration::from_secs(args.duration_secs);
     let mut rng = rand::thread_rng();
-    let alerting = ((args.agents as f64 * args.alert_percent / 100.0).round() as usize)
-        .min(args.agents);
+    let alerting =
+        ((args.agents as f64 * args.alert_percent / 100.0).round() as usize).min(args.agents);
     let mut alert_agents: HashSet<usize> = HashSet::new();
     while alert_agents.len() < alerting {
         alert_agents.insert(rng.gen_range(0..args.agents));
@@ -561,7 +561,9 @@ async fn run(args: &Args, database: Option<Database>) -> anyhow::Result<()> {
                 rng.gen_range(0..args.telemetry_secs.saturating_mul(1000).max(1)),
             ),
             alert_at: alert_agents.contains(&i).then(|| {
-                Duration::from_millis(rng.gen_range(0..args.duration_secs.saturating_mul(1000).max(1)))
+                Duration::from_millis(
+                    rng.gen_range(0..args.duration_secs.saturating_mul(1000).max(1)),
+                )
             }),
             devices: args.devices,
             tag,
@@ -607,7 +609,12 @@ async fn run(args: &Args, database: Option<Database>) -> anyhow::Result<()> {
             let gate = Arc::new(tokio::sync::Semaphore::new(ALERT_POLLERS));
             let mut tasks = Vec::new();
             while let Some(sent) = alert_rx.recv().await {
-                tasks.push(tokio::spawn(follow_alert(sent, api, token.clone(), gate.clone())));
+                tasks.push(tokio::spawn(follow_alert(
+                    sent,
+                    api,
+                    token.clone(),
+                    gate.clone(),
+                )));
             }
             let mut shown = Vec::new();
             let mut missed = 0usize;
@@ -684,7 +691,10 @@ async fn run(args: &Args, database: Option<Database>) -> anyhow::Result<()> {
         match tokio::time::timeout(left, h).await {
             Ok(Ok(o)) => outcomes.push(o),
             Ok(Err(e)) => bail!("an agent task failed: {e}"),
-            Err(_) => bail!("agents still waiting for PUBACKs {} s after the run", DRAIN.as_secs()),
+            Err(_) => bail!(
+                "agents still waiting for PUBACKs {} s after the run",
+                DRAIN.as_secs()
+            ),
         }
     }
     let expected: usize = outcomes.iter().map(|o| o.acked.len()).sum();
@@ -745,8 +755,15 @@ async fn run(args: &Args, database: Option<Database>) -> anyhow::Result<()> {
             .collect::<Vec<_>>()
             .join(" ")
     );
-    let rejected: u64 = store.rejection_counts()?.iter().map(|(_, n)| n).sum();
-    println!("rejections (all runs on this database): {rejected}");
+    let rejections = store.rejection_counts()?;
+    println!(
+        "rejections (all runs on this database): {}",
+        rejections
+            .iter()
+            .map(|(r, n)| format!("{}={n}", r.as_str()))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
 
     let (mut shown, missed) = tokio::time::timeout(ALERT_GIVE_UP + DRAIN, watcher)
         .await
@@ -915,7 +932,9 @@ fn shows_infected(body: &[u8], mac: &str) -> bool {
     };
     v["devices"].as_array().is_some_and(|devices| {
         devices.iter().any(|d| {
-            d["mac"].as_str().is_some_and(|m| m.eq_ignore_ascii_case(mac))
+            d["mac"]
+                .as_str()
+                .is_some_and(|m| m.eq_ignore_ascii_case(mac))
                 && d["verdict"] == "infected"
         })
     })
@@ -997,7 +1016,11 @@ async fn http(
         })
     });
     let rest = &raw[head_end + 4..];
-    let body = if chunked { dechunk(rest) } else { rest.to_vec() };
+    let body = if chunked {
+        dechunk(rest)
+    } else {
+        rest.to_vec()
+    };
     Ok((status, head, body))
 }
 
@@ -1074,7 +1097,11 @@ impl Plan {
             vendor: None,
             verdict,
             score: if infected { 0.97 } else { 0.02 },
-            action: if infected { Action::Block } else { Action::Monitor },
+            action: if infected {
+                Action::Block
+            } else {
+                Action::Monitor
+            },
             action_until_ms: None,
             counters: DeviceCounters::default(),
             evidence: if infected {
@@ -1091,7 +1118,9 @@ impl Plan {
             window_secs: self.telemetry.as_secs() as u32,
             public_ip: Some(self.public_ip()),
             stats: AgentStats::default(),
-            devices: (0..self.devices).map(|d| self.device(d, Verdict::Clean)).collect(),
+            devices: (0..self.devices)
+                .map(|d| self.device(d, Verdict::Clean))
+                .collect(),
             connections: Vec::new(),
         })
     }
@@ -1135,7 +1164,12 @@ async fn agent(
     let mut queued: VecDeque<u64> = VecDeque::new();
     let mut in_flight: HashMap<u16, u64> = HashMap::new();
     let mut acked = Vec::new();
-    let publish = |client: &AsyncClient, topic: Topic, body: &Body, retain: bool, seq: &mut u64, queued: &mut VecDeque<u64>| {
+    let publish = |client: &AsyncClient,
+                   topic: Topic,
+                   body: &Body,
+                   retain: bool,
+                   seq: &mut u64,
+                   queued: &mut VecDeque<u64>| {
         let Ok(bytes) = seal(body, &id, *seq, now_ms(), &key) else {
             return false;
         };
@@ -1163,7 +1197,9 @@ async fn agent(
         } else {
             Instant::now() + far
         };
-        let alert_at = alert_due.filter(|_| !stopped).unwrap_or(Instant::now() + far);
+        let alert_at = alert_due
+            .filter(|_| !stopped)
+            .unwrap_or(Instant::now() + far);
         tokio::select! {
             changed = go.changed(), if start.is_none() => {
                 if changed.is_err() {
@@ -1218,9 +1254,9 @@ async fn agent(
                 Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
                     // A publish sent again after a reconnect keeps its packet id and its
                     // entry; only new ones take the next queued number.
-                    if !in_flight.contains_key(&pkid) {
+                    if let std::collections::hash_map::Entry::Vacant(slot) = in_flight.entry(pkid) {
                         if let Some(s) = queued.pop_front() {
-                            in_flight.insert(pkid, s);
+                            slot.insert(s);
                         }
                     }
                 }
@@ -1265,10 +1301,7 @@ async fn agent(
         while eventloop.poll().await.is_ok() {}
     })
     .await;
-    AgentOutcome {
-        cpe_id: id,
-        acked,
-    }
+    AgentOutcome { cpe_id: id, acked }
 }
 
 #[cfg(test)]
