@@ -72,6 +72,8 @@ const ALERT_POLLERS: usize = 32;
 const ALERT_GIVE_UP: Duration = Duration::from_secs(60);
 /// How long agents may wait for their last PUBACKs after they stop sending.
 const DRAIN: Duration = Duration::from_secs(30);
+/// How long a controller replica may take to serve HTTP.
+const REPLICA_START: Duration = Duration::from_secs(60);
 /// How long the store may take to catch up once nothing is in flight.
 const CATCH_UP: Duration = Duration::from_secs(60);
 
@@ -229,6 +231,13 @@ fn controller_config(
 
 /// The controller child: `serve` until the parent closes our stdin (or dies).
 fn serve_controller(args: &Args, db: &Path) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     let password = std::env::var(PASSWORD_ENV).context(PASSWORD_ENV)?;
     let work_dir = args.work_dir.clone().context("--work-dir")?;
     let config = controller_config(
@@ -514,19 +523,14 @@ async fn run(args: &Args, database: Option<Database>) -> anyhow::Result<()> {
             command,
             child: None,
         };
+        // One at a time: replicas opening a fresh database together would race on its
+        // migrations.
         replica.start()?;
+        wait_for_web(i, *http_port).await?;
         replicas.push(replica);
     }
     // The API is read on the last replica (replica 0 is the one killed).
     let api = std::net::SocketAddr::from(([127, 0, 0, 1], http_ports[args.replicas - 1]));
-    for http_port in &http_ports {
-        while tokio::net::TcpStream::connect(("127.0.0.1", *http_port))
-            .await
-            .is_err()
-        {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
     // Nothing is kept for a topic nobody subscribes to: wait until a probe message is
     // stored, so the ingest's session exists before the agents publish.
     wait_for_ingest(&probe, agent_port, &config.db_path).await?;
@@ -760,6 +764,7 @@ async fn run(args: &Args, database: Option<Database>) -> anyhow::Result<()> {
         "rejections (all runs on this database): {}",
         rejections
             .iter()
+            .filter(|(_, n)| *n > 0)
             .map(|(r, n)| format!("{}={n}", r.as_str()))
             .collect::<Vec<_>>()
             .join(" ")
@@ -810,6 +815,24 @@ async fn run(args: &Args, database: Option<Database>) -> anyhow::Result<()> {
         page_p95.as_millis(),
         page_bytes as f64 / 1024.0,
     );
+    Ok(())
+}
+
+/// Waits (bounded) until replica `i` serves HTTP on `port`.
+async fn wait_for_web(i: usize, port: u16) -> anyhow::Result<()> {
+    let until = Instant::now() + REPLICA_START;
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        if Instant::now() > until {
+            bail!(
+                "controller replica {i} serves no HTTP on port {port} after {} s (its log is on stderr)",
+                REPLICA_START.as_secs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     Ok(())
 }
 
