@@ -438,6 +438,11 @@ async fn run(args: &Args, database: Option<Database>) -> anyhow::Result<()> {
         }
         tx.commit()?;
     }
+    // Both schemas (store and web) migrated once, here, before any replica opens them.
+    drop(
+        smtpguard_controller::web::open_db(&config.db_path)
+            .map_err(|e| anyhow::anyhow!("opening {}: {e:?}", config.db_path.display()))?,
+    );
     let probe = agent_keys.pop().context("probe")?;
     let mut agent_port = port;
     let _mosquitto = if args.mosquitto {
