@@ -748,6 +748,12 @@ async fn run(args: &Args, database: Option<Database>) -> anyhow::Result<()> {
         for row in rows {
             by_kind.push(row?);
         }
+        let devices: i64 = store.conn().query_row(
+            "SELECT COUNT(*) FROM devices WHERE cpe_id >= ?1 AND cpe_id < ?2",
+            (&agents_from, &agents_to),
+            |r| r.get(0),
+        )?;
+        println!("household devices stored: {devices}");
     }
     let stored = in_db.len();
     let lost = outcomes
