@@ -17,7 +17,8 @@
 //!    `--alert-percent` of them one alert each at a random time, all QoS 1; a PUBACK makes a
 //!    message `expected`. Every alert is followed through the operator API until its device
 //!    shows the verdict (`alert_to_noc_p99_ms`). With `--kill-replica`, replica 0 is
-//!    SIGKILLed at mid-run and started again with the same client id, as systemd would;
+//!    SIGKILLed at mid-run and started again `--restart-after-secs` later with the same
+//!    client id, as systemd would;
 //! 4. after the agents stop, waits (bounded) until the store has caught up, then counts what
 //!    was stored per `(cpe_id, seq)`, what is missing (`lost`) and rows stored twice
 //!    (`duplicates`), and fetches the NOC fleet page 20 times as a signed-in operator.
@@ -104,6 +105,11 @@ struct Args {
     /// SIGKILL replica 0 at mid-run and start it again with the same client id.
     #[arg(long)]
     kill_replica: bool,
+    /// With `--kill-replica`: how long the killed replica stays down before it is started
+    /// again (systemd's `RestartSec=`). Longer than `--telemetry-secs`, its agents' newer
+    /// messages reach the other replicas while its broker session still holds older ones.
+    #[arg(long, default_value_t = 5)]
+    restart_after_secs: u64,
     /// Devices in each telemetry window.
     #[arg(long, default_value_t = 3)]
     devices: usize,
@@ -686,9 +692,11 @@ async fn run(args: &Args, database: Option<Database>) -> anyhow::Result<()> {
         let victim = &mut replicas[0];
         victim.kill();
         println!(
-            "replica 0 SIGKILLed at {:.1} s; starting it again",
-            run_start.elapsed().as_secs_f64()
+            "replica 0 SIGKILLed at {:.1} s; starting it again in {} s",
+            run_start.elapsed().as_secs_f64(),
+            args.restart_after_secs
         );
+        tokio::time::sleep(Duration::from_secs(args.restart_after_secs)).await;
         victim.start()?;
     }
     tokio::time::sleep_until((run_start + run_length).into()).await;
