@@ -257,6 +257,14 @@ pub fn demo_binary() -> anyhow::Result<PathBuf> {
     workspace_binary("smtpguard-tools", "smtpguard-demo")
 }
 
+/// The `smtpguard-loadgen` binary (tools crate), built if needed, the same way.
+///
+/// # Errors
+/// When the build fails or the file is not where cargo puts it.
+pub fn loadgen_binary() -> anyhow::Result<PathBuf> {
+    workspace_binary("smtpguard-tools", "smtpguard-loadgen")
+}
+
 /// Builds `bin` of workspace package `package` into the running test's target directory
 /// and profile (a no-op when up to date) and returns its path.
 fn workspace_binary(package: &str, bin: &str) -> anyhow::Result<PathBuf> {

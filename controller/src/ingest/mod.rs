@@ -75,6 +75,33 @@ impl Verifier {
         }
     }
 
+    /// A verifier whose replay windows hold exactly the sequence numbers already stored
+    /// (`recent`, ascending per CPE, from [`crate::store::Store::recent_seqs`]): with
+    /// several replicas the database is the arbiter, so a message another replica's newer
+    /// ones overtook is still accepted when it was never stored.
+    pub fn restored(
+        keys: KeyCache,
+        recent: HashMap<String, Vec<u64>>,
+        freshness: Freshness,
+    ) -> Verifier {
+        let windows = recent
+            .into_iter()
+            .map(|(id, seqs)| {
+                let mut window = ReplayWindow::new();
+                for seq in seqs {
+                    // Ascending and distinct: every one is accepted.
+                    let _ = window.accept(seq);
+                }
+                (id, window)
+            })
+            .collect();
+        Verifier {
+            keys,
+            windows,
+            freshness,
+        }
+    }
+
     /// Replaces the key cache (after an enrollment or revocation).
     pub fn set_keys(&mut self, keys: KeyCache) {
         self.keys = keys;
@@ -257,6 +284,25 @@ mod tests {
         assert_eq!(counts.get(&RejectionReason::TopicMismatch), Some(&1));
         assert_eq!(counts.get(&RejectionReason::BadTopic), Some(&1));
         assert_eq!(counts.get(&RejectionReason::Oversize), Some(&1));
+    }
+
+    #[test]
+    fn a_restored_window_accepts_a_message_overtaken_by_another_replica() {
+        let (v, key) = setup();
+        let now = 1_000_000_000;
+        // Another replica stored 10 and 12; 11 was in flight to this one when it died.
+        let recent = HashMap::from([("cpe-1".to_string(), vec![10, 12])]);
+        let mut v = Verifier::restored(v.keys().clone(), recent, Freshness::default());
+        let msg = |seq| {
+            inbound(
+                "telemetry",
+                "cpe-1",
+                seal(&telemetry(), "cpe-1", seq, now, &key).unwrap(),
+            )
+        };
+        let c = v.check(vec![msg(11), msg(12), msg(10), msg(13)], now);
+        let seqs: Vec<u64> = c.accepted.iter().map(|m| m.envelope.seq).collect();
+        assert_eq!(seqs, vec![11, 13]);
     }
 
     #[test]

@@ -79,7 +79,11 @@ pub async fn run(
         max_age_ms: config.ingest.max_age_secs.saturating_mul(1000),
         max_future_ms: config.ingest.max_future_secs.saturating_mul(1000),
     };
-    let verifier = Verifier::new(key_cache, store.highest_seqs()?, freshness);
+    let verifier = Verifier::restored(
+        key_cache,
+        store.recent_seqs(smtpguard_protocol::replay::WINDOW)?,
+        freshness,
+    );
 
     let mut options = broker::client_options(&config.broker, &config.broker.client_id)?;
     options.set_clean_session(false).set_manual_acks(true);

@@ -336,6 +336,35 @@ impl Store {
         Ok(out)
     }
 
+    /// The sequence numbers stored for each CPE within `window` below its highest one
+    /// (state messages aside), ascending: what a restarted replica's replay windows are
+    /// rebuilt from. Another replica may have stored numbers above the ones this replica
+    /// still has to commit (its broker session delivers them again after a crash); an exact
+    /// window accepts those, where [`Store::highest_seqs`] alone would refuse them as
+    /// replays and they would be acknowledged without being stored.
+    ///
+    /// # Errors
+    /// [`StoreError::Sqlite`].
+    pub fn recent_seqs(&self, window: u64) -> Result<HashMap<String, Vec<u64>>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT m.cpe_id, m.seq FROM messages m
+             JOIN (SELECT cpe_id, MAX(seq) AS top FROM messages WHERE kind != 'state'
+                   GROUP BY cpe_id) h
+               ON m.cpe_id = h.cpe_id AND m.seq > h.top - ?1
+             WHERE m.kind != 'state'
+             ORDER BY m.cpe_id, m.seq",
+        )?;
+        let rows = stmt.query_map([to_i64(window)], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+        })?;
+        let mut out: HashMap<String, Vec<u64>> = HashMap::new();
+        for row in rows {
+            let (id, seq) = row?;
+            out.entry(id).or_default().push(from_i64(seq));
+        }
+        Ok(out)
+    }
+
     /// Whether `(cpe_id, seq)` is already stored.
     ///
     /// # Errors
