@@ -16,7 +16,7 @@
 //! - With an external broker, the session is created at the controller's first start and
 //!   kept by the broker across controller restarts (mosquitto: `persistence true`).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -109,8 +109,19 @@ pub async fn run(
     let mut generation = 0u64;
     // Reconnect delays: exponential from 100 ms to 10 s with full jitter.
     let mut backoff = Backoff::new(100, 10_000);
+    // Acks the worker has given back, waiting for room in the client's request queue. The
+    // queue is bounded, and a backlog (a restarted replica's persistent session) can
+    // bring thousands of acks at once: dropping one would leave its message with the
+    // broker, which sends it again. They are handed over as the event loop drains it.
+    let mut unsent: VecDeque<Publish> = VecDeque::new();
     tokio::pin!(shutdown);
     loop {
+        while let Some(publish) = unsent.front() {
+            if client.try_ack(publish).is_err() {
+                break;
+            }
+            unsent.pop_front();
+        }
         tokio::select! {
             () = &mut shutdown => break,
             Some(resend) = resend_rx.recv() => {
@@ -121,15 +132,16 @@ pub async fn run(
                 }
             }
             Some((gen, publish)) = ack_rx.recv() => {
+                // An ack belongs to the connection its message came on.
                 if gen == generation {
-                    if let Err(e) = client.try_ack(&publish) {
-                        tracing::warn!(error = %e, "could not queue an ack");
-                    }
+                    unsent.push_back(publish);
                 }
             }
             event = eventloop.poll() => match event {
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                     generation += 1;
+                    // The old connection's messages come again in this session.
+                    unsent.clear();
                     backoff.reset();
                     tracing::info!(session_present = ack.session_present, "ingest connected");
                     // Subscriptions are not restored by the client after a reconnect;
