@@ -268,13 +268,22 @@ pub(super) fn known(
 /// # Errors
 /// [`StoreError`].
 pub fn backfill(conn: &mut Connection) -> Result<usize, StoreError> {
-    let empty: bool = conn.query_row("SELECT NOT EXISTS (SELECT 1 FROM devices)", [], |r| {
-        r.get(0)
-    })?;
-    if !empty {
+    let empty = |c: &Connection| -> Result<bool, StoreError> {
+        Ok(
+            c.query_row("SELECT NOT EXISTS (SELECT 1 FROM devices)", [], |r| {
+                r.get(0)
+            })?,
+        )
+    };
+    if !empty(conn)? {
         return Ok(0);
     }
-    let tx = conn.transaction()?;
+    // The write lock first, then look again: another process opening the same database
+    // may have filled it meanwhile.
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    if !empty(&tx)? {
+        return Ok(0);
+    }
     let keys: Vec<(String, String)> = {
         let mut stmt = tx.prepare(
             "SELECT cpe_id, mac FROM alerts UNION SELECT cpe_id, mac FROM device_reports",

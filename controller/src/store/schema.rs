@@ -518,9 +518,14 @@ fn version(conn: &Connection) -> Result<u32, StoreError> {
     Ok(conn.pragma_query_value(None, "user_version", |r| r.get(0))?)
 }
 
-/// Applies migration `i` (0-based) in its own transaction.
+/// Applies migration `i` (0-based) in its own transaction, unless another process that
+/// opened the same database at the same time already did: the write lock is taken first
+/// (`IMMEDIATE`) and the version read under it, so each migration runs once.
 fn apply(conn: &mut Connection, i: usize, sql: &str) -> Result<(), StoreError> {
-    let tx = conn.transaction()?;
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    if version(&tx)? as usize > i {
+        return Ok(());
+    }
     tx.execute_batch(sql)?;
     tx.pragma_update(None, "user_version", i + 1)?;
     tx.commit()?;
@@ -670,6 +675,27 @@ mod tests {
                 .query_row("SELECT name FROM households WHERE id = 3", [], |r| r.get(0))
                 .unwrap();
             assert_eq!(name, "Smith");
+        }
+    }
+
+    /// Replicas started together on a new database: every one opens it, each migration
+    /// runs once.
+    #[test]
+    fn processes_opening_a_new_database_together_migrate_it_once() {
+        for round in 0..5 {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join(format!("new-{round}.db"));
+            let opened: Vec<_> = (0..4)
+                .map(|_| {
+                    let path = path.clone();
+                    std::thread::spawn(move || crate::store::Store::open(&path).map(drop))
+                })
+                .collect();
+            for o in opened {
+                o.join().unwrap().unwrap();
+            }
+            let conn = Connection::open(&path).unwrap();
+            assert_eq!(version(&conn).unwrap(), SCHEMA_VERSION);
         }
     }
 
