@@ -255,31 +255,13 @@ fn spawn_key_refresher(
 
 #[cfg(test)]
 mod tests {
-    use smtpguard_protocol::{AgentStats, Body, Envelope, Telemetry};
 
     use super::*;
     use crate::config::{IngestConfig, RetentionConfig};
     use crate::store::{retention, Received};
 
     fn telemetry(seq: u64, at_ms: u64) -> Received {
-        Received {
-            envelope: Envelope {
-                version: smtpguard_protocol::PROTOCOL_VERSION,
-                cpe_id: "cpe-s".into(),
-                seq,
-                sent_at_ms: at_ms,
-                body: Body::Telemetry(Telemetry {
-                    window_start_ms: at_ms,
-                    window_secs: 60,
-                    public_ip: None,
-                    stats: AgentStats::default(),
-                    devices: vec![],
-                    connections: vec![],
-                }),
-            },
-            wire: vec![],
-            received_at_ms: at_ms,
-        }
+        crate::store::received("cpe-s", seq, at_ms, crate::store::empty_telemetry(at_ms))
     }
 
     #[tokio::test]

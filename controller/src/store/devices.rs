@@ -583,9 +583,7 @@ pub fn search(
 
 #[cfg(test)]
 mod tests {
-    use smtpguard_protocol::{
-        Action, AgentStats, Body, DeviceCounters, Envelope, Observed, Telemetry,
-    };
+    use smtpguard_protocol::{Action, AgentStats, Body, DeviceCounters, Observed, Telemetry};
 
     use super::*;
     use crate::store::{Received, Store};
@@ -625,17 +623,7 @@ mod tests {
     }
 
     fn msg(cpe: &str, seq: u64, body: Body) -> Received {
-        Received {
-            envelope: Envelope {
-                version: smtpguard_protocol::PROTOCOL_VERSION,
-                cpe_id: cpe.into(),
-                seq,
-                sent_at_ms: 0,
-                body,
-            },
-            wire: vec![],
-            received_at_ms: 0,
-        }
+        crate::store::received(cpe, seq, 0, body)
     }
 
     /// A device's life as a router tells it: telemetry every minute, alerts at changes.

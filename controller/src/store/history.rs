@@ -127,7 +127,7 @@ pub(super) fn note_report(
 #[cfg(test)]
 mod tests {
     use smtpguard_protocol::{
-        Action, AgentStats, Body, DeviceCounters, Envelope, MacAddr, Observed, Telemetry,
+        Action, AgentStats, Body, DeviceCounters, MacAddr, Observed, Telemetry,
     };
 
     use super::*;
@@ -151,17 +151,7 @@ mod tests {
     }
 
     fn msg(seq: u64, body: Body) -> Received {
-        Received {
-            envelope: Envelope {
-                version: smtpguard_protocol::PROTOCOL_VERSION,
-                cpe_id: "cpe-h".into(),
-                seq,
-                sent_at_ms: 0,
-                body,
-            },
-            wire: vec![],
-            received_at_ms: 0,
-        }
+        crate::store::received("cpe-h", seq, 0, body)
     }
 
     fn alert(seq: u64, at_ms: u64, previous: Verdict, verdict: Verdict) -> Received {

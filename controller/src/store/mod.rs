@@ -885,6 +885,36 @@ fn store_ack(
     Ok(())
 }
 
+/// A verified message of `cpe_id` as the tests hand it to the store: sent and received at
+/// `at_ms`, without its signed bytes.
+#[cfg(test)]
+pub(crate) fn received(cpe_id: &str, seq: u64, at_ms: u64, body: Body) -> Received {
+    Received {
+        envelope: Envelope {
+            version: smtpguard_protocol::PROTOCOL_VERSION,
+            cpe_id: cpe_id.into(),
+            seq,
+            sent_at_ms: at_ms,
+            body,
+        },
+        wire: vec![],
+        received_at_ms: at_ms,
+    }
+}
+
+/// A telemetry window starting at `window_start_ms`, a minute long, with nothing in it.
+#[cfg(test)]
+pub(crate) fn empty_telemetry(window_start_ms: u64) -> Body {
+    Body::Telemetry(Telemetry {
+        window_start_ms,
+        window_secs: 60,
+        public_ip: None,
+        stats: smtpguard_protocol::AgentStats::default(),
+        devices: vec![],
+        connections: vec![],
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -459,7 +459,7 @@ mod tests {
 
     use smtpguard_protocol::{
         keys, seal, Action, AgentStats, Alert, Body, ConnRecord, DeviceCounters, DeviceReport,
-        Envelope, Freshness, MacAddr, Observed, RejectionReason, Telemetry, Verdict,
+        Freshness, MacAddr, Observed, RejectionReason, Telemetry, Verdict,
     };
 
     use super::*;
@@ -506,17 +506,7 @@ mod tests {
     }
 
     fn msg(cpe: &str, seq: u64, at_ms: u64, body: Body) -> Received {
-        Received {
-            envelope: Envelope {
-                version: smtpguard_protocol::PROTOCOL_VERSION,
-                cpe_id: cpe.into(),
-                seq,
-                sent_at_ms: at_ms,
-                body,
-            },
-            wire: vec![],
-            received_at_ms: at_ms,
-        }
+        crate::store::received(cpe, seq, at_ms, body)
     }
 
     /// A telemetry window starting at `at_ms` with both devices, one connection each and

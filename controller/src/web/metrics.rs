@@ -386,8 +386,6 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
 mod tests {
     use std::sync::Arc;
 
-    use smtpguard_protocol::{AgentStats, Body, Envelope, Telemetry};
-
     use super::*;
     use crate::store::retention::{Limits, Windows};
     use crate::store::{Received, Store};
@@ -407,24 +405,7 @@ mod tests {
     }
 
     fn telemetry(seq: u64, at_ms: u64) -> Received {
-        Received {
-            envelope: Envelope {
-                version: smtpguard_protocol::PROTOCOL_VERSION,
-                cpe_id: "cpe-m".into(),
-                seq,
-                sent_at_ms: at_ms,
-                body: Body::Telemetry(Telemetry {
-                    window_start_ms: at_ms,
-                    window_secs: 60,
-                    public_ip: None,
-                    stats: AgentStats::default(),
-                    devices: vec![],
-                    connections: vec![],
-                }),
-            },
-            wire: vec![],
-            received_at_ms: at_ms,
-        }
+        crate::store::received("cpe-m", seq, at_ms, crate::store::empty_telemetry(at_ms))
     }
 
     fn line<'a>(text: &'a str, name: &str) -> &'a str {
