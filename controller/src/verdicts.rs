@@ -805,36 +805,23 @@ pub const MAX_ALERT_ROWS: u32 = 5000;
 /// Most report rows one view reads.
 pub const MAX_REPORT_ROWS: u32 = 20_000;
 
-/// The current devices of one CPE (with their history, the newest [`MAX_ALERT_ROWS`] changes
-/// of the last [`LOOKBACK_MS`]), or of the whole fleet (without), as kept at ingest
-/// ([`crate::store::devices`]).
+/// The current devices of one CPE as kept at ingest ([`crate::store::devices`]), each with
+/// its history: the newest [`MAX_ALERT_ROWS`] changes of the last [`LOOKBACK_MS`].
 ///
 /// # Errors
-/// [`VerdictError`].
+/// [`crate::store::StoreError`] on SQLite errors or corrupt rows.
 pub fn load_devices(
     conn: &Connection,
-    cpe_id: Option<&str>,
+    cpe_id: &str,
     now_ms: u64,
-) -> Result<Vec<DeviceView>, VerdictError> {
-    let mut out = crate::store::devices::list(conn, cpe_id, now_ms).map_err(from_store)?;
-    if cpe_id.is_some() {
-        let since = now_ms.saturating_sub(LOOKBACK_MS);
-        attach_history(&mut out, load_history(conn, cpe_id, since, MAX_ALERT_ROWS)?);
-    }
+) -> Result<Vec<DeviceView>, crate::store::StoreError> {
+    let mut out = crate::store::devices::list(conn, Some(cpe_id), now_ms)?;
+    let since = now_ms.saturating_sub(LOOKBACK_MS);
+    attach_history(
+        &mut out,
+        load_history(conn, Some(cpe_id), since, MAX_ALERT_ROWS)?,
+    );
     Ok(out)
-}
-
-fn from_store(e: crate::store::StoreError) -> VerdictError {
-    match e {
-        crate::store::StoreError::Sqlite(e) => VerdictError::Sqlite(e),
-        crate::store::StoreError::Corrupt { column, detail } => {
-            VerdictError::Corrupt { column, detail }
-        }
-        other => VerdictError::Corrupt {
-            column: "devices",
-            detail: other.to_string(),
-        },
-    }
 }
 
 #[cfg(test)]

@@ -705,7 +705,7 @@ pub async fn one(
             // The campaign the named device belongs to, if any.
             let campaign = match (&row.cpe_id, &row.mac) {
                 (Some(c), Some(m)) => {
-                    let devices = verdicts::load_devices(conn, Some(c), now)?;
+                    let devices = verdicts::load_devices(conn, c, now)?;
                     if devices.iter().any(|d| d.mac.to_string() == *m) {
                         let all = super::noc::infected_devices(conn, now)?;
                         current_campaigns(conn, &all, &settings)?

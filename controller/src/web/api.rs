@@ -117,7 +117,7 @@ pub async fn fleet(
             let mut devices = Vec::new();
             for c in cpes.iter().filter(|c| c.flagged > 0) {
                 devices.extend(
-                    verdicts::load_devices(conn, Some(&c.cpe_id), now)?
+                    verdicts::load_devices(conn, &c.cpe_id, now)?
                         .into_iter()
                         .filter(|d| d.verdict != smtpguard_protocol::Verdict::Clean),
                 );
@@ -150,7 +150,7 @@ pub async fn cpe(
     let r = state
         .db(move |conn| {
             let row = cpe_row(conn, &id)?;
-            let devices = verdicts::load_devices(conn, Some(&id), now)?;
+            let devices = verdicts::load_devices(conn, &id, now)?;
             Ok((row, devices))
         })
         .await;

@@ -81,7 +81,7 @@ struct Loaded {
 
 fn load(conn: &Connection, id: &str, now: u64) -> Result<Loaded, WebError> {
     let row = cpe_row(conn, id)?;
-    let devices = verdicts::load_devices(conn, Some(id), now)?;
+    let devices = verdicts::load_devices(conn, id, now)?;
     let releases: Vec<_> = households::release_requests(conn, None)?
         .into_iter()
         .filter(|r| r.cpe_id == id)

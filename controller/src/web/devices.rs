@@ -9,7 +9,6 @@
 //! without, every router that ever held it), a LAN address, or text matched against host
 //! name, vendor, CPE id, router label and household name.
 
-use std::fmt::Write as _;
 use std::net::IpAddr;
 
 use axum::extract::{Query, State};
@@ -80,14 +79,16 @@ impl DeviceQuery {
             .links("/noc/devices", "devices", self.filters().to_vec())
     }
 
-    /// The filters as a query string for the export links (`verdict=all` when none: the
-    /// export's own default is the flagged devices).
-    pub fn export_query(&self) -> String {
-        let mut out = self.links().filter_query();
-        if given(&self.verdict).is_none() {
-            out.push_str("&verdict=all");
+    /// The links of the exports: these filters, and `verdict=all` when no verdict is given
+    /// (the export's own default is the flagged devices, the list's is every device).
+    fn export(&self) -> Links<'_> {
+        let mut links = self.links();
+        for (name, value) in &mut links.filters {
+            if *name == "verdict" && value.is_none() {
+                *value = Some("all");
+            }
         }
-        out
+        links
     }
 }
 
@@ -351,11 +352,7 @@ pub async fn page(
         b.push_str(&table(&q, &l, &rows, &names));
     }
     b.push_str("</div>");
-    let _ = write!(
-        b,
-        r#"<p class="muted exports">Export these devices: <a href="/api/export/devices?format=csv{0}">CSV</a> · <a href="/api/export/devices?format=json{0}">JSON</a></p>"#,
-        esc(&q.export_query())
-    );
+    b.push_str(&q.export().export_links("devices", "these devices"));
     noc_page("Devices", "devices", &caller, &b)
 }
 
@@ -422,8 +419,14 @@ mod tests {
             q.links().href(Some("seen"), Some("desc"), Some(2)),
             "/noc/devices?q=DESKTOP%207%26x&verdict=infected&sort=seen&dir=desc&page=2#devices"
         );
-        assert_eq!(q.export_query(), "&q=DESKTOP%207%26x&verdict=infected");
-        assert_eq!(DeviceQuery::default().export_query(), "&verdict=all");
+        assert_eq!(
+            q.export().filter_query(),
+            "&q=DESKTOP%207%26x&verdict=infected"
+        );
+        assert_eq!(
+            DeviceQuery::default().export().filter_query(),
+            "&verdict=all"
+        );
     }
 
     #[test]

@@ -51,7 +51,7 @@ pub(crate) fn household_devices(
     let hh = households::household(conn, household_id)?;
     let mut devices = Vec::new();
     for cpe in &hh.cpes {
-        devices.extend(verdicts::load_devices(conn, Some(cpe), now_ms)?);
+        devices.extend(verdicts::load_devices(conn, cpe, now_ms)?);
     }
     devices.sort_by(|a, b| {
         verdicts::severity(b.verdict)
