@@ -268,20 +268,23 @@ pub(super) fn known(
 /// # Errors
 /// [`StoreError`].
 pub fn backfill(conn: &mut Connection) -> Result<usize, StoreError> {
-    let empty = |c: &Connection| -> Result<bool, StoreError> {
-        Ok(
-            c.query_row("SELECT NOT EXISTS (SELECT 1 FROM devices)", [], |r| {
-                r.get(0)
-            })?,
-        )
+    // No rows, but facts to fold them from. Checked before the write lock is taken, so
+    // every open of a new or up-to-date database stays a read.
+    let wanted = |c: &Connection| -> Result<bool, StoreError> {
+        Ok(c.query_row(
+            "SELECT NOT EXISTS (SELECT 1 FROM devices)
+                AND (EXISTS (SELECT 1 FROM alerts) OR EXISTS (SELECT 1 FROM device_reports))",
+            [],
+            |r| r.get(0),
+        )?)
     };
-    if !empty(conn)? {
+    if !wanted(conn)? {
         return Ok(0);
     }
     // The write lock first, then look again: another process opening the same database
     // may have filled it meanwhile.
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    if !empty(&tx)? {
+    if !wanted(&tx)? {
         return Ok(0);
     }
     let keys: Vec<(String, String)> = {
