@@ -10,12 +10,13 @@
 //! once.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
 
 use crate::store::arbiter::{self, Lease};
-use crate::store::db::Db;
+use crate::store::db::{Db, DbError};
 
 /// How often a replica without the lease asks for it again.
 pub const RETRY: Duration = Duration::from_secs(2);
@@ -34,28 +35,31 @@ where
     F: FnOnce(watch::Receiver<bool>) -> Fut,
     Fut: Future<Output = T>,
 {
-    let db = {
-        let url = url.clone();
-        match tokio::task::spawn_blocking(move || Db::open(&url)).await {
-            Ok(Ok(db)) => std::sync::Arc::new(db),
-            Ok(Err(e)) => {
-                tracing::error!(job = name, error = %e, "cannot open the database for the job's lease");
-                return None;
-            }
-            Err(e) => {
-                tracing::error!(job = name, error = %e, "lease task failed");
-                return None;
-            }
-        }
-    };
+    // Opened in the loop: a database that cannot be opened now (locked by a replica that
+    // is creating it, a PostgreSQL server not up yet) is asked again, not given up on.
+    let mut db: Option<Arc<Db>> = None;
     let lease: Lease = loop {
         if *stop.borrow() {
             return None;
         }
-        let held = db.clone();
-        match tokio::task::spawn_blocking(move || arbiter::try_lead(&held, name)).await {
-            Ok(Ok(Some(lease))) => break lease,
-            Ok(Ok(None)) => tracing::debug!(job = name, "another replica leads"),
+        let (held, url) = (db.clone(), url.clone());
+        let asked = tokio::task::spawn_blocking(move || {
+            let db = match held {
+                Some(db) => db,
+                None => Arc::new(Db::open(&url)?),
+            };
+            let lease = arbiter::try_lead(&db, name)?;
+            Ok::<_, DbError>((db, lease))
+        })
+        .await;
+        match asked {
+            Ok(Ok((opened, lease))) => {
+                db = Some(opened);
+                match lease {
+                    Some(lease) => break lease,
+                    None => tracing::debug!(job = name, "another replica leads"),
+                }
+            }
             Ok(Err(e)) => tracing::warn!(job = name, error = %e, "asking for the lease"),
             Err(e) => tracing::warn!(job = name, error = %e, "lease task failed"),
         }
@@ -77,7 +81,6 @@ where
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::Arc;
 
     use super::*;
 
