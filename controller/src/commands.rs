@@ -185,7 +185,8 @@ pub async fn send(
         );
         let marked = tokio::task::spawn_blocking(move || {
             let store = Store::open(&db)?;
-            table::mark_unsent(store.conn(), &cpe_id, id, &reason)
+            let conn = store.conn();
+            table::mark_unsent(&conn, &cpe_id, id, &reason)
         })
         .await;
         if !matches!(marked, Ok(Ok(()))) {

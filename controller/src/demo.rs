@@ -418,8 +418,12 @@ pub fn seed(path: &Path, now_ms: u64) -> Result<Seeded, DemoError> {
             );
         }
         w.flush()?;
-        let (id, token) = households::create(&conn, name, &[cpe], t0)?;
-        let letter_code = households::add_letter_code(&conn, id, t0)?;
+        let sqlite = conn
+            .sqlite_connection()
+            .map_err(|e| DemoError::Web(e.to_string()))?;
+        let (id, token) = households::create(&sqlite, name, &[cpe], t0)?;
+        let letter_code = households::add_letter_code(&sqlite, id, t0)?;
+        drop(sqlite);
         out.push(SeededHousehold {
             name: name.to_string(),
             cpe_id: cpe.to_string(),
@@ -444,7 +448,7 @@ pub fn seed(path: &Path, now_ms: u64) -> Result<Seeded, DemoError> {
         created_ms: t0,
     })?;
     crate::audit::record(
-        store.conn(),
+        &store.conn(),
         t0,
         "demo",
         "policy_publish",

@@ -622,8 +622,9 @@ mod tests {
 
     fn db() -> (tempfile::TempDir, Connection) {
         let dir = tempfile::tempdir().unwrap();
-        let conn = crate::web::open_db(&dir.path().join("db.sqlite")).unwrap();
-        (dir, conn)
+        let path = dir.path().join("db.sqlite");
+        drop(crate::web::open_db(&path).unwrap());
+        (dir, Connection::open(&path).unwrap())
     }
 
     #[test]

@@ -280,8 +280,9 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Household { command } => {
             let config = load()?;
-            let conn = web::open_db(&config.db_path)
+            let db = web::open_db(&config.db_path)
                 .map_err(|e| anyhow::anyhow!("opening {}: {e}", config.db_path.display()))?;
+            let conn = db.sqlite_connection()?;
             let (id, detail) = match command {
                 HouseholdCommand::Add { name, cpes } => {
                     let store = Store::open(&config.db_path)?;
@@ -322,8 +323,9 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Operator { command } => {
             let config = load()?;
-            let conn = web::open_db(&config.db_path)
+            let db = web::open_db(&config.db_path)
                 .map_err(|e| anyhow::anyhow!("opening {}: {e}", config.db_path.display()))?;
+            let conn = db.sqlite_connection()?;
             match command {
                 OperatorCommand::Add { name, role } => {
                     let level = operators::Level::parse(&role)?;
@@ -365,7 +367,8 @@ fn main() -> anyhow::Result<()> {
 
 /// Records what the command line did in the audit log (actor `cli`).
 fn audit_cli(db: &std::path::Path, action: &str, target: &str, detail: &str) -> anyhow::Result<()> {
-    let conn = web::open_db(db).map_err(|e| anyhow::anyhow!("opening {}: {e}", db.display()))?;
+    let db = web::open_db(db).map_err(|e| anyhow::anyhow!("opening {}: {e}", db.display()))?;
+    let conn = db.sqlite_connection()?;
     audit::record(&conn, now_ms(), "cli", action, target, "ok", detail)?;
     Ok(())
 }

@@ -450,13 +450,13 @@ async fn deliver(
 
 /// Runs `f` on the deliverer's database connection, on the blocking pool.
 async fn on_db<T: Send + 'static>(
-    conn: &Arc<std::sync::Mutex<rusqlite::Connection>>,
+    db: &Arc<crate::store::db::Db>,
     f: impl FnOnce(&rusqlite::Connection) -> Result<T, String> + Send + 'static,
 ) -> Result<T, String> {
-    let conn = conn.clone();
-    tokio::task::spawn_blocking(move || match conn.lock() {
+    let db = db.clone();
+    tokio::task::spawn_blocking(move || match db.sqlite_connection() {
         Ok(c) => f(&c),
-        Err(_) => Err("database lock poisoned".into()),
+        Err(e) => Err(e.to_string()),
     })
     .await
     .map_err(|e| e.to_string())?
@@ -475,7 +475,7 @@ pub async fn run(
     let db = db_path.clone();
     let opened = tokio::task::spawn_blocking(move || crate::web::open_db(&db)).await;
     let conn = match opened {
-        Ok(Ok(c)) => Arc::new(std::sync::Mutex::new(c)),
+        Ok(Ok(db)) => db,
         Ok(Err(e)) => return Err(invalid("db_path", e.to_string())),
         Err(e) => return Err(invalid("db_path", e.to_string())),
     };

@@ -107,8 +107,8 @@ fn assert_each_alert_stored_once(db: &Path, routers: &[(String, SigningKey)]) {
         .map(|n| format!("[\"alert #{n}\"]"))
         .collect();
     for (id, _) in routers {
-        let mut stmt = store
-            .conn()
+        let conn = store.conn();
+        let mut stmt = conn
             .prepare("SELECT evidence_json FROM alerts WHERE cpe_id = ?1")
             .unwrap();
         let got: Vec<String> = stmt

@@ -271,8 +271,8 @@ async fn an_agent_offline_for_a_while_delivers_its_queued_alerts_when_back() {
 
     // Every alert exactly once, in the agent's order.
     let store = Store::open(&config.db_path).unwrap();
-    let mut stmt = store
-        .conn()
+    let conn = store.conn();
+    let mut stmt = conn
         .prepare("SELECT evidence_json FROM alerts WHERE cpe_id = 'cpe-off' ORDER BY seq")
         .unwrap();
     let evidence: Vec<String> = stmt

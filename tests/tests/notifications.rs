@@ -229,7 +229,8 @@ fn an_infection_is_notified_once_by_webhook_and_email_across_a_controller_crash(
             &keys::public_key_text(&key.verifying_key()),
         ]);
         let password = mqtt::printed_password(&printed).unwrap();
-        let conn = smtpguard_controller::web::open_db(&db).unwrap();
+        let db_handle = smtpguard_controller::web::open_db(&db).unwrap();
+        let conn = db_handle.sqlite_connection().unwrap();
         let (hh, _) =
             households::create(&conn, &format!("Family {cpe}"), &[cpe], now_ms()).unwrap();
         households::set_contact(&conn, hh, Some(email), notify).unwrap();

@@ -666,7 +666,8 @@ fn seed_lists(db: &std::path::Path, now: u64) {
     }
     store.write_batch(&batch, &[]).unwrap();
     drop(store);
-    let conn = smtpguard_controller::web::open_db(db).unwrap();
+    let db_handle = smtpguard_controller::web::open_db(db).unwrap();
+    let conn = db_handle.sqlite_connection().unwrap();
     for i in 0..REPORTS {
         let q = AbuseQuery {
             public_ip: report_ip(i),

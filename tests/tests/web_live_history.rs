@@ -152,7 +152,8 @@ fn live_history_evidence_and_release_words_are_true_on_both_pages() {
             0,
         )
         .unwrap();
-        let conn = web::open_db(&config.db_path).unwrap();
+        let db_handle = web::open_db(&config.db_path).unwrap();
+        let conn = db_handle.sqlite_connection().unwrap();
         let token = households::create(&conn, "The Live family", &[CPE], now_ms())
             .unwrap()
             .1;
@@ -315,7 +316,8 @@ fn live_history_evidence_and_release_words_are_true_on_both_pages() {
     );
     assert_eq!(status, 303);
     let id = {
-        let conn = web::open_db(&db).unwrap();
+        let db_handle = web::open_db(&db).unwrap();
+        let conn = db_handle.sqlite_connection().unwrap();
         households::release_requests(&conn, None).unwrap()[0].id
     };
     let releases = get(addr, "/noc/releases", &noc);

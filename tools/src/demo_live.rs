@@ -134,7 +134,10 @@ pub fn enroll(
         ("Wagner household", "cpe-demo-wagner", Scenario::Clean, None),
     ];
     let mut store = Store::open(db)?;
-    let conn = smtpguard_controller::web::open_db(db).map_err(|e| DemoError::Web(e.to_string()))?;
+    let db = smtpguard_controller::web::open_db(db).map_err(|e| DemoError::Web(e.to_string()))?;
+    let conn = db
+        .sqlite_connection()
+        .map_err(|e| DemoError::Web(e.to_string()))?;
     let mut out = Vec::new();
     for (i, (name, cpe, scenario, infected)) in plan.into_iter().enumerate() {
         let key = keys::generate();
@@ -169,7 +172,7 @@ pub fn enroll(
     )
     .map_err(|e| DemoError::Web(format!("signing the demo policy: {e}")))?;
     smtpguard_controller::audit::record(
-        store.conn(),
+        &store.conn(),
         now_ms,
         "demo",
         "policy_publish",

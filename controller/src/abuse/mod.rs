@@ -729,7 +729,7 @@ mod tests {
             )
             .unwrap();
         // The store's connection has every table, the abuse desk's included.
-        let conn = &store.into_connection();
+        let conn = &store.conn();
         // What `GET /api/cpes/cpe-a` shows as the router's address: its telemetry's.
         let row = crate::web::fleet::cpe_rows(conn, Some("cpe-a")).unwrap();
         assert_eq!(row[0].public_ip.as_deref(), Some("100.64.7.2"));
@@ -761,7 +761,8 @@ mod tests {
     fn reports_are_searched_filtered_sorted_and_paged_in_sql() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("controller.db");
-        let conn = Store::open(&path).unwrap().into_connection();
+        let store = Store::open(&path).unwrap();
+        let conn = store.conn();
         for i in 0..12u64 {
             let q = AbuseQuery {
                 public_ip: IpAddr::from([192, 0, 2, i as u8]),

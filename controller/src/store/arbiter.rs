@@ -51,79 +51,9 @@ use sha2::{Digest, Sha256};
 use smtpguard_protocol::replay::WINDOW;
 use smtpguard_protocol::{Kind, PolicyScope, RejectionReason};
 
-use super::db::{Db, DbError, LeaseTarget, Migration, Param, Tx};
+use super::db::{Db, DbError, LeaseTarget, Param, Tx};
 use super::{scope_name, Received, StoredPolicy};
 use crate::db_params;
-
-/// The tables the arbiter needs, on both backends. On SQLite, `messages` and `policies`
-/// are the [`Store`](super::Store)'s own (created only when missing, same columns), so the
-/// arbiter also runs on an existing controller database; `cpe_seq` and `counters` start
-/// from what is stored.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    name: "ingest arbiter: messages, policies, per-CPE highest seq, counters",
-    sqlite: r#"
-CREATE TABLE IF NOT EXISTS messages (
-    cpe_id TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    kind TEXT NOT NULL,
-    sent_at_ms INTEGER NOT NULL,
-    received_at_ms INTEGER NOT NULL,
-    wire BLOB NOT NULL,
-    PRIMARY KEY (cpe_id, seq)
-);
-CREATE TABLE IF NOT EXISTS policies (
-    version INTEGER PRIMARY KEY,
-    scope TEXT NOT NULL,
-    cpe_id TEXT,
-    policy_json TEXT NOT NULL,
-    wire BLOB NOT NULL,
-    created_ms INTEGER NOT NULL
-);
-CREATE TABLE cpe_seq (
-    cpe_id TEXT PRIMARY KEY,
-    highest_seq INTEGER
-);
-CREATE TABLE counters (
-    name TEXT PRIMARY KEY,
-    value INTEGER NOT NULL
-);
-INSERT INTO cpe_seq (cpe_id, highest_seq)
-    SELECT cpe_id, MAX(seq) FROM messages WHERE kind != 'state' GROUP BY cpe_id;
-INSERT INTO counters (name, value)
-    SELECT 'policy_version', COALESCE(MAX(version), 0) FROM policies;
-"#,
-    postgres: r#"
-CREATE TABLE IF NOT EXISTS messages (
-    cpe_id TEXT NOT NULL,
-    seq BIGINT NOT NULL,
-    kind TEXT NOT NULL,
-    sent_at_ms BIGINT NOT NULL,
-    received_at_ms BIGINT NOT NULL,
-    wire BYTEA NOT NULL,
-    PRIMARY KEY (cpe_id, seq)
-);
-CREATE TABLE IF NOT EXISTS policies (
-    version BIGINT PRIMARY KEY,
-    scope TEXT NOT NULL,
-    cpe_id TEXT,
-    policy_json TEXT NOT NULL,
-    wire BYTEA NOT NULL,
-    created_ms BIGINT NOT NULL
-);
-CREATE TABLE cpe_seq (
-    cpe_id TEXT PRIMARY KEY,
-    highest_seq BIGINT
-);
-CREATE TABLE counters (
-    name TEXT PRIMARY KEY,
-    value BIGINT NOT NULL
-);
-INSERT INTO cpe_seq (cpe_id, highest_seq)
-    SELECT cpe_id, MAX(seq) FROM messages WHERE kind != 'state' GROUP BY cpe_id;
-INSERT INTO counters (name, value)
-    SELECT 'policy_version', COALESCE(MAX(version), 0) FROM policies;
-"#,
-}];
 
 /// What the database decided for one message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -581,10 +511,10 @@ mod tests {
         m
     }
 
-    fn open(url: &str) -> Db {
-        let db = Db::open(url).unwrap();
-        db.migrate(MIGRATIONS).unwrap();
-        db
+    /// The database at `url` with the store's schema (its `cpe_seq`, `counters`, `messages`
+    /// and `policies` are the arbiter's tables).
+    fn open(url: &str) -> std::sync::Arc<Db> {
+        crate::store::Store::open_url(url).unwrap().into_db()
     }
 
     fn stored_count(db: &Db) -> u64 {

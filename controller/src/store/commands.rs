@@ -317,8 +317,9 @@ mod tests {
 
     #[test]
     fn ids_increase_per_router_and_the_first_answer_sets_the_status() {
-        let mut store = Store::open_in_memory().unwrap();
-        let tx = store.conn.transaction().unwrap();
+        let store = Store::open_in_memory().unwrap();
+        let mut conn = store.conn();
+        let tx = conn.transaction().unwrap();
         assert_eq!(next_id(&tx, "cpe-a").unwrap(), 1);
         insert(&tx, &new("cpe-a", 1, 10_000)).unwrap();
         insert(&tx, &new("cpe-a", 2, 10_000)).unwrap();
@@ -341,7 +342,8 @@ mod tests {
         };
         note_ack(&tx, "cpe-a", &replayed, 3_100).unwrap();
         tx.commit().unwrap();
-        let rows = list(store.conn(), "cpe-a", 5_000, 10).unwrap();
+        drop(conn);
+        let rows = list(&store.conn(), "cpe-a", 5_000, 10).unwrap();
         assert_eq!(rows.len(), 2);
         assert_eq!(rows[0].command_id, 2);
         assert_eq!(rows[0].status, "sent");
@@ -349,26 +351,27 @@ mod tests {
         assert_eq!(rows[1].ack_ms, Some(2_100));
         assert_eq!(rows[1].reason, None);
         // Past its expiry, an unanswered command shows as expired.
-        let rows = list(store.conn(), "cpe-a", 10_001, 10).unwrap();
+        let rows = list(&store.conn(), "cpe-a", 10_001, 10).unwrap();
         assert_eq!(rows[0].status, "expired");
         let acks: i64 = store
             .conn()
             .query_row("SELECT COUNT(*) FROM command_acks", [], |r| r.get(0))
             .unwrap();
         assert_eq!(acks, 2);
-        let r = for_release_request(store.conn(), 4, 5_000)
+        let r = for_release_request(&store.conn(), 4, 5_000)
             .unwrap()
             .unwrap();
         assert_eq!(r.command_id, 2);
-        mark_unsent(store.conn(), "cpe-a", 2, "broker down").unwrap();
-        let rows = list(store.conn(), "cpe-a", 5_000, 10).unwrap();
+        mark_unsent(&store.conn(), "cpe-a", 2, "broker down").unwrap();
+        let rows = list(&store.conn(), "cpe-a", 5_000, 10).unwrap();
         assert_eq!(rows[0].status, "unsent");
     }
 
     #[test]
     fn unanswered_commands_are_resent_until_answered_or_expired() {
-        let mut store = Store::open_in_memory().unwrap();
-        let tx = store.conn.transaction().unwrap();
+        let store = Store::open_in_memory().unwrap();
+        let mut conn = store.conn();
+        let tx = conn.transaction().unwrap();
         insert(&tx, &new("cpe-a", 1, 10_000)).unwrap();
         insert(&tx, &new("cpe-a", 2, 10_000)).unwrap();
         insert(&tx, &new("cpe-a", 3, 4_000)).unwrap();
@@ -380,12 +383,13 @@ mod tests {
         };
         note_ack(&tx, "cpe-a", &applied, 2_100).unwrap();
         tx.commit().unwrap();
-        mark_unsent(store.conn(), "cpe-a", 2, "broker down").unwrap();
+        drop(conn);
+        mark_unsent(&store.conn(), "cpe-a", 2, "broker down").unwrap();
         // Answered (1) and expired (3) are not sent again; other routers' are not theirs.
-        let due = unanswered(store.conn(), "cpe-a", 5_000).unwrap();
+        let due = unanswered(&store.conn(), "cpe-a", 5_000).unwrap();
         assert_eq!(due, vec![(2, vec![1, 2, 3])]);
-        note_resent(store.conn(), "cpe-a", 2).unwrap();
-        let rows = list(store.conn(), "cpe-a", 5_000, 10).unwrap();
+        note_resent(&store.conn(), "cpe-a", 2).unwrap();
+        let rows = list(&store.conn(), "cpe-a", 5_000, 10).unwrap();
         let two = rows.iter().find(|r| r.command_id == 2).unwrap();
         assert_eq!((two.status.as_str(), two.reason.as_deref()), ("sent", None));
         let sends: i64 = store
@@ -397,7 +401,7 @@ mod tests {
             )
             .unwrap();
         assert_eq!(sends, 2);
-        assert!(unanswered(store.conn(), "cpe-a", 10_000)
+        assert!(unanswered(&store.conn(), "cpe-a", 10_000)
             .unwrap()
             .is_empty());
     }

@@ -676,7 +676,7 @@ mod tests {
     }
 
     fn rows(store: &Store) -> Vec<DeviceView> {
-        list(store.conn(), None, 1_000).unwrap()
+        list(&store.conn(), None, 1_000).unwrap()
     }
 
     #[test]
@@ -686,12 +686,14 @@ mod tests {
         for m in &messages {
             in_order.write_batch(std::slice::from_ref(m), &[]).unwrap();
         }
-        let conn = in_order.conn();
-        let folded = verdicts::devices(
-            &verdicts::load_alerts(conn, None, 0, 10_000).unwrap(),
-            &verdicts::load_reports(conn, None, 0, 10_000).unwrap(),
-            1_000,
-        );
+        let folded = {
+            let conn = &*in_order.conn();
+            verdicts::devices(
+                &verdicts::load_alerts(conn, None, 0, 10_000).unwrap(),
+                &verdicts::load_reports(conn, None, 0, 10_000).unwrap(),
+                1_000,
+            )
+        };
         assert_eq!(rows(&in_order), folded);
         assert_eq!(folded[0].verdict, Verdict::Suspicious);
         assert_eq!(folded[0].hostname.as_deref(), Some("host-6"));
@@ -720,14 +722,14 @@ mod tests {
         // A second router whose device is infected and blocked until 4:00 + 15 min.
         msgs.extend(story("cpe-2").into_iter().take(5));
         store.write_batch(&msgs, &[]).unwrap();
-        let c = counts(store.conn(), 0).unwrap();
+        let c = counts(&store.conn(), 0).unwrap();
         assert_eq!(c.by_verdict, [2, 1, 1]);
         assert_eq!((c.blocked, c.rate_limited), (1, 0));
         // The block has run out later on: the row is unchanged, the action in force is not.
-        let later = counts(store.conn(), 10_000_000).unwrap();
+        let later = counts(&store.conn(), 10_000_000).unwrap();
         assert_eq!(later.blocked, 0);
         let flagged = with_verdicts(
-            store.conn(),
+            &store.conn(),
             &[Verdict::Infected, Verdict::Suspicious],
             10,
             10_000_000,
@@ -750,7 +752,8 @@ mod tests {
         msgs.extend(story("cpe-2").into_iter().take(5));
         store.write_batch(&msgs, &[]).unwrap();
         // With the product tables (households) the search joins.
-        let conn = &crate::web::open_db(&path).unwrap();
+        let db = crate::web::open_db(&path).unwrap();
+        let conn = &*db.sqlite_connection().unwrap();
         let find =
             |f: Filter, now: u64| search(conn, &f, Sort::Severity, true, 10, 0, now).unwrap();
         let (n, all) = find(Filter::default(), 0);

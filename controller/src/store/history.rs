@@ -182,8 +182,8 @@ mod tests {
     }
 
     fn history(store: &Store) -> Vec<(u64, String, String, String, String)> {
-        let mut stmt = store
-            .conn()
+        let conn = store.conn();
+        let mut stmt = conn
             .prepare(
                 "SELECT at_ms, previous, verdict, source, evidence_json FROM verdict_changes
                  ORDER BY at_ms, id",

@@ -26,7 +26,6 @@ pub mod schema;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::Path;
-use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use smtpguard_protocol::{
@@ -158,26 +157,40 @@ fn from_i64(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
 
-/// The storage handle.
+/// The storage handle: a [`db::Db`] opened from a URL and migrated. Cheap to share
+/// (`Store::db` hands out the `Arc`); SQLite keeps one connection behind a mutex, PostgreSQL
+/// a bounded pool.
 pub struct Store {
-    conn: Connection,
+    db: std::sync::Arc<db::Db>,
 }
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").finish_non_exhaustive()
+        f.debug_struct("Store")
+            .field("backend", &self.db.backend())
+            .finish_non_exhaustive()
     }
 }
 
 impl Store {
-    /// Opens (creating if needed) the database at `path`, in WAL mode, and migrates it.
+    /// Opens (creating if needed) the SQLite database at `path`, in WAL mode, and migrates
+    /// it.
     ///
     /// # Errors
     /// [`StoreError::Sqlite`] when the file cannot be opened or migrated;
     /// [`StoreError::TooNew`] for a database from a newer build.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
-        let conn = Connection::open(path)?;
-        Self::setup(conn)
+        Self::setup(db::Db::open_sqlite(Some(path))?)
+    }
+
+    /// Opens the database at `url` (`postgres://...`, `sqlite:PATH`, or a file path; see
+    /// [`db::Db::open`]) and migrates it.
+    ///
+    /// # Errors
+    /// As [`Store::open`]; [`StoreError::Db`] for a URL of another kind or an unreachable
+    /// server.
+    pub fn open_url(url: &str) -> Result<Store, StoreError> {
+        Self::setup(db::Db::open(url)?)
     }
 
     /// A private in-memory database (tests, benchmarks).
@@ -185,25 +198,39 @@ impl Store {
     /// # Errors
     /// As [`Store::open`].
     pub fn open_in_memory() -> Result<Store, StoreError> {
-        Self::setup(Connection::open_in_memory()?)
+        Self::setup(db::Db::open_sqlite(None)?)
     }
 
-    fn setup(mut conn: Connection) -> Result<Store, StoreError> {
-        conn.busy_timeout(Duration::from_secs(10))?;
-        // WAL lets the web server read while the ingest writes; NORMAL sync is durable at
-        // every commit in WAL mode except for power loss, where the last commits can go.
-        // The ingest wants power-loss durability for acked alerts, so it keeps FULL.
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "FULL")?;
-        conn.pragma_update(None, "foreign_keys", "ON")?;
-        schema::migrate(&mut conn)?;
-        devices::backfill(&mut conn)?;
-        Ok(Store { conn })
+    fn setup(db: db::Db) -> Result<Store, StoreError> {
+        match db.backend() {
+            db::Backend::Sqlite => {
+                let mut conn = db.sqlite_connection()?;
+                schema::migrate(&mut conn)?;
+                devices::backfill(&mut conn)?;
+            }
+            db::Backend::Postgres => {
+                db.migrate(schema::POSTGRES)?;
+            }
+        }
+        Ok(Store {
+            db: std::sync::Arc::new(db),
+        })
     }
 
-    /// The underlying connection, for read queries of other modules.
-    pub fn conn(&self) -> &Connection {
-        &self.conn
+    /// The database, for the rest of the controller's queries.
+    pub fn db(&self) -> &std::sync::Arc<db::Db> {
+        &self.db
+    }
+
+    /// The SQLite connection, for code not yet moved onto [`db::Db`] (issue 12's port).
+    ///
+    /// # Panics
+    /// On PostgreSQL, which such code cannot use; `serve` refuses a PostgreSQL URL until
+    /// nothing calls this.
+    pub fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.db
+            .sqlite_connection()
+            .expect("code not yet moved onto store::db runs only on SQLite")
     }
 
     /// Deletes history past its retention window as of `now_ms` (one pass of
@@ -218,13 +245,13 @@ impl Store {
         limits: &retention::Limits,
         cancelled: &dyn Fn() -> bool,
     ) -> Result<retention::Report, StoreError> {
-        retention::run_pass(&mut self.conn, windows, now_ms, limits, cancelled)
+        retention::run_pass(&mut self.conn(), windows, now_ms, limits, cancelled)
     }
 
-    /// The migrated connection itself, for a component that keeps one of its own (the web
+    /// The migrated database itself, for a component that keeps one of its own (the web
     /// server, see [`crate::web::open_db`]).
-    pub fn into_connection(self) -> Connection {
-        self.conn
+    pub fn into_db(self) -> std::sync::Arc<db::Db> {
+        self.db
     }
 
     /// Issues a command to `cpe_id` in one transaction: `build` gets the next command id
@@ -238,8 +265,8 @@ impl Store {
         build: impl FnOnce(u64) -> Result<commands::NewCommand, E>,
     ) -> Result<commands::NewCommand, E> {
         // IMMEDIATE: two writers never both read the same highest id.
-        let tx = self
-            .conn
+        let mut conn = self.conn();
+        let tx = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(StoreError::from)?;
         let id = commands::next_id(&tx, cpe_id)?;
@@ -260,7 +287,8 @@ impl Store {
         messages: &[Received],
         rejections: &[(RejectionReason, u64)],
     ) -> Result<Vec<bool>, StoreError> {
-        let tx = self.conn.transaction()?;
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
         let mut fresh = Vec::with_capacity(messages.len());
         for m in messages {
             fresh.push(store_message(&tx, m)?);
@@ -278,7 +306,8 @@ impl Store {
         &mut self,
         rejections: &[(RejectionReason, u64)],
     ) -> Result<(), StoreError> {
-        let tx = self.conn.transaction()?;
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
         add_rejections(&tx, rejections)?;
         tx.commit()?;
         Ok(())
@@ -290,7 +319,8 @@ impl Store {
     /// # Errors
     /// [`StoreError::Sqlite`].
     pub fn rejection_counts(&self) -> Result<Vec<(RejectionReason, u64)>, StoreError> {
-        let mut stmt = self.conn.prepare("SELECT reason, count FROM rejections")?;
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT reason, count FROM rejections")?;
         let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
         let mut counts: HashMap<String, u64> = HashMap::new();
         for row in rows {
@@ -309,7 +339,7 @@ impl Store {
     /// [`StoreError::Sqlite`].
     pub fn rejection_count(&self, reason: RejectionReason) -> Result<u64, StoreError> {
         let n: Option<i64> = self
-            .conn
+            .conn()
             .query_row(
                 "SELECT count FROM rejections WHERE reason = ?1",
                 [reason.as_str()],
@@ -324,7 +354,8 @@ impl Store {
     /// # Errors
     /// [`StoreError::Sqlite`].
     pub fn highest_seqs(&self) -> Result<HashMap<String, u64>, StoreError> {
-        let mut stmt = self.conn.prepare(
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
             "SELECT cpe_id, MAX(seq) FROM messages WHERE kind != 'state' GROUP BY cpe_id",
         )?;
         let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
@@ -346,7 +377,8 @@ impl Store {
     /// # Errors
     /// [`StoreError::Sqlite`].
     pub fn recent_seqs(&self, window: u64) -> Result<HashMap<String, Vec<u64>>, StoreError> {
-        let mut stmt = self.conn.prepare(
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
             "SELECT m.cpe_id, m.seq FROM messages m
              JOIN (SELECT cpe_id, MAX(seq) AS top FROM messages WHERE kind != 'state'
                    GROUP BY cpe_id) h
@@ -371,7 +403,7 @@ impl Store {
     /// [`StoreError::Sqlite`].
     pub fn has_message(&self, cpe_id: &str, seq: u64) -> Result<bool, StoreError> {
         Ok(self
-            .conn
+            .conn()
             .query_row(
                 "SELECT 1 FROM messages WHERE cpe_id = ?1 AND seq = ?2",
                 params![cpe_id, to_i64(seq)],
@@ -387,14 +419,13 @@ impl Store {
     /// [`StoreError::Sqlite`].
     pub fn alert_count(&self, cpe_id: Option<&str>) -> Result<u64, StoreError> {
         let n: i64 = match cpe_id {
-            Some(id) => {
-                self.conn
-                    .query_row("SELECT COUNT(*) FROM alerts WHERE cpe_id = ?1", [id], |r| {
-                        r.get(0)
-                    })?
-            }
+            Some(id) => self.conn().query_row(
+                "SELECT COUNT(*) FROM alerts WHERE cpe_id = ?1",
+                [id],
+                |r| r.get(0),
+            )?,
             None => self
-                .conn
+                .conn()
                 .query_row("SELECT COUNT(*) FROM alerts", [], |r| r.get(0))?,
         };
         Ok(from_i64(n))
@@ -413,7 +444,7 @@ impl Store {
         label: Option<&str>,
         now_ms: u64,
     ) -> Result<(), StoreError> {
-        self.conn.execute(
+        self.conn().execute(
             "INSERT INTO cpes (cpe_id, public_key, label, enrolled_at_ms, revoked_at_ms)
              VALUES (?1, ?2, ?3, ?4, NULL)
              ON CONFLICT (cpe_id) DO UPDATE SET public_key = excluded.public_key,
@@ -429,7 +460,7 @@ impl Store {
     /// # Errors
     /// [`StoreError::Sqlite`].
     pub fn set_cpe_password_hash(&mut self, cpe_id: &str, hash: &str) -> Result<bool, StoreError> {
-        let n = self.conn.execute(
+        let n = self.conn().execute(
             "UPDATE cpes SET broker_password_hash = ?2 WHERE cpe_id = ?1",
             params![cpe_id, hash],
         )?;
@@ -441,7 +472,7 @@ impl Store {
     /// # Errors
     /// [`StoreError::Sqlite`].
     pub fn revoke_cpe(&mut self, cpe_id: &str, now_ms: u64) -> Result<bool, StoreError> {
-        let n = self.conn.execute(
+        let n = self.conn().execute(
             "UPDATE cpes SET revoked_at_ms = COALESCE(revoked_at_ms, ?2) WHERE cpe_id = ?1",
             params![cpe_id, to_i64(now_ms)],
         )?;
@@ -453,7 +484,8 @@ impl Store {
     /// # Errors
     /// [`StoreError::Sqlite`].
     pub fn cpes(&self) -> Result<Vec<CpeRecord>, StoreError> {
-        let mut stmt = self.conn.prepare(
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
             "SELECT cpe_id, public_key, label, enrolled_at_ms, revoked_at_ms, broker_password_hash
              FROM cpes ORDER BY cpe_id",
         )?;
@@ -467,7 +499,7 @@ impl Store {
     /// [`StoreError::Sqlite`].
     pub fn cpe(&self, cpe_id: &str) -> Result<Option<CpeRecord>, StoreError> {
         Ok(self
-            .conn
+            .conn()
             .query_row(
                 "SELECT cpe_id, public_key, label, enrolled_at_ms, revoked_at_ms, broker_password_hash
                  FROM cpes WHERE cpe_id = ?1",
@@ -484,9 +516,9 @@ impl Store {
     /// # Errors
     /// [`StoreError::Sqlite`].
     pub fn highest_policy_version(&self) -> Result<u64, StoreError> {
-        let v: Option<i64> = self
-            .conn
-            .query_row("SELECT MAX(version) FROM policies", [], |r| r.get(0))?;
+        let v: Option<i64> =
+            self.conn()
+                .query_row("SELECT MAX(version) FROM policies", [], |r| r.get(0))?;
         Ok(v.map_or(0, from_i64))
     }
 
@@ -495,7 +527,7 @@ impl Store {
     /// # Errors
     /// [`StoreError::Sqlite`].
     pub fn insert_policy(&mut self, p: &StoredPolicy) -> Result<(), StoreError> {
-        self.conn.execute(
+        self.conn().execute(
             "INSERT INTO policies (version, scope, cpe_id, policy_json, wire, created_ms)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             params![
@@ -520,7 +552,7 @@ impl Store {
         cpe_id: Option<&str>,
     ) -> Result<Option<StoredPolicy>, StoreError> {
         let row = self
-            .conn
+            .conn()
             .query_row(
                 "SELECT version, cpe_id, policy_json, wire, created_ms FROM policies
                  WHERE scope = ?1 AND (?2 IS NULL OR cpe_id = ?2)
@@ -546,7 +578,8 @@ impl Store {
     /// # Errors
     /// [`StoreError::Sqlite`].
     pub fn rollout(&self) -> Result<Vec<RolloutRow>, StoreError> {
-        let mut stmt = self.conn.prepare(
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
             "SELECT c.cpe_id, s.status,
                 (SELECT MAX(version) FROM policy_acks a
                   WHERE a.cpe_id = c.cpe_id AND a.scope = 'fleet' AND a.outcome = 'applied'),
@@ -570,7 +603,7 @@ impl Store {
             })
         })?;
         let mut out: Vec<RolloutRow> = rows.collect::<Result<_, _>>()?;
-        let mut stmt = self.conn.prepare(
+        let mut stmt = conn.prepare(
             "SELECT cpe_id, scope, version, COALESCE(reason, '') FROM policy_acks
              WHERE outcome = 'refused' ORDER BY version DESC",
         )?;

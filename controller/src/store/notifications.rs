@@ -191,8 +191,9 @@ mod tests {
 
     #[test]
     fn the_outbox_keeps_one_row_per_event_until_every_channel_is_done() {
-        let mut store = Store::open_in_memory().unwrap();
-        let tx = store.conn.transaction().unwrap();
+        let store = Store::open_in_memory().unwrap();
+        let mut conn = store.conn();
+        let tx = conn.transaction().unwrap();
         for _ in 0..2 {
             enqueue(
                 &tx,
@@ -218,22 +219,23 @@ mod tests {
         )
         .unwrap();
         tx.commit().unwrap();
-        let mut due = due(store.conn(), 0, 10).unwrap();
+        drop(conn);
+        let mut due = due(&store.conn(), 0, 10).unwrap();
         assert_eq!(due.len(), 2);
         let first = &mut due[0];
         first.webhook = state::SENT.into();
         first.attempts = 1;
-        record_round(store.conn(), first, 5_000, Some("relay down")).unwrap();
+        record_round(&store.conn(), first, 5_000, Some("relay down")).unwrap();
         // Still pending by e-mail: due again at 5 s, not before.
-        assert_eq!(super::due(store.conn(), 4_999, 10).unwrap().len(), 1);
-        let again = super::due(store.conn(), 5_000, 10).unwrap();
+        assert_eq!(super::due(&store.conn(), 4_999, 10).unwrap().len(), 1);
+        let again = super::due(&store.conn(), 5_000, 10).unwrap();
         assert_eq!(again.len(), 2);
         assert_eq!((again[0].webhook.as_str(), again[0].attempts), ("sent", 1));
         let mut done = again[0].clone();
         done.email = state::OFF.into();
-        record_round(store.conn(), &done, 6_000, None).unwrap();
-        assert_eq!(prune(store.conn(), 1_500).unwrap(), 1);
-        let c = counts(store.conn()).unwrap();
+        record_round(&store.conn(), &done, 6_000, None).unwrap();
+        assert_eq!(prune(&store.conn(), 1_500).unwrap(), 1);
+        let c = counts(&store.conn()).unwrap();
         assert!(
             c.contains(&("webhook".into(), "pending".into(), 1)),
             "{c:?}"

@@ -555,8 +555,8 @@ mod tests {
     }
 
     fn seqs(store: &Store, table: &str) -> Vec<i64> {
-        let mut stmt = store
-            .conn()
+        let conn = store.conn();
+        let mut stmt = conn
             .prepare(&format!("SELECT DISTINCT seq FROM {table} ORDER BY seq"))
             .unwrap();
         let rows = stmt.query_map([], |r| r.get(0)).unwrap();
@@ -647,7 +647,7 @@ mod tests {
         assert_eq!(count(&store, "SELECT COUNT(*) FROM devices"), 2);
 
         // The counts are kept for /metrics, and a second pass finds nothing.
-        let t = totals(store.conn()).unwrap();
+        let t = totals(&store.conn()).unwrap();
         assert_eq!(t.last_run, Some((NOW, true)));
         let deleted: HashMap<Table, u64> = t.deleted.iter().copied().collect();
         for table in Table::ALL {
@@ -658,7 +658,7 @@ mod tests {
             .apply_retention(&windows(), NOW + 1, &unhurried(), &|| false)
             .unwrap();
         assert_eq!(again.total(), 0);
-        assert_eq!(totals(store.conn()).unwrap().deleted, t.deleted);
+        assert_eq!(totals(&store.conn()).unwrap().deleted, t.deleted);
     }
 
     #[test]
@@ -725,7 +725,7 @@ mod tests {
         assert_eq!(first.count(Table::Messages), 5);
         assert_eq!(first.batches, 6);
         assert_eq!(
-            totals(store.conn()).unwrap().last_run,
+            totals(&store.conn()).unwrap().last_run,
             Some((NOW, false)),
             "an incomplete pass says so"
         );
@@ -741,7 +741,7 @@ mod tests {
         }
         assert_eq!(seqs(&store, "telemetry"), vec![6]);
         assert_eq!(count(&store, "SELECT COUNT(*) FROM connections"), 2);
-        let t = totals(store.conn()).unwrap();
+        let t = totals(&store.conn()).unwrap();
         let deleted: HashMap<Table, u64> = t.deleted.iter().copied().collect();
         assert_eq!(deleted[&Table::Telemetry], 5);
         assert_eq!(deleted[&Table::DeviceReports], 10);

@@ -433,7 +433,8 @@ mod tests {
             Arc::new(move || now),
         );
         let render_now = |state: &AppState| {
-            let conn = crate::web::open_db(&path).unwrap();
+            let db = crate::web::open_db(&path).unwrap();
+            let conn = db.sqlite_connection().unwrap();
             render(&snapshot(&conn, now).unwrap(), state)
         };
         let before = render_now(&state);

@@ -202,7 +202,7 @@ impl WebSettings {
 /// Shared state of all handlers.
 #[derive(Clone)]
 pub struct AppState {
-    db: Arc<Mutex<Connection>>,
+    db: Arc<crate::store::db::Db>,
     /// Settings.
     pub settings: Arc<WebSettings>,
     /// Policy publishing.
@@ -224,13 +224,13 @@ impl std::fmt::Debug for AppState {
 }
 
 /// Opens the database for the web server: [`crate::store::Store::open`], which migrates
-/// the one schema (the web UI's tables included), and keeps its connection.
+/// the one schema (the web UI's tables included), and keeps its handle.
 ///
 /// # Errors
 /// [`WebError::Internal`] when the file cannot be opened or migrated.
-pub fn open_db(path: &Path) -> Result<Connection, WebError> {
+pub fn open_db(path: &Path) -> Result<Arc<crate::store::db::Db>, WebError> {
     let store = crate::store::Store::open(path).map_err(|e| WebError::Internal(e.to_string()))?;
-    Ok(store.into_connection())
+    Ok(store.into_db())
 }
 
 impl AppState {
@@ -308,13 +308,13 @@ impl AppState {
 
     /// State over an open connection (from [`open_db`]).
     pub fn new(
-        conn: Connection,
+        db: Arc<crate::store::db::Db>,
         settings: WebSettings,
         policy: Arc<dyn PolicyPublisher>,
         clock: Clock,
     ) -> AppState {
         AppState {
-            db: Arc::new(Mutex::new(conn)),
+            db,
             login_throttle: Arc::new(Mutex::new(auth::LoginThrottle::new(settings.login_backoff))),
             settings: Arc::new(settings),
             policy,
@@ -335,10 +335,12 @@ impl AppState {
         (self.clock)()
     }
 
-    /// Runs `f` with the connection on a blocking thread.
+    /// Runs `f` with the SQLite connection on a blocking thread: for handlers not yet moved
+    /// onto [`AppState::sql`] (issue 12's port).
     ///
     /// # Errors
-    /// `f`'s error, or [`WebError::Internal`] when the thread or the lock failed.
+    /// `f`'s error, or [`WebError::Internal`] when the thread failed or the database is not
+    /// SQLite.
     pub async fn db<T, F>(&self, f: F) -> Result<T, WebError>
     where
         T: Send + 'static,
@@ -347,12 +349,27 @@ impl AppState {
         let db = self.db.clone();
         tokio::task::spawn_blocking(move || {
             let conn = db
-                .lock()
-                .map_err(|_| WebError::Internal("database lock poisoned".into()))?;
+                .sqlite_connection()
+                .map_err(|e| WebError::Internal(e.to_string()))?;
             f(&conn)
         })
         .await
         .map_err(|e| WebError::Internal(e.to_string()))?
+    }
+
+    /// Runs `f` with the database (either backend) on a blocking thread.
+    ///
+    /// # Errors
+    /// `f`'s error, or [`WebError::Internal`] when the thread failed.
+    pub async fn sql<T, F>(&self, f: F) -> Result<T, WebError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&crate::store::db::Db) -> Result<T, WebError> + Send + 'static,
+    {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || f(&db))
+            .await
+            .map_err(|e| WebError::Internal(e.to_string()))?
     }
 }
 
@@ -388,6 +405,12 @@ pub enum WebError {
 
 impl From<rusqlite::Error> for WebError {
     fn from(e: rusqlite::Error) -> Self {
+        WebError::Internal(e.to_string())
+    }
+}
+
+impl From<crate::store::db::DbError> for WebError {
+    fn from(e: crate::store::db::DbError) -> Self {
         WebError::Internal(e.to_string())
     }
 }

@@ -434,7 +434,8 @@ async fn run(args: &Args, database: Option<Database>) -> anyhow::Result<()> {
     });
     {
         let store = Store::open(&config.db_path)?;
-        let tx = store.conn().unchecked_transaction()?;
+        let conn = store.conn();
+        let tx = conn.unchecked_transaction()?;
         for ((id, k, _), hash) in agent_keys.iter().zip(&hashes) {
             tx.execute(
                 "INSERT INTO cpes (cpe_id, public_key, enrolled_at_ms, broker_password_hash)
@@ -736,9 +737,9 @@ async fn run(args: &Args, database: Option<Database>) -> anyhow::Result<()> {
     let mut in_db: HashSet<(String, u64)> = HashSet::new();
     let mut by_kind: Vec<(String, i64)> = Vec::new();
     {
-        let mut stmt = store
-            .conn()
-            .prepare("SELECT cpe_id, seq FROM messages WHERE cpe_id >= ?1 AND cpe_id < ?2")?;
+        let conn = store.conn();
+        let mut stmt =
+            conn.prepare("SELECT cpe_id, seq FROM messages WHERE cpe_id >= ?1 AND cpe_id < ?2")?;
         let rows = stmt.query_map((&agents_from, &agents_to), |r| {
             Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
         })?;
@@ -746,7 +747,8 @@ async fn run(args: &Args, database: Option<Database>) -> anyhow::Result<()> {
             let (id, seq) = row?;
             in_db.insert((id, seq as u64));
         }
-        let mut stmt = store.conn().prepare(
+        let conn = store.conn();
+        let mut stmt = conn.prepare(
             "SELECT kind, COUNT(*) FROM messages WHERE cpe_id >= ?1 AND cpe_id < ?2
              GROUP BY kind ORDER BY kind",
         )?;

@@ -35,7 +35,7 @@
 //! path (`write_batch`) runs in one [`Db::transaction`] with [`super::arbiter`] deciding
 //! each message first and the body tables written only for the new ones, and
 //! `Store::conn()` goes away once nothing calls it. The SQLite migration list of
-//! `store::schema` and the PostgreSQL list of [`super::arbiter::MIGRATIONS`] become one list
+//! `store::schema` and the PostgreSQL list of `store::schema::POSTGRES` become one list
 //! of [`Migration`]s (SQLite text = today's, PostgreSQL text = the same tables with
 //! `BIGINT`/`BIGSERIAL`/`BYTEA`/`DOUBLE PRECISION`), SQLite keeping `user_version` for its
 //! existing files.
@@ -47,6 +47,7 @@ pub mod value;
 mod pg;
 mod sqlite;
 
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -214,6 +215,32 @@ impl Db {
         Ok(Db { inner })
     }
 
+    /// Opens a SQLite file (`None`: a private in-memory database).
+    ///
+    /// # Errors
+    /// [`DbError::Sqlite`].
+    pub fn open_sqlite(path: Option<&Path>) -> Result<Db, DbError> {
+        Ok(Db {
+            inner: Inner::Sqlite(sqlite::SqliteDb::open(path)?),
+        })
+    }
+
+    /// The SQLite connection itself, for code not yet moved onto `Db` (issue 12's port);
+    /// [`DbError::Url`] on PostgreSQL.
+    ///
+    /// # Errors
+    /// [`DbError::Url`] when this is not SQLite.
+    pub fn sqlite_connection(
+        &self,
+    ) -> Result<std::sync::MutexGuard<'_, rusqlite::Connection>, DbError> {
+        match &self.inner {
+            Inner::Sqlite(db) => db.lock(),
+            Inner::Postgres(_) => Err(DbError::Url(
+                "this part of the controller runs on SQLite only".into(),
+            )),
+        }
+    }
+
     /// Which backend this is.
     pub fn backend(&self) -> Backend {
         match self.inner {
@@ -283,7 +310,7 @@ impl Db {
                         .map_err(DbError::from)?;
                     let mut tx = Tx {
                         inner: TxInner::Sqlite(tx),
-                        retryable: false,
+                        retryable: Cell::new(false),
                     };
                     let value = f(&mut tx)?;
                     tx.commit()?;
@@ -294,8 +321,11 @@ impl Db {
                     let pg::PgConn { client, statements } = &mut *conn;
                     let tx = client.transaction().map_err(DbError::from)?;
                     let mut tx = Tx {
-                        inner: TxInner::Postgres { tx, statements },
-                        retryable: false,
+                        inner: TxInner::Postgres {
+                            tx: RefCell::new(tx),
+                            statements: RefCell::new(statements),
+                        },
+                        retryable: Cell::new(false),
                     };
                     match f(&mut tx) {
                         Ok(value) => match tx.commit() {
@@ -306,7 +336,7 @@ impl Db {
                             Err(e) => return Err(e.into()),
                         },
                         Err(e) => {
-                            let retry = tx.retryable;
+                            let retry = tx.retryable.get();
                             drop(tx);
                             if !(retry && attempt < TRANSACTION_ATTEMPTS) {
                                 return Err(e);
@@ -361,8 +391,8 @@ pub(crate) enum LeaseTarget<'a> {
 enum TxInner<'a> {
     Sqlite(rusqlite::Transaction<'a>),
     Postgres {
-        tx: postgres::Transaction<'a>,
-        statements: &'a mut HashMap<String, postgres::Statement>,
+        tx: RefCell<postgres::Transaction<'a>>,
+        statements: RefCell<&'a mut HashMap<String, postgres::Statement>>,
     },
 }
 
@@ -370,7 +400,7 @@ enum TxInner<'a> {
 pub struct Tx<'a> {
     inner: TxInner<'a>,
     /// A statement failed in a way that running the whole transaction again may fix.
-    retryable: bool,
+    retryable: Cell<bool>,
 }
 
 impl std::fmt::Debug for Tx<'_> {
@@ -390,9 +420,11 @@ impl Tx<'_> {
         }
     }
 
-    fn note<T>(&mut self, result: Result<T, DbError>) -> Result<T, DbError> {
+    fn note<T>(&self, result: Result<T, DbError>) -> Result<T, DbError> {
         if let Err(e) = &result {
-            self.retryable |= e.is_retryable();
+            if e.is_retryable() {
+                self.retryable.set(true);
+            }
         }
         result
     }
@@ -401,10 +433,15 @@ impl Tx<'_> {
     ///
     /// # Errors
     /// [`DbError`].
-    pub fn execute(&mut self, sql: &str, params: &[Param<'_>]) -> Result<u64, DbError> {
-        let result = match &mut self.inner {
+    pub fn execute(&self, sql: &str, params: &[Param<'_>]) -> Result<u64, DbError> {
+        let result = match &self.inner {
             TxInner::Sqlite(tx) => sqlite::execute(tx, sql, params),
-            TxInner::Postgres { tx, statements } => pg::execute(tx, statements, sql, params),
+            TxInner::Postgres { tx, statements } => pg::execute(
+                &mut *tx.borrow_mut(),
+                &mut statements.borrow_mut(),
+                sql,
+                params,
+            ),
         };
         self.note(result)
     }
@@ -413,10 +450,15 @@ impl Tx<'_> {
     ///
     /// # Errors
     /// [`DbError`].
-    pub fn query(&mut self, sql: &str, params: &[Param<'_>]) -> Result<Vec<Row>, DbError> {
-        let result = match &mut self.inner {
+    pub fn query(&self, sql: &str, params: &[Param<'_>]) -> Result<Vec<Row>, DbError> {
+        let result = match &self.inner {
             TxInner::Sqlite(tx) => sqlite::query(tx, sql, params),
-            TxInner::Postgres { tx, statements } => pg::query(tx, statements, sql, params),
+            TxInner::Postgres { tx, statements } => pg::query(
+                &mut *tx.borrow_mut(),
+                &mut statements.borrow_mut(),
+                sql,
+                params,
+            ),
         };
         self.note(result)
     }
@@ -425,15 +467,111 @@ impl Tx<'_> {
     ///
     /// # Errors
     /// [`DbError`].
-    pub fn query_opt(&mut self, sql: &str, params: &[Param<'_>]) -> Result<Option<Row>, DbError> {
+    pub fn query_opt(&self, sql: &str, params: &[Param<'_>]) -> Result<Option<Row>, DbError> {
         Ok(self.query(sql, params)?.into_iter().next())
     }
 
     fn commit(self) -> Result<(), DbError> {
         match self.inner {
             TxInner::Sqlite(tx) => Ok(tx.commit()?),
-            TxInner::Postgres { tx, .. } => Ok(tx.commit()?),
+            TxInner::Postgres { tx, .. } => Ok(tx.into_inner().commit()?),
         }
+    }
+}
+
+/// What runs SQL: a [`Db`] (each statement on its own) or a [`Tx`] (inside the
+/// transaction). Code that reads or writes the same way in both cases takes `&impl Sql`, as
+/// rusqlite code takes a `&Connection` that may be a transaction.
+pub trait Sql {
+    /// Which backend this is.
+    fn backend(&self) -> Backend;
+
+    /// Runs one statement; the number of rows it changed.
+    ///
+    /// # Errors
+    /// [`DbError`].
+    fn execute(&self, sql: &str, params: &[Param<'_>]) -> Result<u64, DbError>;
+
+    /// Runs one query (or a statement with `RETURNING`); all its rows.
+    ///
+    /// # Errors
+    /// [`DbError`].
+    fn query(&self, sql: &str, params: &[Param<'_>]) -> Result<Vec<Row>, DbError>;
+
+    /// Runs one query; its first row, if any.
+    ///
+    /// # Errors
+    /// [`DbError`].
+    fn query_opt(&self, sql: &str, params: &[Param<'_>]) -> Result<Option<Row>, DbError> {
+        Ok(self.query(sql, params)?.into_iter().next())
+    }
+
+    /// The first column of the first row, which the query always has (`COUNT(*)`, ...).
+    ///
+    /// # Errors
+    /// [`DbError::Column`] when there is no row; as [`Row::get`] otherwise.
+    fn query_one<T: FromValue>(&self, sql: &str, params: &[Param<'_>]) -> Result<T, DbError>
+    where
+        Self: Sized,
+    {
+        match self.query_opt(sql, params)? {
+            Some(row) => row.get(0),
+            None => Err(DbError::Column {
+                index: 0,
+                detail: "the query returned no row".into(),
+            }),
+        }
+    }
+}
+
+impl Sql for Db {
+    fn backend(&self) -> Backend {
+        Db::backend(self)
+    }
+    fn execute(&self, sql: &str, params: &[Param<'_>]) -> Result<u64, DbError> {
+        Db::execute(self, sql, params)
+    }
+    fn query(&self, sql: &str, params: &[Param<'_>]) -> Result<Vec<Row>, DbError> {
+        Db::query(self, sql, params)
+    }
+}
+
+impl Sql for std::sync::Arc<Db> {
+    fn backend(&self) -> Backend {
+        Db::backend(self)
+    }
+    fn execute(&self, sql: &str, params: &[Param<'_>]) -> Result<u64, DbError> {
+        Db::execute(self, sql, params)
+    }
+    fn query(&self, sql: &str, params: &[Param<'_>]) -> Result<Vec<Row>, DbError> {
+        Db::query(self, sql, params)
+    }
+}
+
+/// For code not yet moved onto [`Db`] (issue 12's port): a rusqlite connection (or, through
+/// `Deref`, a rusqlite transaction) runs the same SQL as a SQLite [`Db`], so a function
+/// already taking `&impl Sql` can be called from code that still holds one.
+impl Sql for rusqlite::Connection {
+    fn backend(&self) -> Backend {
+        Backend::Sqlite
+    }
+    fn execute(&self, sql: &str, params: &[Param<'_>]) -> Result<u64, DbError> {
+        sqlite::execute(self, sql, params)
+    }
+    fn query(&self, sql: &str, params: &[Param<'_>]) -> Result<Vec<Row>, DbError> {
+        sqlite::query(self, sql, params)
+    }
+}
+
+impl Sql for Tx<'_> {
+    fn backend(&self) -> Backend {
+        Tx::backend(self)
+    }
+    fn execute(&self, sql: &str, params: &[Param<'_>]) -> Result<u64, DbError> {
+        Tx::execute(self, sql, params)
+    }
+    fn query(&self, sql: &str, params: &[Param<'_>]) -> Result<Vec<Row>, DbError> {
+        Tx::query(self, sql, params)
     }
 }
 

@@ -32,7 +32,7 @@ impl SqliteDb {
         };
         conn.busy_timeout(BUSY_TIMEOUT)?;
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
-        conn.pragma_update(None, "journal_mode", "WAL")?;
+        set_wal(&conn)?;
         // As the Store: the ingest acknowledges only durable messages, power loss included.
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
@@ -51,6 +51,24 @@ impl SqliteDb {
 
     pub(super) fn path(&self) -> Option<&Path> {
         self.path.as_deref()
+    }
+}
+
+/// Switches the file to WAL. On a new file that other processes open at the same moment the
+/// switch can meet a lock that SQLite does not wait for (no busy handler on that path), so
+/// it is tried again for up to [`BUSY_TIMEOUT`].
+fn set_wal(conn: &Connection) -> Result<(), DbError> {
+    let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+    loop {
+        match conn.pragma_update(None, "journal_mode", "WAL") {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            other => return Ok(other?),
+        }
     }
 }
 
