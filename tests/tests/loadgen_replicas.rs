@@ -1,11 +1,12 @@
 //! The load generator at small fleet scale: 200 agents against two controller replicas
-//! sharing one SQLite database and mosquitto's `$share/controllers/...` subscription,
-//! telemetry every 2 s for 20 s, alerts from about 5 % of the agents, and replica 0
-//! SIGKILLed at mid-run and started again. Every message the broker acknowledged must be
-//! in the database exactly once, every alert must reach the operator API, and the NOC
-//! fleet page must be served to a signed-in operator.
+//! sharing one database (PostgreSQL, on a throwaway cluster; and SQLite) and mosquitto's
+//! `$share/controllers/...` subscription, telemetry every 2 s for 20 s, alerts from about
+//! 5 % of the agents, and replica 0 SIGKILLed at mid-run and started again. Every message
+//! the broker acknowledged must be in the database exactly once, every alert must reach the
+//! operator API, and the NOC fleet page must be served to a signed-in operator.
 //!
-//! Needs the Debian package `mosquitto` (`scripts/setup.sh` installs it).
+//! Needs the Debian packages `mosquitto` and `postgresql` (`scripts/setup.sh` installs
+//! them).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
@@ -30,11 +31,9 @@ fn number(f: &HashMap<String, String>, key: &str) -> f64 {
         .unwrap_or_else(|_| panic!("{key} is not a number: {f:?}"))
 }
 
-#[test]
-fn two_replicas_one_killed_lose_and_duplicate_nothing() {
+/// Runs the load generator on `database` (a `--database` value) and checks its summary.
+fn two_replicas_one_killed(database: &str, kind: &str) {
     let bin = smtpguard_tests::mqtt::loadgen_binary().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("fleet.db");
     let started = Instant::now();
     let mut child = Command::new(bin)
         .args([
@@ -52,7 +51,7 @@ fn two_replicas_one_killed_lose_and_duplicate_nothing() {
             "100",
         ])
         .arg("--database")
-        .arg(format!("sqlite:{}", db.display()))
+        .arg(database)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -74,7 +73,7 @@ fn two_replicas_one_killed_lose_and_duplicate_nothing() {
     let f = fields(last);
     assert_eq!(f["agents"], "200");
     assert_eq!(f["replicas"], "2");
-    assert_eq!(f["database"], "sqlite");
+    assert_eq!(f["database"], kind);
     let stored = number(&f, "stored");
     let expected = number(&f, "expected");
     // 200 agents × 10 telemetry windows at least, plus state, policy acks and alerts.
@@ -88,4 +87,16 @@ fn two_replicas_one_killed_lose_and_duplicate_nothing() {
     assert!(number(&f, "fleet_page_p95_ms") >= 0.0, "{last}");
     assert!(number(&f, "fleet_page_kb") > 1.0, "{last}");
     println!("run took {:.1} s", started.elapsed().as_secs_f64());
+}
+
+#[test]
+fn two_replicas_on_postgres_one_killed_lose_and_duplicate_nothing() {
+    two_replicas_one_killed(&smtpguard_pgtest::database(), "postgres");
+}
+
+#[test]
+fn two_replicas_on_sqlite_one_killed_lose_and_duplicate_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("fleet.db");
+    two_replicas_one_killed(&format!("sqlite:{}", db.display()), "sqlite");
 }

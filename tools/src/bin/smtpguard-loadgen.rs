@@ -50,7 +50,9 @@ use rand::Rng;
 use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
 use smtpguard_common::now_ms;
 use smtpguard_controller::config::Config;
+use smtpguard_controller::db_params;
 use smtpguard_controller::policy::{self, Target};
+use smtpguard_controller::store::db::{DbError, Sql as _};
 use smtpguard_controller::store::Store;
 use smtpguard_controller::{registry, serve};
 use smtpguard_protocol::{
@@ -91,9 +93,8 @@ struct Args {
     /// embedded broker lives in one controller process).
     #[arg(long, default_value_t = 1)]
     replicas: usize,
-    /// The database: a SQLite file (`/path/x.db` or `sqlite:/path/x.db`; a fresh one in a
-    /// temporary directory when not given). `postgres://` needs the PostgreSQL backend,
-    /// which this build does not have yet.
+    /// The database: `postgres://user@host:port/db`, or a SQLite file (`/path/x.db` or
+    /// `sqlite:/path/x.db`; a fresh one in a temporary directory when not given).
     #[arg(long)]
     database: Option<String>,
     /// Telemetry period of every agent, in seconds.
@@ -134,7 +135,7 @@ struct Args {
     /// (the broker password comes in `SMTPGUARD_LOADGEN_BROKER_PASSWORD`, the operator
     /// token in `SMTPGUARD_OPERATOR_TOKEN`); ends when stdin closes.
     #[arg(long, hide = true)]
-    serve_controller: Option<PathBuf>,
+    serve_controller: Option<String>,
     /// Internal: the replica's number (its MQTT client id).
     #[arg(long, hide = true, default_value_t = 0)]
     replica: usize,
@@ -159,19 +160,16 @@ const TOKEN_ENV: &str = "SMTPGUARD_OPERATOR_TOKEN";
 enum Database {
     /// A SQLite file.
     Sqlite(PathBuf),
+    /// A PostgreSQL database, by URL.
+    Postgres(String),
 }
 
 impl Database {
-    /// Parses `--database`: a path or a `sqlite:` URL; `postgres://` is refused until the
-    /// backend exists.
+    /// Parses `--database`: a `postgres://` URL, a path or a `sqlite:` URL.
     fn parse(text: &str) -> anyhow::Result<Database> {
         let lower = text.to_ascii_lowercase();
         if lower.starts_with("postgres://") || lower.starts_with("postgresql://") {
-            bail!(
-                "--database {}: PostgreSQL is not yet supported by this build (the controller \
-                 has only the SQLite backend); give a SQLite file or sqlite: URL",
-                redact(text)
-            );
+            return Ok(Database::Postgres(text.to_string()));
         }
         let path = text
             .strip_prefix("sqlite://")
@@ -187,7 +185,22 @@ impl Database {
     fn kind(&self) -> &'static str {
         match self {
             Database::Sqlite(_) => "sqlite",
+            Database::Postgres(_) => "postgres",
         }
+    }
+
+    /// The URL the controller's `database` setting takes.
+    fn url(&self) -> String {
+        match self {
+            Database::Sqlite(path) => format!("sqlite:{}", path.display()),
+            Database::Postgres(url) => url.clone(),
+        }
+    }
+
+    /// Opens (and migrates) it.
+    fn open(&self) -> anyhow::Result<Store> {
+        Store::open_url(&self.url())
+            .map_err(|e| anyhow::anyhow!("opening {}: {e}", redact(&self.url())))
     }
 }
 
@@ -209,7 +222,7 @@ fn redact(url: &str) -> String {
 /// policy key in `work_dir`, brokers on loopback `port` (embedded, or mosquitto's
 /// controller listener), the web server on `http_port`.
 fn controller_config(
-    db: &Path,
+    db: &Database,
     work_dir: &Path,
     port: u16,
     http_port: u16,
@@ -217,7 +230,8 @@ fn controller_config(
     args: &Args,
 ) -> Config {
     let mut config = Config {
-        db_path: db.to_path_buf(),
+        db_path: work_dir.join("controller.db"),
+        database: Some(db.url()),
         policy_key_path: work_dir.join("policy.key"),
         http_listen: ([127, 0, 0, 1], http_port).into(),
         ..Config::default()
@@ -236,7 +250,7 @@ fn controller_config(
 }
 
 /// The controller child: `serve` until the parent closes our stdin (or dies).
-fn serve_controller(args: &Args, db: &Path) -> anyhow::Result<()> {
+fn serve_controller(args: &Args, db: &str) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -247,7 +261,7 @@ fn serve_controller(args: &Args, db: &Path) -> anyhow::Result<()> {
     let password = std::env::var(PASSWORD_ENV).context(PASSWORD_ENV)?;
     let work_dir = args.work_dir.clone().context("--work-dir")?;
     let config = controller_config(
-        db,
+        &Database::parse(db)?,
         &work_dir,
         args.controller_port,
         args.http_port,
@@ -379,7 +393,6 @@ struct SentAlert {
 async fn run(args: &Args, database: Option<Database>) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let database = database.unwrap_or_else(|| Database::Sqlite(dir.path().join("loadgen.db")));
-    let Database::Sqlite(db_path) = &database;
     let free_port = || -> anyhow::Result<u16> {
         Ok(std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
@@ -391,7 +404,7 @@ async fn run(args: &Args, database: Option<Database>) -> anyhow::Result<()> {
         .collect::<anyhow::Result<Vec<_>>>()?;
     let password = smtpguard_controller::households::new_secret("loadgen_");
     let token = smtpguard_controller::households::new_secret("op_");
-    let config = controller_config(db_path, dir.path(), port, http_ports[0], password, args);
+    let config = controller_config(&database, dir.path(), port, http_ports[0], password, args);
     let policy_key = keys::generate();
     let controller_pub = policy_key.verifying_key();
 
@@ -432,24 +445,18 @@ async fn run(args: &Args, database: Option<Database>) -> anyhow::Result<()> {
             .flat_map(|w| w.join().unwrap_or_default())
             .collect()
     });
-    {
-        let store = Store::open(&config.db_path)?;
-        let conn = store.conn();
-        let tx = conn.unchecked_transaction()?;
+    // The schema migrated once, here, before any replica opens the database.
+    let store = database.open()?;
+    store.db().transaction(|tx| {
         for ((id, k, _), hash) in agent_keys.iter().zip(&hashes) {
             tx.execute(
                 "INSERT INTO cpes (cpe_id, public_key, enrolled_at_ms, broker_password_hash)
                  VALUES (?1, ?2, 0, ?3)",
-                (id, keys::public_key_text(&k.verifying_key()), hash),
+                db_params![id, &keys::public_key_text(&k.verifying_key()), hash],
             )?;
         }
-        tx.commit()?;
-    }
-    // Both schemas (store and web) migrated once, here, before any replica opens them.
-    drop(
-        smtpguard_controller::web::open_db(&config.db_path)
-            .map_err(|e| anyhow::anyhow!("opening {}: {e:?}", config.db_path.display()))?,
-    );
+        Ok::<_, DbError>(())
+    })?;
     let probe = agent_keys.pop().context("probe")?;
     let mut agent_port = port;
     let _mosquitto = if args.mosquitto {
@@ -458,7 +465,6 @@ async fn run(args: &Args, database: Option<Database>) -> anyhow::Result<()> {
         agent_port = free_port()?;
         let d = dir.path();
         std::fs::write(d.join("acl"), SHIPPED_ACL)?;
-        let store = Store::open(&config.db_path)?;
         std::fs::write(
             d.join("cpes.passwd"),
             registry::mosquitto_password_file(&store)?,
@@ -512,7 +518,7 @@ async fn run(args: &Args, database: Option<Database>) -> anyhow::Result<()> {
         let mut command = std::process::Command::new(std::env::current_exe()?);
         command
             .arg("--serve-controller")
-            .arg(&config.db_path)
+            .arg(database.url())
             .arg("--work-dir")
             .arg(dir.path())
             .arg("--replica")
@@ -545,7 +551,7 @@ async fn run(args: &Args, database: Option<Database>) -> anyhow::Result<()> {
     let api = std::net::SocketAddr::from(([127, 0, 0, 1], http_ports[args.replicas - 1]));
     // Nothing is kept for a topic nobody subscribes to: wait until a probe message is
     // stored, so the ingest's session exists before the agents publish.
-    wait_for_ingest(&probe, agent_port, &config.db_path).await?;
+    wait_for_ingest(&probe, agent_port, &store).await?;
     println!("{} controller replica(s) ingesting", args.replicas);
 
     let connected = Arc::new(AtomicUsize::new(0));
@@ -646,7 +652,7 @@ async fn run(args: &Args, database: Option<Database>) -> anyhow::Result<()> {
 
     // One fleet policy; wait until every agent's ack is stored.
     let stored_policy = {
-        let mut store = Store::open(&config.db_path)?;
+        let mut store = database.open()?;
         policy::sign(
             &mut store,
             &policy_key,
@@ -667,13 +673,11 @@ async fn run(args: &Args, database: Option<Database>) -> anyhow::Result<()> {
         Duration::from_secs(30),
     )
     .await?;
-    let store = Store::open(&config.db_path)?;
     let acked = loop {
-        let n: i64 = store.conn().query_row(
+        let n: i64 = store.db().query_one(
             "SELECT COUNT(*) FROM policy_acks WHERE version = ?1 AND outcome = 'applied'
              AND cpe_id >= ?2 AND cpe_id < ?3",
-            (stored_policy.version as i64, &agents_from, &agents_to),
-            |r| r.get(0),
+            db_params![stored_policy.version, &agents_from, &agents_to],
         )?;
         if n as usize >= args.agents {
             break n;
@@ -723,10 +727,9 @@ async fn run(args: &Args, database: Option<Database>) -> anyhow::Result<()> {
 
     // Wait (bounded) until the store holds every acknowledged message.
     let count_stored = || -> anyhow::Result<usize> {
-        let n: i64 = store.conn().query_row(
+        let n: i64 = store.db().query_one(
             "SELECT COUNT(*) FROM messages WHERE cpe_id >= ?1 AND cpe_id < ?2",
-            (&agents_from, &agents_to),
-            |r| r.get(0),
+            db_params![&agents_from, &agents_to],
         )?;
         Ok(n as usize)
     };
@@ -737,31 +740,24 @@ async fn run(args: &Args, database: Option<Database>) -> anyhow::Result<()> {
     let mut in_db: HashSet<(String, u64)> = HashSet::new();
     let mut by_kind: Vec<(String, i64)> = Vec::new();
     {
-        let conn = store.conn();
-        let mut stmt =
-            conn.prepare("SELECT cpe_id, seq FROM messages WHERE cpe_id >= ?1 AND cpe_id < ?2")?;
-        let rows = stmt.query_map((&agents_from, &agents_to), |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
-        })?;
-        for row in rows {
-            let (id, seq) = row?;
-            in_db.insert((id, seq as u64));
+        let db = store.db();
+        let range = db_params![&agents_from, &agents_to];
+        for row in db.query(
+            "SELECT cpe_id, seq FROM messages WHERE cpe_id >= ?1 AND cpe_id < ?2",
+            range,
+        )? {
+            in_db.insert((row.get(0)?, row.get(1)?));
         }
-        let conn = store.conn();
-        let mut stmt = conn.prepare(
+        for row in db.query(
             "SELECT kind, COUNT(*) FROM messages WHERE cpe_id >= ?1 AND cpe_id < ?2
              GROUP BY kind ORDER BY kind",
-        )?;
-        let rows = stmt.query_map((&agents_from, &agents_to), |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
-        })?;
-        for row in rows {
-            by_kind.push(row?);
+            range,
+        )? {
+            by_kind.push((row.get(0)?, row.get(1)?));
         }
-        let devices: i64 = store.conn().query_row(
+        let devices: i64 = db.query_one(
             "SELECT COUNT(*) FROM devices WHERE cpe_id >= ?1 AND cpe_id < ?2",
-            (&agents_from, &agents_to),
-            |r| r.get(0),
+            range,
         )?;
         println!("household devices stored: {devices}");
     }
@@ -878,13 +874,13 @@ fn duplicate_rows(store: &Store, from: &str, to: &str) -> anyhow::Result<i64> {
         ("device_reports", "cpe_id, seq, mac"),
         ("devices", "cpe_id, mac"),
     ] {
-        let n: i64 = store.conn().query_row(
+        let n: i64 = store.db().query_one(
             &format!(
-                "SELECT COALESCE(SUM(n - 1), 0) FROM (SELECT COUNT(*) AS n FROM {table}
-                 WHERE cpe_id >= ?1 AND cpe_id < ?2 GROUP BY {key} HAVING COUNT(*) > 1)"
+                "SELECT CAST(COALESCE(SUM(n - 1), 0) AS BIGINT) FROM (SELECT COUNT(*) AS n
+                 FROM {table} WHERE cpe_id >= ?1 AND cpe_id < ?2 GROUP BY {key}
+                 HAVING COUNT(*) > 1) AS repeated"
             ),
-            (from, to),
-            |r| r.get(0),
+            db_params![from, to],
         )?;
         if n > 0 {
             println!("duplicates in {table}: {n}");
@@ -899,14 +895,13 @@ fn duplicate_rows(store: &Store, from: &str, to: &str) -> anyhow::Result<i64> {
 async fn wait_for_ingest(
     probe: &(String, ed25519_dalek::SigningKey, String),
     port: u16,
-    db: &Path,
+    store: &Store,
 ) -> anyhow::Result<()> {
     let (id, key, password) = probe;
     let mut o = MqttOptions::new(id.clone(), "127.0.0.1", port);
     o.set_credentials(id.clone(), password.clone())
         .set_keep_alive(Duration::from_secs(30));
     let (client, mut eventloop) = AsyncClient::new(o, 16);
-    let store = Store::open(db)?;
     let mut seq = 1u64;
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     loop {
@@ -1362,11 +1357,11 @@ mod tests {
             Database::parse("/tmp/x.db").unwrap(),
             Database::Sqlite("/tmp/x.db".into())
         );
-        let e = Database::parse("postgres://sg:hunter2@127.0.0.1/sg")
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("not yet supported by this build"), "{e}");
-        assert!(!e.contains("hunter2"), "{e}");
+        let pg = Database::parse("postgres://sg:hunter2@127.0.0.1/sg").unwrap();
+        assert_eq!(pg.kind(), "postgres");
+        assert_eq!(pg.url(), "postgres://sg:hunter2@127.0.0.1/sg");
+        assert!(!redact(&pg.url()).contains("hunter2"));
+        assert!(Database::parse("mysql://h/db").is_err());
     }
 
     #[test]
