@@ -20,6 +20,7 @@ pub mod db;
 pub mod devices;
 pub mod history;
 pub mod notifications;
+pub mod partitions;
 pub mod retention;
 pub mod schema;
 
@@ -210,6 +211,10 @@ impl Store {
             }
             db::Backend::Postgres => {
                 db.migrate(schema::POSTGRES)?;
+                let now_ms = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+                partitions::ensure(&db, now_ms, partitions::DAYS_AHEAD)?;
             }
         }
         Ok(Store {

@@ -1194,7 +1194,7 @@ mod tests {
 mod postgres_tests {
     use std::collections::{BTreeMap, BTreeSet};
 
-    use crate::store::db::{Db, Sql};
+    use crate::store::db::Db;
 
     /// Tables and their column names, without the bookkeeping tables of either backend.
     type Columns = BTreeMap<String, BTreeSet<String>>;
