@@ -285,7 +285,7 @@ mod tests {
         ));
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         let totals = loop {
-            let t = retention::totals(&store.conn()).unwrap();
+            let t = retention::totals(store.db()).unwrap();
             if t.last_run.is_some() {
                 break t;
             }

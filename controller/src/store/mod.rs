@@ -250,7 +250,7 @@ impl Store {
         limits: &retention::Limits,
         cancelled: &dyn Fn() -> bool,
     ) -> Result<retention::Report, StoreError> {
-        retention::run_pass(&mut self.conn(), windows, now_ms, limits, cancelled)
+        retention::run_pass(&self.db, windows, now_ms, limits, cancelled)
     }
 
     /// The migrated database itself, for a component that keeps one of its own (the web
