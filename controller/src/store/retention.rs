@@ -938,6 +938,97 @@ mod tests {
     }
 
     #[test]
+    fn on_postgres_whole_days_past_the_window_are_dropped_keeping_each_devices_newest() {
+        let mut store = Store::open_url(&smtpguard_pgtest::database()).unwrap();
+        let old = NOW - 400 * DAY;
+        let old_day = old / DAY;
+        assert_eq!(
+            partitions::ensure(store.db(), old, 0).unwrap(),
+            2 * partitions::PARTITIONED.len()
+        );
+        let hour = 3_600_000;
+        write(
+            &mut store,
+            &[
+                telemetry("cpe-r", 1, old + hour, "100.64.0.1"),
+                alert("cpe-r", 2, old + hour, A, Verdict::Suspicious),
+                alert("cpe-r", 3, old + 2 * hour, A, Verdict::Infected),
+                alert("cpe-r", 4, old + hour, B, Verdict::Infected),
+                telemetry("cpe-r", 5, NOW - DAY, "100.64.0.1"),
+            ],
+        );
+        let in_partition = |table: &str| {
+            count(
+                &store,
+                &format!(
+                    "SELECT COUNT(*) FROM {}",
+                    partitions::partition_name(table, old_day)
+                ),
+            )
+        };
+        assert_eq!(in_partition("telemetry"), 1);
+        assert_eq!(in_partition("device_reports"), 2);
+        assert_eq!(in_partition("connections"), 2);
+        assert_eq!(in_partition("alerts"), 3);
+        let changes = in_partition("verdict_changes");
+        assert!(changes >= 2, "{changes}");
+        let changes_before = count(&store, "SELECT COUNT(*) FROM verdict_changes");
+
+        let report = store
+            .apply_retention(&windows(), NOW, &unhurried(), &|| false)
+            .unwrap();
+
+        assert!(report.complete);
+        for (table, _) in partitions::PARTITIONED {
+            let days: Vec<u64> = partitions::day_partitions(&**store.db(), table)
+                .unwrap()
+                .into_iter()
+                .map(|(day, _)| day)
+                .filter(|day| *day <= NOW / DAY + 3)
+                .collect();
+            // Of the days up to NOW's, only those this pass made remain: yesterday to
+            // three days ahead (those of the real clock, made at open, are later still).
+            assert_eq!(
+                days,
+                (NOW / DAY - 1..=NOW / DAY + 3).collect::<Vec<_>>(),
+                "{table}"
+            );
+        }
+        assert_eq!(report.count(Table::Telemetry), 1);
+        assert_eq!(report.count(Table::DeviceReports), 2);
+        assert_eq!(report.count(Table::Connections), 2);
+        assert_eq!(seqs(&store, "telemetry"), vec![5]);
+        // A's older alert went with its day; A's newest and B's only one were kept, in
+        // the DEFAULT partition now.
+        assert_eq!(report.count(Table::Alerts), 1);
+        assert_eq!(seqs(&store, "alerts"), vec![3, 4]);
+        assert_eq!(count(&store, "SELECT COUNT(*) FROM alerts_default"), 2);
+        // Each device keeps its newest verdict change.
+        let left = count(&store, "SELECT COUNT(*) FROM verdict_changes");
+        assert_eq!(
+            u64::try_from(changes_before - left).unwrap(),
+            report.count(Table::VerdictChanges)
+        );
+        assert_eq!(
+            count(
+                &store,
+                "SELECT COUNT(DISTINCT mac) FROM verdict_changes WHERE cpe_id = 'cpe-r'"
+            ),
+            2
+        );
+        // The counts /metrics shows include the dropped days' rows.
+        let t = totals(store.db()).unwrap();
+        let deleted: HashMap<Table, u64> = t.deleted.iter().copied().collect();
+        for table in Table::ALL {
+            assert_eq!(deleted[&table], report.count(table), "{table:?}");
+        }
+        let again = store
+            .apply_retention(&windows(), NOW + 1, &unhurried(), &|| false)
+            .unwrap();
+        assert_eq!(again.total(), 0);
+    }
+
+    #[test]
     fn a_replayed_old_message_is_still_refused_after_its_row_was_deleted() {
         let mut store = Store::open_in_memory().unwrap();
         let key = keys::generate();
