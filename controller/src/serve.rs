@@ -28,7 +28,9 @@ pub async fn run(
         .resolve_broker_password()
         .map_err(broker::BrokerError::from)?;
     config.validate().map_err(broker::BrokerError::from)?;
-    let store = Store::open(&config.db_path)?;
+    let database = config.database_url();
+    tracing::info!(database = %config.database_label(), "opening the database");
+    let store = Store::open_url(&database)?;
     // Empty: the embedded broker admits no router until the ingest has subscribed and
     // fills it (`ingest::service::Admission`), so nothing a router publishes is dropped
     // for want of a subscriber.
@@ -43,7 +45,7 @@ pub async fn run(
     }
     // Periodic jobs run on one replica at a time ([`crate::lead`]); they stop with the web UI.
     let (stop_web, web_stopped) = tokio::sync::watch::channel(false);
-    let lease_url = config.db_path.to_string_lossy().into_owned();
+    let lease_url = database.clone();
     {
         let (broker_config, client_id, db_path) = (
             config.broker.clone(),
@@ -91,26 +93,23 @@ pub async fn run(
     };
     // Notifications stop with the web UI.
     let notify = {
-        let (notify_config, db_path) = (config.notifications.clone(), config.db_path.clone());
+        let (notify_config, url) = (config.notifications.clone(), database.clone());
         tokio::spawn(lead::one_at_a_time(
             lease_url.clone(),
             "notifications",
             web_stopped.clone(),
-            move |stop| crate::notify::run(notify_config, db_path, stop),
+            move |stop| crate::notify::run(notify_config, url, stop),
         ))
     };
     // So does retention, between two batches.
     let retention = {
-        let (db_path, windows) = (
-            config.db_path.clone(),
-            config.retention.windows(&config.ingest),
-        );
+        let (url, windows) = (database.clone(), config.retention.windows(&config.ingest));
         let every = Duration::from_secs(u64::from(config.retention.interval_minutes) * 60);
         tokio::spawn(lead::one_at_a_time(
             lease_url.clone(),
             "retention",
             web_stopped.clone(),
-            move |stop| run_retention(db_path, windows, every, stop),
+            move |stop| run_retention(url, windows, every, stop),
         ))
     };
     let result = service::run(&config, admission, async move {
@@ -156,11 +155,12 @@ pub async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
-/// Runs a retention pass now and then every `every` until `stop` turns true (checked
+/// Runs a retention pass on the database at `url` now and then every `every` until `stop`
+/// turns true (checked
 /// between batches too, so shutdown does not wait for a long pass). A failed pass is
 /// logged and tried again at the next tick.
 async fn run_retention(
-    db_path: std::path::PathBuf,
+    url: String,
     windows: crate::store::retention::Windows,
     every: Duration,
     mut stop: tokio::sync::watch::Receiver<bool>,
@@ -173,9 +173,9 @@ async fn run_retention(
             _ = tick.tick() => {}
             _ = stop.wait_for(|stopped| *stopped) => return,
         }
-        let (path, now, stopping) = (db_path.clone(), clock(), stop.clone());
+        let (url, now, stopping) = (url.clone(), clock(), stop.clone());
         let pass = tokio::task::spawn_blocking(move || {
-            let mut store = Store::open(&path)?;
+            let mut store = Store::open_url(&url)?;
             store.apply_retention(
                 &windows,
                 now,
@@ -278,7 +278,7 @@ mod tests {
         let (stop, stopped) = tokio::sync::watch::channel(false);
         // An hour between passes: only the one at start can run within this test.
         let task = tokio::spawn(run_retention(
-            path,
+            format!("sqlite:{}", path.display()),
             RetentionConfig::default().windows(&IngestConfig::default()),
             Duration::from_secs(3600),
             stopped,
