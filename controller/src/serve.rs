@@ -47,16 +47,16 @@ pub async fn run(
     let (stop_web, web_stopped) = tokio::sync::watch::channel(false);
     let lease_url = database.clone();
     {
-        let (broker_config, client_id, db_path) = (
+        let (broker_config, client_id, url) = (
             config.broker.clone(),
             format!("{}-policy-watch", config.broker.client_id),
-            config.db_path.clone(),
+            database.clone(),
         );
         tokio::spawn(lead::one_at_a_time(
             lease_url.clone(),
             "policy-watch",
             web_stopped.clone(),
-            move |_| policy::watch_retained(broker_config, client_id, db_path),
+            move |_| policy::watch_retained(broker_config, client_id, url),
         ));
     }
     // Put the newest policies back on their retained topics (the embedded broker forgets

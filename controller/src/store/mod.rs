@@ -242,7 +242,7 @@ impl Store {
     /// [`retention::run_pass`]; `cancelled` is asked between batches).
     ///
     /// # Errors
-    /// [`StoreError::Sqlite`]; batches already committed stay done and counted.
+    /// [`StoreError`]; batches already committed stay done and counted.
     pub fn apply_retention(
         &mut self,
         windows: &retention::Windows,

@@ -139,6 +139,10 @@ fn create(tx: &Tx<'_>, table: &str, column: &str, day: u64) -> Result<bool, DbEr
         i64::try_from(from).map_err(|_| DbError::OutOfRange(from.to_string()))?,
         i64::try_from(to).map_err(|_| DbError::OutOfRange(to.to_string()))?,
     );
+    // The usual case, the day made already, takes no lock; otherwise ask again under it.
+    if exists(tx, &name)? {
+        return Ok(false);
+    }
     // Table names come from PARTITIONED and bounds are numbers: nothing to quote.
     tx.execute(
         &format!("LOCK TABLE {table} IN SHARE UPDATE EXCLUSIVE MODE"),
