@@ -11,18 +11,21 @@
 //! # Creating a day the DEFAULT partition already has rows of
 //! PostgreSQL refuses a new range partition while the `DEFAULT` partition holds rows of
 //! that range (a controller down for a while, a clock that jumped). So a day partition is
-//! never created directly: in one transaction the parent is locked against other
-//! partition changes (`SHARE UPDATE EXCLUSIVE`, which writers do not wait for), the
-//! `DEFAULT` partition against writes (`ACCESS EXCLUSIVE`, for as long as the move takes),
-//! the day's table is made standalone, the day's rows are moved into it from the
-//! `DEFAULT` partition, and it is attached. Nothing is lost or duplicated whether it
-//! commits or not.
+//! never created directly: in one transaction the parent is locked against writes and
+//! other partition changes (`SHARE ROW EXCLUSIVE`; readers go on), then its `DEFAULT`
+//! partition (`ACCESS EXCLUSIVE`, which `ATTACH` needs anyway), the day's table is made
+//! standalone, the day's rows are moved into it from the `DEFAULT` partition, and it is
+//! attached. Nothing is lost or duplicated whether it commits or not. Writers wait on the
+//! parent for the few milliseconds this takes (once per table and day), and then route
+//! their rows to the new day: a lock on the `DEFAULT` partition alone would let an insert
+//! already routed there fail the new partition's constraint after the attach (tested).
 //!
 //! # Replicas
 //! Every replica runs [`ensure`] when it opens the store, and the leader's retention job
 //! runs it too. The parent's lock makes two of them take turns on a table; the second
-//! finds the day there and does nothing. The lock order (parent, then its `DEFAULT`
-//! partition) is the one every insert takes, so [`ensure`] does not deadlock with them.
+//! finds the day there and does nothing. A transaction that read a partitioned table and
+//! then writes it while [`ensure`] waits for the `DEFAULT` partition deadlocks with it;
+//! the server aborts one of the two and [`Db::transaction`] runs it again.
 
 use super::db::{Backend, Db, DbError, Sql, Tx};
 
@@ -145,7 +148,7 @@ fn create(tx: &Tx<'_>, table: &str, column: &str, day: u64) -> Result<bool, DbEr
     }
     // Table names come from PARTITIONED and bounds are numbers: nothing to quote.
     tx.execute(
-        &format!("LOCK TABLE {table} IN SHARE UPDATE EXCLUSIVE MODE"),
+        &format!("LOCK TABLE {table} IN SHARE ROW EXCLUSIVE MODE"),
         &[],
     )?;
     if exists(tx, &name)? {
@@ -316,6 +319,53 @@ mod tests {
             made.iter().sum::<usize>(),
             5 * PARTITIONED.len(),
             "{made:?}"
+        );
+    }
+
+    #[test]
+    fn rows_written_while_a_day_is_made_all_end_up_in_it() {
+        let url = smtpguard_pgtest::database();
+        let store = Store::open_url(&url).unwrap();
+        let day = NOON + 2 * DAY_MS;
+        let rows = 300u64;
+        std::thread::scope(|s| {
+            let writer = s.spawn(|| {
+                let db = Db::open(&url).unwrap();
+                for i in 0..rows {
+                    db.execute(
+                        "INSERT INTO connections (cpe_id, mac, at_ms, src_port, dst, dst_port)
+                         VALUES ('cpe-w', 'm', ?1, ?2, '192.0.2.1', 25)",
+                        crate::db_params![day + i, i],
+                    )
+                    .unwrap();
+                }
+            });
+            // Start once some rows are in the DEFAULT partition, while more are coming.
+            while store
+                .db()
+                .query_one::<i64>("SELECT COUNT(*) FROM connections", &[])
+                .unwrap()
+                < 20
+            {
+                std::thread::yield_now();
+            }
+            ensure(&Db::open(&url).unwrap(), NOON, 3).unwrap();
+            writer.join().unwrap();
+        });
+        let placed = store
+            .db()
+            .query(
+                "SELECT CAST(tableoid::regclass AS TEXT), COUNT(*) FROM connections GROUP BY 1",
+                &[],
+            )
+            .unwrap();
+        let placed: Vec<(String, i64)> = placed
+            .iter()
+            .map(|r| (r.get(0).unwrap(), r.get(1).unwrap()))
+            .collect();
+        assert_eq!(
+            placed,
+            vec![("connections_p20300617".to_string(), rows as i64)]
         );
     }
 
