@@ -207,9 +207,10 @@ async fn run_retention(
 const KEY_REFRESH: Duration = Duration::from_secs(1);
 
 /// Reloads the [`KeyCache`] on its own thread whenever another connection changed the
-/// database and hands it to `admission` (the broker sees it once the ingest has
-/// subscribed), and ticks `changed` when the enrolled CPEs or their passwords differ, so
-/// the embedded broker closes the connections of revoked or re-keyed CPEs.
+/// database (on PostgreSQL: every [`KEY_REFRESH`]) and hands it to `admission` (the
+/// broker sees it once the ingest has subscribed), and ticks `changed` when the enrolled
+/// CPEs or their passwords differ, so the embedded broker closes the connections of
+/// revoked or re-keyed CPEs.
 fn spawn_key_refresher(
     store: Store,
     admission: Arc<Admission>,
@@ -218,8 +219,12 @@ fn spawn_key_refresher(
     let spawned = std::thread::Builder::new()
         .name("key-refresher".into())
         .spawn(move || {
+            // SQLite counts changes made by other connections; PostgreSQL has no such
+            // counter (`None`), so there the registry is read again every time.
             let version = |s: &Store| -> Option<i64> {
-                s.conn()
+                s.db()
+                    .sqlite_connection()
+                    .ok()?
                     .pragma_query_value(None, "data_version", |r| r.get(0))
                     .ok()
             };
@@ -232,7 +237,7 @@ fn spawn_key_refresher(
                     return;
                 }
                 let now = version(&store);
-                if now == seen {
+                if now.is_some() && now == seen {
                     continue;
                 }
                 seen = now;
