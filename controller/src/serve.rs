@@ -313,4 +313,64 @@ mod tests {
             .expect("retention stops with the controller")
             .unwrap();
     }
+
+    /// The blocking PostgreSQL client must not run on the runtime's threads: the test
+    /// drives the runtime itself and reads the database from its own thread.
+    #[test]
+    fn retention_runs_on_a_postgres_url() {
+        let url = smtpguard_pgtest::database();
+        let store = Store::open_url(&url).unwrap();
+        let now = (crate::web::system_clock())();
+        let day = 86_400_000;
+        for (seq, at) in [(1u64, now - 30 * day), (2, now)] {
+            store
+                .db()
+                .execute(
+                    "INSERT INTO telemetry (cpe_id, seq, window_start_ms, window_secs, stats_json)
+                     VALUES ('cpe-s', ?1, ?2, 60, '{}')",
+                    crate::db_params![seq, at],
+                )
+                .unwrap();
+        }
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let task = rt.spawn(run_retention(
+            url.clone(),
+            RetentionConfig::default().windows(&IngestConfig::default()),
+            Duration::from_secs(3600),
+            stopped,
+        ));
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let totals = loop {
+            let t = retention::totals(store.db()).unwrap();
+            if t.last_run.is_some() {
+                break t;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no retention pass at start"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        assert!(totals.deleted.contains(&(retention::Table::Telemetry, 1)));
+        let left: Vec<i64> = store
+            .db()
+            .query("SELECT seq FROM telemetry", &[])
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0).unwrap())
+            .collect();
+        assert_eq!(left, vec![2]);
+        stop.send(true).unwrap();
+        rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(30), task)
+                .await
+                .expect("retention stops with the controller")
+                .unwrap();
+        });
+    }
 }
