@@ -34,7 +34,8 @@
 //! # PostgreSQL: whole days at once
 //! On PostgreSQL the time tables are partitioned by UTC day ([`super::partitions`]). A pass
 //! first makes sure the coming days have their partitions, then drops each day partition
-//! whose whole day is past its window, one transaction each, counting the rows it held.
+//! whose whole day is past its window, one transaction each (not counted against
+//! [`MAX_BATCHES`]: a drop costs the same whatever the day held), counting the rows it held.
 //! Alerts and verdict changes that are their device's newest are first copied out of the
 //! day being dropped (they land in the `DEFAULT` partition, the day having no partition any
 //! more). Batches then delete from the `DEFAULT` partitions and from the tables that are
