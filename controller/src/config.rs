@@ -3,6 +3,11 @@
 //!
 //! ```toml
 //! db_path = "/var/lib/smtpguard/controller.db"
+//! # Or PostgreSQL, shared by several controller replicas (`sqlite:PATH` is SQLite again).
+//! # Without it the database is the SQLite file db_path; db_path's directory stays the data
+//! # directory either way (the embedded broker's password file). A password in the URL is
+//! # never logged, and neither is the URL with it (see `DatabaseUrl`).
+//! # database = "postgres://smtpguard:secret@db.isp.example:5432/smtpguard"
 //! policy_key_path = "/etc/smtpguard/policy.key"
 //! http_listen = "127.0.0.1:8080"
 //!
@@ -91,8 +96,12 @@ pub enum ConfigError {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// SQLite database file.
+    /// SQLite database file, used when `database` is not set; its directory is the data
+    /// directory either way ([`Config::data_dir`]).
     pub db_path: PathBuf,
+    /// The database by URL: `postgres://user[:password]@host:port/db` or `sqlite:PATH`;
+    /// `None`: the SQLite file `db_path`. See [`Config::database_url`].
+    pub database: Option<DatabaseUrl>,
     /// The policy-signing key (made by `smtpguard-controller keygen`).
     pub policy_key_path: PathBuf,
     /// Where the web server listens.
@@ -140,6 +149,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             db_path: PathBuf::from("/var/lib/smtpguard/controller.db"),
+            database: None,
             policy_key_path: PathBuf::from("/etc/smtpguard/policy.key"),
             http_listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             broker: BrokerConfig::default(),
@@ -151,6 +161,101 @@ impl Default for Config {
             retention: RetentionConfig::default(),
         }
     }
+}
+
+/// A database URL from the configuration. Its `Debug` and `Display` hide the password
+/// (`postgres://user:***@host/db`, `password=***` in the query), so a logged or printed
+/// configuration never shows it; [`DatabaseUrl::expose`] gives the URL to connect with.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    /// Wraps a URL (not checked: see [`Config::validate`]).
+    pub fn new(url: impl Into<String>) -> DatabaseUrl {
+        DatabaseUrl(url.into())
+    }
+
+    /// The URL with its password, to open the database with. Never log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The URL with the password replaced by `***`.
+    pub fn redacted(&self) -> String {
+        redact_url(&self.0)
+    }
+
+    /// Whether this is a PostgreSQL URL.
+    pub fn is_postgres(&self) -> bool {
+        let url = self.0.trim();
+        url.starts_with("postgres://") || url.starts_with("postgresql://")
+    }
+
+    /// Checks that the URL is one the controller opens.
+    fn check(&self) -> Result<(), String> {
+        let url = self.0.trim();
+        if self.is_postgres() {
+            return url
+                .parse::<postgres::Config>()
+                .map(drop)
+                .map_err(|e| format!("{} is not a usable PostgreSQL URL: {e}", self.redacted()));
+        }
+        match url.strip_prefix("sqlite:") {
+            Some(path) if !path.trim_start_matches("//").is_empty() && path != ":memory:" => Ok(()),
+            Some(_) => {
+                Err("sqlite: needs a file path (sqlite:/var/lib/smtpguard/controller.db)".into())
+            }
+            None => Err(format!(
+                "{} is neither postgres://user@host:port/db nor sqlite:PATH",
+                self.redacted()
+            )),
+        }
+    }
+}
+
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("DatabaseUrl")
+            .field(&self.redacted())
+            .finish()
+    }
+}
+
+impl std::fmt::Display for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+/// `url` with the password of its `user:password@` part and of any `password=` query
+/// parameter replaced by `***`.
+pub fn redact_url(url: &str) -> String {
+    let mut out = url.to_string();
+    if let Some(scheme_end) = out.find("://") {
+        let rest_start = scheme_end + 3;
+        let authority_end = out[rest_start..]
+            .find(['/', '?'])
+            .map_or(out.len(), |i| rest_start + i);
+        if let Some(at) = out[rest_start..authority_end].rfind('@') {
+            let userinfo = &out[rest_start..rest_start + at];
+            if let Some(colon) = userinfo.find(':') {
+                out.replace_range(rest_start + colon + 1..rest_start + at, "***");
+            }
+        }
+    }
+    if let Some(query_start) = out.find('?') {
+        let query = out[query_start + 1..]
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((key, _)) if key.eq_ignore_ascii_case("password") => format!("{key}=***"),
+                _ => pair.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join("&");
+        out.replace_range(query_start + 1.., &query);
+    }
+    out
 }
 
 /// The MQTT broker: embedded, or an external one by URL.
@@ -439,6 +544,25 @@ impl Config {
         Ok(config)
     }
 
+    /// The URL of the controller's database: `database` when set, otherwise the SQLite
+    /// file `db_path` (`sqlite:PATH`). What `serve`, the ingest, the web server, the
+    /// notification deliverer and the periodic jobs' leases open. It carries the password:
+    /// log [`DatabaseUrl::redacted`] or [`Config::database_label`] instead.
+    pub fn database_url(&self) -> String {
+        match &self.database {
+            Some(url) => url.expose().trim().to_string(),
+            None => format!("sqlite:{}", self.db_path.display()),
+        }
+    }
+
+    /// The database as logs and errors may name it (the password hidden).
+    pub fn database_label(&self) -> String {
+        match &self.database {
+            Some(url) => url.redacted(),
+            None => self.db_path.display().to_string(),
+        }
+    }
+
     /// The data directory: where `db_path` lives.
     pub fn data_dir(&self) -> PathBuf {
         match self.db_path.parent() {
@@ -505,6 +629,11 @@ impl Config {
         };
         if self.db_path.as_os_str().is_empty() {
             return invalid("db_path", "must not be empty");
+        }
+        if let Some(url) = &self.database {
+            if let Err(problem) = url.check() {
+                return invalid("database", &problem);
+            }
         }
         if self.policy_key_path.as_os_str().is_empty() {
             return invalid("policy_key_path", "must not be empty");
@@ -746,5 +875,60 @@ mod tests {
         .unwrap();
         let err = Config::load(&path).unwrap_err().to_string();
         assert!(err.contains("broker.password"), "{err}");
+    }
+
+    #[test]
+    fn the_database_url_defaults_to_db_path_and_never_shows_its_password() {
+        let secret = "s3cret-Pw";
+        let mut c: Config = toml::from_str("db_path = \"/tmp/x.db\"").unwrap();
+        c.broker.password = "a-random-secret-0123".into();
+        assert_eq!(c.database_url(), "sqlite:/tmp/x.db");
+        c.validate().unwrap();
+
+        let mut c: Config = toml::from_str(&format!(
+            "database = \"postgres://guard:{secret}@db.example:5433/smtpguard\"\n"
+        ))
+        .unwrap();
+        c.broker.password = "a-random-secret-0123".into();
+        c.validate().unwrap();
+        assert_eq!(
+            c.database_url(),
+            format!("postgres://guard:{secret}@db.example:5433/smtpguard")
+        );
+        assert_eq!(
+            c.database_label(),
+            "postgres://guard:***@db.example:5433/smtpguard"
+        );
+        let printed = format!("{c:?} {}", c.database.as_ref().unwrap());
+        assert!(!printed.contains(secret), "{printed}");
+        assert!(printed.contains("guard:***@db.example"), "{printed}");
+        // The URL is also not in the data directory's place: that stays db_path's.
+        assert_eq!(c.data_dir(), PathBuf::from("/var/lib/smtpguard"));
+
+        // A password as a query parameter is hidden too; a URL without one is unchanged.
+        assert_eq!(
+            redact_url(&format!(
+                "postgresql://h/db?user=g&password={secret}&sslmode=disable"
+            )),
+            "postgresql://h/db?user=g&password=***&sslmode=disable"
+        );
+        assert_eq!(redact_url("postgres://g@h:5/db"), "postgres://g@h:5/db");
+
+        c.database = Some(DatabaseUrl::new("sqlite:/srv/guard.db"));
+        c.validate().unwrap();
+        assert_eq!(c.database_url(), "sqlite:/srv/guard.db");
+
+        // Broken URLs are refused naming the field, without the password.
+        for bad in [
+            format!("mysql://guard:{secret}@h/db"),
+            format!("postgres://guard:{secret}@h:notaport/db"),
+            "sqlite:".to_string(),
+            "/var/lib/x.db".to_string(),
+        ] {
+            c.database = Some(DatabaseUrl::new(bad.clone()));
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains("`database`"), "{bad}: {err}");
+            assert!(!err.contains(secret), "{err}");
+        }
     }
 }

@@ -462,22 +462,22 @@ async fn on_db<T: Send + 'static>(
     .map_err(|e| e.to_string())?
 }
 
-/// Runs the deliverer until `stop` turns true. Opens the database itself.
+/// Runs the deliverer until `stop` turns true. Opens the database at `url` itself
+/// ([`crate::config::Config::database_url`]).
 ///
 /// # Errors
 /// [`ConfigError`] when the section does not validate (checked before anything runs).
 pub async fn run(
     config: NotifyConfig,
-    db_path: PathBuf,
+    url: String,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), ConfigError> {
     let ready = config.ready()?;
-    let db = db_path.clone();
-    let opened = tokio::task::spawn_blocking(move || crate::web::open_db(&db)).await;
+    let opened = tokio::task::spawn_blocking(move || crate::web::open_db_url(&url)).await;
     let conn = match opened {
         Ok(Ok(db)) => db,
-        Ok(Err(e)) => return Err(invalid("db_path", e.to_string())),
-        Err(e) => return Err(invalid("db_path", e.to_string())),
+        Ok(Err(e)) => return Err(invalid("database", e.to_string())),
+        Err(e) => return Err(invalid("database", e.to_string())),
     };
     let mut last_prune = 0u64;
     loop {

@@ -24,7 +24,7 @@
 //! per-CPE policy set by hand (`policy set --cpe`) that is newer than the last derived one
 //! is left alone by the re-derivation after a fleet publish.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
@@ -308,10 +308,10 @@ pub fn restore_decision(latest: Option<&StoredPolicy>, payload: &[u8]) -> Restor
 /// signed policy in the database, republishes the latest retained, or clears a per-CPE
 /// topic the controller has no policy for. Counted in `/metrics`
 /// (`smtpguard_policy_restored_total`). Runs until the process ends; reconnects with a
-/// back-off.
-pub async fn watch_retained(broker_config: BrokerConfig, client_id: String, db_path: PathBuf) {
+/// back-off. `database_url` is [`crate::config::Config::database_url`].
+pub async fn watch_retained(broker_config: BrokerConfig, client_id: String, database_url: String) {
     use crate::broker::stats::STATS;
-    let store = match Store::open(&db_path) {
+    let store = match Store::open_url(&database_url) {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(error = %e, "policy watch: cannot open the database");

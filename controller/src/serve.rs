@@ -28,7 +28,9 @@ pub async fn run(
         .resolve_broker_password()
         .map_err(broker::BrokerError::from)?;
     config.validate().map_err(broker::BrokerError::from)?;
-    let store = Store::open(&config.db_path)?;
+    let database = config.database_url();
+    tracing::info!(database = %config.database_label(), "opening the database");
+    let store = Store::open_url(&database)?;
     // Empty: the embedded broker admits no router until the ingest has subscribed and
     // fills it (`ingest::service::Admission`), so nothing a router publishes is dropped
     // for want of a subscriber.
@@ -43,18 +45,18 @@ pub async fn run(
     }
     // Periodic jobs run on one replica at a time ([`crate::lead`]); they stop with the web UI.
     let (stop_web, web_stopped) = tokio::sync::watch::channel(false);
-    let lease_url = config.db_path.to_string_lossy().into_owned();
+    let lease_url = database.clone();
     {
-        let (broker_config, client_id, db_path) = (
+        let (broker_config, client_id, url) = (
             config.broker.clone(),
             format!("{}-policy-watch", config.broker.client_id),
-            config.db_path.clone(),
+            database.clone(),
         );
         tokio::spawn(lead::one_at_a_time(
             lease_url.clone(),
             "policy-watch",
             web_stopped.clone(),
-            move |_| policy::watch_retained(broker_config, client_id, db_path),
+            move |_| policy::watch_retained(broker_config, client_id, url),
         ));
     }
     // Put the newest policies back on their retained topics (the embedded broker forgets
@@ -91,26 +93,23 @@ pub async fn run(
     };
     // Notifications stop with the web UI.
     let notify = {
-        let (notify_config, db_path) = (config.notifications.clone(), config.db_path.clone());
+        let (notify_config, url) = (config.notifications.clone(), database.clone());
         tokio::spawn(lead::one_at_a_time(
             lease_url.clone(),
             "notifications",
             web_stopped.clone(),
-            move |stop| crate::notify::run(notify_config, db_path, stop),
+            move |stop| crate::notify::run(notify_config, url, stop),
         ))
     };
     // So does retention, between two batches.
     let retention = {
-        let (db_path, windows) = (
-            config.db_path.clone(),
-            config.retention.windows(&config.ingest),
-        );
+        let (url, windows) = (database.clone(), config.retention.windows(&config.ingest));
         let every = Duration::from_secs(u64::from(config.retention.interval_minutes) * 60);
         tokio::spawn(lead::one_at_a_time(
             lease_url.clone(),
             "retention",
             web_stopped.clone(),
-            move |stop| run_retention(db_path, windows, every, stop),
+            move |stop| run_retention(url, windows, every, stop),
         ))
     };
     let result = service::run(&config, admission, async move {
@@ -156,11 +155,12 @@ pub async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
-/// Runs a retention pass now and then every `every` until `stop` turns true (checked
+/// Runs a retention pass on the database at `url` now and then every `every` until `stop`
+/// turns true (checked
 /// between batches too, so shutdown does not wait for a long pass). A failed pass is
 /// logged and tried again at the next tick.
 async fn run_retention(
-    db_path: std::path::PathBuf,
+    url: String,
     windows: crate::store::retention::Windows,
     every: Duration,
     mut stop: tokio::sync::watch::Receiver<bool>,
@@ -173,9 +173,9 @@ async fn run_retention(
             _ = tick.tick() => {}
             _ = stop.wait_for(|stopped| *stopped) => return,
         }
-        let (path, now, stopping) = (db_path.clone(), clock(), stop.clone());
+        let (url, now, stopping) = (url.clone(), clock(), stop.clone());
         let pass = tokio::task::spawn_blocking(move || {
-            let mut store = Store::open(&path)?;
+            let mut store = Store::open_url(&url)?;
             store.apply_retention(
                 &windows,
                 now,
@@ -207,9 +207,10 @@ async fn run_retention(
 const KEY_REFRESH: Duration = Duration::from_secs(1);
 
 /// Reloads the [`KeyCache`] on its own thread whenever another connection changed the
-/// database and hands it to `admission` (the broker sees it once the ingest has
-/// subscribed), and ticks `changed` when the enrolled CPEs or their passwords differ, so
-/// the embedded broker closes the connections of revoked or re-keyed CPEs.
+/// database (on PostgreSQL: every [`KEY_REFRESH`]) and hands it to `admission` (the
+/// broker sees it once the ingest has subscribed), and ticks `changed` when the enrolled
+/// CPEs or their passwords differ, so the embedded broker closes the connections of
+/// revoked or re-keyed CPEs.
 fn spawn_key_refresher(
     store: Store,
     admission: Arc<Admission>,
@@ -218,8 +219,12 @@ fn spawn_key_refresher(
     let spawned = std::thread::Builder::new()
         .name("key-refresher".into())
         .spawn(move || {
+            // SQLite counts changes made by other connections; PostgreSQL has no such
+            // counter (`None`), so there the registry is read again every time.
             let version = |s: &Store| -> Option<i64> {
-                s.conn()
+                s.db()
+                    .sqlite_connection()
+                    .ok()?
                     .pragma_query_value(None, "data_version", |r| r.get(0))
                     .ok()
             };
@@ -232,7 +237,7 @@ fn spawn_key_refresher(
                     return;
                 }
                 let now = version(&store);
-                if now == seen {
+                if now.is_some() && now == seen {
                     continue;
                 }
                 seen = now;
@@ -278,14 +283,14 @@ mod tests {
         let (stop, stopped) = tokio::sync::watch::channel(false);
         // An hour between passes: only the one at start can run within this test.
         let task = tokio::spawn(run_retention(
-            path,
+            format!("sqlite:{}", path.display()),
             RetentionConfig::default().windows(&IngestConfig::default()),
             Duration::from_secs(3600),
             stopped,
         ));
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         let totals = loop {
-            let t = retention::totals(&store.conn()).unwrap();
+            let t = retention::totals(store.db()).unwrap();
             if t.last_run.is_some() {
                 break t;
             }
@@ -307,5 +312,65 @@ mod tests {
             .await
             .expect("retention stops with the controller")
             .unwrap();
+    }
+
+    /// The blocking PostgreSQL client must not run on the runtime's threads: the test
+    /// drives the runtime itself and reads the database from its own thread.
+    #[test]
+    fn retention_runs_on_a_postgres_url() {
+        let url = smtpguard_pgtest::database();
+        let store = Store::open_url(&url).unwrap();
+        let now = (crate::web::system_clock())();
+        let day = 86_400_000;
+        for (seq, at) in [(1u64, now - 30 * day), (2, now)] {
+            store
+                .db()
+                .execute(
+                    "INSERT INTO telemetry (cpe_id, seq, window_start_ms, window_secs, stats_json)
+                     VALUES ('cpe-s', ?1, ?2, 60, '{}')",
+                    crate::db_params![seq, at],
+                )
+                .unwrap();
+        }
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let task = rt.spawn(run_retention(
+            url.clone(),
+            RetentionConfig::default().windows(&IngestConfig::default()),
+            Duration::from_secs(3600),
+            stopped,
+        ));
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let totals = loop {
+            let t = retention::totals(store.db()).unwrap();
+            if t.last_run.is_some() {
+                break t;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no retention pass at start"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        assert!(totals.deleted.contains(&(retention::Table::Telemetry, 1)));
+        let left: Vec<i64> = store
+            .db()
+            .query("SELECT seq FROM telemetry", &[])
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0).unwrap())
+            .collect();
+        assert_eq!(left, vec![2]);
+        stop.send(true).unwrap();
+        rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(30), task)
+                .await
+                .expect("retention stops with the controller")
+                .unwrap();
+        });
     }
 }

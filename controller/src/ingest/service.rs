@@ -73,7 +73,7 @@ pub async fn run(
     admission: Arc<Admission>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), IngestError> {
-    let store = Store::open(&config.db_path)?;
+    let store = Store::open_url(&config.database_url())?;
     let key_cache = KeyCache::load(&store)?;
     let freshness = Freshness {
         max_age_ms: config.ingest.max_age_secs.saturating_mul(1000),

@@ -20,6 +20,7 @@ pub mod db;
 pub mod devices;
 pub mod history;
 pub mod notifications;
+pub mod partitions;
 pub mod retention;
 pub mod schema;
 
@@ -210,6 +211,10 @@ impl Store {
             }
             db::Backend::Postgres => {
                 db.migrate(schema::POSTGRES)?;
+                let now_ms = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+                partitions::ensure(&db, now_ms, partitions::DAYS_AHEAD)?;
             }
         }
         Ok(Store {
@@ -237,7 +242,7 @@ impl Store {
     /// [`retention::run_pass`]; `cancelled` is asked between batches).
     ///
     /// # Errors
-    /// [`StoreError::Sqlite`]; batches already committed stay done and counted.
+    /// [`StoreError`]; batches already committed stay done and counted.
     pub fn apply_retention(
         &mut self,
         windows: &retention::Windows,
@@ -245,7 +250,7 @@ impl Store {
         limits: &retention::Limits,
         cancelled: &dyn Fn() -> bool,
     ) -> Result<retention::Report, StoreError> {
-        retention::run_pass(&mut self.conn(), windows, now_ms, limits, cancelled)
+        retention::run_pass(&self.db, windows, now_ms, limits, cancelled)
     }
 
     /// The migrated database itself, for a component that keeps one of its own (the web

@@ -24,18 +24,32 @@
 //! replay of it is refused as stale before its number is even looked at.
 //!
 //! # Never blocking the ingest for long
-//! Each batch is one short `IMMEDIATE` transaction deleting at most [`BATCH_ROWS`] rows
-//! (`DELETE ... WHERE rowid IN (SELECT rowid ... LIMIT n)` on an index of the time column),
-//! with a pause between batches that lets the ingest's writer in; a pass does at most
-//! [`MAX_BATCHES`] batches per table and leaves the rest to the next pass. Every batch adds
-//! its count to `retention_deleted` in the same transaction, which `/metrics` exports.
+//! Each batch is one short transaction (on SQLite `IMMEDIATE`) deleting at most
+//! [`BATCH_ROWS`] rows (`DELETE ... WHERE rowid IN (SELECT rowid ... LIMIT n)` on an index
+//! of the time column; PostgreSQL's `ctid` likewise), with a pause between batches that lets
+//! the ingest's writer in; a pass does at most [`MAX_BATCHES`] batches per table and leaves
+//! the rest to the next pass. Every batch adds its count to `retention_deleted` in the same
+//! transaction, which `/metrics` exports.
+//!
+//! # PostgreSQL: whole days at once
+//! On PostgreSQL the time tables are partitioned by UTC day ([`super::partitions`]). A pass
+//! first makes sure the coming days have their partitions, then drops each day partition
+//! whose whole day is past its window, one transaction each (not counted against
+//! [`MAX_BATCHES`]: a drop costs the same whatever the day held), counting the rows it held.
+//! Alerts and verdict changes that are their device's newest are first copied out of the
+//! day being dropped (they land in the `DEFAULT` partition, the day having no partition any
+//! more). Batches then delete from the `DEFAULT` partitions and from the tables that are
+//! not partitioned (`messages`, `public_ips`) as on SQLite. Rows in a day partition that
+//! the cutoff falls inside wait until their whole day is past the window: on PostgreSQL
+//! history is kept up to one day longer than its window.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use smtpguard_protocol::Kind;
 
+use super::db::{Backend, Db, Sql, Tx};
+use super::partitions::{self, DAY_MS};
 use super::{from_i64, to_i64, StoreError};
 
 /// Most rows one batch (one transaction) deletes. A telemetry batch may go over by the
@@ -172,34 +186,28 @@ pub struct Totals {
 /// Reads the running totals.
 ///
 /// # Errors
-/// [`StoreError::Sqlite`].
-pub fn totals(conn: &Connection) -> Result<Totals, StoreError> {
+/// [`StoreError::Db`].
+pub fn totals(db: &impl Sql) -> Result<Totals, StoreError> {
     let mut per_table: BTreeMap<String, u64> = BTreeMap::new();
     let mut messages_by_kind = BTreeMap::new();
-    let mut stmt =
-        conn.prepare_cached("SELECT table_name, kind, deleted FROM retention_deleted")?;
-    let rows = stmt.query_map([], |r| {
-        Ok((
-            r.get::<_, String>(0)?,
-            r.get::<_, String>(1)?,
-            r.get::<_, i64>(2)?,
-        ))
-    })?;
-    for row in rows {
-        let (table, kind, n) = row?;
+    for row in db.query(
+        "SELECT table_name, kind, deleted FROM retention_deleted",
+        &[],
+    )? {
+        let (table, kind, n): (String, String, i64) = (row.get(0)?, row.get(1)?, row.get(2)?);
         let n = from_i64(n);
         *per_table.entry(table.clone()).or_default() += n;
         if table == Table::Messages.as_str() {
             *messages_by_kind.entry(kind).or_default() += n;
         }
     }
-    let last_run = conn
-        .query_row(
-            "SELECT finished_ms, complete FROM retention_runs WHERE id = 1",
-            [],
-            |r| Ok((from_i64(r.get(0)?), r.get::<_, i64>(1)? != 0)),
-        )
-        .optional()?;
+    let last_run = match db.query_opt(
+        "SELECT finished_ms, complete FROM retention_runs WHERE id = 1",
+        &[],
+    )? {
+        Some(row) => Some((from_i64(row.get(0)?), row.get::<i64>(1)? != 0)),
+        None => None,
+    };
     Ok(Totals {
         deleted: Table::ALL
             .iter()
@@ -210,21 +218,23 @@ pub fn totals(conn: &Connection) -> Result<Totals, StoreError> {
     })
 }
 
-/// One pass: deletes what is past its window as of `now_ms`, in batches, and records the
-/// counts and the run. `cancelled` is asked between batches (shutdown); a cancelled pass
-/// keeps what it did and is reported incomplete.
+/// One pass: deletes what is past its window as of `now_ms`, in batches (on PostgreSQL
+/// whole day partitions first, see the module docs), and records the counts and the run.
+/// `cancelled` is asked between batches (shutdown); a cancelled pass keeps what it did and
+/// is reported incomplete.
 ///
 /// # Errors
-/// [`StoreError::Sqlite`]; the batches committed before the error stay done and counted.
+/// [`StoreError::Db`]; the batches committed before the error stay done and counted.
 pub fn run_pass(
-    conn: &mut Connection,
+    db: &Db,
     windows: &Windows,
     now_ms: u64,
     limits: &Limits,
     cancelled: &dyn Fn() -> bool,
 ) -> Result<Report, StoreError> {
+    partitions::ensure(db, now_ms, partitions::DAYS_AHEAD)?;
     let mut pass = Pass {
-        conn,
+        db,
         limits,
         cancelled,
         report: Report {
@@ -232,7 +242,20 @@ pub fn run_pass(
             ..Report::default()
         },
     };
-    let cutoff = |window: Option<u64>| window.map(|w| to_i64(now_ms.saturating_sub(w)));
+    let cutoff = |window: Option<u64>| window.map(|w| now_ms.saturating_sub(w));
+    // Whole days first (PostgreSQL only): what is left for the batches is then small.
+    for (table, window) in [
+        (Table::Telemetry, windows.telemetry_ms),
+        (Table::DeviceReports, windows.telemetry_ms),
+        (Table::Connections, windows.connections_ms),
+        (Table::Alerts, windows.alerts_ms),
+        (Table::VerdictChanges, windows.verdict_history_ms),
+    ] {
+        if let Some(cutoff) = cutoff(window) {
+            pass.drop_days(table, cutoff)?;
+        }
+    }
+    let cutoff = |window: Option<u64>| cutoff(window).map(to_i64);
     // Raw messages: never inside the replay guard.
     for kind in Kind::ALL {
         let window = if kind == Kind::Alert {
@@ -250,52 +273,79 @@ pub fn run_pass(
     if let Some(cutoff) = cutoff(windows.connections_ms) {
         pass.simple(
             Table::Connections,
-            "DELETE FROM connections WHERE rowid IN (
-                SELECT rowid FROM connections WHERE at_ms < ?1 LIMIT ?2)",
+            "SELECT {id} FROM {t} WHERE at_ms < ?1 LIMIT ?2",
             cutoff,
         )?;
         pass.simple(
             Table::PublicIps,
-            "DELETE FROM public_ips WHERE rowid IN (
-                SELECT rowid FROM public_ips WHERE last_seen_ms < ?1 LIMIT ?2)",
+            "SELECT {id} FROM {t} WHERE last_seen_ms < ?1 LIMIT ?2",
             cutoff,
         )?;
     }
     if let Some(cutoff) = cutoff(windows.alerts_ms) {
         pass.simple(
             Table::Alerts,
-            "DELETE FROM alerts WHERE id IN (
-                SELECT a.id FROM alerts a WHERE a.at_ms < ?1
-                AND a.at_ms < (SELECT MAX(b.at_ms) FROM alerts b
-                               WHERE b.cpe_id = a.cpe_id AND b.mac = a.mac)
-                LIMIT ?2)",
+            "SELECT a.{id} FROM {t} a WHERE a.at_ms < ?1
+             AND a.at_ms < (SELECT MAX(b.at_ms) FROM alerts b
+                            WHERE b.cpe_id = a.cpe_id AND b.mac = a.mac)
+             LIMIT ?2",
             cutoff,
         )?;
     }
     if let Some(cutoff) = cutoff(windows.verdict_history_ms) {
         pass.simple(
             Table::VerdictChanges,
-            "DELETE FROM verdict_changes WHERE id IN (
-                SELECT v.id FROM verdict_changes v WHERE v.at_ms < ?1
-                AND v.at_ms < (SELECT MAX(w.at_ms) FROM verdict_changes w
-                               WHERE w.cpe_id = v.cpe_id AND w.mac = v.mac)
-                LIMIT ?2)",
+            "SELECT v.{id} FROM {t} v WHERE v.at_ms < ?1
+             AND v.at_ms < (SELECT MAX(w.at_ms) FROM verdict_changes w
+                            WHERE w.cpe_id = v.cpe_id AND w.mac = v.mac)
+             LIMIT ?2",
             cutoff,
         )?;
     }
     let report = pass.report;
-    pass.conn.execute(
+    db.execute(
         "INSERT INTO retention_runs (id, finished_ms, complete) VALUES (1, ?1, ?2)
          ON CONFLICT (id) DO UPDATE SET finished_ms = excluded.finished_ms,
              complete = excluded.complete",
-        params![to_i64(now_ms), report.complete],
+        crate::db_params![to_i64(now_ms), report.complete],
     )?;
     Ok(report)
 }
 
+/// Whether `table` is partitioned by day on PostgreSQL.
+fn partitioned(table: Table) -> bool {
+    partitions::PARTITIONED
+        .iter()
+        .any(|(name, _)| *name == table.as_str())
+}
+
+/// The `DELETE` of one batch on `backend`: the rows of `table` whose physical ids
+/// (`rowid`, `ctid`) `select` returns. In `select`, `{t}` is the table the batch deletes
+/// from (on PostgreSQL the `DEFAULT` partition of a partitioned table: a `ctid` names a row
+/// of one partition only) and `{id}` the id column.
+fn batch_sql(backend: Backend, table: Table, select: &str) -> String {
+    match backend {
+        Backend::Sqlite => {
+            let t = table.as_str();
+            let select = select.replace("{t}", t).replace("{id}", "rowid");
+            format!("DELETE FROM {t} WHERE rowid IN ({select})")
+        }
+        Backend::Postgres => {
+            let t = if partitioned(table) {
+                format!("{}_default", table.as_str())
+            } else {
+                table.as_str().to_string()
+            };
+            let select = select.replace("{t}", &t).replace("{id}", "ctid");
+            // `= ANY(ARRAY(..))` makes PostgreSQL fetch the rows by their ids.
+            format!("DELETE FROM {t} WHERE ctid = ANY(ARRAY({select}))")
+        }
+    }
+}
+
 /// The state of one pass.
 struct Pass<'a> {
-    conn: &'a mut Connection,
+    db: &'a Db,
     limits: &'a Limits,
     cancelled: &'a dyn Fn() -> bool,
     report: Report,
@@ -317,16 +367,20 @@ impl Pass<'_> {
                 self.report.complete = false;
                 return Ok(());
             }
-            // After every transaction of the pass, also the last of the previous table.
-            if self.report.batches > 0 && !self.limits.pause.is_zero() {
-                std::thread::sleep(self.limits.pause);
-            }
+            self.pause();
             if !batch(self)? {
                 return Ok(());
             }
         }
         self.report.complete = false;
         Ok(())
+    }
+
+    /// After every transaction of the pass, also the last of the previous table.
+    fn pause(&self) {
+        if self.report.batches > 0 && !self.limits.pause.is_zero() {
+            std::thread::sleep(self.limits.pause);
+        }
     }
 
     fn note(&mut self, table: Table, kind: &'static str, n: u64) {
@@ -338,90 +392,116 @@ impl Pass<'_> {
         }
     }
 
-    /// A table whose batch is one `DELETE` of `sql` (`?1` the cutoff, `?2` the limit).
-    fn simple(&mut self, table: Table, sql: &str, cutoff: i64) -> Result<(), StoreError> {
+    /// Drops `table`'s day partitions whose whole day is before `cutoff` (PostgreSQL; a
+    /// no-op on SQLite), each in its own transaction, keeping each device's newest alert or
+    /// verdict change.
+    fn drop_days(&mut self, table: Table, cutoff: u64) -> Result<(), StoreError> {
+        for (day, name) in partitions::day_partitions(self.db, table.as_str())? {
+            if (day + 1).saturating_mul(DAY_MS) > cutoff {
+                break;
+            }
+            if (self.cancelled)() {
+                self.report.complete = false;
+                return Ok(());
+            }
+            self.pause();
+            let keep_newest = matches!(table, Table::Alerts | Table::VerdictChanges);
+            let dropped = self
+                .db
+                .transaction(|tx| drop_day(tx, table, &name, keep_newest))?;
+            tracing::debug!(partition = %name, rows = dropped, "retention dropped a day");
+            self.note(table, "", dropped);
+            if dropped > 0 {
+                self.report.batches += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// A table whose batch is one `DELETE` of the rows `select` picks (see [`batch_sql`];
+    /// `?1` the cutoff, `?2` the limit).
+    fn simple(&mut self, table: Table, select: &str, cutoff: i64) -> Result<(), StoreError> {
+        let sql = batch_sql(self.db.backend(), table, select);
         self.batches(|pass| {
             let limit = pass.limit();
-            let tx = pass
-                .conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let n = tx.prepare_cached(sql)?.execute(params![cutoff, limit])?;
-            record(&tx, table, "", n)?;
-            tx.commit()?;
-            pass.note(table, "", n as u64);
+            let n = pass.db.transaction(|tx| {
+                let n = tx.execute(&sql, crate::db_params![cutoff, limit])?;
+                record(tx, table, "", n)?;
+                Ok::<_, StoreError>(n)
+            })?;
+            pass.note(table, "", n);
             if n > 0 {
                 pass.report.batches += 1;
             }
-            Ok(n as i64 >= limit)
+            Ok(to_i64(n) >= limit)
         })
     }
 
     /// Raw messages of one kind received before `cutoff`, except those at or above their
     /// CPE's highest non-state sequence number (see the module docs).
     fn messages(&mut self, kind: &'static str, cutoff: i64) -> Result<(), StoreError> {
+        let sql = batch_sql(
+            self.db.backend(),
+            Table::Messages,
+            "SELECT m.{id} FROM {t} m
+             WHERE m.kind = ?1 AND m.received_at_ms < ?2
+             AND m.seq < (SELECT n.seq FROM messages n
+                          WHERE n.cpe_id = m.cpe_id AND n.kind != 'state'
+                          ORDER BY n.seq DESC LIMIT 1)
+             LIMIT ?3",
+        );
         self.batches(|pass| {
             let limit = pass.limit();
-            let tx = pass
-                .conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let n = tx
-                .prepare_cached(
-                    "DELETE FROM messages WHERE rowid IN (
-                        SELECT m.rowid FROM messages m
-                        WHERE m.kind = ?1 AND m.received_at_ms < ?2
-                        AND m.seq < (SELECT n.seq FROM messages n
-                                     WHERE n.cpe_id = m.cpe_id AND n.kind != 'state'
-                                     ORDER BY n.seq DESC LIMIT 1)
-                        LIMIT ?3)",
-                )?
-                .execute(params![kind, cutoff, limit])?;
-            record(&tx, Table::Messages, kind, n)?;
-            tx.commit()?;
-            pass.note(Table::Messages, kind, n as u64);
+            let n = pass.db.transaction(|tx| {
+                let n = tx.execute(&sql, crate::db_params![kind, cutoff, limit])?;
+                record(tx, Table::Messages, kind, n)?;
+                Ok::<_, StoreError>(n)
+            })?;
+            pass.note(Table::Messages, kind, n);
             if n > 0 {
                 pass.report.batches += 1;
             }
-            Ok(n as i64 >= limit)
+            Ok(to_i64(n) >= limit)
         })
     }
 
     /// Telemetry windows that started before `cutoff`, each with its device reports; a
     /// batch stops taking windows once it has [`Limits::batch_rows`] rows.
     fn telemetry(&mut self, cutoff: i64) -> Result<(), StoreError> {
+        let windows_table = match self.db.backend() {
+            Backend::Sqlite => "telemetry",
+            Backend::Postgres => "telemetry_default",
+        };
+        let select = format!(
+            "SELECT cpe_id, seq FROM {windows_table} WHERE window_start_ms < ?1
+             ORDER BY window_start_ms LIMIT ?2"
+        );
+        let delete = format!("DELETE FROM {windows_table} WHERE cpe_id = ?1 AND seq = ?2");
         self.batches(|pass| {
             let limit = pass.limit();
-            let tx = pass
-                .conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let keys: Vec<(i64, String, i64)> = tx
-                .prepare_cached(
-                    "SELECT rowid, cpe_id, seq FROM telemetry WHERE window_start_ms < ?1
-                     ORDER BY window_start_ms LIMIT ?2",
-                )?
-                .query_map(params![cutoff, limit], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-                })?
-                .collect::<Result<_, _>>()?;
-            let (mut windows, mut reports) = (0usize, 0usize);
-            let mut full = keys.len() as i64 >= limit;
-            {
-                let mut del_reports =
-                    tx.prepare_cached("DELETE FROM device_reports WHERE cpe_id = ?1 AND seq = ?2")?;
-                let mut del_window = tx.prepare_cached("DELETE FROM telemetry WHERE rowid = ?1")?;
-                for (rowid, cpe_id, seq) in &keys {
-                    if windows + reports >= pass.limits.batch_rows.max(1) {
+            let most = pass.limits.batch_rows.max(1);
+            let (windows, reports, full) = pass.db.transaction(|tx| {
+                let keys = tx.query(&select, crate::db_params![cutoff, limit])?;
+                let (mut windows, mut reports) = (0u64, 0u64);
+                let mut full = to_i64(keys.len() as u64) >= limit;
+                for key in &keys {
+                    if windows + reports >= most as u64 {
                         full = true;
                         break;
                     }
-                    reports += del_reports.execute(params![cpe_id, seq])?;
-                    windows += del_window.execute([rowid])?;
+                    let (cpe_id, seq): (String, i64) = (key.get(0)?, key.get(1)?);
+                    reports += tx.execute(
+                        "DELETE FROM device_reports WHERE cpe_id = ?1 AND seq = ?2",
+                        crate::db_params![&cpe_id, seq],
+                    )?;
+                    windows += tx.execute(&delete, crate::db_params![&cpe_id, seq])?;
                 }
-            }
-            record(&tx, Table::Telemetry, "", windows)?;
-            record(&tx, Table::DeviceReports, "", reports)?;
-            tx.commit()?;
-            pass.note(Table::Telemetry, "", windows as u64);
-            pass.note(Table::DeviceReports, "", reports as u64);
+                record(tx, Table::Telemetry, "", windows)?;
+                record(tx, Table::DeviceReports, "", reports)?;
+                Ok::<_, StoreError>((windows, reports, full))
+            })?;
+            pass.note(Table::Telemetry, "", windows);
+            pass.note(Table::DeviceReports, "", reports);
             if windows > 0 {
                 pass.report.batches += 1;
             }
@@ -430,24 +510,52 @@ impl Pass<'_> {
     }
 }
 
+/// Drops the day partition `name` of `table` and counts its rows as deleted; with
+/// `keep_newest`, the rows that are their device's newest in the whole table are copied
+/// back first (into the `DEFAULT` partition, as the day is no longer covered) and not
+/// counted. Returns the rows deleted.
+fn drop_day(tx: &Tx<'_>, table: Table, name: &str, keep_newest: bool) -> Result<u64, StoreError> {
+    let (table, parent) = (table, table.as_str());
+    // Names come from `partitions::PARTITIONED` and `partition_name`: nothing to quote.
+    if !partitions::exists(tx, name)? {
+        return Ok(0); // Another pass dropped it meanwhile.
+    }
+    let held: i64 = tx.query_one(&format!("SELECT COUNT(*) FROM {name}"), &[])?;
+    let mut kept = 0;
+    if keep_newest {
+        tx.execute(
+            &format!("ALTER TABLE {parent} DETACH PARTITION {name}"),
+            &[],
+        )?;
+        kept = tx.execute(
+            &format!(
+                "INSERT INTO {parent} SELECT * FROM {name} a
+                 WHERE NOT EXISTS (SELECT 1 FROM {parent} b
+                                   WHERE b.cpe_id = a.cpe_id AND b.mac = a.mac
+                                   AND b.at_ms > a.at_ms)
+                 AND NOT EXISTS (SELECT 1 FROM {name} c
+                                 WHERE c.cpe_id = a.cpe_id AND c.mac = a.mac
+                                 AND c.at_ms > a.at_ms)"
+            ),
+            &[],
+        )?;
+    }
+    tx.execute(&format!("DROP TABLE {name}"), &[])?;
+    let deleted = u64::try_from(held).unwrap_or(0).saturating_sub(kept);
+    record(tx, table, "", deleted)?;
+    Ok(deleted)
+}
+
 /// Adds `n` to the running total of `table` (and message `kind`), in the batch's
 /// transaction.
-fn record(
-    tx: &rusqlite::Transaction<'_>,
-    table: Table,
-    kind: &str,
-    n: usize,
-) -> Result<(), StoreError> {
+fn record(tx: &impl Sql, table: Table, kind: &str, n: u64) -> Result<(), StoreError> {
     if n > 0 {
-        tx.prepare_cached(
+        tx.execute(
             "INSERT INTO retention_deleted (table_name, kind, deleted) VALUES (?1, ?2, ?3)
-             ON CONFLICT (table_name, kind) DO UPDATE SET deleted = deleted + excluded.deleted",
-        )?
-        .execute(params![
-            table.as_str(),
-            kind,
-            i64::try_from(n).unwrap_or(i64::MAX)
-        ])?;
+             ON CONFLICT (table_name, kind) DO UPDATE
+             SET deleted = retention_deleted.deleted + excluded.deleted",
+            crate::db_params![table.as_str(), kind, to_i64(n)],
+        )?;
     }
     Ok(())
 }
@@ -465,6 +573,8 @@ mod tests {
     use super::*;
     use crate::ingest::{Inbound, Verifier};
     use crate::registry::KeyCache;
+    use crate::store::db::tests::backends;
+    use crate::store::db::{Param, Value};
     use crate::store::{Received, Store};
 
     const DAY: u64 = 86_400_000;
@@ -551,23 +661,93 @@ mod tests {
     }
 
     fn count(store: &Store, sql: &str) -> i64 {
-        store.conn().query_row(sql, [], |r| r.get(0)).unwrap()
+        store.db().query_one(sql, &[]).unwrap()
     }
 
     fn seqs(store: &Store, table: &str) -> Vec<i64> {
-        let conn = store.conn();
-        let mut stmt = conn
-            .prepare(&format!("SELECT DISTINCT seq FROM {table} ORDER BY seq"))
-            .unwrap();
-        let rows = stmt.query_map([], |r| r.get(0)).unwrap();
-        rows.collect::<Result<_, _>>().unwrap()
+        store
+            .db()
+            .query(
+                &format!("SELECT DISTINCT seq FROM {table} ORDER BY seq"),
+                &[],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0).unwrap())
+            .collect()
+    }
+
+    /// Stores `messages` as the ingest does. On PostgreSQL, whose write path is not this
+    /// module's, they are written to a SQLite store and their rows copied over (ids left to
+    /// PostgreSQL, a device report's time taken from its telemetry window).
+    fn write(store: &mut Store, messages: &[Received]) -> Vec<bool> {
+        if store.db().backend() == Backend::Sqlite {
+            return store.write_batch(messages, &[]).unwrap();
+        }
+        let mut staging = Store::open_in_memory().unwrap();
+        let fresh = staging.write_batch(messages, &[]).unwrap();
+        let from = staging.db();
+        for table in [
+            "messages",
+            "telemetry",
+            "device_reports",
+            "connections",
+            "public_ips",
+            "alerts",
+            "verdict_changes",
+            "devices",
+        ] {
+            let columns: Vec<String> = from
+                .query(
+                    "SELECT name FROM pragma_table_info(?1) WHERE name != 'id'",
+                    crate::db_params![table],
+                )
+                .unwrap()
+                .iter()
+                .map(|r| r.get(0).unwrap())
+                .collect();
+            let select: Vec<String> = columns
+                .iter()
+                .map(|c| match (table, c.as_str()) {
+                    ("device_reports", "at_ms") => "(SELECT t.window_start_ms FROM telemetry t
+                        WHERE t.cpe_id = d.cpe_id AND t.seq = d.seq)"
+                        .to_string(),
+                    _ => format!("d.{c}"),
+                })
+                .collect();
+            let rows = from
+                .query(&format!("SELECT {} FROM {table} d", select.join(", ")), &[])
+                .unwrap();
+            let marks: Vec<String> = (1..=columns.len()).map(|i| format!("?{i}")).collect();
+            let insert = format!(
+                "INSERT INTO {table} ({}) VALUES ({}) ON CONFLICT DO NOTHING",
+                columns.join(", "),
+                marks.join(", ")
+            );
+            for row in rows {
+                let params: Vec<Param<'_>> = row
+                    .values()
+                    .iter()
+                    .map(|v| match v {
+                        Value::Null => Param::Null,
+                        Value::Int(i) => Param::Int(*i),
+                        Value::Real(r) => Param::Real(*r),
+                        Value::Text(t) => Param::Text(t),
+                        Value::Bytes(b) => Param::Bytes(b),
+                    })
+                    .collect();
+                store.db().execute(&insert, &params).unwrap();
+            }
+        }
+        fresh
     }
 
     #[test]
     fn rows_past_their_window_go_and_newer_ones_stay() {
-        let mut store = Store::open_in_memory().unwrap();
-        let fresh = store
-            .write_batch(
+        for (url, _guard) in backends() {
+            let mut store = Store::open_url(&url).unwrap();
+            let fresh = write(
+                &mut store,
                 &[
                     telemetry("cpe-r", 1, NOW - 400 * DAY, "100.64.0.1"),
                     alert("cpe-r", 2, NOW - 400 * DAY, A, Verdict::Suspicious),
@@ -576,10 +756,223 @@ mod tests {
                     alert("cpe-r", 5, NOW - 10 * DAY, A, Verdict::Infected),
                     telemetry("cpe-r", 6, NOW - DAY, "100.64.0.2"),
                 ],
-                &[],
+            );
+            assert!(fresh.iter().all(|f| *f));
+            let changes_before = count(&store, "SELECT COUNT(*) FROM verdict_changes");
+
+            let report = store
+                .apply_retention(&windows(), NOW, &unhurried(), &|| false)
+                .unwrap();
+
+            assert!(report.complete);
+            // Telemetry older than 14 days goes with its device reports; the day-old stays.
+            assert_eq!(seqs(&store, "telemetry"), vec![6]);
+            assert_eq!(seqs(&store, "device_reports"), vec![6]);
+            assert_eq!(report.count(Table::Telemetry), 2);
+            assert_eq!(report.count(Table::DeviceReports), 4);
+            // Connections and address periods: 180 days; the 20-day-old ones stay.
+            assert_eq!(
+                count(
+                    &store,
+                    &format!(
+                        "SELECT COUNT(*) FROM connections WHERE at_ms < {}",
+                        NOW - 180 * DAY
+                    )
+                ),
+                0
+            );
+            assert_eq!(count(&store, "SELECT COUNT(*) FROM connections"), 4);
+            assert_eq!(
+                count(
+                    &store,
+                    "SELECT COUNT(*) FROM public_ips WHERE ip = '100.64.0.1'"
+                ),
+                0
+            );
+            assert_eq!(
+                count(
+                    &store,
+                    "SELECT COUNT(*) FROM public_ips WHERE ip = '100.64.0.2'"
+                ),
+                1
+            );
+            assert_eq!(report.count(Table::Connections), 2);
+            assert_eq!(report.count(Table::PublicIps), 1);
+            // Alerts: 365 days, but B's only alert is its newest and stays.
+            assert_eq!(seqs(&store, "alerts"), vec![3, 5]);
+            assert_eq!(report.count(Table::Alerts), 1);
+            // Verdict history: A's old change goes, B's only one stays.
+            assert_eq!(
+                count(
+                    &store,
+                    &format!(
+                        "SELECT COUNT(*) FROM verdict_changes WHERE at_ms < {}",
+                        NOW - 365 * DAY
+                    )
+                ),
+                1
+            );
+            assert_eq!(
+                count(&store, "SELECT COUNT(*) FROM verdict_changes"),
+                changes_before - 1
+            );
+            // Raw messages: past their kind's window, except the newest (6).
+            assert_eq!(seqs(&store, "messages"), vec![5, 6]);
+            assert_eq!(report.count(Table::Messages), 4);
+            assert_eq!(report.messages_by_kind.get("telemetry"), Some(&2));
+            assert_eq!(report.messages_by_kind.get("alert"), Some(&2));
+            // Current state is kept.
+            assert_eq!(count(&store, "SELECT COUNT(*) FROM devices"), 2);
+
+            // The counts are kept for /metrics, and a second pass finds nothing.
+            let t = totals(store.db()).unwrap();
+            assert_eq!(t.last_run, Some((NOW, true)));
+            let deleted: HashMap<Table, u64> = t.deleted.iter().copied().collect();
+            for table in Table::ALL {
+                assert_eq!(deleted[&table], report.count(table), "{table:?}");
+            }
+            assert_eq!(t.messages_by_kind.get("alert"), Some(&2));
+            let again = store
+                .apply_retention(&windows(), NOW + 1, &unhurried(), &|| false)
+                .unwrap();
+            assert_eq!(again.total(), 0);
+            assert_eq!(totals(store.db()).unwrap().deleted, t.deleted);
+        }
+    }
+
+    #[test]
+    fn zero_keeps_forever_and_raw_messages_outlast_a_short_window_inside_the_replay_guard() {
+        for (url, _guard) in backends() {
+            let mut store = Store::open_url(&url).unwrap();
+            write(
+                &mut store,
+                &[
+                    telemetry("cpe-r", 1, NOW - 3 * DAY, "100.64.0.1"),
+                    telemetry("cpe-r", 2, NOW - 2 * DAY, "100.64.0.1"),
+                ],
+            );
+            let forever = Windows {
+                replay_guard_ms: 0,
+                ..Windows::default()
+            };
+            let report = store
+                .apply_retention(&forever, NOW, &unhurried(), &|| false)
+                .unwrap();
+            assert_eq!(report.total(), 0);
+            assert!(report.complete);
+
+            let one_day = Windows {
+                telemetry_ms: Some(DAY),
+                ..windows()
+            };
+            let report = store
+                .apply_retention(&one_day, NOW, &unhurried(), &|| false)
+                .unwrap();
+            assert_eq!(seqs(&store, "telemetry"), Vec::<i64>::new());
+            // Received 3 days ago, inside the week a replay would still be fresh: kept.
+            assert_eq!(seqs(&store, "messages"), vec![1, 2]);
+            assert_eq!(report.count(Table::Messages), 0);
+        }
+    }
+
+    #[test]
+    fn batches_are_bounded_and_the_next_pass_goes_on() {
+        for (url, _guard) in backends() {
+            let mut store = Store::open_url(&url).unwrap();
+            let old: Vec<Received> = (1..=5)
+                .map(|seq| telemetry("cpe-r", seq, NOW - 200 * DAY + seq, "100.64.0.1"))
+                .chain([telemetry("cpe-r", 6, NOW, "100.64.0.1")])
+                .collect();
+            write(&mut store, &old);
+            // 5 old windows with 2 device reports and 2 connections each.
+            let limits = Limits {
+                batch_rows: 3,
+                max_batches: 2,
+                pause: Duration::ZERO,
+            };
+            let w = Windows {
+                telemetry_ms: Some(14 * DAY),
+                connections_ms: Some(180 * DAY),
+                ..Windows::default()
+            };
+            let first = store.apply_retention(&w, NOW, &limits, &|| false).unwrap();
+            assert!(!first.complete);
+            // Connections: 2 batches of 3; telemetry: a window and its 2 reports fill a batch;
+            // raw messages: 3, then the last 2 (a batch that is not full ends the table).
+            assert_eq!(first.count(Table::Connections), 6);
+            assert_eq!(first.count(Table::Telemetry), 2);
+            assert_eq!(first.count(Table::DeviceReports), 4);
+            assert_eq!(first.count(Table::Messages), 5);
+            assert_eq!(first.batches, 6);
+            assert_eq!(
+                totals(store.db()).unwrap().last_run,
+                Some((NOW, false)),
+                "an incomplete pass says so"
+            );
+
+            let mut passes = 1;
+            while !store
+                .apply_retention(&w, NOW, &limits, &|| false)
+                .unwrap()
+                .complete
+            {
+                passes += 1;
+                assert!(passes < 10, "retention never finished");
+            }
+            assert_eq!(seqs(&store, "telemetry"), vec![6]);
+            assert_eq!(count(&store, "SELECT COUNT(*) FROM connections"), 2);
+            let t = totals(store.db()).unwrap();
+            let deleted: HashMap<Table, u64> = t.deleted.iter().copied().collect();
+            assert_eq!(deleted[&Table::Telemetry], 5);
+            assert_eq!(deleted[&Table::DeviceReports], 10);
+            assert_eq!(deleted[&Table::Connections], 10);
+
+            // A cancelled pass stops before its first batch and says it is incomplete.
+            write(
+                &mut store,
+                &[telemetry("cpe-r", 7, NOW - 100 * DAY, "100.64.0.1")],
+            );
+            let cancelled = store.apply_retention(&w, NOW, &limits, &|| true).unwrap();
+            assert_eq!(cancelled.total(), 0);
+            assert!(!cancelled.complete);
+        }
+    }
+
+    #[test]
+    fn on_postgres_whole_days_past_the_window_are_dropped_keeping_each_devices_newest() {
+        let mut store = Store::open_url(&smtpguard_pgtest::database()).unwrap();
+        let old = NOW - 400 * DAY;
+        let old_day = old / DAY;
+        assert_eq!(
+            partitions::ensure(store.db(), old, 0).unwrap(),
+            2 * partitions::PARTITIONED.len()
+        );
+        let hour = 3_600_000;
+        write(
+            &mut store,
+            &[
+                telemetry("cpe-r", 1, old + hour, "100.64.0.1"),
+                alert("cpe-r", 2, old + hour, A, Verdict::Suspicious),
+                alert("cpe-r", 3, old + 2 * hour, A, Verdict::Infected),
+                alert("cpe-r", 4, old + hour, B, Verdict::Infected),
+                telemetry("cpe-r", 5, NOW - DAY, "100.64.0.1"),
+            ],
+        );
+        let in_partition = |table: &str| {
+            count(
+                &store,
+                &format!(
+                    "SELECT COUNT(*) FROM {}",
+                    partitions::partition_name(table, old_day)
+                ),
             )
-            .unwrap();
-        assert!(fresh.iter().all(|f| *f));
+        };
+        assert_eq!(in_partition("telemetry"), 1);
+        assert_eq!(in_partition("device_reports"), 2);
+        assert_eq!(in_partition("connections"), 2);
+        assert_eq!(in_partition("alerts"), 3);
+        let changes = in_partition("verdict_changes");
+        assert!(changes >= 2, "{changes}");
         let changes_before = count(&store, "SELECT COUNT(*) FROM verdict_changes");
 
         let report = store
@@ -587,173 +980,53 @@ mod tests {
             .unwrap();
 
         assert!(report.complete);
-        // Telemetry older than 14 days goes with its device reports; the day-old stays.
-        assert_eq!(seqs(&store, "telemetry"), vec![6]);
-        assert_eq!(seqs(&store, "device_reports"), vec![6]);
-        assert_eq!(report.count(Table::Telemetry), 2);
-        assert_eq!(report.count(Table::DeviceReports), 4);
-        // Connections and address periods: 180 days; the 20-day-old ones stay.
-        assert_eq!(
-            count(
-                &store,
-                &format!(
-                    "SELECT COUNT(*) FROM connections WHERE at_ms < {}",
-                    NOW - 180 * DAY
-                )
-            ),
-            0
-        );
-        assert_eq!(count(&store, "SELECT COUNT(*) FROM connections"), 4);
-        assert_eq!(
-            count(
-                &store,
-                "SELECT COUNT(*) FROM public_ips WHERE ip = '100.64.0.1'"
-            ),
-            0
-        );
-        assert_eq!(
-            count(
-                &store,
-                "SELECT COUNT(*) FROM public_ips WHERE ip = '100.64.0.2'"
-            ),
-            1
-        );
+        for (table, _) in partitions::PARTITIONED {
+            let days: Vec<u64> = partitions::day_partitions(&**store.db(), table)
+                .unwrap()
+                .into_iter()
+                .map(|(day, _)| day)
+                .filter(|day| *day <= NOW / DAY + 3)
+                .collect();
+            // Of the days up to NOW's, only those this pass made remain: yesterday to
+            // three days ahead (those of the real clock, made at open, are later still).
+            assert_eq!(
+                days,
+                (NOW / DAY - 1..=NOW / DAY + 3).collect::<Vec<_>>(),
+                "{table}"
+            );
+        }
+        assert_eq!(report.count(Table::Telemetry), 1);
+        assert_eq!(report.count(Table::DeviceReports), 2);
         assert_eq!(report.count(Table::Connections), 2);
-        assert_eq!(report.count(Table::PublicIps), 1);
-        // Alerts: 365 days, but B's only alert is its newest and stays.
-        assert_eq!(seqs(&store, "alerts"), vec![3, 5]);
+        assert_eq!(seqs(&store, "telemetry"), vec![5]);
+        // A's older alert went with its day; A's newest and B's only one were kept, in
+        // the DEFAULT partition now.
         assert_eq!(report.count(Table::Alerts), 1);
-        // Verdict history: A's old change goes, B's only one stays.
+        assert_eq!(seqs(&store, "alerts"), vec![3, 4]);
+        assert_eq!(count(&store, "SELECT COUNT(*) FROM alerts_default"), 2);
+        // Each device keeps its newest verdict change.
+        let left = count(&store, "SELECT COUNT(*) FROM verdict_changes");
+        assert_eq!(
+            u64::try_from(changes_before - left).unwrap(),
+            report.count(Table::VerdictChanges)
+        );
         assert_eq!(
             count(
                 &store,
-                &format!(
-                    "SELECT COUNT(*) FROM verdict_changes WHERE at_ms < {}",
-                    NOW - 365 * DAY
-                )
+                "SELECT COUNT(DISTINCT mac) FROM verdict_changes WHERE cpe_id = 'cpe-r'"
             ),
-            1
+            2
         );
-        assert_eq!(
-            count(&store, "SELECT COUNT(*) FROM verdict_changes"),
-            changes_before - 1
-        );
-        // Raw messages: past their kind's window, except the newest (6).
-        assert_eq!(seqs(&store, "messages"), vec![5, 6]);
-        assert_eq!(report.count(Table::Messages), 4);
-        assert_eq!(report.messages_by_kind.get("telemetry"), Some(&2));
-        assert_eq!(report.messages_by_kind.get("alert"), Some(&2));
-        // Current state is kept.
-        assert_eq!(count(&store, "SELECT COUNT(*) FROM devices"), 2);
-
-        // The counts are kept for /metrics, and a second pass finds nothing.
-        let t = totals(&store.conn()).unwrap();
-        assert_eq!(t.last_run, Some((NOW, true)));
+        // The counts /metrics shows include the dropped days' rows.
+        let t = totals(store.db()).unwrap();
         let deleted: HashMap<Table, u64> = t.deleted.iter().copied().collect();
         for table in Table::ALL {
             assert_eq!(deleted[&table], report.count(table), "{table:?}");
         }
-        assert_eq!(t.messages_by_kind.get("alert"), Some(&2));
         let again = store
             .apply_retention(&windows(), NOW + 1, &unhurried(), &|| false)
             .unwrap();
         assert_eq!(again.total(), 0);
-        assert_eq!(totals(&store.conn()).unwrap().deleted, t.deleted);
-    }
-
-    #[test]
-    fn zero_keeps_forever_and_raw_messages_outlast_a_short_window_inside_the_replay_guard() {
-        let mut store = Store::open_in_memory().unwrap();
-        store
-            .write_batch(
-                &[
-                    telemetry("cpe-r", 1, NOW - 3 * DAY, "100.64.0.1"),
-                    telemetry("cpe-r", 2, NOW - 2 * DAY, "100.64.0.1"),
-                ],
-                &[],
-            )
-            .unwrap();
-        let forever = Windows {
-            replay_guard_ms: 0,
-            ..Windows::default()
-        };
-        let report = store
-            .apply_retention(&forever, NOW, &unhurried(), &|| false)
-            .unwrap();
-        assert_eq!(report.total(), 0);
-        assert!(report.complete);
-
-        let one_day = Windows {
-            telemetry_ms: Some(DAY),
-            ..windows()
-        };
-        let report = store
-            .apply_retention(&one_day, NOW, &unhurried(), &|| false)
-            .unwrap();
-        assert_eq!(seqs(&store, "telemetry"), Vec::<i64>::new());
-        // Received 3 days ago, inside the week a replay would still be fresh: kept.
-        assert_eq!(seqs(&store, "messages"), vec![1, 2]);
-        assert_eq!(report.count(Table::Messages), 0);
-    }
-
-    #[test]
-    fn batches_are_bounded_and_the_next_pass_goes_on() {
-        let mut store = Store::open_in_memory().unwrap();
-        let old: Vec<Received> = (1..=5)
-            .map(|seq| telemetry("cpe-r", seq, NOW - 200 * DAY + seq, "100.64.0.1"))
-            .chain([telemetry("cpe-r", 6, NOW, "100.64.0.1")])
-            .collect();
-        store.write_batch(&old, &[]).unwrap();
-        // 5 old windows with 2 device reports and 2 connections each.
-        let limits = Limits {
-            batch_rows: 3,
-            max_batches: 2,
-            pause: Duration::ZERO,
-        };
-        let w = Windows {
-            telemetry_ms: Some(14 * DAY),
-            connections_ms: Some(180 * DAY),
-            ..Windows::default()
-        };
-        let first = store.apply_retention(&w, NOW, &limits, &|| false).unwrap();
-        assert!(!first.complete);
-        // Connections: 2 batches of 3; telemetry: a window and its 2 reports fill a batch;
-        // raw messages: 3, then the last 2 (a batch that is not full ends the table).
-        assert_eq!(first.count(Table::Connections), 6);
-        assert_eq!(first.count(Table::Telemetry), 2);
-        assert_eq!(first.count(Table::DeviceReports), 4);
-        assert_eq!(first.count(Table::Messages), 5);
-        assert_eq!(first.batches, 6);
-        assert_eq!(
-            totals(&store.conn()).unwrap().last_run,
-            Some((NOW, false)),
-            "an incomplete pass says so"
-        );
-
-        let mut passes = 1;
-        while !store
-            .apply_retention(&w, NOW, &limits, &|| false)
-            .unwrap()
-            .complete
-        {
-            passes += 1;
-            assert!(passes < 10, "retention never finished");
-        }
-        assert_eq!(seqs(&store, "telemetry"), vec![6]);
-        assert_eq!(count(&store, "SELECT COUNT(*) FROM connections"), 2);
-        let t = totals(&store.conn()).unwrap();
-        let deleted: HashMap<Table, u64> = t.deleted.iter().copied().collect();
-        assert_eq!(deleted[&Table::Telemetry], 5);
-        assert_eq!(deleted[&Table::DeviceReports], 10);
-        assert_eq!(deleted[&Table::Connections], 10);
-
-        // A cancelled pass stops before its first batch and says it is incomplete.
-        store
-            .write_batch(&[telemetry("cpe-r", 7, NOW - 100 * DAY, "100.64.0.1")], &[])
-            .unwrap();
-        let cancelled = store.apply_retention(&w, NOW, &limits, &|| true).unwrap();
-        assert_eq!(cancelled.total(), 0);
-        assert!(!cancelled.complete);
     }
 
     #[test]

@@ -1189,3 +1189,74 @@ mod tests {
         assert!(matches!(migrate(&mut conn), Err(StoreError::TooNew { .. })));
     }
 }
+
+#[cfg(test)]
+mod postgres_tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use crate::store::db::Db;
+
+    /// Tables and their column names, without the bookkeeping tables of either backend.
+    type Columns = BTreeMap<String, BTreeSet<String>>;
+
+    fn sqlite_columns() -> Columns {
+        let db = Db::open_sqlite(None).unwrap();
+        super::migrate(&mut db.sqlite_connection().unwrap()).unwrap();
+        let tables = db
+            .query(
+                "SELECT name FROM sqlite_master WHERE type = 'table'
+                 AND name NOT IN ('sqlite_sequence', 'schema_version') ORDER BY name",
+                &[],
+            )
+            .unwrap();
+        let mut out = Columns::new();
+        for t in tables {
+            let table: String = t.get(0).unwrap();
+            let columns = db
+                .query(
+                    "SELECT name FROM pragma_table_info(?1)",
+                    crate::db_params![&table],
+                )
+                .unwrap();
+            out.insert(table, columns.iter().map(|c| c.get(0).unwrap()).collect());
+        }
+        out
+    }
+
+    fn postgres_columns(db: &Db) -> Columns {
+        // Partitions are tables of their own in information_schema: only the parents count.
+        let rows = db
+            .query(
+                "SELECT c.table_name, c.column_name FROM information_schema.columns c
+                 JOIN pg_class k ON k.relname = c.table_name
+                 JOIN pg_namespace n ON n.oid = k.relnamespace AND n.nspname = c.table_schema
+                 WHERE c.table_schema = current_schema() AND NOT k.relispartition
+                 AND c.table_name != 'schema_version'",
+                &[],
+            )
+            .unwrap();
+        let mut out = Columns::new();
+        for r in rows {
+            out.entry(r.get::<String>(0).unwrap())
+                .or_default()
+                .insert(r.get(1).unwrap());
+        }
+        out
+    }
+
+    #[test]
+    fn a_fresh_postgres_database_has_the_tables_and_columns_of_a_fresh_sqlite_one() {
+        let db = Db::open(&smtpguard_pgtest::database()).unwrap();
+        db.migrate(super::POSTGRES).unwrap();
+        let (sqlite, postgres) = (sqlite_columns(), postgres_columns(&db));
+        let names = |c: &Columns| c.keys().cloned().collect::<Vec<_>>();
+        assert_eq!(names(&postgres), names(&sqlite), "tables");
+        for (table, columns) in &sqlite {
+            assert_eq!(&postgres[table], columns, "columns of {table}");
+        }
+        // The partitioned tables are compared by their parents.
+        assert!(
+            postgres.contains_key("device_reports") && !postgres.contains_key("telemetry_default")
+        );
+    }
+}

@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use smtpguard_protocol::{Policy, SafetyContext};
 
-use super::{open_db, system_clock, AppState, PolicyPublisher, WebError, WebSettings};
+use super::{open_db_url, system_clock, AppState, PolicyPublisher, WebError, WebSettings};
 use crate::config::{BrokerConfig, Config};
 use crate::policy::{self, Target};
 use crate::store::Store;
@@ -278,7 +278,7 @@ pub async fn run(
     web.validate()?;
     let mut settings = web.settings()?;
     settings.policy_safety = config.safety_context();
-    let conn = open_db(&config.db_path)?;
+    let conn = open_db_url(&config.database_url())?;
     let state = AppState::new(
         conn,
         settings,
@@ -295,7 +295,7 @@ pub async fn run(
     let watch = {
         let (state, every) = (state.clone(), Duration::from_secs(web.rollout_check_secs));
         tokio::spawn(crate::lead::one_at_a_time(
-            config.db_path.to_string_lossy().into_owned(),
+            config.database_url(),
             "rollout-watch",
             watch_stopped,
             move |_| crate::rollout::watch(state, every),

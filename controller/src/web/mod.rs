@@ -233,6 +233,17 @@ pub fn open_db(path: &Path) -> Result<Arc<crate::store::db::Db>, WebError> {
     Ok(store.into_db())
 }
 
+/// As [`open_db`] for a database URL (`postgres://...`, `sqlite:PATH`; see
+/// [`crate::config::Config::database_url`]).
+///
+/// # Errors
+/// [`WebError::Internal`] when the database cannot be reached, opened or migrated.
+pub fn open_db_url(url: &str) -> Result<Arc<crate::store::db::Db>, WebError> {
+    let store =
+        crate::store::Store::open_url(url).map_err(|e| WebError::Internal(e.to_string()))?;
+    Ok(store.into_db())
+}
+
 impl AppState {
     /// Appends to the audit log (see [`crate::audit`]). A failure to write it is logged and
     /// does not undo or hide the action's own result.
