@@ -49,7 +49,7 @@ use clap::Parser;
 use rand::Rng;
 use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
 use smtpguard_common::now_ms;
-use smtpguard_controller::config::Config;
+use smtpguard_controller::config::{redact_url as redact, Config, DatabaseUrl};
 use smtpguard_controller::db_params;
 use smtpguard_controller::policy::{self, Target};
 use smtpguard_controller::store::db::{DbError, Sql as _};
@@ -204,20 +204,6 @@ impl Database {
     }
 }
 
-/// A URL with its password (between `:` and `@`) hidden, for error messages.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let userinfo = &url[scheme + 3..at];
-            match userinfo.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
-                None => url.to_string(),
-            }
-        }
-        _ => url.to_string(),
-    }
-}
-
 /// The controller's configuration for replica `replica` of a run: database `db`, the
 /// policy key in `work_dir`, brokers on loopback `port` (embedded, or mosquitto's
 /// controller listener), the web server on `http_port`.
@@ -231,7 +217,7 @@ fn controller_config(
 ) -> Config {
     let mut config = Config {
         db_path: work_dir.join("controller.db"),
-        database: Some(db.url()),
+        database: Some(DatabaseUrl::new(db.url())),
         policy_key_path: work_dir.join("policy.key"),
         http_listen: ([127, 0, 0, 1], http_port).into(),
         ..Config::default()
