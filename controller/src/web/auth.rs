@@ -29,13 +29,14 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::{Extension, Form};
-use rusqlite::{params, OptionalExtension};
 use serde::Deserialize;
 
 use super::html::{esc, page, Nav};
 use super::{html_response, AppState, WebError};
 use crate::households::{self, hash_secret, new_secret};
+use crate::db_params;
 use crate::operators::{self, Level, TOKEN_OPERATOR};
+use crate::store::db::Sql;
 
 /// Name of the session cookie.
 pub const COOKIE: &str = "sg_session";
@@ -80,16 +81,16 @@ pub enum Role {
 
 /// Who a bearer token or login secret belongs to: the operator token file, a named
 /// operator, or a household.
-fn who(conn: &rusqlite::Connection, token: &str, op_hash: &str) -> Result<Option<Role>, WebError> {
+fn who(db: &impl Sql, token: &str, op_hash: &str) -> Result<Option<Role>, WebError> {
     if same_digest(&hash_secret(token), op_hash) {
         return Ok(Some(Role::Noc(Staff::token_holder())));
     }
     if token.starts_with("op_") {
-        return Ok(operators::authenticate(conn, token)
+        return Ok(operators::authenticate(db, token)
             .map_err(|e| WebError::Internal(e.to_string()))?
             .map(|op| Role::Noc(Staff::of(op))));
     }
-    Ok(households::authenticate(conn, token)?.map(Role::Household))
+    Ok(households::authenticate(db, token)?.map(Role::Household))
 }
 
 /// A caller with their session's CSRF token (none for bearer-token callers).
@@ -138,7 +139,7 @@ pub async fn caller(state: &AppState, headers: &HeaderMap) -> Result<Caller, Web
     if let Some(token) = bearer(headers) {
         let token = token.to_string();
         let op_hash = state.settings.operator_token_hash.clone();
-        let found = state.db(move |conn| who(conn, &token, &op_hash)).await?;
+        let found = state.sql(move |db| who(db, &token, &op_hash)).await?;
         return match found {
             Some(role) => Ok(Caller { role, csrf: None }),
             None => {
@@ -151,40 +152,37 @@ pub async fn caller(state: &AppState, headers: &HeaderMap) -> Result<Caller, Web
         return Err(WebError::Unauthorized);
     };
     let now = state.now_ms();
-    state
-        .db(move |conn| {
-            let row: Option<(String, Option<i64>, Option<i64>, String)> = conn
-                .query_row(
-                    "SELECT role, household_id, operator_id, csrf FROM web_sessions
-                     WHERE session_hash = ?1 AND expires_ms > ?2",
-                    params![hash_secret(&sid), i64::try_from(now).unwrap_or(i64::MAX)],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-                )
-                .optional()?;
-            match row {
-                Some((role, hh, op, csrf)) => {
-                    let role = match (role.as_str(), hh, op) {
-                        // The operator's role is read afresh: a revoked operator's
-                        // session ends here.
-                        ("noc", _, Some(id)) => match operators::active(conn, id)
-                            .map_err(|e| WebError::Internal(e.to_string()))?
-                        {
-                            Some(op) => Role::Noc(Staff::of(op)),
-                            None => return Err(WebError::Unauthorized),
-                        },
-                        ("noc", _, None) => Role::Noc(Staff::token_holder()),
-                        ("household", Some(id), _) => Role::Household(id),
-                        _ => return Err(WebError::Unauthorized),
-                    };
-                    Ok(Caller {
-                        role,
-                        csrf: Some(csrf),
-                    })
-                }
-                None => Err(WebError::Unauthorized),
+    state.sql(move |db| session(db, &sid, now)).await
+}
+
+/// The caller a session id stands for at `now_ms`. Sessions live in the database, so any
+/// replica answers for any session.
+fn session(db: &impl Sql, sid: &str, now_ms: u64) -> Result<Caller, WebError> {
+    let row = db.query_opt(
+        "SELECT role, household_id, operator_id, csrf FROM web_sessions
+         WHERE session_hash = ?1 AND expires_ms > ?2",
+        db_params![&hash_secret(sid), i64::try_from(now_ms).unwrap_or(i64::MAX)],
+    )?;
+    let Some(row) = row else {
+        return Err(WebError::Unauthorized);
+    };
+    let role: String = row.get(0)?;
+    let role = match (role.as_str(), row.get::<Option<i64>>(1)?, row.get::<Option<i64>>(2)?) {
+        // The operator's role is read afresh: a revoked operator's session ends here.
+        ("noc", _, Some(id)) => {
+            match operators::active(db, id).map_err(|e| WebError::Internal(e.to_string()))? {
+                Some(op) => Role::Noc(Staff::of(op)),
+                None => return Err(WebError::Unauthorized),
             }
-        })
-        .await
+        }
+        ("noc", _, None) => Role::Noc(Staff::token_holder()),
+        ("household", Some(id), _) => Role::Household(id),
+        _ => return Err(WebError::Unauthorized),
+    };
+    Ok(Caller {
+        role,
+        csrf: Some(row.get(3)?),
+    })
 }
 
 /// The caller, who must be on the NOC team with at least `level`; returns them too.
@@ -356,41 +354,7 @@ pub async fn login(
     let now = state.now_ms();
     let ttl = state.settings.session_secs.saturating_mul(1000);
     let result = state
-        .db(move |conn| {
-            let Some(role) = who(conn, &token, &op_hash)? else {
-                // Refused sign-ins are audited without the secret: by what it looked like.
-                let kind = if token.starts_with("op_") { "operator secret" } else { "access code" };
-                crate::audit::record(conn, now, "unknown", "sign_in", kind, "refused", "")?;
-                return Ok(None);
-            };
-            let sid = new_secret("s_");
-            let csrf = new_secret("c_");
-            let (name, hh, op) = match &role {
-                Role::Noc(s) => ("noc", None, s.operator_id),
-                Role::Household(id) => ("household", Some(*id), None),
-            };
-            let now_i = i64::try_from(now).unwrap_or(i64::MAX);
-            conn.execute("DELETE FROM web_sessions WHERE expires_ms <= ?1", [now_i])?;
-            conn.execute(
-                "INSERT INTO web_sessions (session_hash, role, household_id, operator_id, csrf, created_ms, expires_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![
-                    hash_secret(&sid),
-                    name,
-                    hh,
-                    op,
-                    csrf,
-                    now_i,
-                    i64::try_from(now.saturating_add(ttl)).unwrap_or(i64::MAX)
-                ],
-            )?;
-            let (actor, detail) = match &role {
-                Role::Noc(s) => (s.name.clone(), s.level.as_str().to_string()),
-                Role::Household(id) => (format!("household:{id}"), "subscriber".to_string()),
-            };
-            crate::audit::record(conn, now, &actor, "sign_in", "web", "ok", &detail)?;
-            Ok(Some((role, sid)))
-        })
+        .sql(move |db| start_session(db, &token, &op_hash, now, ttl))
         .await;
     match result {
         Ok(Some((role, sid))) => {
@@ -424,6 +388,55 @@ pub async fn login(
     }
 }
 
+/// Signs in with `token` at `now_ms`: a new session of `ttl_ms` for whoever it belongs to,
+/// with its id (for the cookie); `None` for a token nobody holds. Both outcomes are
+/// audited; expired sessions are removed on the way.
+fn start_session(
+    db: &crate::store::db::Db,
+    token: &str,
+    op_hash: &str,
+    now_ms: u64,
+    ttl_ms: u64,
+) -> Result<Option<(Role, String)>, WebError> {
+    let Some(role) = who(db, token, op_hash)? else {
+        // Refused sign-ins are audited without the secret: by what it looked like.
+        let kind = if token.starts_with("op_") {
+            "operator secret"
+        } else {
+            "access code"
+        };
+        crate::audit::record(db, now_ms, "unknown", "sign_in", kind, "refused", "")?;
+        return Ok(None);
+    };
+    let sid = new_secret("s_");
+    let csrf = new_secret("c_");
+    let (name, hh, op) = match &role {
+        Role::Noc(s) => ("noc", None, s.operator_id),
+        Role::Household(id) => ("household", Some(*id), None),
+    };
+    let (actor, detail) = match &role {
+        Role::Noc(s) => (s.name.clone(), s.level.as_str().to_string()),
+        Role::Household(id) => (format!("household:{id}"), "subscriber".to_string()),
+    };
+    let now = i64::try_from(now_ms).unwrap_or(i64::MAX);
+    let expires = i64::try_from(now_ms.saturating_add(ttl_ms)).unwrap_or(i64::MAX);
+    db.transaction(|tx| {
+        tx.execute(
+            "DELETE FROM web_sessions WHERE expires_ms <= ?1",
+            db_params![now],
+        )?;
+        tx.execute(
+            "INSERT INTO web_sessions (session_hash, role, household_id, operator_id, csrf,
+                created_ms, expires_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            db_params![&hash_secret(&sid), name, hh, op, &csrf, now, expires],
+        )?;
+        crate::audit::record(tx, now_ms, &actor, "sign_in", "web", "ok", &detail)?;
+        Ok::<_, WebError>(())
+    })?;
+    Ok(Some((role, sid)))
+}
+
 /// A form with only the CSRF token.
 #[derive(Debug, Deserialize)]
 pub struct CsrfForm {
@@ -448,10 +461,10 @@ pub async fn logout(
     }
     if let Some(sid) = cookie(&headers, COOKIE).map(str::to_string) {
         let _ = state
-            .db(move |conn| {
-                conn.execute(
+            .sql(move |db| {
+                db.execute(
                     "DELETE FROM web_sessions WHERE session_hash = ?1",
-                    [hash_secret(&sid)],
+                    db_params![&hash_secret(&sid)],
                 )?;
                 Ok(())
             })
