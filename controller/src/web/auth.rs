@@ -839,6 +839,88 @@ mod tests {
         assert_eq!(t.len(), 1);
     }
 
+    /// Sessions live in the database: one replica signs in, another answers for the
+    /// session; a wrong secret, an expired session and a revoked operator get nothing.
+    #[test]
+    fn sessions_work_on_any_replica_until_they_expire_or_their_operator_is_revoked() {
+        use crate::store::db::tests::backends;
+        use crate::store::Store;
+        for (url, _g) in backends() {
+            let one = Store::open_url(&url).unwrap().into_db();
+            let two = Store::open_url(&url).unwrap().into_db();
+            let op_hash = hash_secret("the-token-file");
+            let (hh, token) = households::create(&*one, "Replica family", &[], 0).unwrap();
+            let secret = operators::add(&*one, "olga", Level::Operator, 0).unwrap();
+            let ttl = 60_000;
+
+            let (role, sid) = start_session(&one, &token, &op_hash, 1_000, ttl)
+                .unwrap()
+                .unwrap();
+            assert_eq!(role, Role::Household(hh));
+            let caller = session(&*two, &sid, 2_000).unwrap();
+            assert_eq!(caller.role, Role::Household(hh), "{url}");
+            assert!(caller.csrf.is_some_and(|c| c.starts_with("c_")));
+            // Expired, and an id nobody was given.
+            assert!(matches!(
+                session(&*two, &sid, 1_000 + ttl),
+                Err(WebError::Unauthorized)
+            ));
+            assert!(matches!(
+                session(&*two, "s_guess", 2_000),
+                Err(WebError::Unauthorized)
+            ));
+
+            let (role, op_sid) = start_session(&two, &secret, &op_hash, 3_000, ttl)
+                .unwrap()
+                .unwrap();
+            assert!(matches!(&role, Role::Noc(s) if s.name == "olga" && s.level == Level::Operator));
+            let (role, file_sid) = start_session(&two, "the-token-file", &op_hash, 3_000, ttl)
+                .unwrap()
+                .unwrap();
+            assert_eq!(role, Role::Noc(Staff::token_holder()));
+            assert_eq!(
+                session(&*one, &file_sid, 4_000).unwrap().role,
+                Role::Noc(Staff::token_holder())
+            );
+            // Revoked on one replica: the session ends on the other at its next request.
+            assert!(session(&*two, &op_sid, 4_000).is_ok());
+            operators::revoke(&*one, "olga", 5_000).unwrap();
+            assert!(matches!(
+                session(&*two, &op_sid, 6_000),
+                Err(WebError::Unauthorized)
+            ));
+            assert!(start_session(&two, &secret, &op_hash, 6_000, ttl)
+                .unwrap()
+                .is_none());
+            // Wrong secrets start nothing and are audited without the secret.
+            for wrong in ["op_wrong", "hh_wrong", "ABCD-EFGH-JKMN"] {
+                assert!(start_session(&one, wrong, &op_hash, 7_000, ttl)
+                    .unwrap()
+                    .is_none());
+            }
+            let refused = crate::audit::list(
+                &*two,
+                &crate::audit::Filter {
+                    actor: Some("unknown".into()),
+                    ..Default::default()
+                },
+                50,
+            )
+            .unwrap();
+            assert_eq!(refused.len(), 4, "{url}");
+            assert!(refused
+                .iter()
+                .all(|e| e.outcome == "refused" && !e.target.contains("wrong")));
+            let ok: i64 = one
+                .query_one(
+                    "SELECT COUNT(*) FROM audit_log WHERE action = 'sign_in' AND outcome = 'ok'",
+                    db_params![],
+                )
+                .unwrap();
+            assert_eq!(ok, 3);
+        }
+    }
+
     #[test]
     fn digest_comparison() {
         assert!(same_digest("abcd", "abcd"));
