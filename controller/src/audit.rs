@@ -204,7 +204,7 @@ mod tests {
     fn entries_are_appended_filtered_paged_and_never_changed() {
         for (url, _g) in backends() {
             let store = Store::open_url(&url).unwrap();
-            entries_on(&**store.db());
+            entries_on(store.db());
         }
     }
 

@@ -443,13 +443,11 @@ pub fn authenticate(db: &impl Sql, token: &str) -> Result<Option<i64>, Household
 /// # Errors
 /// [`HouseholdError::NotFound`] for an unknown id.
 pub fn household(db: &impl Sql, id: i64) -> Result<Household, HouseholdError> {
-    let name: String = match db.query_opt(
-        "SELECT name FROM households WHERE id = ?1",
-        db_params![id],
-    )? {
-        Some(r) => r.get(0)?,
-        None => return Err(HouseholdError::NotFound),
-    };
+    let name: String =
+        match db.query_opt("SELECT name FROM households WHERE id = ?1", db_params![id])? {
+            Some(r) => r.get(0)?,
+            None => return Err(HouseholdError::NotFound),
+        };
     let cpes = db
         .query(
             "SELECT cpe_id FROM household_cpes WHERE household_id = ?1 ORDER BY cpe_id",
@@ -649,7 +647,12 @@ mod tests {
             assert_eq!(authenticate(db, &token).unwrap(), Some(id));
             let mut wrong = code.replace('-', "");
             wrong.replace_range(..1, if wrong.starts_with('A') { "B" } else { "A" });
-            assert_eq!(authenticate(db, &wrong).unwrap(), None, "{:?}", db.backend());
+            assert_eq!(
+                authenticate(db, &wrong).unwrap(),
+                None,
+                "{:?}",
+                db.backend()
+            );
         }
         assert_eq!(normalise_letter_code("ABCD-EFGH-JKM"), None);
         assert_eq!(normalise_letter_code("ABCD-EFGH-JKM0"), None);
@@ -868,7 +871,15 @@ mod tests {
                         expires_ms, wire, status, ack_ms, release_request_id)
                      VALUES ('cpe-a', ?1, 'release', '02:00:00:00:00:66', 0, ?2, ?3, ?4, ?5,
                         ?6, ?7)",
-                    crate::db_params![command_id, issued, issued + 60_000, &[1u8][..], status, ack, id],
+                    crate::db_params![
+                        command_id,
+                        issued,
+                        issued + 60_000,
+                        &[1u8][..],
+                        status,
+                        ack,
+                        id
+                    ],
                 )
                 .unwrap();
             }

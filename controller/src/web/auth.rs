@@ -33,8 +33,8 @@ use serde::Deserialize;
 
 use super::html::{esc, page, Nav};
 use super::{html_response, AppState, WebError};
-use crate::households::{self, hash_secret, new_secret};
 use crate::db_params;
+use crate::households::{self, hash_secret, new_secret};
 use crate::operators::{self, Level, TOKEN_OPERATOR};
 use crate::store::db::Sql;
 
@@ -167,7 +167,11 @@ fn session(db: &impl Sql, sid: &str, now_ms: u64) -> Result<Caller, WebError> {
         return Err(WebError::Unauthorized);
     };
     let role: String = row.get(0)?;
-    let role = match (role.as_str(), row.get::<Option<i64>>(1)?, row.get::<Option<i64>>(2)?) {
+    let role = match (
+        role.as_str(),
+        row.get::<Option<i64>>(1)?,
+        row.get::<Option<i64>>(2)?,
+    ) {
         // The operator's role is read afresh: a revoked operator's session ends here.
         ("noc", _, Some(id)) => {
             match operators::active(db, id).map_err(|e| WebError::Internal(e.to_string()))? {
@@ -873,7 +877,9 @@ mod tests {
             let (role, op_sid) = start_session(&two, &secret, &op_hash, 3_000, ttl)
                 .unwrap()
                 .unwrap();
-            assert!(matches!(&role, Role::Noc(s) if s.name == "olga" && s.level == Level::Operator));
+            assert!(
+                matches!(&role, Role::Noc(s) if s.name == "olga" && s.level == Level::Operator)
+            );
             let (role, file_sid) = start_session(&two, "the-token-file", &op_hash, 3_000, ttl)
                 .unwrap()
                 .unwrap();

@@ -130,15 +130,33 @@ fn decide_declaration(
     Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
 }
 
-/// The devices allowed on their routers, newest first: router, MAC, note, who, when.
-fn allowed_devices(db: &impl Sql) -> Result<Vec<(String, String, String, String, u64)>, WebError> {
+/// A device allowed on its router for good.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Allowed {
+    cpe_id: String,
+    mac: String,
+    note: String,
+    actor: String,
+    created_ms: u64,
+}
+
+/// The devices allowed on their routers, newest first.
+fn allowed_devices(db: &impl Sql) -> Result<Vec<Allowed>, WebError> {
     db.query(
         "SELECT cpe_id, mac, note, actor, created_ms FROM allowed_devices
          ORDER BY created_ms DESC LIMIT 500",
         db_params![],
     )?
     .iter()
-    .map(|r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
+    .map(|r| {
+        Ok(Allowed {
+            cpe_id: r.get(0)?,
+            mac: r.get(1)?,
+            note: r.get(2)?,
+            actor: r.get(3)?,
+            created_ms: r.get(4)?,
+        })
+    })
     .collect()
 }
 
@@ -401,7 +419,14 @@ pub async fn noc_page(
             "Devices allowed on their router",
             &["Router", "Device", "Note", "By", "When"],
         );
-        for (cpe, mac, note, actor, at) in &allowed {
+        for Allowed {
+            cpe_id: cpe,
+            mac,
+            note,
+            actor,
+            created_ms: at,
+        } in &allowed
+        {
             t.row(
                 "",
                 &[
@@ -574,8 +599,7 @@ mod tests {
                 Err(WebError::NotFound)
             ));
             let all = declarations(db, None).unwrap();
-            let order: Vec<(i64, &str)> =
-                all.iter().map(|d| (d.id, d.status.as_str())).collect();
+            let order: Vec<(i64, &str)> = all.iter().map(|d| (d.id, d.status.as_str())).collect();
             assert_eq!(order, [(second, "pending"), (first, "approved")], "{url}");
             assert_eq!(all[1].decided_by.as_deref(), Some("olga"));
             // Once decided, a new declaration of the device can be made.
@@ -593,13 +617,13 @@ mod tests {
             .unwrap();
             assert_eq!(
                 allowed_devices(db).unwrap(),
-                [(
-                    "cpe-a".to_string(),
-                    mac.to_string(),
-                    "declaration".to_string(),
-                    "olga".to_string(),
-                    40
-                )]
+                [Allowed {
+                    cpe_id: "cpe-a".into(),
+                    mac: mac.to_string(),
+                    note: "declaration".into(),
+                    actor: "olga".into(),
+                    created_ms: 40
+                }]
             );
         }
     }
