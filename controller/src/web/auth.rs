@@ -927,6 +927,188 @@ mod tests {
         }
     }
 
+    struct NoPolicy;
+
+    impl crate::web::PolicyPublisher for NoPolicy {
+        fn publish(
+            &self,
+            _policy: smtpguard_protocol::Policy,
+            _cpe_id: Option<String>,
+        ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<u64, String>> + Send + '_>>
+        {
+            Box::pin(async { Err("not in this test".to_string()) })
+        }
+    }
+
+    /// A web server over `db` on a free loopback port, until `stop` turns true.
+    async fn serve_on(
+        db: std::sync::Arc<crate::store::db::Db>,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+        let state = AppState::new(
+            db,
+            crate::web::WebSettings::new("replica-test-token-0123"),
+            std::sync::Arc::new(NoPolicy),
+            std::sync::Arc::new(|| 1_000_000),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            crate::web::serve(listener, state, shutdown).await.unwrap();
+        });
+        (addr, server)
+    }
+
+    /// One HTTP/1.1 request; the status, the headers (names in lower case) and the body.
+    async fn request(
+        addr: SocketAddr,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> (u16, Vec<(String, String)>, String) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+            body.len()
+        );
+        for (k, v) in headers {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        head.push_str("\r\n");
+        s.write_all(head.as_bytes()).await.unwrap();
+        s.write_all(body.as_bytes()).await.unwrap();
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).await.unwrap();
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+        let mut lines = head.lines();
+        let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+        let headers = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+            .collect();
+        (status, headers, body.to_string())
+    }
+
+    fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+        headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Two replicas on one PostgreSQL database: a sign-in on one is a session on the other,
+    /// and a revocation on one ends it on the other; wrong credentials get nothing.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_session_started_on_one_replica_is_honoured_and_ended_on_another() {
+        use crate::store::Store;
+        let url = tokio::task::spawn_blocking(smtpguard_pgtest::database)
+            .await
+            .unwrap();
+        let (one, two) = tokio::task::spawn_blocking(move || {
+            (
+                Store::open_url(&url).unwrap().into_db(),
+                Store::open_url(&url).unwrap().into_db(),
+            )
+        })
+        .await
+        .unwrap();
+        assert_eq!(one.backend(), crate::store::db::Backend::Postgres);
+        let db = one.clone();
+        let (household_token, secret) = tokio::task::spawn_blocking(move || {
+            let (_, token) = households::create(&*db, "Web family", &[], 0).unwrap();
+            (token, operators::add(&*db, "vera", Level::Viewer, 0).unwrap())
+        })
+        .await
+        .unwrap();
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let (a1, s1) = serve_on(one.clone(), stopped.clone()).await;
+        let (a2, s2) = serve_on(two.clone(), stopped).await;
+        let form = [("Content-Type", "application/x-www-form-urlencoded")];
+
+        let login = |addr, token: String| async move {
+            let (status, headers, _) =
+                request(addr, "POST", "/login", &form, &format!("token={token}")).await;
+            let cookie = header(&headers, "set-cookie")
+                .and_then(|c| c.split(';').next())
+                .map(str::to_string);
+            (status, header(&headers, "location").map(str::to_string), cookie)
+        };
+        let (status, location, cookie) = login(a1, secret.clone()).await;
+        assert_eq!((status, location.as_deref()), (303, Some("/noc")));
+        let vera = cookie.unwrap();
+        let (status, _, body) =
+            request(a2, "GET", "/noc/audit", &[("Cookie", vera.as_str())], "").await;
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains("vera") && body.contains("sign_in"), "{body}");
+
+        // A subscriber's session is not a NOC session, on any replica.
+        let (_, _, cookie) = login(a2, household_token).await;
+        let subscriber = cookie.unwrap();
+        let (status, _, _) =
+            request(a1, "GET", "/noc/audit", &[("Cookie", subscriber.as_str())], "").await;
+        assert_eq!(status, 403);
+
+        // Wrong credentials.
+        let (status, location, cookie) = login(a2, "op_wrong".into()).await;
+        assert_eq!((status, location, cookie), (401, None, None));
+        let (status, _, _) = request(
+            a1,
+            "GET",
+            "/api/audit",
+            &[("Authorization", "Bearer op_forged")],
+            "",
+        )
+        .await;
+        assert_eq!(status, 401);
+        let (status, headers, _) = request(
+            a1,
+            "GET",
+            "/noc/audit",
+            &[("Cookie", "sg_session=s_forged")],
+            "",
+        )
+        .await;
+        assert_eq!(
+            (status, header(&headers, "location")),
+            (303, Some("/login")),
+            "a forged session id is sent to sign in"
+        );
+
+        // Revoked through replica one: the session ends on replica two.
+        let db = one.clone();
+        tokio::task::spawn_blocking(move || operators::revoke(&*db, "vera", 2_000).unwrap())
+            .await
+            .unwrap();
+        let (status, headers, _) =
+            request(a2, "GET", "/noc/audit", &[("Cookie", vera.as_str())], "").await;
+        assert_eq!(
+            (status, header(&headers, "location")),
+            (303, Some("/login"))
+        );
+        let (status, _, _) = request(
+            a1,
+            "GET",
+            "/api/audit",
+            &[("Authorization", &format!("Bearer {secret}"))],
+            "",
+        )
+        .await;
+        assert_eq!(status, 401);
+
+        // The last handles close their PostgreSQL connections, which blocks: not on a task.
+        stop.send_replace(true);
+        s1.await.unwrap();
+        s2.await.unwrap();
+        tokio::task::spawn_blocking(move || drop((one, two)))
+            .await
+            .unwrap();
+    }
+
     #[test]
     fn digest_comparison() {
         assert!(same_digest("abcd", "abcd"));
