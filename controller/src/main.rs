@@ -293,7 +293,9 @@ fn main() -> anyhow::Result<()> {
                         }
                     }
                     let refs: Vec<&str> = cpes.iter().map(String::as_str).collect();
-                    let (id, _) = households::create(&db, &name, &refs, now_ms())?;
+                    let now = now_ms();
+                    // All of it or nothing: a router taken by another household adds none.
+                    let (id, _) = db.transaction(|tx| households::create(tx, &name, &refs, now))?;
                     (id, format!("added {name:?} with {}", cpes.join(", ")))
                 }
                 HouseholdCommand::Code { id } => {

@@ -487,6 +487,8 @@ pub async fn run(
     let mut last_prune = 0u64;
     loop {
         if *stop.borrow() {
+            // Closing PostgreSQL connections blocks, which a runtime thread must not do.
+            let _ = tokio::task::spawn_blocking(move || drop(conn)).await;
             return Ok(());
         }
         let now = now_ms();

@@ -986,7 +986,14 @@ mod tests {
         s.read_to_string(&mut answer).await.unwrap();
         let (head, body) = answer.split_once("\r\n\r\n").unwrap();
         let mut lines = head.lines();
-        let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+        let status = lines
+            .next()
+            .unwrap()
+            .split(' ')
+            .nth(1)
+            .unwrap()
+            .parse()
+            .unwrap();
         let headers = lines
             .filter_map(|l| l.split_once(':'))
             .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
@@ -1021,7 +1028,10 @@ mod tests {
         let db = one.clone();
         let (household_token, secret) = tokio::task::spawn_blocking(move || {
             let (_, token) = households::create(&*db, "Web family", &[], 0).unwrap();
-            (token, operators::add(&*db, "vera", Level::Viewer, 0).unwrap())
+            (
+                token,
+                operators::add(&*db, "vera", Level::Viewer, 0).unwrap(),
+            )
         })
         .await
         .unwrap();
@@ -1036,7 +1046,11 @@ mod tests {
             let cookie = header(&headers, "set-cookie")
                 .and_then(|c| c.split(';').next())
                 .map(str::to_string);
-            (status, header(&headers, "location").map(str::to_string), cookie)
+            (
+                status,
+                header(&headers, "location").map(str::to_string),
+                cookie,
+            )
         };
         let (status, location, cookie) = login(a1, secret.clone()).await;
         assert_eq!((status, location.as_deref()), (303, Some("/noc")));
@@ -1049,8 +1063,14 @@ mod tests {
         // A subscriber's session is not a NOC session, on any replica.
         let (_, _, cookie) = login(a2, household_token).await;
         let subscriber = cookie.unwrap();
-        let (status, _, _) =
-            request(a1, "GET", "/noc/audit", &[("Cookie", subscriber.as_str())], "").await;
+        let (status, _, _) = request(
+            a1,
+            "GET",
+            "/noc/audit",
+            &[("Cookie", subscriber.as_str())],
+            "",
+        )
+        .await;
         assert_eq!(status, 403);
 
         // Wrong credentials.
