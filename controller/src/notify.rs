@@ -498,12 +498,13 @@ pub async fn run(
         }
         let loaded = on_db(&conn, move |db| {
             let rows = {
-                let c = outbox(db)?;
+                let guard = outbox(db)?;
+                let c: &rusqlite::Connection = &guard;
                 if prune {
-                    notifications::prune(&c, now.saturating_sub(KEEP_MS))
+                    notifications::prune(c, now.saturating_sub(KEEP_MS))
                         .map_err(|e| e.to_string())?;
                 }
-                notifications::due(&c, now, ROUND_MAX).map_err(|e| e.to_string())?
+                notifications::due(c, now, ROUND_MAX).map_err(|e| e.to_string())?
             };
             rows.into_iter()
                 .map(|p| {
@@ -537,7 +538,9 @@ pub async fn run(
             }
             let next = now_ms().saturating_add(backoff_ms(p.attempts.saturating_sub(1)));
             let saved = on_db(&conn, move |db| {
-                notifications::record_round(&*outbox(db)?, &p, next, error.as_deref())
+                let guard = outbox(db)?;
+                let c: &rusqlite::Connection = &guard;
+                notifications::record_round(c, &p, next, error.as_deref())
                     .map_err(|e| e.to_string())
             })
             .await;
