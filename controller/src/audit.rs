@@ -1,6 +1,6 @@
 //! The audit log: who did what to which target, when, and how it ended. Append-only: the
-//! database refuses to change or delete a row (triggers), and nothing in the controller
-//! tries.
+//! database refuses to change or delete a row, and PostgreSQL to truncate the table
+//! (triggers); nothing in the controller tries.
 //!
 //! Recorded: sign-ins (also refused ones), policy publishes (with what changed), campaign
 //! pushes, release decisions, commands sent to routers, abuse lookups, enrollments,
@@ -8,8 +8,10 @@
 //! operator's name, [`crate::operators::TOKEN_OPERATOR`], `cli` for the controller's command
 //! line, or `demo` for the demo's own set-up.
 
-use rusqlite::{params, Connection};
 use serde::Serialize;
+
+use crate::db_params;
+use crate::store::db::{Backend, DbError, Sql};
 
 /// Longest detail kept per entry (bytes); longer ones are cut at a character boundary.
 pub const DETAIL_MAX: usize = 4096;
@@ -67,68 +69,77 @@ fn cut(s: &str, max: usize) -> &str {
 /// Appends an entry.
 ///
 /// # Errors
-/// SQLite errors.
+/// [`DbError`].
 pub fn record(
-    conn: &Connection,
+    db: &impl Sql,
     at_ms: u64,
     actor: &str,
     action: &str,
     target: &str,
     outcome: &str,
     detail: &str,
-) -> Result<(), rusqlite::Error> {
-    conn.prepare_cached(
+) -> Result<(), DbError> {
+    db.execute(
         "INSERT INTO audit_log (at_ms, actor, action, target, outcome, detail)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-    )?
-    .execute(params![
-        to_i64(at_ms),
-        cut(actor, 200),
-        cut(action, 64),
-        cut(target, 200),
-        cut(outcome, 64),
-        cut(detail, DETAIL_MAX)
-    ])?;
+        db_params![
+            to_i64(at_ms),
+            cut(actor, 200),
+            cut(action, 64),
+            cut(target, 200),
+            cut(outcome, 64),
+            cut(detail, DETAIL_MAX)
+        ],
+    )?;
     Ok(())
 }
 
 /// Entries matching `filter`, newest first, at most `limit` (capped at [`PAGE_MAX`]).
 ///
 /// # Errors
-/// SQLite errors.
-pub fn list(
-    conn: &Connection,
-    filter: &Filter,
-    limit: usize,
-) -> Result<Vec<Entry>, rusqlite::Error> {
+/// [`DbError`].
+pub fn list(db: &impl Sql, filter: &Filter, limit: usize) -> Result<Vec<Entry>, DbError> {
     let limit = i64::try_from(limit.clamp(1, PAGE_MAX)).unwrap_or(1);
-    let mut stmt = conn.prepare_cached(
-        "SELECT id, at_ms, actor, action, target, outcome, detail FROM audit_log
-         WHERE (?1 IS NULL OR actor = ?1) AND (?2 IS NULL OR action = ?2)
-           AND (?3 IS NULL OR instr(target, ?3) > 0) AND (?4 IS NULL OR id < ?4)
-         ORDER BY id DESC LIMIT ?5",
-    )?;
-    let rows = stmt.query_map(
-        params![
-            filter.actor,
-            filter.action,
-            filter.target,
+    // "Contains", exactly (no LIKE wildcards, the same case rules on both).
+    let sql = match db.backend() {
+        Backend::Sqlite => {
+            "SELECT id, at_ms, actor, action, target, outcome, detail FROM audit_log
+             WHERE (?1 IS NULL OR actor = ?1) AND (?2 IS NULL OR action = ?2)
+               AND (?3 IS NULL OR instr(target, ?3) > 0) AND (?4 IS NULL OR id < ?4)
+             ORDER BY id DESC LIMIT ?5"
+        }
+        Backend::Postgres => {
+            "SELECT id, at_ms, actor, action, target, outcome, detail FROM audit_log
+             WHERE (CAST(?1 AS TEXT) IS NULL OR actor = ?1)
+               AND (CAST(?2 AS TEXT) IS NULL OR action = ?2)
+               AND (CAST(?3 AS TEXT) IS NULL OR strpos(target, ?3) > 0)
+               AND (CAST(?4 AS BIGINT) IS NULL OR id < ?4)
+             ORDER BY id DESC LIMIT ?5"
+        }
+    };
+    db.query(
+        sql,
+        db_params![
+            filter.actor.as_deref(),
+            filter.action.as_deref(),
+            filter.target.as_deref(),
             filter.before_id,
             limit
         ],
-        |r| {
-            Ok(Entry {
-                id: r.get(0)?,
-                at_ms: u64::try_from(r.get::<_, i64>(1)?).unwrap_or(0),
-                actor: r.get(2)?,
-                action: r.get(3)?,
-                target: r.get(4)?,
-                outcome: r.get(5)?,
-                detail: r.get(6)?,
-            })
-        },
-    )?;
-    rows.collect()
+    )?
+    .iter()
+    .map(|r| {
+        Ok(Entry {
+            id: r.get(0)?,
+            at_ms: r.get(1)?,
+            actor: r.get(2)?,
+            action: r.get(3)?,
+            target: r.get(4)?,
+            outcome: r.get(5)?,
+            detail: r.get(6)?,
+        })
+    })
+    .collect()
 }
 
 /// What changed from `old` to `new`, `key: old -> new` per changed setting, for a policy
@@ -186,15 +197,22 @@ pub fn policy_changes<T: Serialize>(old: &T, new: &T) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::db::tests::backends;
+    use crate::store::Store;
 
     #[test]
     fn entries_are_appended_filtered_paged_and_never_changed() {
-        let mut conn = Connection::open_in_memory().unwrap();
-        crate::store::schema::migrate(&mut conn).unwrap();
+        for (url, _g) in backends() {
+            let store = Store::open_url(&url).unwrap();
+            entries_on(store.db());
+        }
+    }
+
+    fn entries_on(conn: &crate::store::db::Db) {
         for i in 0..5u64 {
             let actor = if i % 2 == 0 { "alice" } else { "bob" };
             record(
-                &conn,
+                conn,
                 1_000 + i,
                 actor,
                 "command",
@@ -205,7 +223,7 @@ mod tests {
             .unwrap();
         }
         record(
-            &conn,
+            conn,
             2_000,
             "cli",
             "cpe_add",
@@ -214,7 +232,7 @@ mod tests {
             &"é".repeat(5_000),
         )
         .unwrap();
-        let all = list(&conn, &Filter::default(), 50).unwrap();
+        let all = list(conn, &Filter::default(), 50).unwrap();
         assert_eq!(all.len(), 6);
         assert_eq!(all[0].action, "cpe_add");
         assert!(all[0].detail.len() <= DETAIL_MAX);
@@ -222,13 +240,13 @@ mod tests {
             actor: Some("alice".into()),
             ..Filter::default()
         };
-        let page1 = list(&conn, &alice, 2).unwrap();
+        let page1 = list(conn, &alice, 2).unwrap();
         assert_eq!(
             page1.iter().map(|e| e.target.as_str()).collect::<Vec<_>>(),
             ["cpe-4", "cpe-2"]
         );
         let page2 = list(
-            &conn,
+            conn,
             &Filter {
                 before_id: Some(page1[1].id),
                 ..alice
@@ -242,7 +260,7 @@ mod tests {
             target: Some("cpe-3".into()),
             ..Filter::default()
         };
-        assert_eq!(list(&conn, &by_target, 10).unwrap().len(), 1);
+        assert_eq!(list(conn, &by_target, 10).unwrap().len(), 1);
         // What a policy publish records.
         let old = serde_json::json!({"mode": "monitor", "thresholds": {"infected": 0.7}});
         let new = serde_json::json!({"mode": "enforce", "thresholds": {"infected": 0.7}, "x": 1});
@@ -251,11 +269,30 @@ mod tests {
             r#"mode: "monitor" -> "enforce"; x: (none) -> 1"#
         );
         assert_eq!(policy_diff(&old, &old), "no change");
-        // Append-only.
-        assert!(conn
-            .execute("UPDATE audit_log SET actor = 'mallory'", [])
-            .is_err());
-        assert!(conn.execute("DELETE FROM audit_log", []).is_err());
-        assert_eq!(list(&conn, &Filter::default(), 50).unwrap().len(), 6);
+        // A target filter is plain text, not a pattern.
+        let pattern = Filter {
+            target: Some("cpe-%".into()),
+            ..Filter::default()
+        };
+        assert!(list(conn, &pattern, 10).unwrap().is_empty());
+        // Append-only, whatever the backend.
+        for sql in [
+            "UPDATE audit_log SET actor = 'mallory'",
+            "UPDATE audit_log SET detail = '' WHERE actor = 'cli'",
+            "DELETE FROM audit_log",
+            "DELETE FROM audit_log WHERE actor = 'alice'",
+        ] {
+            assert!(
+                conn.execute(sql, db_params![]).is_err(),
+                "{:?}: {sql}",
+                conn.backend()
+            );
+        }
+        if conn.backend() == Backend::Postgres {
+            // Row triggers do not see a TRUNCATE; a statement trigger does.
+            assert!(conn.execute("TRUNCATE audit_log", db_params![]).is_err());
+        }
+        let after = list(conn, &Filter::default(), 50).unwrap();
+        assert_eq!(after, all, "{:?}", conn.backend());
     }
 }

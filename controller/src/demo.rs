@@ -153,7 +153,7 @@ const CAMPAIGN_EHLO: &str = "COZOXORY.club";
 /// [`DemoError`] when the database cannot be written.
 pub fn seed(path: &Path, now_ms: u64) -> Result<Seeded, DemoError> {
     let mut store = Store::open(path)?;
-    let conn = crate::web::open_db(path).map_err(|e| DemoError::Web(e.to_string()))?;
+    let db = store.db().clone();
     let window_secs = 600u32;
     let t0 = now_ms.saturating_sub(45 * 60 * 1000);
     let ttl = 3_600_000u64;
@@ -418,12 +418,8 @@ pub fn seed(path: &Path, now_ms: u64) -> Result<Seeded, DemoError> {
             );
         }
         w.flush()?;
-        let sqlite = conn
-            .sqlite_connection()
-            .map_err(|e| DemoError::Web(e.to_string()))?;
-        let (id, token) = households::create(&sqlite, name, &[cpe], t0)?;
-        let letter_code = households::add_letter_code(&sqlite, id, t0)?;
-        drop(sqlite);
+        let (id, token) = households::create(&*db, name, &[cpe], t0)?;
+        let letter_code = households::add_letter_code(&*db, id, t0)?;
         out.push(SeededHousehold {
             name: name.to_string(),
             cpe_id: cpe.to_string(),
@@ -448,7 +444,7 @@ pub fn seed(path: &Path, now_ms: u64) -> Result<Seeded, DemoError> {
         created_ms: t0,
     })?;
     crate::audit::record(
-        &store.conn(),
+        &*db,
         t0,
         "demo",
         "policy_publish",

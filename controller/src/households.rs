@@ -7,16 +7,18 @@
 //! about one that does not exist.
 
 use rand::RngCore;
-use rusqlite::{params, Connection, OptionalExtension};
 use sha2::{Digest, Sha256};
 use smtpguard_protocol::{Action, MacAddr};
+
+use crate::db_params;
+use crate::store::db::{DbError, Row, Sql};
 
 /// An account operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum HouseholdError {
-    /// SQLite reported an error.
+    /// The database reported an error.
     #[error("database: {0}")]
-    Sqlite(#[from] rusqlite::Error),
+    Database(#[from] DbError),
     /// No such household, CPE or device — or not this household's.
     #[error("not found")]
     NotFound,
@@ -210,11 +212,12 @@ pub fn new_secret(prefix: &str) -> String {
 }
 
 /// Creates a household owning `cpes` and returns its id and a login token (shown once).
+/// Pass a transaction ([`crate::store::db::Tx`]) for all of it or nothing.
 ///
 /// # Errors
-/// [`HouseholdError::Sqlite`], e.g. when a CPE already belongs to a household.
+/// [`HouseholdError::Database`], e.g. when a CPE already belongs to a household.
 pub fn create(
-    conn: &Connection,
+    db: &impl Sql,
     name: &str,
     cpes: &[&str],
     now_ms: u64,
@@ -224,34 +227,29 @@ pub fn create(
             "household name must be 1 to 100 characters",
         ));
     }
-    conn.execute(
-        "INSERT INTO households (name, created_ms) VALUES (?1, ?2)",
-        params![name, to_i64(now_ms)],
+    let id: i64 = db.query_one(
+        "INSERT INTO households (name, created_ms) VALUES (?1, ?2) RETURNING id",
+        db_params![name, to_i64(now_ms)],
     )?;
-    let id = conn.last_insert_rowid();
     for cpe in cpes {
-        conn.execute(
+        db.execute(
             "INSERT INTO household_cpes (cpe_id, household_id) VALUES (?1, ?2)",
-            params![cpe, id],
+            db_params![*cpe, id],
         )?;
     }
-    let token = add_token(conn, id, now_ms)?;
+    let token = add_token(db, id, now_ms)?;
     Ok((id, token))
 }
 
 /// Issues another login token for a household.
 ///
 /// # Errors
-/// [`HouseholdError::Sqlite`].
-pub fn add_token(
-    conn: &Connection,
-    household_id: i64,
-    now_ms: u64,
-) -> Result<String, HouseholdError> {
+/// [`HouseholdError::Database`].
+pub fn add_token(db: &impl Sql, household_id: i64, now_ms: u64) -> Result<String, HouseholdError> {
     let token = new_secret("hh_");
-    conn.execute(
+    db.execute(
         "INSERT INTO subscriber_tokens (token_hash, household_id, created_ms) VALUES (?1, ?2, ?3)",
-        params![hash_secret(&token), household_id, to_i64(now_ms)],
+        db_params![&hash_secret(&token), household_id, to_i64(now_ms)],
     )?;
     Ok(token)
 }
@@ -275,7 +273,7 @@ pub struct Contact {
 /// [`HouseholdError::Invalid`] for an address that is not one, [`HouseholdError::NotFound`]
 /// for an unknown household.
 pub fn set_contact(
-    conn: &Connection,
+    db: &impl Sql,
     household_id: i64,
     email: Option<&str>,
     notify_email: bool,
@@ -286,9 +284,9 @@ pub fn set_contact(
             return Err(HouseholdError::Invalid("that is not an e-mail address"));
         }
     }
-    let n = conn.execute(
+    let n = db.execute(
         "UPDATE households SET email = ?2, notify_email = ?3 WHERE id = ?1",
-        params![household_id, email, notify_email],
+        db_params![household_id, email, notify_email],
     )?;
     if n == 0 {
         return Err(HouseholdError::NotFound);
@@ -300,17 +298,17 @@ pub fn set_contact(
 ///
 /// # Errors
 /// [`HouseholdError::NotFound`] for an unknown household.
-pub fn contact(conn: &Connection, household_id: i64) -> Result<Contact, HouseholdError> {
-    conn.query_row(
+pub fn contact(db: &impl Sql, household_id: i64) -> Result<Contact, HouseholdError> {
+    db.query_opt(
         "SELECT id, name, email, notify_email FROM households WHERE id = ?1",
-        [household_id],
-        contact_of,
-    )
-    .optional()?
+        db_params![household_id],
+    )?
+    .map(|r| contact_of(&r))
+    .transpose()?
     .ok_or(HouseholdError::NotFound)
 }
 
-fn contact_of(r: &rusqlite::Row<'_>) -> rusqlite::Result<Contact> {
+fn contact_of(r: &Row) -> Result<Contact, DbError> {
     Ok(Contact {
         household_id: r.get(0)?,
         name: r.get(1)?,
@@ -322,16 +320,16 @@ fn contact_of(r: &rusqlite::Row<'_>) -> rusqlite::Result<Contact> {
 /// The contact of the household that owns `cpe_id`, if any does.
 ///
 /// # Errors
-/// [`HouseholdError::Sqlite`].
-pub fn contact_for_cpe(conn: &Connection, cpe_id: &str) -> Result<Option<Contact>, HouseholdError> {
-    Ok(conn
-        .query_row(
+/// [`HouseholdError::Database`].
+pub fn contact_for_cpe(db: &impl Sql, cpe_id: &str) -> Result<Option<Contact>, HouseholdError> {
+    Ok(db
+        .query_opt(
             "SELECT h.id, h.name, h.email, h.notify_email FROM household_cpes hc
              JOIN households h ON h.id = hc.household_id WHERE hc.cpe_id = ?1",
-            [cpe_id],
-            contact_of,
-        )
-        .optional()?)
+            db_params![cpe_id],
+        )?
+        .map(|r| contact_of(&r))
+        .transpose()?)
 }
 
 /// The letters of a letter code: no 0/O, 1/I/L, so it can be read off paper.
@@ -355,9 +353,9 @@ pub fn normalise_letter_code(typed: &str) -> Option<String> {
 /// the household's long tokens, which keep working.
 ///
 /// # Errors
-/// [`HouseholdError::Sqlite`].
+/// [`HouseholdError::Database`].
 pub fn add_letter_code(
-    conn: &Connection,
+    db: &impl Sql,
     household_id: i64,
     now_ms: u64,
 ) -> Result<String, HouseholdError> {
@@ -368,9 +366,9 @@ pub fn add_letter_code(
         .iter()
         .map(|b| char::from(LETTER_CODE_ALPHABET[usize::from(b & 31)]))
         .collect();
-    conn.execute(
+    db.execute(
         "INSERT INTO subscriber_tokens (token_hash, household_id, created_ms) VALUES (?1, ?2, ?3)",
-        params![hash_secret(&code), household_id, to_i64(now_ms)],
+        db_params![&hash_secret(&code), household_id, to_i64(now_ms)],
     )?;
     Ok(format!("{}-{}-{}", &code[..4], &code[4..8], &code[8..]))
 }
@@ -379,14 +377,14 @@ pub fn add_letter_code(
 ///
 /// # Errors
 /// [`HouseholdError::NotFound`] for an unknown household.
-pub fn time_zone(conn: &Connection, household_id: i64) -> Result<Option<String>, HouseholdError> {
-    conn.query_row(
+pub fn time_zone(db: &impl Sql, household_id: i64) -> Result<Option<String>, HouseholdError> {
+    match db.query_opt(
         "SELECT time_zone FROM households WHERE id = ?1",
-        [household_id],
-        |r| r.get(0),
-    )
-    .optional()?
-    .ok_or(HouseholdError::NotFound)
+        db_params![household_id],
+    )? {
+        Some(r) => Ok(r.get(0)?),
+        None => Err(HouseholdError::NotFound),
+    }
 }
 
 /// Sets a household's time zone (`None`: the controller's default).
@@ -395,7 +393,7 @@ pub fn time_zone(conn: &Connection, household_id: i64) -> Result<Option<String>,
 /// [`HouseholdError::Invalid`] for a name the system's time zone database does not know,
 /// [`HouseholdError::NotFound`] for an unknown household.
 pub fn set_time_zone(
-    conn: &Connection,
+    db: &impl Sql,
     household_id: i64,
     zone: Option<&str>,
 ) -> Result<(), HouseholdError> {
@@ -405,9 +403,9 @@ pub fn set_time_zone(
             return Err(HouseholdError::Invalid("that is not a known time zone"));
         }
     }
-    let n = conn.execute(
+    let n = db.execute(
         "UPDATE households SET time_zone = ?2 WHERE id = ?1",
-        params![household_id, zone],
+        db_params![household_id, zone],
     )?;
     if n == 0 {
         return Err(HouseholdError::NotFound);
@@ -418,18 +416,18 @@ pub fn set_time_zone(
 /// The household a token belongs to.
 ///
 /// # Errors
-/// [`HouseholdError::Sqlite`].
-pub fn authenticate(conn: &Connection, token: &str) -> Result<Option<i64>, HouseholdError> {
+/// [`HouseholdError::Database`].
+pub fn authenticate(db: &impl Sql, token: &str) -> Result<Option<i64>, HouseholdError> {
     if token.is_empty() || token.len() > 200 {
         return Ok(None);
     }
-    let find = |t: &str| {
-        conn.query_row(
+    let find = |t: &str| -> Result<Option<i64>, DbError> {
+        db.query_opt(
             "SELECT household_id FROM subscriber_tokens WHERE token_hash = ?1",
-            [hash_secret(t)],
-            |r| r.get(0),
-        )
-        .optional()
+            db_params![&hash_secret(t)],
+        )?
+        .map(|r| r.get(0))
+        .transpose()
     };
     if let Some(id) = find(token)? {
         return Ok(Some(id));
@@ -444,18 +442,19 @@ pub fn authenticate(conn: &Connection, token: &str) -> Result<Option<i64>, House
 ///
 /// # Errors
 /// [`HouseholdError::NotFound`] for an unknown id.
-pub fn household(conn: &Connection, id: i64) -> Result<Household, HouseholdError> {
-    let name: String = conn
-        .query_row("SELECT name FROM households WHERE id = ?1", [id], |r| {
-            r.get(0)
-        })
-        .optional()?
-        .ok_or(HouseholdError::NotFound)?;
-    let mut stmt = conn.prepare_cached(
-        "SELECT cpe_id FROM household_cpes WHERE household_id = ?1 ORDER BY cpe_id",
-    )?;
-    let cpes = stmt
-        .query_map([id], |r| r.get(0))?
+pub fn household(db: &impl Sql, id: i64) -> Result<Household, HouseholdError> {
+    let name: String =
+        match db.query_opt("SELECT name FROM households WHERE id = ?1", db_params![id])? {
+            Some(r) => r.get(0)?,
+            None => return Err(HouseholdError::NotFound),
+        };
+    let cpes = db
+        .query(
+            "SELECT cpe_id FROM household_cpes WHERE household_id = ?1 ORDER BY cpe_id",
+            db_params![id],
+        )?
+        .iter()
+        .map(|r| r.get(0))
         .collect::<Result<_, _>>()?;
     Ok(Household { id, name, cpes })
 }
@@ -463,28 +462,29 @@ pub fn household(conn: &Connection, id: i64) -> Result<Household, HouseholdError
 /// Every household, by id.
 ///
 /// # Errors
-/// [`HouseholdError::Sqlite`].
-pub fn all(conn: &Connection) -> Result<Vec<Household>, HouseholdError> {
-    let mut stmt = conn.prepare_cached("SELECT id FROM households ORDER BY id")?;
-    let ids: Vec<i64> = stmt
-        .query_map([], |r| r.get(0))?
+/// [`HouseholdError::Database`].
+pub fn all(db: &impl Sql) -> Result<Vec<Household>, HouseholdError> {
+    let ids: Vec<i64> = db
+        .query("SELECT id FROM households ORDER BY id", db_params![])?
+        .iter()
+        .map(|r| r.get(0))
         .collect::<Result<_, _>>()?;
-    ids.into_iter().map(|id| household(conn, id)).collect()
+    ids.into_iter().map(|id| household(db, id)).collect()
 }
 
 /// The household owning a CPE, by name.
 ///
 /// # Errors
-/// [`HouseholdError::Sqlite`].
-pub fn owner_of(conn: &Connection, cpe_id: &str) -> Result<Option<(i64, String)>, HouseholdError> {
-    Ok(conn
-        .query_row(
+/// [`HouseholdError::Database`].
+pub fn owner_of(db: &impl Sql, cpe_id: &str) -> Result<Option<(i64, String)>, HouseholdError> {
+    Ok(db
+        .query_opt(
             "SELECT h.id, h.name FROM household_cpes c JOIN households h ON h.id = c.household_id
              WHERE c.cpe_id = ?1",
-            [cpe_id],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .optional()?)
+            db_params![cpe_id],
+        )?
+        .map(|r| Ok::<_, DbError>((r.get(0)?, r.get(1)?)))
+        .transpose()?)
 }
 
 /// Records a release request for a device of this household's router. The device must be
@@ -494,7 +494,7 @@ pub fn owner_of(conn: &Connection, cpe_id: &str) -> Result<Option<(i64, String)>
 /// [`HouseholdError::NotFound`] when the CPE is not this household's or the device is
 /// unknown on it; [`HouseholdError::Invalid`] for an over-long note.
 pub fn request_release(
-    conn: &Connection,
+    db: &impl Sql,
     household_id: i64,
     cpe_id: &str,
     mac: &MacAddr,
@@ -506,89 +506,84 @@ pub fn request_release(
             "note is longer than 500 characters",
         ));
     }
-    let owned = owner_of(conn, cpe_id)?.is_some_and(|(id, _)| id == household_id);
+    let owned = owner_of(db, cpe_id)?.is_some_and(|(id, _)| id == household_id);
     if !owned {
         return Err(HouseholdError::NotFound);
     }
     let mac_text = mac.to_string();
-    let known: bool = conn.query_row(
-        "SELECT EXISTS(SELECT 1 FROM devices WHERE cpe_id = ?1 AND mac = ?2)",
-        params![cpe_id, mac_text],
-        |r| r.get(0),
-    )?;
+    let known = db
+        .query_opt(
+            "SELECT 1 FROM devices WHERE cpe_id = ?1 AND mac = ?2",
+            db_params![cpe_id, &mac_text],
+        )?
+        .is_some();
     if !known {
         return Err(HouseholdError::NotFound);
     }
     // One open request per device is enough.
-    let open: Option<i64> = conn
-        .query_row(
-            "SELECT id FROM release_requests WHERE cpe_id = ?1 AND mac = ?2 AND status = 'pending'",
-            params![cpe_id, mac_text],
-            |r| r.get(0),
-        )
-        .optional()?;
-    if let Some(id) = open {
-        return Ok(id);
-    }
-    conn.execute(
-        "INSERT INTO release_requests (household_id, cpe_id, mac, requested_ms, note, status)
-         VALUES (?1, ?2, ?3, ?4, ?5, 'pending')",
-        params![household_id, cpe_id, mac_text, to_i64(now_ms), note],
+    let open = db.query_opt(
+        "SELECT id FROM release_requests WHERE cpe_id = ?1 AND mac = ?2 AND status = 'pending'",
+        db_params![cpe_id, &mac_text],
     )?;
-    Ok(conn.last_insert_rowid())
+    if let Some(r) = open {
+        return Ok(r.get(0)?);
+    }
+    Ok(db.query_one(
+        "INSERT INTO release_requests (household_id, cpe_id, mac, requested_ms, note, status)
+         VALUES (?1, ?2, ?3, ?4, ?5, 'pending') RETURNING id",
+        db_params![household_id, cpe_id, &mac_text, to_i64(now_ms), note],
+    )?)
 }
 
 /// Release requests, newest first: one household's, or all (for the NOC).
 ///
 /// # Errors
-/// [`HouseholdError::Sqlite`].
+/// [`HouseholdError::Database`].
 pub fn release_requests(
-    conn: &Connection,
+    db: &impl Sql,
     household_id: Option<i64>,
 ) -> Result<Vec<ReleaseRequest>, HouseholdError> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT r.id, r.household_id, r.cpe_id, r.mac, r.requested_ms, r.note, r.status, r.decided_ms,
-            c.status, c.issued_ms, c.ack_ms
+    let rows = db.query(
+        "SELECT r.id, r.household_id, r.cpe_id, r.mac, r.requested_ms, r.note, r.status,
+            r.decided_ms, c.status, c.issued_ms, c.ack_ms
          FROM release_requests r
-         LEFT JOIN commands c ON c.rowid = (
-             SELECT rowid FROM commands WHERE release_request_id = r.id
+         LEFT JOIN commands c ON (c.cpe_id, c.command_id) = (
+             SELECT cpe_id, command_id FROM commands WHERE release_request_id = r.id
              ORDER BY issued_ms DESC, command_id DESC LIMIT 1)
-         WHERE ?1 IS NULL OR r.household_id = ?1 ORDER BY r.id DESC LIMIT 500",
+         WHERE CAST(?1 AS BIGINT) IS NULL OR r.household_id = ?1
+         ORDER BY r.id DESC LIMIT 500",
+        db_params![household_id],
     )?;
-    let rows = stmt.query_map([household_id], |r| {
-        Ok(ReleaseRequest {
-            id: r.get(0)?,
-            household_id: r.get(1)?,
-            cpe_id: r.get(2)?,
-            mac: r.get(3)?,
-            requested_ms: u64::try_from(r.get::<_, i64>(4)?).unwrap_or(0),
-            note: r.get(5)?,
-            status: r.get(6)?,
-            decided_ms: r
-                .get::<_, Option<i64>>(7)?
-                .and_then(|v| u64::try_from(v).ok()),
-            command: delivery(
-                r.get::<_, Option<String>>(8)?.as_deref(),
-                r.get::<_, Option<i64>>(9)?,
-                r.get::<_, Option<i64>>(10)?,
-            ),
+    rows.iter()
+        .map(|r| {
+            Ok(ReleaseRequest {
+                id: r.get(0)?,
+                household_id: r.get(1)?,
+                cpe_id: r.get(2)?,
+                mac: r.get(3)?,
+                requested_ms: r.get(4)?,
+                note: r.get(5)?,
+                status: r.get(6)?,
+                decided_ms: r.get(7)?,
+                command: delivery(
+                    r.get::<Option<String>>(8)?.as_deref(),
+                    r.get(9)?,
+                    r.get(10)?,
+                ),
+            })
         })
-    })?;
-    Ok(rows.collect::<Result<_, _>>()?)
+        .collect()
 }
 
 /// A command's row as a delivery: sent and unanswered, or applied (with the answer's time).
 fn delivery(
     status: Option<&str>,
-    issued_ms: Option<i64>,
-    ack_ms: Option<i64>,
+    issued_ms: Option<u64>,
+    ack_ms: Option<u64>,
 ) -> Option<CommandDelivery> {
-    let ms = |v: Option<i64>| v.and_then(|v| u64::try_from(v).ok());
     match status? {
-        "sent" => Some(CommandDelivery::Sent {
-            at_ms: ms(issued_ms)?,
-        }),
-        "applied" => Some(CommandDelivery::Acknowledged { at_ms: ms(ack_ms)? }),
+        "sent" => Some(CommandDelivery::Sent { at_ms: issued_ms? }),
+        "applied" => Some(CommandDelivery::Acknowledged { at_ms: ack_ms? }),
         _ => None,
     }
 }
@@ -598,19 +593,19 @@ fn delivery(
 /// # Errors
 /// [`HouseholdError::NotFound`] when there is no pending request with that id.
 pub fn decide_release(
-    conn: &Connection,
+    db: &impl Sql,
     id: i64,
     approve: bool,
     now_ms: u64,
 ) -> Result<ReleaseRequest, HouseholdError> {
-    let n = conn.execute(
+    let n = db.execute(
         "UPDATE release_requests SET status = ?2, decided_ms = ?3 WHERE id = ?1 AND status = 'pending'",
-        params![id, if approve { "approved" } else { "denied" }, to_i64(now_ms)],
+        db_params![id, if approve { "approved" } else { "denied" }, to_i64(now_ms)],
     )?;
     if n == 0 {
         return Err(HouseholdError::NotFound);
     }
-    release_requests(conn, None)?
+    release_requests(db, None)?
         .into_iter()
         .find(|r| r.id == id)
         .ok_or(HouseholdError::NotFound)
@@ -620,53 +615,102 @@ pub fn decide_release(
 mod tests {
     use super::*;
 
-    fn db() -> (tempfile::TempDir, Connection) {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("db.sqlite");
-        drop(crate::web::open_db(&path).unwrap());
-        (dir, Connection::open(&path).unwrap())
+    use crate::store::db::tests::backends;
+    use crate::store::db::Db;
+    use crate::store::Store;
+
+    /// A migrated database on each backend (the guard keeps the SQLite file).
+    fn dbs() -> Vec<(std::sync::Arc<Db>, Option<tempfile::TempDir>)> {
+        backends()
+            .into_iter()
+            .map(|(url, guard)| (Store::open_url(&url).unwrap().into_db(), guard))
+            .collect()
     }
 
     #[test]
     fn a_letter_code_signs_in_however_it_is_typed_and_the_long_token_still_does() {
-        let (_dir, conn) = db();
-        let (id, token) = create(&conn, "Letter household", &[], 0).unwrap();
-        let code = add_letter_code(&conn, id, 0).unwrap();
-        assert_eq!(code.len(), 14);
-        assert_eq!(code.matches('-').count(), 2);
-        assert!(!code.contains(['0', 'O', '1', 'I', 'L']), "{code}");
-        for typed in [
-            code.clone(),
-            code.to_lowercase(),
-            code.replace('-', " "),
-            format!(" {} ", code.replace('-', "")),
-        ] {
-            assert_eq!(authenticate(&conn, &typed).unwrap(), Some(id), "{typed:?}");
+        for (db, _g) in dbs() {
+            let db = &*db;
+            let (id, token) = create(db, "Letter household", &[], 0).unwrap();
+            let code = add_letter_code(db, id, 0).unwrap();
+            assert_eq!(code.len(), 14);
+            assert_eq!(code.matches('-').count(), 2);
+            assert!(!code.contains(['0', 'O', '1', 'I', 'L']), "{code}");
+            for typed in [
+                code.clone(),
+                code.to_lowercase(),
+                code.replace('-', " "),
+                format!(" {} ", code.replace('-', "")),
+            ] {
+                assert_eq!(authenticate(db, &typed).unwrap(), Some(id), "{typed:?}");
+            }
+            assert_eq!(authenticate(db, &token).unwrap(), Some(id));
+            let mut wrong = code.replace('-', "");
+            wrong.replace_range(..1, if wrong.starts_with('A') { "B" } else { "A" });
+            assert_eq!(
+                authenticate(db, &wrong).unwrap(),
+                None,
+                "{:?}",
+                db.backend()
+            );
         }
-        assert_eq!(authenticate(&conn, &token).unwrap(), Some(id));
-        let mut wrong = code.replace('-', "");
-        wrong.replace_range(..1, if wrong.starts_with('A') { "B" } else { "A" });
-        assert_eq!(authenticate(&conn, &wrong).unwrap(), None);
         assert_eq!(normalise_letter_code("ABCD-EFGH-JKM"), None);
         assert_eq!(normalise_letter_code("ABCD-EFGH-JKM0"), None);
     }
 
     #[test]
     fn a_time_zone_must_be_one_the_system_knows() {
-        let (_dir, conn) = db();
-        let (id, _) = create(&conn, "Zone household", &[], 0).unwrap();
-        assert_eq!(time_zone(&conn, id).unwrap(), None);
-        set_time_zone(&conn, id, Some("Europe/Berlin")).unwrap();
-        assert_eq!(
-            time_zone(&conn, id).unwrap().as_deref(),
-            Some("Europe/Berlin")
-        );
-        assert!(matches!(
-            set_time_zone(&conn, id, Some("Europe/Atlantis")),
-            Err(HouseholdError::Invalid(_))
-        ));
-        set_time_zone(&conn, id, Some("")).unwrap();
-        assert_eq!(time_zone(&conn, id).unwrap(), None);
+        for (db, _g) in dbs() {
+            let db = &*db;
+            let (id, _) = create(db, "Zone household", &[], 0).unwrap();
+            assert_eq!(time_zone(db, id).unwrap(), None);
+            set_time_zone(db, id, Some("Europe/Berlin")).unwrap();
+            assert_eq!(time_zone(db, id).unwrap().as_deref(), Some("Europe/Berlin"));
+            assert!(matches!(
+                set_time_zone(db, id, Some("Europe/Atlantis")),
+                Err(HouseholdError::Invalid(_))
+            ));
+            set_time_zone(db, id, Some("")).unwrap();
+            assert_eq!(time_zone(db, id).unwrap(), None);
+            assert!(matches!(
+                time_zone(db, id + 1),
+                Err(HouseholdError::NotFound)
+            ));
+            assert!(matches!(
+                set_time_zone(db, id + 1, Some("Europe/Berlin")),
+                Err(HouseholdError::NotFound)
+            ));
+        }
+    }
+
+    #[test]
+    fn contacts_are_set_checked_and_found_by_router() {
+        for (db, _g) in dbs() {
+            let db = &*db;
+            let (id, _) = create(db, "Mail household", &["cpe-m"], 0).unwrap();
+            let c = contact(db, id).unwrap();
+            assert_eq!((c.email, c.notify_email), (None, true));
+            set_contact(db, id, Some(" ana@example.net "), false).unwrap();
+            let c = contact_for_cpe(db, "cpe-m").unwrap().unwrap();
+            assert_eq!(c.household_id, id);
+            assert_eq!(c.name, "Mail household");
+            assert_eq!(c.email.as_deref(), Some("ana@example.net"));
+            assert!(!c.notify_email);
+            assert!(matches!(
+                set_contact(db, id, Some("not an address"), true),
+                Err(HouseholdError::Invalid(_))
+            ));
+            assert!(matches!(
+                set_contact(db, id + 1, None, true),
+                Err(HouseholdError::NotFound)
+            ));
+            assert!(matches!(contact(db, id + 1), Err(HouseholdError::NotFound)));
+            assert_eq!(contact_for_cpe(db, "cpe-nobody").unwrap(), None);
+            assert_eq!(
+                owner_of(db, "cpe-m").unwrap(),
+                Some((id, "Mail household".to_string()))
+            );
+        }
     }
 
     /// Issue 11: "the restriction is being lifted" while the card above says "blocked until
@@ -740,67 +784,112 @@ mod tests {
 
     #[test]
     fn tokens_log_into_their_own_household_only() {
-        let (_d, conn) = db();
-        let (a, ta) = create(&conn, "A", &["cpe-a"], 1).unwrap();
-        let (b, tb) = create(&conn, "B", &["cpe-b"], 1).unwrap();
-        assert_eq!(authenticate(&conn, &ta).unwrap(), Some(a));
-        assert_eq!(authenticate(&conn, &tb).unwrap(), Some(b));
-        assert_eq!(authenticate(&conn, "hh_guess").unwrap(), None);
-        assert_eq!(authenticate(&conn, "").unwrap(), None);
-        // Only the hash is stored.
-        let stored: i64 = conn
-            .query_row(
-                "SELECT COUNT(*) FROM subscriber_tokens WHERE token_hash = ?1",
-                [&ta],
-                |r| r.get(0),
-            )
-            .unwrap();
-        assert_eq!(stored, 0);
-        assert_eq!(household(&conn, a).unwrap().cpes, vec!["cpe-a".to_string()]);
-        assert!(matches!(
-            household(&conn, 999),
-            Err(HouseholdError::NotFound)
-        ));
-        // A CPE belongs to one household.
-        assert!(create(&conn, "C", &["cpe-a"], 1).is_err());
+        for (db, _g) in dbs() {
+            let db = &*db;
+            let (a, ta) = create(db, "A", &["cpe-a"], 1).unwrap();
+            let (b, tb) = create(db, "B", &["cpe-b"], 1).unwrap();
+            assert_eq!(authenticate(db, &ta).unwrap(), Some(a));
+            assert_eq!(authenticate(db, &tb).unwrap(), Some(b));
+            assert_eq!(authenticate(db, "hh_guess").unwrap(), None);
+            assert_eq!(authenticate(db, "").unwrap(), None);
+            assert_eq!(authenticate(db, &"x".repeat(201)).unwrap(), None);
+            // Only the hash is stored.
+            let stored: i64 = db
+                .query_one(
+                    "SELECT COUNT(*) FROM subscriber_tokens WHERE token_hash = ?1",
+                    crate::db_params![&ta],
+                )
+                .unwrap();
+            assert_eq!(stored, 0);
+            assert_eq!(household(db, a).unwrap().cpes, vec!["cpe-a".to_string()]);
+            assert!(matches!(household(db, 999), Err(HouseholdError::NotFound)));
+            // A CPE belongs to one household; in a transaction the refused household
+            // leaves nothing behind.
+            let refused = db.transaction(|tx| create(tx, "C", &["cpe-a"], 1));
+            assert!(
+                matches!(refused, Err(HouseholdError::Database(_))),
+                "{refused:?}"
+            );
+            let names: Vec<String> = all(db).unwrap().into_iter().map(|h| h.name).collect();
+            assert_eq!(names, ["A", "B"], "{:?}", db.backend());
+        }
     }
 
     #[test]
     fn release_requests_need_ownership_and_a_known_device() {
-        let (_d, conn) = db();
-        let (a, _) = create(&conn, "A", &["cpe-a"], 1).unwrap();
-        let (b, _) = create(&conn, "B", &["cpe-b"], 1).unwrap();
-        // The device as the ingest keeps it after its alert (`store::devices`).
-        conn.execute(
-            "INSERT INTO devices (cpe_id, mac, ips_json, verdict, severity, score, since_ms,
-                last_seen_ms, last_fact, action, evidence_json, observed_json)
-             VALUES ('cpe-a', '02:00:00:00:00:66', '[]', 'infected', 2, 0.9, 5, 5, 'alert',
-                'block', '[]', '{}')",
-            [],
-        )
-        .unwrap();
-        let mac: MacAddr = "02:00:00:00:00:66".parse().unwrap();
-        let other: MacAddr = "02:00:00:00:00:67".parse().unwrap();
-        assert!(matches!(
-            request_release(&conn, b, "cpe-a", &mac, "", 10),
-            Err(HouseholdError::NotFound)
-        ));
-        assert!(matches!(
-            request_release(&conn, a, "cpe-a", &other, "", 10),
-            Err(HouseholdError::NotFound)
-        ));
-        let id = request_release(&conn, a, "cpe-a", &mac, "ran the virus scanner", 10).unwrap();
-        assert_eq!(
-            request_release(&conn, a, "cpe-a", &mac, "again", 11).unwrap(),
-            id
-        );
-        assert_eq!(release_requests(&conn, Some(a)).unwrap().len(), 1);
-        assert!(release_requests(&conn, Some(b)).unwrap().is_empty());
-        let r = decide_release(&conn, id, true, 20).unwrap();
-        assert_eq!(r.status, "approved");
-        assert!(matches!(
-            decide_release(&conn, id, false, 21),
-            Err(HouseholdError::NotFound)
-        ));
+        for (db, _g) in dbs() {
+            let db = &*db;
+            let (a, _) = create(db, "A", &["cpe-a"], 1).unwrap();
+            let (b, _) = create(db, "B", &["cpe-b"], 1).unwrap();
+            // The device as the ingest keeps it after its alert (`store::devices`).
+            db.execute(
+                "INSERT INTO devices (cpe_id, mac, ips_json, verdict, severity, score, since_ms,
+                    last_seen_ms, last_fact, action, evidence_json, observed_json)
+                 VALUES ('cpe-a', '02:00:00:00:00:66', '[]', 'infected', 2, 0.9, 5, 5, 'alert',
+                    'block', '[]', '{}')",
+                crate::db_params![],
+            )
+            .unwrap();
+            let mac: MacAddr = "02:00:00:00:00:66".parse().unwrap();
+            let other: MacAddr = "02:00:00:00:00:67".parse().unwrap();
+            assert!(matches!(
+                request_release(db, b, "cpe-a", &mac, "", 10),
+                Err(HouseholdError::NotFound)
+            ));
+            assert!(matches!(
+                request_release(db, a, "cpe-a", &other, "", 10),
+                Err(HouseholdError::NotFound)
+            ));
+            assert!(matches!(
+                request_release(db, a, "cpe-a", &mac, &"n".repeat(MAX_NOTE_CHARS + 1), 10),
+                Err(HouseholdError::Invalid(_))
+            ));
+            let id = request_release(db, a, "cpe-a", &mac, "ran the virus scanner", 10).unwrap();
+            assert_eq!(
+                request_release(db, a, "cpe-a", &mac, "again", 11).unwrap(),
+                id
+            );
+            let mine = release_requests(db, Some(a)).unwrap();
+            assert_eq!(mine.len(), 1);
+            assert_eq!(
+                (mine[0].requested_ms, mine[0].note.as_str(), mine[0].command),
+                (10, "ran the virus scanner", None)
+            );
+            assert!(release_requests(db, Some(b)).unwrap().is_empty());
+            let r = decide_release(db, id, true, 20).unwrap();
+            assert_eq!((r.status.as_str(), r.decided_ms), ("approved", Some(20)));
+            assert!(matches!(
+                decide_release(db, id, false, 21),
+                Err(HouseholdError::NotFound)
+            ));
+            // The newest release command linked to the request tells what became of it.
+            for (command_id, issued, status, ack) in
+                [(1u64, 30u64, "sent", None), (2, 40, "applied", Some(45u64))]
+            {
+                db.execute(
+                    "INSERT INTO commands (cpe_id, command_id, action, mac, secs, issued_ms,
+                        expires_ms, wire, status, ack_ms, release_request_id)
+                     VALUES ('cpe-a', ?1, 'release', '02:00:00:00:00:66', 0, ?2, ?3, ?4, ?5,
+                        ?6, ?7)",
+                    crate::db_params![
+                        command_id,
+                        issued,
+                        issued + 60_000,
+                        &[1u8][..],
+                        status,
+                        ack,
+                        id
+                    ],
+                )
+                .unwrap();
+            }
+            let all = release_requests(db, None).unwrap();
+            assert_eq!(
+                all[0].command,
+                Some(CommandDelivery::Acknowledged { at_ms: 45 }),
+                "{:?}",
+                db.backend()
+            );
+        }
     }
 }

@@ -282,7 +282,6 @@ fn main() -> anyhow::Result<()> {
             let config = load()?;
             let db = web::open_db(&config.db_path)
                 .map_err(|e| anyhow::anyhow!("opening {}: {e}", config.db_path.display()))?;
-            let conn = db.sqlite_connection()?;
             let (id, detail) = match command {
                 HouseholdCommand::Add { name, cpes } => {
                     let store = Store::open(&config.db_path)?;
@@ -294,11 +293,13 @@ fn main() -> anyhow::Result<()> {
                         }
                     }
                     let refs: Vec<&str> = cpes.iter().map(String::as_str).collect();
-                    let (id, _) = households::create(&conn, &name, &refs, now_ms())?;
+                    let now = now_ms();
+                    // All of it or nothing: a router taken by another household adds none.
+                    let (id, _) = db.transaction(|tx| households::create(tx, &name, &refs, now))?;
                     (id, format!("added {name:?} with {}", cpes.join(", ")))
                 }
                 HouseholdCommand::Code { id } => {
-                    households::household(&conn, id).map_err(|e| match e {
+                    households::household(&db, id).map_err(|e| match e {
                         households::HouseholdError::NotFound => {
                             anyhow::anyhow!("there is no household {id}")
                         }
@@ -307,9 +308,9 @@ fn main() -> anyhow::Result<()> {
                     (id, "another sign-in code".to_string())
                 }
             };
-            let code = households::add_letter_code(&conn, id, now_ms())?;
+            let code = households::add_letter_code(&db, id, now_ms())?;
             audit::record(
-                &conn,
+                &db,
                 now_ms(),
                 "cli",
                 "household_code",
@@ -325,13 +326,12 @@ fn main() -> anyhow::Result<()> {
             let config = load()?;
             let db = web::open_db(&config.db_path)
                 .map_err(|e| anyhow::anyhow!("opening {}: {e}", config.db_path.display()))?;
-            let conn = db.sqlite_connection()?;
             match command {
                 OperatorCommand::Add { name, role } => {
                     let level = operators::Level::parse(&role)?;
-                    let secret = operators::add(&conn, &name, level, now_ms())?;
+                    let secret = operators::add(&db, &name, level, now_ms())?;
                     audit::record(
-                        &conn,
+                        &db,
                         now_ms(),
                         "cli",
                         "operator_add",
@@ -345,7 +345,7 @@ fn main() -> anyhow::Result<()> {
                     );
                 }
                 OperatorCommand::List => {
-                    for op in operators::list(&conn)? {
+                    for op in operators::list(&db)? {
                         let state = if op.revoked_ms.is_some() {
                             "revoked"
                         } else {
@@ -355,8 +355,8 @@ fn main() -> anyhow::Result<()> {
                     }
                 }
                 OperatorCommand::Revoke { name } => {
-                    operators::revoke(&conn, &name, now_ms())?;
-                    audit::record(&conn, now_ms(), "cli", "operator_revoke", &name, "ok", "")?;
+                    operators::revoke(&db, &name, now_ms())?;
+                    audit::record(&db, now_ms(), "cli", "operator_revoke", &name, "ok", "")?;
                     println!("revoked {name}");
                 }
             }
@@ -368,8 +368,7 @@ fn main() -> anyhow::Result<()> {
 /// Records what the command line did in the audit log (actor `cli`).
 fn audit_cli(db: &std::path::Path, action: &str, target: &str, detail: &str) -> anyhow::Result<()> {
     let db = web::open_db(db).map_err(|e| anyhow::anyhow!("opening {}: {e}", db.display()))?;
-    let conn = db.sqlite_connection()?;
-    audit::record(&conn, now_ms(), "cli", action, target, "ok", detail)?;
+    audit::record(&db, now_ms(), "cli", action, target, "ok", detail)?;
     Ok(())
 }
 

@@ -30,6 +30,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::config::ConfigError;
 use crate::households;
+use crate::store::db::Db;
 use crate::store::notifications::{self, state, Pending};
 
 /// Notifications handled per round.
@@ -448,18 +449,22 @@ async fn deliver(
     error
 }
 
-/// Runs `f` on the deliverer's database connection, on the blocking pool.
+/// Runs `f` with the deliverer's database (either backend), on the blocking pool.
 async fn on_db<T: Send + 'static>(
-    db: &Arc<crate::store::db::Db>,
-    f: impl FnOnce(&rusqlite::Connection) -> Result<T, String> + Send + 'static,
+    db: &Arc<Db>,
+    f: impl FnOnce(&Db) -> Result<T, String> + Send + 'static,
 ) -> Result<T, String> {
     let db = db.clone();
-    tokio::task::spawn_blocking(move || match db.sqlite_connection() {
-        Ok(c) => f(&c),
-        Err(e) => Err(e.to_string()),
-    })
-    .await
-    .map_err(|e| e.to_string())?
+    tokio::task::spawn_blocking(move || f(&db))
+        .await
+        .map_err(|e| e.to_string())?
+}
+
+/// The outbox's connection, while `store::notifications` still takes a rusqlite connection
+/// (issue 12's port moves it onto `&impl Sql`; then its calls below take `db` itself). Held
+/// only for those calls: the SQLite `Db` is one connection behind this same lock.
+fn outbox(db: &Db) -> Result<std::sync::MutexGuard<'_, rusqlite::Connection>, String> {
+    db.sqlite_connection().map_err(|e| e.to_string())
 }
 
 /// Runs the deliverer until `stop` turns true. Opens the database at `url` itself
@@ -482,6 +487,8 @@ pub async fn run(
     let mut last_prune = 0u64;
     loop {
         if *stop.borrow() {
+            // Closing PostgreSQL connections blocks, which a runtime thread must not do.
+            let _ = tokio::task::spawn_blocking(move || drop(conn)).await;
             return Ok(());
         }
         let now = now_ms();
@@ -489,15 +496,20 @@ pub async fn run(
         if prune {
             last_prune = now;
         }
-        let loaded = on_db(&conn, move |c| {
-            if prune {
-                notifications::prune(c, now.saturating_sub(KEEP_MS)).map_err(|e| e.to_string())?;
-            }
-            let rows = notifications::due(c, now, ROUND_MAX).map_err(|e| e.to_string())?;
+        let loaded = on_db(&conn, move |db| {
+            let rows = {
+                let guard = outbox(db)?;
+                let c: &rusqlite::Connection = &guard;
+                if prune {
+                    notifications::prune(c, now.saturating_sub(KEEP_MS))
+                        .map_err(|e| e.to_string())?;
+                }
+                notifications::due(c, now, ROUND_MAX).map_err(|e| e.to_string())?
+            };
             rows.into_iter()
                 .map(|p| {
                     let contact =
-                        households::contact_for_cpe(c, &p.cpe_id).map_err(|e| e.to_string())?;
+                        households::contact_for_cpe(db, &p.cpe_id).map_err(|e| e.to_string())?;
                     Ok((p, contact))
                 })
                 .collect::<Result<Vec<_>, String>>()
@@ -525,7 +537,9 @@ pub async fn run(
                 tracing::info!(id = p.id, event = %p.event, cpe_id = %p.cpe_id, webhook = %p.webhook, email = %p.email, "notification delivered");
             }
             let next = now_ms().saturating_add(backoff_ms(p.attempts.saturating_sub(1)));
-            let saved = on_db(&conn, move |c| {
+            let saved = on_db(&conn, move |db| {
+                let guard = outbox(db)?;
+                let c: &rusqlite::Connection = &guard;
                 notifications::record_round(c, &p, next, error.as_deref())
                     .map_err(|e| e.to_string())
             })

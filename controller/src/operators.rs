@@ -12,9 +12,9 @@
 //! `web.operator_token_file` of earlier versions keeps working as an admin named
 //! [`TOKEN_OPERATOR`], so an upgrade locks nobody out.
 
-use rusqlite::{params, Connection, OptionalExtension};
-
+use crate::db_params;
 use crate::households::{hash_secret, new_secret};
+use crate::store::db::{DbError, Row, Sql};
 
 /// The name the audit log and the NOC give whoever signs in with the operator token file.
 pub const TOKEN_OPERATOR: &str = "operator-token";
@@ -59,9 +59,9 @@ impl Level {
 /// Managing operators failed.
 #[derive(Debug, thiserror::Error)]
 pub enum OperatorError {
-    /// SQLite reported an error.
+    /// The database reported an error.
     #[error("database: {0}")]
-    Sqlite(#[from] rusqlite::Error),
+    Database(#[from] DbError),
     /// A name or role is not acceptable.
     #[error("{0}")]
     Invalid(&'static str),
@@ -104,30 +104,22 @@ fn valid_name(name: &str) -> bool {
 ///
 /// # Errors
 /// [`OperatorError::Invalid`] for a bad name, [`OperatorError::Exists`] for a taken one.
-pub fn add(
-    conn: &Connection,
-    name: &str,
-    level: Level,
-    now_ms: u64,
-) -> Result<String, OperatorError> {
+pub fn add(db: &impl Sql, name: &str, level: Level, now_ms: u64) -> Result<String, OperatorError> {
     if !valid_name(name) {
         return Err(OperatorError::Invalid(
             "operator name must be 1 to 64 letters, digits or . _ - @ (and not operator-token)",
         ));
     }
-    let taken: Option<i64> = conn
-        .query_row("SELECT id FROM operators WHERE name = ?1", [name], |r| {
-            r.get(0)
-        })
-        .optional()?;
-    if taken.is_some() {
+    let secret = new_secret("op_");
+    // The name is unique: of two adding the same name at once, one inserts nothing.
+    let added = db.execute(
+        "INSERT INTO operators (name, role, secret_hash, created_ms) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (name) DO NOTHING",
+        db_params![name, level.as_str(), &hash_secret(&secret), to_i64(now_ms)],
+    )?;
+    if added == 0 {
         return Err(OperatorError::Exists(name.to_string()));
     }
-    let secret = new_secret("op_");
-    conn.execute(
-        "INSERT INTO operators (name, role, secret_hash, created_ms) VALUES (?1, ?2, ?3, ?4)",
-        params![name, level.as_str(), hash_secret(&secret), to_i64(now_ms)],
-    )?;
     Ok(secret)
 }
 
@@ -135,48 +127,48 @@ pub fn add(
 ///
 /// # Errors
 /// [`OperatorError::NotFound`] when no active operator has that name.
-pub fn revoke(conn: &Connection, name: &str, now_ms: u64) -> Result<(), OperatorError> {
-    let n = conn.execute(
+pub fn revoke(db: &impl Sql, name: &str, now_ms: u64) -> Result<(), OperatorError> {
+    let n = db.execute(
         "UPDATE operators SET revoked_ms = ?2 WHERE name = ?1 AND revoked_ms IS NULL",
-        params![name, to_i64(now_ms)],
+        db_params![name, to_i64(now_ms)],
     )?;
     if n == 0 {
         return Err(OperatorError::NotFound(name.to_string()));
     }
-    conn.execute(
+    db.execute(
         "DELETE FROM web_sessions WHERE operator_id = (SELECT id FROM operators WHERE name = ?1)",
-        [name],
+        db_params![name],
     )?;
     Ok(())
 }
 
-fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, String, String, i64, Option<i64>)> {
-    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
-}
-
-fn operator_of(
-    (id, name, role, created, revoked): (i64, String, String, i64, Option<i64>),
-) -> Option<Operator> {
-    Some(Operator {
-        id,
-        name,
-        level: Level::parse(&role).ok()?,
-        created_ms: u64::try_from(created).unwrap_or(0),
-        revoked_ms: revoked.map(|t| u64::try_from(t).unwrap_or(0)),
-    })
+/// An operator from a row of `id, name, role, created_ms, revoked_ms`; `None` for a role
+/// this build does not know.
+fn operator_of(r: &Row) -> Result<Option<Operator>, DbError> {
+    let Ok(level) = Level::parse(&r.get::<String>(2)?) else {
+        return Ok(None);
+    };
+    Ok(Some(Operator {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        level,
+        created_ms: r.get(3)?,
+        revoked_ms: r.get(4)?,
+    }))
 }
 
 /// Every operator, active and revoked, by name.
 ///
 /// # Errors
-/// [`OperatorError::Sqlite`].
-pub fn list(conn: &Connection) -> Result<Vec<Operator>, OperatorError> {
-    let mut stmt =
-        conn.prepare("SELECT id, name, role, created_ms, revoked_ms FROM operators ORDER BY name")?;
-    let rows = stmt.query_map([], row)?;
+/// [`OperatorError::Database`].
+pub fn list(db: &impl Sql) -> Result<Vec<Operator>, OperatorError> {
+    let rows = db.query(
+        "SELECT id, name, role, created_ms, revoked_ms FROM operators ORDER BY name",
+        db_params![],
+    )?;
     let mut out = Vec::new();
-    for r in rows {
-        out.extend(operator_of(r?));
+    for r in &rows {
+        out.extend(operator_of(r)?);
     }
     Ok(out)
 }
@@ -184,90 +176,106 @@ pub fn list(conn: &Connection) -> Result<Vec<Operator>, OperatorError> {
 /// The active operator a secret belongs to.
 ///
 /// # Errors
-/// [`OperatorError::Sqlite`].
-pub fn authenticate(conn: &Connection, secret: &str) -> Result<Option<Operator>, OperatorError> {
+/// [`OperatorError::Database`].
+pub fn authenticate(db: &impl Sql, secret: &str) -> Result<Option<Operator>, OperatorError> {
     if secret.is_empty() || secret.len() > 200 {
         return Ok(None);
     }
-    Ok(conn
-        .query_row(
-            "SELECT id, name, role, created_ms, revoked_ms FROM operators
-             WHERE secret_hash = ?1 AND revoked_ms IS NULL",
-            [hash_secret(secret)],
-            row,
-        )
-        .optional()?
-        .and_then(operator_of))
+    match db.query_opt(
+        "SELECT id, name, role, created_ms, revoked_ms FROM operators
+         WHERE secret_hash = ?1 AND revoked_ms IS NULL",
+        db_params![&hash_secret(secret)],
+    )? {
+        Some(r) => Ok(operator_of(&r)?),
+        None => Ok(None),
+    }
 }
 
 /// The active operator with row id `id` (a session's owner; `None` once revoked).
 ///
 /// # Errors
-/// [`OperatorError::Sqlite`].
-pub fn active(conn: &Connection, id: i64) -> Result<Option<Operator>, OperatorError> {
-    Ok(conn
-        .query_row(
-            "SELECT id, name, role, created_ms, revoked_ms FROM operators
-             WHERE id = ?1 AND revoked_ms IS NULL",
-            [id],
-            row,
-        )
-        .optional()?
-        .and_then(operator_of))
+/// [`OperatorError::Database`].
+pub fn active(db: &impl Sql, id: i64) -> Result<Option<Operator>, OperatorError> {
+    match db.query_opt(
+        "SELECT id, name, role, created_ms, revoked_ms FROM operators
+         WHERE id = ?1 AND revoked_ms IS NULL",
+        db_params![id],
+    )? {
+        Some(r) => Ok(operator_of(&r)?),
+        None => Ok(None),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn db() -> Connection {
-        let mut conn = Connection::open_in_memory().unwrap();
-        crate::store::schema::migrate(&mut conn).unwrap();
-        conn
-    }
+    use crate::store::db::tests::backends;
+    use crate::store::Store;
 
     #[test]
     fn operators_sign_in_with_their_own_secret_until_revoked() {
-        let conn = db();
-        let alice = add(&conn, "alice", Level::Admin, 1_000).unwrap();
-        let bob = add(&conn, "bob@noc", Level::Viewer, 2_000).unwrap();
-        assert!(alice.starts_with("op_") && alice != bob);
-        let a = authenticate(&conn, &alice).unwrap().unwrap();
-        assert_eq!((a.name.as_str(), a.level), ("alice", Level::Admin));
-        assert_eq!(
-            authenticate(&conn, &bob).unwrap().unwrap().level,
-            Level::Viewer
-        );
-        assert_eq!(authenticate(&conn, "op_wrong").unwrap(), None);
-        assert!(matches!(
-            add(&conn, "alice", Level::Viewer, 3_000),
-            Err(OperatorError::Exists(_))
-        ));
-        for bad in [
-            "",
-            "with space",
-            "operator-token",
-            "ünïcode",
-            &"x".repeat(65),
-        ] {
-            assert!(
-                matches!(
-                    add(&conn, bad, Level::Viewer, 0),
-                    Err(OperatorError::Invalid(_))
-                ),
-                "{bad:?}"
+        for (url, _g) in backends() {
+            let store = Store::open_url(&url).unwrap();
+            let db = &**store.db();
+            let alice = add(db, "alice", Level::Admin, 1_000).unwrap();
+            let bob = add(db, "bob@noc", Level::Viewer, 2_000).unwrap();
+            assert!(alice.starts_with("op_") && alice != bob);
+            let a = authenticate(db, &alice).unwrap().unwrap();
+            assert_eq!((a.name.as_str(), a.level), ("alice", Level::Admin));
+            assert_eq!(a.created_ms, 1_000);
+            assert_eq!(
+                authenticate(db, &bob).unwrap().unwrap().level,
+                Level::Viewer
             );
+            assert_eq!(authenticate(db, "op_wrong").unwrap(), None);
+            assert_eq!(authenticate(db, "").unwrap(), None);
+            assert!(matches!(
+                add(db, "alice", Level::Viewer, 3_000),
+                Err(OperatorError::Exists(_))
+            ));
+            for bad in [
+                "",
+                "with space",
+                "operator-token",
+                "ünïcode",
+                &"x".repeat(65),
+            ] {
+                assert!(
+                    matches!(
+                        add(db, bad, Level::Viewer, 0),
+                        Err(OperatorError::Invalid(_))
+                    ),
+                    "{bad:?}"
+                );
+            }
+            // A session of alice's, as `web::auth` keeps it.
+            db.execute(
+                "INSERT INTO web_sessions (session_hash, role, operator_id, csrf, created_ms,
+                    expires_ms) VALUES ('s', 'noc', ?1, 'c', 0, 9000000000000)",
+                crate::db_params![a.id],
+            )
+            .unwrap();
+            revoke(db, "alice", 4_000).unwrap();
+            assert_eq!(authenticate(db, &alice).unwrap(), None, "{url}");
+            assert_eq!(active(db, a.id).unwrap(), None);
+            let sessions: i64 = db
+                .query_one("SELECT COUNT(*) FROM web_sessions", crate::db_params![])
+                .unwrap();
+            assert_eq!(sessions, 0, "a revoked operator's sessions end");
+            assert!(matches!(
+                revoke(db, "alice", 5_000),
+                Err(OperatorError::NotFound(_))
+            ));
+            // The name stays taken by the revoked operator.
+            assert!(matches!(
+                add(db, "alice", Level::Admin, 6_000),
+                Err(OperatorError::Exists(_))
+            ));
+            let all = list(db).unwrap();
+            assert_eq!(all.len(), 2);
+            assert_eq!(all[0].revoked_ms, Some(4_000));
+            assert_eq!(all[1].revoked_ms, None);
         }
-        revoke(&conn, "alice", 4_000).unwrap();
-        assert_eq!(authenticate(&conn, &alice).unwrap(), None);
-        assert_eq!(active(&conn, a.id).unwrap(), None);
-        assert!(matches!(
-            revoke(&conn, "alice", 5_000),
-            Err(OperatorError::NotFound(_))
-        ));
-        let all = list(&conn).unwrap();
-        assert_eq!(all.len(), 2);
-        assert_eq!(all[0].revoked_ms, Some(4_000));
         assert!(Level::Admin > Level::Operator && Level::Operator > Level::Viewer);
         assert!(Level::parse("root").is_err());
     }

@@ -469,9 +469,8 @@ fn api_commands_reach_a_live_agent_and_forged_replayed_or_expired_ones_are_refus
     }
     let household_token = {
         let db_handle = smtpguard_controller::web::open_db(&db).unwrap();
-        let conn = db_handle.sqlite_connection().unwrap();
         smtpguard_controller::households::create(
-            &conn,
+            &db_handle,
             "The Command family",
             &[cpe.as_str()],
             now_ms(),

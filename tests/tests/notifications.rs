@@ -230,10 +230,9 @@ fn an_infection_is_notified_once_by_webhook_and_email_across_a_controller_crash(
         ]);
         let password = mqtt::printed_password(&printed).unwrap();
         let db_handle = smtpguard_controller::web::open_db(&db).unwrap();
-        let conn = db_handle.sqlite_connection().unwrap();
         let (hh, _) =
-            households::create(&conn, &format!("Family {cpe}"), &[cpe], now_ms()).unwrap();
-        households::set_contact(&conn, hh, Some(email), notify).unwrap();
+            households::create(&db_handle, &format!("Family {cpe}"), &[cpe], now_ms()).unwrap();
+        households::set_contact(&db_handle, hh, Some(email), notify).unwrap();
         routers.push((cpe, key, password));
     }
 

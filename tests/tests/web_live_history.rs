@@ -153,8 +153,7 @@ fn live_history_evidence_and_release_words_are_true_on_both_pages() {
         )
         .unwrap();
         let db_handle = web::open_db(&config.db_path).unwrap();
-        let conn = db_handle.sqlite_connection().unwrap();
-        let token = households::create(&conn, "The Live family", &[CPE], now_ms())
+        let token = households::create(&db_handle, "The Live family", &[CPE], now_ms())
             .unwrap()
             .1;
         (token, enrolled.broker_password)
@@ -317,8 +316,7 @@ fn live_history_evidence_and_release_words_are_true_on_both_pages() {
     assert_eq!(status, 303);
     let id = {
         let db_handle = web::open_db(&db).unwrap();
-        let conn = db_handle.sqlite_connection().unwrap();
-        households::release_requests(&conn, None).unwrap()[0].id
+        households::release_requests(&db_handle, None).unwrap()[0].id
     };
     let releases = get(addr, "/noc/releases", &noc);
     let noc_csrf = csrf_of(&releases).unwrap();

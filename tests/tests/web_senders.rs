@@ -34,8 +34,7 @@ fn cpe_policy(db: &Path, cpe: &str) -> Option<(u64, Vec<MacAddr>)> {
 
 fn add_operator(db: &Path, name: &str, level: Level) -> String {
     let db_handle = smtpguard_controller::web::open_db(db).unwrap();
-    let conn = db_handle.sqlite_connection().unwrap();
-    operators::add(&conn, name, level, now_ms()).unwrap()
+    operators::add(&db_handle, name, level, now_ms()).unwrap()
 }
 
 #[test]

@@ -134,10 +134,7 @@ pub fn enroll(
         ("Wagner household", "cpe-demo-wagner", Scenario::Clean, None),
     ];
     let mut store = Store::open(db)?;
-    let db = smtpguard_controller::web::open_db(db).map_err(|e| DemoError::Web(e.to_string()))?;
-    let conn = db
-        .sqlite_connection()
-        .map_err(|e| DemoError::Web(e.to_string()))?;
+    let db = store.db().clone();
     let mut out = Vec::new();
     for (i, (name, cpe, scenario, infected)) in plan.into_iter().enumerate() {
         let key = keys::generate();
@@ -149,7 +146,7 @@ pub fn enroll(
             now_ms,
         )
         .map_err(|e| DemoError::Web(format!("enrolling {cpe}: {e}")))?;
-        let (_, token) = households::create(&conn, name, &[cpe], now_ms)?;
+        let (_, token) = households::create(&*db, name, &[cpe], now_ms)?;
         let last = u8::try_from(10 + i).unwrap_or(10);
         out.push(LiveHousehold {
             name: name.to_string(),
@@ -172,7 +169,7 @@ pub fn enroll(
     )
     .map_err(|e| DemoError::Web(format!("signing the demo policy: {e}")))?;
     smtpguard_controller::audit::record(
-        &store.conn(),
+        &*db,
         now_ms,
         "demo",
         "policy_publish",

@@ -50,7 +50,7 @@ async fn load(state: &AppState, q: &AuditQuery) -> Result<Vec<Entry>, super::Web
     let filter = q.filter();
     let limit = q.limit.unwrap_or(PAGE);
     state
-        .db(move |conn| Ok(audit::list(conn, &filter, limit)?))
+        .sql(move |db| Ok(audit::list(db, &filter, limit)?))
         .await
 }
 

@@ -29,13 +29,14 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::{Extension, Form};
-use rusqlite::{params, OptionalExtension};
 use serde::Deserialize;
 
 use super::html::{esc, page, Nav};
 use super::{html_response, AppState, WebError};
+use crate::db_params;
 use crate::households::{self, hash_secret, new_secret};
 use crate::operators::{self, Level, TOKEN_OPERATOR};
+use crate::store::db::Sql;
 
 /// Name of the session cookie.
 pub const COOKIE: &str = "sg_session";
@@ -80,16 +81,16 @@ pub enum Role {
 
 /// Who a bearer token or login secret belongs to: the operator token file, a named
 /// operator, or a household.
-fn who(conn: &rusqlite::Connection, token: &str, op_hash: &str) -> Result<Option<Role>, WebError> {
+fn who(db: &impl Sql, token: &str, op_hash: &str) -> Result<Option<Role>, WebError> {
     if same_digest(&hash_secret(token), op_hash) {
         return Ok(Some(Role::Noc(Staff::token_holder())));
     }
     if token.starts_with("op_") {
-        return Ok(operators::authenticate(conn, token)
+        return Ok(operators::authenticate(db, token)
             .map_err(|e| WebError::Internal(e.to_string()))?
             .map(|op| Role::Noc(Staff::of(op))));
     }
-    Ok(households::authenticate(conn, token)?.map(Role::Household))
+    Ok(households::authenticate(db, token)?.map(Role::Household))
 }
 
 /// A caller with their session's CSRF token (none for bearer-token callers).
@@ -138,7 +139,7 @@ pub async fn caller(state: &AppState, headers: &HeaderMap) -> Result<Caller, Web
     if let Some(token) = bearer(headers) {
         let token = token.to_string();
         let op_hash = state.settings.operator_token_hash.clone();
-        let found = state.db(move |conn| who(conn, &token, &op_hash)).await?;
+        let found = state.sql(move |db| who(db, &token, &op_hash)).await?;
         return match found {
             Some(role) => Ok(Caller { role, csrf: None }),
             None => {
@@ -151,40 +152,41 @@ pub async fn caller(state: &AppState, headers: &HeaderMap) -> Result<Caller, Web
         return Err(WebError::Unauthorized);
     };
     let now = state.now_ms();
-    state
-        .db(move |conn| {
-            let row: Option<(String, Option<i64>, Option<i64>, String)> = conn
-                .query_row(
-                    "SELECT role, household_id, operator_id, csrf FROM web_sessions
-                     WHERE session_hash = ?1 AND expires_ms > ?2",
-                    params![hash_secret(&sid), i64::try_from(now).unwrap_or(i64::MAX)],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-                )
-                .optional()?;
-            match row {
-                Some((role, hh, op, csrf)) => {
-                    let role = match (role.as_str(), hh, op) {
-                        // The operator's role is read afresh: a revoked operator's
-                        // session ends here.
-                        ("noc", _, Some(id)) => match operators::active(conn, id)
-                            .map_err(|e| WebError::Internal(e.to_string()))?
-                        {
-                            Some(op) => Role::Noc(Staff::of(op)),
-                            None => return Err(WebError::Unauthorized),
-                        },
-                        ("noc", _, None) => Role::Noc(Staff::token_holder()),
-                        ("household", Some(id), _) => Role::Household(id),
-                        _ => return Err(WebError::Unauthorized),
-                    };
-                    Ok(Caller {
-                        role,
-                        csrf: Some(csrf),
-                    })
-                }
-                None => Err(WebError::Unauthorized),
+    state.sql(move |db| session(db, &sid, now)).await
+}
+
+/// The caller a session id stands for at `now_ms`. Sessions live in the database, so any
+/// replica answers for any session.
+fn session(db: &impl Sql, sid: &str, now_ms: u64) -> Result<Caller, WebError> {
+    let row = db.query_opt(
+        "SELECT role, household_id, operator_id, csrf FROM web_sessions
+         WHERE session_hash = ?1 AND expires_ms > ?2",
+        db_params![&hash_secret(sid), i64::try_from(now_ms).unwrap_or(i64::MAX)],
+    )?;
+    let Some(row) = row else {
+        return Err(WebError::Unauthorized);
+    };
+    let role: String = row.get(0)?;
+    let role = match (
+        role.as_str(),
+        row.get::<Option<i64>>(1)?,
+        row.get::<Option<i64>>(2)?,
+    ) {
+        // The operator's role is read afresh: a revoked operator's session ends here.
+        ("noc", _, Some(id)) => {
+            match operators::active(db, id).map_err(|e| WebError::Internal(e.to_string()))? {
+                Some(op) => Role::Noc(Staff::of(op)),
+                None => return Err(WebError::Unauthorized),
             }
-        })
-        .await
+        }
+        ("noc", _, None) => Role::Noc(Staff::token_holder()),
+        ("household", Some(id), _) => Role::Household(id),
+        _ => return Err(WebError::Unauthorized),
+    };
+    Ok(Caller {
+        role,
+        csrf: Some(row.get(3)?),
+    })
 }
 
 /// The caller, who must be on the NOC team with at least `level`; returns them too.
@@ -356,41 +358,7 @@ pub async fn login(
     let now = state.now_ms();
     let ttl = state.settings.session_secs.saturating_mul(1000);
     let result = state
-        .db(move |conn| {
-            let Some(role) = who(conn, &token, &op_hash)? else {
-                // Refused sign-ins are audited without the secret: by what it looked like.
-                let kind = if token.starts_with("op_") { "operator secret" } else { "access code" };
-                crate::audit::record(conn, now, "unknown", "sign_in", kind, "refused", "")?;
-                return Ok(None);
-            };
-            let sid = new_secret("s_");
-            let csrf = new_secret("c_");
-            let (name, hh, op) = match &role {
-                Role::Noc(s) => ("noc", None, s.operator_id),
-                Role::Household(id) => ("household", Some(*id), None),
-            };
-            let now_i = i64::try_from(now).unwrap_or(i64::MAX);
-            conn.execute("DELETE FROM web_sessions WHERE expires_ms <= ?1", [now_i])?;
-            conn.execute(
-                "INSERT INTO web_sessions (session_hash, role, household_id, operator_id, csrf, created_ms, expires_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![
-                    hash_secret(&sid),
-                    name,
-                    hh,
-                    op,
-                    csrf,
-                    now_i,
-                    i64::try_from(now.saturating_add(ttl)).unwrap_or(i64::MAX)
-                ],
-            )?;
-            let (actor, detail) = match &role {
-                Role::Noc(s) => (s.name.clone(), s.level.as_str().to_string()),
-                Role::Household(id) => (format!("household:{id}"), "subscriber".to_string()),
-            };
-            crate::audit::record(conn, now, &actor, "sign_in", "web", "ok", &detail)?;
-            Ok(Some((role, sid)))
-        })
+        .sql(move |db| start_session(db, &token, &op_hash, now, ttl))
         .await;
     match result {
         Ok(Some((role, sid))) => {
@@ -424,6 +392,55 @@ pub async fn login(
     }
 }
 
+/// Signs in with `token` at `now_ms`: a new session of `ttl_ms` for whoever it belongs to,
+/// with its id (for the cookie); `None` for a token nobody holds. Both outcomes are
+/// audited; expired sessions are removed on the way.
+fn start_session(
+    db: &crate::store::db::Db,
+    token: &str,
+    op_hash: &str,
+    now_ms: u64,
+    ttl_ms: u64,
+) -> Result<Option<(Role, String)>, WebError> {
+    let Some(role) = who(db, token, op_hash)? else {
+        // Refused sign-ins are audited without the secret: by what it looked like.
+        let kind = if token.starts_with("op_") {
+            "operator secret"
+        } else {
+            "access code"
+        };
+        crate::audit::record(db, now_ms, "unknown", "sign_in", kind, "refused", "")?;
+        return Ok(None);
+    };
+    let sid = new_secret("s_");
+    let csrf = new_secret("c_");
+    let (name, hh, op) = match &role {
+        Role::Noc(s) => ("noc", None, s.operator_id),
+        Role::Household(id) => ("household", Some(*id), None),
+    };
+    let (actor, detail) = match &role {
+        Role::Noc(s) => (s.name.clone(), s.level.as_str().to_string()),
+        Role::Household(id) => (format!("household:{id}"), "subscriber".to_string()),
+    };
+    let now = i64::try_from(now_ms).unwrap_or(i64::MAX);
+    let expires = i64::try_from(now_ms.saturating_add(ttl_ms)).unwrap_or(i64::MAX);
+    db.transaction(|tx| {
+        tx.execute(
+            "DELETE FROM web_sessions WHERE expires_ms <= ?1",
+            db_params![now],
+        )?;
+        tx.execute(
+            "INSERT INTO web_sessions (session_hash, role, household_id, operator_id, csrf,
+                created_ms, expires_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            db_params![&hash_secret(&sid), name, hh, op, &csrf, now, expires],
+        )?;
+        crate::audit::record(tx, now_ms, &actor, "sign_in", "web", "ok", &detail)?;
+        Ok::<_, WebError>(())
+    })?;
+    Ok(Some((role, sid)))
+}
+
 /// A form with only the CSRF token.
 #[derive(Debug, Deserialize)]
 pub struct CsrfForm {
@@ -448,10 +465,10 @@ pub async fn logout(
     }
     if let Some(sid) = cookie(&headers, COOKIE).map(str::to_string) {
         let _ = state
-            .db(move |conn| {
-                conn.execute(
+            .sql(move |db| {
+                db.execute(
                     "DELETE FROM web_sessions WHERE session_hash = ?1",
-                    [hash_secret(&sid)],
+                    db_params![&hash_secret(&sid)],
                 )?;
                 Ok(())
             })
@@ -824,6 +841,292 @@ mod tests {
         let later = 10_000_000;
         t.failure(ip("192.0.2.1"), later);
         assert_eq!(t.len(), 1);
+    }
+
+    /// Sessions live in the database: one replica signs in, another answers for the
+    /// session; a wrong secret, an expired session and a revoked operator get nothing.
+    #[test]
+    fn sessions_work_on_any_replica_until_they_expire_or_their_operator_is_revoked() {
+        use crate::store::db::tests::backends;
+        use crate::store::Store;
+        for (url, _g) in backends() {
+            let one = Store::open_url(&url).unwrap().into_db();
+            let two = Store::open_url(&url).unwrap().into_db();
+            let op_hash = hash_secret("the-token-file");
+            let (hh, token) = households::create(&*one, "Replica family", &[], 0).unwrap();
+            let secret = operators::add(&*one, "olga", Level::Operator, 0).unwrap();
+            let ttl = 60_000;
+
+            let (role, sid) = start_session(&one, &token, &op_hash, 1_000, ttl)
+                .unwrap()
+                .unwrap();
+            assert_eq!(role, Role::Household(hh));
+            let caller = session(&*two, &sid, 2_000).unwrap();
+            assert_eq!(caller.role, Role::Household(hh), "{url}");
+            assert!(caller.csrf.is_some_and(|c| c.starts_with("c_")));
+            // Expired, and an id nobody was given.
+            assert!(matches!(
+                session(&*two, &sid, 1_000 + ttl),
+                Err(WebError::Unauthorized)
+            ));
+            assert!(matches!(
+                session(&*two, "s_guess", 2_000),
+                Err(WebError::Unauthorized)
+            ));
+
+            let (role, op_sid) = start_session(&two, &secret, &op_hash, 3_000, ttl)
+                .unwrap()
+                .unwrap();
+            assert!(
+                matches!(&role, Role::Noc(s) if s.name == "olga" && s.level == Level::Operator)
+            );
+            let (role, file_sid) = start_session(&two, "the-token-file", &op_hash, 3_000, ttl)
+                .unwrap()
+                .unwrap();
+            assert_eq!(role, Role::Noc(Staff::token_holder()));
+            assert_eq!(
+                session(&*one, &file_sid, 4_000).unwrap().role,
+                Role::Noc(Staff::token_holder())
+            );
+            // Revoked on one replica: the session ends on the other at its next request.
+            assert!(session(&*two, &op_sid, 4_000).is_ok());
+            operators::revoke(&*one, "olga", 5_000).unwrap();
+            assert!(matches!(
+                session(&*two, &op_sid, 6_000),
+                Err(WebError::Unauthorized)
+            ));
+            assert!(start_session(&two, &secret, &op_hash, 6_000, ttl)
+                .unwrap()
+                .is_none());
+            // Wrong secrets start nothing and are audited without the secret.
+            for wrong in ["op_wrong", "hh_wrong", "ABCD-EFGH-JKMN"] {
+                assert!(start_session(&one, wrong, &op_hash, 7_000, ttl)
+                    .unwrap()
+                    .is_none());
+            }
+            let refused = crate::audit::list(
+                &*two,
+                &crate::audit::Filter {
+                    actor: Some("unknown".into()),
+                    ..Default::default()
+                },
+                50,
+            )
+            .unwrap();
+            assert_eq!(refused.len(), 4, "{url}");
+            assert!(refused
+                .iter()
+                .all(|e| e.outcome == "refused" && !e.target.contains("wrong")));
+            let ok: i64 = one
+                .query_one(
+                    "SELECT COUNT(*) FROM audit_log WHERE action = 'sign_in' AND outcome = 'ok'",
+                    db_params![],
+                )
+                .unwrap();
+            assert_eq!(ok, 3);
+        }
+    }
+
+    struct NoPolicy;
+
+    impl crate::web::PolicyPublisher for NoPolicy {
+        fn publish(
+            &self,
+            _policy: smtpguard_protocol::Policy,
+            _cpe_id: Option<String>,
+        ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<u64, String>> + Send + '_>>
+        {
+            Box::pin(async { Err("not in this test".to_string()) })
+        }
+    }
+
+    /// A web server over `db` on a free loopback port, until `stop` turns true.
+    async fn serve_on(
+        db: std::sync::Arc<crate::store::db::Db>,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+        let state = AppState::new(
+            db,
+            crate::web::WebSettings::new("replica-test-token-0123"),
+            std::sync::Arc::new(NoPolicy),
+            std::sync::Arc::new(|| 1_000_000),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            crate::web::serve(listener, state, shutdown).await.unwrap();
+        });
+        (addr, server)
+    }
+
+    /// One HTTP/1.1 request; the status, the headers (names in lower case) and the body.
+    async fn request(
+        addr: SocketAddr,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> (u16, Vec<(String, String)>, String) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+            body.len()
+        );
+        for (k, v) in headers {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        head.push_str("\r\n");
+        s.write_all(head.as_bytes()).await.unwrap();
+        s.write_all(body.as_bytes()).await.unwrap();
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).await.unwrap();
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+        let mut lines = head.lines();
+        let status = lines
+            .next()
+            .unwrap()
+            .split(' ')
+            .nth(1)
+            .unwrap()
+            .parse()
+            .unwrap();
+        let headers = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+            .collect();
+        (status, headers, body.to_string())
+    }
+
+    fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+        headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Two replicas on one PostgreSQL database: a sign-in on one is a session on the other,
+    /// and a revocation on one ends it on the other; wrong credentials get nothing.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_session_started_on_one_replica_is_honoured_and_ended_on_another() {
+        use crate::store::Store;
+        let url = tokio::task::spawn_blocking(smtpguard_pgtest::database)
+            .await
+            .unwrap();
+        let (one, two) = tokio::task::spawn_blocking(move || {
+            (
+                Store::open_url(&url).unwrap().into_db(),
+                Store::open_url(&url).unwrap().into_db(),
+            )
+        })
+        .await
+        .unwrap();
+        assert_eq!(one.backend(), crate::store::db::Backend::Postgres);
+        let db = one.clone();
+        let (household_token, secret) = tokio::task::spawn_blocking(move || {
+            let (_, token) = households::create(&*db, "Web family", &[], 0).unwrap();
+            (
+                token,
+                operators::add(&*db, "vera", Level::Viewer, 0).unwrap(),
+            )
+        })
+        .await
+        .unwrap();
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let (a1, s1) = serve_on(one.clone(), stopped.clone()).await;
+        let (a2, s2) = serve_on(two.clone(), stopped).await;
+        let form = [("Content-Type", "application/x-www-form-urlencoded")];
+
+        let login = |addr, token: String| async move {
+            let (status, headers, _) =
+                request(addr, "POST", "/login", &form, &format!("token={token}")).await;
+            let cookie = header(&headers, "set-cookie")
+                .and_then(|c| c.split(';').next())
+                .map(str::to_string);
+            (
+                status,
+                header(&headers, "location").map(str::to_string),
+                cookie,
+            )
+        };
+        let (status, location, cookie) = login(a1, secret.clone()).await;
+        assert_eq!((status, location.as_deref()), (303, Some("/noc")));
+        let vera = cookie.unwrap();
+        let (status, _, body) =
+            request(a2, "GET", "/noc/audit", &[("Cookie", vera.as_str())], "").await;
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains("vera") && body.contains("sign_in"), "{body}");
+
+        // A subscriber's session is not a NOC session, on any replica.
+        let (_, _, cookie) = login(a2, household_token).await;
+        let subscriber = cookie.unwrap();
+        let (status, _, _) = request(
+            a1,
+            "GET",
+            "/noc/audit",
+            &[("Cookie", subscriber.as_str())],
+            "",
+        )
+        .await;
+        assert_eq!(status, 403);
+
+        // Wrong credentials.
+        let (status, location, cookie) = login(a2, "op_wrong".into()).await;
+        assert_eq!((status, location, cookie), (401, None, None));
+        let (status, _, _) = request(
+            a1,
+            "GET",
+            "/api/audit",
+            &[("Authorization", "Bearer op_forged")],
+            "",
+        )
+        .await;
+        assert_eq!(status, 401);
+        let (status, headers, _) = request(
+            a1,
+            "GET",
+            "/noc/audit",
+            &[("Cookie", "sg_session=s_forged")],
+            "",
+        )
+        .await;
+        assert_eq!(
+            (status, header(&headers, "location")),
+            (303, Some("/login")),
+            "a forged session id is sent to sign in"
+        );
+
+        // Revoked through replica one: the session ends on replica two.
+        let db = one.clone();
+        tokio::task::spawn_blocking(move || operators::revoke(&*db, "vera", 2_000).unwrap())
+            .await
+            .unwrap();
+        let (status, headers, _) =
+            request(a2, "GET", "/noc/audit", &[("Cookie", vera.as_str())], "").await;
+        assert_eq!(
+            (status, header(&headers, "location")),
+            (303, Some("/login"))
+        );
+        let (status, _, _) = request(
+            a1,
+            "GET",
+            "/api/audit",
+            &[("Authorization", &format!("Bearer {secret}"))],
+            "",
+        )
+        .await;
+        assert_eq!(status, 401);
+
+        // The last handles close their PostgreSQL connections, which blocks: not on a task.
+        stop.send_replace(true);
+        s1.await.unwrap();
+        s2.await.unwrap();
+        tokio::task::spawn_blocking(move || drop((one, two)))
+            .await
+            .unwrap();
     }
 
     #[test]

@@ -258,8 +258,8 @@ impl AppState {
         let now = self.now_ms();
         let (actor, outcome) = (actor.to_string(), outcome.to_string());
         let written = self
-            .db(move |conn| {
-                crate::audit::record(conn, now, &actor, action, &target, &outcome, &detail)?;
+            .sql(move |db| {
+                crate::audit::record(db, now, &actor, action, &target, &outcome, &detail)?;
                 Ok(())
             })
             .await;
@@ -443,7 +443,7 @@ impl From<HouseholdError> for WebError {
         match e {
             HouseholdError::NotFound => WebError::NotFound,
             HouseholdError::Invalid(m) => WebError::BadRequest(m.to_string()),
-            HouseholdError::Sqlite(e) => WebError::Internal(e.to_string()),
+            HouseholdError::Database(e) => WebError::Internal(e.to_string()),
         }
     }
 }

@@ -278,9 +278,9 @@ pub async fn contact(
     };
     let notify = form.notify.is_some();
     let result = state
-        .db(move |conn| {
+        .sql(move |db| {
             Ok(households::set_contact(
-                conn,
+                db,
                 hh_id,
                 Some(form.email.as_str()),
                 notify,
@@ -472,9 +472,9 @@ pub async fn time_zone(
         Err(e) => return e.page(),
     };
     let result = state
-        .db(move |conn| {
+        .sql(move |db| {
             Ok(households::set_time_zone(
-                conn,
+                db,
                 hh_id,
                 Some(form.time_zone.as_str()),
             )?)
@@ -587,9 +587,9 @@ pub async fn release(
     };
     let now = state.now_ms();
     let result = state
-        .db(move |conn| {
+        .sql(move |db| {
             Ok(households::request_release(
-                conn,
+                db,
                 hh_id,
                 &form.cpe_id,
                 &mac,

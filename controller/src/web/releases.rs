@@ -23,9 +23,9 @@ pub async fn page(State(state): State<AppState>, headers: HeaderMap) -> Response
         Err(e) => return e.page(),
     };
     let data = state
-        .db(|conn| {
-            let list = households::release_requests(conn, None)?;
-            let names: BTreeMap<i64, String> = households::all(conn)?
+        .sql(|db| {
+            let list = households::release_requests(db, None)?;
+            let names: BTreeMap<i64, String> = households::all(db)?
                 .into_iter()
                 .map(|h| (h.id, h.name))
                 .collect();
@@ -106,7 +106,7 @@ pub async fn decide(
     };
     let now = state.now_ms();
     let decided = match state
-        .db(move |conn| Ok(households::decide_release(conn, id, approve, now)?))
+        .sql(move |db| Ok(households::decide_release(db, id, approve, now)?))
         .await
     {
         Ok(r) => r,
