@@ -743,6 +743,20 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn the_last_postgres_handle_can_be_dropped_on_an_async_task() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let db = Db::open(&smtpguard_pgtest::database()).unwrap();
+        assert_eq!(db.query("SELECT 1", &[]).unwrap().len(), 1);
+        // An idle pooled connection is closed when the handle goes, on a runtime thread.
+        rt.block_on(async move { tokio::spawn(async move { drop(db) }).await })
+            .unwrap();
+    }
+
+    #[test]
     fn blocking_calls_work_from_spawn_blocking_inside_a_tokio_runtime() {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)

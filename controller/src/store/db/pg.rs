@@ -166,6 +166,32 @@ impl Drop for Pooled<'_> {
     }
 }
 
+impl Drop for Pool {
+    /// Closes the idle connections. The `postgres` client closes its socket by running its
+    /// own small runtime, which panics on a thread that is driving a tokio runtime (the last
+    /// handle of a web server or a job dropped on an async task), so there they are closed
+    /// on a thread of their own.
+    fn drop(&mut self) {
+        let idle = match self.slots.get_mut() {
+            Ok(slots) => std::mem::take(&mut slots.idle),
+            Err(poisoned) => std::mem::take(&mut poisoned.into_inner().idle),
+        };
+        if idle.is_empty() {
+            return;
+        }
+        if tokio::runtime::Handle::try_current().is_ok() {
+            let closer = std::thread::Builder::new()
+                .name("pg-close".into())
+                .spawn(move || drop(idle));
+            if let Err(e) = closer {
+                tracing::warn!(error = %e, "could not close PostgreSQL connections");
+            }
+        } else {
+            drop(idle);
+        }
+    }
+}
+
 /// Whether a failed statement may succeed when its transaction runs again: a serialization
 /// failure or a deadlock the server broke by aborting us.
 pub(super) fn is_retryable(e: &postgres::Error) -> bool {
