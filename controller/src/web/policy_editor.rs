@@ -16,7 +16,6 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::Form;
-use rusqlite::{params, Connection};
 use serde::Deserialize;
 use smtpguard_protocol::{Policy, PolicyScope};
 
@@ -25,6 +24,8 @@ use super::html::{self, esc, Table};
 use super::noc::noc_page;
 use super::{AppState, WebError};
 use crate::audit;
+use crate::db_params;
+use crate::store::db::{Param, Sql};
 use crate::operators::Level;
 
 /// Longest change note kept (characters).
@@ -46,56 +47,49 @@ struct Version {
     note: Option<String>,
 }
 
-/// Fleet versions as the editor reads them: `filter` (with `?1`, `?2` bound to the fleet
-/// scope and `arg`) after the common columns.
-fn read_versions(conn: &Connection, filter: &str, arg: i64) -> Result<Vec<Version>, WebError> {
-    let mut stmt = conn.prepare_cached(&format!(
-        "SELECT version, policy_json, source_text, created_ms, actor, note FROM policies
-         WHERE scope = ?1 {filter}"
-    ))?;
-    let rows = stmt.query_map(
-        params![crate::store::scope_name(PolicyScope::Fleet), arg],
-        |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, String>(1)?,
-                r.get(2)?,
-                r.get::<_, i64>(3)?,
-                r.get(4)?,
-                r.get(5)?,
-            ))
-        },
+/// Fleet versions as the editor reads them: `filter` (with `?1` bound to the fleet scope
+/// and `?2` to `arg`) after the common columns.
+fn read_versions(db: &impl Sql, filter: &str, arg: i64) -> Result<Vec<Version>, WebError> {
+    let rows = db.query(
+        &format!(
+            "SELECT version, policy_json, source_text, created_ms, actor, note FROM policies
+             WHERE scope = ?1 {filter}"
+        ),
+        &[
+            Param::from(crate::store::scope_name(PolicyScope::Fleet)),
+            Param::from(arg),
+        ],
     )?;
-    let mut out = Vec::new();
+    let mut out = Vec::with_capacity(rows.len());
     for r in rows {
-        let (version, json, text, created, actor, note) = r?;
-        let policy: Policy = serde_json::from_str(&json)
+        let version: i64 = r.get(0)?;
+        let policy: Policy = serde_json::from_str(&r.get::<String>(1)?)
             .map_err(|e| WebError::Internal(format!("stored policy v{version}: {e}")))?;
         out.push(Version {
             version: u64::try_from(version).unwrap_or(0),
             policy,
-            text,
-            created_ms: u64::try_from(created).unwrap_or(0),
-            actor,
-            note,
+            text: r.get(2)?,
+            created_ms: u64::try_from(r.get::<i64>(3)?).unwrap_or(0),
+            actor: r.get(4)?,
+            note: r.get(5)?,
         });
     }
     Ok(out)
 }
 
 /// The newest `limit` fleet versions, newest first.
-fn versions(conn: &Connection, limit: usize) -> Result<Vec<Version>, WebError> {
+fn versions(db: &impl Sql, limit: usize) -> Result<Vec<Version>, WebError> {
     read_versions(
-        conn,
+        db,
         "ORDER BY version DESC LIMIT ?2",
         i64::try_from(limit).unwrap_or(i64::MAX),
     )
 }
 
 /// Fleet version `version`, if it exists.
-fn version(conn: &Connection, version: u64) -> Result<Option<Version>, WebError> {
+fn version(db: &impl Sql, version: u64) -> Result<Option<Version>, WebError> {
     Ok(read_versions(
-        conn,
+        db,
         "AND version = ?2",
         i64::try_from(version).unwrap_or(i64::MAX),
     )?
@@ -106,21 +100,19 @@ fn version(conn: &Connection, version: u64) -> Result<Option<Version>, WebError>
 /// The newest fleet policy, or the default when none was ever published.
 ///
 /// # Errors
-/// SQLite errors, or a stored policy that no longer parses.
-pub(crate) fn current_fleet_policy(conn: &Connection) -> Result<Policy, WebError> {
-    Ok(versions(conn, 1)?
+/// Database errors, or a stored policy that no longer parses.
+pub(crate) fn current_fleet_policy(db: &impl Sql) -> Result<Policy, WebError> {
+    Ok(versions(db, 1)?
         .into_iter()
         .next()
         .map_or_else(Policy::default, |v| v.policy))
 }
 
-fn routers(conn: &Connection) -> Result<u64, WebError> {
-    let n: i64 = conn.query_row(
+fn routers(db: &impl Sql) -> Result<u64, WebError> {
+    Ok(db.query_one(
         "SELECT COUNT(*) FROM cpes WHERE revoked_at_ms IS NULL",
-        [],
-        |r| r.get(0),
-    )?;
-    Ok(u64::try_from(n).unwrap_or(0))
+        &[],
+    )?)
 }
 
 /// A policy as editable text: no version (assigned when signing) and every number as
@@ -173,7 +165,7 @@ pub(crate) async fn publish_checked(
 ) -> Result<u64, String> {
     let diff = audit::policy_diff(&content(before), &content(&policy));
     let busy = state
-        .db(|conn| Ok(crate::rollout::canary(conn)?.map(|r| r.id)))
+        .sql(|db| Ok(crate::rollout::canary(db)?.map(|r| r.id)))
         .await;
     let result = match (busy, check(state, &policy)) {
         (Err(e), _) => Err(e.to_string()),
@@ -219,16 +211,11 @@ pub(crate) async fn remember(
     actor: String,
 ) {
     let kept = state
-        .db(move |conn| {
-            conn.execute(
+        .sql(move |db| {
+            db.execute(
                 "UPDATE policies SET source_text = ?2, note = ?3, actor = ?4
                  WHERE scope = 'fleet' AND version = ?1",
-                params![
-                    i64::try_from(version).unwrap_or(i64::MAX),
-                    text,
-                    note,
-                    actor
-                ],
+                db_params![version, text.as_ref(), &note, &actor],
             )?;
             Ok(())
         })
@@ -249,15 +236,15 @@ struct Data {
 
 async fn load(state: &AppState) -> Result<Data, WebError> {
     state
-        .db(|conn| {
-            let versions = versions(conn, HISTORY_MAX)?;
-            let (rollout, latest) = rollout(conn)?;
+        .sql(|db| {
+            let versions = versions(db, HISTORY_MAX)?;
+            let (rollout, latest) = rollout(db)?;
             Ok(Data {
                 versions,
                 rollout,
                 latest,
-                routers: routers(conn)?,
-                rollouts: super::rollout::load(conn)?,
+                routers: routers(db)?,
+                rollouts: super::rollout::load(db)?,
             })
         })
         .await
@@ -683,7 +670,7 @@ pub async fn rollback(
         Err(e) => return e.page(),
     };
     let Version { policy, text, .. } =
-        match state.db(move |conn| self::version(conn, version)).await {
+        match state.sql(move |db| self::version(db, version)).await {
             Ok(Some(v)) => v,
             Ok(None) => return WebError::NotFound.page(),
             Err(e) => return e.page(),
@@ -737,51 +724,52 @@ pub async fn rollback(
     }
 }
 
-fn rollout(conn: &Connection) -> Result<(Vec<crate::store::RolloutRow>, Option<u64>), WebError> {
-    // Same view as the store's rollout, over this connection.
-    let latest: Option<i64> = conn.query_row(
+fn rollout(db: &impl Sql) -> Result<(Vec<crate::store::RolloutRow>, Option<u64>), WebError> {
+    // Same view as the store's rollout, over this handle.
+    let latest: Option<i64> = db.query_one(
         "SELECT MAX(version) FROM policies WHERE scope = 'fleet'",
-        [],
-        |r| r.get(0),
+        &[],
     )?;
-    let mut stmt = conn.prepare_cached(
-        "SELECT c.cpe_id, s.status,
-            MAX(COALESCE(s.fleet_policy_version, 0), COALESCE((SELECT MAX(version) FROM policy_acks a
-              WHERE a.cpe_id = c.cpe_id AND a.scope = 'fleet' AND a.outcome = 'applied'), 0)),
-            MAX(COALESCE(s.cpe_policy_version, 0), COALESCE((SELECT MAX(version) FROM policy_acks a
-              WHERE a.cpe_id = c.cpe_id AND a.scope = 'cpe' AND a.outcome = 'applied'), 0))
+    let rows = db.query(
+        "SELECT c.cpe_id, s.status, s.fleet_policy_version, s.cpe_policy_version,
+            (SELECT MAX(version) FROM policy_acks a
+              WHERE a.cpe_id = c.cpe_id AND a.scope = 'fleet' AND a.outcome = 'applied'),
+            (SELECT MAX(version) FROM policy_acks a
+              WHERE a.cpe_id = c.cpe_id AND a.scope = 'cpe' AND a.outcome = 'applied')
          FROM cpes c LEFT JOIN cpe_state s ON s.cpe_id = c.cpe_id ORDER BY c.cpe_id",
+        &[],
     )?;
-    let version = |v: i64| u64::try_from(v).ok().filter(|v| *v > 0);
-    let mut rows: Vec<crate::store::RolloutRow> = stmt
-        .query_map([], |r| {
-            Ok(crate::store::RolloutRow {
-                cpe_id: r.get(0)?,
-                status: r.get(1)?,
-                fleet_policy_version: version(r.get(2)?),
-                cpe_policy_version: version(r.get(3)?),
-                refusals: Vec::new(),
-            })
-        })?
-        .collect::<Result<_, _>>()?;
-    let mut stmt = conn.prepare_cached(
+    // The higher of the reported and the acknowledged version; none when neither is above 0.
+    let version = |a: Option<i64>, b: Option<i64>| {
+        u64::try_from(a.unwrap_or(0).max(b.unwrap_or(0)))
+            .ok()
+            .filter(|v| *v > 0)
+    };
+    let mut out: Vec<crate::store::RolloutRow> = Vec::with_capacity(rows.len());
+    for r in rows {
+        out.push(crate::store::RolloutRow {
+            cpe_id: r.get(0)?,
+            status: r.get(1)?,
+            fleet_policy_version: version(r.get(2)?, r.get(4)?),
+            cpe_policy_version: version(r.get(3)?, r.get(5)?),
+            refusals: Vec::new(),
+        });
+    }
+    let refusals = db.query(
         "SELECT cpe_id, scope, version, COALESCE(reason, '') FROM policy_acks
          WHERE outcome = 'refused' ORDER BY version DESC LIMIT 5000",
+        &[],
     )?;
-    let refusals = stmt.query_map([], |r| {
-        Ok((
-            r.get::<_, String>(0)?,
-            r.get::<_, String>(1)?,
-            r.get::<_, i64>(2)?,
-            r.get::<_, String>(3)?,
-        ))
-    })?;
     for refusal in refusals {
-        let (cpe, scope, v, reason) = refusal?;
-        if let Some(row) = rows.iter_mut().find(|r| r.cpe_id == cpe) {
-            row.refusals
-                .push((scope, u64::try_from(v).unwrap_or(0), reason));
+        let cpe: String = refusal.get(0)?;
+        if let Some(row) = out.iter_mut().find(|r| r.cpe_id == cpe) {
+            row.refusals.push((
+                refusal.get(1)?,
+                refusal.get::<u64>(2).unwrap_or(0),
+                refusal.get(3)?,
+            ));
         }
     }
+    let rows = out;
     Ok((rows, latest.and_then(|v| u64::try_from(v).ok())))
 }
