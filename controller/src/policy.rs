@@ -715,6 +715,112 @@ mod tests {
         assert_eq!(latest_all(&store).unwrap().len(), 2);
     }
 
+    fn enrol(db: &impl Sql, cpe_id: &str) {
+        db.execute(
+            "INSERT INTO cpes (cpe_id, public_key, enrolled_at_ms) VALUES (?1, 'k', 0)",
+            db_params![cpe_id],
+        )
+        .unwrap();
+    }
+
+    /// The versions a database holds, ascending.
+    fn stored_versions(db: &impl Sql) -> Vec<u64> {
+        db.query("SELECT version FROM policies ORDER BY version", &[])
+            .unwrap()
+            .iter()
+            .map(|r| r.get::<u64>(0).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn signing_numbers_and_stores_versions_on_both_backends() {
+        for (url, _dir) in crate::store::db::tests::backends() {
+            let store = Store::open_url(&url).unwrap();
+            let db = store.db();
+            enrol(&**db, "cpe-1");
+            let key = keys::generate();
+            let safe = SafetyContext::default();
+            let fleet = sign(&store, &key, Policy::default(), &Target::Fleet, &safe, 1).unwrap();
+            let cpe = sign_in(
+                db,
+                &key,
+                Policy::default(),
+                &Target::Cpe("cpe-1".into()),
+                &safe,
+                2,
+            )
+            .unwrap();
+            assert_eq!((fleet.version, cpe.version), (1, 2), "{url}");
+            let unknown = sign(
+                &store,
+                &key,
+                Policy::default(),
+                &Target::Cpe("nope".into()),
+                &safe,
+                3,
+            );
+            assert!(
+                matches!(unknown, Err(PolicyServiceError::UnknownCpe(_))),
+                "{url}"
+            );
+            assert_eq!(stored_versions(&**db), [1, 2], "{url}");
+            let stored: Option<String> = db
+                .query_one(
+                    "SELECT cpe_id FROM policies WHERE version = 2 AND scope = 'cpe'",
+                    &[],
+                )
+                .unwrap();
+            assert_eq!(stored.as_deref(), Some("cpe-1"), "{url}");
+        }
+    }
+
+    /// Two replicas (two handles on one database) publishing at the same time never sign
+    /// two documents with one version, and every version's envelope carries its number.
+    #[test]
+    fn replicas_publishing_at_once_never_repeat_a_version() {
+        const EACH: usize = 15;
+        for (url, _dir) in crate::store::db::tests::backends() {
+            let first = Store::open_url(&url).unwrap();
+            let second = Store::open_url(&url).unwrap();
+            let key = keys::generate();
+            let barrier = std::sync::Barrier::new(2);
+            let signed: Vec<Vec<StoredPolicy>> = std::thread::scope(|s| {
+                let handles: Vec<_> = [&first, &second]
+                    .into_iter()
+                    .map(|store| {
+                        let (key, barrier) = (&key, &barrier);
+                        s.spawn(move || {
+                            barrier.wait();
+                            (0..EACH)
+                                .map(|i| {
+                                    sign(
+                                        store,
+                                        key,
+                                        Policy::default(),
+                                        &Target::Fleet,
+                                        &SafetyContext::default(),
+                                        i as u64,
+                                    )
+                                    .unwrap()
+                                })
+                                .collect()
+                        })
+                    })
+                    .collect();
+                handles.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            let mut versions: Vec<u64> = signed.iter().flatten().map(|p| p.version).collect();
+            versions.sort_unstable();
+            let expected: Vec<u64> = (1..=2 * EACH as u64).collect();
+            assert_eq!(versions, expected, "{url}");
+            assert_eq!(stored_versions(&**first.db()), expected, "{url}");
+            for p in signed.iter().flatten() {
+                let opened = open(&p.wire).unwrap();
+                assert_eq!(opened.header().seq, p.version, "{url}");
+            }
+        }
+    }
+
     /// Finding row 3 of issue 17: garbage, an older validly signed version and a planted
     /// per-CPE policy are put right; the latest itself and an empty topic are left alone.
     #[test]
