@@ -166,7 +166,10 @@ pub fn sign_in(
     check_policy_safety(&policy, safety)?;
     if let Target::Cpe(id) = target {
         let known: i64 = db
-            .query_one("SELECT COUNT(*) FROM cpes WHERE cpe_id = ?1", db_params![id])
+            .query_one(
+                "SELECT COUNT(*) FROM cpes WHERE cpe_id = ?1",
+                db_params![id],
+            )
             .map_err(StoreError::from)?;
         if known == 0 {
             return Err(PolicyServiceError::UnknownCpe(id.clone()));

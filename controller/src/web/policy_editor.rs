@@ -25,8 +25,8 @@ use super::noc::noc_page;
 use super::{AppState, WebError};
 use crate::audit;
 use crate::db_params;
-use crate::store::db::{Param, Sql};
 use crate::operators::Level;
+use crate::store::db::{Param, Sql};
 
 /// Longest change note kept (characters).
 pub const NOTE_MAX: usize = 500;
@@ -109,10 +109,7 @@ pub(crate) fn current_fleet_policy(db: &impl Sql) -> Result<Policy, WebError> {
 }
 
 fn routers(db: &impl Sql) -> Result<u64, WebError> {
-    Ok(db.query_one(
-        "SELECT COUNT(*) FROM cpes WHERE revoked_at_ms IS NULL",
-        &[],
-    )?)
+    Ok(db.query_one("SELECT COUNT(*) FROM cpes WHERE revoked_at_ms IS NULL", &[])?)
 }
 
 /// A policy as editable text: no version (assigned when signing) and every number as
@@ -669,12 +666,11 @@ pub async fn rollback(
         Ok(d) => d,
         Err(e) => return e.page(),
     };
-    let Version { policy, text, .. } =
-        match state.sql(move |db| self::version(db, version)).await {
-            Ok(Some(v)) => v,
-            Ok(None) => return WebError::NotFound.page(),
-            Err(e) => return e.page(),
-        };
+    let Version { policy, text, .. } = match state.sql(move |db| self::version(db, version)).await {
+        Ok(Some(v)) => v,
+        Ok(None) => return WebError::NotFound.page(),
+        Err(e) => return e.page(),
+    };
     let before = data
         .versions
         .first()

@@ -22,8 +22,8 @@ use super::html::{self, esc, path_seg};
 use super::noc::noc_page;
 use super::{html_response, AppState, WebError};
 use crate::operators::Level;
-use crate::store::db::Sql;
 use crate::rollout::{self, Cohort, Limits, Rollout, Stage, Status, TargetState};
+use crate::store::db::Sql;
 
 /// Rollouts the page lists.
 const LISTED: usize = 5;
