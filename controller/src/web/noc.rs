@@ -7,13 +7,15 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use axum::response::Response;
-use rusqlite::{Connection, OptionalExtension};
+use rusqlite::Connection;
 use smtpguard_protocol::Verdict;
 
 use super::auth::{self, Caller};
 use super::html::{self, esc, page, Nav};
 use super::{html_response, WebError};
 use crate::campaigns::{self, Campaign, Member};
+use crate::db_params;
+use crate::store::db::Sql;
 use crate::verdicts::DeviceView;
 
 /// The fleet's infected devices, what campaigns are found among (kept at ingest).
@@ -32,9 +34,9 @@ pub fn infected_devices(conn: &Connection, now_ms: u64) -> Result<Vec<DeviceView
 /// The campaigns among the fleet's infected devices.
 ///
 /// # Errors
-/// SQLite errors.
+/// Database errors.
 pub fn current_campaigns(
-    conn: &Connection,
+    db: &impl Sql,
     devices: &[DeviceView],
     settings: &campaigns::Settings,
 ) -> Result<Vec<(Campaign, Option<i64>)>, WebError> {
@@ -51,18 +53,17 @@ pub fn current_campaigns(
     let found = campaigns::cluster(&members, settings);
     let mut out = Vec::new();
     for c in found {
-        conn.execute(
-            "INSERT OR IGNORE INTO campaigns (id, first_seen_ms) VALUES (?1, ?2)",
-            rusqlite::params![c.id, i64::try_from(c.first_ms).unwrap_or(i64::MAX)],
+        db.execute(
+            "INSERT INTO campaigns (id, first_seen_ms) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+            db_params![&c.id, c.first_ms],
         )?;
-        let pushed: Option<i64> = conn
-            .query_row(
-                "SELECT pushed_version FROM campaigns WHERE id = ?1",
-                [&c.id],
-                |r| r.get(0),
-            )
-            .optional()?
-            .flatten();
+        let pushed: Option<i64> = match db.query_opt(
+            "SELECT pushed_version FROM campaigns WHERE id = ?1",
+            db_params![&c.id],
+        )? {
+            Some(row) => row.get(0)?,
+            None => None,
+        };
         out.push((c, pushed));
     }
     Ok(out)
