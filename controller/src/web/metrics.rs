@@ -17,6 +17,7 @@ use smtpguard_protocol::{Kind, RejectionReason, Verdict};
 
 use super::api::ABUSE_LABELS;
 use super::{AppState, WebError};
+use crate::store::db::{DbError, FromValue, Sql};
 use crate::verdicts;
 
 struct Snapshot {
@@ -33,13 +34,12 @@ struct Snapshot {
     retention: crate::store::retention::Totals,
 }
 
-fn pairs<T: rusqlite::types::FromSql>(
-    conn: &rusqlite::Connection,
-    sql: &str,
-) -> Result<Vec<(T, i64)>, WebError> {
-    let mut stmt = conn.prepare_cached(sql)?;
-    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-    Ok(rows.collect::<Result<_, _>>()?)
+fn pairs<T: FromValue>(db: &impl Sql, sql: &str) -> Result<Vec<(T, i64)>, WebError> {
+    let rows = db.query(sql, &[])?;
+    Ok(rows
+        .iter()
+        .map(|r| Ok((r.get(0)?, r.get(1)?)))
+        .collect::<Result<_, DbError>>()?)
 }
 
 fn snapshot(conn: &rusqlite::Connection, now_ms: u64) -> Result<Snapshot, WebError> {
@@ -79,9 +79,11 @@ fn snapshot(conn: &rusqlite::Connection, now_ms: u64) -> Result<Snapshot, WebErr
                  THEN 'expired' ELSE status END, COUNT(*) FROM commands GROUP BY 1"
             ),
         )?,
-        command_sends: conn.query_row("SELECT COALESCE(SUM(sends), 0) FROM commands", [], |r| {
-            r.get(0)
-        })?,
+        command_sends: Sql::query_one(
+            conn,
+            "SELECT CAST(COALESCE(SUM(sends), 0) AS BIGINT) FROM commands",
+            &[],
+        )?,
         notifications: crate::store::notifications::counts(conn)
             .map_err(|e| WebError::Internal(e.to_string()))?,
         retention: crate::store::retention::totals(conn)
