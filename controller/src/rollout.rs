@@ -1184,6 +1184,212 @@ mod tests {
         });
     }
 
+    /// Signs into a database handle like `serve`'s publisher, without a broker.
+    struct SignInto {
+        db: std::sync::Arc<crate::store::db::Db>,
+        key: ed25519_dalek::SigningKey,
+    }
+
+    impl crate::web::PolicyPublisher for SignInto {
+        fn publish(
+            &self,
+            policy: Policy,
+            cpe_id: Option<String>,
+        ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<u64, String>> + Send + '_>>
+        {
+            let (db, key) = (std::sync::Arc::clone(&self.db), self.key.clone());
+            Box::pin(async move {
+                let target =
+                    cpe_id.map_or(crate::policy::Target::Fleet, crate::policy::Target::Cpe);
+                tokio::task::spawn_blocking(move || {
+                    crate::policy::sign_in(
+                        &db,
+                        &key,
+                        policy,
+                        &target,
+                        &smtpguard_protocol::SafetyContext::default(),
+                        1,
+                    )
+                    .map(|p| p.version)
+                    .map_err(|e| e.to_string())
+                })
+                .await
+                .map_err(|e| e.to_string())?
+            })
+        }
+    }
+
+    fn put_devices(db: &impl Sql, cpe: &str, flagged: usize, clean: usize) {
+        db.execute("DELETE FROM devices WHERE cpe_id = ?1", db_params![cpe])
+            .unwrap();
+        for i in 0..flagged + clean {
+            let verdict = if i < flagged { "infected" } else { "clean" };
+            db.execute(
+                "INSERT INTO devices (cpe_id, mac, ips_json, verdict, severity, score, since_ms,
+                    last_seen_ms, last_fact, action, evidence_json, observed_json)
+                 VALUES (?1, ?2, '[]', ?3, 0, 0.5, 1, 1, 'report', 'monitor', '[]', '{}')",
+                db_params![cpe, &format!("02:00:00:00:00:{i:02x}"), verdict],
+            )
+            .unwrap();
+        }
+    }
+
+    /// The newest per-CPE policy's rate limit on `cpe`.
+    fn cpe_rate(db: &impl Sql, cpe: &str) -> Option<u32> {
+        let json: Option<String> = db
+            .query_opt(
+                "SELECT policy_json FROM policies WHERE scope = 'cpe' AND cpe_id = ?1
+                 ORDER BY version DESC LIMIT 1",
+                db_params![cpe],
+            )
+            .unwrap()
+            .map(|r| r.get(0).unwrap());
+        json.map(|j| {
+            serde_json::from_str::<Policy>(&j)
+                .unwrap()
+                .rate_limit_per_minute
+        })
+    }
+
+    /// A rollout's whole life on both backends: started (the cohort gets the candidate),
+    /// halted by a refusal (the cohort is restored), then another promoted (the fleet
+    /// policy becomes the candidate and its stage lists every router).
+    #[test]
+    fn rollouts_start_halt_and_promote_on_both_backends() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        for (url, _dir) in crate::store::db::tests::backends() {
+            let store = crate::store::Store::open_url(&url).unwrap();
+            let db = std::sync::Arc::clone(store.db());
+            for i in 0..4 {
+                db.execute(
+                    "INSERT INTO cpes (cpe_id, public_key, enrolled_at_ms) VALUES (?1, 'k', 0)",
+                    db_params![&format!("cpe-{i}")],
+                )
+                .unwrap();
+                put_devices(&*db, &format!("cpe-{i}"), 0, 5);
+            }
+            let state = AppState::new(
+                std::sync::Arc::clone(&db),
+                crate::web::WebSettings::new("rollout-test-token-0123"),
+                std::sync::Arc::new(SignInto {
+                    db: std::sync::Arc::clone(&db),
+                    key: smtpguard_protocol::keys::generate(),
+                }),
+                std::sync::Arc::new(|| 10_000),
+            );
+            let request = |rate: u32| Request {
+                candidate: Policy {
+                    rate_limit_per_minute: rate,
+                    ..Policy::default()
+                },
+                source_text: Some(format!("rate_limit_per_minute = {rate}")),
+                note: "canary".into(),
+                cohort: Cohort::Named(vec!["cpe-1".into(), "cpe-2".into()]),
+                limits: Limits {
+                    max_refusals: 0,
+                    max_flagged_rise: 10.0,
+                    promote_after_secs: None,
+                },
+            };
+            let fleet = Policy {
+                rate_limit_per_minute: 7,
+                ..Policy::default()
+            };
+            assert_eq!(rt.block_on(state.policy.publish(fleet, None)).unwrap(), 1);
+            put_devices(&*db, "cpe-1", 1, 4);
+            let id = rt.block_on(start(&state, "alice", request(30))).unwrap();
+            let r = canary(&*db).unwrap().unwrap();
+            assert_eq!((r.id, r.status), (id, Status::Canary), "{url}");
+            assert_eq!(r.source_text.as_deref(), Some("rate_limit_per_minute = 30"));
+            assert_eq!(r.flagged_before, 10.0, "{url}");
+            assert_eq!(
+                canary_policy_for(&*db, "cpe-2")
+                    .unwrap()
+                    .unwrap()
+                    .rate_limit_per_minute,
+                30
+            );
+            assert!(canary_policy_for(&*db, "cpe-0").unwrap().is_none(), "{url}");
+            assert_eq!(cpe_rate(&*db, "cpe-1"), Some(30), "{url}");
+            let f = flagged(&*db, &r.cohort).unwrap();
+            assert_eq!((f.flagged, f.devices), (1, 10), "{url}");
+            let stage = &stages(&*db, &r).unwrap()[0];
+            assert_eq!(stage.name, "canary");
+            assert!(
+                stage.targets.iter().all(|t| t.state == TargetState::Behind),
+                "{url}"
+            );
+            // cpe-2 applied its version; cpe-1 refused its own.
+            let version_of = |cpe: &str| {
+                stage
+                    .targets
+                    .iter()
+                    .find(|t| t.cpe_id == cpe)
+                    .unwrap()
+                    .version
+            };
+            db.execute(
+                "INSERT INTO policy_acks (cpe_id, scope, version, outcome, reason, at_ms)
+                 VALUES ('cpe-2', 'cpe', ?1, 'applied', NULL, 1),
+                        ('cpe-1', 'cpe', ?2, 'refused', 'covers relay', 1)",
+                db_params![version_of("cpe-2"), version_of("cpe-1")],
+            )
+            .unwrap();
+            let states: Vec<TargetState> = stages(&*db, &r).unwrap()[0]
+                .targets
+                .iter()
+                .map(|t| t.state.clone())
+                .collect();
+            assert_eq!(
+                states,
+                [
+                    TargetState::Refused("covers relay".into()),
+                    TargetState::Applied
+                ],
+                "{url}"
+            );
+            match rt.block_on(check(&state)).unwrap() {
+                Decision::Halt(why) => assert!(why.contains("cpe-1 refused"), "{why}"),
+                d => panic!("{url}: {d:?}"),
+            }
+            let r = one(&*db, id).unwrap().unwrap();
+            assert_eq!(r.status, Status::Halted, "{url}");
+            assert_eq!(r.ended_by.as_deref(), Some(WATCH_ACTOR), "{url}");
+            let names: Vec<&str> = stages(&*db, &r).unwrap().iter().map(|s| s.name).collect();
+            assert_eq!(names, ["canary", "restore"], "{url}");
+            assert_eq!(cpe_rate(&*db, "cpe-1"), Some(7), "{url}");
+            assert!(canary(&*db).unwrap().is_none(), "{url}");
+
+            let second = rt.block_on(start(&state, "alice", request(40))).unwrap();
+            let version = rt.block_on(promote(&state, "bob", second)).unwrap();
+            let r = one(&*db, second).unwrap().unwrap();
+            assert_eq!(
+                (r.status, r.fleet_version),
+                (Status::Promoted, Some(version)),
+                "{url}"
+            );
+            let live = crate::web::policy_editor::current_fleet_policy(&*db).unwrap();
+            assert_eq!(live.rate_limit_per_minute, 40, "{url}");
+            let fleet_stage = stages(&*db, &r).unwrap().pop().unwrap();
+            assert_eq!(
+                (fleet_stage.name, fleet_stage.targets.len()),
+                ("fleet", 4),
+                "{url}"
+            );
+            // Promoted overrides are re-derived from the new fleet version.
+            assert_eq!(cpe_rate(&*db, "cpe-2"), Some(40), "{url}");
+            assert!(
+                rt.block_on(promote(&state, "bob", second)).is_err(),
+                "{url}"
+            );
+            let listed: Vec<i64> = list(&*db, 5).unwrap().iter().map(|r| r.id).collect();
+            assert_eq!(listed, [second, id], "{url}");
+        }
+    }
+
     #[test]
     fn cohorts_are_parsed_and_picked_stably() {
         assert_eq!(Cohort::parse(" 50% "), Ok(Cohort::Percent(50)));
