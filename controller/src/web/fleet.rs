@@ -787,6 +787,171 @@ use axum::response::IntoResponse as _;
 mod tests {
     use super::*;
 
+    /// Four routers: cpe-a (online, household "Müller", agent 1.2, policy 3, an infected
+    /// laptop, address 203.0.113.7 now), cpe-b (offline, held 203.0.113.7 earlier),
+    /// cpe-c (never seen), cpe-d (revoked).
+    fn fleet(db: &impl Sql) {
+        for (id, label, revoked) in [
+            ("cpe-a", Some("Kitchen"), None),
+            ("cpe-b", None, None),
+            ("cpe-c", None, None),
+            ("cpe-d", None, Some(5u64)),
+        ] {
+            db.execute(
+                "INSERT INTO cpes (cpe_id, public_key, label, enrolled_at_ms, revoked_at_ms)
+                 VALUES (?1, 'k', ?2, 0, ?3)",
+                db_params![id, label, revoked],
+            )
+            .unwrap();
+        }
+        for (id, status, agent, policy, ip) in [
+            ("cpe-a", "online", "1.2", 3u64, "203.0.113.7"),
+            ("cpe-b", "offline", "1.1", 2, "198.51.100.9"),
+        ] {
+            db.execute(
+                "INSERT INTO cpe_state (cpe_id, status, agent_version, fleet_policy_version,
+                    public_ip, updated_ms) VALUES (?1, ?2, ?3, ?4, ?5, 100)",
+                db_params![id, status, agent, policy, ip],
+            )
+            .unwrap();
+        }
+        let household: i64 = db
+            .query_one(
+                "INSERT INTO households (name, created_ms) VALUES ('Müller', 0) RETURNING id",
+                &[],
+            )
+            .unwrap();
+        db.execute(
+            "INSERT INTO household_cpes (cpe_id, household_id) VALUES ('cpe-a', ?1)",
+            db_params![household],
+        )
+        .unwrap();
+        db.execute(
+            "INSERT INTO devices (cpe_id, mac, hostname, ips_json, verdict, severity, score,
+                since_ms, last_seen_ms, last_fact, action, evidence_json, observed_json)
+             VALUES ('cpe-a', '02:00:00:00:00:01', 'Laptop-Anna', '[]', 'infected', 2, 0.9,
+                1, 1, 'alert', 'block', '[]', '{}')",
+            &[],
+        )
+        .unwrap();
+        db.execute(
+            "INSERT INTO public_ips (cpe_id, ip, first_seen_ms, last_seen_ms)
+             VALUES ('cpe-b', '203.0.113.7', ?1, ?2), ('cpe-a', '203.0.113.7', ?3, ?4)",
+            // 2025-11-30T10:53:20Z for an hour; ten days later for a day.
+            db_params![
+                1_764_500_000_000u64,
+                1_764_503_600_000u64,
+                1_765_364_000_000u64,
+                1_765_450_400_000u64
+            ],
+        )
+        .unwrap();
+    }
+
+    fn ids(db: &impl Sql, q: FleetQuery) -> Vec<String> {
+        let f = Filter::parse(db, &q).unwrap();
+        let (total, rows) = search(db, &f, 50, 0).unwrap();
+        assert_eq!(total as usize, rows.len());
+        rows.into_iter().map(|r| r.cpe_id).collect()
+    }
+
+    #[test]
+    fn every_fleet_filter_works_on_both_backends() {
+        for (url, _dir) in crate::store::db::tests::backends() {
+            let store = crate::store::Store::open_url(&url).unwrap();
+            let db = &**store.db();
+            fleet(db);
+            let q = |text: &str| FleetQuery {
+                q: Some(text.into()),
+                ..FleetQuery::default()
+            };
+            assert_eq!(ids(db, FleetQuery::default()).len(), 4, "{url}");
+            // Text, case-insensitive, against id, label, household and host names.
+            assert_eq!(ids(db, q("kitchen")), ["cpe-a"], "{url}");
+            // (ASCII letters only: SQLite folds no others.)
+            assert_eq!(ids(db, q("MüLLER")).len(), 1, "{url}");
+            assert_eq!(ids(db, q("laptop-anna")), ["cpe-a"], "{url}");
+            assert_eq!(ids(db, q("CPE-")).len(), 4, "{url}");
+            assert_eq!(ids(db, q("02:00:00:00:00:01")), ["cpe-a"], "{url}");
+            // An address: every router that ever held it; with a time, the one that did then.
+            assert_eq!(ids(db, q("203.0.113.7")), ["cpe-a", "cpe-b"], "{url}");
+            let at = |t: &str| FleetQuery {
+                at: Some(t.into()),
+                ..q("203.0.113.7")
+            };
+            assert_eq!(ids(db, at("2025-11-30T11:23")), ["cpe-b"], "{url}");
+            assert!(ids(db, at("2025-12-05T10:53")).is_empty(), "{url}");
+            let by = |status: Option<&str>,
+                      verdict: Option<&str>,
+                      agent: Option<&str>,
+                      policy: Option<&str>| {
+                FleetQuery {
+                    status: status.map(Into::into),
+                    verdict: verdict.map(Into::into),
+                    agent: agent.map(Into::into),
+                    policy: policy.map(Into::into),
+                    ..FleetQuery::default()
+                }
+            };
+            assert_eq!(
+                ids(db, by(Some("online"), None, None, None)),
+                ["cpe-a"],
+                "{url}"
+            );
+            assert_eq!(
+                ids(db, by(Some("never"), None, None, None)),
+                ["cpe-c"],
+                "{url}"
+            );
+            assert_eq!(
+                ids(db, by(Some("revoked"), None, None, None)),
+                ["cpe-d"],
+                "{url}"
+            );
+            assert_eq!(
+                ids(db, by(None, Some("flagged"), None, None)),
+                ["cpe-a"],
+                "{url}"
+            );
+            assert!(
+                ids(db, by(None, Some("suspicious"), None, None)).is_empty(),
+                "{url}"
+            );
+            assert_eq!(
+                ids(db, by(None, None, Some("1.1"), None)),
+                ["cpe-b"],
+                "{url}"
+            );
+            assert_eq!(
+                ids(db, by(None, None, None, Some("v3"))),
+                ["cpe-a"],
+                "{url}"
+            );
+            // Sorted by flagged devices, most first; the row as the API shows it.
+            let mut sorted = FleetQuery::default();
+            sorted.order.sort = Some("flagged".into());
+            sorted.order.dir = Some("desc".into());
+            let f = Filter::parse(db, &sorted).unwrap();
+            let first = &search(db, &f, 1, 0).unwrap().1[0];
+            assert_eq!(first.cpe_id, "cpe-a", "{url}");
+            assert_eq!(first.flagged, 1, "{url}");
+            assert_eq!(first.household.as_deref(), Some("Müller"), "{url}");
+            assert_eq!(first.fleet_policy_version, Some(3), "{url}");
+            assert!(!first.revoked, "{url}");
+            assert!(cpe_row(db, "cpe-d").unwrap().revoked, "{url}");
+            assert!(
+                matches!(cpe_row(db, "nope"), Err(WebError::NotFound)),
+                "{url}"
+            );
+            let counts = status_counts(db).unwrap();
+            assert_eq!(
+                (counts.online, counts.offline, counts.never, counts.revoked),
+                (1, 1, 1, 1),
+                "{url}"
+            );
+        }
+    }
+
     #[test]
     fn links_keep_the_filters_and_encode_them() {
         let q = FleetQuery {
