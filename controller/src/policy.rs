@@ -777,6 +777,69 @@ mod tests {
         }
     }
 
+    /// What a router's derived override must hold, on both backends: nothing until a
+    /// device is allowed, then the live fleet policy plus the device; a newer override set
+    /// by hand is kept when asked to.
+    #[test]
+    fn derived_overrides_follow_allowed_devices_on_both_backends() {
+        for (url, _dir) in crate::store::db::tests::backends() {
+            let store = Store::open_url(&url).unwrap();
+            let db = &**store.db();
+            enrol(db, "cpe-1");
+            let key = keys::generate();
+            let safe = SafetyContext::default();
+            let fleet = Policy {
+                rate_limit_per_minute: 12,
+                ..Policy::default()
+            };
+            sign(&store, &key, fleet, &Target::Fleet, &safe, 1).unwrap();
+            assert!(
+                derived_override(db, "cpe-1", false).unwrap().is_none(),
+                "{url}"
+            );
+            let mac: MacAddr = "02:00:00:00:00:aa".parse().unwrap();
+            db.execute(
+                "INSERT INTO allowed_devices (cpe_id, mac, note, actor, created_ms)
+                 VALUES ('cpe-1', ?1, 'printer', 'alice', 1), ('cpe-1', 'junk', 'x', 'y', 1)",
+                db_params![&mac.to_string()],
+            )
+            .unwrap();
+            assert_eq!(allowed_devices(db, "cpe-1").unwrap(), [mac], "{url}");
+            let derived = derived_override(db, "cpe-1", false).unwrap().unwrap();
+            assert_eq!(derived.rate_limit_per_minute, 12, "{url}");
+            assert!(derived.allow_macs.contains(&mac), "{url}");
+            let signed =
+                sign_in(db, &key, derived, &Target::Cpe("cpe-1".into()), &safe, 2).unwrap();
+            db.execute(
+                "INSERT INTO derived_overrides (cpe_id, version) VALUES ('cpe-1', ?1)",
+                db_params![signed.version],
+            )
+            .unwrap();
+            assert!(
+                derived_override(db, "cpe-1", true).unwrap().is_some(),
+                "{url}"
+            );
+            // An override set by hand since: kept after a fleet publish, replaced on request.
+            sign_in(
+                db,
+                &key,
+                Policy::default(),
+                &Target::Cpe("cpe-1".into()),
+                &safe,
+                3,
+            )
+            .unwrap();
+            assert!(
+                derived_override(db, "cpe-1", true).unwrap().is_none(),
+                "{url}"
+            );
+            assert!(
+                derived_override(db, "cpe-1", false).unwrap().is_some(),
+                "{url}"
+            );
+        }
+    }
+
     /// Two replicas (two handles on one database) publishing at the same time never sign
     /// two documents with one version, and every version's envelope carries its number.
     #[test]

@@ -610,3 +610,36 @@ pub async fn policy_override(
         Err(e) => WebError::BadRequest(format!("Not sent: {e}")).page(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_newest_override_is_read_on_both_backends() {
+        for (url, _dir) in crate::store::db::tests::backends() {
+            let store = crate::store::Store::open_url(&url).unwrap();
+            let db = &**store.db();
+            assert!(cpe_override(db, "cpe-1").unwrap().is_none(), "{url}");
+            for (version, rate) in [(4u64, 40u32), (9, 90)] {
+                let policy = Policy {
+                    rate_limit_per_minute: rate,
+                    ..Policy::default()
+                };
+                db.execute(
+                    "INSERT INTO policies (version, scope, cpe_id, policy_json, wire, created_ms)
+                     VALUES (?1, 'cpe', 'cpe-1', ?2, ?3, 0)",
+                    db_params![
+                        version,
+                        &serde_json::to_string(&policy).unwrap(),
+                        &[0u8][..]
+                    ],
+                )
+                .unwrap();
+            }
+            let (version, policy) = cpe_override(db, "cpe-1").unwrap().unwrap();
+            assert_eq!((version, policy.rate_limit_per_minute), (9, 90), "{url}");
+            assert!(cpe_override(db, "cpe-2").unwrap().is_none(), "{url}");
+        }
+    }
+}

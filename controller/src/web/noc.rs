@@ -155,3 +155,57 @@ pub(crate) fn export_links(what: &str, label: &str) -> String {
         esc(label)
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use smtpguard_protocol::{Action, MacAddr, Observed};
+
+    fn infected(cpe: &str, last: u8) -> DeviceView {
+        DeviceView {
+            cpe_id: cpe.into(),
+            mac: MacAddr([2, 0, 0, 0, 0, last]),
+            hostname: None,
+            vendor: None,
+            ips: Vec::new(),
+            verdict: Verdict::Infected,
+            score: 0.9,
+            since_ms: 1_000 * u64::from(last),
+            last_seen_ms: 1_000 * u64::from(last),
+            action: Action::Block,
+            action_until_ms: None,
+            evidence: Vec::new(),
+            counters: None,
+            history: Vec::new(),
+            observed: Observed {
+                ehlo_names: vec!["bot-7f3a.example".into()],
+                mail_from_domains: Vec::new(),
+                mail_servers: Vec::new(),
+            },
+        }
+    }
+
+    /// A campaign is recorded once, however often it is found, and comes back with the
+    /// version its indicators were pushed in.
+    #[test]
+    fn campaigns_are_recorded_once_with_their_pushed_version_on_both_backends() {
+        for (url, _dir) in crate::store::db::tests::backends() {
+            let store = crate::store::Store::open_url(&url).unwrap();
+            let db = &**store.db();
+            let devices = [infected("cpe-1", 1), infected("cpe-2", 2)];
+            let settings = campaigns::Settings::default();
+            let found = current_campaigns(db, &devices, &settings).unwrap();
+            assert_eq!(found.len(), 1, "{url}");
+            assert_eq!(found[0].1, None, "{url}");
+            db.execute(
+                "UPDATE campaigns SET pushed_version = 12 WHERE id = ?1",
+                crate::db_params![&found[0].0.id],
+            )
+            .unwrap();
+            let again = current_campaigns(db, &devices, &settings).unwrap();
+            assert_eq!(again[0].1, Some(12), "{url}");
+            let rows: i64 = db.query_one("SELECT COUNT(*) FROM campaigns", &[]).unwrap();
+            assert_eq!(rows, 1, "{url}");
+        }
+    }
+}

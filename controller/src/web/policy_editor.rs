@@ -769,3 +769,126 @@ fn rollout(db: &impl Sql) -> Result<(Vec<crate::store::RolloutRow>, Option<u64>)
     let rows = out;
     Ok((rows, latest.and_then(|v| u64::try_from(v).ok())))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::db::tests::backends;
+
+    fn publish(db: &impl Sql, version: u64, scope: &str, cpe: Option<&str>, rate: u32) {
+        let policy = Policy {
+            policy_version: version,
+            rate_limit_per_minute: rate,
+            ..Policy::default()
+        };
+        db.execute(
+            "INSERT INTO policies (version, scope, cpe_id, policy_json, wire, created_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            db_params![
+                version,
+                scope,
+                cpe,
+                &serde_json::to_string(&policy).unwrap(),
+                &[1u8, 2][..],
+                version * 1000
+            ],
+        )
+        .unwrap();
+    }
+
+    /// The history, the live version and the rollout view read the same on both backends:
+    /// a router's applied version is the higher of what it reported and what it acked.
+    #[test]
+    fn versions_and_the_rollout_view_read_the_same_on_both_backends() {
+        for (url, _dir) in backends() {
+            let store = crate::store::Store::open_url(&url).unwrap();
+            let db = &**store.db();
+            assert_eq!(
+                current_fleet_policy(db).unwrap(),
+                Policy::default(),
+                "{url}"
+            );
+            for (id, revoked) in [("cpe-1", None), ("cpe-2", None), ("cpe-3", Some(1u64))] {
+                db.execute(
+                    "INSERT INTO cpes (cpe_id, public_key, revoked_at_ms) VALUES (?1, 'k', ?2)",
+                    db_params![id, revoked],
+                )
+                .unwrap();
+            }
+            publish(db, 1, "fleet", None, 10);
+            publish(db, 2, "cpe", Some("cpe-1"), 20);
+            publish(db, 3, "fleet", None, 30);
+            db.execute(
+                "UPDATE policies SET source_text = 'rate', note = 'why', actor = 'alice'
+                 WHERE version = 3",
+                &[],
+            )
+            .unwrap();
+            let listed: Vec<u64> = versions(db, 10)
+                .unwrap()
+                .iter()
+                .map(|v| v.version)
+                .collect();
+            assert_eq!(listed, [3, 1], "{url}");
+            let v3 = version(db, 3).unwrap().unwrap();
+            assert_eq!(
+                (
+                    v3.text.as_deref(),
+                    v3.note.as_deref(),
+                    v3.actor.as_deref(),
+                    v3.created_ms
+                ),
+                (Some("rate"), Some("why"), Some("alice"), 3000),
+                "{url}"
+            );
+            assert!(
+                version(db, 2).unwrap().is_none(),
+                "a per-CPE version: {url}"
+            );
+            assert_eq!(current_fleet_policy(db).unwrap().rate_limit_per_minute, 30);
+            assert_eq!(routers(db).unwrap(), 2, "{url}");
+
+            // cpe-1 reported fleet v1 and acked v3; cpe-2 reported v3, refused per-CPE v2.
+            db.execute(
+                "INSERT INTO cpe_state (cpe_id, status, fleet_policy_version, updated_ms)
+                 VALUES ('cpe-1', 'online', 1, 5), ('cpe-2', 'online', 3, 5)",
+                &[],
+            )
+            .unwrap();
+            db.execute(
+                "INSERT INTO policy_acks (cpe_id, scope, version, outcome, reason, at_ms)
+                 VALUES ('cpe-1', 'fleet', 3, 'applied', NULL, 6),
+                        ('cpe-1', 'cpe', 2, 'applied', NULL, 6),
+                        ('cpe-2', 'cpe', 2, 'refused', 'not mine', 6)",
+                &[],
+            )
+            .unwrap();
+            let (rows, latest) = rollout(db).unwrap();
+            assert_eq!(latest, Some(3), "{url}");
+            let applied: Vec<(&str, Option<u64>, Option<u64>)> = rows
+                .iter()
+                .map(|r| {
+                    (
+                        r.cpe_id.as_str(),
+                        r.fleet_policy_version,
+                        r.cpe_policy_version,
+                    )
+                })
+                .collect();
+            assert_eq!(
+                applied,
+                [
+                    ("cpe-1", Some(3), Some(2)),
+                    ("cpe-2", Some(3), None),
+                    ("cpe-3", None, None)
+                ],
+                "{url}"
+            );
+            assert_eq!(
+                rows[1].refusals,
+                [("cpe".to_string(), 2, "not mine".to_string())],
+                "{url}"
+            );
+        }
+    }
+}
