@@ -134,13 +134,14 @@ pub fn load_file(path: &Path) -> Result<Policy, PolicyServiceError> {
 ///
 /// The version comes from the database's row-locked counter
 /// ([`arbiter::publish_policy`]), so controller replicas sharing one PostgreSQL never sign
-/// two documents with one version.
+/// two documents with one version. (`store` is `&mut` for its callers' sake only; the web
+/// server signs through [`sign_in`] on its own handle.)
 ///
 /// # Errors
 /// [`PolicyServiceError`]: invalid or unsafe policy, unknown target CPE, sealing or storage
 /// failure. Nothing is stored then.
 pub fn sign(
-    store: &Store,
+    store: &mut Store,
     key: &SigningKey,
     policy: Policy,
     target: &Target,
@@ -743,7 +744,7 @@ mod tests {
             enrol(&**db, "cpe-1");
             let key = keys::generate();
             let safe = SafetyContext::default();
-            let fleet = sign(&store, &key, Policy::default(), &Target::Fleet, &safe, 1).unwrap();
+            let fleet = sign_in(db, &key, Policy::default(), &Target::Fleet, &safe, 1).unwrap();
             let cpe = sign_in(
                 db,
                 &key,
@@ -754,8 +755,8 @@ mod tests {
             )
             .unwrap();
             assert_eq!((fleet.version, cpe.version), (1, 2), "{url}");
-            let unknown = sign(
-                &store,
+            let unknown = sign_in(
+                db,
                 &key,
                 Policy::default(),
                 &Target::Cpe("nope".into()),
@@ -792,7 +793,7 @@ mod tests {
                 rate_limit_per_minute: 12,
                 ..Policy::default()
             };
-            sign(&store, &key, fleet, &Target::Fleet, &safe, 1).unwrap();
+            sign_in(db, &key, fleet, &Target::Fleet, &safe, 1).unwrap();
             assert!(
                 derived_override(db, "cpe-1", false).unwrap().is_none(),
                 "{url}"
@@ -859,8 +860,8 @@ mod tests {
                             barrier.wait();
                             (0..EACH)
                                 .map(|i| {
-                                    sign(
-                                        store,
+                                    sign_in(
+                                        store.db(),
                                         key,
                                         Policy::default(),
                                         &Target::Fleet,

@@ -216,7 +216,7 @@ pub async fn fragment(State(state): State<AppState>, headers: HeaderMap) -> Resp
         Ok(c) => c,
         Err(e) => return e.page(),
     };
-    match state.sql(|db| load(db)).await {
+    match state.sql(load).await {
         Ok(shown) => html_response(section(&caller, &staff, &shown)),
         Err(e) => e.page(),
     }
@@ -227,7 +227,7 @@ pub async fn api(State(state): State<AppState>, headers: HeaderMap) -> Response 
     if let Err(e) = auth::staff(&state, &headers, Level::Viewer).await {
         return e.api();
     }
-    let shown = match state.sql(|db| load(db)).await {
+    let shown = match state.sql(load).await {
         Ok(s) => s,
         Err(e) => return e.api(),
     };
