@@ -1059,19 +1059,7 @@ mod tests {
     }
 
     fn set_flagged(db: &std::path::Path, cpe: &str, flagged: usize, clean: usize) {
-        let conn = rusqlite::Connection::open(db).unwrap();
-        conn.execute("DELETE FROM devices WHERE cpe_id = ?1", [cpe])
-            .unwrap();
-        for i in 0..flagged + clean {
-            let verdict = if i < flagged { "infected" } else { "clean" };
-            conn.execute(
-                "INSERT INTO devices (cpe_id, mac, ips_json, verdict, severity, score, since_ms,
-                    last_seen_ms, last_fact, action, evidence_json, observed_json)
-                 VALUES (?1, ?2, '[]', ?3, 0, 0.5, 1, 1, 'report', 'monitor', '[]', '{}')",
-                rusqlite::params![cpe, format!("02:00:00:00:00:{i:02x}"), verdict],
-            )
-            .unwrap();
-        }
+        put_devices(&*crate::web::open_db(db).unwrap(), cpe, flagged, clean);
     }
 
     /// The flagged-device limit, end to end over the database: a rise within the limit
@@ -1138,9 +1126,9 @@ mod tests {
                 d => panic!("{d:?}"),
             }
             let (r, stages) = restarted
-                .db(move |conn| {
-                    let r = one(conn, id)?.unwrap();
-                    let s = stages(conn, &r)?;
+                .sql(move |db| {
+                    let r = one(db, id)?.unwrap();
+                    let s = stages(db, &r)?;
                     Ok((r, s))
                 })
                 .await
@@ -1170,12 +1158,11 @@ mod tests {
                 .unwrap();
             assert_eq!(fleet.version, v1, "the fleet saw the candidate");
             let halts: i64 = store
-                .conn()
-                .query_row(
+                .db()
+                .query_one(
                     "SELECT COUNT(*) FROM audit_log WHERE action = 'rollout_halt'
                      AND actor = ?1 AND outcome = 'ok' AND detail LIKE '%started by alice%'",
-                    [WATCH_ACTOR],
-                    |r| r.get(0),
+                    db_params![WATCH_ACTOR],
                 )
                 .unwrap();
             assert_eq!(halts, 1);
