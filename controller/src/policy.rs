@@ -29,7 +29,6 @@ use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
 use rumqttc::{AsyncClient, Event, Outgoing, Packet, QoS};
-use rusqlite::{params, Connection, OptionalExtension};
 use smtpguard_protocol::envelope::FLEET_ID;
 use smtpguard_protocol::{
     check_policy_safety, seal, Body, MacAddr, Policy, PolicyError, PolicyScope, SafetyContext,
@@ -38,7 +37,9 @@ use smtpguard_protocol::{
 
 use crate::broker::{self, BrokerError};
 use crate::config::BrokerConfig;
-use crate::store::{RolloutRow, Store, StoreError, StoredPolicy};
+use crate::db_params;
+use crate::store::db::{Db, DbError, Sql};
+use crate::store::{arbiter, RolloutRow, Store, StoreError, StoredPolicy};
 
 /// A policy could not be signed, stored or published.
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +86,12 @@ pub enum PolicyServiceError {
     Broker(#[from] BrokerError),
 }
 
+impl From<DbError> for PolicyServiceError {
+    fn from(e: DbError) -> Self {
+        PolicyServiceError::Store(StoreError::Db(e))
+    }
+}
+
 /// Who a policy is for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
@@ -125,13 +132,33 @@ pub fn load_file(path: &Path) -> Result<Policy, PolicyServiceError> {
 /// Validates `policy`, checks it is safe under `safety`, gives it the next version, signs it
 /// with `key` and stores it. The returned record holds the bytes to [`publish`].
 ///
+/// The version comes from the database's row-locked counter
+/// ([`arbiter::publish_policy`]), so controller replicas sharing one PostgreSQL never sign
+/// two documents with one version. (`store` is `&mut` for its callers' sake only; the web
+/// server signs through [`sign_in`] on its own handle.)
+///
 /// # Errors
 /// [`PolicyServiceError`]: invalid or unsafe policy, unknown target CPE, sealing or storage
 /// failure. Nothing is stored then.
 pub fn sign(
     store: &mut Store,
     key: &SigningKey,
-    mut policy: Policy,
+    policy: Policy,
+    target: &Target,
+    safety: &SafetyContext,
+    now_ms: u64,
+) -> Result<StoredPolicy, PolicyServiceError> {
+    sign_in(store.db(), key, policy, target, safety, now_ms)
+}
+
+/// [`sign`] on a database handle.
+///
+/// # Errors
+/// As [`sign`].
+pub fn sign_in(
+    db: &Db,
+    key: &SigningKey,
+    policy: Policy,
     target: &Target,
     safety: &SafetyContext,
     now_ms: u64,
@@ -139,28 +166,27 @@ pub fn sign(
     policy.validate()?;
     check_policy_safety(&policy, safety)?;
     if let Target::Cpe(id) = target {
-        if store.cpe(id)?.is_none() {
+        let known: i64 = db
+            .query_one(
+                "SELECT COUNT(*) FROM cpes WHERE cpe_id = ?1",
+                db_params![id],
+            )
+            .map_err(StoreError::from)?;
+        if known == 0 {
             return Err(PolicyServiceError::UnknownCpe(id.clone()));
         }
     }
-    let version = store.highest_policy_version()? + 1;
-    policy.policy_version = version;
     let (scope, envelope_id, cpe_id) = match target {
         Target::Fleet => (PolicyScope::Fleet, FLEET_ID, None),
-        Target::Cpe(id) => (PolicyScope::Cpe, id.as_str(), Some(id.clone())),
+        Target::Cpe(id) => (PolicyScope::Cpe, id.as_str(), Some(id.as_str())),
     };
-    let policy_json = serde_json::to_string(&policy)?;
-    let wire = seal(&Body::Policy(policy), envelope_id, version, now_ms, key)?;
-    let stored = StoredPolicy {
-        version,
-        scope,
-        cpe_id,
-        policy_json,
-        wire,
-        created_ms: now_ms,
-    };
-    store.insert_policy(&stored)?;
-    Ok(stored)
+    arbiter::publish_policy(db, scope, cpe_id, now_ms, |version| {
+        let mut policy = policy.clone();
+        policy.policy_version = version;
+        let policy_json = serde_json::to_string(&policy)?;
+        let wire = seal(&Body::Policy(policy), envelope_id, version, now_ms, key)?;
+        Ok::<_, PolicyServiceError>((policy_json, wire))
+    })
 }
 
 /// The retained topic of a stored policy.
@@ -381,15 +407,20 @@ pub const ALLOW_NOTE_MAX: usize = 500;
 /// The devices the NOC allowed on `cpe_id` (never throttled or blocked there).
 ///
 /// # Errors
-/// SQLite errors.
-pub fn allowed_devices(conn: &Connection, cpe_id: &str) -> rusqlite::Result<Vec<MacAddr>> {
-    let mut stmt =
-        conn.prepare_cached("SELECT mac FROM allowed_devices WHERE cpe_id = ?1 ORDER BY mac")?;
-    let macs = stmt
-        .query_map([cpe_id], |r| r.get::<_, String>(0))?
-        .collect::<Result<Vec<_>, _>>()?;
-    // Written only by `allow_device` from a parsed MAC; anything else is skipped.
-    Ok(macs.iter().filter_map(|m| m.parse().ok()).collect())
+/// [`DbError`].
+pub fn allowed_devices(db: &impl Sql, cpe_id: &str) -> Result<Vec<MacAddr>, DbError> {
+    let rows = db.query(
+        "SELECT mac FROM allowed_devices WHERE cpe_id = ?1 ORDER BY mac",
+        db_params![cpe_id],
+    )?;
+    let mut macs = Vec::with_capacity(rows.len());
+    for row in rows {
+        // Written only by `allow_device` from a parsed MAC; anything else is skipped.
+        if let Ok(mac) = row.get::<String>(0)?.parse() {
+            macs.push(mac);
+        }
+    }
+    Ok(macs)
 }
 
 /// `base` with `macs` added to its allowlist (each once).
@@ -404,22 +435,18 @@ pub fn with_allowed(mut base: Policy, macs: &[MacAddr]) -> Policy {
 
 /// The version of the newest per-CPE policy of `cpe_id`, and of the newest one the
 /// controller derived itself.
-fn override_versions(
-    conn: &Connection,
-    cpe_id: &str,
-) -> rusqlite::Result<(Option<i64>, Option<i64>)> {
-    let latest: Option<i64> = conn.query_row(
+fn override_versions(db: &impl Sql, cpe_id: &str) -> Result<(Option<i64>, Option<i64>), DbError> {
+    let latest: Option<i64> = db.query_one(
         "SELECT MAX(version) FROM policies WHERE scope = 'cpe' AND cpe_id = ?1",
-        [cpe_id],
-        |r| r.get(0),
+        db_params![cpe_id],
     )?;
-    let derived: Option<i64> = conn
-        .query_row(
-            "SELECT version FROM derived_overrides WHERE cpe_id = ?1",
-            [cpe_id],
-            |r| r.get(0),
-        )
-        .optional()?;
+    let derived = match db.query_opt(
+        "SELECT version FROM derived_overrides WHERE cpe_id = ?1",
+        db_params![cpe_id],
+    )? {
+        Some(row) => Some(row.get::<i64>(0)?),
+        None => None,
+    };
     Ok((latest, derived))
 }
 
@@ -428,15 +455,15 @@ fn override_versions(
 /// or runs a newer override set by hand and `keep_hand_set`.
 ///
 /// # Errors
-/// [`crate::web::WebError`] for SQLite errors or a stored policy that does not parse.
+/// [`crate::web::WebError`] for database errors or a stored policy that does not parse.
 pub fn derived_override(
-    conn: &Connection,
+    db: &impl Sql,
     cpe_id: &str,
     keep_hand_set: bool,
 ) -> Result<Option<Policy>, crate::web::WebError> {
-    let canary = crate::rollout::canary_policy_for(conn, cpe_id)?;
-    let macs = allowed_devices(conn, cpe_id)?;
-    let (latest, derived) = override_versions(conn, cpe_id)?;
+    let canary = crate::rollout::canary_policy_for(db, cpe_id)?;
+    let macs = allowed_devices(db, cpe_id)?;
+    let (latest, derived) = override_versions(db, cpe_id)?;
     if keep_hand_set && latest.is_some() && latest > derived {
         return Ok(None);
     }
@@ -445,7 +472,7 @@ pub fn derived_override(
     }
     let base = match canary {
         Some(p) => p,
-        None => crate::web::policy_editor::current_fleet_policy(conn)?,
+        None => crate::web::policy_editor::current_fleet_policy(db)?,
     };
     Ok(Some(with_allowed(base, &macs)))
 }
@@ -462,7 +489,7 @@ pub async fn rederive(
     for cpe in cpes {
         let id = cpe.clone();
         let policy = match state
-            .db(move |conn| derived_override(conn, &id, keep_hand_set))
+            .sql(move |db| derived_override(db, &id, keep_hand_set))
             .await
         {
             Ok(Some(p)) => p,
@@ -476,11 +503,11 @@ pub async fn rederive(
         if let Ok(version) = result {
             let id = cpe.clone();
             let recorded = state
-                .db(move |conn| {
-                    conn.execute(
+                .sql(move |db| {
+                    db.execute(
                         "INSERT INTO derived_overrides (cpe_id, version) VALUES (?1, ?2)
                          ON CONFLICT (cpe_id) DO UPDATE SET version = excluded.version",
-                        params![id, i64::try_from(version).unwrap_or(i64::MAX)],
+                        db_params![&id, version],
                     )?;
                     Ok(())
                 })
@@ -498,13 +525,15 @@ pub async fn rederive(
 /// fleet publish): overrides set by hand since are left alone.
 pub async fn rederive_all(state: &crate::web::AppState) -> Vec<(String, Result<u64, String>)> {
     let cpes = state
-        .db(|conn| {
-            let mut stmt = conn.prepare(
+        .sql(|db| {
+            let rows = db.query(
                 "SELECT d.cpe_id FROM derived_overrides d JOIN cpes c ON c.cpe_id = d.cpe_id
                  WHERE c.revoked_at_ms IS NULL ORDER BY d.cpe_id",
+                &[],
             )?;
-            let ids = stmt
-                .query_map([], |r| r.get::<_, String>(0))?
+            let ids = rows
+                .iter()
+                .map(|r| r.get::<String>(0))
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(ids)
         })
@@ -562,29 +591,20 @@ async fn allow_device_inner(
     let now = state.now_ms();
     let (id, who) = (cpe_id.to_string(), actor.to_string());
     state
-        .db(move |conn| {
-            let enrolled: bool = conn
-                .query_row(
-                    "SELECT COUNT(*) FROM cpes WHERE cpe_id = ?1 AND revoked_at_ms IS NULL",
-                    [&id],
-                    |r| r.get::<_, i64>(0),
-                )
-                .map(|n| n > 0)?;
-            if !enrolled {
+        .sql(move |db| {
+            let enrolled: i64 = db.query_one(
+                "SELECT COUNT(*) FROM cpes WHERE cpe_id = ?1 AND revoked_at_ms IS NULL",
+                db_params![&id],
+            )?;
+            if enrolled == 0 {
                 return Err(crate::web::WebError::NotFound);
             }
-            conn.execute(
+            db.execute(
                 "INSERT INTO allowed_devices (cpe_id, mac, note, actor, created_ms)
                  VALUES (?1, ?2, ?3, ?4, ?5)
                  ON CONFLICT (cpe_id, mac) DO UPDATE SET note = excluded.note,
                     actor = excluded.actor, created_ms = excluded.created_ms",
-                params![
-                    id,
-                    mac.to_string(),
-                    note,
-                    who,
-                    i64::try_from(now).unwrap_or(i64::MAX)
-                ],
+                db_params![&id, &mac.to_string(), &note, &who, now],
             )?;
             Ok(())
         })
@@ -697,6 +717,175 @@ mod tests {
             Err(PolicyServiceError::UnknownCpe(_))
         ));
         assert_eq!(latest_all(&store).unwrap().len(), 2);
+    }
+
+    fn enrol(db: &impl Sql, cpe_id: &str) {
+        db.execute(
+            "INSERT INTO cpes (cpe_id, public_key, enrolled_at_ms) VALUES (?1, 'k', 0)",
+            db_params![cpe_id],
+        )
+        .unwrap();
+    }
+
+    /// The versions a database holds, ascending.
+    fn stored_versions(db: &impl Sql) -> Vec<u64> {
+        db.query("SELECT version FROM policies ORDER BY version", &[])
+            .unwrap()
+            .iter()
+            .map(|r| r.get::<u64>(0).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn signing_numbers_and_stores_versions_on_both_backends() {
+        for (url, _dir) in crate::store::db::tests::backends() {
+            let store = Store::open_url(&url).unwrap();
+            let db = store.db();
+            enrol(&**db, "cpe-1");
+            let key = keys::generate();
+            let safe = SafetyContext::default();
+            let fleet = sign_in(db, &key, Policy::default(), &Target::Fleet, &safe, 1).unwrap();
+            let cpe = sign_in(
+                db,
+                &key,
+                Policy::default(),
+                &Target::Cpe("cpe-1".into()),
+                &safe,
+                2,
+            )
+            .unwrap();
+            assert_eq!((fleet.version, cpe.version), (1, 2), "{url}");
+            let unknown = sign_in(
+                db,
+                &key,
+                Policy::default(),
+                &Target::Cpe("nope".into()),
+                &safe,
+                3,
+            );
+            assert!(
+                matches!(unknown, Err(PolicyServiceError::UnknownCpe(_))),
+                "{url}"
+            );
+            assert_eq!(stored_versions(&**db), [1, 2], "{url}");
+            let stored: Option<String> = db
+                .query_one(
+                    "SELECT cpe_id FROM policies WHERE version = 2 AND scope = 'cpe'",
+                    &[],
+                )
+                .unwrap();
+            assert_eq!(stored.as_deref(), Some("cpe-1"), "{url}");
+        }
+    }
+
+    /// What a router's derived override must hold, on both backends: nothing until a
+    /// device is allowed, then the live fleet policy plus the device; a newer override set
+    /// by hand is kept when asked to.
+    #[test]
+    fn derived_overrides_follow_allowed_devices_on_both_backends() {
+        for (url, _dir) in crate::store::db::tests::backends() {
+            let store = Store::open_url(&url).unwrap();
+            let db = &**store.db();
+            enrol(db, "cpe-1");
+            let key = keys::generate();
+            let safe = SafetyContext::default();
+            let fleet = Policy {
+                rate_limit_per_minute: 12,
+                ..Policy::default()
+            };
+            sign_in(db, &key, fleet, &Target::Fleet, &safe, 1).unwrap();
+            assert!(
+                derived_override(db, "cpe-1", false).unwrap().is_none(),
+                "{url}"
+            );
+            let mac: MacAddr = "02:00:00:00:00:aa".parse().unwrap();
+            db.execute(
+                "INSERT INTO allowed_devices (cpe_id, mac, note, actor, created_ms)
+                 VALUES ('cpe-1', ?1, 'printer', 'alice', 1), ('cpe-1', 'junk', 'x', 'y', 1)",
+                db_params![&mac.to_string()],
+            )
+            .unwrap();
+            assert_eq!(allowed_devices(db, "cpe-1").unwrap(), [mac], "{url}");
+            let derived = derived_override(db, "cpe-1", false).unwrap().unwrap();
+            assert_eq!(derived.rate_limit_per_minute, 12, "{url}");
+            assert!(derived.allow_macs.contains(&mac), "{url}");
+            let signed =
+                sign_in(db, &key, derived, &Target::Cpe("cpe-1".into()), &safe, 2).unwrap();
+            db.execute(
+                "INSERT INTO derived_overrides (cpe_id, version) VALUES ('cpe-1', ?1)",
+                db_params![signed.version],
+            )
+            .unwrap();
+            assert!(
+                derived_override(db, "cpe-1", true).unwrap().is_some(),
+                "{url}"
+            );
+            // An override set by hand since: kept after a fleet publish, replaced on request.
+            sign_in(
+                db,
+                &key,
+                Policy::default(),
+                &Target::Cpe("cpe-1".into()),
+                &safe,
+                3,
+            )
+            .unwrap();
+            assert!(
+                derived_override(db, "cpe-1", true).unwrap().is_none(),
+                "{url}"
+            );
+            assert!(
+                derived_override(db, "cpe-1", false).unwrap().is_some(),
+                "{url}"
+            );
+        }
+    }
+
+    /// Two replicas (two handles on one database) publishing at the same time never sign
+    /// two documents with one version, and every version's envelope carries its number.
+    #[test]
+    fn replicas_publishing_at_once_never_repeat_a_version() {
+        const EACH: usize = 15;
+        for (url, _dir) in crate::store::db::tests::backends() {
+            let first = Store::open_url(&url).unwrap();
+            let second = Store::open_url(&url).unwrap();
+            let key = keys::generate();
+            let barrier = std::sync::Barrier::new(2);
+            let signed: Vec<Vec<StoredPolicy>> = std::thread::scope(|s| {
+                let handles: Vec<_> = [&first, &second]
+                    .into_iter()
+                    .map(|store| {
+                        let (key, barrier) = (&key, &barrier);
+                        s.spawn(move || {
+                            barrier.wait();
+                            (0..EACH)
+                                .map(|i| {
+                                    sign_in(
+                                        store.db(),
+                                        key,
+                                        Policy::default(),
+                                        &Target::Fleet,
+                                        &SafetyContext::default(),
+                                        i as u64,
+                                    )
+                                    .unwrap()
+                                })
+                                .collect()
+                        })
+                    })
+                    .collect();
+                handles.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            let mut versions: Vec<u64> = signed.iter().flatten().map(|p| p.version).collect();
+            versions.sort_unstable();
+            let expected: Vec<u64> = (1..=2 * EACH as u64).collect();
+            assert_eq!(versions, expected, "{url}");
+            assert_eq!(stored_versions(&**first.db()), expected, "{url}");
+            for p in signed.iter().flatten() {
+                let opened = open(&p.wire).unwrap();
+                assert_eq!(opened.header().seq, p.version, "{url}");
+            }
+        }
     }
 
     /// Finding row 3 of issue 17: garbage, an older validly signed version and a planted

@@ -28,10 +28,11 @@
 
 use std::time::Duration;
 
-use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 use smtpguard_protocol::Policy;
 
+use crate::db_params;
+use crate::store::db::{Param, Sql};
 use crate::web::{AppState, WebError};
 
 /// The audit log's actor for steps the watch takes by itself.
@@ -340,10 +341,6 @@ pub fn decide(rollout: &Rollout, canary: &Stage, flagged: Flagged, now_ms: u64) 
 
 // ---- database ----
 
-fn to_i64(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
-}
-
 fn from_i64(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
@@ -352,66 +349,35 @@ const COLUMNS: &str = "id, status, candidate_json, source_text, note, base_versi
     max_refusals, max_flagged_rise, promote_after_secs, flagged_before, started_by, started_ms,
     ended_by, ended_ms, end_reason, fleet_version";
 
-fn read(conn: &Connection, filter: &str, arg: i64) -> Result<Vec<Rollout>, WebError> {
-    let mut stmt = conn.prepare_cached(&format!("SELECT {COLUMNS} FROM rollouts {filter}"))?;
-    let rows = stmt.query_map([arg], |r| {
-        Ok((
-            (
-                r.get::<_, i64>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, Option<String>>(3)?,
-                r.get::<_, String>(4)?,
-                r.get::<_, Option<i64>>(5)?,
-                r.get::<_, String>(6)?,
-            ),
-            (
-                r.get::<_, i64>(7)?,
-                r.get::<_, f64>(8)?,
-                r.get::<_, Option<i64>>(9)?,
-                r.get::<_, f64>(10)?,
-                r.get::<_, String>(11)?,
-                r.get::<_, i64>(12)?,
-            ),
-            (
-                r.get::<_, Option<String>>(13)?,
-                r.get::<_, Option<i64>>(14)?,
-                r.get::<_, Option<String>>(15)?,
-                r.get::<_, Option<i64>>(16)?,
-            ),
-        ))
-    })?;
-    let mut out = Vec::new();
-    for row in rows {
-        let (
-            (id, status, candidate, source_text, note, base, cohort),
-            (max_refusals, max_rise, promote_after, before, by, started),
-            (ended_by, ended_ms, end_reason, fleet_version),
-        ) = row?;
-        let candidate: Policy = serde_json::from_str(&candidate)
+fn read(db: &impl Sql, filter: &str, params: &[Param<'_>]) -> Result<Vec<Rollout>, WebError> {
+    let rows = db.query(&format!("SELECT {COLUMNS} FROM rollouts {filter}"), params)?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        let id: i64 = r.get(0)?;
+        let candidate: Policy = serde_json::from_str(&r.get::<String>(2)?)
             .map_err(|e| WebError::Internal(format!("rollout {id} candidate: {e}")))?;
-        let cohort: Vec<String> = serde_json::from_str(&cohort)
+        let cohort: Vec<String> = serde_json::from_str(&r.get::<String>(6)?)
             .map_err(|e| WebError::Internal(format!("rollout {id} cohort: {e}")))?;
         out.push(Rollout {
             id,
-            status: Status::parse(&status),
+            status: Status::parse(&r.get::<String>(1)?),
             candidate,
-            source_text,
-            note,
-            base_version: base.map(from_i64),
+            source_text: r.get(3)?,
+            note: r.get(4)?,
+            base_version: r.get::<Option<i64>>(5)?.map(from_i64),
             cohort,
             limits: Limits {
-                max_refusals: u32::try_from(max_refusals).unwrap_or(0),
-                max_flagged_rise: max_rise,
-                promote_after_secs: promote_after.map(from_i64),
+                max_refusals: u32::try_from(r.get::<i64>(7)?).unwrap_or(0),
+                max_flagged_rise: r.get(8)?,
+                promote_after_secs: r.get::<Option<i64>>(9)?.map(from_i64),
             },
-            flagged_before: before,
-            started_by: by,
-            started_ms: from_i64(started),
-            ended_by,
-            ended_ms: ended_ms.map(from_i64),
-            end_reason,
-            fleet_version: fleet_version.map(from_i64),
+            flagged_before: r.get(10)?,
+            started_by: r.get(11)?,
+            started_ms: from_i64(r.get(12)?),
+            ended_by: r.get(13)?,
+            ended_ms: r.get::<Option<i64>>(14)?.map(from_i64),
+            end_reason: r.get(15)?,
+            fleet_version: r.get::<Option<i64>>(16)?.map(from_i64),
         });
     }
     Ok(out)
@@ -420,28 +386,28 @@ fn read(conn: &Connection, filter: &str, arg: i64) -> Result<Vec<Rollout>, WebEr
 /// The rollout in its canary stage, if any.
 ///
 /// # Errors
-/// SQLite errors or a stored rollout that no longer parses.
-pub fn canary(conn: &Connection) -> Result<Option<Rollout>, WebError> {
-    Ok(read(conn, "WHERE status = 'canary' AND ?1 = ?1", 0)?.pop())
+/// Database errors or a stored rollout that no longer parses.
+pub fn canary(db: &impl Sql) -> Result<Option<Rollout>, WebError> {
+    Ok(read(db, "WHERE status = 'canary'", &[])?.pop())
 }
 
 /// Rollout `id`.
 ///
 /// # Errors
 /// As [`canary`].
-pub fn one(conn: &Connection, id: i64) -> Result<Option<Rollout>, WebError> {
-    Ok(read(conn, "WHERE id = ?1", id)?.pop())
+pub fn one(db: &impl Sql, id: i64) -> Result<Option<Rollout>, WebError> {
+    Ok(read(db, "WHERE id = ?1", db_params![id])?.pop())
 }
 
 /// The newest `limit` rollouts, newest first.
 ///
 /// # Errors
 /// As [`canary`].
-pub fn list(conn: &Connection, limit: usize) -> Result<Vec<Rollout>, WebError> {
+pub fn list(db: &impl Sql, limit: usize) -> Result<Vec<Rollout>, WebError> {
     read(
-        conn,
+        db,
         "ORDER BY id DESC LIMIT ?1",
-        i64::try_from(limit).unwrap_or(i64::MAX),
+        db_params![i64::try_from(limit).unwrap_or(i64::MAX)],
     )
 }
 
@@ -450,8 +416,8 @@ pub fn list(conn: &Connection, limit: usize) -> Result<Vec<Rollout>, WebError> {
 ///
 /// # Errors
 /// As [`canary`].
-pub fn canary_policy_for(conn: &Connection, cpe_id: &str) -> Result<Option<Policy>, WebError> {
-    Ok(canary(conn)?
+pub fn canary_policy_for(db: &impl Sql, cpe_id: &str) -> Result<Option<Policy>, WebError> {
+    Ok(canary(db)?
         .filter(|r| r.cohort.iter().any(|c| c == cpe_id))
         .map(|r| r.candidate))
 }
@@ -459,54 +425,61 @@ pub fn canary_policy_for(conn: &Connection, cpe_id: &str) -> Result<Option<Polic
 /// Share of flagged devices on `cpes`' routers, from each device's newest verdict.
 ///
 /// # Errors
-/// SQLite errors.
-pub fn flagged(conn: &Connection, cpes: &[String]) -> Result<Flagged, WebError> {
+/// Database errors.
+pub fn flagged(db: &impl Sql, cpes: &[String]) -> Result<Flagged, WebError> {
     let mut out = Flagged {
         flagged: 0,
         devices: 0,
     };
-    let mut stmt = conn.prepare_cached(
-        "SELECT COUNT(*), COALESCE(SUM(verdict IN ('suspicious', 'infected')), 0)
-         FROM devices WHERE cpe_id = ?1",
-    )?;
     for cpe in cpes {
-        let (all, bad): (i64, i64) = stmt.query_row([cpe], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        out.devices += from_i64(all);
-        out.flagged += from_i64(bad);
+        let row = db.query_opt(
+            "SELECT COUNT(*),
+                CAST(COALESCE(SUM(CASE WHEN verdict IN ('suspicious', 'infected')
+                    THEN 1 ELSE 0 END), 0) AS BIGINT)
+             FROM devices WHERE cpe_id = ?1",
+            db_params![cpe],
+        )?;
+        if let Some(row) = row {
+            out.devices += from_i64(row.get(0)?);
+            out.flagged += from_i64(row.get(1)?);
+        }
     }
     Ok(out)
 }
 
 /// How `cpe_id` stands with `version` of `scope` (`fleet` or `cpe`).
 fn target_state(
-    conn: &Connection,
+    db: &impl Sql,
     cpe_id: &str,
     scope: &str,
     version: u64,
 ) -> Result<TargetState, WebError> {
-    let refused: Option<String> = conn
-        .prepare_cached(
-            "SELECT COALESCE(reason, '') FROM policy_acks
-             WHERE cpe_id = ?1 AND scope = ?2 AND version = ?3 AND outcome = 'refused'",
-        )?
-        .query_row(params![cpe_id, scope, to_i64(version)], |r| r.get(0))
-        .optional()?;
-    if let Some(why) = refused {
-        return Ok(TargetState::Refused(why));
+    let refused = db.query_opt(
+        "SELECT COALESCE(reason, '') FROM policy_acks
+         WHERE cpe_id = ?1 AND scope = ?2 AND version = ?3 AND outcome = 'refused'",
+        db_params![cpe_id, scope, version],
+    )?;
+    if let Some(row) = refused {
+        return Ok(TargetState::Refused(row.get(0)?));
     }
     let column = if scope == "fleet" {
         "fleet_policy_version"
     } else {
         "cpe_policy_version"
     };
-    let applied: i64 = conn
-        .prepare_cached(&format!(
-            "SELECT MAX(
-                COALESCE((SELECT MAX(version) FROM policy_acks
-                  WHERE cpe_id = ?1 AND scope = ?2 AND outcome = 'applied'), 0),
-                COALESCE((SELECT {column} FROM cpe_state WHERE cpe_id = ?1), 0))"
-        ))?
-        .query_row(params![cpe_id, scope], |r| r.get(0))?;
+    let acked: Option<i64> = db.query_one(
+        "SELECT MAX(version) FROM policy_acks
+         WHERE cpe_id = ?1 AND scope = ?2 AND outcome = 'applied'",
+        db_params![cpe_id, scope],
+    )?;
+    let reported = match db.query_opt(
+        &format!("SELECT {column} FROM cpe_state WHERE cpe_id = ?1"),
+        db_params![cpe_id],
+    )? {
+        Some(row) => row.get::<Option<i64>>(0)?,
+        None => None,
+    };
+    let applied = acked.unwrap_or(0).max(reported.unwrap_or(0));
     Ok(if from_i64(applied) >= version {
         TargetState::Applied
     } else {
@@ -517,26 +490,23 @@ fn target_state(
 /// The stages of `rollout` so far, in order: canary, then fleet (promoted) or restore.
 ///
 /// # Errors
-/// SQLite errors.
-pub fn stages(conn: &Connection, rollout: &Rollout) -> Result<Vec<Stage>, WebError> {
+/// Database errors.
+pub fn stages(db: &impl Sql, rollout: &Rollout) -> Result<Vec<Stage>, WebError> {
     let mut out = Vec::new();
     for name in ["canary", "restore"] {
-        let mut stmt = conn.prepare_cached(
+        let rows = db.query(
             "SELECT cpe_id, MAX(version) FROM rollout_targets
              WHERE rollout_id = ?1 AND stage = ?2 GROUP BY cpe_id ORDER BY cpe_id",
+            db_params![rollout.id, name],
         )?;
-        let rows = stmt
-            .query_map(params![rollout.id, name], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
-            })?
-            .collect::<Result<Vec<_>, _>>()?;
         if rows.is_empty() {
             continue;
         }
-        let mut targets = Vec::new();
-        for (cpe, version) in rows {
-            let version = from_i64(version);
-            let state = target_state(conn, &cpe, "cpe", version)?;
+        let mut targets = Vec::with_capacity(rows.len());
+        for row in rows {
+            let cpe: String = row.get(0)?;
+            let version = from_i64(row.get(1)?);
+            let state = target_state(db, &cpe, "cpe", version)?;
             targets.push(Target {
                 cpe_id: cpe,
                 version,
@@ -553,15 +523,9 @@ pub fn stages(conn: &Connection, rollout: &Rollout) -> Result<Vec<Stage>, WebErr
         });
     }
     if let Some(version) = rollout.fleet_version {
-        let mut stmt = conn.prepare_cached(
-            "SELECT cpe_id FROM cpes WHERE revoked_at_ms IS NULL ORDER BY cpe_id",
-        )?;
-        let cpes = stmt
-            .query_map([], |r| r.get::<_, String>(0))?
-            .collect::<Result<Vec<_>, _>>()?;
         let mut targets = Vec::new();
-        for cpe in cpes {
-            let state = target_state(conn, &cpe, "fleet", version)?;
+        for cpe in enrolled(db)? {
+            let state = target_state(db, &cpe, "fleet", version)?;
             targets.push(Target {
                 cpe_id: cpe,
                 version,
@@ -576,18 +540,30 @@ pub fn stages(conn: &Connection, rollout: &Rollout) -> Result<Vec<Stage>, WebErr
     Ok(out)
 }
 
+/// The routers not revoked, by id.
+fn enrolled(db: &impl Sql) -> Result<Vec<String>, WebError> {
+    let rows = db.query(
+        "SELECT cpe_id FROM cpes WHERE revoked_at_ms IS NULL ORDER BY cpe_id",
+        &[],
+    )?;
+    Ok(rows
+        .iter()
+        .map(|r| r.get::<String>(0))
+        .collect::<Result<Vec<_>, _>>()?)
+}
+
 fn record_targets(
-    conn: &Connection,
+    db: &impl Sql,
     rollout_id: i64,
     stage: &str,
     signed: &[(String, Result<u64, String>)],
 ) -> Result<(), WebError> {
     for (cpe, result) in signed {
         if let Ok(version) = result {
-            conn.execute(
-                "INSERT OR IGNORE INTO rollout_targets (rollout_id, stage, cpe_id, version)
-                 VALUES (?1, ?2, ?3, ?4)",
-                params![rollout_id, stage, cpe, to_i64(*version)],
+            db.execute(
+                "INSERT INTO rollout_targets (rollout_id, stage, cpe_id, version)
+                 VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
+                db_params![rollout_id, stage, cpe, *version],
             )?;
         }
     }
@@ -597,17 +573,17 @@ fn record_targets(
 /// Ends the canary stage of rollout `id` as `status`, unless something else ended it
 /// first; `true` when this call did.
 fn claim(
-    conn: &Connection,
+    db: &impl Sql,
     id: i64,
     status: Status,
     actor: &str,
     reason: Option<&str>,
     now_ms: u64,
 ) -> Result<bool, WebError> {
-    let n = conn.execute(
+    let n = db.execute(
         "UPDATE rollouts SET status = ?2, ended_by = ?3, ended_ms = ?4, end_reason = ?5
          WHERE id = ?1 AND status = 'canary'",
-        params![id, status.as_str(), actor, to_i64(now_ms), reason],
+        db_params![id, status.as_str(), actor, now_ms, reason],
     )?;
     Ok(n == 1)
 }
@@ -703,14 +679,14 @@ async fn start_inner(
     let now = state.now_ms();
     let (actor_s, req) = (actor.to_string(), request.clone());
     let (id, cohort) = state
-        .db(move |conn| {
-            if let Some(r) = canary(conn)? {
+        .sql(move |db| {
+            if let Some(r) = canary(db)? {
                 return Err(WebError::BadRequest(format!(
                     "rollout {} is in its canary stage: promote it or roll it back first",
                     r.id
                 )));
             }
-            let live = crate::web::policy_editor::current_fleet_policy(conn)?;
+            let live = crate::web::policy_editor::current_fleet_policy(db)?;
             let mut a = req.candidate.clone();
             a.policy_version = 0;
             let mut b = live;
@@ -721,44 +697,40 @@ async fn start_inner(
                     "the candidate changes nothing from the live version".into(),
                 ));
             }
-            let mut stmt = conn
-                .prepare("SELECT cpe_id FROM cpes WHERE revoked_at_ms IS NULL ORDER BY cpe_id")?;
-            let enrolled = stmt
-                .query_map([], |r| r.get::<_, String>(0))?
-                .collect::<Result<Vec<_>, _>>()?;
-            let cohort = pick(&enrolled, &req.cohort).map_err(WebError::BadRequest)?;
-            let before = flagged(conn, &cohort)?.percent();
+            let cohort = pick(&enrolled(db)?, &req.cohort).map_err(WebError::BadRequest)?;
+            let before = flagged(db, &cohort)?.percent();
             let candidate_json = serde_json::to_string(&req.candidate)
                 .map_err(|e| WebError::Internal(e.to_string()))?;
             let cohort_json =
                 serde_json::to_string(&cohort).map_err(|e| WebError::Internal(e.to_string()))?;
-            conn.execute(
+            let id: i64 = db.query_one(
                 "INSERT INTO rollouts (status, candidate_json, source_text, note, base_version,
                     cohort_json, max_refusals, max_flagged_rise, promote_after_secs,
                     flagged_before, started_by, started_ms)
-                 VALUES ('canary', ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-                params![
-                    candidate_json,
-                    req.source_text,
-                    note,
-                    base_version.map(to_i64),
-                    cohort_json,
-                    i64::from(req.limits.max_refusals),
+                 VALUES ('canary', ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+                 RETURNING id",
+                db_params![
+                    &candidate_json,
+                    req.source_text.as_ref(),
+                    &note,
+                    base_version,
+                    &cohort_json,
+                    req.limits.max_refusals,
                     req.limits.max_flagged_rise,
-                    req.limits.promote_after_secs.map(to_i64),
+                    req.limits.promote_after_secs,
                     before,
-                    actor_s,
-                    to_i64(now)
+                    &actor_s,
+                    now
                 ],
             )?;
-            Ok((conn.last_insert_rowid(), cohort))
+            Ok((id, cohort))
         })
         .await
         .map_err(|e| e.to_string())?;
     let signed = crate::policy::rederive(state, cohort.clone(), false).await;
     let failed = failures(&signed);
     state
-        .db(move |conn| record_targets(conn, id, "canary", &signed))
+        .sql(move |db| record_targets(db, id, "canary", &signed))
         .await
         .map_err(|e| e.to_string())?;
     Ok((id, cohort, failed))
@@ -775,17 +747,17 @@ pub async fn promote(state: &AppState, actor: &str, id: i64) -> Result<u64, Stri
     let now = state.now_ms();
     let who = actor.to_string();
     let claimed = state
-        .db(move |conn| {
-            let Some(r) = one(conn, id)? else {
+        .sql(move |db| {
+            let Some(r) = one(db, id)? else {
                 return Err(WebError::NotFound);
             };
-            if !claim(conn, id, Status::Promoted, &who, None, now)? {
+            if !claim(db, id, Status::Promoted, &who, None, now)? {
                 return Err(WebError::BadRequest(format!(
                     "rollout {id} is not in its canary stage ({})",
                     r.status.as_str()
                 )));
             }
-            Ok((r, crate::web::policy_editor::current_fleet_policy(conn)?))
+            Ok((r, crate::web::policy_editor::current_fleet_policy(db)?))
         })
         .await;
     let (rollout, before) = match claimed {
@@ -821,10 +793,10 @@ pub async fn promote(state: &AppState, actor: &str, id: i64) -> Result<u64, Stri
             crate::web::policy_editor::remember(state, version, text, note, actor.to_string())
                 .await;
             let kept = state
-                .db(move |conn| {
-                    conn.execute(
+                .sql(move |db| {
+                    db.execute(
                         "UPDATE rollouts SET fleet_version = ?2 WHERE id = ?1",
-                        params![id, to_i64(version)],
+                        db_params![id, version],
                     )?;
                     Ok(())
                 })
@@ -836,11 +808,11 @@ pub async fn promote(state: &AppState, actor: &str, id: i64) -> Result<u64, Stri
         }
         Err(e) => {
             let reopened = state
-                .db(move |conn| {
-                    conn.execute(
+                .sql(move |db| {
+                    db.execute(
                         "UPDATE rollouts SET status = 'canary', ended_by = NULL, ended_ms = NULL
                          WHERE id = ?1 AND status = 'promoted' AND fleet_version IS NULL",
-                        [id],
+                        db_params![id],
                     )?;
                     Ok(())
                 })
@@ -875,11 +847,11 @@ pub async fn roll_back(
     let now = state.now_ms();
     let (who, why) = (actor.to_string(), reason.to_string());
     let claimed = state
-        .db(move |conn| {
-            let Some(r) = one(conn, id)? else {
+        .sql(move |db| {
+            let Some(r) = one(db, id)? else {
                 return Err(WebError::NotFound);
             };
-            if !claim(conn, id, status, &who, Some(&why), now)? {
+            if !claim(db, id, status, &who, Some(&why), now)? {
                 return Err(WebError::BadRequest(format!(
                     "rollout {id} is not in its canary stage ({})",
                     r.status.as_str()
@@ -911,7 +883,7 @@ pub async fn roll_back(
         .filter_map(|(cpe, r)| r.as_ref().ok().map(|v| format!("{cpe} v{v}")))
         .collect();
     let recorded = state
-        .db(move |conn| record_targets(conn, id, "restore", &signed))
+        .sql(move |db| record_targets(db, id, "restore", &signed))
         .await;
     if let Err(e) = recorded {
         tracing::error!(rollout = id, error = %e, "could not record the restore versions");
@@ -947,18 +919,18 @@ pub async fn roll_back(
 pub async fn check(state: &AppState) -> Result<Decision, String> {
     let now = state.now_ms();
     let found = state
-        .db(move |conn| {
-            let Some(r) = canary(conn)? else {
+        .sql(move |db| {
+            let Some(r) = canary(db)? else {
                 return Ok(None);
             };
-            let stage = stages(conn, &r)?
+            let stage = stages(db, &r)?
                 .into_iter()
                 .find(|s| s.name == "canary")
                 .unwrap_or(Stage {
                     name: "canary",
                     targets: Vec::new(),
                 });
-            let f = flagged(conn, &r.cohort)?;
+            let f = flagged(db, &r.cohort)?;
             Ok(Some((r, stage, f)))
         })
         .await
@@ -1087,19 +1059,7 @@ mod tests {
     }
 
     fn set_flagged(db: &std::path::Path, cpe: &str, flagged: usize, clean: usize) {
-        let conn = rusqlite::Connection::open(db).unwrap();
-        conn.execute("DELETE FROM devices WHERE cpe_id = ?1", [cpe])
-            .unwrap();
-        for i in 0..flagged + clean {
-            let verdict = if i < flagged { "infected" } else { "clean" };
-            conn.execute(
-                "INSERT INTO devices (cpe_id, mac, ips_json, verdict, severity, score, since_ms,
-                    last_seen_ms, last_fact, action, evidence_json, observed_json)
-                 VALUES (?1, ?2, '[]', ?3, 0, 0.5, 1, 1, 'report', 'monitor', '[]', '{}')",
-                params![cpe, format!("02:00:00:00:00:{i:02x}"), verdict],
-            )
-            .unwrap();
-        }
+        put_devices(&*crate::web::open_db(db).unwrap(), cpe, flagged, clean);
     }
 
     /// The flagged-device limit, end to end over the database: a rise within the limit
@@ -1166,9 +1126,9 @@ mod tests {
                 d => panic!("{d:?}"),
             }
             let (r, stages) = restarted
-                .db(move |conn| {
-                    let r = one(conn, id)?.unwrap();
-                    let s = stages(conn, &r)?;
+                .sql(move |db| {
+                    let r = one(db, id)?.unwrap();
+                    let s = stages(db, &r)?;
                     Ok((r, s))
                 })
                 .await
@@ -1198,18 +1158,223 @@ mod tests {
                 .unwrap();
             assert_eq!(fleet.version, v1, "the fleet saw the candidate");
             let halts: i64 = store
-                .conn()
-                .query_row(
+                .db()
+                .query_one(
                     "SELECT COUNT(*) FROM audit_log WHERE action = 'rollout_halt'
                      AND actor = ?1 AND outcome = 'ok' AND detail LIKE '%started by alice%'",
-                    [WATCH_ACTOR],
-                    |r| r.get(0),
+                    db_params![WATCH_ACTOR],
                 )
                 .unwrap();
             assert_eq!(halts, 1);
             // Nothing left to watch.
             assert_eq!(check(&restarted).await.unwrap(), Decision::Wait);
         });
+    }
+
+    /// Signs into a database handle like `serve`'s publisher, without a broker.
+    struct SignInto {
+        db: std::sync::Arc<crate::store::db::Db>,
+        key: ed25519_dalek::SigningKey,
+    }
+
+    impl crate::web::PolicyPublisher for SignInto {
+        fn publish(
+            &self,
+            policy: Policy,
+            cpe_id: Option<String>,
+        ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<u64, String>> + Send + '_>>
+        {
+            let (db, key) = (std::sync::Arc::clone(&self.db), self.key.clone());
+            Box::pin(async move {
+                let target =
+                    cpe_id.map_or(crate::policy::Target::Fleet, crate::policy::Target::Cpe);
+                tokio::task::spawn_blocking(move || {
+                    crate::policy::sign_in(
+                        &db,
+                        &key,
+                        policy,
+                        &target,
+                        &smtpguard_protocol::SafetyContext::default(),
+                        1,
+                    )
+                    .map(|p| p.version)
+                    .map_err(|e| e.to_string())
+                })
+                .await
+                .map_err(|e| e.to_string())?
+            })
+        }
+    }
+
+    fn put_devices(db: &impl Sql, cpe: &str, flagged: usize, clean: usize) {
+        db.execute("DELETE FROM devices WHERE cpe_id = ?1", db_params![cpe])
+            .unwrap();
+        for i in 0..flagged + clean {
+            let verdict = if i < flagged { "infected" } else { "clean" };
+            db.execute(
+                "INSERT INTO devices (cpe_id, mac, ips_json, verdict, severity, score, since_ms,
+                    last_seen_ms, last_fact, action, evidence_json, observed_json)
+                 VALUES (?1, ?2, '[]', ?3, 0, 0.5, 1, 1, 'report', 'monitor', '[]', '{}')",
+                db_params![cpe, &format!("02:00:00:00:00:{i:02x}"), verdict],
+            )
+            .unwrap();
+        }
+    }
+
+    /// The newest per-CPE policy's rate limit on `cpe`.
+    fn cpe_rate(db: &impl Sql, cpe: &str) -> Option<u32> {
+        let json: Option<String> = db
+            .query_opt(
+                "SELECT policy_json FROM policies WHERE scope = 'cpe' AND cpe_id = ?1
+                 ORDER BY version DESC LIMIT 1",
+                db_params![cpe],
+            )
+            .unwrap()
+            .map(|r| r.get(0).unwrap());
+        json.map(|j| {
+            serde_json::from_str::<Policy>(&j)
+                .unwrap()
+                .rate_limit_per_minute
+        })
+    }
+
+    /// A rollout's whole life on both backends: started (the cohort gets the candidate),
+    /// halted by a refusal (the cohort is restored), then another promoted (the fleet
+    /// policy becomes the candidate and its stage lists every router).
+    #[test]
+    fn rollouts_start_halt_and_promote_on_both_backends() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        for (url, _dir) in crate::store::db::tests::backends() {
+            let store = crate::store::Store::open_url(&url).unwrap();
+            let db = std::sync::Arc::clone(store.db());
+            for i in 0..4 {
+                db.execute(
+                    "INSERT INTO cpes (cpe_id, public_key, enrolled_at_ms) VALUES (?1, 'k', 0)",
+                    db_params![&format!("cpe-{i}")],
+                )
+                .unwrap();
+                put_devices(&*db, &format!("cpe-{i}"), 0, 5);
+            }
+            let state = AppState::new(
+                std::sync::Arc::clone(&db),
+                crate::web::WebSettings::new("rollout-test-token-0123"),
+                std::sync::Arc::new(SignInto {
+                    db: std::sync::Arc::clone(&db),
+                    key: smtpguard_protocol::keys::generate(),
+                }),
+                std::sync::Arc::new(|| 10_000),
+            );
+            let request = |rate: u32| Request {
+                candidate: Policy {
+                    rate_limit_per_minute: rate,
+                    ..Policy::default()
+                },
+                source_text: Some(format!("rate_limit_per_minute = {rate}")),
+                note: "canary".into(),
+                cohort: Cohort::Named(vec!["cpe-1".into(), "cpe-2".into()]),
+                limits: Limits {
+                    max_refusals: 0,
+                    max_flagged_rise: 10.0,
+                    promote_after_secs: None,
+                },
+            };
+            let fleet = Policy {
+                rate_limit_per_minute: 7,
+                ..Policy::default()
+            };
+            assert_eq!(rt.block_on(state.policy.publish(fleet, None)).unwrap(), 1);
+            put_devices(&*db, "cpe-1", 1, 4);
+            let id = rt.block_on(start(&state, "alice", request(30))).unwrap();
+            let r = canary(&*db).unwrap().unwrap();
+            assert_eq!((r.id, r.status), (id, Status::Canary), "{url}");
+            assert_eq!(r.source_text.as_deref(), Some("rate_limit_per_minute = 30"));
+            assert_eq!(r.flagged_before, 10.0, "{url}");
+            assert_eq!(
+                canary_policy_for(&*db, "cpe-2")
+                    .unwrap()
+                    .unwrap()
+                    .rate_limit_per_minute,
+                30
+            );
+            assert!(canary_policy_for(&*db, "cpe-0").unwrap().is_none(), "{url}");
+            assert_eq!(cpe_rate(&*db, "cpe-1"), Some(30), "{url}");
+            let f = flagged(&*db, &r.cohort).unwrap();
+            assert_eq!((f.flagged, f.devices), (1, 10), "{url}");
+            let stage = &stages(&*db, &r).unwrap()[0];
+            assert_eq!(stage.name, "canary");
+            assert!(
+                stage.targets.iter().all(|t| t.state == TargetState::Behind),
+                "{url}"
+            );
+            // cpe-2 applied its version; cpe-1 refused its own.
+            let version_of = |cpe: &str| {
+                stage
+                    .targets
+                    .iter()
+                    .find(|t| t.cpe_id == cpe)
+                    .unwrap()
+                    .version
+            };
+            db.execute(
+                "INSERT INTO policy_acks (cpe_id, scope, version, outcome, reason, at_ms)
+                 VALUES ('cpe-2', 'cpe', ?1, 'applied', NULL, 1),
+                        ('cpe-1', 'cpe', ?2, 'refused', 'covers relay', 1)",
+                db_params![version_of("cpe-2"), version_of("cpe-1")],
+            )
+            .unwrap();
+            let states: Vec<TargetState> = stages(&*db, &r).unwrap()[0]
+                .targets
+                .iter()
+                .map(|t| t.state.clone())
+                .collect();
+            assert_eq!(
+                states,
+                [
+                    TargetState::Refused("covers relay".into()),
+                    TargetState::Applied
+                ],
+                "{url}"
+            );
+            match rt.block_on(check(&state)).unwrap() {
+                Decision::Halt(why) => assert!(why.contains("cpe-1 refused"), "{why}"),
+                d => panic!("{url}: {d:?}"),
+            }
+            let r = one(&*db, id).unwrap().unwrap();
+            assert_eq!(r.status, Status::Halted, "{url}");
+            assert_eq!(r.ended_by.as_deref(), Some(WATCH_ACTOR), "{url}");
+            let names: Vec<&str> = stages(&*db, &r).unwrap().iter().map(|s| s.name).collect();
+            assert_eq!(names, ["canary", "restore"], "{url}");
+            assert_eq!(cpe_rate(&*db, "cpe-1"), Some(7), "{url}");
+            assert!(canary(&*db).unwrap().is_none(), "{url}");
+
+            let second = rt.block_on(start(&state, "alice", request(40))).unwrap();
+            let version = rt.block_on(promote(&state, "bob", second)).unwrap();
+            let r = one(&*db, second).unwrap().unwrap();
+            assert_eq!(
+                (r.status, r.fleet_version),
+                (Status::Promoted, Some(version)),
+                "{url}"
+            );
+            let live = crate::web::policy_editor::current_fleet_policy(&*db).unwrap();
+            assert_eq!(live.rate_limit_per_minute, 40, "{url}");
+            let fleet_stage = stages(&*db, &r).unwrap().pop().unwrap();
+            assert_eq!(
+                (fleet_stage.name, fleet_stage.targets.len()),
+                ("fleet", 4),
+                "{url}"
+            );
+            // Promoted overrides are re-derived from the new fleet version.
+            assert_eq!(cpe_rate(&*db, "cpe-2"), Some(40), "{url}");
+            assert!(
+                rt.block_on(promote(&state, "bob", second)).is_err(),
+                "{url}"
+            );
+            let listed: Vec<i64> = list(&*db, 5).unwrap().iter().map(|r| r.id).collect();
+            assert_eq!(listed, [second, id], "{url}");
+        }
     }
 
     #[test]

@@ -19,6 +19,9 @@ pub enum VerdictError {
     /// SQLite reported an error.
     #[error("database: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// The backend-neutral database layer reported an error.
+    #[error("database: {0}")]
+    Db(#[from] crate::store::db::DbError),
     /// A stored value is not what the schema promises.
     #[error("corrupt value in {column}: {detail}")]
     Corrupt {
@@ -540,29 +543,13 @@ fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-type RawAlert = (
-    String,
-    String,
-    i64,
-    String,
-    String,
-    f64,
-    String,
-    Option<i64>,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-);
-
 /// Alerts of one CPE (or all when `None`) at or after `since_ms`, oldest first, at most
 /// `limit` (the newest kept).
 ///
 /// # Errors
 /// [`VerdictError`] on SQLite errors or corrupt rows.
 pub fn load_alerts(
-    conn: &Connection,
+    conn: &impl crate::store::db::Sql,
     cpe_id: Option<&str>,
     since_ms: u64,
     limit: u32,
@@ -575,7 +562,7 @@ pub fn load_alerts(
 /// # Errors
 /// [`VerdictError`] on SQLite errors or corrupt rows.
 pub fn device_alerts(
-    conn: &Connection,
+    conn: &impl crate::store::db::Sql,
     cpe_id: &str,
     mac: &str,
     limit: u32,
@@ -584,53 +571,36 @@ pub fn device_alerts(
 }
 
 fn alerts_where(
-    conn: &Connection,
+    db: &impl crate::store::db::Sql,
     cpe_id: Option<&str>,
     mac: Option<&str>,
     since_ms: u64,
     limit: u32,
 ) -> Result<Vec<AlertRow>, VerdictError> {
-    let mut stmt = conn.prepare_cached(
+    let rows = db.query(
         "SELECT * FROM (SELECT cpe_id, mac, at_ms, previous, verdict, score, action, action_until_ms,
                 hostname, vendor, ips_json, evidence_json, observed_json
-         FROM alerts WHERE (?1 IS NULL OR cpe_id = ?1) AND (?4 IS NULL OR mac = ?4) AND at_ms >= ?2
-         ORDER BY at_ms DESC, id DESC LIMIT ?3) ORDER BY at_ms",
+         FROM alerts WHERE (CAST(?1 AS TEXT) IS NULL OR cpe_id = ?1)
+           AND (CAST(?4 AS TEXT) IS NULL OR mac = ?4) AND at_ms >= ?2
+         ORDER BY at_ms DESC, id DESC LIMIT ?3) newest ORDER BY at_ms",
+        crate::db_params![cpe_id, since_ms, limit, mac],
     )?;
-    let rows = stmt.query_map(params![cpe_id, to_i64(since_ms), limit, mac], |r| {
-        Ok((
-            r.get(0)?,
-            r.get(1)?,
-            r.get(2)?,
-            r.get(3)?,
-            r.get(4)?,
-            r.get(5)?,
-            r.get(6)?,
-            r.get(7)?,
-            r.get(8)?,
-            r.get(9)?,
-            r.get(10)?,
-            r.get(11)?,
-            r.get(12)?,
-        ))
-    })?;
-    let mut out = Vec::new();
-    for row in rows {
-        let raw: RawAlert = row?;
-        let (cpe, mac, at, prev, verdict, score, action, until, host, vendor, ips, ev, obs) = raw;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
         out.push(AlertRow {
-            cpe_id: cpe,
-            mac: parse_mac(&mac)?,
-            at_ms: ms(Some(at)).unwrap_or(0),
-            previous: parse_verdict(&prev)?,
-            verdict: parse_verdict(&verdict)?,
-            score: score as f32,
-            action: parse_action(&action)?,
-            action_until_ms: ms(until),
-            hostname: host,
-            vendor,
-            ips: json("alerts.ips_json", ips)?,
-            evidence: json("alerts.evidence_json", ev)?,
-            observed: json("alerts.observed_json", obs)?,
+            cpe_id: r.get(0)?,
+            mac: parse_mac(&r.get::<String>(1)?)?,
+            at_ms: ms(Some(r.get(2)?)).unwrap_or(0),
+            previous: parse_verdict(&r.get::<String>(3)?)?,
+            verdict: parse_verdict(&r.get::<String>(4)?)?,
+            score: r.get::<f64>(5)? as f32,
+            action: parse_action(&r.get::<String>(6)?)?,
+            action_until_ms: ms(r.get(7)?),
+            hostname: r.get(8)?,
+            vendor: r.get(9)?,
+            ips: json("alerts.ips_json", r.get(10)?)?,
+            evidence: json("alerts.evidence_json", r.get(11)?)?,
+            observed: json("alerts.observed_json", r.get(12)?)?,
         });
     }
     Ok(out)
@@ -642,7 +612,7 @@ fn alerts_where(
 /// # Errors
 /// [`VerdictError`] on SQLite errors or corrupt rows.
 pub fn load_reports(
-    conn: &Connection,
+    conn: &impl crate::store::db::Sql,
     cpe_id: Option<&str>,
     since_ms: u64,
     limit: u32,
@@ -655,7 +625,7 @@ pub fn load_reports(
 /// # Errors
 /// [`VerdictError`] on SQLite errors or corrupt rows.
 pub fn device_reports(
-    conn: &Connection,
+    conn: &impl crate::store::db::Sql,
     cpe_id: &str,
     mac: &str,
     limit: u32,
@@ -664,55 +634,38 @@ pub fn device_reports(
 }
 
 fn reports_where(
-    conn: &Connection,
+    db: &impl crate::store::db::Sql,
     cpe_id: Option<&str>,
     mac: Option<&str>,
     since_ms: u64,
     limit: u32,
 ) -> Result<Vec<ReportRow>, VerdictError> {
-    let mut stmt = conn.prepare_cached(
+    let rows = db.query(
         "SELECT d.cpe_id, d.mac, t.window_start_ms, t.window_secs, d.verdict, d.score, d.action,
                 d.action_until_ms, d.hostname, d.vendor, d.ips_json, d.counters_json, d.evidence_json
          FROM device_reports d JOIN telemetry t ON t.cpe_id = d.cpe_id AND t.seq = d.seq
-         WHERE (?1 IS NULL OR d.cpe_id = ?1) AND (?4 IS NULL OR d.mac = ?4)
+         WHERE (CAST(?1 AS TEXT) IS NULL OR d.cpe_id = ?1)
+           AND (CAST(?4 AS TEXT) IS NULL OR d.mac = ?4)
            AND t.window_start_ms >= ?2
          ORDER BY t.window_start_ms DESC LIMIT ?3",
+        crate::db_params![cpe_id, since_ms, limit, mac],
     )?;
-    let rows = stmt.query_map(params![cpe_id, to_i64(since_ms), limit, mac], |r| {
-        Ok((
-            r.get::<_, String>(0)?,
-            r.get::<_, String>(1)?,
-            r.get::<_, i64>(2)?,
-            r.get::<_, i64>(3)?,
-            r.get::<_, String>(4)?,
-            r.get::<_, f64>(5)?,
-            r.get::<_, String>(6)?,
-            r.get::<_, Option<i64>>(7)?,
-            r.get::<_, Option<String>>(8)?,
-            r.get::<_, Option<String>>(9)?,
-            r.get::<_, Option<String>>(10)?,
-            r.get::<_, Option<String>>(11)?,
-            r.get::<_, Option<String>>(12)?,
-        ))
-    })?;
-    let mut out = Vec::new();
-    for row in rows {
-        let (cpe, mac, start, secs, verdict, score, action, until, host, vendor, ips, ctr, ev) =
-            row?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
         out.push(ReportRow {
-            cpe_id: cpe,
-            mac: parse_mac(&mac)?,
-            window_start_ms: ms(Some(start)).unwrap_or(0),
-            window_secs: u32::try_from(secs).unwrap_or(0),
-            verdict: parse_verdict(&verdict)?,
-            score: score as f32,
-            action: parse_action(&action)?,
-            action_until_ms: ms(until),
-            hostname: host,
-            vendor,
-            ips: json("device_reports.ips_json", ips)?,
-            counters: json("device_reports.counters_json", ctr)?,
-            evidence: json("device_reports.evidence_json", ev)?,
+            cpe_id: r.get(0)?,
+            mac: parse_mac(&r.get::<String>(1)?)?,
+            window_start_ms: ms(Some(r.get(2)?)).unwrap_or(0),
+            window_secs: u32::try_from(r.get::<i64>(3)?).unwrap_or(0),
+            verdict: parse_verdict(&r.get::<String>(4)?)?,
+            score: r.get::<f64>(5)? as f32,
+            action: parse_action(&r.get::<String>(6)?)?,
+            action_until_ms: ms(r.get(7)?),
+            hostname: r.get(8)?,
+            vendor: r.get(9)?,
+            ips: json("device_reports.ips_json", r.get(10)?)?,
+            counters: json("device_reports.counters_json", r.get(11)?)?,
+            evidence: json("device_reports.evidence_json", r.get(12)?)?,
         });
     }
     out.reverse();

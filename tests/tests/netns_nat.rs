@@ -352,7 +352,7 @@ fn conntrack_names_the_translation_the_server_saw_and_the_controller_maps_it_exa
         seen2.ip(),
         seen2.port()
     );
-    let r = abuse::submit(&conn, "application/json", report.as_bytes(), now_ms()).unwrap();
+    let r = abuse::submit(&*conn, "application/json", report.as_bytes(), now_ms()).unwrap();
     assert_eq!(r.answer.confidence, Confidence::Exact);
     assert_eq!(r.answer.cpe_id.as_deref(), Some("cpe-nat-lab"));
     assert_eq!(r.answer.mac, Some(bot));
@@ -367,7 +367,7 @@ fn conntrack_names_the_translation_the_server_saw_and_the_controller_maps_it_exa
         r#"{{"public_ip":"{}","source_port":{unknown_port},"time":{reported_at}}}"#,
         seen2.ip()
     );
-    let r = abuse::submit(&conn, "application/json", report.as_bytes(), now_ms()).unwrap();
+    let r = abuse::submit(&*conn, "application/json", report.as_bytes(), now_ms()).unwrap();
     assert_eq!(r.answer.confidence, Confidence::TimeWindow);
     assert_eq!(r.answer.mac, Some(laptop));
 }

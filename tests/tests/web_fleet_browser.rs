@@ -676,10 +676,10 @@ fn seed_lists(db: &std::path::Path, now: u64) {
             dest_port: None,
             source_port: None,
         };
-        let r = abuse::submit_query(&conn, "json", q, None, None, now + u64::from(i)).unwrap();
-        abuse::set_reporter(&conn, r.id, &reporter(i)).unwrap();
+        let r = abuse::submit_query(&*conn, "json", q, None, None, now + u64::from(i)).unwrap();
+        abuse::set_reporter(&*conn, r.id, &reporter(i)).unwrap();
         if i % 3 == 0 {
-            assert!(abuse::mark_answered(&conn, r.id, "ops", now).unwrap());
+            assert!(abuse::mark_answered(&*conn, r.id, "ops", now).unwrap());
         }
     }
 }

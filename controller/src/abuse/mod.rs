@@ -14,10 +14,11 @@ pub mod mapping;
 
 use std::net::IpAddr;
 
-use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 use smtpguard_protocol::MacAddr;
 
+use crate::db_params;
+use crate::store::db::{DbError, Param, Row, Sql};
 use crate::verdicts::{self, VerdictError};
 use mapping::{AddressPeriod, Confidence, DeviceAtTime, Match};
 
@@ -48,9 +49,9 @@ pub enum AbuseError {
     /// Reading rows for the mapping failed.
     #[error(transparent)]
     Verdicts(#[from] VerdictError),
-    /// SQLite reported an error.
+    /// The database reported an error.
     #[error("database: {0}")]
-    Sqlite(#[from] rusqlite::Error),
+    Db(#[from] DbError),
 }
 
 impl AbuseError {
@@ -64,7 +65,7 @@ impl AbuseError {
         match self {
             AbuseError::Arf(e) => e.label(),
             AbuseError::Json(_) => "bad_json",
-            AbuseError::Verdicts(_) | AbuseError::Sqlite(_) => "internal",
+            AbuseError::Verdicts(_) | AbuseError::Db(_) => "internal",
         }
     }
 }
@@ -162,10 +163,6 @@ impl StoredReport {
     }
 }
 
-fn to_i64(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
-}
-
 fn from_i64(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
@@ -175,21 +172,21 @@ fn from_i64(v: i64) -> u64 {
 ///
 /// # Errors
 /// [`AbuseError`] on database errors.
-pub fn address_periods(conn: &Connection, ip: IpAddr) -> Result<Vec<AddressPeriod>, AbuseError> {
-    let mut stmt = conn.prepare_cached(
+pub fn address_periods(db: &impl Sql, ip: IpAddr) -> Result<Vec<AddressPeriod>, AbuseError> {
+    let rows = db.query(
         "SELECT cpe_id, first_seen_ms, last_seen_ms FROM public_ips WHERE ip = ?1
          ORDER BY first_seen_ms LIMIT 1000",
+        db_params![&ip.to_string()],
     )?;
-    let periods = stmt
-        .query_map([ip.to_string()], |r| {
-            Ok(AddressPeriod {
-                cpe_id: r.get(0)?,
-                ip,
-                first_ms: from_i64(r.get(1)?),
-                last_ms: from_i64(r.get(2)?),
-            })
-        })?
-        .collect::<Result<_, _>>()?;
+    let mut periods = Vec::with_capacity(rows.len());
+    for r in rows {
+        periods.push(AddressPeriod {
+            cpe_id: r.get(0)?,
+            ip,
+            first_ms: from_i64(r.get(1)?),
+            last_ms: from_i64(r.get(2)?),
+        });
+    }
     Ok(periods)
 }
 
@@ -198,8 +195,8 @@ pub fn address_periods(conn: &Connection, ip: IpAddr) -> Result<Vec<AddressPerio
 ///
 /// # Errors
 /// [`AbuseError`] on database errors.
-pub fn holder_at(conn: &Connection, ip: IpAddr, at_ms: u64) -> Result<Option<String>, AbuseError> {
-    let periods = address_periods(conn, ip)?;
+pub fn holder_at(db: &impl Sql, ip: IpAddr, at_ms: u64) -> Result<Option<String>, AbuseError> {
+    let periods = address_periods(db, ip)?;
     Ok(mapping::holder(&periods, ip, at_ms).map(str::to_string))
 }
 
@@ -207,12 +204,12 @@ pub fn holder_at(conn: &Connection, ip: IpAddr, at_ms: u64) -> Result<Option<Str
 ///
 /// # Errors
 /// [`AbuseError`] on database errors.
-pub fn answer(conn: &Connection, q: &AbuseQuery) -> Result<Match, AbuseError> {
+pub fn answer(db: &impl Sql, q: &AbuseQuery) -> Result<Match, AbuseError> {
     let translations = match q.source_port {
-        Some(port) => load_translations(conn, q, port)?,
+        Some(port) => load_translations(db, q, port)?,
         None => Vec::new(),
     };
-    let periods = address_periods(conn, q.public_ip)?;
+    let periods = address_periods(db, q.public_ip)?;
     // The CPE whose translation matches, else the one that held the address.
     let cpe = match mapping::translation(q, &translations) {
         Some(c) => Some(c.cpe_id.clone()),
@@ -223,11 +220,11 @@ pub fn answer(conn: &Connection, q: &AbuseQuery) -> Result<Match, AbuseError> {
     };
     let lo = q.at_ms.saturating_sub(mapping::BEFORE_MS);
     let hi = q.at_ms.saturating_add(mapping::AFTER_MS);
-    let mut stmt = conn.prepare_cached(
+    let mut conns = connection_rows(&db.query(
         "SELECT cpe_id, mac, at_ms, src_port, dst, dst_port, nat_port, nat_ip FROM connections
          WHERE cpe_id = ?1 AND at_ms BETWEEN ?2 AND ?3 ORDER BY at_ms LIMIT 20000",
-    )?;
-    let mut conns = connection_rows(&mut stmt, params![cpe, to_i64(lo), to_i64(hi)])?;
+        db_params![&cpe, lo, hi],
+    )?)?;
     // The matching translation stays in the list even when the window was cut short.
     for t in translations {
         if !conns.contains(&t) {
@@ -235,7 +232,7 @@ pub fn answer(conn: &Connection, q: &AbuseQuery) -> Result<Match, AbuseError> {
         }
     }
     let alerts: Vec<_> = verdicts::load_alerts(
-        conn,
+        db,
         Some(&cpe),
         q.at_ms.saturating_sub(verdicts::LOOKBACK_MS),
         verdicts::MAX_ALERT_ROWS,
@@ -244,7 +241,7 @@ pub fn answer(conn: &Connection, q: &AbuseQuery) -> Result<Match, AbuseError> {
     .filter(|a| a.at_ms <= hi)
     .collect();
     let reports: Vec<_> = verdicts::load_reports(
-        conn,
+        db,
         Some(&cpe),
         q.at_ms.saturating_sub(3_600_000),
         verdicts::MAX_REPORT_ROWS,
@@ -266,38 +263,23 @@ pub fn answer(conn: &Connection, q: &AbuseQuery) -> Result<Match, AbuseError> {
 }
 
 /// Reads connection rows (`cpe_id, mac, at_ms, src_port, dst, dst_port, nat_port, nat_ip`).
-fn connection_rows(
-    stmt: &mut rusqlite::CachedStatement<'_>,
-    params: impl rusqlite::Params,
-) -> Result<Vec<mapping::Connection>, AbuseError> {
-    let rows = stmt.query_map(params, |r| {
-        Ok((
-            r.get::<_, String>(0)?,
-            r.get::<_, String>(1)?,
-            r.get::<_, i64>(2)?,
-            r.get::<_, i64>(3)?,
-            r.get::<_, String>(4)?,
-            r.get::<_, i64>(5)?,
-            r.get::<_, Option<i64>>(6)?,
-            r.get::<_, Option<String>>(7)?,
-        ))
-    })?;
-    let mut conns = Vec::new();
-    for row in rows {
-        let (cpe_id, mac, at, sp, dst, dp, nat, nat_ip) = row?;
+fn connection_rows(rows: &[Row]) -> Result<Vec<mapping::Connection>, AbuseError> {
+    let mut conns = Vec::with_capacity(rows.len());
+    for r in rows {
+        let (mac, dst): (String, String) = (r.get(1)?, r.get(4)?);
         // A row the ingest stored is well-formed; skip rather than fail on a bad one.
         let (Ok(mac), Ok(dst)) = (mac.parse::<MacAddr>(), dst.parse::<IpAddr>()) else {
             continue;
         };
         conns.push(mapping::Connection {
-            cpe_id,
+            cpe_id: r.get(0)?,
             mac,
-            at_ms: from_i64(at),
-            src_port: u16::try_from(sp).unwrap_or(0),
+            at_ms: from_i64(r.get(2)?),
+            src_port: u16::try_from(r.get::<i64>(3)?).unwrap_or(0),
             dst,
-            dst_port: u16::try_from(dp).unwrap_or(0),
-            nat_port: nat.and_then(|n| u16::try_from(n).ok()),
-            nat_ip: nat_ip.and_then(|s| s.parse().ok()),
+            dst_port: u16::try_from(r.get::<i64>(5)?).unwrap_or(0),
+            nat_port: r.get::<Option<i64>>(6)?.and_then(|n| u16::try_from(n).ok()),
+            nat_ip: r.get::<Option<String>>(7)?.and_then(|s| s.parse().ok()),
         });
     }
     Ok(conns)
@@ -306,20 +288,17 @@ fn connection_rows(
 /// Every CPE's logged connections that left a router as `q.public_ip`:`port` within the
 /// translation tolerance around `q.at_ms` (index `connections_by_translation`).
 fn load_translations(
-    conn: &Connection,
+    db: &impl Sql,
     q: &AbuseQuery,
     port: u16,
 ) -> Result<Vec<mapping::Connection>, AbuseError> {
     let lo = q.at_ms.saturating_sub(mapping::TRANSLATION_BEFORE_MS);
     let hi = q.at_ms.saturating_add(mapping::TRANSLATION_AFTER_MS);
-    let mut stmt = conn.prepare_cached(
+    connection_rows(&db.query(
         "SELECT cpe_id, mac, at_ms, src_port, dst, dst_port, nat_port, nat_ip FROM connections
          WHERE nat_ip = ?1 AND nat_port = ?2 AND at_ms BETWEEN ?3 AND ?4 ORDER BY at_ms LIMIT 100",
-    )?;
-    connection_rows(
-        &mut stmt,
-        params![q.public_ip.to_string(), port, to_i64(lo), to_i64(hi)],
-    )
+        db_params![&q.public_ip.to_string(), u32::from(port), lo, hi],
+    )?)
 }
 
 /// Handles one report body: ARF when `content_type` says `multipart/report` or the body
@@ -328,7 +307,7 @@ fn load_translations(
 /// # Errors
 /// [`AbuseError`]; client errors are not stored.
 pub fn submit(
-    conn: &Connection,
+    db: &impl Sql,
     content_type: &str,
     body: &[u8],
     now_ms: u64,
@@ -351,7 +330,7 @@ pub fn submit(
         let (q, r) = arf::parse(body)?;
         ("arf", q, Some(r.feedback_type), r.message_id)
     };
-    submit_query(conn, source, query, feedback_type, message_id, now_ms)
+    submit_query(db, source, query, feedback_type, message_id, now_ms)
 }
 
 /// Answers and stores a report already read: from a body ([`submit`]) or from the abuse
@@ -360,38 +339,39 @@ pub fn submit(
 /// # Errors
 /// [`AbuseError`] on database errors.
 pub fn submit_query(
-    conn: &Connection,
+    db: &impl Sql,
     source: &str,
     query: AbuseQuery,
     feedback_type: Option<String>,
     message_id: Option<String>,
     now_ms: u64,
 ) -> Result<StoredReport, AbuseError> {
-    let answer = answer(conn, &query)?;
+    let answer = answer(db, &query)?;
     let result_json =
         serde_json::to_string(&answer).map_err(|e| AbuseError::Json(e.to_string()))?;
-    conn.execute(
+    let id: i64 = db.query_one(
         "INSERT INTO abuse_reports (received_ms, source, public_ip, at_ms, dest_ip, dest_port,
             source_port, feedback_type, message_id, confidence, cpe_id, mac, result_json)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
-        params![
-            to_i64(now_ms),
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
+         RETURNING id",
+        db_params![
+            now_ms,
             source,
-            query.public_ip.to_string(),
-            to_i64(query.at_ms),
-            query.dest_ip.map(|i| i.to_string()),
-            query.dest_port,
-            query.source_port,
-            feedback_type,
-            message_id,
+            &query.public_ip.to_string(),
+            query.at_ms,
+            query.dest_ip.map(|i| i.to_string()).as_ref(),
+            query.dest_port.map(u32::from),
+            query.source_port.map(u32::from),
+            feedback_type.as_ref(),
+            message_id.as_ref(),
             answer.confidence.as_str(),
-            answer.cpe_id,
-            answer.mac.map(|m| m.to_string()),
-            result_json,
+            answer.cpe_id.as_ref(),
+            answer.mac.map(|m| m.to_string()).as_ref(),
+            &result_json,
         ],
     )?;
     Ok(StoredReport {
-        id: conn.last_insert_rowid(),
+        id,
         received_ms: now_ms,
         source: source.to_string(),
         query,
@@ -404,12 +384,12 @@ pub fn submit_query(
 /// Records who complained (an address or a name, at most 200 characters; empty: unknown).
 ///
 /// # Errors
-/// [`AbuseError::Sqlite`].
-pub fn set_reporter(conn: &Connection, id: i64, reporter: &str) -> Result<(), AbuseError> {
+/// [`AbuseError::Db`].
+pub fn set_reporter(db: &impl Sql, id: i64, reporter: &str) -> Result<(), AbuseError> {
     let reporter: String = reporter.trim().chars().take(200).collect();
-    conn.execute(
+    db.execute(
         "UPDATE abuse_reports SET reporter = ?2 WHERE id = ?1",
-        params![id, (!reporter.is_empty()).then_some(reporter)],
+        db_params![id, (!reporter.is_empty()).then_some(&reporter)],
     )?;
     Ok(())
 }
@@ -418,17 +398,12 @@ pub fn set_reporter(conn: &Connection, id: i64, reporter: &str) -> Result<(), Ab
 /// the report exists.
 ///
 /// # Errors
-/// [`AbuseError::Sqlite`].
-pub fn mark_answered(
-    conn: &Connection,
-    id: i64,
-    who: &str,
-    now_ms: u64,
-) -> Result<bool, AbuseError> {
-    let n = conn.execute(
+/// [`AbuseError::Db`].
+pub fn mark_answered(db: &impl Sql, id: i64, who: &str, now_ms: u64) -> Result<bool, AbuseError> {
+    let n = db.execute(
         "UPDATE abuse_reports SET status = 'answered', answered_ms = ?2, answered_by = ?3
          WHERE id = ?1",
-        params![id, to_i64(now_ms), who],
+        db_params![id, now_ms, who],
     )?;
     Ok(n > 0)
 }
@@ -472,9 +447,9 @@ pub enum ReportSort {
 /// Stored reports, newest first; `unmatched_only` lists those no device was named for.
 ///
 /// # Errors
-/// [`AbuseError::Sqlite`].
+/// [`AbuseError::Db`].
 pub fn list(
-    conn: &Connection,
+    db: &impl Sql,
     unmatched_only: bool,
     limit: u32,
 ) -> Result<Vec<ReportSummary>, AbuseError> {
@@ -482,78 +457,74 @@ pub fn list(
         unmatched_only,
         ..ReportFilter::default()
     };
-    list_filtered(conn, &filter, limit)
+    list_filtered(db, &filter, limit)
 }
 
-const REPORT_WHERE: &str = " FROM abuse_reports
-         WHERE (:unmatched = 0 OR mac IS NULL) AND (:status IS NULL OR status = :status)
-           AND (:cpe IS NULL OR cpe_id = :cpe) AND (:mac IS NULL OR mac = :mac)
-           AND (:id IS NULL OR id = :id) AND (:ip IS NULL OR public_ip = :ip)
-           AND (:text IS NULL OR cpe_id LIKE :text ESCAPE '\\' OR mac LIKE :text ESCAPE '\\'
-                OR reporter LIKE :text ESCAPE '\\' OR public_ip LIKE :text ESCAPE '\\'
-                OR message_id LIKE :text ESCAPE '\\')
-           AND (:c0 IS NULL OR confidence IN (:c0, :c1, :c2, :c3, :c4, :c5, :c6))";
+/// The confidence labels a filter can name at once (as many as there are labels).
+const CONFIDENCES_MAX: usize = 7;
 
-/// Runs `sql` (which ends in [`REPORT_WHERE`]) with `f`'s values bound.
-fn query_reports<T>(
-    conn: &Connection,
-    sql: &str,
-    f: &ReportFilter,
-    mut each: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
-) -> Result<Vec<T>, AbuseError> {
-    let c = |i: usize| f.confidences.get(i).copied();
-    let mut stmt = conn.prepare_cached(sql)?;
-    let rows = stmt.query_map(
-        rusqlite::named_params! {
-            ":unmatched": i64::from(f.unmatched_only),
-            ":status": f.status,
-            ":cpe": f.cpe_id,
-            ":mac": f.mac,
-            ":id": f.id,
-            ":ip": f.public_ip,
-            ":text": f.text,
-            ":c0": c(0),
-            ":c1": c(1),
-            ":c2": c(2),
-            ":c3": c(3),
-            ":c4": c(4),
-            ":c5": c(5),
-            ":c6": c(6),
-        },
-        |r| each(r),
-    )?;
-    Ok(rows.collect::<Result<_, _>>()?)
+/// The conditions of a report list; `?1` to `?7` are bound by [`filter_params`], then the
+/// confidences. Each optional filter is typed so that PostgreSQL knows its parameter's type
+/// when it is NULL. `text` is a `LIKE` pattern, case-insensitive on both backends.
+const REPORT_WHERE: &str = " FROM abuse_reports
+         WHERE (CAST(?1 AS BIGINT) = 0 OR mac IS NULL)
+           AND (CAST(?2 AS TEXT) IS NULL OR status = ?2)
+           AND (CAST(?3 AS TEXT) IS NULL OR cpe_id = ?3)
+           AND (CAST(?4 AS TEXT) IS NULL OR mac = ?4)
+           AND (CAST(?5 AS BIGINT) IS NULL OR id = ?5)
+           AND (CAST(?6 AS TEXT) IS NULL OR public_ip = ?6)
+           AND (CAST(?7 AS TEXT) IS NULL OR LOWER(cpe_id) LIKE LOWER(?7) ESCAPE '\\'
+                OR LOWER(mac) LIKE LOWER(?7) ESCAPE '\\'
+                OR LOWER(reporter) LIKE LOWER(?7) ESCAPE '\\'
+                OR LOWER(public_ip) LIKE LOWER(?7) ESCAPE '\\'
+                OR LOWER(message_id) LIKE LOWER(?7) ESCAPE '\\')
+           AND (CAST(?8 AS TEXT) IS NULL
+                OR confidence IN (?8, ?9, ?10, ?11, ?12, ?13, ?14))";
+
+/// `f`'s values for [`REPORT_WHERE`]'s placeholders, in order.
+fn filter_params(f: &ReportFilter) -> Vec<Param<'_>> {
+    let mut params = db_params![
+        i64::from(f.unmatched_only),
+        f.status,
+        f.cpe_id.as_ref(),
+        f.mac.as_ref(),
+        f.id,
+        f.public_ip.as_ref(),
+        f.text.as_ref()
+    ]
+    .to_vec();
+    for i in 0..CONFIDENCES_MAX {
+        params.push(Param::from(f.confidences.get(i).copied()));
+    }
+    params
 }
 
 /// How many stored reports match `f`.
 ///
 /// # Errors
-/// [`AbuseError::Sqlite`].
-pub fn count_filtered(conn: &Connection, f: &ReportFilter) -> Result<u64, AbuseError> {
-    let n: Vec<i64> = query_reports(conn, &format!("SELECT COUNT(*){REPORT_WHERE}"), f, |r| {
-        r.get(0)
-    })?;
-    Ok(n.first().and_then(|n| u64::try_from(*n).ok()).unwrap_or(0))
+/// [`AbuseError::Db`].
+pub fn count_filtered(db: &impl Sql, f: &ReportFilter) -> Result<u64, AbuseError> {
+    Ok(db.query_one(&format!("SELECT COUNT(*){REPORT_WHERE}"), &filter_params(f))?)
 }
 
 /// Stored reports matching `f`, newest first.
 ///
 /// # Errors
-/// [`AbuseError::Sqlite`].
+/// [`AbuseError::Db`].
 pub fn list_filtered(
-    conn: &Connection,
+    db: &impl Sql,
     f: &ReportFilter,
     limit: u32,
 ) -> Result<Vec<ReportSummary>, AbuseError> {
-    list_page(conn, f, limit, 0)
+    list_page(db, f, limit, 0)
 }
 
 /// `limit` stored reports matching `f` from `offset`, in `f`'s order (ties by id).
 ///
 /// # Errors
-/// [`AbuseError::Sqlite`].
+/// [`AbuseError::Db`].
 pub fn list_page(
-    conn: &Connection,
+    db: &impl Sql,
     f: &ReportFilter,
     limit: u32,
     offset: u64,
@@ -568,8 +539,10 @@ pub fn list_page(
                 reporter, status, answered_ms, answered_by{REPORT_WHERE}
          ORDER BY {order} LIMIT {limit} OFFSET {offset}"
     );
-    query_reports(conn, &sql, f, |r| {
-        Ok(ReportSummary {
+    let rows = db.query(&sql, &filter_params(f))?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        out.push(ReportSummary {
             id: r.get(0)?,
             received_ms: from_i64(r.get(1)?),
             source: r.get(2)?,
@@ -581,10 +554,11 @@ pub fn list_page(
             message_id: r.get(8)?,
             reporter: r.get(9)?,
             status: r.get(10)?,
-            answered_ms: r.get::<_, Option<i64>>(11)?.map(from_i64),
+            answered_ms: r.get::<Option<i64>>(11)?.map(from_i64),
             answered_by: r.get(12)?,
-        })
-    })
+        });
+    }
+    Ok(out)
 }
 
 /// One row of the report list.
@@ -621,15 +595,15 @@ pub struct ReportSummary {
 /// One stored report's full answer.
 ///
 /// # Errors
-/// [`AbuseError::Sqlite`]; a corrupt answer is [`AbuseError::Json`].
-pub fn answer_of(conn: &Connection, id: i64) -> Result<Option<serde_json::Value>, AbuseError> {
-    let text: Option<String> = conn
-        .query_row(
-            "SELECT result_json FROM abuse_reports WHERE id = ?1",
-            [id],
-            |r| r.get(0),
-        )
-        .optional()?;
+/// [`AbuseError::Db`]; a corrupt answer is [`AbuseError::Json`].
+pub fn answer_of(db: &impl Sql, id: i64) -> Result<Option<serde_json::Value>, AbuseError> {
+    let text: Option<String> = match db.query_opt(
+        "SELECT result_json FROM abuse_reports WHERE id = ?1",
+        db_params![id],
+    )? {
+        Some(row) => Some(row.get(0)?),
+        None => None,
+    };
     text.map(|t| serde_json::from_str(&t).map_err(|e| AbuseError::Json(e.to_string())))
         .transpose()
 }
@@ -729,7 +703,8 @@ mod tests {
             )
             .unwrap();
         // The store's connection has every table, the abuse desk's included.
-        let conn = &store.conn();
+        let guard = store.conn();
+        let conn = &*guard;
         // What `GET /api/cpes/cpe-a` shows as the router's address: its telemetry's.
         let row = crate::web::fleet::cpe_rows(conn, Some("cpe-a")).unwrap();
         assert_eq!(row[0].public_ip.as_deref(), Some("100.64.7.2"));
@@ -759,10 +734,14 @@ mod tests {
 
     #[test]
     fn reports_are_searched_filtered_sorted_and_paged_in_sql() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("controller.db");
-        let store = Store::open(&path).unwrap();
-        let conn = store.conn();
+        for (url, _dir) in crate::store::db::tests::backends() {
+            reports_are_searched_filtered_sorted_and_paged_on(&url);
+        }
+    }
+
+    fn reports_are_searched_filtered_sorted_and_paged_on(url: &str) {
+        let store = Store::open_url(url).unwrap();
+        let conn = &**store.db();
         for i in 0..12u64 {
             let q = AbuseQuery {
                 public_ip: IpAddr::from([192, 0, 2, i as u8]),
@@ -772,19 +751,19 @@ mod tests {
                 dest_port: None,
                 source_port: None,
             };
-            let r = submit_query(&conn, "json", q, None, None, T + i).unwrap();
-            set_reporter(&conn, r.id, &format!("abuse@isp{}.example", i % 3)).unwrap();
+            let r = submit_query(conn, "json", q, None, None, T + i).unwrap();
+            set_reporter(conn, r.id, &format!("abuse@isp{}.example", i % 3)).unwrap();
             if i % 4 == 0 {
-                assert!(mark_answered(&conn, r.id, "ops", T + 100).unwrap());
+                assert!(mark_answered(conn, r.id, "ops", T + 100).unwrap());
             }
         }
-        let count = |f: &ReportFilter| count_filtered(&conn, f).unwrap();
+        let count = |f: &ReportFilter| count_filtered(conn, f).unwrap();
         assert_eq!(count(&ReportFilter::default()), 12);
         let by_ip = ReportFilter {
             public_ip: Some("192.0.2.7".into()),
             ..ReportFilter::default()
         };
-        let found = list_page(&conn, &by_ip, 50, 0).unwrap();
+        let found = list_page(conn, &by_ip, 50, 0).unwrap();
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].public_ip, "192.0.2.7");
         let isp1_open = ReportFilter {
@@ -793,7 +772,27 @@ mod tests {
             ..ReportFilter::default()
         };
         // Reporters isp1 are 1, 4, 7, 10; 4 is answered.
-        assert_eq!(count(&isp1_open), 3);
+        assert_eq!(count(&isp1_open), 3, "{url}");
+        // The search ignores case on both backends, as SQLite's LIKE always did.
+        let upper = ReportFilter {
+            text: Some("%ISP1%".into()),
+            ..isp1_open.clone()
+        };
+        assert_eq!(count(&upper), 3, "{url}");
+        let one = ReportFilter {
+            id: Some(found[0].id),
+            ..ReportFilter::default()
+        };
+        assert_eq!(list_page(conn, &one, 5, 0).unwrap(), found, "{url}");
+        let answered = ReportFilter {
+            status: Some("answered"),
+            unmatched_only: true,
+            ..ReportFilter::default()
+        };
+        assert_eq!(count(&answered), 3, "{url}");
+        let answer = answer_of(conn, found[0].id).unwrap().unwrap();
+        assert_eq!(answer["confidence"], "unmatched", "{url}");
+        assert!(answer_of(conn, 9_999).unwrap().is_none(), "{url}");
         let unmatched = ReportFilter {
             confidences: vec!["unmatched"],
             ..ReportFilter::default()
@@ -805,7 +804,7 @@ mod tests {
         };
         assert_eq!(count(&exact), 0);
         // Newest first by default; page 2 of 5 rows; by reported time, earliest first.
-        let page2 = list_page(&conn, &ReportFilter::default(), 5, 5).unwrap();
+        let page2 = list_page(conn, &ReportFilter::default(), 5, 5).unwrap();
         let ips: Vec<&str> = page2.iter().map(|r| r.public_ip.as_str()).collect();
         assert_eq!(
             ips,
@@ -823,9 +822,92 @@ mod tests {
             ..ReportFilter::default()
         };
         assert_eq!(
-            list_page(&conn, &by_time, 1, 0).unwrap()[0].public_ip,
+            list_page(conn, &by_time, 1, 0).unwrap()[0].public_ip,
             "192.0.2.11"
         );
+    }
+
+    /// The mapping's queries on both backends: the address history, the translation of a
+    /// NAT'd port within its tolerance, and the connection window around the reported time.
+    #[test]
+    fn the_mapping_reads_addresses_translations_and_windows_on_both_backends() {
+        for (url, _dir) in crate::store::db::tests::backends() {
+            let store = Store::open_url(&url).unwrap();
+            let db = &**store.db();
+            let wan = "100.64.7.2";
+            for (cpe, first, last) in [
+                ("cpe-old", T - 90_000_000, T - 80_000_000),
+                ("cpe-a", T - 3_600_000, T + 60_000),
+            ] {
+                db.execute(
+                    "INSERT INTO public_ips (cpe_id, ip, first_seen_ms, last_seen_ms)
+                     VALUES (?1, ?2, ?3, ?4)",
+                    db_params![cpe, wan, first, last],
+                )
+                .unwrap();
+            }
+            for (mac, dt_ms, nat_port) in [
+                (BOT, -40_000i64, 40_001u32),
+                (BOT, -30_000, 40_002),
+                (LAPTOP, -10_000, 40_123),
+            ] {
+                db.execute(
+                    "INSERT INTO connections (cpe_id, mac, at_ms, src_port, dst, dst_port,
+                        nat_port, nat_ip)
+                     VALUES ('cpe-a', ?1, ?2, 50000, '198.51.100.25', 25, ?3, ?4)",
+                    db_params![&mac.to_string(), T as i64 + dt_ms, nat_port, wan],
+                )
+                .unwrap();
+            }
+            let ip: IpAddr = wan.parse().unwrap();
+            assert_eq!(address_periods(db, ip).unwrap().len(), 2, "{url}");
+            assert_eq!(
+                holder_at(db, ip, T).unwrap().as_deref(),
+                Some("cpe-a"),
+                "{url}"
+            );
+            assert_eq!(
+                holder_at(db, ip, T - 85_000_000).unwrap().as_deref(),
+                Some("cpe-old"),
+                "{url}"
+            );
+            let query = |source_port| AbuseQuery {
+                public_ip: ip,
+                at_ms: T,
+                dest_ip: None,
+                dest_port: None,
+                source_port,
+            };
+            let exact = answer(db, &query(Some(40_123))).unwrap();
+            assert_eq!(exact.confidence, Confidence::Exact, "{url}");
+            assert_eq!(exact.mac, Some(LAPTOP), "{url}");
+            let window = answer(db, &query(Some(49_999))).unwrap();
+            assert_eq!(window.confidence, Confidence::TimeWindow, "{url}");
+            assert_eq!(window.mac, Some(BOT), "{url}");
+            let stored = submit_query(db, "form", query(Some(40_123)), None, None, T + 1).unwrap();
+            assert_eq!(stored.answer, exact, "{url}");
+            let listed = list(db, false, 10).unwrap();
+            assert_eq!(listed.len(), 1, "{url}");
+            assert_eq!(listed[0].id, stored.id, "{url}");
+            assert_eq!(listed[0].mac, Some(LAPTOP.to_string()), "{url}");
+            assert_eq!(listed[0].cpe_id.as_deref(), Some("cpe-a"), "{url}");
+            // Migration 18 (and PostgreSQL's second entry): the list's indexes exist.
+            let catalog = match db.backend() {
+                crate::store::db::Backend::Sqlite => {
+                    "SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND name IN (?1, ?2)"
+                }
+                crate::store::db::Backend::Postgres => {
+                    "SELECT COUNT(*) FROM pg_indexes WHERE indexname IN (?1, ?2)"
+                }
+            };
+            let indexes: i64 = db
+                .query_one(
+                    catalog,
+                    db_params!["abuse_reports_by_at", "abuse_reports_by_ip"],
+                )
+                .unwrap();
+            assert_eq!(indexes, 2, "{url}");
+        }
     }
 
     #[test]

@@ -68,6 +68,7 @@ impl From<crate::verdicts::VerdictError> for StoreError {
     fn from(e: crate::verdicts::VerdictError) -> Self {
         match e {
             crate::verdicts::VerdictError::Sqlite(e) => StoreError::Sqlite(e),
+            crate::verdicts::VerdictError::Db(e) => StoreError::Db(e),
             crate::verdicts::VerdictError::Corrupt { column, detail } => {
                 StoreError::Corrupt { column, detail }
             }

@@ -499,6 +499,11 @@ ALTER TABLE device_reports ADD COLUMN at_ms INTEGER;
 UPDATE device_reports SET at_ms = (SELECT t.window_start_ms FROM telemetry t
     WHERE t.cpe_id = device_reports.cpe_id AND t.seq = device_reports.seq);
 "#,
+    // 18: the abuse desk's list sorted by the reported time, and filtered by address.
+    r#"
+CREATE INDEX abuse_reports_by_at ON abuse_reports (at_ms);
+CREATE INDEX abuse_reports_by_ip ON abuse_reports (public_ip);
+"#,
 ];
 
 /// The schema version this build writes: the number of [`MIGRATIONS`].
@@ -520,10 +525,11 @@ pub const LEGACY_PRODUCT_MIGRATIONS: u32 = 6;
 /// day (`store::partitions` keeps the partitions ahead of the clock; a `DEFAULT` partition
 /// catches anything outside them) and the audit log's append-only triggers as a PL/pgSQL
 /// function. A change of the schema from here on appends one entry to both lists.
-pub const POSTGRES: &[super::db::Migration] = &[super::db::Migration {
-    name: "the schema of SQLite version 17",
-    sqlite: "",
-    postgres: r#"
+pub const POSTGRES: &[super::db::Migration] = &[
+    super::db::Migration {
+        name: "the schema of SQLite version 17",
+        sqlite: "",
+        postgres: r#"
 CREATE TABLE cpes (
     cpe_id TEXT PRIMARY KEY,
     public_key TEXT NOT NULL,
@@ -884,7 +890,16 @@ CREATE TABLE counters (
 );
 INSERT INTO counters (name, value) VALUES ('policy_version', 0);
 "#,
-}];
+    },
+    super::db::Migration {
+        name: "SQLite version 18: abuse reports by reported time and by address",
+        sqlite: "",
+        postgres: r#"
+CREATE INDEX abuse_reports_by_at ON abuse_reports (at_ms);
+CREATE INDEX abuse_reports_by_ip ON abuse_reports (public_ip);
+"#,
+    },
+];
 
 /// Brings the database up to [`SCHEMA_VERSION`], adopting a database of the two old
 /// migration systems first.

@@ -400,9 +400,9 @@ async fn list_page(
     let page = q.order.page()?;
     let f = filter.clone();
     let (total, list) = state
-        .db(move |conn| {
-            let total = abuse::count_filtered(conn, &f)?;
-            let list = abuse::list_page(conn, &f, LIST_ROWS, offset(page, LIST_ROWS))?;
+        .sql(move |db| {
+            let total = abuse::count_filtered(db, &f)?;
+            let list = abuse::list_page(db, &f, LIST_ROWS, offset(page, LIST_ROWS))?;
             Ok((total, list))
         })
         .await?;
@@ -533,9 +533,9 @@ pub async fn paste(
     let body = form.report.clone().into_bytes();
     let reporter = form.reporter.clone();
     let result = state
-        .db(move |conn| {
-            let r = abuse::submit(conn, "", &body, now)?;
-            abuse::set_reporter(conn, r.id, &reporter)?;
+        .sql(move |db| {
+            let r = abuse::submit(db, "", &body, now)?;
+            abuse::set_reporter(db, r.id, &reporter)?;
             Ok(r)
         })
         .await;
@@ -639,9 +639,9 @@ pub async fn lookup(
         Ok(q) => {
             let reporter = form.reporter.clone();
             state
-                .db(move |conn| {
-                    let r = abuse::submit_query(conn, "form", q, None, None, now)?;
-                    abuse::set_reporter(conn, r.id, &reporter)?;
+                .sql(move |db| {
+                    let r = abuse::submit_query(db, "form", q, None, None, now)?;
+                    abuse::set_reporter(db, r.id, &reporter)?;
                     Ok(r)
                 })
                 .await
@@ -882,7 +882,7 @@ pub async fn answered(
     let now = state.now_ms();
     let who = staff.name.clone();
     match state
-        .db(move |conn| Ok(abuse::mark_answered(conn, id, &who, now)?))
+        .sql(move |db| Ok(abuse::mark_answered(db, id, &who, now)?))
         .await
     {
         Ok(true) => {

@@ -245,9 +245,9 @@ pub async fn abuse_list(
         Err(e) => return e.api(),
     };
     match state
-        .db(move |conn| {
-            let total = abuse::count_filtered(conn, &f)?;
-            let rows = abuse::list_page(conn, &f, per_page, list::offset(page, per_page))?;
+        .sql(move |db| {
+            let total = abuse::count_filtered(db, &f)?;
+            let rows = abuse::list_page(db, &f, per_page, list::offset(page, per_page))?;
             Ok((total, rows))
         })
         .await
@@ -297,7 +297,7 @@ pub async fn abuse_submit(
         .to_string();
     let now = state.now_ms();
     let result = state
-        .db(move |conn| match abuse::submit(conn, &ct, &body, now) {
+        .sql(move |db| match abuse::submit(db, &ct, &body, now) {
             Ok(r) => Ok(Ok(r)),
             Err(e) if e.is_client_error() => Ok(Err(e)),
             Err(e) => Err(WebError::from(e)),

@@ -32,6 +32,7 @@ use super::{AppState, WebError};
 use crate::abuse;
 use crate::campaigns::{self, Campaign};
 use crate::operators::Level;
+use crate::store::db::Sql;
 use crate::verdicts::{plural, DeviceView};
 
 /// Campaigns on one page of the list.
@@ -197,7 +198,7 @@ impl CampaignFilter {
 /// newest state on each call).
 ///
 /// # Errors
-/// SQLite errors.
+/// Database errors.
 pub fn load(
     conn: &rusqlite::Connection,
     now: u64,
@@ -420,10 +421,10 @@ pub async fn one(
                     .unwrap_or_default();
                 device_names.insert((m.cpe_id.clone(), mac), name);
             }
-            let routers: i64 = conn.query_row(
+            let routers: i64 = Sql::query_one(
+                conn,
                 "SELECT COUNT(*) FROM cpes WHERE revoked_at_ms IS NULL",
-                [],
-                |r| r.get(0),
+                &[],
             )?;
             Ok((
                 c,
@@ -635,14 +636,10 @@ pub async fn push_campaign_indicators(
         .map_err(WebError::BadRequest)?;
     let id = campaign.id.clone();
     state
-        .db(move |conn| {
-            conn.execute(
+        .sql(move |db| {
+            db.execute(
                 "UPDATE campaigns SET pushed_version = ?2, pushed_ms = ?3 WHERE id = ?1",
-                rusqlite::params![
-                    id,
-                    i64::try_from(version).unwrap_or(i64::MAX),
-                    i64::try_from(now).unwrap_or(i64::MAX)
-                ],
+                crate::db_params![&id, version, now],
             )?;
             Ok(())
         })

@@ -13,7 +13,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::Form;
-use rusqlite::{Connection, OptionalExtension};
+use rusqlite::Connection;
 use serde::Deserialize;
 use smtpguard_protocol::{Action, MacAddr, Policy};
 
@@ -23,8 +23,10 @@ use super::html::{self, esc, path_seg, Table};
 use super::noc::{device_rows, noc_page};
 use super::{AppState, WebError};
 use crate::commands::Order;
+use crate::db_params;
 use crate::households;
 use crate::operators::Level;
+use crate::store::db::Sql;
 use crate::verdicts::{self, plural, DeviceView};
 
 /// Block times the page offers, in seconds, with their words.
@@ -37,16 +39,16 @@ pub const BLOCK_CHOICES: [(u32, &str); 3] = [
 /// The newest per-router override of `cpe_id`: its version and policy.
 ///
 /// # Errors
-/// SQLite errors; a stored policy that no longer parses.
-pub fn cpe_override(conn: &Connection, cpe_id: &str) -> Result<Option<(u64, Policy)>, WebError> {
-    let row: Option<(i64, String)> = conn
-        .query_row(
-            "SELECT version, policy_json FROM policies WHERE scope = 'cpe' AND cpe_id = ?1
-             ORDER BY version DESC LIMIT 1",
-            [cpe_id],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .optional()?;
+/// Database errors; a stored policy that no longer parses.
+pub fn cpe_override(db: &impl Sql, cpe_id: &str) -> Result<Option<(u64, Policy)>, WebError> {
+    let row: Option<(i64, String)> = match db.query_opt(
+        "SELECT version, policy_json FROM policies WHERE scope = 'cpe' AND cpe_id = ?1
+         ORDER BY version DESC LIMIT 1",
+        db_params![cpe_id],
+    )? {
+        Some(r) => Some((r.get(0)?, r.get(1)?)),
+        None => None,
+    };
     row.map(|(v, json)| {
         let p: Policy = serde_json::from_str(&json)
             .map_err(|e| WebError::Internal(format!("stored override v{v}: {e}")))?;
@@ -88,19 +90,19 @@ fn load(conn: &Connection, id: &str, now: u64) -> Result<Loaded, WebError> {
         .collect();
     let commands = crate::store::commands::list(conn, id, now, 50)
         .map_err(|e| WebError::Internal(e.to_string()))?;
-    let abuse_reports: i64 = conn.query_row(
+    let abuse_reports: i64 = Sql::query_one(
+        conn,
         "SELECT COUNT(*) FROM abuse_reports WHERE cpe_id = ?1",
-        [id],
-        |r| r.get(0),
+        db_params![id],
     )?;
-    let cpe_policy_applied: Option<i64> = conn
-        .query_row(
-            "SELECT cpe_policy_version FROM cpe_state WHERE cpe_id = ?1",
-            [id],
-            |r| r.get(0),
-        )
-        .optional()?
-        .flatten();
+    let cpe_policy_applied: Option<i64> = match Sql::query_opt(
+        conn,
+        "SELECT cpe_policy_version FROM cpe_state WHERE cpe_id = ?1",
+        db_params![id],
+    )? {
+        Some(r) => r.get(0)?,
+        None => None,
+    };
     Ok(Loaded {
         row,
         devices,
@@ -529,7 +531,7 @@ pub async fn command(
         _ => return WebError::BadRequest("action must be release or block".into()).page(),
     };
     let id = cpe_id.clone();
-    if let Err(e) = state.db(move |conn| cpe_row(conn, &id).map(drop)).await {
+    if let Err(e) = state.sql(move |db| cpe_row(db, &id).map(drop)).await {
         return e.page();
     }
     match state.send_order(&staff.name, &cpe_id, order).await {
@@ -567,7 +569,7 @@ pub async fn policy_override(
         Err(e) => return e.page(),
     };
     let id = cpe_id.clone();
-    if let Err(e) = state.db(move |conn| cpe_row(conn, &id).map(drop)).await {
+    if let Err(e) = state.sql(move |db| cpe_row(db, &id).map(drop)).await {
         return e.page();
     }
     let checked = if form.confirm.is_none() {
@@ -606,5 +608,38 @@ pub async fn policy_override(
         ))
         .into_response(),
         Err(e) => WebError::BadRequest(format!("Not sent: {e}")).page(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_newest_override_is_read_on_both_backends() {
+        for (url, _dir) in crate::store::db::tests::backends() {
+            let store = crate::store::Store::open_url(&url).unwrap();
+            let db = &**store.db();
+            assert!(cpe_override(db, "cpe-1").unwrap().is_none(), "{url}");
+            for (version, rate) in [(4u64, 40u32), (9, 90)] {
+                let policy = Policy {
+                    rate_limit_per_minute: rate,
+                    ..Policy::default()
+                };
+                db.execute(
+                    "INSERT INTO policies (version, scope, cpe_id, policy_json, wire, created_ms)
+                     VALUES (?1, 'cpe', 'cpe-1', ?2, ?3, 0)",
+                    db_params![
+                        version,
+                        &serde_json::to_string(&policy).unwrap(),
+                        &[0u8][..]
+                    ],
+                )
+                .unwrap();
+            }
+            let (version, policy) = cpe_override(db, "cpe-1").unwrap().unwrap();
+            assert_eq!((version, policy.rate_limit_per_minute), (9, 90), "{url}");
+            assert!(cpe_override(db, "cpe-2").unwrap().is_none(), "{url}");
+        }
     }
 }

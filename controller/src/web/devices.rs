@@ -110,8 +110,8 @@ impl DeviceList {
     /// mapping's address history.
     ///
     /// # Errors
-    /// [`WebError::BadRequest`] naming the bad field; SQLite errors.
-    pub fn parse(conn: &Connection, q: &DeviceQuery) -> Result<DeviceList, WebError> {
+    /// [`WebError::BadRequest`] naming the bad field; database errors.
+    pub fn parse(db: &impl crate::store::db::Sql, q: &DeviceQuery) -> Result<DeviceList, WebError> {
         let mut f = Filter::default();
         if let Some(text) = given(&q.q) {
             if text.chars().count() > 200 {
@@ -125,7 +125,7 @@ impl DeviceList {
                 if let Some(at) = given(&q.at) {
                     let at = parse_time(at)?;
                     // Nobody held it then: a CPE id no router has.
-                    f.cpe = Some(abuse::holder_at(conn, ip, at)?.unwrap_or_default());
+                    f.cpe = Some(abuse::holder_at(db, ip, at)?.unwrap_or_default());
                 } else if is_lan(ip) {
                     f.text = Some(like(&format!("\"{ip}\"")));
                 } else {

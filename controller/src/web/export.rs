@@ -21,6 +21,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{abuse_desk, auth, campaign_page, devices, fleet, AppState, WebError};
+use crate::store::db::Sql;
 use crate::{abuse, audit};
 
 /// Rows one export holds at most.
@@ -128,14 +129,9 @@ fn devices(
     })
 }
 
-fn cpes(conn: &rusqlite::Connection, q: &fleet::FleetQuery) -> Result<Table, WebError> {
-    let filter = fleet::Filter::parse(conn, q)?;
-    let (_, list) = fleet::search(
-        conn,
-        &filter,
-        u32::try_from(ROWS_MAX).unwrap_or(u32::MAX),
-        0,
-    )?;
+fn cpes(db: &impl Sql, q: &fleet::FleetQuery) -> Result<Table, WebError> {
+    let filter = fleet::Filter::parse(db, q)?;
+    let (_, list) = fleet::search(db, &filter, u32::try_from(ROWS_MAX).unwrap_or(u32::MAX), 0)?;
     let rows = list
         .iter()
         .map(|c| {
@@ -226,14 +222,9 @@ fn campaigns(
     })
 }
 
-fn reports(conn: &rusqlite::Connection, q: &abuse_desk::ListQuery) -> Result<Table, WebError> {
+fn reports(db: &impl Sql, q: &abuse_desk::ListQuery) -> Result<Table, WebError> {
     let filter = q.filter()?;
-    let list = abuse::list_page(
-        conn,
-        &filter,
-        u32::try_from(ROWS_MAX).unwrap_or(u32::MAX),
-        0,
-    )?;
+    let list = abuse::list_page(db, &filter, u32::try_from(ROWS_MAX).unwrap_or(u32::MAX), 0)?;
     let rows = list
         .iter()
         .map(|r| {
@@ -332,7 +323,7 @@ pub async fn export(
             Err(e) => Err(e),
         },
         "cpes" => match filters::<fleet::FleetQuery>(&uri) {
-            Ok(fleet_q) => state.db(move |conn| cpes(conn, &fleet_q)).await,
+            Ok(fleet_q) => state.sql(move |db| cpes(db, &fleet_q)).await,
             Err(e) => Err(e),
         },
         "campaigns" => match filters::<campaign_page::CampaignQuery>(&uri) {
@@ -345,7 +336,7 @@ pub async fn export(
             Err(e) => Err(e),
         },
         "abuse" => match filters::<abuse_desk::ListQuery>(&uri) {
-            Ok(abuse_q) => state.db(move |conn| reports(conn, &abuse_q)).await,
+            Ok(abuse_q) => state.sql(move |db| reports(db, &abuse_q)).await,
             Err(e) => Err(e),
         },
         "audit" => state.db(audit_log).await,

@@ -14,7 +14,7 @@ use std::net::IpAddr;
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
-use rusqlite::{named_params, Connection};
+use rusqlite::Connection;
 use serde::Deserialize;
 use smtpguard_protocol::{MacAddr, Verdict};
 
@@ -22,6 +22,8 @@ use super::html::{self, esc, Table};
 use super::list::{given, like, options, Links, Noun, Order, SortKey};
 use super::noc::{current_campaigns, device_rows, export_links, noc_page};
 use super::{auth, AppState, WebError};
+use crate::db_params;
+use crate::store::db::{Row, Sql};
 use crate::verdicts::{plural, DeviceView};
 use crate::{abuse, households};
 
@@ -99,7 +101,7 @@ const FROM: &str = " FROM cpes c LEFT JOIN cpe_state s ON s.cpe_id = c.cpe_id
 const STATUS: &str = "CASE WHEN c.revoked_at_ms IS NOT NULL THEN 'revoked'
         WHEN s.status IS NULL THEN 'never' ELSE s.status END";
 
-fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<CpeRow> {
+fn row(r: &Row) -> Result<CpeRow, crate::store::db::DbError> {
     Ok(CpeRow {
         cpe_id: r.get(0)?,
         label: r.get(1)?,
@@ -117,13 +119,13 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<CpeRow> {
 /// One CPE with its state and household.
 ///
 /// # Errors
-/// [`WebError::NotFound`] for an unknown CPE; SQLite errors.
-pub fn cpe_row(conn: &Connection, id: &str) -> Result<CpeRow, WebError> {
+/// [`WebError::NotFound`] for an unknown CPE; database errors.
+pub fn cpe_row(db: &impl Sql, id: &str) -> Result<CpeRow, WebError> {
     let filter = Filter {
         cpe: Some(id.to_string()),
         ..Filter::default()
     };
-    search(conn, &filter, 1, 0)?
+    search(db, &filter, 1, 0)?
         .1
         .into_iter()
         .next()
@@ -134,13 +136,13 @@ pub fn cpe_row(conn: &Connection, id: &str) -> Result<CpeRow, WebError> {
 /// [`search`]).
 ///
 /// # Errors
-/// SQLite errors.
-pub fn cpe_rows(conn: &Connection, only: Option<&str>) -> Result<Vec<CpeRow>, WebError> {
+/// Database errors.
+pub fn cpe_rows(db: &impl Sql, only: Option<&str>) -> Result<Vec<CpeRow>, WebError> {
     let filter = Filter {
         cpe: only.map(str::to_string),
         ..Filter::default()
     };
-    Ok(search(conn, &filter, u32::MAX, 0)?.1)
+    Ok(search(db, &filter, u32::MAX, 0)?.1)
 }
 
 /// The fleet page's query string, as sent; [`Filter::parse`] checks it.
@@ -291,8 +293,8 @@ impl Filter {
     /// mapping's address history.
     ///
     /// # Errors
-    /// [`WebError::BadRequest`] naming the bad field; SQLite errors.
-    pub fn parse(conn: &Connection, q: &FleetQuery) -> Result<Filter, WebError> {
+    /// [`WebError::BadRequest`] naming the bad field; database errors.
+    pub fn parse(db: &impl Sql, q: &FleetQuery) -> Result<Filter, WebError> {
         let mut f = Filter {
             page: 1,
             ..Filter::default()
@@ -309,7 +311,7 @@ impl Filter {
                 f.ip = Some(ip.to_string());
                 if let Some(at) = given(&q.at) {
                     let at = parse_time(at)?;
-                    f.holder = Some(abuse::holder_at(conn, ip, at)?.unwrap_or_default());
+                    f.holder = Some(abuse::holder_at(db, ip, at)?.unwrap_or_default());
                 }
             } else {
                 f.text = Some(like(text));
@@ -358,54 +360,58 @@ impl Filter {
 /// The CPEs matching `f`: how many in all, and `limit` of them from `offset` in `f`'s order.
 ///
 /// # Errors
-/// SQLite errors.
+/// Database errors.
 pub fn search(
-    conn: &Connection,
+    db: &impl Sql,
     f: &Filter,
     limit: u32,
     offset: u64,
 ) -> Result<(u64, Vec<CpeRow>), WebError> {
+    // Every optional filter is typed, so that PostgreSQL knows its parameter's type when it
+    // is NULL; the text search ignores case on both backends.
     let filter = format!(
-        " WHERE (:cpe IS NULL OR c.cpe_id = :cpe)
-          AND (:holder IS NULL OR c.cpe_id = :holder)
-          AND (:text IS NULL OR c.cpe_id LIKE :text ESCAPE '\\' OR c.label LIKE :text ESCAPE '\\'
-               OR h.name LIKE :text ESCAPE '\\'
-               OR c.cpe_id IN (SELECT cpe_id FROM devices WHERE hostname LIKE :text ESCAPE '\\'))
-          AND (:mac IS NULL OR c.cpe_id IN (SELECT cpe_id FROM devices WHERE mac = :mac))
-          AND (:ip IS NULL OR :holder IS NOT NULL OR s.public_ip = :ip
-               OR c.cpe_id IN (SELECT cpe_id FROM public_ips WHERE ip = :ip))
-          AND (:status IS NULL OR {STATUS} = :status)
-          AND (:v1 IS NULL OR c.cpe_id IN
-               (SELECT cpe_id FROM devices WHERE verdict IN (:v1, :v2)))
-          AND (:agent IS NULL OR s.agent_version = :agent)
-          AND (:policy IS NULL OR s.fleet_policy_version = :policy)"
+        " WHERE (CAST(?1 AS TEXT) IS NULL OR c.cpe_id = ?1)
+          AND (CAST(?2 AS TEXT) IS NULL OR c.cpe_id = ?2)
+          AND (CAST(?3 AS TEXT) IS NULL OR LOWER(c.cpe_id) LIKE LOWER(?3) ESCAPE '\\'
+               OR LOWER(c.label) LIKE LOWER(?3) ESCAPE '\\'
+               OR LOWER(h.name) LIKE LOWER(?3) ESCAPE '\\'
+               OR c.cpe_id IN (SELECT cpe_id FROM devices
+                   WHERE LOWER(hostname) LIKE LOWER(?3) ESCAPE '\\'))
+          AND (CAST(?4 AS TEXT) IS NULL
+               OR c.cpe_id IN (SELECT cpe_id FROM devices WHERE mac = ?4))
+          AND (CAST(?5 AS TEXT) IS NULL OR ?2 IS NOT NULL OR s.public_ip = ?5
+               OR c.cpe_id IN (SELECT cpe_id FROM public_ips WHERE ip = ?5))
+          AND (CAST(?6 AS TEXT) IS NULL OR {STATUS} = ?6)
+          AND (CAST(?7 AS TEXT) IS NULL OR c.cpe_id IN
+               (SELECT cpe_id FROM devices WHERE verdict IN (?7, CAST(?8 AS TEXT))))
+          AND (CAST(?9 AS TEXT) IS NULL OR s.agent_version = ?9)
+          AND (CAST(?10 AS BIGINT) IS NULL OR s.fleet_policy_version = ?10)"
     );
     let (v1, v2) = f.verdicts.unzip();
-    let params = named_params! {
-        ":cpe": f.cpe,
-        ":holder": f.holder,
-        ":text": f.text,
-        ":mac": f.mac,
-        ":ip": f.ip,
-        ":status": f.status,
-        ":v1": v1,
-        ":v2": v2,
-        ":agent": f.agent,
-        ":policy": f.policy,
-    };
-    let total: i64 = conn
-        .prepare_cached(&format!("SELECT COUNT(*){FROM}{filter}"))?
-        .query_row(params, |r| r.get(0))?;
+    let params = db_params![
+        f.cpe.as_ref(),
+        f.holder.as_ref(),
+        f.text.as_ref(),
+        f.mac.as_ref(),
+        f.ip.as_ref(),
+        f.status,
+        v1,
+        v2,
+        f.agent.as_ref(),
+        f.policy,
+    ];
+    let total: u64 = db.query_one(&format!("SELECT COUNT(*){FROM}{filter}"), params)?;
     let dir = if f.desc { "DESC" } else { "ASC" };
     let sql = format!(
         "{SELECT}{FROM}{filter} ORDER BY {} {dir} NULLS LAST, c.cpe_id {dir} LIMIT {limit} OFFSET {offset}",
         f.sort.column()
     );
-    let rows = conn
-        .prepare_cached(&sql)?
-        .query_map(params, row)?
+    let rows = db
+        .query(&sql, params)?
+        .iter()
+        .map(row)
         .collect::<Result<Vec<_>, _>>()?;
-    Ok((u64::try_from(total).unwrap_or(0), rows))
+    Ok((total, rows))
 }
 
 /// How many CPEs are online, offline, never seen and revoked.
@@ -424,15 +430,18 @@ pub struct StatusCounts {
 /// Counts CPEs by status word.
 ///
 /// # Errors
-/// SQLite errors.
-pub fn status_counts(conn: &Connection) -> Result<StatusCounts, WebError> {
+/// Database errors.
+pub fn status_counts(db: &impl Sql) -> Result<StatusCounts, WebError> {
     let mut out = StatusCounts::default();
-    let mut stmt =
-        conn.prepare_cached(&format!("SELECT {STATUS}, COUNT(*) FROM cpes c LEFT JOIN cpe_state s ON s.cpe_id = c.cpe_id GROUP BY 1"))?;
-    let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+    let rows = db.query(
+        &format!(
+            "SELECT {STATUS}, COUNT(*) FROM cpes c LEFT JOIN cpe_state s ON s.cpe_id = c.cpe_id
+             GROUP BY 1"
+        ),
+        &[],
+    )?;
     for r in rows {
-        let (word, n) = r?;
-        let n = u64::try_from(n).unwrap_or(0);
+        let (word, n): (String, u64) = (r.get(0)?, r.get(1)?);
         match word.as_str() {
             "online" => out.online += n,
             "never" => out.never += n,
@@ -777,6 +786,171 @@ use axum::response::IntoResponse as _;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Four routers: cpe-a (online, household "Müller", agent 1.2, policy 3, an infected
+    /// laptop, address 203.0.113.7 now), cpe-b (offline, held 203.0.113.7 earlier),
+    /// cpe-c (never seen), cpe-d (revoked).
+    fn fleet(db: &impl Sql) {
+        for (id, label, revoked) in [
+            ("cpe-a", Some("Kitchen"), None),
+            ("cpe-b", None, None),
+            ("cpe-c", None, None),
+            ("cpe-d", None, Some(5u64)),
+        ] {
+            db.execute(
+                "INSERT INTO cpes (cpe_id, public_key, label, enrolled_at_ms, revoked_at_ms)
+                 VALUES (?1, 'k', ?2, 0, ?3)",
+                db_params![id, label, revoked],
+            )
+            .unwrap();
+        }
+        for (id, status, agent, policy, ip) in [
+            ("cpe-a", "online", "1.2", 3u64, "203.0.113.7"),
+            ("cpe-b", "offline", "1.1", 2, "198.51.100.9"),
+        ] {
+            db.execute(
+                "INSERT INTO cpe_state (cpe_id, status, agent_version, fleet_policy_version,
+                    public_ip, updated_ms) VALUES (?1, ?2, ?3, ?4, ?5, 100)",
+                db_params![id, status, agent, policy, ip],
+            )
+            .unwrap();
+        }
+        let household: i64 = db
+            .query_one(
+                "INSERT INTO households (name, created_ms) VALUES ('Müller', 0) RETURNING id",
+                &[],
+            )
+            .unwrap();
+        db.execute(
+            "INSERT INTO household_cpes (cpe_id, household_id) VALUES ('cpe-a', ?1)",
+            db_params![household],
+        )
+        .unwrap();
+        db.execute(
+            "INSERT INTO devices (cpe_id, mac, hostname, ips_json, verdict, severity, score,
+                since_ms, last_seen_ms, last_fact, action, evidence_json, observed_json)
+             VALUES ('cpe-a', '02:00:00:00:00:01', 'Laptop-Anna', '[]', 'infected', 2, 0.9,
+                1, 1, 'alert', 'block', '[]', '{}')",
+            &[],
+        )
+        .unwrap();
+        db.execute(
+            "INSERT INTO public_ips (cpe_id, ip, first_seen_ms, last_seen_ms)
+             VALUES ('cpe-b', '203.0.113.7', ?1, ?2), ('cpe-a', '203.0.113.7', ?3, ?4)",
+            // 2025-11-30T10:53:20Z for an hour; ten days later for a day.
+            db_params![
+                1_764_500_000_000u64,
+                1_764_503_600_000u64,
+                1_765_364_000_000u64,
+                1_765_450_400_000u64
+            ],
+        )
+        .unwrap();
+    }
+
+    fn ids(db: &impl Sql, q: FleetQuery) -> Vec<String> {
+        let f = Filter::parse(db, &q).unwrap();
+        let (total, rows) = search(db, &f, 50, 0).unwrap();
+        assert_eq!(total as usize, rows.len());
+        rows.into_iter().map(|r| r.cpe_id).collect()
+    }
+
+    #[test]
+    fn every_fleet_filter_works_on_both_backends() {
+        for (url, _dir) in crate::store::db::tests::backends() {
+            let store = crate::store::Store::open_url(&url).unwrap();
+            let db = &**store.db();
+            fleet(db);
+            let q = |text: &str| FleetQuery {
+                q: Some(text.into()),
+                ..FleetQuery::default()
+            };
+            assert_eq!(ids(db, FleetQuery::default()).len(), 4, "{url}");
+            // Text, case-insensitive, against id, label, household and host names.
+            assert_eq!(ids(db, q("kitchen")), ["cpe-a"], "{url}");
+            // (ASCII letters only: SQLite folds no others.)
+            assert_eq!(ids(db, q("MüLLER")).len(), 1, "{url}");
+            assert_eq!(ids(db, q("laptop-anna")), ["cpe-a"], "{url}");
+            assert_eq!(ids(db, q("CPE-")).len(), 4, "{url}");
+            assert_eq!(ids(db, q("02:00:00:00:00:01")), ["cpe-a"], "{url}");
+            // An address: every router that ever held it; with a time, the one that did then.
+            assert_eq!(ids(db, q("203.0.113.7")), ["cpe-a", "cpe-b"], "{url}");
+            let at = |t: &str| FleetQuery {
+                at: Some(t.into()),
+                ..q("203.0.113.7")
+            };
+            assert_eq!(ids(db, at("2025-11-30T11:23")), ["cpe-b"], "{url}");
+            assert!(ids(db, at("2025-12-05T10:53")).is_empty(), "{url}");
+            let by = |status: Option<&str>,
+                      verdict: Option<&str>,
+                      agent: Option<&str>,
+                      policy: Option<&str>| {
+                FleetQuery {
+                    status: status.map(Into::into),
+                    verdict: verdict.map(Into::into),
+                    agent: agent.map(Into::into),
+                    policy: policy.map(Into::into),
+                    ..FleetQuery::default()
+                }
+            };
+            assert_eq!(
+                ids(db, by(Some("online"), None, None, None)),
+                ["cpe-a"],
+                "{url}"
+            );
+            assert_eq!(
+                ids(db, by(Some("never"), None, None, None)),
+                ["cpe-c"],
+                "{url}"
+            );
+            assert_eq!(
+                ids(db, by(Some("revoked"), None, None, None)),
+                ["cpe-d"],
+                "{url}"
+            );
+            assert_eq!(
+                ids(db, by(None, Some("flagged"), None, None)),
+                ["cpe-a"],
+                "{url}"
+            );
+            assert!(
+                ids(db, by(None, Some("suspicious"), None, None)).is_empty(),
+                "{url}"
+            );
+            assert_eq!(
+                ids(db, by(None, None, Some("1.1"), None)),
+                ["cpe-b"],
+                "{url}"
+            );
+            assert_eq!(
+                ids(db, by(None, None, None, Some("v3"))),
+                ["cpe-a"],
+                "{url}"
+            );
+            // Sorted by flagged devices, most first; the row as the API shows it.
+            let mut sorted = FleetQuery::default();
+            sorted.order.sort = Some("flagged".into());
+            sorted.order.dir = Some("desc".into());
+            let f = Filter::parse(db, &sorted).unwrap();
+            let first = &search(db, &f, 1, 0).unwrap().1[0];
+            assert_eq!(first.cpe_id, "cpe-a", "{url}");
+            assert_eq!(first.flagged, 1, "{url}");
+            assert_eq!(first.household.as_deref(), Some("Müller"), "{url}");
+            assert_eq!(first.fleet_policy_version, Some(3), "{url}");
+            assert!(!first.revoked, "{url}");
+            assert!(cpe_row(db, "cpe-d").unwrap().revoked, "{url}");
+            assert!(
+                matches!(cpe_row(db, "nope"), Err(WebError::NotFound)),
+                "{url}"
+            );
+            let counts = status_counts(db).unwrap();
+            assert_eq!(
+                (counts.online, counts.offline, counts.never, counts.revoked),
+                (1, 1, 1, 1),
+                "{url}"
+            );
+        }
+    }
 
     #[test]
     fn links_keep_the_filters_and_encode_them() {

@@ -15,7 +15,6 @@ use smtpguard_protocol::{Policy, SafetyContext};
 use super::{open_db_url, system_clock, AppState, PolicyPublisher, WebError, WebSettings};
 use crate::config::{BrokerConfig, Config};
 use crate::policy::{self, Target};
-use crate::store::Store;
 
 /// The `[web]` section of the controller configuration.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -157,9 +156,10 @@ impl WebConfig {
     }
 }
 
-/// Signs with the controller key, stores, and publishes retained through the broker.
+/// Signs with the controller key, stores (the version from the database's counter, so
+/// replicas never repeat one), and publishes retained through the broker.
 pub struct BrokerPolicy {
-    db_path: PathBuf,
+    db: Arc<crate::store::db::Db>,
     key_path: PathBuf,
     broker: BrokerConfig,
     client_id: String,
@@ -168,10 +168,10 @@ pub struct BrokerPolicy {
 }
 
 impl BrokerPolicy {
-    /// From the controller configuration.
-    pub fn new(config: &Config) -> BrokerPolicy {
+    /// From the controller configuration, storing into `db` (the web server's database).
+    pub fn new(config: &Config, db: Arc<crate::store::db::Db>) -> BrokerPolicy {
         BrokerPolicy {
-            db_path: config.db_path.clone(),
+            db,
             key_path: config.policy_key_path.clone(),
             broker: config.broker.clone(),
             client_id: format!("{}-web", config.broker.client_id),
@@ -188,7 +188,7 @@ impl PolicyPublisher for BrokerPolicy {
         cpe_id: Option<String>,
     ) -> Pin<Box<dyn Future<Output = Result<u64, String>> + Send + '_>> {
         Box::pin(async move {
-            let db = self.db_path.clone();
+            let db = Arc::clone(&self.db);
             let key_path = self.key_path.clone();
             let now = (self.clock)();
             let target = cpe_id.map_or(Target::Fleet, Target::Cpe);
@@ -196,9 +196,7 @@ impl PolicyPublisher for BrokerPolicy {
             let stored = tokio::task::spawn_blocking(move || {
                 let key =
                     smtpguard_protocol::keys::read_secret(&key_path).map_err(|e| e.to_string())?;
-                let mut store = Store::open(&db).map_err(|e| e.to_string())?;
-                policy::sign(&mut store, &key, policy, &target, &safety, now)
-                    .map_err(|e| e.to_string())
+                policy::sign_in(&db, &key, policy, &target, &safety, now).map_err(|e| e.to_string())
             })
             .await
             .map_err(|e| e.to_string())??;
@@ -278,11 +276,11 @@ pub async fn run(
     web.validate()?;
     let mut settings = web.settings()?;
     settings.policy_safety = config.safety_context();
-    let conn = open_db_url(&config.database_url())?;
+    let db = open_db_url(&config.database_url())?;
     let state = AppState::new(
-        conn,
+        Arc::clone(&db),
         settings,
-        Arc::new(BrokerPolicy::new(config)),
+        Arc::new(BrokerPolicy::new(config, db)),
         system_clock(),
     )
     .with_commands(Arc::new(BrokerCommands::new(config)));

@@ -17,6 +17,7 @@ use smtpguard_protocol::{Kind, RejectionReason, Verdict};
 
 use super::api::ABUSE_LABELS;
 use super::{AppState, WebError};
+use crate::store::db::{DbError, FromValue, Sql};
 use crate::verdicts;
 
 struct Snapshot {
@@ -33,13 +34,12 @@ struct Snapshot {
     retention: crate::store::retention::Totals,
 }
 
-fn pairs<T: rusqlite::types::FromSql>(
-    conn: &rusqlite::Connection,
-    sql: &str,
-) -> Result<Vec<(T, i64)>, WebError> {
-    let mut stmt = conn.prepare_cached(sql)?;
-    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-    Ok(rows.collect::<Result<_, _>>()?)
+fn pairs<T: FromValue>(db: &impl Sql, sql: &str) -> Result<Vec<(T, i64)>, WebError> {
+    let rows = db.query(sql, &[])?;
+    Ok(rows
+        .iter()
+        .map(|r| Ok((r.get(0)?, r.get(1)?)))
+        .collect::<Result<_, DbError>>()?)
 }
 
 fn snapshot(conn: &rusqlite::Connection, now_ms: u64) -> Result<Snapshot, WebError> {
@@ -47,45 +47,59 @@ fn snapshot(conn: &rusqlite::Connection, now_ms: u64) -> Result<Snapshot, WebErr
     let devices = counts
         .by_verdict
         .map(|n| usize::try_from(n).unwrap_or(usize::MAX));
+    let notifications =
+        crate::store::notifications::counts(conn).map_err(|e| WebError::Internal(e.to_string()))?;
+    let retention =
+        crate::store::retention::totals(conn).map_err(|e| WebError::Internal(e.to_string()))?;
+    tallied(conn, now_ms, devices, notifications, retention)
+}
+
+/// The snapshot's own counts, read with `db`, around what the other modules counted.
+fn tallied(
+    db: &impl Sql,
+    now_ms: u64,
+    devices: [usize; 3],
+    notifications: Vec<(String, String, i64)>,
+    retention: crate::store::retention::Totals,
+) -> Result<Snapshot, WebError> {
     Ok(Snapshot {
-        by_kind: pairs(conn, "SELECT kind, COUNT(*) FROM messages GROUP BY kind")?,
-        rejections: pairs(conn, "SELECT reason, count FROM rejections")?,
+        by_kind: pairs(db, "SELECT kind, COUNT(*) FROM messages GROUP BY kind")?,
+        rejections: pairs(db, "SELECT reason, count FROM rejections")?,
         devices,
         cpes: pairs(
-            conn,
+            db,
             "SELECT COALESCE(s.status, 'unknown'), COUNT(*) FROM cpes c
              LEFT JOIN cpe_state s ON s.cpe_id = c.cpe_id WHERE c.revoked_at_ms IS NULL
              GROUP BY 1",
         )?,
         rollout: pairs(
-            conn,
+            db,
             "SELECT s.fleet_policy_version, COUNT(*) FROM cpes c
              LEFT JOIN cpe_state s ON s.cpe_id = c.cpe_id WHERE c.revoked_at_ms IS NULL
              GROUP BY 1",
         )?,
         abuse: pairs(
-            conn,
+            db,
             "SELECT mac IS NOT NULL, COUNT(*) FROM abuse_reports GROUP BY 1",
         )?,
         releases: pairs(
-            conn,
+            db,
             "SELECT status, COUNT(*) FROM release_requests GROUP BY status",
         )?,
         // `now_ms` is a number, so formatting it into the statement is safe.
         commands: pairs(
-            conn,
+            db,
             &format!(
                 "SELECT CASE WHEN status IN ('sent', 'unsent') AND expires_ms <= {now_ms}
                  THEN 'expired' ELSE status END, COUNT(*) FROM commands GROUP BY 1"
             ),
         )?,
-        command_sends: conn.query_row("SELECT COALESCE(SUM(sends), 0) FROM commands", [], |r| {
-            r.get(0)
-        })?,
-        notifications: crate::store::notifications::counts(conn)
-            .map_err(|e| WebError::Internal(e.to_string()))?,
-        retention: crate::store::retention::totals(conn)
-            .map_err(|e| WebError::Internal(e.to_string()))?,
+        command_sends: db.query_one(
+            "SELECT CAST(COALESCE(SUM(sends), 0) AS BIGINT) FROM commands",
+            &[],
+        )?,
+        notifications,
+        retention,
     })
 }
 
@@ -412,6 +426,63 @@ mod tests {
         text.lines()
             .find(|l| l.starts_with(name))
             .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+    }
+
+    /// The counts `/metrics` reads itself, on both backends: CPEs by status and by applied
+    /// version, abuse reports matched or not, commands with the expired ones apart, sends.
+    #[test]
+    fn the_own_counts_read_the_same_on_both_backends() {
+        for (url, _dir) in crate::store::db::tests::backends() {
+            let store = Store::open_url(&url).unwrap();
+            let db = &**store.db();
+            db.execute(
+                "INSERT INTO cpes (cpe_id, public_key) VALUES ('a', 'k'), ('b', 'k'), ('c', 'k')",
+                &[],
+            )
+            .unwrap();
+            db.execute(
+                "INSERT INTO cpe_state (cpe_id, status, fleet_policy_version, updated_ms)
+                 VALUES ('a', 'online', 4, 1), ('b', 'online', 4, 1)",
+                &[],
+            )
+            .unwrap();
+            db.execute(
+                "INSERT INTO rejections (reason, count) VALUES ('replay', 7)",
+                &[],
+            )
+            .unwrap();
+            for (mac, confidence) in [(Some("02:00:00:00:00:01"), "exact"), (None, "unmatched")] {
+                db.execute(
+                    "INSERT INTO abuse_reports (received_ms, source, public_ip, at_ms,
+                        confidence, mac, result_json)
+                     VALUES (1, 'json', '192.0.2.1', 1, ?1, ?2, '{}')",
+                    crate::db_params![confidence, mac],
+                )
+                .unwrap();
+            }
+            for (id, expires, sends) in [(1u64, 50u64, 2u64), (2, 500, 1)] {
+                db.execute(
+                    "INSERT INTO commands (cpe_id, command_id, action, mac, secs, issued_ms,
+                        expires_ms, wire, status, sends)
+                     VALUES ('a', ?1, 'block', '02:00:00:00:00:01', 60, 1, ?2, ?3, 'sent', ?4)",
+                    crate::db_params![id, expires, &[0u8][..], sends],
+                )
+                .unwrap();
+            }
+            let s = tallied(db, 100, [0; 3], Vec::new(), Default::default()).unwrap();
+            assert_eq!(s.rejections, [("replay".to_string(), 7)], "{url}");
+            assert_eq!(get(&s.cpes, "online"), 2, "{url}");
+            assert_eq!(get(&s.cpes, "unknown"), 1, "{url}");
+            let mut rollout = s.rollout.clone();
+            rollout.sort();
+            assert_eq!(rollout, [(None, 1), (Some(4), 2)], "{url}");
+            let mut abuse = s.abuse.clone();
+            abuse.sort();
+            assert_eq!(abuse, [(false, 1), (true, 1)], "{url}");
+            assert_eq!(get(&s.commands, "expired"), 1, "{url}");
+            assert_eq!(get(&s.commands, "sent"), 1, "{url}");
+            assert_eq!(s.command_sends, 3, "{url}");
+        }
     }
 
     #[test]

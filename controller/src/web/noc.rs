@@ -7,13 +7,15 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use axum::response::Response;
-use rusqlite::{Connection, OptionalExtension};
+use rusqlite::Connection;
 use smtpguard_protocol::Verdict;
 
 use super::auth::{self, Caller};
 use super::html::{self, esc, page, Nav};
 use super::{html_response, WebError};
 use crate::campaigns::{self, Campaign, Member};
+use crate::db_params;
+use crate::store::db::Sql;
 use crate::verdicts::DeviceView;
 
 /// The fleet's infected devices, what campaigns are found among (kept at ingest).
@@ -32,9 +34,9 @@ pub fn infected_devices(conn: &Connection, now_ms: u64) -> Result<Vec<DeviceView
 /// The campaigns among the fleet's infected devices.
 ///
 /// # Errors
-/// SQLite errors.
+/// Database errors.
 pub fn current_campaigns(
-    conn: &Connection,
+    db: &impl Sql,
     devices: &[DeviceView],
     settings: &campaigns::Settings,
 ) -> Result<Vec<(Campaign, Option<i64>)>, WebError> {
@@ -51,18 +53,17 @@ pub fn current_campaigns(
     let found = campaigns::cluster(&members, settings);
     let mut out = Vec::new();
     for c in found {
-        conn.execute(
-            "INSERT OR IGNORE INTO campaigns (id, first_seen_ms) VALUES (?1, ?2)",
-            rusqlite::params![c.id, i64::try_from(c.first_ms).unwrap_or(i64::MAX)],
+        db.execute(
+            "INSERT INTO campaigns (id, first_seen_ms) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+            db_params![&c.id, c.first_ms],
         )?;
-        let pushed: Option<i64> = conn
-            .query_row(
-                "SELECT pushed_version FROM campaigns WHERE id = ?1",
-                [&c.id],
-                |r| r.get(0),
-            )
-            .optional()?
-            .flatten();
+        let pushed: Option<i64> = match db.query_opt(
+            "SELECT pushed_version FROM campaigns WHERE id = ?1",
+            db_params![&c.id],
+        )? {
+            Some(row) => row.get(0)?,
+            None => None,
+        };
         out.push((c, pushed));
     }
     Ok(out)
@@ -153,4 +154,58 @@ pub(crate) fn export_links(what: &str, label: &str) -> String {
         r#"<p class="muted exports">Export {}: <a href="/api/export/{what}?format=csv">CSV</a> · <a href="/api/export/{what}?format=json">JSON</a></p>"#,
         esc(label)
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use smtpguard_protocol::{Action, MacAddr, Observed};
+
+    fn infected(cpe: &str, last: u8) -> DeviceView {
+        DeviceView {
+            cpe_id: cpe.into(),
+            mac: MacAddr([2, 0, 0, 0, 0, last]),
+            hostname: None,
+            vendor: None,
+            ips: Vec::new(),
+            verdict: Verdict::Infected,
+            score: 0.9,
+            since_ms: 1_000 * u64::from(last),
+            last_seen_ms: 1_000 * u64::from(last),
+            action: Action::Block,
+            action_until_ms: None,
+            evidence: Vec::new(),
+            counters: None,
+            history: Vec::new(),
+            observed: Observed {
+                ehlo_names: vec!["bot-7f3a.example".into()],
+                mail_from_domains: Vec::new(),
+                mail_servers: Vec::new(),
+            },
+        }
+    }
+
+    /// A campaign is recorded once, however often it is found, and comes back with the
+    /// version its indicators were pushed in.
+    #[test]
+    fn campaigns_are_recorded_once_with_their_pushed_version_on_both_backends() {
+        for (url, _dir) in crate::store::db::tests::backends() {
+            let store = crate::store::Store::open_url(&url).unwrap();
+            let db = &**store.db();
+            let devices = [infected("cpe-1", 1), infected("cpe-2", 2)];
+            let settings = campaigns::Settings::default();
+            let found = current_campaigns(db, &devices, &settings).unwrap();
+            assert_eq!(found.len(), 1, "{url}");
+            assert_eq!(found[0].1, None, "{url}");
+            db.execute(
+                "UPDATE campaigns SET pushed_version = 12 WHERE id = ?1",
+                crate::db_params![&found[0].0.id],
+            )
+            .unwrap();
+            let again = current_campaigns(db, &devices, &settings).unwrap();
+            assert_eq!(again[0].1, Some(12), "{url}");
+            let rows: i64 = db.query_one("SELECT COUNT(*) FROM campaigns", &[]).unwrap();
+            assert_eq!(rows, 1, "{url}");
+        }
+    }
 }

@@ -14,7 +14,6 @@ use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::{Form, Json};
-use rusqlite::Connection;
 use serde::Deserialize;
 use smtpguard_protocol::Policy;
 
@@ -24,6 +23,7 @@ use super::noc::noc_page;
 use super::{html_response, AppState, WebError};
 use crate::operators::Level;
 use crate::rollout::{self, Cohort, Limits, Rollout, Stage, Status, TargetState};
+use crate::store::db::Sql;
 
 /// Rollouts the page lists.
 const LISTED: usize = 5;
@@ -41,12 +41,12 @@ pub struct Shown {
 /// The newest rollouts as the page and the API show them.
 ///
 /// # Errors
-/// SQLite errors.
-pub fn load(conn: &Connection) -> Result<Vec<Shown>, WebError> {
+/// Database errors.
+pub fn load(db: &impl Sql) -> Result<Vec<Shown>, WebError> {
     let mut out = Vec::new();
-    for r in rollout::list(conn, LISTED)? {
-        let stages = rollout::stages(conn, &r)?;
-        let flagged_now = rollout::flagged(conn, &r.cohort)?;
+    for r in rollout::list(db, LISTED)? {
+        let stages = rollout::stages(db, &r)?;
+        let flagged_now = rollout::flagged(db, &r.cohort)?;
         out.push(Shown {
             rollout: r,
             stages,
@@ -216,7 +216,7 @@ pub async fn fragment(State(state): State<AppState>, headers: HeaderMap) -> Resp
         Ok(c) => c,
         Err(e) => return e.page(),
     };
-    match state.db(load).await {
+    match state.sql(load).await {
         Ok(shown) => html_response(section(&caller, &staff, &shown)),
         Err(e) => e.page(),
     }
@@ -227,7 +227,7 @@ pub async fn api(State(state): State<AppState>, headers: HeaderMap) -> Response 
     if let Err(e) = auth::staff(&state, &headers, Level::Viewer).await {
         return e.api();
     }
-    let shown = match state.db(load).await {
+    let shown = match state.sql(load).await {
         Ok(s) => s,
         Err(e) => return e.api(),
     };
