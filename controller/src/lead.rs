@@ -10,7 +10,7 @@
 //! once.
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -25,24 +25,58 @@ pub const RETRY: Duration = Duration::from_secs(2);
 /// `postgres://` URL); waits for the lease until then. Returns the job's output, or `None`
 /// when `stop` turned true first (a job that is still running then is dropped: jobs stop
 /// between two of their steps anyway).
+///
+/// A PostgreSQL lease can be lost while the job runs (the server restarted, the lease's
+/// connection was cut or ended by an administrator): the lease is checked every [`RETRY`],
+/// and when it is gone the job is dropped, so that it never runs on two replicas at once,
+/// and this replica asks for the lease again like the others; `job` is called again for
+/// the next term.
 pub async fn one_at_a_time<F, Fut, T>(
     url: String,
     name: &'static str,
     mut stop: watch::Receiver<bool>,
-    job: F,
+    mut job: F,
 ) -> Option<T>
 where
-    F: FnOnce(watch::Receiver<bool>) -> Fut,
+    F: FnMut(watch::Receiver<bool>) -> Fut,
     Fut: Future<Output = T>,
 {
     // Opened in the loop: a database that cannot be opened now (locked by a replica that
     // is creating it, a PostgreSQL server not up yet) is asked again, not given up on.
     let mut db: Option<Arc<Db>> = None;
-    let lease: Lease = loop {
+    loop {
+        let lease = Arc::new(Mutex::new(lead(&url, name, &mut stop, &mut db).await?));
+        tracing::info!(job = name, "this replica leads the job");
+        let out = tokio::select! {
+            out = job(stop.clone()) => Some(Some(out)),
+            () = stopped(stop.clone()) => Some(None),
+            () = lost(lease.clone()) => None,
+        };
+        // Releasing a PostgreSQL lease is a round trip: not on the runtime's threads.
+        let _ = tokio::task::spawn_blocking(move || drop(lease)).await;
+        match out {
+            Some(out) => return out,
+            None => tracing::warn!(
+                job = name,
+                "the job's lease was lost (its database connection ended); the job stopped \
+                 here and this replica asks for the lease again"
+            ),
+        }
+    }
+}
+
+/// Waits until this process holds the lease of `name` (`None`: `stop` turned true first).
+async fn lead(
+    url: &str,
+    name: &'static str,
+    stop: &mut watch::Receiver<bool>,
+    db: &mut Option<Arc<Db>>,
+) -> Option<Lease> {
+    loop {
         if *stop.borrow() {
             return None;
         }
-        let (held, url) = (db.clone(), url.clone());
+        let (held, url) = (db.clone(), url.to_string());
         let asked = tokio::task::spawn_blocking(move || {
             let db = match held {
                 Some(db) => db,
@@ -54,9 +88,9 @@ where
         .await;
         match asked {
             Ok(Ok((opened, lease))) => {
-                db = Some(opened);
+                *db = Some(opened);
                 match lease {
-                    Some(lease) => break lease,
+                    Some(lease) => return Some(lease),
                     None => tracing::debug!(job = name, "another replica leads"),
                 }
             }
@@ -67,15 +101,33 @@ where
             () = tokio::time::sleep(RETRY) => {}
             _ = stop.changed() => {}
         }
-    };
-    tracing::info!(job = name, "this replica leads the job");
-    let out = tokio::select! {
-        out = job(stop.clone()) => Some(out),
-        _ = async { while stop.changed().await.is_ok() { if *stop.borrow() { break; } } } => None,
-    };
-    // Releasing a PostgreSQL lease is a round trip: not on the runtime's threads.
-    let _ = tokio::task::spawn_blocking(move || drop(lease)).await;
-    out
+    }
+}
+
+/// Returns when `stop` turns true (or its sender is gone).
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    while !*stop.borrow() {
+        if stop.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Returns when `lease` is no longer held, checking every [`RETRY`].
+async fn lost(lease: Arc<Mutex<Lease>>) {
+    loop {
+        tokio::time::sleep(RETRY).await;
+        let lease = lease.clone();
+        let held = tokio::task::spawn_blocking(move || match lease.lock() {
+            Ok(mut lease) => lease.is_held(),
+            Err(_) => false,
+        })
+        .await
+        .unwrap_or(false);
+        if !held {
+            return;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -109,16 +161,20 @@ mod tests {
                 url.clone(),
                 "test-job",
                 stop,
-                move |mut stop| async move {
-                    leader.store(id, Ordering::SeqCst);
-                    let now = running.fetch_add(1, Ordering::SeqCst) + 1;
-                    // Counted down however the job ends (it is dropped at `stop`).
-                    let _running = Running(running);
-                    most.fetch_max(now, Ordering::SeqCst);
-                    ran.fetch_add(1, Ordering::SeqCst);
-                    while !*stop.borrow() {
-                        if stop.changed().await.is_err() {
-                            break;
+                move |mut stop| {
+                    let (running, most, ran, leader) =
+                        (running.clone(), most.clone(), ran.clone(), leader.clone());
+                    async move {
+                        leader.store(id, Ordering::SeqCst);
+                        let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                        // Counted down however the job ends (it is dropped at `stop`).
+                        let _running = Running(running);
+                        most.fetch_max(now, Ordering::SeqCst);
+                        ran.fetch_add(1, Ordering::SeqCst);
+                        while !*stop.borrow() {
+                            if stop.changed().await.is_err() {
+                                break;
+                            }
                         }
                     }
                 },
@@ -159,5 +215,71 @@ mod tests {
         );
         stop_second.send(true).unwrap();
         assert!(second.await.is_ok());
+    }
+
+    /// A PostgreSQL lease cut from under its leader (the server ends its session): the job
+    /// stops there and starts again once the lease is held again, never twice at once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_job_whose_postgres_lease_is_lost_stops_and_leads_again() {
+        let url = smtpguard_pgtest::database();
+        let running = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
+        let ran = Arc::new(AtomicUsize::new(0));
+        let (stop, stopped) = watch::channel(false);
+        let job = {
+            let (running, most, ran) = (running.clone(), most.clone(), ran.clone());
+            tokio::spawn(one_at_a_time(
+                url.clone(),
+                "cut-job",
+                stopped,
+                move |mut stop| {
+                    let (running, most, ran) = (running.clone(), most.clone(), ran.clone());
+                    async move {
+                        let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                        let _running = Running(running);
+                        most.fetch_max(now, Ordering::SeqCst);
+                        ran.fetch_add(1, Ordering::SeqCst);
+                        while !*stop.borrow() {
+                            if stop.changed().await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                },
+            ))
+        };
+        let wait_for = |n: usize| {
+            let ran = ran.clone();
+            async move {
+                for _ in 0..1000 {
+                    if ran.load(Ordering::SeqCst) >= n {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                panic!("the job did not start {n} times");
+            }
+        };
+        wait_for(1).await;
+        // The server ends the lease's session, as a restart or an administrator would.
+        let admin = url.clone();
+        let cut = tokio::task::spawn_blocking(move || {
+            let db = Db::open(&admin).unwrap();
+            db.query(
+                "SELECT pg_terminate_backend(pid) FROM pg_locks
+                 WHERE locktype = 'advisory' AND granted AND pid <> pg_backend_pid()",
+                &[],
+            )
+            .unwrap()
+            .len()
+        })
+        .await
+        .unwrap();
+        assert_eq!(cut, 1, "one session held the lease");
+        wait_for(2).await;
+        assert_eq!(most.load(Ordering::SeqCst), 1, "the job ran twice at once");
+        stop.send(true).unwrap();
+        assert!(job.await.is_ok());
+        assert_eq!(running.load(Ordering::SeqCst), 0);
     }
 }

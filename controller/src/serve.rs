@@ -56,7 +56,7 @@ pub async fn run(
             lease_url.clone(),
             "policy-watch",
             web_stopped.clone(),
-            move |_| policy::watch_retained(broker_config, client_id, url),
+            move |_| policy::watch_retained(broker_config.clone(), client_id.clone(), url.clone()),
         ));
     }
     // Put the newest policies back on their retained topics (the embedded broker forgets
@@ -98,7 +98,7 @@ pub async fn run(
             lease_url.clone(),
             "notifications",
             web_stopped.clone(),
-            move |stop| crate::notify::run(notify_config, url, stop),
+            move |stop| crate::notify::run(notify_config.clone(), url.clone(), stop),
         ))
     };
     // So does retention, between two batches.
@@ -109,7 +109,7 @@ pub async fn run(
             lease_url.clone(),
             "retention",
             web_stopped.clone(),
-            move |stop| run_retention(url, windows, every, stop),
+            move |stop| run_retention(url.clone(), windows.clone(), every, stop),
         ))
     };
     let result = service::run(&config, admission, async move {

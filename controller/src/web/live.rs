@@ -296,7 +296,7 @@ pub async fn run(
             config.database_url(),
             "rollout-watch",
             watch_stopped,
-            move |_| crate::rollout::watch(state, every),
+            move |_| crate::rollout::watch(state.clone(), every),
         ))
     };
     let served = super::serve(listener, state, shutdown)
