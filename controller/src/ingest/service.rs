@@ -345,7 +345,7 @@ impl Worker {
             .collect();
         let now = now_ms();
         for cpe_id in back {
-            let due = match commands::unanswered(&self.store.conn(), cpe_id, now) {
+            let due = match commands::unanswered(self.store.db(), cpe_id, now) {
                 Ok(due) => due,
                 Err(e) => {
                     tracing::warn!(cpe_id, error = %e, "could not look up unanswered commands");
@@ -353,7 +353,7 @@ impl Worker {
                 }
             };
             for (command_id, wire) in due {
-                if let Err(e) = commands::note_resent(&self.store.conn(), cpe_id, command_id) {
+                if let Err(e) = commands::note_resent(self.store.db(), cpe_id, command_id) {
                     tracing::warn!(cpe_id, command_id, error = %e, "could not count a resend");
                 }
                 let resend = Resend {

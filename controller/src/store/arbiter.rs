@@ -733,7 +733,7 @@ mod tests {
     fn on_an_existing_store_file_the_arbiter_continues_its_sequence_numbers_and_versions() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("controller.db");
-        let mut store = super::super::Store::open(&path).unwrap();
+        let store = super::super::Store::open(&path).unwrap();
         store.write_batch(&[message("a", 7)], &[]).unwrap();
         store
             .insert_policy(&StoredPolicy {
