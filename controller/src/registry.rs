@@ -56,7 +56,7 @@ pub struct Enrolled {
 /// # Errors
 /// [`RegistryError::InvalidId`], [`RegistryError::Key`] (bad or weak key), or a store error.
 pub fn add(
-    store: &Store,
+    store: &mut Store,
     cpe_id: &str,
     public_key: &str,
     label: Option<&str>,
@@ -83,7 +83,7 @@ pub fn add(
 ///
 /// # Errors
 /// [`RegistryError::NotEnrolled`] or a store error.
-pub fn rotate_password(store: &Store, cpe_id: &str) -> Result<String, RegistryError> {
+pub fn rotate_password(store: &mut Store, cpe_id: &str) -> Result<String, RegistryError> {
     let password = crate::households::new_secret("");
     if store.set_cpe_password_hash(cpe_id, &hash_password(&password, &random_salt()))? {
         Ok(password)
@@ -178,7 +178,7 @@ pub fn verify_password(password: &[u8], hash: &str) -> bool {
 ///
 /// # Errors
 /// [`RegistryError::NotEnrolled`] or a store error.
-pub fn revoke(store: &Store, cpe_id: &str, now_ms: u64) -> Result<(), RegistryError> {
+pub fn revoke(store: &mut Store, cpe_id: &str, now_ms: u64) -> Result<(), RegistryError> {
     if store.revoke_cpe(cpe_id, now_ms)? {
         Ok(())
     } else {
@@ -320,34 +320,34 @@ mod tests {
     #[test]
     fn enroll_revoke_and_refuse_bad_input() {
         for (url, _guard) in crate::store::db::tests::backends() {
-            let store = Store::open_url(&url).unwrap();
+            let mut store = Store::open_url(&url).unwrap();
             let key = keys::generate().verifying_key();
             let text = keys::public_key_text(&key);
-            add(&store, "cpe-1", &text, Some("flat 3"), 10).unwrap();
+            add(&mut store, "cpe-1", &text, Some("flat 3"), 10).unwrap();
             assert_eq!(
                 KeyCache::load(&store).unwrap().status("cpe-1"),
                 KeyStatus::Active(key)
             );
             assert!(matches!(
-                add(&store, "a/b", &text, None, 10),
+                add(&mut store, "a/b", &text, None, 10),
                 Err(RegistryError::InvalidId(_))
             ));
             assert!(matches!(
-                add(&store, "cpe-2", "ed25519:00", None, 10),
+                add(&mut store, "cpe-2", "ed25519:00", None, 10),
                 Err(RegistryError::Key(_))
             ));
             let first = KeyCache::load(&store).unwrap();
             assert_eq!(first.check_login("cpe-1", b"wrong"), Login::BadPassword);
             assert_eq!(first.check_login("cpe-1", b""), Login::BadPassword);
             assert_eq!(first.check_login("cpe-9", b"x"), Login::UnknownCpe);
-            let enrolled = add(&store, "cpe-1", &text, None, 11).unwrap();
+            let enrolled = add(&mut store, "cpe-1", &text, None, 11).unwrap();
             let cache = KeyCache::load(&store).unwrap();
             assert_eq!(
                 cache.check_login("cpe-1", enrolled.broker_password.as_bytes()),
                 Login::Admitted
             );
             // Rotation: the old password stops working, the new one works.
-            let new = rotate_password(&store, "cpe-1").unwrap();
+            let new = rotate_password(&mut store, "cpe-1").unwrap();
             let cache = KeyCache::load(&store).unwrap();
             assert_eq!(
                 cache.check_login("cpe-1", enrolled.broker_password.as_bytes()),
@@ -358,10 +358,10 @@ mod tests {
                 .unwrap()
                 .starts_with("cpe-1:$7$101$"));
             assert!(matches!(
-                rotate_password(&store, "cpe-9"),
+                rotate_password(&mut store, "cpe-9"),
                 Err(RegistryError::NotEnrolled(_))
             ));
-            revoke(&store, "cpe-1", 20).unwrap();
+            revoke(&mut store, "cpe-1", 20).unwrap();
             let cache = KeyCache::load(&store).unwrap();
             assert_eq!(cache.check_login("cpe-1", new.as_bytes()), Login::Revoked);
             assert_eq!(mosquitto_password_file(&store).unwrap(), "");
@@ -369,7 +369,7 @@ mod tests {
             assert_eq!(cache.status("cpe-1"), KeyStatus::Revoked);
             assert_eq!(cache.status("cpe-9"), KeyStatus::Unknown);
             assert!(matches!(
-                revoke(&store, "cpe-9", 20),
+                revoke(&mut store, "cpe-9", 20),
                 Err(RegistryError::NotEnrolled(_))
             ));
         }

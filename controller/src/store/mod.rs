@@ -229,6 +229,10 @@ impl Store {
     /// # Panics
     /// On PostgreSQL, which such code cannot use; `serve` refuses a PostgreSQL URL until
     /// nothing calls this.
+    #[allow(
+        clippy::expect_used,
+        reason = "transitional: its callers are SQLite-only until the port ends"
+    )]
     pub fn conn(&self) -> std::sync::MutexGuard<'_, rusqlite::Connection> {
         self.db
             .sqlite_connection()
