@@ -368,11 +368,10 @@ impl Worker {
         }
     }
 
-    fn data_version(&self) -> i64 {
-        self.store
-            .conn()
-            .pragma_query_value(None, "data_version", |r| r.get(0))
-            .unwrap_or(0)
+    /// Changes when the enrolled keys may have changed (see [`Store::keys_marker`]); an
+    /// error reads as "unchanged" and is tried again at the next batch.
+    fn data_version(&self) -> String {
+        self.store.keys_marker().unwrap_or_default()
     }
 
     fn reload_keys(&mut self) {

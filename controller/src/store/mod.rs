@@ -446,6 +446,28 @@ impl Store {
         Ok(from_i64(n))
     }
 
+    /// A value that changes when the enrolled keys may have changed in another process or
+    /// replica, so the ingest knows when to reload them: SQLite's `data_version` (any
+    /// commit of another connection), PostgreSQL's digest of the `cpes` table.
+    ///
+    /// # Errors
+    /// [`StoreError::Db`].
+    pub fn keys_marker(&self) -> Result<String, StoreError> {
+        Ok(match self.db.backend() {
+            db::Backend::Sqlite => self
+                .db
+                .query_one::<i64>("PRAGMA data_version", &[])?
+                .to_string(),
+            db::Backend::Postgres => self.db.query_one(
+                "SELECT md5(COALESCE(string_agg(cpe_id || ' ' || public_key || ' '
+                    || COALESCE(broker_password_hash, '') || ' '
+                    || COALESCE(CAST(revoked_at_ms AS TEXT), ''), ',' ORDER BY cpe_id), ''))
+                 FROM cpes",
+                &[],
+            )?,
+        })
+    }
+
     // ---- registry ----
 
     /// Enrolls a CPE (or re-enrolls a revoked one with a new key).
@@ -1253,6 +1275,21 @@ mod tests {
                 r.get::<Option<String>>(3).unwrap().as_deref(),
                 Some("100.64.0.9")
             );
+        }
+    }
+
+    #[test]
+    fn another_replicas_enrolment_changes_the_keys_marker() {
+        for (url, _guard) in db::tests::backends() {
+            let ingest = Store::open_url(&url).unwrap();
+            let cli = Store::open_url(&url).unwrap();
+            let before = ingest.keys_marker().unwrap();
+            assert_eq!(ingest.keys_marker().unwrap(), before, "{url}: stable");
+            cli.upsert_cpe("cpe-1", "ed25519:00", None, 1).unwrap();
+            let enrolled = ingest.keys_marker().unwrap();
+            assert_ne!(enrolled, before, "{url}");
+            cli.set_cpe_password_hash("cpe-1", "$7$new").unwrap();
+            assert_ne!(ingest.keys_marker().unwrap(), enrolled, "{url}");
         }
     }
 
