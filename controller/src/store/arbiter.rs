@@ -270,7 +270,7 @@ pub fn highest_seqs(db: &Db) -> Result<Vec<(String, u64)>, DbError> {
 /// [`DbError`].
 pub fn next_policy_version(tx: &mut Tx<'_>) -> Result<u64, DbError> {
     // Above every stored version too, in case a policy was stored without the counter
-    // (today's `Store::insert_policy`, until it is ported).
+    // (`Store::insert_policy`, which stores a version chosen elsewhere).
     let row = tx.query_opt(
         "UPDATE counters SET value = 1 + CASE
              WHEN value >= (SELECT COALESCE(MAX(version), 0) FROM policies) THEN value
@@ -283,7 +283,7 @@ pub fn next_policy_version(tx: &mut Tx<'_>) -> Result<u64, DbError> {
         Some(row) => row.get(0),
         None => Err(DbError::Column {
             index: 0,
-            detail: "counters has no policy_version row (arbiter migrations not applied)".into(),
+            detail: "counters has no policy_version row (store schema not applied)".into(),
         }),
     }
 }
@@ -757,7 +757,7 @@ mod tests {
         })
         .unwrap();
         assert_eq!(p.version, 4);
-        // Today's Store sees what the arbiter stored.
+        // The Store sees what the arbiter stored.
         assert!(store.has_message("a", 8).unwrap());
         assert_eq!(store.highest_policy_version().unwrap(), 4);
     }

@@ -1,18 +1,19 @@
-//! SQLite storage: the one schema and its migrations ([`schema`]), the ingest's batched
-//! write path, the registry of CPE keys, policy versions and acknowledgements, read helpers
-//! for the rest of the controller (verdicts, web UI, CLI) and the deletion of history past
-//! its retention ([`retention`]).
+//! Storage on SQLite (the embedded default) or PostgreSQL (several replicas sharing one
+//! database), through [`db`]: the one schema and its migrations ([`schema`]), the ingest's
+//! batched write path, the registry of CPE keys, policy versions and acknowledgements, read
+//! helpers for the rest of the controller (verdicts, web UI, CLI) and the deletion of
+//! history past its retention ([`retention`]).
 //!
-//! One [`Store`] owns one connection and is used from one thread; readers (the web server)
-//! open their own with [`Store::open`] — WAL mode lets them read while the ingest writes.
-//! Every write of the ingest goes through [`Store::write_batch`]: one transaction for a batch
-//! of verified messages and the rejection counts seen with them, so either all of a batch
-//! is durable or none is (the ingest acknowledges to the broker only after the commit).
-//!
-//! Being built (issue 12): [`db`], the same SQL on SQLite or PostgreSQL chosen by URL, and
-//! [`arbiter`], the ingest decisions that must hold across replicas (de-duplication, the
-//! replay check, policy versions, leader leases) on top of it. `Store` does not use them
-//! yet; [`db`]'s docs say how the rest moves over.
+//! A [`Store`] holds a [`db::Db`] (SQLite: one connection behind a mutex, WAL mode so that
+//! other processes read while the ingest writes; PostgreSQL: a pool). Every write of the
+//! ingest goes through [`Store::write_batch`]: one transaction for a batch of verified
+//! messages and the rejection counts seen with them, so either all of a batch is durable or
+//! none is (the ingest acknowledges to the broker only after the commit). In it,
+//! [`arbiter::admit`] decides each message first — stored once per `(cpe_id, seq)` and not
+//! below its CPE's replay window, whichever replica sees it — and only the messages it
+//! stored get their body rows ([`history`], [`devices`], [`notifications`], [`commands`]
+//! acks, alerts, telemetry, addresses, states). [`arbiter`] also holds policy versions and
+//! the leader leases; [`db`]'s docs say how the rest of the controller moves onto it.
 
 pub mod arbiter;
 pub mod commands;
