@@ -1172,6 +1172,17 @@ mod tests {
                 )
                 .unwrap();
             assert_eq!(misplaced, 0, "{url}");
+            // The rows kept at ingest are the fold of what was stored, whoever stored it.
+            for cpe in ["cpe-0", "cpe-1", "cpe-2"] {
+                let db = store.db();
+                let folded = crate::verdicts::devices(
+                    &crate::verdicts::load_alerts(db, Some(cpe), 0, 1_000).unwrap(),
+                    &crate::verdicts::load_reports(db, Some(cpe), 0, 1_000).unwrap(),
+                    0,
+                );
+                assert_eq!(folded.len(), 1);
+                assert_eq!(devices::list(db, Some(cpe), 0).unwrap(), folded, "{url}");
+            }
         }
     }
 
