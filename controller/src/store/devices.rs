@@ -152,8 +152,20 @@ fn write(tx: &impl Sql, v: &DeviceView, last_was_alert: bool) -> Result<(), Stor
 /// Applies one fact of `cpe_id`'s device to its row (see the module docs). The fact must
 /// already be stored (a refold reads it back).
 fn note(tx: &impl Sql, cpe_id: &str, mac: MacAddr, e: &Event<'_>) -> Result<(), StoreError> {
+    let before = current(tx, cpe_id, &mac.to_string())?;
+    note_on(tx, cpe_id, mac, e, before)
+}
+
+/// [`note`] on the row as read before the fact was stored.
+fn note_on(
+    tx: &impl Sql,
+    cpe_id: &str,
+    mac: MacAddr,
+    e: &Event<'_>,
+    before: Option<(DeviceView, bool)>,
+) -> Result<(), StoreError> {
     let is_alert = matches!(e, Event::Alert(_));
-    match current(tx, cpe_id, &mac.to_string())? {
+    match before {
         None => {
             let mut v = DeviceView::first_seen(cpe_id, mac, e);
             v.apply(e, true);
@@ -212,7 +224,8 @@ pub(super) fn note_alert(tx: &impl Sql, cpe_id: &str, a: &Alert) -> Result<(), S
     note(tx, cpe_id, d.mac, &Event::Alert(&row))
 }
 
-/// Notes one device's report of a telemetry window (already stored in `device_reports`).
+/// Notes one device's report of a telemetry window (already stored in `device_reports`);
+/// `before` is the device's row read before the report was stored.
 ///
 /// # Errors
 /// [`StoreError`].
@@ -222,6 +235,7 @@ pub(super) fn note_report(
     window_start_ms: u64,
     window_secs: u32,
     d: &DeviceReport,
+    before: Before,
 ) -> Result<(), StoreError> {
     let row = ReportRow {
         cpe_id: cpe_id.to_string(),
@@ -238,31 +252,26 @@ pub(super) fn note_report(
         counters: d.counters.clone(),
         evidence: d.evidence.clone(),
     };
-    note(tx, cpe_id, d.mac, &Event::Report(&row))
+    note_on(tx, cpe_id, d.mac, &Event::Report(&row), before.0)
 }
 
-/// The newest verdict known of a device and as of when (its newest fact).
-///
-/// # Errors
-/// [`StoreError`].
-pub(super) fn known(
-    tx: &impl Sql,
-    cpe_id: &str,
-    mac: &str,
-) -> Result<Option<(Verdict, u64)>, StoreError> {
-    let row = tx.query_opt(
-        "SELECT verdict, last_seen_ms FROM devices WHERE cpe_id = ?1 AND mac = ?2",
-        db_params![cpe_id, mac],
-    )?;
-    match row {
-        None => Ok(None),
-        Some(r) => {
-            let (v, at): (String, i64) = (r.get(0)?, r.get(1)?);
-            Ok(Some((
-                verdicts::parse_verdict(&v).map_err(|_| corrupt("devices.verdict", &v))?,
-                from_ms(at),
-            )))
-        }
+/// A device's row as it was before a report of it is stored, read once for both the
+/// history ([`Before::known`]) and the row itself ([`note_report`]).
+#[derive(Debug)]
+pub(super) struct Before(Option<(DeviceView, bool)>);
+
+impl Before {
+    /// Reads the row of `cpe_id`'s device `mac`.
+    ///
+    /// # Errors
+    /// [`StoreError`].
+    pub(super) fn read(tx: &impl Sql, cpe_id: &str, mac: &str) -> Result<Before, StoreError> {
+        Ok(Before(current(tx, cpe_id, mac)?))
+    }
+
+    /// The newest verdict known of the device and as of when (its newest fact).
+    pub(super) fn known(&self) -> Option<(Verdict, u64)> {
+        self.0.as_ref().map(|(v, _)| (v.verdict, v.last_seen_ms))
     }
 }
 

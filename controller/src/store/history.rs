@@ -101,7 +101,9 @@ pub(super) fn note_alert(
 }
 
 /// Compares one device report of a telemetry window observed at `at_ms` (the window's
-/// end) with the known verdict and records a change when they differ (see the module docs).
+/// end) with the known verdict (`known`: the device's newest verdict and as of when, from
+/// its row before this report) and records a change when they differ (see the module
+/// docs).
 ///
 /// # Errors
 /// [`StoreError`].
@@ -111,9 +113,10 @@ pub(super) fn note_report(
     seq: i64,
     at_ms: u64,
     d: &DeviceReport,
+    known: Option<(Verdict, u64)>,
 ) -> Result<(), StoreError> {
     let mac = d.mac.to_string();
-    let previous = match super::devices::known(tx, cpe_id, &mac)? {
+    let previous = match known {
         Some((_, known_at)) if known_at > at_ms => return Ok(()),
         Some((v, _)) => v,
         None => Verdict::Clean,

@@ -765,7 +765,9 @@ fn store_telemetry(tx: &impl Sql, cpe_id: &str, seq: i64, t: &Telemetry) -> Resu
         .window_start_ms
         .saturating_add(u64::from(t.window_secs).saturating_mul(1000));
     for d in &t.devices {
-        history::note_report(tx, cpe_id, seq, observed_at, d)?;
+        let mac = d.mac.to_string();
+        let before = devices::Before::read(tx, cpe_id, &mac)?;
+        history::note_report(tx, cpe_id, seq, observed_at, d, before.known())?;
         tx.execute(
             "INSERT INTO device_reports (cpe_id, seq, mac, verdict, score, action,
                 action_until_ms, hostname, vendor, ips_json, counters_json, evidence_json, at_ms)
@@ -773,7 +775,7 @@ fn store_telemetry(tx: &impl Sql, cpe_id: &str, seq: i64, t: &Telemetry) -> Resu
             crate::db_params![
                 cpe_id,
                 seq,
-                &d.mac.to_string(),
+                &mac,
                 d.verdict.as_str(),
                 f64::from(d.score),
                 d.action.as_str(),
@@ -786,7 +788,7 @@ fn store_telemetry(tx: &impl Sql, cpe_id: &str, seq: i64, t: &Telemetry) -> Resu
                 start,
             ],
         )?;
-        devices::note_report(tx, cpe_id, t.window_start_ms, t.window_secs, d)?;
+        devices::note_report(tx, cpe_id, t.window_start_ms, t.window_secs, d, before)?;
     }
     for c in &t.connections {
         tx.execute(
