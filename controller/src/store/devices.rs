@@ -284,18 +284,16 @@ impl Before {
 pub fn backfill(db: &Db) -> Result<usize, StoreError> {
     // No rows, but facts to fold them from. Checked before the write lock is taken, so
     // every open of a new or up-to-date database stays a read.
-    let wanted = |c: &dyn Fn(&str) -> Result<bool, StoreError>| {
-        c("SELECT CASE WHEN NOT EXISTS (SELECT 1 FROM devices)
-                AND (EXISTS (SELECT 1 FROM alerts) OR EXISTS (SELECT 1 FROM device_reports))
-              THEN 1 ELSE 0 END")
-    };
-    if !wanted(&|sql| Ok(db.query_one::<bool>(sql, &[])?))? {
+    const WANTED: &str = "SELECT CASE WHEN NOT EXISTS (SELECT 1 FROM devices)
+            AND (EXISTS (SELECT 1 FROM alerts) OR EXISTS (SELECT 1 FROM device_reports))
+        THEN 1 ELSE 0 END";
+    if !db.query_one::<bool>(WANTED, &[])? {
         return Ok(0);
     }
     // The write lock first, then look again: another process opening the same database
     // may have filled it meanwhile.
     db.transaction(|tx| {
-        if !wanted(&|sql| Ok(tx.query_one::<bool>(sql, &[])?))? {
+        if !tx.query_one::<bool>(WANTED, &[])? {
             return Ok(0);
         }
         let keys = tx.query(
