@@ -84,7 +84,7 @@ impl Admission {
 const ROWS_PER_STATEMENT: usize = 64;
 
 /// The sizes to cut `n` rows into (see [`ROWS_PER_STATEMENT`]).
-fn chunk_sizes(mut n: usize) -> Vec<usize> {
+pub(super) fn chunk_sizes(mut n: usize) -> Vec<usize> {
     let mut sizes = Vec::new();
     while n > 0 {
         let size = if n >= ROWS_PER_STATEMENT {
@@ -100,7 +100,7 @@ fn chunk_sizes(mut n: usize) -> Vec<usize> {
 
 /// `rows` rows of `columns` numbered placeholders each, then `extra`:
 /// `(?1, ?2 extra), (?3, ?4 extra)`.
-fn value_rows(rows: usize, columns: usize, extra: &str) -> String {
+pub(super) fn value_rows(rows: usize, columns: usize, extra: &str) -> String {
     let mut sql = String::new();
     for r in 0..rows {
         sql.push_str(if r == 0 { "(" } else { ", (" });

@@ -790,21 +790,42 @@ fn store_telemetry(tx: &impl Sql, cpe_id: &str, seq: i64, t: &Telemetry) -> Resu
         )?;
         devices::note_report(tx, cpe_id, t.window_start_ms, t.window_secs, d, before)?;
     }
-    for c in &t.connections {
-        tx.execute(
-            "INSERT INTO connections (cpe_id, mac, at_ms, src_port, dst, dst_port, nat_port,
-                nat_ip)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            crate::db_params![
+    // Many rows per statement (a window can hold hundreds of connections), cut as the
+    // arbiter cuts its batches.
+    let mut rest = &t.connections[..];
+    for size in arbiter::chunk_sizes(rest.len()) {
+        let (chunk, tail) = rest.split_at(size);
+        rest = tail;
+        let texts: Vec<(String, String, Option<String>)> = chunk
+            .iter()
+            .map(|c| {
+                (
+                    c.mac.to_string(),
+                    c.dst.to_string(),
+                    c.nat_ip.map(|ip| ip.to_string()),
+                )
+            })
+            .collect();
+        let mut params = Vec::with_capacity(size * 8);
+        for (c, (mac, dst, nat_ip)) in chunk.iter().zip(&texts) {
+            params.extend(crate::db_params![
                 cpe_id,
-                &c.mac.to_string(),
+                mac,
                 to_i64(c.at_ms),
                 c.src_port,
-                &c.dst.to_string(),
+                dst,
                 c.dst_port,
                 c.nat_port,
-                c.nat_ip.map(|ip| ip.to_string()).as_ref(),
-            ],
+                nat_ip.as_ref(),
+            ]);
+        }
+        tx.execute(
+            &format!(
+                "INSERT INTO connections (cpe_id, mac, at_ms, src_port, dst, dst_port, nat_port,
+                    nat_ip) VALUES {}",
+                arbiter::value_rows(size, 8, "")
+            ),
+            &params,
         )?;
     }
     if let Some(ip) = t.public_ip {
@@ -1185,6 +1206,49 @@ mod tests {
                 assert_eq!(folded.len(), 1);
                 assert_eq!(devices::list(db, Some(cpe), 0).unwrap(), folded, "{url}");
             }
+        }
+    }
+
+    #[test]
+    fn every_connection_of_a_window_is_stored_with_its_fields() {
+        for (url, _guard) in db::tests::backends() {
+            let store = Store::open_url(&url).unwrap();
+            let mut m = telemetry_from("cpe-1", 1, "100.64.0.1");
+            if let Body::Telemetry(t) = &mut m.envelope.body {
+                let first = t.connections[0].clone();
+                t.connections = (0..70u16)
+                    .map(|i| smtpguard_protocol::ConnRecord {
+                        src_port: 50_000 + i,
+                        nat_port: (i % 2 == 0).then_some(40_000 + i),
+                        nat_ip: (i % 2 == 0).then_some(first.nat_ip).flatten(),
+                        ..first.clone()
+                    })
+                    .collect();
+            }
+            assert_eq!(store.write_batch(&[m], &[]).unwrap(), vec![true]);
+            let rows = store
+                .db()
+                .query(
+                    "SELECT mac, at_ms, src_port, dst, dst_port, nat_port, nat_ip
+                     FROM connections ORDER BY src_port",
+                    &[],
+                )
+                .unwrap();
+            assert_eq!(rows.len(), 70, "{url}");
+            let last = &rows[69];
+            assert_eq!(last.get::<String>(0).unwrap(), "02:11:22:33:44:05");
+            assert_eq!(last.get::<u64>(1).unwrap(), 60_005);
+            assert_eq!(last.get::<u32>(2).unwrap(), 50_069);
+            assert_eq!(last.get::<String>(3).unwrap(), "192.0.2.25");
+            assert_eq!(last.get::<u32>(4).unwrap(), 25);
+            assert_eq!(last.get::<Option<u32>>(5).unwrap(), None, "{url}");
+            assert_eq!(last.get::<Option<String>>(6).unwrap(), None);
+            assert_eq!(rows[68].get::<Option<u32>>(5).unwrap(), Some(40_068));
+            assert_eq!(
+                rows[68].get::<Option<String>>(6).unwrap().as_deref(),
+                Some("100.64.0.1"),
+                "{url}"
+            );
         }
     }
 
