@@ -146,7 +146,7 @@ pub fn issue(
         Ok(NewCommand {
             cpe_id: cpe_id.to_string(),
             command_id,
-            action,
+            action: action.clone(),
             issued_ms: now_ms,
             expires_ms,
             wire,
@@ -185,8 +185,7 @@ pub async fn send(
         );
         let marked = tokio::task::spawn_blocking(move || {
             let store = Store::open(&db)?;
-            let conn = store.conn();
-            table::mark_unsent(&conn, &cpe_id, id, &reason)
+            table::mark_unsent(store.db(), &cpe_id, id, &reason)
         })
         .await;
         if !matches!(marked, Ok(Ok(()))) {

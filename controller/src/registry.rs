@@ -319,58 +319,60 @@ mod tests {
 
     #[test]
     fn enroll_revoke_and_refuse_bad_input() {
-        let mut store = Store::open_in_memory().unwrap();
-        let key = keys::generate().verifying_key();
-        let text = keys::public_key_text(&key);
-        add(&mut store, "cpe-1", &text, Some("flat 3"), 10).unwrap();
-        assert_eq!(
-            KeyCache::load(&store).unwrap().status("cpe-1"),
-            KeyStatus::Active(key)
-        );
-        assert!(matches!(
-            add(&mut store, "a/b", &text, None, 10),
-            Err(RegistryError::InvalidId(_))
-        ));
-        assert!(matches!(
-            add(&mut store, "cpe-2", "ed25519:00", None, 10),
-            Err(RegistryError::Key(_))
-        ));
-        let first = KeyCache::load(&store).unwrap();
-        assert_eq!(first.check_login("cpe-1", b"wrong"), Login::BadPassword);
-        assert_eq!(first.check_login("cpe-1", b""), Login::BadPassword);
-        assert_eq!(first.check_login("cpe-9", b"x"), Login::UnknownCpe);
-        let enrolled = add(&mut store, "cpe-1", &text, None, 11).unwrap();
-        let cache = KeyCache::load(&store).unwrap();
-        assert_eq!(
-            cache.check_login("cpe-1", enrolled.broker_password.as_bytes()),
-            Login::Admitted
-        );
-        // Rotation: the old password stops working, the new one works.
-        let new = rotate_password(&mut store, "cpe-1").unwrap();
-        let cache = KeyCache::load(&store).unwrap();
-        assert_eq!(
-            cache.check_login("cpe-1", enrolled.broker_password.as_bytes()),
-            Login::BadPassword
-        );
-        assert_eq!(cache.check_login("cpe-1", new.as_bytes()), Login::Admitted);
-        assert!(mosquitto_password_file(&store)
-            .unwrap()
-            .starts_with("cpe-1:$7$101$"));
-        assert!(matches!(
-            rotate_password(&mut store, "cpe-9"),
-            Err(RegistryError::NotEnrolled(_))
-        ));
-        revoke(&mut store, "cpe-1", 20).unwrap();
-        let cache = KeyCache::load(&store).unwrap();
-        assert_eq!(cache.check_login("cpe-1", new.as_bytes()), Login::Revoked);
-        assert_eq!(mosquitto_password_file(&store).unwrap(), "");
-        let cache = KeyCache::load(&store).unwrap();
-        assert_eq!(cache.status("cpe-1"), KeyStatus::Revoked);
-        assert_eq!(cache.status("cpe-9"), KeyStatus::Unknown);
-        assert!(matches!(
-            revoke(&mut store, "cpe-9", 20),
-            Err(RegistryError::NotEnrolled(_))
-        ));
+        for (url, _guard) in crate::store::db::tests::backends() {
+            let mut store = Store::open_url(&url).unwrap();
+            let key = keys::generate().verifying_key();
+            let text = keys::public_key_text(&key);
+            add(&mut store, "cpe-1", &text, Some("flat 3"), 10).unwrap();
+            assert_eq!(
+                KeyCache::load(&store).unwrap().status("cpe-1"),
+                KeyStatus::Active(key)
+            );
+            assert!(matches!(
+                add(&mut store, "a/b", &text, None, 10),
+                Err(RegistryError::InvalidId(_))
+            ));
+            assert!(matches!(
+                add(&mut store, "cpe-2", "ed25519:00", None, 10),
+                Err(RegistryError::Key(_))
+            ));
+            let first = KeyCache::load(&store).unwrap();
+            assert_eq!(first.check_login("cpe-1", b"wrong"), Login::BadPassword);
+            assert_eq!(first.check_login("cpe-1", b""), Login::BadPassword);
+            assert_eq!(first.check_login("cpe-9", b"x"), Login::UnknownCpe);
+            let enrolled = add(&mut store, "cpe-1", &text, None, 11).unwrap();
+            let cache = KeyCache::load(&store).unwrap();
+            assert_eq!(
+                cache.check_login("cpe-1", enrolled.broker_password.as_bytes()),
+                Login::Admitted
+            );
+            // Rotation: the old password stops working, the new one works.
+            let new = rotate_password(&mut store, "cpe-1").unwrap();
+            let cache = KeyCache::load(&store).unwrap();
+            assert_eq!(
+                cache.check_login("cpe-1", enrolled.broker_password.as_bytes()),
+                Login::BadPassword
+            );
+            assert_eq!(cache.check_login("cpe-1", new.as_bytes()), Login::Admitted);
+            assert!(mosquitto_password_file(&store)
+                .unwrap()
+                .starts_with("cpe-1:$7$101$"));
+            assert!(matches!(
+                rotate_password(&mut store, "cpe-9"),
+                Err(RegistryError::NotEnrolled(_))
+            ));
+            revoke(&mut store, "cpe-1", 20).unwrap();
+            let cache = KeyCache::load(&store).unwrap();
+            assert_eq!(cache.check_login("cpe-1", new.as_bytes()), Login::Revoked);
+            assert_eq!(mosquitto_password_file(&store).unwrap(), "");
+            let cache = KeyCache::load(&store).unwrap();
+            assert_eq!(cache.status("cpe-1"), KeyStatus::Revoked);
+            assert_eq!(cache.status("cpe-9"), KeyStatus::Unknown);
+            assert!(matches!(
+                revoke(&mut store, "cpe-9", 20),
+                Err(RegistryError::NotEnrolled(_))
+            ));
+        }
     }
 
     /// The hash format is mosquitto's own: a line `mosquitto_passwd -b FILE cpe-1

@@ -276,7 +276,7 @@ mod tests {
         let store_path = path.clone();
         let now = (crate::web::system_clock())();
         let day = 86_400_000;
-        let mut store = Store::open(&path).unwrap();
+        let store = Store::open(&path).unwrap();
         store
             .write_batch(&[telemetry(1, now - 30 * day), telemetry(2, now)], &[])
             .unwrap();

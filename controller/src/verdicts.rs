@@ -4,24 +4,22 @@
 //! The core is pure: [`devices`] folds stored alerts ([`AlertRow`]) and telemetry device
 //! reports ([`ReportRow`]) into one [`DeviceView`] per (CPE, MAC), with its verdict history
 //! and the action in force at `now_ms`. [`plain_summary`] turns counters into the sentence a
-//! subscriber reads. The `load_*` functions are the thin shell that reads the rows from
-//! SQLite (schema in [`crate::store::schema`]).
+//! subscriber reads. The `load_*` functions are the thin shell that reads the rows from the
+//! database, SQLite or PostgreSQL (schema in [`crate::store::schema`]).
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use rusqlite::{params, Connection};
+use crate::db_params;
+use crate::store::db::{DbError, Sql};
 use smtpguard_protocol::{Action, DeviceCounters, MacAddr, Observed, Verdict};
 
 /// Reading verdict rows failed.
 #[derive(Debug, thiserror::Error)]
 pub enum VerdictError {
-    /// SQLite reported an error.
+    /// The database reported an error.
     #[error("database: {0}")]
-    Sqlite(#[from] rusqlite::Error),
-    /// The backend-neutral database layer reported an error.
-    #[error("database: {0}")]
-    Db(#[from] crate::store::db::DbError),
+    Db(#[from] DbError),
     /// A stored value is not what the schema promises.
     #[error("corrupt value in {column}: {detail}")]
     Corrupt {
@@ -543,13 +541,29 @@ fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
+type RawAlert = (
+    String,
+    String,
+    i64,
+    String,
+    String,
+    f64,
+    String,
+    Option<i64>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+);
+
 /// Alerts of one CPE (or all when `None`) at or after `since_ms`, oldest first, at most
 /// `limit` (the newest kept).
 ///
 /// # Errors
-/// [`VerdictError`] on SQLite errors or corrupt rows.
+/// [`VerdictError`] on database errors or corrupt rows.
 pub fn load_alerts(
-    conn: &impl crate::store::db::Sql,
+    conn: &impl Sql,
     cpe_id: Option<&str>,
     since_ms: u64,
     limit: u32,
@@ -560,9 +574,9 @@ pub fn load_alerts(
 /// One device's newest `limit` alerts, oldest first.
 ///
 /// # Errors
-/// [`VerdictError`] on SQLite errors or corrupt rows.
+/// [`VerdictError`] on database errors or corrupt rows.
 pub fn device_alerts(
-    conn: &impl crate::store::db::Sql,
+    conn: &impl Sql,
     cpe_id: &str,
     mac: &str,
     limit: u32,
@@ -571,36 +585,55 @@ pub fn device_alerts(
 }
 
 fn alerts_where(
-    db: &impl crate::store::db::Sql,
+    conn: &impl Sql,
     cpe_id: Option<&str>,
     mac: Option<&str>,
     since_ms: u64,
     limit: u32,
 ) -> Result<Vec<AlertRow>, VerdictError> {
-    let rows = db.query(
+    let rows = conn.query(
         "SELECT * FROM (SELECT cpe_id, mac, at_ms, previous, verdict, score, action, action_until_ms,
-                hostname, vendor, ips_json, evidence_json, observed_json
+                hostname, vendor, ips_json, evidence_json, observed_json, id
          FROM alerts WHERE (CAST(?1 AS TEXT) IS NULL OR cpe_id = ?1)
            AND (CAST(?4 AS TEXT) IS NULL OR mac = ?4) AND at_ms >= ?2
-         ORDER BY at_ms DESC, id DESC LIMIT ?3) newest ORDER BY at_ms",
-        crate::db_params![cpe_id, since_ms, limit, mac],
+         ORDER BY at_ms DESC, id DESC LIMIT ?3) newest ORDER BY at_ms, id",
+        db_params![cpe_id, to_i64(since_ms), limit, mac],
     )?;
-    let mut out = Vec::with_capacity(rows.len());
-    for r in rows {
+    let rows = rows.iter().map(|r| -> Result<RawAlert, DbError> {
+        Ok((
+            r.get(0)?,
+            r.get(1)?,
+            r.get(2)?,
+            r.get(3)?,
+            r.get(4)?,
+            r.get(5)?,
+            r.get(6)?,
+            r.get(7)?,
+            r.get(8)?,
+            r.get(9)?,
+            r.get(10)?,
+            r.get(11)?,
+            r.get(12)?,
+        ))
+    });
+    let mut out = Vec::new();
+    for row in rows {
+        let raw: RawAlert = row?;
+        let (cpe, mac, at, prev, verdict, score, action, until, host, vendor, ips, ev, obs) = raw;
         out.push(AlertRow {
-            cpe_id: r.get(0)?,
-            mac: parse_mac(&r.get::<String>(1)?)?,
-            at_ms: ms(Some(r.get(2)?)).unwrap_or(0),
-            previous: parse_verdict(&r.get::<String>(3)?)?,
-            verdict: parse_verdict(&r.get::<String>(4)?)?,
-            score: r.get::<f64>(5)? as f32,
-            action: parse_action(&r.get::<String>(6)?)?,
-            action_until_ms: ms(r.get(7)?),
-            hostname: r.get(8)?,
-            vendor: r.get(9)?,
-            ips: json("alerts.ips_json", r.get(10)?)?,
-            evidence: json("alerts.evidence_json", r.get(11)?)?,
-            observed: json("alerts.observed_json", r.get(12)?)?,
+            cpe_id: cpe,
+            mac: parse_mac(&mac)?,
+            at_ms: ms(Some(at)).unwrap_or(0),
+            previous: parse_verdict(&prev)?,
+            verdict: parse_verdict(&verdict)?,
+            score: score as f32,
+            action: parse_action(&action)?,
+            action_until_ms: ms(until),
+            hostname: host,
+            vendor,
+            ips: json("alerts.ips_json", ips)?,
+            evidence: json("alerts.evidence_json", ev)?,
+            observed: json("alerts.observed_json", obs)?,
         });
     }
     Ok(out)
@@ -610,9 +643,9 @@ fn alerts_where(
 /// `since_ms`, at most `limit` (the newest kept).
 ///
 /// # Errors
-/// [`VerdictError`] on SQLite errors or corrupt rows.
+/// [`VerdictError`] on database errors or corrupt rows.
 pub fn load_reports(
-    conn: &impl crate::store::db::Sql,
+    conn: &impl Sql,
     cpe_id: Option<&str>,
     since_ms: u64,
     limit: u32,
@@ -623,9 +656,9 @@ pub fn load_reports(
 /// One device's reports from its newest `limit` telemetry windows, oldest first.
 ///
 /// # Errors
-/// [`VerdictError`] on SQLite errors or corrupt rows.
+/// [`VerdictError`] on database errors or corrupt rows.
 pub fn device_reports(
-    conn: &impl crate::store::db::Sql,
+    conn: &impl Sql,
     cpe_id: &str,
     mac: &str,
     limit: u32,
@@ -634,13 +667,13 @@ pub fn device_reports(
 }
 
 fn reports_where(
-    db: &impl crate::store::db::Sql,
+    conn: &impl Sql,
     cpe_id: Option<&str>,
     mac: Option<&str>,
     since_ms: u64,
     limit: u32,
 ) -> Result<Vec<ReportRow>, VerdictError> {
-    let rows = db.query(
+    let rows = conn.query(
         "SELECT d.cpe_id, d.mac, t.window_start_ms, t.window_secs, d.verdict, d.score, d.action,
                 d.action_until_ms, d.hostname, d.vendor, d.ips_json, d.counters_json, d.evidence_json
          FROM device_reports d JOIN telemetry t ON t.cpe_id = d.cpe_id AND t.seq = d.seq
@@ -648,24 +681,43 @@ fn reports_where(
            AND (CAST(?4 AS TEXT) IS NULL OR d.mac = ?4)
            AND t.window_start_ms >= ?2
          ORDER BY t.window_start_ms DESC LIMIT ?3",
-        crate::db_params![cpe_id, since_ms, limit, mac],
+        db_params![cpe_id, to_i64(since_ms), limit, mac],
     )?;
-    let mut out = Vec::with_capacity(rows.len());
-    for r in rows {
+    let rows = rows.iter().map(|r| -> Result<_, DbError> {
+        Ok((
+            r.get::<String>(0)?,
+            r.get::<String>(1)?,
+            r.get::<i64>(2)?,
+            r.get::<i64>(3)?,
+            r.get::<String>(4)?,
+            r.get::<f64>(5)?,
+            r.get::<String>(6)?,
+            r.get::<Option<i64>>(7)?,
+            r.get::<Option<String>>(8)?,
+            r.get::<Option<String>>(9)?,
+            r.get::<Option<String>>(10)?,
+            r.get::<Option<String>>(11)?,
+            r.get::<Option<String>>(12)?,
+        ))
+    });
+    let mut out = Vec::new();
+    for row in rows {
+        let (cpe, mac, start, secs, verdict, score, action, until, host, vendor, ips, ctr, ev) =
+            row?;
         out.push(ReportRow {
-            cpe_id: r.get(0)?,
-            mac: parse_mac(&r.get::<String>(1)?)?,
-            window_start_ms: ms(Some(r.get(2)?)).unwrap_or(0),
-            window_secs: u32::try_from(r.get::<i64>(3)?).unwrap_or(0),
-            verdict: parse_verdict(&r.get::<String>(4)?)?,
-            score: r.get::<f64>(5)? as f32,
-            action: parse_action(&r.get::<String>(6)?)?,
-            action_until_ms: ms(r.get(7)?),
-            hostname: r.get(8)?,
-            vendor: r.get(9)?,
-            ips: json("device_reports.ips_json", r.get(10)?)?,
-            counters: json("device_reports.counters_json", r.get(11)?)?,
-            evidence: json("device_reports.evidence_json", r.get(12)?)?,
+            cpe_id: cpe,
+            mac: parse_mac(&mac)?,
+            window_start_ms: ms(Some(start)).unwrap_or(0),
+            window_secs: u32::try_from(secs).unwrap_or(0),
+            verdict: parse_verdict(&verdict)?,
+            score: score as f32,
+            action: parse_action(&action)?,
+            action_until_ms: ms(until),
+            hostname: host,
+            vendor,
+            ips: json("device_reports.ips_json", ips)?,
+            counters: json("device_reports.counters_json", ctr)?,
+            evidence: json("device_reports.evidence_json", ev)?,
         });
     }
     out.reverse();
@@ -679,33 +731,34 @@ pub type HistoryRow = (String, MacAddr, VerdictChange);
 /// `limit` (the newest kept).
 ///
 /// # Errors
-/// [`VerdictError`] on SQLite errors or corrupt rows.
+/// [`VerdictError`] on database errors or corrupt rows.
 pub fn load_history(
-    conn: &Connection,
+    conn: &impl Sql,
     cpe_id: Option<&str>,
     since_ms: u64,
     limit: u32,
 ) -> Result<Vec<HistoryRow>, VerdictError> {
-    let mut stmt = conn.prepare_cached(
+    let rows = conn.query(
         "SELECT * FROM (SELECT cpe_id, mac, at_ms, previous, verdict, score, action,
                 action_until_ms, evidence_json, source, id
-         FROM verdict_changes WHERE (?1 IS NULL OR cpe_id = ?1) AND at_ms >= ?2
-         ORDER BY at_ms DESC, id DESC LIMIT ?3) ORDER BY at_ms, id",
+         FROM verdict_changes WHERE (CAST(?1 AS TEXT) IS NULL OR cpe_id = ?1) AND at_ms >= ?2
+         ORDER BY at_ms DESC, id DESC LIMIT ?3) newest ORDER BY at_ms, id",
+        db_params![cpe_id, to_i64(since_ms), limit],
     )?;
-    let rows = stmt.query_map(params![cpe_id, to_i64(since_ms), limit], |r| {
+    let rows = rows.iter().map(|r| -> Result<_, DbError> {
         Ok((
-            r.get::<_, String>(0)?,
-            r.get::<_, String>(1)?,
-            r.get::<_, i64>(2)?,
-            r.get::<_, String>(3)?,
-            r.get::<_, String>(4)?,
-            r.get::<_, f64>(5)?,
-            r.get::<_, String>(6)?,
-            r.get::<_, Option<i64>>(7)?,
-            r.get::<_, Option<String>>(8)?,
-            r.get::<_, String>(9)?,
+            r.get::<String>(0)?,
+            r.get::<String>(1)?,
+            r.get::<i64>(2)?,
+            r.get::<String>(3)?,
+            r.get::<String>(4)?,
+            r.get::<f64>(5)?,
+            r.get::<String>(6)?,
+            r.get::<Option<i64>>(7)?,
+            r.get::<Option<String>>(8)?,
+            r.get::<String>(9)?,
         ))
-    })?;
+    });
     let mut out = Vec::new();
     for row in rows {
         let (cpe, mac, at, prev, verdict, score, action, until, ev, source) = row?;
@@ -762,9 +815,9 @@ pub const MAX_REPORT_ROWS: u32 = 20_000;
 /// its history: the newest [`MAX_ALERT_ROWS`] changes of the last [`LOOKBACK_MS`].
 ///
 /// # Errors
-/// [`crate::store::StoreError`] on SQLite errors or corrupt rows.
+/// [`crate::store::StoreError`] on database errors or corrupt rows.
 pub fn load_devices(
-    conn: &Connection,
+    conn: &impl Sql,
     cpe_id: &str,
     now_ms: u64,
 ) -> Result<Vec<DeviceView>, crate::store::StoreError> {

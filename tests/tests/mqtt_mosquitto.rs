@@ -271,14 +271,15 @@ async fn an_agent_offline_for_a_while_delivers_its_queued_alerts_when_back() {
 
     // Every alert exactly once, in the agent's order.
     let store = Store::open(&config.db_path).unwrap();
-    let conn = store.conn();
-    let mut stmt = conn
-        .prepare("SELECT evidence_json FROM alerts WHERE cpe_id = 'cpe-off' ORDER BY seq")
-        .unwrap();
-    let evidence: Vec<String> = stmt
-        .query_map([], |r| r.get(0))
+    let evidence: Vec<String> = store
+        .db()
+        .query(
+            "SELECT evidence_json FROM alerts WHERE cpe_id = 'cpe-off' ORDER BY seq",
+            &[],
+        )
         .unwrap()
-        .map(Result::unwrap)
+        .iter()
+        .map(|r| r.get(0).unwrap())
         .collect();
     let expected: Vec<String> = (0..40).map(|n| format!("[\"alert #{n}\"]")).collect();
     assert_eq!(evidence, expected);

@@ -328,7 +328,7 @@ fn conntrack_names_the_translation_the_server_saw_and_the_controller_maps_it_exa
     }
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("controller.db");
-    let mut store = Store::open(&path).unwrap();
+    let store = Store::open(&path).unwrap();
     store
         .write_batch(
             &[Received {

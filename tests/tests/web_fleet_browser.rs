@@ -63,7 +63,7 @@ fn telemetry(i: u32, at_ms: u64, ip: IpAddr) -> Body {
 /// public address. Router `early` held [`MOVED_IP`] five to three hours ago and then got
 /// its own; router `late` has held it for the last hour.
 fn seed_bulk(db: &std::path::Path, now: u64, early: u32, late: u32) {
-    let mut store = Store::open(db).unwrap();
+    let store = Store::open(db).unwrap();
     let moved: IpAddr = MOVED_IP.parse().unwrap();
     let mut batch = Vec::new();
     let push = |batch: &mut Vec<Received>, cpe: &str, seq: u64, at: u64, body: Body| {
@@ -546,7 +546,7 @@ fn the_fleet_view_refreshes_itself_without_a_reload() {
         "1–4 of 4 CPEs"
     );
     b.execute("window.notReloaded = true; return null").unwrap();
-    let mut store = Store::open(&s.db).unwrap();
+    let store = Store::open(&s.db).unwrap();
     store
         .upsert_cpe("cpe-new-0001", "ed25519:new", None, now_ms())
         .unwrap();
@@ -590,7 +590,7 @@ fn reporter(i: u32) -> String {
 /// [`CAMPAIGNS`] campaigns of two infected devices in two households each, the newest first
 /// (campaign `k`'s alerts are `k + 1` minutes old), and [`REPORTS`] abuse reports.
 fn seed_lists(db: &std::path::Path, now: u64) {
-    let mut store = Store::open(db).unwrap();
+    let store = Store::open(db).unwrap();
     let mut batch = Vec::new();
     for k in 0..CAMPAIGNS {
         for side in 0..2u8 {

@@ -663,7 +663,7 @@ mod tests {
     fn a_stored_translation_answers_exact_and_other_ports_fall_back_to_the_window() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("controller.db");
-        let mut store = Store::open(&path).unwrap();
+        let store = Store::open(&path).unwrap();
         store.upsert_cpe("cpe-a", "ed25519:test", None, T).unwrap();
         store
             .write_batch(

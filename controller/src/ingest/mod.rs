@@ -148,6 +148,16 @@ impl Verifier {
                 reject(&r);
                 continue;
             }
+            // The database keys messages by a signed 64-bit sequence number: one above it
+            // could never be stored, and would fail its whole batch at every retry.
+            if i64::try_from(envelope.seq).is_err() {
+                reject(&Rejection::Malformed(format!(
+                    "sequence number {} above {}",
+                    envelope.seq,
+                    i64::MAX
+                )));
+                continue;
+            }
             if envelope.kind() != Kind::State {
                 let window = self.windows.entry(envelope.cpe_id.clone()).or_default();
                 if let Err(r) = window.accept(envelope.seq) {
@@ -284,6 +294,37 @@ mod tests {
         assert_eq!(counts.get(&RejectionReason::TopicMismatch), Some(&1));
         assert_eq!(counts.get(&RejectionReason::BadTopic), Some(&1));
         assert_eq!(counts.get(&RejectionReason::Oversize), Some(&1));
+    }
+
+    /// A sequence number the database cannot hold is refused here, so the rest of its
+    /// batch is stored instead of failing at every retry.
+    #[test]
+    fn a_sequence_number_beyond_the_databases_is_refused_and_the_batch_stored() {
+        let (mut v, key) = setup();
+        let now = 1_000_000_000;
+        let msg = |seq| {
+            inbound(
+                "telemetry",
+                "cpe-1",
+                seal(&telemetry(), "cpe-1", seq, now, &key).unwrap(),
+            )
+        };
+        let c = v.check(vec![msg(u64::MAX), msg(7)], now);
+        let seqs: Vec<u64> = c.accepted.iter().map(|m| m.envelope.seq).collect();
+        assert_eq!(seqs, vec![7]);
+        assert_eq!(c.rejections, vec![(RejectionReason::Malformed, 1)]);
+        for (url, _guard) in crate::store::db::tests::backends() {
+            let store = Store::open_url(&url).unwrap();
+            assert_eq!(
+                store.write_batch(&c.accepted, &c.rejections).unwrap(),
+                vec![true],
+                "{url}"
+            );
+            assert_eq!(
+                store.rejection_count(RejectionReason::Malformed).unwrap(),
+                1
+            );
+        }
     }
 
     #[test]

@@ -345,7 +345,7 @@ impl Worker {
             .collect();
         let now = now_ms();
         for cpe_id in back {
-            let due = match commands::unanswered(&self.store.conn(), cpe_id, now) {
+            let due = match commands::unanswered(self.store.db(), cpe_id, now) {
                 Ok(due) => due,
                 Err(e) => {
                     tracing::warn!(cpe_id, error = %e, "could not look up unanswered commands");
@@ -353,7 +353,7 @@ impl Worker {
                 }
             };
             for (command_id, wire) in due {
-                if let Err(e) = commands::note_resent(&self.store.conn(), cpe_id, command_id) {
+                if let Err(e) = commands::note_resent(self.store.db(), cpe_id, command_id) {
                     tracing::warn!(cpe_id, command_id, error = %e, "could not count a resend");
                 }
                 let resend = Resend {
@@ -368,11 +368,10 @@ impl Worker {
         }
     }
 
-    fn data_version(&self) -> i64 {
-        self.store
-            .conn()
-            .pragma_query_value(None, "data_version", |r| r.get(0))
-            .unwrap_or(0)
+    /// Changes when the enrolled keys may have changed (see [`Store::keys_marker`]); an
+    /// error reads as "unchanged" and is tried again at the next batch.
+    fn data_version(&self) -> String {
+        self.store.keys_marker().unwrap_or_default()
     }
 
     fn reload_keys(&mut self) {

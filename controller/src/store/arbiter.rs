@@ -84,7 +84,7 @@ impl Admission {
 const ROWS_PER_STATEMENT: usize = 64;
 
 /// The sizes to cut `n` rows into (see [`ROWS_PER_STATEMENT`]).
-fn chunk_sizes(mut n: usize) -> Vec<usize> {
+pub(super) fn chunk_sizes(mut n: usize) -> Vec<usize> {
     let mut sizes = Vec::new();
     while n > 0 {
         let size = if n >= ROWS_PER_STATEMENT {
@@ -100,7 +100,7 @@ fn chunk_sizes(mut n: usize) -> Vec<usize> {
 
 /// `rows` rows of `columns` numbered placeholders each, then `extra`:
 /// `(?1, ?2 extra), (?3, ?4 extra)`.
-fn value_rows(rows: usize, columns: usize, extra: &str) -> String {
+pub(super) fn value_rows(rows: usize, columns: usize, extra: &str) -> String {
     let mut sql = String::new();
     for r in 0..rows {
         sql.push_str(if r == 0 { "(" } else { ", (" });
@@ -270,7 +270,7 @@ pub fn highest_seqs(db: &Db) -> Result<Vec<(String, u64)>, DbError> {
 /// [`DbError`].
 pub fn next_policy_version(tx: &mut Tx<'_>) -> Result<u64, DbError> {
     // Above every stored version too, in case a policy was stored without the counter
-    // (today's `Store::insert_policy`, until it is ported).
+    // (`Store::insert_policy`, which stores a version chosen elsewhere).
     let row = tx.query_opt(
         "UPDATE counters SET value = 1 + CASE
              WHEN value >= (SELECT COALESCE(MAX(version), 0) FROM policies) THEN value
@@ -283,7 +283,7 @@ pub fn next_policy_version(tx: &mut Tx<'_>) -> Result<u64, DbError> {
         Some(row) => row.get(0),
         None => Err(DbError::Column {
             index: 0,
-            detail: "counters has no policy_version row (arbiter migrations not applied)".into(),
+            detail: "counters has no policy_version row (store schema not applied)".into(),
         }),
     }
 }
@@ -733,7 +733,7 @@ mod tests {
     fn on_an_existing_store_file_the_arbiter_continues_its_sequence_numbers_and_versions() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("controller.db");
-        let mut store = super::super::Store::open(&path).unwrap();
+        let store = super::super::Store::open(&path).unwrap();
         store.write_batch(&[message("a", 7)], &[]).unwrap();
         store
             .insert_policy(&StoredPolicy {
@@ -757,7 +757,7 @@ mod tests {
         })
         .unwrap();
         assert_eq!(p.version, 4);
-        // Today's Store sees what the arbiter stored.
+        // The Store sees what the arbiter stored.
         assert!(store.has_message("a", 8).unwrap());
         assert_eq!(store.highest_policy_version().unwrap(), 4);
     }

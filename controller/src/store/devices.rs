@@ -16,10 +16,11 @@
 
 use std::net::IpAddr;
 
-use rusqlite::{params, Connection, OptionalExtension, Row, Transaction};
 use smtpguard_protocol::{Alert, DeviceCounters, DeviceReport, MacAddr, Verdict};
 
+use super::db::{Db, Row, Sql};
 use super::{to_i64, StoreError};
+use crate::db_params;
 use crate::verdicts::{self, AlertRow, DeviceView, Event, ReportRow};
 
 /// Most alerts of one device a refold reads (the newest).
@@ -54,8 +55,8 @@ fn from_ms(v: i64) -> u64 {
 /// One `devices` row (selected with [`COLUMNS`]) as a view, with the action as stored.
 ///
 /// # Errors
-/// [`StoreError`] on SQLite errors or values the schema does not allow.
-pub fn view(r: &Row<'_>) -> Result<DeviceView, StoreError> {
+/// [`StoreError`] on database errors or values the schema does not allow.
+pub fn view(r: &Row) -> Result<DeviceView, StoreError> {
     let mac: String = r.get(1)?;
     let verdict: String = r.get(5)?;
     let action: String = r.get(9)?;
@@ -70,11 +71,11 @@ pub fn view(r: &Row<'_>) -> Result<DeviceView, StoreError> {
         ips,
         verdict: verdicts::parse_verdict(&verdict)
             .map_err(|_| corrupt("devices.verdict", &verdict))?,
-        score: r.get::<_, f64>(6)? as f32,
+        score: r.get::<f64>(6)? as f32,
         since_ms: from_ms(r.get(7)?),
         last_seen_ms: from_ms(r.get(8)?),
         action: verdicts::parse_action(&action).map_err(|_| corrupt("devices.action", &action))?,
-        action_until_ms: r.get::<_, Option<i64>>(10)?.map(from_ms),
+        action_until_ms: r.get::<Option<i64>>(10)?.map(from_ms),
         evidence: json("devices.evidence_json", r.get(11)?)?.unwrap_or_default(),
         counters: counters.map(|c| {
             (
@@ -89,30 +90,30 @@ pub fn view(r: &Row<'_>) -> Result<DeviceView, StoreError> {
 
 /// The device's row, with whether its newest fact was an alert.
 fn current(
-    tx: &Connection,
+    tx: &impl Sql,
     cpe_id: &str,
     mac: &str,
 ) -> Result<Option<(DeviceView, bool)>, StoreError> {
-    let mut stmt = tx.prepare_cached(&format!(
-        "SELECT {COLUMNS}, d.last_fact FROM devices d WHERE d.cpe_id = ?1 AND d.mac = ?2"
-    ))?;
-    let mut rows = stmt.query(params![cpe_id, mac])?;
-    match rows.next()? {
+    let row = tx.query_opt(
+        &format!("SELECT {COLUMNS}, d.last_fact FROM devices d WHERE d.cpe_id = ?1 AND d.mac = ?2"),
+        db_params![cpe_id, mac],
+    )?;
+    match row {
         None => Ok(None),
         Some(r) => {
             let last: String = r.get(15)?;
-            Ok(Some((view(r)?, last == "alert")))
+            Ok(Some((view(&r)?, last == "alert")))
         }
     }
 }
 
-fn write(tx: &Connection, v: &DeviceView, last_was_alert: bool) -> Result<(), StoreError> {
+fn write(tx: &impl Sql, v: &DeviceView, last_was_alert: bool) -> Result<(), StoreError> {
     let ips: Vec<String> = v.ips.iter().map(ToString::to_string).collect();
     let (counters, window_secs) = match &v.counters {
         Some((c, secs)) => (Some(serde_json::to_string(c)?), Some(*secs)),
         None => (None, None),
     };
-    tx.prepare_cached(
+    tx.execute(
         "INSERT INTO devices (cpe_id, mac, hostname, vendor, ips_json, verdict, severity, score,
             since_ms, last_seen_ms, last_fact, action, action_until_ms, evidence_json,
             counters_json, window_secs, observed_json)
@@ -125,34 +126,46 @@ fn write(tx: &Connection, v: &DeviceView, last_was_alert: bool) -> Result<(), St
             action_until_ms = excluded.action_until_ms, evidence_json = excluded.evidence_json,
             counters_json = excluded.counters_json, window_secs = excluded.window_secs,
             observed_json = excluded.observed_json",
-    )?
-    .execute(params![
-        v.cpe_id,
-        v.mac.to_string(),
-        v.hostname,
-        v.vendor,
-        serde_json::to_string(&ips)?,
-        v.verdict.as_str(),
-        verdicts::severity(v.verdict),
-        f64::from(v.score),
-        to_i64(v.since_ms),
-        to_i64(v.last_seen_ms),
-        if last_was_alert { "alert" } else { "report" },
-        v.action.as_str(),
-        v.action_until_ms.map(to_i64),
-        serde_json::to_string(&v.evidence)?,
-        counters,
-        window_secs,
-        serde_json::to_string(&v.observed)?,
-    ])?;
+        db_params![
+            &v.cpe_id,
+            &v.mac.to_string(),
+            v.hostname.as_ref(),
+            v.vendor.as_ref(),
+            &serde_json::to_string(&ips)?,
+            v.verdict.as_str(),
+            verdicts::severity(v.verdict),
+            f64::from(v.score),
+            to_i64(v.since_ms),
+            to_i64(v.last_seen_ms),
+            if last_was_alert { "alert" } else { "report" },
+            v.action.as_str(),
+            v.action_until_ms.map(to_i64),
+            &serde_json::to_string(&v.evidence)?,
+            counters.as_ref(),
+            window_secs,
+            &serde_json::to_string(&v.observed)?,
+        ],
+    )?;
     Ok(())
 }
 
 /// Applies one fact of `cpe_id`'s device to its row (see the module docs). The fact must
 /// already be stored (a refold reads it back).
-fn note(tx: &Connection, cpe_id: &str, mac: MacAddr, e: &Event<'_>) -> Result<(), StoreError> {
+fn note(tx: &impl Sql, cpe_id: &str, mac: MacAddr, e: &Event<'_>) -> Result<(), StoreError> {
+    let before = current(tx, cpe_id, &mac.to_string())?;
+    note_on(tx, cpe_id, mac, e, before)
+}
+
+/// [`note`] on the row as read before the fact was stored.
+fn note_on(
+    tx: &impl Sql,
+    cpe_id: &str,
+    mac: MacAddr,
+    e: &Event<'_>,
+    before: Option<(DeviceView, bool)>,
+) -> Result<(), StoreError> {
     let is_alert = matches!(e, Event::Alert(_));
-    match current(tx, cpe_id, &mac.to_string())? {
+    match before {
         None => {
             let mut v = DeviceView::first_seen(cpe_id, mac, e);
             v.apply(e, true);
@@ -170,7 +183,7 @@ fn note(tx: &Connection, cpe_id: &str, mac: MacAddr, e: &Event<'_>) -> Result<()
 ///
 /// # Errors
 /// [`StoreError`].
-pub fn refold(tx: &Connection, cpe_id: &str, mac: MacAddr) -> Result<(), StoreError> {
+pub fn refold(tx: &impl Sql, cpe_id: &str, mac: MacAddr) -> Result<(), StoreError> {
     let m = mac.to_string();
     let alerts = verdicts::device_alerts(tx, cpe_id, &m, REFOLD_ALERTS)?;
     let reports = verdicts::device_reports(tx, cpe_id, &m, REFOLD_REPORTS)?;
@@ -191,7 +204,7 @@ pub fn refold(tx: &Connection, cpe_id: &str, mac: MacAddr) -> Result<(), StoreEr
 ///
 /// # Errors
 /// [`StoreError`].
-pub(super) fn note_alert(tx: &Transaction<'_>, cpe_id: &str, a: &Alert) -> Result<(), StoreError> {
+pub(super) fn note_alert(tx: &impl Sql, cpe_id: &str, a: &Alert) -> Result<(), StoreError> {
     let d = &a.device;
     let row = AlertRow {
         cpe_id: cpe_id.to_string(),
@@ -211,16 +224,18 @@ pub(super) fn note_alert(tx: &Transaction<'_>, cpe_id: &str, a: &Alert) -> Resul
     note(tx, cpe_id, d.mac, &Event::Alert(&row))
 }
 
-/// Notes one device's report of a telemetry window (already stored in `device_reports`).
+/// Notes one device's report of a telemetry window (already stored in `device_reports`);
+/// `before` is the device's row read before the report was stored.
 ///
 /// # Errors
 /// [`StoreError`].
 pub(super) fn note_report(
-    tx: &Transaction<'_>,
+    tx: &impl Sql,
     cpe_id: &str,
     window_start_ms: u64,
     window_secs: u32,
     d: &DeviceReport,
+    before: Before,
 ) -> Result<(), StoreError> {
     let row = ReportRow {
         cpe_id: cpe_id.to_string(),
@@ -237,73 +252,65 @@ pub(super) fn note_report(
         counters: d.counters.clone(),
         evidence: d.evidence.clone(),
     };
-    note(tx, cpe_id, d.mac, &Event::Report(&row))
+    note_on(tx, cpe_id, d.mac, &Event::Report(&row), before.0)
 }
 
-/// The newest verdict known of a device and as of when (its newest fact).
-///
-/// # Errors
-/// [`StoreError`].
-pub(super) fn known(
-    tx: &Transaction<'_>,
-    cpe_id: &str,
-    mac: &str,
-) -> Result<Option<(Verdict, u64)>, StoreError> {
-    let row: Option<(String, i64)> = tx
-        .prepare_cached("SELECT verdict, last_seen_ms FROM devices WHERE cpe_id = ?1 AND mac = ?2")?
-        .query_row(params![cpe_id, mac], |r| Ok((r.get(0)?, r.get(1)?)))
-        .optional()?;
-    match row {
-        None => Ok(None),
-        Some((v, at)) => Ok(Some((
-            verdicts::parse_verdict(&v).map_err(|_| corrupt("devices.verdict", &v))?,
-            from_ms(at),
-        ))),
+/// A device's row as it was before a report of it is stored, read once for both the
+/// history ([`Before::known`]) and the row itself ([`note_report`]).
+#[derive(Debug)]
+pub(super) struct Before(Option<(DeviceView, bool)>);
+
+impl Before {
+    /// Reads the row of `cpe_id`'s device `mac`.
+    ///
+    /// # Errors
+    /// [`StoreError`].
+    pub(super) fn read(tx: &impl Sql, cpe_id: &str, mac: &str) -> Result<Before, StoreError> {
+        Ok(Before(current(tx, cpe_id, mac)?))
+    }
+
+    /// The newest verdict known of the device and as of when (its newest fact).
+    pub(super) fn known(&self) -> Option<(Verdict, u64)> {
+        self.0.as_ref().map(|(v, _)| (v.verdict, v.last_seen_ms))
     }
 }
 
 /// Fills `devices` from the stored alerts and reports when it is empty and they are not
-/// (a database from before the table): each device of the stored facts is refolded.
+/// (a SQLite database from before the table): each device of the stored facts is refolded.
+/// Returns how many devices it folded.
 ///
 /// # Errors
 /// [`StoreError`].
-pub fn backfill(conn: &mut Connection) -> Result<usize, StoreError> {
+pub fn backfill(db: &Db) -> Result<usize, StoreError> {
     // No rows, but facts to fold them from. Checked before the write lock is taken, so
     // every open of a new or up-to-date database stays a read.
-    let wanted = |c: &Connection| -> Result<bool, StoreError> {
-        Ok(c.query_row(
-            "SELECT NOT EXISTS (SELECT 1 FROM devices)
-                AND (EXISTS (SELECT 1 FROM alerts) OR EXISTS (SELECT 1 FROM device_reports))",
-            [],
-            |r| r.get(0),
-        )?)
-    };
-    if !wanted(conn)? {
+    const WANTED: &str = "SELECT CASE WHEN NOT EXISTS (SELECT 1 FROM devices)
+            AND (EXISTS (SELECT 1 FROM alerts) OR EXISTS (SELECT 1 FROM device_reports))
+        THEN 1 ELSE 0 END";
+    if !db.query_one::<bool>(WANTED, &[])? {
         return Ok(0);
     }
     // The write lock first, then look again: another process opening the same database
     // may have filled it meanwhile.
-    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    if !wanted(&tx)? {
-        return Ok(0);
-    }
-    let keys: Vec<(String, String)> = {
-        let mut stmt = tx.prepare(
+    db.transaction(|tx| {
+        if !tx.query_one::<bool>(WANTED, &[])? {
+            return Ok(0);
+        }
+        let keys = tx.query(
             "SELECT cpe_id, mac FROM alerts UNION SELECT cpe_id, mac FROM device_reports",
+            &[],
         )?;
-        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        rows.collect::<Result<_, _>>()?
-    };
-    let mut n = 0;
-    for (cpe, mac) in keys {
-        let Ok(mac) = mac.parse::<MacAddr>() else {
-            continue;
-        };
-        refold(&tx, &cpe, mac)?;
-        n += 1;
-    }
-    tx.commit()?;
-    Ok(n)
+        let mut n = 0;
+        for r in keys {
+            let (cpe, mac): (String, String) = (r.get(0)?, r.get(1)?);
+            let Ok(mac) = mac.parse::<MacAddr>() else {
+                continue;
+            };
+            refold(tx, &cpe, mac)?;
+            n += 1;
+        }
+        Ok(n)
+    })
 }
 
 fn in_force(mut v: DeviceView, now_ms: u64) -> DeviceView {
@@ -314,18 +321,15 @@ fn in_force(mut v: DeviceView, now_ms: u64) -> DeviceView {
 }
 
 fn collect(
-    conn: &Connection,
+    conn: &impl Sql,
     sql: &str,
-    params: impl rusqlite::Params,
+    params: &[super::db::Param<'_>],
     now_ms: u64,
 ) -> Result<Vec<DeviceView>, StoreError> {
-    let mut stmt = conn.prepare_cached(sql)?;
-    let mut rows = stmt.query(params)?;
-    let mut out = Vec::new();
-    while let Some(r) = rows.next()? {
-        out.push(in_force(view(r)?, now_ms));
-    }
-    Ok(out)
+    conn.query(sql, params)?
+        .iter()
+        .map(|r| Ok(in_force(view(r)?, now_ms)))
+        .collect()
 }
 
 /// The devices of one CPE (or of the whole fleet), worst verdict first, then by CPE and
@@ -334,17 +338,17 @@ fn collect(
 /// # Errors
 /// [`StoreError`].
 pub fn list(
-    conn: &Connection,
+    conn: &impl Sql,
     cpe_id: Option<&str>,
     now_ms: u64,
 ) -> Result<Vec<DeviceView>, StoreError> {
     collect(
         conn,
         &format!(
-            "SELECT {COLUMNS} FROM devices d WHERE (?1 IS NULL OR d.cpe_id = ?1)
+            "SELECT {COLUMNS} FROM devices d WHERE (CAST(?1 AS TEXT) IS NULL OR d.cpe_id = ?1)
              ORDER BY d.severity DESC, d.cpe_id, d.mac"
         ),
-        params![cpe_id],
+        db_params![cpe_id],
         now_ms,
     )
 }
@@ -354,7 +358,7 @@ pub fn list(
 /// # Errors
 /// [`StoreError`].
 pub fn one(
-    conn: &Connection,
+    conn: &impl Sql,
     cpe_id: &str,
     mac: &str,
     now_ms: u64,
@@ -362,7 +366,7 @@ pub fn one(
     Ok(collect(
         conn,
         &format!("SELECT {COLUMNS} FROM devices d WHERE d.cpe_id = ?1 AND d.mac = ?2"),
-        params![cpe_id, mac],
+        db_params![cpe_id, mac],
         now_ms,
     )?
     .pop())
@@ -374,7 +378,7 @@ pub fn one(
 /// # Errors
 /// [`StoreError`].
 pub fn with_verdicts(
-    conn: &Connection,
+    conn: &impl Sql,
     verdicts: &[Verdict],
     limit: u32,
     now_ms: u64,
@@ -387,7 +391,7 @@ pub fn with_verdicts(
                 "SELECT {COLUMNS} FROM devices d WHERE d.severity = ?1
                  ORDER BY d.since_ms DESC, d.cpe_id, d.mac LIMIT ?2"
             ),
-            params![verdicts::severity(*v), limit],
+            db_params![verdicts::severity(*v), limit],
             now_ms,
         )?);
     }
@@ -424,12 +428,12 @@ impl Counts {
 ///
 /// # Errors
 /// [`StoreError`].
-pub fn counts(conn: &Connection, now_ms: u64) -> Result<Counts, StoreError> {
+pub fn counts(conn: &impl Sql, now_ms: u64) -> Result<Counts, StoreError> {
     let mut out = Counts::default();
-    let mut stmt =
-        conn.prepare_cached("SELECT severity, COUNT(*) FROM devices GROUP BY severity")?;
-    let mut rows = stmt.query([])?;
-    while let Some(r) = rows.next()? {
+    for r in conn.query(
+        "SELECT severity, COUNT(*) FROM devices GROUP BY severity",
+        &[],
+    )? {
         let (sev, n): (i64, i64) = (r.get(0)?, r.get(1)?);
         if let Some(slot) = usize::try_from(sev)
             .ok()
@@ -438,13 +442,12 @@ pub fn counts(conn: &Connection, now_ms: u64) -> Result<Counts, StoreError> {
             *slot = from_ms(n);
         }
     }
-    let mut stmt = conn.prepare_cached(
+    for r in conn.query(
         "SELECT action, COUNT(*) FROM devices
          WHERE action <> 'monitor' AND (action_until_ms IS NULL OR action_until_ms > ?1)
          GROUP BY action",
-    )?;
-    let mut rows = stmt.query([to_i64(now_ms)])?;
-    while let Some(r) = rows.next()? {
+        db_params![to_i64(now_ms)],
+    )? {
         let (action, n): (String, i64) = (r.get(0)?, r.get(1)?);
         match action.as_str() {
             "block" => out.blocked = from_ms(n),
@@ -510,7 +513,7 @@ impl Sort {
 /// [`StoreError`].
 #[allow(clippy::too_many_arguments)]
 pub fn search(
-    conn: &Connection,
+    conn: &impl Sql,
     f: &Filter,
     sort: Sort,
     desc: bool,
@@ -521,15 +524,20 @@ pub fn search(
     // Only what the filter needs: the joins cost a pass over the fleet when they are
     // not narrowed by anything.
     let mut from = String::from(" FROM devices d");
-    let mut conds: Vec<&str> = Vec::new();
-    let mut params: Vec<(&str, &dyn rusqlite::ToSql)> = Vec::new();
+    let mut conds: Vec<String> = Vec::new();
+    let mut params: Vec<super::db::Param<'_>> = Vec::new();
+    // Pushes a value and names its placeholder.
+    fn arg<'a>(params: &mut Vec<super::db::Param<'a>>, p: super::db::Param<'a>) -> String {
+        params.push(p);
+        format!("?{}", params.len())
+    }
     if let Some(cpe) = &f.cpe {
-        conds.push("d.cpe_id = :cpe");
-        params.push((":cpe", cpe));
+        let n = arg(&mut params, cpe.into());
+        conds.push(format!("d.cpe_id = {n}"));
     }
     if let Some(mac) = &f.mac {
-        conds.push("d.mac = :mac");
-        params.push((":mac", mac));
+        let n = arg(&mut params, mac.into());
+        conds.push(format!("d.mac = {n}"));
     }
     if let Some(text) = &f.text {
         from.push_str(
@@ -537,50 +545,50 @@ pub fn search(
               LEFT JOIN household_cpes hc ON hc.cpe_id = d.cpe_id
               LEFT JOIN households h ON h.id = hc.household_id",
         );
-        conds.push(
-            "(d.hostname LIKE :text ESCAPE '\\' OR d.vendor LIKE :text ESCAPE '\\'
-              OR d.ips_json LIKE :text ESCAPE '\\' OR d.cpe_id LIKE :text ESCAPE '\\'
-              OR c.label LIKE :text ESCAPE '\\' OR h.name LIKE :text ESCAPE '\\')",
-        );
-        params.push((":text", text));
+        // Case-insensitive on both backends (SQLite's LIKE is, PostgreSQL's is not).
+        let n = arg(&mut params, text.into());
+        let like = |column: &str| format!("LOWER({column}) LIKE LOWER({n}) ESCAPE '\\'");
+        conds.push(format!(
+            "({} OR {} OR {} OR {} OR {} OR {})",
+            like("d.hostname"),
+            like("d.vendor"),
+            like("d.ips_json"),
+            like("d.cpe_id"),
+            like("c.label"),
+            like("h.name")
+        ));
     }
     if let Some(ip) = &f.public_ip {
-        conds.push(
-            "d.cpe_id IN (SELECT cpe_id FROM cpe_state WHERE public_ip = :ip
-                          UNION SELECT cpe_id FROM public_ips WHERE ip = :ip)",
-        );
-        params.push((":ip", ip));
+        let n = arg(&mut params, ip.into());
+        conds.push(format!(
+            "d.cpe_id IN (SELECT cpe_id FROM cpe_state WHERE public_ip = {n}
+                          UNION SELECT cpe_id FROM public_ips WHERE ip = {n})"
+        ));
     }
-    let (lo, hi);
-    if let Some(range) = f.severity {
-        (lo, hi) = range;
-        conds.push("d.severity BETWEEN :sev_lo AND :sev_hi");
-        params.push((":sev_lo", &lo));
-        params.push((":sev_hi", &hi));
+    if let Some((lo, hi)) = f.severity {
+        let lo = arg(&mut params, lo.into());
+        let hi = arg(&mut params, hi.into());
+        conds.push(format!("d.severity BETWEEN {lo} AND {hi}"));
     }
-    let now = to_i64(now_ms);
-    if let Some(action) = &f.action {
-        conds.push(
+    if let Some(action) = f.action {
+        let now = arg(&mut params, to_i64(now_ms).into());
+        let action = arg(&mut params, action.into());
+        conds.push(format!(
             "(CASE WHEN d.action <> 'monitor'
-                AND (d.action_until_ms IS NULL OR d.action_until_ms > :now)
-                THEN d.action ELSE 'monitor' END) = :action",
-        );
-        params.push((":action", action));
-        params.push((":now", &now));
+                AND (d.action_until_ms IS NULL OR d.action_until_ms > {now})
+                THEN d.action ELSE 'monitor' END) = {action}"
+        ));
     }
     if !conds.is_empty() {
         from.push_str(" WHERE ");
         from.push_str(&conds.join(" AND "));
     }
-    let params = params.as_slice();
-    let total: i64 = conn
-        .prepare_cached(&format!("SELECT COUNT(*){from}"))?
-        .query_row(params, |r| r.get(0))?;
+    let total: i64 = conn.query_one(&format!("SELECT COUNT(*){from}"), &params)?;
     let sql = format!(
         "SELECT {COLUMNS}{from} ORDER BY {} LIMIT {limit} OFFSET {offset}",
         sort.order(desc)
     );
-    let rows = collect(conn, &sql, params, now_ms)?;
+    let rows = collect(conn, &sql, &params, now_ms)?;
     Ok((from_ms(total), rows))
 }
 
@@ -589,6 +597,7 @@ mod tests {
     use smtpguard_protocol::{Action, AgentStats, Body, DeviceCounters, Observed, Telemetry};
 
     use super::*;
+    use crate::store::db::tests::backends;
     use crate::store::{Received, Store};
 
     const A: MacAddr = MacAddr([2, 0, 0, 0, 0, 1]);
@@ -675,150 +684,201 @@ mod tests {
         out
     }
 
-    fn rows(store: &Store) -> Vec<DeviceView> {
-        list(&store.conn(), None, 1_000).unwrap()
+    fn rows(store: &Store, cpe: Option<&str>) -> Vec<DeviceView> {
+        list(store.db(), cpe, 1_000).unwrap()
+    }
+
+    /// What folding the stored facts of `cpe` gives (the reference the rows must equal).
+    fn folded(store: &Store, cpe: &str) -> Vec<DeviceView> {
+        let db = store.db();
+        verdicts::devices(
+            &verdicts::load_alerts(db, Some(cpe), 0, 10_000).unwrap(),
+            &verdicts::load_reports(db, Some(cpe), 0, 10_000).unwrap(),
+            1_000,
+        )
     }
 
     #[test]
     fn rows_kept_at_ingest_equal_the_fold_in_any_arrival_order() {
-        let messages = story("cpe-d");
-        let mut in_order = Store::open_in_memory().unwrap();
-        for m in &messages {
-            in_order.write_batch(std::slice::from_ref(m), &[]).unwrap();
-        }
-        let folded = {
-            let conn = &*in_order.conn();
-            verdicts::devices(
-                &verdicts::load_alerts(conn, None, 0, 10_000).unwrap(),
-                &verdicts::load_reports(conn, None, 0, 10_000).unwrap(),
-                1_000,
-            )
-        };
-        assert_eq!(rows(&in_order), folded);
-        assert_eq!(folded[0].verdict, Verdict::Suspicious);
-        assert_eq!(folded[0].hostname.as_deref(), Some("host-6"));
-        // Shuffled (a late alert, another replica's telemetry): the same rows.
-        let mut state = 7u64;
-        for _ in 0..20 {
-            let mut shuffled = messages.clone();
-            for i in (1..shuffled.len()).rev() {
-                state = state
-                    .wrapping_mul(6_364_136_223_846_793_005)
-                    .wrapping_add(1);
-                shuffled.swap(i, usize::try_from(state >> 33).unwrap() % (i + 1));
-            }
-            let mut store = Store::open_in_memory().unwrap();
-            for m in &shuffled {
+        for (url, _guard) in backends() {
+            let store = Store::open_url(&url).unwrap();
+            let messages = story("cpe-d");
+            for m in &messages {
                 store.write_batch(std::slice::from_ref(m), &[]).unwrap();
             }
-            assert_eq!(rows(&store), folded);
+            let expected = folded(&store, "cpe-d");
+            assert_eq!(rows(&store, None), expected, "{url}");
+            assert_eq!(expected[0].verdict, Verdict::Suspicious);
+            assert_eq!(expected[0].hostname.as_deref(), Some("host-6"));
+            // Shuffled (a late alert, another replica's telemetry): the same rows. Each
+            // order is told by another router of the same database.
+            let mut state = 7u64;
+            for k in 0..20 {
+                let cpe = format!("cpe-s{k}");
+                let mut shuffled = story(&cpe);
+                for i in (1..shuffled.len()).rev() {
+                    state = state
+                        .wrapping_mul(6_364_136_223_846_793_005)
+                        .wrapping_add(1);
+                    shuffled.swap(i, usize::try_from(state >> 33).unwrap() % (i + 1));
+                }
+                for m in &shuffled {
+                    store.write_batch(std::slice::from_ref(m), &[]).unwrap();
+                }
+                let mut want = expected.clone();
+                for d in &mut want {
+                    d.cpe_id.clone_from(&cpe);
+                }
+                assert_eq!(rows(&store, Some(&cpe)), want, "{url}: order {k}");
+                assert_eq!(folded(&store, &cpe), want, "{url}: order {k}");
+            }
         }
     }
 
     #[test]
     fn counts_and_flagged_lists_read_the_rows_with_the_action_in_force() {
-        let mut store = Store::open_in_memory().unwrap();
-        let mut msgs = story("cpe-1");
-        // A second router whose device is infected and blocked until 4:00 + 15 min.
-        msgs.extend(story("cpe-2").into_iter().take(5));
-        store.write_batch(&msgs, &[]).unwrap();
-        let c = counts(&store.conn(), 0).unwrap();
-        assert_eq!(c.by_verdict, [2, 1, 1]);
-        assert_eq!((c.blocked, c.rate_limited), (1, 0));
-        // The block has run out later on: the row is unchanged, the action in force is not.
-        let later = counts(&store.conn(), 10_000_000).unwrap();
-        assert_eq!(later.blocked, 0);
-        let flagged = with_verdicts(
-            &store.conn(),
-            &[Verdict::Infected, Verdict::Suspicious],
-            10,
-            10_000_000,
-        )
-        .unwrap();
-        assert_eq!(flagged.len(), 2);
-        assert_eq!(
-            (flagged[0].cpe_id.as_str(), flagged[0].verdict),
-            ("cpe-2", Verdict::Infected)
-        );
-        assert_eq!(flagged[0].action, Action::Monitor);
+        for (url, _guard) in backends() {
+            let store = Store::open_url(&url).unwrap();
+            let mut msgs = story("cpe-1");
+            // A second router whose device is infected and blocked until 4:00 + 15 min.
+            msgs.extend(story("cpe-2").into_iter().take(5));
+            store.write_batch(&msgs, &[]).unwrap();
+            let db = store.db();
+            let c = counts(db, 0).unwrap();
+            assert_eq!(c.by_verdict, [2, 1, 1], "{url}");
+            assert_eq!((c.blocked, c.rate_limited), (1, 0));
+            // The block has run out later on: the row is unchanged, the action in force is
+            // not.
+            let later = counts(db, 10_000_000).unwrap();
+            assert_eq!(later.blocked, 0);
+            let flagged = with_verdicts(
+                db,
+                &[Verdict::Infected, Verdict::Suspicious],
+                10,
+                10_000_000,
+            )
+            .unwrap();
+            assert_eq!(flagged.len(), 2, "{url}");
+            assert_eq!(
+                (flagged[0].cpe_id.as_str(), flagged[0].verdict),
+                ("cpe-2", Verdict::Infected)
+            );
+            assert_eq!(flagged[0].action, Action::Monitor);
+            let one = one(db, "cpe-2", &A.to_string(), 0).unwrap().unwrap();
+            assert_eq!(
+                (one.verdict, one.action),
+                (Verdict::Infected, Action::Block)
+            );
+            assert!(super::one(db, "cpe-9", &A.to_string(), 0)
+                .unwrap()
+                .is_none());
+        }
     }
 
     #[test]
     fn a_search_narrows_by_text_mac_verdict_and_action_and_pages() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("s.db");
-        let mut store = Store::open(&path).unwrap();
-        let mut msgs = story("cpe-1");
-        msgs.extend(story("cpe-2").into_iter().take(5));
-        store.write_batch(&msgs, &[]).unwrap();
-        // With the product tables (households) the search joins.
-        let db = crate::web::open_db(&path).unwrap();
-        let conn = &*db.sqlite_connection().unwrap();
-        let find =
-            |f: Filter, now: u64| search(conn, &f, Sort::Severity, true, 10, 0, now).unwrap();
-        let (n, all) = find(Filter::default(), 0);
-        assert_eq!((n, all.len()), (4, 4));
-        assert_eq!(all[0].verdict, Verdict::Infected);
-        let (n, _) = find(
-            Filter {
-                text: Some("%host-6%".into()),
-                ..Filter::default()
-            },
-            0,
-        );
-        assert_eq!(n, 1);
-        let (n, hits) = find(
-            Filter {
-                mac: Some(B.to_string()),
-                ..Filter::default()
-            },
-            0,
-        );
-        assert_eq!(n, 2);
-        assert!(hits.iter().all(|d| d.mac == B));
-        let (n, _) = find(
-            Filter {
-                severity: Some((1, 2)),
-                ..Filter::default()
-            },
-            0,
-        );
-        assert_eq!(n, 2);
-        let (n, hits) = find(
-            Filter {
-                action: Some("block"),
-                ..Filter::default()
-            },
-            0,
-        );
-        assert_eq!((n, hits[0].cpe_id.as_str()), (1, "cpe-2"));
-        // Once the block has run out nothing is blocked, and the rest is monitored.
-        assert_eq!(
-            find(
+        for (url, _guard) in backends() {
+            let store = Store::open_url(&url).unwrap();
+            let mut msgs = story("cpe-1");
+            msgs.extend(story("cpe-2").into_iter().take(5));
+            store.write_batch(&msgs, &[]).unwrap();
+            let db = store.db();
+            let find =
+                |f: Filter, now: u64| search(db, &f, Sort::Severity, true, 10, 0, now).unwrap();
+            let (n, all) = find(Filter::default(), 0);
+            assert_eq!((n, all.len()), (4, 4), "{url}");
+            assert_eq!(all[0].verdict, Verdict::Infected);
+            let (n, _) = find(
+                Filter {
+                    text: Some("%host-6%".into()),
+                    ..Filter::default()
+                },
+                0,
+            );
+            assert_eq!(n, 1, "{url}");
+            // Case does not matter, on either backend; the joined tables are searched too.
+            let (n, _) = find(
+                Filter {
+                    text: Some("%HOST-6%".into()),
+                    ..Filter::default()
+                },
+                0,
+            );
+            assert_eq!(n, 1, "{url}");
+            let (n, _) = find(
+                Filter {
+                    text: Some("%CPE-2%".into()),
+                    ..Filter::default()
+                },
+                0,
+            );
+            assert_eq!(n, 2, "{url}");
+            let (n, hits) = find(
+                Filter {
+                    mac: Some(B.to_string()),
+                    ..Filter::default()
+                },
+                0,
+            );
+            assert_eq!(n, 2);
+            assert!(hits.iter().all(|d| d.mac == B));
+            let (n, _) = find(
+                Filter {
+                    severity: Some((1, 2)),
+                    ..Filter::default()
+                },
+                0,
+            );
+            assert_eq!(n, 2, "{url}");
+            let (n, hits) = find(
                 Filter {
                     action: Some("block"),
+                    cpe: Some("cpe-2".into()),
                     ..Filter::default()
                 },
-                10_000_000
-            )
-            .0,
-            0
-        );
-        assert_eq!(
-            find(
+                0,
+            );
+            assert_eq!((n, hits[0].cpe_id.as_str()), (1, "cpe-2"), "{url}");
+            // Once the block has run out nothing is blocked, and the rest is monitored.
+            assert_eq!(
+                find(
+                    Filter {
+                        action: Some("block"),
+                        ..Filter::default()
+                    },
+                    10_000_000
+                )
+                .0,
+                0
+            );
+            assert_eq!(
+                find(
+                    Filter {
+                        action: Some("monitor"),
+                        ..Filter::default()
+                    },
+                    10_000_000
+                )
+                .0,
+                4,
+                "{url}"
+            );
+            // Routers that held a public address: none was reported here.
+            let (n, _) = find(
                 Filter {
-                    action: Some("monitor"),
+                    public_ip: Some("198.51.100.7".into()),
                     ..Filter::default()
                 },
-                10_000_000
-            )
-            .0,
-            4
-        );
-        // Pages: 3 per page, the second has the last one.
-        let (n, page2) = search(conn, &Filter::default(), Sort::Cpe, false, 3, 3, 0).unwrap();
-        assert_eq!((n, page2.len()), (4, 1));
-        assert_eq!(page2[0].cpe_id, "cpe-2");
+                0,
+            );
+            assert_eq!(n, 0, "{url}");
+            // Pages: 3 per page, the second has the last one.
+            let (n, page2) = search(db, &Filter::default(), Sort::Cpe, false, 3, 3, 0).unwrap();
+            assert_eq!((n, page2.len()), (4, 1), "{url}");
+            assert_eq!(page2[0].cpe_id, "cpe-2");
+            let (_, named) = search(db, &Filter::default(), Sort::Name, false, 10, 0, 0).unwrap();
+            assert!(named[0].hostname.is_some(), "{url}: named devices first");
+        }
     }
 
     #[test]
@@ -826,19 +886,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("old.db");
         {
-            let mut store = Store::open(&path).unwrap();
+            let store = Store::open(&path).unwrap();
             store.write_batch(&story("cpe-o"), &[]).unwrap();
         }
         let before = {
             let store = Store::open(&path).unwrap();
-            rows(&store)
+            rows(&store, None)
         };
         {
-            let conn = Connection::open(&path).unwrap();
+            let conn = rusqlite::Connection::open(&path).unwrap();
             conn.execute("DELETE FROM devices", []).unwrap();
         }
         let store = Store::open(&path).unwrap();
-        assert_eq!(rows(&store), before);
+        assert_eq!(rows(&store, None), before);
         assert_eq!(before.len(), 2);
     }
 }

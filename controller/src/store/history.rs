@@ -18,10 +18,11 @@
 //!   router changed its mind and its alert was lost. A report older than what is known
 //!   changes nothing.
 
-use rusqlite::{params, Transaction};
 use smtpguard_protocol::{Alert, DeviceReport, Verdict};
 
+use super::db::Sql;
 use super::{to_i64, StoreError};
+use crate::db_params;
 
 /// Where a stored verdict change came from.
 pub const SOURCE_ALERT: &str = "alert";
@@ -34,7 +35,7 @@ const SLACK_MS: u64 = 1_000;
 
 #[allow(clippy::too_many_arguments)]
 fn insert_change(
-    tx: &Transaction<'_>,
+    tx: &impl Sql,
     cpe_id: &str,
     seq: i64,
     mac: &str,
@@ -43,24 +44,24 @@ fn insert_change(
     d: &DeviceReport,
     source: &str,
 ) -> Result<(), StoreError> {
-    tx.prepare_cached(
+    tx.execute(
         "INSERT INTO verdict_changes (cpe_id, mac, at_ms, previous, verdict, score, action,
             action_until_ms, evidence_json, source, seq)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-    )?
-    .execute(params![
-        cpe_id,
-        mac,
-        to_i64(at_ms),
-        previous.as_str(),
-        d.verdict.as_str(),
-        f64::from(d.score),
-        d.action.as_str(),
-        d.action_until_ms.map(to_i64),
-        serde_json::to_string(&d.evidence)?,
-        source,
-        seq,
-    ])?;
+        db_params![
+            cpe_id,
+            mac,
+            to_i64(at_ms),
+            previous.as_str(),
+            d.verdict.as_str(),
+            f64::from(d.score),
+            d.action.as_str(),
+            d.action_until_ms.map(to_i64),
+            &serde_json::to_string(&d.evidence)?,
+            source,
+            seq,
+        ],
+    )?;
     Ok(())
 }
 
@@ -69,7 +70,7 @@ fn insert_change(
 /// # Errors
 /// [`StoreError`].
 pub(super) fn note_alert(
-    tx: &Transaction<'_>,
+    tx: &impl Sql,
     cpe_id: &str,
     seq: i64,
     a: &Alert,
@@ -77,43 +78,45 @@ pub(super) fn note_alert(
     let d = &a.device;
     let mac = d.mac.to_string();
     // The next alert of this device after this one bounds what this one explains.
-    let next: Option<i64> = tx
-        .prepare_cached(
-            "SELECT MIN(at_ms) FROM verdict_changes
-             WHERE cpe_id = ?1 AND mac = ?2 AND source = 'alert' AND at_ms > ?3",
-        )?
-        .query_row(params![cpe_id, mac, to_i64(a.at_ms)], |r| r.get(0))?;
+    let next: Option<i64> = tx.query_one(
+        "SELECT MIN(at_ms) FROM verdict_changes
+         WHERE cpe_id = ?1 AND mac = ?2 AND source = 'alert' AND at_ms > ?3",
+        db_params![cpe_id, &mac, to_i64(a.at_ms)],
+    )?;
     // Telemetry windows end on whole seconds: a rebuilt change up to [`SLACK_MS`] before
     // the alert is the same change.
-    tx.prepare_cached(
+    tx.execute(
         "DELETE FROM verdict_changes
          WHERE cpe_id = ?1 AND mac = ?2 AND source = 'telemetry' AND verdict = ?3
            AND at_ms >= ?4 AND at_ms < ?5",
-    )?
-    .execute(params![
-        cpe_id,
-        mac,
-        d.verdict.as_str(),
-        to_i64(a.at_ms.saturating_sub(SLACK_MS)),
-        next.unwrap_or(i64::MAX),
-    ])?;
+        db_params![
+            cpe_id,
+            &mac,
+            d.verdict.as_str(),
+            to_i64(a.at_ms.saturating_sub(SLACK_MS)),
+            next.unwrap_or(i64::MAX),
+        ],
+    )?;
     insert_change(tx, cpe_id, seq, &mac, a.at_ms, a.previous, d, SOURCE_ALERT)
 }
 
 /// Compares one device report of a telemetry window observed at `at_ms` (the window's
-/// end) with the known verdict and records a change when they differ (see the module docs).
+/// end) with the known verdict (`known`: the device's newest verdict and as of when, from
+/// its row before this report) and records a change when they differ (see the module
+/// docs).
 ///
 /// # Errors
 /// [`StoreError`].
 pub(super) fn note_report(
-    tx: &Transaction<'_>,
+    tx: &impl Sql,
     cpe_id: &str,
     seq: i64,
     at_ms: u64,
     d: &DeviceReport,
+    known: Option<(Verdict, u64)>,
 ) -> Result<(), StoreError> {
     let mac = d.mac.to_string();
-    let previous = match super::devices::known(tx, cpe_id, &mac)? {
+    let previous = match known {
         Some((_, known_at)) if known_at > at_ms => return Ok(()),
         Some((v, _)) => v,
         None => Verdict::Clean,
@@ -131,6 +134,7 @@ mod tests {
     };
 
     use super::*;
+    use crate::store::db::tests::backends;
     use crate::store::{Received, Store};
 
     const MAC: MacAddr = MacAddr([2, 0, 0, 0, 0, 9]);
@@ -182,100 +186,107 @@ mod tests {
     }
 
     fn history(store: &Store) -> Vec<(u64, String, String, String, String)> {
-        let conn = store.conn();
-        let mut stmt = conn
-            .prepare(
+        store
+            .db()
+            .query(
                 "SELECT at_ms, previous, verdict, source, evidence_json FROM verdict_changes
                  ORDER BY at_ms, id",
+                &[],
             )
-            .unwrap();
-        stmt.query_map([], |r| {
-            Ok((
-                r.get::<_, i64>(0)? as u64,
-                r.get(1)?,
-                r.get(2)?,
-                r.get(3)?,
-                r.get(4)?,
-            ))
-        })
-        .unwrap()
-        .map(Result::unwrap)
-        .collect()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r.get(0).unwrap(),
+                    r.get(1).unwrap(),
+                    r.get(2).unwrap(),
+                    r.get(3).unwrap(),
+                    r.get(4).unwrap(),
+                )
+            })
+            .collect()
     }
 
     #[test]
     fn alerts_are_changes_and_agreeing_telemetry_adds_none() {
-        let mut store = Store::open_in_memory().unwrap();
-        store
-            .write_batch(
-                &[
-                    telemetry(1, 60_000, Verdict::Clean),
-                    alert(2, 70_000, Verdict::Clean, Verdict::Infected),
-                    telemetry(3, 120_000, Verdict::Infected),
-                    // Older than the alert: changes nothing.
-                    telemetry(0, 65_000, Verdict::Clean),
-                ],
-                &[],
-            )
-            .unwrap();
-        let h = history(&store);
-        assert_eq!(h.len(), 1, "{h:?}");
-        assert_eq!(h[0].0, 70_000);
-        assert_eq!(h[0].3, "alert");
+        for (url, _guard) in backends() {
+            let store = Store::open_url(&url).unwrap();
+            store
+                .write_batch(
+                    &[
+                        telemetry(1, 60_000, Verdict::Clean),
+                        alert(2, 70_000, Verdict::Clean, Verdict::Infected),
+                        telemetry(3, 120_000, Verdict::Infected),
+                        // Older than the alert: changes nothing.
+                        telemetry(0, 65_000, Verdict::Clean),
+                    ],
+                    &[],
+                )
+                .unwrap();
+            let h = history(&store);
+            assert_eq!(h.len(), 1, "{url}: {h:?}");
+            assert_eq!(h[0].0, 70_000);
+            assert_eq!(h[0].3, "alert");
+        }
     }
 
     #[test]
     fn a_lost_alert_is_rebuilt_from_telemetry_and_a_late_one_replaces_it() {
-        let mut store = Store::open_in_memory().unwrap();
-        store
-            .write_batch(
-                &[
-                    telemetry(1, 60_000, Verdict::Clean),
-                    telemetry(3, 120_000, Verdict::Infected),
-                    telemetry(4, 180_000, Verdict::Infected),
-                ],
-                &[],
-            )
-            .unwrap();
-        let h = history(&store);
-        assert_eq!(
-            h,
-            vec![(
-                120_000,
-                "clean".into(),
-                "infected".into(),
-                "telemetry".into(),
-                "[\"report 3\"]".into()
-            )]
-        );
-        // The alert was late, not lost: it takes the rebuilt entry's place.
-        store
-            .write_batch(&[alert(2, 100_000, Verdict::Clean, Verdict::Infected)], &[])
-            .unwrap();
-        let h = history(&store);
-        assert_eq!(h.len(), 1, "{h:?}");
-        assert_eq!((h[0].0, h[0].3.as_str()), (100_000, "alert"));
-        // The device is released and cleans up; that alert is lost too.
-        store
-            .write_batch(&[telemetry(6, 300_000, Verdict::Clean)], &[])
-            .unwrap();
-        let h = history(&store);
-        assert_eq!(h.len(), 2, "{h:?}");
-        assert_eq!(
-            (h[1].1.as_str(), h[1].2.as_str(), h[1].3.as_str()),
-            ("infected", "clean", "telemetry")
-        );
+        for (url, _guard) in backends() {
+            let store = Store::open_url(&url).unwrap();
+            store
+                .write_batch(
+                    &[
+                        telemetry(1, 60_000, Verdict::Clean),
+                        telemetry(3, 120_000, Verdict::Infected),
+                        telemetry(4, 180_000, Verdict::Infected),
+                    ],
+                    &[],
+                )
+                .unwrap();
+            let h = history(&store);
+            assert_eq!(
+                h,
+                vec![(
+                    120_000,
+                    "clean".into(),
+                    "infected".into(),
+                    "telemetry".into(),
+                    "[\"report 3\"]".into()
+                )],
+                "{url}"
+            );
+            // The alert was late, not lost: it takes the rebuilt entry's place.
+            store
+                .write_batch(&[alert(2, 100_000, Verdict::Clean, Verdict::Infected)], &[])
+                .unwrap();
+            let h = history(&store);
+            assert_eq!(h.len(), 1, "{url}: {h:?}");
+            assert_eq!((h[0].0, h[0].3.as_str()), (100_000, "alert"));
+            // The device is released and cleans up; that alert is lost too.
+            store
+                .write_batch(&[telemetry(6, 300_000, Verdict::Clean)], &[])
+                .unwrap();
+            let h = history(&store);
+            assert_eq!(h.len(), 2, "{url}: {h:?}");
+            assert_eq!(
+                (h[1].1.as_str(), h[1].2.as_str(), h[1].3.as_str()),
+                ("infected", "clean", "telemetry")
+            );
+        }
     }
 
     #[test]
     fn a_device_first_seen_infected_starts_its_history_from_clean() {
-        let mut store = Store::open_in_memory().unwrap();
-        store
-            .write_batch(&[telemetry(1, 60_000, Verdict::Suspicious)], &[])
-            .unwrap();
-        let h = history(&store);
-        assert_eq!(h.len(), 1);
-        assert_eq!((h[0].1.as_str(), h[0].2.as_str()), ("clean", "suspicious"));
+        for (url, _guard) in backends() {
+            let store = Store::open_url(&url).unwrap();
+            store
+                .write_batch(&[telemetry(1, 60_000, Verdict::Suspicious)], &[])
+                .unwrap();
+            let h = history(&store);
+            assert_eq!(h.len(), 1, "{url}");
+            assert_eq!((h[0].1.as_str(), h[0].2.as_str()), ("clean", "suspicious"));
+        }
     }
 
     #[test]
@@ -296,7 +307,7 @@ mod tests {
             )
             .unwrap();
         }
-        let mut store = Store::open(&path).unwrap();
+        let store = Store::open(&path).unwrap();
         let h = history(&store);
         assert_eq!(h.len(), 1);
         assert_eq!(h[0].4, "[\"old alert\"]");

@@ -2,9 +2,9 @@
 //! subscriber about, written in the same transaction as the message that caused it, so a
 //! crash can never lose one; [`crate::notify`] delivers them.
 
-use rusqlite::{params, Connection, Transaction};
-
+use super::db::Sql;
 use super::StoreError;
+use crate::db_params;
 
 /// What happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,13 +68,13 @@ fn to_i64(v: u64) -> i64 {
 }
 
 /// Queues a notification inside the ingest's transaction; a second one with the same
-/// `dedup` key (the same event seen twice) is ignored.
+/// `dedup` key (the same event seen twice, or by two replicas) is ignored.
 ///
 /// # Errors
-/// [`StoreError::Sqlite`].
+/// [`StoreError::Db`].
 #[allow(clippy::too_many_arguments)]
 pub fn enqueue(
-    tx: &Transaction<'_>,
+    tx: &impl Sql,
     event: Event,
     cpe_id: &str,
     mac: &str,
@@ -83,20 +83,21 @@ pub fn enqueue(
     at_ms: u64,
     dedup: &str,
 ) -> Result<(), StoreError> {
-    tx.prepare_cached(
-        "INSERT OR IGNORE INTO notifications
+    tx.execute(
+        "INSERT INTO notifications
             (event, cpe_id, mac, device, detail, at_ms, dedup, next_attempt_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0)",
-    )?
-    .execute(params![
-        event.as_str(),
-        cpe_id,
-        mac,
-        device,
-        detail,
-        to_i64(at_ms),
-        dedup
-    ])?;
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0)
+         ON CONFLICT (dedup) DO NOTHING",
+        db_params![
+            event.as_str(),
+            cpe_id,
+            mac,
+            device,
+            detail,
+            to_i64(at_ms),
+            dedup
+        ],
+    )?;
     Ok(())
 }
 
@@ -104,52 +105,51 @@ pub fn enqueue(
 /// first, at most `limit`.
 ///
 /// # Errors
-/// [`StoreError::Sqlite`].
-pub fn due(conn: &Connection, now_ms: u64, limit: usize) -> Result<Vec<Pending>, StoreError> {
-    let mut stmt = conn.prepare_cached(
+/// [`StoreError::Db`].
+pub fn due(conn: &impl Sql, now_ms: u64, limit: usize) -> Result<Vec<Pending>, StoreError> {
+    conn.query(
         "SELECT id, event, cpe_id, mac, device, detail, at_ms, webhook_state, email_state, attempts
          FROM notifications
          WHERE (webhook_state = 'pending' OR email_state = 'pending') AND next_attempt_ms <= ?1
          ORDER BY id LIMIT ?2",
-    )?;
-    let rows = stmt.query_map(
-        params![to_i64(now_ms), i64::try_from(limit).unwrap_or(i64::MAX)],
-        |r| {
-            Ok(Pending {
-                id: r.get(0)?,
-                event: r.get(1)?,
-                cpe_id: r.get(2)?,
-                mac: r.get(3)?,
-                device: r.get(4)?,
-                detail: r.get(5)?,
-                at_ms: u64::try_from(r.get::<_, i64>(6)?).unwrap_or(0),
-                webhook: r.get(7)?,
-                email: r.get(8)?,
-                attempts: u32::try_from(r.get::<_, i64>(9)?).unwrap_or(u32::MAX),
-            })
-        },
-    )?;
-    Ok(rows.collect::<Result<_, _>>()?)
+        db_params![to_i64(now_ms), i64::try_from(limit).unwrap_or(i64::MAX)],
+    )?
+    .iter()
+    .map(|r| {
+        Ok(Pending {
+            id: r.get(0)?,
+            event: r.get(1)?,
+            cpe_id: r.get(2)?,
+            mac: r.get(3)?,
+            device: r.get(4)?,
+            detail: r.get(5)?,
+            at_ms: u64::try_from(r.get::<i64>(6)?).unwrap_or(0),
+            webhook: r.get(7)?,
+            email: r.get(8)?,
+            attempts: u32::try_from(r.get::<i64>(9)?).unwrap_or(u32::MAX),
+        })
+    })
+    .collect()
 }
 
 /// Records one delivery round of notification `id`.
 ///
 /// # Errors
-/// [`StoreError::Sqlite`].
+/// [`StoreError::Db`].
 pub fn record_round(
-    conn: &Connection,
+    conn: &impl Sql,
     p: &Pending,
     next_attempt_ms: u64,
     last_error: Option<&str>,
 ) -> Result<(), StoreError> {
     conn.execute(
         "UPDATE notifications SET webhook_state = ?2, email_state = ?3, attempts = ?4,
-             next_attempt_ms = ?5, last_error = COALESCE(?6, last_error)
+             next_attempt_ms = ?5, last_error = COALESCE(CAST(?6 AS TEXT), last_error)
          WHERE id = ?1",
-        params![
+        db_params![
             p.id,
-            p.webhook,
-            p.email,
+            &p.webhook,
+            &p.email,
             p.attempts,
             to_i64(next_attempt_ms),
             last_error
@@ -161,84 +161,99 @@ pub fn record_round(
 /// How many notifications are in each state, per channel: `(channel, state, count)`.
 ///
 /// # Errors
-/// [`StoreError::Sqlite`].
-pub fn counts(conn: &Connection) -> Result<Vec<(String, String, i64)>, StoreError> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT 'webhook', webhook_state, COUNT(*) FROM notifications GROUP BY 2
+/// [`StoreError::Db`].
+pub fn counts(conn: &impl Sql) -> Result<Vec<(String, String, i64)>, StoreError> {
+    conn.query(
+        "SELECT CAST('webhook' AS TEXT), webhook_state, COUNT(*) FROM notifications
+            GROUP BY webhook_state
          UNION ALL
-         SELECT 'email', email_state, COUNT(*) FROM notifications GROUP BY 2",
-    )?;
-    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-    Ok(rows.collect::<Result<_, _>>()?)
+         SELECT CAST('email' AS TEXT), email_state, COUNT(*) FROM notifications
+            GROUP BY email_state",
+        &[],
+    )?
+    .iter()
+    .map(|r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+    .collect()
 }
 
 /// Forgets finished notifications older than `before_ms` (the outbox stays bounded).
 ///
 /// # Errors
-/// [`StoreError::Sqlite`].
-pub fn prune(conn: &Connection, before_ms: u64) -> Result<usize, StoreError> {
-    Ok(conn.execute(
+/// [`StoreError::Db`].
+pub fn prune(conn: &impl Sql, before_ms: u64) -> Result<usize, StoreError> {
+    let n = conn.execute(
         "DELETE FROM notifications WHERE at_ms < ?1
              AND webhook_state <> 'pending' AND email_state <> 'pending'",
-        [to_i64(before_ms)],
-    )?)
+        db_params![to_i64(before_ms)],
+    )?;
+    Ok(usize::try_from(n).unwrap_or(usize::MAX))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::db::tests::backends;
     use crate::store::Store;
 
     #[test]
     fn the_outbox_keeps_one_row_per_event_until_every_channel_is_done() {
-        let store = Store::open_in_memory().unwrap();
-        let mut conn = store.conn();
-        let tx = conn.transaction().unwrap();
-        for _ in 0..2 {
-            enqueue(
-                &tx,
-                Event::Infected,
-                "cpe-a",
-                "02:00:00:00:00:01",
-                "pc",
-                "50 servers",
-                1_000,
-                "infected/cpe-a/1",
-            )
-            .unwrap();
+        for (url, _guard) in backends() {
+            let store = Store::open_url(&url).unwrap();
+            store
+                .db()
+                .transaction(|tx| {
+                    for _ in 0..2 {
+                        enqueue(
+                            tx,
+                            Event::Infected,
+                            "cpe-a",
+                            "02:00:00:00:00:01",
+                            "pc",
+                            "50 servers",
+                            1_000,
+                            "infected/cpe-a/1",
+                        )?;
+                    }
+                    enqueue(
+                        tx,
+                        Event::Released,
+                        "cpe-a",
+                        "02:00:00:00:00:01",
+                        "pc",
+                        "",
+                        2_000,
+                        "released/cpe-a/7",
+                    )
+                })
+                .unwrap();
+            let db = store.db();
+            let mut due = due(db, 0, 10).unwrap();
+            assert_eq!(due.len(), 2, "{url}");
+            let first = &mut due[0];
+            first.webhook = state::SENT.into();
+            first.attempts = 1;
+            record_round(db, first, 5_000, Some("relay down")).unwrap();
+            // Still pending by e-mail: due again at 5 s, not before.
+            assert_eq!(super::due(db, 4_999, 10).unwrap().len(), 1, "{url}");
+            let again = super::due(db, 5_000, 10).unwrap();
+            assert_eq!(again.len(), 2);
+            assert_eq!((again[0].webhook.as_str(), again[0].attempts), ("sent", 1));
+            let mut done = again[0].clone();
+            done.email = state::OFF.into();
+            record_round(db, &done, 6_000, None).unwrap();
+            let error: Option<String> = db
+                .query_one(
+                    "SELECT last_error FROM notifications WHERE id = ?1",
+                    db_params![done.id],
+                )
+                .unwrap();
+            assert_eq!(error.as_deref(), Some("relay down"), "{url}: kept");
+            assert_eq!(prune(db, 1_500).unwrap(), 1);
+            let c = counts(db).unwrap();
+            assert!(
+                c.contains(&("webhook".into(), "pending".into(), 1)),
+                "{url}: {c:?}"
+            );
         }
-        enqueue(
-            &tx,
-            Event::Released,
-            "cpe-a",
-            "02:00:00:00:00:01",
-            "pc",
-            "",
-            2_000,
-            "released/cpe-a/7",
-        )
-        .unwrap();
-        tx.commit().unwrap();
-        drop(conn);
-        let mut due = due(&store.conn(), 0, 10).unwrap();
-        assert_eq!(due.len(), 2);
-        let first = &mut due[0];
-        first.webhook = state::SENT.into();
-        first.attempts = 1;
-        record_round(&store.conn(), first, 5_000, Some("relay down")).unwrap();
-        // Still pending by e-mail: due again at 5 s, not before.
-        assert_eq!(super::due(&store.conn(), 4_999, 10).unwrap().len(), 1);
-        let again = super::due(&store.conn(), 5_000, 10).unwrap();
-        assert_eq!(again.len(), 2);
-        assert_eq!((again[0].webhook.as_str(), again[0].attempts), ("sent", 1));
-        let mut done = again[0].clone();
-        done.email = state::OFF.into();
-        record_round(&store.conn(), &done, 6_000, None).unwrap();
-        assert_eq!(prune(&store.conn(), 1_500).unwrap(), 1);
-        let c = counts(&store.conn()).unwrap();
-        assert!(
-            c.contains(&("webhook".into(), "pending".into(), 1)),
-            "{c:?}"
-        );
     }
 }

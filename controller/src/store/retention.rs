@@ -574,7 +574,6 @@ mod tests {
     use crate::ingest::{Inbound, Verifier};
     use crate::registry::KeyCache;
     use crate::store::db::tests::backends;
-    use crate::store::db::{Param, Value};
     use crate::store::{Received, Store};
 
     const DAY: u64 = 86_400_000;
@@ -681,65 +680,7 @@ mod tests {
     /// module's, they are written to a SQLite store and their rows copied over (ids left to
     /// PostgreSQL, a device report's time taken from its telemetry window).
     fn write(store: &mut Store, messages: &[Received]) -> Vec<bool> {
-        if store.db().backend() == Backend::Sqlite {
-            return store.write_batch(messages, &[]).unwrap();
-        }
-        let mut staging = Store::open_in_memory().unwrap();
-        let fresh = staging.write_batch(messages, &[]).unwrap();
-        let from = staging.db();
-        for table in [
-            "messages",
-            "telemetry",
-            "device_reports",
-            "connections",
-            "public_ips",
-            "alerts",
-            "verdict_changes",
-            "devices",
-        ] {
-            let columns: Vec<String> = from
-                .query(
-                    "SELECT name FROM pragma_table_info(?1) WHERE name != 'id'",
-                    crate::db_params![table],
-                )
-                .unwrap()
-                .iter()
-                .map(|r| r.get(0).unwrap())
-                .collect();
-            let select: Vec<String> = columns
-                .iter()
-                .map(|c| match (table, c.as_str()) {
-                    ("device_reports", "at_ms") => "(SELECT t.window_start_ms FROM telemetry t
-                        WHERE t.cpe_id = d.cpe_id AND t.seq = d.seq)"
-                        .to_string(),
-                    _ => format!("d.{c}"),
-                })
-                .collect();
-            let rows = from
-                .query(&format!("SELECT {} FROM {table} d", select.join(", ")), &[])
-                .unwrap();
-            let marks: Vec<String> = (1..=columns.len()).map(|i| format!("?{i}")).collect();
-            let insert = format!(
-                "INSERT INTO {table} ({}) VALUES ({}) ON CONFLICT DO NOTHING",
-                columns.join(", "),
-                marks.join(", ")
-            );
-            for row in rows {
-                let params: Vec<Param<'_>> = row
-                    .values()
-                    .iter()
-                    .map(|v| match v {
-                        Value::Null => Param::Null,
-                        Value::Int(i) => Param::Int(*i),
-                        Value::Real(r) => Param::Real(*r),
-                        Value::Text(t) => Param::Text(t),
-                        Value::Bytes(b) => Param::Bytes(b),
-                    })
-                    .collect();
-                store.db().execute(&insert, &params).unwrap();
-            }
-        }
-        fresh
+        store.write_batch(messages, &[]).unwrap()
     }
 
     #[test]

@@ -47,7 +47,7 @@ impl PolicyPublisher for StorePolicies {
         cpe_id: Option<String>,
     ) -> Pin<Box<dyn std::future::Future<Output = Result<u64, String>> + Send + '_>> {
         Box::pin(async move {
-            let mut store =
+            let store =
                 smtpguard_controller::store::Store::open(&self.0).map_err(|e| e.to_string())?;
             let version = store.highest_policy_version().map_err(|e| e.to_string())? + 1;
             policy.policy_version = version;

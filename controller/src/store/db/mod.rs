@@ -736,7 +736,10 @@ pub(crate) mod tests {
             }
         });
         let total: u32 = attempts.iter().map(|a| a.load(Ordering::SeqCst)).sum();
-        assert_eq!(total, 3, "one of the two ran again");
+        // At least one ran again. A retry can deadlock once more: the aborted transaction,
+        // run again at once, may lock its first row before the survivor (woken by the
+        // abort) takes it, and the two are crossed as before.
+        assert!(total >= 3, "one of the two ran again: {total} attempts");
         let rows = setup.query("SELECT n FROM t ORDER BY k", &[]).unwrap();
         let counts: Vec<i64> = rows.iter().map(|r| r.get(0).unwrap()).collect();
         assert_eq!(counts, vec![2, 2], "both committed exactly once");
