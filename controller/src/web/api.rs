@@ -111,7 +111,7 @@ pub async fn fleet(
     };
     let now = state.now_ms();
     let r = state
-        .db(move |conn| {
+        .sql(move |conn| {
             let f = Filter::parse(conn, &q)?;
             let (total, cpes) = search(conn, &f, per_page, list::offset(f.page, per_page))?;
             let mut devices = Vec::new();
@@ -148,7 +148,7 @@ pub async fn cpe(
     }
     let now = state.now_ms();
     let r = state
-        .db(move |conn| {
+        .sql(move |conn| {
             let row = cpe_row(conn, &id)?;
             let devices = verdicts::load_devices(conn, &id, now)?;
             Ok((row, devices))
@@ -182,7 +182,7 @@ pub async fn campaigns(
     let settings = state.settings.campaigns;
     let page = f.page;
     let r = state
-        .db(move |conn| Ok(f.apply(campaign_page::load(conn, now, &settings)?)))
+        .sql(move |conn| Ok(f.apply(campaign_page::load(conn, now, &settings)?)))
         .await;
     match r {
         Ok(list) => {
@@ -438,7 +438,7 @@ pub async fn commands(
     }
     let now = state.now_ms();
     let r = state
-        .db(move |conn| {
+        .sql(move |conn| {
             cpe_row(conn, &id)?;
             store_commands::list(conn, &id, now, 500).map_err(|e| WebError::Internal(e.to_string()))
         })
