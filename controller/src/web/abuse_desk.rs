@@ -688,7 +688,7 @@ pub async fn one(
     let now = state.now_ms();
     let settings = state.settings.campaigns;
     let data = state
-        .db(move |conn| {
+        .sql(move |conn| {
             let filter = ReportFilter {
                 id: Some(id),
                 ..ReportFilter::default()

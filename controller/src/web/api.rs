@@ -111,7 +111,7 @@ pub async fn fleet(
     };
     let now = state.now_ms();
     let r = state
-        .db(move |conn| {
+        .sql(move |conn| {
             let f = Filter::parse(conn, &q)?;
             let (total, cpes) = search(conn, &f, per_page, list::offset(f.page, per_page))?;
             let mut devices = Vec::new();
@@ -148,7 +148,7 @@ pub async fn cpe(
     }
     let now = state.now_ms();
     let r = state
-        .db(move |conn| {
+        .sql(move |conn| {
             let row = cpe_row(conn, &id)?;
             let devices = verdicts::load_devices(conn, &id, now)?;
             Ok((row, devices))
@@ -182,7 +182,7 @@ pub async fn campaigns(
     let settings = state.settings.campaigns;
     let page = f.page;
     let r = state
-        .db(move |conn| Ok(f.apply(campaign_page::load(conn, now, &settings)?)))
+        .sql(move |conn| Ok(f.apply(campaign_page::load(conn, now, &settings)?)))
         .await;
     match r {
         Ok(list) => {
@@ -438,7 +438,7 @@ pub async fn commands(
     }
     let now = state.now_ms();
     let r = state
-        .db(move |conn| {
+        .sql(move |conn| {
             cpe_row(conn, &id)?;
             store_commands::list(conn, &id, now, 500).map_err(|e| WebError::Internal(e.to_string()))
         })
@@ -446,5 +446,174 @@ pub async fn commands(
     match r {
         Ok(list) => ok(json!({ "commands": list })),
         Err(e) => e.api(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::store::db::{Db, Sql};
+    use crate::store::Store;
+
+    const TOKEN: &str = "replica-api-token-0123";
+
+    /// Signs into the replica's own database (the version from the shared counter).
+    struct SignInto(Arc<Db>);
+
+    impl crate::web::PolicyPublisher for SignInto {
+        fn publish(
+            &self,
+            policy: smtpguard_protocol::Policy,
+            cpe_id: Option<String>,
+        ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<u64, String>> + Send + '_>>
+        {
+            let db = Arc::clone(&self.0);
+            Box::pin(async move {
+                let target =
+                    cpe_id.map_or(crate::policy::Target::Fleet, crate::policy::Target::Cpe);
+                tokio::task::spawn_blocking(move || {
+                    crate::policy::sign_in(
+                        &db,
+                        &smtpguard_protocol::keys::generate(),
+                        policy,
+                        &target,
+                        &smtpguard_protocol::SafetyContext::default(),
+                        1,
+                    )
+                    .map(|p| p.version)
+                    .map_err(|e| e.to_string())
+                })
+                .await
+                .map_err(|e| e.to_string())?
+            })
+        }
+    }
+
+    /// A web server over `db` on a free loopback port, until `stop` turns true.
+    async fn replica(
+        db: Arc<Db>,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) -> (AppState, SocketAddr, tokio::task::JoinHandle<()>) {
+        let state = AppState::new(
+            Arc::clone(&db),
+            crate::web::WebSettings::new(TOKEN),
+            Arc::new(SignInto(db)),
+            Arc::new(|| 1_764_500_000_000),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let served = state.clone();
+        let server = tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            crate::web::serve(listener, served, shutdown).await.unwrap();
+        });
+        (state, addr, server)
+    }
+
+    /// One request with the operator token; the status and the body.
+    async fn call(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+             Authorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\n\r\n",
+            body.len()
+        );
+        s.write_all(head.as_bytes()).await.unwrap();
+        s.write_all(body.as_bytes()).await.unwrap();
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).await.unwrap();
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+        let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+        (status, body.to_string())
+    }
+
+    /// Two web servers on one PostgreSQL database: what one stores the other lists (an
+    /// abuse report, through the API and the export), the fleet reads the same from both,
+    /// and fleet versions published on both at once are never repeated.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_replicas_on_one_postgres_serve_the_same_noc() {
+        let url = tokio::task::spawn_blocking(smtpguard_pgtest::database)
+            .await
+            .unwrap();
+        let (one, two) = tokio::task::spawn_blocking(move || {
+            let one = Store::open_url(&url).unwrap().into_db();
+            let two = Store::open_url(&url).unwrap().into_db();
+            one.execute(
+                "INSERT INTO cpes (cpe_id, public_key, label) VALUES
+                    ('cpe-a', 'k', 'Kitchen'), ('cpe-b', 'k', NULL)",
+                &[],
+            )
+            .unwrap();
+            one.execute(
+                "INSERT INTO public_ips (cpe_id, ip, first_seen_ms, last_seen_ms)
+                 VALUES ('cpe-a', '203.0.113.7', 1764400000000, 1764600000000)",
+                &[],
+            )
+            .unwrap();
+            (one, two)
+        })
+        .await
+        .unwrap();
+        assert_eq!(one.backend(), crate::store::db::Backend::Postgres);
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let (s1, a1, j1) = replica(one, stopped.clone()).await;
+        let (s2, a2, j2) = replica(two, stopped).await;
+
+        let report = r#"{"public_ip":"203.0.113.7","time":"2025-11-30T10:00:00Z"}"#;
+        let (status, body) = call(a1, "POST", "/api/abuse", report).await;
+        assert_eq!(status, 201, "{body}");
+        let (status, body) = call(a2, "GET", "/api/abuse", "").await;
+        assert_eq!(status, 200, "{body}");
+        let listed: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(listed["total"], 1, "{body}");
+        let (status, csv) = call(a2, "GET", "/api/export/abuse?format=csv", "").await;
+        assert_eq!(status, 200, "{csv}");
+        assert!(
+            csv.contains("203.0.113.7") && csv.contains("cpe-a"),
+            "{csv}"
+        );
+
+        let (status, body) = call(a2, "GET", "/api/fleet?q=KITCHEN", "").await;
+        assert_eq!(status, 200, "{body}");
+        let fleet: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(fleet["total"], 1, "{body}");
+        assert_eq!(fleet["cpes"][0]["cpe_id"], "cpe-a", "{body}");
+        for path in [
+            "/noc",
+            "/noc/cpe/cpe-a",
+            "/noc/abuse",
+            "/noc/campaigns",
+            "/metrics",
+        ] {
+            let (status, body) = call(a1, "GET", path, "").await;
+            assert_eq!(status, 200, "{path}: {body}");
+        }
+
+        let publish = |s: AppState, rate: u32| async move {
+            let policy = smtpguard_protocol::Policy {
+                rate_limit_per_minute: rate,
+                ..smtpguard_protocol::Policy::default()
+            };
+            s.policy.publish(policy, None).await.unwrap()
+        };
+        let (v1, v2) = tokio::join!(publish(s1.clone(), 11), publish(s2.clone(), 22));
+        let mut versions = [v1, v2];
+        versions.sort_unstable();
+        assert_eq!(versions, [1, 2]);
+
+        stop.send(true).unwrap();
+        j1.await.unwrap();
+        j2.await.unwrap();
+        // The last handles close their PostgreSQL connections, which blocks.
+        tokio::task::spawn_blocking(move || drop((s1, s2)))
+            .await
+            .unwrap();
     }
 }

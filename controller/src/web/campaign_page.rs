@@ -200,7 +200,7 @@ impl CampaignFilter {
 /// # Errors
 /// Database errors.
 pub fn load(
-    conn: &rusqlite::Connection,
+    conn: &impl Sql,
     now: u64,
     settings: &campaigns::Settings,
 ) -> Result<Vec<(Campaign, Option<i64>)>, WebError> {
@@ -332,7 +332,7 @@ pub async fn page(
     let settings = state.settings.campaigns;
     let filter = f.clone();
     let loaded = state
-        .db(move |conn| {
+        .sql(move |conn| {
             let all = load(conn, now, &settings)?;
             let any = !all.is_empty();
             let matching = filter.apply(all);
@@ -392,7 +392,7 @@ pub async fn one(
     let now = state.now_ms();
     let settings = state.settings.campaigns;
     let loaded = state
-        .db(move |conn| {
+        .sql(move |conn| {
             let devices = super::noc::infected_devices(conn, now)?;
             let (c, pushed) = current_campaigns(conn, &devices, &settings)?
                 .into_iter()
@@ -598,7 +598,7 @@ pub async fn push_campaign_indicators(
     let settings = state.settings.campaigns;
     let wanted = id.to_string();
     let (campaign, mut policy) = state
-        .db(move |conn| {
+        .sql(move |conn| {
             let devices = super::noc::infected_devices(conn, now)?;
             let c = current_campaigns(conn, &devices, &settings)?
                 .into_iter()

@@ -13,7 +13,6 @@ use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::Form;
-use rusqlite::Connection;
 use serde::Deserialize;
 use smtpguard_protocol::{Action, MacAddr, Policy};
 
@@ -81,7 +80,7 @@ struct Loaded {
     allowed: Vec<MacAddr>,
 }
 
-fn load(conn: &Connection, id: &str, now: u64) -> Result<Loaded, WebError> {
+fn load(conn: &impl Sql, id: &str, now: u64) -> Result<Loaded, WebError> {
     let row = cpe_row(conn, id)?;
     let devices = verdicts::load_devices(conn, id, now)?;
     let releases: Vec<_> = households::release_requests(conn, None)?
@@ -422,7 +421,7 @@ pub async fn page(
     };
     let now = state.now_ms();
     let id = cpe_id.clone();
-    let d = match state.db(move |conn| load(conn, &id, now)).await {
+    let d = match state.sql(move |conn| load(conn, &id, now)).await {
         Ok(d) => d,
         Err(e) => return e.page(),
     };

@@ -15,7 +15,6 @@ use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use rusqlite::Connection;
 use serde::Deserialize;
 use serde_json::json;
 use smtpguard_protocol::MacAddr;
@@ -179,7 +178,7 @@ impl DeviceList {
     /// SQLite errors.
     pub fn load(
         &self,
-        conn: &Connection,
+        conn: &impl crate::store::db::Sql,
         per_page: u32,
         now_ms: u64,
     ) -> Result<(u64, Vec<DeviceView>), WebError> {
@@ -316,7 +315,7 @@ pub async fn page(
     let now = state.now_ms();
     let query = q.clone();
     let loaded = state
-        .db(move |conn| {
+        .sql(move |conn| {
             let l = DeviceList::parse(conn, &query)?;
             let (total, rows) = l.load(conn, PAGE_ROWS, now)?;
             let names = household_names(conn, rows.iter().map(|d| d.cpe_id.as_str()))?;
@@ -372,7 +371,7 @@ pub async fn api(
     };
     let now = state.now_ms();
     let r = state
-        .db(move |conn| {
+        .sql(move |conn| {
             let l = DeviceList::parse(conn, &q)?;
             let (total, rows) = l.load(conn, per_page, now)?;
             Ok((l.page, total, rows))
@@ -395,7 +394,7 @@ pub async fn api(
 /// # Errors
 /// [`WebError::BadRequest`] for a bad query; SQLite errors.
 pub fn export_rows(
-    conn: &Connection,
+    conn: &impl crate::store::db::Sql,
     q: &DeviceQuery,
     limit: u32,
     now_ms: u64,

@@ -88,11 +88,7 @@ fn time(ms: u64) -> String {
     crate::abuse::date::format_utc_secs(ms)
 }
 
-fn devices(
-    conn: &rusqlite::Connection,
-    now: u64,
-    q: &devices::DeviceQuery,
-) -> Result<Table, WebError> {
+fn devices(conn: &impl Sql, now: u64, q: &devices::DeviceQuery) -> Result<Table, WebError> {
     let devs = devices::export_rows(conn, q, u32::try_from(ROWS_MAX).unwrap_or(u32::MAX), now)?;
     let rows = devs
         .iter()
@@ -171,7 +167,7 @@ fn cpes(db: &impl Sql, q: &fleet::FleetQuery) -> Result<Table, WebError> {
 }
 
 fn campaigns(
-    conn: &rusqlite::Connection,
+    conn: &impl Sql,
     now: u64,
     settings: &crate::campaigns::Settings,
     q: &campaign_page::CampaignQuery,
@@ -262,7 +258,7 @@ fn reports(db: &impl Sql, q: &abuse_desk::ListQuery) -> Result<Table, WebError> 
     })
 }
 
-fn audit_log(conn: &rusqlite::Connection) -> Result<Table, WebError> {
+fn audit_log(conn: &impl Sql) -> Result<Table, WebError> {
     let mut rows = Vec::new();
     let mut filter = audit::Filter::default();
     while rows.len() < ROWS_MAX {
@@ -318,7 +314,7 @@ pub async fn export(
             Ok(mut device_q) => {
                 // The flagged devices unless a verdict (or `all`) is asked for.
                 device_q.verdict.get_or_insert_with(|| "flagged".into());
-                state.db(move |conn| devices(conn, now, &device_q)).await
+                state.sql(move |conn| devices(conn, now, &device_q)).await
             }
             Err(e) => Err(e),
         },
@@ -330,7 +326,7 @@ pub async fn export(
             Ok(campaign_q) => {
                 let settings = state.settings.campaigns;
                 state
-                    .db(move |conn| campaigns(conn, now, &settings, &campaign_q))
+                    .sql(move |conn| campaigns(conn, now, &settings, &campaign_q))
                     .await
             }
             Err(e) => Err(e),
@@ -339,7 +335,7 @@ pub async fn export(
             Ok(abuse_q) => state.sql(move |db| reports(db, &abuse_q)).await,
             Err(e) => Err(e),
         },
-        "audit" => state.db(audit_log).await,
+        "audit" => state.sql(audit_log).await,
         _ => return WebError::NotFound.api(),
     };
     let table = match table {

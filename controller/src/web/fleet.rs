@@ -14,7 +14,6 @@ use std::net::IpAddr;
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
-use rusqlite::Connection;
 use serde::Deserialize;
 use smtpguard_protocol::{MacAddr, Verdict};
 
@@ -457,7 +456,7 @@ pub fn status_counts(db: &impl Sql) -> Result<StatusCounts, WebError> {
 /// # Errors
 /// SQLite errors.
 pub fn household_names<'a>(
-    conn: &Connection,
+    conn: &impl Sql,
     cpes: impl IntoIterator<Item = &'a str>,
 ) -> Result<BTreeMap<String, String>, WebError> {
     let mut out = BTreeMap::new();
@@ -486,7 +485,7 @@ struct Data {
 }
 
 fn load(
-    conn: &Connection,
+    conn: &impl Sql,
     f: &Filter,
     now: u64,
     settings: &crate::campaigns::Settings,
@@ -658,7 +657,7 @@ pub async fn page(
     let settings = state.settings.campaigns;
     let query = q.clone();
     let loaded = state
-        .db(move |conn| {
+        .sql(move |conn| {
             let f = Filter::parse(conn, &query)?;
             let d = load(conn, &f, now, &settings)?;
             Ok((f, d))

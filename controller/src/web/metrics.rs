@@ -42,7 +42,7 @@ fn pairs<T: FromValue>(db: &impl Sql, sql: &str) -> Result<Vec<(T, i64)>, WebErr
         .collect::<Result<_, DbError>>()?)
 }
 
-fn snapshot(conn: &rusqlite::Connection, now_ms: u64) -> Result<Snapshot, WebError> {
+fn snapshot(conn: &impl Sql, now_ms: u64) -> Result<Snapshot, WebError> {
     let counts = crate::store::devices::counts(conn, now_ms)?;
     let devices = counts
         .by_verdict
@@ -383,7 +383,7 @@ fn render(s: &Snapshot, state: &AppState) -> String {
 /// `GET /metrics`.
 pub async fn metrics(State(state): State<AppState>) -> Response {
     let now = state.now_ms();
-    match state.db(move |conn| snapshot(conn, now)).await {
+    match state.sql(move |conn| snapshot(conn, now)).await {
         Ok(s) => (
             [(
                 header::CONTENT_TYPE,
@@ -505,8 +505,7 @@ mod tests {
         );
         let render_now = |state: &AppState| {
             let db = crate::web::open_db(&path).unwrap();
-            let conn = db.sqlite_connection().unwrap();
-            render(&snapshot(&conn, now).unwrap(), state)
+            render(&snapshot(&*db, now).unwrap(), state)
         };
         let before = render_now(&state);
         assert_eq!(

@@ -7,7 +7,6 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use axum::response::Response;
-use rusqlite::Connection;
 use smtpguard_protocol::Verdict;
 
 use super::auth::{self, Caller};
@@ -22,7 +21,7 @@ use crate::verdicts::DeviceView;
 ///
 /// # Errors
 /// SQLite errors.
-pub fn infected_devices(conn: &Connection, now_ms: u64) -> Result<Vec<DeviceView>, WebError> {
+pub fn infected_devices(conn: &impl Sql, now_ms: u64) -> Result<Vec<DeviceView>, WebError> {
     Ok(crate::store::devices::with_verdicts(
         conn,
         &[Verdict::Infected],
