@@ -460,13 +460,6 @@ async fn on_db<T: Send + 'static>(
         .map_err(|e| e.to_string())?
 }
 
-/// The outbox's connection, while `store::notifications` still takes a rusqlite connection
-/// (issue 12's port moves it onto `&impl Sql`; then its calls below take `db` itself). Held
-/// only for those calls: the SQLite `Db` is one connection behind this same lock.
-fn outbox(db: &Db) -> Result<std::sync::MutexGuard<'_, rusqlite::Connection>, String> {
-    db.sqlite_connection().map_err(|e| e.to_string())
-}
-
 /// Runs the deliverer until `stop` turns true. Opens the database at `url` itself
 /// ([`crate::config::Config::database_url`]).
 ///
@@ -497,15 +490,10 @@ pub async fn run(
             last_prune = now;
         }
         let loaded = on_db(&conn, move |db| {
-            let rows = {
-                let guard = outbox(db)?;
-                let c: &rusqlite::Connection = &guard;
-                if prune {
-                    notifications::prune(c, now.saturating_sub(KEEP_MS))
-                        .map_err(|e| e.to_string())?;
-                }
-                notifications::due(c, now, ROUND_MAX).map_err(|e| e.to_string())?
-            };
+            if prune {
+                notifications::prune(db, now.saturating_sub(KEEP_MS)).map_err(|e| e.to_string())?;
+            }
+            let rows = notifications::due(db, now, ROUND_MAX).map_err(|e| e.to_string())?;
             rows.into_iter()
                 .map(|p| {
                     let contact =
@@ -538,9 +526,7 @@ pub async fn run(
             }
             let next = now_ms().saturating_add(backoff_ms(p.attempts.saturating_sub(1)));
             let saved = on_db(&conn, move |db| {
-                let guard = outbox(db)?;
-                let c: &rusqlite::Connection = &guard;
-                notifications::record_round(c, &p, next, error.as_deref())
+                notifications::record_round(db, &p, next, error.as_deref())
                     .map_err(|e| e.to_string())
             })
             .await;

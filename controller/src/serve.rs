@@ -109,7 +109,7 @@ pub async fn run(
             lease_url.clone(),
             "retention",
             web_stopped.clone(),
-            move |stop| run_retention(url.clone(), windows.clone(), every, stop),
+            move |stop| run_retention(url.clone(), windows, every, stop),
         ))
     };
     let result = service::run(&config, admission, async move {
@@ -206,8 +206,8 @@ async fn run_retention(
 /// by other processes (the `cpe` commands, the web UI).
 const KEY_REFRESH: Duration = Duration::from_secs(1);
 
-/// Reloads the [`KeyCache`] on its own thread whenever another connection changed the
-/// database (on PostgreSQL: every [`KEY_REFRESH`]) and hands it to `admission` (the
+/// Reloads the [`KeyCache`] on its own thread whenever [`Store::keys_marker`] says the
+/// registry may have changed (checked every [`KEY_REFRESH`]) and hands it to `admission` (the
 /// broker sees it once the ingest has subscribed), and ticks `changed` when the enrolled
 /// CPEs or their passwords differ, so the embedded broker closes the connections of
 /// revoked or re-keyed CPEs.
@@ -219,15 +219,7 @@ fn spawn_key_refresher(
     let spawned = std::thread::Builder::new()
         .name("key-refresher".into())
         .spawn(move || {
-            // SQLite counts changes made by other connections; PostgreSQL has no such
-            // counter (`None`), so there the registry is read again every time.
-            let version = |s: &Store| -> Option<i64> {
-                s.db()
-                    .sqlite_connection()
-                    .ok()?
-                    .pragma_query_value(None, "data_version", |r| r.get(0))
-                    .ok()
-            };
+            let version = |s: &Store| s.keys_marker().ok();
             let mut seen = version(&store);
             let mut current = KeyCache::load(&store).unwrap_or_default();
             let mut generation = 0u64;
@@ -301,11 +293,12 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         };
         assert!(totals.deleted.contains(&(retention::Table::Telemetry, 1)));
-        let left: i64 = Store::open(&store_path)
-            .unwrap()
-            .conn()
-            .query_row("SELECT COUNT(*) FROM telemetry", [], |r| r.get(0))
-            .unwrap();
+        let left: i64 = crate::store::db::Sql::query_one(
+            &**Store::open(&store_path).unwrap().db(),
+            "SELECT COUNT(*) FROM telemetry",
+            &[],
+        )
+        .unwrap();
         assert_eq!(left, 1);
         stop.send(true).unwrap();
         tokio::time::timeout(Duration::from_secs(30), task)

@@ -172,7 +172,7 @@ async fn every_alert_is_stored_exactly_once_across_broker_restarts_and_controlle
     let store = Store::open(&db).unwrap();
     assert_eq!(store.alert_count(None).unwrap(), total);
     for (id, _) in &agent_keys {
-        let conn = store.conn();
+        let conn = store.db().sqlite_connection().unwrap();
         let mut stmt = conn
             .prepare("SELECT evidence_json FROM alerts WHERE cpe_id = ?1")
             .unwrap();

@@ -234,7 +234,9 @@ async fn every_bad_message_is_rejected_with_its_reason_even_when_the_broker_lets
     let store = Store::open(&db).unwrap();
     assert_eq!(store.alert_count(None).unwrap(), 2);
     let wire: Vec<u8> = store
-        .conn()
+        .db()
+        .sqlite_connection()
+        .unwrap()
         .query_row(
             "SELECT wire FROM messages WHERE cpe_id = 'cpe-a' AND seq = 1",
             [],

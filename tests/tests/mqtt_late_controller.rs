@@ -107,7 +107,7 @@ fn assert_each_alert_stored_once(db: &Path, routers: &[(String, SigningKey)]) {
         .map(|n| format!("[\"alert #{n}\"]"))
         .collect();
     for (id, _) in routers {
-        let conn = store.conn();
+        let conn = store.db().sqlite_connection().unwrap();
         let mut stmt = conn
             .prepare("SELECT evidence_json FROM alerts WHERE cpe_id = ?1")
             .unwrap();

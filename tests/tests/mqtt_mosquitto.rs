@@ -290,7 +290,9 @@ async fn an_agent_offline_for_a_while_delivers_its_queued_alerts_when_back() {
     blocking_wait("the drop count reported", 15, move || {
         Store::open(&db)
             .unwrap()
-            .conn()
+            .db()
+            .sqlite_connection()
+            .unwrap()
             .query_row(
                 "SELECT COUNT(*) FROM telemetry WHERE cpe_id = 'cpe-off'
                  AND json_extract(stats_json, '$.telemetry_dropped') = 92",
@@ -304,7 +306,9 @@ async fn an_agent_offline_for_a_while_delivers_its_queued_alerts_when_back() {
     // The 8 reports the ring kept were delivered too.
     let kept: i64 = Store::open(&config.db_path)
         .unwrap()
-        .conn()
+        .db()
+        .sqlite_connection()
+        .unwrap()
         .query_row(
             "SELECT COUNT(*) FROM telemetry WHERE cpe_id = 'cpe-off'",
             [],

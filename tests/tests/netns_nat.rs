@@ -346,7 +346,7 @@ fn conntrack_names_the_translation_the_server_saw_and_the_controller_maps_it_exa
         )
         .unwrap();
     // The store's connection has every table, the abuse desk's included.
-    let conn = store.conn();
+    let conn = store.db().clone();
     let report = format!(
         r#"{{"public_ip":"{}","source_port":{},"time":{reported_at}}}"#,
         seen2.ip(),

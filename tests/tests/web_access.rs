@@ -4,6 +4,7 @@
 
 mod web_common;
 
+use smtpguard_controller::store::db::Sql as _;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -32,11 +33,16 @@ fn hdrs<'a>(v: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
 
 /// A viewer, an operator and an admin (vera, olga, ada) added to the server's database;
 /// returns the connection and their sign-in secrets.
-fn three_operators(s: &Server) -> (rusqlite::Connection, String, String, String) {
+fn three_operators(
+    s: &Server,
+) -> (
+    std::sync::Arc<smtpguard_controller::store::db::Db>,
+    String,
+    String,
+    String,
+) {
     use smtpguard_controller::operators::{self, Level};
-    let conn = rusqlite::Connection::open(&s.db).unwrap();
-    conn.busy_timeout(std::time::Duration::from_secs(5))
-        .unwrap();
+    let conn = smtpguard_controller::web::open_db(&s.db).unwrap();
     let now = now_ms();
     let vera = operators::add(&conn, "vera", Level::Viewer, now).unwrap();
     let olga = operators::add(&conn, "olga", Level::Operator, now).unwrap();
@@ -848,7 +854,7 @@ fn operators_can_do_what_their_role_allows_and_everything_is_audited() {
     .unwrap();
     assert_eq!(r.status, 303);
     let request_id: i64 = conn
-        .query_row("SELECT MAX(id) FROM release_requests", [], |r| r.get(0))
+        .query_one("SELECT MAX(id) FROM release_requests", &[])
         .unwrap();
 
     let policy_form = |csrf: &str, mode: &str| {
@@ -1434,10 +1440,9 @@ fn router_actions_are_for_operators_overrides_for_admins_and_hostile_posts_are_r
         page.body
     );
     let scope: String = conn
-        .query_row(
+        .query_one(
             "SELECT scope || ' ' || cpe_id FROM policies WHERE version = ?1",
-            [v as i64],
-            |r| r.get(0),
+            smtpguard_controller::db_params![v],
         )
         .unwrap();
     assert_eq!(scope, format!("cpe {}", a.cpe_id));
@@ -1492,7 +1497,10 @@ fn abuse_desk_and_time_zone_forms_refuse_wrong_roles_forged_posts_and_hostile_in
 
     // Forged, foreign, wrong role: refused, nothing stored.
     let count = || -> i64 {
-        conn.query_row("SELECT COUNT(*) FROM abuse_reports", [], |r| r.get(0))
+        conn.query_opt("SELECT COUNT(*) FROM abuse_reports", &[])
+            .unwrap()
+            .unwrap()
+            .get(0)
             .unwrap()
     };
     let before = count();
@@ -1589,10 +1597,9 @@ fn abuse_desk_and_time_zone_forms_refuse_wrong_roles_forged_posts_and_hostile_in
     );
     assert_eq!(r.status, 303);
     let status: String = conn
-        .query_row(
+        .query_one(
             "SELECT status FROM abuse_reports WHERE id = ?1",
-            [id],
-            |r| r.get(0),
+            smtpguard_controller::db_params![id],
         )
         .unwrap();
     assert_eq!(status, "answered");

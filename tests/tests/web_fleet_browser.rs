@@ -80,13 +80,23 @@ fn seed_bulk(db: &std::path::Path, now: u64, early: u32, late: u32) {
         });
     };
     // Enrolment in one transaction (the registry enrols one router at a time).
-    store.conn().execute_batch("BEGIN").unwrap();
+    store
+        .db()
+        .sqlite_connection()
+        .unwrap()
+        .execute_batch("BEGIN")
+        .unwrap();
     for i in 0..EXTRA {
         store
             .upsert_cpe(&bulk_id(i), "ed25519:bulk", None, now - 6 * HOUR)
             .unwrap();
     }
-    store.conn().execute_batch("COMMIT").unwrap();
+    store
+        .db()
+        .sqlite_connection()
+        .unwrap()
+        .execute_batch("COMMIT")
+        .unwrap();
     for i in 0..EXTRA {
         let id = bulk_id(i);
         let status = if i % 10 == 3 {
@@ -666,8 +676,7 @@ fn seed_lists(db: &std::path::Path, now: u64) {
     }
     store.write_batch(&batch, &[]).unwrap();
     drop(store);
-    let db_handle = smtpguard_controller::web::open_db(db).unwrap();
-    let conn = db_handle.sqlite_connection().unwrap();
+    let conn = smtpguard_controller::web::open_db(db).unwrap();
     for i in 0..REPORTS {
         let q = AbuseQuery {
             public_ip: report_ip(i),

@@ -100,7 +100,9 @@ fn wait_telemetry(db: &std::path::Path, n: i64) {
         Store::open(&db)
             .ok()
             .and_then(|s| {
-                s.conn()
+                s.db()
+                    .sqlite_connection()
+                    .unwrap()
                     .query_row("SELECT COUNT(*) FROM telemetry", [], |r| r.get::<_, i64>(0))
                     .ok()
             })

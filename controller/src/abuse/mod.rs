@@ -703,8 +703,7 @@ mod tests {
             )
             .unwrap();
         // The store's connection has every table, the abuse desk's included.
-        let guard = store.conn();
-        let conn = &*guard;
+        let conn = &**store.db();
         // What `GET /api/cpes/cpe-a` shows as the router's address: its telemetry's.
         let row = crate::web::fleet::cpe_rows(conn, Some("cpe-a")).unwrap();
         assert_eq!(row[0].public_ip.as_deref(), Some("100.64.7.2"));

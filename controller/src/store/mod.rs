@@ -230,21 +230,6 @@ impl Store {
         &self.db
     }
 
-    /// The SQLite connection, for code not yet moved onto [`db::Db`] (issue 12's port).
-    ///
-    /// # Panics
-    /// On PostgreSQL, which such code cannot use; `serve` refuses a PostgreSQL URL until
-    /// nothing calls this.
-    #[allow(
-        clippy::expect_used,
-        reason = "transitional: its callers are SQLite-only until the port ends"
-    )]
-    pub fn conn(&self) -> std::sync::MutexGuard<'_, rusqlite::Connection> {
-        self.db
-            .sqlite_connection()
-            .expect("code not yet moved onto store::db runs only on SQLite")
-    }
-
     /// Deletes history past its retention window as of `now_ms` (one pass of
     /// [`retention::run_pass`]; `cancelled` is asked between batches).
     ///
@@ -454,7 +439,8 @@ impl Store {
 
     /// A value that changes when the enrolled keys may have changed in another process or
     /// replica, so the ingest knows when to reload them: SQLite's `data_version` (any
-    /// commit of another connection), PostgreSQL's digest of the `cpes` table.
+    /// commit of another connection), PostgreSQL's change counter of the `cpes` table (a
+    /// statement trigger bumps it, whoever writes).
     ///
     /// # Errors
     /// [`StoreError::Db`].
@@ -464,13 +450,10 @@ impl Store {
                 .db
                 .query_one::<i64>("PRAGMA data_version", &[])?
                 .to_string(),
-            db::Backend::Postgres => self.db.query_one(
-                "SELECT md5(COALESCE(string_agg(cpe_id || ' ' || public_key || ' '
-                    || COALESCE(broker_password_hash, '') || ' '
-                    || COALESCE(CAST(revoked_at_ms AS TEXT), ''), ',' ORDER BY cpe_id), ''))
-                 FROM cpes",
-                &[],
-            )?,
+            db::Backend::Postgres => self
+                .db
+                .query_one::<i64>("SELECT value FROM counters WHERE name = 'registry'", &[])?
+                .to_string(),
         })
     }
 
@@ -1013,12 +996,16 @@ mod tests {
         drop(Store::open(&path).unwrap());
         let store = Store::open(&path).unwrap();
         let v: u32 = store
-            .conn()
+            .db()
+            .sqlite_connection()
+            .unwrap()
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .unwrap();
         assert_eq!(v, schema::SCHEMA_VERSION);
         let mode: String = store
-            .conn()
+            .db()
+            .sqlite_connection()
+            .unwrap()
             .pragma_query_value(None, "journal_mode", |r| r.get(0))
             .unwrap();
         assert_eq!(mode, "wal");

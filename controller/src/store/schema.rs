@@ -899,6 +899,23 @@ CREATE INDEX abuse_reports_by_at ON abuse_reports (at_ms);
 CREATE INDEX abuse_reports_by_ip ON abuse_reports (public_ip);
 "#,
     },
+    // PostgreSQL only (SQLite has `PRAGMA data_version`): every statement that changes the
+    // enrolled routers bumps one counter, so each replica's ingest polls one row to know
+    // when to reload the keys, instead of digesting the whole registry per batch.
+    super::db::Migration {
+        name: "a change counter of the enrolled routers",
+        sqlite: "",
+        postgres: r#"
+INSERT INTO counters (name, value) VALUES ('registry', 0) ON CONFLICT (name) DO NOTHING;
+CREATE FUNCTION cpes_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE counters SET value = value + 1 WHERE name = 'registry';
+    RETURN NULL;
+END $$;
+CREATE TRIGGER cpes_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON cpes
+FOR EACH STATEMENT EXECUTE FUNCTION cpes_changed();
+"#,
+    },
 ];
 
 /// Brings the database up to [`SCHEMA_VERSION`], adopting a database of the two old
@@ -1118,7 +1135,7 @@ mod tests {
         );
 
         let store = Store::open(&path).unwrap();
-        let guard = store.conn();
+        let guard = store.db().sqlite_connection().unwrap();
         let conn = &*guard;
         assert_eq!(user_version(conn), SCHEMA_VERSION);
         assert!(!has_table(conn, "product_schema"));
@@ -1137,7 +1154,10 @@ mod tests {
         drop(store);
         // Opening again changes nothing.
         let store = Store::open(&path).unwrap();
-        assert_eq!(user_version(&store.conn()), SCHEMA_VERSION);
+        assert_eq!(
+            user_version(&store.db().sqlite_connection().unwrap()),
+            SCHEMA_VERSION
+        );
         // The web server's open runs the same migration.
         drop(store);
         let db = crate::web::open_db(&path).unwrap();
@@ -1179,11 +1199,23 @@ mod tests {
         let path = dir.path().join("ingest-only.db");
         old_database(&path, LEGACY_STORE_MIGRATIONS, None);
         let store = Store::open(&path).unwrap();
-        assert_eq!(user_version(&store.conn()), SCHEMA_VERSION);
-        assert_old_data_is_there(&store.conn(), false);
-        assert!(has_table(&store.conn(), "households"));
-        assert!(has_table(&store.conn(), "audit_log"));
-        assert!(!has_table(&store.conn(), "product_schema"));
+        assert_eq!(
+            user_version(&store.db().sqlite_connection().unwrap()),
+            SCHEMA_VERSION
+        );
+        assert_old_data_is_there(&store.db().sqlite_connection().unwrap(), false);
+        assert!(has_table(
+            &store.db().sqlite_connection().unwrap(),
+            "households"
+        ));
+        assert!(has_table(
+            &store.db().sqlite_connection().unwrap(),
+            "audit_log"
+        ));
+        assert!(!has_table(
+            &store.db().sqlite_connection().unwrap(),
+            "product_schema"
+        ));
     }
 
     #[test]

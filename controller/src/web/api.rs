@@ -341,7 +341,10 @@ pub async fn my_devices(State(state): State<AppState>, headers: HeaderMap) -> Re
         Err(e) => return e.api(),
     };
     let now = state.now_ms();
-    match state.db(move |conn| household_devices(conn, hh, now)).await {
+    match state
+        .sql(move |conn| household_devices(conn, hh, now))
+        .await
+    {
         Ok((h, devices, releases)) => ok(json!({
             "household": h.name,
             "devices": devices.iter().map(DeviceJson::from).collect::<Vec<_>>(),

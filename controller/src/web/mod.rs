@@ -68,7 +68,6 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use rusqlite::Connection;
 use smtpguard_protocol::Policy;
 
 use crate::abuse::AbuseError;
@@ -344,28 +343,6 @@ impl AppState {
     /// Now, in Unix ms.
     pub fn now_ms(&self) -> u64 {
         (self.clock)()
-    }
-
-    /// Runs `f` with the SQLite connection on a blocking thread: for handlers not yet moved
-    /// onto [`AppState::sql`] (issue 12's port).
-    ///
-    /// # Errors
-    /// `f`'s error, or [`WebError::Internal`] when the thread failed or the database is not
-    /// SQLite.
-    pub async fn db<T, F>(&self, f: F) -> Result<T, WebError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T, WebError> + Send + 'static,
-    {
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || {
-            let conn = db
-                .sqlite_connection()
-                .map_err(|e| WebError::Internal(e.to_string()))?;
-            f(&conn)
-        })
-        .await
-        .map_err(|e| WebError::Internal(e.to_string()))?
     }
 
     /// Runs `f` with the database (either backend) on a blocking thread.

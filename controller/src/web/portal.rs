@@ -27,7 +27,7 @@ pub(crate) struct HouseholdView {
 }
 
 fn household_view(
-    conn: &rusqlite::Connection,
+    conn: &impl crate::store::db::Sql,
     hh: &Household,
     fallback_zone: &str,
 ) -> Result<HouseholdView, WebError> {
@@ -44,7 +44,7 @@ fn household_view(
 
 /// The household's devices and release requests.
 pub(crate) fn household_devices(
-    conn: &rusqlite::Connection,
+    conn: &impl crate::store::db::Sql,
     household_id: i64,
     now_ms: u64,
 ) -> Result<(Household, Vec<DeviceView>, Vec<ReleaseRequest>), WebError> {
@@ -314,7 +314,7 @@ pub async fn devices(
     let now = state.now_ms();
     let fallback = state.settings.portal_time_zone.clone();
     let data = state
-        .db(move |conn| {
+        .sql(move |conn| {
             let d = household_devices(conn, hh_id, now)?;
             let view = household_view(conn, &d.0, &fallback)?;
             Ok((d, view, households::contact(conn, hh_id)?))
@@ -502,7 +502,7 @@ pub async fn device(
     let now = state.now_ms();
     let fallback = state.settings.portal_time_zone.clone();
     let data = state
-        .db(move |conn| {
+        .sql(move |conn| {
             let (hh, devs, _) = household_devices(conn, hh_id, now)?;
             let zone = household_view(conn, &hh, &fallback)?.zone;
             devs.into_iter()

@@ -189,7 +189,7 @@ pub async fn portal_page(
     };
     let now = state.now_ms();
     let data = state
-        .db(move |conn| {
+        .sql(move |conn| {
             let (_, devices, _) = super::portal::household_devices(conn, hh_id, now)?;
             Ok((devices, declarations(conn, Some(hh_id))?))
         })
@@ -302,7 +302,7 @@ pub async fn declare(
     let (kind, why) = (form.kind.clone(), reason.clone());
     let (c, m) = (cpe.clone(), mac);
     let result = state
-        .db(move |conn| {
+        .sql(move |conn| {
             let (_, devices, _) = super::portal::household_devices(conn, hh_id, now)?;
             if !devices.iter().any(|d| d.cpe_id == c && d.mac == m) {
                 // Not one of this household's devices: as if it did not exist.

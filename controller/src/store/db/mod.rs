@@ -548,21 +548,6 @@ impl Sql for std::sync::Arc<Db> {
     }
 }
 
-/// For code not yet moved onto [`Db`] (issue 12's port): a rusqlite connection (or, through
-/// `Deref`, a rusqlite transaction) runs the same SQL as a SQLite [`Db`], so a function
-/// already taking `&impl Sql` can be called from code that still holds one.
-impl Sql for rusqlite::Connection {
-    fn backend(&self) -> Backend {
-        Backend::Sqlite
-    }
-    fn execute(&self, sql: &str, params: &[Param<'_>]) -> Result<u64, DbError> {
-        sqlite::execute(self, sql, params)
-    }
-    fn query(&self, sql: &str, params: &[Param<'_>]) -> Result<Vec<Row>, DbError> {
-        sqlite::query(self, sql, params)
-    }
-}
-
 impl Sql for Tx<'_> {
     fn backend(&self) -> Backend {
         Tx::backend(self)
