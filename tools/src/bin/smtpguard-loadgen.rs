@@ -432,16 +432,18 @@ async fn run(args: &Args, database: Option<Database>) -> anyhow::Result<()> {
             .collect()
     });
     // The schema migrated once, here, before any replica opens the database.
-    let store = database.open()?;
-    store.db().transaction(|tx| {
-        for ((id, k, _), hash) in agent_keys.iter().zip(&hashes) {
-            tx.execute(
-                "INSERT INTO cpes (cpe_id, public_key, enrolled_at_ms, broker_password_hash)
-                 VALUES (?1, ?2, 0, ?3)",
-                db_params![id, &keys::public_key_text(&k.verifying_key()), hash],
-            )?;
-        }
-        Ok::<_, DbError>(())
+    let store = blocking(|| database.open())?;
+    blocking(|| {
+        store.db().transaction(|tx| {
+            for ((id, k, _), hash) in agent_keys.iter().zip(&hashes) {
+                tx.execute(
+                    "INSERT INTO cpes (cpe_id, public_key, enrolled_at_ms, broker_password_hash)
+                     VALUES (?1, ?2, 0, ?3)",
+                    db_params![id, &keys::public_key_text(&k.verifying_key()), hash],
+                )?;
+            }
+            Ok::<_, DbError>(())
+        })
     })?;
     let probe = agent_keys.pop().context("probe")?;
     let mut agent_port = port;
@@ -453,7 +455,7 @@ async fn run(args: &Args, database: Option<Database>) -> anyhow::Result<()> {
         std::fs::write(d.join("acl"), SHIPPED_ACL)?;
         std::fs::write(
             d.join("cpes.passwd"),
-            registry::mosquitto_password_file(&store)?,
+            blocking(|| registry::mosquitto_password_file(&store))?,
         )?;
         std::fs::write(
             d.join("controller.passwd"),
@@ -637,9 +639,9 @@ async fn run(args: &Args, database: Option<Database>) -> anyhow::Result<()> {
     };
 
     // One fleet policy; wait until every agent's ack is stored.
-    let stored_policy = {
+    let stored_policy = blocking(|| -> anyhow::Result<_> {
         let mut store = database.open()?;
-        policy::sign(
+        Ok(policy::sign(
             &mut store,
             &policy_key,
             Policy {
@@ -649,8 +651,8 @@ async fn run(args: &Args, database: Option<Database>) -> anyhow::Result<()> {
             &Target::Fleet,
             &config.safety_context(),
             now_ms(),
-        )?
-    };
+        )?)
+    })?;
     let t = Instant::now();
     policy::publish(
         &config.broker,
@@ -660,11 +662,13 @@ async fn run(args: &Args, database: Option<Database>) -> anyhow::Result<()> {
     )
     .await?;
     let acked = loop {
-        let n: i64 = store.db().query_one(
-            "SELECT COUNT(*) FROM policy_acks WHERE version = ?1 AND outcome = 'applied'
-             AND cpe_id >= ?2 AND cpe_id < ?3",
-            db_params![stored_policy.version, &agents_from, &agents_to],
-        )?;
+        let n: i64 = blocking(|| {
+            store.db().query_one(
+                "SELECT COUNT(*) FROM policy_acks WHERE version = ?1 AND outcome = 'applied'
+                 AND cpe_id >= ?2 AND cpe_id < ?3",
+                db_params![stored_policy.version, &agents_from, &agents_to],
+            )
+        })?;
         if n as usize >= args.agents {
             break n;
         }
@@ -713,10 +717,12 @@ async fn run(args: &Args, database: Option<Database>) -> anyhow::Result<()> {
 
     // Wait (bounded) until the store holds every acknowledged message.
     let count_stored = || -> anyhow::Result<usize> {
-        let n: i64 = store.db().query_one(
-            "SELECT COUNT(*) FROM messages WHERE cpe_id >= ?1 AND cpe_id < ?2",
-            db_params![&agents_from, &agents_to],
-        )?;
+        let n: i64 = blocking(|| {
+            store.db().query_one(
+                "SELECT COUNT(*) FROM messages WHERE cpe_id >= ?1 AND cpe_id < ?2",
+                db_params![&agents_from, &agents_to],
+            )
+        })?;
         Ok(n as usize)
     };
     let catch_up_until = Instant::now() + CATCH_UP;
@@ -725,7 +731,7 @@ async fn run(args: &Args, database: Option<Database>) -> anyhow::Result<()> {
     }
     let mut in_db: HashSet<(String, u64)> = HashSet::new();
     let mut by_kind: Vec<(String, i64)> = Vec::new();
-    {
+    blocking(|| -> anyhow::Result<()> {
         let db = store.db();
         let range = db_params![&agents_from, &agents_to];
         for row in db.query(
@@ -746,14 +752,15 @@ async fn run(args: &Args, database: Option<Database>) -> anyhow::Result<()> {
             range,
         )?;
         println!("household devices stored: {devices}");
-    }
+        Ok(())
+    })?;
     let stored = in_db.len();
     let lost = outcomes
         .iter()
         .flat_map(|o| o.acked.iter().map(move |seq| (o.cpe_id.clone(), *seq)))
         .filter(|key| !in_db.contains(key))
         .count();
-    let duplicates = duplicate_rows(&store, &agents_from, &agents_to)?;
+    let duplicates = blocking(|| duplicate_rows(&store, &agents_from, &agents_to))?;
     println!(
         "stored by kind: {}",
         by_kind
@@ -762,7 +769,7 @@ async fn run(args: &Args, database: Option<Database>) -> anyhow::Result<()> {
             .collect::<Vec<_>>()
             .join(" ")
     );
-    let rejections = store.rejection_counts()?;
+    let rejections = blocking(|| store.rejection_counts())?;
     println!(
         "rejections (all runs on this database): {}",
         rejections
@@ -848,6 +855,12 @@ fn percentile(sorted: &[Duration], p: f64) -> Option<Duration> {
     sorted.get(rank.clamp(1, sorted.len()) - 1).copied()
 }
 
+/// Runs a blocking database call from the load generator's async code (the database
+/// handles block; the runtime keeps its other tasks going meanwhile).
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}
+
 /// Rows stored more than once for this run's CPEs: messages and telemetry per
 /// `(cpe_id, seq)`, alerts and device reports per `(cpe_id, seq, mac)`, device rows per
 /// `(cpe_id, mac)`. The primary keys should make every count zero; this checks that they do.
@@ -893,7 +906,7 @@ async fn wait_for_ingest(
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                if store.has_message(id, seq.saturating_sub(1).max(1))? {
+                if blocking(|| store.has_message(id, seq.saturating_sub(1).max(1)))? {
                     break;
                 }
                 let state = Body::State(State {

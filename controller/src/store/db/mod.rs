@@ -206,7 +206,7 @@ impl Db {
             Target::Postgres(url) => {
                 let pool = pg::Pool::new(&url, pool_size)?;
                 // Fail now, with the server's reason, rather than at the first query.
-                drop(pool.get()?);
+                pg::blocking(|| pool.get().map(drop))?;
                 Inner::Postgres(pool)
             }
             Target::SqliteFile(path) => Inner::Sqlite(sqlite::SqliteDb::open(Some(&path))?),
@@ -256,11 +256,11 @@ impl Db {
     pub fn execute(&self, sql: &str, params: &[Param<'_>]) -> Result<u64, DbError> {
         match &self.inner {
             Inner::Sqlite(db) => sqlite::execute(&*db.lock()?, sql, params),
-            Inner::Postgres(pool) => {
+            Inner::Postgres(pool) => pg::blocking(|| {
                 let mut conn = pool.get()?;
                 let pg::PgConn { client, statements } = &mut *conn;
                 pg::execute(client, statements, sql, params)
-            }
+            }),
         }
     }
 
@@ -271,11 +271,11 @@ impl Db {
     pub fn query(&self, sql: &str, params: &[Param<'_>]) -> Result<Vec<Row>, DbError> {
         match &self.inner {
             Inner::Sqlite(db) => sqlite::query(&*db.lock()?, sql, params),
-            Inner::Postgres(pool) => {
+            Inner::Postgres(pool) => pg::blocking(|| {
                 let mut conn = pool.get()?;
                 let pg::PgConn { client, statements } = &mut *conn;
                 pg::query(client, statements, sql, params)
-            }
+            }),
         }
     }
 
@@ -296,6 +296,16 @@ impl Db {
     /// # Errors
     /// `f`'s error, or [`DbError`] (converted) from beginning or committing.
     pub fn transaction<T, E: From<DbError>>(
+        &self,
+        f: impl FnMut(&mut Tx<'_>) -> Result<T, E>,
+    ) -> Result<T, E> {
+        match self.inner {
+            Inner::Postgres(_) => pg::blocking_here(|| self.run_transaction(f)),
+            Inner::Sqlite(_) => self.run_transaction(f),
+        }
+    }
+
+    fn run_transaction<T, E: From<DbError>>(
         &self,
         mut f: impl FnMut(&mut Tx<'_>) -> Result<T, E>,
     ) -> Result<T, E> {
@@ -361,7 +371,9 @@ impl Db {
     pub fn migrate(&self, list: &[Migration]) -> Result<u64, DbError> {
         match &self.inner {
             Inner::Sqlite(db) => migrate::sqlite(&mut *db.lock()?, list),
-            Inner::Postgres(pool) => migrate::postgres(&mut pool.get()?.client, list),
+            Inner::Postgres(pool) => {
+                pg::blocking(|| migrate::postgres(&mut pool.get()?.client, list))
+            }
         }
     }
 
@@ -728,6 +740,45 @@ pub(crate) mod tests {
         let rows = setup.query("SELECT n FROM t ORDER BY k", &[]).unwrap();
         let counts: Vec<i64> = rows.iter().map(|r| r.get(0).unwrap()).collect();
         assert_eq!(counts, vec![2, 2], "both committed exactly once");
+    }
+
+    /// Async code that calls the database directly (without `spawn_blocking`) works on
+    /// PostgreSQL too: opening, statements and (on a multi-threaded runtime) transactions.
+    #[test]
+    fn postgres_calls_from_async_tasks_do_not_panic() {
+        let url = smtpguard_pgtest::database();
+        let multi = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let u = url.clone();
+        let n = multi
+            .block_on(async move {
+                tokio::spawn(async move {
+                    let db = Db::open(&u).unwrap();
+                    db.execute("CREATE TABLE t (k BIGINT)", &[]).unwrap();
+                    db.transaction(|tx| {
+                        tx.execute("INSERT INTO t (k) VALUES (1), (2)", &[])?;
+                        Ok::<_, DbError>(())
+                    })
+                    .unwrap();
+                    db.query("SELECT k FROM t", &[]).unwrap().len()
+                })
+                .await
+            })
+            .unwrap();
+        assert_eq!(n, 2);
+        let single = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let n = single.block_on(async {
+            let db = Db::open(&url).unwrap();
+            db.execute("INSERT INTO t (k) VALUES (3)", &[]).unwrap();
+            db.query("SELECT k FROM t", &[]).unwrap().len()
+        });
+        assert_eq!(n, 3);
     }
 
     #[test]

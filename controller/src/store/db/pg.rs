@@ -192,6 +192,36 @@ impl Drop for Pool {
     }
 }
 
+/// Runs `f`, which blocks on the `postgres` client (it drives each connection on a small
+/// runtime of its own and waits with `block_on`), where that cannot panic. A thread that
+/// drives a tokio runtime must not block that way: on a multi-threaded runtime the call
+/// runs in `block_in_place` (the runtime moves its other tasks off this thread meanwhile);
+/// on a current-thread runtime it runs on a short-lived thread of its own. Blocking
+/// threads (`spawn_blocking`, plain threads) run it as it is.
+pub(super) fn blocking<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(RuntimeFlavor::CurrentThread) => std::thread::scope(|s| match s.spawn(f).join() {
+            Ok(value) => value,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }),
+        Ok(_) => tokio::task::block_in_place(f),
+        Err(_) => f(),
+    }
+}
+
+/// As [`blocking`] for work that cannot move to another thread (a transaction's closure):
+/// `block_in_place` on a multi-threaded runtime, as it is elsewhere. On a current-thread
+/// runtime's own thread the `postgres` client cannot block at all: call the database from
+/// `spawn_blocking` there.
+pub(super) fn blocking_here<T>(f: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(RuntimeFlavor::CurrentThread) | Err(_) => f(),
+        Ok(_) => tokio::task::block_in_place(f),
+    }
+}
+
 /// Whether a failed statement may succeed when its transaction runs again: a serialization
 /// failure or a deadlock the server broke by aborting us.
 pub(super) fn is_retryable(e: &postgres::Error) -> bool {
