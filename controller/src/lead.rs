@@ -282,4 +282,48 @@ mod tests {
         assert!(job.await.is_ok());
         assert_eq!(running.load(Ordering::SeqCst), 0);
     }
+
+    /// A leader's task aborted (the web server stopping drops its rollout watch) releases
+    /// its PostgreSQL lease from the runtime thread without panicking, and another replica
+    /// leads next.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_aborted_postgres_leader_releases_its_lease() {
+        let url = smtpguard_pgtest::database();
+        let ran = Arc::new(AtomicUsize::new(0));
+        let (_stop, stopped) = watch::channel(false);
+        let replica = |stopped: watch::Receiver<bool>| {
+            let ran = ran.clone();
+            tokio::spawn(one_at_a_time(
+                url.clone(),
+                "abort-job",
+                stopped,
+                move |_| {
+                    let ran = ran.clone();
+                    async move {
+                        ran.fetch_add(1, Ordering::SeqCst);
+                        std::future::pending::<()>().await;
+                    }
+                },
+            ))
+        };
+        let first = replica(stopped.clone());
+        let until = |n: usize| {
+            let ran = ran.clone();
+            async move {
+                for _ in 0..1000 {
+                    if ran.load(Ordering::SeqCst) >= n {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                panic!("the job did not start {n} times");
+            }
+        };
+        until(1).await;
+        first.abort();
+        assert!(first.await.unwrap_err().is_cancelled());
+        let second = replica(stopped);
+        until(2).await;
+        second.abort();
+    }
 }

@@ -390,10 +390,25 @@ impl Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        if let Hold::Postgres { client, key } = &mut self.hold {
+        if let Hold::Postgres { client, key } = std::mem::replace(&mut self.hold, Hold::Process) {
             // Unlock before closing: the server releases a closed session's locks only
             // when its backend has exited, which is later than the close.
-            let _ = client.execute("SELECT pg_advisory_unlock($1)", &[key]);
+            let release = move || {
+                let mut client = client;
+                let _ = client.execute("SELECT pg_advisory_unlock($1)", &[&key]);
+            };
+            // The postgres client blocks on a runtime of its own, which panics on a thread
+            // driving tokio (a leader's task aborted at shutdown drops its lease there).
+            if tokio::runtime::Handle::try_current().is_ok() {
+                if let Err(e) = std::thread::Builder::new()
+                    .name("lease-release".into())
+                    .spawn(release)
+                {
+                    tracing::warn!(error = %e, "could not release a lease; it ends with the process");
+                }
+            } else {
+                release();
+            }
         }
     }
 }
