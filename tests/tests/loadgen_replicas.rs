@@ -47,6 +47,12 @@ fn two_replicas_one_killed(database: &str, kind: &str) {
             "--duration-secs",
             "20",
             "--kill-replica",
+            // Down longer than a telemetry period: its agents' newer messages reach the
+            // other replica while its session still holds older ones.
+            "--restart-after-secs",
+            "5",
+            "--devices",
+            "3",
             "--timeout-secs",
             "100",
         ])

@@ -107,45 +107,84 @@ fn current(
     }
 }
 
-fn write(tx: &impl Sql, v: &DeviceView, last_was_alert: bool) -> Result<(), StoreError> {
-    let ips: Vec<String> = v.ips.iter().map(ToString::to_string).collect();
-    let (counters, window_secs) = match &v.counters {
-        Some((c, secs)) => (Some(serde_json::to_string(c)?), Some(*secs)),
-        None => (None, None),
-    };
-    tx.execute(
-        "INSERT INTO devices (cpe_id, mac, hostname, vendor, ips_json, verdict, severity, score,
-            since_ms, last_seen_ms, last_fact, action, action_until_ms, evidence_json,
-            counters_json, window_secs, observed_json)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)
-         ON CONFLICT (cpe_id, mac) DO UPDATE SET hostname = excluded.hostname,
-            vendor = excluded.vendor, ips_json = excluded.ips_json,
-            verdict = excluded.verdict, severity = excluded.severity, score = excluded.score,
-            since_ms = excluded.since_ms, last_seen_ms = excluded.last_seen_ms,
-            last_fact = excluded.last_fact, action = excluded.action,
-            action_until_ms = excluded.action_until_ms, evidence_json = excluded.evidence_json,
-            counters_json = excluded.counters_json, window_secs = excluded.window_secs,
-            observed_json = excluded.observed_json",
-        db_params![
-            &v.cpe_id,
-            &v.mac.to_string(),
-            v.hostname.as_ref(),
-            v.vendor.as_ref(),
-            &serde_json::to_string(&ips)?,
-            v.verdict.as_str(),
-            verdicts::severity(v.verdict),
-            f64::from(v.score),
-            to_i64(v.since_ms),
-            to_i64(v.last_seen_ms),
-            if last_was_alert { "alert" } else { "report" },
-            v.action.as_str(),
-            v.action_until_ms.map(to_i64),
-            &serde_json::to_string(&v.evidence)?,
-            counters.as_ref(),
-            window_secs,
-            &serde_json::to_string(&v.observed)?,
-        ],
-    )?;
+/// Writes device rows (each device once) with one multi-row upsert per
+/// [`super::arbiter::chunk_sizes`] chunk.
+fn write_many(tx: &impl Sql, rows: &[(DeviceView, bool)]) -> Result<(), StoreError> {
+    // The text columns of each row, owned here so the parameters can borrow them.
+    struct Texts {
+        mac: String,
+        ips: String,
+        evidence: String,
+        counters: Option<String>,
+        window_secs: Option<u32>,
+        observed: String,
+    }
+    let texts = rows
+        .iter()
+        .map(|(v, _)| {
+            let ips: Vec<String> = v.ips.iter().map(ToString::to_string).collect();
+            let (counters, window_secs) = match &v.counters {
+                Some((c, secs)) => (Some(serde_json::to_string(c)?), Some(*secs)),
+                None => (None, None),
+            };
+            Ok(Texts {
+                mac: v.mac.to_string(),
+                ips: serde_json::to_string(&ips)?,
+                evidence: serde_json::to_string(&v.evidence)?,
+                counters,
+                window_secs,
+                observed: serde_json::to_string(&v.observed)?,
+            })
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    let mut offset = 0;
+    for size in super::arbiter::chunk_sizes(rows.len()) {
+        let mut params = Vec::with_capacity(size * 17);
+        for ((v, last_was_alert), t) in rows[offset..offset + size]
+            .iter()
+            .zip(&texts[offset..offset + size])
+        {
+            params.extend(db_params![
+                &v.cpe_id,
+                &t.mac,
+                v.hostname.as_ref(),
+                v.vendor.as_ref(),
+                &t.ips,
+                v.verdict.as_str(),
+                verdicts::severity(v.verdict),
+                f64::from(v.score),
+                to_i64(v.since_ms),
+                to_i64(v.last_seen_ms),
+                if *last_was_alert { "alert" } else { "report" },
+                v.action.as_str(),
+                v.action_until_ms.map(to_i64),
+                &t.evidence,
+                t.counters.as_ref(),
+                t.window_secs,
+                &t.observed,
+            ]);
+        }
+        offset += size;
+        tx.execute(
+            &format!(
+                "INSERT INTO devices (cpe_id, mac, hostname, vendor, ips_json, verdict, severity,
+                    score, since_ms, last_seen_ms, last_fact, action, action_until_ms,
+                    evidence_json, counters_json, window_secs, observed_json)
+                 VALUES {}
+                 ON CONFLICT (cpe_id, mac) DO UPDATE SET hostname = excluded.hostname,
+                    vendor = excluded.vendor, ips_json = excluded.ips_json,
+                    verdict = excluded.verdict, severity = excluded.severity,
+                    score = excluded.score, since_ms = excluded.since_ms,
+                    last_seen_ms = excluded.last_seen_ms, last_fact = excluded.last_fact,
+                    action = excluded.action, action_until_ms = excluded.action_until_ms,
+                    evidence_json = excluded.evidence_json,
+                    counters_json = excluded.counters_json,
+                    window_secs = excluded.window_secs, observed_json = excluded.observed_json",
+                super::arbiter::value_rows(size, 17, "")
+            ),
+            &params,
+        )?;
+    }
     Ok(())
 }
 
@@ -164,18 +203,33 @@ fn note_on(
     e: &Event<'_>,
     before: Option<(DeviceView, bool)>,
 ) -> Result<(), StoreError> {
+    match plan(cpe_id, mac, e, before) {
+        Some((v, last_was_alert)) => write_many(tx, &[(v, last_was_alert)]),
+        None => refold(tx, cpe_id, mac),
+    }
+}
+
+/// What a fact does to the device's row as read before it: the new row (and whether its
+/// newest fact is an alert), or `None` when the fact is older than the row's newest and the
+/// row must be folded again from the stored facts.
+fn plan(
+    cpe_id: &str,
+    mac: MacAddr,
+    e: &Event<'_>,
+    before: Option<(DeviceView, bool)>,
+) -> Option<(DeviceView, bool)> {
     let is_alert = matches!(e, Event::Alert(_));
     match before {
         None => {
             let mut v = DeviceView::first_seen(cpe_id, mac, e);
             v.apply(e, true);
-            write(tx, &v, is_alert)
+            Some((v, is_alert))
         }
         Some((mut v, last_was_alert)) if e.order_key() >= (v.last_seen_ms, last_was_alert) => {
             v.apply(e, false);
-            write(tx, &v, is_alert)
+            Some((v, is_alert))
         }
-        Some(_) => refold(tx, cpe_id, mac),
+        Some(_) => None,
     }
 }
 
@@ -197,7 +251,7 @@ pub fn refold(tx: &impl Sql, cpe_id: &str, mac: MacAddr) -> Result<(), StoreErro
         return Ok(());
     };
     let last_was_alert = events.last().is_some_and(|e| matches!(e, Event::Alert(_)));
-    write(tx, &v, last_was_alert)
+    write_many(tx, &[(v, last_was_alert)])
 }
 
 /// Notes an alert of `cpe_id` (already stored in `alerts`).
@@ -237,7 +291,45 @@ pub(super) fn note_report(
     d: &DeviceReport,
     before: Before,
 ) -> Result<(), StoreError> {
-    let row = ReportRow {
+    let row = report_row(cpe_id, window_start_ms, window_secs, d);
+    note_on(tx, cpe_id, d.mac, &Event::Report(&row), before.0)
+}
+
+/// Notes every device report of one telemetry window (already stored in
+/// `device_reports`) with three statements in all, whatever the number of devices: the rows
+/// as read before ([`Before::read_many`]) are advanced in memory and written back in one
+/// multi-row upsert; a device whose report is older than its row is folded again. `reports`
+/// name each device once ([`Before::read_many`] is for such windows).
+///
+/// # Errors
+/// [`StoreError`].
+pub(super) fn note_reports(
+    tx: &impl Sql,
+    cpe_id: &str,
+    window_start_ms: u64,
+    window_secs: u32,
+    reports: &[DeviceReport],
+    mut before: std::collections::HashMap<MacAddr, Before>,
+) -> Result<(), StoreError> {
+    let mut writes = Vec::with_capacity(reports.len());
+    let mut refolds = Vec::new();
+    for d in reports {
+        let row = report_row(cpe_id, window_start_ms, window_secs, d);
+        let was = before.remove(&d.mac).and_then(|b| b.0);
+        match plan(cpe_id, d.mac, &Event::Report(&row), was) {
+            Some(w) => writes.push(w),
+            None => refolds.push(d.mac),
+        }
+    }
+    write_many(tx, &writes)?;
+    for mac in refolds {
+        refold(tx, cpe_id, mac)?;
+    }
+    Ok(())
+}
+
+fn report_row(cpe_id: &str, window_start_ms: u64, window_secs: u32, d: &DeviceReport) -> ReportRow {
+    ReportRow {
         cpe_id: cpe_id.to_string(),
         mac: d.mac,
         window_start_ms,
@@ -251,8 +343,7 @@ pub(super) fn note_report(
         ips: d.ips.clone(),
         counters: d.counters.clone(),
         evidence: d.evidence.clone(),
-    };
-    note_on(tx, cpe_id, d.mac, &Event::Report(&row), before.0)
+    }
 }
 
 /// A device's row as it was before a report of it is stored, read once for both the
@@ -267,6 +358,42 @@ impl Before {
     /// [`StoreError`].
     pub(super) fn read(tx: &impl Sql, cpe_id: &str, mac: &str) -> Result<Before, StoreError> {
         Ok(Before(current(tx, cpe_id, mac)?))
+    }
+
+    /// The rows of `cpe_id`'s devices `macs` (each named once), in as few statements as
+    /// [`super::arbiter::chunk_sizes`] cuts them into; a device without a row has none.
+    ///
+    /// # Errors
+    /// [`StoreError`].
+    pub(super) fn read_many(
+        tx: &impl Sql,
+        cpe_id: &str,
+        macs: &[MacAddr],
+    ) -> Result<std::collections::HashMap<MacAddr, Before>, StoreError> {
+        let texts: Vec<String> = macs.iter().map(ToString::to_string).collect();
+        let mut out: std::collections::HashMap<MacAddr, Before> =
+            macs.iter().map(|m| (*m, Before(None))).collect();
+        let mut rest = &texts[..];
+        for size in super::arbiter::chunk_sizes(rest.len()) {
+            let (chunk, tail) = rest.split_at(size);
+            rest = tail;
+            let marks: Vec<String> = (2..size + 2).map(|i| format!("?{i}")).collect();
+            let mut params = db_params![cpe_id].to_vec();
+            params.extend(chunk.iter().map(|m| super::db::Param::Text(m)));
+            for r in tx.query(
+                &format!(
+                    "SELECT {COLUMNS}, d.last_fact FROM devices d
+                     WHERE d.cpe_id = ?1 AND d.mac IN ({})",
+                    marks.join(", ")
+                ),
+                &params,
+            )? {
+                let last: String = r.get(15)?;
+                let v = view(&r)?;
+                out.insert(v.mac, Before(Some((v, last == "alert"))));
+            }
+        }
+        Ok(out)
     }
 
     /// The newest verdict known of the device and as of when (its newest fact).

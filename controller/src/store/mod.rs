@@ -31,8 +31,8 @@ use std::path::Path;
 
 use db::Sql;
 use smtpguard_protocol::{
-    AckOutcome, Alert, Body, Envelope, PolicyAck, PolicyScope, RejectionReason, State, Status,
-    Telemetry,
+    AckOutcome, Alert, Body, DeviceReport, Envelope, MacAddr, PolicyAck, PolicyScope,
+    RejectionReason, State, Status, Telemetry,
 };
 
 /// A storage operation failed.
@@ -752,31 +752,33 @@ fn store_telemetry(tx: &impl Sql, cpe_id: &str, seq: i64, t: &Telemetry) -> Resu
     let observed_at = t
         .window_start_ms
         .saturating_add(u64::from(t.window_secs).saturating_mul(1000));
-    for d in &t.devices {
-        let mac = d.mac.to_string();
-        let before = devices::Before::read(tx, cpe_id, &mac)?;
-        history::note_report(tx, cpe_id, seq, observed_at, d, before.known())?;
-        tx.execute(
-            "INSERT INTO device_reports (cpe_id, seq, mac, verdict, score, action,
-                action_until_ms, hostname, vendor, ips_json, counters_json, evidence_json, at_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
-            crate::db_params![
-                cpe_id,
-                seq,
-                &mac,
-                d.verdict.as_str(),
-                f64::from(d.score),
-                d.action.as_str(),
-                d.action_until_ms.map(to_i64),
-                d.hostname.as_ref(),
-                d.vendor.as_ref(),
-                &ips_json(&d.ips)?,
-                &serde_json::to_string(&d.counters)?,
-                &serde_json::to_string(&d.evidence)?,
-                start,
-            ],
+    let macs: Vec<MacAddr> = t.devices.iter().map(|d| d.mac).collect();
+    let distinct = macs.iter().collect::<std::collections::HashSet<_>>().len() == macs.len();
+    if distinct {
+        // The usual window: every device once. Its rows are read, its reports inserted and
+        // its rows written in a few multi-row statements, whatever the number of devices.
+        let before = devices::Before::read_many(tx, cpe_id, &macs)?;
+        for d in &t.devices {
+            let known = before.get(&d.mac).and_then(devices::Before::known);
+            history::note_report(tx, cpe_id, seq, observed_at, d, known)?;
+        }
+        insert_reports(tx, cpe_id, seq, start, &t.devices)?;
+        devices::note_reports(
+            tx,
+            cpe_id,
+            t.window_start_ms,
+            t.window_secs,
+            &t.devices,
+            before,
         )?;
-        devices::note_report(tx, cpe_id, t.window_start_ms, t.window_secs, d, before)?;
+    } else {
+        // A device named twice in one window: one at a time, each seeing the one before.
+        for d in &t.devices {
+            let before = devices::Before::read(tx, cpe_id, &d.mac.to_string())?;
+            history::note_report(tx, cpe_id, seq, observed_at, d, before.known())?;
+            insert_reports(tx, cpe_id, seq, start, std::slice::from_ref(d))?;
+            devices::note_report(tx, cpe_id, t.window_start_ms, t.window_secs, d, before)?;
+        }
     }
     // Many rows per statement (a window can hold hundreds of connections), cut as the
     // arbiter cuts its batches.
@@ -822,6 +824,62 @@ fn store_telemetry(tx: &impl Sql, cpe_id: &str, seq: i64, t: &Telemetry) -> Resu
         tx.execute(
             "UPDATE cpe_state SET public_ip = ?2 WHERE cpe_id = ?1",
             crate::db_params![cpe_id, &ip.to_string()],
+        )?;
+    }
+    Ok(())
+}
+
+/// Inserts the device reports of one telemetry window, many rows per statement.
+fn insert_reports(
+    tx: &impl Sql,
+    cpe_id: &str,
+    seq: i64,
+    window_start: i64,
+    reports: &[DeviceReport],
+) -> Result<(), StoreError> {
+    let texts = reports
+        .iter()
+        .map(|d| {
+            Ok((
+                d.mac.to_string(),
+                ips_json(&d.ips)?,
+                serde_json::to_string(&d.counters)?,
+                serde_json::to_string(&d.evidence)?,
+            ))
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    let mut offset = 0;
+    for size in arbiter::chunk_sizes(reports.len()) {
+        let mut params = Vec::with_capacity(size * 13);
+        for (d, (mac, ips, counters, evidence)) in reports[offset..offset + size]
+            .iter()
+            .zip(&texts[offset..offset + size])
+        {
+            params.extend(crate::db_params![
+                cpe_id,
+                seq,
+                mac,
+                d.verdict.as_str(),
+                f64::from(d.score),
+                d.action.as_str(),
+                d.action_until_ms.map(to_i64),
+                d.hostname.as_ref(),
+                d.vendor.as_ref(),
+                ips,
+                counters,
+                evidence,
+                window_start,
+            ]);
+        }
+        offset += size;
+        tx.execute(
+            &format!(
+                "INSERT INTO device_reports (cpe_id, seq, mac, verdict, score, action,
+                    action_until_ms, hostname, vendor, ips_json, counters_json, evidence_json,
+                    at_ms) VALUES {}",
+                arbiter::value_rows(size, 13, "")
+            ),
+            &params,
         )?;
     }
     Ok(())
