@@ -98,6 +98,17 @@ pub(super) fn chunk_sizes(mut n: usize) -> Vec<usize> {
     sizes
 }
 
+/// The sizes to cut `n` rows into when `n` is small and takes few values (the devices of
+/// one telemetry window): [`ROWS_PER_STATEMENT`]-row chunks and the rest in one, so a
+/// window of ten devices is one statement, not 8 + 2.
+pub(super) fn window_chunk_sizes(n: usize) -> Vec<usize> {
+    let mut sizes = vec![ROWS_PER_STATEMENT; n / ROWS_PER_STATEMENT];
+    if n % ROWS_PER_STATEMENT > 0 {
+        sizes.push(n % ROWS_PER_STATEMENT);
+    }
+    sizes
+}
+
 /// `rows` rows of `columns` numbered placeholders each, then `extra`:
 /// `(?1, ?2 extra), (?3, ?4 extra)`.
 pub(super) fn value_rows(rows: usize, columns: usize, extra: &str) -> String {

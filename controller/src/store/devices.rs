@@ -138,7 +138,7 @@ fn write_many(tx: &impl Sql, rows: &[(DeviceView, bool)]) -> Result<(), StoreErr
         })
         .collect::<Result<Vec<_>, StoreError>>()?;
     let mut offset = 0;
-    for size in super::arbiter::chunk_sizes(rows.len()) {
+    for size in super::arbiter::window_chunk_sizes(rows.len()) {
         let mut params = Vec::with_capacity(size * 17);
         for ((v, last_was_alert), t) in rows[offset..offset + size]
             .iter()
@@ -374,7 +374,7 @@ impl Before {
         let mut out: std::collections::HashMap<MacAddr, Before> =
             macs.iter().map(|m| (*m, Before(None))).collect();
         let mut rest = &texts[..];
-        for size in super::arbiter::chunk_sizes(rest.len()) {
+        for size in super::arbiter::window_chunk_sizes(rest.len()) {
             let (chunk, tail) = rest.split_at(size);
             rest = tail;
             let marks: Vec<String> = (2..size + 2).map(|i| format!("?{i}")).collect();

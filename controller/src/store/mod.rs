@@ -849,7 +849,7 @@ fn insert_reports(
         })
         .collect::<Result<Vec<_>, StoreError>>()?;
     let mut offset = 0;
-    for size in arbiter::chunk_sizes(reports.len()) {
+    for size in arbiter::window_chunk_sizes(reports.len()) {
         let mut params = Vec::with_capacity(size * 13);
         for (d, (mac, ips, counters, evidence)) in reports[offset..offset + size]
             .iter()
