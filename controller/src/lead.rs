@@ -138,6 +138,17 @@ mod tests {
 
     struct Running(Arc<AtomicUsize>);
 
+    /// Waits (every 20 ms, at most `tries` times) until the job has started `n` times.
+    async fn started(ran: &AtomicUsize, n: usize, tries: u32) {
+        for _ in 0..tries {
+            if ran.load(Ordering::SeqCst) >= n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("the job did not start {n} times");
+    }
+
     impl Drop for Running {
         fn drop(&mut self) {
             self.0.fetch_sub(1, Ordering::SeqCst);
@@ -184,18 +195,7 @@ mod tests {
         let (stop_b, b_stopped) = watch::channel(false);
         let a = replica(1, a_stopped);
         let b = replica(2, b_stopped);
-        let wait_for = |n: usize| {
-            let ran = ran.clone();
-            async move {
-                for _ in 0..500 {
-                    if ran.load(Ordering::SeqCst) >= n {
-                        return;
-                    }
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                panic!("the job did not start on {n} replicas in turn");
-            }
-        };
+        let wait_for = |n: usize| started(&ran, n, 500);
         wait_for(1).await;
         // Two retries later, still one replica runs it.
         tokio::time::sleep(RETRY * 2).await;
@@ -248,18 +248,7 @@ mod tests {
                 },
             ))
         };
-        let wait_for = |n: usize| {
-            let ran = ran.clone();
-            async move {
-                for _ in 0..1000 {
-                    if ran.load(Ordering::SeqCst) >= n {
-                        return;
-                    }
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                panic!("the job did not start {n} times");
-            }
-        };
+        let wait_for = |n: usize| started(&ran, n, 1000);
         wait_for(1).await;
         // The server ends the lease's session, as a restart or an administrator would.
         let admin = url.clone();
@@ -307,18 +296,7 @@ mod tests {
             ))
         };
         let first = replica(stopped.clone());
-        let until = |n: usize| {
-            let ran = ran.clone();
-            async move {
-                for _ in 0..1000 {
-                    if ran.load(Ordering::SeqCst) >= n {
-                        return;
-                    }
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                panic!("the job did not start {n} times");
-            }
-        };
+        let until = |n: usize| started(&ran, n, 1000);
         until(1).await;
         first.abort();
         assert!(first.await.unwrap_err().is_cancelled());

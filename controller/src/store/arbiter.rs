@@ -408,18 +408,8 @@ impl Drop for Lease {
                 let mut client = client;
                 let _ = client.execute("SELECT pg_advisory_unlock($1)", &[&key]);
             };
-            // The postgres client blocks on a runtime of its own, which panics on a thread
-            // driving tokio (a leader's task aborted at shutdown drops its lease there).
-            if tokio::runtime::Handle::try_current().is_ok() {
-                if let Err(e) = std::thread::Builder::new()
-                    .name("lease-release".into())
-                    .spawn(release)
-                {
-                    tracing::warn!(error = %e, "could not release a lease; it ends with the process");
-                }
-            } else {
-                release();
-            }
+            // A leader's task aborted at shutdown drops its lease on a runtime thread.
+            super::db::close_off_runtime("lease-release", release);
         }
     }
 }

@@ -45,6 +45,8 @@ pub mod placeholders;
 pub mod value;
 
 mod pg;
+
+pub(crate) use pg::close_off_runtime;
 mod sqlite;
 
 use std::cell::{Cell, RefCell};
@@ -548,15 +550,16 @@ impl Sql for Db {
     }
 }
 
-impl Sql for std::sync::Arc<Db> {
+/// A shared handle runs SQL as what it holds (`Arc<Db>`, as the web state and the CLI keep it).
+impl<T: Sql> Sql for std::sync::Arc<T> {
     fn backend(&self) -> Backend {
-        Db::backend(self)
+        (**self).backend()
     }
     fn execute(&self, sql: &str, params: &[Param<'_>]) -> Result<u64, DbError> {
-        Db::execute(self, sql, params)
+        (**self).execute(sql, params)
     }
     fn query(&self, sql: &str, params: &[Param<'_>]) -> Result<Vec<Row>, DbError> {
-        Db::query(self, sql, params)
+        (**self).query(sql, params)
     }
 }
 

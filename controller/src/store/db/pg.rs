@@ -176,19 +176,22 @@ impl Drop for Pool {
             Ok(slots) => std::mem::take(&mut slots.idle),
             Err(poisoned) => std::mem::take(&mut poisoned.into_inner().idle),
         };
-        if idle.is_empty() {
-            return;
+        if !idle.is_empty() {
+            close_off_runtime("pg-close", move || drop(idle));
         }
-        if tokio::runtime::Handle::try_current().is_ok() {
-            let closer = std::thread::Builder::new()
-                .name("pg-close".into())
-                .spawn(move || drop(idle));
-            if let Err(e) = closer {
-                tracing::warn!(error = %e, "could not close PostgreSQL connections");
-            }
-        } else {
-            drop(idle);
-        }
+    }
+}
+
+/// Runs `close`, which blocks on the `postgres` client (closing a connection, a last
+/// statement), now on a plain thread, or on a thread of its own when this one is part of a
+/// tokio runtime, where that blocking would panic (a handle dropped by an async task, a
+/// task aborted at shutdown).
+pub(crate) fn close_off_runtime(thread: &str, close: impl FnOnce() + Send + 'static) {
+    if tokio::runtime::Handle::try_current().is_err() {
+        return close();
+    }
+    if let Err(e) = std::thread::Builder::new().name(thread.into()).spawn(close) {
+        tracing::warn!(error = %e, "could not close PostgreSQL connections");
     }
 }
 
