@@ -274,8 +274,10 @@ pub struct BrokerConfig {
     /// broker, [`Config::resolve_broker_password`] then reads or makes the one in the data
     /// directory; an external broker refuses to start without one.
     pub password: String,
-    /// MQTT client id; stable, because the ingest uses a persistent session so the broker
-    /// keeps unacknowledged messages across a controller restart.
+    /// MQTT client id (1-100 characters); stable, because the ingest uses persistent
+    /// sessions so the broker keeps unacknowledged messages across a controller restart.
+    /// The ingest's alerts use `{client_id}-alerts`, the policy watch
+    /// `{client_id}-policy-watch`; each replica needs its own.
     pub client_id: String,
     /// CA certificate (PEM) for `mqtts://`.
     pub tls_ca_file: Option<PathBuf>,
@@ -654,8 +656,9 @@ impl Config {
                 "is a well-known default or shorter than 12 characters; use a random secret",
             );
         }
-        if self.broker.client_id.is_empty() || self.broker.client_id.len() > 128 {
-            return invalid("broker.client_id", "must be 1-128 characters");
+        // Room for the alerts' session's suffix and the policy watch's (the longest).
+        if self.broker.client_id.is_empty() || self.broker.client_id.len() > 100 {
+            return invalid("broker.client_id", "must be 1-100 characters");
         }
         if self.broker.url.is_some() {
             self.broker.addr()?;

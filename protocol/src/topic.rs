@@ -144,10 +144,23 @@ impl fmt::Display for Topic {
     }
 }
 
+/// What agents publish to controllers, one topic leaf each.
+pub const CONTROLLER_KINDS: [Kind; 5] = [
+    Kind::Telemetry,
+    Kind::Alert,
+    Kind::State,
+    Kind::PolicyAck,
+    Kind::CommandAck,
+];
+
+/// The filter through the shared group for every CPE's messages of `kind`.
+pub fn controller_filter(kind: Kind) -> String {
+    format!("{SHARE_GROUP}{}", Topic::for_cpe(kind, "+"))
+}
+
 /// The topic filters a controller subscribes to, through the shared group.
 pub fn controller_filters() -> [String; 5] {
-    ["telemetry", "alert", "state", "ack", "command-ack"]
-        .map(|leaf| format!("{SHARE_GROUP}{PREFIX}/cpe/+/{leaf}"))
+    CONTROLLER_KINDS.map(controller_filter)
 }
 
 /// The topics an agent subscribes to: the fleet policy, its own override and its own

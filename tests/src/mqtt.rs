@@ -117,6 +117,7 @@ impl Mosquitto {
              log_type notice\n\
              log_type information\n\
              log_type subscribe\n\
+             log_type unsubscribe\n\
              user root\n",
             dir = dir.display()
         )?;

@@ -11,10 +11,11 @@ use std::time::Duration;
 
 use smtpguard_agent::uplink::{Settings, Uplink};
 use smtpguard_controller::config::Config;
+use smtpguard_controller::store::db::Sql;
 use smtpguard_controller::store::Store;
 use smtpguard_controller::{registry, serve};
-use smtpguard_protocol::{keys, seal, AgentStats, Body, Telemetry};
-use smtpguard_tests::mqtt::{alert, free_port, now_ms, wait_until, Mosquitto};
+use smtpguard_protocol::{keys, seal, topic, AgentStats, Body, Telemetry};
+use smtpguard_tests::mqtt::{alert, connack, free_port, now_ms, wait_until, Mosquitto};
 
 fn telemetry() -> Telemetry {
     Telemetry {
@@ -52,6 +53,17 @@ async fn blocking_wait(
         .await
         .unwrap()
         .unwrap();
+}
+
+/// Waits (at most 15 s) until the broker's log has `line`.
+async fn wait_for_log(mosquitto: &Mosquitto, what: &'static str, line: &'static str) {
+    let log = mosquitto.log_path();
+    blocking_wait(what, 15, move || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains(line)
+    })
+    .await;
 }
 
 /// Publishes at QoS 1 with mosquitto_pub as an MQTT v5 client and returns the PUBACK
@@ -120,13 +132,13 @@ async fn a_cpe_cannot_publish_under_another_cpes_topic() {
     tokio::spawn(serve::run(config.clone(), async move {
         let _ = stop_rx.await;
     }));
-    // The ingest's subscription is in place before anything is published.
-    let m = mosquitto.log_path();
-    blocking_wait("the ingest's subscription", 15, move || {
-        std::fs::read_to_string(&m)
-            .unwrap_or_default()
-            .contains("controller-mosq-test 1 smtpguard/v1/cpe/+/alert")
-    })
+    // The ingest's subscription is in place before anything is published: alerts come
+    // in a session of their own.
+    wait_for_log(
+        &mosquitto,
+        "the ingest's alert subscription",
+        "controller-mosq-test-alerts 1 smtpguard/v1/cpe/+/alert",
+    )
     .await;
 
     // cpe-a holds a genuine message of cpe-b (say, captured earlier) and tries to inject
@@ -169,6 +181,114 @@ async fn a_cpe_cannot_publish_under_another_cpes_topic() {
         rejected, 0,
         "the injected message never reached the controller"
     );
+    let _ = stop_tx.send(());
+}
+
+/// A controller upgraded from one ingest session to two finds its old session on the
+/// broker, still subscribed to alerts: it drops that subscription, so an alert is not
+/// delivered (and refused as a replay) twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_kept_from_before_the_alert_lane_stops_taking_alerts() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port().unwrap();
+    let mosquitto = Mosquitto::start(
+        &dir.path().join("mosquitto"),
+        port,
+        &[("controller", "controller-pw"), ("cpe-a", "pa")],
+    )
+    .unwrap();
+    let config = controller_config(dir.path(), port);
+    let key = keys::generate();
+    {
+        let mut store = Store::open(&config.db_path).unwrap();
+        registry::add(
+            &mut store,
+            "cpe-a",
+            &keys::public_key_text(&key.verifying_key()),
+            None,
+            0,
+        )
+        .unwrap();
+    }
+    // The session as a controller without lanes left it: every filter, one client id.
+    {
+        let mut options = rumqttc::MqttOptions::new("controller-mosq-test", "127.0.0.1", port);
+        options
+            .set_credentials("controller", "controller-pw")
+            .set_clean_session(false);
+        let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 10);
+        connack(&mut eventloop).await.unwrap();
+        for f in topic::controller_filters() {
+            client
+                .subscribe(topic::strip_share(&f), rumqttc::QoS::AtLeastOnce)
+                .await
+                .unwrap();
+        }
+        let mut acked = 0;
+        while acked < 5 {
+            if let rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_)) =
+                eventloop.poll().await.unwrap()
+            {
+                acked += 1;
+            }
+        }
+        client.disconnect().await.unwrap();
+        while eventloop.poll().await.is_ok() {}
+    }
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(serve::run(config.clone(), async move {
+        let _ = stop_rx.await;
+    }));
+    wait_for_log(
+        &mosquitto,
+        "the alerts' subscription",
+        "controller-mosq-test-alerts 1 smtpguard/v1/cpe/+/alert",
+    )
+    .await;
+    wait_for_log(
+        &mosquitto,
+        "the old session's alert subscription dropped",
+        "controller-mosq-test smtpguard/v1/cpe/+/alert",
+    )
+    .await;
+
+    // An alert, then telemetry: the old session would hand its copy of the alert to the
+    // bulk lane before the telemetry, so once the telemetry is stored a copy would have
+    // been counted.
+    let sealed = [
+        (
+            seal(&Body::Alert(alert(1)), "cpe-a", 1, now_ms(), &key).unwrap(),
+            "alert",
+        ),
+        (
+            seal(&Body::Telemetry(telemetry()), "cpe-a", 2, now_ms(), &key).unwrap(),
+            "telemetry",
+        ),
+    ];
+    for (msg, leaf) in &sealed {
+        let topic = format!("smtpguard/v1/cpe/cpe-a/{leaf}");
+        assert_eq!(v5_publish(port, "cpe-a", "pa", &topic, msg), 0, "success");
+    }
+    let db = config.db_path.clone();
+    blocking_wait("the alert and the telemetry stored", 15, move || {
+        let n: i64 = Store::open(&db)
+            .unwrap()
+            .db()
+            .query_one("SELECT COUNT(*) FROM messages", &[])
+            .unwrap();
+        n == 2
+    })
+    .await;
+    let store = Store::open(&config.db_path).unwrap();
+    assert_eq!(store.alert_count(Some("cpe-a")).unwrap(), 1);
+    let rejected: Vec<_> = store
+        .rejection_counts()
+        .unwrap()
+        .into_iter()
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    assert!(rejected.is_empty(), "no copy came: {rejected:?}");
     let _ = stop_tx.send(());
 }
 

@@ -1,8 +1,9 @@
-//! The ingest's async shell: one persistent MQTT session (fixed client id, clean session
-//! off, manual acks) subscribed through the controllers' shared group, feeding a worker
-//! thread that verifies and stores batches. Acks flow back only after the commit, tagged
-//! with the connection they came on, so an ack never reaches a later connection where the
-//! packet id may mean another message.
+//! The ingest's async shell: two persistent MQTT sessions ([`Lane`]: alerts, and all the
+//! rest), each with a fixed client id, clean session off and manual acks, subscribed
+//! through the controllers' shared group and feeding a worker thread of its own that
+//! verifies and stores batches. Acks flow back only after the commit, tagged with the
+//! connection they came on, so an ack never reaches a later connection where the packet id
+//! may mean another message.
 //!
 //! # No alert lost to a late subscription
 //! A broker drops what nobody is subscribed to. The session is persistent (its
@@ -10,11 +11,13 @@
 //! lost; what remains is the moment before it first exists:
 //! - With the embedded broker, routers cannot log in before the ingest's subscriptions are
 //!   acknowledged: `keys`, the enrolled keys the broker's login check reads, stays empty
-//!   (see [`Admission`]) until the broker has answered the ingest's SUBSCRIBE with success
+//!   (see [`Admission`]) until the broker has answered both lanes' SUBSCRIBE with success
 //!   for every filter. A router refused meanwhile keeps its alerts in its disk queue and
 //!   retries.
-//! - With an external broker, the session is created at the controller's first start and
-//!   kept by the broker across controller restarts (mosquitto: `persistence true`).
+//! - With an external broker, the sessions are created at the controller's first start and
+//!   kept by the broker across controller restarts (mosquitto: `persistence true`). Before
+//!   the lanes there was one session, under the bulk lane's client id, subscribed to
+//!   alerts too; the bulk lane unsubscribes that filter when it finds its session kept.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::path::PathBuf;
@@ -23,8 +26,8 @@ use std::time::{Duration, Instant};
 
 use rumqttc::{AsyncClient, Event, Packet, Publish, QoS, SubscribeReasonCode};
 use smtpguard_common::{now_ms, Backoff};
-use smtpguard_protocol::{topic, Body, Freshness, Status, Topic};
-use tokio::sync::mpsc;
+use smtpguard_protocol::{topic, Body, Freshness, Kind, Status, Topic};
+use tokio::sync::{mpsc, watch};
 
 use super::{Inbound, Verifier};
 use crate::broker::{self, BrokerError};
@@ -62,9 +65,70 @@ struct Resend {
 /// Publishes buffered between the MQTT task and the worker.
 const INBOUND_CAPACITY: usize = 10_000;
 
-/// Runs the ingest until `shutdown` resolves. `admission` holds the embedded broker's login
-/// check empty until the broker has acknowledged the ingest's subscriptions, then fills it
-/// with the enrolled keys; the ingest hands it every reload (see the module docs).
+/// The ingest's two sessions with the broker, each with its own worker. Alerts have one of
+/// their own, so an infection never waits behind telemetry: not behind a batch being
+/// stored, and not behind a backlog in the broker (a replica restarting after a crash, or a
+/// slow database). The broker keeps the backlog per session and hands a session's messages
+/// out in order, a few hundred unacknowledged at a time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Lane {
+    Alerts,
+    Bulk,
+}
+
+impl Lane {
+    const ALL: [Lane; 2] = [Lane::Alerts, Lane::Bulk];
+
+    fn name(self) -> &'static str {
+        match self {
+            Lane::Alerts => "alerts",
+            Lane::Bulk => "bulk",
+        }
+    }
+
+    /// Whether messages of `kind` come in this lane.
+    fn carries(self, kind: Kind) -> bool {
+        (kind == Kind::Alert) == (self == Lane::Alerts)
+    }
+
+    /// The MQTT client id: the configured one for the bulk lane (the session of the
+    /// controllers before there were lanes), with `-alerts` appended for the alerts.
+    fn client_id(self, configured: &str) -> String {
+        match self {
+            Lane::Alerts => format!("{configured}{ALERTS_CLIENT_SUFFIX}"),
+            Lane::Bulk => configured.to_string(),
+        }
+    }
+
+    /// The subscription filters of this lane (`mine`) and of the other lanes, as the
+    /// broker is asked for them: through the controllers' shared group, or plainly.
+    fn filters(self, plain: bool) -> (Vec<String>, Vec<String>) {
+        let form = |kind| {
+            let f = topic::controller_filter(kind);
+            if plain {
+                topic::strip_share(&f).to_string()
+            } else {
+                f
+            }
+        };
+        let (mine, others): (Vec<Kind>, Vec<Kind>) = topic::CONTROLLER_KINDS
+            .into_iter()
+            .partition(|k| self.carries(*k));
+        (
+            mine.into_iter().map(form).collect(),
+            others.into_iter().map(form).collect(),
+        )
+    }
+}
+
+/// Appended to `broker.client_id` for the alerts' session.
+pub const ALERTS_CLIENT_SUFFIX: &str = "-alerts";
+
+/// Runs the ingest until `shutdown` resolves: both lanes ([`Lane`]), on one database.
+/// `admission` holds the embedded broker's login check empty until the broker has
+/// acknowledged both lanes' subscriptions, then fills it with the enrolled keys; the
+/// ingest hands it every reload (see the module docs). When one lane's worker stops (it
+/// only does on a bug), the other lane stops too and the controller exits.
 ///
 /// # Errors
 /// [`IngestError`] when it cannot start.
@@ -79,134 +143,223 @@ pub async fn run(
         max_age_ms: config.ingest.max_age_secs.saturating_mul(1000),
         max_future_ms: config.ingest.max_future_secs.saturating_mul(1000),
     };
-    let verifier = Verifier::restored(
-        key_cache,
-        store.recent_seqs(smtpguard_protocol::replay::WINDOW)?,
-        freshness,
-    );
-
-    let mut options = broker::client_options(&config.broker, &config.broker.client_id)?;
-    options.set_clean_session(false).set_manual_acks(true);
-    let (client, mut eventloop) = AsyncClient::new(options, REQUEST_CAPACITY);
-
-    let (in_tx, in_rx) = mpsc::channel::<(u64, Publish)>(INBOUND_CAPACITY);
-    let (ack_tx, mut ack_rx) = mpsc::unbounded_channel::<(u64, Publish)>();
-    let (resend_tx, mut resend_rx) = mpsc::unbounded_channel::<Resend>();
-    let worker = Worker {
-        store,
-        verifier,
-        admission: admission.clone(),
-        batch_max: config.ingest.batch_max,
-        linger: Duration::from_millis(config.ingest.batch_linger_ms),
-        db_path: config.db_path.clone(),
+    let recent = store.recent_seqs(smtpguard_protocol::replay::WINDOW)?;
+    // Each lane's windows hold what it has seen; the database arbitrates between them as
+    // it does between replicas.
+    let start = |lane| {
+        let verifier = Verifier::restored(key_cache.clone(), recent.clone(), freshness);
+        Session::start(config, lane, store.clone(), verifier, admission.clone())
     };
-    let worker = std::thread::Builder::new()
-        .name("ingest-worker".into())
-        .spawn(move || worker.run(in_rx, ack_tx, resend_tx))
-        .map_err(IngestError::Spawn)?;
-
-    let plain = config.broker.is_embedded() || !config.ingest.shared_subscription;
-    let mut generation = 0u64;
-    // Reconnect delays: exponential from 100 ms to 10 s with full jitter.
-    let mut backoff = Backoff::new(100, 10_000);
-    // Acks the worker has given back, waiting for room in the client's request queue. The
-    // queue is bounded, and a backlog (a restarted replica's persistent session) can
-    // bring thousands of acks at once: dropping one would leave its message with the
-    // broker, which sends it again. They are handed over as the event loop drains it.
-    let mut unsent: VecDeque<Publish> = VecDeque::new();
-    tokio::pin!(shutdown);
-    loop {
-        while let Some(publish) = unsent.front() {
-            if client.try_ack(publish).is_err() {
-                break;
-            }
-            unsent.pop_front();
+    let (alerts, bulk) = (start(Lane::Alerts)?, start(Lane::Bulk)?);
+    let (stop_tx, stop) = watch::channel(false);
+    let stop_tx = &stop_tx;
+    let run_lane = |session: Session| {
+        let stop = stop.clone();
+        async move {
+            session.run(stop).await;
+            // Whichever way it ended, the other lane ends with it.
+            let _ = stop_tx.send(true);
         }
+    };
+    let mut stopped = stop.clone();
+    let forward = async {
         tokio::select! {
-            () = &mut shutdown => break,
-            Some(resend) = resend_rx.recv() => {
-                let topic = Topic::Command(resend.cpe_id.clone()).to_string();
-                match client.try_publish(topic, QoS::AtLeastOnce, false, resend.wire) {
-                    Ok(()) => tracing::info!(cpe_id = %resend.cpe_id, id = resend.command_id, "unanswered command sent again: its router is back online"),
-                    Err(e) => tracing::warn!(cpe_id = %resend.cpe_id, id = resend.command_id, error = %e, "could not queue a command to send again"),
-                }
-            }
-            Some((gen, publish)) = ack_rx.recv() => {
-                // An ack belongs to the connection its message came on.
-                if gen == generation {
-                    unsent.push_back(publish);
-                }
-            }
-            event = eventloop.poll() => match event {
-                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                    generation += 1;
-                    // The old connection's messages come again in this session.
-                    unsent.clear();
-                    backoff.reset();
-                    tracing::info!(session_present = ack.session_present, "ingest connected");
-                    // Subscriptions are not restored by the client after a reconnect;
-                    // subscribe on every connection.
-                    let filters = topic::controller_filters().into_iter().map(|f| {
-                        // rumqttd 0.20 keeps one delivery cursor per share group, so a
-                        // group over several filters loses messages; the embedded broker
-                        // only ever has this one ingest, which subscribes plainly. See
-                        // `IngestConfig::shared_subscription` for mosquitto.
-                        let f = if plain { topic::strip_share(&f).to_string() } else { f };
-                        rumqttc::SubscribeFilter::new(f, QoS::AtLeastOnce)
-                    });
-                    if let Err(e) = client.try_subscribe_many(filters) {
-                        tracing::warn!(error = %e, "could not subscribe");
-                    }
-                }
-                Ok(Event::Incoming(Packet::SubAck(ack))) => {
-                    let refused = ack
-                        .return_codes
-                        .iter()
-                        .filter(|c| matches!(c, SubscribeReasonCode::Failure))
-                        .count();
-                    if refused == 0 {
-                        if admission.open() {
-                            tracing::info!("ingest subscribed; routers may log in");
-                        }
-                    } else {
-                        tracing::error!(refused, "the broker refused ingest subscriptions; routers stay out of the embedded broker");
-                    }
-                }
-                Ok(Event::Incoming(Packet::Publish(publish))) => {
-                    if in_tx.send((generation, publish)).await.is_err() {
-                        tracing::error!("ingest worker stopped");
-                        break;
-                    }
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    let delay = backoff.next_delay(rand::random());
-                    tracing::warn!(error = %e, retry_ms = delay.as_millis() as u64, "ingest connection lost");
-                    tokio::time::sleep(delay).await;
-                }
-            }
+            () = shutdown => {}
+            () = stop_turned(&mut stopped) => {}
         }
-    }
-    drop(in_tx);
-    // Unacked messages come again on the next start and are refused as replays if they
-    // were stored, so stopping here loses nothing.
-    let _ = client.try_disconnect();
-    let _ = tokio::time::timeout(Duration::from_millis(500), async {
-        while eventloop.poll().await.is_ok() {}
-    })
-    .await;
-    let _ = tokio::task::spawn_blocking(move || worker.join()).await;
+        let _ = stop_tx.send(true);
+    };
+    tokio::join!(forward, run_lane(alerts), run_lane(bulk));
     Ok(())
 }
 
-/// The enrolled keys as the embedded broker's login check sees them: none until the
-/// ingest's subscriptions exist ([`Admission::open`]), then every change the worker loads.
-/// An external broker does not read them.
+/// Resolves once `stop` is true (or its sender is gone).
+async fn stop_turned(stop: &mut watch::Receiver<bool>) {
+    // The guard `wait_for` returns is not `Send`: dropped here, never held over an await.
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// One lane's MQTT session and worker, started.
+struct Session {
+    lane: Lane,
+    client: AsyncClient,
+    eventloop: rumqttc::EventLoop,
+    worker: std::thread::JoinHandle<()>,
+    in_tx: mpsc::Sender<(u64, Publish)>,
+    ack_rx: mpsc::UnboundedReceiver<(u64, Publish)>,
+    resend_rx: mpsc::UnboundedReceiver<Resend>,
+    /// This lane's filters and the other lanes' (see [`Session::run`]).
+    filters: (Vec<String>, Vec<String>),
+    embedded: bool,
+    admission: Arc<Admission>,
+}
+
+impl Session {
+    fn start(
+        config: &Config,
+        lane: Lane,
+        store: Store,
+        verifier: Verifier,
+        admission: Arc<Admission>,
+    ) -> Result<Session, IngestError> {
+        let mut options =
+            broker::client_options(&config.broker, &lane.client_id(&config.broker.client_id))?;
+        options.set_clean_session(false).set_manual_acks(true);
+        let (client, eventloop) = AsyncClient::new(options, REQUEST_CAPACITY);
+        let (in_tx, in_rx) = mpsc::channel::<(u64, Publish)>(INBOUND_CAPACITY);
+        let (ack_tx, ack_rx) = mpsc::unbounded_channel::<(u64, Publish)>();
+        let (resend_tx, resend_rx) = mpsc::unbounded_channel::<Resend>();
+        let worker = Worker {
+            store,
+            verifier,
+            admission: admission.clone(),
+            batch_max: config.ingest.batch_max,
+            linger: Duration::from_millis(config.ingest.batch_linger_ms),
+            db_path: config.db_path.clone(),
+        };
+        let worker = std::thread::Builder::new()
+            .name(format!("ingest-{}", lane.name()))
+            .spawn(move || worker.run(in_rx, ack_tx, resend_tx))
+            .map_err(IngestError::Spawn)?;
+        let embedded = config.broker.is_embedded();
+        // rumqttd 0.20 keeps one delivery cursor per share group, so a group over several
+        // filters loses messages; the embedded broker only ever has this one ingest, which
+        // subscribes plainly. See `IngestConfig::shared_subscription` for mosquitto.
+        let plain = embedded || !config.ingest.shared_subscription;
+        Ok(Session {
+            lane,
+            client,
+            eventloop,
+            worker,
+            in_tx,
+            ack_rx,
+            resend_rx,
+            filters: lane.filters(plain),
+            embedded,
+            admission,
+        })
+    }
+
+    /// Receives, hands to the worker and acknowledges until `stop` turns true or the
+    /// worker stops.
+    async fn run(self, mut stop: watch::Receiver<bool>) {
+        let Session {
+            lane,
+            client,
+            mut eventloop,
+            worker,
+            in_tx,
+            mut ack_rx,
+            mut resend_rx,
+            filters: (mine, others),
+            embedded,
+            admission,
+        } = self;
+        let lane_name = lane.name();
+        let mut generation = 0u64;
+        // Reconnect delays: exponential from 100 ms to 10 s with full jitter.
+        let mut backoff = Backoff::new(100, 10_000);
+        // Acks the worker has given back, waiting for room in the client's request queue.
+        // The queue is bounded, and a backlog (a restarted replica's persistent session)
+        // can bring thousands of acks at once: dropping one would leave its message with
+        // the broker, which sends it again. They are handed over as the event loop drains
+        // it.
+        let mut unsent: VecDeque<Publish> = VecDeque::new();
+        loop {
+            while let Some(publish) = unsent.front() {
+                if client.try_ack(publish).is_err() {
+                    break;
+                }
+                unsent.pop_front();
+            }
+            tokio::select! {
+                () = stop_turned(&mut stop) => break,
+                Some(resend) = resend_rx.recv() => {
+                    let topic = Topic::Command(resend.cpe_id.clone()).to_string();
+                    match client.try_publish(topic, QoS::AtLeastOnce, false, resend.wire) {
+                        Ok(()) => tracing::info!(cpe_id = %resend.cpe_id, id = resend.command_id, "unanswered command sent again: its router is back online"),
+                        Err(e) => tracing::warn!(cpe_id = %resend.cpe_id, id = resend.command_id, error = %e, "could not queue a command to send again"),
+                    }
+                }
+                Some((gen, publish)) = ack_rx.recv() => {
+                    // An ack belongs to the connection its message came on.
+                    if gen == generation {
+                        unsent.push_back(publish);
+                    }
+                }
+                event = eventloop.poll() => match event {
+                    Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                        generation += 1;
+                        // The old connection's messages come again in this session.
+                        unsent.clear();
+                        backoff.reset();
+                        tracing::info!(lane = lane_name, session_present = ack.session_present, "ingest connected");
+                        // Subscriptions are not restored by the client after a reconnect;
+                        // subscribe on every connection.
+                        let filters = mine.iter().map(|f| rumqttc::SubscribeFilter::new(f.clone(), QoS::AtLeastOnce));
+                        if let Err(e) = client.try_subscribe_many(filters) {
+                            tracing::warn!(lane = lane_name, error = %e, "could not subscribe");
+                        }
+                        // A session an external broker kept from before the lanes (or
+                        // from another lane layout) may hold the other lanes' filters
+                        // too: their messages would come twice.
+                        if ack.session_present && !embedded {
+                            for f in &others {
+                                if let Err(e) = client.try_unsubscribe(f.clone()) {
+                                    tracing::warn!(lane = lane_name, error = %e, "could not unsubscribe");
+                                }
+                            }
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                        let refused = ack
+                            .return_codes
+                            .iter()
+                            .filter(|c| matches!(c, SubscribeReasonCode::Failure))
+                            .count();
+                        if refused == 0 {
+                            if admission.subscribed(lane) {
+                                tracing::info!("ingest subscribed; routers may log in");
+                            }
+                        } else {
+                            tracing::error!(lane = lane_name, refused, "the broker refused ingest subscriptions; routers stay out of the embedded broker");
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::Publish(publish))) => {
+                        if in_tx.send((generation, publish)).await.is_err() {
+                            tracing::error!(lane = lane_name, "ingest worker stopped");
+                            break;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        let delay = backoff.next_delay(rand::random());
+                        tracing::warn!(lane = lane_name, error = %e, retry_ms = delay.as_millis() as u64, "ingest connection lost");
+                        tokio::time::sleep(delay).await;
+                    }
+                }
+            }
+        }
+        drop(in_tx);
+        // Unacked messages come again on the next start and are refused as replays if
+        // they were stored, so stopping here loses nothing.
+        let _ = client.try_disconnect();
+        let _ = tokio::time::timeout(Duration::from_millis(500), async {
+            while eventloop.poll().await.is_ok() {}
+        })
+        .await;
+        let _ = tokio::task::spawn_blocking(move || worker.join()).await;
+    }
+}
+
+/// The enrolled keys as the embedded broker's login check sees them: none until every
+/// lane's subscriptions exist ([`Admission::subscribed`]), then every change the workers
+/// load. An external broker does not read them.
 #[derive(Debug)]
 pub struct Admission {
     shared: Arc<RwLock<KeyCache>>,
-    /// Whether the subscriptions exist, and the newest keys loaded from the store.
-    state: Mutex<(bool, KeyCache)>,
+    /// The lanes whose subscriptions exist, and the newest keys loaded from the store.
+    state: Mutex<(BTreeSet<Lane>, KeyCache)>,
 }
 
 impl Admission {
@@ -218,21 +371,29 @@ impl Admission {
         }
         Admission {
             shared,
-            state: Mutex::new((false, latest)),
+            state: Mutex::new((BTreeSet::new(), latest)),
         }
     }
 
-    /// Publishes the newest keys to the broker; returns true the first time.
-    pub fn open(&self) -> bool {
+    fn is_open(subscribed: &BTreeSet<Lane>) -> bool {
+        subscribed.len() == Lane::ALL.len()
+    }
+
+    /// Notes that `lane` has subscribed; once every lane has, publishes the newest keys to
+    /// the broker. Returns true the first time it opens.
+    fn subscribed(&self, lane: Lane) -> bool {
         let Ok(mut state) = self.state.lock() else {
             return false;
         };
-        let first = !state.0;
-        state.0 = true;
+        let was_open = Self::is_open(&state.0);
+        state.0.insert(lane);
+        if !Self::is_open(&state.0) {
+            return false;
+        }
         if let Ok(mut shared) = self.shared.write() {
             *shared = state.1.clone();
         }
-        first
+        !was_open
     }
 
     /// Takes newly loaded keys; the broker sees them once open.
@@ -241,7 +402,7 @@ impl Admission {
             return;
         };
         state.1 = keys;
-        if state.0 {
+        if Self::is_open(&state.0) {
             if let Ok(mut shared) = self.shared.write() {
                 *shared = state.1.clone();
             }

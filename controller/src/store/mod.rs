@@ -159,10 +159,11 @@ fn from_i64(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
 
-/// The storage handle: a [`db::Db`] opened from a URL and migrated. Cheap to share
-/// (`Store::db` hands out the `Arc`); SQLite keeps one connection behind a mutex, PostgreSQL
+/// The storage handle: a [`db::Db`] opened from a URL and migrated. Cheap to share (clones
+/// share the one `Db`, and `Store::db` hands out its `Arc`); SQLite keeps one connection behind a mutex, PostgreSQL
 /// a bounded pool. Several `Store`s (replicas) may share one PostgreSQL database: the write
 /// path decides each message with [`arbiter::admit`].
+#[derive(Clone)]
 pub struct Store {
     db: std::sync::Arc<db::Db>,
 }

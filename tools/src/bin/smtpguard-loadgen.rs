@@ -633,7 +633,7 @@ async fn run(args: &Args, database: Option<Database>) -> anyhow::Result<()> {
             let mut missed = 0usize;
             for t in tasks {
                 match t.await {
-                    Ok(Some(d)) => shown.push(d),
+                    Ok(Some(s)) => shown.push(s),
                     _ => missed += 1,
                 }
             }
@@ -787,6 +787,23 @@ async fn run(args: &Args, database: Option<Database>) -> anyhow::Result<()> {
         .await
         .context("following alerts")?
         .context("alert watcher")?;
+    // The slowest, with when they were sent: shows whether the tail is the killed
+    // replica's share (sent around the kill) or a backlog spread over the run.
+    shown.sort_by_key(|&(_, took)| std::cmp::Reverse(took));
+    println!(
+        "slowest alerts (sent at s into the run: took ms): {}",
+        shown
+            .iter()
+            .take(10)
+            .map(|(at, took)| format!(
+                "{:.1}:{}",
+                at.saturating_duration_since(run_start).as_secs_f64(),
+                took.as_millis()
+            ))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    let mut shown: Vec<Duration> = shown.into_iter().map(|(_, took)| took).collect();
     shown.sort();
     let ms = |p: f64| percentile(&shown, p).map_or(0, |d| d.as_millis());
     println!(
@@ -946,13 +963,14 @@ async fn wait_for_ingest(
 }
 
 /// Looks the alert's device up through the operator API until it shows the verdict;
-/// `None` when it does not within [`ALERT_GIVE_UP`].
+/// when it was sent and how long it took, `None` when it does not show within
+/// [`ALERT_GIVE_UP`].
 async fn follow_alert(
     sent: SentAlert,
     api: std::net::SocketAddr,
     token: String,
     gate: Arc<tokio::sync::Semaphore>,
-) -> Option<Duration> {
+) -> Option<(Instant, Duration)> {
     let path = format!("/api/cpes/{}", sent.cpe_id);
     let auth = format!("Bearer {token}");
     let mac = sent.mac.to_string();
@@ -965,7 +983,7 @@ async fn follow_alert(
             }
         };
         if shown {
-            return Some(sent.sent.elapsed());
+            return Some((sent.sent, sent.sent.elapsed()));
         }
         tokio::time::sleep(ALERT_POLL).await;
     }
