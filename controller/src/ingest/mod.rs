@@ -4,17 +4,19 @@
 //!   lookup, batch signature verification, freshness and the per-CPE replay window. It
 //!   turns a batch of [`Inbound`] messages into [`Checked`]: what to store and what was
 //!   rejected, counted by [`RejectionReason`].
-//! - [`service`]: the async shell — a persistent MQTT session on the shared subscription,
-//!   a worker thread that verifies and writes batches in one SQLite transaction, and
-//!   manual acknowledgements sent only after the commit.
+//! - [`service`]: the async shell — two persistent MQTT sessions on the shared
+//!   subscription (alerts, and the rest), each with a worker thread that verifies and
+//!   writes batches in one transaction, and manual acknowledgements sent only after the
+//!   commit.
 //!
 //! # Why no alert is lost or stored twice
 //! The ingest acknowledges a publish to the broker only after the transaction holding it
 //! committed. If the controller dies before that, the broker (which keeps the persistent
 //! session's unacknowledged messages) delivers it again on reconnect. If it dies after the
 //! commit but before the ack reached the broker, the message also comes again — and is
-//! refused as a replay: the window restored from the store at start covers it, and the
-//! `(cpe_id, seq)` primary key would refuse it anyway. So every alert the broker accepted is
+//! refused as a replay by the database, the arbiter between lanes and replicas
+//! ([`crate::store::arbiter`]: the `(cpe_id, seq)` key, and the highest number kept per
+//! CPE for what is older than the window). So every alert the broker accepted is
 //! stored exactly once, provided the broker itself keeps the session (mosquitto with
 //! persistence does across its restarts; the embedded broker does not survive the process).
 //! Before the session first exists nothing is kept for it: the embedded broker therefore
@@ -75,31 +77,14 @@ impl Verifier {
         }
     }
 
-    /// A verifier whose replay windows hold exactly the sequence numbers already stored
-    /// (`recent`, ascending per CPE, from [`crate::store::Store::recent_seqs`]): with
-    /// several replicas the database is the arbiter, so a message another replica's newer
-    /// ones overtook is still accepted when it was never stored.
-    pub fn restored(
-        keys: KeyCache,
-        recent: HashMap<String, Vec<u64>>,
-        freshness: Freshness,
-    ) -> Verifier {
-        let windows = recent
-            .into_iter()
-            .map(|(id, seqs)| {
-                let mut window = ReplayWindow::new();
-                for seq in seqs {
-                    // Ascending and distinct: every one is accepted.
-                    let _ = window.accept(seq);
-                }
-                (id, window)
-            })
-            .collect();
-        Verifier {
-            keys,
-            windows,
-            freshness,
-        }
+    /// A verifier with the enrolled `keys`, no replay windows yet and the given freshness
+    /// limits: what a starting ingest uses. The database is the arbiter
+    /// ([`crate::store::arbiter`]): a message stored before (by this process or another
+    /// replica) is refused there, and one older than the window by the highest number the
+    /// database keeps per CPE; the windows here then spare it the repeats they see. So the
+    /// start reads nothing that grows with history.
+    pub fn starting(keys: KeyCache, freshness: Freshness) -> Verifier {
+        Verifier::new(keys, HashMap::new(), freshness)
     }
 
     /// Replaces the key cache (after an enrollment or revocation).
@@ -328,12 +313,9 @@ mod tests {
     }
 
     #[test]
-    fn a_restored_window_accepts_a_message_overtaken_by_another_replica() {
+    fn a_starting_verifier_leaves_what_another_replica_stored_to_the_database() {
         let (v, key) = setup();
         let now = 1_000_000_000;
-        // Another replica stored 10 and 12; 11 was in flight to this one when it died.
-        let recent = HashMap::from([("cpe-1".to_string(), vec![10, 12])]);
-        let mut v = Verifier::restored(v.keys().clone(), recent, Freshness::default());
         let msg = |seq| {
             inbound(
                 "telemetry",
@@ -341,9 +323,38 @@ mod tests {
                 seal(&telemetry(), "cpe-1", seq, now, &key).unwrap(),
             )
         };
-        let c = v.check(vec![msg(11), msg(12), msg(10), msg(13)], now);
-        let seqs: Vec<u64> = c.accepted.iter().map(|m| m.envelope.seq).collect();
-        assert_eq!(seqs, vec![11, 13]);
+        for (url, _guard) in crate::store::db::tests::backends() {
+            let store = Store::open_url(&url).unwrap();
+            crate::registry::add(
+                &mut store.clone(),
+                "cpe-1",
+                &keys::public_key_text(&key.verifying_key()),
+                None,
+                0,
+            )
+            .unwrap();
+            // Another replica stored 10 and 12 (and 2,000, far ahead); 11 was in flight
+            // to this one when it died, and its broker session hands everything out again.
+            let mut other = Verifier::starting(v.keys().clone(), Freshness::default());
+            let c = other.check(vec![msg(10), msg(12)], now);
+            assert_eq!(
+                store.write_batch(&c.accepted, &[]).unwrap(),
+                vec![true, true]
+            );
+            let mut this = Verifier::starting(v.keys().clone(), Freshness::default());
+            let c = this.check(vec![msg(11), msg(12), msg(10), msg(13), msg(13)], now);
+            let seqs: Vec<u64> = c.accepted.iter().map(|m| m.envelope.seq).collect();
+            assert_eq!(
+                seqs,
+                vec![11, 12, 10, 13],
+                "the repeat of 13 is refused here"
+            );
+            assert_eq!(
+                store.write_batch(&c.accepted, &c.rejections).unwrap(),
+                vec![true, false, false, true],
+                "{url}: what was stored before is refused by the database"
+            );
+        }
     }
 
     #[test]

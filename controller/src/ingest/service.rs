@@ -143,11 +143,10 @@ pub async fn run(
         max_age_ms: config.ingest.max_age_secs.saturating_mul(1000),
         max_future_ms: config.ingest.max_future_secs.saturating_mul(1000),
     };
-    let recent = store.recent_seqs(smtpguard_protocol::replay::WINDOW)?;
-    // Each lane's windows hold what it has seen; the database arbitrates between them as
-    // it does between replicas.
+    // Each lane's replay windows hold what it has seen; the database arbitrates between
+    // them as it does between replicas (see `Verifier::starting`).
     let start = |lane| {
-        let verifier = Verifier::restored(key_cache.clone(), recent.clone(), freshness);
+        let verifier = Verifier::starting(key_cache.clone(), freshness);
         Session::start(config, lane, store.clone(), verifier, admission.clone())
     };
     let (alerts, bulk) = (start(Lane::Alerts)?, start(Lane::Bulk)?);

@@ -384,31 +384,6 @@ impl Store {
         Ok(out)
     }
 
-    /// The sequence numbers stored for each CPE within `window` below its highest one
-    /// (state messages aside), ascending: what a restarted replica's replay windows are
-    /// rebuilt from. Another replica may have stored numbers above the ones this replica
-    /// still has to commit (its broker session delivers them again after a crash); an exact
-    /// window accepts those, where [`Store::highest_seqs`] alone would refuse them as
-    /// replays and they would be acknowledged without being stored.
-    ///
-    /// # Errors
-    /// [`StoreError::Db`].
-    pub fn recent_seqs(&self, window: u64) -> Result<HashMap<String, Vec<u64>>, StoreError> {
-        let mut out: HashMap<String, Vec<u64>> = HashMap::new();
-        for r in self.db.query(
-            "SELECT m.cpe_id, m.seq FROM messages m
-             JOIN (SELECT cpe_id, MAX(seq) AS top FROM messages WHERE kind <> 'state'
-                   GROUP BY cpe_id) h
-               ON m.cpe_id = h.cpe_id AND m.seq > h.top - ?1
-             WHERE m.kind <> 'state'
-             ORDER BY m.cpe_id, m.seq",
-            crate::db_params![to_i64(window)],
-        )? {
-            out.entry(r.get(0)?).or_default().push(from_i64(r.get(1)?));
-        }
-        Ok(out)
-    }
-
     /// Whether `(cpe_id, seq)` is already stored.
     ///
     /// # Errors
@@ -1175,16 +1150,6 @@ mod tests {
                 .unwrap();
             assert_eq!(notified, 1, "{url}: one infected event, at one time");
             assert_eq!(a.highest_seqs().unwrap().get("cpe-1"), Some(&(3 + WINDOW)));
-            assert_eq!(
-                b.recent_seqs(WINDOW).unwrap().get("cpe-1"),
-                Some(&vec![4, 3 + WINDOW]),
-                "{url}"
-            );
-            assert_eq!(
-                b.recent_seqs(WINDOW + 2).unwrap().get("cpe-1"),
-                Some(&vec![2, 3, 4, 3 + WINDOW]),
-                "{url}"
-            );
         }
     }
 
