@@ -259,15 +259,14 @@ pub fn active_count(db: &impl Sql) -> Result<u64, StoreError> {
 /// # Errors
 /// [`StoreError::Db`].
 pub fn cpe_policy_version(db: &impl Sql, cpe_id: &str) -> Result<Option<i64>, StoreError> {
-    Ok(
-        match db.query_opt(
-            "SELECT cpe_policy_version FROM cpe_state WHERE cpe_id = ?1",
-            db_params![cpe_id],
-        )? {
-            Some(r) => r.get(0)?,
-            None => None,
-        },
-    )
+    let row = db.query_opt(
+        "SELECT cpe_policy_version FROM cpe_state WHERE cpe_id = ?1",
+        db_params![cpe_id],
+    )?;
+    Ok(match row {
+        Some(r) => r.get(0)?,
+        None => None,
+    })
 }
 
 /// Rows the tests set a fleet up with, written directly (no signed messages).

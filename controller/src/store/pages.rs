@@ -17,15 +17,14 @@ pub fn campaign(db: &impl Sql, id: &str, first_ms: u64) -> Result<Option<i64>, S
         "INSERT INTO campaigns (id, first_seen_ms) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
         db_params![id, first_ms],
     )?;
-    Ok(
-        match db.query_opt(
-            "SELECT pushed_version FROM campaigns WHERE id = ?1",
-            db_params![id],
-        )? {
-            Some(row) => row.get(0)?,
-            None => None,
-        },
-    )
+    let row = db.query_opt(
+        "SELECT pushed_version FROM campaigns WHERE id = ?1",
+        db_params![id],
+    )?;
+    Ok(match row {
+        Some(r) => r.get(0)?,
+        None => None,
+    })
 }
 
 /// Notes that campaign `id`'s indicators were pushed in fleet policy `version` at `now_ms`.
