@@ -19,11 +19,17 @@ pub mod arbiter;
 pub mod commands;
 pub mod db;
 pub mod devices;
+pub mod drafts;
+pub mod fleet;
 pub mod history;
+pub mod metrics;
 pub mod notifications;
+pub mod pages;
 pub mod partitions;
 pub mod retention;
 pub mod schema;
+pub mod senders;
+pub mod sessions;
 
 use std::collections::HashMap;
 use std::net::IpAddr;

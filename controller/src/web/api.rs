@@ -21,7 +21,7 @@ use serde_json::{json, Value};
 use super::abuse_desk::ListQuery;
 use super::auth;
 use super::campaign_page::{self, CampaignQuery};
-use super::fleet::{cpe_row, search, Filter, FleetQuery};
+use super::fleet::{cpe_row, FleetList, FleetQuery};
 use super::list;
 use super::portal::household_devices;
 use super::{AppState, WebError};
@@ -112,8 +112,8 @@ pub async fn fleet(
     let now = state.now_ms();
     let r = state
         .sql(move |conn| {
-            let f = Filter::parse(conn, &q)?;
-            let (total, cpes) = search(conn, &f, per_page, list::offset(f.page, per_page))?;
+            let f = FleetList::parse(conn, &q)?;
+            let (total, cpes) = f.search(conn, per_page, list::offset(f.page, per_page))?;
             let mut devices = Vec::new();
             for c in cpes.iter().filter(|c| c.flagged > 0) {
                 devices.extend(
@@ -458,7 +458,8 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::store::db::{Db, Sql};
+    use crate::store::db::Db;
+    use crate::store::fleet::fixtures::{cpe, held};
     use crate::store::Store;
 
     const TOKEN: &str = "replica-api-token-0123";
@@ -548,18 +549,9 @@ mod tests {
         let (one, two) = tokio::task::spawn_blocking(move || {
             let one = Store::open_url(&url).unwrap().into_db();
             let two = Store::open_url(&url).unwrap().into_db();
-            one.execute(
-                "INSERT INTO cpes (cpe_id, public_key, label) VALUES
-                    ('cpe-a', 'k', 'Kitchen'), ('cpe-b', 'k', NULL)",
-                &[],
-            )
-            .unwrap();
-            one.execute(
-                "INSERT INTO public_ips (cpe_id, ip, first_seen_ms, last_seen_ms)
-                 VALUES ('cpe-a', '203.0.113.7', 1764400000000, 1764600000000)",
-                &[],
-            )
-            .unwrap();
+            cpe(&*one, "cpe-a", Some("Kitchen"), None);
+            cpe(&*one, "cpe-b", None, None);
+            held(&*one, "cpe-a", "203.0.113.7", 1764400000000, 1764600000000);
             (one, two)
         })
         .await

@@ -4,11 +4,11 @@
 //! sessions and CSRF. [`staff`] checks the role a handler needs on the server, whatever the
 //! page showed; a session names its operator, so revoking them ends it.
 //!
-//! Tokens and session ids are stored only as SHA-256 hashes. The session cookie is
-//! `HttpOnly; SameSite=Strict`, and `Secure` when the site is public over https
-//! ([`super::WebSettings::secure_cookies`]) or a trusted proxy says the request came over
-//! https; every form carries the session's CSRF token, and a form post whose `Origin` names
-//! another site is refused even before that.
+//! Tokens and session ids are stored only as SHA-256 hashes (sessions by
+//! [`crate::store::sessions`]). The session cookie is `HttpOnly; SameSite=Strict`, and
+//! `Secure` when the site is public over https ([`super::WebSettings::secure_cookies`]) or a
+//! trusted proxy says the request came over https; every form carries the session's CSRF
+//! token, and a form post whose `Origin` names another site is refused even before that.
 //!
 //! # Login back-off
 //! Every request that presents a credential (`POST /login`, or any `Authorization` header)
@@ -33,10 +33,10 @@ use serde::Deserialize;
 
 use super::html::{esc, page, Nav};
 use super::{html_response, AppState, WebError};
-use crate::db_params;
 use crate::households::{self, hash_secret, new_secret};
 use crate::operators::{self, Level, TOKEN_OPERATOR};
 use crate::store::db::Sql;
+use crate::store::sessions::{self, Session};
 
 /// Name of the session cookie.
 pub const COOKIE: &str = "sg_session";
@@ -158,20 +158,10 @@ pub async fn caller(state: &AppState, headers: &HeaderMap) -> Result<Caller, Web
 /// The caller a session id stands for at `now_ms`. Sessions live in the database, so any
 /// replica answers for any session.
 fn session(db: &impl Sql, sid: &str, now_ms: u64) -> Result<Caller, WebError> {
-    let row = db.query_opt(
-        "SELECT role, household_id, operator_id, csrf FROM web_sessions
-         WHERE session_hash = ?1 AND expires_ms > ?2",
-        db_params![&hash_secret(sid), i64::try_from(now_ms).unwrap_or(i64::MAX)],
-    )?;
-    let Some(row) = row else {
+    let Some(found) = sessions::find(db, &hash_secret(sid), now_ms)? else {
         return Err(WebError::Unauthorized);
     };
-    let role: String = row.get(0)?;
-    let role = match (
-        role.as_str(),
-        row.get::<Option<i64>>(1)?,
-        row.get::<Option<i64>>(2)?,
-    ) {
+    let role = match (found.role.as_str(), found.household_id, found.operator_id) {
         // The operator's role is read afresh: a revoked operator's session ends here.
         ("noc", _, Some(id)) => {
             match operators::active(db, id).map_err(|e| WebError::Internal(e.to_string()))? {
@@ -185,7 +175,7 @@ fn session(db: &impl Sql, sid: &str, now_ms: u64) -> Result<Caller, WebError> {
     };
     Ok(Caller {
         role,
-        csrf: Some(row.get(3)?),
+        csrf: Some(found.csrf),
     })
 }
 
@@ -413,28 +403,24 @@ fn start_session(
         return Ok(None);
     };
     let sid = new_secret("s_");
-    let csrf = new_secret("c_");
-    let (name, hh, op) = match &role {
+    let (name, household_id, operator_id) = match &role {
         Role::Noc(s) => ("noc", None, s.operator_id),
         Role::Household(id) => ("household", Some(*id), None),
+    };
+    let session = Session {
+        role: name.to_string(),
+        household_id,
+        operator_id,
+        csrf: new_secret("c_"),
     };
     let (actor, detail) = match &role {
         Role::Noc(s) => (s.name.clone(), s.level.as_str().to_string()),
         Role::Household(id) => (format!("household:{id}"), "subscriber".to_string()),
     };
-    let now = i64::try_from(now_ms).unwrap_or(i64::MAX);
-    let expires = i64::try_from(now_ms.saturating_add(ttl_ms)).unwrap_or(i64::MAX);
+    let hash = hash_secret(&sid);
+    let expires_ms = now_ms.saturating_add(ttl_ms);
     db.transaction(|tx| {
-        tx.execute(
-            "DELETE FROM web_sessions WHERE expires_ms <= ?1",
-            db_params![now],
-        )?;
-        tx.execute(
-            "INSERT INTO web_sessions (session_hash, role, household_id, operator_id, csrf,
-                created_ms, expires_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            db_params![&hash_secret(&sid), name, hh, op, &csrf, now, expires],
-        )?;
+        sessions::start(tx, &hash, &session, now_ms, expires_ms)?;
         crate::audit::record(tx, now_ms, &actor, "sign_in", "web", "ok", &detail)?;
         Ok::<_, WebError>(())
     })?;
@@ -465,13 +451,7 @@ pub async fn logout(
     }
     if let Some(sid) = cookie(&headers, COOKIE).map(str::to_string) {
         let _ = state
-            .sql(move |db| {
-                db.execute(
-                    "DELETE FROM web_sessions WHERE session_hash = ?1",
-                    db_params![&hash_secret(&sid)],
-                )?;
-                Ok(())
-            })
+            .sql(move |db| Ok(sessions::end(db, &hash_secret(&sid))?))
             .await;
     }
     let clear = format!(
@@ -917,12 +897,18 @@ mod tests {
             assert!(refused
                 .iter()
                 .all(|e| e.outcome == "refused" && !e.target.contains("wrong")));
-            let ok: i64 = one
-                .query_one(
-                    "SELECT COUNT(*) FROM audit_log WHERE action = 'sign_in' AND outcome = 'ok'",
-                    db_params![],
-                )
-                .unwrap();
+            let ok = crate::audit::list(
+                &*one,
+                &crate::audit::Filter {
+                    action: Some("sign_in".into()),
+                    ..Default::default()
+                },
+                crate::audit::PAGE_MAX,
+            )
+            .unwrap()
+            .iter()
+            .filter(|e| e.outcome == "ok")
+            .count();
             assert_eq!(ok, 3);
         }
     }

@@ -421,19 +421,8 @@ pub async fn one(
                     .unwrap_or_default();
                 device_names.insert((m.cpe_id.clone(), mac), name);
             }
-            let routers: i64 = Sql::query_one(
-                conn,
-                "SELECT COUNT(*) FROM cpes WHERE revoked_at_ms IS NULL",
-                &[],
-            )?;
-            Ok((
-                c,
-                pushed,
-                names,
-                device_names,
-                reports,
-                u64::try_from(routers).unwrap_or(0),
-            ))
+            let routers = crate::store::fleet::active_count(conn)?;
+            Ok((c, pushed, names, device_names, reports, routers))
         })
         .await;
     let (c, pushed, names, device_names, reports, routers) = match loaded {
@@ -636,13 +625,7 @@ pub async fn push_campaign_indicators(
         .map_err(WebError::BadRequest)?;
     let id = campaign.id.clone();
     state
-        .sql(move |db| {
-            db.execute(
-                "UPDATE campaigns SET pushed_version = ?2, pushed_ms = ?3 WHERE id = ?1",
-                crate::db_params![&id, version, now],
-            )?;
-            Ok(())
-        })
+        .sql(move |db| Ok(crate::store::pages::campaign_pushed(db, &id, version, now)?))
         .await?;
     tracing::info!(campaign = %campaign.id, version, "campaign indicators pushed");
     Ok(version)

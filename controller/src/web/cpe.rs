@@ -17,15 +17,15 @@ use serde::Deserialize;
 use smtpguard_protocol::{Action, MacAddr, Policy};
 
 use super::auth::{self, csrf_field, Caller};
-use super::fleet::{cpe_row, CpeRow};
+use super::fleet::cpe_row;
 use super::html::{self, esc, path_seg, Table};
 use super::noc::{device_rows, noc_page};
 use super::{AppState, WebError};
 use crate::commands::Order;
-use crate::db_params;
 use crate::households;
 use crate::operators::Level;
 use crate::store::db::Sql;
+use crate::store::fleet::CpeRow;
 use crate::verdicts::{self, plural, DeviceView};
 
 /// Block times the page offers, in seconds, with their words.
@@ -34,27 +34,6 @@ pub const BLOCK_CHOICES: [(u32, &str); 3] = [
     (24 * 3600, "24 hours"),
     (7 * 24 * 3600, "7 days"),
 ];
-
-/// The newest per-router override of `cpe_id`: its version and policy.
-///
-/// # Errors
-/// Database errors; a stored policy that no longer parses.
-pub fn cpe_override(db: &impl Sql, cpe_id: &str) -> Result<Option<(u64, Policy)>, WebError> {
-    let row: Option<(i64, String)> = match db.query_opt(
-        "SELECT version, policy_json FROM policies WHERE scope = 'cpe' AND cpe_id = ?1
-         ORDER BY version DESC LIMIT 1",
-        db_params![cpe_id],
-    )? {
-        Some(r) => Some((r.get(0)?, r.get(1)?)),
-        None => None,
-    };
-    row.map(|(v, json)| {
-        let p: Policy = serde_json::from_str(&json)
-            .map_err(|e| WebError::Internal(format!("stored override v{v}: {e}")))?;
-        Ok((u64::try_from(v).unwrap_or(0), p))
-    })
-    .transpose()
-}
 
 /// Flash messages after a redirect.
 #[derive(Debug, Default, Deserialize)]
@@ -89,28 +68,22 @@ fn load(conn: &impl Sql, id: &str, now: u64) -> Result<Loaded, WebError> {
         .collect();
     let commands = crate::store::commands::list(conn, id, now, 50)
         .map_err(|e| WebError::Internal(e.to_string()))?;
-    let abuse_reports: i64 = Sql::query_one(
+    let abuse_reports = crate::abuse::count_filtered(
         conn,
-        "SELECT COUNT(*) FROM abuse_reports WHERE cpe_id = ?1",
-        db_params![id],
+        &crate::abuse::ReportFilter {
+            cpe_id: Some(id.to_string()),
+            ..crate::abuse::ReportFilter::default()
+        },
     )?;
-    let cpe_policy_applied: Option<i64> = match Sql::query_opt(
-        conn,
-        "SELECT cpe_policy_version FROM cpe_state WHERE cpe_id = ?1",
-        db_params![id],
-    )? {
-        Some(r) => r.get(0)?,
-        None => None,
-    };
     Ok(Loaded {
         row,
         devices,
         releases,
         commands,
-        override_policy: cpe_override(conn, id)?,
+        override_policy: crate::store::drafts::cpe_override(conn, id)?,
         fleet_policy: super::policy_editor::current_fleet_policy(conn)?,
         abuse_reports: usize::try_from(abuse_reports).unwrap_or(0),
-        cpe_policy_applied,
+        cpe_policy_applied: crate::store::fleet::cpe_policy_version(conn, id)?,
         allowed: crate::policy::allowed_devices(conn, id)?,
     })
 }
@@ -607,38 +580,5 @@ pub async fn policy_override(
         ))
         .into_response(),
         Err(e) => WebError::BadRequest(format!("Not sent: {e}")).page(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_newest_override_is_read_on_both_backends() {
-        for (url, _dir) in crate::store::db::tests::backends() {
-            let store = crate::store::Store::open_url(&url).unwrap();
-            let db = &**store.db();
-            assert!(cpe_override(db, "cpe-1").unwrap().is_none(), "{url}");
-            for (version, rate) in [(4u64, 40u32), (9, 90)] {
-                let policy = Policy {
-                    rate_limit_per_minute: rate,
-                    ..Policy::default()
-                };
-                db.execute(
-                    "INSERT INTO policies (version, scope, cpe_id, policy_json, wire, created_ms)
-                     VALUES (?1, 'cpe', 'cpe-1', ?2, ?3, 0)",
-                    db_params![
-                        version,
-                        &serde_json::to_string(&policy).unwrap(),
-                        &[0u8][..]
-                    ],
-                )
-                .unwrap();
-            }
-            let (version, policy) = cpe_override(db, "cpe-1").unwrap().unwrap();
-            assert_eq!((version, policy.rate_limit_per_minute), (9, 90), "{url}");
-            assert!(cpe_override(db, "cpe-2").unwrap().is_none(), "{url}");
-        }
     }
 }

@@ -126,8 +126,11 @@ fn devices(conn: &impl Sql, now: u64, q: &devices::DeviceQuery) -> Result<Table,
 }
 
 fn cpes(db: &impl Sql, q: &fleet::FleetQuery) -> Result<Table, WebError> {
-    let filter = fleet::Filter::parse(db, q)?;
-    let (_, list) = fleet::search(db, &filter, u32::try_from(ROWS_MAX).unwrap_or(u32::MAX), 0)?;
+    let (_, list) = fleet::FleetList::parse(db, q)?.search(
+        db,
+        u32::try_from(ROWS_MAX).unwrap_or(u32::MAX),
+        0,
+    )?;
     let rows = list
         .iter()
         .map(|c| {

@@ -3,9 +3,9 @@
 //! Counters from the database (messages stored by kind, rejections by reason — every
 //! [`RejectionReason`], zeros included —, rows deleted by retention per table), gauges
 //! computed from the current views (devices by verdict, CPEs by status, CPEs per applied
-//! fleet policy version), the web layer's own counters, and the embedded broker's and
-//! policy watch's ([`crate::broker::stats`]). Messages stored count the ones retention
-//! deleted since, so the counter never goes down.
+//! fleet policy version), all read by [`crate::store::metrics::snapshot`]; the web layer's
+//! own counters, and the embedded broker's and policy watch's ([`crate::broker::stats`]).
+//! Messages stored count the ones retention deleted since, so the counter never goes down.
 
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
@@ -16,96 +16,9 @@ use axum::response::{IntoResponse, Response};
 use smtpguard_protocol::{Kind, RejectionReason, Verdict};
 
 use super::api::ABUSE_LABELS;
-use super::{AppState, WebError};
-use crate::store::db::{DbError, FromValue, Sql};
+use super::AppState;
+use crate::store::metrics::{count, snapshot, Snapshot};
 use crate::verdicts;
-
-struct Snapshot {
-    by_kind: Vec<(String, i64)>,
-    rejections: Vec<(String, i64)>,
-    devices: [usize; 3],
-    cpes: Vec<(String, i64)>,
-    rollout: Vec<(Option<i64>, i64)>,
-    abuse: Vec<(bool, i64)>,
-    releases: Vec<(String, i64)>,
-    commands: Vec<(String, i64)>,
-    command_sends: i64,
-    notifications: Vec<(String, String, i64)>,
-    retention: crate::store::retention::Totals,
-}
-
-fn pairs<T: FromValue>(db: &impl Sql, sql: &str) -> Result<Vec<(T, i64)>, WebError> {
-    let rows = db.query(sql, &[])?;
-    Ok(rows
-        .iter()
-        .map(|r| Ok((r.get(0)?, r.get(1)?)))
-        .collect::<Result<_, DbError>>()?)
-}
-
-fn snapshot(conn: &impl Sql, now_ms: u64) -> Result<Snapshot, WebError> {
-    let counts = crate::store::devices::counts(conn, now_ms)?;
-    let devices = counts
-        .by_verdict
-        .map(|n| usize::try_from(n).unwrap_or(usize::MAX));
-    let notifications =
-        crate::store::notifications::counts(conn).map_err(|e| WebError::Internal(e.to_string()))?;
-    let retention =
-        crate::store::retention::totals(conn).map_err(|e| WebError::Internal(e.to_string()))?;
-    tallied(conn, now_ms, devices, notifications, retention)
-}
-
-/// The snapshot's own counts, read with `db`, around what the other modules counted.
-fn tallied(
-    db: &impl Sql,
-    now_ms: u64,
-    devices: [usize; 3],
-    notifications: Vec<(String, String, i64)>,
-    retention: crate::store::retention::Totals,
-) -> Result<Snapshot, WebError> {
-    Ok(Snapshot {
-        by_kind: pairs(db, "SELECT kind, COUNT(*) FROM messages GROUP BY kind")?,
-        rejections: pairs(db, "SELECT reason, count FROM rejections")?,
-        devices,
-        cpes: pairs(
-            db,
-            "SELECT COALESCE(s.status, 'unknown'), COUNT(*) FROM cpes c
-             LEFT JOIN cpe_state s ON s.cpe_id = c.cpe_id WHERE c.revoked_at_ms IS NULL
-             GROUP BY 1",
-        )?,
-        rollout: pairs(
-            db,
-            "SELECT s.fleet_policy_version, COUNT(*) FROM cpes c
-             LEFT JOIN cpe_state s ON s.cpe_id = c.cpe_id WHERE c.revoked_at_ms IS NULL
-             GROUP BY 1",
-        )?,
-        abuse: pairs(
-            db,
-            "SELECT mac IS NOT NULL, COUNT(*) FROM abuse_reports GROUP BY 1",
-        )?,
-        releases: pairs(
-            db,
-            "SELECT status, COUNT(*) FROM release_requests GROUP BY status",
-        )?,
-        // `now_ms` is a number, so formatting it into the statement is safe.
-        commands: pairs(
-            db,
-            &format!(
-                "SELECT CASE WHEN status IN ('sent', 'unsent') AND expires_ms <= {now_ms}
-                 THEN 'expired' ELSE status END, COUNT(*) FROM commands GROUP BY 1"
-            ),
-        )?,
-        command_sends: db.query_one(
-            "SELECT CAST(COALESCE(SUM(sends), 0) AS BIGINT) FROM commands",
-            &[],
-        )?,
-        notifications,
-        retention,
-    })
-}
-
-fn get(rows: &[(String, i64)], key: &str) -> i64 {
-    rows.iter().find(|(k, _)| k == key).map_or(0, |(_, v)| *v)
-}
 
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -134,7 +47,7 @@ fn render(s: &Snapshot, state: &AppState) -> String {
             o,
             "smtpguard_messages_stored_total{{kind=\"{}\"}} {}",
             k.as_str(),
-            u64::try_from(get(&s.by_kind, k.as_str()))
+            u64::try_from(count(&s.by_kind, k.as_str()))
                 .unwrap_or(0)
                 .saturating_add(deleted)
         );
@@ -186,7 +99,7 @@ fn render(s: &Snapshot, state: &AppState) -> String {
             o,
             "smtpguard_rejections_total{{reason=\"{}\"}} {}",
             r.as_str(),
-            get(&s.rejections, r.as_str())
+            count(&s.rejections, r.as_str())
         );
     }
     header(
@@ -217,7 +130,11 @@ fn render(s: &Snapshot, state: &AppState) -> String {
         "Enrolled CPEs by last reported status.",
     );
     for st in ["online", "offline", "unknown"] {
-        let _ = writeln!(o, "smtpguard_cpes{{status=\"{st}\"}} {}", get(&s.cpes, st));
+        let _ = writeln!(
+            o,
+            "smtpguard_cpes{{status=\"{st}\"}} {}",
+            count(&s.cpes, st)
+        );
     }
     header(
         &mut o,
@@ -225,7 +142,7 @@ fn render(s: &Snapshot, state: &AppState) -> String {
         "gauge",
         "Enrolled CPEs currently online.",
     );
-    let _ = writeln!(o, "smtpguard_cpes_online {}", get(&s.cpes, "online"));
+    let _ = writeln!(o, "smtpguard_cpes_online {}", count(&s.cpes, "online"));
     header(
         &mut o,
         "smtpguard_policy_applied_cpes",
@@ -279,7 +196,7 @@ fn render(s: &Snapshot, state: &AppState) -> String {
         let _ = writeln!(
             o,
             "smtpguard_release_requests{{status=\"{st}\"}} {}",
-            get(&s.releases, st)
+            count(&s.releases, st)
         );
     }
     header(
@@ -292,7 +209,7 @@ fn render(s: &Snapshot, state: &AppState) -> String {
         let _ = writeln!(
             o,
             "smtpguard_commands{{status=\"{st}\"}} {}",
-            get(&s.commands, st)
+            count(&s.commands, st)
         );
     }
     header(
@@ -383,7 +300,7 @@ fn render(s: &Snapshot, state: &AppState) -> String {
 /// `GET /metrics`.
 pub async fn metrics(State(state): State<AppState>) -> Response {
     let now = state.now_ms();
-    match state.sql(move |conn| snapshot(conn, now)).await {
+    match state.sql(move |conn| Ok(snapshot(conn, now)?)).await {
         Ok(s) => (
             [(
                 header::CONTENT_TYPE,
@@ -426,63 +343,6 @@ mod tests {
         text.lines()
             .find(|l| l.starts_with(name))
             .unwrap_or_else(|| panic!("no {name} in\n{text}"))
-    }
-
-    /// The counts `/metrics` reads itself, on both backends: CPEs by status and by applied
-    /// version, abuse reports matched or not, commands with the expired ones apart, sends.
-    #[test]
-    fn the_own_counts_read_the_same_on_both_backends() {
-        for (url, _dir) in crate::store::db::tests::backends() {
-            let store = Store::open_url(&url).unwrap();
-            let db = &**store.db();
-            db.execute(
-                "INSERT INTO cpes (cpe_id, public_key) VALUES ('a', 'k'), ('b', 'k'), ('c', 'k')",
-                &[],
-            )
-            .unwrap();
-            db.execute(
-                "INSERT INTO cpe_state (cpe_id, status, fleet_policy_version, updated_ms)
-                 VALUES ('a', 'online', 4, 1), ('b', 'online', 4, 1)",
-                &[],
-            )
-            .unwrap();
-            db.execute(
-                "INSERT INTO rejections (reason, count) VALUES ('replay', 7)",
-                &[],
-            )
-            .unwrap();
-            for (mac, confidence) in [(Some("02:00:00:00:00:01"), "exact"), (None, "unmatched")] {
-                db.execute(
-                    "INSERT INTO abuse_reports (received_ms, source, public_ip, at_ms,
-                        confidence, mac, result_json)
-                     VALUES (1, 'json', '192.0.2.1', 1, ?1, ?2, '{}')",
-                    crate::db_params![confidence, mac],
-                )
-                .unwrap();
-            }
-            for (id, expires, sends) in [(1u64, 50u64, 2u64), (2, 500, 1)] {
-                db.execute(
-                    "INSERT INTO commands (cpe_id, command_id, action, mac, secs, issued_ms,
-                        expires_ms, wire, status, sends)
-                     VALUES ('a', ?1, 'block', '02:00:00:00:00:01', 60, 1, ?2, ?3, 'sent', ?4)",
-                    crate::db_params![id, expires, &[0u8][..], sends],
-                )
-                .unwrap();
-            }
-            let s = tallied(db, 100, [0; 3], Vec::new(), Default::default()).unwrap();
-            assert_eq!(s.rejections, [("replay".to_string(), 7)], "{url}");
-            assert_eq!(get(&s.cpes, "online"), 2, "{url}");
-            assert_eq!(get(&s.cpes, "unknown"), 1, "{url}");
-            let mut rollout = s.rollout.clone();
-            rollout.sort();
-            assert_eq!(rollout, [(None, 1), (Some(4), 2)], "{url}");
-            let mut abuse = s.abuse.clone();
-            abuse.sort();
-            assert_eq!(abuse, [(false, 1), (true, 1)], "{url}");
-            assert_eq!(get(&s.commands, "expired"), 1, "{url}");
-            assert_eq!(get(&s.commands, "sent"), 1, "{url}");
-            assert_eq!(s.command_sends, 3, "{url}");
-        }
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! and how many routers would receive it. "Sign and publish" needs a change note, refuses a
 //! policy that changes nothing, and checks again. Every earlier version can be rolled back
 //! to, which publishes its content as a new, higher version (routers refuse older ones).
+//! The versions, notes and rollout view are read through [`crate::store::drafts`].
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -17,16 +18,17 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::Form;
 use serde::Deserialize;
-use smtpguard_protocol::{Policy, PolicyScope};
+use smtpguard_protocol::Policy;
 
 use super::auth::{self, csrf_field, Caller, Staff};
 use super::html::{self, esc, Table};
 use super::noc::noc_page;
 use super::{AppState, WebError};
 use crate::audit;
-use crate::db_params;
 use crate::operators::Level;
-use crate::store::db::{Param, Sql};
+use crate::store::db::Sql;
+use crate::store::drafts::{self, Version};
+use crate::store::RolloutRow;
 
 /// Longest change note kept (characters).
 pub const NOTE_MAX: usize = 500;
@@ -34,82 +36,12 @@ pub const NOTE_MAX: usize = 500;
 /// Versions the history lists.
 const HISTORY_MAX: usize = 20;
 
-/// One published fleet version, as the editor and the history show it.
-#[derive(Debug, Clone)]
-struct Version {
-    version: u64,
-    policy: Policy,
-    /// The text it was published from (`None` for versions signed before texts were kept,
-    /// or outside the editor).
-    text: Option<String>,
-    created_ms: u64,
-    actor: Option<String>,
-    note: Option<String>,
-}
-
-/// Fleet versions as the editor reads them: `filter` (with `?1` bound to the fleet scope
-/// and `?2` to `arg`) after the common columns.
-fn read_versions(db: &impl Sql, filter: &str, arg: i64) -> Result<Vec<Version>, WebError> {
-    let rows = db.query(
-        &format!(
-            "SELECT version, policy_json, source_text, created_ms, actor, note FROM policies
-             WHERE scope = ?1 {filter}"
-        ),
-        &[
-            Param::from(crate::store::scope_name(PolicyScope::Fleet)),
-            Param::from(arg),
-        ],
-    )?;
-    let mut out = Vec::with_capacity(rows.len());
-    for r in rows {
-        let version: i64 = r.get(0)?;
-        let policy: Policy = serde_json::from_str(&r.get::<String>(1)?)
-            .map_err(|e| WebError::Internal(format!("stored policy v{version}: {e}")))?;
-        out.push(Version {
-            version: u64::try_from(version).unwrap_or(0),
-            policy,
-            text: r.get(2)?,
-            created_ms: u64::try_from(r.get::<i64>(3)?).unwrap_or(0),
-            actor: r.get(4)?,
-            note: r.get(5)?,
-        });
-    }
-    Ok(out)
-}
-
-/// The newest `limit` fleet versions, newest first.
-fn versions(db: &impl Sql, limit: usize) -> Result<Vec<Version>, WebError> {
-    read_versions(
-        db,
-        "ORDER BY version DESC LIMIT ?2",
-        i64::try_from(limit).unwrap_or(i64::MAX),
-    )
-}
-
-/// Fleet version `version`, if it exists.
-fn version(db: &impl Sql, version: u64) -> Result<Option<Version>, WebError> {
-    Ok(read_versions(
-        db,
-        "AND version = ?2",
-        i64::try_from(version).unwrap_or(i64::MAX),
-    )?
-    .into_iter()
-    .next())
-}
-
 /// The newest fleet policy, or the default when none was ever published.
 ///
 /// # Errors
 /// Database errors, or a stored policy that no longer parses.
 pub(crate) fn current_fleet_policy(db: &impl Sql) -> Result<Policy, WebError> {
-    Ok(versions(db, 1)?
-        .into_iter()
-        .next()
-        .map_or_else(Policy::default, |v| v.policy))
-}
-
-fn routers(db: &impl Sql) -> Result<u64, WebError> {
-    Ok(db.query_one("SELECT COUNT(*) FROM cpes WHERE revoked_at_ms IS NULL", &[])?)
+    Ok(drafts::current_fleet_policy(db)?)
 }
 
 /// A policy as editable text: no version (assigned when signing) and every number as
@@ -209,12 +141,13 @@ pub(crate) async fn remember(
 ) {
     let kept = state
         .sql(move |db| {
-            db.execute(
-                "UPDATE policies SET source_text = ?2, note = ?3, actor = ?4
-                 WHERE scope = 'fleet' AND version = ?1",
-                db_params![version, text.as_ref(), &note, &actor],
-            )?;
-            Ok(())
+            Ok(drafts::remember(
+                db,
+                version,
+                text.as_deref(),
+                &note,
+                &actor,
+            )?)
         })
         .await;
     if let Err(e) = kept {
@@ -225,7 +158,7 @@ pub(crate) async fn remember(
 /// What the page shows besides the editor.
 struct Data {
     versions: Vec<Version>,
-    rollout: Vec<crate::store::RolloutRow>,
+    rollout: Vec<RolloutRow>,
     latest: Option<u64>,
     routers: u64,
     rollouts: Vec<super::rollout::Shown>,
@@ -234,13 +167,13 @@ struct Data {
 async fn load(state: &AppState) -> Result<Data, WebError> {
     state
         .sql(|db| {
-            let versions = versions(db, HISTORY_MAX)?;
-            let (rollout, latest) = rollout(db)?;
+            let versions = drafts::versions(db, HISTORY_MAX)?;
+            let (rollout, latest) = drafts::rollout(db)?;
             Ok(Data {
                 versions,
                 rollout,
                 latest,
-                routers: routers(db)?,
+                routers: crate::store::fleet::active_count(db)?,
                 rollouts: super::rollout::load(db)?,
             })
         })
@@ -367,9 +300,8 @@ const LAGGING_SHOWN: usize = 50;
 /// The rollout of the fleet policy: how many routers run each version (each a link to the
 /// fleet list filtered by it), then the routers behind or refusing, at most
 /// [`LAGGING_SHOWN`] of them with their refusals.
-fn rollout_table(b: &mut String, rollout: &[crate::store::RolloutRow], latest: Option<u64>) {
-    let is_current =
-        |r: &crate::store::RolloutRow| latest.is_some() && r.fleet_policy_version == latest;
+fn rollout_table(b: &mut String, rollout: &[RolloutRow], latest: Option<u64>) {
+    let is_current = |r: &RolloutRow| latest.is_some() && r.fleet_policy_version == latest;
     let applied = rollout.iter().filter(|r| is_current(r)).count();
     let _ = write!(
         b,
@@ -403,7 +335,7 @@ fn rollout_table(b: &mut String, rollout: &[crate::store::RolloutRow], latest: O
         t.row("", &[("", format!("{}{badge}", esc(&name))), ("", link)]);
     }
     b.push_str(&t.finish());
-    let lagging: Vec<&crate::store::RolloutRow> = rollout
+    let lagging: Vec<&RolloutRow> = rollout
         .iter()
         .filter(|r| !is_current(r) || !r.refusals.is_empty())
         .collect();
@@ -666,11 +598,12 @@ pub async fn rollback(
         Ok(d) => d,
         Err(e) => return e.page(),
     };
-    let Version { policy, text, .. } = match state.sql(move |db| self::version(db, version)).await {
-        Ok(Some(v)) => v,
-        Ok(None) => return WebError::NotFound.page(),
-        Err(e) => return e.page(),
-    };
+    let Version { policy, text, .. } =
+        match state.sql(move |db| Ok(drafts::version(db, version)?)).await {
+            Ok(Some(v)) => v,
+            Ok(None) => return WebError::NotFound.page(),
+            Err(e) => return e.page(),
+        };
     let before = data
         .versions
         .first()
@@ -717,178 +650,5 @@ pub async fn rollback(
             Redirect::to(&format!("/noc/policy?saved={v}")).into_response()
         }
         Err(e) => view_error(format!("Not published: {e}")),
-    }
-}
-
-fn rollout(db: &impl Sql) -> Result<(Vec<crate::store::RolloutRow>, Option<u64>), WebError> {
-    // Same view as the store's rollout, over this handle.
-    let latest: Option<i64> = db.query_one(
-        "SELECT MAX(version) FROM policies WHERE scope = 'fleet'",
-        &[],
-    )?;
-    let rows = db.query(
-        "SELECT c.cpe_id, s.status, s.fleet_policy_version, s.cpe_policy_version,
-            (SELECT MAX(version) FROM policy_acks a
-              WHERE a.cpe_id = c.cpe_id AND a.scope = 'fleet' AND a.outcome = 'applied'),
-            (SELECT MAX(version) FROM policy_acks a
-              WHERE a.cpe_id = c.cpe_id AND a.scope = 'cpe' AND a.outcome = 'applied')
-         FROM cpes c LEFT JOIN cpe_state s ON s.cpe_id = c.cpe_id ORDER BY c.cpe_id",
-        &[],
-    )?;
-    // The higher of the reported and the acknowledged version; none when neither is above 0.
-    let version = |a: Option<i64>, b: Option<i64>| {
-        u64::try_from(a.unwrap_or(0).max(b.unwrap_or(0)))
-            .ok()
-            .filter(|v| *v > 0)
-    };
-    let mut out: Vec<crate::store::RolloutRow> = Vec::with_capacity(rows.len());
-    for r in rows {
-        out.push(crate::store::RolloutRow {
-            cpe_id: r.get(0)?,
-            status: r.get(1)?,
-            fleet_policy_version: version(r.get(2)?, r.get(4)?),
-            cpe_policy_version: version(r.get(3)?, r.get(5)?),
-            refusals: Vec::new(),
-        });
-    }
-    let refusals = db.query(
-        "SELECT cpe_id, scope, version, COALESCE(reason, '') FROM policy_acks
-         WHERE outcome = 'refused' ORDER BY version DESC LIMIT 5000",
-        &[],
-    )?;
-    for refusal in refusals {
-        let cpe: String = refusal.get(0)?;
-        if let Some(row) = out.iter_mut().find(|r| r.cpe_id == cpe) {
-            row.refusals.push((
-                refusal.get(1)?,
-                refusal.get::<u64>(2).unwrap_or(0),
-                refusal.get(3)?,
-            ));
-        }
-    }
-    let rows = out;
-    Ok((rows, latest.and_then(|v| u64::try_from(v).ok())))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::store::db::tests::backends;
-
-    fn publish(db: &impl Sql, version: u64, scope: &str, cpe: Option<&str>, rate: u32) {
-        let policy = Policy {
-            policy_version: version,
-            rate_limit_per_minute: rate,
-            ..Policy::default()
-        };
-        db.execute(
-            "INSERT INTO policies (version, scope, cpe_id, policy_json, wire, created_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            db_params![
-                version,
-                scope,
-                cpe,
-                &serde_json::to_string(&policy).unwrap(),
-                &[1u8, 2][..],
-                version * 1000
-            ],
-        )
-        .unwrap();
-    }
-
-    /// The history, the live version and the rollout view read the same on both backends:
-    /// a router's applied version is the higher of what it reported and what it acked.
-    #[test]
-    fn versions_and_the_rollout_view_read_the_same_on_both_backends() {
-        for (url, _dir) in backends() {
-            let store = crate::store::Store::open_url(&url).unwrap();
-            let db = &**store.db();
-            assert_eq!(
-                current_fleet_policy(db).unwrap(),
-                Policy::default(),
-                "{url}"
-            );
-            for (id, revoked) in [("cpe-1", None), ("cpe-2", None), ("cpe-3", Some(1u64))] {
-                db.execute(
-                    "INSERT INTO cpes (cpe_id, public_key, revoked_at_ms) VALUES (?1, 'k', ?2)",
-                    db_params![id, revoked],
-                )
-                .unwrap();
-            }
-            publish(db, 1, "fleet", None, 10);
-            publish(db, 2, "cpe", Some("cpe-1"), 20);
-            publish(db, 3, "fleet", None, 30);
-            db.execute(
-                "UPDATE policies SET source_text = 'rate', note = 'why', actor = 'alice'
-                 WHERE version = 3",
-                &[],
-            )
-            .unwrap();
-            let listed: Vec<u64> = versions(db, 10)
-                .unwrap()
-                .iter()
-                .map(|v| v.version)
-                .collect();
-            assert_eq!(listed, [3, 1], "{url}");
-            let v3 = version(db, 3).unwrap().unwrap();
-            assert_eq!(
-                (
-                    v3.text.as_deref(),
-                    v3.note.as_deref(),
-                    v3.actor.as_deref(),
-                    v3.created_ms
-                ),
-                (Some("rate"), Some("why"), Some("alice"), 3000),
-                "{url}"
-            );
-            assert!(
-                version(db, 2).unwrap().is_none(),
-                "a per-CPE version: {url}"
-            );
-            assert_eq!(current_fleet_policy(db).unwrap().rate_limit_per_minute, 30);
-            assert_eq!(routers(db).unwrap(), 2, "{url}");
-
-            // cpe-1 reported fleet v1 and acked v3; cpe-2 reported v3, refused per-CPE v2.
-            db.execute(
-                "INSERT INTO cpe_state (cpe_id, status, fleet_policy_version, updated_ms)
-                 VALUES ('cpe-1', 'online', 1, 5), ('cpe-2', 'online', 3, 5)",
-                &[],
-            )
-            .unwrap();
-            db.execute(
-                "INSERT INTO policy_acks (cpe_id, scope, version, outcome, reason, at_ms)
-                 VALUES ('cpe-1', 'fleet', 3, 'applied', NULL, 6),
-                        ('cpe-1', 'cpe', 2, 'applied', NULL, 6),
-                        ('cpe-2', 'cpe', 2, 'refused', 'not mine', 6)",
-                &[],
-            )
-            .unwrap();
-            let (rows, latest) = rollout(db).unwrap();
-            assert_eq!(latest, Some(3), "{url}");
-            let applied: Vec<(&str, Option<u64>, Option<u64>)> = rows
-                .iter()
-                .map(|r| {
-                    (
-                        r.cpe_id.as_str(),
-                        r.fleet_policy_version,
-                        r.cpe_policy_version,
-                    )
-                })
-                .collect();
-            assert_eq!(
-                applied,
-                [
-                    ("cpe-1", Some(3), Some(2)),
-                    ("cpe-2", Some(3), None),
-                    ("cpe-3", None, None)
-                ],
-                "{url}"
-            );
-            assert_eq!(
-                rows[1].refusals,
-                [("cpe".to_string(), 2, "not mine".to_string())],
-                "{url}"
-            );
-        }
     }
 }

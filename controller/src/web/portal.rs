@@ -13,10 +13,11 @@ use serde::Deserialize;
 use smtpguard_protocol::{Action, MacAddr, Verdict};
 
 use super::auth::{self, csrf_field, Caller};
-use super::fleet::{cpe_row, CpeRow};
+use super::fleet::cpe_row;
 use super::html::{self, esc, page, path_seg, Nav, Table};
 use super::{html_response, AppState, WebError};
 use crate::households::{self, Household, ReleaseProgress, ReleaseRequest};
+use crate::store::fleet::CpeRow;
 use crate::verdicts::{self, plural, DeviceView};
 
 /// What the portal shows a household: its routers, devices, release requests and the zone

@@ -7,7 +7,8 @@
 //!
 //! A household declares only devices its own routers reported (the same list its portal
 //! shows); anything else is answered 404, as if it did not exist. Every declaration,
-//! decision and allowance is audited.
+//! decision and allowance is audited. The declarations and allowances are stored by
+//! [`crate::store::senders`].
 
 use std::fmt::Write as _;
 
@@ -21,29 +22,14 @@ use smtpguard_protocol::MacAddr;
 use super::auth::{self, csrf_field};
 use super::html::{self, esc, page, path_seg, Nav, Table};
 use super::{html_response, AppState, WebError};
-use crate::db_params;
 use crate::operators::Level;
-use crate::store::db::Sql;
+use crate::store::senders::{self as store, Allowed, Decided};
 
 /// Longest reason kept (characters).
 pub const REASON_MAX: usize = 500;
 
-/// Declarations the NOC page lists.
-const LISTED: usize = 200;
-
-/// One declaration.
-#[derive(Debug, Clone)]
-struct Declaration {
-    id: i64,
-    household: String,
-    cpe_id: String,
-    mac: String,
-    kind: String,
-    reason: String,
-    status: String,
-    requested_ms: u64,
-    decided_by: Option<String>,
-}
+/// Declarations a page lists.
+const LISTED: u32 = 200;
 
 fn kind_text(kind: &str) -> &'static str {
     if kind == "server" {
@@ -51,113 +37,6 @@ fn kind_text(kind: &str) -> &'static str {
     } else {
         "a mail program"
     }
-}
-
-fn declarations(db: &impl Sql, household: Option<i64>) -> Result<Vec<Declaration>, WebError> {
-    let rows = db.query(
-        "SELECT s.id, h.name, s.cpe_id, s.mac, s.kind, s.reason, s.status, s.requested_ms,
-                s.decided_by
-         FROM sender_declarations s JOIN households h ON h.id = s.household_id
-         WHERE CAST(?1 AS BIGINT) IS NULL OR s.household_id = ?1
-         ORDER BY CASE WHEN s.status = 'pending' THEN 0 ELSE 1 END, s.id DESC LIMIT ?2",
-        db_params![household, LISTED as i64],
-    )?;
-    rows.iter()
-        .map(|r| {
-            Ok(Declaration {
-                id: r.get(0)?,
-                household: r.get(1)?,
-                cpe_id: r.get(2)?,
-                mac: r.get(3)?,
-                kind: r.get(4)?,
-                reason: r.get(5)?,
-                status: r.get(6)?,
-                requested_ms: r.get(7)?,
-                decided_by: r.get(8)?,
-            })
-        })
-        .collect()
-}
-
-/// Records a declaration of `mac` on `cpe_id` for `household_id` (which the caller checked
-/// owns the device), or returns the one still waiting for it.
-fn record_declaration(
-    db: &impl Sql,
-    household_id: i64,
-    cpe_id: &str,
-    mac: &MacAddr,
-    kind: &str,
-    reason: &str,
-    now_ms: u64,
-) -> Result<i64, WebError> {
-    let mac = mac.to_string();
-    let pending = db.query_opt(
-        "SELECT id FROM sender_declarations
-         WHERE cpe_id = ?1 AND mac = ?2 AND status = 'pending'",
-        db_params![cpe_id, &mac],
-    )?;
-    if let Some(r) = pending {
-        return Ok(r.get(0)?);
-    }
-    Ok(db.query_one(
-        "INSERT INTO sender_declarations
-            (household_id, cpe_id, mac, kind, reason, status, requested_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?6) RETURNING id",
-        db_params![household_id, cpe_id, &mac, kind, reason, now_ms],
-    )?)
-}
-
-/// Decides a pending declaration; its router, device, kind and reason.
-///
-/// # Errors
-/// [`WebError::NotFound`] when no declaration `id` is pending (also when another operator
-/// decided it first).
-fn decide_declaration(
-    db: &impl Sql,
-    id: i64,
-    status: &str,
-    who: &str,
-    now_ms: u64,
-) -> Result<(String, String, String, String), WebError> {
-    let row = db
-        .query_opt(
-            "UPDATE sender_declarations SET status = ?2, decided_by = ?3, decided_ms = ?4
-             WHERE id = ?1 AND status = 'pending'
-             RETURNING cpe_id, mac, kind, reason",
-            db_params![id, status, who, now_ms],
-        )?
-        .ok_or(WebError::NotFound)?;
-    Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
-}
-
-/// A device allowed on its router for good.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Allowed {
-    cpe_id: String,
-    mac: String,
-    note: String,
-    actor: String,
-    created_ms: u64,
-}
-
-/// The devices allowed on their routers, newest first.
-fn allowed_devices(db: &impl Sql) -> Result<Vec<Allowed>, WebError> {
-    db.query(
-        "SELECT cpe_id, mac, note, actor, created_ms FROM allowed_devices
-         ORDER BY created_ms DESC LIMIT 500",
-        db_params![],
-    )?
-    .iter()
-    .map(|r| {
-        Ok(Allowed {
-            cpe_id: r.get(0)?,
-            mac: r.get(1)?,
-            note: r.get(2)?,
-            actor: r.get(3)?,
-            created_ms: r.get(4)?,
-        })
-    })
-    .collect()
 }
 
 fn status_badge(status: &str) -> &'static str {
@@ -191,7 +70,7 @@ pub async fn portal_page(
     let data = state
         .sql(move |conn| {
             let (_, devices, _) = super::portal::household_devices(conn, hh_id, now)?;
-            Ok((devices, declarations(conn, Some(hh_id))?))
+            Ok((devices, store::declarations(conn, Some(hh_id), LISTED)?))
         })
         .await;
     let (devices, declared) = match data {
@@ -308,7 +187,7 @@ pub async fn declare(
                 // Not one of this household's devices: as if it did not exist.
                 return Err(WebError::NotFound);
             }
-            record_declaration(conn, hh_id, &c, &m, &kind, &why, now)
+            Ok(store::declare(conn, hh_id, &c, &m, &kind, &why, now)?)
         })
         .await;
     let target = format!("{cpe} {mac}");
@@ -346,7 +225,12 @@ pub async fn noc_page(
         Err(e) => return e.page(),
     };
     let data = state
-        .sql(|db| Ok((declarations(db, None)?, allowed_devices(db)?)))
+        .sql(|db| {
+            Ok((
+                store::declarations(db, None, LISTED)?,
+                store::allowed_devices(db)?,
+            ))
+        })
         .await;
     let (decl, allowed) = match data {
         Ok(d) => d,
@@ -471,9 +355,14 @@ pub async fn decide(
     let now = state.now_ms();
     let who = staff.name.clone();
     let decided = state
-        .sql(move |db| decide_declaration(db, id, status, &who, now))
+        .sql(move |db| store::decide(db, id, status, &who, now)?.ok_or(WebError::NotFound))
         .await;
-    let (cpe, mac, kind, reason) = match decided {
+    let Decided {
+        cpe_id: cpe,
+        mac,
+        kind,
+        reason,
+    } = match decided {
         Ok(r) => r,
         Err(e) => {
             state
@@ -542,89 +431,5 @@ pub async fn allow(
             Redirect::to(&format!("/noc/cpe/{}?allowed={v}", path_seg(&cpe_id))).into_response()
         }
         Err(e) => WebError::BadRequest(format!("Not allowed: {e}")).page(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::households;
-    use crate::store::db::tests::backends;
-    use crate::store::Store;
-
-    #[test]
-    fn declarations_are_per_household_waiting_ones_first_and_decided_once() {
-        for (url, _g) in backends() {
-            let db = Store::open_url(&url).unwrap().into_db();
-            let db = &*db;
-            let (a, _) = households::create(db, "A", &["cpe-a"], 0).unwrap();
-            let (b, _) = households::create(db, "B", &["cpe-b"], 0).unwrap();
-            let mac: MacAddr = "02:00:00:00:00:25".parse().unwrap();
-            let first = record_declaration(db, a, "cpe-a", &mac, "server", "Postfix", 10).unwrap();
-            // Asking again while it waits is the same declaration.
-            assert_eq!(
-                record_declaration(db, a, "cpe-a", &mac, "program", "again", 11).unwrap(),
-                first
-            );
-            let other: MacAddr = "02:00:00:00:00:26".parse().unwrap();
-            let second =
-                record_declaration(db, b, "cpe-b", &other, "program", "Thunderbird", 12).unwrap();
-            assert_ne!(first, second);
-
-            let mine = declarations(db, Some(a)).unwrap();
-            assert_eq!(mine.len(), 1, "{url}");
-            assert_eq!(
-                (mine[0].household.as_str(), mine[0].reason.as_str()),
-                ("A", "Postfix")
-            );
-            assert_eq!(mine[0].requested_ms, 10);
-
-            let decided = decide_declaration(db, first, "approved", "olga", 20).unwrap();
-            assert_eq!(
-                decided,
-                (
-                    "cpe-a".to_string(),
-                    mac.to_string(),
-                    "server".to_string(),
-                    "Postfix".to_string()
-                )
-            );
-            // A second decision, or one on a declaration that does not exist, finds nothing.
-            assert!(matches!(
-                decide_declaration(db, first, "declined", "mallory", 21),
-                Err(WebError::NotFound)
-            ));
-            assert!(matches!(
-                decide_declaration(db, second + 100, "approved", "olga", 21),
-                Err(WebError::NotFound)
-            ));
-            let all = declarations(db, None).unwrap();
-            let order: Vec<(i64, &str)> = all.iter().map(|d| (d.id, d.status.as_str())).collect();
-            assert_eq!(order, [(second, "pending"), (first, "approved")], "{url}");
-            assert_eq!(all[1].decided_by.as_deref(), Some("olga"));
-            // Once decided, a new declaration of the device can be made.
-            assert_ne!(
-                record_declaration(db, a, "cpe-a", &mac, "server", "new box", 30).unwrap(),
-                first
-            );
-
-            assert!(allowed_devices(db).unwrap().is_empty());
-            db.execute(
-                "INSERT INTO allowed_devices (cpe_id, mac, note, actor, created_ms)
-                 VALUES ('cpe-a', ?1, 'declaration', 'olga', 40)",
-                db_params![&mac.to_string()],
-            )
-            .unwrap();
-            assert_eq!(
-                allowed_devices(db).unwrap(),
-                [Allowed {
-                    cpe_id: "cpe-a".into(),
-                    mac: mac.to_string(),
-                    note: "declaration".into(),
-                    actor: "olga".into(),
-                    created_ms: 40
-                }]
-            );
-        }
     }
 }
