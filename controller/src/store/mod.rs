@@ -15,14 +15,20 @@
 //! acks, alerts, telemetry, addresses, states). [`arbiter`] also holds policy versions and
 //! the leader leases; [`db`]'s docs say how the rest of the controller moves onto it.
 
+pub mod abuse;
 pub mod arbiter;
+pub mod audit;
 pub mod commands;
 pub mod db;
 pub mod devices;
 pub mod history;
+pub mod households;
 pub mod notifications;
+pub mod operators;
 pub mod partitions;
+pub mod policies;
 pub mod retention;
+pub mod rollout;
 pub mod schema;
 
 use std::collections::HashMap;
