@@ -4,14 +4,15 @@
 //! Every function that acts for a subscriber takes the household id from the
 //! authenticated session and checks ownership itself, so a handler cannot forget to:
 //! asking about another household's CPE is [`HouseholdError::NotFound`], exactly like asking
-//! about one that does not exist.
+//! about one that does not exist. The rows are read and written by
+//! [`crate::store::households`].
 
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 use smtpguard_protocol::{Action, MacAddr};
 
-use crate::db_params;
-use crate::store::db::{DbError, Row, Sql};
+use crate::store::db::{DbError, Sql};
+use crate::store::households as stored;
 
 /// An account operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -195,10 +196,6 @@ impl ReleaseProgress {
 /// Longest note a subscriber can attach to a release request.
 pub const MAX_NOTE_CHARS: usize = 500;
 
-fn to_i64(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
-}
-
 /// The SHA-256 of a secret, hex: what is stored instead of the secret.
 pub fn hash_secret(secret: &str) -> String {
     hex::encode(Sha256::digest(secret.as_bytes()))
@@ -227,15 +224,9 @@ pub fn create(
             "household name must be 1 to 100 characters",
         ));
     }
-    let id: i64 = db.query_one(
-        "INSERT INTO households (name, created_ms) VALUES (?1, ?2) RETURNING id",
-        db_params![name, to_i64(now_ms)],
-    )?;
+    let id = stored::insert(db, name, now_ms)?;
     for cpe in cpes {
-        db.execute(
-            "INSERT INTO household_cpes (cpe_id, household_id) VALUES (?1, ?2)",
-            db_params![*cpe, id],
-        )?;
+        stored::add_cpe(db, id, cpe)?;
     }
     let token = add_token(db, id, now_ms)?;
     Ok((id, token))
@@ -247,10 +238,7 @@ pub fn create(
 /// [`HouseholdError::Database`].
 pub fn add_token(db: &impl Sql, household_id: i64, now_ms: u64) -> Result<String, HouseholdError> {
     let token = new_secret("hh_");
-    db.execute(
-        "INSERT INTO subscriber_tokens (token_hash, household_id, created_ms) VALUES (?1, ?2, ?3)",
-        db_params![&hash_secret(&token), household_id, to_i64(now_ms)],
-    )?;
+    stored::add_token_hash(db, &hash_secret(&token), household_id, now_ms)?;
     Ok(token)
 }
 
@@ -284,11 +272,7 @@ pub fn set_contact(
             return Err(HouseholdError::Invalid("that is not an e-mail address"));
         }
     }
-    let n = db.execute(
-        "UPDATE households SET email = ?2, notify_email = ?3 WHERE id = ?1",
-        db_params![household_id, email, notify_email],
-    )?;
-    if n == 0 {
+    if !stored::set_contact(db, household_id, email, notify_email)? {
         return Err(HouseholdError::NotFound);
     }
     Ok(())
@@ -299,22 +283,7 @@ pub fn set_contact(
 /// # Errors
 /// [`HouseholdError::NotFound`] for an unknown household.
 pub fn contact(db: &impl Sql, household_id: i64) -> Result<Contact, HouseholdError> {
-    db.query_opt(
-        "SELECT id, name, email, notify_email FROM households WHERE id = ?1",
-        db_params![household_id],
-    )?
-    .map(|r| contact_of(&r))
-    .transpose()?
-    .ok_or(HouseholdError::NotFound)
-}
-
-fn contact_of(r: &Row) -> Result<Contact, DbError> {
-    Ok(Contact {
-        household_id: r.get(0)?,
-        name: r.get(1)?,
-        email: r.get(2)?,
-        notify_email: r.get(3)?,
-    })
+    stored::contact(db, household_id)?.ok_or(HouseholdError::NotFound)
 }
 
 /// The contact of the household that owns `cpe_id`, if any does.
@@ -322,14 +291,7 @@ fn contact_of(r: &Row) -> Result<Contact, DbError> {
 /// # Errors
 /// [`HouseholdError::Database`].
 pub fn contact_for_cpe(db: &impl Sql, cpe_id: &str) -> Result<Option<Contact>, HouseholdError> {
-    Ok(db
-        .query_opt(
-            "SELECT h.id, h.name, h.email, h.notify_email FROM household_cpes hc
-             JOIN households h ON h.id = hc.household_id WHERE hc.cpe_id = ?1",
-            db_params![cpe_id],
-        )?
-        .map(|r| contact_of(&r))
-        .transpose()?)
+    Ok(stored::contact_for_cpe(db, cpe_id)?)
 }
 
 /// The letters of a letter code: no 0/O, 1/I/L, so it can be read off paper.
@@ -366,10 +328,7 @@ pub fn add_letter_code(
         .iter()
         .map(|b| char::from(LETTER_CODE_ALPHABET[usize::from(b & 31)]))
         .collect();
-    db.execute(
-        "INSERT INTO subscriber_tokens (token_hash, household_id, created_ms) VALUES (?1, ?2, ?3)",
-        db_params![&hash_secret(&code), household_id, to_i64(now_ms)],
-    )?;
+    stored::add_token_hash(db, &hash_secret(&code), household_id, now_ms)?;
     Ok(format!("{}-{}-{}", &code[..4], &code[4..8], &code[8..]))
 }
 
@@ -378,13 +337,7 @@ pub fn add_letter_code(
 /// # Errors
 /// [`HouseholdError::NotFound`] for an unknown household.
 pub fn time_zone(db: &impl Sql, household_id: i64) -> Result<Option<String>, HouseholdError> {
-    match db.query_opt(
-        "SELECT time_zone FROM households WHERE id = ?1",
-        db_params![household_id],
-    )? {
-        Some(r) => Ok(r.get(0)?),
-        None => Err(HouseholdError::NotFound),
-    }
+    stored::time_zone(db, household_id)?.ok_or(HouseholdError::NotFound)
 }
 
 /// Sets a household's time zone (`None`: the controller's default).
@@ -403,11 +356,7 @@ pub fn set_time_zone(
             return Err(HouseholdError::Invalid("that is not a known time zone"));
         }
     }
-    let n = db.execute(
-        "UPDATE households SET time_zone = ?2 WHERE id = ?1",
-        db_params![household_id, zone],
-    )?;
-    if n == 0 {
+    if !stored::set_time_zone(db, household_id, zone)? {
         return Err(HouseholdError::NotFound);
     }
     Ok(())
@@ -421,14 +370,7 @@ pub fn authenticate(db: &impl Sql, token: &str) -> Result<Option<i64>, Household
     if token.is_empty() || token.len() > 200 {
         return Ok(None);
     }
-    let find = |t: &str| -> Result<Option<i64>, DbError> {
-        db.query_opt(
-            "SELECT household_id FROM subscriber_tokens WHERE token_hash = ?1",
-            db_params![&hash_secret(t)],
-        )?
-        .map(|r| r.get(0))
-        .transpose()
-    };
+    let find = |t: &str| stored::household_of_token(db, &hash_secret(t));
     if let Some(id) = find(token)? {
         return Ok(Some(id));
     }
@@ -443,20 +385,7 @@ pub fn authenticate(db: &impl Sql, token: &str) -> Result<Option<i64>, Household
 /// # Errors
 /// [`HouseholdError::NotFound`] for an unknown id.
 pub fn household(db: &impl Sql, id: i64) -> Result<Household, HouseholdError> {
-    let name: String =
-        match db.query_opt("SELECT name FROM households WHERE id = ?1", db_params![id])? {
-            Some(r) => r.get(0)?,
-            None => return Err(HouseholdError::NotFound),
-        };
-    let cpes = db
-        .query(
-            "SELECT cpe_id FROM household_cpes WHERE household_id = ?1 ORDER BY cpe_id",
-            db_params![id],
-        )?
-        .iter()
-        .map(|r| r.get(0))
-        .collect::<Result<_, _>>()?;
-    Ok(Household { id, name, cpes })
+    stored::household(db, id)?.ok_or(HouseholdError::NotFound)
 }
 
 /// Every household, by id.
@@ -464,12 +393,10 @@ pub fn household(db: &impl Sql, id: i64) -> Result<Household, HouseholdError> {
 /// # Errors
 /// [`HouseholdError::Database`].
 pub fn all(db: &impl Sql) -> Result<Vec<Household>, HouseholdError> {
-    let ids: Vec<i64> = db
-        .query("SELECT id FROM households ORDER BY id", db_params![])?
-        .iter()
-        .map(|r| r.get(0))
-        .collect::<Result<_, _>>()?;
-    ids.into_iter().map(|id| household(db, id)).collect()
+    stored::ids(db)?
+        .into_iter()
+        .map(|id| household(db, id))
+        .collect()
 }
 
 /// The household owning a CPE, by name.
@@ -477,14 +404,7 @@ pub fn all(db: &impl Sql) -> Result<Vec<Household>, HouseholdError> {
 /// # Errors
 /// [`HouseholdError::Database`].
 pub fn owner_of(db: &impl Sql, cpe_id: &str) -> Result<Option<(i64, String)>, HouseholdError> {
-    Ok(db
-        .query_opt(
-            "SELECT h.id, h.name FROM household_cpes c JOIN households h ON h.id = c.household_id
-             WHERE c.cpe_id = ?1",
-            db_params![cpe_id],
-        )?
-        .map(|r| Ok::<_, DbError>((r.get(0)?, r.get(1)?)))
-        .transpose()?)
+    Ok(stored::owner_of(db, cpe_id)?)
 }
 
 /// Records a release request for a device of this household's router. The device must be
@@ -511,27 +431,20 @@ pub fn request_release(
         return Err(HouseholdError::NotFound);
     }
     let mac_text = mac.to_string();
-    let known = db
-        .query_opt(
-            "SELECT 1 FROM devices WHERE cpe_id = ?1 AND mac = ?2",
-            db_params![cpe_id, &mac_text],
-        )?
-        .is_some();
-    if !known {
+    if !crate::store::devices::known(db, cpe_id, &mac_text)? {
         return Err(HouseholdError::NotFound);
     }
     // One open request per device is enough.
-    let open = db.query_opt(
-        "SELECT id FROM release_requests WHERE cpe_id = ?1 AND mac = ?2 AND status = 'pending'",
-        db_params![cpe_id, &mac_text],
-    )?;
-    if let Some(r) = open {
-        return Ok(r.get(0)?);
+    if let Some(id) = stored::pending_release(db, cpe_id, &mac_text)? {
+        return Ok(id);
     }
-    Ok(db.query_one(
-        "INSERT INTO release_requests (household_id, cpe_id, mac, requested_ms, note, status)
-         VALUES (?1, ?2, ?3, ?4, ?5, 'pending') RETURNING id",
-        db_params![household_id, cpe_id, &mac_text, to_i64(now_ms), note],
+    Ok(stored::insert_release(
+        db,
+        household_id,
+        cpe_id,
+        &mac_text,
+        note,
+        now_ms,
     )?)
 }
 
@@ -543,49 +456,7 @@ pub fn release_requests(
     db: &impl Sql,
     household_id: Option<i64>,
 ) -> Result<Vec<ReleaseRequest>, HouseholdError> {
-    let rows = db.query(
-        "SELECT r.id, r.household_id, r.cpe_id, r.mac, r.requested_ms, r.note, r.status,
-            r.decided_ms, c.status, c.issued_ms, c.ack_ms
-         FROM release_requests r
-         LEFT JOIN commands c ON (c.cpe_id, c.command_id) = (
-             SELECT cpe_id, command_id FROM commands WHERE release_request_id = r.id
-             ORDER BY issued_ms DESC, command_id DESC LIMIT 1)
-         WHERE CAST(?1 AS BIGINT) IS NULL OR r.household_id = ?1
-         ORDER BY r.id DESC LIMIT 500",
-        db_params![household_id],
-    )?;
-    rows.iter()
-        .map(|r| {
-            Ok(ReleaseRequest {
-                id: r.get(0)?,
-                household_id: r.get(1)?,
-                cpe_id: r.get(2)?,
-                mac: r.get(3)?,
-                requested_ms: r.get(4)?,
-                note: r.get(5)?,
-                status: r.get(6)?,
-                decided_ms: r.get(7)?,
-                command: delivery(
-                    r.get::<Option<String>>(8)?.as_deref(),
-                    r.get(9)?,
-                    r.get(10)?,
-                ),
-            })
-        })
-        .collect()
-}
-
-/// A command's row as a delivery: sent and unanswered, or applied (with the answer's time).
-fn delivery(
-    status: Option<&str>,
-    issued_ms: Option<u64>,
-    ack_ms: Option<u64>,
-) -> Option<CommandDelivery> {
-    match status? {
-        "sent" => Some(CommandDelivery::Sent { at_ms: issued_ms? }),
-        "applied" => Some(CommandDelivery::Acknowledged { at_ms: ack_ms? }),
-        _ => None,
-    }
+    Ok(stored::release_requests(db, household_id)?)
 }
 
 /// The NOC decides a pending request.
@@ -598,11 +469,7 @@ pub fn decide_release(
     approve: bool,
     now_ms: u64,
 ) -> Result<ReleaseRequest, HouseholdError> {
-    let n = db.execute(
-        "UPDATE release_requests SET status = ?2, decided_ms = ?3 WHERE id = ?1 AND status = 'pending'",
-        db_params![id, if approve { "approved" } else { "denied" }, to_i64(now_ms)],
-    )?;
-    if n == 0 {
+    if !stored::decide_release(db, id, approve, now_ms)? {
         return Err(HouseholdError::NotFound);
     }
     release_requests(db, None)?
@@ -794,13 +661,11 @@ mod tests {
             assert_eq!(authenticate(db, "").unwrap(), None);
             assert_eq!(authenticate(db, &"x".repeat(201)).unwrap(), None);
             // Only the hash is stored.
-            let stored: i64 = db
-                .query_one(
-                    "SELECT COUNT(*) FROM subscriber_tokens WHERE token_hash = ?1",
-                    crate::db_params![&ta],
-                )
-                .unwrap();
-            assert_eq!(stored, 0);
+            assert_eq!(stored::household_of_token(db, &ta).unwrap(), None);
+            assert_eq!(
+                stored::household_of_token(db, &hash_secret(&ta)).unwrap(),
+                Some(a)
+            );
             assert_eq!(household(db, a).unwrap().cpes, vec!["cpe-a".to_string()]);
             assert!(matches!(household(db, 999), Err(HouseholdError::NotFound)));
             // A CPE belongs to one household; in a transaction the refused household
@@ -817,20 +682,33 @@ mod tests {
 
     #[test]
     fn release_requests_need_ownership_and_a_known_device() {
-        for (db, _g) in dbs() {
-            let db = &*db;
+        for (url, _g) in backends() {
+            let store = Store::open_url(&url).unwrap();
+            let db = &**store.db();
             let (a, _) = create(db, "A", &["cpe-a"], 1).unwrap();
             let (b, _) = create(db, "B", &["cpe-b"], 1).unwrap();
             // The device as the ingest keeps it after its alert (`store::devices`).
-            db.execute(
-                "INSERT INTO devices (cpe_id, mac, ips_json, verdict, severity, score, since_ms,
-                    last_seen_ms, last_fact, action, evidence_json, observed_json)
-                 VALUES ('cpe-a', '02:00:00:00:00:66', '[]', 'infected', 2, 0.9, 5, 5, 'alert',
-                    'block', '[]', '{}')",
-                crate::db_params![],
-            )
-            .unwrap();
             let mac: MacAddr = "02:00:00:00:00:66".parse().unwrap();
+            let alert = smtpguard_protocol::Alert {
+                device: smtpguard_protocol::DeviceReport {
+                    mac,
+                    ips: vec![],
+                    hostname: None,
+                    vendor: None,
+                    verdict: smtpguard_protocol::Verdict::Infected,
+                    score: 0.9,
+                    action: Action::Block,
+                    action_until_ms: None,
+                    counters: smtpguard_protocol::DeviceCounters::default(),
+                    evidence: vec![],
+                },
+                previous: smtpguard_protocol::Verdict::Clean,
+                at_ms: 5,
+                observed: smtpguard_protocol::Observed::default(),
+            };
+            let message =
+                crate::store::received("cpe-a", 1, 5, smtpguard_protocol::Body::Alert(alert));
+            assert_eq!(store.write_batch(&[message], &[]).unwrap(), [true]);
             let other: MacAddr = "02:00:00:00:00:67".parse().unwrap();
             assert!(matches!(
                 request_release(db, b, "cpe-a", &mac, "", 10),
@@ -862,27 +740,26 @@ mod tests {
                 decide_release(db, id, false, 21),
                 Err(HouseholdError::NotFound)
             ));
-            // The newest release command linked to the request tells what became of it.
-            for (command_id, issued, status, ack) in
-                [(1u64, 30u64, "sent", None), (2, 40, "applied", Some(45u64))]
-            {
-                db.execute(
-                    "INSERT INTO commands (cpe_id, command_id, action, mac, secs, issued_ms,
-                        expires_ms, wire, status, ack_ms, release_request_id)
-                     VALUES ('cpe-a', ?1, 'release', '02:00:00:00:00:66', 0, ?2, ?3, ?4, ?5,
-                        ?6, ?7)",
-                    crate::db_params![
-                        command_id,
-                        issued,
-                        issued + 60_000,
-                        &[1u8][..],
-                        status,
-                        ack,
-                        id
-                    ],
-                )
-                .unwrap();
+            // The newest release command linked to the request tells what became of it:
+            // the first is still unanswered, the second applied.
+            for (command_id, issued) in [(1u64, 30u64), (2, 40)] {
+                let command = crate::store::commands::NewCommand {
+                    cpe_id: "cpe-a".into(),
+                    command_id,
+                    action: smtpguard_protocol::CommandAction::Release { mac, grace_secs: 0 },
+                    issued_ms: issued,
+                    expires_ms: issued + 60_000,
+                    wire: vec![1],
+                    release_request_id: Some(id),
+                };
+                crate::store::commands::insert(db, &command).unwrap();
             }
+            let applied = smtpguard_protocol::CommandAck {
+                command_id: 2,
+                outcome: smtpguard_protocol::AckOutcome::Applied,
+                at_ms: 44,
+            };
+            crate::store::commands::note_ack(db, "cpe-a", &applied, 45).unwrap();
             let all = release_requests(db, None).unwrap();
             assert_eq!(
                 all[0].command,

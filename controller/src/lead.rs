@@ -253,14 +253,7 @@ mod tests {
         // The server ends the lease's session, as a restart or an administrator would.
         let admin = url.clone();
         let cut = tokio::task::spawn_blocking(move || {
-            let db = Db::open(&admin).unwrap();
-            db.query(
-                "SELECT pg_terminate_backend(pid) FROM pg_locks
-                 WHERE locktype = 'advisory' AND granted AND pid <> pg_backend_pid()",
-                &[],
-            )
-            .unwrap()
-            .len()
+            arbiter::end_lease_sessions(&Db::open(&admin).unwrap()).unwrap()
         })
         .await
         .unwrap();

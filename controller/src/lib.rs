@@ -5,15 +5,16 @@
 //! - [`config`]: the typed, validated controller configuration (TOML).
 //! - [`lead`]: periodic jobs (retention, notifications, policy and rollout watches) run by
 //!   one replica at a time, under a lease in the database.
-//! - [`store`]: SQLite: the one schema and its migrations, the batched write path, device
-//!   state kept at ingest, read helpers, and retention (history past its window deleted in
-//!   bounded batches); the backend-neutral SQL layer (SQLite or PostgreSQL, `store::db`) and
-//!   the ingest arbiter (`store::arbiter`) that the port to PostgreSQL builds on.
+//! - [`store`]: every SQL statement of the controller, over SQLite or PostgreSQL
+//!   (`store::db`): the one schema and its migrations, the batched write path and its
+//!   arbiter between replicas, device state kept at ingest, one module per area for the
+//!   rest (households, operators, audit, policies, rollout, abuse, fleet, metrics, ...),
+//!   and retention. The modules outside it keep the rules and call typed functions.
 //! - [`registry`]: CPE enrollment (public keys) and revocation.
 //! - [`broker`]: the embedded MQTT broker (rumqttd), or nothing when an external broker is
 //!   configured.
-//! - [`ingest`]: MQTT shared subscription → verify (protocol) → replay window → batched
-//!   store → manual ack.
+//! - [`ingest`]: MQTT shared subscription (alerts in a session of their own) → verify
+//!   (protocol) → replay window → batched store → manual ack.
 //! - [`policy`]: policy signing, versioning, publishing (retained) and the rollout view.
 //! - [`rollout`]: staged policy rollout: a canary cohort first (signed per-CPE policy), its
 //!   acks, refusals and flagged-device share watched, then promoted or rolled back.

@@ -10,11 +10,12 @@
 //! runs the controller can use. Secrets are shown once and stored as SHA-256 hashes, like
 //! subscriber tokens. A revoked operator's sessions end at their next request. The single
 //! `web.operator_token_file` of earlier versions keeps working as an admin named
-//! [`TOKEN_OPERATOR`], so an upgrade locks nobody out.
+//! [`TOKEN_OPERATOR`], so an upgrade locks nobody out. The rows are kept by
+//! [`crate::store::operators`].
 
-use crate::db_params;
 use crate::households::{hash_secret, new_secret};
-use crate::store::db::{DbError, Row, Sql};
+use crate::store::db::{DbError, Sql};
+use crate::store::operators as stored;
 
 /// The name the audit log and the NOC give whoever signs in with the operator token file.
 pub const TOKEN_OPERATOR: &str = "operator-token";
@@ -88,10 +89,6 @@ pub struct Operator {
     pub revoked_ms: Option<u64>,
 }
 
-fn to_i64(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
-}
-
 fn valid_name(name: &str) -> bool {
     (1..=64).contains(&name.len())
         && name
@@ -111,13 +108,7 @@ pub fn add(db: &impl Sql, name: &str, level: Level, now_ms: u64) -> Result<Strin
         ));
     }
     let secret = new_secret("op_");
-    // The name is unique: of two adding the same name at once, one inserts nothing.
-    let added = db.execute(
-        "INSERT INTO operators (name, role, secret_hash, created_ms) VALUES (?1, ?2, ?3, ?4)
-         ON CONFLICT (name) DO NOTHING",
-        db_params![name, level.as_str(), &hash_secret(&secret), to_i64(now_ms)],
-    )?;
-    if added == 0 {
+    if !stored::insert(db, name, level, &hash_secret(&secret), now_ms)? {
         return Err(OperatorError::Exists(name.to_string()));
     }
     Ok(secret)
@@ -128,33 +119,10 @@ pub fn add(db: &impl Sql, name: &str, level: Level, now_ms: u64) -> Result<Strin
 /// # Errors
 /// [`OperatorError::NotFound`] when no active operator has that name.
 pub fn revoke(db: &impl Sql, name: &str, now_ms: u64) -> Result<(), OperatorError> {
-    let n = db.execute(
-        "UPDATE operators SET revoked_ms = ?2 WHERE name = ?1 AND revoked_ms IS NULL",
-        db_params![name, to_i64(now_ms)],
-    )?;
-    if n == 0 {
+    if !stored::revoke(db, name, now_ms)? {
         return Err(OperatorError::NotFound(name.to_string()));
     }
-    db.execute(
-        "DELETE FROM web_sessions WHERE operator_id = (SELECT id FROM operators WHERE name = ?1)",
-        db_params![name],
-    )?;
     Ok(())
-}
-
-/// An operator from a row of `id, name, role, created_ms, revoked_ms`; `None` for a role
-/// this build does not know.
-fn operator_of(r: &Row) -> Result<Option<Operator>, DbError> {
-    let Ok(level) = Level::parse(&r.get::<String>(2)?) else {
-        return Ok(None);
-    };
-    Ok(Some(Operator {
-        id: r.get(0)?,
-        name: r.get(1)?,
-        level,
-        created_ms: r.get(3)?,
-        revoked_ms: r.get(4)?,
-    }))
 }
 
 /// Every operator, active and revoked, by name.
@@ -162,15 +130,7 @@ fn operator_of(r: &Row) -> Result<Option<Operator>, DbError> {
 /// # Errors
 /// [`OperatorError::Database`].
 pub fn list(db: &impl Sql) -> Result<Vec<Operator>, OperatorError> {
-    let rows = db.query(
-        "SELECT id, name, role, created_ms, revoked_ms FROM operators ORDER BY name",
-        db_params![],
-    )?;
-    let mut out = Vec::new();
-    for r in &rows {
-        out.extend(operator_of(r)?);
-    }
-    Ok(out)
+    Ok(stored::list(db)?)
 }
 
 /// The active operator a secret belongs to.
@@ -181,14 +141,7 @@ pub fn authenticate(db: &impl Sql, secret: &str) -> Result<Option<Operator>, Ope
     if secret.is_empty() || secret.len() > 200 {
         return Ok(None);
     }
-    match db.query_opt(
-        "SELECT id, name, role, created_ms, revoked_ms FROM operators
-         WHERE secret_hash = ?1 AND revoked_ms IS NULL",
-        db_params![&hash_secret(secret)],
-    )? {
-        Some(r) => Ok(operator_of(&r)?),
-        None => Ok(None),
-    }
+    Ok(stored::by_secret_hash(db, &hash_secret(secret))?)
 }
 
 /// The active operator with row id `id` (a session's owner; `None` once revoked).
@@ -196,14 +149,7 @@ pub fn authenticate(db: &impl Sql, secret: &str) -> Result<Option<Operator>, Ope
 /// # Errors
 /// [`OperatorError::Database`].
 pub fn active(db: &impl Sql, id: i64) -> Result<Option<Operator>, OperatorError> {
-    match db.query_opt(
-        "SELECT id, name, role, created_ms, revoked_ms FROM operators
-         WHERE id = ?1 AND revoked_ms IS NULL",
-        db_params![id],
-    )? {
-        Some(r) => Ok(operator_of(&r)?),
-        None => Ok(None),
-    }
+    Ok(stored::active(db, id)?)
 }
 
 #[cfg(test)]
@@ -248,20 +194,10 @@ mod tests {
                     "{bad:?}"
                 );
             }
-            // A session of alice's, as `web::auth` keeps it.
-            db.execute(
-                "INSERT INTO web_sessions (session_hash, role, operator_id, csrf, created_ms,
-                    expires_ms) VALUES ('s', 'noc', ?1, 'c', 0, 9000000000000)",
-                crate::db_params![a.id],
-            )
-            .unwrap();
+            // Their sessions end too (`store::operators`).
             revoke(db, "alice", 4_000).unwrap();
             assert_eq!(authenticate(db, &alice).unwrap(), None, "{url}");
             assert_eq!(active(db, a.id).unwrap(), None);
-            let sessions: i64 = db
-                .query_one("SELECT COUNT(*) FROM web_sessions", crate::db_params![])
-                .unwrap();
-            assert_eq!(sessions, 0, "a revoked operator's sessions end");
             assert!(matches!(
                 revoke(db, "alice", 5_000),
                 Err(OperatorError::NotFound(_))

@@ -22,7 +22,9 @@
 //! [`rederive`] signs and publishes it whenever one of those inputs changes: a device
 //! allowed, a canary started or ended, a fleet version published through the web UI. A
 //! per-CPE policy set by hand (`policy set --cpe`) that is newer than the last derived one
-//! is left alone by the re-derivation after a fleet publish.
+//! is left alone by the re-derivation after a fleet publish. What these read and write
+//! besides the signed versions (allowed devices, derived overrides, acks) is in
+//! [`crate::store::policies`].
 
 use std::path::Path;
 use std::time::Duration;
@@ -37,9 +39,11 @@ use smtpguard_protocol::{
 
 use crate::broker::{self, BrokerError};
 use crate::config::BrokerConfig;
-use crate::db_params;
 use crate::store::db::{Db, DbError, Sql};
+use crate::store::policies as stored;
 use crate::store::{arbiter, RolloutRow, Store, StoreError, StoredPolicy};
+
+pub use crate::store::policies::allowed_devices;
 
 /// A policy could not be signed, stored or published.
 #[derive(Debug, thiserror::Error)]
@@ -166,13 +170,7 @@ pub fn sign_in(
     policy.validate()?;
     check_policy_safety(&policy, safety)?;
     if let Target::Cpe(id) = target {
-        let known: i64 = db
-            .query_one(
-                "SELECT COUNT(*) FROM cpes WHERE cpe_id = ?1",
-                db_params![id],
-            )
-            .map_err(StoreError::from)?;
-        if known == 0 {
+        if !stored::cpe_known(db, id).map_err(StoreError::from)? {
             return Err(PolicyServiceError::UnknownCpe(id.clone()));
         }
     }
@@ -404,25 +402,6 @@ pub async fn watch_retained(broker_config: BrokerConfig, client_id: String, data
 /// Longest note kept with an allowed device (characters).
 pub const ALLOW_NOTE_MAX: usize = 500;
 
-/// The devices the NOC allowed on `cpe_id` (never throttled or blocked there).
-///
-/// # Errors
-/// [`DbError`].
-pub fn allowed_devices(db: &impl Sql, cpe_id: &str) -> Result<Vec<MacAddr>, DbError> {
-    let rows = db.query(
-        "SELECT mac FROM allowed_devices WHERE cpe_id = ?1 ORDER BY mac",
-        db_params![cpe_id],
-    )?;
-    let mut macs = Vec::with_capacity(rows.len());
-    for row in rows {
-        // Written only by `allow_device` from a parsed MAC; anything else is skipped.
-        if let Ok(mac) = row.get::<String>(0)?.parse() {
-            macs.push(mac);
-        }
-    }
-    Ok(macs)
-}
-
 /// `base` with `macs` added to its allowlist (each once).
 pub fn with_allowed(mut base: Policy, macs: &[MacAddr]) -> Policy {
     for mac in macs {
@@ -431,23 +410,6 @@ pub fn with_allowed(mut base: Policy, macs: &[MacAddr]) -> Policy {
         }
     }
     base
-}
-
-/// The version of the newest per-CPE policy of `cpe_id`, and of the newest one the
-/// controller derived itself.
-fn override_versions(db: &impl Sql, cpe_id: &str) -> Result<(Option<i64>, Option<i64>), DbError> {
-    let latest: Option<i64> = db.query_one(
-        "SELECT MAX(version) FROM policies WHERE scope = 'cpe' AND cpe_id = ?1",
-        db_params![cpe_id],
-    )?;
-    let derived = match db.query_opt(
-        "SELECT version FROM derived_overrides WHERE cpe_id = ?1",
-        db_params![cpe_id],
-    )? {
-        Some(row) => Some(row.get::<i64>(0)?),
-        None => None,
-    };
-    Ok((latest, derived))
 }
 
 /// What `cpe_id`'s per-CPE policy must hold (see the module docs), or `None` when the
@@ -463,7 +425,7 @@ pub fn derived_override(
 ) -> Result<Option<Policy>, crate::web::WebError> {
     let canary = crate::rollout::canary_policy_for(db, cpe_id)?;
     let macs = allowed_devices(db, cpe_id)?;
-    let (latest, derived) = override_versions(db, cpe_id)?;
+    let (latest, derived) = stored::override_versions(db, cpe_id)?;
     if keep_hand_set && latest.is_some() && latest > derived {
         return Ok(None);
     }
@@ -503,14 +465,7 @@ pub async fn rederive(
         if let Ok(version) = result {
             let id = cpe.clone();
             let recorded = state
-                .sql(move |db| {
-                    db.execute(
-                        "INSERT INTO derived_overrides (cpe_id, version) VALUES (?1, ?2)
-                         ON CONFLICT (cpe_id) DO UPDATE SET version = excluded.version",
-                        db_params![&id, version],
-                    )?;
-                    Ok(())
-                })
+                .sql(move |db| Ok(stored::record_derived(db, &id, version)?))
                 .await;
             if let Err(e) = recorded {
                 tracing::error!(cpe_id = %cpe, version, error = %e, "could not record a derived override");
@@ -524,20 +479,7 @@ pub async fn rederive(
 /// Every router with a derived override, re-derived from the live fleet policy (after a
 /// fleet publish): overrides set by hand since are left alone.
 pub async fn rederive_all(state: &crate::web::AppState) -> Vec<(String, Result<u64, String>)> {
-    let cpes = state
-        .sql(|db| {
-            let rows = db.query(
-                "SELECT d.cpe_id FROM derived_overrides d JOIN cpes c ON c.cpe_id = d.cpe_id
-                 WHERE c.revoked_at_ms IS NULL ORDER BY d.cpe_id",
-                &[],
-            )?;
-            let ids = rows
-                .iter()
-                .map(|r| r.get::<String>(0))
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok(ids)
-        })
-        .await;
+    let cpes = state.sql(|db| Ok(stored::derived_cpes(db)?)).await;
     match cpes {
         Ok(cpes) => rederive(state, cpes, true).await,
         Err(e) => {
@@ -592,20 +534,10 @@ async fn allow_device_inner(
     let (id, who) = (cpe_id.to_string(), actor.to_string());
     state
         .sql(move |db| {
-            let enrolled: i64 = db.query_one(
-                "SELECT COUNT(*) FROM cpes WHERE cpe_id = ?1 AND revoked_at_ms IS NULL",
-                db_params![&id],
-            )?;
-            if enrolled == 0 {
+            if !stored::cpe_enrolled(db, &id)? {
                 return Err(crate::web::WebError::NotFound);
             }
-            db.execute(
-                "INSERT INTO allowed_devices (cpe_id, mac, note, actor, created_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT (cpe_id, mac) DO UPDATE SET note = excluded.note,
-                    actor = excluded.actor, created_ms = excluded.created_ms",
-                db_params![&id, &mac.to_string(), &note, &who, now],
-            )?;
+            stored::allow_device(db, &id, mac, &note, &who, now)?;
             Ok(())
         })
         .await
@@ -719,21 +651,8 @@ mod tests {
         assert_eq!(latest_all(&store).unwrap().len(), 2);
     }
 
-    fn enrol(db: &impl Sql, cpe_id: &str) {
-        db.execute(
-            "INSERT INTO cpes (cpe_id, public_key, enrolled_at_ms) VALUES (?1, 'k', 0)",
-            db_params![cpe_id],
-        )
-        .unwrap();
-    }
-
-    /// The versions a database holds, ascending.
-    fn stored_versions(db: &impl Sql) -> Vec<u64> {
-        db.query("SELECT version FROM policies ORDER BY version", &[])
-            .unwrap()
-            .iter()
-            .map(|r| r.get::<u64>(0).unwrap())
-            .collect()
+    fn enrol(store: &Store, cpe_id: &str) {
+        store.upsert_cpe(cpe_id, "k", None, 0).unwrap();
     }
 
     #[test]
@@ -741,7 +660,7 @@ mod tests {
         for (url, _dir) in crate::store::db::tests::backends() {
             let store = Store::open_url(&url).unwrap();
             let db = store.db();
-            enrol(&**db, "cpe-1");
+            enrol(&store, "cpe-1");
             let key = keys::generate();
             let safe = SafetyContext::default();
             let fleet = sign_in(db, &key, Policy::default(), &Target::Fleet, &safe, 1).unwrap();
@@ -767,14 +686,16 @@ mod tests {
                 matches!(unknown, Err(PolicyServiceError::UnknownCpe(_))),
                 "{url}"
             );
-            assert_eq!(stored_versions(&**db), [1, 2], "{url}");
-            let stored: Option<String> = db
-                .query_one(
-                    "SELECT cpe_id FROM policies WHERE version = 2 AND scope = 'cpe'",
-                    &[],
-                )
+            assert_eq!(stored::versions(&**db), [1, 2], "{url}");
+            let kept = store
+                .latest_policy(PolicyScope::Cpe, Some("cpe-1"))
+                .unwrap()
                 .unwrap();
-            assert_eq!(stored.as_deref(), Some("cpe-1"), "{url}");
+            assert_eq!(
+                (kept.version, kept.cpe_id.as_deref()),
+                (2, Some("cpe-1")),
+                "{url}"
+            );
         }
     }
 
@@ -786,7 +707,7 @@ mod tests {
         for (url, _dir) in crate::store::db::tests::backends() {
             let store = Store::open_url(&url).unwrap();
             let db = &**store.db();
-            enrol(db, "cpe-1");
+            enrol(&store, "cpe-1");
             let key = keys::generate();
             let safe = SafetyContext::default();
             let fleet = Policy {
@@ -799,23 +720,14 @@ mod tests {
                 "{url}"
             );
             let mac: MacAddr = "02:00:00:00:00:aa".parse().unwrap();
-            db.execute(
-                "INSERT INTO allowed_devices (cpe_id, mac, note, actor, created_ms)
-                 VALUES ('cpe-1', ?1, 'printer', 'alice', 1), ('cpe-1', 'junk', 'x', 'y', 1)",
-                db_params![&mac.to_string()],
-            )
-            .unwrap();
+            stored::allow_device(db, "cpe-1", mac, "printer", "alice", 1).unwrap();
             assert_eq!(allowed_devices(db, "cpe-1").unwrap(), [mac], "{url}");
             let derived = derived_override(db, "cpe-1", false).unwrap().unwrap();
             assert_eq!(derived.rate_limit_per_minute, 12, "{url}");
             assert!(derived.allow_macs.contains(&mac), "{url}");
             let signed =
                 sign_in(db, &key, derived, &Target::Cpe("cpe-1".into()), &safe, 2).unwrap();
-            db.execute(
-                "INSERT INTO derived_overrides (cpe_id, version) VALUES ('cpe-1', ?1)",
-                db_params![signed.version],
-            )
-            .unwrap();
+            stored::record_derived(db, "cpe-1", signed.version).unwrap();
             assert!(
                 derived_override(db, "cpe-1", true).unwrap().is_some(),
                 "{url}"
@@ -880,7 +792,7 @@ mod tests {
             versions.sort_unstable();
             let expected: Vec<u64> = (1..=2 * EACH as u64).collect();
             assert_eq!(versions, expected, "{url}");
-            assert_eq!(stored_versions(&**first.db()), expected, "{url}");
+            assert_eq!(stored::versions(&**first.db()), expected, "{url}");
             for p in signed.iter().flatten() {
                 let opened = open(&p.wire).unwrap();
                 assert_eq!(opened.header().seq, p.version, "{url}");

@@ -21,18 +21,19 @@
 //! points over the share when it started), and optionally how long a canary that every
 //! cohort router applied soaks before it promotes itself. [`decide`] is the pure rule;
 //! [`watch`] applies it every few seconds to the rollout in its canary stage, which lives
-//! in the database (`rollouts`, `rollout_targets`), so a restarted controller carries on
-//! watching. At most one rollout is in its canary stage (a unique index), and every step
-//! claims the row with a conditional update, so a person and the watch never both end it.
+//! in the database (`rollouts`, `rollout_targets`, see [`crate::store::rollout`]), so a
+//! restarted controller carries on watching. At most one rollout is in its canary stage (a
+//! unique index), and every step claims the row with a conditional update, so a person and
+//! the watch never both end it.
 //! Every step is audited with its operator (the watch as [`WATCH_ACTOR`]).
 
 use std::time::Duration;
 
 use serde::Serialize;
-use smtpguard_protocol::Policy;
+use smtpguard_protocol::{Policy, PolicyScope};
 
-use crate::db_params;
-use crate::store::db::{Param, Sql};
+use crate::store::db::Sql;
+use crate::store::{policies, rollout as stored};
 use crate::web::{AppState, WebError};
 
 /// The audit log's actor for steps the watch takes by itself.
@@ -155,7 +156,8 @@ impl Status {
         }
     }
 
-    fn parse(s: &str) -> Status {
+    /// The status named `s` as stored (anything unknown reads as [`Status::Canary`]).
+    pub(crate) fn parse(s: &str) -> Status {
         match s {
             "promoted" => Status::Promoted,
             "rolled_back" => Status::RolledBack,
@@ -341,54 +343,12 @@ pub fn decide(rollout: &Rollout, canary: &Stage, flagged: Flagged, now_ms: u64) 
 
 // ---- database ----
 
-fn from_i64(v: i64) -> u64 {
-    u64::try_from(v).unwrap_or(0)
-}
-
-const COLUMNS: &str = "id, status, candidate_json, source_text, note, base_version, cohort_json,
-    max_refusals, max_flagged_rise, promote_after_secs, flagged_before, started_by, started_ms,
-    ended_by, ended_ms, end_reason, fleet_version";
-
-fn read(db: &impl Sql, filter: &str, params: &[Param<'_>]) -> Result<Vec<Rollout>, WebError> {
-    let rows = db.query(&format!("SELECT {COLUMNS} FROM rollouts {filter}"), params)?;
-    let mut out = Vec::with_capacity(rows.len());
-    for r in rows {
-        let id: i64 = r.get(0)?;
-        let candidate: Policy = serde_json::from_str(&r.get::<String>(2)?)
-            .map_err(|e| WebError::Internal(format!("rollout {id} candidate: {e}")))?;
-        let cohort: Vec<String> = serde_json::from_str(&r.get::<String>(6)?)
-            .map_err(|e| WebError::Internal(format!("rollout {id} cohort: {e}")))?;
-        out.push(Rollout {
-            id,
-            status: Status::parse(&r.get::<String>(1)?),
-            candidate,
-            source_text: r.get(3)?,
-            note: r.get(4)?,
-            base_version: r.get::<Option<i64>>(5)?.map(from_i64),
-            cohort,
-            limits: Limits {
-                max_refusals: u32::try_from(r.get::<i64>(7)?).unwrap_or(0),
-                max_flagged_rise: r.get(8)?,
-                promote_after_secs: r.get::<Option<i64>>(9)?.map(from_i64),
-            },
-            flagged_before: r.get(10)?,
-            started_by: r.get(11)?,
-            started_ms: from_i64(r.get(12)?),
-            ended_by: r.get(13)?,
-            ended_ms: r.get::<Option<i64>>(14)?.map(from_i64),
-            end_reason: r.get(15)?,
-            fleet_version: r.get::<Option<i64>>(16)?.map(from_i64),
-        });
-    }
-    Ok(out)
-}
-
 /// The rollout in its canary stage, if any.
 ///
 /// # Errors
 /// Database errors or a stored rollout that no longer parses.
 pub fn canary(db: &impl Sql) -> Result<Option<Rollout>, WebError> {
-    Ok(read(db, "WHERE status = 'canary'", &[])?.pop())
+    Ok(stored::canary(db)?)
 }
 
 /// Rollout `id`.
@@ -396,7 +356,7 @@ pub fn canary(db: &impl Sql) -> Result<Option<Rollout>, WebError> {
 /// # Errors
 /// As [`canary`].
 pub fn one(db: &impl Sql, id: i64) -> Result<Option<Rollout>, WebError> {
-    Ok(read(db, "WHERE id = ?1", db_params![id])?.pop())
+    Ok(stored::one(db, id)?)
 }
 
 /// The newest `limit` rollouts, newest first.
@@ -404,11 +364,7 @@ pub fn one(db: &impl Sql, id: i64) -> Result<Option<Rollout>, WebError> {
 /// # Errors
 /// As [`canary`].
 pub fn list(db: &impl Sql, limit: usize) -> Result<Vec<Rollout>, WebError> {
-    read(
-        db,
-        "ORDER BY id DESC LIMIT ?1",
-        db_params![i64::try_from(limit).unwrap_or(i64::MAX)],
-    )
+    Ok(stored::list(db, limit)?)
 }
 
 /// The candidate `cpe_id` must run while it is in the cohort of the rollout in its canary
@@ -432,59 +388,30 @@ pub fn flagged(db: &impl Sql, cpes: &[String]) -> Result<Flagged, WebError> {
         devices: 0,
     };
     for cpe in cpes {
-        let row = db.query_opt(
-            "SELECT COUNT(*),
-                CAST(COALESCE(SUM(CASE WHEN verdict IN ('suspicious', 'infected')
-                    THEN 1 ELSE 0 END), 0) AS BIGINT)
-             FROM devices WHERE cpe_id = ?1",
-            db_params![cpe],
-        )?;
-        if let Some(row) = row {
-            out.devices += from_i64(row.get(0)?);
-            out.flagged += from_i64(row.get(1)?);
-        }
+        let (devices, flagged) = crate::store::devices::flagged(db, cpe)?;
+        out.devices += devices;
+        out.flagged += flagged;
     }
     Ok(out)
 }
 
-/// How `cpe_id` stands with `version` of `scope` (`fleet` or `cpe`).
+/// How `cpe_id` stands with `version` of `scope`.
 fn target_state(
     db: &impl Sql,
     cpe_id: &str,
-    scope: &str,
+    scope: PolicyScope,
     version: u64,
 ) -> Result<TargetState, WebError> {
-    let refused = db.query_opt(
-        "SELECT COALESCE(reason, '') FROM policy_acks
-         WHERE cpe_id = ?1 AND scope = ?2 AND version = ?3 AND outcome = 'refused'",
-        db_params![cpe_id, scope, version],
-    )?;
-    if let Some(row) = refused {
-        return Ok(TargetState::Refused(row.get(0)?));
+    if let Some(reason) = policies::refusal(db, cpe_id, scope, version)? {
+        return Ok(TargetState::Refused(reason));
     }
-    let column = if scope == "fleet" {
-        "fleet_policy_version"
-    } else {
-        "cpe_policy_version"
-    };
-    let acked: Option<i64> = db.query_one(
-        "SELECT MAX(version) FROM policy_acks
-         WHERE cpe_id = ?1 AND scope = ?2 AND outcome = 'applied'",
-        db_params![cpe_id, scope],
-    )?;
-    let reported = match db.query_opt(
-        &format!("SELECT {column} FROM cpe_state WHERE cpe_id = ?1"),
-        db_params![cpe_id],
-    )? {
-        Some(row) => row.get::<Option<i64>>(0)?,
-        None => None,
-    };
-    let applied = acked.unwrap_or(0).max(reported.unwrap_or(0));
-    Ok(if from_i64(applied) >= version {
-        TargetState::Applied
-    } else {
-        TargetState::Behind
-    })
+    Ok(
+        if policies::applied_version(db, cpe_id, scope)? >= version {
+            TargetState::Applied
+        } else {
+            TargetState::Behind
+        },
+    )
 }
 
 /// The stages of `rollout` so far, in order: canary, then fleet (promoted) or restore.
@@ -494,19 +421,13 @@ fn target_state(
 pub fn stages(db: &impl Sql, rollout: &Rollout) -> Result<Vec<Stage>, WebError> {
     let mut out = Vec::new();
     for name in ["canary", "restore"] {
-        let rows = db.query(
-            "SELECT cpe_id, MAX(version) FROM rollout_targets
-             WHERE rollout_id = ?1 AND stage = ?2 GROUP BY cpe_id ORDER BY cpe_id",
-            db_params![rollout.id, name],
-        )?;
+        let rows = stored::targets(db, rollout.id, name)?;
         if rows.is_empty() {
             continue;
         }
         let mut targets = Vec::with_capacity(rows.len());
-        for row in rows {
-            let cpe: String = row.get(0)?;
-            let version = from_i64(row.get(1)?);
-            let state = target_state(db, &cpe, "cpe", version)?;
+        for (cpe, version) in rows {
+            let state = target_state(db, &cpe, PolicyScope::Cpe, version)?;
             targets.push(Target {
                 cpe_id: cpe,
                 version,
@@ -524,8 +445,8 @@ pub fn stages(db: &impl Sql, rollout: &Rollout) -> Result<Vec<Stage>, WebError> 
     }
     if let Some(version) = rollout.fleet_version {
         let mut targets = Vec::new();
-        for cpe in enrolled(db)? {
-            let state = target_state(db, &cpe, "fleet", version)?;
+        for cpe in policies::enrolled_cpes(db)? {
+            let state = target_state(db, &cpe, PolicyScope::Fleet, version)?;
             targets.push(Target {
                 cpe_id: cpe,
                 version,
@@ -540,18 +461,6 @@ pub fn stages(db: &impl Sql, rollout: &Rollout) -> Result<Vec<Stage>, WebError> 
     Ok(out)
 }
 
-/// The routers not revoked, by id.
-fn enrolled(db: &impl Sql) -> Result<Vec<String>, WebError> {
-    let rows = db.query(
-        "SELECT cpe_id FROM cpes WHERE revoked_at_ms IS NULL ORDER BY cpe_id",
-        &[],
-    )?;
-    Ok(rows
-        .iter()
-        .map(|r| r.get::<String>(0))
-        .collect::<Result<Vec<_>, _>>()?)
-}
-
 fn record_targets(
     db: &impl Sql,
     rollout_id: i64,
@@ -560,32 +469,10 @@ fn record_targets(
 ) -> Result<(), WebError> {
     for (cpe, result) in signed {
         if let Ok(version) = result {
-            db.execute(
-                "INSERT INTO rollout_targets (rollout_id, stage, cpe_id, version)
-                 VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
-                db_params![rollout_id, stage, cpe, *version],
-            )?;
+            stored::add_target(db, rollout_id, stage, cpe, *version)?;
         }
     }
     Ok(())
-}
-
-/// Ends the canary stage of rollout `id` as `status`, unless something else ended it
-/// first; `true` when this call did.
-fn claim(
-    db: &impl Sql,
-    id: i64,
-    status: Status,
-    actor: &str,
-    reason: Option<&str>,
-    now_ms: u64,
-) -> Result<bool, WebError> {
-    let n = db.execute(
-        "UPDATE rollouts SET status = ?2, ended_by = ?3, ended_ms = ?4, end_reason = ?5
-         WHERE id = ?1 AND status = 'canary'",
-        db_params![id, status.as_str(), actor, now_ms, reason],
-    )?;
-    Ok(n == 1)
 }
 
 fn failures(signed: &[(String, Result<u64, String>)]) -> Vec<String> {
@@ -697,31 +584,22 @@ async fn start_inner(
                     "the candidate changes nothing from the live version".into(),
                 ));
             }
-            let cohort = pick(&enrolled(db)?, &req.cohort).map_err(WebError::BadRequest)?;
+            let cohort =
+                pick(&policies::enrolled_cpes(db)?, &req.cohort).map_err(WebError::BadRequest)?;
             let before = flagged(db, &cohort)?.percent();
-            let candidate_json = serde_json::to_string(&req.candidate)
-                .map_err(|e| WebError::Internal(e.to_string()))?;
-            let cohort_json =
-                serde_json::to_string(&cohort).map_err(|e| WebError::Internal(e.to_string()))?;
-            let id: i64 = db.query_one(
-                "INSERT INTO rollouts (status, candidate_json, source_text, note, base_version,
-                    cohort_json, max_refusals, max_flagged_rise, promote_after_secs,
-                    flagged_before, started_by, started_ms)
-                 VALUES ('canary', ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
-                 RETURNING id",
-                db_params![
-                    &candidate_json,
-                    req.source_text.as_ref(),
-                    &note,
+            let id = stored::insert(
+                db,
+                &stored::NewRollout {
+                    candidate: &req.candidate,
+                    source_text: req.source_text.as_deref(),
+                    note: &note,
                     base_version,
-                    &cohort_json,
-                    req.limits.max_refusals,
-                    req.limits.max_flagged_rise,
-                    req.limits.promote_after_secs,
-                    before,
-                    &actor_s,
-                    now
-                ],
+                    cohort: &cohort,
+                    limits: &req.limits,
+                    flagged_before: before,
+                    started_by: &actor_s,
+                    started_ms: now,
+                },
             )?;
             Ok((id, cohort))
         })
@@ -751,7 +629,7 @@ pub async fn promote(state: &AppState, actor: &str, id: i64) -> Result<u64, Stri
             let Some(r) = one(db, id)? else {
                 return Err(WebError::NotFound);
             };
-            if !claim(db, id, Status::Promoted, &who, None, now)? {
+            if !stored::claim(db, id, Status::Promoted, &who, None, now)? {
                 return Err(WebError::BadRequest(format!(
                     "rollout {id} is not in its canary stage ({})",
                     r.status.as_str()
@@ -793,13 +671,7 @@ pub async fn promote(state: &AppState, actor: &str, id: i64) -> Result<u64, Stri
             crate::web::policy_editor::remember(state, version, text, note, actor.to_string())
                 .await;
             let kept = state
-                .sql(move |db| {
-                    db.execute(
-                        "UPDATE rollouts SET fleet_version = ?2 WHERE id = ?1",
-                        db_params![id, version],
-                    )?;
-                    Ok(())
-                })
+                .sql(move |db| Ok(stored::set_fleet_version(db, id, version)?))
                 .await;
             if let Err(e) = kept {
                 tracing::error!(rollout = id, error = %e, "could not record the promoted version");
@@ -807,16 +679,7 @@ pub async fn promote(state: &AppState, actor: &str, id: i64) -> Result<u64, Stri
             Ok(version)
         }
         Err(e) => {
-            let reopened = state
-                .sql(move |db| {
-                    db.execute(
-                        "UPDATE rollouts SET status = 'canary', ended_by = NULL, ended_ms = NULL
-                         WHERE id = ?1 AND status = 'promoted' AND fleet_version IS NULL",
-                        db_params![id],
-                    )?;
-                    Ok(())
-                })
-                .await;
+            let reopened = state.sql(move |db| Ok(stored::reopen(db, id)?)).await;
             if let Err(e) = reopened {
                 tracing::error!(rollout = id, error = %e, "could not reopen the rollout");
             }
@@ -851,7 +714,7 @@ pub async fn roll_back(
             let Some(r) = one(db, id)? else {
                 return Err(WebError::NotFound);
             };
-            if !claim(db, id, status, &who, Some(&why), now)? {
+            if !stored::claim(db, id, status, &who, Some(&why), now)? {
                 return Err(WebError::BadRequest(format!(
                     "rollout {id} is not in its canary stage ({})",
                     r.status.as_str()
@@ -968,6 +831,7 @@ pub async fn watch(state: AppState, every: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use smtpguard_protocol::AckOutcome;
 
     fn ids(n: usize) -> Vec<String> {
         (0..n).map(|i| format!("cpe-{i}")).collect()
@@ -1059,7 +923,7 @@ mod tests {
     }
 
     fn set_flagged(db: &std::path::Path, cpe: &str, flagged: usize, clean: usize) {
-        put_devices(&*crate::web::open_db(db).unwrap(), cpe, flagged, clean);
+        put_devices(&crate::store::Store::open(db).unwrap(), cpe, flagged, clean);
     }
 
     /// The flagged-device limit, end to end over the database: a rise within the limit
@@ -1157,15 +1021,21 @@ mod tests {
                 .unwrap()
                 .unwrap();
             assert_eq!(fleet.version, v1, "the fleet saw the candidate");
-            let halts: i64 = store
-                .db()
-                .query_one(
-                    "SELECT COUNT(*) FROM audit_log WHERE action = 'rollout_halt'
-                     AND actor = ?1 AND outcome = 'ok' AND detail LIKE '%started by alice%'",
-                    db_params![WATCH_ACTOR],
-                )
-                .unwrap();
-            assert_eq!(halts, 1);
+            let halts = crate::audit::list(
+                store.db(),
+                &crate::audit::Filter {
+                    actor: Some(WATCH_ACTOR.into()),
+                    action: Some("rollout_halt".into()),
+                    ..crate::audit::Filter::default()
+                },
+                crate::audit::PAGE_MAX,
+            )
+            .unwrap();
+            let halts: Vec<_> = halts
+                .iter()
+                .filter(|e| e.outcome == "ok" && e.detail.contains("started by alice"))
+                .collect();
+            assert_eq!(halts.len(), 1);
             // Nothing left to watch.
             assert_eq!(check(&restarted).await.unwrap(), Decision::Wait);
         });
@@ -1206,36 +1076,64 @@ mod tests {
         }
     }
 
-    fn put_devices(db: &impl Sql, cpe: &str, flagged: usize, clean: usize) {
-        db.execute("DELETE FROM devices WHERE cpe_id = ?1", db_params![cpe])
-            .unwrap();
-        for i in 0..flagged + clean {
-            let verdict = if i < flagged { "infected" } else { "clean" };
-            db.execute(
-                "INSERT INTO devices (cpe_id, mac, ips_json, verdict, severity, score, since_ms,
-                    last_seen_ms, last_fact, action, evidence_json, observed_json)
-                 VALUES (?1, ?2, '[]', ?3, 0, 0.5, 1, 1, 'report', 'monitor', '[]', '{}')",
-                db_params![cpe, &format!("02:00:00:00:00:{i:02x}"), verdict],
-            )
-            .unwrap();
+    /// The next message number of a router in these tests (increasing, as an agent's).
+    fn next_seq() -> u64 {
+        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        SEQ.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// `cpe`'s devices 0 to `flagged + clean - 1` as its next telemetry window reports
+    /// them: the first `flagged` infected, the others clean.
+    fn put_devices(store: &crate::store::Store, cpe: &str, flagged: usize, clean: usize) {
+        let seq = next_seq();
+        let devices = (0..flagged + clean)
+            .map(|i| smtpguard_protocol::DeviceReport {
+                mac: format!("02:00:00:00:00:{i:02x}").parse().unwrap(),
+                ips: vec![],
+                hostname: None,
+                vendor: None,
+                verdict: if i < flagged {
+                    smtpguard_protocol::Verdict::Infected
+                } else {
+                    smtpguard_protocol::Verdict::Clean
+                },
+                score: 0.5,
+                action: smtpguard_protocol::Action::Monitor,
+                action_until_ms: None,
+                counters: smtpguard_protocol::DeviceCounters::default(),
+                evidence: vec![],
+            })
+            .collect();
+        let mut window = crate::store::empty_telemetry(seq * 60_000);
+        if let smtpguard_protocol::Body::Telemetry(t) = &mut window {
+            t.devices = devices;
         }
+        let message = crate::store::received(cpe, seq, seq * 60_000, window);
+        assert_eq!(store.write_batch(&[message], &[]).unwrap(), [true]);
+    }
+
+    /// `cpe`'s answer to per-CPE version `version`, as the ingest stores it.
+    fn ack(store: &crate::store::Store, cpe: &str, version: u64, outcome: AckOutcome) {
+        let seq = next_seq();
+        let body = smtpguard_protocol::Body::PolicyAck(smtpguard_protocol::PolicyAck {
+            scope: PolicyScope::Cpe,
+            policy_version: version,
+            outcome,
+        });
+        let message = crate::store::received(cpe, seq, 1, body);
+        assert_eq!(store.write_batch(&[message], &[]).unwrap(), [true]);
     }
 
     /// The newest per-CPE policy's rate limit on `cpe`.
-    fn cpe_rate(db: &impl Sql, cpe: &str) -> Option<u32> {
-        let json: Option<String> = db
-            .query_opt(
-                "SELECT policy_json FROM policies WHERE scope = 'cpe' AND cpe_id = ?1
-                 ORDER BY version DESC LIMIT 1",
-                db_params![cpe],
-            )
+    fn cpe_rate(store: &crate::store::Store, cpe: &str) -> Option<u32> {
+        store
+            .latest_policy(PolicyScope::Cpe, Some(cpe))
             .unwrap()
-            .map(|r| r.get(0).unwrap());
-        json.map(|j| {
-            serde_json::from_str::<Policy>(&j)
-                .unwrap()
-                .rate_limit_per_minute
-        })
+            .map(|p| {
+                serde_json::from_str::<Policy>(&p.policy_json)
+                    .unwrap()
+                    .rate_limit_per_minute
+            })
     }
 
     /// A rollout's whole life on both backends: started (the cohort gets the candidate),
@@ -1251,12 +1149,8 @@ mod tests {
             let store = crate::store::Store::open_url(&url).unwrap();
             let db = std::sync::Arc::clone(store.db());
             for i in 0..4 {
-                db.execute(
-                    "INSERT INTO cpes (cpe_id, public_key, enrolled_at_ms) VALUES (?1, 'k', 0)",
-                    db_params![&format!("cpe-{i}")],
-                )
-                .unwrap();
-                put_devices(&*db, &format!("cpe-{i}"), 0, 5);
+                store.upsert_cpe(&format!("cpe-{i}"), "k", None, 0).unwrap();
+                put_devices(&store, &format!("cpe-{i}"), 0, 5);
             }
             let state = AppState::new(
                 std::sync::Arc::clone(&db),
@@ -1286,7 +1180,7 @@ mod tests {
                 ..Policy::default()
             };
             assert_eq!(rt.block_on(state.policy.publish(fleet, None)).unwrap(), 1);
-            put_devices(&*db, "cpe-1", 1, 4);
+            put_devices(&store, "cpe-1", 1, 4);
             let id = rt.block_on(start(&state, "alice", request(30))).unwrap();
             let r = canary(&*db).unwrap().unwrap();
             assert_eq!((r.id, r.status), (id, Status::Canary), "{url}");
@@ -1300,7 +1194,7 @@ mod tests {
                 30
             );
             assert!(canary_policy_for(&*db, "cpe-0").unwrap().is_none(), "{url}");
-            assert_eq!(cpe_rate(&*db, "cpe-1"), Some(30), "{url}");
+            assert_eq!(cpe_rate(&store, "cpe-1"), Some(30), "{url}");
             let f = flagged(&*db, &r.cohort).unwrap();
             assert_eq!((f.flagged, f.devices), (1, 10), "{url}");
             let stage = &stages(&*db, &r).unwrap()[0];
@@ -1318,13 +1212,15 @@ mod tests {
                     .unwrap()
                     .version
             };
-            db.execute(
-                "INSERT INTO policy_acks (cpe_id, scope, version, outcome, reason, at_ms)
-                 VALUES ('cpe-2', 'cpe', ?1, 'applied', NULL, 1),
-                        ('cpe-1', 'cpe', ?2, 'refused', 'covers relay', 1)",
-                db_params![version_of("cpe-2"), version_of("cpe-1")],
-            )
-            .unwrap();
+            ack(&store, "cpe-2", version_of("cpe-2"), AckOutcome::Applied);
+            ack(
+                &store,
+                "cpe-1",
+                version_of("cpe-1"),
+                AckOutcome::Refused {
+                    reason: "covers relay".into(),
+                },
+            );
             let states: Vec<TargetState> = stages(&*db, &r).unwrap()[0]
                 .targets
                 .iter()
@@ -1347,7 +1243,7 @@ mod tests {
             assert_eq!(r.ended_by.as_deref(), Some(WATCH_ACTOR), "{url}");
             let names: Vec<&str> = stages(&*db, &r).unwrap().iter().map(|s| s.name).collect();
             assert_eq!(names, ["canary", "restore"], "{url}");
-            assert_eq!(cpe_rate(&*db, "cpe-1"), Some(7), "{url}");
+            assert_eq!(cpe_rate(&store, "cpe-1"), Some(7), "{url}");
             assert!(canary(&*db).unwrap().is_none(), "{url}");
 
             let second = rt.block_on(start(&state, "alice", request(40))).unwrap();
@@ -1367,7 +1263,7 @@ mod tests {
                 "{url}"
             );
             // Promoted overrides are re-derived from the new fleet version.
-            assert_eq!(cpe_rate(&*db, "cpe-2"), Some(40), "{url}");
+            assert_eq!(cpe_rate(&store, "cpe-2"), Some(40), "{url}");
             assert!(
                 rt.block_on(promote(&state, "bob", second)).is_err(),
                 "{url}"

@@ -293,13 +293,11 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         };
         assert!(totals.deleted.contains(&(retention::Table::Telemetry, 1)));
-        let left: i64 = crate::store::db::Sql::query_one(
+        let left = crate::store::history::telemetry_seqs(
             &**Store::open(&store_path).unwrap().db(),
-            "SELECT COUNT(*) FROM telemetry",
-            &[],
-        )
-        .unwrap();
-        assert_eq!(left, 1);
+            "cpe-s",
+        );
+        assert_eq!(left, [2]);
         stop.send(true).unwrap();
         tokio::time::timeout(Duration::from_secs(30), task)
             .await
@@ -315,16 +313,9 @@ mod tests {
         let store = Store::open_url(&url).unwrap();
         let now = (crate::web::system_clock())();
         let day = 86_400_000;
-        for (seq, at) in [(1u64, now - 30 * day), (2, now)] {
-            store
-                .db()
-                .execute(
-                    "INSERT INTO telemetry (cpe_id, seq, window_start_ms, window_secs, stats_json)
-                     VALUES ('cpe-s', ?1, ?2, 60, '{}')",
-                    crate::db_params![seq, at],
-                )
-                .unwrap();
-        }
+        store
+            .write_batch(&[telemetry(1, now - 30 * day), telemetry(2, now)], &[])
+            .unwrap();
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -350,14 +341,8 @@ mod tests {
             std::thread::sleep(Duration::from_millis(10));
         };
         assert!(totals.deleted.contains(&(retention::Table::Telemetry, 1)));
-        let left: Vec<i64> = store
-            .db()
-            .query("SELECT seq FROM telemetry", &[])
-            .unwrap()
-            .iter()
-            .map(|r| r.get(0).unwrap())
-            .collect();
-        assert_eq!(left, vec![2]);
+        let left = crate::store::history::telemetry_seqs(&**store.db(), "cpe-s");
+        assert_eq!(left, [2]);
         stop.send(true).unwrap();
         rt.block_on(async {
             tokio::time::timeout(Duration::from_secs(30), task)

@@ -6,7 +6,7 @@
 //! - [`mapping`]: the pure mapping from an [`AbuseQuery`] to a [`mapping::Match`].
 //! - this module: the JSON form of a query, and [`submit`], the shell that loads the rows
 //!   the mapping needs, runs it, and stores every report (matched or not) in
-//!   `abuse_reports` (see [`crate::store::schema`]).
+//!   `abuse_reports`, all through [`crate::store::abuse`].
 
 pub mod arf;
 pub mod date;
@@ -15,10 +15,9 @@ pub mod mapping;
 use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
-use smtpguard_protocol::MacAddr;
 
-use crate::db_params;
-use crate::store::db::{DbError, Param, Row, Sql};
+use crate::store::abuse as stored;
+use crate::store::db::{DbError, Sql};
 use crate::verdicts::{self, VerdictError};
 use mapping::{AddressPeriod, Confidence, DeviceAtTime, Match};
 
@@ -163,31 +162,13 @@ impl StoredReport {
     }
 }
 
-fn from_i64(v: i64) -> u64 {
-    u64::try_from(v).unwrap_or(0)
-}
-
 /// Every period in which a CPE held the public address `ip` (at most 1000, oldest first),
 /// from the address history the ingest keeps.
 ///
 /// # Errors
 /// [`AbuseError`] on database errors.
 pub fn address_periods(db: &impl Sql, ip: IpAddr) -> Result<Vec<AddressPeriod>, AbuseError> {
-    let rows = db.query(
-        "SELECT cpe_id, first_seen_ms, last_seen_ms FROM public_ips WHERE ip = ?1
-         ORDER BY first_seen_ms LIMIT 1000",
-        db_params![&ip.to_string()],
-    )?;
-    let mut periods = Vec::with_capacity(rows.len());
-    for r in rows {
-        periods.push(AddressPeriod {
-            cpe_id: r.get(0)?,
-            ip,
-            first_ms: from_i64(r.get(1)?),
-            last_ms: from_i64(r.get(2)?),
-        });
-    }
-    Ok(periods)
+    Ok(stored::address_periods(db, ip)?)
 }
 
 /// The CPE that held the public address `ip` at `at_ms`, by the same rule the abuse
@@ -220,11 +201,7 @@ pub fn answer(db: &impl Sql, q: &AbuseQuery) -> Result<Match, AbuseError> {
     };
     let lo = q.at_ms.saturating_sub(mapping::BEFORE_MS);
     let hi = q.at_ms.saturating_add(mapping::AFTER_MS);
-    let mut conns = connection_rows(&db.query(
-        "SELECT cpe_id, mac, at_ms, src_port, dst, dst_port, nat_port, nat_ip FROM connections
-         WHERE cpe_id = ?1 AND at_ms BETWEEN ?2 AND ?3 ORDER BY at_ms LIMIT 20000",
-        db_params![&cpe, lo, hi],
-    )?)?;
+    let mut conns = stored::connections(db, &cpe, lo, hi)?;
     // The matching translation stays in the list even when the window was cut short.
     for t in translations {
         if !conns.contains(&t) {
@@ -262,29 +239,6 @@ pub fn answer(db: &impl Sql, q: &AbuseQuery) -> Result<Match, AbuseError> {
     Ok(mapping::map(q, &periods, &conns, &devices))
 }
 
-/// Reads connection rows (`cpe_id, mac, at_ms, src_port, dst, dst_port, nat_port, nat_ip`).
-fn connection_rows(rows: &[Row]) -> Result<Vec<mapping::Connection>, AbuseError> {
-    let mut conns = Vec::with_capacity(rows.len());
-    for r in rows {
-        let (mac, dst): (String, String) = (r.get(1)?, r.get(4)?);
-        // A row the ingest stored is well-formed; skip rather than fail on a bad one.
-        let (Ok(mac), Ok(dst)) = (mac.parse::<MacAddr>(), dst.parse::<IpAddr>()) else {
-            continue;
-        };
-        conns.push(mapping::Connection {
-            cpe_id: r.get(0)?,
-            mac,
-            at_ms: from_i64(r.get(2)?),
-            src_port: u16::try_from(r.get::<i64>(3)?).unwrap_or(0),
-            dst,
-            dst_port: u16::try_from(r.get::<i64>(5)?).unwrap_or(0),
-            nat_port: r.get::<Option<i64>>(6)?.and_then(|n| u16::try_from(n).ok()),
-            nat_ip: r.get::<Option<String>>(7)?.and_then(|s| s.parse().ok()),
-        });
-    }
-    Ok(conns)
-}
-
 /// Every CPE's logged connections that left a router as `q.public_ip`:`port` within the
 /// translation tolerance around `q.at_ms` (index `connections_by_translation`).
 fn load_translations(
@@ -294,11 +248,7 @@ fn load_translations(
 ) -> Result<Vec<mapping::Connection>, AbuseError> {
     let lo = q.at_ms.saturating_sub(mapping::TRANSLATION_BEFORE_MS);
     let hi = q.at_ms.saturating_add(mapping::TRANSLATION_AFTER_MS);
-    connection_rows(&db.query(
-        "SELECT cpe_id, mac, at_ms, src_port, dst, dst_port, nat_port, nat_ip FROM connections
-         WHERE nat_ip = ?1 AND nat_port = ?2 AND at_ms BETWEEN ?3 AND ?4 ORDER BY at_ms LIMIT 100",
-        db_params![&q.public_ip.to_string(), u32::from(port), lo, hi],
-    )?)
+    Ok(stored::translations(db, q.public_ip, port, lo, hi)?)
 }
 
 /// Handles one report body: ARF when `content_type` says `multipart/report` or the body
@@ -349,36 +299,17 @@ pub fn submit_query(
     let answer = answer(db, &query)?;
     let result_json =
         serde_json::to_string(&answer).map_err(|e| AbuseError::Json(e.to_string()))?;
-    let id: i64 = db.query_one(
-        "INSERT INTO abuse_reports (received_ms, source, public_ip, at_ms, dest_ip, dest_port,
-            source_port, feedback_type, message_id, confidence, cpe_id, mac, result_json)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
-         RETURNING id",
-        db_params![
-            now_ms,
-            source,
-            &query.public_ip.to_string(),
-            query.at_ms,
-            query.dest_ip.map(|i| i.to_string()).as_ref(),
-            query.dest_port.map(u32::from),
-            query.source_port.map(u32::from),
-            feedback_type.as_ref(),
-            message_id.as_ref(),
-            answer.confidence.as_str(),
-            answer.cpe_id.as_ref(),
-            answer.mac.map(|m| m.to_string()).as_ref(),
-            &result_json,
-        ],
-    )?;
-    Ok(StoredReport {
-        id,
+    let mut report = StoredReport {
+        id: 0,
         received_ms: now_ms,
         source: source.to_string(),
         query,
         feedback_type,
         message_id,
         answer,
-    })
+    };
+    report.id = stored::insert_report(db, &report, &result_json)?;
+    Ok(report)
 }
 
 /// Records who complained (an address or a name, at most 200 characters; empty: unknown).
@@ -387,10 +318,7 @@ pub fn submit_query(
 /// [`AbuseError::Db`].
 pub fn set_reporter(db: &impl Sql, id: i64, reporter: &str) -> Result<(), AbuseError> {
     let reporter: String = reporter.trim().chars().take(200).collect();
-    db.execute(
-        "UPDATE abuse_reports SET reporter = ?2 WHERE id = ?1",
-        db_params![id, (!reporter.is_empty()).then_some(&reporter)],
-    )?;
+    stored::set_reporter(db, id, (!reporter.is_empty()).then_some(reporter.as_str()))?;
     Ok(())
 }
 
@@ -400,12 +328,7 @@ pub fn set_reporter(db: &impl Sql, id: i64, reporter: &str) -> Result<(), AbuseE
 /// # Errors
 /// [`AbuseError::Db`].
 pub fn mark_answered(db: &impl Sql, id: i64, who: &str, now_ms: u64) -> Result<bool, AbuseError> {
-    let n = db.execute(
-        "UPDATE abuse_reports SET status = 'answered', answered_ms = ?2, answered_by = ?3
-         WHERE id = ?1",
-        db_params![id, now_ms, who],
-    )?;
-    Ok(n > 0)
+    Ok(stored::mark_answered(db, id, who, now_ms)?)
 }
 
 /// Which reports [`list_filtered`] returns.
@@ -460,51 +383,12 @@ pub fn list(
     list_filtered(db, &filter, limit)
 }
 
-/// The confidence labels a filter can name at once (as many as there are labels).
-const CONFIDENCES_MAX: usize = 7;
-
-/// The conditions of a report list; `?1` to `?7` are bound by [`filter_params`], then the
-/// confidences. Each optional filter is typed so that PostgreSQL knows its parameter's type
-/// when it is NULL. `text` is a `LIKE` pattern, case-insensitive on both backends.
-const REPORT_WHERE: &str = " FROM abuse_reports
-         WHERE (CAST(?1 AS BIGINT) = 0 OR mac IS NULL)
-           AND (CAST(?2 AS TEXT) IS NULL OR status = ?2)
-           AND (CAST(?3 AS TEXT) IS NULL OR cpe_id = ?3)
-           AND (CAST(?4 AS TEXT) IS NULL OR mac = ?4)
-           AND (CAST(?5 AS BIGINT) IS NULL OR id = ?5)
-           AND (CAST(?6 AS TEXT) IS NULL OR public_ip = ?6)
-           AND (CAST(?7 AS TEXT) IS NULL OR LOWER(cpe_id) LIKE LOWER(?7) ESCAPE '\\'
-                OR LOWER(mac) LIKE LOWER(?7) ESCAPE '\\'
-                OR LOWER(reporter) LIKE LOWER(?7) ESCAPE '\\'
-                OR LOWER(public_ip) LIKE LOWER(?7) ESCAPE '\\'
-                OR LOWER(message_id) LIKE LOWER(?7) ESCAPE '\\')
-           AND (CAST(?8 AS TEXT) IS NULL
-                OR confidence IN (?8, ?9, ?10, ?11, ?12, ?13, ?14))";
-
-/// `f`'s values for [`REPORT_WHERE`]'s placeholders, in order.
-fn filter_params(f: &ReportFilter) -> Vec<Param<'_>> {
-    let mut params = db_params![
-        i64::from(f.unmatched_only),
-        f.status,
-        f.cpe_id.as_ref(),
-        f.mac.as_ref(),
-        f.id,
-        f.public_ip.as_ref(),
-        f.text.as_ref()
-    ]
-    .to_vec();
-    for i in 0..CONFIDENCES_MAX {
-        params.push(Param::from(f.confidences.get(i).copied()));
-    }
-    params
-}
-
 /// How many stored reports match `f`.
 ///
 /// # Errors
 /// [`AbuseError::Db`].
 pub fn count_filtered(db: &impl Sql, f: &ReportFilter) -> Result<u64, AbuseError> {
-    Ok(db.query_one(&format!("SELECT COUNT(*){REPORT_WHERE}"), &filter_params(f))?)
+    Ok(stored::count_reports(db, f)?)
 }
 
 /// Stored reports matching `f`, newest first.
@@ -529,36 +413,7 @@ pub fn list_page(
     limit: u32,
     offset: u64,
 ) -> Result<Vec<ReportSummary>, AbuseError> {
-    let dir = if f.ascending { "ASC" } else { "DESC" };
-    let order = match f.sort {
-        ReportSort::Received => format!("id {dir}"),
-        ReportSort::ReportedTime => format!("at_ms {dir}, id {dir}"),
-    };
-    let sql = format!(
-        "SELECT id, received_ms, source, public_ip, at_ms, confidence, cpe_id, mac, message_id,
-                reporter, status, answered_ms, answered_by{REPORT_WHERE}
-         ORDER BY {order} LIMIT {limit} OFFSET {offset}"
-    );
-    let rows = db.query(&sql, &filter_params(f))?;
-    let mut out = Vec::with_capacity(rows.len());
-    for r in rows {
-        out.push(ReportSummary {
-            id: r.get(0)?,
-            received_ms: from_i64(r.get(1)?),
-            source: r.get(2)?,
-            public_ip: r.get(3)?,
-            at_ms: from_i64(r.get(4)?),
-            confidence: r.get(5)?,
-            cpe_id: r.get(6)?,
-            mac: r.get(7)?,
-            message_id: r.get(8)?,
-            reporter: r.get(9)?,
-            status: r.get(10)?,
-            answered_ms: r.get::<Option<i64>>(11)?.map(from_i64),
-            answered_by: r.get(12)?,
-        });
-    }
-    Ok(out)
+    Ok(stored::reports(db, f, limit, offset)?)
 }
 
 /// One row of the report list.
@@ -597,14 +452,8 @@ pub struct ReportSummary {
 /// # Errors
 /// [`AbuseError::Db`]; a corrupt answer is [`AbuseError::Json`].
 pub fn answer_of(db: &impl Sql, id: i64) -> Result<Option<serde_json::Value>, AbuseError> {
-    let text: Option<String> = match db.query_opt(
-        "SELECT result_json FROM abuse_reports WHERE id = ?1",
-        db_params![id],
-    )? {
-        Some(row) => Some(row.get(0)?),
-        None => None,
-    };
-    text.map(|t| serde_json::from_str(&t).map_err(|e| AbuseError::Json(e.to_string())))
+    stored::answer_json(db, id)?
+        .map(|t| serde_json::from_str(&t).map_err(|e| AbuseError::Json(e.to_string())))
         .transpose()
 }
 
@@ -618,6 +467,7 @@ mod tests {
     use super::*;
     use crate::store::{Received, Store};
     use smtpguard_protocol::envelope::Envelope;
+    use smtpguard_protocol::MacAddr;
     use smtpguard_protocol::{AgentStats, Body, ConnRecord, State, Status, Telemetry};
 
     const T: u64 = 1_764_500_000_000;
@@ -625,6 +475,18 @@ mod tests {
     const LAPTOP: MacAddr = MacAddr([2, 0, 0, 0, 0, 0x10]);
 
     fn telemetry(cpe: &str, seq: u64, wan: &str, conns: &[(MacAddr, i64, u16)]) -> Received {
+        telemetry_at(cpe, seq, T - 60_000, wan, conns)
+    }
+
+    /// A window starting at `window_start_ms` from `wan`, with `conns` (device, seconds
+    /// from `T`, NAT'd port) to 198.51.100.25:25.
+    fn telemetry_at(
+        cpe: &str,
+        seq: u64,
+        window_start_ms: u64,
+        wan: &str,
+        conns: &[(MacAddr, i64, u16)],
+    ) -> Received {
         let wan: IpAddr = wan.parse().unwrap();
         let connections = conns
             .iter()
@@ -646,7 +508,7 @@ mod tests {
                 seq,
                 sent_at_ms: T,
                 body: Body::Telemetry(Telemetry {
-                    window_start_ms: T - 60_000,
+                    window_start_ms,
                     window_secs: 60,
                     public_ip: Some(wan),
                     stats: AgentStats::default(),
@@ -834,30 +696,25 @@ mod tests {
             let store = Store::open_url(&url).unwrap();
             let db = &**store.db();
             let wan = "100.64.7.2";
-            for (cpe, first, last) in [
-                ("cpe-old", T - 90_000_000, T - 80_000_000),
-                ("cpe-a", T - 3_600_000, T + 60_000),
-            ] {
-                db.execute(
-                    "INSERT INTO public_ips (cpe_id, ip, first_seen_ms, last_seen_ms)
-                     VALUES (?1, ?2, ?3, ?4)",
-                    db_params![cpe, wan, first, last],
+            // The address history and connection log as the ingest keeps them: cpe-old
+            // held the address a day ago, cpe-a from an hour ago until after the mail.
+            let conns = [
+                (BOT, -40, 40_001),
+                (BOT, -30, 40_002),
+                (LAPTOP, -10, 40_123),
+            ];
+            let fresh = store
+                .write_batch(
+                    &[
+                        telemetry_at("cpe-old", 1, T - 90_000_000, wan, &[]),
+                        telemetry_at("cpe-old", 2, T - 80_000_000, wan, &[]),
+                        telemetry_at("cpe-a", 1, T - 3_600_000, wan, &[]),
+                        telemetry_at("cpe-a", 2, T + 60_000, wan, &conns),
+                    ],
+                    &[],
                 )
                 .unwrap();
-            }
-            for (mac, dt_ms, nat_port) in [
-                (BOT, -40_000i64, 40_001u32),
-                (BOT, -30_000, 40_002),
-                (LAPTOP, -10_000, 40_123),
-            ] {
-                db.execute(
-                    "INSERT INTO connections (cpe_id, mac, at_ms, src_port, dst, dst_port,
-                        nat_port, nat_ip)
-                     VALUES ('cpe-a', ?1, ?2, 50000, '198.51.100.25', 25, ?3, ?4)",
-                    db_params![&mac.to_string(), T as i64 + dt_ms, nat_port, wan],
-                )
-                .unwrap();
-            }
+            assert_eq!(fresh, [true; 4], "{url}");
             let ip: IpAddr = wan.parse().unwrap();
             assert_eq!(address_periods(db, ip).unwrap().len(), 2, "{url}");
             assert_eq!(
@@ -890,22 +747,6 @@ mod tests {
             assert_eq!(listed[0].id, stored.id, "{url}");
             assert_eq!(listed[0].mac, Some(LAPTOP.to_string()), "{url}");
             assert_eq!(listed[0].cpe_id.as_deref(), Some("cpe-a"), "{url}");
-            // Migration 18 (and PostgreSQL's second entry): the list's indexes exist.
-            let catalog = match db.backend() {
-                crate::store::db::Backend::Sqlite => {
-                    "SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND name IN (?1, ?2)"
-                }
-                crate::store::db::Backend::Postgres => {
-                    "SELECT COUNT(*) FROM pg_indexes WHERE indexname IN (?1, ?2)"
-                }
-            };
-            let indexes: i64 = db
-                .query_one(
-                    catalog,
-                    db_params!["abuse_reports_by_at", "abuse_reports_by_ip"],
-                )
-                .unwrap();
-            assert_eq!(indexes, 2, "{url}");
         }
     }
 

@@ -18,8 +18,8 @@ use std::net::IpAddr;
 
 use smtpguard_protocol::{Alert, DeviceCounters, DeviceReport, MacAddr, Verdict};
 
-use super::db::{Db, Row, Sql};
-use super::{to_i64, StoreError};
+use super::db::{Db, DbError, Row, Sql};
+use super::{from_i64, to_i64, StoreError};
 use crate::db_params;
 use crate::verdicts::{self, AlertRow, DeviceView, Event, ReportRow};
 
@@ -239,8 +239,8 @@ fn plan(
 /// [`StoreError`].
 pub fn refold(tx: &impl Sql, cpe_id: &str, mac: MacAddr) -> Result<(), StoreError> {
     let m = mac.to_string();
-    let alerts = verdicts::device_alerts(tx, cpe_id, &m, REFOLD_ALERTS)?;
-    let reports = verdicts::device_reports(tx, cpe_id, &m, REFOLD_REPORTS)?;
+    let alerts = super::history::device_alerts(tx, cpe_id, &m, REFOLD_ALERTS)?;
+    let reports = super::history::device_reports(tx, cpe_id, &m, REFOLD_REPORTS)?;
     let mut events: Vec<Event<'_>> = alerts
         .iter()
         .map(Event::Alert)
@@ -497,6 +497,37 @@ pub fn one(
         now_ms,
     )?
     .pop())
+}
+
+/// Whether the device `mac` of `cpe_id` has a row (the controller has heard of it).
+///
+/// # Errors
+/// [`DbError`].
+pub fn known(conn: &impl Sql, cpe_id: &str, mac: &str) -> Result<bool, DbError> {
+    Ok(conn
+        .query_opt(
+            "SELECT 1 FROM devices WHERE cpe_id = ?1 AND mac = ?2",
+            db_params![cpe_id, mac],
+        )?
+        .is_some())
+}
+
+/// How many devices `cpe_id` has, and how many of them are suspicious or infected.
+///
+/// # Errors
+/// [`DbError`].
+pub fn flagged(conn: &impl Sql, cpe_id: &str) -> Result<(u64, u64), DbError> {
+    let row = conn.query_opt(
+        "SELECT COUNT(*),
+            CAST(COALESCE(SUM(CASE WHEN verdict IN ('suspicious', 'infected')
+                THEN 1 ELSE 0 END), 0) AS BIGINT)
+         FROM devices WHERE cpe_id = ?1",
+        db_params![cpe_id],
+    )?;
+    Ok(match row {
+        Some(row) => (from_i64(row.get(0)?), from_i64(row.get(1)?)),
+        None => (0, 0),
+    })
 }
 
 /// Devices with one of `verdicts`, worst first and then the newest change first, at most

@@ -17,12 +17,20 @@
 //!   change from the known verdict to the reported one, with the report's evidence: the
 //!   router changed its mind and its alert was lost. A report older than what is known
 //!   changes nothing.
+//!
+//! It also reads the stored facts back for the views and the refold: alerts, device reports
+//! of telemetry windows and verdict changes ([`load_alerts`], [`load_reports`],
+//! [`load_history`], re-exported by [`crate::verdicts`]).
 
-use smtpguard_protocol::{Alert, DeviceReport, Verdict};
+use smtpguard_protocol::{Alert, DeviceReport, MacAddr, Verdict};
 
-use super::db::Sql;
+use super::db::{DbError, Sql};
 use super::{to_i64, StoreError};
 use crate::db_params;
+use crate::verdicts::{
+    parse_action, parse_verdict, AlertRow, ChangeSource, HistoryRow, ReportRow, VerdictChange,
+    VerdictError,
+};
 
 /// Where a stored verdict change came from.
 pub const SOURCE_ALERT: &str = "alert";
@@ -125,6 +133,293 @@ pub(super) fn note_report(
         insert_change(tx, cpe_id, seq, &mac, at_ms, previous, d, SOURCE_TELEMETRY)?;
     }
     Ok(())
+}
+
+// ---- reading the stored facts ----
+
+fn parse_mac(s: &str) -> Result<MacAddr, VerdictError> {
+    s.parse().map_err(
+        |e: smtpguard_protocol::types::MacParseError| VerdictError::Corrupt {
+            column: "mac",
+            detail: e.to_string(),
+        },
+    )
+}
+
+fn json<T: serde::de::DeserializeOwned + Default>(
+    column: &'static str,
+    s: Option<String>,
+) -> Result<T, VerdictError> {
+    match s {
+        None => Ok(T::default()),
+        Some(s) => serde_json::from_str(&s).map_err(|e| VerdictError::Corrupt {
+            column,
+            detail: e.to_string(),
+        }),
+    }
+}
+
+fn ms(v: Option<i64>) -> Option<u64> {
+    v.and_then(|v| u64::try_from(v).ok())
+}
+
+type RawAlert = (
+    String,
+    String,
+    i64,
+    String,
+    String,
+    f64,
+    String,
+    Option<i64>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+);
+
+/// Alerts of one CPE (or all when `None`) at or after `since_ms`, oldest first, at most
+/// `limit` (the newest kept).
+///
+/// # Errors
+/// [`VerdictError`] on database errors or corrupt rows.
+pub fn load_alerts(
+    conn: &impl Sql,
+    cpe_id: Option<&str>,
+    since_ms: u64,
+    limit: u32,
+) -> Result<Vec<AlertRow>, VerdictError> {
+    alerts_where(conn, cpe_id, None, since_ms, limit)
+}
+
+/// One device's newest `limit` alerts, oldest first.
+///
+/// # Errors
+/// [`VerdictError`] on database errors or corrupt rows.
+pub fn device_alerts(
+    conn: &impl Sql,
+    cpe_id: &str,
+    mac: &str,
+    limit: u32,
+) -> Result<Vec<AlertRow>, VerdictError> {
+    alerts_where(conn, Some(cpe_id), Some(mac), 0, limit)
+}
+
+fn alerts_where(
+    conn: &impl Sql,
+    cpe_id: Option<&str>,
+    mac: Option<&str>,
+    since_ms: u64,
+    limit: u32,
+) -> Result<Vec<AlertRow>, VerdictError> {
+    let rows = conn.query(
+        "SELECT * FROM (SELECT cpe_id, mac, at_ms, previous, verdict, score, action, action_until_ms,
+                hostname, vendor, ips_json, evidence_json, observed_json, id
+         FROM alerts WHERE (CAST(?1 AS TEXT) IS NULL OR cpe_id = ?1)
+           AND (CAST(?4 AS TEXT) IS NULL OR mac = ?4) AND at_ms >= ?2
+         ORDER BY at_ms DESC, id DESC LIMIT ?3) newest ORDER BY at_ms, id",
+        db_params![cpe_id, to_i64(since_ms), limit, mac],
+    )?;
+    let rows = rows.iter().map(|r| -> Result<RawAlert, DbError> {
+        Ok((
+            r.get(0)?,
+            r.get(1)?,
+            r.get(2)?,
+            r.get(3)?,
+            r.get(4)?,
+            r.get(5)?,
+            r.get(6)?,
+            r.get(7)?,
+            r.get(8)?,
+            r.get(9)?,
+            r.get(10)?,
+            r.get(11)?,
+            r.get(12)?,
+        ))
+    });
+    let mut out = Vec::new();
+    for row in rows {
+        let raw: RawAlert = row?;
+        let (cpe, mac, at, prev, verdict, score, action, until, host, vendor, ips, ev, obs) = raw;
+        out.push(AlertRow {
+            cpe_id: cpe,
+            mac: parse_mac(&mac)?,
+            at_ms: ms(Some(at)).unwrap_or(0),
+            previous: parse_verdict(&prev)?,
+            verdict: parse_verdict(&verdict)?,
+            score: score as f32,
+            action: parse_action(&action)?,
+            action_until_ms: ms(until),
+            hostname: host,
+            vendor,
+            ips: json("alerts.ips_json", ips)?,
+            evidence: json("alerts.evidence_json", ev)?,
+            observed: json("alerts.observed_json", obs)?,
+        });
+    }
+    Ok(out)
+}
+
+/// Device reports of one CPE (or all) from telemetry windows starting at or after
+/// `since_ms`, at most `limit` (the newest kept).
+///
+/// # Errors
+/// [`VerdictError`] on database errors or corrupt rows.
+pub fn load_reports(
+    conn: &impl Sql,
+    cpe_id: Option<&str>,
+    since_ms: u64,
+    limit: u32,
+) -> Result<Vec<ReportRow>, VerdictError> {
+    reports_where(conn, cpe_id, None, since_ms, limit)
+}
+
+/// One device's reports from its newest `limit` telemetry windows, oldest first.
+///
+/// # Errors
+/// [`VerdictError`] on database errors or corrupt rows.
+pub fn device_reports(
+    conn: &impl Sql,
+    cpe_id: &str,
+    mac: &str,
+    limit: u32,
+) -> Result<Vec<ReportRow>, VerdictError> {
+    reports_where(conn, Some(cpe_id), Some(mac), 0, limit)
+}
+
+fn reports_where(
+    conn: &impl Sql,
+    cpe_id: Option<&str>,
+    mac: Option<&str>,
+    since_ms: u64,
+    limit: u32,
+) -> Result<Vec<ReportRow>, VerdictError> {
+    let rows = conn.query(
+        "SELECT d.cpe_id, d.mac, t.window_start_ms, t.window_secs, d.verdict, d.score, d.action,
+                d.action_until_ms, d.hostname, d.vendor, d.ips_json, d.counters_json, d.evidence_json
+         FROM device_reports d JOIN telemetry t ON t.cpe_id = d.cpe_id AND t.seq = d.seq
+         WHERE (CAST(?1 AS TEXT) IS NULL OR d.cpe_id = ?1)
+           AND (CAST(?4 AS TEXT) IS NULL OR d.mac = ?4)
+           AND t.window_start_ms >= ?2
+         ORDER BY t.window_start_ms DESC LIMIT ?3",
+        db_params![cpe_id, to_i64(since_ms), limit, mac],
+    )?;
+    let rows = rows.iter().map(|r| -> Result<_, DbError> {
+        Ok((
+            r.get::<String>(0)?,
+            r.get::<String>(1)?,
+            r.get::<i64>(2)?,
+            r.get::<i64>(3)?,
+            r.get::<String>(4)?,
+            r.get::<f64>(5)?,
+            r.get::<String>(6)?,
+            r.get::<Option<i64>>(7)?,
+            r.get::<Option<String>>(8)?,
+            r.get::<Option<String>>(9)?,
+            r.get::<Option<String>>(10)?,
+            r.get::<Option<String>>(11)?,
+            r.get::<Option<String>>(12)?,
+        ))
+    });
+    let mut out = Vec::new();
+    for row in rows {
+        let (cpe, mac, start, secs, verdict, score, action, until, host, vendor, ips, ctr, ev) =
+            row?;
+        out.push(ReportRow {
+            cpe_id: cpe,
+            mac: parse_mac(&mac)?,
+            window_start_ms: ms(Some(start)).unwrap_or(0),
+            window_secs: u32::try_from(secs).unwrap_or(0),
+            verdict: parse_verdict(&verdict)?,
+            score: score as f32,
+            action: parse_action(&action)?,
+            action_until_ms: ms(until),
+            hostname: host,
+            vendor,
+            ips: json("device_reports.ips_json", ips)?,
+            counters: json("device_reports.counters_json", ctr)?,
+            evidence: json("device_reports.evidence_json", ev)?,
+        });
+    }
+    out.reverse();
+    Ok(out)
+}
+
+/// Stored verdict changes of one CPE (or all) at or after `since_ms`, oldest first, at most
+/// `limit` (the newest kept).
+///
+/// # Errors
+/// [`VerdictError`] on database errors or corrupt rows.
+pub fn load_history(
+    conn: &impl Sql,
+    cpe_id: Option<&str>,
+    since_ms: u64,
+    limit: u32,
+) -> Result<Vec<HistoryRow>, VerdictError> {
+    let rows = conn.query(
+        "SELECT * FROM (SELECT cpe_id, mac, at_ms, previous, verdict, score, action,
+                action_until_ms, evidence_json, source, id
+         FROM verdict_changes WHERE (CAST(?1 AS TEXT) IS NULL OR cpe_id = ?1) AND at_ms >= ?2
+         ORDER BY at_ms DESC, id DESC LIMIT ?3) newest ORDER BY at_ms, id",
+        db_params![cpe_id, to_i64(since_ms), limit],
+    )?;
+    let rows = rows.iter().map(|r| -> Result<_, DbError> {
+        Ok((
+            r.get::<String>(0)?,
+            r.get::<String>(1)?,
+            r.get::<i64>(2)?,
+            r.get::<String>(3)?,
+            r.get::<String>(4)?,
+            r.get::<f64>(5)?,
+            r.get::<String>(6)?,
+            r.get::<Option<i64>>(7)?,
+            r.get::<Option<String>>(8)?,
+            r.get::<String>(9)?,
+        ))
+    });
+    let mut out = Vec::new();
+    for row in rows {
+        let (cpe, mac, at, prev, verdict, score, action, until, ev, source) = row?;
+        let source = match source.as_str() {
+            SOURCE_ALERT => ChangeSource::Alert,
+            SOURCE_TELEMETRY => ChangeSource::Telemetry,
+            other => {
+                return Err(VerdictError::Corrupt {
+                    column: "verdict_changes.source",
+                    detail: other.chars().take(40).collect(),
+                })
+            }
+        };
+        out.push((
+            cpe,
+            parse_mac(&mac)?,
+            VerdictChange {
+                source,
+                at_ms: ms(Some(at)).unwrap_or(0),
+                previous: parse_verdict(&prev)?,
+                verdict: parse_verdict(&verdict)?,
+                score: score as f32,
+                action: parse_action(&action)?,
+                action_until_ms: ms(until),
+                evidence: json("verdict_changes.evidence_json", ev)?,
+            },
+        ));
+    }
+    Ok(out)
+}
+
+/// The sequence numbers of `cpe_id`'s stored telemetry windows, ascending.
+#[cfg(test)]
+pub(crate) fn telemetry_seqs(db: &impl Sql, cpe_id: &str) -> Vec<u64> {
+    db.query(
+        "SELECT seq FROM telemetry WHERE cpe_id = ?1 ORDER BY seq",
+        db_params![cpe_id],
+    )
+    .unwrap()
+    .iter()
+    .map(|r| r.get(0).unwrap())
+    .collect()
 }
 
 #[cfg(test)]

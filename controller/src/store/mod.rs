@@ -1,9 +1,11 @@
 //! Storage on SQLite (the embedded default) or PostgreSQL (several replicas sharing one
-//! database), through [`db`]: the one schema and its migrations ([`schema`]), the ingest's
-//! batched write path, the registry of CPE keys, policy versions and acknowledgements, read
-//! helpers for the rest of the controller (verdicts, web UI, CLI) and the deletion of
-//! history past its retention ([`retention`]).
-//!
+//! database), through [`db`]: every SQL statement of the controller is in this module and
+//! its children, and the rest of the controller calls typed functions (a test holds that).
+//! The one schema and its migrations ([`schema`]), the ingest's batched write path, the
+//! registry of CPE keys, policy versions and acknowledgements, one module per area of the
+//! product ([`households`], [`operators`], [`audit`], [`policies`], [`rollout`], [`abuse`],
+//! [`fleet`], [`drafts`], [`senders`], [`sessions`], [`metrics`], [`pages`]) and the
+//! deletion of history past its retention ([`retention`]).//!
 //! A [`Store`] holds a [`db::Db`] (SQLite: one connection behind a mutex, WAL mode so that
 //! other processes read while the ingest writes; PostgreSQL: a pool). Every write of the
 //! ingest goes through [`Store::write_batch`]: one transaction for a batch of verified
@@ -13,20 +15,26 @@
 //! below its CPE's replay window, whichever replica sees it — and only the messages it
 //! stored get their body rows ([`history`], [`devices`], [`notifications`], [`commands`]
 //! acks, alerts, telemetry, addresses, states). [`arbiter`] also holds policy versions and
-//! the leader leases; [`db`]'s docs say how the rest of the controller moves onto it.
+//! the leader leases.
 
+pub mod abuse;
 pub mod arbiter;
+pub mod audit;
 pub mod commands;
 pub mod db;
 pub mod devices;
 pub mod drafts;
 pub mod fleet;
 pub mod history;
+pub mod households;
 pub mod metrics;
 pub mod notifications;
+pub mod operators;
 pub mod pages;
 pub mod partitions;
+pub mod policies;
 pub mod retention;
+pub mod rollout;
 pub mod schema;
 pub mod senders;
 pub mod sessions;
@@ -997,6 +1005,57 @@ pub(crate) fn empty_telemetry(window_start_ms: u64) -> Body {
 mod tests {
     use super::*;
     use smtpguard_protocol::{Action, DeviceReport, MacAddr, Observed, Verdict};
+
+    /// Every SQL statement of the controller is under `store/`: no other source file (tests
+    /// included) holds the text of one.
+    #[test]
+    fn sql_lives_in_the_store_alone() {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let store = src.join("store");
+        let statement = [
+            "SELECT ",
+            "INSERT INTO",
+            "DELETE FROM",
+            "CREATE TABLE",
+            "CREATE INDEX",
+            "ALTER TABLE",
+        ];
+        let mut stack = vec![src];
+        let mut found = Vec::new();
+        let mut read = 0;
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    if path != store {
+                        stack.push(path);
+                    }
+                    continue;
+                }
+                if path.extension().is_none_or(|e| e != "rs") {
+                    continue;
+                }
+                read += 1;
+                let text = std::fs::read_to_string(&path).unwrap();
+                for (n, line) in text.lines().enumerate() {
+                    let code = line.trim_start();
+                    if code.starts_with("//") {
+                        continue;
+                    }
+                    let update = code.contains("UPDATE ") && code.contains(" SET ");
+                    if update || statement.iter().any(|s| code.contains(s)) {
+                        found.push(format!("{}:{}: {code}", path.display(), n + 1));
+                    }
+                }
+            }
+        }
+        assert!(read > 20, "the sources were read ({read} files)");
+        assert!(
+            found.is_empty(),
+            "SQL outside store/:\n{}",
+            found.join("\n")
+        );
+    }
 
     fn alert_envelope(cpe: &str, seq: u64) -> Received {
         let alert = Alert {
