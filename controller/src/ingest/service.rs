@@ -19,8 +19,9 @@
 //!   the lanes there was one session, under the bulk lane's client id, subscribed to
 //!   alerts too; the bulk lane unsubscribes that filter when it finds its session kept.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::BTreeSet;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -239,8 +240,14 @@ impl Session {
         })
     }
 
-    /// Receives, hands to the worker and acknowledges until `stop` turns true or the
-    /// worker stops.
+    /// Receives and hands to the worker until `stop` turns true or the worker stops; acks
+    /// and resends go out from a task of their own ([`send_acks`]).
+    ///
+    /// The event loop's `poll` is never dropped half-way (only at the stop): a poll
+    /// cancelled while it writes loses what it was writing, an ack (whose message then holds
+    /// one of the broker's in-flight slots until the connection ends: enough of them and
+    /// the broker sends nothing more) or a PINGREQ (read 30 s later as a dead connection,
+    /// and everything unacknowledged comes again).
     async fn run(self, mut stop: watch::Receiver<bool>) {
         let Session {
             lane,
@@ -248,93 +255,87 @@ impl Session {
             mut eventloop,
             worker,
             in_tx,
-            mut ack_rx,
-            mut resend_rx,
+            ack_rx,
+            resend_rx,
             filters: (mine, others),
             embedded,
             admission,
         } = self;
         let lane_name = lane.name();
-        let mut generation = 0u64;
+        // Which connection a message came on: acks of an earlier one are dropped.
+        let generation = Arc::new(AtomicU64::new(0));
+        let sender = tokio::spawn(send_acks(
+            client.clone(),
+            ack_rx,
+            resend_rx,
+            generation.clone(),
+        ));
         // Reconnect delays: exponential from 100 ms to 10 s with full jitter.
         let mut backoff = Backoff::new(100, 10_000);
-        // Acks the worker has given back, waiting for room in the client's request queue.
-        // The queue is bounded, and a backlog (a restarted replica's persistent session)
-        // can bring thousands of acks at once: dropping one would leave its message with
-        // the broker, which sends it again. They are handed over as the event loop drains
-        // it.
-        let mut unsent: VecDeque<Publish> = VecDeque::new();
         loop {
-            while let Some(publish) = unsent.front() {
-                if client.try_ack(publish).is_err() {
-                    break;
-                }
-                unsent.pop_front();
-            }
-            tokio::select! {
+            let event = tokio::select! {
                 () = stop_turned(&mut stop) => break,
-                Some(resend) = resend_rx.recv() => {
-                    let topic = Topic::Command(resend.cpe_id.clone()).to_string();
-                    match client.try_publish(topic, QoS::AtLeastOnce, false, resend.wire) {
-                        Ok(()) => tracing::info!(cpe_id = %resend.cpe_id, id = resend.command_id, "unanswered command sent again: its router is back online"),
-                        Err(e) => tracing::warn!(cpe_id = %resend.cpe_id, id = resend.command_id, error = %e, "could not queue a command to send again"),
+                event = eventloop.poll() => event,
+            };
+            match event {
+                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                    // The old connection's messages come again in this session.
+                    generation.fetch_add(1, Ordering::AcqRel);
+                    backoff.reset();
+                    tracing::info!(
+                        lane = lane_name,
+                        session_present = ack.session_present,
+                        "ingest connected"
+                    );
+                    // Subscriptions are not restored by the client after a reconnect;
+                    // subscribe on every connection.
+                    let filters = mine
+                        .iter()
+                        .map(|f| rumqttc::SubscribeFilter::new(f.clone(), QoS::AtLeastOnce));
+                    if let Err(e) = client.try_subscribe_many(filters) {
+                        tracing::warn!(lane = lane_name, error = %e, "could not subscribe");
                     }
-                }
-                Some((gen, publish)) = ack_rx.recv() => {
-                    // An ack belongs to the connection its message came on.
-                    if gen == generation {
-                        unsent.push_back(publish);
-                    }
-                }
-                event = eventloop.poll() => match event {
-                    Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                        generation += 1;
-                        // The old connection's messages come again in this session.
-                        unsent.clear();
-                        backoff.reset();
-                        tracing::info!(lane = lane_name, session_present = ack.session_present, "ingest connected");
-                        // Subscriptions are not restored by the client after a reconnect;
-                        // subscribe on every connection.
-                        let filters = mine.iter().map(|f| rumqttc::SubscribeFilter::new(f.clone(), QoS::AtLeastOnce));
-                        if let Err(e) = client.try_subscribe_many(filters) {
-                            tracing::warn!(lane = lane_name, error = %e, "could not subscribe");
-                        }
-                        // A session an external broker kept from before the lanes (or
-                        // from another lane layout) may hold the other lanes' filters
-                        // too: their messages would come twice.
-                        if ack.session_present && !embedded {
-                            for f in &others {
-                                if let Err(e) = client.try_unsubscribe(f.clone()) {
-                                    tracing::warn!(lane = lane_name, error = %e, "could not unsubscribe");
-                                }
+                    // A session an external broker kept from before the lanes (or from
+                    // another lane layout) may hold the other lanes' filters too: their
+                    // messages would come twice.
+                    if ack.session_present && !embedded {
+                        for f in &others {
+                            if let Err(e) = client.try_unsubscribe(f.clone()) {
+                                tracing::warn!(lane = lane_name, error = %e, "could not unsubscribe");
                             }
                         }
                     }
-                    Ok(Event::Incoming(Packet::SubAck(ack))) => {
-                        let refused = ack
-                            .return_codes
-                            .iter()
-                            .filter(|c| matches!(c, SubscribeReasonCode::Failure))
-                            .count();
-                        if refused == 0 {
-                            if admission.subscribed(lane) {
-                                tracing::info!("ingest subscribed; routers may log in");
-                            }
-                        } else {
-                            tracing::error!(lane = lane_name, refused, "the broker refused ingest subscriptions; routers stay out of the embedded broker");
+                }
+                Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                    let refused = ack
+                        .return_codes
+                        .iter()
+                        .filter(|c| matches!(c, SubscribeReasonCode::Failure))
+                        .count();
+                    if refused == 0 {
+                        if admission.subscribed(lane) {
+                            tracing::info!("ingest subscribed; routers may log in");
                         }
+                    } else {
+                        tracing::error!(lane = lane_name, refused, "the broker refused ingest subscriptions; routers stay out of the embedded broker");
                     }
-                    Ok(Event::Incoming(Packet::Publish(publish))) => {
-                        if in_tx.send((generation, publish)).await.is_err() {
-                            tracing::error!(lane = lane_name, "ingest worker stopped");
-                            break;
-                        }
+                }
+                Ok(Event::Incoming(Packet::Publish(publish))) => {
+                    let gen = generation.load(Ordering::Acquire);
+                    if in_tx.send((gen, publish)).await.is_err() {
+                        tracing::error!(lane = lane_name, "ingest worker stopped");
+                        break;
                     }
-                    Ok(_) => {}
-                    Err(e) => {
-                        let delay = backoff.next_delay(rand::random());
-                        tracing::warn!(lane = lane_name, error = %e, retry_ms = delay.as_millis() as u64, "ingest connection lost");
-                        tokio::time::sleep(delay).await;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    // Acks still on their way belong to a connection that is gone.
+                    generation.fetch_add(1, Ordering::AcqRel);
+                    let delay = backoff.next_delay(rand::random());
+                    tracing::warn!(lane = lane_name, error = %e, retry_ms = delay.as_millis() as u64, "ingest connection lost");
+                    tokio::select! {
+                        () = stop_turned(&mut stop) => break,
+                        () = tokio::time::sleep(delay) => {}
                     }
                 }
             }
@@ -348,6 +349,36 @@ impl Session {
         })
         .await;
         let _ = tokio::task::spawn_blocking(move || worker.join()).await;
+        sender.abort();
+    }
+}
+
+/// Sends the worker's acks (each after its batch committed, and only on the connection its
+/// message came on) and the commands to send again, waiting for room in the client's
+/// request queue rather than dropping any: a restarted replica's backlog can bring
+/// thousands of acks at once, and a dropped ack leaves its message with the broker.
+async fn send_acks(
+    client: AsyncClient,
+    mut acks: mpsc::UnboundedReceiver<(u64, Publish)>,
+    mut resends: mpsc::UnboundedReceiver<Resend>,
+    generation: Arc<AtomicU64>,
+) {
+    loop {
+        tokio::select! {
+            Some((gen, publish)) = acks.recv() => {
+                if gen == generation.load(Ordering::Acquire) && client.ack(&publish).await.is_err() {
+                    break;
+                }
+            }
+            Some(resend) = resends.recv() => {
+                let topic = Topic::Command(resend.cpe_id.clone()).to_string();
+                match client.publish(topic, QoS::AtLeastOnce, false, resend.wire).await {
+                    Ok(()) => tracing::info!(cpe_id = %resend.cpe_id, id = resend.command_id, "unanswered command sent again: its router is back online"),
+                    Err(e) => tracing::warn!(cpe_id = %resend.cpe_id, id = resend.command_id, error = %e, "could not queue a command to send again"),
+                }
+            }
+            else => break,
+        }
     }
 }
 
