@@ -5,7 +5,8 @@
 //! registry of CPE keys, policy versions and acknowledgements, one module per area of the
 //! product ([`households`], [`operators`], [`audit`], [`policies`], [`rollout`], [`abuse`],
 //! [`fleet`], [`drafts`], [`senders`], [`sessions`], [`metrics`], [`pages`]) and the
-//! deletion of history past its retention ([`retention`]).//!
+//! deletion of history past its retention ([`retention`]).
+//!
 //! A [`Store`] holds a [`db::Db`] (SQLite: one connection behind a mutex, WAL mode so that
 //! other processes read while the ingest writes; PostgreSQL: a pool). Every write of the
 //! ingest goes through [`Store::write_batch`]: one transaction for a batch of verified
