@@ -504,6 +504,11 @@ UPDATE device_reports SET at_ms = (SELECT t.window_start_ms FROM telemetry t
 CREATE INDEX abuse_reports_by_at ON abuse_reports (at_ms);
 CREATE INDEX abuse_reports_by_ip ON abuse_reports (public_ip);
 "#,
+    // 19: a router's current address period, which the ingest reads for every telemetry
+    // window (see `POSTGRES`'s same index).
+    r#"
+CREATE INDEX public_ips_by_cpe_seen ON public_ips (cpe_id, last_seen_ms);
+"#,
 ];
 
 /// The schema version this build writes: the number of [`MIGRATIONS`].
@@ -914,6 +919,17 @@ BEGIN
 END $$;
 CREATE TRIGGER cpes_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON cpes
 FOR EACH STATEMENT EXECUTE FUNCTION cpes_changed();
+"#,
+    },
+    // A router's current address period, read for every telemetry window (`ORDER BY
+    // last_seen_ms DESC LIMIT 1` of one CPE). Without it PostgreSQL's plan for that read
+    // could walk `public_ips_by_last_seen` from the newest row of the whole fleet: 0.7 ms
+    // per window instead of 0.02 in one 10,000-agent load run.
+    super::db::Migration {
+        name: "SQLite version 19: public addresses by router and last seen",
+        sqlite: "",
+        postgres: r#"
+CREATE INDEX public_ips_by_cpe_seen ON public_ips (cpe_id, last_seen_ms);
 "#,
     },
 ];
