@@ -138,8 +138,16 @@ pub async fn run(
     admission: Arc<Admission>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), IngestError> {
+    let started = Instant::now();
     let store = Store::open_url(&config.database_url())?;
+    let opened_ms = started.elapsed().as_millis() as u64;
     let key_cache = KeyCache::load(&store)?;
+    tracing::info!(
+        opened_ms,
+        keys = key_cache.len(),
+        ready_ms = started.elapsed().as_millis() as u64,
+        "ingest starting: database open and keys loaded"
+    );
     let freshness = Freshness {
         max_age_ms: config.ingest.max_age_secs.saturating_mul(1000),
         max_future_ms: config.ingest.max_future_secs.saturating_mul(1000),
