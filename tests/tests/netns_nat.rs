@@ -124,6 +124,9 @@ fn lab(tag: &str) -> Lab {
     lan.sh(&["ip", "addr", "add", &format!("{LAN_IP}/24"), "dev", "l0"]);
     lan.sh(&["ip", "link", "set", "l0", "up"]);
     lan.sh(&["ip", "route", "add", "default", "via", ROUTER_LAN_IP]);
+    // The LAN host's own ports stay out of the NAT's range below: masquerading keeps a source
+    // port that is free and within the range, and the tests tell the two sides apart by it.
+    lan.sh(&["sysctl", "-qw", "net.ipv4.ip_local_port_range=50000 60999"]);
     rtr.sh(&["ip", "link", "set", "r0", "address", ROUTER_LAN_MAC]);
     rtr.sh(&[
         "ip",
