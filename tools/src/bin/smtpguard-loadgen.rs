@@ -16,7 +16,8 @@
 //!    with `--devices` devices and the household's public address) and about
 //!    `--alert-percent` of them one alert each at a random time, all QoS 1; a PUBACK makes a
 //!    message `expected`. Every alert is followed through the operator API until its device
-//!    shows the verdict (`alert_to_noc_p99_ms`). With `--kill-replica`, replica 0 is
+//!    shows the verdict (`alert_to_noc_p99_ms`; the slowest are printed with when they
+//!    were sent, to tell a kill's share from a backlog). With `--kill-replica`, replica 0 is
 //!    SIGKILLed at mid-run and started again `--restart-after-secs` later with the same
 //!    client id, as systemd would;
 //! 4. after the agents stop, waits (bounded) until the store has caught up, then counts what
