@@ -38,7 +38,7 @@
 //! # Data flow
 //! Agents publish signed envelopes → broker → [`ingest`] verifies each against the key in
 //! [`registry`], checks the per-CPE replay window, and writes batches to [`store`]; only
-//! then are the messages acknowledged to the broker. The NOC runs [`policy::set`]: a new
+//! then are the messages acknowledged to the broker. The NOC runs [`policy::sign`]: a new
 //! version is signed with the controller key, stored and published retained; agents answer
 //! with acks that the ingest stores and [`policy::status`] reports.
 

@@ -1,4 +1,4 @@
-//! The ingest's async shell: two persistent MQTT sessions ([`Lane`]: alerts, and all the
+//! The ingest's async shell: two persistent MQTT sessions (lanes: alerts, and all the
 //! rest), each with a fixed client id, clean session off and manual acks, subscribed
 //! through the controllers' shared group and feeding a worker thread of its own that
 //! verifies and stores batches. Acks flow back only after the commit, tagged with the
@@ -125,7 +125,7 @@ impl Lane {
 /// Appended to `broker.client_id` for the alerts' session.
 pub const ALERTS_CLIENT_SUFFIX: &str = "-alerts";
 
-/// Runs the ingest until `shutdown` resolves: both lanes ([`Lane`]), on one database.
+/// Runs the ingest until `shutdown` resolves: both lanes (alerts, and the rest), on one database.
 /// `admission` holds the embedded broker's login check empty until the broker has
 /// acknowledged both lanes' subscriptions, then fills it with the enrolled keys; the
 /// ingest hands it every reload (see the module docs). When one lane's worker stops (it
@@ -391,7 +391,7 @@ async fn send_acks(
 }
 
 /// The enrolled keys as the embedded broker's login check sees them: none until every
-/// lane's subscriptions exist ([`Admission::subscribed`]), then every change the workers
+/// lane's subscriptions exist, then every change the workers
 /// load. An external broker does not read them.
 #[derive(Debug)]
 pub struct Admission {

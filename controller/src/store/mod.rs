@@ -384,7 +384,8 @@ impl Store {
         })
     }
 
-    /// The highest stored sequence number of each CPE, to restore replay windows on start.
+    /// The highest stored sequence number of each CPE, read from `messages` (tests compare
+    /// it with what the arbiter keeps; the ingest starts with empty windows).
     ///
     /// # Errors
     /// [`StoreError::Db`].

@@ -15,11 +15,11 @@
 //! audit log (append-only by design), policies, commands and the product tables.
 //!
 //! # Replays stay refused
-//! The ingest refuses a replayed message by its per-CPE replay window, restored at start
-//! from the highest stored sequence number of each CPE ([`super::Store::highest_seqs`]),
-//! and by the `(cpe_id, seq)` key of `messages`. So a raw message is deleted only when both
-//! hold: its CPE has a newer non-state message (the highest number stays stored, so the
-//! restored window still covers every older number), and it was received longer ago than
+//! The ingest refuses a replayed message in the database ([`super::arbiter`]): by the
+//! `(cpe_id, seq)` key of `messages`, and, below the window, by the highest number kept per
+//! CPE in `cpe_seq`, which retention never deletes. So a raw message is deleted only when
+//! both hold: its CPE has a newer non-state message (so the window still covers every
+//! older number), and it was received longer ago than
 //! the freshness limit plus the allowed clock skew ([`Windows::replay_guard_ms`]), so a
 //! replay of it is refused as stale before its number is even looked at.
 //!

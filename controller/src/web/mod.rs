@@ -28,8 +28,8 @@
 //!
 //! # Data flow
 //! Requests are routed by axum; handlers resolve the caller with [`auth`], then run their
-//! SQLite work on a blocking thread through [`AppState::db`] (one connection, WAL: the
-//! ingest writes concurrently through its own), calling the pure logic in
+//! database work (SQLite or PostgreSQL, through the typed functions of [`crate::store`]) on a
+//! blocking thread with [`AppState::sql`], calling the pure logic in
 //! [`crate::verdicts`], [`crate::campaigns`], [`crate::abuse`] and [`crate::households`],
 //! and render HTML or JSON. Policy changes go through the injected [`PolicyPublisher`], which
 //! `serve` backs with the signing and publishing in `crate::policy`; commands to a router
