@@ -141,12 +141,16 @@ pub async fn run(
     let started = Instant::now();
     let store = Store::open_url(&config.database_url())?;
     let opened_ms = started.elapsed().as_millis() as u64;
-    let key_cache = KeyCache::load(&store)?;
+    // `serve` loaded the keys a moment ago (and its refresher keeps them): not twice.
+    let key_cache = match admission.latest() {
+        Some(keys) => keys,
+        None => KeyCache::load(&store)?,
+    };
     tracing::info!(
         opened_ms,
         keys = key_cache.len(),
         ready_ms = started.elapsed().as_millis() as u64,
-        "ingest starting: database open and keys loaded"
+        "ingest starting: database open and keys at hand"
     );
     let freshness = Freshness {
         max_age_ms: config.ingest.max_age_secs.saturating_mul(1000),
@@ -432,6 +436,11 @@ impl Admission {
             *shared = state.1.clone();
         }
         !was_open
+    }
+
+    /// The newest keys loaded; `None` only if a thread panicked holding them.
+    fn latest(&self) -> Option<KeyCache> {
+        self.state.lock().ok().map(|state| state.1.clone())
     }
 
     /// Takes newly loaded keys; the broker sees them once open.
